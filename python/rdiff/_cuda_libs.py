@@ -1,0 +1,52 @@
+"""Find NVRTC in the user's environment and load it before the extension needs it.
+
+cudarc looks libraries up by name only (``libnvrtc.so``), which the dynamic loader finds on
+the system path but not inside the ``nvidia-cuda-nvrtc`` wheels that pip (and PyTorch) install.
+Loading the wheel's copy first with ``RTLD_GLOBAL`` makes the later lookup by name succeed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import importlib.util
+import os
+import sys
+
+_loaded: str | None = None
+
+
+def _candidate_dirs() -> list[str]:
+    dirs = []
+    for pkg in ("nvidia.cuda_nvrtc", "nvidia.cu13", "nvidia"):
+        try:
+            spec = importlib.util.find_spec(pkg)
+        except (ImportError, ValueError):
+            continue
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for root in spec.submodule_search_locations:
+            dirs.extend(sorted(glob.glob(os.path.join(root, "**", "lib"), recursive=True)))
+    return dirs
+
+
+def preload_nvrtc() -> str | None:
+    """Load the newest NVRTC found in installed wheels; return its path, or None."""
+    global _loaded
+    if _loaded is not None or not sys.platform.startswith("linux"):
+        return _loaded
+    if os.environ.get("RDIFF_NO_NVRTC_PRELOAD"):
+        return None
+    found = []
+    for d in _candidate_dirs():
+        found.extend(glob.glob(os.path.join(d, "libnvrtc.so*")))
+    # Prefer the newest major version (13 before 12); builtins libraries are dependencies.
+    found = sorted({f for f in found if "builtins" not in os.path.basename(f)}, reverse=True)
+    for path in found:
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            continue
+        _loaded = path
+        return path
+    return None

@@ -1,0 +1,48 @@
+//! The CUDA backend: driver and NVRTC loaded at run time through cudarc.
+//!
+//! cudarc's dynamic loader panics when a library is absent, so every entry point first asks
+//! `is_culib_present()` and turns absence into a reason string.
+
+/// What a working CUDA setup reports.
+pub struct CudaInfo {
+    pub devices: i32,
+    pub nvrtc_version: (i32, i32),
+}
+
+/// `Ok` when the driver, a GPU and NVRTC are all usable; otherwise the reason why not.
+#[cfg(feature = "cuda")]
+pub fn availability() -> Result<CudaInfo, String> {
+    use cudarc::{driver, nvrtc};
+    // SAFETY: only tries to dlopen the library by name; nothing is called through it.
+    if !unsafe { nvrtc::sys::is_culib_present() } {
+        return Err("no NVRTC library found (pip install nvidia-cuda-nvrtc, or torch)".into());
+    }
+    // NVRTC's version query needs no driver.
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present (checked above); both pointers are valid for writes.
+    unsafe { nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| format!("NVRTC failed to report its version: {e:?}"))?;
+    let nvrtc_version = (major, minor);
+    // SAFETY: as above, a dlopen by name only.
+    if !unsafe { driver::sys::is_culib_present() } {
+        return Err(
+            "no CUDA driver library (libcuda.so) found: is an NVIDIA driver installed?".into(),
+        );
+    }
+    driver::result::init().map_err(|e| format!("the CUDA driver failed to initialise: {e:?}"))?;
+    let devices = driver::result::device::get_count()
+        .map_err(|e| format!("the CUDA driver could not count devices: {e:?}"))?;
+    if devices == 0 {
+        return Err("the CUDA driver reports no GPU".into());
+    }
+    Ok(CudaInfo {
+        devices,
+        nvrtc_version,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn availability() -> Result<CudaInfo, String> {
+    Err("rdiff was built without the `cuda` feature".into())
+}

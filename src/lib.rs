@@ -1,0 +1,17 @@
+//! rdiff: fast diffusion sampling. This file is the `#[pymodule]` and nothing else.
+
+pub mod cuda;
+pub mod error;
+pub mod py;
+pub mod schedule;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    py::errors::register(m)?;
+    m.add_function(wrap_pyfunction!(py::backends::backends, m)?)?;
+    m.add_class::<py::schedule::PyNoiseSchedule>()?;
+    Ok(())
+}

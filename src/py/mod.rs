@@ -1,0 +1,5 @@
+//! PyO3 bindings only: convert, validate, release the GIL, map errors. One file per area.
+
+pub mod backends;
+pub mod errors;
+pub mod schedule;

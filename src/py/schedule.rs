@@ -1,0 +1,160 @@
+//! `rdiff.NoiseSchedule`: the forward process, vectorised over numpy arrays.
+
+use numpy::{AllowTypeChange, IntoPyArray, PyArray1, PyArrayLikeDyn};
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyInt};
+
+use crate::schedule::{BetaSchedule, DiscreteBetas, NoiseSchedule};
+
+/// A diffusion forward process q(x_t | x_0) = N(α_t x_0, σ_t² I).
+///
+/// Build one with `NoiseSchedule.discrete(...)` (diffusers' β schedules) or
+/// `NoiseSchedule.linear_vp(...)` (the continuous VP SDE of Song et al.).
+#[pyclass(name = "NoiseSchedule", module = "rdiff", frozen)]
+pub struct PyNoiseSchedule {
+    pub inner: NoiseSchedule,
+}
+
+/// Applies `f` elementwise to a float, an int or any array-like; scalars in, a float out.
+fn map_f64<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    f: impl Fn(f64) -> f64 + Sync,
+) -> PyResult<Bound<'py, PyAny>> {
+    if x.is_instance_of::<PyFloat>() || x.is_instance_of::<PyInt>() {
+        let v: f64 = x.extract()?;
+        return Ok(PyFloat::new(py, f(v)).into_any());
+    }
+    let arr: PyArrayLikeDyn<'py, f64, AllowTypeChange> = x.extract()?;
+    let view = arr.as_array();
+    let out = view.mapv(f);
+    Ok(out.into_pyarray(py).into_any())
+}
+
+#[pymethods]
+impl PyNoiseSchedule {
+    /// A discrete schedule, computed exactly as diffusers' schedulers compute it.
+    ///
+    /// `betas` and `alphas_cumprod` hold the float32 values diffusers builds (linspace and
+    /// cumulative product in float32), widened to float64. In continuous time, log α is
+    /// interpolated piecewise-linearly on t_i = (i+1)/N as in the DPM-Solver reference.
+    #[staticmethod]
+    #[pyo3(signature = (num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+        beta_end=0.02, trained_betas=None, rescale_betas_zero_snr=false))]
+    fn discrete(
+        num_train_timesteps: i64,
+        beta_schedule: &str,
+        beta_start: f64,
+        beta_end: f64,
+        trained_betas: Option<Vec<f64>>,
+        rescale_betas_zero_snr: bool,
+    ) -> PyResult<Self> {
+        if num_train_timesteps < 1 && trained_betas.is_none() {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "num_train_timesteps: must be at least 1, got {num_train_timesteps}"
+            )));
+        }
+        let schedule = BetaSchedule::parse(beta_schedule)?;
+        let betas = DiscreteBetas::new(
+            num_train_timesteps.max(0) as usize,
+            schedule,
+            beta_start,
+            beta_end,
+            trained_betas.as_deref(),
+            rescale_betas_zero_snr,
+        )?;
+        Ok(Self {
+            inner: NoiseSchedule::discrete(betas)?,
+        })
+    }
+
+    /// The continuous linear VP schedule, β(t) = β_min + t(β_max − β_min) on t ∈ [1e-3, 1].
+    #[staticmethod]
+    #[pyo3(signature = (beta_min=0.1, beta_max=20.0))]
+    fn linear_vp(beta_min: f64, beta_max: f64) -> PyResult<Self> {
+        Ok(Self {
+            inner: NoiseSchedule::linear_vp(beta_min, beta_max)?,
+        })
+    }
+
+    /// `"discrete"` or `"linear_vp"`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        match self.inner {
+            NoiseSchedule::Discrete { .. } => "discrete",
+            NoiseSchedule::LinearVp { .. } => "linear_vp",
+        }
+    }
+
+    /// β_i, float64 of shape (N,); None for a continuous schedule.
+    #[getter]
+    fn betas<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyArray1<f64>>> {
+        self.inner
+            .discrete_betas()
+            .map(|b| PyArray1::from_slice(py, &b.betas))
+    }
+
+    /// ᾱ_i = Π_{j≤i} (1 − β_j), float64 of shape (N,); None for a continuous schedule.
+    #[getter]
+    fn alphas_cumprod<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyArray1<f64>>> {
+        self.inner
+            .discrete_betas()
+            .map(|b| PyArray1::from_slice(py, &b.alphas_cumprod))
+    }
+
+    /// N for a discrete schedule; None for a continuous one.
+    #[getter]
+    fn num_train_timesteps(&self) -> Option<usize> {
+        self.inner.discrete_betas().map(|b| b.len())
+    }
+
+    /// The smallest time of the continuous view: 1/N (discrete) or 1e-3 (linear VP).
+    #[getter]
+    fn t_min(&self) -> f64 {
+        self.inner.t_min()
+    }
+
+    /// The largest time of the continuous view: 1.
+    #[getter]
+    fn t_max(&self) -> f64 {
+        self.inner.t_max()
+    }
+
+    /// α_t for t in [t_min, t_max] (float or array; float64 out, same shape).
+    fn alpha_t<'py>(&self, py: Python<'py>, t: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        map_f64(py, t, |v| self.inner.alpha(v))
+    }
+
+    /// σ_t = √(1 − α_t²).
+    fn sigma_t<'py>(&self, py: Python<'py>, t: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        map_f64(py, t, |v| self.inner.sigma(v))
+    }
+
+    /// λ_t = log(α_t / σ_t), the half log-SNR.
+    fn lambda_t<'py>(&self, py: Python<'py>, t: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        map_f64(py, t, |v| self.inner.lambda(v))
+    }
+
+    /// The t with λ_t = lam (closed form for linear VP, interpolation for discrete).
+    fn inverse_lambda<'py>(
+        &self,
+        py: Python<'py>,
+        lam: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        map_f64(py, lam, |v| self.inner.inverse_lambda(v))
+    }
+
+    fn __repr__(&self) -> String {
+        match &self.inner {
+            NoiseSchedule::Discrete { betas, .. } => {
+                format!(
+                    "NoiseSchedule.discrete(num_train_timesteps={})",
+                    betas.len()
+                )
+            }
+            NoiseSchedule::LinearVp { beta_0, beta_1 } => {
+                format!("NoiseSchedule.linear_vp(beta_min={beta_0}, beta_max={beta_1})")
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Pure Rust, f64, no I/O: noise schedules, timestep spacings and solver coefficients.
+
+pub mod betas;
+pub mod interp;
+pub mod noise_schedule;
+pub mod spacing;
+
+pub use betas::{BetaSchedule, DiscreteBetas};
+pub use noise_schedule::NoiseSchedule;

@@ -1,0 +1,1 @@
+//! Timestep spacings: diffusers' and the DPM-Solver reference's.
