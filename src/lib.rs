@@ -1,5 +1,6 @@
 //! rdiff: fast diffusion sampling. This file is the `#[pymodule]` and nothing else.
 
+pub mod cpu;
 pub mod cuda;
 pub mod error;
 pub mod py;
@@ -13,5 +14,6 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::errors::register(m)?;
     m.add_function(wrap_pyfunction!(py::backends::backends, m)?)?;
     m.add_class::<py::schedule::PyNoiseSchedule>()?;
+    m.add_class::<py::dpm_solver::MultistepCore>()?;
     Ok(())
 }

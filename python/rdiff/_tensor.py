@@ -1,0 +1,127 @@
+"""Caller-owned tensors: numpy arrays and torch tensors, described for the Rust core.
+
+The Rust side receives ``(data_ptr, numel, dtype, device_type, device_index)`` tuples. Every
+function here keeps to the caller's framework: outputs are allocated with that framework's
+``empty`` so the result has the input's type and device, and no data is copied unless an input
+is not contiguous.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+_NUMPY_DTYPES = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64)}
+
+
+def torch_module():
+    """The torch module if the caller has already imported it (rdiff never imports it first)."""
+    return sys.modules.get("torch")
+
+
+def is_torch(x: Any) -> bool:
+    torch = torch_module()
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def dtype_name(x: Any) -> str:
+    if is_torch(x):
+        return str(x.dtype).removeprefix("torch.")
+    return np.asarray(x).dtype.name
+
+
+def check_float(x: Any, what: str) -> None:
+    """TypeError unless x is a float32/float16/bfloat16/float64 numpy array or torch tensor."""
+    if is_torch(x):
+        torch = torch_module()
+        if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            raise TypeError(
+                f"{what}: unsupported dtype {x.dtype}; expected float32, float16, bfloat16 or "
+                "float64"
+            )
+        return
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{what}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+    if x.dtype not in _NUMPY_DTYPES:
+        raise TypeError(
+            f"{what}: unsupported dtype {x.dtype}; expected float32, float16 or float64"
+        )
+
+
+def contiguous(x: Any) -> Any:
+    if is_torch(x):
+        return x.contiguous()
+    return np.ascontiguousarray(x)
+
+
+def describe(x: Any) -> tuple[int, int, str, str, int]:
+    """The tuple the Rust core reads; x must be contiguous and stay alive during the call."""
+    if is_torch(x):
+        dev = x.device
+        return (x.data_ptr(), x.numel(), dtype_name(x), dev.type, dev.index or 0)
+    return (x.ctypes.data, x.size, x.dtype.name, "cpu", 0)
+
+
+def empty_like(x: Any, dtype: Any = None) -> Any:
+    """An uninitialised contiguous buffer shaped like x, in x's framework and on x's device."""
+    if is_torch(x):
+        torch = torch_module()
+        return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
+    return np.empty(x.shape, dtype=dtype or x.dtype)
+
+
+def dtype_of(x: Any) -> Any:
+    return x.dtype
+
+
+def same_framework(a: Any, b: Any, what: str) -> None:
+    if is_torch(a) != is_torch(b):
+        raise TypeError(
+            f"{what}: mixes a torch tensor and a numpy array; pass both as the same type"
+        )
+    if is_torch(a) and a.device != b.device:
+        raise ValueError(f"{what}: tensors on different devices ({a.device} and {b.device})")
+
+
+def randn(shape: tuple, like: Any, generator: Any = None) -> Any:
+    """Standard normal float32 noise in like's framework, drawn as diffusers' randn_tensor does.
+
+    For torch, a CPU generator draws on the CPU and the result moves to like's device; a list
+    of generators draws one sample each. For numpy, ``generator`` is a numpy Generator (or
+    None for a fresh default one).
+    """
+    if is_torch(like):
+        torch = torch_module()
+        device = like.device
+        gens = generator
+        if isinstance(gens, list) and len(gens) == 1:
+            gens = gens[0]
+        if isinstance(gens, list):
+            rand_device = gens[0].device if gens[0].device.type == "cpu" else device
+            parts = [
+                torch.randn((1, *tuple(shape[1:])), generator=g, device=rand_device,
+                            dtype=torch.float32)
+                for g in gens[: shape[0]]
+            ]
+            return torch.cat(parts, dim=0).to(device)
+        rand_device = device
+        if gens is not None and gens.device.type != device.type and gens.device.type == "cpu":
+            rand_device = "cpu"
+        noise = torch.randn(shape, generator=gens, device=rand_device, dtype=torch.float32)
+        return noise.to(device)
+    rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng()
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def to_float32(x: Any, like: Any) -> Any:
+    """x as a contiguous float32 array in like's framework and device."""
+    if is_torch(like):
+        torch = torch_module()
+        if not is_torch(x):
+            x = torch.as_tensor(np.asarray(x))
+        return x.to(device=like.device, dtype=torch.float32).contiguous()
+    if is_torch(x):
+        x = x.detach().cpu().float().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,143 @@
+"""What every rdiff scheduler shares: the β schedule, the step counter and ``add_noise``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import _tensor
+from .._config import ConfigMixin
+from .._rdiff import NoiseSchedule
+
+
+@dataclass
+class SchedulerOutput:
+    """What ``step`` returns: ``prev_sample`` has the model output's type, dtype and device."""
+
+    prev_sample: Any
+    pred_original_sample: Any = None
+
+
+class SchedulerBase(ConfigMixin):
+    """Discrete-time scheduler state: betas, alphas_cumprod, timesteps and the step index."""
+
+    order = 1
+    _compatibles: ClassVar[list[str]] = []
+    # The diffusers subclasses keep timesteps as torch tensors; plain rdiff schedulers keep
+    # numpy arrays unless set_timesteps is given a device.
+    _torch_timesteps = False
+
+    def _init_schedule(
+        self,
+        num_train_timesteps: int,
+        beta_start: float,
+        beta_end: float,
+        beta_schedule: str,
+        trained_betas: Any,
+        rescale_betas_zero_snr: bool,
+    ) -> None:
+        if trained_betas is not None:
+            trained_betas = [float(b) for b in np.asarray(trained_betas, dtype=np.float64)]
+        schedule = NoiseSchedule.discrete(
+            num_train_timesteps, beta_schedule, beta_start, beta_end, trained_betas,
+            rescale_betas_zero_snr,
+        )
+        self.schedule = schedule
+        self.betas = schedule.betas
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = schedule.alphas_cumprod.copy()
+        self.num_inference_steps: int | None = None
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+
+    # -- the step counter, as diffusers keeps it -------------------------------------------
+    @property
+    def step_index(self) -> int | None:
+        """The index of the next step in ``timesteps`` (None before the first step)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """The first step index, set by pipelines (img2img) with ``set_begin_index``."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self._begin_index = begin_index
+
+    def _timesteps_array(self, timesteps: np.ndarray, device: Any = None) -> Any:
+        if self._torch_timesteps or device is not None:
+            import torch
+
+            return torch.from_numpy(np.ascontiguousarray(timesteps)).to(device=device)
+        return timesteps
+
+    def _timesteps_numpy(self) -> np.ndarray:
+        ts = self.timesteps
+        if _tensor.is_torch(ts):
+            return ts.detach().cpu().numpy()
+        return np.asarray(ts)
+
+    def index_for_timestep(self, timestep: Any, schedule_timesteps: Any = None) -> int:
+        """The position of ``timestep`` in the schedule (the second one if it appears twice)."""
+        if schedule_timesteps is None:
+            ts = self._timesteps_numpy()
+        elif _tensor.is_torch(schedule_timesteps):
+            ts = schedule_timesteps.detach().cpu().numpy()
+        else:
+            ts = np.asarray(schedule_timesteps)
+        t = timestep.item() if hasattr(timestep, "item") else timestep
+        candidates = np.nonzero(ts == t)[0]
+        if len(candidates) == 0:
+            return self._index_for_missing_timestep(t, ts)
+        return int(candidates[1] if len(candidates) > 1 else candidates[0])
+
+    def _index_for_missing_timestep(self, t: Any, ts: np.ndarray) -> int:
+        raise ValueError(
+            f"timestep: {t} is not in this scheduler's timesteps (first {ts[:3].tolist()}...)"
+        )
+
+    def _init_step_index(self, timestep: Any) -> None:
+        if self._begin_index is None:
+            self._step_index = self.index_for_timestep(timestep)
+        else:
+            self._step_index = self._begin_index
+
+    def scale_model_input(self, sample: Any, *args: Any, **kwargs: Any) -> Any:
+        """Identity: these schedulers need no input scaling (diffusers' interface)."""
+        return sample
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # -- forward process -------------------------------------------------------------------
+    def _alpha_sigma_for_noise(self, timesteps: Any) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> Any:
+        """x_t = α_t x_0 + σ_t ε with one timestep per sample (shape (B,)), or a scalar.
+
+        Returns the type, dtype and device of ``original_samples``.
+        """
+        _tensor.check_float(original_samples, "original_samples")
+        _tensor.same_framework(original_samples, noise, "add_noise")
+        if tuple(original_samples.shape) != tuple(noise.shape):
+            raise ValueError(
+                f"noise: shape {tuple(noise.shape)} differs from original_samples' "
+                f"{tuple(original_samples.shape)}"
+            )
+        if _tensor.is_torch(timesteps):
+            timesteps = timesteps.detach().cpu().numpy()
+        ts = np.atleast_1d(np.asarray(timesteps))
+        alpha, sigma = self._alpha_sigma_for_noise(ts)
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        if _tensor.is_torch(original_samples):
+            torch = _tensor.torch_module()
+            kw = dict(device=original_samples.device, dtype=original_samples.dtype)
+            a = torch.as_tensor(alpha, **kw).reshape(shape)
+            s = torch.as_tensor(sigma, **kw).reshape(shape)
+        else:
+            a = alpha.astype(original_samples.dtype).reshape(shape)
+            s = sigma.astype(original_samples.dtype).reshape(shape)
+        return a * original_samples + s * noise

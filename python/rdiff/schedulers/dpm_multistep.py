@@ -1,0 +1,301 @@
+"""The multistep DPM-Solver / DPM-Solver++ scheduler, a drop-in for diffusers' own."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import _tensor
+from .._rdiff import _diffusers_schedule, _MultistepCore
+from ._base import SchedulerBase, SchedulerOutput
+
+_ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
+
+
+class DPMSolverMultistepScheduler(SchedulerBase):
+    """Multistep DPM-Solver (Lu et al. 2022) and DPM-Solver++ with diffusers' interface.
+
+    Every constructor argument has diffusers' meaning and default. ``step`` runs one fused pass
+    in Rust (model-output conversion, the order-1/2/3 update and the history write) on numpy
+    arrays or torch CPU tensors of float32, float16, bfloat16 (torch) or float64 (numpy), with
+    arithmetic in float32; the result has the model output's type, dtype and device.
+    ``model_outputs`` is a list of the caller's arrays, as in diffusers.
+    """
+
+    _compatibles: ClassVar[list[str]] = [
+        "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
+        "EulerDiscreteScheduler", "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+        "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+        "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DEISMultistepScheduler",
+        "UniPCMultistepScheduler", "DPMSolverSDEScheduler", "EDMEulerScheduler",
+    ]
+    order = 1
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        solver_order: int = 2,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        algorithm_type: str = "dpmsolver++",
+        solver_type: str = "midpoint",
+        lower_order_final: bool = True,
+        euler_at_final: bool = False,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        use_lu_lambdas: bool = False,
+        use_flow_sigmas: bool = False,
+        flow_shift: float = 1.0,
+        final_sigmas_type: str = "zero",
+        lambda_min_clipped: float = -float("inf"),
+        variance_type: str | None = None,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: str = "exponential",
+    ):
+        self._register(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        if sum([use_beta_sigmas, use_exponential_sigmas, use_karras_sigmas]) > 1:
+            raise ValueError(
+                "use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas: only one can be used"
+            )
+        if algorithm_type == "deis":
+            algorithm_type = "dpmsolver++"
+        if algorithm_type not in _ALGORITHMS:
+            raise ValueError(
+                f"algorithm_type: unknown {algorithm_type!r}; expected one of {_ALGORITHMS}"
+            )
+        if solver_type in ("logrho", "bh1", "bh2"):
+            solver_type = "midpoint"
+        if solver_type not in ("midpoint", "heun"):
+            raise ValueError(f"solver_type: unknown {solver_type!r}; expected midpoint or heun")
+        if solver_order not in (1, 2, 3):
+            raise ValueError(f"solver_order: must be 1, 2 or 3, got {solver_order}")
+        if prediction_type not in ("epsilon", "sample", "v_prediction", "flow_prediction"):
+            raise ValueError(
+                f"prediction_type: unknown {prediction_type!r}; expected epsilon, sample, "
+                "v_prediction or flow_prediction"
+            )
+        if final_sigmas_type not in ("zero", "sigma_min"):
+            raise ValueError(
+                f"final_sigmas_type: must be 'zero' or 'sigma_min', got {final_sigmas_type!r}"
+            )
+        if algorithm_type not in ("dpmsolver++", "sde-dpmsolver++") and final_sigmas_type == "zero":
+            raise ValueError(
+                f"final_sigmas_type: 'zero' is not supported with algorithm_type "
+                f"{algorithm_type!r}; choose 'sigma_min'"
+            )
+        if timestep_spacing not in ("linspace", "leading", "trailing"):
+            raise ValueError(
+                f"timestep_spacing: unknown {timestep_spacing!r}; expected linspace, leading "
+                "or trailing"
+            )
+        self._algorithm_type = algorithm_type
+        self._solver_type = solver_type
+        self._init_schedule(
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+            rescale_betas_zero_snr,
+        )
+        if rescale_betas_zero_snr:
+            # diffusers' fix so that σ stays finite at the last training step.
+            self.alphas_cumprod[-1] = 2.0**-24
+        ac = self.alphas_cumprod
+        self.alpha_t = np.sqrt(ac)
+        self.sigma_t = np.sqrt(1.0 - ac)
+        self.lambda_t = np.log(self.alpha_t) - np.log(self.sigma_t)
+        self.sigmas = ((1.0 - ac) / ac) ** 0.5
+        self.init_noise_sigma = 1.0
+        self.timesteps = self._timesteps_array(
+            np.arange(num_train_timesteps - 1, -1, -1, dtype=np.int64)
+        )
+        self.model_outputs: list[Any] = [None] * solver_order
+        self.lower_order_nums = 0
+        self._core: _MultistepCore | None = None
+
+    # -- schedule --------------------------------------------------------------------------
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: Any = None,
+        mu: float | None = None,
+        timesteps: list[int] | None = None,
+    ) -> None:
+        """Choose the sampling timesteps (``num_inference_steps`` or custom ``timesteps``).
+
+        Fills ``timesteps`` (int64, descending, length n) and ``sigmas`` (float32, length
+        n + 1, the last one 0 or σ_min) exactly as diffusers does, and resets the history.
+        """
+        cfg = self.config
+        if mu is not None:
+            if not (cfg.use_dynamic_shifting and cfg.time_shift_type == "exponential"):
+                raise ValueError("mu: needs use_dynamic_shifting=True and time_shift_type "
+                                 "'exponential'")
+            self.register_to_config(flow_shift=float(np.exp(mu)))
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("set_timesteps: pass exactly one of num_inference_steps or timesteps")
+        sigma_kind = "default"
+        for flag, kind in (
+            ("use_karras_sigmas", "karras"), ("use_lu_lambdas", "lu"),
+            ("use_exponential_sigmas", "exponential"), ("use_beta_sigmas", "beta"),
+            ("use_flow_sigmas", "flow"),
+        ):
+            if cfg[flag]:
+                sigma_kind = kind
+                break
+        if timesteps is not None and sigma_kind not in ("default",):
+            raise ValueError(f"timesteps: custom timesteps cannot be used with {sigma_kind} sigmas")
+        custom = None if timesteps is None else [int(t) for t in np.asarray(timesteps).tolist()]
+        ts, sigmas = _diffusers_schedule(
+            self.alphas_cumprod,
+            num_inference_steps,
+            custom,
+            cfg.timestep_spacing,
+            int(cfg.steps_offset),
+            sigma_kind,
+            float(cfg.flow_shift),
+            cfg.final_sigmas_type,
+            float(cfg.lambda_min_clipped),
+            cfg.beta_schedule != "squaredcos_cap_v2",
+        )
+        self.sigmas = sigmas.astype(np.float32)
+        self.timesteps = self._timesteps_array(ts.astype(np.int64), device)
+        self.num_inference_steps = len(ts)
+        self.model_outputs = [None] * cfg.solver_order
+        self.lower_order_nums = 0
+        self._step_index = None
+        self._begin_index = None
+        self._core = _MultistepCore(
+            self._algorithm_type, self._solver_type, cfg.prediction_type, bool(cfg.thresholding),
+            float(cfg.dynamic_thresholding_ratio), float(cfg.sample_max_value),
+            bool(cfg.use_flow_sigmas), [float(s) for s in self.sigmas],
+        )
+
+    def _index_for_missing_timestep(self, t: Any, ts: np.ndarray) -> int:
+        # diffusers falls back to the last step for a timestep it does not know.
+        return len(ts) - 1
+
+    def _step_order(self) -> int:
+        cfg = self.config
+        n, i = len(self.timesteps), self._step_index
+        lower_order_final = i == n - 1 and (
+            cfg.euler_at_final or (cfg.lower_order_final and n < 15)
+            or cfg.final_sigmas_type == "zero"
+        )
+        lower_order_second = i == n - 2 and cfg.lower_order_final and n < 15
+        if cfg.solver_order == 1 or self.lower_order_nums < 1 or lower_order_final:
+            return 1
+        if cfg.solver_order == 2 or self.lower_order_nums < 2 or lower_order_second:
+            return 2
+        return 3
+
+    # -- the step --------------------------------------------------------------------------
+    def step(
+        self,
+        model_output: Any,
+        timestep: int | Any,
+        sample: Any,
+        generator: Any = None,
+        variance_noise: Any = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple:
+        """Advance ``sample`` from ``timestep`` to the next timestep of the schedule.
+
+        model_output: the network's output, shape (B, C, ...) (or (B, 2C, ...) with a learned
+        variance); sample: (B, C, ...). Returns ``SchedulerOutput(prev_sample)`` (or a 1-tuple
+        with ``return_dict=False``), prev_sample of model_output's type, dtype and device.
+        SDE algorithm types draw float32 noise as diffusers does from ``generator`` (a
+        torch.Generator or list of them for torch input, a numpy Generator for numpy input)
+        unless ``variance_noise`` is given.
+        """
+        if self.num_inference_steps is None or self._core is None:
+            raise ValueError(
+                "step: the number of inference steps is not set; call set_timesteps first"
+            )
+        _tensor.check_float(model_output, "model_output")
+        _tensor.check_float(sample, "sample")
+        _tensor.same_framework(model_output, sample, "step")
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        if self._step_index >= len(self.timesteps):
+            raise ValueError(
+                f"step: all {len(self.timesteps)} steps are done; call set_timesteps to start "
+                "a new loop"
+            )
+        cfg = self.config
+        shape = tuple(sample.shape)
+        if len(shape) < 1 or shape[0] == 0:
+            raise ValueError(f"sample: expected a non-empty batch, got shape {shape}")
+        mo_shape = tuple(model_output.shape)
+        learned = (
+            cfg.variance_type in ("learned", "learned_range") and cfg.prediction_type == "epsilon"
+        )
+        if mo_shape != shape and not (
+            learned and len(mo_shape) == len(shape) and mo_shape[0] == shape[0]
+            and mo_shape[2:] == shape[2:] and mo_shape[1] >= shape[1]
+        ):
+            raise ValueError(
+                f"model_output: shape {mo_shape} does not match sample's {shape}"
+            )
+        order = self._step_order()
+        mo = _tensor.contiguous(model_output)
+        x = _tensor.contiguous(sample)
+        m1 = self.model_outputs[-1] if order >= 2 else None
+        m2 = self.model_outputs[-2] if order >= 3 else None
+        for m, what in ((m1, "model_outputs[-2]"), (m2, "model_outputs[-3]")):
+            if m is not None and (tuple(m.shape) != shape or _tensor.dtype_name(m) !=
+                                  _tensor.dtype_name(model_output)):
+                raise ValueError(f"{what}: the history entry does not match this step's "
+                                 "shape and dtype; call set_timesteps to start a new loop")
+        noise = None
+        if self._algorithm_type.startswith("sde"):
+            if variance_noise is not None:
+                noise = _tensor.to_float32(variance_noise, x)
+                if tuple(noise.shape) != shape:
+                    raise ValueError(f"variance_noise: shape {tuple(noise.shape)} does not match "
+                                     f"sample's {shape}")
+            else:
+                noise = _tensor.contiguous(_tensor.randn(mo_shape[:1] + shape[1:], x, generator))
+        hist = _tensor.empty_like(x, dtype=model_output.dtype)
+        prev = _tensor.empty_like(x, dtype=model_output.dtype)
+        batch = shape[0]
+        mo_stride = math.prod(mo_shape[1:])
+        self._core.step(
+            self._step_index, order, _tensor.describe(mo), _tensor.describe(x),
+            None if m1 is None else _tensor.describe(m1),
+            None if m2 is None else _tensor.describe(m2),
+            None if noise is None else _tensor.describe(noise),
+            _tensor.describe(hist), _tensor.describe(prev), batch, mo_stride,
+        )
+        for i in range(cfg.solver_order - 1):
+            self.model_outputs[i] = self.model_outputs[i + 1]
+        self.model_outputs[-1] = hist
+        if self.lower_order_nums < cfg.solver_order:
+            self.lower_order_nums += 1
+        self._step_index += 1
+        if not return_dict:
+            return (prev,)
+        return SchedulerOutput(prev_sample=prev)
+
+    # -- forward process -------------------------------------------------------------------
+    def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._begin_index is None:
+            idx = [self.index_for_timestep(t) for t in timesteps]
+        elif self._step_index is not None:
+            idx = [self._step_index] * len(timesteps)
+        else:
+            idx = [self._begin_index] * len(timesteps)
+        sigma = np.asarray(self.sigmas, dtype=np.float64)[idx]
+        if self.config.use_flow_sigmas:
+            return 1.0 - sigma, sigma
+        alpha = 1.0 / np.sqrt(sigma**2 + 1.0)
+        return alpha, sigma * alpha

@@ -1,0 +1,149 @@
+//! The element types rdiff reads and writes, and their bulk conversion to and from f32.
+//!
+//! Loops work on short chunks: each input chunk is widened to an f32 scratch array with a bulk
+//! conversion (SIMD in `half` for f16/bf16), the arithmetic runs in f32, and results are
+//! narrowed back in bulk. That keeps one code path for every dtype and lets the f32 arithmetic
+//! vectorise.
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+
+/// The dtypes of the tensors rdiff accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    F64,
+}
+
+impl DType {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "float32" => Some(Self::F32),
+            "float16" => Some(Self::F16),
+            "bfloat16" => Some(Self::BF16),
+            "float64" => Some(Self::F64),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::F16 => "float16",
+            Self::BF16 => "bfloat16",
+            Self::F64 => "float64",
+        }
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+            Self::F64 => 8,
+        }
+    }
+}
+
+/// An element type with bulk conversions to and from f32 (`src` and `dst` of equal length).
+pub trait Elem: Copy + Send + Sync + 'static {
+    const DTYPE: DType;
+    fn load(src: &[Self], dst: &mut [f32]);
+    fn store(src: &[f32], dst: &mut [Self]);
+}
+
+impl Elem for f32 {
+    const DTYPE: DType = DType::F32;
+    fn load(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn store(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl Elem for f64 {
+    const DTYPE: DType = DType::F64;
+    fn load(src: &[Self], dst: &mut [f32]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s as f32;
+        }
+    }
+    fn store(src: &[f32], dst: &mut [Self]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s as f64;
+        }
+    }
+}
+
+impl Elem for f16 {
+    const DTYPE: DType = DType::F16;
+    fn load(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    fn store(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+impl Elem for bf16 {
+    const DTYPE: DType = DType::BF16;
+    fn load(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    fn store(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+/// Calls `$body` with the type alias `$t` bound to the Rust type of a runtime `DType`.
+#[macro_export]
+macro_rules! with_elem {
+    ($dtype:expr, $t:ident, $body:expr) => {
+        match $dtype {
+            $crate::cpu::dtype::DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            $crate::cpu::dtype::DType::F16 => {
+                type $t = half::f16;
+                $body
+            }
+            $crate::cpu::dtype::DType::BF16 => {
+                type $t = half::bf16;
+                $body
+            }
+            $crate::cpu::dtype::DType::F64 => {
+                type $t = f64;
+                $body
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let xs = [0.0f32, 1.0, -2.5, 65504.0, 1e-3];
+        for_each(&xs);
+        fn for_each(xs: &[f32]) {
+            let mut h = vec![f16::ZERO; xs.len()];
+            f16::store(xs, &mut h);
+            let mut back = vec![0.0; xs.len()];
+            f16::load(&h, &mut back);
+            for (a, b) in xs.iter().zip(&back) {
+                assert!((a - b).abs() <= a.abs() * 1e-3);
+            }
+            let mut b16 = vec![bf16::ZERO; xs.len()];
+            bf16::store(xs, &mut b16);
+            bf16::load(&b16, &mut back);
+            for (a, b) in xs.iter().zip(&back) {
+                assert!((a - b).abs() <= a.abs() * 1e-2);
+            }
+        }
+    }
+}

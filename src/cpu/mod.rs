@@ -1,0 +1,5 @@
+//! The CPU backend: fused elementwise loops over caller-owned buffers (rayon).
+
+pub mod dpm_step;
+pub mod dtype;
+pub mod quantile;

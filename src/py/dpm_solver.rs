@@ -1,0 +1,223 @@
+//! Bindings of the multistep DPM-Solver step: `_MultistepCore`, built by the Python scheduler
+//! in `set_timesteps`, computes each step's coefficients and runs the fused loop.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use super::tensor::{Device, TensorRef};
+use crate::cpu::dpm_step::{fused_step, StepIo};
+use crate::cpu::quantile::threshold_bounds;
+use crate::error::RdiffError;
+use crate::schedule::dpm_solver::{
+    multistep_coefficients, Algorithm, MultistepStep, Point, PredictionType, SolverType,
+    StepCoefficients,
+};
+use crate::with_elem;
+
+/// Per-scheduler constants of the multistep solver and its σ̃ schedule.
+#[pyclass(name = "_MultistepCore", module = "rdiff._rdiff", frozen)]
+pub struct MultistepCore {
+    algorithm: Algorithm,
+    solver_type: SolverType,
+    prediction: PredictionType,
+    /// (ratio, sample_max_value) when dynamic thresholding is on.
+    thresholding: Option<(f64, f64)>,
+    flow: bool,
+    sigmas: Vec<f64>,
+}
+
+impl MultistepCore {
+    fn coefficients_at(&self, step_index: usize, order: usize) -> PyResult<StepCoefficients> {
+        let n = self.sigmas.len();
+        if step_index + 1 >= n {
+            return Err(PyValueError::new_err(format!(
+                "step index {step_index} is past the end of the schedule ({} steps)",
+                n - 1
+            )));
+        }
+        if order == 0 || order > 3 || order > step_index + 1 {
+            return Err(PyValueError::new_err(format!(
+                "order {order} is not possible at step index {step_index}"
+            )));
+        }
+        let point = |i: usize| Point::from_sigma(self.sigmas[i], self.flow);
+        let back = |k: usize| point(step_index.saturating_sub(k));
+        let st = MultistepStep {
+            algorithm: self.algorithm,
+            solver_type: self.solver_type,
+            prediction: self.prediction,
+            thresholding: self.thresholding.is_some(),
+            order,
+            t: point(step_index + 1),
+            s0: point(step_index),
+            s1: back(1),
+            s2: back(2),
+            flow_sigma: self.sigmas[step_index],
+        };
+        Ok(multistep_coefficients(&st)?)
+    }
+}
+
+#[pymethods]
+impl MultistepCore {
+    #[new]
+    #[pyo3(signature = (algorithm_type, solver_type, prediction_type, thresholding,
+        dynamic_thresholding_ratio, sample_max_value, flow, sigmas))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        algorithm_type: &str,
+        solver_type: &str,
+        prediction_type: &str,
+        thresholding: bool,
+        dynamic_thresholding_ratio: f64,
+        sample_max_value: f64,
+        flow: bool,
+        sigmas: Vec<f64>,
+    ) -> PyResult<Self> {
+        if sigmas.len() < 2 {
+            return Err(PyValueError::new_err("sigmas: need at least two values"));
+        }
+        if thresholding && !(0.0..=1.0).contains(&dynamic_thresholding_ratio) {
+            return Err(PyValueError::new_err(format!(
+                "dynamic_thresholding_ratio: must lie in [0, 1], got {dynamic_thresholding_ratio}"
+            )));
+        }
+        if thresholding && (sample_max_value.is_nan() || sample_max_value <= 0.0) {
+            return Err(PyValueError::new_err(format!(
+                "sample_max_value: must be positive, got {sample_max_value}"
+            )));
+        }
+        Ok(Self {
+            algorithm: Algorithm::parse(algorithm_type)?,
+            solver_type: SolverType::parse(solver_type)?,
+            prediction: PredictionType::parse(prediction_type)?,
+            thresholding: thresholding.then_some((dynamic_thresholding_ratio, sample_max_value)),
+            flow,
+            sigmas,
+        })
+    }
+
+    /// The step's scalars (p, q, r, w, a, w0, w1, w2, c); see `schedule::dpm_solver`.
+    fn coefficients(&self, step_index: usize, order: usize) -> PyResult<[f64; 9]> {
+        let c = self.coefficients_at(step_index, order)?;
+        Ok([c.p, c.q, c.r, c.w, c.a, c.w0, c.w1, c.w2, c.c])
+    }
+
+    /// One fused step: writes the converted model output into `hist` and the new sample into
+    /// `prev`. `mo` has `batch` rows of `mo_stride` elements; the others `batch × per_sample`
+    /// with per_sample = x.numel / batch. m1/m2 are the earlier history entries the order needs.
+    #[pyo3(signature = (step_index, order, mo, x, m1, m2, noise, hist, prev, batch, mo_stride))]
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &self,
+        py: Python<'_>,
+        step_index: usize,
+        order: usize,
+        mo: TensorRef,
+        x: TensorRef,
+        m1: Option<TensorRef>,
+        m2: Option<TensorRef>,
+        noise: Option<TensorRef>,
+        hist: TensorRef,
+        prev: TensorRef,
+        batch: usize,
+        mo_stride: usize,
+    ) -> PyResult<()> {
+        let co = self.coefficients_at(step_index, order)?;
+        if batch == 0 || x.numel % batch != 0 {
+            return Err(PyValueError::new_err(format!(
+                "sample: {} elements do not split into a batch of {batch}",
+                x.numel
+            )));
+        }
+        let per_sample = x.numel / batch;
+        if mo_stride < per_sample {
+            return Err(PyValueError::new_err(format!(
+                "model_output: {mo_stride} elements per sample, fewer than the sample's {per_sample}"
+            )));
+        }
+        mo.expect_len("model_output", batch * mo_stride)?;
+        let need = |t: Option<TensorRef>, what: &str| -> PyResult<()> {
+            match t {
+                Some(t) => {
+                    t.expect_len(what, x.numel)?;
+                    t.expect_dtype(what, mo.dtype)
+                }
+                None => Err(PyValueError::new_err(format!(
+                    "{what}: required by an order-{order} step"
+                ))),
+            }
+        };
+        if order >= 2 {
+            need(m1, "model_outputs[-2]")?;
+        }
+        if order >= 3 {
+            need(m2, "model_outputs[-3]")?;
+        }
+        let noise = if co.c != 0.0 || self.algorithm.stochastic() {
+            let n = noise.ok_or_else(|| {
+                PyValueError::new_err("noise: the SDE algorithm types need noise")
+            })?;
+            n.expect_len("noise", x.numel)?;
+            n.expect_dtype("noise", crate::cpu::dtype::DType::F32)?;
+            Some(n)
+        } else {
+            None
+        };
+        for (t, what) in [(hist, "history buffer"), (prev, "output buffer")] {
+            t.expect_len(what, x.numel)?;
+            t.expect_dtype(what, mo.dtype)?;
+        }
+        let all = [Some(mo), Some(x), m1, m2, noise, Some(hist), Some(prev)];
+        if all.iter().flatten().any(|t| t.device != Device::Cpu) {
+            return Err(cuda_step_unavailable().into());
+        }
+        let m1 = if order >= 2 { m1 } else { None };
+        let m2 = if order >= 3 { m2 } else { None };
+        let thresholding = self.thresholding;
+        py.detach(|| {
+            with_elem!(mo.dtype, D, {
+                with_elem!(x.dtype, S, {
+                    // SAFETY: lengths and dtypes checked above; the Python layer keeps every
+                    // buffer alive and contiguous for the call and allocates hist/prev fresh.
+                    unsafe {
+                        let (mo_s, x_s) = (mo.slice::<D>(), x.slice::<S>());
+                        let bounds = thresholding.map(|(ratio, max)| {
+                            threshold_bounds(
+                                x_s, mo_s, mo_stride, per_sample, co.p, co.q, ratio, max,
+                            )
+                        });
+                        fused_step(
+                            StepIo {
+                                mo: mo_s,
+                                mo_stride,
+                                x: x_s,
+                                m1: m1.map(|t| t.slice::<D>()),
+                                m2: m2.map(|t| t.slice::<D>()),
+                                noise: noise.map(|t| t.slice::<f32>()),
+                                hist: hist.slice_mut::<D>(),
+                                prev: prev.slice_mut::<D>(),
+                                per_sample,
+                            },
+                            &co,
+                            bounds.as_deref(),
+                        )
+                    }
+                })
+            })
+        });
+        Ok(())
+    }
+}
+
+/// The error for a CUDA tensor while the CUDA step is not available here.
+fn cuda_step_unavailable() -> RdiffError {
+    match crate::cuda::availability() {
+        Err(reason) => {
+            RdiffError::CudaUnavailable(format!("CUDA tensors need the CUDA backend: {reason}"))
+        }
+        Ok(_) => RdiffError::CudaUnavailable(
+            "this build of rdiff has no CUDA kernel for the DPM-Solver step yet".into(),
+        ),
+    }
+}

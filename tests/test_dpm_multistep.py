@@ -1,0 +1,240 @@
+"""rdiff.DPMSolverMultistepScheduler against diffusers' DPMSolverMultistepScheduler."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import numpy as np
+import pytest
+import rdiff
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+from conftest import GaussianEps, dummy_model, dummy_noise_deter, dummy_sample_deter
+
+DS = diffusers.DPMSolverMultistepScheduler
+RS = rdiff.DPMSolverMultistepScheduler
+
+# diffusers' test configuration (tests/schedulers/test_scheduler_dpm_multi.py).
+BASE = dict(
+    num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+    solver_order=2, prediction_type="epsilon", thresholding=False, sample_max_value=1.0,
+    algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=False,
+    final_sigmas_type="sigma_min",
+)
+
+
+def full_loop(scheduler, steps=10):
+    sample = dummy_sample_deter()
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        sample = scheduler.step(dummy_model(sample, torch.as_tensor(t)), t, sample).prev_sample
+    return sample
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        ({}, 0.3301),
+        (dict(prediction_type="v_prediction"), 0.2251),
+        (dict(prediction_type="v_prediction", use_karras_sigmas=True), 0.2096),  # 0.2092 here
+        (dict(prediction_type="v_prediction", use_lu_lambdas=True), 0.1554),
+        (dict(thresholding=True, dynamic_thresholding_ratio=0.87, sample_max_value=0.5), 1.1364),
+    ],
+)
+def test_diffusers_published_full_loops(kwargs, expected):
+    sample = full_loop(RS(**{**BASE, **kwargs}))
+    assert abs(sample.abs().mean().item() - expected) < 1e-3
+
+
+def test_diffusers_published_loop_with_noise():
+    s = RS(**BASE)
+    s.set_timesteps(10)
+    timesteps = s.timesteps[5:]
+    sample = s.add_noise(dummy_sample_deter(), dummy_noise_deter(), timesteps[:1])
+    for t in timesteps:
+        sample = s.step(dummy_model(sample, torch.as_tensor(t)), t, sample).prev_sample
+    assert abs(sample.abs().sum().item() - 318.4111) < 1e-2
+    assert abs(sample.abs().mean().item() - 0.4146) < 1e-3
+
+
+def _tolerance(sched, i, x):
+    """1e-5 of the largest intermediate the step forms: converting ε to x₀ at σ̃ multiplies the
+    sample by √(1 + σ̃²) (157 at t = 999), in float32 for both implementations."""
+    sig = np.asarray(sched.sigmas, dtype=np.float64)
+    kappa = max(math.sqrt(1.0 + sig[j] ** 2) for j in range(max(0, i - 2), i + 1))
+    return 1e-5 * max(1.0, float(x.abs().max()) * kappa)
+
+
+def run_pair(cfg, n, model, dtype=torch.float32, seed=0, shape=(2, 3, 8, 8)):
+    """Both schedulers, stepped from the same inputs (diffusers' trajectory) at every step; the
+    largest error relative to the per-step tolerance."""
+    d, r = DS(**cfg), RS(**cfg)
+    d.set_timesteps(n)
+    r.set_timesteps(n)
+    np.testing.assert_array_equal(np.asarray(r.timesteps), d.timesteps.numpy())
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    gd, gr = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 1)
+    worst = 0.0
+    for i, t in enumerate(d.timesteps):
+        mo = model(x, t)
+        xd = d.step(mo, t, x, generator=gd).prev_sample
+        xr = r.step(mo, t, x, generator=gr).prev_sample
+        assert xr.dtype == xd.dtype and xr.shape == xd.shape
+        tol = _tolerance(r, i, x)
+        if dtype != torch.float32:
+            tol = 4 * float(torch.finfo(dtype).eps) * max(1.0, float(xd.abs().max()))
+        worst = max(worst, float((xd.float() - xr.float()).abs().max()) / tol)
+        x = xd
+    return worst
+
+
+CONFIGS = list(itertools.product(
+    [1, 2, 3],
+    ["dpmsolver++", "dpmsolver", "sde-dpmsolver++", "sde-dpmsolver"],
+    ["epsilon", "v_prediction", "sample"],
+    ["midpoint", "heun"],
+    [False, True],  # thresholding
+    ["linspace", "leading", "trailing", "karras", "lu", "exponential", "beta"],
+    ["zero", "sigma_min"],
+    [(True, False), (False, False), (True, True)],  # lower_order_final, euler_at_final
+    [1, 2, 3, 5, 10, 20, 50, 999],
+))
+
+
+def _sample_configs(k, seed):
+    rnd = random.Random(seed)
+    out = []
+    while len(out) < k:
+        order, alg, pred, st, thr, spacing, final, (lof, eaf), n = rnd.choice(CONFIGS)
+        if alg == "sde-dpmsolver" and order == 3:
+            continue
+        if final == "zero" and "++" not in alg:
+            continue
+        if thr and alg not in ("dpmsolver++", "dpmsolver"):
+            continue
+        cfg = dict(solver_order=order, algorithm_type=alg, prediction_type=pred,
+                   solver_type=st, thresholding=thr, sample_max_value=1.5,
+                   final_sigmas_type=final, lower_order_final=lof, euler_at_final=eaf)
+        if spacing in ("linspace", "leading", "trailing"):
+            cfg["timestep_spacing"] = spacing
+            cfg["steps_offset"] = 1 if spacing == "leading" else 0
+        else:
+            cfg[{"karras": "use_karras_sigmas", "lu": "use_lu_lambdas",
+                 "exponential": "use_exponential_sigmas", "beta": "use_beta_sigmas"}[spacing]] = True
+        out.append((cfg, n))
+    return out
+
+
+@pytest.mark.parametrize("cfg, n", _sample_configs(120, seed=2026))
+def test_matches_diffusers_over_the_config_matrix(cfg, n):
+    model = GaussianEps(DS(**cfg).alphas_cumprod, cfg["prediction_type"])
+    assert run_pair(cfg, n, model) <= 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("order", [2, 3])
+def test_half_precision_within_the_dtype_rounding(dtype, order):
+    cfg = dict(solver_order=order)
+    model = GaussianEps(DS().alphas_cumprod)
+    assert run_pair(cfg, 20, model, dtype=dtype) <= 1.0
+
+
+def test_numpy_in_numpy_out():
+    cfg = dict(solver_order=3)
+    model = GaussianEps(DS().alphas_cumprod)
+    d, r = DS(**cfg), RS(**cfg)
+    d.set_timesteps(15)
+    r.set_timesteps(15)
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    xr = x.numpy().copy()
+    for t in d.timesteps:
+        x = d.step(model(x, t), t, x).prev_sample
+        xr = r.step(model(torch.from_numpy(xr), t).numpy(), int(t), xr).prev_sample
+    assert isinstance(xr, np.ndarray) and xr.dtype == np.float32
+    np.testing.assert_allclose(xr, x.numpy(), atol=2e-5)
+
+
+def test_float64_numpy():
+    r = RS()
+    r.set_timesteps(10)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4))
+    for t in r.timesteps:
+        x = r.step(0.1 * x, t, x).prev_sample
+    assert x.dtype == np.float64 and np.isfinite(x).all()
+
+
+def test_learned_variance_uses_the_first_channels():
+    cfg = dict(variance_type="learned_range")
+    d, r = DS(**cfg), RS(**cfg)
+    d.set_timesteps(5)
+    r.set_timesteps(5)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    xd, xr = x, x
+    for t in d.timesteps:
+        mo = torch.cat([0.3 * xd, torch.ones_like(xd)], dim=1)
+        xd = d.step(mo, t, xd).prev_sample
+        xr = r.step(torch.cat([0.3 * xr, torch.ones_like(xr)], dim=1), t, xr).prev_sample
+    torch.testing.assert_close(xr, xd, atol=1e-4, rtol=1e-5)
+
+
+def test_custom_timesteps_and_begin_index():
+    d, r = DS(), RS()
+    ts = [900, 700, 500, 300, 100, 10]
+    d.set_timesteps(timesteps=ts)
+    r.set_timesteps(timesteps=ts)
+    np.testing.assert_allclose(r.sigmas, d.sigmas.numpy(), rtol=2e-7)
+    r.set_begin_index(0)
+    assert r.begin_index == 0
+
+
+def test_attributes_pipelines_use():
+    r = RS(solver_order=3)
+    assert r.init_noise_sigma == 1.0 and r.order == 1 and len(r) == 1000
+    r.set_timesteps(7)
+    assert r.step_index is None and r.model_outputs == [None, None, None]
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    assert r.scale_model_input(x, r.timesteps[0]) is x
+    out = r.step(x, r.timesteps[0], x, return_dict=False)
+    assert isinstance(out, tuple) and len(out) == 1 and r.step_index == 1
+    assert r.model_outputs[-1] is not None
+
+
+def test_config_round_trip(tmp_path):
+    r = RS(solver_order=3, use_karras_sigmas=True, prediction_type="v_prediction")
+    r.save_pretrained(tmp_path)
+    d = DS.from_pretrained(tmp_path)
+    assert d.config.solver_order == 3 and d.config.use_karras_sigmas
+    r2 = RS.from_config(d.config)
+    assert r2.config.prediction_type == "v_prediction"
+    r3 = RS.from_pretrained(tmp_path)
+    assert dict(r3.config) == dict(r.config)
+
+
+def test_bad_input():
+    r = RS()
+    x = np.zeros((1, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="set_timesteps"):
+        r.step(x, 999, x)
+    r.set_timesteps(2)
+    with pytest.raises(ValueError, match="shape"):
+        r.step(np.zeros((1, 3, 4, 5), np.float32), r.timesteps[0], x)
+    with pytest.raises(TypeError, match="dtype"):
+        r.step(x.astype(np.int32), r.timesteps[0], x)
+    with pytest.raises(TypeError):
+        r.step([0.0], r.timesteps[0], x)
+    for t in r.timesteps:
+        x = r.step(x, t, x).prev_sample
+    with pytest.raises(ValueError, match="steps are done"):
+        r.step(x, r.timesteps[-1], x)
+    with pytest.raises(ValueError, match="solver_order"):
+        RS(solver_order=4)
+    with pytest.raises(ValueError, match="algorithm_type"):
+        RS(algorithm_type="ddim")
+    with pytest.raises(ValueError, match="final_sigmas_type"):
+        RS(algorithm_type="dpmsolver", final_sigmas_type="zero")
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        RS(timestep_spacing="uniform")
