@@ -1,0 +1,94 @@
+"""One multistep DPM-Solver++ step: rdiff against diffusers on the same torch CPU tensors.
+
+Run: python benches/bench_dpm_step.py [--quick]. Prints a markdown table: time per step for
+both, the ratio, and rdiff's effective bandwidth (bytes a fused step must move ÷ its time)
+against this machine's copy bandwidth measured in the same run (a large torch copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from diffusers import DPMSolverMultistepScheduler as DS
+
+import rdiff
+
+SHAPES = [(1, 4, 64, 64), (8, 4, 128, 128), (16, 3, 256, 256)]
+
+
+def best_of(fn, repeat: int, min_time: float = 0.2) -> float:
+    """Best mean over `repeat` rounds of enough calls to take `min_time` seconds."""
+    fn()
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt >= min_time / 4 or n > 1e5:
+            break
+        n *= 4
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
+def prepared(cls, order: int, shape, dtype):
+    s = cls(solver_order=order)
+    s.set_timesteps(20)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).to(dtype)
+    mo = torch.randn(shape, generator=g).to(dtype)
+    for t in s.timesteps[:order]:  # fill the history
+        x = s.step(mo, t, x).prev_sample
+    t = s.timesteps[5]
+
+    def step():
+        s._step_index = 5
+        s.lower_order_nums = order
+        s.step(mo, t, x)
+
+    return step
+
+
+def copy_bandwidth() -> float:
+    a = torch.empty(64 * 2**20 // 4)  # 64 MiB, well past the caches
+    b = torch.empty_like(a)
+    t = best_of(lambda: b.copy_(a), 5)
+    return 2 * a.numel() * 4 / t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = ap.parse_args()
+    repeat = 3 if args.quick else 7
+    bw = copy_bandwidth()
+    print(f"rdiff {rdiff.__version__}, torch {torch.__version__}, threads "
+          f"{torch.get_num_threads()} (torch) / {rdiff.backends()['cpu']['threads']} (rdiff)")
+    print(f"copy bandwidth (64 MiB torch copy, read + write): {bw / 1e9:.1f} GB/s\n")
+    print("| shape | order | dtype | diffusers | rdiff | speed-up | rdiff GB/s | % of copy |")
+    print("|---|---|---|---|---|---|---|---|")
+    for shape in SHAPES:
+        for order in (2, 3):
+            for dtype in (torch.float32, torch.bfloat16):
+                td = best_of(prepared(DS, order, shape, dtype), repeat)
+                tr = best_of(prepared(rdiff.DPMSolverMultistepScheduler, order, shape, dtype),
+                             repeat)
+                numel = torch.Size(shape).numel()
+                esize = torch.empty((), dtype=dtype).element_size()
+                # reads: model output, sample, order-1 history entries; writes: history, sample
+                moved = (2 + (order - 1) + 2) * numel * esize
+                gbs = moved / tr / 1e9
+                print(f"| {tuple(shape)} | {order} | {str(dtype)[6:]} | {td * 1e6:.0f} µs | "
+                      f"{tr * 1e6:.0f} µs | {td / tr:.1f}× | {gbs:.1f} | {100 * gbs * 1e9 / bw:.0f}% |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""rdiff's schedulers as diffusers ``SchedulerMixin`` / ``ConfigMixin`` classes.
+
+Importable when diffusers is installed. A ``DiffusionPipeline`` accepts, saves and reloads
+them, and ``from_config`` switching between them and diffusers' own schedulers works::
+
+    from rdiff.diffusers import DPMSolverMultistepScheduler
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+
+Their ``timesteps`` are torch tensors, as diffusers' are.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+try:
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+except ImportError as e:  # pragma: no cover - exercised only without diffusers
+    raise ImportError("rdiff.diffusers needs diffusers: pip install diffusers torch") from e
+
+from . import schedulers as _schedulers
+
+__all__ = ["DPMSolverMultistepScheduler"]
+
+
+def _wrap(base: type) -> type:
+    """A diffusers subclass of rdiff scheduler ``base`` with diffusers' config machinery."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        base.__init__(self, *args, **kwargs)
+
+    # register_to_config reads the defaults from the signature: give it the real one.
+    __init__.__signature__ = inspect.signature(base.__init__)  # type: ignore[attr-defined]
+    __init__.__doc__ = base.__init__.__doc__
+
+    def _register(self, **kwargs: Any) -> None:
+        """diffusers' ``register_to_config`` decorator has already recorded the config."""
+
+    namespace = {
+        "__init__": register_to_config(__init__),
+        "_register": _register,
+        "__module__": __name__,
+        "__doc__": base.__doc__,
+        "__qualname__": base.__name__,
+        "config_name": "scheduler_config.json",
+        "_torch_timesteps": True,
+        "_compatibles": list(base._compatibles),
+    }
+    # diffusers' mixins come first so that their config, from_config and save/load win.
+    return type(base.__name__, (SchedulerMixin, ConfigMixin, base), namespace)
+
+
+DPMSolverMultistepScheduler = _wrap(_schedulers.DPMSolverMultistepScheduler)
