@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import rdiff
 
 S0 = 0.5
@@ -21,8 +20,11 @@ NS = [20, 40, 80, 160]
 
 def solve(order: int, n: int, algorithm: str) -> float:
     s = rdiff.DPMSolverMultistepScheduler(
-        solver_order=order, algorithm_type=algorithm, final_sigmas_type="sigma_min",
-        lower_order_final=False, use_lu_lambdas=True,
+        solver_order=order,
+        algorithm_type=algorithm,
+        final_sigmas_type="sigma_min",
+        lower_order_final=False,
+        use_lu_lambdas=True,
     )
     s.set_timesteps(n)
     sig = np.asarray(s.sigmas, dtype=np.float64)

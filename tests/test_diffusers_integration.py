@@ -10,22 +10,27 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from rdiff.diffusers import DPMSolverMultistepScheduler  # noqa: E402
+from rdiff.diffusers import DPMSolverMultistepScheduler
 
 
 def small_unet():
     torch.manual_seed(0)
     return diffusers.UNet2DModel(
-        sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
-        block_out_channels=(16, 32), norm_num_groups=8,
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
     ).eval()
 
 
 def run(pipe, steps=8):
-    return pipe(batch_size=2, num_inference_steps=steps, generator=torch.manual_seed(1),
-                output_type="np").images
+    return pipe(
+        batch_size=2, num_inference_steps=steps, generator=torch.manual_seed(1), output_type="np"
+    ).images
 
 
 def test_pipeline_gives_the_same_images_with_rdiffs_scheduler(tmp_path):

@@ -20,9 +20,17 @@ RS = rdiff.DPMSolverMultistepScheduler
 
 # diffusers' test configuration (tests/schedulers/test_scheduler_dpm_multi.py).
 BASE = dict(
-    num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
-    solver_order=2, prediction_type="epsilon", thresholding=False, sample_max_value=1.0,
-    algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=False,
+    num_train_timesteps=1000,
+    beta_start=0.0001,
+    beta_end=0.02,
+    beta_schedule="linear",
+    solver_order=2,
+    prediction_type="epsilon",
+    thresholding=False,
+    sample_max_value=1.0,
+    algorithm_type="dpmsolver++",
+    solver_type="midpoint",
+    lower_order_final=False,
     final_sigmas_type="sigma_min",
 )
 
@@ -92,17 +100,27 @@ def run_pair(cfg, n, model, dtype=torch.float32, seed=0, shape=(2, 3, 8, 8)):
     return worst
 
 
-CONFIGS = list(itertools.product(
-    [1, 2, 3],
-    ["dpmsolver++", "dpmsolver", "sde-dpmsolver++", "sde-dpmsolver"],
-    ["epsilon", "v_prediction", "sample"],
-    ["midpoint", "heun"],
-    [False, True],  # thresholding
-    ["linspace", "leading", "trailing", "karras", "lu", "exponential", "beta"],
-    ["zero", "sigma_min"],
-    [(True, False), (False, False), (True, True)],  # lower_order_final, euler_at_final
-    [1, 2, 3, 5, 10, 20, 50, 999],
-))
+CONFIGS = list(
+    itertools.product(
+        [1, 2, 3],
+        ["dpmsolver++", "dpmsolver", "sde-dpmsolver++", "sde-dpmsolver"],
+        ["epsilon", "v_prediction", "sample"],
+        ["midpoint", "heun"],
+        [False, True],  # thresholding
+        ["linspace", "leading", "trailing", "karras", "lu", "exponential", "beta"],
+        ["zero", "sigma_min"],
+        [(True, False), (False, False), (True, True)],  # lower_order_final, euler_at_final
+        [1, 2, 3, 5, 10, 20, 50, 999],
+    )
+)
+
+
+SIGMA_FLAGS = {
+    "karras": "use_karras_sigmas",
+    "lu": "use_lu_lambdas",
+    "exponential": "use_exponential_sigmas",
+    "beta": "use_beta_sigmas",
+}
 
 
 def _sample_configs(k, seed):
@@ -116,15 +134,22 @@ def _sample_configs(k, seed):
             continue
         if thr and alg not in ("dpmsolver++", "dpmsolver"):
             continue
-        cfg = dict(solver_order=order, algorithm_type=alg, prediction_type=pred,
-                   solver_type=st, thresholding=thr, sample_max_value=1.5,
-                   final_sigmas_type=final, lower_order_final=lof, euler_at_final=eaf)
+        cfg = dict(
+            solver_order=order,
+            algorithm_type=alg,
+            prediction_type=pred,
+            solver_type=st,
+            thresholding=thr,
+            sample_max_value=1.5,
+            final_sigmas_type=final,
+            lower_order_final=lof,
+            euler_at_final=eaf,
+        )
         if spacing in ("linspace", "leading", "trailing"):
             cfg["timestep_spacing"] = spacing
             cfg["steps_offset"] = 1 if spacing == "leading" else 0
         else:
-            cfg[{"karras": "use_karras_sigmas", "lu": "use_lu_lambdas",
-                 "exponential": "use_exponential_sigmas", "beta": "use_beta_sigmas"}[spacing]] = True
+            cfg[SIGMA_FLAGS[spacing]] = True
         out.append((cfg, n))
     return out
 

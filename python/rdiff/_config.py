@@ -88,7 +88,9 @@ class ConfigMixin:
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None,
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        subfolder: str | None = None,
         **kwargs: Any,
     ):
         """Load from a local folder holding ``scheduler_config.json`` (or its ``subfolder``)."""

@@ -101,8 +101,9 @@ def randn(shape: tuple, like: Any, generator: Any = None) -> Any:
         if isinstance(gens, list):
             rand_device = gens[0].device if gens[0].device.type == "cpu" else device
             parts = [
-                torch.randn((1, *tuple(shape[1:])), generator=g, device=rand_device,
-                            dtype=torch.float32)
+                torch.randn(
+                    (1, *tuple(shape[1:])), generator=g, device=rand_device, dtype=torch.float32
+                )
                 for g in gens[: shape[0]]
             ]
             return torch.cat(parts, dim=0).to(device)

@@ -41,7 +41,11 @@ class SchedulerBase(ConfigMixin):
         if trained_betas is not None:
             trained_betas = [float(b) for b in np.asarray(trained_betas, dtype=np.float64)]
         schedule = NoiseSchedule.discrete(
-            num_train_timesteps, beta_schedule, beta_start, beta_end, trained_betas,
+            num_train_timesteps,
+            beta_schedule,
+            beta_start,
+            beta_end,
+            trained_betas,
             rescale_betas_zero_snr,
         )
         self.schedule = schedule

@@ -25,11 +25,21 @@ class DPMSolverMultistepScheduler(SchedulerBase):
     """
 
     _compatibles: ClassVar[list[str]] = [
-        "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler",
-        "EulerDiscreteScheduler", "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler",
-        "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
-        "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DEISMultistepScheduler",
-        "UniPCMultistepScheduler", "DPMSolverSDEScheduler", "EDMEulerScheduler",
+        "DDIMScheduler",
+        "DDPMScheduler",
+        "PNDMScheduler",
+        "LMSDiscreteScheduler",
+        "EulerDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "KDPM2DiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+        "DEISMultistepScheduler",
+        "UniPCMultistepScheduler",
+        "DPMSolverSDEScheduler",
+        "EDMEulerScheduler",
     ]
     order = 1
 
@@ -103,7 +113,11 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         self._algorithm_type = algorithm_type
         self._solver_type = solver_type
         self._init_schedule(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+            num_train_timesteps,
+            beta_start,
+            beta_end,
+            beta_schedule,
+            trained_betas,
             rescale_betas_zero_snr,
         )
         if rescale_betas_zero_snr:
@@ -138,15 +152,18 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         cfg = self.config
         if mu is not None:
             if not (cfg.use_dynamic_shifting and cfg.time_shift_type == "exponential"):
-                raise ValueError("mu: needs use_dynamic_shifting=True and time_shift_type "
-                                 "'exponential'")
+                raise ValueError(
+                    "mu: needs use_dynamic_shifting=True and time_shift_type 'exponential'"
+                )
             self.register_to_config(flow_shift=float(np.exp(mu)))
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("set_timesteps: pass exactly one of num_inference_steps or timesteps")
         sigma_kind = "default"
         for flag, kind in (
-            ("use_karras_sigmas", "karras"), ("use_lu_lambdas", "lu"),
-            ("use_exponential_sigmas", "exponential"), ("use_beta_sigmas", "beta"),
+            ("use_karras_sigmas", "karras"),
+            ("use_lu_lambdas", "lu"),
+            ("use_exponential_sigmas", "exponential"),
+            ("use_beta_sigmas", "beta"),
             ("use_flow_sigmas", "flow"),
         ):
             if cfg[flag]:
@@ -175,9 +192,14 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         self._step_index = None
         self._begin_index = None
         self._core = _MultistepCore(
-            self._algorithm_type, self._solver_type, cfg.prediction_type, bool(cfg.thresholding),
-            float(cfg.dynamic_thresholding_ratio), float(cfg.sample_max_value),
-            bool(cfg.use_flow_sigmas), [float(s) for s in self.sigmas],
+            self._algorithm_type,
+            self._solver_type,
+            cfg.prediction_type,
+            bool(cfg.thresholding),
+            float(cfg.dynamic_thresholding_ratio),
+            float(cfg.sample_max_value),
+            bool(cfg.use_flow_sigmas),
+            [float(s) for s in self.sigmas],
         )
 
     def _index_for_missing_timestep(self, t: Any, ts: np.ndarray) -> int:
@@ -188,7 +210,8 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         cfg = self.config
         n, i = len(self.timesteps), self._step_index
         lower_order_final = i == n - 1 and (
-            cfg.euler_at_final or (cfg.lower_order_final and n < 15)
+            cfg.euler_at_final
+            or (cfg.lower_order_final and n < 15)
             or cfg.final_sigmas_type == "zero"
         )
         lower_order_second = i == n - 2 and cfg.lower_order_final and n < 15
@@ -240,29 +263,35 @@ class DPMSolverMultistepScheduler(SchedulerBase):
             cfg.variance_type in ("learned", "learned_range") and cfg.prediction_type == "epsilon"
         )
         if mo_shape != shape and not (
-            learned and len(mo_shape) == len(shape) and mo_shape[0] == shape[0]
-            and mo_shape[2:] == shape[2:] and mo_shape[1] >= shape[1]
+            learned
+            and len(mo_shape) == len(shape)
+            and mo_shape[0] == shape[0]
+            and mo_shape[2:] == shape[2:]
+            and mo_shape[1] >= shape[1]
         ):
-            raise ValueError(
-                f"model_output: shape {mo_shape} does not match sample's {shape}"
-            )
+            raise ValueError(f"model_output: shape {mo_shape} does not match sample's {shape}")
         order = self._step_order()
         mo = _tensor.contiguous(model_output)
         x = _tensor.contiguous(sample)
         m1 = self.model_outputs[-1] if order >= 2 else None
         m2 = self.model_outputs[-2] if order >= 3 else None
         for m, what in ((m1, "model_outputs[-2]"), (m2, "model_outputs[-3]")):
-            if m is not None and (tuple(m.shape) != shape or _tensor.dtype_name(m) !=
-                                  _tensor.dtype_name(model_output)):
-                raise ValueError(f"{what}: the history entry does not match this step's "
-                                 "shape and dtype; call set_timesteps to start a new loop")
+            if m is not None and (
+                tuple(m.shape) != shape or _tensor.dtype_name(m) != _tensor.dtype_name(model_output)
+            ):
+                raise ValueError(
+                    f"{what}: the history entry does not match this step's "
+                    "shape and dtype; call set_timesteps to start a new loop"
+                )
         noise = None
         if self._algorithm_type.startswith("sde"):
             if variance_noise is not None:
                 noise = _tensor.to_float32(variance_noise, x)
                 if tuple(noise.shape) != shape:
-                    raise ValueError(f"variance_noise: shape {tuple(noise.shape)} does not match "
-                                     f"sample's {shape}")
+                    raise ValueError(
+                        f"variance_noise: shape {tuple(noise.shape)} does not match "
+                        f"sample's {shape}"
+                    )
             else:
                 noise = _tensor.contiguous(_tensor.randn(mo_shape[:1] + shape[1:], x, generator))
         hist = _tensor.empty_like(x, dtype=model_output.dtype)
@@ -270,11 +299,17 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         batch = shape[0]
         mo_stride = math.prod(mo_shape[1:])
         self._core.step(
-            self._step_index, order, _tensor.describe(mo), _tensor.describe(x),
+            self._step_index,
+            order,
+            _tensor.describe(mo),
+            _tensor.describe(x),
             None if m1 is None else _tensor.describe(m1),
             None if m2 is None else _tensor.describe(m2),
             None if noise is None else _tensor.describe(noise),
-            _tensor.describe(hist), _tensor.describe(prev), batch, mo_stride,
+            _tensor.describe(hist),
+            _tensor.describe(prev),
+            batch,
+            mo_stride,
         )
         for i in range(cfg.solver_order - 1):
             self.model_outputs[i] = self.model_outputs[i + 1]
