@@ -4,6 +4,7 @@ pub mod cuda;
 pub mod error;
 pub mod py;
 pub mod schedule;
+pub mod testing;
 
 use pyo3::prelude::*;
 
@@ -13,5 +14,6 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::errors::register(m)?;
     m.add_function(wrap_pyfunction!(py::backends::backends, m)?)?;
     m.add_class::<py::schedule::PyNoiseSchedule>()?;
+    py::testing::register(m)?;
     Ok(())
 }
