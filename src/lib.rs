@@ -5,6 +5,7 @@ pub mod cuda;
 pub mod error;
 pub mod py;
 pub mod schedule;
+pub mod testing;
 
 use pyo3::prelude::*;
 
@@ -15,5 +16,6 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::backends::backends, m)?)?;
     m.add_class::<py::schedule::PyNoiseSchedule>()?;
     m.add_class::<py::dpm_solver::MultistepCore>()?;
+    py::testing::register(m)?;
     Ok(())
 }

@@ -10,6 +10,7 @@ from . import _cuda_libs
 
 _cuda_libs.preload_nvrtc()
 
+from . import testing
 from ._rdiff import (
     CudaError,
     CudaUnavailableError,

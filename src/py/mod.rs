@@ -5,3 +5,4 @@ pub mod dpm_solver;
 pub mod errors;
 pub mod schedule;
 pub mod tensor;
+pub mod testing;
