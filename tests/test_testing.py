@@ -23,7 +23,7 @@ def make_mixture(d: int, diagonal: bool, seed: int = 0) -> GaussianMixture:
 def scipy_log_pt(gm: GaussianMixture, x: np.ndarray, alpha: float, sigma: float) -> np.ndarray:
     """log p_t(x) of the noised mixture, computed independently with scipy."""
     comps = []
-    for mu, s, w in zip(gm.means, gm.stds, gm.weights):
+    for mu, s, w in zip(gm.means, gm.stds, gm.weights, strict=True):
         cov = np.diag(alpha**2 * s**2 + sigma**2)
         comps.append(np.log(w) + multivariate_normal(alpha * mu, cov).logpdf(x))
     return logsumexp(np.stack(comps, axis=0), axis=0)

@@ -40,4 +40,5 @@ __all__ = [
     "WeightsError",
     "__version__",
     "backends",
+    "testing",
 ]
