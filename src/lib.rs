@@ -13,5 +13,6 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::errors::register(m)?;
     m.add_function(wrap_pyfunction!(py::backends::backends, m)?)?;
     m.add_class::<py::schedule::PyNoiseSchedule>()?;
+    m.add_function(wrap_pyfunction!(py::spacing::diffusers_schedule, m)?)?;
     Ok(())
 }

@@ -10,7 +10,7 @@ from . import _cuda_libs
 
 _cuda_libs.preload_nvrtc()
 
-from ._rdiff import (  # noqa: E402
+from ._rdiff import (
     CudaError,
     CudaUnavailableError,
     NoiseSchedule,
@@ -18,7 +18,7 @@ from ._rdiff import (  # noqa: E402
     WeightsError,
     __version__,
 )
-from ._rdiff import backends as _backends  # noqa: E402
+from ._rdiff import backends as _backends
 
 
 def backends() -> dict:

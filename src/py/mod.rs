@@ -3,3 +3,4 @@
 pub mod backends;
 pub mod errors;
 pub mod schedule;
+pub mod spacing;
