@@ -20,6 +20,7 @@ from ._rdiff import (
     __version__,
 )
 from ._rdiff import backends as _backends
+from .schedulers import DPMSolverMultistepScheduler, SchedulerOutput
 
 
 def backends() -> dict:
@@ -35,8 +36,10 @@ def backends() -> dict:
 __all__ = [
     "CudaError",
     "CudaUnavailableError",
+    "DPMSolverMultistepScheduler",
     "NoiseSchedule",
     "RdiffError",
+    "SchedulerOutput",
     "WeightsError",
     "__version__",
     "backends",

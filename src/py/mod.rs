@@ -4,5 +4,6 @@ pub mod backends;
 pub mod dpm_solver;
 pub mod errors;
 pub mod schedule;
+pub mod spacing;
 pub mod tensor;
 pub mod testing;

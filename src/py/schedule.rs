@@ -4,7 +4,14 @@ use numpy::{AllowTypeChange, IntoPyArray, PyArray1, PyArrayLikeDyn};
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt};
 
+use crate::schedule::spacing::{
+    diffusers_schedule, distinct_timesteps, reference_time_steps, FinalSigma, SigmaKind, SkipType,
+    SpacingOptions, TimestepSpacing,
+};
 use crate::schedule::{BetaSchedule, DiscreteBetas, NoiseSchedule};
+
+/// diffusers' zero-SNR fix: a terminal ᾱ of exactly 0 becomes 2⁻²⁴ so that σ stays finite.
+const ZERO_SNR_ALPHA_CUMPROD: f64 = 5.960_464_477_539_063e-8;
 
 /// A diffusion forward process q(x_t | x_0) = N(α_t x_0, σ_t² I).
 ///
@@ -142,6 +149,103 @@ impl PyNoiseSchedule {
         lam: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         map_f64(py, lam, |v| self.inner.inverse_lambda(v))
+    }
+
+    /// Integer timesteps and sigmas for sampling with `num_inference_steps` steps.
+    ///
+    /// Computed as diffusers' `DPMSolverMultistepScheduler.set_timesteps` with the same options
+    /// (`timestep_spacing=spacing`, `steps_offset`, `use_karras_sigmas` / `use_exponential_sigmas`
+    /// / `use_beta_sigmas` / `use_lu_lambdas` for `sigmas`, `final_sigmas_type=final_sigma`,
+    /// `lambda_min_clipped`; Karras and Lu timesteps are rounded to the nearest integer,
+    /// exponential and beta ones truncated, as diffusers does for non-cosine schedules), then
+    /// made distinct: unlike diffusers (issue 12771: cosine + Karras maps several sigmas onto
+    /// one integer timestep), the returned timesteps are strictly decreasing. Rule: keep the
+    /// first occurrence, nudge each later duplicate down to one below its predecessor (raising
+    /// the tail again from 0 if that runs below 0); a moved timestep gets the σ of the
+    /// training table at its new value, the others keep theirs.
+    ///
+    /// Returns `(timesteps, sigmas)`: int64 of shape (n,) and float64 of shape (n + 1,), where
+    /// σ = √((1−ᾱ)/ᾱ) (float32 values) and the last entry is the final sigma (0 or σ_min).
+    /// Discrete schedules only.
+    #[pyo3(signature = (num_inference_steps, spacing="linspace", steps_offset=0,
+        sigmas="default", final_sigma="zero", lambda_min_clipped=f64::NEG_INFINITY))]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn timesteps<'py>(
+        &self,
+        py: Python<'py>,
+        num_inference_steps: i64,
+        spacing: &str,
+        steps_offset: i64,
+        sigmas: &str,
+        final_sigma: &str,
+        lambda_min_clipped: f64,
+    ) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>)> {
+        let Some(betas) = self.inner.discrete_betas() else {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "timesteps: integer timesteps need a discrete schedule; use time_steps() for a \
+                 continuous one",
+            ));
+        };
+        if num_inference_steps < 1 {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "num_inference_steps: must be at least 1, got {num_inference_steps}"
+            )));
+        }
+        let sigma_kind = match sigmas {
+            "flow" => {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "sigmas: expected one of \"default\", \"karras\", \"exponential\", \
+                     \"beta\", \"lu\", got \"flow\"",
+                ))
+            }
+            other => SigmaKind::parse(other, 1.0)?,
+        };
+        let opts = SpacingOptions {
+            spacing: TimestepSpacing::parse(spacing)?,
+            steps_offset,
+            sigma_kind,
+            final_sigma: FinalSigma::parse(final_sigma)?,
+            lambda_min_clipped,
+            round_timesteps: true,
+        };
+        let mut ac = betas.alphas_cumprod.clone();
+        if let Some(last) = ac.last_mut() {
+            if *last == 0.0 {
+                *last = ZERO_SNR_ALPHA_CUMPROD;
+            }
+        }
+        let out = py.detach(|| {
+            let s = diffusers_schedule(&ac, num_inference_steps as usize, &opts)?;
+            distinct_timesteps(&ac, &s)
+        })?;
+        Ok((out.timesteps.into_pyarray(py), out.sigmas.into_pyarray(py)))
+    }
+
+    /// The DPM-Solver reference's time steps (`DPM_Solver.get_time_steps`) in continuous time.
+    ///
+    /// `steps + 1` times (float64, shape (steps + 1,)) from `t_start` (default `t_max`) down to
+    /// `t_end` (default `t_min`), uniform in t (`"time_uniform"`), in λ (`"logSNR"`, mapped back
+    /// by `inverse_lambda`) or in √t (`"time_quadratic"`). The endpoints are exactly `t_start`
+    /// and `t_end`.
+    #[pyo3(signature = (steps, skip_type="time_uniform", t_start=None, t_end=None))]
+    fn time_steps<'py>(
+        &self,
+        py: Python<'py>,
+        steps: i64,
+        skip_type: &str,
+        t_start: Option<f64>,
+        t_end: Option<f64>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        if steps < 1 {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "steps: must be at least 1, got {steps}"
+            )));
+        }
+        let skip = SkipType::parse(skip_type)?;
+        let t_start = t_start.unwrap_or(self.inner.t_max());
+        let t_end = t_end.unwrap_or(self.inner.t_min());
+        let out = reference_time_steps(&self.inner, skip, t_start, t_end, steps as usize)?;
+        Ok(out.into_pyarray(py))
     }
 
     fn __repr__(&self) -> String {
