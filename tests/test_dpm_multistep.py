@@ -8,6 +8,7 @@ import random
 
 import numpy as np
 import pytest
+
 import rdiff
 
 torch = pytest.importorskip("torch")

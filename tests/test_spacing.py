@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+
 import rdiff
 from rdiff._rdiff import _diffusers_schedule
 

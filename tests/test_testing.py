@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import rdiff
-from rdiff.testing import GaussianMixture
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
+
+import rdiff
+from rdiff.testing import GaussianMixture
 
 torch = pytest.importorskip("torch")
 
