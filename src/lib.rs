@@ -15,5 +15,6 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::backends::backends, m)?)?;
     m.add_class::<py::schedule::PyNoiseSchedule>()?;
     m.add_class::<py::dpm_solver::MultistepCore>()?;
+    py::ddim::register(m)?;
     Ok(())
 }
