@@ -18,5 +18,6 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::dpm_solver::MultistepCore>()?;
     py::testing::register(m)?;
     m.add_function(wrap_pyfunction!(py::spacing::diffusers_schedule, m)?)?;
+    py::ddim::register(m)?;
     Ok(())
 }

@@ -20,7 +20,12 @@ from ._rdiff import (
     __version__,
 )
 from ._rdiff import backends as _backends
-from .schedulers import DPMSolverMultistepScheduler, SchedulerOutput
+from .schedulers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    SchedulerOutput,
+)
 
 
 def backends() -> dict:
@@ -36,6 +41,8 @@ def backends() -> dict:
 __all__ = [
     "CudaError",
     "CudaUnavailableError",
+    "DDIMScheduler",
+    "DDPMScheduler",
     "DPMSolverMultistepScheduler",
     "NoiseSchedule",
     "RdiffError",

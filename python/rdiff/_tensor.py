@@ -85,8 +85,11 @@ def same_framework(a: Any, b: Any, what: str) -> None:
         raise ValueError(f"{what}: tensors on different devices ({a.device} and {b.device})")
 
 
-def randn(shape: tuple, like: Any, generator: Any = None) -> Any:
-    """Standard normal float32 noise in like's framework, drawn as diffusers' randn_tensor does.
+def randn(shape: tuple, like: Any, generator: Any = None, dtype: Any = None) -> Any:
+    """Standard normal noise in like's framework, drawn as diffusers' randn_tensor does.
+
+    ``dtype`` (default float32) is the dtype torch draws in (diffusers' DDIM and DDPM draw in
+    the model output's dtype, which gives other values than drawing float32 and casting).
 
     For torch, a CPU generator draws on the CPU and the result moves to like's device; a list
     of generators draws one sample each. For numpy, ``generator`` is a numpy Generator (or
@@ -102,7 +105,10 @@ def randn(shape: tuple, like: Any, generator: Any = None) -> Any:
             rand_device = gens[0].device if gens[0].device.type == "cpu" else device
             parts = [
                 torch.randn(
-                    (1, *tuple(shape[1:])), generator=g, device=rand_device, dtype=torch.float32
+                    (1, *tuple(shape[1:])),
+                    generator=g,
+                    device=rand_device,
+                    dtype=torch.float32 if dtype is None else dtype,
                 )
                 for g in gens[: shape[0]]
             ]
@@ -110,10 +116,18 @@ def randn(shape: tuple, like: Any, generator: Any = None) -> Any:
         rand_device = device
         if gens is not None and gens.device.type != device.type and gens.device.type == "cpu":
             rand_device = "cpu"
-        noise = torch.randn(shape, generator=gens, device=rand_device, dtype=torch.float32)
+        noise = torch.randn(
+            shape,
+            generator=gens,
+            device=rand_device,
+            dtype=torch.float32 if dtype is None else dtype,
+        )
         return noise.to(device)
     rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng()
-    return rng.standard_normal(shape, dtype=np.float32)
+    dt = np.dtype(np.float32 if dtype is None else dtype)
+    return rng.standard_normal(shape, dtype=np.float64 if dt == np.float64 else np.float32).astype(
+        dt, copy=False
+    )
 
 
 def to_float32(x: Any, like: Any) -> Any:

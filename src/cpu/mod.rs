@@ -1,5 +1,6 @@
 //! The CPU backend: fused elementwise loops over caller-owned buffers (rayon).
 
+pub mod ddim_step;
 pub mod dpm_step;
 pub mod dtype;
 pub mod quantile;

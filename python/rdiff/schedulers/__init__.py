@@ -1,6 +1,8 @@
 """rdiff's diffusers-compatible schedulers (no diffusers or torch needed to use them)."""
 
 from ._base import SchedulerOutput
+from .ddim import DDIMScheduler
+from .ddpm import DDPMScheduler
 from .dpm_multistep import DPMSolverMultistepScheduler
 
-__all__ = ["DPMSolverMultistepScheduler", "SchedulerOutput"]
+__all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "SchedulerOutput"]

@@ -1,0 +1,262 @@
+"""The DDIM scheduler (Song et al. 2021), a drop-in for diffusers' own."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import _tensor
+from .._rdiff import _ddim_timesteps, _DdimCore
+from ._base import SchedulerBase, SchedulerOutput
+
+_COMPATIBLES = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "DPMSolverSDEScheduler",
+    "EDMEulerScheduler",
+]
+_PREDICTIONS = ("epsilon", "sample", "v_prediction")
+_SPACINGS = ("linspace", "leading", "trailing")
+
+
+def _int_timestep(timestep: Any) -> int:
+    if hasattr(timestep, "item"):
+        timestep = timestep.item()
+    if isinstance(timestep, float):
+        if not timestep.is_integer():
+            raise ValueError(f"timestep: expected an integer timestep, got {timestep}")
+        return int(timestep)
+    try:
+        return int(timestep)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"timestep: expected an int or a 0-d tensor, got {type(timestep).__name__}"
+        ) from None
+
+
+class _DiscreteAlphasMixin:
+    """add_noise / get_velocity from ᾱ at the given training timesteps, as DDIM and DDPM do."""
+
+    alphas_cumprod: np.ndarray
+
+    def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ts = np.asarray(timesteps).astype(np.int64).reshape(-1)
+        n = len(self.alphas_cumprod)
+        if ts.size and (ts.min() < -n or ts.max() >= n):
+            raise ValueError(f"timesteps: must lie in [0, {n}), got {ts.tolist()}")
+        ac = self.alphas_cumprod[ts]
+        return np.sqrt(ac), np.sqrt(1.0 - ac)
+
+    def get_velocity(self, sample: Any, noise: Any, timesteps: Any) -> Any:
+        """v = √ᾱ_t ε − √(1−ᾱ_t) x₀ with one timestep per sample; sample's type and dtype."""
+        _tensor.check_float(sample, "sample")
+        _tensor.same_framework(sample, noise, "get_velocity")
+        if tuple(sample.shape) != tuple(noise.shape):
+            raise ValueError(
+                f"noise: shape {tuple(noise.shape)} differs from sample's {tuple(sample.shape)}"
+            )
+        if _tensor.is_torch(timesteps):
+            timesteps = timesteps.detach().cpu().numpy()
+        alpha, sigma = self._alpha_sigma_for_noise(np.atleast_1d(np.asarray(timesteps)))
+        shape = (-1,) + (1,) * (sample.ndim - 1)
+        if _tensor.is_torch(sample):
+            torch = _tensor.torch_module()
+            kw = dict(device=sample.device, dtype=sample.dtype)
+            a = torch.as_tensor(alpha, **kw).reshape(shape)
+            s = torch.as_tensor(sigma, **kw).reshape(shape)
+        else:
+            a = alpha.astype(sample.dtype).reshape(shape)
+            s = sigma.astype(sample.dtype).reshape(shape)
+        return a * noise - s * sample
+
+
+def _check_pair(model_output: Any, sample: Any) -> tuple:
+    _tensor.check_float(model_output, "model_output")
+    _tensor.check_float(sample, "sample")
+    _tensor.same_framework(model_output, sample, "step")
+    shape = tuple(sample.shape)
+    if len(shape) < 1 or shape[0] == 0:
+        raise ValueError(f"sample: expected a non-empty batch, got shape {shape}")
+    return shape
+
+
+def _noise_like(shape: tuple, model_output: Any, generator: Any, variance_noise: Any) -> Any:
+    """diffusers' randn_tensor(shape, dtype=model_output.dtype), or the given noise cast."""
+    if variance_noise is not None:
+        _tensor.same_framework(model_output, variance_noise, "variance_noise")
+        if tuple(variance_noise.shape) != shape:
+            raise ValueError(
+                f"variance_noise: shape {tuple(variance_noise.shape)} does not match {shape}"
+            )
+        if _tensor.is_torch(variance_noise):
+            noise = variance_noise.to(dtype=model_output.dtype)
+        else:
+            noise = np.asarray(variance_noise).astype(model_output.dtype)
+        return _tensor.contiguous(noise)
+    return _tensor.contiguous(
+        _tensor.randn(shape, model_output, generator, dtype=model_output.dtype)
+    )
+
+
+class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
+    """Denoising diffusion implicit models (Song et al. 2021) with diffusers' interface.
+
+    Every constructor argument has diffusers' meaning and default. ``step`` runs one fused pass
+    in Rust (x₀ prediction, clipping or dynamic thresholding, the ε recomputation, the η update
+    and its noise) on numpy arrays or torch CPU tensors of float32, float16, bfloat16 (torch) or
+    float64 (numpy), with arithmetic in float32; outputs have the model output's type, dtype
+    and device.
+    """
+
+    _compatibles: ClassVar[list[str]] = list(_COMPATIBLES)
+    order = 1
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        rescale_betas_zero_snr: bool = False,
+    ):
+        self._register(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        if prediction_type not in _PREDICTIONS:
+            raise ValueError(
+                f"prediction_type: unknown {prediction_type!r}; expected epsilon, sample or "
+                "v_prediction"
+            )
+        if timestep_spacing not in _SPACINGS:
+            raise ValueError(
+                f"timestep_spacing: unknown {timestep_spacing!r}; expected linspace, leading "
+                "or trailing"
+            )
+        self._init_schedule(
+            num_train_timesteps,
+            beta_start,
+            beta_end,
+            beta_schedule,
+            trained_betas,
+            rescale_betas_zero_snr,
+        )
+        self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.alphas_cumprod[0])
+        self.init_noise_sigma = 1.0
+        n = len(self.alphas_cumprod)
+        self.timesteps = self._timesteps_array(np.arange(n - 1, -1, -1, dtype=np.int64))
+        self._core = _DdimCore(
+            [float(a) for a in self.alphas_cumprod],
+            self.final_alpha_cumprod,
+            prediction_type,
+            bool(clip_sample),
+            float(clip_sample_range),
+            bool(thresholding),
+            float(dynamic_thresholding_ratio),
+            float(sample_max_value),
+        )
+
+    def __len__(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def _get_variance(self, timestep: int, prev_timestep: int) -> float:
+        """β̃ = (1−ᾱ_prev)/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_prev), as diffusers' DDIM computes it."""
+        at = float(self.alphas_cumprod[timestep])
+        ap = (
+            float(self.alphas_cumprod[prev_timestep])
+            if prev_timestep >= 0
+            else (self.final_alpha_cumprod)
+        )
+        return (1.0 - ap) / (1.0 - at) * (1.0 - at / ap)
+
+    def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:
+        """diffusers' DDIM timesteps (int64, descending) for ``num_inference_steps``."""
+        cfg = self.config
+        if num_inference_steps is None or int(num_inference_steps) < 1:
+            raise ValueError(
+                f"num_inference_steps: must be a positive int, got {num_inference_steps!r}"
+            )
+        ts = _ddim_timesteps(
+            len(self.alphas_cumprod),
+            int(num_inference_steps),
+            cfg.timestep_spacing,
+            int(cfg.steps_offset),
+        )
+        self.num_inference_steps = int(num_inference_steps)
+        self.timesteps = self._timesteps_array(ts.astype(np.int64), device)
+
+    def step(
+        self,
+        model_output: Any,
+        timestep: int | Any,
+        sample: Any,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+        generator: Any = None,
+        variance_noise: Any = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple:
+        """One DDIM step from ``timestep`` to ``timestep − N // num_inference_steps``.
+
+        Returns ``SchedulerOutput(prev_sample, pred_original_sample)`` (a 2-tuple with
+        ``return_dict=False``). With ``eta > 0`` noise is drawn as diffusers does, in the model
+        output's dtype, from ``generator`` (torch.Generator or a list of them; a numpy Generator
+        for numpy input) unless ``variance_noise`` is given.
+        """
+        if self.num_inference_steps is None:
+            raise ValueError(
+                "step: the number of inference steps is not set; call set_timesteps first"
+            )
+        shape = _check_pair(model_output, sample)
+        if tuple(model_output.shape) != shape:
+            raise ValueError(
+                f"model_output: shape {tuple(model_output.shape)} does not match sample's {shape}"
+            )
+        eta = float(eta)
+        t = _int_timestep(timestep)
+        prev_t = t - len(self.alphas_cumprod) // self.num_inference_steps
+        noise = None
+        if eta > 0:
+            if variance_noise is not None and generator is not None:
+                raise ValueError("step: pass either generator or variance_noise, not both")
+            noise = _noise_like(shape, model_output, generator, variance_noise)
+        mo = _tensor.contiguous(model_output)
+        x = _tensor.contiguous(sample)
+        x0 = _tensor.empty_like(x, dtype=model_output.dtype)
+        prev = _tensor.empty_like(x, dtype=model_output.dtype)
+        self._core.ddim(
+            t,
+            prev_t,
+            eta,
+            bool(use_clipped_model_output),
+            _tensor.describe(mo),
+            _tensor.describe(x),
+            None if noise is None else _tensor.describe(noise),
+            _tensor.describe(x0),
+            _tensor.describe(prev),
+            shape[0],
+            math.prod(shape[1:]),
+        )
+        if not return_dict:
+            return (prev, x0)
+        return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)

@@ -1,0 +1,229 @@
+"""The DDPM scheduler (Ho et al. 2020), a drop-in for diffusers' own."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import _tensor
+from .._rdiff import _ddim_timesteps, _DdimCore
+from ._base import SchedulerBase, SchedulerOutput
+from .ddim import (
+    _COMPATIBLES,
+    _PREDICTIONS,
+    _SPACINGS,
+    _check_pair,
+    _DiscreteAlphasMixin,
+    _int_timestep,
+    _noise_like,
+)
+
+_VARIANCE_TYPES = (
+    "fixed_small",
+    "fixed_small_log",
+    "fixed_large",
+    "fixed_large_log",
+    "learned",
+    "learned_range",
+)
+
+
+def _extra_betas(beta_schedule: str, n: int, beta_start: float, beta_end: float) -> np.ndarray:
+    """The two DDPM-only β schedules, in float32 as diffusers builds them."""
+    if beta_schedule == "sigmoid":
+        # GeoDiff: sigmoid(linspace(−6, 6, N))·(β_end − β_start) + β_start.
+        x = np.linspace(-6.0, 6.0, n, dtype=np.float64).astype(np.float32)
+        s = (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+        return s * np.float32(beta_end - beta_start) + np.float32(beta_start)
+
+    def alpha_bar(t: float) -> float:
+        lmb = -0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * math.fabs(0.5 - t) + 1e-6)
+        snr = math.exp(lmb)
+        return math.sqrt(snr / (1 + snr))
+
+    return np.array(
+        [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
+        dtype=np.float32,
+    )
+
+
+class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
+    """Denoising diffusion probabilistic models (Ho et al. 2020) with diffusers' interface.
+
+    Every constructor argument has diffusers' meaning and default, including every
+    ``variance_type``; learned variances read the model output's second half of channels, as
+    diffusers splits it. ``step`` runs one fused pass in Rust (x₀ prediction, clipping or
+    dynamic thresholding, the posterior mean and the variance times noise); noise is drawn as
+    diffusers draws it, in the model output's dtype, whenever the timestep is above 0.
+    """
+
+    _compatibles: ClassVar[list[str]] = list(_COMPATIBLES)
+    order = 1
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: np.ndarray | list[float] | None = None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        self._register(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        if prediction_type not in _PREDICTIONS:
+            raise ValueError(
+                f"prediction_type: unknown {prediction_type!r}; expected epsilon, sample or "
+                "v_prediction"
+            )
+        if timestep_spacing not in _SPACINGS:
+            raise ValueError(
+                f"timestep_spacing: unknown {timestep_spacing!r}; expected linspace, leading "
+                "or trailing"
+            )
+        if variance_type not in _VARIANCE_TYPES:
+            raise ValueError(
+                f"variance_type: unknown {variance_type!r}; expected one of {_VARIANCE_TYPES}"
+            )
+        betas = trained_betas
+        if betas is None and beta_schedule in ("sigmoid", "laplace"):
+            betas = _extra_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        self._init_schedule(
+            num_train_timesteps,
+            beta_start,
+            beta_end,
+            "linear" if beta_schedule in ("sigmoid", "laplace") else beta_schedule,
+            betas,
+            rescale_betas_zero_snr,
+        )
+        self.one = 1.0
+        self.init_noise_sigma = 1.0
+        self.custom_timesteps = False
+        self.variance_type = variance_type
+        n = len(self.alphas_cumprod)
+        self.timesteps = self._timesteps_array(np.arange(n - 1, -1, -1, dtype=np.int64))
+        self._core = _DdimCore(
+            [float(a) for a in self.alphas_cumprod],
+            1.0,
+            prediction_type,
+            bool(clip_sample),
+            float(clip_sample_range),
+            bool(thresholding),
+            float(dynamic_thresholding_ratio),
+            float(sample_max_value),
+            variance_type,
+        )
+
+    def __len__(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: Any = None,
+        timesteps: list[int] | None = None,
+    ) -> None:
+        """diffusers' DDPM timesteps: spaced for ``num_inference_steps`` or custom (descending)."""
+        n_train = len(self.alphas_cumprod)
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("set_timesteps: pass only one of num_inference_steps or timesteps")
+        if timesteps is not None:
+            ts = np.asarray(
+                timesteps.detach().cpu().numpy() if _tensor.is_torch(timesteps) else timesteps,
+                dtype=np.int64,
+            ).reshape(-1)
+            if len(ts) == 0:
+                raise ValueError("timesteps: must not be empty")
+            if np.any(np.diff(ts) >= 0):
+                raise ValueError("timesteps: custom timesteps must be in descending order")
+            if ts[0] >= n_train:
+                raise ValueError(f"timesteps: must start before num_train_timesteps: {n_train}")
+            if ts[-1] < 0:
+                raise ValueError(f"timesteps: must be >= 0, got {int(ts[-1])}")
+            self.custom_timesteps = True
+        else:
+            if num_inference_steps is None or int(num_inference_steps) < 1:
+                raise ValueError(
+                    f"num_inference_steps: must be a positive int, got {num_inference_steps!r}"
+                )
+            cfg = self.config
+            ts = _ddim_timesteps(
+                n_train, int(num_inference_steps), cfg.timestep_spacing, int(cfg.steps_offset)
+            ).astype(np.int64)
+            self.num_inference_steps = int(num_inference_steps)
+            self.custom_timesteps = False
+        self.timesteps = self._timesteps_array(ts, device)
+
+    def previous_timestep(self, timestep: Any) -> int:
+        """The next timestep of the schedule (−1 after the last), or t − 1 with no schedule."""
+        t = _int_timestep(timestep)
+        if self.custom_timesteps or self.num_inference_steps:
+            ts = self._timesteps_numpy()
+            hits = np.nonzero(ts == t)[0]
+            if len(hits) == 0:
+                raise ValueError(f"timestep: {t} is not in this scheduler's timesteps")
+            i = int(hits[0])
+            return -1 if i == len(ts) - 1 else int(ts[i + 1])
+        return t - 1
+
+    def step(
+        self,
+        model_output: Any,
+        timestep: int | Any,
+        sample: Any,
+        generator: Any = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple:
+        """One DDPM ancestral step. Returns ``SchedulerOutput(prev_sample,
+        pred_original_sample)`` (a 2-tuple with ``return_dict=False``)."""
+        shape = _check_pair(model_output, sample)
+        mo_shape = tuple(model_output.shape)
+        learned = self.variance_type in ("learned", "learned_range")
+        split = (
+            learned
+            and len(mo_shape) == len(shape)
+            and len(shape) >= 2
+            and mo_shape[0] == shape[0]
+            and mo_shape[1] == 2 * shape[1]
+            and mo_shape[2:] == shape[2:]
+        )
+        if mo_shape != shape and not split:
+            raise ValueError(f"model_output: shape {mo_shape} does not match sample's {shape}")
+        t = _int_timestep(timestep)
+        prev_t = self.previous_timestep(t)
+        noise = None
+        if t > 0:
+            if learned and not split:
+                raise ValueError(
+                    f"model_output: variance_type {self.variance_type!r} needs the predicted "
+                    f"variance as extra channels, shape {(shape[0], 2 * shape[1], *shape[2:])}"
+                )
+            noise = _noise_like(shape, model_output, generator, None)
+        mo = _tensor.contiguous(model_output)
+        x = _tensor.contiguous(sample)
+        x0 = _tensor.empty_like(x, dtype=model_output.dtype)
+        prev = _tensor.empty_like(x, dtype=model_output.dtype)
+        self._core.ddpm(
+            t,
+            prev_t,
+            _tensor.describe(mo),
+            _tensor.describe(x),
+            None if noise is None else _tensor.describe(noise),
+            _tensor.describe(x0),
+            _tensor.describe(prev),
+            shape[0],
+            math.prod(mo_shape[1:]),
+        )
+        if not return_dict:
+            return (prev, x0)
+        return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
