@@ -12,6 +12,14 @@ from .._config import ConfigMixin
 from .._rdiff import NoiseSchedule
 
 
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    """ValueError naming the argument unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(
+            f"{name}: unknown {value!r}; expected one of {', '.join(map(str, choices))}"
+        )
+
+
 @dataclass
 class SchedulerOutput:
     """What ``step`` returns: ``prev_sample`` has the model output's type, dtype and device."""

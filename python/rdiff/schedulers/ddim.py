@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _ddim_timesteps, _DdimCore
-from ._base import SchedulerBase, SchedulerOutput
+from ._base import SchedulerBase, SchedulerOutput, check_choice
 
 _COMPATIBLES = [
     "DDIMScheduler",
@@ -143,16 +143,8 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         rescale_betas_zero_snr: bool = False,
     ):
         self._register(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        if prediction_type not in _PREDICTIONS:
-            raise ValueError(
-                f"prediction_type: unknown {prediction_type!r}; expected epsilon, sample or "
-                "v_prediction"
-            )
-        if timestep_spacing not in _SPACINGS:
-            raise ValueError(
-                f"timestep_spacing: unknown {timestep_spacing!r}; expected linspace, leading "
-                "or trailing"
-            )
+        check_choice("prediction_type", prediction_type, _PREDICTIONS)
+        check_choice("timestep_spacing", timestep_spacing, _SPACINGS)
         self._init_schedule(
             num_train_timesteps,
             beta_start,

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _ddim_timesteps, _DdimCore
-from ._base import SchedulerBase, SchedulerOutput
+from ._base import SchedulerBase, SchedulerOutput, check_choice
 from .ddim import (
     _COMPATIBLES,
     _PREDICTIONS,
@@ -81,20 +81,9 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         rescale_betas_zero_snr: bool = False,
     ):
         self._register(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        if prediction_type not in _PREDICTIONS:
-            raise ValueError(
-                f"prediction_type: unknown {prediction_type!r}; expected epsilon, sample or "
-                "v_prediction"
-            )
-        if timestep_spacing not in _SPACINGS:
-            raise ValueError(
-                f"timestep_spacing: unknown {timestep_spacing!r}; expected linspace, leading "
-                "or trailing"
-            )
-        if variance_type not in _VARIANCE_TYPES:
-            raise ValueError(
-                f"variance_type: unknown {variance_type!r}; expected one of {_VARIANCE_TYPES}"
-            )
+        check_choice("prediction_type", prediction_type, _PREDICTIONS)
+        check_choice("timestep_spacing", timestep_spacing, _SPACINGS)
+        check_choice("variance_type", variance_type, _VARIANCE_TYPES)
         betas = trained_betas
         if betas is None and beta_schedule in ("sigmoid", "laplace"):
             betas = _extra_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)

@@ -9,9 +9,10 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _diffusers_schedule, _MultistepCore
-from ._base import SchedulerBase, SchedulerOutput
+from ._base import SchedulerBase, SchedulerOutput, check_choice
 
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
+_PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
 
 
 class DPMSolverMultistepScheduler(SchedulerBase):
@@ -81,35 +82,19 @@ class DPMSolverMultistepScheduler(SchedulerBase):
             )
         if algorithm_type == "deis":
             algorithm_type = "dpmsolver++"
-        if algorithm_type not in _ALGORITHMS:
-            raise ValueError(
-                f"algorithm_type: unknown {algorithm_type!r}; expected one of {_ALGORITHMS}"
-            )
+        check_choice("algorithm_type", algorithm_type, _ALGORITHMS)
         if solver_type in ("logrho", "bh1", "bh2"):
             solver_type = "midpoint"
-        if solver_type not in ("midpoint", "heun"):
-            raise ValueError(f"solver_type: unknown {solver_type!r}; expected midpoint or heun")
-        if solver_order not in (1, 2, 3):
-            raise ValueError(f"solver_order: must be 1, 2 or 3, got {solver_order}")
-        if prediction_type not in ("epsilon", "sample", "v_prediction", "flow_prediction"):
-            raise ValueError(
-                f"prediction_type: unknown {prediction_type!r}; expected epsilon, sample, "
-                "v_prediction or flow_prediction"
-            )
-        if final_sigmas_type not in ("zero", "sigma_min"):
-            raise ValueError(
-                f"final_sigmas_type: must be 'zero' or 'sigma_min', got {final_sigmas_type!r}"
-            )
+        check_choice("solver_type", solver_type, ("midpoint", "heun"))
+        check_choice("solver_order", solver_order, (1, 2, 3))
+        check_choice("prediction_type", prediction_type, _PREDICTIONS)
+        check_choice("final_sigmas_type", final_sigmas_type, ("zero", "sigma_min"))
         if algorithm_type not in ("dpmsolver++", "sde-dpmsolver++") and final_sigmas_type == "zero":
             raise ValueError(
                 f"final_sigmas_type: 'zero' is not supported with algorithm_type "
                 f"{algorithm_type!r}; choose 'sigma_min'"
             )
-        if timestep_spacing not in ("linspace", "leading", "trailing"):
-            raise ValueError(
-                f"timestep_spacing: unknown {timestep_spacing!r}; expected linspace, leading "
-                "or trailing"
-            )
+        check_choice("timestep_spacing", timestep_spacing, ("linspace", "leading", "trailing"))
         self._algorithm_type = algorithm_type
         self._solver_type = solver_type
         self._init_schedule(
