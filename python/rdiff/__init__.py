@@ -20,7 +20,7 @@ from ._rdiff import (
     __version__,
 )
 from ._rdiff import backends as _backends
-from .schedulers import DPMSolverMultistepScheduler, SchedulerOutput
+from .schedulers import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, SchedulerOutput
 
 
 def backends() -> dict:
@@ -37,6 +37,7 @@ __all__ = [
     "CudaError",
     "CudaUnavailableError",
     "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
     "NoiseSchedule",
     "RdiffError",
     "SchedulerOutput",

@@ -3,7 +3,7 @@
 Importable when diffusers is installed. A ``DiffusionPipeline`` accepts, saves and reloads
 them, and ``from_config`` switching between them and diffusers' own schedulers works::
 
-    from rdiff.diffusers import DPMSolverMultistepScheduler
+    from rdiff.diffusers import DPMSolverMultistepScheduler  # or DPMSolverSinglestepScheduler
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
 
 Their ``timesteps`` are torch tensors, as diffusers' are.
@@ -22,7 +22,7 @@ except ImportError as e:  # pragma: no cover - exercised only without diffusers
 
 from . import schedulers as _schedulers
 
-__all__ = ["DPMSolverMultistepScheduler"]
+__all__ = ["DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler"]
 
 
 def _wrap(base: type) -> type:
@@ -53,3 +53,4 @@ def _wrap(base: type) -> type:
 
 
 DPMSolverMultistepScheduler = _wrap(_schedulers.DPMSolverMultistepScheduler)
+DPMSolverSinglestepScheduler = _wrap(_schedulers.DPMSolverSinglestepScheduler)

@@ -1,6 +1,7 @@
 //! Pure Rust, f64, no I/O: noise schedules, timestep spacings and solver coefficients.
 
 pub mod betas;
+pub mod dpm_singlestep;
 pub mod dpm_solver;
 pub mod interp;
 pub mod noise_schedule;

@@ -2,5 +2,10 @@
 
 from ._base import SchedulerOutput
 from .dpm_multistep import DPMSolverMultistepScheduler
+from .dpm_singlestep import DPMSolverSinglestepScheduler
 
-__all__ = ["DPMSolverMultistepScheduler", "SchedulerOutput"]
+__all__ = [
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "SchedulerOutput",
+]
