@@ -16,6 +16,11 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::backends::backends, m)?)?;
     m.add_class::<py::schedule::PyNoiseSchedule>()?;
     m.add_class::<py::dpm_solver::MultistepCore>()?;
+    m.add_class::<py::dpm_singlestep::SinglestepCore>()?;
+    m.add_function(wrap_pyfunction!(
+        py::dpm_singlestep::singlestep_order_list,
+        m
+    )?)?;
     py::testing::register(m)?;
     m.add_function(wrap_pyfunction!(py::spacing::diffusers_schedule, m)?)?;
     py::ddim::register(m)?;

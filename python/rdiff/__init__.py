@@ -24,6 +24,7 @@ from .schedulers import (
     DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
     SchedulerOutput,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
     "NoiseSchedule",
     "RdiffError",
     "SchedulerOutput",

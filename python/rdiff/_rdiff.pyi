@@ -185,3 +185,42 @@ class _MultistepCore:
         mo_stride: int,
     ) -> None:
         """One fused step over caller-owned buffers described by ``rdiff._tensor.describe``."""
+
+class _SinglestepCore:
+    """Per-scheduler constants of the singlestep DPM-Solver; built by ``set_timesteps``."""
+
+    def __init__(
+        self,
+        algorithm_type: str,
+        solver_type: str,
+        prediction_type: str,
+        thresholding: bool,
+        dynamic_thresholding_ratio: float,
+        sample_max_value: float,
+        flow: bool,
+        sigmas: list[float],
+    ) -> None: ...
+    def coefficients(self, step_index: int, order: int) -> list[float]:
+        """The step's scalars (p, q, r, w, a, w0, w1, w2, c); x is the group's start sample."""
+    def step(
+        self,
+        step_index: int,
+        order: int,
+        mo: tuple[int, int, str, str, int],
+        x: tuple[int, int, str, str, int],
+        start: tuple[int, int, str, str, int] | None,
+        m1: tuple[int, int, str, str, int] | None,
+        m2: tuple[int, int, str, str, int] | None,
+        noise: tuple[int, int, str, str, int] | None,
+        hist: tuple[int, int, str, str, int],
+        prev: tuple[int, int, str, str, int],
+        batch: int,
+        mo_stride: int,
+    ) -> None:
+        """One fused step: conversion from ``x`` (the current sample), update from ``start``
+        (the group's start sample; None means ``x``)."""
+
+def _singlestep_order_list(
+    steps: int, solver_order: int, lower_order_final: bool, final_sigma_zero: bool
+) -> list[int]:
+    """diffusers' ``DPMSolverSinglestepScheduler.get_order_list``."""

@@ -3,7 +3,7 @@
 Importable when diffusers is installed. A ``DiffusionPipeline`` accepts, saves and reloads
 them, and ``from_config`` switching between them and diffusers' own schedulers works::
 
-    from rdiff.diffusers import DPMSolverMultistepScheduler
+    from rdiff.diffusers import DPMSolverMultistepScheduler  # or DPMSolverSinglestepScheduler
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
 
 Their ``timesteps`` are torch tensors, as diffusers' are.
@@ -22,7 +22,12 @@ except ImportError as e:  # pragma: no cover - exercised only without diffusers
 
 from . import schedulers as _schedulers
 
-__all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler"]
+__all__ = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+]
 
 
 def _wrap(base: type) -> type:
@@ -55,3 +60,4 @@ def _wrap(base: type) -> type:
 DPMSolverMultistepScheduler = _wrap(_schedulers.DPMSolverMultistepScheduler)
 DDIMScheduler = _wrap(_schedulers.DDIMScheduler)
 DDPMScheduler = _wrap(_schedulers.DDPMScheduler)
+DPMSolverSinglestepScheduler = _wrap(_schedulers.DPMSolverSinglestepScheduler)

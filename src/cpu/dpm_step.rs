@@ -1,5 +1,7 @@
-//! The fused multistep DPM-Solver step on the CPU: one pass reads every input element once and
-//! writes the history entry and the new sample once (formula in `schedule::dpm_solver`).
+//! The fused DPM-Solver step on the CPU: one pass reads every input element once and writes the
+//! history entry and the new sample once (formula in `schedule::dpm_solver`). The singlestep
+//! solver's update starts from the sample saved at its group's start, not the current sample the
+//! conversion reads: [`fused_step_from`] takes that start sample as a second input.
 
 use rayon::prelude::*;
 
@@ -63,6 +65,17 @@ pub fn fused_step<D: Elem, S: Elem>(
     coefficients: &StepCoefficients,
     thresholds: Option<&[f32]>,
 ) {
+    fused_step_from(io, None, coefficients, thresholds)
+}
+
+/// Runs the step with the update `prev = a·start + w0·m0 + …` starting from `start` (same
+/// length and dtype as `io.x`) while the conversion reads `io.x`; `None` means `start = io.x`.
+pub fn fused_step_from<D: Elem, S: Elem>(
+    io: StepIo<'_, D, S>,
+    start: Option<&[S]>,
+    coefficients: &StepCoefficients,
+    thresholds: Option<&[f32]>,
+) {
     let co = Co::from(coefficients);
     let ps = io.per_sample;
     if ps == 0 {
@@ -99,6 +112,7 @@ pub fn fused_step<D: Elem, S: Elem>(
                         thr,
                         mo_c,
                         &x[g.clone()],
+                        start.map(|s| &s[g.clone()]),
                         m1.map(|m| &m[g.clone()]),
                         m2.map(|m| &m[g.clone()]),
                         noise.map(|n| &n[g.clone()]),
@@ -115,6 +129,7 @@ fn run_task<D: Elem, S: Elem>(
     thr: Option<f32>,
     mo: &[D],
     x: &[S],
+    from_x: Option<&[S]>,
     m1: Option<&[D]>,
     m2: Option<&[D]>,
     noise: Option<&[f32]>,
@@ -122,6 +137,7 @@ fn run_task<D: Elem, S: Elem>(
     prev: &mut [D],
 ) {
     let mut xs = [0f32; LANES];
+    let mut us = [0f32; LANES];
     let mut ys = [0f32; LANES];
     let mut m0 = [0f32; LANES];
     let mut acc = [0f32; LANES];
@@ -152,8 +168,15 @@ fn run_task<D: Elem, S: Elem>(
         // keeps the converted output in the model's dtype.
         D::store(&m0[..n], &mut hist[r.clone()]);
         D::load(&hist[r.clone()], &mut m0[..n]);
+        let from = match from_x {
+            Some(st) => {
+                S::load(&st[r.clone()], &mut us[..n]);
+                &us
+            }
+            None => &xs,
+        };
         for i in 0..n {
-            acc[i] = co.a * xs[i] + co.w0 * m0[i];
+            acc[i] = co.a * from[i] + co.w0 * m0[i];
         }
         if let Some(m1) = m1 {
             D::load(&m1[r.clone()], &mut tmp[..n]);
@@ -224,6 +247,51 @@ mod tests {
             let y = (1.5 * x[k] - 0.5 * mo[k]).clamp(-s, s) / s;
             let want = 0.9 * x[k] + 0.2 * y - 0.1 * m1[k] + 0.05 * m2[k] + 0.3 * nz[k];
             assert!((hist[k] - y).abs() < 1e-6);
+            assert!((prev[k] - want).abs() < 1e-5, "{k}: {} vs {want}", prev[k]);
+        }
+    }
+
+    #[test]
+    fn the_update_can_start_from_another_sample() {
+        let co = StepCoefficients {
+            p: 1.2,
+            q: -0.7,
+            r: 0.1,
+            w: 0.9,
+            a: 0.8,
+            w0: 0.3,
+            w1: -0.2,
+            w2: 0.0,
+            c: 0.0,
+        };
+        let (batch, ps) = (2, (1 << 15) + 300);
+        let n = batch * ps;
+        let f = |k: usize| ((k * 7919) % 1000) as f32 / 500.0 - 1.0;
+        let x: Vec<f32> = (0..n).map(f).collect();
+        let start: Vec<f32> = (0..n).map(|k| f(k + 5)).collect();
+        let mo: Vec<f32> = (0..n).map(|k| f(k + 1)).collect();
+        let m1: Vec<f32> = (0..n).map(|k| f(k + 2)).collect();
+        let (mut hist, mut prev) = (vec![0f32; n], vec![0f32; n]);
+        fused_step_from(
+            StepIo {
+                mo: &mo,
+                mo_stride: ps,
+                x: &x,
+                m1: Some(&m1),
+                m2: None,
+                noise: None,
+                hist: &mut hist,
+                prev: &mut prev,
+                per_sample: ps,
+            },
+            Some(&start),
+            &co,
+            None,
+        );
+        for k in 0..n {
+            let m0 = 0.1 * x[k] + 0.9 * (1.2 * x[k] - 0.7 * mo[k]);
+            let want = 0.8 * start[k] + 0.3 * m0 - 0.2 * m1[k];
+            assert!((hist[k] - m0).abs() < 1e-6);
             assert!((prev[k] - want).abs() < 1e-5, "{k}: {} vs {want}", prev[k]);
         }
     }

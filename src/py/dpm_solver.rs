@@ -1,11 +1,12 @@
 //! Bindings of the multistep DPM-Solver step: `_MultistepCore`, built by the Python scheduler
-//! in `set_timesteps`, computes each step's coefficients and runs the fused loop.
+//! in `set_timesteps`, computes each step's coefficients and runs the fused loop. The solver
+//! constants and the checked fused step are shared with `_SinglestepCore` (`dpm_singlestep`).
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::tensor::{Device, TensorRef};
-use crate::cpu::dpm_step::{fused_step, StepIo};
+use crate::cpu::dpm_step::{fused_step_from, StepIo};
 use crate::cpu::quantile::threshold_bounds;
 use crate::error::RdiffError;
 use crate::schedule::dpm_solver::{
@@ -14,57 +15,21 @@ use crate::schedule::dpm_solver::{
 };
 use crate::with_elem;
 
-/// Per-scheduler constants of the multistep solver and its σ̃ schedule.
-#[pyclass(name = "_MultistepCore", module = "rdiff._rdiff", frozen)]
-pub struct MultistepCore {
-    algorithm: Algorithm,
-    solver_type: SolverType,
-    prediction: PredictionType,
+/// The constants of a DPM-Solver core (multistep or singlestep): the solver options and the σ̃
+/// schedule of `set_timesteps`.
+pub(crate) struct SolverConfig {
+    pub algorithm: Algorithm,
+    pub solver_type: SolverType,
+    pub prediction: PredictionType,
     /// (ratio, sample_max_value) when dynamic thresholding is on.
-    thresholding: Option<(f64, f64)>,
-    flow: bool,
-    sigmas: Vec<f64>,
+    pub thresholding: Option<(f64, f64)>,
+    pub flow: bool,
+    pub sigmas: Vec<f64>,
 }
 
-impl MultistepCore {
-    fn coefficients_at(&self, step_index: usize, order: usize) -> PyResult<StepCoefficients> {
-        let n = self.sigmas.len();
-        if step_index + 1 >= n {
-            return Err(PyValueError::new_err(format!(
-                "step index {step_index} is past the end of the schedule ({} steps)",
-                n - 1
-            )));
-        }
-        if order == 0 || order > 3 || order > step_index + 1 {
-            return Err(PyValueError::new_err(format!(
-                "order {order} is not possible at step index {step_index}"
-            )));
-        }
-        let point = |i: usize| Point::from_sigma(self.sigmas[i], self.flow);
-        let back = |k: usize| point(step_index.saturating_sub(k));
-        let st = MultistepStep {
-            algorithm: self.algorithm,
-            solver_type: self.solver_type,
-            prediction: self.prediction,
-            thresholding: self.thresholding.is_some(),
-            order,
-            t: point(step_index + 1),
-            s0: point(step_index),
-            s1: back(1),
-            s2: back(2),
-            flow_sigma: self.sigmas[step_index],
-        };
-        Ok(multistep_coefficients(&st)?)
-    }
-}
-
-#[pymethods]
-impl MultistepCore {
-    #[new]
-    #[pyo3(signature = (algorithm_type, solver_type, prediction_type, thresholding,
-        dynamic_thresholding_ratio, sample_max_value, flow, sigmas))]
+impl SolverConfig {
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    pub(crate) fn parse(
         algorithm_type: &str,
         solver_type: &str,
         prediction_type: &str,
@@ -97,6 +62,217 @@ impl MultistepCore {
         })
     }
 
+    /// Checks that a step of `order` at `step_index` has its σ values in the schedule.
+    pub(crate) fn check_step(&self, step_index: usize, order: usize) -> PyResult<()> {
+        let n = self.sigmas.len();
+        if step_index + 1 >= n {
+            return Err(PyValueError::new_err(format!(
+                "step index {step_index} is past the end of the schedule ({} steps)",
+                n - 1
+            )));
+        }
+        if order == 0 || order > 3 || order > step_index + 1 {
+            return Err(PyValueError::new_err(format!(
+                "order {order} is not possible at step index {step_index}"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn point(&self, i: usize) -> Point {
+        Point::from_sigma(self.sigmas[i], self.flow)
+    }
+}
+
+/// The caller's buffers of one fused step. `start`, when given, is the sample the update starts
+/// from (the singlestep group's start); the conversion always reads `x`.
+pub(crate) struct StepBuffers {
+    pub mo: TensorRef,
+    pub x: TensorRef,
+    pub start: Option<TensorRef>,
+    pub m1: Option<TensorRef>,
+    pub m2: Option<TensorRef>,
+    pub noise: Option<TensorRef>,
+    pub hist: TensorRef,
+    pub prev: TensorRef,
+    pub batch: usize,
+    pub mo_stride: usize,
+}
+
+/// Checks the buffers against the step's needs and runs the fused loop without the GIL.
+pub(crate) fn run_fused_step(
+    py: Python<'_>,
+    cfg: &SolverConfig,
+    co: &StepCoefficients,
+    order: usize,
+    bufs: StepBuffers,
+) -> PyResult<()> {
+    let StepBuffers {
+        mo,
+        x,
+        start,
+        m1,
+        m2,
+        noise,
+        hist,
+        prev,
+        batch,
+        mo_stride,
+    } = bufs;
+    if batch == 0 || x.numel % batch != 0 {
+        return Err(PyValueError::new_err(format!(
+            "sample: {} elements do not split into a batch of {batch}",
+            x.numel
+        )));
+    }
+    let per_sample = x.numel / batch;
+    if mo_stride < per_sample {
+        return Err(PyValueError::new_err(format!(
+            "model_output: {mo_stride} elements per sample, fewer than the sample's {per_sample}"
+        )));
+    }
+    mo.expect_len("model_output", batch * mo_stride)?;
+    let need = |t: Option<TensorRef>, what: &str| -> PyResult<()> {
+        match t {
+            Some(t) => {
+                t.expect_len(what, x.numel)?;
+                t.expect_dtype(what, mo.dtype)
+            }
+            None => Err(PyValueError::new_err(format!(
+                "{what}: required by an order-{order} step"
+            ))),
+        }
+    };
+    if order >= 2 {
+        need(m1, "model_outputs[-2]")?;
+    }
+    if order >= 3 {
+        need(m2, "model_outputs[-3]")?;
+    }
+    if let Some(s) = start {
+        s.expect_len("start sample", x.numel)?;
+        s.expect_dtype("start sample", x.dtype)?;
+    }
+    let noise = if co.c != 0.0 || cfg.algorithm.stochastic() {
+        let n = noise
+            .ok_or_else(|| PyValueError::new_err("noise: the SDE algorithm types need noise"))?;
+        n.expect_len("noise", x.numel)?;
+        n.expect_dtype("noise", crate::cpu::dtype::DType::F32)?;
+        Some(n)
+    } else {
+        None
+    };
+    for (t, what) in [(hist, "history buffer"), (prev, "output buffer")] {
+        t.expect_len(what, x.numel)?;
+        t.expect_dtype(what, mo.dtype)?;
+    }
+    let all = [
+        Some(mo),
+        Some(x),
+        start,
+        m1,
+        m2,
+        noise,
+        Some(hist),
+        Some(prev),
+    ];
+    if all.iter().flatten().any(|t| t.device != Device::Cpu) {
+        return Err(cuda_step_unavailable().into());
+    }
+    let m1 = if order >= 2 { m1 } else { None };
+    let m2 = if order >= 3 { m2 } else { None };
+    let thresholding = cfg.thresholding;
+    let co = *co;
+    py.detach(|| {
+        with_elem!(mo.dtype, D, {
+            with_elem!(x.dtype, S, {
+                // SAFETY: lengths and dtypes checked above; the Python layer keeps every
+                // buffer alive and contiguous for the call and allocates hist/prev fresh.
+                unsafe {
+                    let (mo_s, x_s) = (mo.slice::<D>(), x.slice::<S>());
+                    let bounds = thresholding.map(|(ratio, max)| {
+                        threshold_bounds(x_s, mo_s, mo_stride, per_sample, co.p, co.q, ratio, max)
+                    });
+                    fused_step_from(
+                        StepIo {
+                            mo: mo_s,
+                            mo_stride,
+                            x: x_s,
+                            m1: m1.map(|t| t.slice::<D>()),
+                            m2: m2.map(|t| t.slice::<D>()),
+                            noise: noise.map(|t| t.slice::<f32>()),
+                            hist: hist.slice_mut::<D>(),
+                            prev: prev.slice_mut::<D>(),
+                            per_sample,
+                        },
+                        start.map(|t| t.slice::<S>()),
+                        &co,
+                        bounds.as_deref(),
+                    )
+                }
+            })
+        })
+    });
+    Ok(())
+}
+
+/// Per-scheduler constants of the multistep solver and its σ̃ schedule.
+#[pyclass(name = "_MultistepCore", module = "rdiff._rdiff", frozen)]
+pub struct MultistepCore {
+    cfg: SolverConfig,
+}
+
+impl MultistepCore {
+    fn coefficients_at(&self, step_index: usize, order: usize) -> PyResult<StepCoefficients> {
+        let cfg = &self.cfg;
+        cfg.check_step(step_index, order)?;
+        let back = |k: usize| cfg.point(step_index.saturating_sub(k));
+        let st = MultistepStep {
+            algorithm: cfg.algorithm,
+            solver_type: cfg.solver_type,
+            prediction: cfg.prediction,
+            thresholding: cfg.thresholding.is_some(),
+            order,
+            t: cfg.point(step_index + 1),
+            s0: cfg.point(step_index),
+            s1: back(1),
+            s2: back(2),
+            flow_sigma: cfg.sigmas[step_index],
+        };
+        Ok(multistep_coefficients(&st)?)
+    }
+}
+
+#[pymethods]
+impl MultistepCore {
+    #[new]
+    #[pyo3(signature = (algorithm_type, solver_type, prediction_type, thresholding,
+        dynamic_thresholding_ratio, sample_max_value, flow, sigmas))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        algorithm_type: &str,
+        solver_type: &str,
+        prediction_type: &str,
+        thresholding: bool,
+        dynamic_thresholding_ratio: f64,
+        sample_max_value: f64,
+        flow: bool,
+        sigmas: Vec<f64>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            cfg: SolverConfig::parse(
+                algorithm_type,
+                solver_type,
+                prediction_type,
+                thresholding,
+                dynamic_thresholding_ratio,
+                sample_max_value,
+                flow,
+                sigmas,
+            )?,
+        })
+    }
+
     /// The step's scalars (p, q, r, w, a, w0, w1, w2, c); see `schedule::dpm_solver`.
     fn coefficients(&self, step_index: usize, order: usize) -> PyResult<[f64; 9]> {
         let c = self.coefficients_at(step_index, order)?;
@@ -124,89 +300,24 @@ impl MultistepCore {
         mo_stride: usize,
     ) -> PyResult<()> {
         let co = self.coefficients_at(step_index, order)?;
-        if batch == 0 || x.numel % batch != 0 {
-            return Err(PyValueError::new_err(format!(
-                "sample: {} elements do not split into a batch of {batch}",
-                x.numel
-            )));
-        }
-        let per_sample = x.numel / batch;
-        if mo_stride < per_sample {
-            return Err(PyValueError::new_err(format!(
-                "model_output: {mo_stride} elements per sample, fewer than the sample's {per_sample}"
-            )));
-        }
-        mo.expect_len("model_output", batch * mo_stride)?;
-        let need = |t: Option<TensorRef>, what: &str| -> PyResult<()> {
-            match t {
-                Some(t) => {
-                    t.expect_len(what, x.numel)?;
-                    t.expect_dtype(what, mo.dtype)
-                }
-                None => Err(PyValueError::new_err(format!(
-                    "{what}: required by an order-{order} step"
-                ))),
-            }
-        };
-        if order >= 2 {
-            need(m1, "model_outputs[-2]")?;
-        }
-        if order >= 3 {
-            need(m2, "model_outputs[-3]")?;
-        }
-        let noise = if co.c != 0.0 || self.algorithm.stochastic() {
-            let n = noise.ok_or_else(|| {
-                PyValueError::new_err("noise: the SDE algorithm types need noise")
-            })?;
-            n.expect_len("noise", x.numel)?;
-            n.expect_dtype("noise", crate::cpu::dtype::DType::F32)?;
-            Some(n)
-        } else {
-            None
-        };
-        for (t, what) in [(hist, "history buffer"), (prev, "output buffer")] {
-            t.expect_len(what, x.numel)?;
-            t.expect_dtype(what, mo.dtype)?;
-        }
-        let all = [Some(mo), Some(x), m1, m2, noise, Some(hist), Some(prev)];
-        if all.iter().flatten().any(|t| t.device != Device::Cpu) {
-            return Err(cuda_step_unavailable().into());
-        }
-        let m1 = if order >= 2 { m1 } else { None };
-        let m2 = if order >= 3 { m2 } else { None };
-        let thresholding = self.thresholding;
-        py.detach(|| {
-            with_elem!(mo.dtype, D, {
-                with_elem!(x.dtype, S, {
-                    // SAFETY: lengths and dtypes checked above; the Python layer keeps every
-                    // buffer alive and contiguous for the call and allocates hist/prev fresh.
-                    unsafe {
-                        let (mo_s, x_s) = (mo.slice::<D>(), x.slice::<S>());
-                        let bounds = thresholding.map(|(ratio, max)| {
-                            threshold_bounds(
-                                x_s, mo_s, mo_stride, per_sample, co.p, co.q, ratio, max,
-                            )
-                        });
-                        fused_step(
-                            StepIo {
-                                mo: mo_s,
-                                mo_stride,
-                                x: x_s,
-                                m1: m1.map(|t| t.slice::<D>()),
-                                m2: m2.map(|t| t.slice::<D>()),
-                                noise: noise.map(|t| t.slice::<f32>()),
-                                hist: hist.slice_mut::<D>(),
-                                prev: prev.slice_mut::<D>(),
-                                per_sample,
-                            },
-                            &co,
-                            bounds.as_deref(),
-                        )
-                    }
-                })
-            })
-        });
-        Ok(())
+        run_fused_step(
+            py,
+            &self.cfg,
+            &co,
+            order,
+            StepBuffers {
+                mo,
+                x,
+                start: None,
+                m1,
+                m2,
+                noise,
+                hist,
+                prev,
+                batch,
+                mo_stride,
+            },
+        )
     }
 }
 

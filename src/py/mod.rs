@@ -2,6 +2,7 @@
 
 pub mod backends;
 pub mod ddim;
+pub mod dpm_singlestep;
 pub mod dpm_solver;
 pub mod errors;
 pub mod schedule;

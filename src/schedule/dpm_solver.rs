@@ -142,7 +142,7 @@ pub struct StepCoefficients {
 ///
 /// With thresholding the clamp acts on the x₀ prediction, so the noise-prediction solver first
 /// forms x₀ and converts back to ε afterwards, as diffusers does.
-fn conversion(
+pub(crate) fn conversion(
     prediction: PredictionType,
     algorithm: Algorithm,
     thresholding: bool,
@@ -183,6 +183,81 @@ fn conversion(
     Ok((to_eps.0, to_eps.1, 0.0, 1.0))
 }
 
+/// The first-order part of a step from `s` to `t` over the log-SNR increment `h`: the weight `a`
+/// of the sample, the noise scale `c` (SDE forms) and the weight `b0` of the zeroth Taylor term.
+pub(crate) fn first_order_terms(
+    algorithm: Algorithm,
+    t: Point,
+    s: Point,
+    h: f64,
+) -> (f64, f64, f64) {
+    let (at, st) = (t.alpha, t.sigma);
+    let em1 = (-h).exp_m1(); // e^{−h} − 1
+    let ep1 = h.exp_m1(); // e^{h} − 1
+    let e2m1 = -(-2.0 * h).exp_m1(); // 1 − e^{−2h}
+    use Algorithm::*;
+    let (a, c) = match algorithm {
+        DpmSolverPp => (st / s.sigma, 0.0),
+        DpmSolver => (at / s.alpha, 0.0),
+        SdeDpmSolverPp => (st / s.sigma * (-h).exp(), st * e2m1.max(0.0).sqrt()),
+        SdeDpmSolver => (at / s.alpha, st * (2.0 * h).exp_m1().max(0.0).sqrt()),
+    };
+    let b0 = match algorithm {
+        DpmSolverPp => -at * em1,
+        DpmSolver => -st * ep1,
+        SdeDpmSolverPp => at * e2m1,
+        SdeDpmSolver => -2.0 * st * ep1,
+    };
+    (a, c, b0)
+}
+
+/// The weight of the first divided difference D1 in a second-order update to `t` over `h`.
+pub(crate) fn second_order_weight(
+    algorithm: Algorithm,
+    solver_type: SolverType,
+    t: Point,
+    h: f64,
+) -> f64 {
+    let (at, st) = (t.alpha, t.sigma);
+    let em1 = (-h).exp_m1();
+    let ep1 = h.exp_m1();
+    let e2m1 = -(-2.0 * h).exp_m1();
+    use Algorithm::*;
+    match (algorithm, solver_type) {
+        (DpmSolverPp, SolverType::Midpoint) => -0.5 * at * em1,
+        (DpmSolverPp, SolverType::Heun) => at * (em1 / h + 1.0),
+        (DpmSolver, SolverType::Midpoint) => -0.5 * st * ep1,
+        (DpmSolver, SolverType::Heun) => -st * (ep1 / h - 1.0),
+        (SdeDpmSolverPp, SolverType::Midpoint) => 0.5 * at * e2m1,
+        (SdeDpmSolverPp, SolverType::Heun) => at * (e2m1 / (-2.0 * h) + 1.0),
+        (SdeDpmSolver, SolverType::Midpoint) => -st * ep1,
+        (SdeDpmSolver, SolverType::Heun) => -2.0 * st * (ep1 / h - 1.0),
+    }
+}
+
+/// The weights (b1, b2) of D1 and D2 in a third-order update to `t` over `h`.
+pub(crate) fn third_order_weights(algorithm: Algorithm, t: Point, h: f64) -> Result<(f64, f64)> {
+    let (at, st) = (t.alpha, t.sigma);
+    let em1 = (-h).exp_m1();
+    let ep1 = h.exp_m1();
+    let e2m1 = -(-2.0 * h).exp_m1();
+    use Algorithm::*;
+    Ok(match algorithm {
+        DpmSolverPp => (at * (em1 / h + 1.0), -at * ((em1 + h) / (h * h) - 0.5)),
+        DpmSolver => (-st * (ep1 / h - 1.0), -st * ((ep1 - h) / (h * h) - 0.5)),
+        SdeDpmSolverPp => (
+            at * (e2m1 / (-2.0 * h) + 1.0),
+            at * ((e2m1 - 2.0 * h) / (4.0 * h * h) - 0.5),
+        ),
+        SdeDpmSolver => {
+            return value_err!(
+                "solver_order: 3 is not available with algorithm_type \
+                 \"sde-dpmsolver\" (diffusers has no third-order update for it)"
+            )
+        }
+    })
+}
+
 /// The inputs of one multistep update.
 #[derive(Clone, Copy, Debug)]
 pub struct MultistepStep {
@@ -211,7 +286,6 @@ pub fn multistep_coefficients(st: &MultistepStep) -> Result<StepCoefficients> {
         st.s0,
         st.flow_sigma,
     )?;
-    let (at, st_) = (st.t.alpha, st.t.sigma);
     let lt = st.t.lambda();
     let l0 = st.s0.lambda();
     let h = lt - l0;
@@ -231,23 +305,7 @@ pub fn multistep_coefficients(st: &MultistepStep) -> Result<StepCoefficients> {
             ..Default::default()
         });
     }
-    let em1 = (-h).exp_m1(); // e^{−h} − 1
-    let ep1 = h.exp_m1(); // e^{h} − 1
-    let e2m1 = -(-2.0 * h).exp_m1(); // 1 − e^{−2h}
-    use Algorithm::*;
-    // x-coefficient a, noise c, and the Taylor weights b0 (D0), b1 (D1), b2 (D2).
-    let (a, c) = match st.algorithm {
-        DpmSolverPp => (st_ / st.s0.sigma, 0.0),
-        DpmSolver => (at / st.s0.alpha, 0.0),
-        SdeDpmSolverPp => (st_ / st.s0.sigma * (-h).exp(), st_ * e2m1.max(0.0).sqrt()),
-        SdeDpmSolver => (at / st.s0.alpha, st_ * (2.0 * h).exp_m1().max(0.0).sqrt()),
-    };
-    let b0 = match st.algorithm {
-        DpmSolverPp => -at * em1,
-        DpmSolver => -st_ * ep1,
-        SdeDpmSolverPp => at * e2m1,
-        SdeDpmSolver => -2.0 * st_ * ep1,
-    };
+    let (a, c, b0) = first_order_terms(st.algorithm, st.t, st.s0, h);
     let mut co = StepCoefficients {
         p,
         q,
@@ -262,16 +320,7 @@ pub fn multistep_coefficients(st: &MultistepStep) -> Result<StepCoefficients> {
         2 => {
             let h0 = l0 - st.s1.lambda();
             let r0 = h0 / h;
-            let b1 = match (st.algorithm, st.solver_type) {
-                (DpmSolverPp, SolverType::Midpoint) => -0.5 * at * em1,
-                (DpmSolverPp, SolverType::Heun) => at * (em1 / h + 1.0),
-                (DpmSolver, SolverType::Midpoint) => -0.5 * st_ * ep1,
-                (DpmSolver, SolverType::Heun) => -st_ * (ep1 / h - 1.0),
-                (SdeDpmSolverPp, SolverType::Midpoint) => 0.5 * at * e2m1,
-                (SdeDpmSolverPp, SolverType::Heun) => at * (e2m1 / (-2.0 * h) + 1.0),
-                (SdeDpmSolver, SolverType::Midpoint) => -st_ * ep1,
-                (SdeDpmSolver, SolverType::Heun) => -2.0 * st_ * (ep1 / h - 1.0),
-            };
+            let b1 = second_order_weight(st.algorithm, st.solver_type, st.t, h);
             // D1 = (m0 − m1)/r0.
             co.w0 = b0 + b1 / r0;
             co.w1 = -b1 / r0;
@@ -280,20 +329,7 @@ pub fn multistep_coefficients(st: &MultistepStep) -> Result<StepCoefficients> {
             let l1 = st.s1.lambda();
             let (h0, h1) = (l0 - l1, l1 - st.s2.lambda());
             let (r0, r1) = (h0 / h, h1 / h);
-            let (b1, b2) = match st.algorithm {
-                DpmSolverPp => (at * (em1 / h + 1.0), -at * ((em1 + h) / (h * h) - 0.5)),
-                DpmSolver => (-st_ * (ep1 / h - 1.0), -st_ * ((ep1 - h) / (h * h) - 0.5)),
-                SdeDpmSolverPp => (
-                    at * (e2m1 / (-2.0 * h) + 1.0),
-                    at * ((e2m1 - 2.0 * h) / (4.0 * h * h) - 0.5),
-                ),
-                SdeDpmSolver => {
-                    return value_err!(
-                        "solver_order: 3 is not available with algorithm_type \
-                         \"sde-dpmsolver\" (diffusers has no third-order update for it)"
-                    )
-                }
-            };
+            let (b1, b2) = third_order_weights(st.algorithm, st.t, h)?;
             // D1_0 = (m0−m1)/r0, D1_1 = (m1−m2)/r1, D1 = D1_0 + k(D1_0 − D1_1),
             // D2 = (D1_0 − D1_1)/(r0 + r1), k = r0/(r0 + r1).
             let k = r0 / (r0 + r1);

@@ -2,6 +2,7 @@
 
 pub mod betas;
 pub mod ddim;
+pub mod dpm_singlestep;
 pub mod dpm_solver;
 pub mod interp;
 pub mod noise_schedule;

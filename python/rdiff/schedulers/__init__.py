@@ -4,5 +4,12 @@ from ._base import SchedulerOutput
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpm_multistep import DPMSolverMultistepScheduler
+from .dpm_singlestep import DPMSolverSinglestepScheduler
 
-__all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "SchedulerOutput"]
+__all__ = [
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "SchedulerOutput",
+]
