@@ -46,3 +46,12 @@ pub fn availability() -> Result<CudaInfo, String> {
 pub fn availability() -> Result<CudaInfo, String> {
     Err("rdiff was built without the `cuda` feature".into())
 }
+
+#[cfg(feature = "cuda")]
+pub mod compile;
+#[cfg(feature = "cuda")]
+pub mod context;
+pub mod emulate;
+pub mod kernels;
+pub mod launch;
+pub mod ops;
