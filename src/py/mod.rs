@@ -1,6 +1,7 @@
 //! PyO3 bindings only: convert, validate, release the GIL, map errors. One file per area.
 
 pub mod backends;
+pub mod cuda;
 pub mod dpm_solver;
 pub mod errors;
 pub mod schedule;
