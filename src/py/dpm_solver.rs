@@ -142,7 +142,7 @@ impl MultistepCore {
         ];
         if all.iter().flatten().any(|t| t.device != Device::Cpu) {
             // No driver, GPU or NVRTC: CudaUnavailableError, before anything else.
-            if crate::cuda::availability().is_err() {
+            if crate::cuda::available_cached().is_err() {
                 return Err(cuda_step_unavailable().into());
             }
             let Device::Cuda(ordinal) = x.device else {
