@@ -70,8 +70,10 @@ def main() -> None:
     args = ap.parse_args()
     repeat = 3 if args.quick else 7
     bw = copy_bandwidth()
-    print(f"rdiff {rdiff.__version__}, torch {torch.__version__}, threads "
-          f"{torch.get_num_threads()} (torch) / {rdiff.backends()['cpu']['threads']} (rdiff)")
+    print(
+        f"rdiff {rdiff.__version__}, torch {torch.__version__}, threads "
+        f"{torch.get_num_threads()} (torch) / {rdiff.backends()['cpu']['threads']} (rdiff)"
+    )
     print(f"copy bandwidth (64 MiB torch copy, read + write): {bw / 1e9:.1f} GB/s\n")
     print("| shape | order | dtype | diffusers | rdiff | speed-up | rdiff GB/s | % of copy |")
     print("|---|---|---|---|---|---|---|---|")
@@ -79,15 +81,18 @@ def main() -> None:
         for order in (2, 3):
             for dtype in (torch.float32, torch.bfloat16):
                 td = best_of(prepared(DS, order, shape, dtype), repeat)
-                tr = best_of(prepared(rdiff.DPMSolverMultistepScheduler, order, shape, dtype),
-                             repeat)
+                tr = best_of(
+                    prepared(rdiff.DPMSolverMultistepScheduler, order, shape, dtype), repeat
+                )
                 numel = torch.Size(shape).numel()
                 esize = torch.empty((), dtype=dtype).element_size()
                 # reads: model output, sample, order-1 history entries; writes: history, sample
                 moved = (2 + (order - 1) + 2) * numel * esize
                 gbs = moved / tr / 1e9
-                print(f"| {tuple(shape)} | {order} | {str(dtype)[6:]} | {td * 1e6:.0f} µs | "
-                      f"{tr * 1e6:.0f} µs | {td / tr:.1f}× | {gbs:.1f} | {100 * gbs * 1e9 / bw:.0f}% |")
+                print(
+                    f"| {tuple(shape)} | {order} | {str(dtype)[6:]} | {td * 1e6:.0f} µs | "
+                    f"{tr * 1e6:.0f} µs | {td / tr:.1f}× | {gbs:.1f} | {100 * gbs * 1e9 / bw:.0f}% |"
+                )
 
 
 if __name__ == "__main__":

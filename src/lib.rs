@@ -22,6 +22,7 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m
     )?)?;
     py::testing::register(m)?;
+    py::cuda::register(m)?;
     m.add_function(wrap_pyfunction!(py::spacing::diffusers_schedule, m)?)?;
     py::ddim::register(m)?;
     Ok(())

@@ -183,8 +183,13 @@ class _MultistepCore:
         prev: tuple[int, int, str, str, int],
         batch: int,
         mo_stride: int,
+        stream: int | None = None,
     ) -> None:
-        """One fused step over caller-owned buffers described by ``rdiff._tensor.describe``."""
+        """One fused step over caller-owned buffers described by ``rdiff._tensor.describe``.
+
+        For CUDA tensors the kernels are enqueued on ``stream`` (the caller's
+        ``torch.cuda.current_stream().cuda_stream``; 0 or None is the default stream).
+        """
 
 class _SinglestepCore:
     """Per-scheduler constants of the singlestep DPM-Solver; built by ``set_timesteps``."""
@@ -224,3 +229,51 @@ def _singlestep_order_list(
     steps: int, solver_order: int, lower_order_final: bool, final_sigma_zero: bool
 ) -> list[int]:
     """diffusers' ``DPMSolverSinglestepScheduler.get_order_list``."""
+
+_Desc = tuple[int, int, str, str, int]
+
+def _cuda_kernels() -> list[str]:
+    """The CUDA kernel sources rdiff ships."""
+
+def _cuda_compile(kernel: str, arch: str) -> dict[str, Any]:
+    """NVRTC compile of one kernel source: cubin, ptx, log, options, per-entry resources."""
+
+def _emulated_kernels() -> list[str]:
+    """The entry points of the host-compiled kernels (the emulated launcher)."""
+
+def _emulated_dpm_step(
+    order: int,
+    coefficients: list[float],
+    mo: _Desc,
+    x: _Desc,
+    m1: _Desc | None,
+    m2: _Desc | None,
+    noise: _Desc | None,
+    hist: _Desc,
+    prev: _Desc,
+    batch: int,
+    mo_stride: int,
+    thresholding: tuple[float, float] | None = None,
+    max_blocks: int = 3,
+) -> None:
+    """``_MultistepCore.step`` through the CUDA kernels on the emulated launcher (CPU buffers)."""
+
+def _emulated_threshold(
+    mo: _Desc,
+    x: _Desc,
+    batch: int,
+    mo_stride: int,
+    p: float,
+    q: float,
+    ratio: float,
+    max_value: float,
+) -> list[float]:
+    """Per-sample dynamic-thresholding bounds from the radix-select kernel (emulated)."""
+
+def _emulated_add_noise(
+    x0: _Desc, eps: _Desc, alpha: list[float], sigma: list[float], out: _Desc, max_blocks: int = 3
+) -> None:
+    """out = alpha_b * x0 + sigma_b * eps through the CUDA kernel (emulated)."""
+
+def _emulated_gamma(eps: _Desc, batch: int) -> list[float]:
+    """Per-sample sum of squares / d through the CUDA reduction kernel (emulated)."""

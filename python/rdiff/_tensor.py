@@ -64,6 +64,13 @@ def describe(x: Any) -> tuple[int, int, str, str, int]:
     return (x.ctypes.data, x.size, x.dtype.name, "cpu", 0)
 
 
+def cuda_stream(x: Any) -> int | None:
+    """The caller's current CUDA stream handle for a CUDA tensor (None otherwise)."""
+    if is_torch(x) and x.device.type == "cuda":
+        return int(torch_module().cuda.current_stream(x.device).cuda_stream)
+    return None
+
+
 def empty_like(x: Any, dtype: Any = None) -> Any:
     """An uninitialised contiguous buffer shaped like x, in x's framework and on x's device."""
     if is_torch(x):

@@ -42,7 +42,28 @@ pub fn availability() -> Result<CudaInfo, String> {
     })
 }
 
+/// `availability()`, remembered once it has succeeded (the per-step check on the hot path:
+/// no dlopen or driver query per step, and nothing a CUDA-graph capture forbids).
+pub fn available_cached() -> Result<(), String> {
+    static OK: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if OK.get().is_some() {
+        return Ok(());
+    }
+    availability()?;
+    let _ = OK.set(());
+    Ok(())
+}
+
 #[cfg(not(feature = "cuda"))]
 pub fn availability() -> Result<CudaInfo, String> {
     Err("rdiff was built without the `cuda` feature".into())
 }
+
+#[cfg(feature = "cuda")]
+pub mod compile;
+#[cfg(feature = "cuda")]
+pub mod context;
+pub mod emulate;
+pub mod kernels;
+pub mod launch;
+pub mod ops;

@@ -118,6 +118,7 @@ impl SinglestepCore {
                 prev,
                 batch,
                 mo_stride,
+                stream: None,
             },
         )
     }

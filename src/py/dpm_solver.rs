@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use super::tensor::{Device, TensorRef};
 use crate::cpu::dpm_step::{fused_step_from, StepIo};
 use crate::cpu::quantile::threshold_bounds;
+use crate::cuda::ops::{Buf, DpmStepBuffers};
 use crate::error::RdiffError;
 use crate::schedule::dpm_solver::{
     multistep_coefficients, Algorithm, MultistepStep, Point, PredictionType, SolverType,
@@ -97,6 +98,8 @@ pub(crate) struct StepBuffers {
     pub prev: TensorRef,
     pub batch: usize,
     pub mo_stride: usize,
+    /// The caller's CUDA stream (`cudaStream_t` as an integer) for CUDA tensors; 0 = default.
+    pub stream: Option<usize>,
 }
 
 /// Checks the buffers against the step's needs and runs the fused loop without the GIL.
@@ -118,69 +121,55 @@ pub(crate) fn run_fused_step(
         prev,
         batch,
         mo_stride,
+        stream,
     } = bufs;
-    if batch == 0 || x.numel % batch != 0 {
-        return Err(PyValueError::new_err(format!(
-            "sample: {} elements do not split into a batch of {batch}",
-            x.numel
-        )));
-    }
-    let per_sample = x.numel / batch;
-    if mo_stride < per_sample {
-        return Err(PyValueError::new_err(format!(
-            "model_output: {mo_stride} elements per sample, fewer than the sample's {per_sample}"
-        )));
-    }
-    mo.expect_len("model_output", batch * mo_stride)?;
-    let need = |t: Option<TensorRef>, what: &str| -> PyResult<()> {
-        match t {
-            Some(t) => {
-                t.expect_len(what, x.numel)?;
-                t.expect_dtype(what, mo.dtype)
-            }
-            None => Err(PyValueError::new_err(format!(
-                "{what}: required by an order-{order} step"
-            ))),
-        }
-    };
-    if order >= 2 {
-        need(m1, "model_outputs[-2]")?;
-    }
-    if order >= 3 {
-        need(m2, "model_outputs[-3]")?;
-    }
+    let stochastic = co.c != 0.0 || cfg.algorithm.stochastic();
+    let v = validate_step(
+        order, stochastic, mo, x, m1, m2, noise, hist, prev, batch, mo_stride,
+    )?;
     if let Some(s) = start {
         s.expect_len("start sample", x.numel)?;
         s.expect_dtype("start sample", x.dtype)?;
-    }
-    let noise = if co.c != 0.0 || cfg.algorithm.stochastic() {
-        let n = noise
-            .ok_or_else(|| PyValueError::new_err("noise: the SDE algorithm types need noise"))?;
-        n.expect_len("noise", x.numel)?;
-        n.expect_dtype("noise", crate::cpu::dtype::DType::F32)?;
-        Some(n)
-    } else {
-        None
-    };
-    for (t, what) in [(hist, "history buffer"), (prev, "output buffer")] {
-        t.expect_len(what, x.numel)?;
-        t.expect_dtype(what, mo.dtype)?;
     }
     let all = [
         Some(mo),
         Some(x),
         start,
-        m1,
-        m2,
-        noise,
+        v.m1,
+        v.m2,
+        v.noise,
         Some(hist),
         Some(prev),
     ];
     if all.iter().flatten().any(|t| t.device != Device::Cpu) {
-        return Err(cuda_step_unavailable().into());
+        // No driver, GPU or NVRTC: CudaUnavailableError, before anything else.
+        if crate::cuda::available_cached().is_err() {
+            return Err(cuda_step_unavailable().into());
+        }
+        let Device::Cuda(ordinal) = x.device else {
+            return Err(mixed_devices());
+        };
+        if all.iter().flatten().any(|t| t.device != x.device) {
+            return Err(mixed_devices());
+        }
+        if start.is_some() {
+            return Err(RdiffError::CudaUnavailable(
+                "the single-step solver has no CUDA kernel yet; use the multistep solver on CUDA"
+                    .into(),
+            )
+            .into());
+        }
+        let bufs = cuda_buffers(mo, mo_stride, x, &v, hist, prev, batch)?;
+        return Ok(run_cuda_step(
+            py,
+            ordinal,
+            stream.unwrap_or(0),
+            &bufs,
+            co,
+            cfg.thresholding,
+        )?);
     }
-    let m1 = if order >= 2 { m1 } else { None };
-    let m2 = if order >= 3 { m2 } else { None };
+    let (m1, m2, noise, per_sample) = (v.m1, v.m2, v.noise, v.per_sample);
     let thresholding = cfg.thresholding;
     let co = *co;
     py.detach(|| {
@@ -282,7 +271,7 @@ impl MultistepCore {
     /// One fused step: writes the converted model output into `hist` and the new sample into
     /// `prev`. `mo` has `batch` rows of `mo_stride` elements; the others `batch × per_sample`
     /// with per_sample = x.numel / batch. m1/m2 are the earlier history entries the order needs.
-    #[pyo3(signature = (step_index, order, mo, x, m1, m2, noise, hist, prev, batch, mo_stride))]
+    #[pyo3(signature = (step_index, order, mo, x, m1, m2, noise, hist, prev, batch, mo_stride, stream=None))]
     #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
@@ -298,6 +287,7 @@ impl MultistepCore {
         prev: TensorRef,
         batch: usize,
         mo_stride: usize,
+        stream: Option<usize>,
     ) -> PyResult<()> {
         let co = self.coefficients_at(step_index, order)?;
         run_fused_step(
@@ -316,9 +306,156 @@ impl MultistepCore {
                 prev,
                 batch,
                 mo_stride,
+                stream,
             },
         )
     }
+}
+
+/// A step's buffers after validation: the history entries and noise the step uses.
+pub(crate) struct ValidStep {
+    pub m1: Option<TensorRef>,
+    pub m2: Option<TensorRef>,
+    pub noise: Option<TensorRef>,
+    pub per_sample: usize,
+}
+
+/// The argument checks every backend shares (lengths, dtypes, what the order needs).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn validate_step(
+    order: usize,
+    stochastic: bool,
+    mo: TensorRef,
+    x: TensorRef,
+    m1: Option<TensorRef>,
+    m2: Option<TensorRef>,
+    noise: Option<TensorRef>,
+    hist: TensorRef,
+    prev: TensorRef,
+    batch: usize,
+    mo_stride: usize,
+) -> PyResult<ValidStep> {
+    if batch == 0 || x.numel % batch != 0 {
+        return Err(PyValueError::new_err(format!(
+            "sample: {} elements do not split into a batch of {batch}",
+            x.numel
+        )));
+    }
+    let per_sample = x.numel / batch;
+    if mo_stride < per_sample {
+        return Err(PyValueError::new_err(format!(
+            "model_output: {mo_stride} elements per sample, fewer than the sample's {per_sample}"
+        )));
+    }
+    mo.expect_len("model_output", batch * mo_stride)?;
+    let need = |t: Option<TensorRef>, what: &str| -> PyResult<()> {
+        match t {
+            Some(t) => {
+                t.expect_len(what, x.numel)?;
+                t.expect_dtype(what, mo.dtype)
+            }
+            None => Err(PyValueError::new_err(format!(
+                "{what}: required by an order-{order} step"
+            ))),
+        }
+    };
+    if order >= 2 {
+        need(m1, "model_outputs[-2]")?;
+    }
+    if order >= 3 {
+        need(m2, "model_outputs[-3]")?;
+    }
+    let noise = if stochastic {
+        let n = noise
+            .ok_or_else(|| PyValueError::new_err("noise: the SDE algorithm types need noise"))?;
+        n.expect_len("noise", x.numel)?;
+        n.expect_dtype("noise", crate::cpu::dtype::DType::F32)?;
+        Some(n)
+    } else {
+        None
+    };
+    for (t, what) in [(hist, "history buffer"), (prev, "output buffer")] {
+        t.expect_len(what, x.numel)?;
+        t.expect_dtype(what, mo.dtype)?;
+    }
+    Ok(ValidStep {
+        m1: if order >= 2 { m1 } else { None },
+        m2: if order >= 3 { m2 } else { None },
+        noise,
+        per_sample,
+    })
+}
+
+fn mixed_devices() -> PyErr {
+    PyValueError::new_err(
+        "step: every tensor must be on the same device (one CPU or one CUDA device)",
+    )
+}
+
+/// The validated step as kernel buffers (the same description for the real and the emulated
+/// launcher; the addresses are device or host pointers accordingly).
+pub(crate) fn cuda_buffers(
+    mo: TensorRef,
+    mo_stride: usize,
+    x: TensorRef,
+    v: &ValidStep,
+    hist: TensorRef,
+    prev: TensorRef,
+    batch: usize,
+) -> PyResult<DpmStepBuffers> {
+    let b = |t: TensorRef| Buf {
+        ptr: t.ptr as u64,
+        dtype: t.dtype,
+    };
+    Ok(DpmStepBuffers {
+        mo: b(mo),
+        mo_stride,
+        x: b(x),
+        m1: v.m1.map(b),
+        m2: v.m2.map(b),
+        noise: v.noise.map(|n| n.ptr as u64),
+        hist: b(hist),
+        prev: b(prev),
+        batch,
+        per_sample: v.per_sample,
+    })
+}
+
+/// The step on a CUDA device: availability first (CudaUnavailableError, never a panic), then
+/// the kernels on the caller's stream, asynchronously.
+#[cfg(feature = "cuda")]
+fn run_cuda_step(
+    py: Python<'_>,
+    ordinal: i32,
+    stream: usize,
+    bufs: &DpmStepBuffers,
+    co: &StepCoefficients,
+    thresholding: Option<(f64, f64)>,
+) -> Result<(), RdiffError> {
+    use crate::cuda::context::{device, StreamLauncher};
+    use crate::cuda::ops::{dpm_step, Thresholding};
+    py.detach(|| {
+        let device = device(ordinal)?;
+        let thr = thresholding.map(|(ratio, max_value)| Thresholding {
+            ratio,
+            max_value,
+            bounds: device.bounds_scratch(),
+        });
+        let launcher = StreamLauncher { device, stream };
+        dpm_step(&launcher, bufs, co, thr)
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda_step(
+    _py: Python<'_>,
+    _ordinal: i32,
+    _stream: usize,
+    _bufs: &DpmStepBuffers,
+    _co: &StepCoefficients,
+    _thresholding: Option<(f64, f64)>,
+) -> Result<(), RdiffError> {
+    Err(cuda_step_unavailable())
 }
 
 /// The error for a CUDA tensor while the CUDA step is not available here.
@@ -327,8 +464,6 @@ fn cuda_step_unavailable() -> RdiffError {
         Err(reason) => {
             RdiffError::CudaUnavailable(format!("CUDA tensors need the CUDA backend: {reason}"))
         }
-        Ok(_) => RdiffError::CudaUnavailable(
-            "this build of rdiff has no CUDA kernel for the DPM-Solver step yet".into(),
-        ),
+        Ok(_) => RdiffError::CudaUnavailable("the CUDA backend is available".into()),
     }
 }

@@ -1,6 +1,7 @@
 //! PyO3 bindings only: convert, validate, release the GIL, map errors. One file per area.
 
 pub mod backends;
+pub mod cuda;
 pub mod ddim;
 pub mod dpm_singlestep;
 pub mod dpm_solver;

@@ -295,6 +295,7 @@ class DPMSolverMultistepScheduler(SchedulerBase):
             _tensor.describe(prev),
             batch,
             mo_stride,
+            _tensor.cuda_stream(x),
         )
         for i in range(cfg.solver_order - 1):
             self.model_outputs[i] = self.model_outputs[i + 1]

@@ -1,0 +1,202 @@
+// rdiff kernels: what every kernel shares. Self-contained (no CUDA toolkit headers), so NVRTC
+// compiles it with no include path, and with RDIFF_HOST defined the same text compiles as C++
+// for the emulated launcher (src/cuda/emulate), through host_shim.h.
+//
+// Rules for kernels (what the emulation models):
+//   * shared arrays only through RDIFF_SHARED(type, name, count);
+//   * __syncthreads and warp shuffles reached by every thread of the block / warp (no early
+//     return before a barrier), full-warp masks, block sizes a multiple of 32;
+//   * no inline PTX outside the conversion helpers below, which have a host branch;
+//   * every extern "C" kernel is followed by RDIFF_HOST_EXPORT(name).
+#ifndef RDIFF_COMMON_CUH
+#define RDIFF_COMMON_CUH
+
+#ifdef RDIFF_HOST
+#include "host_shim.h"
+#else
+#define RDIFF_SHARED(type, name, count) __shared__ type name[count]
+#define RDIFF_HOST_EXPORT(name)
+#endif
+
+#define RD_DEV __device__ __forceinline__
+
+typedef unsigned long long rd_u64;
+typedef long long rd_i64;
+
+// Storage types: 16 bits each, distinct so templates can tell them apart.
+struct rd_f16 {
+    unsigned short bits;
+};
+struct rd_bf16 {
+    unsigned short bits;
+};
+
+// 16 bytes, for vector loads and stores (ld.global.v4 / st.global.v4).
+struct alignas(16) rd_u4 {
+    unsigned int x, y, z, w;
+};
+
+// --- f32 <-> f16 / bf16, round to nearest even --------------------------------------------
+// Device: one cvt instruction each (cvt.rn.bf16.f32 needs sm_80, our oldest target).
+// Host (and RDIFF_SOFT_CONVERT on the device): the same results by bit manipulation.
+#if defined(RDIFF_HOST) || defined(RDIFF_SOFT_CONVERT)
+#define RD_SOFT 1
+#endif
+
+RD_DEV unsigned int rd_f2u(float f) { return __float_as_uint(f); }
+RD_DEV float rd_u2f(unsigned int u) { return __uint_as_float(u); }
+
+RD_DEV float rd_f16_to_f32(unsigned short h) {
+#ifdef RD_SOFT
+    // F. Giesen's half_to_float: exponent rebias, subnormals through one exact subtraction.
+    const unsigned int shifted_exp = 0x7c00u << 13;
+    unsigned int o = (unsigned int)(h & 0x7fffu) << 13;
+    const unsigned int exp = shifted_exp & o;
+    o += (127u - 15u) << 23;
+    if (exp == shifted_exp) {
+        o += (128u - 16u) << 23;  // Inf / NaN
+    } else if (exp == 0) {
+        o += 1u << 23;  // zero / subnormal: renormalise
+        o = rd_f2u(rd_u2f(o) - rd_u2f(113u << 23));
+    }
+    return rd_u2f(o | ((unsigned int)(h & 0x8000u) << 16));
+#else
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#endif
+}
+
+RD_DEV unsigned short rd_f32_to_f16(float f) {
+#ifdef RD_SOFT
+    // F. Giesen's float_to_half_fast3_rtne.
+    unsigned int u = rd_f2u(f);
+    const unsigned int sign = u & 0x80000000u;
+    u ^= sign;
+    unsigned int o;
+    if (u >= ((127u + 16u) << 23)) {
+        o = (u > (255u << 23)) ? 0x7e00u : 0x7c00u;  // NaN -> quiet NaN, too big -> Inf
+    } else if (u < (113u << 23)) {
+        // Subnormal or zero: one float addition rounds the 10 mantissa bits into place.
+        const unsigned int magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+        o = rd_f2u(rd_u2f(u) + rd_u2f(magic)) - magic;
+    } else {
+        const unsigned int mant_odd = (u >> 13) & 1u;
+        u += ((unsigned int)(15 - 127) << 23) + 0xfffu;
+        u += mant_odd;
+        o = u >> 13;
+    }
+    return (unsigned short)(o | (sign >> 16));
+#else
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#endif
+}
+
+RD_DEV float rd_bf16_to_f32(unsigned short h) { return rd_u2f((unsigned int)h << 16); }
+
+RD_DEV unsigned short rd_f32_to_bf16(float f) {
+#ifdef RD_SOFT
+    const unsigned int u = rd_f2u(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        return (unsigned short)((u >> 16) | 0x40u);  // NaN stays a quiet NaN
+    }
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+#else
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#endif
+}
+
+// Typed widening / narrowing, overloaded on the storage type.
+RD_DEV float rd_to_f32(float v) { return v; }
+RD_DEV float rd_to_f32(rd_f16 v) { return rd_f16_to_f32(v.bits); }
+RD_DEV float rd_to_f32(rd_bf16 v) { return rd_bf16_to_f32(v.bits); }
+
+template <class T>
+struct rd_narrow;
+template <>
+struct rd_narrow<float> {
+    static RD_DEV float from(float v) { return v; }
+};
+template <>
+struct rd_narrow<rd_f16> {
+    static RD_DEV rd_f16 from(float v) {
+        rd_f16 r;
+        r.bits = rd_f32_to_f16(v);
+        return r;
+    }
+};
+template <>
+struct rd_narrow<rd_bf16> {
+    static RD_DEV rd_bf16 from(float v) {
+        rd_bf16 r;
+        r.bits = rd_f32_to_bf16(v);
+        return r;
+    }
+};
+
+// The value a float takes once stored as T and read back (what the history entry holds).
+template <class T>
+RD_DEV float rd_round_trip(float v) {
+    return rd_to_f32(rd_narrow<T>::from(v));
+}
+
+// --- vector loads and stores -----------------------------------------------------------
+template <class T>
+union rd_vec16 {
+    rd_u4 raw;
+    T e[16 / sizeof(T)];
+};
+
+RD_DEV bool rd_aligned16(const void* p) { return (((rd_u64)p) & 15u) == 0; }
+
+// V elements of T from p (16-byte aligned) widened to f32; V·sizeof(T) a multiple of 16.
+template <class T, int V>
+RD_DEV void rd_load(const T* __restrict__ p, float* out) {
+    constexpr int E = 16 / sizeof(T);
+    static_assert(V % E == 0, "vector width must fill whole 16-byte chunks");
+    const rd_u4* q = reinterpret_cast<const rd_u4*>(p);
+#pragma unroll
+    for (int c = 0; c < V / E; ++c) {
+        rd_vec16<T> u;
+        u.raw = q[c];
+#pragma unroll
+        for (int k = 0; k < E; ++k) out[c * E + k] = rd_to_f32(u.e[k]);
+    }
+}
+
+template <class T, int V>
+RD_DEV void rd_store(T* __restrict__ p, const float* in) {
+    constexpr int E = 16 / sizeof(T);
+    static_assert(V % E == 0, "vector width must fill whole 16-byte chunks");
+    rd_u4* q = reinterpret_cast<rd_u4*>(p);
+#pragma unroll
+    for (int c = 0; c < V / E; ++c) {
+        rd_vec16<T> u;
+#pragma unroll
+        for (int k = 0; k < E; ++k) u.e[k] = rd_narrow<T>::from(in[c * E + k]);
+        q[c] = u.raw;
+    }
+}
+
+// Elements per vector iteration for a kernel whose narrowest stream has `bytes`-byte elements.
+template <class A, class B>
+struct rd_width {
+    static constexpr int value = 16 / (sizeof(A) < sizeof(B) ? sizeof(A) : sizeof(B));
+};
+
+// --- reductions -----------------------------------------------------------------------
+RD_DEV float rd_warp_sum(float v) {
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
+    return v;
+}
+
+// Grid-stride index helpers (64-bit: a step may cover more than 2^31 elements).
+RD_DEV rd_i64 rd_thread_index() { return (rd_i64)blockIdx.x * blockDim.x + threadIdx.x; }
+RD_DEV rd_i64 rd_grid_stride() { return (rd_i64)gridDim.x * blockDim.x; }
+
+#endif  // RDIFF_COMMON_CUH

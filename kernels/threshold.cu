@@ -1,0 +1,109 @@
+// Dynamic thresholding's per-sample bound s_b = clamp(quantile(|p·x + q·mo|, ratio), 1, max)
+// with torch.quantile's linear interpolation (the CPU path is src/cpu/quantile.rs).
+// One block per sample (blockIdx.x). |v| ≥ 0, so the f32 bit patterns order like the values
+// (NaN, after fabsf a positive NaN, sorts last as in torch's sort). The two order statistics
+// the interpolation needs (ranks lo and lo+1) are found together by a 4-pass radix select:
+// each pass histograms 8 bits of the candidates that match the prefix found so far, then
+// warp 0 scans the 256 bins to fix the next 8 bits of each prefix.
+#include "common.cuh"
+
+#define RD_THR_THREADS 256
+#define RD_THR_BINS 256
+
+template <class D, class S>
+__device__ void rd_threshold(const D* __restrict__ mo, rd_i64 mo_stride, const S* __restrict__ x,
+                             rd_i64 per_sample, float p, float q, float ratio, float max_value,
+                             float* __restrict__ bounds) {
+    RDIFF_SHARED(unsigned int, hist, 2 * RD_THR_BINS);
+    RDIFF_SHARED(unsigned int, state, 4);  // prefix[2], rank[2]
+    const rd_i64 b = blockIdx.x;
+    mo += b * mo_stride;
+    x += b * per_sample;
+    const unsigned int tid = threadIdx.x;
+    // torch computes the rank in the input's dtype (float32).
+    const float rank = ratio * (float)(per_sample - 1);
+    const rd_i64 lo_i = (rd_i64)floorf(rank);
+    const rd_i64 lo = lo_i < per_sample - 1 ? lo_i : per_sample - 1;
+    const rd_i64 hi = lo + 1 < per_sample - 1 ? lo + 1 : per_sample - 1;
+    const float weight = rank - (float)lo;
+    if (tid == 0) {
+        state[0] = 0;
+        state[1] = 0;
+        state[2] = (unsigned int)lo;
+        state[3] = (unsigned int)hi;
+    }
+    unsigned int mask = 0;
+    for (int pass = 0; pass < 4; ++pass) {
+        const int shift = 24 - 8 * pass;
+        for (unsigned int k = tid; k < 2 * RD_THR_BINS; k += blockDim.x) hist[k] = 0;
+        __syncthreads();
+        const unsigned int pre0 = state[0], pre1 = state[1];
+        for (rd_i64 i = tid; i < per_sample; i += blockDim.x) {
+            const float v = fabsf(p * rd_to_f32(x[i]) + q * rd_to_f32(mo[i]));
+            const unsigned int u = rd_f2u(v);
+            const unsigned int bin = (u >> shift) & 0xffu;
+            if ((u & mask) == pre0) atomicAdd(&hist[bin], 1u);
+            if ((u & mask) == pre1) atomicAdd(&hist[RD_THR_BINS + bin], 1u);
+        }
+        __syncthreads();
+        if (tid < 32) {
+            // Lane l owns bins [8l, 8l+8); an inclusive scan over lanes finds the bin holding
+            // the wanted rank among the candidates.
+#pragma unroll
+            for (int sel = 0; sel < 2; ++sel) {
+                const unsigned int* h = hist + sel * RD_THR_BINS + tid * 8;
+                // Read before the shuffles, which every lane passes before any lane writes.
+                const unsigned int want = state[2 + sel];
+                unsigned int local = 0;
+#pragma unroll
+                for (int k = 0; k < 8; ++k) local += h[k];
+                unsigned int incl = local;
+#pragma unroll
+                for (int d = 1; d < 32; d <<= 1) {
+                    const unsigned int o = __shfl_up_sync(0xffffffffu, incl, d);
+                    if ((int)tid >= d) incl += o;
+                }
+                const unsigned int excl = incl - local;
+                if (want >= excl && want < incl) {
+                    unsigned int before = excl;
+                    int k = 0;
+                    while (before + h[k] <= want) before += h[k++];
+                    state[sel] |= (tid * 8u + (unsigned int)k) << shift;
+                    state[2 + sel] = want - before;
+                }
+            }
+        }
+        mask |= 0xffu << shift;
+        __syncthreads();
+    }
+    if (tid == 0) {
+        const float below = rd_u2f(state[0]);
+        const float above = rd_u2f(state[1]);
+        // torch.lerp's two-sided formula keeps the end points exact.
+        float qv = weight < 0.5f ? below + weight * (above - below)
+                                 : above - (above - below) * (1.0f - weight);
+        // As the CPU path: max(q, 1) then min(·, m), so m < 1 wins; fmaxf maps NaN to 1.
+        qv = fminf(fmaxf(qv, 1.0f), max_value);
+        bounds[b] = qv;
+    }
+}
+
+#define RD_THRESHOLD(DN, D, SN, S)                                                          \
+    extern "C" __global__ void __launch_bounds__(RD_THR_THREADS)                            \
+        rdiff_dpm_threshold_##DN##_##SN(const D* __restrict__ mo, rd_i64 mo_stride,         \
+                                        const S* __restrict__ x, rd_i64 per_sample, float p, \
+                                        float q, float ratio, float max_value,               \
+                                        float* __restrict__ bounds) {                        \
+        rd_threshold<D, S>(mo, mo_stride, x, per_sample, p, q, ratio, max_value, bounds);   \
+    }                                                                                       \
+    RDIFF_HOST_EXPORT(rdiff_dpm_threshold_##DN##_##SN)
+
+RD_THRESHOLD(f32, float, f32, float)
+RD_THRESHOLD(f32, float, f16, rd_f16)
+RD_THRESHOLD(f32, float, bf16, rd_bf16)
+RD_THRESHOLD(f16, rd_f16, f32, float)
+RD_THRESHOLD(f16, rd_f16, f16, rd_f16)
+RD_THRESHOLD(f16, rd_f16, bf16, rd_bf16)
+RD_THRESHOLD(bf16, rd_bf16, f32, float)
+RD_THRESHOLD(bf16, rd_bf16, f16, rd_f16)
+RD_THRESHOLD(bf16, rd_bf16, bf16, rd_bf16)

@@ -1,0 +1,168 @@
+//! The emulated launcher: `kernels/*.cu` compiled as C++ for the host (`build.rs`, with
+//! `kernels/host_shim.h`) and run on the CPU, so the CUDA code path (argument marshalling, grid
+//! shapes, reductions, f16/bf16 conversion) is exercised on machines with no GPU.
+//!
+//! Blocks run one after another. The threads of a block are host threads (`thread::scope`)
+//! that stay alive for the whole launch: between two blocks they meet at a barrier while
+//! shared memory is poisoned, then each enters the next block (`rdiff_emu_enter` sets its
+//! threadIdx/blockIdx/...) and runs the kernel; `__syncthreads` and warp shuffles are
+//! barriers inside the C++ runtime (`host.cpp`).
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::Barrier;
+
+use super::launch::{Dim3, KernelArg, Launcher};
+use crate::error::{RdiffError, Result};
+
+type HostFn = unsafe extern "C" fn(*mut *mut c_void);
+
+extern "C" {
+    fn rdiff_emu_lookup(name: *const c_char) -> Option<HostFn>;
+    fn rdiff_emu_kernel_count() -> usize;
+    fn rdiff_emu_kernel_name(i: usize) -> *const c_char;
+    fn rdiff_emu_block_new(threads: u32, dynamic_shared: usize) -> *mut c_void;
+    fn rdiff_emu_block_free(block: *mut c_void);
+    fn rdiff_emu_block_poison(block: *mut c_void);
+    fn rdiff_emu_block_overflowed(block: *mut c_void) -> i32;
+    fn rdiff_emu_enter(
+        block: *mut c_void,
+        grid: *const u32,
+        dims: *const u32,
+        block_idx: *const u32,
+        tid: u32,
+    );
+}
+
+/// The kernels the host build registered (every `RDIFF_HOST_EXPORT`).
+pub fn registered_kernels() -> Vec<String> {
+    // SAFETY: the registry is filled by static constructors before any Rust code runs and
+    // never changes afterwards; names are NUL-terminated strings it owns.
+    unsafe {
+        (0..rdiff_emu_kernel_count())
+            .map(|i| {
+                CStr::from_ptr(rdiff_emu_kernel_name(i))
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+    }
+}
+
+/// Runs kernels on the host. `max_blocks` caps the grids `ops` picks (small by default, so
+/// that the grid-stride loops are exercised).
+pub struct EmulatedLauncher {
+    pub max_blocks: u32,
+}
+
+impl Default for EmulatedLauncher {
+    fn default() -> Self {
+        Self { max_blocks: 3 }
+    }
+}
+
+/// What the threads of a launch share; raw pointers are only dereferenced by the kernel.
+struct Shared {
+    block: *mut c_void,
+    params: Vec<*mut c_void>,
+}
+// SAFETY: the block object synchronises itself (barriers); the params point at argument values
+// that outlive the scope and are only read.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+struct BlockGuard(*mut c_void);
+impl Drop for BlockGuard {
+    fn drop(&mut self) {
+        // SAFETY: created by rdiff_emu_block_new, freed once after every thread has joined.
+        unsafe { rdiff_emu_block_free(self.0) }
+    }
+}
+
+impl Launcher for EmulatedLauncher {
+    fn launch(
+        &self,
+        kernel: &str,
+        grid: Dim3,
+        block: Dim3,
+        shared_bytes: u32,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        let cname = CString::new(kernel)
+            .map_err(|_| RdiffError::Value(format!("bad kernel name {kernel:?}")))?;
+        // SAFETY: a lookup in the registry by NUL-terminated name.
+        let f = unsafe { rdiff_emu_lookup(cname.as_ptr()) }.ok_or_else(|| {
+            RdiffError::Cuda(format!("the emulated launcher has no kernel {kernel:?}"))
+        })?;
+        let threads = block.count();
+        if threads == 0 || threads > 1024 || grid.count() == 0 {
+            return Err(RdiffError::Cuda(format!(
+                "{kernel}: invalid launch shape grid {grid:?} block {block:?}"
+            )));
+        }
+        if grid.y > 65535 || grid.z > 65535 {
+            return Err(RdiffError::Cuda(format!(
+                "{kernel}: grid {grid:?} exceeds CUDA's 65535 limit in y or z"
+            )));
+        }
+        let threads = threads as u32;
+        // SAFETY: freed by the guard after the scope has joined every thread.
+        let blk = BlockGuard(unsafe { rdiff_emu_block_new(threads, shared_bytes as usize) });
+        let shared = Shared {
+            block: blk.0,
+            params: args.iter().map(KernelArg::as_param).collect(),
+        };
+        let between = Barrier::new(threads as usize);
+        let gdim = [grid.x, grid.y, grid.z];
+        let bdim = [block.x, block.y, block.z];
+        std::thread::scope(|s| -> Result<()> {
+            for tid in 0..threads {
+                let (shared, between) = (&shared, &between);
+                std::thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn_scoped(s, move || {
+                        for bz in 0..gdim[2] {
+                            for by in 0..gdim[1] {
+                                for bx in 0..gdim[0] {
+                                    if between.wait().is_leader() {
+                                        // SAFETY: every thread is parked at the barrier.
+                                        unsafe { rdiff_emu_block_poison(shared.block) };
+                                    }
+                                    between.wait();
+                                    let bidx = [bx, by, bz];
+                                    // SAFETY: the block object lives until after the scope;
+                                    // params point at values of the kernel's parameter types
+                                    // (the caller's contract, as for cuLaunchKernel).
+                                    unsafe {
+                                        rdiff_emu_enter(
+                                            shared.block,
+                                            gdim.as_ptr(),
+                                            bdim.as_ptr(),
+                                            bidx.as_ptr(),
+                                            tid,
+                                        );
+                                        f(shared.params.as_ptr() as *mut *mut c_void);
+                                    }
+                                }
+                            }
+                        }
+                    })
+                    .map_err(|e| RdiffError::Cuda(format!("could not start a thread: {e}")))?;
+            }
+            Ok(())
+        })?;
+        // SAFETY: all threads have joined.
+        if unsafe { rdiff_emu_block_overflowed(blk.0) } != 0 {
+            return Err(RdiffError::Cuda(format!(
+                "{kernel}: static shared memory above 48 KiB"
+            )));
+        }
+        Ok(())
+    }
+
+    fn max_blocks(&self) -> u32 {
+        self.max_blocks
+    }
+}
+
+#[cfg(test)]
+mod tests;

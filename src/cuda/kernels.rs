@@ -1,0 +1,83 @@
+//! The CUDA sources, embedded at build time, and the kernels each one defines.
+//!
+//! The same files compile for the host in `build.rs` (the emulated launcher), so the names
+//! below are also the names the emulation registers.
+
+/// The header every kernel includes (`#include "common.cuh"`).
+pub const COMMON: &str = include_str!("../../kernels/common.cuh");
+
+/// One `.cu` file: its name (without extension), its text and its `extern "C"` entry points.
+pub struct KernelSource {
+    pub name: &'static str,
+    pub source: &'static str,
+    pub entries: &'static [&'static str],
+}
+
+macro_rules! entries_by_dtype {
+    ($prefix:literal, pairs) => {
+        &[
+            concat!($prefix, "_f32_f32"),
+            concat!($prefix, "_f32_f16"),
+            concat!($prefix, "_f32_bf16"),
+            concat!($prefix, "_f16_f32"),
+            concat!($prefix, "_f16_f16"),
+            concat!($prefix, "_f16_bf16"),
+            concat!($prefix, "_bf16_f32"),
+            concat!($prefix, "_bf16_f16"),
+            concat!($prefix, "_bf16_bf16"),
+        ]
+    };
+    ($prefix:literal, single) => {
+        &[
+            concat!($prefix, "_f32"),
+            concat!($prefix, "_f16"),
+            concat!($prefix, "_bf16"),
+        ]
+    };
+}
+
+/// Every kernel source rdiff ships.
+pub const SOURCES: &[KernelSource] = &[
+    KernelSource {
+        name: "dpm_step",
+        source: include_str!("../../kernels/dpm_step.cu"),
+        entries: entries_by_dtype!("rdiff_dpm_step", pairs),
+    },
+    KernelSource {
+        name: "threshold",
+        source: include_str!("../../kernels/threshold.cu"),
+        entries: entries_by_dtype!("rdiff_dpm_threshold", pairs),
+    },
+    KernelSource {
+        name: "add_noise",
+        source: include_str!("../../kernels/add_noise.cu"),
+        entries: entries_by_dtype!("rdiff_add_noise", single),
+    },
+    KernelSource {
+        name: "gamma",
+        source: include_str!("../../kernels/gamma.cu"),
+        entries: entries_by_dtype!("rdiff_gamma", single),
+    },
+];
+
+/// The source named `name`.
+pub fn source(name: &str) -> Option<&'static KernelSource> {
+    SOURCES.iter().find(|s| s.name == name)
+}
+
+/// The source that defines the entry point `entry`.
+pub fn source_of_entry(entry: &str) -> Option<&'static KernelSource> {
+    SOURCES.iter().find(|s| s.entries.contains(&entry))
+}
+
+/// The suffix kernels use for a storage dtype (`f32`, `f16`, `bf16`); `None` for f64, which
+/// the kernels do not take.
+pub fn dtype_suffix(dtype: crate::cpu::dtype::DType) -> Option<&'static str> {
+    use crate::cpu::dtype::DType;
+    match dtype {
+        DType::F32 => Some("f32"),
+        DType::F16 => Some("f16"),
+        DType::BF16 => Some("bf16"),
+        DType::F64 => None,
+    }
+}

@@ -1,0 +1,252 @@
+"""The CUDA backend without a GPU: every kernel compiles with the real NVRTC for the shipped
+architectures (no local-memory spills), the same kernel sources compiled for the host and run
+by the emulated launcher agree with the CPU path, and CUDA tensors without a driver raise
+``rdiff.CudaUnavailableError``."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import rdiff
+from rdiff import _cuda_libs, _rdiff
+from rdiff._tensor import describe
+
+ARCHS = ["sm_80", "sm_86", "sm_89", "sm_90"]
+KERNELS = ["dpm_step", "threshold", "add_noise", "gamma"]
+DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+# Tolerances: float32 to a few ULP, half types within one rounding of their own.
+TOL = {
+    torch.float32: dict(rtol=4e-7, atol=4e-7),
+    torch.float16: dict(rtol=1e-3, atol=1e-3),
+    torch.bfloat16: dict(rtol=8e-3, atol=8e-3),
+}
+
+needs_nvrtc = pytest.mark.skipif(
+    _cuda_libs.preload_nvrtc() is None, reason="no NVRTC wheel in this environment"
+)
+
+
+def test_kernel_list_matches_the_host_build():
+    assert sorted(_rdiff._cuda_kernels()) == sorted(KERNELS)
+    entries = _rdiff._emulated_kernels()
+    assert len(entries) == 2 * 9 + 2 * 3
+    assert all(e.startswith("rdiff_") for e in entries)
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_compiles_with_nvrtc_without_spills(kernel, arch):
+    out = _rdiff._cuda_compile(kernel, arch)
+    assert out["arch"] == arch
+    assert out["cubin"][:4] == b"\x7fELF"
+    assert b".entry rdiff_" in out["ptx"]
+    assert "--ptxas-options=-v" in out["options"]
+    res = out["resources"]
+    want = {e for e in _rdiff._emulated_kernels() if _entry_source(e) == kernel}
+    assert set(res) == want, out["log"]
+    for entry, r in res.items():
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, (entry, out["log"])
+        assert r["stack_bytes"] == 0, (entry, out["log"])
+        # 256-thread blocks: at most 64 registers keeps 4 blocks (full occupancy) per SM.
+        assert 0 < r["registers"] <= 64, (entry, r)
+    # Cached: the same object's bytes come back.
+    assert _rdiff._cuda_compile(kernel, arch)["cubin"] == out["cubin"]
+
+
+def _entry_source(entry: str) -> str:
+    for name in ("dpm_step", "add_noise", "gamma"):
+        if entry.startswith(f"rdiff_{name}_"):
+            return name
+    return "threshold"
+
+
+@needs_nvrtc
+def test_compile_errors_are_value_errors():
+    with pytest.raises(ValueError, match="unknown kernel"):
+        _rdiff._cuda_compile("nope", "sm_90")
+    with pytest.raises(ValueError, match="arch"):
+        _rdiff._cuda_compile("gamma", "compute_90")
+
+
+# --- the emulated launcher against the CPU path --------------------------------------------
+
+
+def _buffer(values: torch.Tensor, dtype, offset: int) -> torch.Tensor:
+    """values in dtype, as a contiguous view `offset` elements into a larger buffer."""
+    base = torch.empty(values.numel() + offset + 3, dtype=dtype)
+    view = base[offset : offset + values.numel()].view(values.shape)
+    view.copy_(values.to(dtype))
+    return view
+
+
+def _core(algorithm="dpmsolver++", thresholding=False, prediction="epsilon"):
+    sigmas = list(np.geomspace(14.6, 0.03, 12))
+    return _rdiff._MultistepCore(
+        algorithm, "midpoint", prediction, thresholding, 0.9, 1.5, False, sigmas
+    )
+
+
+CASES = [
+    # (shape, extra model-output channels, offset in elements)
+    ((1, 1, 1, 1), 0, 0),
+    ((2, 3, 7, 11), 0, 1),  # per-sample 231: not a multiple of the vector width
+    ((2, 4, 16, 16), 0, 0),  # 1024: whole vectors, more than one block per sample
+    ((3, 4, 9, 13), 4, 0),  # learned variance: model output rows longer than the sample
+    ((2, 4, 16, 17), 0, 3),  # misaligned views: the scalar path
+]
+
+
+@pytest.mark.parametrize("mdt", list(DTYPES))
+@pytest.mark.parametrize("sdt", list(DTYPES))
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_emulated_step_matches_cpu(mdt, sdt, order, case):
+    shape, extra, offset = CASES[case]
+    mdtype, sdtype = DTYPES[mdt], DTYPES[sdt]
+    g = torch.Generator().manual_seed(1000 * order + case)
+    b, c = shape[0], shape[1]
+    mo_shape = (b, c + extra, *shape[2:])
+    for algorithm, thresholding in (
+        ("dpmsolver++", False),
+        ("sde-dpmsolver++", True),
+        ("dpmsolver", case % 2 == 0),
+    ):
+        core = _core(algorithm, thresholding)
+        step_index = 5
+        co = core.coefficients(step_index, order)
+        mo = _buffer(torch.randn(mo_shape, generator=g) * 1.5, mdtype, offset)
+        x = _buffer(torch.randn(shape, generator=g) * 2, sdtype, offset)
+        m1 = _buffer(torch.randn(shape, generator=g), mdtype, offset)
+        m2 = _buffer(torch.randn(shape, generator=g), mdtype, offset)
+        noise = (
+            _buffer(torch.randn(shape, generator=g), torch.float32, offset)
+            if algorithm.startswith("sde")
+            else None
+        )
+        outs = {}
+        for path in ("cpu", "emulated"):
+            hist = _buffer(torch.zeros(shape), mdtype, offset)
+            prev = _buffer(torch.zeros(shape), mdtype, offset)
+            args = (
+                describe(mo),
+                describe(x),
+                describe(m1) if order >= 2 else None,
+                describe(m2) if order >= 3 else None,
+                None if noise is None else describe(noise),
+                describe(hist),
+                describe(prev),
+                b,
+                math.prod(mo_shape[1:]),
+            )
+            if path == "cpu":
+                core.step(step_index, order, *args)
+            else:
+                _rdiff._emulated_dpm_step(
+                    order, co, *args, thresholding=(0.9, 1.5) if thresholding else None
+                )
+            outs[path] = (hist.float().clone(), prev.float().clone())
+        for k, what in enumerate(("hist", "prev")):
+            torch.testing.assert_close(
+                outs["emulated"][k],
+                outs["cpu"][k],
+                **TOL[mdtype],
+                msg=lambda m, what=what, alg=algorithm: f"{what} {alg}: {m}",
+            )
+
+
+@pytest.mark.parametrize("mdt", list(DTYPES))
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.995, 1.0])
+def test_emulated_threshold_is_torch_quantile(mdt, ratio):
+    g = torch.Generator().manual_seed(7)
+    b, n = 3, 5 * 7 * 11
+    x = torch.randn(b, n, generator=g) * 3
+    mo = torch.randn(b, n + 2, generator=g).to(DTYPES[mdt])
+    p, q = 1.25, -0.5
+    got = _rdiff._emulated_threshold(describe(mo), describe(x), b, n + 2, p, q, ratio, 2.5)
+    x0 = (p * x + q * mo[:, :n].float()).abs()
+    want = torch.quantile(x0, ratio, dim=1).clamp(min=1.0, max=2.5)
+    torch.testing.assert_close(torch.tensor(got), want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dt", list(DTYPES))
+@pytest.mark.parametrize("offset", [0, 1])
+def test_emulated_add_noise(dt, offset):
+    dtype = DTYPES[dt]
+    g = torch.Generator().manual_seed(3)
+    shape = (3, 4, 9, 7)
+    x0 = _buffer(torch.randn(shape, generator=g), dtype, offset)
+    eps = _buffer(torch.randn(shape, generator=g), dtype, offset)
+    out = _buffer(torch.zeros(shape), dtype, offset)
+    alpha, sigma = [0.9, 0.5, 0.1], [0.43, 0.86, 0.99]
+    _rdiff._emulated_add_noise(describe(x0), describe(eps), alpha, sigma, describe(out))
+    a = torch.tensor(alpha).view(-1, 1, 1, 1)
+    s = torch.tensor(sigma).view(-1, 1, 1, 1)
+    want = (a * x0.float() + s * eps.float()).to(dtype)
+    torch.testing.assert_close(out, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dt", list(DTYPES))
+def test_emulated_gamma(dt):
+    g = torch.Generator().manual_seed(5)
+    eps = torch.randn(4, 3 * 33 * 17, generator=g).to(DTYPES[dt])
+    got = np.array(_rdiff._emulated_gamma(describe(eps), 4))
+    want = (eps.double() ** 2).mean(dim=1).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_emulated_rejects_cuda_buffers_and_bad_dtypes():
+    x = torch.zeros(8)
+    fake = (x.data_ptr(), 8, "float32", "cuda", 0)
+    with pytest.raises(ValueError, match="CPU buffers"):
+        _rdiff._emulated_gamma(fake, 1)
+    with pytest.raises(TypeError, match="float64"):
+        _rdiff._emulated_gamma(describe(torch.zeros(8, dtype=torch.float64)), 1)
+
+
+# --- no driver here: errors, not panics ----------------------------------------------------
+
+no_cuda = pytest.mark.skipif(
+    rdiff.backends()["cuda"]["available"], reason="a CUDA driver and GPU are present"
+)
+
+
+@no_cuda
+def test_backends_reports_why_cuda_is_off():
+    cuda = rdiff.backends()["cuda"]
+    assert cuda["available"] is False
+    assert isinstance(cuda["reason"], str) and cuda["reason"]
+
+
+@no_cuda
+def test_cuda_tensor_raises_unavailable():
+    core = _core()
+    x = torch.zeros(2, 4, 8, 8)
+    bufs = [torch.zeros_like(x) for _ in range(4)]
+
+    def cuda(t):
+        ptr, numel, dtype, _, _ = describe(t)
+        return (ptr, numel, dtype, "cuda", 0)
+
+    with pytest.raises(rdiff.CudaUnavailableError, match="CUDA"):
+        core.step(
+            3,
+            2,
+            cuda(bufs[0]),
+            cuda(x),
+            cuda(bufs[1]),
+            None,
+            None,
+            cuda(bufs[2]),
+            cuda(bufs[3]),
+            2,
+            4 * 64,
+            0,
+        )
+    # A scheduler given a (simulated) CUDA tensor takes the same route.
+    assert issubclass(rdiff.CudaUnavailableError, rdiff.RdiffError)
