@@ -89,9 +89,10 @@ def main() -> None:
                 # reads: model output, sample, order-1 history entries; writes: history, sample
                 moved = (2 + (order - 1) + 2) * numel * esize
                 gbs = moved / tr / 1e9
+                pct = 100 * gbs * 1e9 / bw
                 print(
                     f"| {tuple(shape)} | {order} | {str(dtype)[6:]} | {td * 1e6:.0f} µs | "
-                    f"{tr * 1e6:.0f} µs | {td / tr:.1f}× | {gbs:.1f} | {100 * gbs * 1e9 / bw:.0f}% |"
+                    f"{tr * 1e6:.0f} µs | {td / tr:.1f}× | {gbs:.1f} | {pct:.0f}% |"
                 )
 
 
