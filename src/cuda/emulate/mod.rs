@@ -8,7 +8,9 @@
 //! threadIdx/blockIdx/...) and runs the kernel; `__syncthreads` and warp shuffles are
 //! barriers inside the C++ runtime (`host.cpp`).
 
-use std::ffi::{c_char, c_void, CStr, CString};
+#[cfg(not(rdiff_no_emulation))]
+use std::ffi::c_char;
+use std::ffi::{c_void, CStr, CString};
 use std::sync::Barrier;
 
 use super::launch::{Dim3, KernelArg, Launcher};
@@ -16,6 +18,7 @@ use crate::error::{RdiffError, Result};
 
 type HostFn = unsafe extern "C" fn(*mut *mut c_void);
 
+#[cfg(not(rdiff_no_emulation))]
 extern "C" {
     fn rdiff_emu_lookup(name: *const c_char) -> Option<HostFn>;
     fn rdiff_emu_kernel_count() -> usize;
@@ -32,6 +35,43 @@ extern "C" {
         tid: u32,
     );
 }
+
+/// Stand-ins when the host build of the kernels could not be compiled (no C++ compiler): the
+/// registry is empty, so every launch fails with "no kernel" before anything else is called.
+#[cfg(rdiff_no_emulation)]
+#[allow(clippy::missing_safety_doc)]
+mod absent {
+    use super::HostFn;
+    use std::ffi::{c_char, c_void};
+
+    pub unsafe fn rdiff_emu_lookup(_name: *const c_char) -> Option<HostFn> {
+        None
+    }
+    pub unsafe fn rdiff_emu_kernel_count() -> usize {
+        0
+    }
+    pub unsafe fn rdiff_emu_kernel_name(_i: usize) -> *const c_char {
+        std::ptr::null()
+    }
+    pub unsafe fn rdiff_emu_block_new(_threads: u32, _dynamic_shared: usize) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn rdiff_emu_block_free(_block: *mut c_void) {}
+    pub unsafe fn rdiff_emu_block_poison(_block: *mut c_void) {}
+    pub unsafe fn rdiff_emu_block_overflowed(_block: *mut c_void) -> i32 {
+        0
+    }
+    pub unsafe fn rdiff_emu_enter(
+        _block: *mut c_void,
+        _grid: *const u32,
+        _dims: *const u32,
+        _block_idx: *const u32,
+        _tid: u32,
+    ) {
+    }
+}
+#[cfg(rdiff_no_emulation)]
+use absent::*;
 
 /// The kernels the host build registered (every `RDIFF_HOST_EXPORT`).
 pub fn registered_kernels() -> Vec<String> {
