@@ -17,6 +17,7 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::schedule::PyNoiseSchedule>()?;
     m.add_class::<py::dpm_solver::MultistepCore>()?;
     py::testing::register(m)?;
+    py::analytic::register(m)?;
     m.add_function(wrap_pyfunction!(py::spacing::diffusers_schedule, m)?)?;
     Ok(())
 }
