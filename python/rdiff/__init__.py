@@ -20,7 +20,9 @@ from ._rdiff import (
     __version__,
 )
 from ._rdiff import backends as _backends
+from .analytic import GammaTable, estimate_gamma, optimal_trajectory
 from .schedulers import DPMSolverMultistepScheduler, SchedulerOutput
+from .schedulers.analytic_dpm import AnalyticDPMScheduler
 
 
 def backends() -> dict:
@@ -34,14 +36,18 @@ def backends() -> dict:
 
 
 __all__ = [
+    "AnalyticDPMScheduler",
     "CudaError",
     "CudaUnavailableError",
     "DPMSolverMultistepScheduler",
+    "GammaTable",
     "NoiseSchedule",
     "RdiffError",
     "SchedulerOutput",
     "WeightsError",
     "__version__",
     "backends",
+    "estimate_gamma",
+    "optimal_trajectory",
     "testing",
 ]

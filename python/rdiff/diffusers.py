@@ -22,7 +22,7 @@ except ImportError as e:  # pragma: no cover - exercised only without diffusers
 
 from . import schedulers as _schedulers
 
-__all__ = ["DPMSolverMultistepScheduler"]
+__all__ = ["AnalyticDPMScheduler", "DPMSolverMultistepScheduler"]
 
 
 def _wrap(base: type) -> type:
@@ -53,3 +53,4 @@ def _wrap(base: type) -> type:
 
 
 DPMSolverMultistepScheduler = _wrap(_schedulers.DPMSolverMultistepScheduler)
+AnalyticDPMScheduler = _wrap(_schedulers.AnalyticDPMScheduler)

@@ -94,8 +94,8 @@ pub fn batch_sums(values: &[f64]) -> Result<BatchSums> {
         let sq = v * v;
         s.sum += v;
         s.sum_sq += sq;
-        s.sum_fixed += (v * FIXED_SCALE).round() as u128;
-        s.sum_sq_fixed += (sq * FIXED_SCALE).round() as u128;
+        s.sum_fixed += (v * FIXED_SCALE).round_ties_even() as u128;
+        s.sum_sq_fixed += (sq * FIXED_SCALE).round_ties_even() as u128;
     }
     Ok(s)
 }

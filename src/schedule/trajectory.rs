@@ -14,12 +14,11 @@
 //! estimated Γ exceeds 1 onwards are poorly estimated (Γ ≤ 1 in theory); as in the reference's
 //! `_split`, the last 2·(N − n_bad + 1) timesteps are split off, given K₂ of the K points
 //! spaced uniformly (rounded half to even, as Python's `round`), and the dynamic program runs
-//! on the rest.
+//! on the rest. Where the reference would fail (Γ > 1 already in the first half, so that the
+//! split-off part would exceed N), we split off all but timestep 1.
 //!
-//! The dynamic program keeps two rows of costs (O(N) memory each) and a K × N table of
-//! back-pointers; each row is O(N²) and runs in parallel over its end points.
-
-use rayon::prelude::*;
+//! The dynamic program fills the K × N tables of costs and back-pointers column by column, so
+//! each pair cost is computed once into an O(N) buffer: O(N²) logarithms and O(K·N²) additions.
 
 use crate::error::Result;
 use crate::value_err;
@@ -35,7 +34,8 @@ fn pair_cost(ac: &[f64], score: &[f64], s: usize, t: usize) -> f64 {
 fn split(gamma: &[f64], k: usize) -> (usize, usize, usize) {
     let n = gamma.len();
     let first_bad = gamma.iter().position(|&g| g > 1.0).map_or(n + 1, |i| i + 1);
-    let num_bad = (2 * (n + 1 - first_bad)).min(n);
+    // The reference asserts num_bad ≤ N; we keep at least timestep 1 for the DP instead.
+    let num_bad = (2 * (n + 1 - first_bad)).min(n - 1);
     let bad_ratio = num_bad as f64 / n as f64;
     let n1 = n - num_bad;
     let mut k1 = ((1.0 - 0.8 * bad_ratio) * k as f64).ceil() as usize;
@@ -70,39 +70,37 @@ fn solve_dp(ac: &[f64], score: &[f64], n: usize, k: usize) -> (Vec<usize>, f64) 
     if k == 1 {
         return (vec![1], 0.0);
     }
-    // cost[t]: the cheapest path 1 → t with the current number of points; index 1..=n.
-    let mut cost = vec![f64::INFINITY; n + 1];
-    for (t, c) in cost.iter_mut().enumerate().skip(2) {
-        *c = pair_cost(ac, score, 1, t);
-    }
-    // back[j][t]: the predecessor of t in the best path with j + 3 points ending at t.
-    let mut back: Vec<Vec<u32>> = Vec::with_capacity(k.saturating_sub(2));
-    for j in 3..=k {
-        let prev = &cost;
-        let row: Vec<(f64, u32)> = (0..=n)
-            .into_par_iter()
-            .map(|t| {
-                if t < j {
-                    return (f64::INFINITY, 0);
+    // cost[j][t]: the cheapest path 1 → t visiting j points; back[j][t] its predecessor of t.
+    // Columns are filled for t = 2, 3, …, n: column t needs only columns s < t, so each pair
+    // cost F(s, t) is computed once (into an O(N) buffer) and reused by every j.
+    let mut cost = vec![vec![f64::INFINITY; n + 1]; k + 1];
+    let mut back = vec![vec![0u32; n + 1]; k + 1];
+    let mut column = vec![0f64; n + 1];
+    for t in 2..=n {
+        for (s, f) in column.iter_mut().enumerate().take(t).skip(1) {
+            *f = pair_cost(ac, score, s, t);
+        }
+        cost[2][t] = column[1];
+        back[2][t] = 1;
+        for j in 3..=k.min(t) {
+            let (prev_rows, cur_rows) = cost.split_at_mut(j);
+            let prev = &prev_rows[j - 1];
+            let mut best = (f64::INFINITY, 0u32);
+            for s in (j - 1)..t {
+                let c = prev[s] + column[s];
+                if c < best.0 {
+                    best = (c, s as u32);
                 }
-                let mut best = (f64::INFINITY, 0u32);
-                for (s, &p) in prev.iter().enumerate().take(t).skip(j - 1) {
-                    let c = p + pair_cost(ac, score, s, t);
-                    if c < best.0 {
-                        best = (c, s as u32);
-                    }
-                }
-                best
-            })
-            .collect();
-        cost = row.iter().map(|r| r.0).collect();
-        back.push(row.iter().map(|r| r.1).collect());
+            }
+            cur_rows[0][t] = best.0;
+            back[j][t] = best.1;
+        }
     }
-    let total = cost[n];
+    let total = cost[k][n];
     let mut path = vec![n];
     let mut t = n;
     for j in (3..=k).rev() {
-        t = back[j - 3][t] as usize;
+        t = back[j][t] as usize;
         path.push(t);
     }
     path.push(1);
