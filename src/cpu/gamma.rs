@@ -54,21 +54,36 @@ pub fn per_sample_sq_norms<D: Elem, S: Elem>(
             while start < per_sample {
                 let n = LANES.min(per_sample - start);
                 D::load(&row[start..start + n], &mut ys[..n]);
-                let mut part = 0f64;
+                // Eight independent f64 accumulators (a fixed order, so the value of a sample
+                // does not depend on anything else) let the loop vectorise.
+                let e = &mut xs[..n];
                 match xr {
                     Some(xr) if p != 0.0 => {
-                        S::load(&xr[start..start + n], &mut xs[..n]);
+                        let mut xin = [0f32; LANES];
+                        S::load(&xr[start..start + n], &mut xin[..n]);
                         for i in 0..n {
-                            let e = (p * xs[i] + q * ys[i]) as f64;
-                            part += e * e;
+                            e[i] = p * xin[i] + q * ys[i];
                         }
                     }
                     _ => {
-                        for y in &ys[..n] {
-                            let e = (q * y) as f64;
-                            part += e * e;
+                        for i in 0..n {
+                            e[i] = q * ys[i];
                         }
                     }
+                }
+                let mut lanes = [0f64; 8];
+                let chunks = e.chunks_exact(8);
+                let rest = chunks.remainder();
+                for c in chunks {
+                    for (l, v) in lanes.iter_mut().zip(c) {
+                        let v = *v as f64;
+                        *l += v * v;
+                    }
+                }
+                let mut part = lanes.iter().sum::<f64>();
+                for v in rest {
+                    let v = *v as f64;
+                    part += v * v;
                 }
                 acc += part;
                 start += n;
