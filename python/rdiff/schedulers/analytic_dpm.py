@@ -267,7 +267,10 @@ class AnalyticDPMScheduler(SchedulerBase):
         mo = _tensor.contiguous(model_output)
         x = _tensor.contiguous(sample)
         noise = None
-        if self.variances[i] > 0:
+        t_now = int(self._timesteps_numpy()[i])
+        # diffusers' DDPMScheduler draws noise at every step from t > 0, so the generator
+        # advances the same way here (the noise is unused where σ² = 0).
+        if self.variances[i] > 0 or t_now > 0:
             if variance_noise is not None:
                 noise = _tensor.to_float32(variance_noise, x)
                 if tuple(noise.shape) != shape:
