@@ -23,6 +23,7 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     py::testing::register(m)?;
     py::cuda::register(m)?;
+    py::analytic::register(m)?;
     m.add_function(wrap_pyfunction!(py::spacing::diffusers_schedule, m)?)?;
     py::ddim::register(m)?;
     Ok(())

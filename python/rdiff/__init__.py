@@ -20,6 +20,7 @@ from ._rdiff import (
     __version__,
 )
 from ._rdiff import backends as _backends
+from .analytic import GammaTable, estimate_gamma, optimal_trajectory
 from .schedulers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -27,6 +28,7 @@ from .schedulers import (
     DPMSolverSinglestepScheduler,
     SchedulerOutput,
 )
+from .schedulers.analytic_dpm import AnalyticDPMScheduler
 
 
 def backends() -> dict:
@@ -40,17 +42,21 @@ def backends() -> dict:
 
 
 __all__ = [
+    "AnalyticDPMScheduler",
     "CudaError",
     "CudaUnavailableError",
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
+    "GammaTable",
     "NoiseSchedule",
     "RdiffError",
     "SchedulerOutput",
     "WeightsError",
     "__version__",
     "backends",
+    "estimate_gamma",
+    "optimal_trajectory",
     "testing",
 ]

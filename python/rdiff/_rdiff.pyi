@@ -277,3 +277,62 @@ def _emulated_add_noise(
 
 def _emulated_gamma(eps: _Desc, batch: int) -> list[float]:
     """Per-sample sum of squares / d through the CUDA reduction kernel (emulated)."""
+
+# -- Analytic-DPM (python/rdiff/analytic.py and schedulers/analytic_dpm.py wrap these) --------
+
+_TensorDesc: TypeAlias = tuple[int, int, str, str, int]
+
+def _gamma_batch_sums(
+    mo: _TensorDesc,
+    x: _TensorDesc | None,
+    batch: int,
+    mo_stride: int,
+    per_sample: int,
+    p: float,
+    q: float,
+) -> tuple[int, float, float, int, int]:
+    """Σv, Σv² of v = ‖p·x + q·mo‖²/d over a batch: (count, sum, sum_sq, sum_fixed,
+    sum_sq_fixed), the last two exact integers at scale 2⁶⁴."""
+
+def _optimal_trajectory(
+    gamma: list[float], alphas_cumprod: list[float], num_steps: int
+) -> _I64Array:
+    """Analytic-DPM's optimal trajectory: 0-based timesteps, descending."""
+
+def _trajectory_cost(
+    gamma: list[float], alphas_cumprod: list[float], timesteps: list[int]
+) -> float:
+    """Σ log(1 − (1 − ᾱ_t/ᾱ_s)·Γ_t/β̄_t) over consecutive timesteps of a trajectory."""
+
+class _AnalyticCore:
+    """The Rust core of ``rdiff.AnalyticDPMScheduler``: every step's scalars, the fused step."""
+
+    def __init__(
+        self,
+        alphas_cumprod: list[float],
+        timesteps: list[int],
+        gamma: list[float],
+        form: Literal["ddpm", "ddim"],
+        eta: float,
+        cov_max: float,
+        last_cap: float | None,
+        prediction_type: str,
+        variances: list[float] | None = None,
+    ) -> None: ...
+    @property
+    def variances(self) -> _F64Array: ...
+    @property
+    def lambda2(self) -> _F64Array: ...
+    def coefficients(self, step_index: int) -> list[float]: ...
+    def step(
+        self,
+        step_index: int,
+        mo: _TensorDesc,
+        x: _TensorDesc,
+        noise: _TensorDesc | None,
+        x0: _TensorDesc,
+        prev: _TensorDesc,
+        batch: int,
+        mo_stride: int,
+        clip: tuple[float, float] | None,
+    ) -> None: ...

@@ -23,6 +23,7 @@ except ImportError as e:  # pragma: no cover - exercised only without diffusers
 from . import schedulers as _schedulers
 
 __all__ = [
+    "AnalyticDPMScheduler",
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
@@ -61,3 +62,4 @@ DPMSolverMultistepScheduler = _wrap(_schedulers.DPMSolverMultistepScheduler)
 DDIMScheduler = _wrap(_schedulers.DDIMScheduler)
 DDPMScheduler = _wrap(_schedulers.DDPMScheduler)
 DPMSolverSinglestepScheduler = _wrap(_schedulers.DPMSolverSinglestepScheduler)
+AnalyticDPMScheduler = _wrap(_schedulers.AnalyticDPMScheduler)

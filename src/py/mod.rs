@@ -1,5 +1,6 @@
 //! PyO3 bindings only: convert, validate, release the GIL, map errors. One file per area.
 
+pub mod analytic;
 pub mod backends;
 pub mod cuda;
 pub mod ddim;
