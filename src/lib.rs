@@ -19,5 +19,6 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::testing::register(m)?;
     m.add_function(wrap_pyfunction!(py::spacing::diffusers_schedule, m)?)?;
     py::ddim::register(m)?;
+    py::sampling::register(m)?;
     Ok(())
 }

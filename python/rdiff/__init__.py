@@ -10,6 +10,7 @@ from . import _cuda_libs
 
 _cuda_libs.preload_nvrtc()
 
+from . import k as k
 from . import testing
 from ._rdiff import (
     CudaError,
@@ -20,6 +21,7 @@ from ._rdiff import (
     __version__,
 )
 from ._rdiff import backends as _backends
+from .sampling import SampleInfo, model_wrapper, sample
 from .schedulers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -46,9 +48,13 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "NoiseSchedule",
     "RdiffError",
+    "SampleInfo",
     "SchedulerOutput",
     "WeightsError",
     "__version__",
     "backends",
+    "k",
+    "model_wrapper",
+    "sample",
     "testing",
 ]

@@ -3,4 +3,5 @@
 pub mod ddim_step;
 pub mod dpm_step;
 pub mod dtype;
+pub mod lincomb;
 pub mod quantile;

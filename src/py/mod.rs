@@ -4,6 +4,7 @@ pub mod backends;
 pub mod ddim;
 pub mod dpm_solver;
 pub mod errors;
+pub mod sampling;
 pub mod schedule;
 pub mod spacing;
 pub mod tensor;

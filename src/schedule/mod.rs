@@ -4,7 +4,9 @@ pub mod betas;
 pub mod ddim;
 pub mod dpm_solver;
 pub mod interp;
+pub mod karras;
 pub mod noise_schedule;
+pub mod reference;
 pub mod spacing;
 
 pub use betas::{BetaSchedule, DiscreteBetas};
