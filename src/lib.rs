@@ -26,5 +26,6 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::analytic::register(m)?;
     m.add_function(wrap_pyfunction!(py::spacing::diffusers_schedule, m)?)?;
     py::ddim::register(m)?;
+    py::sampling::register(m)?;
     Ok(())
 }

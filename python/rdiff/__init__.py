@@ -10,6 +10,7 @@ from . import _cuda_libs
 
 _cuda_libs.preload_nvrtc()
 
+from . import k as k
 from . import testing
 from ._rdiff import (
     CudaError,
@@ -21,6 +22,7 @@ from ._rdiff import (
 )
 from ._rdiff import backends as _backends
 from .analytic import GammaTable, estimate_gamma, optimal_trajectory
+from .sampling import SampleInfo, model_wrapper, sample
 from .schedulers import (
     DDIMScheduler,
     DDPMScheduler,
@@ -52,11 +54,15 @@ __all__ = [
     "GammaTable",
     "NoiseSchedule",
     "RdiffError",
+    "SampleInfo",
     "SchedulerOutput",
     "WeightsError",
     "__version__",
     "backends",
     "estimate_gamma",
+    "k",
+    "model_wrapper",
     "optimal_trajectory",
+    "sample",
     "testing",
 ]

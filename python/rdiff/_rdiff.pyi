@@ -336,3 +336,60 @@ class _AnalyticCore:
         mo_stride: int,
         clip: tuple[float, float] | None,
     ) -> None: ...
+
+# ---------------------------------------------------------------- functional samplers
+
+class _ReferenceCore:
+    """The DPM-Solver reference's per-step scalars over one schedule (``rdiff.sample``)."""
+
+    def __init__(self, schedule: NoiseSchedule, algorithm: str, solver_type: str) -> None: ...
+    def data_prediction(self, t: float) -> tuple[float, float]:
+        """(p, q) with x₀ = p·x + q·ε at time t."""
+    def multistep(self, t_prev: list[float], t: float, order: int) -> tuple[float, list[float]]:
+        """(c_x, [c_0, …]) of a multistep update; c_0 weighs the newest model value."""
+    def singlestep(
+        self, s: float, t: float, order: int, r1: float | None = None, r2: float | None = None
+    ) -> tuple[list[float], list[tuple[float, list[float]]]]:
+        """(intermediate times, [(c_x, [c_s, c_s1, …]) per stage]) of a singlestep update."""
+
+def _check_method(method: str) -> None: ...
+def _multistep_orders(steps: int, order: int, lower_order_final: bool) -> list[int]: ...
+def _singlestep_schedule(
+    schedule: NoiseSchedule,
+    steps: int,
+    order: int,
+    skip_type: str,
+    t_start: float,
+    t_end: float,
+    fixed: bool,
+) -> tuple[list[float], list[int], list[tuple[float | None, float | None]]]: ...
+def _adaptive_next_h(h: float, err: float, order: int, theta: float, remaining: float) -> float: ...
+def _lincomb(
+    out: _TensorDesc,
+    terms: list[tuple[float, _TensorDesc]],
+    batch: int,
+    conv: tuple[_TensorDesc, _TensorDesc, float, float, float] | None = None,
+    hist: _TensorDesc | None = None,
+    threshold: tuple[float, float] | None = None,
+) -> None:
+    """out = Σ c·term (+ w·m, m = p·x + q·mo, thresholded, kept in hist): one fused pass."""
+
+def _adaptive_error(
+    hi: _TensorDesc, lo: _TensorDesc, prev: _TensorDesc, atol: float, rtol: float, batch: int
+) -> float: ...
+def _k_sigmas(
+    kind: str, n: int, sigma_min: float, sigma_max: float, rho: float = 7.0
+) -> list[float]: ...
+def _k_step(
+    kind: str,
+    sigmas: list[float],
+    i: int,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    solver_type: str = "midpoint",
+    sigma_hat: float | None = None,
+) -> tuple[float, list[float], float]: ...
+def _k_heun_correction(sigma_hat: float, sigma_next: float) -> list[float]: ...
+def _k_churn_gamma(
+    sigma: float, n_steps: int, s_churn: float, s_tmin: float, s_tmax: float
+) -> float: ...

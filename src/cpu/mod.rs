@@ -5,4 +5,5 @@ pub mod ddim_step;
 pub mod dpm_step;
 pub mod dtype;
 pub mod gamma;
+pub mod lincomb;
 pub mod quantile;

@@ -6,7 +6,9 @@ pub mod ddim;
 pub mod dpm_singlestep;
 pub mod dpm_solver;
 pub mod interp;
+pub mod karras;
 pub mod noise_schedule;
+pub mod reference;
 pub mod spacing;
 pub mod trajectory;
 
