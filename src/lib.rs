@@ -6,6 +6,7 @@ pub mod error;
 pub mod py;
 pub mod schedule;
 pub mod testing;
+pub mod unet;
 
 use pyo3::prelude::*;
 
@@ -18,5 +19,6 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::dpm_solver::MultistepCore>()?;
     py::testing::register(m)?;
     m.add_function(wrap_pyfunction!(py::spacing::diffusers_schedule, m)?)?;
+    m.add_class::<py::unet::PyUNet2D>()?;
     Ok(())
 }

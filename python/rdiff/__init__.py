@@ -21,6 +21,7 @@ from ._rdiff import (
 )
 from ._rdiff import backends as _backends
 from .schedulers import DPMSolverMultistepScheduler, SchedulerOutput
+from .unet import UNet2DModel
 
 
 def backends() -> dict:
@@ -40,6 +41,7 @@ __all__ = [
     "NoiseSchedule",
     "RdiffError",
     "SchedulerOutput",
+    "UNet2DModel",
     "WeightsError",
     "__version__",
     "backends",
