@@ -3,8 +3,8 @@
 Run: python benches/bench_unet.py [--quick] [--threads N]. The DDPM-CIFAR-10 configuration
 (google/ddpm-cifar10-32, 35.7 M parameters, random weights) at 32×32, float32. Prints a
 markdown table: best time per forward for both (alternating rounds in one process, same
-thread count), and the peak memory each needs for a forward, measured as the growth of the
-maximum RSS of a fresh subprocess per variant from after loading to after the forwards.
+thread count), and the peak memory each needs for a forward: in a fresh subprocess per
+variant, the peak RSS (VmHWM, reset after loading) minus the RSS after loading.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ CIFAR10 = dict(
 )
 
 CHILD = r"""
-import os, resource, sys, time
+import gc, os, sys
 which, path = sys.argv[1], sys.argv[2]
 batch, threads, reps = (int(a) for a in sys.argv[3:6])
 os.environ["RAYON_NUM_THREADS"] = str(threads)
@@ -50,11 +50,18 @@ else:
     f = m
 x = torch.randn(batch, 3, 32, 32)
 t = torch.full((batch,), 500)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1])
+gc.collect()
+with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
+    fh.write("5")
+base = status("VmRSS:")
 for _ in range(reps):
     f(x, t)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(base, peak)
+print(base, status("VmHWM:"))
 """
 
 
@@ -75,7 +82,7 @@ def peak_memory(which: str, path: str, batch: int, threads: int) -> tuple[float,
         text=True,
     ).stdout.split()
     base, peak = int(out[-2]), int(out[-1])
-    return base / 1024, (peak - base) / 1024  # MiB (ru_maxrss is in KiB on Linux)
+    return base / 1024, (peak - base) / 1024  # MiB (/proc/self/status is in KiB)
 
 
 def main() -> None:
@@ -128,7 +135,7 @@ def main() -> None:
                 f"{mt:.0f} | {mr:.0f} |"
             )
         print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
-        print("peak MiB: growth of the process's max RSS over the forwards, after loading")
+        print("peak MiB: a fresh process's peak RSS during 3 forwards minus its RSS after loading")
 
 
 if __name__ == "__main__":

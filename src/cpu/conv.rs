@@ -290,63 +290,124 @@ unsafe fn prefill(
 /// The im2col columns of output rows r0..r1 (row = b·hout + y): `cols[ci·k² + ky·k + kx][j]`.
 fn im2col(x: &Input<'_>, g: Geometry, od: Dims, r0: usize, r1: usize, cols: &mut [f32]) {
     let d = x.dims;
-    let (k, s) = (g.k, g.stride);
+    let tn = (r1 - r0) * od.w;
+    let same3 = g.k == 3 && g.stride == 1 && !g.upsample && g.pad == [1; 4];
+    let mut ci = 0;
+    for &(seg, sc) in x.segs {
+        for cs in 0..sc {
+            let plane_all = &seg[cs * d.n()..][..d.n()];
+            let rows = &mut cols[(ci + cs) * g.k * g.k * tn..][..g.k * g.k * tn];
+            // One run per image inside the tile.
+            let mut r = r0;
+            while r < r1 {
+                let b = r / od.h;
+                let run_end = ((b + 1) * od.h).min(r1);
+                let (ya, yb) = (r - b * od.h, run_end - b * od.h);
+                let plane = &plane_all[b * d.hw()..][..d.hw()];
+                let j0 = (r - r0) * od.w;
+                let len = (yb - ya) * od.w;
+                for t in 0..g.k * g.k {
+                    let dst = &mut rows[t * tn + j0..][..len];
+                    if same3 {
+                        shifted_rows(plane, d.h, d.w, ya, yb, t / 3, t % 3, dst);
+                    } else {
+                        gather_rows(plane, d, g, od.w, ya, yb, t / g.k, t % g.k, dst);
+                    }
+                }
+                r = run_end;
+            }
+        }
+        ci += sc;
+    }
+}
+
+/// Tap (ky, kx) of a 3×3, stride-1, padding-1 convolution for output rows ya..yb of one
+/// image: the plane shifted by (ky-1, kx-1) — one contiguous copy, then the wrapped-around
+/// edge column and the rows outside the image zeroed.
+#[allow(clippy::too_many_arguments)]
+fn shifted_rows(
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    ya: usize,
+    yb: usize,
+    ky: usize,
+    kx: usize,
+    dst: &mut [f32],
+) {
+    let va = ya.max(usize::from(ky == 0));
+    let vb = yb.min(h + 1 - ky);
+    if va >= vb {
+        dst.fill(0.0);
+        return;
+    }
+    let (lo, hi) = ((va - ya) * w, (vb - ya) * w);
+    dst[..lo].fill(0.0);
+    dst[hi..].fill(0.0);
+    let mid = &mut dst[lo..hi];
+    let l = hi - lo;
+    let base = (va + ky - 1) * w;
+    match kx {
+        1 => mid.copy_from_slice(&plane[base..base + l]),
+        0 => {
+            mid[1..].copy_from_slice(&plane[base..base + l - 1]);
+            for row in mid.chunks_exact_mut(w) {
+                row[0] = 0.0;
+            }
+        }
+        _ => {
+            mid[..l - 1].copy_from_slice(&plane[base + 1..base + l]);
+            for row in mid.chunks_exact_mut(w) {
+                row[w - 1] = 0.0;
+            }
+        }
+    }
+}
+
+/// Tap (ky, kx) of any geometry (stride 2, other padding, fused 2× upsampling), element by
+/// element, for output rows ya..yb of one image.
+#[allow(clippy::too_many_arguments)]
+fn gather_rows(
+    plane: &[f32],
+    d: Dims,
+    g: Geometry,
+    wout: usize,
+    ya: usize,
+    yb: usize,
+    ky: usize,
+    kx: usize,
+    dst: &mut [f32],
+) {
     let (hv, wv) = if g.upsample {
         (2 * d.h, 2 * d.w)
     } else {
         (d.h, d.w)
     };
     let [pt, pl, _, _] = g.pad;
-    let tn = (r1 - r0) * od.w;
-    let wout = od.w;
-    let mut ci = 0;
-    for &(seg, sc) in x.segs {
-        for cs in 0..sc {
-            let plane = &seg[cs * d.n()..][..d.n()];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = &mut cols[((ci + cs) * k * k + ky * k + kx) * tn..][..tn];
-                    for r in r0..r1 {
-                        let (b, y) = (r / od.h, r % od.h);
-                        let dst = &mut row[(r - r0) * wout..][..wout];
-                        let iy = (y * s + ky) as isize - pt as isize;
-                        if iy < 0 || iy >= hv as isize {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        let sy = if g.upsample {
-                            iy as usize / 2
-                        } else {
-                            iy as usize
-                        };
-                        let src = &plane[(b * d.h + sy) * d.w..][..d.w];
-                        let off = kx as isize - pl as isize;
-                        if s == 1 && !g.upsample {
-                            // x + off in [0, w): a shifted copy with zero edges.
-                            let lo = (-off).clamp(0, wout as isize) as usize;
-                            let hi =
-                                (d.w as isize - off).clamp(lo as isize, wout as isize) as usize;
-                            dst[..lo].fill(0.0);
-                            let so = (lo as isize + off) as usize;
-                            dst[lo..hi].copy_from_slice(&src[so..so + hi - lo]);
-                            dst[hi..].fill(0.0);
-                        } else {
-                            for (xo, v) in dst.iter_mut().enumerate() {
-                                let ix = (xo * s) as isize + off;
-                                *v = if ix < 0 || ix >= wv as isize {
-                                    0.0
-                                } else if g.upsample {
-                                    src[ix as usize / 2]
-                                } else {
-                                    src[ix as usize]
-                                };
-                            }
-                        }
-                    }
-                }
-            }
+    let s = g.stride;
+    let off = kx as isize - pl as isize;
+    for (y, row) in (ya..yb).zip(dst.chunks_exact_mut(wout)) {
+        let iy = (y * s + ky) as isize - pt as isize;
+        if iy < 0 || iy >= hv as isize {
+            row.fill(0.0);
+            continue;
         }
-        ci += sc;
+        let sy = if g.upsample {
+            iy as usize / 2
+        } else {
+            iy as usize
+        };
+        let src = &plane[sy * d.w..][..d.w];
+        for (xo, v) in row.iter_mut().enumerate() {
+            let ix = (xo * s) as isize + off;
+            *v = if ix < 0 || ix >= wv as isize {
+                0.0
+            } else if g.upsample {
+                src[ix as usize / 2]
+            } else {
+                src[ix as usize]
+            };
+        }
     }
 }
 

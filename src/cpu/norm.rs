@@ -125,7 +125,8 @@ pub fn group_norm(
                 o = o * sc + ss[b * 2 * c + c + ch] as f64;
             }
             // SAFETY: plane (ch, b) of `out` belongs to this task alone.
-            let dst = unsafe { std::slice::from_raw_parts_mut(outp.get().add(ch * n + b * hw), hw) };
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(outp.get().add(ch * n + b * hw), hw) };
             affine(plane(&x, ch, b), dst, a as f32, o as f32, silu);
         }
     });
