@@ -6,6 +6,7 @@ pub mod error;
 pub mod py;
 pub mod schedule;
 pub mod testing;
+pub mod unet;
 
 use pyo3::prelude::*;
 
@@ -27,5 +28,6 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::spacing::diffusers_schedule, m)?)?;
     py::ddim::register(m)?;
     py::sampling::register(m)?;
+    m.add_class::<py::unet::PyUNet2D>()?;
     Ok(())
 }

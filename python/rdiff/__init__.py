@@ -31,6 +31,7 @@ from .schedulers import (
     SchedulerOutput,
 )
 from .schedulers.analytic_dpm import AnalyticDPMScheduler
+from .unet import UNet2DModel
 
 
 def backends() -> dict:
@@ -56,6 +57,7 @@ __all__ = [
     "RdiffError",
     "SampleInfo",
     "SchedulerOutput",
+    "UNet2DModel",
     "WeightsError",
     "__version__",
     "backends",

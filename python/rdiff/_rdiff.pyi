@@ -393,3 +393,32 @@ def _k_heun_correction(sigma_hat: float, sigma_next: float) -> list[float]: ...
 def _k_churn_gamma(
     sigma: float, n_steps: int, s_churn: float, s_tmin: float, s_tmax: float
 ) -> float: ...
+
+class _UNet2D:
+    """The native UNet2DModel; ``rdiff.UNet2DModel`` wraps it."""
+
+    @staticmethod
+    def from_dir(path: str, weights_name: str) -> _UNet2D:
+        """Load ``config.json`` and the safetensors file ``weights_name`` from ``path``."""
+    @staticmethod
+    def from_tensors(config_json: str, tensors: dict[str, npt.NDArray[np.float32]]) -> _UNet2D:
+        """Build from a config.json text and float32 arrays by diffusers' weight names."""
+    @property
+    def in_channels(self) -> int: ...
+    @property
+    def out_channels(self) -> int: ...
+    @property
+    def arena_bytes(self) -> int:
+        """Bytes the activation arena has allocated so far."""
+    def check(self, shape: tuple[int, int, int, int], timesteps: int) -> None:
+        """ValueError unless a call with this sample shape and timestep count can run."""
+    def forward(
+        self,
+        sample: tuple[int, int, str, str, int],
+        shape: tuple[int, int, int, int],
+        timesteps: list[float],
+        out: tuple[int, int, str, str, int],
+        class_indices: list[int] | None = None,
+        class_values: list[float] | None = None,
+    ) -> None:
+        """The forward pass over caller-owned NCHW buffers (GIL released)."""

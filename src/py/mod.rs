@@ -12,3 +12,4 @@ pub mod schedule;
 pub mod spacing;
 pub mod tensor;
 pub mod testing;
+pub mod unet;

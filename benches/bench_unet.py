@@ -1,0 +1,142 @@
+"""The native UNet against torch (diffusers' UNet2DModel) on the same weights.
+
+Run: python benches/bench_unet.py [--quick] [--threads N]. The DDPM-CIFAR-10 configuration
+(google/ddpm-cifar10-32, 35.7 M parameters, random weights) at 32×32, float32. Prints a
+markdown table: best time per forward for both (alternating rounds in one process, same
+thread count), and the peak memory each needs for a forward: in a fresh subprocess per
+variant, the peak RSS (VmHWM, reset after loading) minus the RSS after loading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+CIFAR10 = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=[128, 256, 256, 256],
+    layers_per_block=2,
+    down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    attention_head_dim=None,
+    downsample_padding=0,
+    flip_sin_to_cos=False,
+    freq_shift=1,
+    norm_eps=1e-6,
+)
+
+CHILD = r"""
+import gc, os, sys
+which, path = sys.argv[1], sys.argv[2]
+batch, threads, reps = (int(a) for a in sys.argv[3:6])
+os.environ["RAYON_NUM_THREADS"] = str(threads)
+import torch
+torch.set_num_threads(threads)
+if which == "torch":
+    from diffusers import UNet2DModel
+    m = UNet2DModel.from_pretrained(path).eval()
+    def f(x, t):
+        with torch.no_grad():
+            return m(x, t).sample
+else:
+    import rdiff
+    m = rdiff.UNet2DModel.from_pretrained(path)
+    f = m
+x = torch.randn(batch, 3, 32, 32)
+t = torch.full((batch,), 500)
+def status(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1])
+gc.collect()
+with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
+    fh.write("5")
+base = status("VmRSS:")
+for _ in range(reps):
+    f(x, t)
+print(base, status("VmHWM:"))
+"""
+
+
+def best_time(fn, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def peak_memory(which: str, path: str, batch: int, threads: int) -> tuple[float, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, which, path, str(batch), str(threads), "3"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    base, peak = int(out[-2]), int(out[-1])
+    return base / 1024, (peak - base) / 1024  # MiB (/proc/self/status is in KiB)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    import torch
+    from diffusers import UNet2DModel
+
+    import rdiff
+
+    torch.set_num_threads(args.threads)
+    rounds, reps = (2, 3) if args.quick else (4, 5)
+    torch.manual_seed(0)
+    ref = UNet2DModel(**CIFAR10).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        ref.save_pretrained(tmp)
+        ours = rdiff.UNet2DModel.from_pretrained(tmp)
+        load = os.getloadavg()[0]
+        print(
+            f"rdiff {rdiff.__version__}, torch {torch.__version__}, threads {args.threads}, "
+            f"load average {load:.1f} at start"
+        )
+        print("DDPM-CIFAR-10 UNet (35.7 M parameters), 32×32, float32\n")
+        print("| batch | torch ms | rdiff ms | speed-up | torch peak MiB | rdiff peak MiB |")
+        print("|---|---|---|---|---|---|")
+        for batch in (1, 8):
+            x = torch.randn(batch, 3, 32, 32)
+            t = torch.full((batch,), 500)
+
+            def run_torch(x=x, t=t):
+                with torch.no_grad():
+                    ref(x, t)
+
+            def run_rdiff(x=x, t=t):
+                ours(x, t)
+
+            run_torch()
+            run_rdiff()
+            tt = tr = float("inf")
+            for _ in range(rounds):  # alternate, so load changes hit both alike
+                tt = min(tt, best_time(run_torch, reps))
+                tr = min(tr, best_time(run_rdiff, reps))
+            _, mt = peak_memory("torch", tmp, batch, args.threads)
+            _, mr = peak_memory("rdiff", tmp, batch, args.threads)
+            print(
+                f"| {batch} | {tt * 1e3:.1f} | {tr * 1e3:.1f} | {tt / tr:.2f}× | "
+                f"{mt:.0f} | {mr:.0f} |"
+            )
+        print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+        print("peak MiB: a fresh process's peak RSS during 3 forwards minus its RSS after loading")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,549 @@
+//! Convolutions and linear layers on the UNet's internal layout.
+//!
+//! Activations are channel-major, `[c][b][h][w]`: the batch folds into the spatial axis, so a
+//! convolution is one matrix product `out[cout, b·h·w] = W[cout, cin·k²] × cols[cin·k², b·h·w]`
+//! whatever the batch size, a 1×1 convolution multiplies the input itself (no copy), and a
+//! channel concatenation is just a list of segments ([`Input`]). The product runs in tiles of
+//! output rows: each rayon task builds its tile's im2col columns in its thread's scratch
+//! buffer (so they stay in cache) and calls `gemm` single-threaded on them. That is the only
+//! parallel level: `gemm` never spawns work of its own here.
+//!
+//! The epilogue is folded into the product: the output tile is first filled with what must be
+//! added (bias, a per-sample time embedding, a residual; see [`Init`]) and `gemm` accumulates
+//! onto it, scaled, so no op makes a second pass over its output.
+
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::arena::with_scratch;
+
+/// Batch and spatial extent of an activation; its element count is `c · n()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub b: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Dims {
+    /// Columns of the activation matrix: b·h·w.
+    pub fn n(&self) -> usize {
+        self.b * self.h * self.w
+    }
+    pub fn hw(&self) -> usize {
+        self.h * self.w
+    }
+}
+
+/// One logical input: channel segments `(data, channels)`, each `[c][b][h][w]`, concatenated.
+#[derive(Clone, Copy)]
+pub struct Input<'a> {
+    pub segs: &'a [(&'a [f32], usize)],
+    pub dims: Dims,
+}
+
+impl Input<'_> {
+    pub fn channels(&self) -> usize {
+        self.segs.iter().map(|s| s.1).sum()
+    }
+}
+
+/// The geometry of a convolution: square kernel `k` (1 or 3), `stride` (1 or 2), zero padding
+/// (top, left, bottom, right), and an optional nearest 2× upsampling of the input first
+/// (fused: the im2col reads the low-resolution input).
+#[derive(Clone, Copy, Debug)]
+pub struct Geometry {
+    pub k: usize,
+    pub stride: usize,
+    pub pad: [usize; 4],
+    pub upsample: bool,
+}
+
+impl Geometry {
+    /// 3×3, stride 1, padding 1.
+    pub const SAME3: Self = Self {
+        k: 3,
+        stride: 1,
+        pad: [1; 4],
+        upsample: false,
+    };
+    /// 1×1.
+    pub const POINT: Self = Self {
+        k: 1,
+        stride: 1,
+        pad: [0; 4],
+        upsample: false,
+    };
+
+    pub fn out_dims(&self, d: Dims) -> Dims {
+        let (h, w) = if self.upsample {
+            (2 * d.h, 2 * d.w)
+        } else {
+            (d.h, d.w)
+        };
+        let [t, l, b, r] = self.pad;
+        Dims {
+            b: d.b,
+            h: (h + t + b - self.k) / self.stride + 1,
+            w: (w + l + r - self.k) / self.stride + 1,
+        }
+    }
+}
+
+/// What the output starts from before the product is added:
+/// `out = scale · (init + W × x)`, with `init = bias + bias2 + temb[b] + residual`; or, with
+/// `keep`, `out += scale · W × x` onto the output's current contents (bias and the rest then
+/// ignored).
+#[derive(Clone, Copy)]
+pub struct Init<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub bias2: Option<&'a [f32]>,
+    /// `[b][cout]`, added to every pixel of sample b.
+    pub temb: Option<&'a [f32]>,
+    /// Same layout as the output.
+    pub residual: Option<&'a [f32]>,
+    pub keep: bool,
+    pub scale: f32,
+}
+
+impl<'a> Init<'a> {
+    pub fn bias(bias: &'a [f32]) -> Self {
+        Self {
+            bias: Some(bias),
+            bias2: None,
+            temb: None,
+            residual: None,
+            keep: false,
+            scale: 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint regions through it (see `conv2d`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Through a method, so closures capture the whole (Sync) wrapper.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Target output columns per tile: the sweet spot of `gemm` on this kind of shape.
+const TILE_COLS: usize = 256;
+
+/// The convolution `out = scale · (init + conv(x, w))`; `w` is `[cout][cin][k][k]`, `out`
+/// `[cout][b][hout][wout]`.
+pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>, out: &mut [f32]) {
+    let cin = x.channels();
+    let kk = cin * g.k * g.k;
+    assert_eq!(w.len(), cout * kk, "conv weight size");
+    let od = g.out_dims(x.dims);
+    let n = od.n();
+    assert_eq!(out.len(), cout * n, "conv output size");
+    let direct = g.k == 1 && g.stride == 1 && !g.upsample && g.pad == [0; 4];
+
+    // Tiles of whole output rows, and, when there are too few of them to keep every thread
+    // busy (deep, small layers), chunks of output channels as well.
+    let rows = od.b * od.h;
+    let threads = rayon::current_num_threads().max(1);
+    let want = 4 * threads;
+    let mut tile_rows = (TILE_COLS / od.w).max(1);
+    let min_rows = (64 / od.w).max(1);
+    while rows.div_ceil(tile_rows) < want && tile_rows > min_rows {
+        tile_rows = (tile_rows / 2).max(min_rows);
+    }
+    let ntiles = rows.div_ceil(tile_rows);
+    let mchunks = if ntiles >= want {
+        1
+    } else {
+        want.div_ceil(ntiles).min((cout / 32).max(1))
+    };
+    let mstep = cout.div_ceil(mchunks).next_multiple_of(16).min(cout);
+    let mchunks = cout.div_ceil(mstep);
+
+    let outp = SendPtr(out.as_mut_ptr());
+    (0..ntiles * mchunks).into_par_iter().for_each(|task| {
+        let (tile, mc) = (task / mchunks, task % mchunks);
+        let r0 = tile * tile_rows;
+        let r1 = (r0 + tile_rows).min(rows);
+        let (c0, tn) = (r0 * od.w, (r1 - r0) * od.w);
+        let m0 = mc * mstep;
+        let m = mstep.min(cout - m0);
+        // SAFETY: task (tile, mc) owns rows m0..m0+m and columns c0..c0+tn of `out`;
+        // no two tasks share both.
+        let dst = unsafe { outp.get().add(m0 * n + c0) };
+        unsafe { prefill(dst, n, m0, m, c0, tn, od, &init) };
+        if direct {
+            let mut ci0 = 0;
+            for &(seg, sc) in x.segs {
+                // SAFETY: shapes checked above; rhs rows are input channels of this segment.
+                unsafe {
+                    gemm(
+                        m,
+                        tn,
+                        sc,
+                        dst,
+                        1,
+                        n as isize,
+                        true,
+                        w.as_ptr().add(m0 * kk + ci0),
+                        1,
+                        kk as isize,
+                        seg.as_ptr().add(c0),
+                        1,
+                        n as isize,
+                        1.0,
+                        init.scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                ci0 += sc;
+            }
+        } else {
+            with_scratch(kk * tn, |cols| {
+                im2col(&x, g, od, r0, r1, cols);
+                // SAFETY: as above; cols is [kk][tn].
+                unsafe {
+                    gemm(
+                        m,
+                        tn,
+                        kk,
+                        dst,
+                        1,
+                        n as isize,
+                        true,
+                        w.as_ptr().add(m0 * kk),
+                        1,
+                        kk as isize,
+                        cols.as_ptr(),
+                        1,
+                        tn as isize,
+                        1.0,
+                        init.scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            });
+        }
+    });
+}
+
+/// Writes `scale · init` into the task's output block (rows m0.., columns c0..).
+///
+/// # Safety
+/// `dst` points at row m0, column c0 of an output with row stride `n`, and the block is the
+/// caller's alone.
+#[allow(clippy::too_many_arguments)]
+unsafe fn prefill(
+    dst: *mut f32,
+    n: usize,
+    m0: usize,
+    m: usize,
+    c0: usize,
+    tn: usize,
+    od: Dims,
+    init: &Init<'_>,
+) {
+    if init.keep {
+        return;
+    }
+    let hw = od.hw();
+    let s = init.scale;
+    for i in 0..m {
+        let c = m0 + i;
+        // SAFETY: inside the caller's block.
+        let row = unsafe { std::slice::from_raw_parts_mut(dst.add(i * n), tn) };
+        let base = init.bias.map_or(0.0, |b| b[c]) + init.bias2.map_or(0.0, |b| b[c]);
+        match init.temb {
+            None => row.fill(base * s),
+            Some(t) => {
+                let cout = t.len() / od.b;
+                let mut j = 0;
+                while j < tn {
+                    let col = c0 + j;
+                    let b = col / hw;
+                    let end = ((b + 1) * hw - c0).min(tn);
+                    row[j..end].fill((base + t[b * cout + c]) * s);
+                    j = end;
+                }
+            }
+        }
+        if let Some(r) = init.residual {
+            let r = &r[c * n + c0..][..tn];
+            for (o, v) in row.iter_mut().zip(r) {
+                *o += v * s;
+            }
+        }
+    }
+}
+
+/// The im2col columns of output rows r0..r1 (row = b·hout + y): `cols[ci·k² + ky·k + kx][j]`.
+fn im2col(x: &Input<'_>, g: Geometry, od: Dims, r0: usize, r1: usize, cols: &mut [f32]) {
+    let d = x.dims;
+    let tn = (r1 - r0) * od.w;
+    let same3 = g.k == 3 && g.stride == 1 && !g.upsample && g.pad == [1; 4];
+    let mut ci = 0;
+    for &(seg, sc) in x.segs {
+        for cs in 0..sc {
+            let plane_all = &seg[cs * d.n()..][..d.n()];
+            let rows = &mut cols[(ci + cs) * g.k * g.k * tn..][..g.k * g.k * tn];
+            // One run per image inside the tile.
+            let mut r = r0;
+            while r < r1 {
+                let b = r / od.h;
+                let run_end = ((b + 1) * od.h).min(r1);
+                let (ya, yb) = (r - b * od.h, run_end - b * od.h);
+                let plane = &plane_all[b * d.hw()..][..d.hw()];
+                let j0 = (r - r0) * od.w;
+                let len = (yb - ya) * od.w;
+                for t in 0..g.k * g.k {
+                    let dst = &mut rows[t * tn + j0..][..len];
+                    if same3 {
+                        shifted_rows(plane, d.h, d.w, ya, yb, t / 3, t % 3, dst);
+                    } else {
+                        gather_rows(plane, d, g, od.w, ya, yb, t / g.k, t % g.k, dst);
+                    }
+                }
+                r = run_end;
+            }
+        }
+        ci += sc;
+    }
+}
+
+/// Tap (ky, kx) of a 3×3, stride-1, padding-1 convolution for output rows ya..yb of one
+/// image: the plane shifted by (ky-1, kx-1) — one contiguous copy, then the wrapped-around
+/// edge column and the rows outside the image zeroed.
+#[allow(clippy::too_many_arguments)]
+fn shifted_rows(
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    ya: usize,
+    yb: usize,
+    ky: usize,
+    kx: usize,
+    dst: &mut [f32],
+) {
+    let va = ya.max(usize::from(ky == 0));
+    let vb = yb.min(h + 1 - ky);
+    if va >= vb {
+        dst.fill(0.0);
+        return;
+    }
+    let (lo, hi) = ((va - ya) * w, (vb - ya) * w);
+    dst[..lo].fill(0.0);
+    dst[hi..].fill(0.0);
+    let mid = &mut dst[lo..hi];
+    let l = hi - lo;
+    let base = (va + ky - 1) * w;
+    match kx {
+        1 => mid.copy_from_slice(&plane[base..base + l]),
+        0 => {
+            mid[1..].copy_from_slice(&plane[base..base + l - 1]);
+            for row in mid.chunks_exact_mut(w) {
+                row[0] = 0.0;
+            }
+        }
+        _ => {
+            mid[..l - 1].copy_from_slice(&plane[base + 1..base + l]);
+            for row in mid.chunks_exact_mut(w) {
+                row[w - 1] = 0.0;
+            }
+        }
+    }
+}
+
+/// Tap (ky, kx) of any geometry (stride 2, other padding, fused 2× upsampling), element by
+/// element, for output rows ya..yb of one image.
+#[allow(clippy::too_many_arguments)]
+fn gather_rows(
+    plane: &[f32],
+    d: Dims,
+    g: Geometry,
+    wout: usize,
+    ya: usize,
+    yb: usize,
+    ky: usize,
+    kx: usize,
+    dst: &mut [f32],
+) {
+    let (hv, wv) = if g.upsample {
+        (2 * d.h, 2 * d.w)
+    } else {
+        (d.h, d.w)
+    };
+    let [pt, pl, _, _] = g.pad;
+    let s = g.stride;
+    let off = kx as isize - pl as isize;
+    for (y, row) in (ya..yb).zip(dst.chunks_exact_mut(wout)) {
+        let iy = (y * s + ky) as isize - pt as isize;
+        if iy < 0 || iy >= hv as isize {
+            row.fill(0.0);
+            continue;
+        }
+        let sy = if g.upsample {
+            iy as usize / 2
+        } else {
+            iy as usize
+        };
+        let src = &plane[sy * d.w..][..d.w];
+        for (xo, v) in row.iter_mut().enumerate() {
+            let ix = (xo * s) as isize + off;
+            *v = if ix < 0 || ix >= wv as isize {
+                0.0
+            } else if g.upsample {
+                src[ix as usize / 2]
+            } else {
+                src[ix as usize]
+            };
+        }
+    }
+}
+
+/// A linear layer on a few rows: `out[r][o] = bias[o] + Σ_i x[r][i] · w[o][i]`.
+pub fn linear(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+    let fin = x.len() / rows;
+    let fout = out.len() / rows;
+    assert_eq!(w.len(), fin * fout, "linear weight size");
+    for r in 0..rows {
+        let o = &mut out[r * fout..][..fout];
+        match bias {
+            Some(b) => o.copy_from_slice(b),
+            None => o.fill(0.0),
+        }
+    }
+    // SAFETY: sizes checked above.
+    unsafe {
+        gemm(
+            rows,
+            fout,
+            fin,
+            out.as_mut_ptr(),
+            1,
+            fout as isize,
+            true,
+            x.as_ptr(),
+            1,
+            fin as isize,
+            w.as_ptr(),
+            fin as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A direct 3×3 convolution on NCHW for reference.
+    fn reference(x: &[f32], d: Dims, cin: usize, w: &[f32], cout: usize, g: Geometry) -> Vec<f32> {
+        let od = g.out_dims(d);
+        let (hv, wv) = if g.upsample {
+            (2 * d.h, 2 * d.w)
+        } else {
+            (d.h, d.w)
+        };
+        let mut out = vec![0.0f32; cout * od.n()];
+        for co in 0..cout {
+            for b in 0..d.b {
+                for y in 0..od.h {
+                    for xo in 0..od.w {
+                        let mut acc = 0.0f64;
+                        for ci in 0..cin {
+                            for ky in 0..g.k {
+                                for kx in 0..g.k {
+                                    let iy = (y * g.stride + ky) as isize - g.pad[0] as isize;
+                                    let ix = (xo * g.stride + kx) as isize - g.pad[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= hv as isize || ix >= wv as isize {
+                                        continue;
+                                    }
+                                    let (sy, sx) = if g.upsample {
+                                        (iy as usize / 2, ix as usize / 2)
+                                    } else {
+                                        (iy as usize, ix as usize)
+                                    };
+                                    let xv = x[((ci * d.b + b) * d.h + sy) * d.w + sx];
+                                    let wv = w[((co * cin + ci) * g.k + ky) * g.k + kx];
+                                    acc += (xv * wv) as f64;
+                                }
+                            }
+                        }
+                        out[((co * d.b + b) * od.h + y) * od.w + xo] = acc as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_direct_convolution() {
+        let d = Dims { b: 3, h: 6, w: 4 };
+        let (c1, c2, cout) = (5, 3, 37);
+        let cin = c1 + c2;
+        let x: Vec<f32> = (0..cin * d.n())
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        for g in [
+            Geometry::SAME3,
+            Geometry::POINT,
+            Geometry {
+                k: 3,
+                stride: 2,
+                pad: [0, 0, 1, 1],
+                upsample: false,
+            },
+            Geometry {
+                k: 3,
+                stride: 2,
+                pad: [1; 4],
+                upsample: false,
+            },
+            Geometry {
+                upsample: true,
+                ..Geometry::SAME3
+            },
+        ] {
+            let w: Vec<f32> = (0..cout * cin * g.k * g.k)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 30.0)
+                .collect();
+            let want = reference(&x, d, cin, &w, cout, g);
+            let od = g.out_dims(d);
+            let mut out = vec![f32::NAN; cout * od.n()];
+            let (a, b) = x.split_at(c1 * d.n());
+            let segs = [(a, c1), (b, c2)];
+            conv2d(
+                Input {
+                    segs: &segs,
+                    dims: d,
+                },
+                &w,
+                cout,
+                g,
+                Init::bias(&vec![0.0; cout]),
+                &mut out,
+            );
+            for (o, r) in out.iter().zip(&want) {
+                assert!((o - r).abs() < 1e-4, "{g:?}: {o} vs {r}");
+            }
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! diffusers' `UNet2DModel` config (`config.json`), with diffusers' defaults for absent keys,
+//! resolved into the architecture the graph builds. Unknown keys are ignored, as diffusers
+//! does; unsupported values are a `ValueError` naming the key.
+
+use serde::Deserialize;
+
+use crate::error::{RdiffError, Result};
+use crate::value_err;
+
+fn d3() -> usize {
+    3
+}
+fn d_true() -> bool {
+    true
+}
+fn d_one_f() -> f64 {
+    1.0
+}
+fn d_one() -> usize {
+    1
+}
+fn d_two() -> usize {
+    2
+}
+fn d_positional() -> String {
+    "positional".into()
+}
+fn d_mid() -> Option<String> {
+    Some("UNetMidBlock2D".into())
+}
+fn d_down() -> Vec<String> {
+    [
+        "DownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn d_up() -> Vec<String> {
+    [
+        "AttnUpBlock2D",
+        "AttnUpBlock2D",
+        "AttnUpBlock2D",
+        "UpBlock2D",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+fn d_channels() -> Vec<usize> {
+    vec![224, 448, 672, 896]
+}
+fn d_conv() -> Option<String> {
+    Some("conv".into())
+}
+fn d_silu() -> String {
+    "silu".into()
+}
+fn d_head() -> Option<usize> {
+    Some(8)
+}
+fn d_groups() -> Option<usize> {
+    Some(32)
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_default() -> String {
+    "default".into()
+}
+
+/// The keys of `UNet2DModel.__init__`, with its defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UNet2DConfig {
+    #[serde(default = "d3")]
+    pub in_channels: usize,
+    #[serde(default = "d3")]
+    pub out_channels: usize,
+    #[serde(default)]
+    pub center_input_sample: bool,
+    #[serde(default = "d_positional")]
+    pub time_embedding_type: String,
+    #[serde(default)]
+    pub time_embedding_dim: Option<usize>,
+    #[serde(default)]
+    pub freq_shift: f64,
+    #[serde(default = "d_true")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default = "d_down")]
+    pub down_block_types: Vec<String>,
+    #[serde(default = "d_mid")]
+    pub mid_block_type: Option<String>,
+    #[serde(default = "d_up")]
+    pub up_block_types: Vec<String>,
+    #[serde(default = "d_channels")]
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "d_two")]
+    pub layers_per_block: usize,
+    #[serde(default = "d_one_f")]
+    pub mid_block_scale_factor: f64,
+    #[serde(default = "d_one")]
+    pub downsample_padding: usize,
+    #[serde(default = "d_conv")]
+    pub downsample_type: Option<String>,
+    #[serde(default = "d_conv")]
+    pub upsample_type: Option<String>,
+    #[serde(default = "d_silu")]
+    pub act_fn: String,
+    #[serde(default = "d_head")]
+    pub attention_head_dim: Option<usize>,
+    #[serde(default = "d_groups")]
+    pub norm_num_groups: Option<usize>,
+    #[serde(default)]
+    pub attn_norm_num_groups: Option<usize>,
+    #[serde(default = "d_eps")]
+    pub norm_eps: f64,
+    #[serde(default = "d_default")]
+    pub resnet_time_scale_shift: String,
+    #[serde(default = "d_true")]
+    pub add_attention: bool,
+    #[serde(default)]
+    pub class_embed_type: Option<String>,
+    #[serde(default)]
+    pub num_class_embeds: Option<usize>,
+    #[serde(default)]
+    pub num_train_timesteps: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeEmbeddingType {
+    Positional,
+    Fourier,
+    Learned,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassEmbedding {
+    None,
+    /// `nn.Embedding(num_class_embeds, time_embed_dim)`.
+    Table(usize),
+    /// The class labels go through the timestep projection and their own MLP.
+    Timestep,
+    /// The class labels are embeddings already.
+    Identity,
+}
+
+/// How a block changes resolution at its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resample {
+    None,
+    /// A 3×3 convolution (stride 2 down; nearest 2× then 3×3 up).
+    Conv,
+    /// A ResnetBlock2D with `down=True` / `up=True`.
+    Resnet,
+}
+
+/// One down block or up block, resolved.
+#[derive(Clone, Debug)]
+pub struct BlockSpec {
+    pub attention: bool,
+    pub resample: Resample,
+}
+
+/// The architecture, checked.
+#[derive(Clone, Debug)]
+pub struct Arch {
+    pub cfg: UNet2DConfig,
+    pub time_embed_dim: usize,
+    pub time_input_dim: usize,
+    pub time_embedding: TimeEmbeddingType,
+    pub class_embedding: ClassEmbedding,
+    pub scale_shift: bool,
+    pub groups: usize,
+    pub down: Vec<BlockSpec>,
+    pub up: Vec<BlockSpec>,
+    /// Mid block present; with attention.
+    pub mid: Option<bool>,
+    pub mid_attn_groups: Option<usize>,
+}
+
+impl UNet2DConfig {
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text)
+            .map_err(|e| RdiffError::Value(format!("config.json: not a UNet2DModel config: {e}")))
+    }
+
+    /// Heads and head dimension of an attention block on `channels` channels.
+    pub fn heads(&self, channels: usize) -> Result<(usize, usize)> {
+        let dh = self.attention_head_dim.unwrap_or(channels);
+        if dh == 0 || dh > channels {
+            return value_err!(
+                "attention_head_dim: {dh} does not fit an attention block of {channels} channels"
+            );
+        }
+        Ok((channels / dh, dh))
+    }
+
+    pub fn resolve(self) -> Result<Arch> {
+        let c = &self;
+        let levels = c.block_out_channels.len();
+        if levels == 0 || c.block_out_channels.contains(&0) {
+            return value_err!("block_out_channels: must be a non-empty list of positive numbers");
+        }
+        if c.down_block_types.len() != levels || c.up_block_types.len() != levels {
+            return value_err!(
+                "down_block_types ({}), up_block_types ({}) and block_out_channels ({levels}) must \
+                 have the same length",
+                c.down_block_types.len(),
+                c.up_block_types.len()
+            );
+        }
+        if c.in_channels == 0 || c.out_channels == 0 || c.layers_per_block == 0 {
+            return value_err!("in_channels, out_channels and layers_per_block must be positive");
+        }
+        if !matches!(c.act_fn.as_str(), "silu" | "swish") {
+            return value_err!(
+                "act_fn: {:?} is not supported by rdiff's UNet (only \"silu\")",
+                c.act_fn
+            );
+        }
+        let scale_shift = match c.resnet_time_scale_shift.as_str() {
+            "default" => false,
+            "scale_shift" => true,
+            other => {
+                return value_err!(
+                    "resnet_time_scale_shift: {other:?} is not supported (\"default\" or \
+                     \"scale_shift\")"
+                )
+            }
+        };
+        let groups = c.norm_num_groups.ok_or_else(|| {
+            RdiffError::Value("norm_num_groups: null is not supported by UNet2DModel".into())
+        })?;
+        let time_embed_dim = c.time_embedding_dim.unwrap_or(4 * c.block_out_channels[0]);
+        let (time_embedding, time_input_dim) = match c.time_embedding_type.as_str() {
+            "positional" => (TimeEmbeddingType::Positional, c.block_out_channels[0]),
+            "fourier" => (TimeEmbeddingType::Fourier, 2 * c.block_out_channels[0]),
+            "learned" => {
+                if c.num_train_timesteps.is_none() {
+                    return value_err!(
+                        "time_embedding_type \"learned\" needs num_train_timesteps in the config"
+                    );
+                }
+                (TimeEmbeddingType::Learned, c.block_out_channels[0])
+            }
+            other => {
+                return value_err!(
+                    "time_embedding_type: {other:?} is not supported (\"positional\", \
+                     \"fourier\" or \"learned\")"
+                )
+            }
+        };
+        let class_embedding = match (c.class_embed_type.as_deref(), c.num_class_embeds) {
+            (None, Some(n)) => ClassEmbedding::Table(n),
+            (None, None) => ClassEmbedding::None,
+            (Some("timestep"), _) => ClassEmbedding::Timestep,
+            (Some("identity"), _) => ClassEmbedding::Identity,
+            (Some(other), _) => {
+                return value_err!(
+                    "class_embed_type: {other:?} is not supported (null, \"timestep\" or \
+                     \"identity\")"
+                )
+            }
+        };
+        let kind = |key: &str, t: &Option<String>| -> Result<Resample> {
+            match t.as_deref() {
+                None | Some("conv") => Ok(Resample::Conv),
+                Some("resnet") => Ok(Resample::Resnet),
+                Some(other) => {
+                    value_err!("{key}: {other:?} is not supported (\"conv\" or \"resnet\")")
+                }
+            }
+        };
+        let down_attn_kind = kind("downsample_type", &c.downsample_type)?;
+        let up_attn_kind = kind("upsample_type", &c.upsample_type)?;
+        let mut down = Vec::new();
+        for (i, t) in c.down_block_types.iter().enumerate() {
+            let last = i + 1 == levels;
+            let name = t.strip_prefix("UNetRes").unwrap_or(t);
+            let (attention, resample) = match name {
+                "DownBlock2D" => (false, Resample::Conv),
+                "AttnDownBlock2D" => (true, down_attn_kind),
+                "ResnetDownsampleBlock2D" => (false, Resample::Resnet),
+                other => {
+                    return value_err!(
+                        "down_block_types[{i}]: unknown block type {other:?}; rdiff's UNet2DModel \
+                         supports DownBlock2D, AttnDownBlock2D and ResnetDownsampleBlock2D"
+                    )
+                }
+            };
+            let resample = if last { Resample::None } else { resample };
+            down.push(BlockSpec {
+                attention,
+                resample,
+            });
+        }
+        let mut up = Vec::new();
+        for (i, t) in c.up_block_types.iter().enumerate() {
+            let last = i + 1 == levels;
+            let name = t.strip_prefix("UNetRes").unwrap_or(t);
+            let (attention, resample) = match name {
+                "UpBlock2D" => (false, Resample::Conv),
+                "AttnUpBlock2D" => (true, up_attn_kind),
+                "ResnetUpsampleBlock2D" => (false, Resample::Resnet),
+                other => {
+                    return value_err!(
+                        "up_block_types[{i}]: unknown block type {other:?}; rdiff's UNet2DModel \
+                         supports UpBlock2D, AttnUpBlock2D and ResnetUpsampleBlock2D"
+                    )
+                }
+            };
+            let resample = if last { Resample::None } else { resample };
+            up.push(BlockSpec {
+                attention,
+                resample,
+            });
+        }
+        let mid = match c.mid_block_type.as_deref() {
+            None => None,
+            Some("UNetMidBlock2D") => Some(c.add_attention),
+            Some(other) => {
+                return value_err!(
+                    "mid_block_type: unknown block type {other:?}; rdiff's UNet2DModel supports \
+                     UNetMidBlock2D or null"
+                )
+            }
+        };
+        let mid_attn_groups =
+            c.attn_norm_num_groups
+                .or(if scale_shift { None } else { Some(groups) });
+        for (i, &ch) in c.block_out_channels.iter().enumerate() {
+            if ch % groups != 0 {
+                return value_err!(
+                    "block_out_channels[{i}] = {ch} is not divisible by norm_num_groups = {groups}"
+                );
+            }
+            if down[i].attention || up[levels - 1 - i].attention {
+                c.heads(ch)?;
+            }
+        }
+        if mid == Some(true) {
+            let ch = *c.block_out_channels.last().unwrap();
+            c.heads(ch)?;
+            if let Some(g) = mid_attn_groups {
+                if g == 0 || ch % g != 0 {
+                    return value_err!(
+                        "attn_norm_num_groups = {g} does not divide the mid block's {ch} channels"
+                    );
+                }
+            }
+        }
+        Ok(Arch {
+            time_embed_dim,
+            time_input_dim,
+            time_embedding,
+            class_embedding,
+            scale_shift,
+            groups,
+            down,
+            up,
+            mid,
+            mid_attn_groups,
+            cfg: self,
+        })
+    }
+}

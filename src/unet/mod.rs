@@ -1,0 +1,9 @@
+//! diffusers-compatible `UNet2DModel`: config, safetensors weights, blocks, the forward pass.
+
+pub mod attention;
+pub mod blocks;
+pub mod config;
+pub mod embeddings;
+pub mod model;
+pub mod resnet;
+pub mod weights;

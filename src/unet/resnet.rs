@@ -1,0 +1,297 @@
+//! `ResnetBlock2D`: GroupNorm+SiLU, conv (time embedding added in its epilogue, or applied
+//! as scale/shift inside the second norm), GroupNorm+SiLU, conv onto the (projected)
+//! residual, divided by the output scale factor — five passes over memory in all.
+
+use super::config::Arch;
+use super::weights::Loader;
+use crate::cpu::arena::{Arena, Buf};
+use crate::cpu::conv::{conv2d, linear, Dims, Geometry, Init, Input};
+use crate::cpu::norm::{group_norm, GroupNormParams};
+use crate::cpu::resample::{avg_pool2x, upsample_nearest2x};
+use crate::error::Result;
+use crate::value_err;
+
+/// An activation in the internal `[c][b][h][w]` layout, its storage from the arena.
+pub struct Act {
+    pub buf: Buf,
+    pub c: usize,
+    pub dims: Dims,
+}
+
+impl Act {
+    pub fn new(arena: &mut Arena, c: usize, dims: Dims) -> Self {
+        Self {
+            buf: arena.take(c * dims.n()),
+            c,
+            dims,
+        }
+    }
+
+    pub fn seg(&self) -> (&[f32], usize) {
+        (&self.buf, self.c)
+    }
+}
+
+/// A GroupNorm's affine parameters.
+pub struct Norm {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+    pub groups: usize,
+    pub eps: f32,
+}
+
+impl Norm {
+    pub fn load(ld: &Loader<'_>, prefix: &str, c: usize, groups: usize, eps: f64) -> Result<Self> {
+        if groups == 0 || c % groups != 0 {
+            return value_err!("{prefix}: {c} channels do not split into {groups} groups");
+        }
+        Ok(Self {
+            gamma: ld.get(&format!("{prefix}.weight"), &[c])?,
+            beta: ld.get(&format!("{prefix}.bias"), &[c])?,
+            groups,
+            eps: eps as f32,
+        })
+    }
+
+    pub fn params(&self) -> GroupNormParams<'_> {
+        GroupNormParams {
+            groups: self.groups,
+            eps: self.eps,
+            gamma: &self.gamma,
+            beta: &self.beta,
+        }
+    }
+}
+
+/// A convolution's weight `[cout][cin][k][k]` and bias.
+pub struct Conv {
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+    pub cout: usize,
+}
+
+impl Conv {
+    pub fn load(ld: &Loader<'_>, prefix: &str, cin: usize, cout: usize, k: usize) -> Result<Self> {
+        Ok(Self {
+            w: ld.get(&format!("{prefix}.weight"), &[cout, cin, k, k])?,
+            b: ld.get(&format!("{prefix}.bias"), &[cout])?,
+            cout,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sampling {
+    None,
+    Up,
+    Down,
+}
+
+pub struct Resnet {
+    cin: usize,
+    cout: usize,
+    norm1: Norm,
+    conv1: Conv,
+    temb_w: Vec<f32>,
+    temb_b: Vec<f32>,
+    norm2: Norm,
+    conv2: Conv,
+    shortcut: Option<Conv>,
+    scale_shift: bool,
+    inv_scale: f32,
+    sampling: Sampling,
+}
+
+impl Resnet {
+    pub fn load(
+        ld: &Loader<'_>,
+        prefix: &str,
+        a: &Arch,
+        cin: usize,
+        cout: usize,
+        out_scale: f64,
+        sampling: Sampling,
+    ) -> Result<Self> {
+        let eps = a.cfg.norm_eps;
+        let tdim = if a.scale_shift { 2 * cout } else { cout };
+        let p = |s: &str| format!("{prefix}.{s}");
+        Ok(Self {
+            cin,
+            cout,
+            norm1: Norm::load(ld, &p("norm1"), cin, a.groups, eps)?,
+            conv1: Conv::load(ld, &p("conv1"), cin, cout, 3)?,
+            temb_w: ld.get(&p("time_emb_proj.weight"), &[tdim, a.time_embed_dim])?,
+            temb_b: ld.get(&p("time_emb_proj.bias"), &[tdim])?,
+            norm2: Norm::load(ld, &p("norm2"), cout, a.groups, eps)?,
+            conv2: Conv::load(ld, &p("conv2"), cout, cout, 3)?,
+            shortcut: if cin != cout {
+                Some(Conv::load(ld, &p("conv_shortcut"), cin, cout, 1)?)
+            } else {
+                None
+            },
+            scale_shift: a.scale_shift,
+            inv_scale: (1.0 / out_scale) as f32,
+            sampling,
+        })
+    }
+
+    /// `x` is the channel concatenation of `segs` (the up path's `cat([h, skip])`);
+    /// `temb_act` is SiLU(emb), `[b][time_embed_dim]`.
+    pub fn forward(
+        &self,
+        arena: &mut Arena,
+        segs: &[(&[f32], usize)],
+        dims: Dims,
+        temb_act: &[f32],
+    ) -> Act {
+        let x = Input { segs, dims };
+        debug_assert_eq!(x.channels(), self.cin);
+        let mut h = Act::new(arena, self.cin, dims);
+        group_norm(x, self.norm1.params(), None, true, &mut h.buf);
+        // Resolution change on both paths (nearest-up is fused into conv1 below).
+        let mut resid: Option<Act> = None;
+        let mut geom = Geometry::SAME3;
+        let mut d1 = dims;
+        match self.sampling {
+            Sampling::None => {}
+            Sampling::Up => {
+                geom.upsample = true;
+                d1 = Dims {
+                    h: 2 * dims.h,
+                    w: 2 * dims.w,
+                    ..dims
+                };
+                let mut r = Act::new(arena, self.cin, d1);
+                upsample_nearest2x(segs[0].0, self.cin, dims, &mut r.buf);
+                resid = Some(r);
+            }
+            Sampling::Down => {
+                d1 = Dims {
+                    h: dims.h / 2,
+                    w: dims.w / 2,
+                    ..dims
+                };
+                let mut hd = Act::new(arena, self.cin, d1);
+                avg_pool2x(&h.buf, self.cin, dims, &mut hd.buf);
+                arena.give(std::mem::replace(&mut h, hd).buf);
+                let mut r = Act::new(arena, self.cin, d1);
+                avg_pool2x(segs[0].0, self.cin, dims, &mut r.buf);
+                resid = Some(r);
+            }
+        }
+        let hin_dims = h.dims;
+        let b = dims.b;
+        let tdim = self.temb_b.len();
+        let mut t = arena.take(b * tdim);
+        linear(temb_act, b, &self.temb_w, Some(&self.temb_b), &mut t);
+
+        let mut h1 = Act::new(arena, self.cout, d1);
+        let mut init = Init::bias(&self.conv1.b);
+        if !self.scale_shift {
+            init.temb = Some(&t);
+        }
+        conv2d(
+            Input {
+                segs: &[h.seg()],
+                dims: hin_dims,
+            },
+            &self.conv1.w,
+            self.cout,
+            geom,
+            init,
+            &mut h1.buf,
+        );
+        arena.give(h.buf);
+        let mut h2 = Act::new(arena, self.cout, d1);
+        let ss = if self.scale_shift { Some(&t[..]) } else { None };
+        group_norm(
+            Input {
+                segs: &[h1.seg()],
+                dims: d1,
+            },
+            self.norm2.params(),
+            ss,
+            true,
+            &mut h2.buf,
+        );
+        arena.give(h1.buf);
+
+        let mut out = Act::new(arena, self.cout, d1);
+        let rsegs: Vec<(&[f32], usize)> = match &resid {
+            Some(r) => vec![r.seg()],
+            None => segs.to_vec(),
+        };
+        let h2in = Input {
+            segs: &[h2.seg()],
+            dims: d1,
+        };
+        match &self.shortcut {
+            Some(sc) => {
+                let init = Init {
+                    bias2: Some(&self.conv2.b),
+                    scale: self.inv_scale,
+                    ..Init::bias(&sc.b)
+                };
+                conv2d(
+                    Input {
+                        segs: &rsegs,
+                        dims: d1,
+                    },
+                    &sc.w,
+                    self.cout,
+                    Geometry::POINT,
+                    init,
+                    &mut out.buf,
+                );
+                let keep = Init {
+                    keep: true,
+                    scale: self.inv_scale,
+                    ..Init::bias(&[])
+                };
+                conv2d(
+                    h2in,
+                    &self.conv2.w,
+                    self.cout,
+                    Geometry::SAME3,
+                    keep,
+                    &mut out.buf,
+                );
+            }
+            None => {
+                // Identity residual: one contiguous source (copy a concatenation if need be).
+                let joined = (rsegs.len() > 1).then(|| {
+                    let mut j = arena.take(self.cout * d1.n());
+                    let mut o = 0;
+                    for (s, _) in &rsegs {
+                        j[o..o + s.len()].copy_from_slice(s);
+                        o += s.len();
+                    }
+                    j
+                });
+                let r: &[f32] = joined.as_deref().unwrap_or(rsegs[0].0);
+                let init = Init {
+                    residual: Some(r),
+                    scale: self.inv_scale,
+                    ..Init::bias(&self.conv2.b)
+                };
+                conv2d(
+                    h2in,
+                    &self.conv2.w,
+                    self.cout,
+                    Geometry::SAME3,
+                    init,
+                    &mut out.buf,
+                );
+                if let Some(j) = joined {
+                    arena.give(j);
+                }
+            }
+        }
+        arena.give(h2.buf);
+        arena.give(t);
+        if let Some(r) = resid {
+            arena.give(r.buf);
+        }
+        out
+    }
+}

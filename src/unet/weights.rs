@@ -1,0 +1,141 @@
+//! Weights by diffusers' names: a memory-mapped `.safetensors` file (f32, f16, bf16 or f64,
+//! converted to f32 once, here) or tensors handed over from Python. Every lookup checks the
+//! shape; a missing or mis-shaped weight is a `WeightsError` naming it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+
+use half::f16;
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{RdiffError, Result};
+
+/// Where weights come from.
+pub trait WeightSource {
+    /// The tensor's shape and its values as f32, or None when there is no such name.
+    fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>>;
+}
+
+/// Tensors already in memory (e.g. a diffusers module's state dict).
+#[derive(Default)]
+pub struct MemoryWeights {
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl WeightSource for MemoryWeights {
+    fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        Ok(self.tensors.get(name).cloned())
+    }
+}
+
+/// A memory-mapped safetensors file, its header parsed and validated.
+pub struct SafetensorsFile {
+    // `view` borrows `map`; both are dropped together (view first, by field order).
+    view: SafeTensors<'static>,
+    _map: Box<Mmap>,
+    path: String,
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let shown = path.display().to_string();
+        let file = File::open(path).map_err(|e| RdiffError::Io(format!("{shown}: {e}")))?;
+        // SAFETY: the file is mapped read-only; like every mmap reader we rely on nobody
+        // truncating it while the model loads (the data is copied out during the load).
+        let map =
+            unsafe { Mmap::map(&file) }.map_err(|e| RdiffError::Io(format!("{shown}: {e}")))?;
+        let map = Box::new(map);
+        // SAFETY: the Box keeps the mapping at a fixed address for as long as `view` lives,
+        // and `view` is dropped before it (field order); 'static never escapes this struct.
+        let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(map.as_ptr(), map.len()) };
+        let view = SafeTensors::deserialize(bytes).map_err(|e| {
+            RdiffError::Io(format!(
+                "{shown}: not a valid safetensors file (truncated or corrupt?): {e}"
+            ))
+        })?;
+        Ok(Self {
+            view,
+            _map: map,
+            path: shown,
+        })
+    }
+}
+
+impl WeightSource for SafetensorsFile {
+    fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        let t = match self.view.tensor(name) {
+            Ok(t) => t,
+            Err(_) => return Ok(None),
+        };
+        let data = t.data();
+        let out: Vec<f32> = match t.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+                .collect(),
+            Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+                .collect(),
+            other => {
+                return Err(RdiffError::Io(format!(
+                    "{}: weight {name:?} has dtype {other:?}; expected F32, F16, BF16 or F64",
+                    self.path
+                )))
+            }
+        };
+        Ok(Some((t.shape().to_vec(), out)))
+    }
+}
+
+/// Looks weights up with their expected shapes.
+pub struct Loader<'a> {
+    src: &'a dyn WeightSource,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(src: &'a dyn WeightSource) -> Self {
+        Self { src }
+    }
+
+    /// The weight `name`, which must have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.get_any(&[name], shape)
+    }
+
+    /// The first of `names` present (diffusers' current name first, then legacy ones).
+    pub fn get_any(&self, names: &[&str], shape: &[usize]) -> Result<Vec<f32>> {
+        for name in names {
+            if let Some((got, data)) = self.src.fetch(name)? {
+                // A 1×1 convolution may be stored as a matrix (and vice versa).
+                let squeeze = |s: &[usize]| -> Vec<usize> {
+                    let mut v = s.to_vec();
+                    while v.len() > 2 && v.last() == Some(&1) {
+                        v.pop();
+                    }
+                    v
+                };
+                if got != shape && squeeze(&got) != squeeze(shape) {
+                    return Err(RdiffError::Io(format!(
+                        "weight {name:?} has shape {got:?}, expected {shape:?}"
+                    )));
+                }
+                return Ok(data);
+            }
+        }
+        Err(RdiffError::Io(format!(
+            "missing weight {:?} (expected shape {shape:?})",
+            names[0]
+        )))
+    }
+}
