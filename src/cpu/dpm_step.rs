@@ -136,67 +136,100 @@ fn run_task<D: Elem, S: Elem>(
     hist: &mut [D],
     prev: &mut [D],
 ) {
-    let mut xs = [0f32; LANES];
-    let mut us = [0f32; LANES];
-    let mut ys = [0f32; LANES];
-    let mut m0 = [0f32; LANES];
-    let mut acc = [0f32; LANES];
+    let mut xbuf = [0f32; LANES];
+    let mut ubuf = [0f32; LANES];
+    let mut ybuf = [0f32; LANES];
+    let mut m0buf = [0f32; LANES];
+    let mut accbuf = [0f32; LANES];
     let mut tmp = [0f32; LANES];
     let len = hist.len();
     let mut start = 0;
     while start < len {
         let n = LANES.min(len - start);
         let r = start..start + n;
-        S::load(&x[r.clone()], &mut xs[..n]);
-        D::load(&mo[r.clone()], &mut ys[..n]);
-        // The converted model output (x₀ or ε), optionally thresholded.
-        match thr {
+        let xs = view(&x[r.clone()], &mut xbuf);
+        let ys = view(&mo[r.clone()], &mut ybuf);
+        // The converted model output (x₀ or ε), optionally thresholded, written straight into
+        // the history entry when it is f32; otherwise stored and read back rounded, as
+        // diffusers keeps the converted output in the model's dtype.
+        let hist_c = &mut hist[r.clone()];
+        let m0: &[f32] = match D::as_f32_mut(hist_c) {
+            Some(h) => {
+                convert(co, thr, xs, ys, h);
+                h
+            }
             None => {
-                for i in 0..n {
-                    m0[i] = co.r * xs[i] + co.w * (co.p * xs[i] + co.q * ys[i]);
-                }
+                let m0 = &mut m0buf[..n];
+                convert(co, thr, xs, ys, m0);
+                D::store(m0, hist_c);
+                D::load(hist_c, m0);
+                m0
             }
-            Some(s) => {
-                let inv = 1.0 / s;
-                for i in 0..n {
-                    let y = (co.p * xs[i] + co.q * ys[i]).clamp(-s, s) * inv;
-                    m0[i] = co.r * xs[i] + co.w * y;
-                }
-            }
-        }
-        // Store the history entry and continue with its stored (rounded) value, as diffusers
-        // keeps the converted output in the model's dtype.
-        D::store(&m0[..n], &mut hist[r.clone()]);
-        D::load(&hist[r.clone()], &mut m0[..n]);
-        let from = match from_x {
-            Some(st) => {
-                S::load(&st[r.clone()], &mut us[..n]);
-                &us
-            }
-            None => &xs,
         };
-        for i in 0..n {
-            acc[i] = co.a * from[i] + co.w0 * m0[i];
+        let from = match from_x {
+            Some(st) => view(&st[r.clone()], &mut ubuf),
+            None => xs,
+        };
+        let prev_c = &mut prev[r.clone()];
+        let direct = D::as_f32_mut(prev_c).is_some();
+        let acc: &mut [f32] = match D::as_f32_mut(prev_c) {
+            Some(p) => p,
+            None => &mut accbuf[..n],
+        };
+        for ((a, f), m) in acc.iter_mut().zip(from).zip(m0) {
+            *a = co.a * f + co.w0 * m;
         }
         if let Some(m1) = m1 {
-            D::load(&m1[r.clone()], &mut tmp[..n]);
-            for i in 0..n {
-                acc[i] += co.w1 * tmp[i];
-            }
+            add_scaled(acc, co.w1, view(&m1[r.clone()], &mut tmp));
         }
         if let Some(m2) = m2 {
-            D::load(&m2[r.clone()], &mut tmp[..n]);
-            for i in 0..n {
-                acc[i] += co.w2 * tmp[i];
-            }
+            add_scaled(acc, co.w2, view(&m2[r.clone()], &mut tmp));
         }
         if let Some(noise) = noise {
-            for i in 0..n {
-                acc[i] += co.c * noise[start + i];
+            add_scaled(acc, co.c, &noise[r.clone()]);
+        }
+        if !direct {
+            D::store(&accbuf[..n], &mut prev[r]);
+        }
+        start += n;
+    }
+}
+
+/// `src` as f32: borrowed when it already is, else widened into `buf`.
+#[inline(always)]
+fn view<'a, T: Elem>(src: &'a [T], buf: &'a mut [f32; LANES]) -> &'a [f32] {
+    match T::as_f32(src) {
+        Some(s) => s,
+        None => {
+            let b = &mut buf[..src.len()];
+            T::load(src, b);
+            b
+        }
+    }
+}
+
+/// out = r·x + w·y with y = p·x + q·mo, y clamped to [−s, s] and divided by s when given.
+#[inline(always)]
+fn convert(co: Co, thr: Option<f32>, xs: &[f32], ys: &[f32], out: &mut [f32]) {
+    match thr {
+        None => {
+            for ((o, x), y) in out.iter_mut().zip(xs).zip(ys) {
+                *o = co.r * x + co.w * (co.p * x + co.q * y);
             }
         }
-        D::store(&acc[..n], &mut prev[r]);
-        start += n;
+        Some(s) => {
+            let inv = 1.0 / s;
+            for ((o, x), y) in out.iter_mut().zip(xs).zip(ys) {
+                *o = co.r * x + co.w * ((co.p * x + co.q * y).clamp(-s, s) * inv);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn add_scaled(acc: &mut [f32], c: f32, v: &[f32]) {
+    for (a, v) in acc.iter_mut().zip(v) {
+        *a += c * v;
     }
 }
 

@@ -51,6 +51,13 @@ pub trait Elem: Copy + Send + Sync + 'static {
     const DTYPE: DType;
     fn load(src: &[Self], dst: &mut [f32]);
     fn store(src: &[f32], dst: &mut [Self]);
+    /// The slice itself when the type is f32, so loops can skip the scratch copy.
+    fn as_f32(_s: &[Self]) -> Option<&[f32]> {
+        None
+    }
+    fn as_f32_mut(_s: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 }
 
 impl Elem for f32 {
@@ -60,6 +67,12 @@ impl Elem for f32 {
     }
     fn store(src: &[f32], dst: &mut [Self]) {
         dst.copy_from_slice(src);
+    }
+    fn as_f32(s: &[Self]) -> Option<&[f32]> {
+        Some(s)
+    }
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        Some(s)
     }
 }
 
