@@ -112,12 +112,11 @@ impl Elem for bf16 {
     fn store(src: &[f32], dst: &mut [Self]) {
         for (d, s) in dst.iter_mut().zip(src) {
             let bits = s.to_bits();
-            // Round to nearest, ties to even; NaN stays a (quiet) NaN.
-            let rounded = if s.is_nan() {
-                (bits >> 16) | 0x40
-            } else {
-                (bits + 0x7fff + ((bits >> 16) & 1)) >> 16
-            };
+            // Round to nearest, ties to even; NaN stays a (quiet) NaN. Both values are
+            // computed and one selected, so the loop vectorises.
+            let even = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+            let quiet_nan = (bits >> 16) | 0x40;
+            let rounded = if s.is_nan() { quiet_nan } else { even };
             *d = bf16::from_bits(rounded as u16);
         }
     }
