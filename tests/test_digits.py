@@ -34,7 +34,9 @@ def test_bundled_folder_is_complete():
     assert cfg["sample_size"] == 16 and cfg["in_channels"] == 1
 
 
-@pytest.mark.parametrize("scheduler", ["dpmsolver++", "sde-dpmsolver++", "ddpm"])
+@pytest.mark.parametrize(
+    "scheduler", ["dpmsolver++", "dpmsolver", "sde-dpmsolver++", "ddim", "ddpm"]
+)
 def test_sample_png_deterministic(tmp_path, scheduler, capsys):
     outs = []
     for i in range(2):

@@ -79,8 +79,11 @@ def make_scheduler(name: str, folder: Path, order: int | None, gamma: str | None
 
     base = _scheduler_config(folder)
     if name in ("dpmsolver++", "dpmsolver", "sde-dpmsolver++"):
+        # diffusers' default final step goes to σ = 0; its 'dpmsolver' (ε form) allows only
+        # σ_min there
+        final = "sigma_min" if name == "dpmsolver" else "zero"
         return rdiff.DPMSolverMultistepScheduler(
-            **base, algorithm_type=name, solver_order=order or 2, final_sigmas_type="zero"
+            **base, algorithm_type=name, solver_order=order or 2, final_sigmas_type=final
         )
     if order not in (None, 1):
         raise SystemExit(f"rdiff: --order applies to the DPM-Solver schedulers, not {name}")
