@@ -131,6 +131,9 @@ def write_docs(results: dict, args) -> None:
         fl.get(args.n, nf["half_vs_all"]), color="k", ls=":", label=f"real floor (n={args.n})"
     )
     ax.set_xscale("log")
+    done = sorted({r["nfe"] for r in results.values()})
+    ax.set_xticks(done, [str(k) for k in done])
+    ax.minorticks_off()
     ax.set_yscale("log")
     ax.set_xlabel("NFE (model calls)")
     ax.set_ylabel("Fréchet digits distance")
