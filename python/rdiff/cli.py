@@ -1,10 +1,208 @@
-"""The ``rdiff`` command line: ``rdiff info`` (more subcommands come with their features)."""
+"""The ``rdiff`` command line: ``rdiff info`` and ``rdiff sample``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEDULERS = (
+    "dpmsolver++",
+    "dpmsolver",
+    "sde-dpmsolver++",
+    "ddim",
+    "ddpm",
+    "analytic-ddpm",
+    "analytic-ddim",
+)
+_DEFAULT_STEPS = {
+    "dpmsolver++": 10,
+    "dpmsolver": 10,
+    "sde-dpmsolver++": 20,
+    "ddim": 50,
+    "ddpm": 1000,
+    "analytic-ddpm": 50,
+    "analytic-ddim": 50,
+}
+
+
+def bundled_model_dir(name: str) -> Path:
+    """The folder of a model shipped with rdiff (``rdiff sample --model bundled:NAME``)."""
+    folder = Path(__file__).resolve().parent / "models" / name
+    if not (folder / "config.json").is_file():
+        avail = sorted(
+            p.name for p in (Path(__file__).resolve().parent / "models").glob("*") if p.is_dir()
+        )
+        raise SystemExit(f"rdiff: no bundled model {name!r} (bundled: {', '.join(avail)})")
+    return folder
+
+
+def _resolve_model(spec: str) -> Path:
+    if spec.startswith("bundled:"):
+        return bundled_model_dir(spec.removeprefix("bundled:"))
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise SystemExit(f"rdiff: --model {spec}: not a directory (a diffusers model folder)")
+    if not (folder / "config.json").is_file() and (folder / "unet" / "config.json").is_file():
+        return folder / "unet"  # a pipeline folder
+    return folder
+
+
+def _scheduler_config(folder: Path) -> dict[str, Any]:
+    for cand in (
+        folder / "scheduler_config.json",
+        folder.parent / "scheduler" / "scheduler_config.json",
+    ):
+        if cand.is_file():
+            cfg = json.loads(cand.read_text(encoding="utf-8"))
+            keep = (
+                "num_train_timesteps",
+                "beta_start",
+                "beta_end",
+                "beta_schedule",
+                "trained_betas",
+                "prediction_type",
+            )
+            return {k: cfg[k] for k in keep if k in cfg and cfg[k] is not None}
+    return {}
+
+
+def make_scheduler(name: str, folder: Path, order: int | None, gamma: str | None = None):
+    """An rdiff scheduler for ``name`` (one of ``SCHEDULERS``), with the model's β schedule."""
+    import rdiff
+
+    base = _scheduler_config(folder)
+    if name in ("dpmsolver++", "dpmsolver", "sde-dpmsolver++"):
+        # diffusers' default final step goes to σ = 0; its 'dpmsolver' (ε form) allows only
+        # σ_min there
+        final = "sigma_min" if name == "dpmsolver" else "zero"
+        return rdiff.DPMSolverMultistepScheduler(
+            **base, algorithm_type=name, solver_order=order or 2, final_sigmas_type=final
+        )
+    if order not in (None, 1):
+        raise SystemExit(f"rdiff: --order applies to the DPM-Solver schedulers, not {name}")
+    if name == "ddim":
+        return rdiff.DDIMScheduler(**base, set_alpha_to_one=True, timestep_spacing="leading")
+    if name == "ddpm":
+        return rdiff.DDPMScheduler(**base)
+    gpath = Path(gamma) if gamma else folder / "gamma.npz"
+    if not gpath.is_file():
+        raise SystemExit(
+            f"rdiff: {name} needs the model's Γ table ({gpath} is missing; make one with "
+            "rdiff.estimate_gamma and pass --gamma)"
+        )
+    form = name.removeprefix("analytic-")
+    return rdiff.AnalyticDPMScheduler(gamma=str(gpath), form=form, **base)
+
+
+def sample_images(
+    unet: Any,
+    scheduler: Any,
+    n: int,
+    steps: int,
+    seed: int,
+    batch_size: int,
+    progress: bool = True,
+) -> tuple[np.ndarray, int]:
+    """Sample ``n`` images; returns (images (n, C, H, W) float32, model calls per image)."""
+    from tqdm.auto import tqdm
+
+    c = int(unet.config["in_channels"])
+    size = unet.config["sample_size"]
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    rng = np.random.default_rng(seed)
+    # all initial noise first (one stream for the run), then the SDE noise from the same rng
+    x_all = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    scheduler.set_timesteps(steps)
+    timesteps = np.asarray(scheduler.timesteps)
+    nfe = len(timesteps)
+    outs = []
+    bar = tqdm(total=nfe * ((n + batch_size - 1) // batch_size), disable=not progress, unit="step")
+    for start in range(0, n, batch_size):
+        scheduler.set_timesteps(steps)
+        x = np.ascontiguousarray(x_all[start : start + batch_size]) * scheduler.init_noise_sigma
+        for t in timesteps:
+            eps = unet(x, np.full((x.shape[0],), t, dtype=np.int64))
+            x = scheduler.step(eps, int(t), x, generator=rng).prev_sample
+            bar.update(1)
+        outs.append(np.asarray(x, dtype=np.float32))
+    bar.close()
+    return np.concatenate(outs, axis=0), nfe
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] float images (n, C, H, W) → uint8 (n, H, W, C)."""
+    x = np.clip((images + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return x.transpose(0, 2, 3, 1)
+
+
+def save_grid(images: np.ndarray, path: str | os.PathLike, scale: int = 4, pad: int = 2) -> tuple:
+    """Write a PNG grid of [-1, 1] images (n, C, H, W), each upscaled ``scale``× (nearest)."""
+    from PIL import Image
+
+    u8 = to_uint8(images)
+    n, h, w, c = u8.shape
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    hs, ws = h * scale, w * scale
+    grid = np.full((rows * (hs + pad) + pad, cols * (ws + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        tile = u8[i].repeat(scale, axis=0).repeat(scale, axis=1)
+        y0, x0 = pad + r * (hs + pad), pad + q * (ws + pad)
+        grid[y0 : y0 + hs, x0 : x0 + ws] = tile
+    img = Image.fromarray(grid[..., 0] if c == 1 else grid, mode="L" if c == 1 else "RGB")
+    img.save(path, format="PNG", optimize=False)
+    return img.size
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import rdiff
+
+    if args.device.startswith("cuda"):
+        cuda = rdiff.backends().get("cuda", {})
+        if not cuda.get("available"):
+            raise rdiff.CudaUnavailableError(
+                f"rdiff sample --device {args.device}: CUDA is unavailable here "
+                f"({cuda.get('reason', 'no reason given')})"
+            )
+    if args.n < 1 or args.batch_size < 1:
+        raise SystemExit("rdiff: --n and --batch-size must be ≥ 1")
+    folder = _resolve_model(args.model)
+    steps = args.steps if args.steps is not None else _DEFAULT_STEPS[args.scheduler]
+    unet = rdiff.UNet2DModel.from_pretrained(folder, device=args.device, dtype=args.dtype)
+    sched = make_scheduler(args.scheduler, folder, args.order, args.gamma)
+    t0 = time.perf_counter()
+    images, nfe = sample_images(
+        unet, sched, args.n, steps, args.seed, args.batch_size, progress=not args.quiet
+    )
+    wall = time.perf_counter() - t0
+    nbatches = (args.n + args.batch_size - 1) // args.batch_size
+    print(
+        f"{args.scheduler}: {args.n} samples, NFE {nfe}, wall {wall:.2f} s, "
+        f"{1000 * wall / (nfe * nbatches):.1f} ms/step (batch ≤ {args.batch_size})"
+    )
+    if args.out:
+        size = save_grid(images, args.out, scale=args.scale)
+        print(f"wrote {args.out} ({size[0]}x{size[1]})")
+    if args.save_npz:
+        np.savez(
+            args.save_npz,
+            samples=images,
+            uint8=to_uint8(images),
+            nfe=np.int64(nfe),
+            seed=np.int64(args.seed),
+            scheduler=np.str_(args.scheduler),
+            steps=np.int64(steps),
+        )
+        print(f"wrote {args.save_npz}")
+    return 0
 
 
 def _info(_args: argparse.Namespace) -> int:
@@ -20,6 +218,32 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print the version and which backends work here")
     info.set_defaults(func=_info)
+    s = sub.add_parser(
+        "sample",
+        help="sample a UNet2DModel (the bundled digits model or a diffusers folder) to a PNG grid",
+    )
+    s.add_argument("--model", default="bundled:digits", help="bundled:digits or a folder")
+    s.add_argument("--scheduler", default="dpmsolver++", choices=SCHEDULERS)
+    s.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampling steps (default: 10 for DPM-Solver, 20 SDE, 50 DDIM/analytic, 1000 DDPM)",
+    )
+    s.add_argument("--order", type=int, default=None, help="DPM-Solver order (1-3; default 2)")
+    s.add_argument("--n", type=int, default=64, help="number of samples")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--dtype", default="float32")
+    s.add_argument(
+        "--gamma", default=None, help="Γ table for analytic-* (default: MODEL/gamma.npz)"
+    )
+    s.add_argument("--out", default="grid.png", help="PNG grid ('' for none)")
+    s.add_argument("--scale", type=int, default=4, help="grid upscaling factor")
+    s.add_argument("--save-npz", default=None, help="also save the samples to this .npz")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_sample)
     args = parser.parse_args(argv)
     return args.func(args)
 

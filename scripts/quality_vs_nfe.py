@@ -1,0 +1,173 @@
+"""Sample quality (Fréchet digits distance) against NFE for rdiff's samplers on the bundled
+digits model; writes ``docs/quality_vs_nfe.{json,md,png}``.
+
+Every setting samples ``--n`` digits from the same seeded initial noise (numpy default_rng),
+with rdiff's native UNet and rdiff's schedulers, and scores them with
+``rdiff.metrics.frechet_digits_distance``. Results are cached in the JSON file as they come,
+so a run can be cut short (``--budget-minutes``) and resumed; the Markdown lists what was run
+and what was not.
+
+    python scripts/quality_vs_nfe.py --n 1000 --budget-minutes 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+import rdiff
+from rdiff.cli import bundled_model_dir, make_scheduler, sample_images
+from rdiff.metrics import frechet_digits_distance, load_real_digits, noise_floor
+
+ROOT = Path(__file__).resolve().parents[1]
+NFES = (5, 10, 15, 20, 25, 50, 100, 1000)
+# label -> (cli scheduler name, order, trajectory)
+SETTINGS = {
+    "DDPM (β̃)": ("ddpm", None, None),
+    "DDIM (η=0)": ("ddim", None, None),
+    "Analytic-DDPM": ("analytic-ddpm", None, "uniform"),
+    "Analytic-DDIM": ("analytic-ddim", None, "uniform"),
+    "Analytic-DDPM (optimal traj.)": ("analytic-ddpm", None, "optimal"),
+    "Analytic-DDIM (optimal traj.)": ("analytic-ddim", None, "optimal"),
+    "DPM-Solver-2M": ("dpmsolver", 2, None),
+    "DPM-Solver-3M": ("dpmsolver", 3, None),
+    "DPM-Solver++-2M": ("dpmsolver++", 2, None),
+    "DPM-Solver++-3M": ("dpmsolver++", 3, None),
+}
+
+
+def _scheduler(folder: Path, name: str, order, trajectory):
+    sched = make_scheduler(name, folder, order)
+    if trajectory is not None:
+        cfg = dict(sched.config)
+        cfg["trajectory"] = trajectory
+        sched = rdiff.AnalyticDPMScheduler.from_config(cfg)
+    return sched
+
+
+def run(args) -> dict:
+    folder = bundled_model_dir("digits")
+    unet = rdiff.UNet2DModel.from_pretrained(folder)
+    path = Path(args.json)
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    t_start = time.perf_counter()
+    nfes = [int(v) for v in args.nfes.split(",")]
+    labels = list(SETTINGS) if args.settings == "all" else args.settings.split(";")
+    # cheapest first, so a cut-short run has the whole low-NFE picture
+    jobs = sorted(((k, lab) for lab in labels for k in nfes), key=lambda j: (j[0], j[1]))
+    sec_per_image_step = None
+    for k, lab in jobs:
+        n = args.n if k < 1000 else args.n_1000
+        key = f"{lab}|{k}|{n}"
+        if key in results:
+            continue
+        remaining = args.budget_minutes * 60 - (time.perf_counter() - t_start)
+        if sec_per_image_step is not None and sec_per_image_step * n * k > remaining:
+            print(f"skip {key}: needs ~{sec_per_image_step * n * k:.0f}s, {remaining:.0f}s left")
+            continue
+        name, order, traj = SETTINGS[lab]
+        sched = _scheduler(folder, name, order, traj)
+        t0 = time.perf_counter()
+        x, nfe = sample_images(unet, sched, n, k, args.seed, args.batch_size, progress=False)
+        wall = time.perf_counter() - t0
+        sec_per_image_step = wall / (n * nfe)
+        fd = frechet_digits_distance(x)
+        results[key] = {"label": lab, "nfe": nfe, "n": n, "fd": fd, "wall_s": wall}
+        print(f"{lab:32s} NFE {nfe:5d} n {n:5d}  FD {fd:8.3f}  ({wall:.0f}s)", flush=True)
+        path.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def floors(ns: list[int]) -> dict[int, float]:
+    """FD of n random real digits against all 1,797 (the metric's floor at that n)."""
+    real = load_real_digits()
+    rng = np.random.default_rng(0)
+    out = {}
+    for n in ns:
+        vals = [frechet_digits_distance(real[rng.permutation(len(real))[:n]]) for _ in range(5)]
+        out[n] = float(np.mean(vals))
+    return out
+
+
+def write_docs(results: dict, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nfes = [int(v) for v in args.nfes.split(",")]
+    ns = sorted({r["n"] for r in results.values()})
+    fl = floors(ns)
+    nf = noise_floor()
+    table = {}
+    for r in results.values():
+        table.setdefault(r["label"], {})[r["nfe"]] = r
+    lines = [
+        "| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
+        "|---|" + "---:|" * len(nfes),
+    ]
+    for lab in SETTINGS:
+        row = table.get(lab, {})
+        cells = []
+        for k in nfes:
+            r = row.get(k)
+            if r is None:
+                cells.append("—")
+            else:
+                cells.append(f"{r['fd']:.2f}" + ("" if r["n"] == args.n else f" (n={r['n']})"))
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    md = ROOT / "docs" / "quality_vs_nfe.md"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for lab in SETTINGS:
+        row = table.get(lab, {})
+        ks = sorted(row)
+        if ks:
+            ax.plot(ks, [row[k]["fd"] for k in ks], marker="o", label=lab)
+    ax.axhline(
+        fl.get(args.n, nf["half_vs_all"]), color="k", ls=":", label=f"real floor (n={args.n})"
+    )
+    ax.set_xscale("log")
+    done = sorted({r["nfe"] for r in results.values()})
+    ax.set_xticks(done, [str(k) for k in done])
+    ax.minorticks_off()
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE (model calls)")
+    ax.set_ylabel("Fréchet digits distance")
+    ax.set_title("rdiff samplers on the bundled digits DDPM")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(ROOT / "docs" / "quality_vs_nfe.png", dpi=110)
+    header = (ROOT / "docs" / "quality_vs_nfe.head.md").read_text()
+    floor_lines = ", ".join(f"n = {n}: {v:.2f}" for n, v in fl.items())
+    body = (
+        header.replace("{TABLE}", "\n".join(lines))
+        .replace("{FLOORS}", floor_lines)
+        .replace("{HALVES}", f"{nf['halves']:.2f}")
+        .replace("{HALF_VS_ALL}", f"{nf['half_vs_all']:.2f}")
+    )
+    md.write_text(body)
+    print(f"wrote {md}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--n-1000", type=int, default=1000, help="samples for the 1000-NFE settings")
+    p.add_argument("--nfes", default=",".join(map(str, NFES)))
+    p.add_argument("--settings", default="all", help="'all' or labels separated by ';'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--budget-minutes", type=float, default=1e9)
+    p.add_argument("--json", default=str(ROOT / "docs" / "quality_vs_nfe.json"))
+    p.add_argument("--docs-only", action="store_true", help="only rewrite md/png from the json")
+    args = p.parse_args()
+    results = json.loads(Path(args.json).read_text()) if args.docs_only else run(args)
+    write_docs(results, args)
+
+
+if __name__ == "__main__":
+    main()
