@@ -105,7 +105,10 @@ def write_docs(results: dict, args) -> None:
     nf = noise_floor()
     table = {}
     for r in results.values():
-        table.setdefault(r["label"], {})[r["nfe"]] = r
+        row = table.setdefault(r["label"], {})
+        # one entry per cell: the run at the default n wins over a smaller side run
+        if r["nfe"] not in row or row[r["nfe"]]["n"] != args.n:
+            row[r["nfe"]] = r
     lines = [
         "| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
         "|---|" + "---:|" * len(nfes),
