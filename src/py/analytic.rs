@@ -10,7 +10,6 @@ use super::tensor::{Device, TensorRef};
 use crate::cpu::analytic_step::{fused_analytic_step, AnalyticIo, PassScalars};
 use crate::cpu::dtype::DType;
 use crate::cpu::gamma::{batch_sums, per_sample_sq_norms};
-use crate::error::RdiffError;
 use crate::schedule::analytic_dpm::{eps_conversion, plan, AnalyticOptions, AnalyticStep, Form};
 use crate::schedule::dpm_solver::PredictionType;
 use crate::schedule::trajectory::{optimal_trajectory, trajectory_cost};
@@ -18,10 +17,7 @@ use crate::with_elem;
 
 fn cpu_only(ts: &[Option<TensorRef>]) -> PyResult<()> {
     if ts.iter().flatten().any(|t| t.device != Device::Cpu) {
-        return Err(RdiffError::CudaUnavailable(
-            "this build of rdiff has no CUDA kernel for Analytic-DPM yet; pass CPU tensors".into(),
-        )
-        .into());
+        return Err(crate::cuda::no_kernel("Analytic-DPM").into());
     }
     Ok(())
 }

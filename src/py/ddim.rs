@@ -8,7 +8,6 @@ use pyo3::prelude::*;
 use super::tensor::{Device, TensorRef};
 use crate::cpu::ddim_step::{ddim_step, Clip, DdimIo};
 use crate::cpu::quantile::threshold_bounds;
-use crate::error::RdiffError;
 use crate::schedule::ddim::{
     alpha_prod_at, ddim_coefficients, ddim_timesteps as spacing, ddpm_coefficients,
     DdimCoefficients, NoiseScale, Spacing, VarianceType,
@@ -126,7 +125,7 @@ impl DdimCore {
         }
         let all = [Some(mo), Some(x), noise, Some(x0), Some(prev)];
         if all.iter().flatten().any(|t| t.device != Device::Cpu) {
-            return Err(cuda_step_unavailable().into());
+            return Err(crate::cuda::no_kernel("the DDIM/DDPM step").into());
         }
         let clip = self.clip;
         py.detach(|| {
@@ -341,16 +340,4 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<DdimCore>()?;
     m.add_function(wrap_pyfunction!(ddim_timesteps, m)?)?;
     Ok(())
-}
-
-/// The error for a CUDA tensor while the CUDA step is not available here.
-fn cuda_step_unavailable() -> RdiffError {
-    match crate::cuda::availability() {
-        Err(reason) => {
-            RdiffError::CudaUnavailable(format!("CUDA tensors need the CUDA backend: {reason}"))
-        }
-        Ok(_) => RdiffError::CudaUnavailable(
-            "this build of rdiff has no CUDA kernel for the DDIM/DDPM step yet".into(),
-        ),
-    }
 }

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 
 use super::dpm_solver::{run_fused_step, SolverConfig, StepBuffers};
 use super::tensor::TensorRef;
-use crate::schedule::dpm_singlestep::{order_list, singlestep_coefficients, SinglestepStep};
+use crate::schedule::dpm_singlestep::{order_list, singlestep_coefficients};
 use crate::schedule::dpm_solver::{Algorithm, StepCoefficients};
 
 /// Per-scheduler constants of the singlestep solver and its σ̃ schedule.
@@ -18,22 +18,9 @@ pub struct SinglestepCore {
 
 impl SinglestepCore {
     fn coefficients_at(&self, step_index: usize, order: usize) -> PyResult<StepCoefficients> {
-        let cfg = &self.cfg;
-        cfg.check_step(step_index, order)?;
-        let back = |k: usize| cfg.point(step_index.saturating_sub(k));
-        let st = SinglestepStep {
-            algorithm: cfg.algorithm,
-            solver_type: cfg.solver_type,
-            prediction: cfg.prediction,
-            thresholding: cfg.thresholding.is_some(),
-            order,
-            t: cfg.point(step_index + 1),
-            s0: cfg.point(step_index),
-            s1: back(1),
-            s2: back(2),
-            flow_sigma: cfg.sigmas[step_index],
-        };
-        Ok(singlestep_coefficients(&st)?)
+        Ok(singlestep_coefficients(
+            &self.cfg.step_at(step_index, order)?,
+        )?)
     }
 }
 

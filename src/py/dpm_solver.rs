@@ -83,6 +83,25 @@ impl SolverConfig {
     pub(crate) fn point(&self, i: usize) -> Point {
         Point::from_sigma(self.sigmas[i], self.flow)
     }
+
+    /// The checked inputs of an order-`order` update from step `step_index` to the next: the
+    /// target, the current point and the two before it (clamped at the schedule's start).
+    pub(crate) fn step_at(&self, step_index: usize, order: usize) -> PyResult<MultistepStep> {
+        self.check_step(step_index, order)?;
+        let back = |k: usize| self.point(step_index.saturating_sub(k));
+        Ok(MultistepStep {
+            algorithm: self.algorithm,
+            solver_type: self.solver_type,
+            prediction: self.prediction,
+            thresholding: self.thresholding.is_some(),
+            order,
+            t: self.point(step_index + 1),
+            s0: self.point(step_index),
+            s1: back(1),
+            s2: back(2),
+            flow_sigma: self.sigmas[step_index],
+        })
+    }
 }
 
 /// The caller's buffers of one fused step. `start`, when given, is the sample the update starts
@@ -144,7 +163,7 @@ pub(crate) fn run_fused_step(
     if all.iter().flatten().any(|t| t.device != Device::Cpu) {
         // No driver, GPU or NVRTC: CudaUnavailableError, before anything else.
         if crate::cuda::available_cached().is_err() {
-            return Err(cuda_step_unavailable().into());
+            return Err(crate::cuda::no_kernel("the DPM-Solver step").into());
         }
         let Device::Cuda(ordinal) = x.device else {
             return Err(mixed_devices());
@@ -213,22 +232,9 @@ pub struct MultistepCore {
 
 impl MultistepCore {
     fn coefficients_at(&self, step_index: usize, order: usize) -> PyResult<StepCoefficients> {
-        let cfg = &self.cfg;
-        cfg.check_step(step_index, order)?;
-        let back = |k: usize| cfg.point(step_index.saturating_sub(k));
-        let st = MultistepStep {
-            algorithm: cfg.algorithm,
-            solver_type: cfg.solver_type,
-            prediction: cfg.prediction,
-            thresholding: cfg.thresholding.is_some(),
-            order,
-            t: cfg.point(step_index + 1),
-            s0: cfg.point(step_index),
-            s1: back(1),
-            s2: back(2),
-            flow_sigma: cfg.sigmas[step_index],
-        };
-        Ok(multistep_coefficients(&st)?)
+        Ok(multistep_coefficients(
+            &self.cfg.step_at(step_index, order)?,
+        )?)
     }
 }
 
@@ -455,15 +461,5 @@ fn run_cuda_step(
     _co: &StepCoefficients,
     _thresholding: Option<(f64, f64)>,
 ) -> Result<(), RdiffError> {
-    Err(cuda_step_unavailable())
-}
-
-/// The error for a CUDA tensor while the CUDA step is not available here.
-fn cuda_step_unavailable() -> RdiffError {
-    match crate::cuda::availability() {
-        Err(reason) => {
-            RdiffError::CudaUnavailable(format!("CUDA tensors need the CUDA backend: {reason}"))
-        }
-        Ok(_) => RdiffError::CudaUnavailable("the CUDA backend is available".into()),
-    }
+    Err(crate::cuda::no_kernel("the DPM-Solver step"))
 }

@@ -9,7 +9,6 @@ use super::schedule::PyNoiseSchedule;
 use super::tensor::{Device, TensorRef};
 use crate::cpu::dtype::{DType, Elem};
 use crate::cpu::lincomb::{adaptive_error, lincomb, reference_bounds, Acc, Buf, Convert};
-use crate::error::RdiffError;
 use crate::schedule::karras;
 use crate::schedule::reference::{
     adaptive_next_h, multistep_orders, singlestep_schedule, Method, RefAlgorithm, RefSolverType,
@@ -147,11 +146,7 @@ fn adaptive_next_h_py(h: f64, err: f64, order: usize, theta: f64, remaining: f64
 
 fn check_cpu(ts: &[TensorRef]) -> PyResult<()> {
     if ts.iter().any(|t| t.device != Device::Cpu) {
-        let msg = match crate::cuda::availability() {
-            Err(reason) => format!("CUDA tensors need the CUDA backend: {reason}"),
-            Ok(_) => "this build of rdiff has no CUDA kernel for the sampler updates yet".into(),
-        };
-        return Err(RdiffError::CudaUnavailable(msg).into());
+        return Err(crate::cuda::no_kernel("the sampler updates").into());
     }
     Ok(())
 }

@@ -16,30 +16,16 @@
 //! ```
 
 use super::dpm_solver::{
-    conversion, first_order_terms, second_order_weight, third_order_weights, Algorithm, Point,
-    PredictionType, SolverType, StepCoefficients,
+    conversion, first_order_terms, second_order_weight, third_order_weights, Algorithm,
+    MultistepStep, SolverType, StepCoefficients,
 };
 use crate::error::Result;
 use crate::value_err;
 
-/// The inputs of one singlestep update.
-#[derive(Clone, Copy, Debug)]
-pub struct SinglestepStep {
-    pub algorithm: Algorithm,
-    pub solver_type: SolverType,
-    pub prediction: PredictionType,
-    pub thresholding: bool,
-    /// The order of this update (1, 2 or 3): its position within the group.
-    pub order: usize,
-    /// The target t, the current point s0 and the earlier points of the group s1, s2 (the
-    /// group starts at s_{order−1}; s1, s2 unused below orders 2 and 3).
-    pub t: Point,
-    pub s0: Point,
-    pub s1: Point,
-    pub s2: Point,
-    /// The flow σ at s0 (only for flow prediction).
-    pub flow_sigma: f64,
-}
+/// The inputs of one singlestep update: the multistep fields, read per group — `order` is
+/// the update's position within its group, and s1, s2 are the group's earlier points (the
+/// group starts at s_{order−1}).
+pub type SinglestepStep = MultistepStep;
 
 /// The coefficients of one singlestep DPM-Solver update, with diffusers' formulas: `m0`, `m1`,
 /// `m2` are the converted outputs at s0, s1, s2 and `x` the sample at the group's start.
@@ -198,7 +184,7 @@ pub fn order_list(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::dpm_solver::{multistep_coefficients, MultistepStep};
+    use crate::schedule::dpm_solver::{multistep_coefficients, Point, PredictionType};
 
     fn pt(sigma: f64) -> Point {
         Point::from_sigma(sigma, false)

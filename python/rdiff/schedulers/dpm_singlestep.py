@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _diffusers_schedule, _singlestep_order_list, _SinglestepCore
-from ._base import SchedulerBase, SchedulerOutput
+from ._base import SchedulerBase, SchedulerOutput, check_choice
 
 logger = logging.getLogger(__name__)
 
@@ -85,32 +85,19 @@ class DPMSolverSinglestepScheduler(SchedulerBase):
         if algorithm_type == "deis":
             algorithm_type = "dpmsolver++"
             self.register_to_config(algorithm_type=algorithm_type)
-        if algorithm_type not in _ALGORITHMS:
-            raise ValueError(
-                f"algorithm_type: unknown {algorithm_type!r} for the singlestep solver; expected "
-                f"one of {_ALGORITHMS}"
-            )
+        check_choice("algorithm_type", algorithm_type, _ALGORITHMS)
         if solver_type in ("logrho", "bh1", "bh2"):
             solver_type = "midpoint"
             self.register_to_config(solver_type=solver_type)
-        if solver_type not in ("midpoint", "heun"):
-            raise ValueError(f"solver_type: unknown {solver_type!r}; expected midpoint or heun")
-        if solver_order not in (1, 2, 3):
-            raise ValueError(f"solver_order: must be 1, 2 or 3, got {solver_order}")
-        if prediction_type not in _PREDICTIONS:
-            raise ValueError(
-                f"prediction_type: unknown {prediction_type!r}; expected epsilon, sample, "
-                "v_prediction or flow_prediction"
-            )
+        check_choice("solver_type", solver_type, ("midpoint", "heun"))
+        check_choice("solver_order", solver_order, (1, 2, 3))
+        check_choice("prediction_type", prediction_type, _PREDICTIONS)
         if prediction_type == "flow_prediction" and algorithm_type == "dpmsolver":
             raise ValueError(
                 "prediction_type: 'flow_prediction' needs algorithm_type 'dpmsolver++' or "
                 "'sde-dpmsolver++'"
             )
-        if final_sigmas_type not in ("zero", "sigma_min"):
-            raise ValueError(
-                f"final_sigmas_type: must be 'zero' or 'sigma_min', got {final_sigmas_type!r}"
-            )
+        check_choice("final_sigmas_type", final_sigmas_type, ("zero", "sigma_min"))
         if algorithm_type == "dpmsolver" and final_sigmas_type == "zero":
             raise ValueError(
                 "final_sigmas_type: 'zero' is not supported with algorithm_type 'dpmsolver'; "
