@@ -4,6 +4,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod error;
 pub mod py;
+pub mod random;
 pub mod schedule;
 pub mod testing;
 pub mod unet;
@@ -28,6 +29,7 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::spacing::diffusers_schedule, m)?)?;
     py::ddim::register(m)?;
     py::sampling::register(m)?;
+    py::random::register(m)?;
     m.add_class::<py::unet::PyUNet2D>()?;
     Ok(())
 }

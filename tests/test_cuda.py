@@ -14,10 +14,11 @@ torch = pytest.importorskip("torch")
 
 import rdiff
 from rdiff import _cuda_libs, _rdiff
+from rdiff._cuda_testing import emulated_backend
 from rdiff._tensor import describe
 
 ARCHS = ["sm_80", "sm_86", "sm_89", "sm_90"]
-KERNELS = ["dpm_step", "threshold", "add_noise", "gamma"]
+KERNELS = ["dpm_step", "threshold", "add_noise", "gamma", "analytic_step"]
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 # Tolerances: float32 to a few ULP, half types within one rounding of their own.
 TOL = {
@@ -34,7 +35,7 @@ needs_nvrtc = pytest.mark.skipif(
 def test_kernel_list_matches_the_host_build():
     assert sorted(_rdiff._cuda_kernels()) == sorted(KERNELS)
     entries = _rdiff._emulated_kernels()
-    assert len(entries) == 2 * 9 + 2 * 3
+    assert len(entries) == 3 * 9 + 2 * 3
     assert all(e.startswith("rdiff_") for e in entries)
 
 
@@ -60,7 +61,7 @@ def test_compiles_with_nvrtc_without_spills(kernel, arch):
 
 
 def _entry_source(entry: str) -> str:
-    for name in ("dpm_step", "add_noise", "gamma"):
+    for name in ("dpm_step", "add_noise", "gamma", "analytic_step"):
         if entry.startswith(f"rdiff_{name}_"):
             return name
     return "threshold"
@@ -250,3 +251,167 @@ def test_cuda_tensor_raises_unavailable():
         )
     # A scheduler given a (simulated) CUDA tensor takes the same route.
     assert issubclass(rdiff.CudaUnavailableError, rdiff.RdiffError)
+
+
+# --- the Analytic-DPM step kernel and the Philox noise ---------------------------------------
+
+
+def _analytic_core(form="ddpm", prediction="epsilon"):
+    betas = np.linspace(1e-4, 0.02, 1000)
+    ac = np.cumprod(1.0 - betas)
+    ts = list(range(999, -1, -111))
+    gamma = [0.9 - 0.3 * t / 1000 for t in ts]
+    eta = 0.5 if form == "ddim" else 0.0
+    return _rdiff._AnalyticCore([float(a) for a in ac], ts, gamma, form, eta, 1.0, None, prediction)
+
+
+@pytest.mark.parametrize("mdt", list(DTYPES))
+@pytest.mark.parametrize("sdt", list(DTYPES))
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_emulated_analytic_step_matches_cpu(mdt, sdt, case):
+    shape, extra, offset = CASES[case]
+    mdtype, sdtype = DTYPES[mdt], DTYPES[sdt]
+    g = torch.Generator().manual_seed(77 + case)
+    b, c = shape[0], shape[1]
+    mo_shape = (b, c + extra, *shape[2:])
+    for form, prediction, noise_kind, clip in (
+        ("ddpm", "epsilon", "buffer", (-1.0, 1.0)),
+        ("ddim", "v_prediction", "philox", None),
+        ("ddpm", "sample", "philox", (-1.0, 1.0)),
+    ):
+        core = _analytic_core(form, prediction)
+        # The last step (σ = 0, no noise) and a noisy middle one.
+        for step_index in (3, 9):
+            mo = _buffer(torch.randn(mo_shape, generator=g), mdtype, offset)
+            x = _buffer(torch.randn(shape, generator=g) * 1.5, sdtype, offset)
+            noise = _buffer(torch.randn(shape, generator=g), torch.float32, offset)
+            outs = {}
+            for path in ("cpu", "emulated"):
+                x0 = _buffer(torch.zeros(shape), mdtype, offset)
+                prev = _buffer(torch.zeros(shape), mdtype, offset)
+                args = (
+                    step_index,
+                    describe(mo),
+                    describe(x),
+                    describe(noise) if noise_kind == "buffer" else None,
+                    describe(x0),
+                    describe(prev),
+                    b,
+                    math.prod(mo_shape[1:]),
+                    clip,
+                    (2**64 - 5, step_index) if noise_kind == "philox" else None,
+                )
+                if path == "cpu":
+                    core.step(*args)
+                else:
+                    with emulated_backend(max_blocks=2):
+                        core.step(*args)
+                outs[path] = (x0.float().clone(), prev.float().clone())
+            # The emulation does the CPU loop's f32 operations in its order without FMA:
+            # equal bits, which the tolerance-free check states.
+            for k, what in enumerate(("x0", "prev")):
+                assert torch.equal(outs["emulated"][k], outs["cpu"][k]), (
+                    f"{what} {form}/{prediction}/{noise_kind} step {step_index}"
+                )
+
+
+def test_analytic_kernel_noise_is_rdiff_randn():
+    """In-kernel noise (emulated) is rdiff.randn's stream: σ·randn added to the mean."""
+    core = _analytic_core("ddpm")
+    shape = (3, 4, 7, 9)  # per sample 252: rows start on lane groups; 3·252 elements
+    g = torch.Generator().manual_seed(5)
+    mo, x = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    step_index, seed = 4, 1234
+    sigma = math.sqrt(core.variances[step_index])
+    out = {}
+    for kind in ("zero", "philox"):
+        x0, prev = torch.empty(shape), torch.empty(shape)
+        zeros = torch.zeros(shape)
+        with emulated_backend():
+            core.step(
+                step_index,
+                describe(mo),
+                describe(x),
+                describe(zeros) if kind == "zero" else None,
+                describe(x0),
+                describe(prev),
+                3,
+                252,
+                None,
+                (seed, step_index) if kind == "philox" else None,
+            )
+        out[kind] = prev.double()
+    z = torch.from_numpy(rdiff.randn(shape, seed, offset=step_index)).double()
+    torch.testing.assert_close(out["philox"] - out["zero"], sigma * z, rtol=0, atol=1e-6)
+
+
+def test_emulated_backend_switch_restores_and_rejects_zero():
+    assert _rdiff._set_emulated_backend(None) is None
+    with emulated_backend(4):
+        assert _rdiff._set_emulated_backend(4) == 4
+    assert _rdiff._set_emulated_backend(None) is None
+    with pytest.raises(ValueError, match="max_blocks"):
+        _rdiff._set_emulated_backend(0)
+
+
+# --- whole sampling loops through the emulated launcher --------------------------------------
+
+
+def _toy_model(x: torch.Tensor, t: int) -> torch.Tensor:
+    """A smooth deterministic stand-in for a network: ε̂(x, t)."""
+    return torch.tanh(0.7 * x + 0.001 * t) * 0.9 + 0.05 * torch.sin(3 * x)
+
+
+def _run_loop(make, dtype, generator_factory, steps, backend):
+    sched = make()
+    sched.set_timesteps(steps)
+    x = torch.randn((2, 3, 8, 9), generator=torch.Generator().manual_seed(0)).to(dtype)
+    gen = generator_factory()
+    for t in sched.timesteps:
+        eps = _toy_model(x.float(), int(t)).to(dtype)
+        if backend == "emulated":
+            with emulated_backend(max_blocks=2):
+                x = sched.step(eps, t, x, generator=gen).prev_sample
+        else:
+            x = sched.step(eps, t, x, generator=gen).prev_sample
+    return x
+
+
+LOOPS = {
+    "dpmsolver++ 2M": (
+        lambda: rdiff.DPMSolverMultistepScheduler(solver_order=2),
+        lambda: None,
+    ),
+    "dpmsolver++ 3M thresholding": (
+        lambda: rdiff.DPMSolverMultistepScheduler(
+            solver_order=3, thresholding=True, sample_max_value=1.5
+        ),
+        lambda: None,
+    ),
+    "sde-dpmsolver++ 2M": (
+        lambda: rdiff.DPMSolverMultistepScheduler(solver_order=2, algorithm_type="sde-dpmsolver++"),
+        lambda: torch.Generator().manual_seed(3),
+    ),
+    "analytic ddpm, torch generator": (
+        lambda: rdiff.AnalyticDPMScheduler(gamma=np.linspace(0.5, 0.99, 1000)),
+        lambda: torch.Generator().manual_seed(3),
+    ),
+    "analytic ddim, philox seed": (
+        lambda: rdiff.AnalyticDPMScheduler(
+            gamma=np.linspace(0.5, 0.99, 1000), form="ddim", eta=1.0
+        ),
+        lambda: 2024,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(LOOPS))
+@pytest.mark.parametrize("dt", ["f32", "bf16"])
+def test_whole_loop_emulated_matches_cpu(name, dt):
+    make, gen = LOOPS[name]
+    dtype = DTYPES[dt]
+    cpu = _run_loop(make, dtype, gen, 12, "cpu")
+    emu = _run_loop(make, dtype, gen, 12, "emulated")
+    assert torch.isfinite(cpu.float()).all()
+    # Every step is bit-identical, so the whole loop is.
+    assert torch.equal(emu, cpu), (emu.float() - cpu.float()).abs().max()

@@ -22,6 +22,7 @@ from ._rdiff import (
 )
 from ._rdiff import backends as _backends
 from .analytic import GammaTable, estimate_gamma, optimal_trajectory
+from .noise import randn
 from .sampling import SampleInfo, model_wrapper, sample
 from .schedulers import (
     DDIMScheduler,
@@ -65,6 +66,7 @@ __all__ = [
     "k",
     "model_wrapper",
     "optimal_trajectory",
+    "randn",
     "sample",
     "testing",
 ]

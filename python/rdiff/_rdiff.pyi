@@ -278,6 +278,13 @@ def _emulated_add_noise(
 def _emulated_gamma(eps: _Desc, batch: int) -> list[float]:
     """Per-sample sum of squares / d through the CUDA reduction kernel (emulated)."""
 
+def _set_emulated_backend(max_blocks: int | None = None) -> int | None:
+    """Route CPU tensors of the steps that have a kernel through the emulated launcher (at most
+    ``max_blocks`` blocks), or back to the CPU loops with None; returns the previous value."""
+
+def _philox_normal_fill(out: _Desc, seed: int, offset: int) -> None:
+    """Fill a contiguous float32 CPU buffer with elements 0..numel of the Philox stream."""
+
 # -- Analytic-DPM (python/rdiff/analytic.py and schedulers/analytic_dpm.py wrap these) --------
 
 _TensorDesc: TypeAlias = tuple[int, int, str, str, int]
@@ -335,7 +342,11 @@ class _AnalyticCore:
         batch: int,
         mo_stride: int,
         clip: tuple[float, float] | None,
-    ) -> None: ...
+        philox: tuple[int, int] | None = None,
+        stream: int | None = None,
+    ) -> None:
+        """Noise: the f32 ``noise`` buffer, else the Philox stream ``philox=(seed, offset)``.
+        CUDA tensors run the kernel on ``stream`` (the caller's cudaStream_t)."""
 
 # ---------------------------------------------------------------- functional samplers
 

@@ -1,9 +1,12 @@
 //! The fused Analytic-DPM step on the CPU: one pass reads the model output, the sample and the
 //! noise once and writes x̂₀ and the new sample once (formula in `schedule::analytic_dpm`).
+//! The noise is a caller's buffer or drawn in the pass from the Philox stream
+//! (`random::philox`), the same numbers the CUDA kernel (`kernels/analytic_step.cu`) draws.
 
 use rayon::prelude::*;
 
 use super::dtype::Elem;
+use crate::random::philox::fill_normals;
 use crate::schedule::analytic_dpm::AnalyticStep;
 
 /// Elements per rayon task.
@@ -11,13 +14,24 @@ const TASK: usize = 1 << 15;
 /// Elements per f32 scratch chunk inside a task.
 const LANES: usize = 256;
 
+/// Where σ·n's n comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Noise<'a> {
+    /// No noise term (σ = 0).
+    None,
+    /// The caller's f32 buffer, `batch × per_sample` elements.
+    Given(&'a [f32]),
+    /// Element i (flattened, batch included) of the Philox stream (seed, offset).
+    Philox { seed: u64, offset: u64 },
+}
+
 /// The buffers of one step: `mo` has `batch` rows of `mo_stride ≥ per_sample` elements; `x`,
-/// `noise`, `x0`, `prev` hold `batch × per_sample` elements.
+/// a given noise, `x0`, `prev` hold `batch × per_sample` elements.
 pub struct AnalyticIo<'a, D: Elem, S: Elem> {
     pub mo: &'a [D],
     pub mo_stride: usize,
     pub x: &'a [S],
-    pub noise: Option<&'a [f32]>,
+    pub noise: Noise<'a>,
     pub x0: &'a mut [D],
     pub prev: &'a mut [D],
     pub per_sample: usize,
@@ -83,11 +97,17 @@ pub fn fused_analytic_step<D: Elem, S: Elem>(io: AnalyticIo<'_, D, S>, sc: &Pass
                     let len = x0_c.len();
                     let g = base + off..base + off + len;
                     let m = b * mo_stride + off;
+                    let noise = match noise {
+                        Noise::None => Noise::None,
+                        Noise::Given(n) => Noise::Given(&n[g.clone()]),
+                        Noise::Philox { .. } => noise,
+                    };
                     run_task(
                         &sc,
                         &mo[m..m + len],
                         &x[g.clone()],
-                        noise.map(|n| &n[g]),
+                        noise,
+                        g.start as u64,
                         x0_c,
                         prev_c,
                     );
@@ -95,15 +115,19 @@ pub fn fused_analytic_step<D: Elem, S: Elem>(io: AnalyticIo<'_, D, S>, sc: &Pass
         });
 }
 
+/// One task's elements; `first` is the flattened index of its first element (the Philox
+/// stream's element index).
 fn run_task<D: Elem, S: Elem>(
     sc: &PassScalars,
     mo: &[D],
     x: &[S],
-    noise: Option<&[f32]>,
+    noise: Noise<'_>,
+    first: u64,
     x0: &mut [D],
     prev: &mut [D],
 ) {
     let mut xs = [0f32; LANES];
+    let mut ns = [0f32; LANES];
     let mut ys = [0f32; LANES];
     let mut e0 = [0f32; LANES];
     let mut acc = [0f32; LANES];
@@ -127,9 +151,18 @@ fn run_task<D: Elem, S: Elem>(
         for i in 0..n {
             acc[i] = sc.c_x0 * e0[i] + sc.c_x * xs[i] + sc.c_eps * ys[i];
         }
-        if let Some(noise) = noise {
-            for i in 0..n {
-                acc[i] += sc.sigma * noise[start + i];
+        match noise {
+            Noise::None => {}
+            Noise::Given(noise) => {
+                for i in 0..n {
+                    acc[i] += sc.sigma * noise[start + i];
+                }
+            }
+            Noise::Philox { seed, offset } => {
+                fill_normals(seed, offset, first + start as u64, &mut ns[..n]);
+                for i in 0..n {
+                    acc[i] += sc.sigma * ns[i];
+                }
             }
         }
         D::store(&e0[..n], &mut x0[r.clone()]);
@@ -166,7 +199,7 @@ mod tests {
                 mo: &mo,
                 mo_stride: ps,
                 x: &x,
-                noise: Some(&nz),
+                noise: Noise::Given(&nz),
                 x0: &mut x0,
                 prev: &mut prev,
                 per_sample: ps,
@@ -179,6 +212,54 @@ mod tests {
             let want = 0.7 * x0w + 0.2 * x[k] + 0.1 * e + 0.3 * nz[k];
             assert!((x0[k] - x0w).abs() < 1e-5);
             assert!((prev[k] - want).abs() < 1e-5);
+        }
+    }
+    /// In-pass Philox noise is the stream `fill_normals_par` gives, element by element, for
+    /// any task split (sizes around the task and lane boundaries, batch > 1).
+    #[test]
+    fn philox_noise_is_the_stream() {
+        use crate::random::philox::fill_normals_par;
+        let st = AnalyticStep {
+            sqrt_beta_bar_t: 0.8,
+            inv_sqrt_alpha_bar_t: 1.0 / 0.6,
+            c_x0: 0.7,
+            c_x: 0.2,
+            c_eps: 0.1,
+            lambda2: 0.0,
+            sigma2: 0.09,
+        };
+        let sc = PassScalars::new(&st, 0.3, 0.9, None);
+        for (batch, ps) in [(1usize, 1usize), (3, 257), (2, TASK + 3)] {
+            let n = batch * ps;
+            let f = |k: usize| ((k * 7919) % 1000) as f32 / 500.0 - 1.0;
+            let x: Vec<f32> = (0..n).map(f).collect();
+            let mo: Vec<f32> = (0..n).map(|k| f(k + 3)).collect();
+            let mut nz = vec![0f32; n];
+            fill_normals_par(11, 4, &mut nz);
+            let mut out = Vec::new();
+            for noise in [
+                Noise::Given(&nz),
+                Noise::Philox {
+                    seed: 11,
+                    offset: 4,
+                },
+            ] {
+                let (mut x0, mut prev) = (vec![0f32; n], vec![0f32; n]);
+                fused_analytic_step(
+                    AnalyticIo {
+                        mo: &mo,
+                        mo_stride: ps,
+                        x: &x,
+                        noise,
+                        x0: &mut x0,
+                        prev: &mut prev,
+                        per_sample: ps,
+                    },
+                    &sc,
+                );
+                out.push(prev);
+            }
+            assert_eq!(out[0], out[1], "batch {batch} × {ps}");
         }
     }
 }

@@ -147,10 +147,10 @@ fn compile_uncached(source: &'static KernelSource, arch: &str) -> Result<Compile
     let nul = |s: &str| CString::new(s).expect("kernel sources contain no NUL");
     let src = nul(source.source);
     let name = nul(&format!("{}.cu", source.name));
-    let header = nul(kernels::COMMON);
-    let header_name = nul("common.cuh");
-    let headers = [header.as_ptr()];
-    let header_names = [header_name.as_ptr()];
+    let header_texts: Vec<CString> = kernels::HEADERS.iter().map(|h| nul(h.1)).collect();
+    let name_texts: Vec<CString> = kernels::HEADERS.iter().map(|h| nul(h.0)).collect();
+    let headers: Vec<*const c_char> = header_texts.iter().map(|h| h.as_ptr()).collect();
+    let header_names: Vec<*const c_char> = name_texts.iter().map(|h| h.as_ptr()).collect();
     let mut prog: nvrtcProgram = std::ptr::null_mut();
     // SAFETY: every pointer is a live NUL-terminated string that outlives the program.
     check(
@@ -159,7 +159,7 @@ fn compile_uncached(source: &'static KernelSource, arch: &str) -> Result<Compile
                 &mut prog,
                 src.as_ptr(),
                 name.as_ptr(),
-                1,
+                headers.len() as c_int,
                 headers.as_ptr(),
                 header_names.as_ptr(),
             )

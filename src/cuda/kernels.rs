@@ -6,6 +6,12 @@
 /// The header every kernel includes (`#include "common.cuh"`).
 pub const COMMON: &str = include_str!("../../kernels/common.cuh");
 
+/// Every header a kernel may include, by the name it is included as (NVRTC gets them all).
+pub const HEADERS: &[(&str, &str)] = &[
+    ("common.cuh", COMMON),
+    ("philox.cuh", include_str!("../../kernels/philox.cuh")),
+];
+
 /// One `.cu` file: its name (without extension), its text and its `extern "C"` entry points.
 pub struct KernelSource {
     pub name: &'static str,
@@ -52,6 +58,11 @@ pub const SOURCES: &[KernelSource] = &[
         name: "add_noise",
         source: include_str!("../../kernels/add_noise.cu"),
         entries: entries_by_dtype!("rdiff_add_noise", single),
+    },
+    KernelSource {
+        name: "analytic_step",
+        source: include_str!("../../kernels/analytic_step.cu"),
+        entries: entries_by_dtype!("rdiff_analytic_step", pairs),
     },
     KernelSource {
         name: "gamma",

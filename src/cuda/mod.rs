@@ -59,6 +59,7 @@ pub fn availability() -> Result<CudaInfo, String> {
     Err("rdiff was built without the `cuda` feature".into())
 }
 
+pub mod analytic_step;
 #[cfg(feature = "cuda")]
 pub mod compile;
 #[cfg(feature = "cuda")]

@@ -21,7 +21,7 @@ pub struct Buf {
     pub dtype: DType,
 }
 
-fn suffix(b: &Buf, what: &str) -> Result<&'static str> {
+pub(crate) fn suffix(b: &Buf, what: &str) -> Result<&'static str> {
     dtype_suffix(b.dtype).ok_or_else(|| {
         RdiffError::Type(format!(
             "{what}: the CUDA kernels take float32, float16 or bfloat16, not {}",
@@ -34,7 +34,7 @@ fn ptr(b: Option<Buf>) -> KernelArg {
     KernelArg::Ptr(b.map_or(0, |b| b.ptr))
 }
 
-fn len(n: usize) -> KernelArg {
+pub(crate) fn len(n: usize) -> KernelArg {
     KernelArg::I64(n as i64)
 }
 
@@ -48,7 +48,7 @@ pub fn elementwise_grid(l: &dyn Launcher, batch: usize, per_sample: usize, width
     Dim3::new(want.clamp(1, cap) as u32, batch as u32, 1)
 }
 
-fn check_batch(batch: usize) -> Result<()> {
+pub(crate) fn check_batch(batch: usize) -> Result<()> {
     if batch == 0 || batch > MAX_BATCH {
         return Err(RdiffError::Value(format!(
             "batch: the CUDA kernels take 1 to {MAX_BATCH} samples per call, got {batch}"

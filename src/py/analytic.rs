@@ -7,9 +7,13 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::tensor::{Device, TensorRef};
-use crate::cpu::analytic_step::{fused_analytic_step, AnalyticIo, PassScalars};
+use crate::cpu::analytic_step::{fused_analytic_step, AnalyticIo, Noise, PassScalars};
 use crate::cpu::dtype::DType;
 use crate::cpu::gamma::{batch_sums, per_sample_sq_norms};
+use crate::cuda::analytic_step::{analytic_step, AnalyticStepBuffers, KernelNoise};
+use crate::cuda::emulate::EmulatedLauncher;
+use crate::cuda::ops::Buf;
+use crate::error::RdiffError;
 use crate::schedule::analytic_dpm::{eps_conversion, plan, AnalyticOptions, AnalyticStep, Form};
 use crate::schedule::dpm_solver::PredictionType;
 use crate::schedule::trajectory::{optimal_trajectory, trajectory_cost};
@@ -197,8 +201,12 @@ impl AnalyticCore {
         Ok([st.c_x0, st.c_x, st.c_eps, st.sigma2])
     }
 
-    /// One fused step: writes x̂₀ into `x0` and the new sample into `prev`.
-    #[pyo3(signature = (step_index, mo, x, noise, x0, prev, batch, mo_stride, clip))]
+    /// One fused step: writes x̂₀ into `x0` and the new sample into `prev`. The noise is the
+    /// f32 buffer `noise` when given, else element i of the Philox stream
+    /// `philox = (seed, offset)` (`rdiff.randn`), drawn in the pass. CPU tensors run the CPU
+    /// loop; CUDA tensors the kernel on `stream` (the caller's `cudaStream_t`; 0 = default).
+    #[pyo3(signature = (step_index, mo, x, noise, x0, prev, batch, mo_stride, clip,
+        philox=None, stream=None))]
     #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
@@ -212,6 +220,8 @@ impl AnalyticCore {
         batch: usize,
         mo_stride: usize,
         clip: Option<(f64, f64)>,
+        philox: Option<(u64, u64)>,
+        stream: Option<usize>,
     ) -> PyResult<()> {
         let st = *self.step_at(step_index)?;
         if batch == 0 || x.numel % batch != 0 {
@@ -227,36 +237,92 @@ impl AnalyticCore {
             )));
         }
         mo.expect_len("model_output", batch * mo_stride)?;
-        let noise = if st.sigma2 > 0.0 {
-            let n = noise.ok_or_else(|| {
-                PyValueError::new_err("noise: this step has a positive variance and needs noise")
-            })?;
-            n.expect_len("noise", x.numel)?;
-            n.expect_dtype("noise", DType::F32)?;
-            Some(n)
+        let (noise, philox) = if st.sigma2 > 0.0 {
+            match (noise, philox) {
+                (Some(n), _) => {
+                    n.expect_len("noise", x.numel)?;
+                    n.expect_dtype("noise", DType::F32)?;
+                    (Some(n), None)
+                }
+                (None, Some(p)) => (None, Some(p)),
+                (None, None) => {
+                    return Err(PyValueError::new_err(
+                        "noise: this step has a positive variance and needs noise (a buffer \
+                         or a Philox seed)",
+                    ))
+                }
+            }
         } else {
-            None
+            (None, None)
         };
         for (t, what) in [(x0, "x0 buffer"), (prev, "output buffer")] {
             t.expect_len(what, x.numel)?;
             t.expect_dtype(what, mo.dtype)?;
         }
-        cpu_only(&[Some(mo), Some(x), noise, Some(x0), Some(prev)])?;
+        if let Some((lo, hi)) = clip {
+            if matches!(
+                lo.partial_cmp(&hi),
+                None | Some(std::cmp::Ordering::Greater)
+            ) {
+                return Err(PyValueError::new_err(format!(
+                    "clip: expected lo ≤ hi, got ({lo}, {hi})"
+                )));
+            }
+        }
         let ac_t = self.alphas_cumprod[self.timesteps[step_index]];
         let (p, q) = eps_conversion(self.prediction, ac_t)?;
         let sc = PassScalars::new(&st, p, q, clip);
+        let all = [Some(mo), Some(x), noise, Some(x0), Some(prev)];
+        let kernel_buffers = || AnalyticStepBuffers {
+            mo: buf(mo),
+            mo_stride,
+            x: buf(x),
+            noise: match (noise, philox) {
+                (Some(n), _) => KernelNoise::Given(n.ptr as u64),
+                (None, Some((seed, offset))) => KernelNoise::Philox { seed, offset },
+                (None, None) => KernelNoise::None,
+            },
+            x0: buf(x0),
+            prev: buf(prev),
+            batch,
+            per_sample,
+        };
+        if all.iter().flatten().any(|t| t.device != Device::Cpu) {
+            let Device::Cuda(ordinal) = x.device else {
+                return Err(mixed_devices());
+            };
+            if all.iter().flatten().any(|t| t.device != x.device) {
+                return Err(mixed_devices());
+            }
+            return Ok(run_cuda_analytic(
+                py,
+                ordinal,
+                stream.unwrap_or(0),
+                &kernel_buffers(),
+                &sc,
+            )?);
+        }
+        if let Some(max_blocks) = super::cuda::emulated_backend() {
+            let bufs = kernel_buffers();
+            return Ok(py.detach(|| analytic_step(&EmulatedLauncher { max_blocks }, &bufs, &sc))?);
+        }
         py.detach(|| {
             with_elem!(mo.dtype, D, {
                 with_elem!(x.dtype, S, {
                     // SAFETY: lengths and dtypes checked above; the Python layer keeps every
                     // buffer alive and contiguous for the call and allocates x0/prev fresh.
                     unsafe {
+                        let noise = match (noise, philox) {
+                            (Some(t), _) => Noise::Given(t.slice::<f32>()),
+                            (None, Some((seed, offset))) => Noise::Philox { seed, offset },
+                            (None, None) => Noise::None,
+                        };
                         fused_analytic_step(
                             AnalyticIo {
                                 mo: mo.slice::<D>(),
                                 mo_stride,
                                 x: x.slice::<S>(),
-                                noise: noise.map(|t| t.slice::<f32>()),
+                                noise,
                                 x0: x0.slice_mut::<D>(),
                                 prev: prev.slice_mut::<D>(),
                                 per_sample,
@@ -269,6 +335,53 @@ impl AnalyticCore {
         });
         Ok(())
     }
+}
+
+fn buf(t: TensorRef) -> Buf {
+    Buf {
+        ptr: t.ptr as u64,
+        dtype: t.dtype,
+    }
+}
+
+fn mixed_devices() -> PyErr {
+    PyValueError::new_err(
+        "step: every tensor must be on the same device (one CPU or one CUDA device)",
+    )
+}
+
+/// The step on a CUDA device: availability first (CudaUnavailableError, never a panic), then
+/// the kernel on the caller's stream, asynchronously: no allocation, no synchronisation.
+#[cfg(feature = "cuda")]
+fn run_cuda_analytic(
+    py: Python<'_>,
+    ordinal: i32,
+    stream: usize,
+    bufs: &AnalyticStepBuffers,
+    sc: &PassScalars,
+) -> Result<(), RdiffError> {
+    use crate::cuda::context::{device, StreamLauncher};
+    if crate::cuda::available_cached().is_err() {
+        return Err(crate::cuda::no_kernel("the Analytic-DPM step"));
+    }
+    py.detach(|| {
+        let launcher = StreamLauncher {
+            device: device(ordinal)?,
+            stream,
+        };
+        analytic_step(&launcher, bufs, sc)
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda_analytic(
+    _py: Python<'_>,
+    _ordinal: i32,
+    _stream: usize,
+    _bufs: &AnalyticStepBuffers,
+    _sc: &PassScalars,
+) -> Result<(), RdiffError> {
+    Err(crate::cuda::no_kernel("the Analytic-DPM step"))
 }
 
 impl AnalyticCore {

@@ -2,6 +2,8 @@
 //! the emulated launcher on CPU buffers (`_emulated_*`), which runs the very kernel sources
 //! and the launch code (`cuda::ops`) the GPU path uses.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -21,6 +23,52 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(emulated_threshold, m)?)?;
     m.add_function(wrap_pyfunction!(emulated_add_noise, m)?)?;
     m.add_function(wrap_pyfunction!(emulated_gamma, m)?)?;
+    m.add_function(wrap_pyfunction!(set_emulated_backend, m)?)?;
+    Ok(())
+}
+
+/// 0: CPU tensors run the CPU loops; n > 0: the scheduler steps that have a kernel run it on
+/// the emulated launcher with at most n blocks (a private switch for tests, see
+/// `rdiff._cuda_testing.emulated_backend`).
+static EMULATED_BACKEND: AtomicU32 = AtomicU32::new(0);
+
+/// `Some(max_blocks)` while the emulated backend is switched on.
+pub(crate) fn emulated_backend() -> Option<u32> {
+    match EMULATED_BACKEND.load(Ordering::Relaxed) {
+        0 => None,
+        n => Some(n),
+    }
+}
+
+/// Routes CPU tensors of the scheduler steps that have a kernel (the multistep DPM-Solver
+/// step, the Analytic-DPM step) through the emulated launcher with at most `max_blocks`
+/// blocks, or back to the CPU loops with None. Returns the previous setting. Process-wide.
+#[pyfunction(name = "_set_emulated_backend")]
+#[pyo3(signature = (max_blocks=None))]
+fn set_emulated_backend(max_blocks: Option<u32>) -> PyResult<Option<u32>> {
+    if max_blocks == Some(0) {
+        return Err(PyValueError::new_err("max_blocks: must be ≥ 1 or None"));
+    }
+    let prev = EMULATED_BACKEND.swap(max_blocks.unwrap_or(0), Ordering::Relaxed);
+    Ok((prev != 0).then_some(prev))
+}
+
+/// The multistep step on the emulated launcher (for the switch above): thresholding bounds go
+/// to a host scratch array, as the real launcher's go to its device scratch.
+pub(crate) fn run_emulated_dpm_step(
+    py: Python<'_>,
+    max_blocks: u32,
+    bufs: &ops::DpmStepBuffers,
+    co: &StepCoefficients,
+    thresholding: Option<(f64, f64)>,
+) -> PyResult<()> {
+    let mut scratch = vec![0f32; bufs.batch];
+    let thr = thresholding.map(|(ratio, max_value)| Thresholding {
+        ratio,
+        max_value,
+        bounds: scratch.as_mut_ptr() as u64,
+    });
+    py.detach(|| ops::dpm_step(&launcher(max_blocks), bufs, co, thr))?;
     Ok(())
 }
 

@@ -188,6 +188,10 @@ pub(crate) fn run_fused_step(
             cfg.thresholding,
         )?);
     }
+    if let (Some(max_blocks), None) = (super::cuda::emulated_backend(), start) {
+        let bufs = cuda_buffers(mo, mo_stride, x, &v, hist, prev, batch)?;
+        return super::cuda::run_emulated_dpm_step(py, max_blocks, &bufs, co, cfg.thresholding);
+    }
     let (m1, m2, noise, per_sample) = (v.m1, v.m2, v.noise, v.per_sample);
     let thresholding = cfg.thresholding;
     let co = *co;

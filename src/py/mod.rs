@@ -7,6 +7,7 @@ pub mod ddim;
 pub mod dpm_singlestep;
 pub mod dpm_solver;
 pub mod errors;
+pub mod random;
 pub mod sampling;
 pub mod schedule;
 pub mod spacing;

@@ -42,6 +42,17 @@ def _randn_as_diffusers(shape: tuple, like: Any, dtype: Any, generator: Any) -> 
     return noise.to(device=device, dtype=torch.float32).contiguous()
 
 
+def _is_seed(generator: Any) -> bool:
+    return isinstance(generator, (int, np.integer)) and not isinstance(generator, bool)
+
+
+def _seed(generator: Any) -> int:
+    seed = int(generator)
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"generator: an int seed must lie in [0, 2**64), got {seed}")
+    return seed
+
+
 class AnalyticDPMScheduler(SchedulerBase):
     """Analytic-DPM sampling with diffusers' scheduler interface.
 
@@ -237,6 +248,11 @@ class AnalyticDPMScheduler(SchedulerBase):
         ``generator`` (a torch.Generator or a list of them for torch input, a numpy Generator
         for numpy input) as diffusers' DDPMScheduler draws it, unless ``variance_noise`` is
         given; the last step adds none.
+
+        ``generator`` may also be an int seed in [0, 2**64): the noise of step index ``k`` is
+        then ``rdiff.randn(sample.shape, seed, offset=k)``, drawn inside the fused pass (in the
+        CUDA kernel for CUDA tensors, with no extra buffer or launch), and CPU and CUDA give
+        the same samples for a seed. This stream is rdiff's own, not torch's.
         """
         if self.num_inference_steps is None or self._core is None:
             raise ValueError(
@@ -267,10 +283,13 @@ class AnalyticDPMScheduler(SchedulerBase):
         mo = _tensor.contiguous(model_output)
         x = _tensor.contiguous(sample)
         noise = None
+        philox = None
         t_now = int(self._timesteps_numpy()[i])
+        if variance_noise is None and _is_seed(generator):
+            philox = (_seed(generator), i)
         # diffusers' DDPMScheduler draws noise at every step from t > 0, so the generator
         # advances the same way here (the noise is unused where σ² = 0).
-        if self.variances[i] > 0 or t_now > 0:
+        elif self.variances[i] > 0 or t_now > 0:
             if variance_noise is not None:
                 noise = _tensor.to_float32(variance_noise, x)
                 if tuple(noise.shape) != shape:
@@ -294,6 +313,8 @@ class AnalyticDPMScheduler(SchedulerBase):
             batch,
             math.prod(mo_shape[1:]),
             clip,
+            philox,
+            _tensor.cuda_stream(x),
         )
         self._step_index += 1
         if not return_dict:

@@ -331,3 +331,166 @@ fn bad_launches_are_errors() {
     );
     assert!(matches!(e, Err(crate::error::RdiffError::Type(_))));
 }
+
+// --- the Analytic-DPM step ---------------------------------------------------------------
+
+use crate::cpu::analytic_step::{fused_analytic_step, AnalyticIo, Noise, PassScalars};
+use crate::cuda::analytic_step::{analytic_step, AnalyticStepBuffers, KernelNoise};
+use crate::random::philox::fill_normals;
+
+fn analytic_scalars(clip: bool) -> PassScalars {
+    PassScalars {
+        p: 0.35,
+        q: 0.9,
+        sb: 0.8,
+        isa: 1.0 / 0.6,
+        c_x0: 0.7,
+        c_x: 0.2,
+        c_eps: 0.1,
+        sigma: 0.3,
+        clip: clip.then_some((-1.0, 1.0)),
+    }
+}
+
+/// The kernel and the CPU loop on the same inputs (given, Philox or no noise); the emulation
+/// does the CPU path's f32 operations in the same order without FMA, so they agree exactly.
+fn check_analytic<D: Elem + Default, S: Elem + Default>(
+    batch: usize,
+    per_sample: usize,
+    extra: usize,
+    offset: usize,
+    clip: bool,
+    mode: usize,
+) {
+    let n = batch * per_sample;
+    let mo_stride = per_sample + extra;
+    let sc = analytic_scalars(clip);
+    let x: Vec<S> = stored(&values(n, 11), offset);
+    let mo: Vec<D> = stored(&values(batch * mo_stride, 12), offset);
+    let noise: Vec<f32> = stored(&values(n, 13), offset);
+    let (x, mo, noise) = (&x[offset..], &mo[offset..], &noise[offset..]);
+    let (seed, step) = (0xdead_beef_0123_4567u64, 7u64);
+    let (cpu_noise, kernel_noise) = match mode {
+        0 => (Noise::None, KernelNoise::None),
+        1 => (
+            Noise::Given(noise),
+            KernelNoise::Given(noise.as_ptr() as u64),
+        ),
+        _ => (
+            Noise::Philox { seed, offset: step },
+            KernelNoise::Philox { seed, offset: step },
+        ),
+    };
+    let (mut x0_c, mut prev_c) = (vec![D::default(); n], vec![D::default(); n]);
+    fused_analytic_step(
+        AnalyticIo {
+            mo,
+            mo_stride,
+            x,
+            noise: cpu_noise,
+            x0: &mut x0_c,
+            prev: &mut prev_c,
+            per_sample,
+        },
+        &sc,
+    );
+    let mut x0_e = vec![D::default(); n + offset];
+    let mut prev_e = vec![D::default(); n + offset];
+    analytic_step(
+        &EmulatedLauncher::default(),
+        &AnalyticStepBuffers {
+            mo: buf(mo),
+            mo_stride,
+            x: buf(x),
+            noise: kernel_noise,
+            x0: buf_mut(&mut x0_e[offset..]),
+            prev: buf_mut(&mut prev_e[offset..]),
+            batch,
+            per_sample,
+        },
+        &sc,
+    )
+    .unwrap();
+    let what = format!(
+        "{:?}/{:?} batch {batch} × {per_sample} (+{extra}) offset {offset} clip {clip} noise {mode}",
+        D::DTYPE,
+        S::DTYPE
+    );
+    assert_eq!(widen(&x0_e[offset..]), widen(&x0_c), "x0 {what}");
+    assert_eq!(widen(&prev_e[offset..]), widen(&prev_c), "prev {what}");
+}
+
+macro_rules! analytic_for_all {
+    ($($name:ident: $d:ty, $s:ty;)*) => {$(
+        #[test]
+        fn $name() {
+            // Odd sizes (the vector and Philox-group paths and the scalar tails, rows that
+            // start mid lane group), learned-variance strides, misaligned views.
+            for &(batch, ps, extra) in &[(1, 1, 0), (2, 1027, 0), (3, 4096, 4096), (2, 2054, 7)] {
+                for offset in [0, 1] {
+                    for (clip, mode) in [(true, 0), (false, 1), (true, 2), (false, 2)] {
+                        check_analytic::<$d, $s>(batch, ps, extra, offset, clip, mode);
+                    }
+                }
+            }
+        }
+    )*};
+}
+
+analytic_for_all! {
+    analytic_f32_f32: f32, f32;
+    analytic_f32_f16: f32, f16;
+    analytic_f32_bf16: f32, bf16;
+    analytic_f16_f32: f16, f32;
+    analytic_f16_f16: f16, f16;
+    analytic_f16_bf16: f16, bf16;
+    analytic_bf16_f32: bf16, f32;
+    analytic_bf16_f16: bf16, f16;
+    analytic_bf16_bf16: bf16, bf16;
+}
+
+/// The in-kernel Philox noise alone (x = mo = 0, σ = 1, no clip, c = 0): prev is the stream
+/// itself, bit for bit, for grids of any size.
+#[test]
+fn kernel_philox_noise_is_the_cpu_stream() {
+    let (batch, ps) = (3usize, 1001usize);
+    let n = batch * ps;
+    let zeros = vec![0f32; n];
+    let sc = PassScalars {
+        p: 0.0,
+        q: 1.0,
+        sb: 0.0,
+        isa: 1.0,
+        c_x0: 0.0,
+        c_x: 0.0,
+        c_eps: 0.0,
+        sigma: 1.0,
+        clip: None,
+    };
+    let mut want = vec![0f32; n];
+    fill_normals(42, 9, 0, &mut want);
+    for max_blocks in [1, 3, 64] {
+        let mut x0 = vec![0f32; n];
+        let mut prev = vec![0f32; n];
+        analytic_step(
+            &EmulatedLauncher { max_blocks },
+            &AnalyticStepBuffers {
+                mo: buf(&zeros),
+                mo_stride: ps,
+                x: buf(&zeros),
+                noise: KernelNoise::Philox {
+                    seed: 42,
+                    offset: 9,
+                },
+                x0: buf_mut(&mut x0),
+                prev: buf_mut(&mut prev),
+                batch,
+                per_sample: ps,
+            },
+            &sc,
+        )
+        .unwrap();
+        // 0·x0 + 0·x + 0·e + 1·n: exactly n (+0 + n).
+        assert_eq!(prev, want, "max_blocks {max_blocks}");
+    }
+}
