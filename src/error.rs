@@ -20,6 +20,9 @@ pub enum RdiffError {
     /// A file could not be read or is malformed: `rdiff.WeightsError` / `OSError`.
     #[error("{0}")]
     Io(String),
+    /// A stateful object used from two threads at once: `rdiff.ConcurrentUseError`.
+    #[error("{0}")]
+    ConcurrentUse(String),
 }
 
 pub type Result<T> = std::result::Result<T, RdiffError>;

@@ -81,8 +81,9 @@ def test_analytic_schedulers_run(tmp_path):
 
 def test_sample_errors(tmp_path):
     if not rdiff.backends()["cuda"]["available"]:
-        with pytest.raises(rdiff.CudaUnavailableError, match="CUDA is unavailable"):
+        with pytest.raises(SystemExit, match="CUDA is unavailable") as e:
             cli.main(["sample", "--device", "cuda", "--n", "1", "--out", ""])
+        assert isinstance(e.value.__cause__, rdiff.CudaUnavailableError)
     with pytest.raises(SystemExit, match="no bundled model"):
         cli.main(["sample", "--model", "bundled:nope", "--out", ""])
     with pytest.raises(SystemExit, match="not a directory"):

@@ -13,6 +13,7 @@ _cuda_libs.preload_nvrtc()
 from . import k as k
 from . import testing
 from ._rdiff import (
+    ConcurrentUseError,
     CudaError,
     CudaUnavailableError,
     NoiseSchedule,
@@ -47,6 +48,7 @@ def backends() -> dict:
 
 __all__ = [
     "AnalyticDPMScheduler",
+    "ConcurrentUseError",
     "CudaError",
     "CudaUnavailableError",
     "DDIMScheduler",

@@ -16,6 +16,9 @@ class CudaUnavailableError(RdiffError):
 class CudaError(RdiffError):
     """A CUDA call (compile, load or launch) failed."""
 
+class ConcurrentUseError(RdiffError):
+    """A stateful object (a scheduler) was used from two threads at once."""
+
 class WeightsError(OSError):
     """A weights, config or statistics file is missing, truncated or malformed."""
 

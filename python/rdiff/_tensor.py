@@ -8,6 +8,7 @@ is not contiguous.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -32,8 +33,41 @@ def dtype_name(x: Any) -> str:
     return np.asarray(x).dtype.name
 
 
+@functools.lru_cache(maxsize=1)
+def _cuda_unavailable_reason() -> str | None:
+    """Why the CUDA backend cannot run here (None when it can); asked once per process."""
+    from ._rdiff import backends
+
+    cuda = backends()["cuda"]
+    return None if cuda["available"] else str(cuda.get("reason", "unknown reason"))
+
+
+def check_device(x: Any, what: str) -> None:
+    """ValueError for a tensor without data (meta, fake) or on a device rdiff does not run
+    on; ``rdiff.CudaUnavailableError`` for a CUDA tensor when the CUDA backend cannot run."""
+    if not is_torch(x):
+        return
+    kind = x.device.type
+    if kind == "cuda":
+        reason = _cuda_unavailable_reason()
+        if reason is not None:
+            from ._rdiff import CudaUnavailableError
+
+            raise CudaUnavailableError(
+                f"{what}: a tensor on {x.device} but rdiff's CUDA backend is unavailable here "
+                f"({reason})"
+            )
+        return
+    if kind != "cpu":
+        raise ValueError(
+            f"{what}: a tensor on the {kind} device (it holds no data rdiff can read); rdiff "
+            "runs on cpu and cuda tensors"
+        )
+
+
 def check_float(x: Any, what: str) -> None:
-    """TypeError unless x is a float32/float16/bfloat16/float64 numpy array or torch tensor."""
+    """TypeError unless x is a float32/float16/bfloat16/float64 numpy array or torch tensor;
+    ValueError / CudaUnavailableError for a tensor on a device rdiff cannot use here."""
     if is_torch(x):
         torch = torch_module()
         if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
@@ -41,6 +75,7 @@ def check_float(x: Any, what: str) -> None:
                 f"{what}: unsupported dtype {x.dtype}; expected float32, float16, bfloat16 or "
                 "float64"
             )
+        check_device(x, what)
         return
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{what}: expected a numpy array or a torch tensor, got {type(x).__name__}")

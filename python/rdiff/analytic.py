@@ -502,8 +502,14 @@ def estimate_gamma(
     torch_data = _tensor.is_torch(data)
     if not torch_data:
         data = np.asarray(data)
-        if data.dtype.kind != "f":
+        if data.dtype.kind in "iub":
             data = data.astype(np.float32)
+        elif data.dtype.kind != "f":
+            raise TypeError(f"data: expected real numbers, got an array of dtype {data.dtype}")
+    else:
+        _tensor.check_device(data, "data")
+        if data.is_complex():
+            raise TypeError(f"data: expected real numbers, got dtype {data.dtype}")
     if data.ndim < 1 or data.shape[0] == 0:
         raise ValueError(f"data: expected a non-empty batch of samples, got shape {data.shape}")
     if torch_data and not data.is_floating_point():

@@ -213,7 +213,21 @@ def _info(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``rdiff`` command. Bad arguments exit through argparse (status 2); a failure while
+    running (a bad model folder, CUDA unavailable, ...) raises ``SystemExit`` with a one-line
+    message naming the command (status 1), never a traceback."""
     parser = argparse.ArgumentParser(prog="rdiff", description="Fast diffusion sampling.")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print the version and which backends work here")
@@ -226,13 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--scheduler", default="dpmsolver++", choices=SCHEDULERS)
     s.add_argument(
         "--steps",
-        type=int,
+        type=_positive_int,
         default=None,
         help="sampling steps (default: 10 for DPM-Solver, 20 SDE, 50 DDIM/analytic, 1000 DDPM)",
     )
-    s.add_argument("--order", type=int, default=None, help="DPM-Solver order (1-3; default 2)")
-    s.add_argument("--n", type=int, default=64, help="number of samples")
-    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument(
+        "--order", type=int, choices=(1, 2, 3), default=None, help="DPM-Solver order (default 2)"
+    )
+    s.add_argument("--n", type=_positive_int, default=64, help="number of samples")
+    s.add_argument("--batch-size", type=_positive_int, default=256)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--dtype", default="float32")
@@ -240,12 +256,17 @@ def main(argv: list[str] | None = None) -> int:
         "--gamma", default=None, help="Γ table for analytic-* (default: MODEL/gamma.npz)"
     )
     s.add_argument("--out", default="grid.png", help="PNG grid ('' for none)")
-    s.add_argument("--scale", type=int, default=4, help="grid upscaling factor")
+    s.add_argument("--scale", type=_positive_int, default=4, help="grid upscaling factor")
     s.add_argument("--save-npz", default=None, help="also save the samples to this .npz")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_sample)
     args = parser.parse_args(argv)
-    return args.func(args)
+    from ._rdiff import RdiffError
+
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, OSError, RdiffError) as e:
+        raise SystemExit(f"rdiff {args.command}: {e}") from e
 
 
 if __name__ == "__main__":

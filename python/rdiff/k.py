@@ -66,12 +66,22 @@ def _sigmas_out(values: list[float], device: Any) -> Any:
 def get_sigmas_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, device="cpu"):
     """Karras et al. (2022)'s schedule: n sigmas from sigma_max to sigma_min, then 0
     (float32 torch tensor of shape (n + 1,), computed in float64)."""
-    return _sigmas_out(_k_sigmas("karras", int(n), float(sigma_min), float(sigma_max), rho), device)
+    n = _check_n(n)
+    return _sigmas_out(_k_sigmas("karras", n, float(sigma_min), float(sigma_max), rho), device)
 
 
 def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float, device="cpu"):
     """n sigmas uniform in log σ from sigma_max to sigma_min, then 0 (float32 torch tensor)."""
-    return _sigmas_out(_k_sigmas("exponential", int(n), float(sigma_min), float(sigma_max)), device)
+    n = _check_n(n)
+    return _sigmas_out(_k_sigmas("exponential", n, float(sigma_min), float(sigma_max)), device)
+
+
+def _check_n(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n: expected an integer, got {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"n: must be non-negative, got {n}")
+    return int(n)
 
 
 def _randn_like(x: Any) -> Any:
@@ -140,6 +150,7 @@ class BrownianTreeNoiseSampler:
 
 
 def _default_sde_noise_sampler(x: Any, sigmas: Any) -> Callable:
+    _Loop(x, sigmas)  # the argument checks, before the noise sampler touches x
     if not _tensor.is_torch(x):
         return default_noise_sampler(x)
     try:
@@ -167,6 +178,8 @@ class _Loop:
         self.sig = [float(s) for s in sigmas]
         if len(self.sig) < 1:
             raise ValueError("sigmas: expected at least one value")
+        if not all(math.isfinite(s) and s >= 0.0 for s in self.sig):
+            raise ValueError(f"sigmas: must be finite and non-negative, got {self.sig}")
 
     def s_in(self, sigmas: Any, i: int) -> Any:
         """sigmas[i]·ones(batch) as k-diffusion passes σ to the model."""

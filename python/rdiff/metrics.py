@@ -75,13 +75,23 @@ def _features(x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _flat(samples) -> np.ndarray:
-    x = np.asarray(samples, dtype=np.float32)
+    if hasattr(samples, "detach"):
+        samples = samples.detach().cpu().float().numpy()
+    try:
+        x = np.asarray(samples)
+        if x.dtype.kind not in "iuf":
+            raise TypeError(f"dtype {x.dtype}")
+        x = x.astype(np.float32)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"samples: expected an array of real numbers ({e})") from None
     if x.ndim == 4:
         if x.shape[1] != 1:
-            raise ValueError(f"expected one channel, got shape {x.shape}")
+            raise ValueError(f"samples: expected one channel, got shape {x.shape}")
         x = x[:, 0]
     if x.ndim != 3 or x.shape[1:] != (16, 16):
-        raise ValueError(f"expected samples of shape (n, 1, 16, 16) or (n, 16, 16), got {x.shape}")
+        raise ValueError(f"samples: expected shape (n, 1, 16, 16) or (n, 16, 16), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("samples: contain NaN or infinite values")
     return x.reshape(x.shape[0], 256)
 
 
@@ -105,6 +115,12 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     """‖μ1 − μ2‖² + tr(Σ1 + Σ2 − 2 (Σ1^½ Σ2 Σ1^½)^½), with symmetric eigendecompositions."""
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
+    d = mu1.shape[0] if mu1.ndim == 1 else -1
+    if d < 0 or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
+        raise ValueError(
+            f"frechet_distance: shapes {mu1.shape}, {cov1.shape}, {mu2.shape}, {cov2.shape} "
+            "are not (d,), (d, d), (d,), (d, d)"
+        )
     s1 = _sqrtm_psd(cov1)
     m = s1 @ cov2 @ s1
     tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
@@ -119,7 +135,7 @@ def frechet_digits_distance(samples) -> float:
     real-vs-real noise floor. Needs n ≥ 2 (use ≥ 1,000 to compare samplers)."""
     f = digit_features(samples)
     if f.shape[0] < 2:
-        raise ValueError("need at least two samples")
+        raise ValueError(f"samples: need at least two, got {f.shape[0]}")
     w = _classifier()
     return frechet_distance(f.mean(0), np.cov(f, rowvar=False), w["mu"], w["cov"])
 

@@ -105,11 +105,12 @@ class _Run:
     def as_buffer(self, v: Any, what: str) -> Any:
         """v as a contiguous buffer of x's framework, dtype, device and shape."""
         x = self.x0
-        if _tensor.is_torch(v) != self.torch:
+        if _tensor.is_torch(v) != self.torch or not (self.torch or isinstance(v, np.ndarray)):
             raise TypeError(
                 f"{what}: returned a {type(v).__name__} for a {type(x).__name__} input; return "
                 "the input's type"
             )
+        _tensor.check_float(v, what)
         if tuple(v.shape) != tuple(x.shape):
             raise ValueError(f"{what}: returned shape {tuple(v.shape)}, expected {tuple(x.shape)}")
         if self.torch:
@@ -269,6 +270,8 @@ def sample(
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule: expected an rdiff.NoiseSchedule, got {type(schedule).__name__}")
     _tensor.check_float(x, "x")
+    if x.ndim < 1 or math.prod(tuple(x.shape)) == 0:
+        raise ValueError(f"x: expected a non-empty batch of samples, got shape {tuple(x.shape)}")
     _check_method(method)
     steps = _check_int(steps, "steps", 1)
     order = _check_int(order, "order", 1)

@@ -57,7 +57,12 @@ def _check_target(device: Any, dtype: Any) -> None:
 
 
 class UNet2DModel:
-    """A diffusers ``UNet2DModel`` (DDPM/ADM-style unconditional or class-conditional UNet)."""
+    """A diffusers ``UNet2DModel`` (DDPM/ADM-style unconditional or class-conditional UNet).
+
+    Thread safety: one model may be shared by many threads. The weights are read-only;
+    concurrent calls take turns on the model's activation arena (each call runs on all cores
+    with the GIL released) and give the serial results bit for bit.
+    """
 
     def __init__(self, core: _UNet2D, config: dict) -> None:
         self._core = core
@@ -104,6 +109,10 @@ class UNet2DModel:
     ) -> UNet2DModel:
         """Take the weights and config of an in-memory ``diffusers.UNet2DModel``."""
         _check_target(device, dtype)
+        if not (hasattr(module, "config") and hasattr(module, "state_dict")):
+            raise TypeError(
+                f"module: expected a diffusers UNet2DModel, got {type(module).__name__}"
+            )
         config = {k: _plain(v) for k, v in dict(module.config).items()}
         tensors = {}
         for name, t in module.state_dict().items():
@@ -198,10 +207,16 @@ def _timesteps(t: Any) -> list[float]:
             raise ValueError("timestep: empty")
         if a.dtype.kind == "b" or a.dtype.kind not in "iuf":
             raise TypeError(f"timestep: unsupported dtype {a.dtype}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"timestep: must be finite, got {a.tolist()}")
         return a.astype(np.float32).tolist()
     if isinstance(t, (list, tuple)):
         return _timesteps(np.asarray(t))
+    if isinstance(t, bool):
+        raise TypeError("timestep: expected a number, got bool")
     if isinstance(t, (int, float, np.integer, np.floating)):
+        if not np.isfinite(t):
+            raise ValueError(f"timestep: must be finite, got {t}")
         return [float(int(t))]
     raise TypeError(f"timestep: expected a number, array or tensor, got {type(t).__name__}")
 

@@ -26,6 +26,12 @@ create_exception!(
 );
 create_exception!(
     _rdiff,
+    ConcurrentUseError,
+    RdiffError_,
+    "A stateful object (a scheduler) was used from two threads at once; give each thread its own."
+);
+create_exception!(
+    _rdiff,
     WeightsError,
     PyOSError,
     "A weights, config or statistics file is missing, truncated or malformed."
@@ -39,6 +45,7 @@ impl From<RdiffError> for PyErr {
             RdiffError::CudaUnavailable(m) => CudaUnavailableError::new_err(m),
             RdiffError::Cuda(m) => CudaError::new_err(m),
             RdiffError::Io(m) => WeightsError::new_err(m),
+            RdiffError::ConcurrentUse(m) => ConcurrentUseError::new_err(m),
         }
     }
 }
@@ -51,6 +58,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<CudaUnavailableError>(),
     )?;
     m.add("CudaError", py.get_type::<CudaError>())?;
+    m.add("ConcurrentUseError", py.get_type::<ConcurrentUseError>())?;
     m.add("WeightsError", py.get_type::<WeightsError>())?;
     Ok(())
 }

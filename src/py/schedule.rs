@@ -1,6 +1,10 @@
 //! `rdiff.NoiseSchedule`: the forward process, vectorised over numpy arrays.
 
-use numpy::{AllowTypeChange, IntoPyArray, PyArray1, PyArrayLikeDyn};
+use numpy::{
+    AllowTypeChange, IntoPyArray, PyArray1, PyArrayDescrMethods, PyArrayLikeDyn, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt};
 
@@ -22,18 +26,45 @@ pub struct PyNoiseSchedule {
     pub inner: NoiseSchedule,
 }
 
-/// Applies `f` elementwise to a float, an int or any array-like; scalars in, a float out.
+/// Applies `f` elementwise to a float, an int or any real array-like named `what`; scalars
+/// in, a float out. Complex, string or object input is a TypeError and NaN/±inf a ValueError
+/// (a non-finite time has no α, σ or λ; the reference would return NaN silently).
 fn map_f64<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
+    what: &str,
     f: impl Fn(f64) -> f64 + Sync,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let not_finite = |v: f64| PyValueError::new_err(format!("{what}: must be finite, got {v}"));
     if x.is_instance_of::<PyFloat>() || x.is_instance_of::<PyInt>() {
         let v: f64 = x.extract()?;
+        if !v.is_finite() {
+            return Err(not_finite(v));
+        }
         return Ok(PyFloat::new(py, f(v)).into_any());
     }
-    let arr: PyArrayLikeDyn<'py, f64, AllowTypeChange> = x.extract()?;
+    if let Ok(a) = x.cast::<PyUntypedArray>() {
+        let kind = a.dtype().kind();
+        if !matches!(kind, b'f' | b'i' | b'u') {
+            return Err(PyTypeError::new_err(format!(
+                "{what}: expected real numbers, got an array of dtype {}",
+                a.dtype()
+            )));
+        }
+    }
+    let arr: PyArrayLikeDyn<'py, f64, AllowTypeChange> = x.extract().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what}: expected a float or an array of floats, got {}",
+            x.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
     let view = arr.as_array();
+    if let Some(&v) = view.iter().find(|v| !v.is_finite()) {
+        return Err(not_finite(v));
+    }
     let out = view.mapv(f);
     Ok(out.into_pyarray(py).into_any())
 }
@@ -57,7 +88,7 @@ impl PyNoiseSchedule {
         rescale_betas_zero_snr: bool,
     ) -> PyResult<Self> {
         if num_train_timesteps < 1 && trained_betas.is_none() {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            return Err(PyValueError::new_err(format!(
                 "num_train_timesteps: must be at least 1, got {num_train_timesteps}"
             )));
         }
@@ -129,17 +160,17 @@ impl PyNoiseSchedule {
 
     /// α_t for t in [t_min, t_max] (float or array; float64 out, same shape).
     fn alpha_t<'py>(&self, py: Python<'py>, t: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        map_f64(py, t, |v| self.inner.alpha(v))
+        map_f64(py, t, "t", |v| self.inner.alpha(v))
     }
 
     /// σ_t = √(1 − α_t²).
     fn sigma_t<'py>(&self, py: Python<'py>, t: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        map_f64(py, t, |v| self.inner.sigma(v))
+        map_f64(py, t, "t", |v| self.inner.sigma(v))
     }
 
     /// λ_t = log(α_t / σ_t), the half log-SNR.
     fn lambda_t<'py>(&self, py: Python<'py>, t: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        map_f64(py, t, |v| self.inner.lambda(v))
+        map_f64(py, t, "t", |v| self.inner.lambda(v))
     }
 
     /// The t with λ_t = lam (closed form for linear VP, interpolation for discrete).
@@ -148,7 +179,7 @@ impl PyNoiseSchedule {
         py: Python<'py>,
         lam: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        map_f64(py, lam, |v| self.inner.inverse_lambda(v))
+        map_f64(py, lam, "lam", |v| self.inner.inverse_lambda(v))
     }
 
     /// Integer timesteps and sigmas for sampling with `num_inference_steps` steps.

@@ -2,14 +2,54 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from .. import _tensor
 from .._config import ConfigMixin
-from .._rdiff import NoiseSchedule
+from .._rdiff import ConcurrentUseError, NoiseSchedule
+
+# Schedulers are stateful (step index, multistep history, the core built by set_timesteps)
+# and release the GIL inside `step`, so two threads in one instance would interleave their
+# updates. Instead of waiting (which would hide the bug and still mix two loops' histories),
+# a second concurrent call raises. The busy set is keyed by id() rather than a lock attribute
+# so that schedulers stay deep-copyable and picklable, as diffusers' are.
+_BUSY: dict[int, tuple[int, int]] = {}  # id(scheduler) -> (owning thread, depth)
+_BUSY_LOCK = threading.Lock()
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def exclusive(method: _F) -> _F:
+    """Makes ``method`` raise ``rdiff.ConcurrentUseError`` when another thread is inside an
+    exclusive method of the same scheduler instance."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        key, me = id(self), threading.get_ident()
+        with _BUSY_LOCK:
+            owner, depth = _BUSY.get(key, (me, 0))
+            if owner != me:
+                raise ConcurrentUseError(
+                    f"{type(self).__name__}.{method.__name__}: this scheduler is in use by "
+                    "another thread (a scheduler keeps per-loop state: give each thread its "
+                    "own instance, e.g. copy.deepcopy(scheduler) or from_config)"
+                )
+            _BUSY[key] = (me, depth + 1)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            with _BUSY_LOCK:
+                if depth == 0:
+                    del _BUSY[key]
+                else:
+                    _BUSY[key] = (me, depth)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -18,6 +58,35 @@ def check_choice(name: str, value: Any, choices: tuple) -> None:
         raise ValueError(
             f"{name}: unknown {value!r}; expected one of {', '.join(map(str, choices))}"
         )
+
+
+def check_int(value: Any, name: str, low: int = 1, high: int | None = None) -> int:
+    """``value`` as an int: TypeError unless it is an integer (bool is not), ValueError
+    unless ``low <= value <= high``; both messages name the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    v = int(value)
+    if v < low or (high is not None and v > high):
+        bound = f"at least {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}: must be {bound}, got {v}")
+    return v
+
+
+def _check_timestep_type(timestep: Any) -> None:
+    """TypeError unless ``timestep`` is a number or a one-element integer/float array."""
+    if isinstance(timestep, bool):
+        raise TypeError("timestep: expected a number, got bool")
+    if isinstance(timestep, (int, float, np.integer, np.floating)):
+        return
+    if _tensor.is_torch(timestep) or isinstance(timestep, np.ndarray):
+        kind = np.dtype(_tensor.dtype_name(timestep).replace("bfloat16", "float32")).kind
+        n = timestep.numel() if _tensor.is_torch(timestep) else timestep.size
+        if kind in "iuf" and n == 1:
+            return
+    raise TypeError(
+        f"timestep: expected a number or a one-element array, got {type(timestep).__name__} "
+        f"{timestep!r}"
+    )
 
 
 @dataclass
@@ -29,7 +98,12 @@ class SchedulerOutput:
 
 
 class SchedulerBase(ConfigMixin):
-    """Discrete-time scheduler state: betas, alphas_cumprod, timesteps and the step index."""
+    """Discrete-time scheduler state: betas, alphas_cumprod, timesteps and the step index.
+
+    Thread safety: a scheduler is stateful; use one instance per thread. ``step`` and
+    ``set_timesteps`` called on one instance while another thread is inside either raise
+    ``rdiff.ConcurrentUseError`` and change nothing.
+    """
 
     order = 1
     _compatibles: ClassVar[list[str]] = []
@@ -46,8 +120,15 @@ class SchedulerBase(ConfigMixin):
         trained_betas: Any,
         rescale_betas_zero_snr: bool,
     ) -> None:
+        num_train_timesteps = check_int(num_train_timesteps, "num_train_timesteps")
         if trained_betas is not None:
-            trained_betas = [float(b) for b in np.asarray(trained_betas, dtype=np.float64)]
+            if _tensor.is_torch(trained_betas):
+                trained_betas = trained_betas.detach().cpu().double().numpy()
+            try:
+                arr = np.asarray(trained_betas, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"trained_betas: expected a sequence of floats ({e})") from None
+            trained_betas = [float(b) for b in arr]
         schedule = NoiseSchedule.discrete(
             num_train_timesteps,
             beta_schedule,
@@ -99,6 +180,7 @@ class SchedulerBase(ConfigMixin):
             ts = schedule_timesteps.detach().cpu().numpy()
         else:
             ts = np.asarray(schedule_timesteps)
+        _check_timestep_type(timestep)
         t = timestep.item() if hasattr(timestep, "item") else timestep
         candidates = np.nonzero(ts == t)[0]
         if len(candidates) == 0:
@@ -142,6 +224,13 @@ class SchedulerBase(ConfigMixin):
         if _tensor.is_torch(timesteps):
             timesteps = timesteps.detach().cpu().numpy()
         ts = np.atleast_1d(np.asarray(timesteps))
+        if ts.dtype.kind not in "iuf" or ts.ndim != 1:
+            raise TypeError(f"timesteps: expected a number or a 1-d array, got {timesteps!r}")
+        if not np.isfinite(ts).all():
+            raise ValueError(f"timesteps: must be finite, got {ts.tolist()}")
+        batch = int(original_samples.shape[0]) if original_samples.ndim else 1
+        if ts.shape[0] not in (1, batch):
+            raise ValueError(f"timesteps: {ts.shape[0]} values for a batch of {batch}")
         alpha, sigma = self._alpha_sigma_for_noise(ts)
         shape = (-1,) + (1,) * (original_samples.ndim - 1)
         if _tensor.is_torch(original_samples):

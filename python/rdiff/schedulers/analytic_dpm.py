@@ -11,7 +11,7 @@ import numpy as np
 from .. import _tensor
 from .._rdiff import _AnalyticCore
 from ..analytic import GammaTable, optimal_trajectory, resolve_gamma
-from ._base import SchedulerBase, SchedulerOutput
+from ._base import SchedulerBase, SchedulerOutput, exclusive
 
 _TRAJECTORIES = ("uniform", "quadratic", "optimal")
 
@@ -55,6 +55,9 @@ def _seed(generator: Any) -> int:
 
 class AnalyticDPMScheduler(SchedulerBase):
     """Analytic-DPM sampling with diffusers' scheduler interface.
+
+    Thread safety: stateful, so one instance per thread; ``step`` or ``set_timesteps`` on an
+    instance another thread is using raises ``rdiff.ConcurrentUseError``.
 
     Args:
         gamma: Γ_t = E‖ε_θ(x_t, t)‖²/d at every training timestep: an ``rdiff.GammaTable``
@@ -167,6 +170,7 @@ class AnalyticDPMScheduler(SchedulerBase):
                 raise ValueError(f"num_inference_steps: {k} is too many for quadratic spacing")
         return ts[::-1].copy()
 
+    @exclusive
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -232,6 +236,7 @@ class AnalyticDPMScheduler(SchedulerBase):
         return int(ts[i + 1]) if i + 1 < len(ts) else -1
 
     # -- the step --------------------------------------------------------------------------
+    @exclusive
     def step(
         self,
         model_output: Any,

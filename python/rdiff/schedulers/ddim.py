@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _ddim_timesteps, _DdimCore
-from ._base import SchedulerBase, SchedulerOutput, check_choice
+from ._base import SchedulerBase, SchedulerOutput, check_choice, check_int, exclusive
 
 _COMPATIBLES = [
     "DDIMScheduler",
@@ -114,6 +114,9 @@ def _noise_like(shape: tuple, model_output: Any, generator: Any, variance_noise:
 class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
     """Denoising diffusion implicit models (Song et al. 2021) with diffusers' interface.
 
+    Thread safety: stateful, so one instance per thread; ``step`` or ``set_timesteps`` on an
+    instance another thread is using raises ``rdiff.ConcurrentUseError``.
+
     Every constructor argument has diffusers' meaning and default. ``step`` runs one fused pass
     in Rust (x₀ prediction, clipping or dynamic thresholding, the ε recomputation, the η update
     and its noise) on numpy arrays or torch CPU tensors of float32, float16, bfloat16 (torch) or
@@ -181,13 +184,11 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         )
         return (1.0 - ap) / (1.0 - at) * (1.0 - at / ap)
 
+    @exclusive
     def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:
         """diffusers' DDIM timesteps (int64, descending) for ``num_inference_steps``."""
         cfg = self.config
-        if num_inference_steps is None or int(num_inference_steps) < 1:
-            raise ValueError(
-                f"num_inference_steps: must be a positive int, got {num_inference_steps!r}"
-            )
+        num_inference_steps = check_int(num_inference_steps, "num_inference_steps")
         ts = _ddim_timesteps(
             len(self.alphas_cumprod),
             int(num_inference_steps),
@@ -197,6 +198,7 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         self.num_inference_steps = int(num_inference_steps)
         self.timesteps = self._timesteps_array(ts.astype(np.int64), device)
 
+    @exclusive
     def step(
         self,
         model_output: Any,

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _ddim_timesteps, _DdimCore
-from ._base import SchedulerBase, SchedulerOutput, check_choice
+from ._base import SchedulerBase, SchedulerOutput, check_choice, check_int, exclusive
 from .ddim import (
     _COMPATIBLES,
     _PREDICTIONS,
@@ -51,6 +51,9 @@ def _extra_betas(beta_schedule: str, n: int, beta_start: float, beta_end: float)
 
 class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
     """Denoising diffusion probabilistic models (Ho et al. 2020) with diffusers' interface.
+
+    Thread safety: stateful, so one instance per thread; ``step`` or ``set_timesteps`` on an
+    instance another thread is using raises ``rdiff.ConcurrentUseError``.
 
     Every constructor argument has diffusers' meaning and default, including every
     ``variance_type``; learned variances read the model output's second half of channels, as
@@ -116,6 +119,7 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
     def __len__(self) -> int:
         return len(self.alphas_cumprod)
 
+    @exclusive
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -141,10 +145,7 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
                 raise ValueError(f"timesteps: must be >= 0, got {int(ts[-1])}")
             self.custom_timesteps = True
         else:
-            if num_inference_steps is None or int(num_inference_steps) < 1:
-                raise ValueError(
-                    f"num_inference_steps: must be a positive int, got {num_inference_steps!r}"
-                )
+            num_inference_steps = check_int(num_inference_steps, "num_inference_steps")
             cfg = self.config
             ts = _ddim_timesteps(
                 n_train, int(num_inference_steps), cfg.timestep_spacing, int(cfg.steps_offset)
@@ -165,6 +166,7 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
             return -1 if i == len(ts) - 1 else int(ts[i + 1])
         return t - 1
 
+    @exclusive
     def step(
         self,
         model_output: Any,

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _diffusers_schedule, _MultistepCore
-from ._base import SchedulerBase, SchedulerOutput, check_choice
+from ._base import SchedulerBase, SchedulerOutput, check_choice, check_int, exclusive
 
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 _PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
@@ -17,6 +17,9 @@ _PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
 
 class DPMSolverMultistepScheduler(SchedulerBase):
     """Multistep DPM-Solver (Lu et al. 2022) and DPM-Solver++ with diffusers' interface.
+
+    Thread safety: stateful, so one instance per thread; ``step`` or ``set_timesteps`` on an
+    instance another thread is using raises ``rdiff.ConcurrentUseError``.
 
     Every constructor argument has diffusers' meaning and default. ``step`` runs one fused pass
     in Rust (model-output conversion, the order-1/2/3 update and the history write) on numpy
@@ -122,6 +125,7 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         self._core: _MultistepCore | None = None
 
     # -- schedule --------------------------------------------------------------------------
+    @exclusive
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -143,6 +147,8 @@ class DPMSolverMultistepScheduler(SchedulerBase):
             self.register_to_config(flow_shift=float(np.exp(mu)))
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("set_timesteps: pass exactly one of num_inference_steps or timesteps")
+        if num_inference_steps is not None:
+            num_inference_steps = check_int(num_inference_steps, "num_inference_steps")
         sigma_kind = "default"
         for flag, kind in (
             ("use_karras_sigmas", "karras"),
@@ -207,6 +213,7 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         return 3
 
     # -- the step --------------------------------------------------------------------------
+    @exclusive
     def step(
         self,
         model_output: Any,

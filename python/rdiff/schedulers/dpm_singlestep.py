@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _diffusers_schedule, _singlestep_order_list, _SinglestepCore
-from ._base import SchedulerBase, SchedulerOutput, check_choice
+from ._base import SchedulerBase, SchedulerOutput, check_choice, check_int, exclusive
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,9 @@ _PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
 
 class DPMSolverSinglestepScheduler(SchedulerBase):
     """Singlestep DPM-Solver (Lu et al. 2022) and DPM-Solver++ with diffusers' interface.
+
+    Thread safety: stateful, so one instance per thread; ``step`` or ``set_timesteps`` on an
+    instance another thread is using raises ``rdiff.ConcurrentUseError``.
 
     Every constructor argument has diffusers' meaning and default (note ``lower_order_final``
     defaults to False here, as in diffusers). The steps are grouped by ``order_list`` (for
@@ -133,6 +136,7 @@ class DPMSolverSinglestepScheduler(SchedulerBase):
             )
         )
 
+    @exclusive
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -158,6 +162,8 @@ class DPMSolverSinglestepScheduler(SchedulerBase):
             flow_shift = float(np.exp(mu))
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("set_timesteps: pass exactly one of num_inference_steps or timesteps")
+        if num_inference_steps is not None:
+            num_inference_steps = check_int(num_inference_steps, "num_inference_steps")
         sigma_kind = "default"
         for flag, kind in (
             ("use_karras_sigmas", "karras"),
@@ -238,6 +244,7 @@ class DPMSolverSinglestepScheduler(SchedulerBase):
         return order
 
     # -- the step --------------------------------------------------------------------------
+    @exclusive
     def step(
         self,
         model_output: Any,
