@@ -25,9 +25,11 @@ from rdiff.metrics import frechet_digits_distance, load_real_digits, noise_floor
 
 ROOT = Path(__file__).resolve().parents[1]
 NFES = (5, 10, 15, 20, 25, 50, 100, 1000)
-# label -> (cli scheduler name, order, trajectory)
+# label -> (cli scheduler name, order, trajectory or DDPM variance_type)
 SETTINGS = {
     "DDPM (β̃)": ("ddpm", None, None),
+    # the Analytic-DPM paper's other baseline: σ² = β_t (diffusers' "fixed_large")
+    "DDPM (β)": ("ddpm", None, "fixed_large"),
     "DDIM (η=0)": ("ddim", None, None),
     "Analytic-DDPM": ("analytic-ddpm", None, "uniform"),
     "Analytic-DDIM": ("analytic-ddim", None, "uniform"),
@@ -41,12 +43,36 @@ SETTINGS = {
 
 
 def _scheduler(folder: Path, name: str, order, trajectory):
+    if name == "ddpm":
+        return make_scheduler(name, folder, order, variance=trajectory)  # = rdiff sample's
     sched = make_scheduler(name, folder, order)
     if trajectory is not None:
         cfg = dict(sched.config)
         cfg["trajectory"] = trajectory
         sched = rdiff.AnalyticDPMScheduler.from_config(cfg)
     return sched
+
+
+def result_key(label: str, nfe: int, n: int, seed: int) -> str:
+    """The cache key of one run (seed 0, the table's seed, keeps the original short key)."""
+    return f"{label}|{nfe}|{n}" + ("" if seed == 0 else f"|seed={seed}")
+
+
+def _same_as_uniform(folder: Path, label: str, k: int, n: int, seed: int, results: dict):
+    """For an optimal-trajectory setting: the cache key of its uniform twin's run when both
+    visit the same K timesteps (the case for K ≥ 10 with this model's Γ), else None."""
+    name, order, traj = SETTINGS[label]
+    if traj != "optimal":
+        return None
+    twin = label.removesuffix(" (optimal traj.)")
+    twin_key = result_key(twin, k, n, seed)
+    if twin_key not in results:
+        return None
+    a = _scheduler(folder, name, order, "optimal")
+    b = _scheduler(folder, name, order, "uniform")
+    a.set_timesteps(k)
+    b.set_timesteps(k)
+    return twin_key if np.array_equal(np.asarray(a.timesteps), np.asarray(b.timesteps)) else None
 
 
 def run(args) -> dict:
@@ -62,7 +88,7 @@ def run(args) -> dict:
     sec_per_image_step = None
     for k, lab in jobs:
         n = args.n if k < 1000 else args.n_1000
-        key = f"{lab}|{k}|{n}"
+        key = result_key(lab, k, n, args.seed)
         if key in results:
             continue
         remaining = args.budget_minutes * 60 - (time.perf_counter() - t_start)
@@ -71,26 +97,70 @@ def run(args) -> dict:
             continue
         name, order, traj = SETTINGS[lab]
         sched = _scheduler(folder, name, order, traj)
+        twin = _same_as_uniform(folder, lab, k, n, args.seed, results)
+        if twin is not None:
+            # same scheduler, same timesteps, same noise: the samples are the same, bit for bit
+            results[key] = {**results[twin], "label": lab, "same_as": twin, "wall_s": 0.0}
+            print(f"{lab:32s} NFE {k:5d}: same timesteps as {twin}, FD copied", flush=True)
+            path.write_text(json.dumps(results, indent=1) + "\n")
+            continue
         t0 = time.perf_counter()
         x, nfe = sample_images(unet, sched, n, k, args.seed, args.batch_size, progress=False)
         wall = time.perf_counter() - t0
         sec_per_image_step = wall / (n * nfe)
         fd = frechet_digits_distance(x)
         results[key] = {"label": lab, "nfe": nfe, "n": n, "fd": fd, "wall_s": wall}
-        print(f"{lab:32s} NFE {nfe:5d} n {n:5d}  FD {fd:8.3f}  ({wall:.0f}s)", flush=True)
+        if args.seed != 0:
+            results[key]["seed"] = args.seed
+        print(
+            f"{lab:32s} NFE {nfe:5d} n {n:5d} seed {args.seed}  FD {fd:8.3f}  ({wall:.0f}s)",
+            flush=True,
+        )
         path.write_text(json.dumps(results, indent=1) + "\n")
     return results
 
 
-def floors(ns: list[int]) -> dict[int, float]:
-    """FD of n random real digits against all 1,797 (the metric's floor at that n)."""
+def floors(ns: list[int]) -> dict[int, tuple[float, float]]:
+    """FD of n random real digits against all 1,797 (the metric's floor at that n): mean and
+    sample std over 5 random subsets."""
     real = load_real_digits()
     rng = np.random.default_rng(0)
     out = {}
     for n in ns:
         vals = [frechet_digits_distance(real[rng.permutation(len(real))[:n]]) for _ in range(5)]
-        out[n] = float(np.mean(vals))
+        out[n] = (float(np.mean(vals)), float(np.std(vals, ddof=1)))
     return out
+
+
+def spread_table(results: dict, n: int) -> str:
+    """Markdown: mean ± sample std (and min–max) of FD over noise seeds, for every
+    (setting, NFE) run at ``n`` samples with more than one seed."""
+    by_cell: dict[tuple[str, int], dict[int, float]] = {}
+    for r in results.values():
+        if r["n"] == n:
+            by_cell.setdefault((r["label"], r["nfe"]), {})[r.get("seed", 0)] = r["fd"]
+    cells = {c: v for c, v in by_cell.items() if len(v) > 1}
+    if not cells:
+        return "(no setting has been run with more than one seed)"
+    nfes = sorted({k for _, k in cells})
+    lines = [
+        "| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
+        "|---|" + "---:|" * len(nfes),
+    ]
+    for lab in SETTINGS:
+        if not any((lab, k) in cells for k in nfes):
+            continue
+        row = []
+        for k in nfes:
+            v = cells.get((lab, k))
+            if v is None:
+                row.append("—")
+                continue
+            a = np.array([v[s] for s in sorted(v)])
+            spread = f"{a.min():.2f}–{a.max():.2f}"
+            row.append(f"{a.mean():.2f} ± {a.std(ddof=1):.2f} ({spread}, {len(a)} seeds)")
+        lines.append(f"| {lab} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def write_docs(results: dict, args) -> None:
@@ -105,6 +175,8 @@ def write_docs(results: dict, args) -> None:
     nf = noise_floor()
     table = {}
     for r in results.values():
+        if r.get("seed", 0) != 0:
+            continue  # the main table is seed 0 throughout; other seeds go to the spread table
         row = table.setdefault(r["label"], {})
         # one entry per cell: the run at the default n wins over a smaller side run
         if r["nfe"] not in row or row[r["nfe"]]["n"] != args.n:
@@ -123,15 +195,28 @@ def write_docs(results: dict, args) -> None:
             else:
                 cells.append(f"{r['fd']:.2f}" + ("" if r["n"] == args.n else f" (n={r['n']})"))
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    seeds_table = spread_table(results, args.n)
     md = ROOT / "docs" / "quality_vs_nfe.md"
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for lab in SETTINGS:
         row = table.get(lab, {})
         ks = sorted(row)
         if ks:
-            ax.plot(ks, [row[k]["fd"] for k in ks], marker="o", label=lab)
+            (line,) = ax.plot(ks, [row[k]["fd"] for k in ks], marker="o", label=lab)
+            # the range over noise seeds, where more than one was run
+            for k in ks:
+                fds = [
+                    r["fd"]
+                    for r in results.values()
+                    if r["label"] == lab and r["nfe"] == k and r["n"] == args.n
+                ]
+                if len(fds) > 1:
+                    ax.vlines(k, min(fds), max(fds), color=line.get_color(), lw=3, alpha=0.4)
     ax.axhline(
-        fl.get(args.n, nf["half_vs_all"]), color="k", ls=":", label=f"real floor (n={args.n})"
+        fl[args.n][0] if args.n in fl else nf["half_vs_all"],
+        color="k",
+        ls=":",
+        label=f"real floor (n={args.n})",
     )
     ax.set_xscale("log")
     done = sorted({r["nfe"] for r in results.values()})
@@ -145,12 +230,13 @@ def write_docs(results: dict, args) -> None:
     fig.tight_layout()
     fig.savefig(ROOT / "docs" / "quality_vs_nfe.png", dpi=110)
     header = (ROOT / "docs" / "quality_vs_nfe.head.md").read_text()
-    floor_lines = ", ".join(f"n = {n}: {v:.2f}" for n, v in fl.items())
+    floor_lines = ", ".join(f"n = {n}: {m:.2f} ± {sd:.2f}" for n, (m, sd) in fl.items())
     body = (
         header.replace("{TABLE}", "\n".join(lines))
         .replace("{FLOORS}", floor_lines)
         .replace("{HALVES}", f"{nf['halves']:.2f}")
         .replace("{HALF_VS_ALL}", f"{nf['half_vs_all']:.2f}")
+        .replace("{SEEDS}", seeds_table)
     )
     md.write_text(body)
     print(f"wrote {md}")

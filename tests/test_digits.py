@@ -92,6 +92,35 @@ def test_sample_errors(tmp_path):
         cli.main(["sample", "--scheduler", "ddim", "--order", "2", "--out", ""])
 
 
+def test_ddpm_variance_option(tmp_path):
+    """--variance fixed_large is diffusers' DDPMScheduler(variance_type="fixed_large")."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    npz = {}
+    for v in ("fixed_small", "fixed_large"):
+        npz[v] = tmp_path / f"{v}.npz"
+        argv = ["sample", "--scheduler", "ddpm", "--variance", v, "--steps", "5", "--n", "3"]
+        assert cli.main([*argv, "--quiet", "--out", "", "--save-npz", str(npz[v])]) == 0
+    small, large = (np.load(npz[v])["samples"] for v in ("fixed_small", "fixed_large"))
+    default = tmp_path / "default.npz"
+    argv = ["sample", "--scheduler", "ddpm", "--steps", "5", "--n", "3", "--quiet", "--out", ""]
+    assert cli.main([*argv, "--save-npz", str(default)]) == 0
+    assert np.array_equal(np.load(default)["samples"], small)
+    assert not np.allclose(small, large, atol=1e-2)
+    sched = cli.make_scheduler("ddpm", FOLDER, None, variance="fixed_large")
+    ref = diffusers.DDPMScheduler.from_pretrained(FOLDER, variance_type="fixed_large")
+    sched.set_timesteps(5)
+    ref.set_timesteps(5)
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    for t in ref.timesteps:
+        want = ref.step(eps, t, x, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        got = sched.step(eps, t, x, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(SystemExit, match="--variance"):
+        cli.main(["sample", "--scheduler", "ddim", "--variance", "fixed_large", "--out", ""])
+
+
 def test_info_still_works(capsys):
     assert cli.main(["info"]) == 0
     assert "rdiff" in capsys.readouterr().out

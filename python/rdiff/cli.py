@@ -21,6 +21,7 @@ SCHEDULERS = (
     "analytic-ddpm",
     "analytic-ddim",
 )
+VARIANCES = ("fixed_small", "fixed_large")  # diffusers' DDPMScheduler variance_type names
 _DEFAULT_STEPS = {
     "dpmsolver++": 10,
     "dpmsolver": 10,
@@ -73,11 +74,21 @@ def _scheduler_config(folder: Path) -> dict[str, Any]:
     return {}
 
 
-def make_scheduler(name: str, folder: Path, order: int | None, gamma: str | None = None):
-    """An rdiff scheduler for ``name`` (one of ``SCHEDULERS``), with the model's β schedule."""
+def make_scheduler(
+    name: str,
+    folder: Path,
+    order: int | None,
+    gamma: str | None = None,
+    variance: str | None = None,
+):
+    """An rdiff scheduler for ``name`` (one of ``SCHEDULERS``), with the model's β schedule;
+    ``variance`` is DDPM's ``variance_type`` (``fixed_small``: σ² = β̃, the default;
+    ``fixed_large``: σ² = β)."""
     import rdiff
 
     base = _scheduler_config(folder)
+    if variance is not None and name != "ddpm":
+        raise SystemExit(f"rdiff: --variance applies to the ddpm scheduler, not {name}")
     if name in ("dpmsolver++", "dpmsolver", "sde-dpmsolver++"):
         # diffusers' default final step goes to σ = 0; its 'dpmsolver' (ε form) allows only
         # σ_min there
@@ -90,7 +101,7 @@ def make_scheduler(name: str, folder: Path, order: int | None, gamma: str | None
     if name == "ddim":
         return rdiff.DDIMScheduler(**base, set_alpha_to_one=True, timestep_spacing="leading")
     if name == "ddpm":
-        return rdiff.DDPMScheduler(**base)
+        return rdiff.DDPMScheduler(**base, variance_type=variance or "fixed_small")
     gpath = Path(gamma) if gamma else folder / "gamma.npz"
     if not gpath.is_file():
         raise SystemExit(
@@ -177,7 +188,7 @@ def _sample(args: argparse.Namespace) -> int:
     folder = _resolve_model(args.model)
     steps = args.steps if args.steps is not None else _DEFAULT_STEPS[args.scheduler]
     unet = rdiff.UNet2DModel.from_pretrained(folder, device=args.device, dtype=args.dtype)
-    sched = make_scheduler(args.scheduler, folder, args.order, args.gamma)
+    sched = make_scheduler(args.scheduler, folder, args.order, args.gamma, args.variance)
     t0 = time.perf_counter()
     images, nfe = sample_images(
         unet, sched, args.n, steps, args.seed, args.batch_size, progress=not args.quiet
@@ -246,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     s.add_argument(
         "--order", type=int, choices=(1, 2, 3), default=None, help="DPM-Solver order (default 2)"
+    )
+    s.add_argument(
+        "--variance",
+        default=None,
+        choices=VARIANCES,
+        help="ddpm only: σ² = β̃ (fixed_small, the default) or β (fixed_large), as diffusers",
     )
     s.add_argument("--n", type=_positive_int, default=64, help="number of samples")
     s.add_argument("--batch-size", type=_positive_int, default=256)
