@@ -884,6 +884,84 @@ def _schedule_cases() -> list[Case]:
     ]
 
 
+def _huge_cases() -> list[Case]:
+    """Sizes no model uses: a ValueError before any allocation (they used to abort the
+    process on a failed multi-gigabyte allocation)."""
+    big = "10**10"
+    more = r"more than rdiff supports"
+    return [
+        Case(
+            "huge.schedule.discrete",
+            f"rdiff.NoiseSchedule.discrete({big})",
+            "ValueError",
+            r"num_train_timesteps.*" + more,
+        ),
+        Case(
+            "huge.schedule.timesteps",
+            f"SCHED.timesteps({big})",
+            "ValueError",
+            r"num_inference_steps",
+        ),
+        Case(
+            "huge.schedule.time_steps", f"SCHED.time_steps({big})", "ValueError", r"steps.*" + more
+        ),
+        Case(
+            "huge.multistep.num_train",
+            f"rdiff.DPMSolverMultistepScheduler(num_train_timesteps={big})",
+            "ValueError",
+            r"num_train_timesteps",
+        ),
+        Case(
+            "huge.ddim.num_train",
+            f"rdiff.DDIMScheduler(num_train_timesteps={big})",
+            "ValueError",
+            r"num_train_timesteps",
+        ),
+        Case(
+            "huge.multistep.set_timesteps",
+            f"make('multistep', n=0).set_timesteps({big})",
+            "ValueError",
+            r"num_inference_steps",
+        ),
+        Case(
+            "huge.singlestep.order_list",
+            f"make('singlestep').get_order_list({big})",
+            "ValueError",
+            r"steps.*" + more,
+        ),
+        Case(
+            "huge.ddim.set_timesteps",
+            f"make('ddim', n=0).set_timesteps({big})",
+            "ValueError",
+            r"num_inference_steps",
+        ),
+        Case(
+            "huge.sample.multistep",
+            f"rdiff.sample(lambda x, t: x, X, SCHED, steps={big})",
+            "ValueError",
+            r"steps.*" + more,
+        ),
+        Case(
+            "huge.sample.singlestep",
+            f"rdiff.sample(lambda x, t: x, X, SCHED, steps={big}, method='singlestep')",
+            "ValueError",
+            r"steps.*" + more,
+        ),
+        Case(
+            "huge.k.karras",
+            f"rdiff.k.get_sigmas_karras({big}, 0.1, 10.0)",
+            "ValueError",
+            r"\bn\b.*" + more,
+        ),
+        Case(
+            "huge.k.exponential",
+            f"rdiff.k.get_sigmas_exponential({big}, 0.1, 10.0)",
+            "ValueError",
+            r"\bn\b.*" + more,
+        ),
+    ]
+
+
 def _sample_cases() -> list[Case]:
     f = "lambda x, t: 0.1 * x"
     s = "rdiff.sample"
@@ -1811,6 +1889,7 @@ def all_cases() -> list[Case]:
     cases = (
         _scheduler_cases()
         + _schedule_cases()
+        + _huge_cases()
         + _sample_cases()
         + _analytic_cases()
         + _unet_cases()

@@ -251,3 +251,30 @@ def test_shared_unet_from_threads_matches_serial(unet, framework):
         for i in range(_THREADS):
             for y in got[i]:
                 assert _equal(y, serial[i]), f"thread {i} differs from the serial call"
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_functional_samplers_from_threads_match_serial(framework):
+    """rdiff.sample and rdiff.k keep no shared state: 4 threads at once give serial results."""
+    schedule = rdiff.NoiseSchedule.discrete()
+    sigmas = rdiff.k.get_sigmas_karras(8, 0.05, 10.0)
+
+    def eps(x, t):  # t has one value per sample
+        return 0.5 * x * (1.0 + t.reshape(-1, 1, 1, 1)) + 0.1 * (
+            x.sin() if framework == "torch" else np.sin(x)
+        )
+
+    def work(i):
+        x = _inputs(i, framework)
+        a = rdiff.sample(eps, x, schedule, steps=8, order=3)
+        if framework == "torch":
+            b = rdiff.k.sample_dpmpp_2m(lambda y, s: _model(y, 0) * 0.5, x, sigmas, disable=True)
+        else:
+            b = a
+        return a, b
+
+    serial = [work(i) for i in range(_THREADS)]
+    for _ in range(2):
+        got = _run_threads(work, _THREADS)
+        for i in range(_THREADS):
+            assert _equal(got[i][0], serial[i][0]) and _equal(got[i][1], serial[i][1])

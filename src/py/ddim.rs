@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use super::tensor::{Device, TensorRef};
 use crate::cpu::ddim_step::{ddim_step, Clip, DdimIo};
 use crate::cpu::quantile::threshold_bounds;
+use crate::schedule::check_steps;
 use crate::schedule::ddim::{
     alpha_prod_at, ddim_coefficients, ddim_timesteps as spacing, ddpm_coefficients,
     DdimCoefficients, NoiseScale, Spacing, VarianceType,
@@ -327,8 +328,8 @@ pub fn ddim_timesteps<'py>(
     steps_offset: i64,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let ts = spacing(
-        num_train_timesteps,
-        num_inference_steps,
+        check_steps("num_train_timesteps", num_train_timesteps)?,
+        check_steps("num_inference_steps", num_inference_steps)?,
         Spacing::parse(timestep_spacing)?,
         steps_offset,
     )?;

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 
 use super::dpm_solver::{run_fused_step, SolverConfig, StepBuffers};
 use super::tensor::TensorRef;
+use crate::schedule::check_steps;
 use crate::schedule::dpm_singlestep::{order_list, singlestep_coefficients};
 use crate::schedule::dpm_solver::{Algorithm, StepCoefficients};
 
@@ -122,7 +123,7 @@ pub fn singlestep_order_list(
     final_sigma_zero: bool,
 ) -> PyResult<Vec<usize>> {
     Ok(order_list(
-        steps,
+        check_steps("steps", steps)?,
         solver_order,
         lower_order_final,
         final_sigma_zero,

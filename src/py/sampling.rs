@@ -15,7 +15,7 @@ use crate::schedule::reference::{
     ReferenceSolver,
 };
 use crate::schedule::spacing::SkipType;
-use crate::schedule::NoiseSchedule;
+use crate::schedule::{check_steps, NoiseSchedule};
 use crate::with_elem;
 
 /// Registers this file's classes and functions on the module.
@@ -110,7 +110,11 @@ fn multistep_orders_py(
     order: usize,
     lower_order_final: bool,
 ) -> PyResult<Vec<usize>> {
-    Ok(multistep_orders(steps, order, lower_order_final)?)
+    Ok(multistep_orders(
+        check_steps("steps", steps)?,
+        order,
+        lower_order_final,
+    )?)
 }
 
 /// (outer times, orders, [(r1, r2)]) of the "singlestep" or "singlestep_fixed" method.
@@ -126,6 +130,7 @@ fn singlestep_schedule_py(
     fixed: bool,
 ) -> PyResult<(Vec<f64>, Vec<usize>, Vec<(Option<f64>, Option<f64>)>)> {
     let skip = SkipType::parse(skip_type)?;
+    let steps = check_steps("steps", steps)?;
     let s = singlestep_schedule(
         &schedule.get().inner,
         steps,
@@ -317,6 +322,7 @@ fn k_sigmas(kind: &str, n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> P
             "sigma_min, sigma_max: must be positive numbers, got {sigma_min}, {sigma_max}"
         )));
     }
+    let n = check_steps("n", n)?;
     match kind {
         "karras" => Ok(karras::sigmas_karras(n, sigma_min, sigma_max, rho)),
         "exponential" => Ok(karras::sigmas_exponential(n, sigma_min, sigma_max)),

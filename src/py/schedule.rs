@@ -12,7 +12,7 @@ use crate::schedule::spacing::{
     diffusers_schedule, distinct_timesteps, reference_time_steps, FinalSigma, SigmaKind, SkipType,
     SpacingOptions, TimestepSpacing,
 };
-use crate::schedule::{BetaSchedule, DiscreteBetas, NoiseSchedule};
+use crate::schedule::{check_steps, BetaSchedule, DiscreteBetas, NoiseSchedule};
 
 /// diffusers' zero-SNR fix: a terminal ᾱ of exactly 0 becomes 2⁻²⁴ so that σ stays finite.
 const ZERO_SNR_ALPHA_CUMPROD: f64 = 5.960_464_477_539_063e-8;
@@ -93,8 +93,9 @@ impl PyNoiseSchedule {
             )));
         }
         let schedule = BetaSchedule::parse(beta_schedule)?;
+        let n = check_steps("num_train_timesteps", num_train_timesteps.max(0) as usize)?;
         let betas = DiscreteBetas::new(
-            num_train_timesteps.max(0) as usize,
+            n,
             schedule,
             beta_start,
             beta_end,
@@ -246,7 +247,8 @@ impl PyNoiseSchedule {
             }
         }
         let out = py.detach(|| {
-            let s = diffusers_schedule(&ac, num_inference_steps as usize, &opts)?;
+            let n = check_steps("num_inference_steps", num_inference_steps as usize)?;
+            let s = diffusers_schedule(&ac, n, &opts)?;
             distinct_timesteps(&ac, &s)
         })?;
         Ok((out.timesteps.into_pyarray(py), out.sigmas.into_pyarray(py)))
@@ -272,10 +274,11 @@ impl PyNoiseSchedule {
                 "steps: must be at least 1, got {steps}"
             )));
         }
+        let steps = check_steps("steps", steps as usize)?;
         let skip = SkipType::parse(skip_type)?;
         let t_start = t_start.unwrap_or(self.inner.t_max());
         let t_end = t_end.unwrap_or(self.inner.t_min());
-        let out = reference_time_steps(&self.inner, skip, t_start, t_end, steps as usize)?;
+        let out = reference_time_steps(&self.inner, skip, t_start, t_end, steps)?;
         Ok(out.into_pyarray(py))
     }
 

@@ -4,6 +4,7 @@ use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use crate::schedule::check_steps;
 use crate::schedule::spacing::{
     diffusers_schedule as schedule_n, diffusers_schedule_from_timesteps, FinalSigma, SigmaKind,
     SpacingOptions, TimestepSpacing,
@@ -50,7 +51,8 @@ pub fn diffusers_schedule<'py>(
                     "num_inference_steps: must be at least 1, got {n}"
                 )));
             }
-            py.detach(|| schedule_n(&ac, n as usize, &opts))?
+            let n = check_steps("num_inference_steps", n as usize)?;
+            py.detach(|| schedule_n(&ac, n, &opts))?
         }
         (None, Some(ts)) => py.detach(|| diffusers_schedule_from_timesteps(&ac, &ts, &opts))?,
         _ => {

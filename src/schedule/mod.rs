@@ -14,3 +14,16 @@ pub mod trajectory;
 
 pub use betas::{BetaSchedule, DiscreteBetas};
 pub use noise_schedule::NoiseSchedule;
+
+/// The most training timesteps or sampling steps a schedule may have: far above what
+/// diffusion models use (1000–4000), low enough that a size typo is a ValueError rather than
+/// an abort on a failed multi-gigabyte allocation.
+pub const MAX_STEPS: usize = 1 << 20;
+
+/// `n` if it is at most `MAX_STEPS`; a ValueError naming `what` otherwise.
+pub fn check_steps(what: &str, n: usize) -> crate::error::Result<usize> {
+    if n > MAX_STEPS {
+        return crate::value_err!("{what}: {n} is more than rdiff supports ({MAX_STEPS})");
+    }
+    Ok(n)
+}
