@@ -62,7 +62,8 @@ pub fn self_attention(qkv: &[f32], inner: usize, heads: usize, dims: Dims, out: 
     assert!(heads > 0 && inner % heads == 0);
     let dh = inner / heads;
     let scale = 1.0 / (dh as f32).sqrt();
-    let threads = rayon::current_num_threads().max(1);
+    // Not the pool size: the partition must not depend on it (see PARTITION_THREADS).
+    let threads = super::PARTITION_THREADS;
     let per = dims.b * heads;
     let blocks_wanted = (4 * threads).div_ceil(per).max(1);
     let max_block = ((1 << 20) / t).clamp(16, 256);

@@ -149,7 +149,8 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
     // Tiles of whole output rows, and, when there are too few of them to keep every thread
     // busy (deep, small layers), chunks of output channels as well.
     let rows = od.b * od.h;
-    let threads = rayon::current_num_threads().max(1);
+    // Not the pool size: the partition must not depend on it (see PARTITION_THREADS).
+    let threads = super::PARTITION_THREADS;
     let want = 4 * threads;
     let mut tile_rows = (TILE_COLS / od.w).max(1);
     let min_rows = (64 / od.w).max(1);
