@@ -152,8 +152,8 @@ fn compile_uncached(source: &'static KernelSource, arch: &str) -> Result<Compile
     let headers = [header.as_ptr()];
     let header_names = [header_name.as_ptr()];
     let mut prog: nvrtcProgram = std::ptr::null_mut();
-    // SAFETY: every pointer is a live NUL-terminated string that outlives the program.
     check(
+        // SAFETY: every pointer is a live NUL-terminated string that outlives the program.
         unsafe {
             sys::nvrtcCreateProgram(
                 &mut prog,
