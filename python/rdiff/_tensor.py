@@ -92,10 +92,17 @@ def contiguous(x: Any) -> Any:
 
 
 def describe(x: Any) -> tuple[int, int, str, str, int]:
-    """The tuple the Rust core reads; x must be contiguous and stay alive during the call."""
+    """The tuple the Rust core reads; x must be contiguous and stay alive during the call.
+
+    ValueError for a non-contiguous x: the core reads ``numel`` elements from the data pointer.
+    """
     if is_torch(x):
+        if not x.is_contiguous():
+            raise ValueError(f"internal: a non-contiguous tensor of shape {tuple(x.shape)}")
         dev = x.device
         return (x.data_ptr(), x.numel(), dtype_name(x), dev.type, dev.index or 0)
+    if not x.flags.c_contiguous:
+        raise ValueError(f"internal: a non-contiguous array of shape {x.shape}")
     return (x.ctypes.data, x.size, x.dtype.name, "cpu", 0)
 
 

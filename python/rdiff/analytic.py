@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
@@ -59,6 +60,39 @@ def _alphas_cumprod(schedule: Any) -> np.ndarray:
     if not np.all((ac > 0) & (ac < 1)):
         raise ValueError("schedule: every ᾱ must lie in (0, 1)")
     return ac
+
+
+# A table file's entry above this is corrupt (a table for 10⁶ timesteps needs 16 MB at most).
+_MAX_ENTRY_BYTES = 1 << 28
+
+
+def _check_npz_sizes(path: str) -> None:
+    """ValueError for an entry whose npy header claims another size than the entry holds.
+
+    numpy reserves an array of the header's shape before reading it, so a header claiming a
+    huge shape would allocate (or fail to) before the short read is noticed; the header is
+    checked against the zip's record of the entry's size first, and that size is bounded.
+    """
+    fmt = np.lib.format
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.file_size > _MAX_ENTRY_BYTES:
+                raise ValueError(f"{info.filename}: {info.file_size} bytes is past the bound")
+            with zf.open(info) as f:
+                version = fmt.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = fmt.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = fmt.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"{info.filename}: npy format version {version}")
+                need = math.prod(shape) * dtype.itemsize
+                have = info.file_size - f.tell()
+                if need != have:
+                    raise ValueError(
+                        f"{info.filename}: the header claims shape {shape} of {dtype} "
+                        f"({need} bytes) but the entry holds {have} bytes"
+                    )
 
 
 def _same_schedule(a: np.ndarray, b: np.ndarray) -> bool:
@@ -106,7 +140,8 @@ class GammaTable:
         n = ts.shape[0]
         if cnt.shape != (n,) or len(sums) != n or len(sums_sq) != n:
             raise ValueError("GammaTable: timesteps, count and sums must have the same length")
-        if n and (np.any(np.diff(ts) <= 0) or ts[0] < 0 or ts[-1] >= ac.shape[0]):
+        # Compared, not differenced: np.diff wraps around for extreme int64 values.
+        if n and (np.any(ts[1:] <= ts[:-1]) or ts[0] < 0 or ts[-1] >= ac.shape[0]):
             raise ValueError(
                 f"GammaTable: timesteps must be strictly increasing in [0, {ac.shape[0] - 1}]"
             )
@@ -289,6 +324,7 @@ class GammaTable:
         """
         p = os.fspath(path)
         try:
+            _check_npz_sizes(p)
             with np.load(p, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
         except FileNotFoundError:

@@ -18,6 +18,7 @@ use crate::simd_dispatch;
 struct SendPtr(*mut f32);
 // SAFETY: each task writes its own (head rows, sample, query block) region.
 unsafe impl Send for SendPtr {}
+// SAFETY: shared only to hand the same base pointer to every task; see Send.
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
@@ -62,7 +63,8 @@ pub fn self_attention(qkv: &[f32], inner: usize, heads: usize, dims: Dims, out: 
     assert!(heads > 0 && inner % heads == 0);
     let dh = inner / heads;
     let scale = 1.0 / (dh as f32).sqrt();
-    let threads = rayon::current_num_threads().max(1);
+    // Not the pool size: the partition must not depend on it (see PARTITION_THREADS).
+    let threads = super::PARTITION_THREADS;
     let per = dims.b * heads;
     let blocks_wanted = (4 * threads).div_ceil(per).max(1);
     let max_block = ((1 << 20) / t).clamp(16, 256);
@@ -111,6 +113,9 @@ pub fn self_attention(qkv: &[f32], inner: usize, heads: usize, dims: Dims, out: 
             for (i, row) in s.chunks_exact_mut(t).enumerate() {
                 inv[i] = softmax_row(row);
             }
+            // SAFETY: v's dh rows of t keys stay inside qkv, s is the task's m×t scratch, and
+            // o's dh rows (stride n) of m columns are this task's block of `out`, which no
+            // other task touches.
             unsafe {
                 // O[d][i] = Σ_j v[d][j] P[i][j]
                 gemm(

@@ -123,6 +123,7 @@ impl<'a> Init<'a> {
 struct SendPtr(*mut f32);
 // SAFETY: tasks write disjoint regions through it (see `conv2d`).
 unsafe impl Send for SendPtr {}
+// SAFETY: shared only to hand the same base pointer to every task; see Send.
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
@@ -149,7 +150,8 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
     // Tiles of whole output rows, and, when there are too few of them to keep every thread
     // busy (deep, small layers), chunks of output channels as well.
     let rows = od.b * od.h;
-    let threads = rayon::current_num_threads().max(1);
+    // Not the pool size: the partition must not depend on it (see PARTITION_THREADS).
+    let threads = super::PARTITION_THREADS;
     let want = 4 * threads;
     let mut tile_rows = (TILE_COLS / od.w).max(1);
     let min_rows = (64 / od.w).max(1);
@@ -176,6 +178,7 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
         // SAFETY: task (tile, mc) owns rows m0..m0+m and columns c0..c0+tn of `out`;
         // no two tasks share both.
         let dst = unsafe { outp.get().add(m0 * n + c0) };
+        // SAFETY: prefill writes only the task's m×tn block at dst (row stride n).
         unsafe { prefill(dst, n, m0, m, c0, tn, od, &init) };
         if direct {
             let mut ci0 = 0;

@@ -63,6 +63,7 @@ pub struct GroupNormParams<'a> {
 struct SendPtr(*mut f32);
 // SAFETY: each task writes its own (sample, group) planes.
 unsafe impl Send for SendPtr {}
+// SAFETY: shared only to hand the same base pointer to every task; see Send.
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {

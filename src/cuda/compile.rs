@@ -152,8 +152,8 @@ fn compile_uncached(source: &'static KernelSource, arch: &str) -> Result<Compile
     let headers: Vec<*const c_char> = header_texts.iter().map(|h| h.as_ptr()).collect();
     let header_names: Vec<*const c_char> = name_texts.iter().map(|h| h.as_ptr()).collect();
     let mut prog: nvrtcProgram = std::ptr::null_mut();
-    // SAFETY: every pointer is a live NUL-terminated string that outlives the program.
     check(
+        // SAFETY: every pointer is a live NUL-terminated string that outlives the program.
         unsafe {
             sys::nvrtcCreateProgram(
                 &mut prog,

@@ -44,6 +44,7 @@ pub struct Device {
 // SAFETY: the context and the scratch pointer are process-wide driver handles, usable from any
 // thread once made current; the caches are behind mutexes (CUfunction/CUmodule kept as usize).
 unsafe impl Send for Device {}
+// SAFETY: as for Send: the handles are thread-agnostic and the mutable caches are mutexes.
 unsafe impl Sync for Device {}
 
 /// Batches above this are split by the caller (grid.y limit).

@@ -70,6 +70,7 @@ pub fn gamma_batch_sums(
                         q as f32,
                     )
                 }),
+                // SAFETY: as for the arm above (the model output alone).
                 None => unsafe {
                     per_sample_sq_norms::<D, f32>(
                         mo.slice::<D>(),

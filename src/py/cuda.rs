@@ -298,7 +298,8 @@ fn emulated_add_noise(
 #[pyfunction(name = "_emulated_gamma")]
 fn emulated_gamma(py: Python<'_>, eps: TensorRef, batch: usize) -> PyResult<Vec<f32>> {
     host(&[Some(eps)])?;
-    if batch == 0 || eps.numel % batch != 0 {
+    // numel 0 would let any batch through, and `out` is sized by the batch.
+    if batch == 0 || eps.numel == 0 || eps.numel % batch != 0 {
         return Err(PyValueError::new_err("eps: does not split into the batch"));
     }
     let mut out = vec![0f32; batch];

@@ -53,6 +53,17 @@ impl<'a, 'py> FromPyObject<'a, 'py> for TensorRef {
                 dtype.name()
             )));
         }
+        // A slice may span at most isize::MAX bytes and must not wrap the address space.
+        let fits = numel
+            .checked_mul(dtype.size())
+            .filter(|&bytes| bytes <= isize::MAX as usize)
+            .and_then(|bytes| ptr.checked_add(bytes));
+        if fits.is_none() {
+            return Err(PyValueError::new_err(format!(
+                "tensor of {numel} {} elements at {ptr:#x} does not fit in memory",
+                dtype.name()
+            )));
+        }
         Ok(Self {
             ptr,
             numel,
@@ -91,12 +102,16 @@ impl TensorRef {
     /// The tensor must be a live, contiguous CPU buffer of `numel` elements of type `T` that
     /// nobody writes during the borrow; the Python layer guarantees this for the call.
     pub unsafe fn slice<'a, T: Elem>(&self) -> &'a [T] {
-        debug_assert_eq!(T::DTYPE, self.dtype);
-        debug_assert_eq!(self.device, Device::Cpu);
+        // Checked in release builds too: a wrong element type would read past the buffer.
+        assert_eq!(T::DTYPE, self.dtype, "TensorRef::slice: element type");
+        assert_eq!(self.device, Device::Cpu, "TensorRef::slice: a CUDA buffer");
         if self.numel == 0 {
             return &[];
         }
-        // SAFETY: non-null and aligned (checked in `extract`); size and liveness by the caller.
+        // SAFETY: non-null, aligned for T and at most isize::MAX bytes without wrapping
+        // (checked in `extract`), T is the tensor's element type and the buffer is on the host
+        // (asserted above); that `numel` elements are live, contiguous and not written during
+        // the borrow is the caller's contract.
         unsafe { std::slice::from_raw_parts(self.ptr as *const T, self.numel) }
     }
 
@@ -107,11 +122,17 @@ impl TensorRef {
     /// layer allocates outputs fresh).
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn slice_mut<'a, T: Elem>(&self) -> &'a mut [T] {
-        debug_assert_eq!(T::DTYPE, self.dtype);
+        assert_eq!(T::DTYPE, self.dtype, "TensorRef::slice_mut: element type");
+        assert_eq!(
+            self.device,
+            Device::Cpu,
+            "TensorRef::slice_mut: a CUDA buffer"
+        );
         if self.numel == 0 {
             return &mut [];
         }
-        // SAFETY: as above; exclusivity by the caller.
+        // SAFETY: as in `slice`; that nothing else reads or writes the buffer during the
+        // borrow is the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut T, self.numel) }
     }
 }

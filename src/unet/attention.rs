@@ -37,8 +37,8 @@ impl Attention {
     ) -> Result<Self> {
         let inner = heads * dh;
         let p = |s: &str| format!("{prefix}.{s}");
-        let mut wqkv = Vec::with_capacity(3 * inner * c);
-        let mut bqkv = Vec::with_capacity(3 * inner);
+        // Grown from the weights read (not reserved from the config's sizes up front).
+        let (mut wqkv, mut bqkv) = (Vec::new(), Vec::new());
         for (new, old) in [("to_q", "query"), ("to_k", "key"), ("to_v", "value")] {
             let w = ld.get_any(
                 &[&p(&format!("{new}.weight")), &p(&format!("{old}.weight"))],

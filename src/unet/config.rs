@@ -70,6 +70,14 @@ fn d_default() -> String {
     "default".into()
 }
 
+/// Bounds on a config's sizes, far above any published UNet2DModel (those have at most 4
+/// levels of at most 1,280 channels): a config past them is corrupt, and is refused before any
+/// allocation sized by it (the weights are then checked against these sizes one by one).
+const MAX_LEVELS: usize = 16;
+const MAX_CHANNELS: usize = 1 << 16;
+const MAX_LAYERS: usize = 64;
+const MAX_TABLE_ROWS: usize = 1 << 24;
+
 /// The keys of `UNet2DModel.__init__`, with its defaults.
 #[derive(Debug, Clone, Deserialize)]
 pub struct UNet2DConfig {
@@ -213,6 +221,39 @@ impl UNet2DConfig {
         if c.in_channels == 0 || c.out_channels == 0 || c.layers_per_block == 0 {
             return value_err!("in_channels, out_channels and layers_per_block must be positive");
         }
+        if levels > MAX_LEVELS || c.layers_per_block > MAX_LAYERS {
+            return value_err!(
+                "{levels} levels of {} layers: rdiff's UNet2DModel supports at most \
+                 {MAX_LEVELS} levels of {MAX_LAYERS} layers (corrupt config?)",
+                c.layers_per_block
+            );
+        }
+        let widths = [
+            c.in_channels,
+            c.out_channels,
+            c.time_embedding_dim.unwrap_or(0),
+        ];
+        if let Some(&big) = c
+            .block_out_channels
+            .iter()
+            .chain(&widths)
+            .find(|&&n| n > MAX_CHANNELS)
+        {
+            return value_err!(
+                "a channel count of {big} is past rdiff's bound of {MAX_CHANNELS} (corrupt config?)"
+            );
+        }
+        for (key, rows) in [
+            ("num_class_embeds", c.num_class_embeds),
+            ("num_train_timesteps", c.num_train_timesteps),
+        ] {
+            if rows.is_some_and(|n| n > MAX_TABLE_ROWS) {
+                return value_err!(
+                    "{key}: {} is past rdiff's bound of {MAX_TABLE_ROWS}",
+                    rows.unwrap()
+                );
+            }
+        }
         if !matches!(c.act_fn.as_str(), "silu" | "swish") {
             return value_err!(
                 "act_fn: {:?} is not supported by rdiff's UNet (only \"silu\")",
@@ -232,6 +273,9 @@ impl UNet2DConfig {
         let groups = c.norm_num_groups.ok_or_else(|| {
             RdiffError::Value("norm_num_groups: null is not supported by UNet2DModel".into())
         })?;
+        if groups == 0 {
+            return value_err!("norm_num_groups: must be positive, got 0");
+        }
         let time_embed_dim = c.time_embedding_dim.unwrap_or(4 * c.block_out_channels[0]);
         let (time_embedding, time_input_dim) = match c.time_embedding_type.as_str() {
             "positional" => (TimeEmbeddingType::Positional, c.block_out_channels[0]),

@@ -108,6 +108,7 @@ struct Shared {
 // SAFETY: the block object synchronises itself (barriers); the params point at argument values
 // that outlive the scope and are only read.
 unsafe impl Send for Shared {}
+// SAFETY: as for Send: shared reads of the params, the block synchronises itself.
 unsafe impl Sync for Shared {}
 
 struct BlockGuard(*mut c_void);
