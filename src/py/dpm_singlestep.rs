@@ -106,6 +106,7 @@ impl SinglestepCore {
                 batch,
                 mo_stride,
                 stream: None,
+                bounds: None,
             },
         )
     }
