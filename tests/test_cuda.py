@@ -18,7 +18,7 @@ from rdiff._cuda_testing import emulated_backend
 from rdiff._tensor import describe
 
 ARCHS = ["sm_80", "sm_86", "sm_89", "sm_90"]
-KERNELS = ["dpm_step", "threshold", "add_noise", "gamma", "analytic_step"]
+KERNELS = ["dpm_step", "threshold", "add_noise", "gamma", "analytic_step", "ddim_step"]
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 # Tolerances: float32 to a few ULP, half types within one rounding of their own.
 TOL = {
@@ -35,7 +35,7 @@ needs_nvrtc = pytest.mark.skipif(
 def test_kernel_list_matches_the_host_build():
     assert sorted(_rdiff._cuda_kernels()) == sorted(KERNELS)
     entries = _rdiff._emulated_kernels()
-    assert len(entries) == 3 * 9 + 2 * 3
+    assert len(entries) == 4 * 9 + 2 * 3
     assert all(e.startswith("rdiff_") for e in entries)
 
 
@@ -61,7 +61,7 @@ def test_compiles_with_nvrtc_without_spills(kernel, arch):
 
 
 def _entry_source(entry: str) -> str:
-    for name in ("dpm_step", "add_noise", "gamma", "analytic_step"):
+    for name in ("dpm_step", "add_noise", "gamma", "analytic_step", "ddim_step"):
         if entry.startswith(f"rdiff_{name}_"):
             return name
     return "threshold"
@@ -369,11 +369,12 @@ def _run_loop(make, dtype, generator_factory, steps, backend):
     gen = generator_factory()
     for t in sched.timesteps:
         eps = _toy_model(x.float(), int(t)).to(dtype)
+        kw = {"eta": 0.8} if isinstance(sched, rdiff.DDIMScheduler) else {}
         if backend == "emulated":
             with emulated_backend(max_blocks=2):
-                x = sched.step(eps, t, x, generator=gen).prev_sample
+                x = sched.step(eps, t, x, generator=gen, **kw).prev_sample
         else:
-            x = sched.step(eps, t, x, generator=gen).prev_sample
+            x = sched.step(eps, t, x, generator=gen, **kw).prev_sample
     return x
 
 
@@ -391,6 +392,14 @@ LOOPS = {
     "sde-dpmsolver++ 2M": (
         lambda: rdiff.DPMSolverMultistepScheduler(solver_order=2, algorithm_type="sde-dpmsolver++"),
         lambda: torch.Generator().manual_seed(3),
+    ),
+    "ddim eta=0.8 clip_sample": (
+        lambda: rdiff.DDIMScheduler(clip_sample=True, clip_sample_range=1.2),
+        lambda: torch.Generator().manual_seed(4),
+    ),
+    "ddpm thresholding": (
+        lambda: rdiff.DDPMScheduler(thresholding=True, sample_max_value=1.3),
+        lambda: torch.Generator().manual_seed(5),
     ),
     "analytic ddpm, torch generator": (
         lambda: rdiff.AnalyticDPMScheduler(gamma=np.linspace(0.5, 0.99, 1000)),
@@ -415,3 +424,45 @@ def test_whole_loop_emulated_matches_cpu(name, dt):
     assert torch.isfinite(cpu.float()).all()
     # Every step is bit-identical, so the whole loop is.
     assert torch.equal(emu, cpu), (emu.float() - cpu.float()).abs().max()
+
+
+@no_cuda
+def test_analytic_cuda_tensor_raises_unavailable():
+    core = _analytic_core()
+    x = torch.zeros(2, 4, 8, 8)
+    bufs = [torch.zeros_like(x) for _ in range(3)]
+
+    def cuda(t):
+        ptr, numel, dtype, _, _ = describe(t)
+        return (ptr, numel, dtype, "cuda", 0)
+
+    for philox in (None, (1, 2)):
+        with pytest.raises(rdiff.CudaUnavailableError, match="CUDA"):
+            core.step(
+                2,
+                cuda(bufs[0]),
+                cuda(x),
+                None if philox else cuda(bufs[1]),
+                cuda(bufs[2]),
+                cuda(bufs[1]),
+                2,
+                4 * 64,
+                (-1.0, 1.0),
+                philox,
+                0,
+            )
+    # Mixed CPU and CUDA buffers are refused too (never a crash).
+    with pytest.raises((ValueError, rdiff.CudaUnavailableError)):
+        core.step(
+            2,
+            describe(bufs[0]),
+            cuda(x),
+            None,
+            describe(bufs[2]),
+            describe(bufs[1]),
+            2,
+            4 * 64,
+            None,
+            (1, 2),
+            0,
+        )

@@ -187,11 +187,14 @@ class _MultistepCore:
         batch: int,
         mo_stride: int,
         stream: int | None = None,
+        bounds: tuple[int, int, str, str, int] | None = None,
     ) -> None:
         """One fused step over caller-owned buffers described by ``rdiff._tensor.describe``.
 
         For CUDA tensors the kernels are enqueued on ``stream`` (the caller's
-        ``torch.cuda.current_stream().cuda_stream``; 0 or None is the default stream).
+        ``torch.cuda.current_stream().cuda_stream``; 0 or None is the default stream); with
+        dynamic thresholding ``bounds`` is a float32 scratch tensor of ``batch`` elements on
+        the same device (required there, ignored for CPU tensors).
         """
 
 class _SinglestepCore:

@@ -2,6 +2,8 @@
 //! caller's device pointers are valid in it), the kernels' CUBIN for the device's exact
 //! architecture loaded once per device, and launches on the caller's stream with no
 //! synchronisation and no allocation per step (so a step can be captured in a CUDA graph).
+//! rdiff owns no device memory: scratch (the thresholding bounds) is a caller's tensor, so two
+//! streams never share one and a capture never sees a cuMemAlloc.
 //!
 //! Not exercised by the test suite (the build machines have no GPU): everything up to the
 //! driver calls is shared with the emulated launcher through `Launcher` and `ops`.
@@ -36,13 +38,10 @@ pub struct Device {
     pub sm_count: u32,
     functions: Mutex<HashMap<String, usize>>,
     modules: Mutex<HashMap<&'static str, usize>>,
-    /// f32 scratch for the per-sample thresholding bounds, one per sample of the largest
-    /// batch a grid can address (65535), allocated with the device so that no step allocates.
-    bounds: sys::CUdeviceptr,
 }
 
-// SAFETY: the context and the scratch pointer are process-wide driver handles, usable from any
-// thread once made current; the caches are behind mutexes (CUfunction/CUmodule kept as usize).
+// SAFETY: the context is a process-wide driver handle, usable from any thread once made
+// current; the caches are behind mutexes (CUfunction/CUmodule kept as usize).
 unsafe impl Send for Device {}
 // SAFETY: as for Send: the handles are thread-agnostic and the mutable caches are mutexes.
 unsafe impl Sync for Device {}
@@ -89,8 +88,6 @@ pub fn device(ordinal: i32) -> Result<Arc<Device>> {
              need 8.0 (Ampere) or newer"
         )));
     }
-    // SAFETY: the context is current; 256 KiB, freed never (process lifetime).
-    let bounds = unsafe { cu::malloc_sync(MAX_BATCH * 4) }.map_err(driver_err("cuMemAlloc"))?;
     let d = Arc::new(Device {
         ordinal,
         ctx,
@@ -98,18 +95,12 @@ pub fn device(ordinal: i32) -> Result<Arc<Device>> {
         sm_count,
         functions: Mutex::new(HashMap::new()),
         modules: Mutex::new(HashMap::new()),
-        bounds,
     });
     map.insert(ordinal, d.clone());
     Ok(d)
 }
 
 impl Device {
-    /// The scratch array for per-sample thresholding bounds (MAX_BATCH floats).
-    pub fn bounds_scratch(&self) -> u64 {
-        self.bounds
-    }
-
     fn make_current(&self) -> Result<()> {
         // SAFETY: the retained primary context stays alive for the process.
         unsafe { cu::ctx::set_current(self.ctx) }.map_err(driver_err("cuCtxSetCurrent"))

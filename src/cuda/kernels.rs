@@ -65,6 +65,11 @@ pub const SOURCES: &[KernelSource] = &[
         entries: entries_by_dtype!("rdiff_analytic_step", pairs),
     },
     KernelSource {
+        name: "ddim_step",
+        source: include_str!("../../kernels/ddim_step.cu"),
+        entries: entries_by_dtype!("rdiff_ddim_step", pairs),
+    },
+    KernelSource {
         name: "gamma",
         source: include_str!("../../kernels/gamma.cu"),
         entries: entries_by_dtype!("rdiff_gamma", single),

@@ -64,6 +64,7 @@ pub mod analytic_step;
 pub mod compile;
 #[cfg(feature = "cuda")]
 pub mod context;
+pub mod ddim_step;
 pub mod emulate;
 pub mod kernels;
 pub mod launch;

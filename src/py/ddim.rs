@@ -8,6 +8,10 @@ use pyo3::prelude::*;
 use super::tensor::{Device, TensorRef};
 use crate::cpu::ddim_step::{ddim_step, Clip, DdimIo};
 use crate::cpu::quantile::threshold_bounds;
+use crate::cuda::ddim_step::{ddim_step as ddim_kernel, DdimStepBuffers, KernelClip};
+use crate::cuda::emulate::EmulatedLauncher;
+use crate::cuda::ops::Buf;
+use crate::error::RdiffError;
 use crate::schedule::check_steps;
 use crate::schedule::ddim::{
     alpha_prod_at, ddim_coefficients, ddim_timesteps as spacing, ddpm_coefficients,
@@ -87,6 +91,8 @@ impl DdimCore {
         prev: TensorRef,
         batch: usize,
         mo_stride: usize,
+        stream: Option<usize>,
+        bounds: Option<TensorRef>,
     ) -> PyResult<()> {
         if batch == 0 || x.numel % batch != 0 {
             return Err(PyValueError::new_err(format!(
@@ -125,8 +131,76 @@ impl DdimCore {
             t.expect_dtype(what, mo.dtype)?;
         }
         let all = [Some(mo), Some(x), noise, Some(x0), Some(prev)];
+        let kernel_buffers = || DdimStepBuffers {
+            mo: buf(mo),
+            mo_stride,
+            x: buf(x),
+            noise: noise.map(buf),
+            x0: buf(x0),
+            prev: buf(prev),
+            batch,
+            per_sample,
+        };
         if all.iter().flatten().any(|t| t.device != Device::Cpu) {
-            return Err(crate::cuda::no_kernel("the DDIM/DDPM step").into());
+            if crate::cuda::available_cached().is_err() {
+                return Err(crate::cuda::no_kernel("the DDIM/DDPM step").into());
+            }
+            let Device::Cuda(ordinal) = x.device else {
+                return Err(mixed_devices());
+            };
+            if all.iter().flatten().any(|t| t.device != x.device) {
+                return Err(mixed_devices());
+            }
+            let clip = match self.clip {
+                ClipMode::None => KernelClip::None,
+                ClipMode::Range(c) => KernelClip::Range(c),
+                ClipMode::Dynamic(ratio, max_value) => {
+                    let b = bounds.ok_or_else(|| {
+                        PyValueError::new_err(
+                            "bounds: dynamic thresholding on CUDA needs a float32 scratch \
+                             tensor of `batch` elements on the sample's device",
+                        )
+                    })?;
+                    b.expect_dtype("bounds", crate::cpu::dtype::DType::F32)?;
+                    if b.device != x.device {
+                        return Err(mixed_devices());
+                    }
+                    if b.numel < batch {
+                        return Err(PyValueError::new_err(format!(
+                            "bounds: {} elements for a batch of {batch}",
+                            b.numel
+                        )));
+                    }
+                    KernelClip::Dynamic {
+                        ratio,
+                        max_value,
+                        bounds: b.ptr as u64,
+                    }
+                }
+            };
+            return Ok(run_cuda_ddim(
+                py,
+                ordinal,
+                stream.unwrap_or(0),
+                &kernel_buffers(),
+                &co,
+                clip,
+            )?);
+        }
+        if let Some(max_blocks) = super::cuda::emulated_backend() {
+            let mut scratch = vec![0f32; batch];
+            let clip = match self.clip {
+                ClipMode::None => KernelClip::None,
+                ClipMode::Range(c) => KernelClip::Range(c),
+                ClipMode::Dynamic(ratio, max_value) => KernelClip::Dynamic {
+                    ratio,
+                    max_value,
+                    bounds: scratch.as_mut_ptr() as u64,
+                },
+            };
+            let bufs = kernel_buffers();
+            py.detach(|| ddim_kernel(&EmulatedLauncher { max_blocks }, &bufs, &co, clip))?;
+            return Ok(());
         }
         let clip = self.clip;
         py.detach(|| {
@@ -273,8 +347,10 @@ impl DdimCore {
 
     /// One fused DDIM step: writes x₀ into `x0` and the new sample into `prev`. `noise` (in the
     /// model output's dtype) is required when η > 0.
+    /// For CUDA tensors the kernels run on `stream`; `bounds` is the f32 scratch (≥ batch
+    /// elements, same device) that dynamic thresholding needs there.
     #[pyo3(signature = (timestep, prev_timestep, eta, use_clipped_model_output, mo, x, noise,
-        x0, prev, batch, mo_stride))]
+        x0, prev, batch, mo_stride, stream=None, bounds=None))]
     #[allow(clippy::too_many_arguments)]
     fn ddim(
         &self,
@@ -290,14 +366,20 @@ impl DdimCore {
         prev: TensorRef,
         batch: usize,
         mo_stride: usize,
+        stream: Option<usize>,
+        bounds: Option<TensorRef>,
     ) -> PyResult<()> {
         let co = self.ddim_co(timestep, prev_timestep, eta, use_clipped_model_output)?;
-        self.run(py, co, mo, x, noise, x0, prev, batch, mo_stride)
+        self.run(
+            py, co, mo, x, noise, x0, prev, batch, mo_stride, stream, bounds,
+        )
     }
 
     /// One fused DDPM step; `noise` is required when timestep > 0, and the learned variance
     /// types read the variance channels after the first `x.numel / batch` of each `mo` row.
-    #[pyo3(signature = (timestep, prev_timestep, mo, x, noise, x0, prev, batch, mo_stride))]
+    /// `stream` and `bounds` as for `ddim`.
+    #[pyo3(signature = (timestep, prev_timestep, mo, x, noise, x0, prev, batch, mo_stride,
+        stream=None, bounds=None))]
     #[allow(clippy::too_many_arguments)]
     fn ddpm(
         &self,
@@ -311,10 +393,59 @@ impl DdimCore {
         prev: TensorRef,
         batch: usize,
         mo_stride: usize,
+        stream: Option<usize>,
+        bounds: Option<TensorRef>,
     ) -> PyResult<()> {
         let co = self.ddpm_co(timestep, prev_timestep)?;
-        self.run(py, co, mo, x, noise, x0, prev, batch, mo_stride)
+        self.run(
+            py, co, mo, x, noise, x0, prev, batch, mo_stride, stream, bounds,
+        )
     }
+}
+
+fn buf(t: TensorRef) -> Buf {
+    Buf {
+        ptr: t.ptr as u64,
+        dtype: t.dtype,
+    }
+}
+
+fn mixed_devices() -> PyErr {
+    PyValueError::new_err(
+        "step: every tensor must be on the same device (one CPU or one CUDA device)",
+    )
+}
+
+/// The step on a CUDA device, on the caller's stream: no allocation, no synchronisation.
+#[cfg(feature = "cuda")]
+fn run_cuda_ddim(
+    py: Python<'_>,
+    ordinal: i32,
+    stream: usize,
+    bufs: &DdimStepBuffers,
+    co: &DdimCoefficients,
+    clip: KernelClip,
+) -> Result<(), RdiffError> {
+    use crate::cuda::context::{device, StreamLauncher};
+    py.detach(|| {
+        let launcher = StreamLauncher {
+            device: device(ordinal)?,
+            stream,
+        };
+        ddim_kernel(&launcher, bufs, co, clip)
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda_ddim(
+    _py: Python<'_>,
+    _ordinal: i32,
+    _stream: usize,
+    _bufs: &DdimStepBuffers,
+    _co: &DdimCoefficients,
+    _clip: KernelClip,
+) -> Result<(), RdiffError> {
+    Err(crate::cuda::no_kernel("the DDIM/DDPM step"))
 }
 
 /// diffusers' DDIM/DDPM timesteps for `num_inference_steps` (int64, descending).

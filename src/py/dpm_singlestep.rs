@@ -107,6 +107,7 @@ impl SinglestepCore {
                 batch,
                 mo_stride,
                 stream: None,
+                bounds: None,
             },
         )
     }

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use super::tensor::{Device, TensorRef};
 use crate::cpu::dpm_step::{fused_step_from, StepIo};
 use crate::cpu::quantile::threshold_bounds;
-use crate::cuda::ops::{Buf, DpmStepBuffers};
+use crate::cuda::ops::{Buf, DpmStepBuffers, Thresholding};
 use crate::error::RdiffError;
 use crate::schedule::dpm_solver::{
     multistep_coefficients, Algorithm, MultistepStep, Point, PredictionType, SolverType,
@@ -119,6 +119,10 @@ pub(crate) struct StepBuffers {
     pub mo_stride: usize,
     /// The caller's CUDA stream (`cudaStream_t` as an integer) for CUDA tensors; 0 = default.
     pub stream: Option<usize>,
+    /// CUDA with dynamic thresholding: the caller's f32 scratch tensor (≥ batch elements, on
+    /// the sample's device) for the per-sample bounds. Caller-owned, so concurrent streams
+    /// never share it and a CUDA-graph capture needs no allocation here.
+    pub bounds: Option<TensorRef>,
 }
 
 /// Checks the buffers against the step's needs and runs the fused loop without the GIL.
@@ -141,6 +145,7 @@ pub(crate) fn run_fused_step(
         batch,
         mo_stride,
         stream,
+        bounds,
     } = bufs;
     let stochastic = co.c != 0.0 || cfg.algorithm.stochastic();
     let v = validate_step(
@@ -178,6 +183,32 @@ pub(crate) fn run_fused_step(
             )
             .into());
         }
+        let thresholding = match (cfg.thresholding, bounds) {
+            (None, _) => None,
+            (Some((ratio, max_value)), Some(b)) => {
+                b.expect_dtype("bounds", crate::cpu::dtype::DType::F32)?;
+                if b.device != x.device {
+                    return Err(mixed_devices());
+                }
+                if b.numel < batch {
+                    return Err(PyValueError::new_err(format!(
+                        "bounds: {} elements for a batch of {batch}",
+                        b.numel
+                    )));
+                }
+                Some(Thresholding {
+                    ratio,
+                    max_value,
+                    bounds: b.ptr as u64,
+                })
+            }
+            (Some(_), None) => {
+                return Err(PyValueError::new_err(
+                    "bounds: dynamic thresholding on CUDA needs a float32 scratch tensor of \
+                     `batch` elements on the sample's device",
+                ))
+            }
+        };
         let bufs = cuda_buffers(mo, mo_stride, x, &v, hist, prev, batch)?;
         return Ok(run_cuda_step(
             py,
@@ -185,7 +216,7 @@ pub(crate) fn run_fused_step(
             stream.unwrap_or(0),
             &bufs,
             co,
-            cfg.thresholding,
+            thresholding,
         )?);
     }
     if let (Some(max_blocks), None) = (super::cuda::emulated_backend(), start) {
@@ -281,7 +312,10 @@ impl MultistepCore {
     /// One fused step: writes the converted model output into `hist` and the new sample into
     /// `prev`. `mo` has `batch` rows of `mo_stride` elements; the others `batch × per_sample`
     /// with per_sample = x.numel / batch. m1/m2 are the earlier history entries the order needs.
-    #[pyo3(signature = (step_index, order, mo, x, m1, m2, noise, hist, prev, batch, mo_stride, stream=None))]
+    /// `stream` and `bounds` (the thresholding scratch, see `StepBuffers`) matter for CUDA
+    /// tensors only.
+    #[pyo3(signature = (step_index, order, mo, x, m1, m2, noise, hist, prev, batch, mo_stride,
+        stream=None, bounds=None))]
     #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
@@ -298,6 +332,7 @@ impl MultistepCore {
         batch: usize,
         mo_stride: usize,
         stream: Option<usize>,
+        bounds: Option<TensorRef>,
     ) -> PyResult<()> {
         let co = self.coefficients_at(step_index, order)?;
         run_fused_step(
@@ -317,6 +352,7 @@ impl MultistepCore {
                 batch,
                 mo_stride,
                 stream,
+                bounds,
             },
         )
     }
@@ -440,19 +476,16 @@ fn run_cuda_step(
     stream: usize,
     bufs: &DpmStepBuffers,
     co: &StepCoefficients,
-    thresholding: Option<(f64, f64)>,
+    thresholding: Option<Thresholding>,
 ) -> Result<(), RdiffError> {
     use crate::cuda::context::{device, StreamLauncher};
-    use crate::cuda::ops::{dpm_step, Thresholding};
+    use crate::cuda::ops::dpm_step;
     py.detach(|| {
-        let device = device(ordinal)?;
-        let thr = thresholding.map(|(ratio, max_value)| Thresholding {
-            ratio,
-            max_value,
-            bounds: device.bounds_scratch(),
-        });
-        let launcher = StreamLauncher { device, stream };
-        dpm_step(&launcher, bufs, co, thr)
+        let launcher = StreamLauncher {
+            device: device(ordinal)?,
+            stream,
+        };
+        dpm_step(&launcher, bufs, co, thresholding)
     })
 }
 
@@ -463,7 +496,7 @@ fn run_cuda_step(
     _stream: usize,
     _bufs: &DpmStepBuffers,
     _co: &StepCoefficients,
-    _thresholding: Option<(f64, f64)>,
+    _thresholding: Option<Thresholding>,
 ) -> Result<(), RdiffError> {
     Err(crate::cuda::no_kernel("the DPM-Solver step"))
 }

@@ -9,7 +9,15 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _ddim_timesteps, _DdimCore
-from ._base import SchedulerBase, SchedulerOutput, check_choice, check_int, exclusive
+from ._base import (
+    SchedulerBase,
+    SchedulerOutput,
+    check_choice,
+    check_int,
+    describe_or_none,
+    exclusive,
+    thresholding_scratch,
+)
 
 _COMPATIBLES = [
     "DDIMScheduler",
@@ -238,6 +246,8 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         x = _tensor.contiguous(sample)
         x0 = _tensor.empty_like(x, dtype=model_output.dtype)
         prev = _tensor.empty_like(x, dtype=model_output.dtype)
+        # Kept alive until the kernels are enqueued (stream order then protects its reuse).
+        bounds = thresholding_scratch(x, shape[0]) if self.config.thresholding else None
         self._core.ddim(
             t,
             prev_t,
@@ -250,6 +260,8 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
             _tensor.describe(prev),
             shape[0],
             math.prod(shape[1:]),
+            _tensor.cuda_stream(x),
+            describe_or_none(bounds),
         )
         if not return_dict:
             return (prev, x0)

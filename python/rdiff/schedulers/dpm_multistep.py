@@ -9,7 +9,14 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _diffusers_schedule, _MultistepCore
-from ._base import SchedulerBase, SchedulerOutput, check_choice, check_int, exclusive
+from ._base import (
+    SchedulerBase,
+    SchedulerOutput,
+    check_choice,
+    check_int,
+    exclusive,
+    thresholding_scratch,
+)
 
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 _PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
@@ -290,6 +297,8 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         prev = _tensor.empty_like(x, dtype=model_output.dtype)
         batch = shape[0]
         mo_stride = math.prod(mo_shape[1:])
+        # Kept alive until the kernel is enqueued (then stream order protects its reuse).
+        bounds = thresholding_scratch(x, batch) if cfg.thresholding else None
         self._core.step(
             self._step_index,
             order,
@@ -303,6 +312,7 @@ class DPMSolverMultistepScheduler(SchedulerBase):
             batch,
             mo_stride,
             _tensor.cuda_stream(x),
+            None if bounds is None else _tensor.describe(bounds),
         )
         for i in range(cfg.solver_order - 1):
             self.model_outputs[i] = self.model_outputs[i + 1]

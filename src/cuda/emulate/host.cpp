@@ -161,6 +161,7 @@ void rdiff_emu_enter(void* block, const unsigned int* grid, const unsigned int* 
 // The kernels, as C++.
 #include "add_noise.cu"
 #include "analytic_step.cu"
+#include "ddim_step.cu"
 #include "dpm_step.cu"
 #include "gamma.cu"
 #include "threshold.cu"

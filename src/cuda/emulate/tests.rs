@@ -494,3 +494,155 @@ fn kernel_philox_noise_is_the_cpu_stream() {
         assert_eq!(prev, want, "max_blocks {max_blocks}");
     }
 }
+
+// --- the DDIM / DDPM step ----------------------------------------------------------------
+
+use crate::cpu::ddim_step::{ddim_step as cpu_ddim_step, Clip, DdimIo};
+use crate::cuda::ddim_step::{ddim_step, DdimStepBuffers, KernelClip};
+use crate::schedule::ddim::{DdimCoefficients, NoiseScale};
+
+fn ddim_co(noise: NoiseScale, eps_from_x0: bool) -> DdimCoefficients {
+    DdimCoefficients {
+        p: 1.0,
+        q: -0.8,
+        d: 0.6,
+        eps_from_x0,
+        h1: 1.0,
+        h2: -0.6,
+        h3: 0.8,
+        a: 0.1,
+        w0: 0.7,
+        w_eps: 0.5,
+        noise,
+    }
+}
+
+fn check_ddim<D: Elem + Default, S: Elem + Default>(
+    batch: usize,
+    per_sample: usize,
+    offset: usize,
+    noise: NoiseScale,
+    clip: usize,
+) {
+    let n = batch * per_sample;
+    let learned = matches!(noise, NoiseScale::Learned | NoiseScale::LearnedRange { .. });
+    // Learned variances: the variance channels follow the output (positive for √v).
+    let mo_stride = if learned {
+        2 * per_sample
+    } else {
+        per_sample + 3
+    };
+    let co = ddim_co(noise, clip != 1);
+    let x: Vec<S> = stored(&values(n, 21), offset);
+    let mut mo_v = values(batch * mo_stride, 22);
+    if learned {
+        for b in 0..batch {
+            for v in &mut mo_v[b * mo_stride + per_sample..(b + 1) * mo_stride] {
+                *v = v.abs() * 0.4 + 0.01;
+            }
+        }
+    }
+    let mo: Vec<D> = stored(&mo_v, offset);
+    let nz: Vec<D> = stored(&values(n, 23), offset);
+    let (x, mo, nz) = (&x[offset..], &mo[offset..], &nz[offset..]);
+    let (ratio, max_value) = (0.8, 1.2);
+    let bounds = (clip == 2).then(|| {
+        threshold_bounds(
+            x,
+            mo,
+            mo_stride,
+            per_sample,
+            co.p / co.d,
+            co.q / co.d,
+            ratio,
+            max_value,
+        )
+    });
+    let cpu_clip = match (clip, &bounds) {
+        (1, _) => Clip::Range(0.9),
+        (2, Some(b)) => Clip::Dynamic(b),
+        _ => Clip::None,
+    };
+    let (mut x0_c, mut prev_c) = (vec![D::default(); n], vec![D::default(); n]);
+    cpu_ddim_step(
+        DdimIo {
+            mo,
+            mo_stride,
+            x,
+            noise: Some(nz),
+            x0: &mut x0_c,
+            prev: &mut prev_c,
+            per_sample,
+        },
+        &co,
+        cpu_clip,
+    );
+    let mut x0_e = vec![D::default(); n + offset];
+    let mut prev_e = vec![D::default(); n + offset];
+    let mut scratch = vec![0f32; batch];
+    let kclip = match clip {
+        1 => KernelClip::Range(0.9),
+        2 => KernelClip::Dynamic {
+            ratio,
+            max_value,
+            bounds: scratch.as_mut_ptr() as u64,
+        },
+        _ => KernelClip::None,
+    };
+    ddim_step(
+        &EmulatedLauncher::default(),
+        &DdimStepBuffers {
+            mo: buf(mo),
+            mo_stride,
+            x: buf(x),
+            noise: Some(buf(nz)),
+            x0: buf_mut(&mut x0_e[offset..]),
+            prev: buf_mut(&mut prev_e[offset..]),
+            batch,
+            per_sample,
+        },
+        &co,
+        kclip,
+    )
+    .unwrap();
+    let what = format!(
+        "{:?}/{:?} batch {batch} × {per_sample} offset {offset} noise {noise:?} clip {clip}",
+        D::DTYPE,
+        S::DTYPE
+    );
+    assert_eq!(widen(&x0_e[offset..]), widen(&x0_c), "x0 {what}");
+    assert_eq!(widen(&prev_e[offset..]), widen(&prev_c), "prev {what}");
+}
+
+macro_rules! ddim_for_all {
+    ($($name:ident: $d:ty, $s:ty;)*) => {$(
+        #[test]
+        fn $name() {
+            let scales = [
+                NoiseScale::None,
+                NoiseScale::Fixed(0.3),
+                NoiseScale::Learned,
+                NoiseScale::LearnedRange { min_log: -7.0, max_log: -2.0 },
+            ];
+            for &(batch, ps) in &[(1, 1), (2, 1027), (3, 2048)] {
+                for offset in [0, 1] {
+                    for (k, &noise) in scales.iter().enumerate() {
+                        check_ddim::<$d, $s>(batch, ps, offset, noise, k % 3);
+                    }
+                }
+            }
+        }
+    )*};
+}
+
+ddim_for_all! {
+    ddim_f32_f32: f32, f32;
+    ddim_f32_f16: f32, f16;
+    ddim_f32_bf16: f32, bf16;
+    ddim_f16_f32: f16, f32;
+    ddim_f16_f16: f16, f16;
+    ddim_f16_bf16: f16, bf16;
+    ddim_bf16_f32: bf16, f32;
+    ddim_bf16_f16: bf16, f16;
+    ddim_bf16_bf16: bf16, bf16;
+}
