@@ -15,7 +15,7 @@ __device__ void rd_threshold(const D* __restrict__ mo, rd_i64 mo_stride, const S
                              rd_i64 per_sample, float p, float q, float ratio, float max_value,
                              float* __restrict__ bounds) {
     RDIFF_SHARED(unsigned int, hist, 2 * RD_THR_BINS);
-    RDIFF_SHARED(unsigned int, state, 4);  // prefix[2], rank[2]
+    RDIFF_SHARED(unsigned int, state, 5);  // prefix[2], rank[2], NaN seen
     const rd_i64 b = blockIdx.x;
     mo += b * mo_stride;
     x += b * per_sample;
@@ -31,6 +31,7 @@ __device__ void rd_threshold(const D* __restrict__ mo, rd_i64 mo_stride, const S
         state[1] = 0;
         state[2] = (unsigned int)lo;
         state[3] = (unsigned int)hi;
+        state[4] = 0;
     }
     unsigned int mask = 0;
     for (int pass = 0; pass < 4; ++pass) {
@@ -41,6 +42,8 @@ __device__ void rd_threshold(const D* __restrict__ mo, rd_i64 mo_stride, const S
         for (rd_i64 i = tid; i < per_sample; i += blockDim.x) {
             const float v = fabsf(p * rd_to_f32(x[i]) + q * rd_to_f32(mo[i]));
             const unsigned int u = rd_f2u(v);
+            // torch.quantile is NaN as soon as one input is, wherever it sorts.
+            if (pass == 0 && v != v) atomicAdd(&state[4], 1u);
             const unsigned int bin = (u >> shift) & 0xffu;
             if ((u & mask) == pre0) atomicAdd(&hist[bin], 1u);
             if ((u & mask) == pre1) atomicAdd(&hist[RD_THR_BINS + bin], 1u);
@@ -82,8 +85,10 @@ __device__ void rd_threshold(const D* __restrict__ mo, rd_i64 mo_stride, const S
         // torch.lerp's two-sided formula keeps the end points exact.
         float qv = weight < 0.5f ? below + weight * (above - below)
                                  : above - (above - below) * (1.0f - weight);
-        // As the CPU path: max(q, 1) then min(·, m), so m < 1 wins; fmaxf maps NaN to 1.
-        qv = fminf(fmaxf(qv, 1.0f), max_value);
+        // As the CPU path: NaN stays NaN (torch.clamp keeps it, fmaxf would map it to 1);
+        // otherwise max(q, 1) then min(·, m), so m < 1 wins.
+        if (state[4] != 0u) qv = rd_u2f(0x7fc00000u);
+        if (qv == qv) qv = fminf(fmaxf(qv, 1.0f), max_value);
         bounds[b] = qv;
     }
 }

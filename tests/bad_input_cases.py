@@ -137,12 +137,12 @@ def with_value(x, v, idx=(0, 0, 0, 0)):
     return y
 
 
-def nan_mask_like_diffusers(kind, value):
+def nan_mask_like_diffusers(kind, value, **config):
     """One step with `value` at one element of model_output: rdiff's non-finite pattern
     must be diffusers' (diffusers propagates NaN/Inf through a step, elementwise)."""
-    peer = PEER[kind]()
+    peer = PEER[kind](**config)
     peer.set_timesteps(10)
-    ours = make(kind)
+    ours = make(kind, wrapped=True, **config)
     mo = with_value(TM, value)
     t = peer.timesteps[0]
     a = ours.step(mo, t, TX, generator=torch.Generator().manual_seed(0)).prev_sample
@@ -511,6 +511,16 @@ def _scheduler_cases() -> list[Case]:
                     Case(
                         f"{p}.step.nan_like_diffusers",
                         f"nan_mask_like_diffusers({kind!r}, float('nan'))",
+                        None,
+                    ),
+                    Case(
+                        f"{p}.step.nan_thresholding_like_diffusers",
+                        f"nan_mask_like_diffusers({kind!r}, float('nan'), thresholding=True)",
+                        None,
+                    ),
+                    Case(
+                        f"{p}.step.inf_thresholding_like_diffusers",
+                        f"nan_mask_like_diffusers({kind!r}, float('inf'), thresholding=True)",
                         None,
                     ),
                     Case(

@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::dtype::Elem;
+use super::quantile::clamp_sym;
 use crate::schedule::ddim::{DdimCoefficients, NoiseScale};
 
 /// Elements per rayon task: large enough to amortise scheduling, small enough to balance.
@@ -187,7 +188,7 @@ fn run_task<D: Elem, S: Elem>(
             }
             Bound::Scaled(s) => {
                 for y in &mut ys[..n] {
-                    *y = y.clamp(-s, s) / s;
+                    *y = clamp_sym(*y, s) / s;
                 }
             }
         }

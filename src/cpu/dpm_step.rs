@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::dtype::Elem;
+use super::quantile::clamp_sym;
 use crate::schedule::dpm_solver::StepCoefficients;
 
 /// Elements per rayon task: large enough to amortise scheduling, small enough to balance.
@@ -220,7 +221,7 @@ fn convert(co: Co, thr: Option<f32>, xs: &[f32], ys: &[f32], out: &mut [f32]) {
         Some(s) => {
             let inv = 1.0 / s;
             for ((o, x), y) in out.iter_mut().zip(xs).zip(ys) {
-                *o = co.r * x + co.w * ((co.p * x + co.q * y).clamp(-s, s) * inv);
+                *o = co.r * x + co.w * (clamp_sym(co.p * x + co.q * y, s) * inv);
             }
         }
     }

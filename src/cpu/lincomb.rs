@@ -242,7 +242,8 @@ pub fn reference_bounds<A: Acc, T: Buf<A>>(
 /// torch.quantile(v, ratio) with linear interpolation, the rank computed in `A`. Reorders v.
 pub fn quantile<A: Acc>(v: &mut [A], ratio: f64) -> A {
     let n = v.len();
-    if n == 0 {
+    // torch.quantile is NaN as soon as one input is (total_cmp alone would sort it last).
+    if n == 0 || v.iter().any(|a| a.to_f64().is_nan()) {
         return A::of(f64::NAN);
     }
     let rank = (A::of(ratio) * A::of((n - 1) as f64)).to_f64();

@@ -34,17 +34,36 @@ pub fn threshold_bounds<D: Elem, S: Elem>(
             }
             let qv = quantile_in_place(&mut abs, ratio);
             // torch.clamp(min=1, max=m) applies the max last, so m < 1 wins (f32::clamp would
-            // panic there).
-            qv.max(1.0).min(max_value as f32)
+            // panic there); and it keeps a NaN (diffusers' whole sample turns NaN), which
+            // f32::max would replace by 1.
+            if qv.is_nan() {
+                qv
+            } else {
+                qv.max(1.0).min(max_value as f32)
+            }
         })
         .collect()
 }
 
 /// torch.quantile(v, ratio) with linear interpolation; the rank is computed in f32 as torch does
 /// for float32 input. Reorders `v`. NaN compares as largest, like torch's sort.
+/// y clamped to [−s, s], as torch.clamp: a NaN y stays NaN and a NaN bound passes y through
+/// (the caller's division by s then makes it NaN), where f32::clamp would panic.
+#[inline(always)]
+pub fn clamp_sym(y: f32, s: f32) -> f32 {
+    if y > s {
+        s
+    } else if y < -s {
+        -s
+    } else {
+        y
+    }
+}
+
 pub fn quantile_in_place(v: &mut [f32], ratio: f64) -> f32 {
     let n = v.len();
-    if n == 0 {
+    // torch.quantile is NaN as soon as one input is (total_cmp alone would sort it last).
+    if n == 0 || v.iter().any(|a| a.is_nan()) {
         return f32::NAN;
     }
     let rank = ratio as f32 * (n - 1) as f32;
@@ -77,5 +96,11 @@ mod tests {
         let mut v: Vec<f32> = vec![3.0, 1.0, 2.0, 4.0];
         // rank = 0.995·3 = 2.985 → 3 + 0.985·(4 − 3).
         assert!((quantile_in_place(&mut v, 0.995) - 3.985).abs() < 1e-6);
+    }
+
+    #[test]
+    fn quantile_is_nan_with_a_nan_anywhere_like_torch() {
+        let mut v: Vec<f32> = vec![f32::NAN, 1.0, 2.0, 3.0, 4.0];
+        assert!(quantile_in_place(&mut v, 0.1).is_nan());
     }
 }
