@@ -29,5 +29,6 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::ddim::register(m)?;
     py::sampling::register(m)?;
     m.add_class::<py::unet::PyUNet2D>()?;
+    m.add_class::<py::unet_cuda::PyCudaUNet2D>()?;
     Ok(())
 }
