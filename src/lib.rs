@@ -31,5 +31,6 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::sampling::register(m)?;
     py::random::register(m)?;
     m.add_class::<py::unet::PyUNet2D>()?;
+    m.add_class::<py::unet_cuda::PyCudaUNet2D>()?;
     Ok(())
 }

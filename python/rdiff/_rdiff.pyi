@@ -439,3 +439,44 @@ class _UNet2D:
         class_values: list[float] | None = None,
     ) -> None:
         """The forward pass over caller-owned NCHW buffers (GIL released)."""
+
+class _CudaUNet2D:
+    """The UNet2DModel graph through the CUDA kernels (device -1: the emulated launcher)."""
+
+    @staticmethod
+    def from_dir(
+        path: str, weights_name: str, device: int, max_blocks: int = 8, threads: int = 0
+    ) -> _CudaUNet2D:
+        """Load a diffusers folder for CUDA device ``device`` (CudaUnavailableError without one)."""
+    @staticmethod
+    def from_tensors(
+        config_json: str,
+        tensors: dict[str, npt.NDArray[np.float32]],
+        device: int,
+        max_blocks: int = 8,
+        threads: int = 0,
+    ) -> _CudaUNet2D:
+        """Build from a config.json text and float32 arrays, for ``device`` as in from_dir."""
+    @property
+    def in_channels(self) -> int: ...
+    @property
+    def out_channels(self) -> int: ...
+    @property
+    def device(self) -> int:
+        """The CUDA device ordinal, -1 for the emulated launcher."""
+    @property
+    def arena_bytes(self) -> int:
+        """Bytes of device activation memory allocated so far."""
+    def check(self, shape: tuple[int, int, int, int], timesteps: int) -> None:
+        """ValueError unless a call with this sample shape and timestep count can run."""
+    def forward(
+        self,
+        sample: tuple[int, int, str, str, int],
+        shape: tuple[int, int, int, int],
+        timesteps: list[float],
+        out: tuple[int, int, str, str, int],
+        class_indices: list[int] | None = None,
+        class_values: list[float] | None = None,
+        stream: int = 0,
+    ) -> None:
+        """The forward pass over NCHW buffers on the model's device, on ``stream``."""

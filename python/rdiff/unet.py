@@ -10,7 +10,10 @@ diffusers model, then call it like diffusers' model::
 
 ``sample`` is a float32 (or float16 / bfloat16 / float64) numpy array or torch CPU tensor of
 shape ``(batch, in_channels, height, width)``; arithmetic runs in float32 and the result has
-the input's dtype. ``timestep`` follows diffusers: a Python/numpy scalar is converted to an
+the input's dtype. With ``device="cuda"`` the same graph runs through rdiff's CUDA kernels
+(``kernels/gemm.cu``, ``unet_conv.cu``, ``unet_ops.cu``) on torch CUDA tensors (float32,
+float16 or bfloat16) on the caller's current stream, activations and weights in float32.
+``timestep`` follows diffusers: a Python/numpy scalar is converted to an
 integer as ``torch.tensor([t], dtype=torch.long)`` does (so 2.7 becomes 2); a tensor or array
 (0-d or one value per sample) keeps its values, converted to float32.
 """
@@ -26,7 +29,7 @@ import numpy as np
 
 from . import _tensor
 from ._config import FrozenConfig
-from ._rdiff import WeightsError, _UNet2D
+from ._rdiff import WeightsError, _CudaUNet2D, _UNet2D
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -38,22 +41,23 @@ class UNet2DOutput:
     sample: Any
 
 
-def _check_target(device: Any, dtype: Any) -> None:
-    dev = str(device)
-    if dev != "cpu":
-        if dev.startswith("cuda"):
-            from ._rdiff import CudaUnavailableError
-
-            raise CudaUnavailableError(
-                "rdiff.UNet2DModel: the CUDA UNet is not built yet; use device='cpu'"
-            )
-        raise ValueError(f"device: expected 'cpu', got {device!r}")
+def _check_target(device: Any, dtype: Any) -> int | None:
+    """None for the CPU, the CUDA device ordinal for "cuda" / "cuda:N" / torch devices."""
     name = str(dtype).removeprefix("torch.")
     if name not in ("float32", "<class 'numpy.float32'>"):
         raise ValueError(
-            f"dtype: the CPU UNet computes in float32 (weights are converted on load); "
+            f"dtype: the UNet computes in float32 on the CPU and on CUDA (weights are "
+            f"converted on load; float16/bfloat16 samples are accepted at call time); "
             f"got {dtype!r}"
         )
+    dev = str(device)
+    if dev == "cpu":
+        return None
+    if dev == "cuda":
+        return 0
+    if dev.startswith("cuda:") and dev[5:].isdigit():
+        return int(dev[5:])
+    raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 class UNet2DModel:
@@ -64,9 +68,11 @@ class UNet2DModel:
     with the GIL released) and give the serial results bit for bit.
     """
 
-    def __init__(self, core: _UNet2D, config: dict) -> None:
+    def __init__(self, core: Any, config: dict) -> None:
         self._core = core
         self._config = FrozenConfig(config)
+        # -1: the emulated CUDA launcher (tests); None: the CPU.
+        self._cuda: int | None = core.device if isinstance(core, _CudaUNet2D) else None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -78,8 +84,24 @@ class UNet2DModel:
         subfolder: str | None = None,
         variant: str | None = None,
     ) -> UNet2DModel:
-        """Load a diffusers-format folder (``subfolder="unet"`` for a pipeline folder)."""
-        _check_target(device, dtype)
+        """Load a diffusers-format folder (``subfolder="unet"`` for a pipeline folder).
+
+        ``device="cuda"`` (or ``"cuda:N"``) runs the model through rdiff's CUDA kernels on
+        torch CUDA tensors; without a usable driver/GPU/NVRTC this raises
+        ``rdiff.CudaUnavailableError`` with the reason.
+        """
+        return cls._load(path, _check_target(device, dtype), subfolder, variant)
+
+    @classmethod
+    def _load(
+        cls,
+        path: str | os.PathLike,
+        ordinal: int | None,
+        subfolder: str | None = None,
+        variant: str | None = None,
+        max_blocks: int = 8,
+        threads: int = 0,
+    ) -> UNet2DModel:
         folder = os.fspath(path)
         if subfolder:
             folder = os.path.join(folder, subfolder)
@@ -101,14 +123,27 @@ class UNet2DModel:
         cls_name = config.get("_class_name", "UNet2DModel")
         if cls_name != "UNet2DModel":
             raise ValueError(f"{cfg_path}: a {cls_name} config, not a UNet2DModel")
-        return cls(_UNet2D.from_dir(folder, name), config)
+        if ordinal is None:
+            return cls(_UNet2D.from_dir(folder, name), config)
+        return cls(_CudaUNet2D.from_dir(folder, name, ordinal, max_blocks, threads), config)
+
+    @classmethod
+    def _emulated(
+        cls, path: str | os.PathLike, max_blocks: int = 8, threads: int = 32
+    ) -> UNet2DModel:
+        """Private (tests): the CUDA UNet on the emulated launcher, called with CPU tensors.
+
+        ``threads`` per block of the non-GEMM kernels (32 keeps the emulation fast; 0 means
+        256, the GPU's), at most ``max_blocks`` blocks per grid-stride launch.
+        """
+        return cls._load(path, -1, max_blocks=max_blocks, threads=threads)
 
     @classmethod
     def from_diffusers(
         cls, module: Any, device: Any = "cpu", dtype: Any = "float32"
     ) -> UNet2DModel:
         """Take the weights and config of an in-memory ``diffusers.UNet2DModel``."""
-        _check_target(device, dtype)
+        ordinal = _check_target(device, dtype)
         if not (hasattr(module, "config") and hasattr(module, "state_dict")):
             raise TypeError(
                 f"module: expected a diffusers UNet2DModel, got {type(module).__name__}"
@@ -117,7 +152,9 @@ class UNet2DModel:
         tensors = {}
         for name, t in module.state_dict().items():
             tensors[name] = np.ascontiguousarray(t.detach().to("cpu").float().numpy())
-        return cls(_UNet2D.from_tensors(json.dumps(config), tensors), config)
+        if ordinal is None:
+            return cls(_UNet2D.from_tensors(json.dumps(config), tensors), config)
+        return cls(_CudaUNet2D.from_tensors(json.dumps(config), tensors, ordinal), config)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -134,7 +171,9 @@ class UNet2DModel:
 
     @property
     def device(self) -> str:
-        return "cpu"
+        if self._cuda is None:
+            return "cpu"
+        return "emulated" if self._cuda < 0 else f"cuda:{self._cuda}"
 
     @property
     def dtype(self) -> str:
@@ -163,7 +202,11 @@ class UNet2DModel:
         self._core.check((b, c, h, w), len(ts))
         out = _alloc(x, (b, self.out_channels, h, w))
         idx, vals = _class_labels(class_labels)
-        self._core.forward(_tensor.describe(x), (b, c, h, w), ts, _tensor.describe(out), idx, vals)
+        args = (_tensor.describe(x), (b, c, h, w), ts, _tensor.describe(out), idx, vals)
+        if self._cuda is None:
+            self._core.forward(*args)
+        else:
+            self._core.forward(*args, stream=_tensor.cuda_stream(x) or 0)
         return UNet2DOutput(sample=out) if return_dict else out
 
     forward = __call__

@@ -101,7 +101,7 @@ pub fn device(ordinal: i32) -> Result<Arc<Device>> {
 }
 
 impl Device {
-    fn make_current(&self) -> Result<()> {
+    pub(crate) fn make_current(&self) -> Result<()> {
         // SAFETY: the retained primary context stays alive for the process.
         unsafe { cu::ctx::set_current(self.ctx) }.map_err(driver_err("cuCtxSetCurrent"))
     }

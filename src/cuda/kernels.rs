@@ -74,6 +74,37 @@ pub const SOURCES: &[KernelSource] = &[
         source: include_str!("../../kernels/gamma.cu"),
         entries: entries_by_dtype!("rdiff_gamma", single),
     },
+    KernelSource {
+        name: "gemm",
+        source: include_str!("../../kernels/gemm.cu"),
+        entries: &["rdiff_gemm_f32"],
+    },
+    KernelSource {
+        name: "unet_conv",
+        source: include_str!("../../kernels/unet_conv.cu"),
+        entries: &[
+            "rdiff_unet_im2col_f32",
+            "rdiff_unet_conv_init_f32",
+            "rdiff_unet_nchw_in_f32",
+            "rdiff_unet_nchw_out_f32",
+            "rdiff_unet_nchw_in_f16",
+            "rdiff_unet_nchw_out_f16",
+            "rdiff_unet_nchw_in_bf16",
+            "rdiff_unet_nchw_out_bf16",
+        ],
+    },
+    KernelSource {
+        name: "unet_ops",
+        source: include_str!("../../kernels/unet_ops.cu"),
+        entries: &[
+            "rdiff_unet_group_norm_f32",
+            "rdiff_unet_softmax_cols_f32",
+            "rdiff_unet_upsample2x_f32",
+            "rdiff_unet_avgpool2x_f32",
+            "rdiff_unet_time_proj_f32",
+            "rdiff_unet_rows_f32",
+        ],
+    },
 ];
 
 /// The source named `name`.

@@ -69,6 +69,7 @@ pub mod emulate;
 pub mod kernels;
 pub mod launch;
 pub mod ops;
+pub mod unet;
 
 /// The error for CUDA tensors given to an operation with no CUDA kernel in this build: why
 /// CUDA is unavailable here, or, where it is available, that `what` has no kernel yet.

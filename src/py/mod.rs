@@ -14,3 +14,4 @@ pub mod spacing;
 pub mod tensor;
 pub mod testing;
 pub mod unet;
+pub mod unet_cuda;

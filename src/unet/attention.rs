@@ -2,12 +2,10 @@
 //! Q/K/V projections (one stacked 1×1 product), multi-head softmax attention, the output
 //! projection with the residual and the rescale factor folded into its epilogue.
 
-use super::resnet::{Act, Norm};
+use super::backend::{Act, Backend, Epilogue};
+use super::resnet::Norm;
 use super::weights::Loader;
-use crate::cpu::arena::Arena;
-use crate::cpu::attention::self_attention;
-use crate::cpu::conv::{conv2d, Geometry, Init, Input};
-use crate::cpu::norm::group_norm;
+use crate::cpu::conv::Geometry;
 use crate::error::Result;
 
 pub struct Attention {
@@ -70,60 +68,51 @@ impl Attention {
         })
     }
 
-    pub fn forward(&self, arena: &mut Arena, x: &Act) -> Act {
+    pub fn forward<B: Backend>(&self, be: &mut B, x: &Act<B::Buf>) -> Result<Act<B::Buf>> {
         let dims = x.dims;
         let n = dims.n();
-        let normed = self.norm.as_ref().map(|norm| {
-            let mut h = Act::new(arena, self.c, dims);
-            group_norm(
-                Input {
-                    segs: &[x.seg()],
-                    dims,
-                },
-                norm.params(),
-                None,
-                false,
-                &mut h.buf,
-            );
-            h
-        });
+        let normed = match &self.norm {
+            Some(norm) => {
+                let mut h = be.act(self.c, dims)?;
+                be.group_norm(&[x.seg()], dims, norm.params(), None, false, &mut h.buf)?;
+                Some(h)
+            }
+            None => None,
+        };
         let src = normed.as_ref().unwrap_or(x);
-        let mut qkv = arena.take(3 * self.inner * n);
-        conv2d(
-            Input {
-                segs: &[src.seg()],
-                dims,
-            },
+        let mut qkv = be.take(3 * self.inner * n)?;
+        be.conv2d(
+            &[src.seg()],
+            dims,
             &self.wqkv,
             3 * self.inner,
             Geometry::POINT,
-            Init::bias(&self.bqkv),
+            Epilogue::bias(&self.bqkv),
             &mut qkv,
-        );
+        )?;
         if let Some(h) = normed {
-            arena.give(h.buf);
+            be.give(h.buf);
         }
-        let mut o = arena.take(self.inner * n);
-        self_attention(&qkv, self.inner, self.heads, dims, &mut o);
-        arena.give(qkv);
-        let mut out = Act::new(arena, self.c, dims);
-        let init = Init {
-            residual: Some(&x.buf),
+        let mut o = be.take(self.inner * n)?;
+        be.attention(&qkv, self.inner, self.heads, dims, &mut o)?;
+        be.give(qkv);
+        let mut out = be.act(self.c, dims)?;
+        let resid = [x.seg()];
+        let e = Epilogue {
+            residual: Some(&resid[..]),
             scale: self.inv_rescale,
-            ..Init::bias(&self.bo)
+            ..Epilogue::bias(&self.bo)
         };
-        conv2d(
-            Input {
-                segs: &[(&o, self.inner)],
-                dims,
-            },
+        be.conv2d(
+            &[(&o, self.inner)],
+            dims,
             &self.wo,
             self.c,
             Geometry::POINT,
-            init,
+            e,
             &mut out.buf,
-        );
-        arena.give(o);
-        out
+        )?;
+        be.give(o);
+        Ok(out)
     }
 }

@@ -7,11 +7,11 @@
 //! `[h, skip]` to it as two channel segments, so the concatenation is never copied.
 
 use super::attention::Attention;
+use super::backend::{Act, Backend, Epilogue};
 use super::config::{Arch, BlockSpec, Resample};
-use super::resnet::{Act, Conv, Resnet, Sampling};
+use super::resnet::{Conv, Resnet, Sampling};
 use super::weights::Loader;
-use crate::cpu::arena::Arena;
-use crate::cpu::conv::{conv2d, Geometry, Init, Input};
+use crate::cpu::conv::Geometry;
 use crate::error::Result;
 
 enum Sampler {
@@ -21,25 +21,28 @@ enum Sampler {
 }
 
 impl Sampler {
-    fn forward(&self, arena: &mut Arena, x: &Act, temb_act: &[f32]) -> Option<Act> {
+    fn forward<B: Backend>(
+        &self,
+        be: &mut B,
+        x: &Act<B::Buf>,
+        temb_act: &B::Buf,
+    ) -> Result<Option<Act<B::Buf>>> {
         match self {
-            Sampler::None => None,
+            Sampler::None => Ok(None),
             Sampler::Conv(conv, g) => {
-                let mut out = Act::new(arena, conv.cout, g.out_dims(x.dims));
-                conv2d(
-                    Input {
-                        segs: &[x.seg()],
-                        dims: x.dims,
-                    },
+                let mut out = be.act(conv.cout, g.out_dims(x.dims))?;
+                be.conv2d(
+                    &[x.seg()],
+                    x.dims,
                     &conv.w,
                     conv.cout,
                     *g,
-                    Init::bias(&conv.b),
+                    Epilogue::bias(&conv.b),
                     &mut out.buf,
-                );
-                Some(out)
+                )?;
+                Ok(Some(out))
             }
-            Sampler::Resnet(r) => Some(r.forward(arena, &[x.seg()], x.dims, temb_act)),
+            Sampler::Resnet(r) => Ok(Some(r.forward(be, &[x.seg()], x.dims, temb_act)?)),
         }
     }
 }
@@ -130,20 +133,26 @@ impl DownBlock {
     }
 
     /// Reads the top of `stack`, pushes this block's output states.
-    pub fn forward(&self, arena: &mut Arena, stack: &mut Vec<Act>, temb_act: &[f32]) {
+    pub fn forward<B: Backend>(
+        &self,
+        be: &mut B,
+        stack: &mut Vec<Act<B::Buf>>,
+        temb_act: &B::Buf,
+    ) -> Result<()> {
         for (j, r) in self.resnets.iter().enumerate() {
             let x = stack.last().expect("input on the stack");
-            let mut h = r.forward(arena, &[x.seg()], x.dims, temb_act);
+            let mut h = r.forward(be, &[x.seg()], x.dims, temb_act)?;
             if let Some(at) = self.attns.get(j) {
-                let a = at.forward(arena, &h);
-                arena.give(std::mem::replace(&mut h, a).buf);
+                let a = at.forward(be, &h)?;
+                be.give(std::mem::replace(&mut h, a).buf);
             }
             stack.push(h);
         }
         let x = stack.last().expect("block output");
-        if let Some(d) = self.sampler.forward(arena, x, temb_act) {
+        if let Some(d) = self.sampler.forward(be, x, temb_act)? {
             stack.push(d);
         }
+        Ok(())
     }
 
     pub fn downsamples(&self) -> bool {
@@ -188,15 +197,20 @@ impl MidBlock {
         })
     }
 
-    pub fn forward(&self, arena: &mut Arena, x: &Act, temb_act: &[f32]) -> Act {
-        let mut h = self.resnets[0].forward(arena, &[x.seg()], x.dims, temb_act);
+    pub fn forward<B: Backend>(
+        &self,
+        be: &mut B,
+        x: &Act<B::Buf>,
+        temb_act: &B::Buf,
+    ) -> Result<Act<B::Buf>> {
+        let mut h = self.resnets[0].forward(be, &[x.seg()], x.dims, temb_act)?;
         if let Some(at) = &self.attn {
-            let a = at.forward(arena, &h);
-            arena.give(std::mem::replace(&mut h, a).buf);
+            let a = at.forward(be, &h)?;
+            be.give(std::mem::replace(&mut h, a).buf);
         }
-        let out = self.resnets[1].forward(arena, &[h.seg()], h.dims, temb_act);
-        arena.give(h.buf);
-        out
+        let out = self.resnets[1].forward(be, &[h.seg()], h.dims, temb_act)?;
+        be.give(h.buf);
+        Ok(out)
     }
 }
 
@@ -269,31 +283,31 @@ impl UpBlock {
     }
 
     /// Consumes `h`, pops one skip per resnet.
-    pub fn forward(
+    pub fn forward<B: Backend>(
         &self,
-        arena: &mut Arena,
-        mut h: Act,
-        stack: &mut Vec<Act>,
-        temb_act: &[f32],
-    ) -> Act {
+        be: &mut B,
+        mut h: Act<B::Buf>,
+        stack: &mut Vec<Act<B::Buf>>,
+        temb_act: &B::Buf,
+    ) -> Result<Act<B::Buf>> {
         for (j, r) in self.resnets.iter().enumerate() {
             let skip = stack.pop().expect("skip connection on the stack");
-            let mut out = r.forward(arena, &[h.seg(), skip.seg()], h.dims, temb_act);
-            arena.give(h.buf);
-            arena.give(skip.buf);
+            let mut out = r.forward(be, &[h.seg(), skip.seg()], h.dims, temb_act)?;
+            be.give(h.buf);
+            be.give(skip.buf);
             if let Some(at) = self.attns.get(j) {
-                let a = at.forward(arena, &out);
-                arena.give(std::mem::replace(&mut out, a).buf);
+                let a = at.forward(be, &out)?;
+                be.give(std::mem::replace(&mut out, a).buf);
             }
             h = out;
         }
-        match self.sampler.forward(arena, &h, temb_act) {
+        Ok(match self.sampler.forward(be, &h, temb_act)? {
             Some(u) => {
-                arena.give(h.buf);
+                be.give(h.buf);
                 u
             }
             None => h,
-        }
+        })
     }
 
     pub fn skips(&self) -> usize {

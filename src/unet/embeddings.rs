@@ -52,11 +52,11 @@ pub fn fourier(ts: &[f32], w: &[f32]) -> Vec<f32> {
 
 /// `TimestepEmbedding`: linear_1, SiLU, linear_2.
 pub struct Mlp {
-    w1: Vec<f32>,
-    b1: Vec<f32>,
-    w2: Vec<f32>,
-    b2: Vec<f32>,
-    hidden: usize,
+    pub(crate) w1: Vec<f32>,
+    pub(crate) b1: Vec<f32>,
+    pub(crate) w2: Vec<f32>,
+    pub(crate) b2: Vec<f32>,
+    pub(crate) hidden: usize,
 }
 
 impl Mlp {
@@ -93,13 +93,13 @@ pub enum ClassLabels<'a> {
 
 /// The time (and class) embedding of a UNet2DModel.
 pub struct TimeEmbedding {
-    kind: TimeEmbeddingType,
-    dim0: usize,
-    flip: bool,
-    shift: f64,
-    fourier_w: Vec<f32>,
+    pub(crate) kind: TimeEmbeddingType,
+    pub(crate) dim0: usize,
+    pub(crate) flip: bool,
+    pub(crate) shift: f64,
+    pub(crate) fourier_w: Vec<f32>,
     learned: Vec<f32>,
-    mlp: Mlp,
+    pub(crate) mlp: Mlp,
     class: ClassEmbedding,
     class_table: Vec<f32>,
     class_mlp: Option<Mlp>,
@@ -145,7 +145,8 @@ impl TimeEmbedding {
         })
     }
 
-    fn project(&self, ts: &[f32]) -> Result<Vec<f32>> {
+    /// The projection of `ts` before the MLP, `[ts.len()][dim0]`.
+    pub fn project(&self, ts: &[f32]) -> Result<Vec<f32>> {
         Ok(match self.kind {
             TimeEmbeddingType::Positional => sinusoidal(ts, self.dim0, self.flip, self.shift),
             TimeEmbeddingType::Fourier => fourier(ts, &self.fourier_w),
@@ -171,7 +172,7 @@ impl TimeEmbedding {
         let b = ts.len();
         let mut emb = self.mlp.forward(&self.project(ts)?, b);
         let d = self.dim;
-        let add_rows = |emb: &mut [f32], rows: &[f32]| {
+        if let Some(rows) = self.class_rows(b, class)? {
             let r = rows.len() / d;
             for (i, e) in emb.chunks_exact_mut(d).enumerate() {
                 let src = &rows[(if r == 1 { 0 } else { i }) * d..][..d];
@@ -179,7 +180,14 @@ impl TimeEmbedding {
                     *x += y;
                 }
             }
-        };
+        }
+        Ok(emb)
+    }
+
+    /// What the class labels add to the embedding of a batch of `b`: `[1 or b][dim]` rows
+    /// (one row is broadcast), or None for an unconditional model.
+    pub fn class_rows(&self, b: usize, class: ClassLabels<'_>) -> Result<Option<Vec<f32>>> {
+        let d = self.dim;
         let want_rows = |n: usize, what: &str| -> Result<()> {
             if n == b || n == 1 {
                 Ok(())
@@ -187,8 +195,8 @@ impl TimeEmbedding {
                 value_err!("class_labels: {n} {what} for a batch of {b}")
             }
         };
-        match (self.class, class) {
-            (ClassEmbedding::None, ClassLabels::None) => {}
+        Ok(match (self.class, class) {
+            (ClassEmbedding::None, ClassLabels::None) => None,
             (ClassEmbedding::None, _) => {
                 return value_err!(
                     "class_labels given, but this model has no class embedding \
@@ -207,7 +215,7 @@ impl TimeEmbedding {
                     }
                     rows.extend_from_slice(&self.class_table[i as usize * d..][..d]);
                 }
-                add_rows(&mut emb, &rows);
+                Some(rows)
             }
             (ClassEmbedding::Table(_), ClassLabels::Values(_)) => {
                 return value_err!("class_labels: the embedding table needs integer labels")
@@ -220,8 +228,7 @@ impl TimeEmbedding {
                 };
                 want_rows(v.len(), "labels")?;
                 let mlp = self.class_mlp.as_ref().expect("class MLP loaded");
-                let rows = mlp.forward(&self.project(&v)?, v.len());
-                add_rows(&mut emb, &rows);
+                Some(mlp.forward(&self.project(&v)?, v.len()))
             }
             (ClassEmbedding::Identity, lab) => {
                 let v: Vec<f32> = match lab {
@@ -236,9 +243,8 @@ impl TimeEmbedding {
                     );
                 }
                 want_rows(v.len() / d, "rows")?;
-                add_rows(&mut emb, &v);
+                Some(v)
             }
-        }
-        Ok(emb)
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! diffusers-compatible `UNet2DModel`: config, safetensors weights, blocks, the forward pass.
 
 pub mod attention;
+pub mod backend;
 pub mod blocks;
 pub mod config;
 pub mod embeddings;

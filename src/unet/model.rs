@@ -3,7 +3,8 @@
 //! The graph (this file, `blocks`, `resnet`, `attention`) only strings together a handful of
 //! ops — `conv2d` (with its fused epilogue), `group_norm` (fused affine, scale/shift, SiLU),
 //! `self_attention`, `linear`, the two resamplers — on activations in the `[c][b][h][w]`
-//! layout; another backend provides those ops and an arena of its own.
+//! layout, through [`Backend`]: the CPU here, CUDA in `cuda::unet`, each with an arena of its
+//! own.
 //!
 //! Activation memory comes from an [`Arena`] kept with the model: after the first call at a
 //! given batch and image size, a call allocates nothing but a few batch-sized vectors for
@@ -12,16 +13,15 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use super::backend::{Act, Backend, CpuBackend, Epilogue};
 use super::blocks::{DownBlock, MidBlock, UpBlock};
 use super::config::{Arch, UNet2DConfig};
 use super::embeddings::{ClassLabels, TimeEmbedding};
-use super::resnet::{Act, Conv, Norm};
+use super::resnet::{Conv, Norm};
 use super::weights::{Loader, SafetensorsFile, WeightSource};
 use crate::cpu::arena::Arena;
-use crate::cpu::conv::{conv2d, Dims, Geometry, Init, Input};
+use crate::cpu::conv::{Dims, Geometry};
 use crate::cpu::dtype::Elem;
-use crate::cpu::norm::group_norm;
-use crate::cpu::vecmath::silu_f32;
 use crate::error::{RdiffError, Result};
 use crate::value_err;
 
@@ -119,7 +119,91 @@ impl UNet2D {
         Ok(())
     }
 
-    /// The forward pass: `x` is NCHW `[b][in_channels][h][w]`, `out` NCHW
+    /// The timesteps of a call, one per sample (a single value is broadcast).
+    pub fn per_sample(&self, timesteps: &[f32], b: usize) -> Vec<f32> {
+        if timesteps.len() == 1 {
+            vec![timesteps[0]; b]
+        } else {
+            timesteps.to_vec()
+        }
+    }
+
+    /// Whether the output is divided by the timestep (Fourier-embedded, score-SDE models).
+    pub fn divides_by_timestep(&self) -> bool {
+        self.arch.time_embedding == super::config::TimeEmbeddingType::Fourier
+    }
+
+    /// The graph, on any backend: `xin` is the (centred) input `[in_channels][b][h][w]`,
+    /// consumed; returns conv_out's output `[out_channels][b][h][w]` (not yet divided by the
+    /// timestep). `ts` has one value per sample.
+    pub fn run<B: Backend>(
+        &self,
+        be: &mut B,
+        xin: Act<B::Buf>,
+        ts: &[f32],
+        class: ClassLabels<'_>,
+    ) -> Result<Act<B::Buf>> {
+        let dims = xin.dims;
+        let temb_act = be.time_embedding(&self.temb, ts, class)?;
+        let c0 = self.conv_in.cout;
+        let mut h0 = be.act(c0, dims)?;
+        be.conv2d(
+            &[xin.seg()],
+            dims,
+            &self.conv_in.w,
+            c0,
+            Geometry::SAME3,
+            Epilogue::bias(&self.conv_in.b),
+            &mut h0.buf,
+        )?;
+        be.give(xin.buf);
+
+        let mut stack = vec![h0];
+        for d in &self.down {
+            d.forward(be, &mut stack, &temb_act)?;
+        }
+        let top = stack.last().expect("conv_in output");
+        let mut hcur = match &self.mid {
+            Some(m) => m.forward(be, top, &temb_act)?,
+            None => {
+                // The up path consumes its input; the skip stays on the stack.
+                let mut c = be.act(top.c, top.dims)?;
+                be.copy(&top.buf, &mut c.buf)?;
+                c
+            }
+        };
+        for u in &self.up {
+            hcur = u.forward(be, hcur, &mut stack, &temb_act)?;
+        }
+        debug_assert!(stack.is_empty());
+
+        let mut hn = be.act(c0, hcur.dims)?;
+        be.group_norm(
+            &[hcur.seg()],
+            hcur.dims,
+            self.norm_out.params(),
+            None,
+            true,
+            &mut hn.buf,
+        )?;
+        be.give(hcur.buf);
+        let co = self.out_channels();
+        let mut y = be.act(co, dims)?;
+        be.conv2d(
+            &[hn.seg()],
+            dims,
+            &self.conv_out.w,
+            co,
+            Geometry::SAME3,
+            Epilogue::bias(&self.conv_out.b),
+            &mut y.buf,
+        )?;
+        be.give(hn.buf);
+        be.give(temb_act);
+        Ok(y)
+    }
+
+    /// The forward pass on the CPU: `x` is NCHW `[b][in_channels][h][w]`, `out` NCHW
     /// `[b][out_channels][h][w]`, both of element type T (computed in f32).
     pub fn forward<T: Elem>(
         &self,
@@ -131,21 +215,14 @@ impl UNet2D {
     ) -> Result<()> {
         let cin = self.in_channels();
         self.check(b, cin, h, w, timesteps.len())?;
-        let ts: Vec<f32> = if timesteps.len() == 1 {
-            vec![timesteps[0]; b]
-        } else {
-            timesteps.to_vec()
-        };
-        let emb = self.temb.forward(&ts, class)?;
-        let temb_act: Vec<f32> = emb.iter().map(|&v| silu_f32(v)).collect();
-
+        let ts = self.per_sample(timesteps, b);
         let mut guard = self.arena.lock().unwrap_or_else(|e| e.into_inner());
-        let arena = &mut *guard;
+        let mut be = CpuBackend { arena: &mut guard };
         let dims = Dims { b, h, w };
         let hw = dims.hw();
 
         // NCHW (any dtype) → [c][b][h][w] f32, centred if the config says so.
-        let mut xin = Act::new(arena, cin, dims);
+        let mut xin = be.act(cin, dims)?;
         let center = self.arch.cfg.center_input_sample;
         for bi in 0..b {
             for ci in 0..cin {
@@ -158,69 +235,11 @@ impl UNet2D {
                 }
             }
         }
-        let c0 = self.conv_in.cout;
-        let mut h0 = Act::new(arena, c0, dims);
-        conv2d(
-            Input {
-                segs: &[xin.seg()],
-                dims,
-            },
-            &self.conv_in.w,
-            c0,
-            Geometry::SAME3,
-            Init::bias(&self.conv_in.b),
-            &mut h0.buf,
-        );
-        arena.give(xin.buf);
-
-        let mut stack = vec![h0];
-        for d in &self.down {
-            d.forward(arena, &mut stack, &temb_act);
-        }
-        let mut hcur = match &self.mid {
-            Some(m) => m.forward(arena, stack.last().unwrap(), &temb_act),
-            None => {
-                // The up path consumes its input; the skip stays on the stack.
-                let top = stack.last().unwrap();
-                let mut c = Act::new(arena, top.c, top.dims);
-                c.buf.copy_from_slice(&top.buf);
-                c
-            }
-        };
-        for u in &self.up {
-            hcur = u.forward(arena, hcur, &mut stack, &temb_act);
-        }
-        debug_assert!(stack.is_empty());
-
-        let mut hn = Act::new(arena, c0, hcur.dims);
-        group_norm(
-            Input {
-                segs: &[hcur.seg()],
-                dims: hcur.dims,
-            },
-            self.norm_out.params(),
-            None,
-            true,
-            &mut hn.buf,
-        );
-        arena.give(hcur.buf);
-        let co = self.out_channels();
-        let mut y = Act::new(arena, co, dims);
-        conv2d(
-            Input {
-                segs: &[hn.seg()],
-                dims,
-            },
-            &self.conv_out.w,
-            co,
-            Geometry::SAME3,
-            Init::bias(&self.conv_out.b),
-            &mut y.buf,
-        );
-        arena.give(hn.buf);
+        let mut y = self.run(&mut be, xin, &ts, class)?;
 
         // [c][b][h][w] → NCHW, divided by the timestep for Fourier-embedded models.
-        let fourier = self.arch.time_embedding == super::config::TimeEmbeddingType::Fourier;
+        let co = self.out_channels();
+        let fourier = self.divides_by_timestep();
         for bi in 0..b {
             for ci in 0..co {
                 let src = &mut y.buf[(ci * b + bi) * hw..][..hw];
@@ -233,7 +252,7 @@ impl UNet2D {
                 T::store(src, &mut out[(bi * co + ci) * hw..][..hw]);
             }
         }
-        arena.give(y.buf);
+        be.give(y.buf);
         Ok(())
     }
 

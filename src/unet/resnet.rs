@@ -2,35 +2,13 @@
 //! as scale/shift inside the second norm), GroupNorm+SiLU, conv onto the (projected)
 //! residual, divided by the output scale factor — five passes over memory in all.
 
+use super::backend::{Act, Backend, Epilogue, Segs};
 use super::config::Arch;
 use super::weights::Loader;
-use crate::cpu::arena::{Arena, Buf};
-use crate::cpu::conv::{conv2d, linear, Dims, Geometry, Init, Input};
-use crate::cpu::norm::{group_norm, GroupNormParams};
-use crate::cpu::resample::{avg_pool2x, upsample_nearest2x};
+use crate::cpu::conv::{Dims, Geometry};
+use crate::cpu::norm::GroupNormParams;
 use crate::error::Result;
 use crate::value_err;
-
-/// An activation in the internal `[c][b][h][w]` layout, its storage from the arena.
-pub struct Act {
-    pub buf: Buf,
-    pub c: usize,
-    pub dims: Dims,
-}
-
-impl Act {
-    pub fn new(arena: &mut Arena, c: usize, dims: Dims) -> Self {
-        Self {
-            buf: arena.take(c * dims.n()),
-            c,
-            dims,
-        }
-    }
-
-    pub fn seg(&self) -> (&[f32], usize) {
-        (&self.buf, self.c)
-    }
-}
 
 /// A GroupNorm's affine parameters.
 pub struct Norm {
@@ -137,19 +115,17 @@ impl Resnet {
 
     /// `x` is the channel concatenation of `segs` (the up path's `cat([h, skip])`);
     /// `temb_act` is SiLU(emb), `[b][time_embed_dim]`.
-    pub fn forward(
+    pub fn forward<B: Backend>(
         &self,
-        arena: &mut Arena,
-        segs: &[(&[f32], usize)],
+        be: &mut B,
+        segs: Segs<'_, B::Buf>,
         dims: Dims,
-        temb_act: &[f32],
-    ) -> Act {
-        let x = Input { segs, dims };
-        debug_assert_eq!(x.channels(), self.cin);
-        let mut h = Act::new(arena, self.cin, dims);
-        group_norm(x, self.norm1.params(), None, true, &mut h.buf);
+        temb_act: &B::Buf,
+    ) -> Result<Act<B::Buf>> {
+        let mut h = be.act(self.cin, dims)?;
+        be.group_norm(segs, dims, self.norm1.params(), None, true, &mut h.buf)?;
         // Resolution change on both paths (nearest-up is fused into conv1 below).
-        let mut resid: Option<Act> = None;
+        let mut resid: Option<Act<B::Buf>> = None;
         let mut geom = Geometry::SAME3;
         let mut d1 = dims;
         match self.sampling {
@@ -161,8 +137,8 @@ impl Resnet {
                     w: 2 * dims.w,
                     ..dims
                 };
-                let mut r = Act::new(arena, self.cin, d1);
-                upsample_nearest2x(segs[0].0, self.cin, dims, &mut r.buf);
+                let mut r = be.act(self.cin, d1)?;
+                be.upsample2x(segs[0].0, self.cin, dims, &mut r.buf)?;
                 resid = Some(r);
             }
             Sampling::Down => {
@@ -171,127 +147,94 @@ impl Resnet {
                     w: dims.w / 2,
                     ..dims
                 };
-                let mut hd = Act::new(arena, self.cin, d1);
-                avg_pool2x(&h.buf, self.cin, dims, &mut hd.buf);
-                arena.give(std::mem::replace(&mut h, hd).buf);
-                let mut r = Act::new(arena, self.cin, d1);
-                avg_pool2x(segs[0].0, self.cin, dims, &mut r.buf);
+                let mut hd = be.act(self.cin, d1)?;
+                be.avg_pool2x(&h.buf, self.cin, dims, &mut hd.buf)?;
+                be.give(std::mem::replace(&mut h, hd).buf);
+                let mut r = be.act(self.cin, d1)?;
+                be.avg_pool2x(segs[0].0, self.cin, dims, &mut r.buf)?;
                 resid = Some(r);
             }
         }
         let hin_dims = h.dims;
         let b = dims.b;
         let tdim = self.temb_b.len();
-        let mut t = arena.take(b * tdim);
-        linear(temb_act, b, &self.temb_w, Some(&self.temb_b), &mut t);
+        let mut t = be.take(b * tdim)?;
+        be.linear(temb_act, b, &self.temb_w, &self.temb_b, &mut t)?;
 
-        let mut h1 = Act::new(arena, self.cout, d1);
-        let mut init = Init::bias(&self.conv1.b);
+        let mut h1 = be.act(self.cout, d1)?;
+        let mut e1 = Epilogue::bias(&self.conv1.b);
         if !self.scale_shift {
-            init.temb = Some(&t);
+            e1.temb = Some(&t);
         }
-        conv2d(
-            Input {
-                segs: &[h.seg()],
-                dims: hin_dims,
-            },
+        be.conv2d(
+            &[h.seg()],
+            hin_dims,
             &self.conv1.w,
             self.cout,
             geom,
-            init,
+            e1,
             &mut h1.buf,
-        );
-        arena.give(h.buf);
-        let mut h2 = Act::new(arena, self.cout, d1);
-        let ss = if self.scale_shift { Some(&t[..]) } else { None };
-        group_norm(
-            Input {
-                segs: &[h1.seg()],
-                dims: d1,
-            },
-            self.norm2.params(),
-            ss,
-            true,
-            &mut h2.buf,
-        );
-        arena.give(h1.buf);
+        )?;
+        be.give(h.buf);
+        let mut h2 = be.act(self.cout, d1)?;
+        let ss = if self.scale_shift { Some(&t) } else { None };
+        be.group_norm(&[h1.seg()], d1, self.norm2.params(), ss, true, &mut h2.buf)?;
+        be.give(h1.buf);
 
-        let mut out = Act::new(arena, self.cout, d1);
-        let rsegs: Vec<(&[f32], usize)> = match &resid {
+        let mut out = be.act(self.cout, d1)?;
+        let rsegs: Vec<(&B::Buf, usize)> = match &resid {
             Some(r) => vec![r.seg()],
             None => segs.to_vec(),
         };
-        let h2in = Input {
-            segs: &[h2.seg()],
-            dims: d1,
-        };
         match &self.shortcut {
             Some(sc) => {
-                let init = Init {
-                    bias2: Some(&self.conv2.b),
+                let e = Epilogue {
+                    bias2: Some(&self.conv2.b[..]),
                     scale: self.inv_scale,
-                    ..Init::bias(&sc.b)
+                    ..Epilogue::bias(&sc.b)
                 };
-                conv2d(
-                    Input {
-                        segs: &rsegs,
-                        dims: d1,
-                    },
+                be.conv2d(
+                    &rsegs,
+                    d1,
                     &sc.w,
                     self.cout,
                     Geometry::POINT,
-                    init,
+                    e,
                     &mut out.buf,
-                );
-                let keep = Init {
-                    keep: true,
-                    scale: self.inv_scale,
-                    ..Init::bias(&[])
-                };
-                conv2d(
-                    h2in,
+                )?;
+                be.conv2d(
+                    &[h2.seg()],
+                    d1,
                     &self.conv2.w,
                     self.cout,
                     Geometry::SAME3,
-                    keep,
+                    Epilogue::keep(self.inv_scale),
                     &mut out.buf,
-                );
+                )?;
             }
             None => {
-                // Identity residual: one contiguous source (copy a concatenation if need be).
-                let joined = (rsegs.len() > 1).then(|| {
-                    let mut j = arena.take(self.cout * d1.n());
-                    let mut o = 0;
-                    for (s, _) in &rsegs {
-                        j[o..o + s.len()].copy_from_slice(s);
-                        o += s.len();
-                    }
-                    j
-                });
-                let r: &[f32] = joined.as_deref().unwrap_or(rsegs[0].0);
-                let init = Init {
-                    residual: Some(r),
+                let e = Epilogue {
+                    residual: Some(&rsegs[..]),
                     scale: self.inv_scale,
-                    ..Init::bias(&self.conv2.b)
+                    ..Epilogue::bias(&self.conv2.b)
                 };
-                conv2d(
-                    h2in,
+                be.conv2d(
+                    &[h2.seg()],
+                    d1,
                     &self.conv2.w,
                     self.cout,
                     Geometry::SAME3,
-                    init,
+                    e,
                     &mut out.buf,
-                );
-                if let Some(j) = joined {
-                    arena.give(j);
-                }
+                )?;
             }
         }
-        arena.give(h2.buf);
-        arena.give(t);
+        drop(rsegs);
+        be.give(h2.buf);
+        be.give(t);
         if let Some(r) = resid {
-            arena.give(r.buf);
+            be.give(r.buf);
         }
-        out
+        Ok(out)
     }
 }

@@ -165,3 +165,6 @@ void rdiff_emu_enter(void* block, const unsigned int* grid, const unsigned int* 
 #include "dpm_step.cu"
 #include "gamma.cu"
 #include "threshold.cu"
+#include "gemm.cu"
+#include "unet_conv.cu"
+#include "unet_ops.cu"

@@ -1,0 +1,97 @@
+// A batched f32 GEMM with arbitrary element strides, for the UNet's convolutions (im2col
+// columns × weights), linear layers and attention (QKᵀ, PV):
+//   C[z][i][j] = beta · C[z][i][j] + alpha · Σ_k A[z](i, k) · B[z](k, j)
+// A(i, k) = a[z·a_bs + i·a_rs + k·a_cs], B likewise, C row-major with row stride c_rs.
+// With beta == 0, C is not read (it may hold garbage or NaN).
+//
+// 64×64 output tile per block of 256 threads, each thread a 4×4 register tile (rows ty+16r,
+// columns tx+16c, so shared-memory reads are broadcasts or consecutive words), K in slices of
+// 16 through shared memory. Global loads walk the operand's contiguous dimension across
+// consecutive threads (coalesced) whichever of the two it is. f32 SIMT: the emulated launcher
+// replaces this kernel with a CPU GEMM (src/cuda/unet/device.rs); the test suite runs it
+// through the emulator on small shapes only.
+#include "common.cuh"
+
+#define RD_GEMM_BM 64
+#define RD_GEMM_BN 64
+#define RD_GEMM_BK 16
+#define RD_GEMM_THREADS 256
+
+extern "C" __global__ void __launch_bounds__(RD_GEMM_THREADS)
+    rdiff_gemm_f32(rd_i64 m, rd_i64 n, rd_i64 k, const float* __restrict__ a, rd_i64 a_rs,
+                   rd_i64 a_cs, rd_i64 a_bs, const float* __restrict__ b, rd_i64 b_rs,
+                   rd_i64 b_cs, rd_i64 b_bs, float* __restrict__ c, rd_i64 c_rs, rd_i64 c_bs,
+                   float alpha, float beta) {
+    RDIFF_SHARED(float, sa, RD_GEMM_BK * RD_GEMM_BM);
+    RDIFF_SHARED(float, sb, RD_GEMM_BK * RD_GEMM_BN);
+    const int tid = (int)threadIdx.x;
+    const int tx = tid & 15, ty = tid >> 4;
+    const rd_i64 i0 = (rd_i64)blockIdx.y * RD_GEMM_BM;
+    const rd_i64 j0 = (rd_i64)blockIdx.x * RD_GEMM_BN;
+    a += (rd_i64)blockIdx.z * a_bs;
+    b += (rd_i64)blockIdx.z * b_bs;
+    c += (rd_i64)blockIdx.z * c_bs;
+    const bool a_k_contig = a_cs == 1;
+    const bool b_j_contig = b_cs == 1;
+    float acc[4][4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[r][q] = 0.0f;
+
+    for (rd_i64 k0 = 0; k0 < k; k0 += RD_GEMM_BK) {
+        // 1024 elements of each tile, 4 per thread.
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int e = tid + r * RD_GEMM_THREADS;
+            int ii, kk;
+            if (a_k_contig) {
+                kk = e & (RD_GEMM_BK - 1);
+                ii = e >> 4;
+            } else {
+                ii = e & (RD_GEMM_BM - 1);
+                kk = e >> 6;
+            }
+            const rd_i64 gi = i0 + ii, gk = k0 + kk;
+            sa[kk * RD_GEMM_BM + ii] = (gi < m && gk < k) ? a[gi * a_rs + gk * a_cs] : 0.0f;
+            int jj;
+            if (b_j_contig) {
+                jj = e & (RD_GEMM_BN - 1);
+                kk = e >> 6;
+            } else {
+                kk = e & (RD_GEMM_BK - 1);
+                jj = e >> 4;
+            }
+            const rd_i64 gj = j0 + jj, gk2 = k0 + kk;
+            sb[kk * RD_GEMM_BN + jj] = (gj < n && gk2 < k) ? b[gk2 * b_rs + gj * b_cs] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < RD_GEMM_BK; ++kk) {
+            float av[4], bv[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) av[r] = sa[kk * RD_GEMM_BM + ty + 16 * r];
+#pragma unroll
+            for (int q = 0; q < 4; ++q) bv[q] = sb[kk * RD_GEMM_BN + tx + 16 * q];
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) acc[r][q] += av[r] * bv[q];
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const rd_i64 gi = i0 + ty + 16 * r;
+        if (gi >= m) continue;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const rd_i64 gj = j0 + tx + 16 * q;
+            if (gj >= n) continue;
+            float v = alpha * acc[r][q];
+            if (beta != 0.0f) v += beta * c[gi * c_rs + gj];
+            c[gi * c_rs + gj] = v;
+        }
+    }
+}
+RDIFF_HOST_EXPORT(rdiff_gemm_f32)

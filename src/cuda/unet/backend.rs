@@ -1,0 +1,598 @@
+//! [`DeviceBackend`]: the UNet graph's ops (`unet::backend::Backend`) as kernel launches and
+//! GEMMs on a [`UnetDevice`], activations in a reusable [`DeviceArena`], weights uploaded once
+//! ([`DeviceWeights`]; used in place when the device reads host memory, as in emulation).
+
+use std::collections::HashMap;
+
+use super::device::{Gemm, UnetDevice};
+use crate::cpu::conv::{Dims, Geometry};
+use crate::cpu::norm::GroupNormParams;
+use crate::cuda::launch::{Dim3, KernelArg};
+use crate::error::{RdiffError, Result};
+use crate::unet::backend::{Backend, Epilogue, Segs};
+use crate::unet::config::TimeEmbeddingType;
+use crate::unet::embeddings::{ClassLabels, TimeEmbedding};
+
+/// The most f32 one im2col tile holds (64 MiB); wider convolutions go in column tiles.
+const COLS_CAP: usize = 1 << 24;
+
+/// An f32 buffer in device memory: `len` used of `cap` allocated.
+#[derive(Debug)]
+pub struct DevBuf {
+    pub ptr: u64,
+    pub len: usize,
+    cap: usize,
+}
+
+impl DevBuf {
+    /// A view of memory owned elsewhere (tests: misaligned host buffers).
+    #[cfg(test)]
+    pub fn raw(ptr: u64, len: usize) -> Self {
+        Self { ptr, len, cap: len }
+    }
+
+    /// The address of element `i`.
+    fn at(&self, i: usize) -> u64 {
+        self.ptr + 4 * i as u64
+    }
+}
+
+/// Free device buffers, handed out best-fit; after one call of a given shape, later calls
+/// allocate nothing.
+#[derive(Default)]
+pub struct DeviceArena {
+    free: Vec<(u64, usize)>,
+    all: Vec<u64>,
+    allocated: usize,
+}
+
+impl DeviceArena {
+    fn take(&mut self, dev: &dyn UnetDevice, len: usize) -> Result<DevBuf> {
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.1 >= len)
+            .min_by_key(|(_, f)| f.1)
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            let (ptr, cap) = self.free.swap_remove(i);
+            return Ok(DevBuf { ptr, len, cap });
+        }
+        let ptr = dev.alloc(len)?;
+        self.all.push(ptr);
+        self.allocated += 4 * len.max(1);
+        Ok(DevBuf { ptr, len, cap: len })
+    }
+
+    fn give(&mut self, b: DevBuf) {
+        self.free.push((b.ptr, b.cap));
+    }
+
+    /// Bytes allocated so far.
+    pub fn allocated_bytes(&self) -> usize {
+        self.allocated
+    }
+
+    /// Frees everything (the buffers must be idle).
+    pub fn release(&mut self, dev: &dyn UnetDevice) {
+        for p in self.all.drain(..) {
+            dev.free(p);
+        }
+        self.free.clear();
+        self.allocated = 0;
+    }
+}
+
+/// Device copies of the model's weights, keyed by the host slice (the model's weights never
+/// move or change once loaded).
+#[derive(Default)]
+pub struct DeviceWeights {
+    map: HashMap<(usize, usize), u64>,
+}
+
+impl DeviceWeights {
+    fn get(&mut self, dev: &dyn UnetDevice, host: &[f32]) -> Result<u64> {
+        if dev.host_visible() {
+            return Ok(host.as_ptr() as u64);
+        }
+        let key = (host.as_ptr() as usize, host.len());
+        if let Some(&p) = self.map.get(&key) {
+            return Ok(p);
+        }
+        let p = dev.alloc(host.len())?;
+        dev.upload(p, host)?;
+        self.map.insert(key, p);
+        Ok(p)
+    }
+
+    pub fn release(&mut self, dev: &dyn UnetDevice) {
+        for (_, p) in self.map.drain() {
+            dev.free(p);
+        }
+    }
+}
+
+/// The ops on one device for one call.
+pub struct DeviceBackend<'a> {
+    pub dev: &'a dyn UnetDevice,
+    pub arena: &'a mut DeviceArena,
+    pub weights: &'a mut DeviceWeights,
+}
+
+fn i(v: usize) -> KernelArg {
+    KernelArg::I64(v as i64)
+}
+
+fn ptr(b: Option<&DevBuf>) -> KernelArg {
+    KernelArg::Ptr(b.map_or(0, |b| b.ptr))
+}
+
+fn two_segs<'b>(
+    x: Segs<'b, DevBuf>,
+    what: &str,
+) -> Result<(&'b DevBuf, usize, Option<&'b DevBuf>)> {
+    match x {
+        [(a, ca)] => Ok((a, *ca, None)),
+        [(a, ca), (b, _)] => Ok((a, *ca, Some(b))),
+        _ => Err(RdiffError::Cuda(format!(
+            "{what}: the CUDA kernels take one or two channel segments, got {}",
+            x.len()
+        ))),
+    }
+}
+
+impl DeviceBackend<'_> {
+    /// Blocks for a grid-stride kernel over `total` elements.
+    fn grid(&self, total: usize) -> Dim3 {
+        let want = total.div_ceil(self.dev.block_threads() as usize).max(1);
+        Dim3::x(want.min(self.dev.max_blocks().max(1) as usize) as u32)
+    }
+
+    fn elementwise(&self, kernel: &str, total: usize, args: &[KernelArg]) -> Result<()> {
+        let block = Dim3::x(self.dev.block_threads());
+        self.dev.launch(kernel, self.grid(total), block, 0, args)
+    }
+
+    fn w(&mut self, host: &[f32]) -> Result<KernelArg> {
+        Ok(KernelArg::Ptr(self.weights.get(self.dev, host)?))
+    }
+
+    fn wptr(&mut self, host: &[f32]) -> Result<u64> {
+        self.weights.get(self.dev, host)
+    }
+
+    /// `out[r][j] = act(x[r][j] + bias[j] + add[r mod add_rows][j])`.
+    #[allow(clippy::too_many_arguments)]
+    fn rows(
+        &mut self,
+        x: Option<u64>,
+        rows: usize,
+        cols: usize,
+        bias: Option<&[f32]>,
+        add: Option<(&DevBuf, usize)>,
+        silu: bool,
+        out: u64,
+    ) -> Result<()> {
+        let bias = match bias {
+            Some(b) => self.w(b)?,
+            None => KernelArg::Ptr(0),
+        };
+        self.elementwise(
+            "rdiff_unet_rows_f32",
+            rows * cols,
+            &[
+                KernelArg::Ptr(x.unwrap_or(0)),
+                i(rows),
+                i(cols),
+                bias,
+                KernelArg::Ptr(add.map_or(0, |a| a.0.ptr)),
+                i(add.map_or(1, |a| a.1.max(1))),
+                i(silu as usize),
+                KernelArg::Ptr(out),
+            ],
+        )
+    }
+
+    fn upload_new(&mut self, host: &[f32]) -> Result<DevBuf> {
+        let b = self.arena.take(self.dev, host.len())?;
+        self.dev.upload(b.ptr, host)?;
+        Ok(b)
+    }
+
+    /// Uploads `host` into a fresh arena buffer (the caller gives it back).
+    pub fn upload(&mut self, host: &[f32]) -> Result<DevBuf> {
+        self.upload_new(host)
+    }
+}
+
+impl Backend for DeviceBackend<'_> {
+    type Buf = DevBuf;
+
+    fn take(&mut self, len: usize) -> Result<DevBuf> {
+        self.arena.take(self.dev, len)
+    }
+
+    fn give(&mut self, b: DevBuf) {
+        self.arena.give(b)
+    }
+
+    fn conv2d(
+        &mut self,
+        x: Segs<'_, DevBuf>,
+        dims: Dims,
+        w: &[f32],
+        cout: usize,
+        g: Geometry,
+        e: Epilogue<'_, DevBuf>,
+        out: &mut DevBuf,
+    ) -> Result<()> {
+        let cin: usize = x.iter().map(|s| s.1).sum();
+        let kk = cin * g.k * g.k;
+        let od = g.out_dims(dims);
+        let n = od.n();
+        if w.len() != cout * kk || out.len != cout * n {
+            return Err(RdiffError::Cuda(
+                "conv2d: weight or output size mismatch".into(),
+            ));
+        }
+        if !e.keep {
+            let (r0, r0_ch, r1) = match e.residual {
+                Some(r) => {
+                    let (a, ca, b) = two_segs(r, "residual")?;
+                    (Some(a), ca, b)
+                }
+                None => (None, 0, None),
+            };
+            let bias = match e.bias {
+                Some(b) if !b.is_empty() => self.w(b)?,
+                _ => KernelArg::Ptr(0),
+            };
+            let bias2 = match e.bias2 {
+                Some(b) => self.w(b)?,
+                None => KernelArg::Ptr(0),
+            };
+            let temb_stride = e.temb.map_or(0, |t| t.len / od.b);
+            self.elementwise(
+                "rdiff_unet_conv_init_f32",
+                cout * n,
+                &[
+                    KernelArg::Ptr(out.ptr),
+                    i(cout),
+                    i(n),
+                    i(od.hw()),
+                    bias,
+                    bias2,
+                    ptr(e.temb),
+                    i(temb_stride),
+                    ptr(r0),
+                    i(r0_ch),
+                    ptr(r1),
+                ],
+            )?;
+        }
+        let beta0 = if e.keep { 1.0 } else { e.scale };
+        let wp = self.wptr(w)?;
+        let direct = g.k == 1 && g.stride == 1 && !g.upsample && g.pad == [0; 4];
+        if direct {
+            let mut ci0 = 0;
+            for (s, &(seg, sc)) in x.iter().enumerate() {
+                self.dev.gemm(&Gemm {
+                    m: cout,
+                    n,
+                    k: sc,
+                    a: wp + 4 * ci0 as u64,
+                    a_rs: kk,
+                    a_cs: 1,
+                    a_bs: 0,
+                    b: seg.ptr,
+                    b_rs: n,
+                    b_cs: 1,
+                    b_bs: 0,
+                    c: out.ptr,
+                    c_rs: n,
+                    c_bs: 0,
+                    batch: 1,
+                    alpha: e.scale,
+                    beta: if s == 0 { beta0 } else { 1.0 },
+                })?;
+                ci0 += sc;
+            }
+            return Ok(());
+        }
+        let tn = n.min((COLS_CAP / kk).max(1));
+        let cols = self.arena.take(self.dev, kk * tn)?;
+        let mut c0 = 0;
+        while c0 < n {
+            let t = tn.min(n - c0);
+            let mut ci0 = 0;
+            for &(seg, sc) in x {
+                self.elementwise(
+                    "rdiff_unet_im2col_f32",
+                    sc * g.k * g.k * t,
+                    &[
+                        KernelArg::Ptr(seg.ptr),
+                        i(sc),
+                        i(dims.b),
+                        i(dims.h),
+                        i(dims.w),
+                        i(g.k),
+                        i(g.stride),
+                        i(g.pad[0]),
+                        i(g.pad[1]),
+                        i(g.upsample as usize),
+                        i(od.h),
+                        i(od.w),
+                        i(c0),
+                        i(t),
+                        KernelArg::Ptr(cols.ptr),
+                        i(ci0 * g.k * g.k),
+                    ],
+                )?;
+                ci0 += sc;
+            }
+            self.dev.gemm(&Gemm {
+                m: cout,
+                n: t,
+                k: kk,
+                a: wp,
+                a_rs: kk,
+                a_cs: 1,
+                a_bs: 0,
+                b: cols.ptr,
+                b_rs: t,
+                b_cs: 1,
+                b_bs: 0,
+                c: out.at(c0),
+                c_rs: n,
+                c_bs: 0,
+                batch: 1,
+                alpha: e.scale,
+                beta: beta0,
+            })?;
+            c0 += t;
+        }
+        self.arena.give(cols);
+        Ok(())
+    }
+
+    fn group_norm(
+        &mut self,
+        x: Segs<'_, DevBuf>,
+        dims: Dims,
+        p: GroupNormParams<'_>,
+        scale_shift: Option<&DevBuf>,
+        silu: bool,
+        out: &mut DevBuf,
+    ) -> Result<()> {
+        let c: usize = x.iter().map(|s| s.1).sum();
+        let (x0, c0, x1) = two_segs(x, "group_norm")?;
+        if p.groups == 0 || c % p.groups != 0 || p.groups > 65535 * 1024 || dims.b > 65535 {
+            return Err(RdiffError::Cuda(
+                "group_norm: bad group count or batch".into(),
+            ));
+        }
+        let (gamma, beta) = (self.w(p.gamma)?, self.w(p.beta)?);
+        self.dev.launch(
+            "rdiff_unet_group_norm_f32",
+            Dim3::new(p.groups as u32, dims.b as u32, 1),
+            Dim3::x(self.dev.block_threads()),
+            0,
+            &[
+                KernelArg::Ptr(x0.ptr),
+                i(c0),
+                ptr(x1),
+                i(c),
+                i(dims.b),
+                i(dims.hw()),
+                i(p.groups),
+                KernelArg::F32(p.eps),
+                gamma,
+                beta,
+                ptr(scale_shift),
+                i(silu as usize),
+                KernelArg::Ptr(out.ptr),
+            ],
+        )
+    }
+
+    fn linear(
+        &mut self,
+        x: &DevBuf,
+        rows: usize,
+        w: &[f32],
+        bias: &[f32],
+        out: &mut DevBuf,
+    ) -> Result<()> {
+        let (fin, fout) = (x.len / rows, out.len / rows);
+        if w.len() != fin * fout || bias.len() != fout {
+            return Err(RdiffError::Cuda("linear: weight size mismatch".into()));
+        }
+        self.rows(None, rows, fout, Some(bias), None, false, out.ptr)?;
+        let wp = self.wptr(w)?;
+        self.dev.gemm(&Gemm {
+            m: rows,
+            n: fout,
+            k: fin,
+            a: x.ptr,
+            a_rs: fin,
+            a_cs: 1,
+            a_bs: 0,
+            b: wp,
+            b_rs: 1,
+            b_cs: fin,
+            b_bs: 0,
+            c: out.ptr,
+            c_rs: fout,
+            c_bs: 0,
+            batch: 1,
+            alpha: 1.0,
+            beta: 1.0,
+        })
+    }
+
+    fn attention(
+        &mut self,
+        qkv: &DevBuf,
+        inner: usize,
+        heads: usize,
+        dims: Dims,
+        out: &mut DevBuf,
+    ) -> Result<()> {
+        let (n, t) = (dims.n(), dims.hw());
+        let dh = inner / heads;
+        let scale = 1.0 / (dh as f32).sqrt();
+        let s = self.arena.take(self.dev, heads * t * t)?;
+        for b in 0..dims.b {
+            // Sᵀ_h[j][i] = scale · Σ_d K_h(d, j) Q_h(d, i), key-major (queries contiguous).
+            self.dev.gemm(&Gemm {
+                m: t,
+                n: t,
+                k: dh,
+                a: qkv.at(inner * n + b * t),
+                a_rs: 1,
+                a_cs: n,
+                a_bs: dh * n,
+                b: qkv.at(b * t),
+                b_rs: n,
+                b_cs: 1,
+                b_bs: dh * n,
+                c: s.ptr,
+                c_rs: t,
+                c_bs: t * t,
+                batch: heads,
+                alpha: scale,
+                beta: 0.0,
+            })?;
+            self.elementwise(
+                "rdiff_unet_softmax_cols_f32",
+                heads * t,
+                &[KernelArg::Ptr(s.ptr), i(heads), i(t), i(t)],
+            )?;
+            // O_h(d, i) = Σ_j V_h(d, j) Pᵀ_h[j][i].
+            self.dev.gemm(&Gemm {
+                m: dh,
+                n: t,
+                k: t,
+                a: qkv.at(2 * inner * n + b * t),
+                a_rs: n,
+                a_cs: 1,
+                a_bs: dh * n,
+                b: s.ptr,
+                b_rs: t,
+                b_cs: 1,
+                b_bs: t * t,
+                c: out.at(b * t),
+                c_rs: n,
+                c_bs: dh * n,
+                batch: heads,
+                alpha: 1.0,
+                beta: 0.0,
+            })?;
+        }
+        self.arena.give(s);
+        Ok(())
+    }
+
+    fn upsample2x(&mut self, x: &DevBuf, c: usize, d: Dims, out: &mut DevBuf) -> Result<()> {
+        self.elementwise(
+            "rdiff_unet_upsample2x_f32",
+            4 * c * d.n(),
+            &[
+                KernelArg::Ptr(x.ptr),
+                i(c * d.b),
+                i(d.h),
+                i(d.w),
+                KernelArg::Ptr(out.ptr),
+            ],
+        )
+    }
+
+    fn avg_pool2x(&mut self, x: &DevBuf, c: usize, d: Dims, out: &mut DevBuf) -> Result<()> {
+        self.elementwise(
+            "rdiff_unet_avgpool2x_f32",
+            c * d.b * (d.h / 2) * (d.w / 2),
+            &[
+                KernelArg::Ptr(x.ptr),
+                i(c * d.b),
+                i(d.h),
+                i(d.w),
+                KernelArg::Ptr(out.ptr),
+            ],
+        )
+    }
+
+    fn copy(&mut self, src: &DevBuf, dst: &mut DevBuf) -> Result<()> {
+        self.rows(Some(src.ptr), 1, src.len, None, None, false, dst.ptr)
+    }
+
+    fn time_embedding(
+        &mut self,
+        te: &TimeEmbedding,
+        ts: &[f32],
+        class: ClassLabels<'_>,
+    ) -> Result<DevBuf> {
+        let b = ts.len();
+        // Host-side checks and class rows first: nothing is launched for a bad call.
+        let class_rows = te.class_rows(b, class)?;
+        let d0 = te.dim0;
+        let proj = match te.kind {
+            TimeEmbeddingType::Learned => self.upload_new(&te.project(ts)?)?,
+            kind => {
+                let tsd = self.upload_new(ts)?;
+                let fourier = kind == TimeEmbeddingType::Fourier;
+                let pd = if fourier { 2 * te.fourier_w.len() } else { d0 };
+                let proj = self.arena.take(self.dev, b * pd)?;
+                let fw = if fourier {
+                    self.w(&te.fourier_w)?
+                } else {
+                    KernelArg::Ptr(0)
+                };
+                let neg_log = -(10000f64.ln()) as f32;
+                let denom = ((d0 / 2) as f64 - te.shift) as f32;
+                self.elementwise(
+                    "rdiff_unet_time_proj_f32",
+                    b * d0,
+                    &[
+                        KernelArg::Ptr(tsd.ptr),
+                        i(b),
+                        i(pd),
+                        i(fourier as usize),
+                        i(te.flip as usize),
+                        KernelArg::F32(neg_log),
+                        KernelArg::F32(denom),
+                        fw,
+                        KernelArg::Ptr(proj.ptr),
+                    ],
+                )?;
+                self.arena.give(tsd);
+                proj
+            }
+        };
+        let mlp = &te.mlp;
+        let mut h = self.arena.take(self.dev, b * mlp.hidden)?;
+        self.linear(&proj, b, &mlp.w1, &mlp.b1, &mut h)?;
+        self.rows(Some(h.ptr), b, mlp.hidden, None, None, true, h.ptr)?;
+        let mut emb = self.arena.take(self.dev, b * mlp.hidden)?;
+        self.linear(&h, b, &mlp.w2, &mlp.b2, &mut emb)?;
+        let rows = match &class_rows {
+            Some(r) => Some((self.upload_new(r)?, r.len() / mlp.hidden)),
+            None => None,
+        };
+        self.rows(
+            Some(emb.ptr),
+            b,
+            mlp.hidden,
+            None,
+            rows.as_ref().map(|(r, n)| (r, *n)),
+            true,
+            h.ptr,
+        )?;
+        self.arena.give(proj);
+        self.arena.give(emb);
+        if let Some((r, _)) = rows {
+            self.arena.give(r);
+        }
+        Ok(h)
+    }
+}

@@ -1,0 +1,271 @@
+//! What the UNet needs of a device beyond kernel launches: memory (alloc, free, upload) and a
+//! GEMM. The real launcher runs the GEMM kernel (`kernels/gemm.cu`); the emulated one hands
+//! the GEMM to the `gemm` crate (the kernel itself, emulated thread by thread, is far too slow
+//! for a whole UNet; the tests run it on small shapes through `kernel_gemm`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::cuda::emulate::EmulatedLauncher;
+use crate::cuda::launch::{Dim3, KernelArg, Launcher};
+use crate::error::{RdiffError, Result};
+
+/// `C[z][i][j] = beta·C[z][i][j] + alpha·Σ_k A[z](i,k)·B[z](k,j)` over `batch` values of z,
+/// with element strides: A(i,k) at `a + z·a_bs + i·a_rs + k·a_cs` (f32 elements), B likewise,
+/// C row-major with row stride `c_rs`. `beta == 0` does not read C.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: u64,
+    pub a_rs: usize,
+    pub a_cs: usize,
+    pub a_bs: usize,
+    pub b: u64,
+    pub b_rs: usize,
+    pub b_cs: usize,
+    pub b_bs: usize,
+    pub c: u64,
+    pub c_rs: usize,
+    pub c_bs: usize,
+    pub batch: usize,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+/// A launcher with device memory and a GEMM.
+pub trait UnetDevice: Launcher {
+    fn gemm(&self, g: &Gemm) -> Result<()>;
+    /// `len` f32 of device memory.
+    fn alloc(&self, len: usize) -> Result<u64>;
+    fn free(&self, ptr: u64);
+    /// Copies `src` to `dst` (stream-ordered on a real device).
+    fn upload(&self, dst: u64, src: &[f32]) -> Result<()>;
+    /// Whether host addresses are device addresses (emulation: weights are used in place).
+    fn host_visible(&self) -> bool;
+    /// Threads per block of the UNet's elementwise and GroupNorm kernels: 256 (their
+    /// `__launch_bounds__`) on a GPU. The kernels take any multiple of 32 up to 256.
+    fn block_threads(&self) -> u32 {
+        256
+    }
+}
+
+const TILE: usize = 64;
+
+/// The GEMM as `rdiff_gemm_f32` launches (64×64 tiles, 256 threads).
+pub fn gemm_kernel(l: &dyn Launcher, g: &Gemm) -> Result<()> {
+    if g.m == 0 || g.n == 0 || g.batch == 0 {
+        return Ok(());
+    }
+    let (gy, gz) = (g.m.div_ceil(TILE), g.batch);
+    if gy > 65535 || gz > 65535 {
+        return Err(RdiffError::Cuda(format!(
+            "gemm: {} rows × {} batches exceed the grid's y/z limits",
+            g.m, g.batch
+        )));
+    }
+    let i = |v: usize| KernelArg::I64(v as i64);
+    l.launch(
+        "rdiff_gemm_f32",
+        Dim3::new(g.n.div_ceil(TILE) as u32, gy as u32, gz as u32),
+        Dim3::x(256),
+        0,
+        &[
+            i(g.m),
+            i(g.n),
+            i(g.k),
+            KernelArg::Ptr(g.a),
+            i(g.a_rs),
+            i(g.a_cs),
+            i(g.a_bs),
+            KernelArg::Ptr(g.b),
+            i(g.b_rs),
+            i(g.b_cs),
+            i(g.b_bs),
+            KernelArg::Ptr(g.c),
+            i(g.c_rs),
+            i(g.c_bs),
+            KernelArg::F32(g.alpha),
+            KernelArg::F32(g.beta),
+        ],
+    )
+}
+
+/// The emulated launcher with host memory and a CPU GEMM.
+#[derive(Default)]
+pub struct EmulatedDevice {
+    pub launcher: EmulatedLauncher,
+    /// Run the GEMM kernel itself through the emulator instead of the CPU GEMM (tests).
+    pub kernel_gemm: bool,
+    /// Threads per block for the non-GEMM kernels (0: 256, as on a GPU). Whole-model tests
+    /// use 32: every emulated barrier and warp shuffle then wakes 32 host threads, not 256.
+    pub threads: u32,
+    allocs: Mutex<HashMap<u64, Vec<f32>>>,
+}
+
+impl EmulatedDevice {
+    /// At most `max_blocks` blocks per grid-stride launch, `threads` per block (0: 256),
+    /// the CPU GEMM standing in for the GEMM kernel unless `kernel_gemm`.
+    pub fn new(max_blocks: u32, threads: u32, kernel_gemm: bool) -> Self {
+        Self {
+            launcher: EmulatedLauncher {
+                max_blocks: max_blocks.max(1),
+            },
+            kernel_gemm,
+            threads,
+            allocs: Mutex::default(),
+        }
+    }
+}
+
+impl Launcher for EmulatedDevice {
+    fn launch(
+        &self,
+        kernel: &str,
+        grid: Dim3,
+        block: Dim3,
+        shared_bytes: u32,
+        args: &[KernelArg],
+    ) -> Result<()> {
+        self.launcher
+            .launch(kernel, grid, block, shared_bytes, args)
+    }
+
+    fn max_blocks(&self) -> u32 {
+        self.launcher.max_blocks()
+    }
+}
+
+impl UnetDevice for EmulatedDevice {
+    fn gemm(&self, g: &Gemm) -> Result<()> {
+        if self.kernel_gemm {
+            return gemm_kernel(self, g);
+        }
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        let s = |v: usize| v as isize;
+        for z in 0..g.batch {
+            // SAFETY: the addresses are host addresses (emulation) of f32 buffers that the
+            // caller sized for these shapes and strides; C does not overlap A or B.
+            unsafe {
+                let a = (g.a as *const f32).add(z * g.a_bs);
+                let b = (g.b as *const f32).add(z * g.b_bs);
+                let c = (g.c as *mut f32).add(z * g.c_bs);
+                if g.k == 0 {
+                    for i in 0..g.m {
+                        for j in 0..g.n {
+                            let p = c.add(i * g.c_rs + j);
+                            *p = if g.beta == 0.0 { 0.0 } else { g.beta * *p };
+                        }
+                    }
+                    continue;
+                }
+                gemm::gemm(
+                    g.m,
+                    g.n,
+                    g.k,
+                    c,
+                    1,
+                    s(g.c_rs),
+                    g.beta != 0.0,
+                    a,
+                    s(g.a_cs),
+                    s(g.a_rs),
+                    b,
+                    s(g.b_cs),
+                    s(g.b_rs),
+                    g.beta,
+                    g.alpha,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(0),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn alloc(&self, len: usize) -> Result<u64> {
+        let v = vec![f32::NAN; len.max(1)];
+        let p = v.as_ptr() as u64;
+        self.allocs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p, v);
+        Ok(p)
+    }
+
+    fn free(&self, ptr: u64) {
+        self.allocs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ptr);
+    }
+
+    fn upload(&self, dst: u64, src: &[f32]) -> Result<()> {
+        // SAFETY: `dst` is an allocation of ours at least `src.len()` long (the caller's
+        // contract, as for a device copy); host memory in emulation.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut f32, src.len()) };
+        Ok(())
+    }
+
+    fn host_visible(&self) -> bool {
+        true
+    }
+
+    fn block_threads(&self) -> u32 {
+        if self.threads == 0 {
+            256
+        } else {
+            self.threads.clamp(32, 256) / 32 * 32
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod real {
+    use cudarc::driver::result as cu;
+
+    use super::{gemm_kernel, Gemm, UnetDevice};
+    use crate::cuda::context::StreamLauncher;
+    use crate::error::{RdiffError, Result};
+
+    fn err(what: &str, e: cu::DriverError) -> RdiffError {
+        RdiffError::Cuda(format!("{what}: {e:?}"))
+    }
+
+    impl UnetDevice for StreamLauncher {
+        fn gemm(&self, g: &Gemm) -> Result<()> {
+            gemm_kernel(self, g)
+        }
+
+        fn alloc(&self, len: usize) -> Result<u64> {
+            self.device.make_current()?;
+            // SAFETY: the device's primary context is current; freed by `free`.
+            unsafe { cu::malloc_sync(len.max(1) * 4) }.map_err(|e| err("cuMemAlloc", e))
+        }
+
+        fn free(&self, ptr: u64) {
+            if self.device.make_current().is_ok() {
+                // SAFETY: `ptr` came from `alloc` and is freed once (the arena's contract).
+                let _ = unsafe { cu::free_sync(ptr) };
+            }
+        }
+
+        fn upload(&self, dst: u64, src: &[f32]) -> Result<()> {
+            self.device.make_current()?;
+            // SAFETY: `dst` holds at least `src.len()` f32 (allocated by `alloc` for it);
+            // a copy from pageable memory is staged before the call returns, so `src` may
+            // be dropped afterwards.
+            unsafe { cu::memcpy_htod_async(dst, src, self.stream as _) }
+                .map_err(|e| err("cuMemcpyHtoDAsync", e))
+        }
+
+        fn host_visible(&self) -> bool {
+            false
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Each UNet kernel through the emulated launcher against its CPU counterpart
+//! (`unet::backend::CpuBackend`, `unet::embeddings`), on odd sizes and misaligned pointers.
+
+use half::{bf16, f16};
+
+use super::backend::{DevBuf, DeviceArena, DeviceBackend, DeviceWeights};
+use super::device::{EmulatedDevice, Gemm, UnetDevice};
+use crate::cpu::arena::{Arena, Buf};
+use crate::cpu::conv::{Dims, Geometry};
+use crate::cpu::dtype::Elem;
+use crate::cpu::norm::GroupNormParams;
+use crate::cuda::launch::{Dim3, KernelArg, Launcher};
+use crate::unet::backend::{Backend, CpuBackend, Epilogue};
+use crate::unet::embeddings::{fourier, sinusoidal};
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+/// Host memory shifted by one f32 from a 16-byte boundary: a misaligned device buffer.
+struct Misaligned {
+    store: Vec<f32>,
+    off: usize,
+    len: usize,
+    ptr: u64,
+}
+
+impl Misaligned {
+    fn new(v: &[f32]) -> Self {
+        let mut store = vec![f32::NAN; v.len() + 4];
+        let base = store.as_ptr() as usize;
+        let off = (0..4).find(|o| (base + 4 * o) % 16 == 4).unwrap();
+        store[off..off + v.len()].copy_from_slice(v);
+        let ptr = store[off..].as_mut_ptr() as u64;
+        Self {
+            store,
+            off,
+            len: v.len(),
+            ptr,
+        }
+    }
+    fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    fn buf(&self) -> DevBuf {
+        DevBuf::raw(self.ptr, self.len)
+    }
+    fn get(&self) -> &[f32] {
+        &self.store[self.off..self.off + self.len]
+    }
+}
+
+fn cpu_buf(arena: &mut Arena, v: &[f32]) -> Buf {
+    let mut b = arena.take(v.len());
+    b.copy_from_slice(v);
+    b
+}
+
+fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * scale,
+            "{what}[{i}]: got {g}, want {w} (scale {scale})"
+        );
+    }
+}
+
+fn naive_gemm(g: &Gemm, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<f32> {
+    let mut c = c0.to_vec();
+    for z in 0..g.batch {
+        for i in 0..g.m {
+            for j in 0..g.n {
+                let mut acc = 0.0f64;
+                for k in 0..g.k {
+                    acc += a[z * g.a_bs + i * g.a_rs + k * g.a_cs] as f64
+                        * b[z * g.b_bs + k * g.b_rs + j * g.b_cs] as f64;
+                }
+                let p = z * g.c_bs + i * g.c_rs + j;
+                let prev = if g.beta == 0.0 {
+                    0.0
+                } else {
+                    g.beta as f64 * c0[p] as f64
+                };
+                c[p] = (prev + g.alpha as f64 * acc) as f32;
+            }
+        }
+    }
+    c
+}
+
+/// The GEMM kernel (emulated) and the CPU stand-in against a naive product: odd shapes,
+/// both operand layouts, batches, beta = 0 over NaN, misaligned operands.
+#[test]
+fn gemm_kernel_and_cpu_stand_in_match_naive() {
+    for kernel_gemm in [true, false] {
+        let dev = EmulatedDevice::new(4, 0, kernel_gemm);
+        for (m, n, k, ta, tb, batch, beta) in [
+            (70, 45, 19, false, false, 1, 0.3f32),
+            (5, 67, 33, true, true, 2, 0.0),
+            (64, 1, 7, false, true, 3, 1.0),
+        ] {
+            let (a_rs, a_cs) = if ta { (1, m) } else { (k, 1) };
+            let (b_rs, b_cs) = if tb { (1, k) } else { (n, 1) };
+            let mut g = Gemm {
+                m,
+                n,
+                k,
+                a: 0,
+                a_rs,
+                a_cs,
+                a_bs: m * k,
+                b: 0,
+                b_rs,
+                b_cs,
+                b_bs: k * n,
+                c: 0,
+                c_rs: n + 3,
+                c_bs: m * (n + 3),
+                batch,
+                alpha: 0.7,
+                beta,
+            };
+            let a = Misaligned::new(&values(batch * m * k, 1));
+            let b = Misaligned::new(&values(batch * k * n, 2));
+            let mut c0 = values(batch * m * (n + 3), 3);
+            if beta == 0.0 {
+                c0.iter_mut().for_each(|v| *v = f32::NAN);
+            }
+            let c = Misaligned::new(&c0);
+            (g.a, g.b, g.c) = (a.ptr(), b.ptr(), c.ptr());
+            dev.gemm(&g).unwrap();
+            let want = naive_gemm(&g, a.get(), b.get(), &c0);
+            // Padding columns of C stay as they were (NaN included).
+            for (i, (x, y)) in c.get().iter().zip(&want).enumerate() {
+                if (i % g.c_bs) % (n + 3) >= n {
+                    assert!(x.to_bits() == c0[i].to_bits(), "padding written at {i}");
+                } else {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                        "{kernel_gemm} {i}: {x} {y}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+struct Both {
+    dev: EmulatedDevice,
+    arena: DeviceArena,
+    weights: DeviceWeights,
+    cpu: Arena,
+}
+
+impl Both {
+    fn new(kernel_gemm: bool) -> Self {
+        Self {
+            dev: EmulatedDevice::new(3, 0, kernel_gemm),
+            arena: DeviceArena::default(),
+            weights: DeviceWeights::default(),
+            cpu: Arena::default(),
+        }
+    }
+}
+
+/// Every convolution geometry the UNet uses, with every epilogue term, two input segments.
+#[test]
+fn conv2d_matches_cpu() {
+    let dims = Dims { b: 2, h: 6, w: 5 };
+    let (c1, c2, cout) = (3, 2, 5);
+    let cin = c1 + c2;
+    let x1 = values(c1 * dims.n(), 4);
+    let x2 = values(c2 * dims.n(), 5);
+    let bias = values(cout, 6);
+    let bias2 = values(cout, 7);
+    let temb = values(dims.b * cout, 8);
+    let geoms = [
+        Geometry::SAME3,
+        Geometry::POINT,
+        Geometry {
+            k: 3,
+            stride: 2,
+            pad: [0, 0, 1, 1],
+            upsample: false,
+        },
+        Geometry {
+            k: 3,
+            stride: 2,
+            pad: [1; 4],
+            upsample: false,
+        },
+        Geometry {
+            upsample: true,
+            ..Geometry::SAME3
+        },
+    ];
+    for (gi, g) in geoms.into_iter().enumerate() {
+        let od = g.out_dims(dims);
+        let w = values(cout * cin * g.k * g.k, 9 + gi as u64);
+        let resid = values(cout * od.n(), 20);
+        let start = values(cout * od.n(), 21);
+        for keep in [false, true] {
+            let mut t = Both::new(gi % 2 == 0);
+            // CPU
+            let mut cpu = CpuBackend { arena: &mut t.cpu };
+            let (a, b) = (cpu_buf(cpu.arena, &x1), cpu_buf(cpu.arena, &x2));
+            let (tb, r0) = (cpu_buf(cpu.arena, &temb), cpu_buf(cpu.arena, &resid));
+            let mut out = cpu_buf(cpu.arena, &start);
+            let same = od == dims;
+            let rs = [(&r0, cout)];
+            let e = Epilogue {
+                bias: Some(&bias[..]),
+                bias2: Some(&bias2[..]),
+                temb: Some(&tb),
+                residual: if same { Some(&rs[..]) } else { None },
+                keep,
+                scale: 0.7,
+            };
+            cpu.conv2d(&[(&a, c1), (&b, c2)], dims, &w, cout, g, e, &mut out)
+                .unwrap();
+            // Device, misaligned buffers
+            let mut dev = DeviceBackend {
+                dev: &t.dev,
+                arena: &mut t.arena,
+                weights: &mut t.weights,
+            };
+            let (da, db) = (Misaligned::new(&x1), Misaligned::new(&x2));
+            let (dt, dr) = (Misaligned::new(&temb), Misaligned::new(&resid));
+            let dout = Misaligned::new(&start);
+            let (ba, bb, bt, br) = (da.buf(), db.buf(), dt.buf(), dr.buf());
+            let drs = [(&br, cout)];
+            let e = Epilogue {
+                bias: Some(&bias[..]),
+                bias2: Some(&bias2[..]),
+                temb: Some(&bt),
+                residual: if same { Some(&drs[..]) } else { None },
+                keep,
+                scale: 0.7,
+            };
+            dev.conv2d(
+                &[(&ba, c1), (&bb, c2)],
+                dims,
+                &w,
+                cout,
+                g,
+                e,
+                &mut dout.buf(),
+            )
+            .unwrap();
+            close(dout.get(), &out, 1e-5, &format!("conv {g:?} keep={keep}"));
+        }
+    }
+}
+
+/// GroupNorm with groups straddling two segments, scale/shift, with and without SiLU.
+#[test]
+fn group_norm_matches_cpu() {
+    let dims = Dims { b: 3, h: 5, w: 7 };
+    let (c1, c2) = (2, 4);
+    let c = c1 + c2;
+    let x1: Vec<f32> = values(c1 * dims.n(), 30)
+        .iter()
+        .map(|v| v * 3.0 + 5.0)
+        .collect();
+    let x2 = values(c2 * dims.n(), 31);
+    let gamma = values(c, 32);
+    let beta = values(c, 33);
+    let ss = values(dims.b * 2 * c, 34);
+    let p = GroupNormParams {
+        groups: 2,
+        eps: 1e-5,
+        gamma: &gamma,
+        beta: &beta,
+    };
+    for (silu, with_ss) in [(false, false), (true, true), (true, false)] {
+        let mut t = Both::new(false);
+        let mut cpu = CpuBackend { arena: &mut t.cpu };
+        let (a, b, s) = (
+            cpu_buf(cpu.arena, &x1),
+            cpu_buf(cpu.arena, &x2),
+            cpu_buf(cpu.arena, &ss),
+        );
+        let mut out = cpu.arena.take(c * dims.n());
+        let sref = if with_ss { Some(&s) } else { None };
+        cpu.group_norm(&[(&a, c1), (&b, c2)], dims, p, sref, silu, &mut out)
+            .unwrap();
+        let mut dev = DeviceBackend {
+            dev: &t.dev,
+            arena: &mut t.arena,
+            weights: &mut t.weights,
+        };
+        let (da, db, ds) = (
+            Misaligned::new(&x1),
+            Misaligned::new(&x2),
+            Misaligned::new(&ss),
+        );
+        let dout = Misaligned::new(&vec![0.0; c * dims.n()]);
+        let (ba, bb, bs) = (da.buf(), db.buf(), ds.buf());
+        let dref = if with_ss { Some(&bs) } else { None };
+        dev.group_norm(
+            &[(&ba, c1), (&bb, c2)],
+            dims,
+            p,
+            dref,
+            silu,
+            &mut dout.buf(),
+        )
+        .unwrap();
+        close(dout.get(), &out, 2e-5, "group_norm");
+    }
+}
+
+/// Attention (two GEMMs around the row softmax) against the CPU's blocked attention.
+#[test]
+fn attention_matches_cpu() {
+    let dims = Dims { b: 2, h: 3, w: 5 };
+    let (inner, heads) = (12, 3);
+    let qkv = values(3 * inner * dims.n(), 40);
+    for kernel_gemm in [true, false] {
+        let mut t = Both::new(kernel_gemm);
+        let mut cpu = CpuBackend { arena: &mut t.cpu };
+        let q = cpu_buf(cpu.arena, &qkv);
+        let mut out = cpu.arena.take(inner * dims.n());
+        cpu.attention(&q, inner, heads, dims, &mut out).unwrap();
+        let mut dev = DeviceBackend {
+            dev: &t.dev,
+            arena: &mut t.arena,
+            weights: &mut t.weights,
+        };
+        let dq = Misaligned::new(&qkv);
+        let dout = Misaligned::new(&vec![0.0; inner * dims.n()]);
+        dev.attention(&dq.buf(), inner, heads, dims, &mut dout.buf())
+            .unwrap();
+        close(dout.get(), &out, 1e-5, "attention");
+    }
+}
+
+#[test]
+fn resampling_linear_and_copy_match_cpu() {
+    let (c, dims) = (3, Dims { b: 2, h: 6, w: 10 });
+    let x = values(c * dims.n(), 50);
+    let xw = values(dims.b * 7, 51);
+    let w = values(5 * 7, 52);
+    let bias = values(5, 53);
+    let mut t = Both::new(false);
+    let mut cpu = CpuBackend { arena: &mut t.cpu };
+    let xb = cpu_buf(cpu.arena, &x);
+    let mut up = cpu.arena.take(4 * x.len());
+    let mut pool = cpu.arena.take(x.len() / 4);
+    cpu.upsample2x(&xb, c, dims, &mut up).unwrap();
+    cpu.avg_pool2x(&xb, c, dims, &mut pool).unwrap();
+    let xl = cpu_buf(cpu.arena, &xw);
+    let mut lin = cpu.arena.take(dims.b * 5);
+    cpu.linear(&xl, dims.b, &w, &bias, &mut lin).unwrap();
+    let mut dev = DeviceBackend {
+        dev: &t.dev,
+        arena: &mut t.arena,
+        weights: &mut t.weights,
+    };
+    let dx = Misaligned::new(&x);
+    let dup = Misaligned::new(&vec![0.0; 4 * x.len()]);
+    let dpool = Misaligned::new(&vec![0.0; x.len() / 4]);
+    dev.upsample2x(&dx.buf(), c, dims, &mut dup.buf()).unwrap();
+    dev.avg_pool2x(&dx.buf(), c, dims, &mut dpool.buf())
+        .unwrap();
+    assert_eq!(dup.get(), &up[..]);
+    assert_eq!(dpool.get(), &pool[..]);
+    let dxl = Misaligned::new(&xw);
+    let dlin = Misaligned::new(&vec![0.0; dims.b * 5]);
+    dev.linear(&dxl.buf(), dims.b, &w, &bias, &mut dlin.buf())
+        .unwrap();
+    close(dlin.get(), &lin, 1e-6, "linear");
+    let dcopy = Misaligned::new(&vec![0.0; x.len()]);
+    dev.copy(&dx.buf(), &mut dcopy.buf()).unwrap();
+    assert_eq!(dcopy.get(), &x[..]);
+}
+
+fn launch_time_proj(
+    dev: &EmulatedDevice,
+    ts: &[f32],
+    dim: usize,
+    fw: Option<&[f32]>,
+    flip: bool,
+    shift: f64,
+) -> Vec<f32> {
+    let dts = Misaligned::new(ts);
+    let out = Misaligned::new(&vec![f32::NAN; ts.len() * dim]);
+    let dfw = fw.map(Misaligned::new);
+    let i = |v: usize| KernelArg::I64(v as i64);
+    dev.launch(
+        "rdiff_unet_time_proj_f32",
+        Dim3::x(2),
+        Dim3::x(256),
+        0,
+        &[
+            KernelArg::Ptr(dts.ptr()),
+            i(ts.len()),
+            i(dim),
+            i(fw.is_some() as usize),
+            i(flip as usize),
+            KernelArg::F32(-(10000f64.ln()) as f32),
+            KernelArg::F32(((dim / 2) as f64 - shift) as f32),
+            KernelArg::Ptr(dfw.as_ref().map_or(0, |f| f.ptr())),
+            KernelArg::Ptr(out.ptr()),
+        ],
+    )
+    .unwrap();
+    out.get().to_vec()
+}
+
+/// The timestep projections against `unet::embeddings` (odd dims, both flips, shifts).
+#[test]
+fn time_projection_matches_cpu() {
+    let dev = EmulatedDevice::new(2, 0, false);
+    let ts = [0.0f32, 1.0, 421.0, 999.0, 37.5];
+    for (dim, flip, shift) in [(32, false, 1.0), (33, true, 0.0), (128, true, 1.0)] {
+        let got = launch_time_proj(&dev, &ts, dim, None, flip, shift);
+        close(&got, &sinusoidal(&ts, dim, flip, shift), 2e-6, "sinusoidal");
+    }
+    let sig = [0.01f32, 0.5, 1.7, 40.0, 80.0];
+    let w: Vec<f32> = values(16, 60).iter().map(|v| v * 8.0).collect();
+    let got = launch_time_proj(&dev, &sig, 32, Some(&w), false, 0.0);
+    close(&got, &fourier(&sig, &w), 2e-6, "fourier");
+}
+
+fn layout_round_trip<T: Elem + Default>() {
+    let dev = EmulatedDevice::new(3, 0, false);
+    let (b, c, hw) = (3, 5, 7);
+    let x = values(b * c * hw, 70);
+    let mut xs = vec![T::default(); x.len() + 1];
+    T::store(&x, &mut xs[1..]); // odd element offset: misaligned for every vector width
+    let mut xf = vec![0.0f32; x.len()];
+    T::load(&xs[1..], &mut xf);
+    let internal = Misaligned::new(&vec![0.0; x.len()]);
+    let name = crate::cuda::kernels::dtype_suffix(T::DTYPE).unwrap();
+    let i = |v: usize| KernelArg::I64(v as i64);
+    dev.launch(
+        &format!("rdiff_unet_nchw_in_{name}"),
+        Dim3::x(2),
+        Dim3::x(256),
+        0,
+        &[
+            KernelArg::Ptr(xs[1..].as_ptr() as u64),
+            i(b),
+            i(c),
+            i(hw),
+            KernelArg::Ptr(internal.ptr()),
+            i(1),
+        ],
+    )
+    .unwrap();
+    for bi in 0..b {
+        for ci in 0..c {
+            for p in 0..hw {
+                let want = 2.0 * xf[(bi * c + ci) * hw + p] - 1.0;
+                assert_eq!(internal.get()[(ci * b + bi) * hw + p], want);
+            }
+        }
+    }
+    let div = Misaligned::new(&[0.5, 3.0, 7.0]);
+    let mut out = vec![T::default(); x.len() + 1];
+    dev.launch(
+        &format!("rdiff_unet_nchw_out_{name}"),
+        Dim3::x(2),
+        Dim3::x(256),
+        0,
+        &[
+            KernelArg::Ptr(internal.ptr()),
+            i(b),
+            i(c),
+            i(hw),
+            KernelArg::Ptr(div.ptr()),
+            KernelArg::Ptr(out[1..].as_mut_ptr() as u64),
+        ],
+    )
+    .unwrap();
+    let mut want = vec![0.0f32; x.len()];
+    for bi in 0..b {
+        for ci in 0..c {
+            for p in 0..hw {
+                want[(bi * c + ci) * hw + p] =
+                    internal.get()[(ci * b + bi) * hw + p] / div.get()[bi];
+            }
+        }
+    }
+    let mut want_t = vec![T::default(); x.len()];
+    T::store(&want, &mut want_t);
+    let (mut got, mut exp) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+    T::load(&out[1..], &mut got);
+    T::load(&want_t, &mut exp);
+    assert_eq!(got, exp, "{name}");
+}
+
+#[test]
+fn layout_kernels_convert_every_dtype_at_odd_offsets() {
+    layout_round_trip::<f32>();
+    layout_round_trip::<f16>();
+    layout_round_trip::<bf16>();
+}
