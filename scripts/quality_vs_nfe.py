@@ -163,6 +163,38 @@ def spread_table(results: dict, n: int) -> str:
     return "\n".join(lines)
 
 
+def paired_table(results: dict, n: int, base: str = "DDPM (β̃)") -> str:
+    """Markdown: per seed, FD of each setting minus FD of ``base`` at the same NFE. Every
+    setting starts from the same noise for a seed, so these paired differences vary far less
+    from seed to seed than the FDs themselves."""
+    by = {
+        (r["label"], r["nfe"], r.get("seed", 0)): r["fd"] for r in results.values() if r["n"] == n
+    }
+    seeds = sorted({s for _, _, s in by})
+    cells = {}
+    for lab, k, _ in by:
+        if lab == base:
+            continue
+        both = [s for s in seeds if (lab, k, s) in by and (base, k, s) in by]
+        if len(both) > 1:
+            cells[(lab, k)] = [by[(lab, k, s)] - by[(base, k, s)] for s in both]
+    if not cells:
+        return "(no paired runs over several seeds)"
+    nfes = sorted({k for _, k in cells})
+    lines = [
+        "| sampler − " + base + " | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
+        "|---|" + "---:|" * len(nfes),
+    ]
+    for lab in SETTINGS:
+        if any((lab, k) in cells for k in nfes):
+            row = [
+                ", ".join(f"{v:+.2f}" for v in cells[(lab, k)]) if (lab, k) in cells else "—"
+                for k in nfes
+            ]
+            lines.append(f"| {lab} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def write_docs(results: dict, args) -> None:
     import matplotlib
 
@@ -198,6 +230,7 @@ def write_docs(results: dict, args) -> None:
     seeds_table = spread_table(results, args.n)
     md = ROOT / "docs" / "quality_vs_nfe.md"
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i) for i in range(0, 20, 20 // len(SETTINGS))])
     for lab in SETTINGS:
         row = table.get(lab, {})
         ks = sorted(row)
@@ -237,6 +270,7 @@ def write_docs(results: dict, args) -> None:
         .replace("{HALVES}", f"{nf['halves']:.2f}")
         .replace("{HALF_VS_ALL}", f"{nf['half_vs_all']:.2f}")
         .replace("{SEEDS}", seeds_table)
+        .replace("{PAIRED}", paired_table(results, args.n))
     )
     md.write_text(body)
     print(f"wrote {md}")
