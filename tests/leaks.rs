@@ -16,7 +16,7 @@ use common::Counting;
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-const RUNS: usize = 10;
+const RUNS: usize = 20;
 const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 
 fn steps(n: usize) {
@@ -126,11 +126,17 @@ fn live_bytes_return_to_the_baseline() {
     }
     let _ = std::fs::remove_dir_all(&root);
     println!("live bytes after each run, relative to the baseline: {after:?}");
-    // A worker thread's scratch buffer may still grow once when it first runs a larger task
-    // (seen: one step of 8 KiB); a leak of even the smallest activation of this UNet (2 KiB)
-    // per run would pass 16 KiB within the 10 runs.
+    // A rayon worker's scratch buffer grows once, the first time that worker runs a larger task;
+    // under load a worker may first do so after the warm-up (seen: single steps of 9–18 KiB,
+    // at most twice). A leak grows in every run instead, so count the runs that grew.
+    let grew = std::iter::once(0)
+        .chain(after.iter().copied())
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[1] > w[0])
+        .count();
     assert!(
-        after.iter().all(|&d| d.abs() <= 16 << 10),
-        "live bytes drift from the baseline: {after:?}"
+        grew <= 4 && after.iter().all(|&d| d.abs() <= 256 << 10),
+        "live bytes drift from the baseline ({grew} of {RUNS} runs grew): {after:?}"
     );
 }
