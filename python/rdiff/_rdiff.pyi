@@ -197,6 +197,70 @@ class _MultistepCore:
         the same device (required there, ignored for CPU tensors).
         """
 
+class _DdimCore:
+    """Per-scheduler constants of the DDIM and DDPM schedulers (diffusers' arithmetic)."""
+
+    def __init__(
+        self,
+        alphas_cumprod: list[float],
+        final_alpha_cumprod: float,
+        prediction_type: str,
+        clip_sample: bool,
+        clip_sample_range: float,
+        thresholding: bool,
+        dynamic_thresholding_ratio: float,
+        sample_max_value: float,
+        variance_type: str = "fixed_small",
+    ) -> None: ...
+    def ddim_coefficients(
+        self,
+        timestep: int,
+        prev_timestep: int,
+        eta: float = 0.0,
+        use_clipped_model_output: bool = False,
+    ) -> tuple[float, ...]:
+        """The DDIM step's scalars (p, q, d, h1, h2, h3, a, w0, w_eps, std)."""
+    def ddpm_coefficients(self, timestep: int, prev_timestep: int) -> tuple[float, ...]:
+        """The DDPM step's scalars, as ``ddim_coefficients`` (std NaN for learned variances)."""
+    def ddim(
+        self,
+        timestep: int,
+        prev_timestep: int,
+        eta: float,
+        use_clipped_model_output: bool,
+        mo: _Desc,
+        x: _Desc,
+        noise: _Desc | None,
+        x0: _Desc,
+        prev: _Desc,
+        batch: int,
+        mo_stride: int,
+        stream: int | None = None,
+        bounds: _Desc | None = None,
+    ) -> None:
+        """One fused DDIM step: x̂₀ into ``x0``, the new sample into ``prev``; ``noise`` (model
+        dtype) is required when η > 0. ``stream``/``bounds`` as for ``_MultistepCore.step``."""
+    def ddpm(
+        self,
+        timestep: int,
+        prev_timestep: int,
+        mo: _Desc,
+        x: _Desc,
+        noise: _Desc | None,
+        x0: _Desc,
+        prev: _Desc,
+        batch: int,
+        mo_stride: int,
+        stream: int | None = None,
+        bounds: _Desc | None = None,
+    ) -> None:
+        """One fused DDPM step; ``noise`` is required when timestep > 0."""
+
+def _ddim_timesteps(
+    num_train_timesteps: int, num_inference_steps: int, timestep_spacing: str, steps_offset: int
+) -> npt.NDArray[np.int64]:
+    """diffusers' DDIM/DDPM timesteps for ``num_inference_steps`` (int64, descending)."""
+
 class _SinglestepCore:
     """Per-scheduler constants of the singlestep DPM-Solver; built by ``set_timesteps``."""
 
