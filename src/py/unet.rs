@@ -15,6 +15,22 @@ use crate::unet::model::UNet2D;
 use crate::unet::weights::MemoryWeights;
 use crate::with_elem;
 
+/// In-memory weights (`from_diffusers`): each array copied once into f32 storage.
+pub(crate) fn memory_weights(
+    tensors: HashMap<String, Bound<'_, PyArrayDyn<f32>>>,
+) -> PyResult<MemoryWeights> {
+    let mut mem = MemoryWeights::default();
+    for (name, arr) in tensors {
+        let ro = arr.readonly();
+        let data = ro
+            .as_slice()
+            .map_err(|_| PyValueError::new_err(format!("{name}: array is not contiguous")))?
+            .to_vec();
+        mem.tensors.insert(name, (arr.shape().to_vec(), data));
+    }
+    Ok(mem)
+}
+
 #[pyclass(name = "_UNet2D", module = "rdiff._rdiff", frozen)]
 pub struct PyUNet2D {
     inner: UNet2D,
@@ -36,15 +52,7 @@ impl PyUNet2D {
         config_json: &str,
         tensors: HashMap<String, Bound<'_, PyArrayDyn<f32>>>,
     ) -> PyResult<Self> {
-        let mut mem = MemoryWeights::default();
-        for (name, arr) in tensors {
-            let ro = arr.readonly();
-            let data = ro
-                .as_slice()
-                .map_err(|_| PyValueError::new_err(format!("{name}: array is not contiguous")))?
-                .to_vec();
-            mem.tensors.insert(name, (arr.shape().to_vec(), data));
-        }
+        let mem = memory_weights(tensors)?;
         let inner = py.detach(|| UNet2D::load(config_json, &mem))?;
         Ok(Self { inner })
     }

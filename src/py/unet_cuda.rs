@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::PyArrayDyn;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -16,7 +16,6 @@ use crate::cuda::unet::model::CudaUNet;
 use crate::error::{RdiffError, Result};
 use crate::unet::embeddings::ClassLabels;
 use crate::unet::model::UNet2D;
-use crate::unet::weights::MemoryWeights;
 
 enum Target {
     Emulated(EmulatedDevice),
@@ -96,15 +95,7 @@ impl PyCudaUNet2D {
         threads: u32,
     ) -> PyResult<Self> {
         let target = target(device, max_blocks, threads)?;
-        let mut mem = MemoryWeights::default();
-        for (name, arr) in tensors {
-            let ro = arr.readonly();
-            let data = ro
-                .as_slice()
-                .map_err(|_| PyValueError::new_err(format!("{name}: array is not contiguous")))?
-                .to_vec();
-            mem.tensors.insert(name, (arr.shape().to_vec(), data));
-        }
+        let mem = super::unet::memory_weights(tensors)?;
         let unet = py.detach(|| UNet2D::load(config_json, &mem))?;
         Ok(Self {
             model: CudaUNet::new(unet),
