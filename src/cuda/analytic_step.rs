@@ -2,9 +2,9 @@
 //! one): the buffers, the grid and the argument list of `kernels/analytic_step.cu`.
 
 use super::launch::{Dim3, KernelArg, Launcher};
-use super::ops::{check_batch, elementwise_grid, len, suffix, Buf, BLOCK};
+use super::ops::{check_batch, elementwise_grid, len, same_dtype, suffix, Buf, BLOCK};
 use crate::cpu::analytic_step::PassScalars;
-use crate::error::{RdiffError, Result};
+use crate::error::Result;
 
 /// Where the kernel's noise comes from (see `cpu::analytic_step::Noise`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,15 +39,10 @@ pub fn analytic_step(l: &dyn Launcher, io: &AnalyticStepBuffers, sc: &PassScalar
         return Ok(());
     }
     let (d, s) = (suffix(&io.mo, "model_output")?, suffix(&io.x, "sample")?);
-    for (b, what) in [(io.x0, "x0 buffer"), (io.prev, "output buffer")] {
-        if b.dtype != io.mo.dtype {
-            return Err(RdiffError::Type(format!(
-                "{what}: expected dtype {}, got {}",
-                io.mo.dtype.name(),
-                b.dtype.name()
-            )));
-        }
-    }
+    same_dtype(
+        io.mo.dtype,
+        [(io.x0, "x0 buffer"), (io.prev, "output buffer")],
+    )?;
     let (noise_ptr, philox, seed, offset) = match io.noise {
         KernelNoise::None => (0, false, 0, 0),
         KernelNoise::Given(p) => (p, false, 0, 0),

@@ -3,7 +3,9 @@
 //! stream-ordered; otherwise the step kernel alone (`kernels/ddim_step.cu`).
 
 use super::launch::{Dim3, KernelArg, Launcher};
-use super::ops::{check_batch, elementwise_grid, len, suffix, Buf, BLOCK, REDUCE_BLOCK};
+use super::ops::{
+    check_batch, elementwise_grid, len, same_dtype, suffix, Buf, BLOCK, REDUCE_BLOCK,
+};
 use crate::error::{RdiffError, Result};
 use crate::schedule::ddim::{DdimCoefficients, NoiseScale};
 
@@ -48,18 +50,12 @@ pub fn ddim_step(
         return Ok(());
     }
     let (d, s) = (suffix(&io.mo, "model_output")?, suffix(&io.x, "sample")?);
-    for (b, what) in [(io.x0, "x0 buffer"), (io.prev, "output buffer")]
-        .into_iter()
-        .chain(io.noise.map(|n| (n, "noise")))
-    {
-        if b.dtype != io.mo.dtype {
-            return Err(RdiffError::Type(format!(
-                "{what}: expected dtype {}, got {}",
-                io.mo.dtype.name(),
-                b.dtype.name()
-            )));
-        }
-    }
+    same_dtype(
+        io.mo.dtype,
+        [(io.x0, "x0 buffer"), (io.prev, "output buffer")]
+            .into_iter()
+            .chain(io.noise.map(|n| (n, "noise"))),
+    )?;
     let (std_mode, sd, min_log, max_log) = match co.noise {
         NoiseScale::None => (0i64, 0.0, 0.0, 0.0),
         NoiseScale::Fixed(sd) => (1, sd, 0.0, 0.0),

@@ -30,6 +30,22 @@ pub(crate) fn suffix(b: &Buf, what: &str) -> Result<&'static str> {
     })
 }
 
+/// TypeError naming the first buffer whose dtype differs from `want` (the model output's: the
+/// kernels write x0, history and output in it).
+pub(crate) fn same_dtype<'a>(
+    want: DType,
+    bufs: impl IntoIterator<Item = (Buf, &'a str)>,
+) -> Result<()> {
+    match bufs.into_iter().find(|(b, _)| b.dtype != want) {
+        Some((b, what)) => Err(RdiffError::Type(format!(
+            "{what}: expected dtype {}, got {}",
+            want.name(),
+            b.dtype.name()
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn ptr(b: Option<Buf>) -> KernelArg {
     KernelArg::Ptr(b.map_or(0, |b| b.ptr))
 }
@@ -94,19 +110,13 @@ pub fn dpm_step(
         return Ok(());
     }
     let (d, s) = (suffix(&io.mo, "model_output")?, suffix(&io.x, "sample")?);
-    for (b, what) in [(io.hist, "history buffer"), (io.prev, "output buffer")]
-        .into_iter()
-        .chain(io.m1.map(|b| (b, "model_outputs[-2]")))
-        .chain(io.m2.map(|b| (b, "model_outputs[-3]")))
-    {
-        if b.dtype != io.mo.dtype {
-            return Err(RdiffError::Type(format!(
-                "{what}: expected dtype {}, got {}",
-                io.mo.dtype.name(),
-                b.dtype.name()
-            )));
-        }
-    }
+    same_dtype(
+        io.mo.dtype,
+        [(io.hist, "history buffer"), (io.prev, "output buffer")]
+            .into_iter()
+            .chain(io.m1.map(|b| (b, "model_outputs[-2]")))
+            .chain(io.m2.map(|b| (b, "model_outputs[-3]"))),
+    )?;
     let bounds = match thresholding {
         Some(t) => {
             l.launch(
