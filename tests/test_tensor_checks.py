@@ -66,3 +66,26 @@ def test_describe_refuses_non_contiguous_buffers():
     with pytest.raises(ValueError, match="non-contiguous"):
         describe(t[:, 1:])
     assert describe(t[1:])[1] == 18  # a contiguous view with an offset is fine
+
+
+def test_layout_products_that_wrap_round_are_refused():
+    # batch × row stride = 2^64 + 16, which wraps to the 16 elements the buffer holds: taken
+    # at its word, the sum would read 2^60 rows past the end.
+    mo = np.ones(16, np.float32)
+    with pytest.raises(ValueError, match="does not fit in memory"):
+        _rdiff._gamma_batch_sums(describe(mo), None, 2**60 + 1, 16, 16, 0.0, 1.0)
+
+
+def test_unet_shape_products_that_wrap_round_are_refused():
+    import rdiff
+    from rdiff.cli import bundled_model_dir
+
+    core = rdiff.UNet2DModel.from_pretrained(bundled_model_dir("digits"))._core
+    x = np.zeros((1, 1, 16, 16), np.float32)
+    out = np.zeros_like(x)
+    # h·w = 16·4112 · 16·(2^56 + 1)/257 = 2^64 + 256, which wraps to the 256 elements of
+    # x and out; both are multiples of 4, as the model's three levels need.
+    h, w = 4 * 4112, 4 * ((2**56 + 1) // 257)
+    assert (h * w) % 2**64 == 256
+    with pytest.raises(ValueError, match="does not fit in memory"):
+        core.forward(describe(x), (1, 1, h, w), [0.0], describe(out))

@@ -6,13 +6,12 @@ use numpy::{IntoPyArray, PyArray1};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::tensor::{Device, TensorRef};
+use super::tensor::{mixed_devices, Device, TensorRef};
 use crate::cpu::analytic_step::{fused_analytic_step, AnalyticIo, Noise, PassScalars};
 use crate::cpu::dtype::DType;
 use crate::cpu::gamma::{batch_sums, per_sample_sq_norms};
 use crate::cuda::analytic_step::{analytic_step, AnalyticStepBuffers, KernelNoise};
 use crate::cuda::emulate::EmulatedLauncher;
-use crate::cuda::ops::Buf;
 use crate::error::RdiffError;
 use crate::schedule::analytic_dpm::{eps_conversion, plan, AnalyticOptions, AnalyticStep, Form};
 use crate::schedule::dpm_solver::PredictionType;
@@ -47,10 +46,10 @@ pub fn gamma_batch_sums(
              row stride {mo_stride})"
         )));
     }
-    mo.expect_len("model output", batch * mo_stride)?;
+    mo.expect_len_of("model output", &[batch, mo_stride])?;
     if p != 0.0 {
         let xt = x.ok_or_else(|| PyValueError::new_err("x: needed for this prediction type"))?;
-        xt.expect_len("x", batch * per_sample)?;
+        xt.expect_len_of("x", &[batch, per_sample])?;
     }
     cpu_only(&[Some(mo), x])?;
     let x = if p != 0.0 { x } else { None };
@@ -237,7 +236,7 @@ impl AnalyticCore {
                 "model_output: {mo_stride} elements per sample, fewer than the sample's {per_sample}"
             )));
         }
-        mo.expect_len("model_output", batch * mo_stride)?;
+        mo.expect_len_of("model_output", &[batch, mo_stride])?;
         let (noise, philox) = if st.sigma2 > 0.0 {
             match (noise, philox) {
                 (Some(n), _) => {
@@ -275,16 +274,16 @@ impl AnalyticCore {
         let sc = PassScalars::new(&st, p, q, clip);
         let all = [Some(mo), Some(x), noise, Some(x0), Some(prev)];
         let kernel_buffers = || AnalyticStepBuffers {
-            mo: buf(mo),
+            mo: mo.buf(),
             mo_stride,
-            x: buf(x),
+            x: x.buf(),
             noise: match (noise, philox) {
                 (Some(n), _) => KernelNoise::Given(n.ptr as u64),
                 (None, Some((seed, offset))) => KernelNoise::Philox { seed, offset },
                 (None, None) => KernelNoise::None,
             },
-            x0: buf(x0),
-            prev: buf(prev),
+            x0: x0.buf(),
+            prev: prev.buf(),
             batch,
             per_sample,
         };
@@ -336,19 +335,6 @@ impl AnalyticCore {
         });
         Ok(())
     }
-}
-
-fn buf(t: TensorRef) -> Buf {
-    Buf {
-        ptr: t.ptr as u64,
-        dtype: t.dtype,
-    }
-}
-
-fn mixed_devices() -> PyErr {
-    PyValueError::new_err(
-        "step: every tensor must be on the same device (one CPU or one CUDA device)",
-    )
 }
 
 /// The step on a CUDA device: availability first (CudaUnavailableError, never a panic), then

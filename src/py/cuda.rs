@@ -12,7 +12,7 @@ use super::dpm_solver::{cuda_buffers, validate_step};
 use super::tensor::{Device, TensorRef};
 use crate::cuda::emulate::{registered_kernels, EmulatedLauncher};
 use crate::cuda::kernels::SOURCES;
-use crate::cuda::ops::{self, Buf, Thresholding};
+use crate::cuda::ops::{self, Thresholding};
 use crate::schedule::dpm_solver::StepCoefficients;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -131,13 +131,6 @@ fn host(ts: &[Option<TensorRef>]) -> PyResult<()> {
     Ok(())
 }
 
-fn buf(t: TensorRef) -> Buf {
-    Buf {
-        ptr: t.ptr as u64,
-        dtype: t.dtype,
-    }
-}
-
 fn launcher(max_blocks: u32) -> EmulatedLauncher {
     EmulatedLauncher {
         max_blocks: max_blocks.max(1),
@@ -235,15 +228,15 @@ fn emulated_threshold(
     if mo_stride < per_sample {
         return Err(PyValueError::new_err("mo_stride: below the sample size"));
     }
-    mo.expect_len("model_output", batch * mo_stride)?;
+    mo.expect_len_of("model_output", &[batch, mo_stride])?;
     let mut out = vec![0f32; batch];
     let ptr = out.as_mut_ptr() as u64;
     py.detach(|| {
         ops::threshold_bounds(
             &launcher(3),
-            buf(mo),
+            mo.buf(),
             mo_stride,
-            buf(x),
+            x.buf(),
             batch,
             per_sample,
             p,
@@ -282,11 +275,11 @@ fn emulated_add_noise(
     py.detach(|| {
         ops::add_noise(
             &launcher(max_blocks),
-            buf(x0),
-            buf(eps),
+            x0.buf(),
+            eps.buf(),
             a,
             s,
-            buf(out),
+            out.buf(),
             batch,
             per_sample,
         )
@@ -304,6 +297,6 @@ fn emulated_gamma(py: Python<'_>, eps: TensorRef, batch: usize) -> PyResult<Vec<
     }
     let mut out = vec![0f32; batch];
     let ptr = out.as_mut_ptr() as u64;
-    py.detach(|| ops::gamma(&launcher(3), buf(eps), batch, eps.numel / batch, ptr))?;
+    py.detach(|| ops::gamma(&launcher(3), eps.buf(), batch, eps.numel / batch, ptr))?;
     Ok(out)
 }

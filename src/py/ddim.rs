@@ -5,12 +5,11 @@ use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::tensor::{Device, TensorRef};
+use super::tensor::{mixed_devices, Device, TensorRef};
 use crate::cpu::ddim_step::{ddim_step, Clip, DdimIo};
 use crate::cpu::quantile::threshold_bounds;
 use crate::cuda::ddim_step::{ddim_step as ddim_kernel, DdimStepBuffers, KernelClip};
 use crate::cuda::emulate::EmulatedLauncher;
-use crate::cuda::ops::Buf;
 use crate::error::RdiffError;
 use crate::schedule::check_steps;
 use crate::schedule::ddim::{
@@ -117,7 +116,7 @@ impl DdimCore {
                 }
             )));
         }
-        mo.expect_len("model_output", batch * mo_stride)?;
+        mo.expect_len_of("model_output", &[batch, mo_stride])?;
         let noise = if co.noise != NoiseScale::None {
             let n = noise.ok_or_else(|| PyValueError::new_err("noise: this step needs noise"))?;
             n.expect_len("noise", x.numel)?;
@@ -132,12 +131,12 @@ impl DdimCore {
         }
         let all = [Some(mo), Some(x), noise, Some(x0), Some(prev)];
         let kernel_buffers = || DdimStepBuffers {
-            mo: buf(mo),
+            mo: mo.buf(),
             mo_stride,
-            x: buf(x),
-            noise: noise.map(buf),
-            x0: buf(x0),
-            prev: buf(prev),
+            x: x.buf(),
+            noise: noise.map(TensorRef::buf),
+            x0: x0.buf(),
+            prev: prev.buf(),
             batch,
             per_sample,
         };
@@ -401,19 +400,6 @@ impl DdimCore {
             py, co, mo, x, noise, x0, prev, batch, mo_stride, stream, bounds,
         )
     }
-}
-
-fn buf(t: TensorRef) -> Buf {
-    Buf {
-        ptr: t.ptr as u64,
-        dtype: t.dtype,
-    }
-}
-
-fn mixed_devices() -> PyErr {
-    PyValueError::new_err(
-        "step: every tensor must be on the same device (one CPU or one CUDA device)",
-    )
 }
 
 /// The step on a CUDA device, on the caller's stream: no allocation, no synchronisation.

@@ -5,10 +5,10 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use super::tensor::{Device, TensorRef};
+use super::tensor::{mixed_devices, Device, TensorRef};
 use crate::cpu::dpm_step::{fused_step_from, StepIo};
 use crate::cpu::quantile::threshold_bounds;
-use crate::cuda::ops::{Buf, DpmStepBuffers, Thresholding};
+use crate::cuda::ops::{DpmStepBuffers, Thresholding};
 use crate::error::RdiffError;
 use crate::schedule::dpm_solver::{
     multistep_coefficients, Algorithm, MultistepStep, Point, PredictionType, SolverType,
@@ -393,7 +393,7 @@ pub(crate) fn validate_step(
             "model_output: {mo_stride} elements per sample, fewer than the sample's {per_sample}"
         )));
     }
-    mo.expect_len("model_output", batch * mo_stride)?;
+    mo.expect_len_of("model_output", &[batch, mo_stride])?;
     let need = |t: Option<TensorRef>, what: &str| -> PyResult<()> {
         match t {
             Some(t) => {
@@ -432,12 +432,6 @@ pub(crate) fn validate_step(
     })
 }
 
-fn mixed_devices() -> PyErr {
-    PyValueError::new_err(
-        "step: every tensor must be on the same device (one CPU or one CUDA device)",
-    )
-}
-
 /// The validated step as kernel buffers (the same description for the real and the emulated
 /// launcher; the addresses are device or host pointers accordingly).
 pub(crate) fn cuda_buffers(
@@ -449,19 +443,15 @@ pub(crate) fn cuda_buffers(
     prev: TensorRef,
     batch: usize,
 ) -> PyResult<DpmStepBuffers> {
-    let b = |t: TensorRef| Buf {
-        ptr: t.ptr as u64,
-        dtype: t.dtype,
-    };
     Ok(DpmStepBuffers {
-        mo: b(mo),
+        mo: mo.buf(),
         mo_stride,
-        x: b(x),
-        m1: v.m1.map(b),
-        m2: v.m2.map(b),
+        x: x.buf(),
+        m1: v.m1.map(TensorRef::buf),
+        m2: v.m2.map(TensorRef::buf),
         noise: v.noise.map(|n| n.ptr as u64),
-        hist: b(hist),
-        prev: b(prev),
+        hist: hist.buf(),
+        prev: prev.buf(),
         batch,
         per_sample: v.per_sample,
     })

@@ -8,6 +8,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::cpu::dtype::{DType, Elem};
+use crate::cuda::ops::Buf;
 
 /// Where a tensor lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +86,29 @@ impl TensorRef {
         Ok(())
     }
 
+    /// The tensor as a kernel buffer: a device address, or a host one under the emulator.
+    pub fn buf(self) -> Buf {
+        Buf {
+            ptr: self.ptr as u64,
+            dtype: self.dtype,
+        }
+    }
+
+    /// `expect_len` for a length given as a product of caller-supplied factors (batch, row
+    /// stride, ...): a product past `usize` is refused instead of wrapping round to a small
+    /// number that a short buffer could match.
+    pub fn expect_len_of(&self, what: &str, factors: &[usize]) -> PyResult<()> {
+        let numel = factors
+            .iter()
+            .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "{what}: a layout of {factors:?} elements does not fit in memory"
+                ))
+            })?;
+        self.expect_len(what, numel)
+    }
+
     pub fn expect_dtype(&self, what: &str, dtype: DType) -> PyResult<()> {
         if self.dtype != dtype {
             return Err(PyTypeError::new_err(format!(
@@ -135,4 +159,11 @@ impl TensorRef {
         // borrow is the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut T, self.numel) }
     }
+}
+
+/// The error for a step whose tensors are not all on one device.
+pub fn mixed_devices() -> PyErr {
+    PyValueError::new_err(
+        "step: every tensor must be on the same device (one CPU or one CUDA device)",
+    )
 }

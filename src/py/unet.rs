@@ -100,8 +100,8 @@ impl PyUNet2D {
             )
             .into());
         }
-        sample.expect_len("sample", b * c * h * w)?;
-        out.expect_len("output buffer", b * self.inner.out_channels() * h * w)?;
+        sample.expect_len_of("sample", &[b, c, h, w])?;
+        out.expect_len_of("output buffer", &[b, self.inner.out_channels(), h, w])?;
         if out.dtype != sample.dtype {
             return Err(PyTypeError::new_err(
                 "output buffer: dtype differs from the sample's",

@@ -10,7 +10,6 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::tensor::{Device, TensorRef};
-use crate::cuda::ops::Buf;
 use crate::cuda::unet::device::EmulatedDevice;
 use crate::cuda::unet::model::CudaUNet;
 use crate::error::{RdiffError, Result};
@@ -163,8 +162,8 @@ impl PyCudaUNet2D {
                 sample.device, out.device
             )));
         }
-        sample.expect_len("sample", b * c * h * w)?;
-        out.expect_len("output buffer", b * self.model.unet.out_channels() * h * w)?;
+        sample.expect_len_of("sample", &[b, c, h, w])?;
+        out.expect_len_of("output buffer", &[b, self.model.unet.out_channels(), h, w])?;
         if out.dtype != sample.dtype {
             return Err(PyTypeError::new_err(
                 "output buffer: dtype differs from the sample's",
@@ -176,14 +175,7 @@ impl PyCudaUNet2D {
             (None, None) => ClassLabels::None,
             _ => return Err(PyValueError::new_err("class labels given twice")),
         };
-        let x = Buf {
-            ptr: sample.ptr as u64,
-            dtype: sample.dtype,
-        };
-        let o = Buf {
-            ptr: out.ptr as u64,
-            dtype: out.dtype,
-        };
+        let (x, o) = (sample.buf(), out.buf());
         let model = &self.model;
         let run = || -> std::result::Result<(), RdiffError> {
             match &self.target {
