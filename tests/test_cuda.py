@@ -420,6 +420,29 @@ LOOPS = {
         lambda: rdiff.DPMSolverMultistepScheduler(solver_order=2, algorithm_type="sde-dpmsolver++"),
         lambda: torch.Generator().manual_seed(3),
     ),
+    # singlestep: orders 2 and 3 update from the group's start sample (self.sample)
+    "dpmsolver++ singlestep 2": (
+        lambda: rdiff.DPMSolverSinglestepScheduler(solver_order=2),
+        lambda: None,
+    ),
+    "dpmsolver singlestep 3": (
+        lambda: rdiff.DPMSolverSinglestepScheduler(
+            solver_order=3, algorithm_type="dpmsolver", final_sigmas_type="sigma_min"
+        ),
+        lambda: None,
+    ),
+    "dpmsolver++ singlestep 3 thresholding": (
+        lambda: rdiff.DPMSolverSinglestepScheduler(
+            solver_order=3, thresholding=True, sample_max_value=1.5
+        ),
+        lambda: None,
+    ),
+    "sde-dpmsolver++ singlestep 2": (
+        lambda: rdiff.DPMSolverSinglestepScheduler(
+            solver_order=2, algorithm_type="sde-dpmsolver++"
+        ),
+        lambda: torch.Generator().manual_seed(6),
+    ),
     "ddim eta=0.8 clip_sample": (
         lambda: rdiff.DDIMScheduler(clip_sample=True, clip_sample_range=1.2),
         lambda: torch.Generator().manual_seed(4),

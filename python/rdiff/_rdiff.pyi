@@ -291,6 +291,8 @@ class _SinglestepCore:
         prev: tuple[int, int, str, str, int],
         batch: int,
         mo_stride: int,
+        stream: int | None = None,
+        bounds: tuple[int, int, str, str, int] | None = None,
     ) -> None:
         """One fused step: conversion from ``x`` (the current sample), update from ``start``
         (the group's start sample; None means ``x``)."""

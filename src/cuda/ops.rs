@@ -79,6 +79,8 @@ pub struct DpmStepBuffers {
     pub mo: Buf,
     pub mo_stride: usize,
     pub x: Buf,
+    /// The singlestep group's start sample (x's dtype) for the update; `None`: x itself.
+    pub start: Option<Buf>,
     pub m1: Option<Buf>,
     pub m2: Option<Buf>,
     pub noise: Option<u64>,
@@ -117,6 +119,7 @@ pub fn dpm_step(
             .chain(io.m1.map(|b| (b, "model_outputs[-2]")))
             .chain(io.m2.map(|b| (b, "model_outputs[-3]"))),
     )?;
+    same_dtype(io.x.dtype, io.start.map(|b| (b, "start sample")))?;
     let bounds = match thresholding {
         Some(t) => {
             l.launch(
@@ -151,6 +154,7 @@ pub fn dpm_step(
             KernelArg::Ptr(io.mo.ptr),
             len(io.mo_stride),
             KernelArg::Ptr(io.x.ptr),
+            ptr(io.start),
             ptr(io.m1),
             ptr(io.m2),
             KernelArg::Ptr(io.noise.unwrap_or(0)),

@@ -191,7 +191,7 @@ fn emulated_dpm_step(
         Some(hist),
         Some(prev),
     ])?;
-    let bufs = cuda_buffers(mo, mo_stride, x, &v, hist, prev, batch)?;
+    let bufs = cuda_buffers(mo, mo_stride, x, None, &v, hist, prev, batch)?;
     let mut scratch = vec![0f32; batch];
     let thr = thresholding.map(|(ratio, max_value)| Thresholding {
         ratio,

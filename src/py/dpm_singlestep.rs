@@ -69,9 +69,10 @@ impl SinglestepCore {
     /// One fused step: writes the converted model output (from `mo` and the current sample `x`)
     /// into `hist` and the new sample, the order-`order` update from `start` (the sample saved
     /// at the group's start; None when it is `x`, as at a group's first step), into `prev`.
-    /// m1/m2 are the converted outputs of the group's earlier steps.
+    /// m1/m2 are the converted outputs of the group's earlier steps. CUDA tensors run on the
+    /// caller's `stream`, with `bounds` (float32, `batch` long) as thresholding scratch.
     #[pyo3(signature = (step_index, order, mo, x, start, m1, m2, noise, hist, prev, batch,
-        mo_stride))]
+        mo_stride, stream=None, bounds=None))]
     #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
@@ -88,6 +89,8 @@ impl SinglestepCore {
         prev: TensorRef,
         batch: usize,
         mo_stride: usize,
+        stream: Option<usize>,
+        bounds: Option<TensorRef>,
     ) -> PyResult<()> {
         let co = self.coefficients_at(step_index, order)?;
         run_fused_step(
@@ -106,8 +109,8 @@ impl SinglestepCore {
                 prev,
                 batch,
                 mo_stride,
-                stream: None,
-                bounds: None,
+                stream,
+                bounds,
             },
         )
     }

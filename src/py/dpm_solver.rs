@@ -176,13 +176,6 @@ pub(crate) fn run_fused_step(
         if all.iter().flatten().any(|t| t.device != x.device) {
             return Err(mixed_devices());
         }
-        if start.is_some() {
-            return Err(RdiffError::CudaUnavailable(
-                "the single-step solver has no CUDA kernel yet; use the multistep solver on CUDA"
-                    .into(),
-            )
-            .into());
-        }
         let thresholding = match (cfg.thresholding, bounds) {
             (None, _) => None,
             (Some((ratio, max_value)), Some(b)) => {
@@ -209,7 +202,7 @@ pub(crate) fn run_fused_step(
                 ))
             }
         };
-        let bufs = cuda_buffers(mo, mo_stride, x, &v, hist, prev, batch)?;
+        let bufs = cuda_buffers(mo, mo_stride, x, start, &v, hist, prev, batch)?;
         return Ok(run_cuda_step(
             py,
             ordinal,
@@ -219,8 +212,8 @@ pub(crate) fn run_fused_step(
             thresholding,
         )?);
     }
-    if let (Some(max_blocks), None) = (super::cuda::emulated_backend(), start) {
-        let bufs = cuda_buffers(mo, mo_stride, x, &v, hist, prev, batch)?;
+    if let Some(max_blocks) = super::cuda::emulated_backend() {
+        let bufs = cuda_buffers(mo, mo_stride, x, start, &v, hist, prev, batch)?;
         return super::cuda::run_emulated_dpm_step(py, max_blocks, &bufs, co, cfg.thresholding);
     }
     let (m1, m2, noise, per_sample) = (v.m1, v.m2, v.noise, v.per_sample);
@@ -434,10 +427,12 @@ pub(crate) fn validate_step(
 
 /// The validated step as kernel buffers (the same description for the real and the emulated
 /// launcher; the addresses are device or host pointers accordingly).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn cuda_buffers(
     mo: TensorRef,
     mo_stride: usize,
     x: TensorRef,
+    start: Option<TensorRef>,
     v: &ValidStep,
     hist: TensorRef,
     prev: TensorRef,
@@ -447,6 +442,7 @@ pub(crate) fn cuda_buffers(
         mo: mo.buf(),
         mo_stride,
         x: x.buf(),
+        start: start.map(TensorRef::buf),
         m1: v.m1.map(TensorRef::buf),
         m2: v.m2.map(TensorRef::buf),
         noise: v.noise.map(|n| n.ptr as u64),

@@ -10,7 +10,14 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _diffusers_schedule, _singlestep_order_list, _SinglestepCore
-from ._base import SchedulerBase, SchedulerOutput, check_choice, check_int, exclusive
+from ._base import (
+    SchedulerBase,
+    SchedulerOutput,
+    check_choice,
+    check_int,
+    exclusive,
+    thresholding_scratch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -342,6 +349,8 @@ class DPMSolverSinglestepScheduler(SchedulerBase):
                 noise = _tensor.to_float32(drawn, x)
         hist = _tensor.empty_like(x, dtype=model_output.dtype)
         prev = _tensor.empty_like(x, dtype=model_output.dtype)
+        # Kept alive until the kernel is enqueued (then stream order protects its reuse).
+        bounds = thresholding_scratch(x, shape[0]) if cfg.thresholding else None
         self._core.step(
             self._step_index,
             order,
@@ -355,6 +364,8 @@ class DPMSolverSinglestepScheduler(SchedulerBase):
             _tensor.describe(prev),
             shape[0],
             math.prod(mo_shape[1:]),
+            _tensor.cuda_stream(x),
+            None if bounds is None else _tensor.describe(bounds),
         )
         for i in range(cfg.solver_order - 1):
             self.model_outputs[i] = self.model_outputs[i + 1]

@@ -3,7 +3,7 @@
 use half::{bf16, f16};
 
 use super::{registered_kernels, EmulatedLauncher};
-use crate::cpu::dpm_step::{fused_step, StepIo};
+use crate::cpu::dpm_step::{fused_step_from, StepIo};
 use crate::cpu::dtype::Elem;
 use crate::cpu::quantile::threshold_bounds;
 use crate::cuda::kernels::SOURCES;
@@ -125,6 +125,7 @@ fn check_step<D: Elem + Default, S: Elem + Default>(
     extra: usize,
     offset: usize,
     thresholding: bool,
+    singlestep: bool,
 ) {
     let n = batch * per_sample;
     let mo_stride = per_sample + extra;
@@ -144,6 +145,8 @@ fn check_step<D: Elem + Default, S: Elem + Default>(
     let m1: Vec<D> = stored(&values(n, 3), offset);
     let m2: Vec<D> = stored(&values(n, 4), offset);
     let noise: Vec<f32> = stored(&values(n, 5), offset);
+    // A singlestep update starts from the group's first sample, not from x.
+    let start: Vec<S> = stored(&values(n, 6), offset);
     let (x, mo, m1, m2, noise) = (
         &x[offset..],
         &mo[offset..],
@@ -151,11 +154,12 @@ fn check_step<D: Elem + Default, S: Elem + Default>(
         &m2[offset..],
         &noise[offset..],
     );
+    let start = singlestep.then_some(&start[offset..]);
     let (ratio, max_value) = (0.9, 1.5);
     let bounds = thresholding
         .then(|| threshold_bounds(x, mo, mo_stride, per_sample, co.p, co.q, ratio, max_value));
     let (mut hist_c, mut prev_c) = (vec![D::default(); n], vec![D::default(); n]);
-    fused_step(
+    fused_step_from(
         StepIo {
             mo,
             mo_stride,
@@ -167,6 +171,7 @@ fn check_step<D: Elem + Default, S: Elem + Default>(
             prev: &mut prev_c,
             per_sample,
         },
+        start,
         &co,
         bounds.as_deref(),
     );
@@ -180,6 +185,7 @@ fn check_step<D: Elem + Default, S: Elem + Default>(
             mo: buf(mo),
             mo_stride,
             x: buf(x),
+            start: start.map(buf),
             m1: Some(buf(m1)),
             m2: Some(buf(m2)),
             noise: Some(noise.as_ptr() as u64),
@@ -202,7 +208,8 @@ fn check_step<D: Elem + Default, S: Elem + Default>(
     // The emulation does the CPU path's f32 operations in the same order without FMA
     // contraction, so the results agree exactly.
     let what = format!(
-        "{:?}/{:?} batch {batch} × {per_sample} offset {offset} thr {thresholding}",
+        "{:?}/{:?} batch {batch} × {per_sample} offset {offset} thr {thresholding} \
+         singlestep {singlestep}",
         D::DTYPE,
         S::DTYPE
     );
@@ -215,11 +222,12 @@ macro_rules! step_for_all {
         #[test]
         fn $name() {
             // Odd sizes (not multiples of the vector width or the block), learned-variance
-            // strides, misaligned views (offset 1), with and without thresholding.
+            // strides, misaligned views (offset 1), with and without thresholding, multistep
+            // and singlestep (the update from a start sample).
             for &(batch, ps, extra) in &[(1, 1, 0), (2, 1027, 0), (3, 4096, 4096), (2, 2053, 7)] {
                 for offset in [0, 1] {
-                    for thr in [false, true] {
-                        check_step::<$d, $s>(batch, ps, extra, offset, thr);
+                    for (thr, single) in [(false, false), (true, false), (false, true), (true, true)] {
+                        check_step::<$d, $s>(batch, ps, extra, offset, thr, single);
                     }
                 }
             }
