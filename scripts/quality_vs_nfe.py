@@ -95,12 +95,6 @@ def run(args) -> dict:
         key = result_key(lab, k, n, args.seed)
         if key in results:
             continue
-        remaining = args.budget_minutes * 60 - (time.perf_counter() - t_start)
-        if sec_per_image_step is not None and sec_per_image_step * n * k > remaining:
-            print(f"skip {key}: needs ~{sec_per_image_step * n * k:.0f}s, {remaining:.0f}s left")
-            continue
-        name, order, traj = SETTINGS[lab]
-        sched = _scheduler(folder, name, order, traj)
         twin = _same_as_uniform(folder, lab, k, n, args.seed, results)
         if twin is not None:
             # same scheduler, same timesteps, same noise: the samples are the same, bit for bit
@@ -108,6 +102,12 @@ def run(args) -> dict:
             print(f"{lab:32s} NFE {k:5d}: same timesteps as {twin}, FD copied", flush=True)
             path.write_text(json.dumps(results, indent=1) + "\n")
             continue
+        remaining = args.budget_minutes * 60 - (time.perf_counter() - t_start)
+        if sec_per_image_step is not None and sec_per_image_step * n * k > remaining:
+            print(f"skip {key}: needs ~{sec_per_image_step * n * k:.0f}s, {remaining:.0f}s left")
+            continue
+        name, order, traj = SETTINGS[lab]
+        sched = _scheduler(folder, name, order, traj)
         t0 = time.perf_counter()
         x, nfe = sample_images(unet, sched, n, k, args.seed, args.batch_size, progress=False)
         wall = time.perf_counter() - t0
