@@ -96,23 +96,18 @@ impl PyUNet2D {
         self.inner.check(b, c, h, w, timesteps.len())?;
         if sample.device != Device::Cpu || out.device != Device::Cpu {
             return Err(RdiffError::CudaUnavailable(
-                "rdiff's UNet2DModel runs on the CPU here; the CUDA UNet is not built yet".into(),
+                "this UNet2DModel was loaded for the CPU; load it with device=\"cuda\" for CUDA tensors".into(),
             )
             .into());
         }
-        sample.expect_len_of("sample", &[b, c, h, w])?;
-        out.expect_len_of("output buffer", &[b, self.inner.out_channels(), h, w])?;
-        if out.dtype != sample.dtype {
-            return Err(PyTypeError::new_err(
-                "output buffer: dtype differs from the sample's",
-            ));
-        }
-        let class = match (&class_indices, &class_values) {
-            (Some(i), None) => ClassLabels::Indices(i),
-            (None, Some(v)) => ClassLabels::Values(v),
-            (None, None) => ClassLabels::None,
-            _ => return Err(PyValueError::new_err("class labels given twice")),
-        };
+        let class = forward_io(
+            sample,
+            out,
+            shape,
+            self.inner.out_channels(),
+            &class_indices,
+            &class_values,
+        )?;
         let model = &self.inner;
         py.detach(|| {
             with_elem!(sample.dtype, T, {
@@ -130,5 +125,30 @@ impl PyUNet2D {
             })
         })?;
         Ok(())
+    }
+}
+
+/// The checks both UNet bindings make once the devices are right: `sample` and `out` hold
+/// `shape` with in and `out_channels` channels in one dtype. Returns the class labels.
+pub(crate) fn forward_io<'a>(
+    sample: TensorRef,
+    out: TensorRef,
+    (b, c, h, w): (usize, usize, usize, usize),
+    out_channels: usize,
+    class_indices: &'a Option<Vec<i64>>,
+    class_values: &'a Option<Vec<f32>>,
+) -> PyResult<ClassLabels<'a>> {
+    sample.expect_len_of("sample", &[b, c, h, w])?;
+    out.expect_len_of("output buffer", &[b, out_channels, h, w])?;
+    if out.dtype != sample.dtype {
+        return Err(PyTypeError::new_err(
+            "output buffer: dtype differs from the sample's",
+        ));
+    }
+    match (class_indices, class_values) {
+        (Some(i), None) => Ok(ClassLabels::Indices(i)),
+        (None, Some(v)) => Ok(ClassLabels::Values(v)),
+        (None, None) => Ok(ClassLabels::None),
+        _ => Err(PyValueError::new_err("class labels given twice")),
     }
 }

@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use numpy::PyArrayDyn;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::tensor::{Device, TensorRef};
+use super::unet::forward_io;
 use crate::cuda::unet::device::EmulatedDevice;
 use crate::cuda::unet::model::CudaUNet;
 use crate::error::{RdiffError, Result};
-use crate::unet::embeddings::ClassLabels;
 use crate::unet::model::UNet2D;
 
 enum Target {
@@ -162,19 +162,14 @@ impl PyCudaUNet2D {
                 sample.device, out.device
             )));
         }
-        sample.expect_len_of("sample", &[b, c, h, w])?;
-        out.expect_len_of("output buffer", &[b, self.model.unet.out_channels(), h, w])?;
-        if out.dtype != sample.dtype {
-            return Err(PyTypeError::new_err(
-                "output buffer: dtype differs from the sample's",
-            ));
-        }
-        let class = match (&class_indices, &class_values) {
-            (Some(i), None) => ClassLabels::Indices(i),
-            (None, Some(v)) => ClassLabels::Values(v),
-            (None, None) => ClassLabels::None,
-            _ => return Err(PyValueError::new_err("class labels given twice")),
-        };
+        let class = forward_io(
+            sample,
+            out,
+            shape,
+            self.model.unet.out_channels(),
+            &class_indices,
+            &class_values,
+        )?;
         let (x, o) = (sample.buf(), out.buf());
         let model = &self.model;
         let run = || -> std::result::Result<(), RdiffError> {
