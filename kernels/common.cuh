@@ -144,6 +144,36 @@ RD_DEV float rd_round_trip(float v) {
     return rd_to_f32(rd_narrow<T>::from(v));
 }
 
+// --- arithmetic with the CPU path's bits -------------------------------------------------
+// Correctly rounded operations that NVRTC never contracts into FMAs (the host build is
+// compiled with -ffp-contract=off): a kernel written with these computes what the CPU loop
+// computes, bit for bit, on the emulated launcher and on a GPU alike.
+#ifdef RDIFF_HOST
+RD_DEV float rd_add(float a, float b) { return a + b; }
+RD_DEV float rd_sub(float a, float b) { return a - b; }
+RD_DEV float rd_mul(float a, float b) { return a * b; }
+RD_DEV float rd_div(float a, float b) { return a / b; }
+RD_DEV float rd_sqrt(float a) { return std::sqrt(a); }
+RD_DEV double rd_dadd(double a, double b) { return a + b; }
+RD_DEV double rd_dmul(double a, double b) { return a * b; }
+RD_DEV double rd_ddiv(double a, double b) { return a / b; }
+RD_DEV double rd_dsqrt(double a) { return std::sqrt(a); }
+RD_DEV unsigned int rd_umulhi(unsigned int a, unsigned int b) {
+    return (unsigned int)(((rd_u64)a * b) >> 32);
+}
+#else
+RD_DEV float rd_add(float a, float b) { return __fadd_rn(a, b); }
+RD_DEV float rd_sub(float a, float b) { return __fsub_rn(a, b); }
+RD_DEV float rd_mul(float a, float b) { return __fmul_rn(a, b); }
+RD_DEV float rd_div(float a, float b) { return __fdiv_rn(a, b); }
+RD_DEV float rd_sqrt(float a) { return __fsqrt_rn(a); }
+RD_DEV double rd_dadd(double a, double b) { return __dadd_rn(a, b); }
+RD_DEV double rd_dmul(double a, double b) { return __dmul_rn(a, b); }
+RD_DEV double rd_ddiv(double a, double b) { return __ddiv_rn(a, b); }
+RD_DEV double rd_dsqrt(double a) { return __dsqrt_rn(a); }
+RD_DEV unsigned int rd_umulhi(unsigned int a, unsigned int b) { return __umulhi(a, b); }
+#endif
+
 // --- vector loads and stores -----------------------------------------------------------
 template <class T>
 union rd_vec16 {
@@ -180,6 +210,44 @@ RD_DEV void rd_store(T* __restrict__ p, const float* in) {
         for (int k = 0; k < E; ++k) u.e[k] = rd_narrow<T>::from(in[c * E + k]);
         q[c] = u.raw;
     }
+}
+
+// 4 elements of T (16 bytes of f32, 8 of f16/bf16) from p (aligned to that size), widened.
+struct alignas(8) rd_u2 {
+    unsigned int x, y;
+};
+template <int Bytes>
+struct rd_raw4;
+template <>
+struct rd_raw4<16> {
+    typedef rd_u4 type;
+};
+template <>
+struct rd_raw4<8> {
+    typedef rd_u2 type;
+};
+template <class T>
+union rd_vec4 {
+    typename rd_raw4<4 * sizeof(T)>::type raw;
+    T e[4];
+};
+
+RD_DEV bool rd_aligned(const void* p, unsigned int bytes) { return (((rd_u64)p) % bytes) == 0; }
+
+template <class T>
+RD_DEV void rd_load4(const T* __restrict__ p, float* out) {
+    rd_vec4<T> u;
+    u.raw = *reinterpret_cast<const typename rd_raw4<4 * sizeof(T)>::type*>(p);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) out[k] = rd_to_f32(u.e[k]);
+}
+
+template <class T>
+RD_DEV void rd_store4(T* __restrict__ p, const float* in) {
+    rd_vec4<T> u;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) u.e[k] = rd_narrow<T>::from(in[k]);
+    *reinterpret_cast<typename rd_raw4<4 * sizeof(T)>::type*>(p) = u.raw;
 }
 
 // Elements per vector iteration for a kernel whose narrowest stream has `bytes`-byte elements.

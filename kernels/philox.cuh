@@ -3,32 +3,15 @@
 // element i of the stream (seed, offset) is lane i % 4 of the Box–Muller transform of
 // philox4x32_10(counter = (i/4 lo, i/4 hi, offset lo, offset hi), key = (seed lo, seed hi)).
 //
-// Every float operation is a correctly rounded __fadd_rn/__fsub_rn/__fmul_rn/__fdiv_rn/
-// __fsqrt_rn, which NVRTC never contracts into an FMA, and no libm function is used, so the GPU
-// gives the same bits as the CPU path and the emulated launcher (host: plain operators,
-// compiled with -ffp-contract=off). Self-contained apart from common.cuh.
+// Every float operation is one of common.cuh's correctly rounded rd_add/rd_sub/rd_mul/rd_div/
+// rd_sqrt, which NVRTC never contracts into an FMA, and no libm function is used, so the GPU
+// gives the same bits as the CPU path and the emulated launcher. Self-contained apart from
+// common.cuh.
 #ifndef RDIFF_PHILOX_CUH
 #define RDIFF_PHILOX_CUH
 
 #include "common.cuh"
 
-#ifdef RDIFF_HOST
-RD_DEV float rd_add(float a, float b) { return a + b; }
-RD_DEV float rd_sub(float a, float b) { return a - b; }
-RD_DEV float rd_mul(float a, float b) { return a * b; }
-RD_DEV float rd_div(float a, float b) { return a / b; }
-RD_DEV float rd_sqrt(float a) { return std::sqrt(a); }
-RD_DEV unsigned int rd_umulhi(unsigned int a, unsigned int b) {
-    return (unsigned int)(((rd_u64)a * b) >> 32);
-}
-#else
-RD_DEV float rd_add(float a, float b) { return __fadd_rn(a, b); }
-RD_DEV float rd_sub(float a, float b) { return __fsub_rn(a, b); }
-RD_DEV float rd_mul(float a, float b) { return __fmul_rn(a, b); }
-RD_DEV float rd_div(float a, float b) { return __fdiv_rn(a, b); }
-RD_DEV float rd_sqrt(float a) { return __fsqrt_rn(a); }
-RD_DEV unsigned int rd_umulhi(unsigned int a, unsigned int b) { return __umulhi(a, b); }
-#endif
 
 struct rd_philox4 {
     unsigned int v[4];

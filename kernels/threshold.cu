@@ -1,5 +1,7 @@
-// Dynamic thresholding's per-sample bound s_b = clamp(quantile(|p·x + q·mo|, ratio), 1, max)
-// with torch.quantile's linear interpolation (the CPU path is src/cpu/quantile.rs).
+// Dynamic thresholding's per-sample bound s_b = clamp(quantile(|e|, ratio), lo, hi) over the
+// converted values e = (p·x + q·mo)/d, with torch.quantile's linear interpolation and
+// torch.clamp's order (the CPU path is src/cpu/threshold.rs; the arithmetic is common.cuh's
+// rd_*, so both give the same bits). Run before the lincomb kernel that divides by s_b.
 // One block per sample (blockIdx.x). |v| ≥ 0, so the f32 bit patterns order like the values
 // (NaN, after fabsf a positive NaN, sorts last as in torch's sort). The two order statistics
 // the interpolation needs (ranks lo and lo+1) are found together by a 4-pass radix select:
@@ -12,20 +14,20 @@
 
 template <class D, class S>
 __device__ void rd_threshold(const D* __restrict__ mo, rd_i64 mo_stride, const S* __restrict__ x,
-                             rd_i64 per_sample, float p, float q, float ratio, float max_value,
-                             float* __restrict__ bounds) {
+                             rd_i64 per_sample, float p, float q, float d, float ratio,
+                             float lo_bound, float hi_bound, float* __restrict__ bounds) {
     RDIFF_SHARED(unsigned int, hist, 2 * RD_THR_BINS);
     RDIFF_SHARED(unsigned int, state, 5);  // prefix[2], rank[2], NaN seen
     const rd_i64 b = blockIdx.x;
     mo += b * mo_stride;
     x += b * per_sample;
     const unsigned int tid = threadIdx.x;
-    // torch computes the rank in the input's dtype (float32).
-    const float rank = ratio * (float)(per_sample - 1);
-    const rd_i64 lo_i = (rd_i64)floorf(rank);
+    // As torch: the ratio in float32 (as passed), the rank in float64, the weight in float32.
+    const double rank = rd_dmul((double)ratio, (double)(per_sample - 1));
+    const rd_i64 lo_i = (rd_i64)floor(rank);
     const rd_i64 lo = lo_i < per_sample - 1 ? lo_i : per_sample - 1;
     const rd_i64 hi = lo + 1 < per_sample - 1 ? lo + 1 : per_sample - 1;
-    const float weight = rank - (float)lo;
+    const float weight = (float)(rank - (double)lo);
     if (tid == 0) {
         state[0] = 0;
         state[1] = 0;
@@ -40,7 +42,9 @@ __device__ void rd_threshold(const D* __restrict__ mo, rd_i64 mo_stride, const S
         __syncthreads();
         const unsigned int pre0 = state[0], pre1 = state[1];
         for (rd_i64 i = tid; i < per_sample; i += blockDim.x) {
-            const float v = fabsf(p * rd_to_f32(x[i]) + q * rd_to_f32(mo[i]));
+            float e = rd_add(rd_mul(p, rd_to_f32(x[i])), rd_mul(q, rd_to_f32(mo[i])));
+            if (d != 1.0f) e = rd_div(e, d);
+            const float v = fabsf(e);
             const unsigned int u = rd_f2u(v);
             // torch.quantile is NaN as soon as one input is, wherever it sorts.
             if (pass == 0 && v != v) atomicAdd(&state[4], 1u);
@@ -82,26 +86,30 @@ __device__ void rd_threshold(const D* __restrict__ mo, rd_i64 mo_stride, const S
     if (tid == 0) {
         const float below = rd_u2f(state[0]);
         const float above = rd_u2f(state[1]);
-        // torch.lerp's two-sided formula keeps the end points exact.
-        float qv = weight < 0.5f ? below + weight * (above - below)
-                                 : above - (above - below) * (1.0f - weight);
-        // As the CPU path: NaN stays NaN (torch.clamp keeps it, fmaxf would map it to 1);
-        // otherwise max(q, 1) then min(·, m), so m < 1 wins.
+        // torch.lerp: a fused multiply-add from the nearer end (fmaf is one exact FMA on the
+        // GPU and on the host alike).
+        const float d = rd_sub(above, below);
+        float qv = weight < 0.5f ? fmaf(weight, d, below) : fmaf(rd_sub(weight, 1.0f), d, above);
+        // As the CPU path: NaN stays NaN (torch.clamp keeps it, fmaxf would replace it);
+        // otherwise max(q, lo) then min(·, hi), so hi < lo wins.
         if (state[4] != 0u) qv = rd_u2f(0x7fc00000u);
-        if (qv == qv) qv = fminf(fmaxf(qv, 1.0f), max_value);
+        if (qv == qv) {
+            qv = qv < lo_bound ? lo_bound : qv;
+            qv = qv > hi_bound ? hi_bound : qv;
+        }
         bounds[b] = qv;
     }
 }
 
 #define RD_THRESHOLD(DN, D, SN, S)                                                          \
     extern "C" __global__ void __launch_bounds__(RD_THR_THREADS)                            \
-        rdiff_dpm_threshold_##DN##_##SN(const D* __restrict__ mo, rd_i64 mo_stride,         \
-                                        const S* __restrict__ x, rd_i64 per_sample, float p, \
-                                        float q, float ratio, float max_value,               \
-                                        float* __restrict__ bounds) {                        \
-        rd_threshold<D, S>(mo, mo_stride, x, per_sample, p, q, ratio, max_value, bounds);   \
+        rdiff_threshold_##DN##_##SN(const D* __restrict__ mo, rd_i64 mo_stride,             \
+                                    const S* __restrict__ x, rd_i64 per_sample, float p,     \
+                                    float q, float d, float ratio, float lo, float hi,       \
+                                    float* __restrict__ bounds) {                            \
+        rd_threshold<D, S>(mo, mo_stride, x, per_sample, p, q, d, ratio, lo, hi, bounds);   \
     }                                                                                       \
-    RDIFF_HOST_EXPORT(rdiff_dpm_threshold_##DN##_##SN)
+    RDIFF_HOST_EXPORT(rdiff_threshold_##DN##_##SN)
 
 RD_THRESHOLD(f32, float, f32, float)
 RD_THRESHOLD(f32, float, f16, rd_f16)

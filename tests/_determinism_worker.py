@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 import rdiff
-from rdiff import _rdiff
-from rdiff._tensor import describe
+from rdiff._cuda_testing import emulated_backend
 from rdiff.cli import bundled_model_dir
 
 SHAPE = (2, 4, 96, 96)  # 36,864 values per sample: more than one parallel task (1 << 15)
@@ -92,39 +91,21 @@ def gamma(out: dict) -> None:
 
 
 def emulated(out: dict) -> None:
-    g = torch.Generator().manual_seed(6)
-    b, n = 3, 4 * 33 * 17
-    mo, x = torch.randn(b, n, generator=g), torch.randn(b, n, generator=g) * 2
-    m1, m2 = torch.randn(b, n, generator=g), torch.randn(b, n, generator=g)
-    sigmas = list(np.geomspace(14.6, 0.03, 12))
-    core = _rdiff._MultistepCore(
-        "dpmsolver++", "midpoint", "epsilon", True, 0.9, 1.5, False, sigmas
-    )
-    hist, prev = torch.zeros(b, n), torch.zeros(b, n)
-    _rdiff._emulated_dpm_step(
-        3,
-        core.coefficients(5, 3),
-        describe(mo),
-        describe(x),
-        describe(m1),
-        describe(m2),
-        None,
-        describe(hist),
-        describe(prev),
-        b,
-        n,
-        thresholding=(0.9, 1.5),
-    )
-    out["emulated/dpm_step"] = prev.numpy()
-    out["emulated/threshold"] = np.array(
-        _rdiff._emulated_threshold(describe(mo), describe(x), b, n, 1.25, -0.5, 0.995, 2.5)
-    )
-    y = torch.zeros(b, n)
-    _rdiff._emulated_add_noise(
-        describe(mo), describe(x), [0.9, 0.5, 0.1], [0.4, 0.8, 0.99], describe(y)
-    )
-    out["emulated/add_noise"] = y.numpy()
-    out["emulated/gamma"] = np.array(_rdiff._emulated_gamma(describe(x), b))
+    """The kernels on the emulated launcher: a thresholded multistep loop, a DDPM loop and an
+    adaptive rdiff.sample run (the error-norm kernel)."""
+    with emulated_backend():
+        x = torch.randn((3, 4, 33, 17), generator=torch.Generator().manual_seed(6))
+        for name, s in (
+            ("dpm", rdiff.DPMSolverMultistepScheduler(thresholding=True, solver_order=3)),
+            ("ddpm", rdiff.DDPMScheduler()),
+        ):
+            s.set_timesteps(6)
+            y, g = x.clone(), torch.Generator().manual_seed(7)
+            for t in s.timesteps:
+                y = s.step(model_torch(y, t), t, y, generator=g).prev_sample
+            out[f"emulated/{name}"] = y.numpy()
+        y = rdiff.sample(model_torch, x, rdiff.NoiseSchedule.discrete(), method="adaptive")
+        out["emulated/adaptive"] = y.numpy()
 
 
 def cli(out: dict, folder: str) -> None:

@@ -153,16 +153,32 @@ def nan_mask_like_diffusers(kind, value, **config):
     assert torch.allclose(a[fin_a], b[fin_b], atol=1e-4)
 
 
-def desc(a, device="cpu", dtype=None, ptr_shift=0, numel=None, ptr=None):
-    """The (data_ptr, numel, dtype, device, index) tuple the Rust core reads, doctored."""
-    d = _tensor.describe(a)
-    return (
-        d[0] + ptr_shift if ptr is None else ptr,
-        d[1] if numel is None else numel,
-        dtype or d[2],
-        device,
-        0,
-    )
+_TYPESTR = {"float32": "<f4", "float16": "<f2", "float64": "<f8", "int32": "<i4"}
+
+
+class Iface:
+    """A buffer as the array interfaces describe it (``__array_interface__``, or
+    ``__cuda_array_interface__`` for device "cuda"): what the core reads, doctored."""
+
+    def __init__(self, d: dict, cuda: bool):
+        setattr(self, "__cuda_array_interface__" if cuda else "__array_interface__", d)
+
+
+def desc(a, device="cpu", dtype=None, ptr_shift=0, numel=None, ptr=None, shape=None):
+    """`a` described through an array interface, with any field doctored; a meta tensor of
+    a's shape for device "meta"."""
+    a = np.asarray(a)
+    if device == "meta":
+        return torch.empty(a.shape, device="meta")
+    if shape is None:
+        shape = a.shape if numel is None else (numel,)
+    d = {
+        "data": (a.ctypes.data + ptr_shift if ptr is None else ptr, False),
+        "shape": tuple(shape),
+        "typestr": _TYPESTR[dtype or a.dtype.name],
+        "version": 3,
+    }
+    return Iface(d, device == "cuda")
 
 
 _UNET = []
@@ -1490,12 +1506,19 @@ def _unet_cases() -> list[Case]:
 
 
 def _core_cases() -> list[Case]:
-    """The Rust bindings themselves (what the Python layer calls), given descriptors the
-    Python layer would never build: CUDA where CUDA cannot run, a meta device, a bad dtype,
-    a null, misaligned or short buffer. Each must be an exception, never a dereference."""
+    """The Rust bindings themselves (what the Python layer calls), given buffers the Python
+    layer would never pass, through the array interfaces: CUDA where CUDA cannot run, a meta
+    device, a bad dtype, a null, misaligned or short buffer, shapes that lie. Each must be an
+    exception, never a dereference."""
     out = "O = np.empty_like(X)\n"
-    lc = "rdiff._rdiff._lincomb({o}, [(1.0, {x})], 2)"
-    cases = [
+    lc = "rdiff._rdiff._lincomb({o}, [(1.0, {x})])"
+    ms = "s = make('multistep')\nO, H = np.empty_like(X), np.empty_like(X)\n"
+    step = (
+        "s._core.step({i}, {n}, model_output={mo}, sample={x}, history={h}, hist={hist}, prev={o})"
+    )
+    dd = "s = make('ddim')\nO, Z = np.empty_like(X), np.empty_like(X)\n"
+    an = "s = make('analytic')\nO, Z = np.empty_like(X), np.empty_like(X)\n"
+    return [
         Case(
             "core.lincomb.cuda",
             out + lc.format(o="desc(O, 'cuda')", x="desc(X, 'cuda')"),
@@ -1512,13 +1535,13 @@ def _core_cases() -> list[Case]:
             "core.lincomb.meta",
             out + lc.format(o="desc(O, 'meta')", x="desc(X, 'meta')"),
             "ValueError",
-            r"device.*meta",
+            r"device.*meta|meta.*device",
         ),
         Case(
             "core.lincomb.dtype_int",
             out + lc.format(o="desc(O, dtype='int32')", x="desc(X)"),
             "TypeError",
-            r"dtype.*int32",
+            r"dtype.*int32|<i4",
         ),
         Case(
             "core.lincomb.short",
@@ -1541,106 +1564,104 @@ def _core_cases() -> list[Case]:
         Case("core.lincomb.not_a_tuple", out + "rdiff._rdiff._lincomb(O, [], 2)", "TypeError", r""),
         Case(
             "core.multistep.cuda",
-            "s = make('multistep')\nO, H = np.empty_like(X), np.empty_like(X)\n"
-            "s._core.step(0, 1, desc(M, 'cuda'), desc(X, 'cuda'), None, None, None, "
-            "desc(H, 'cuda'), desc(O, 'cuda'), 2, 48)",
+            ms
+            + step.format(
+                i=0,
+                n=0,
+                mo="desc(M, 'cuda')",
+                x="desc(X, 'cuda')",
+                h="[]",
+                hist="desc(H, 'cuda')",
+                o="desc(O, 'cuda')",
+            ),
             "rdiff.CudaUnavailableError",
             r"CUDA|cuda",
         ),
         Case(
             "core.multistep.step_index_past_end",
-            "s = make('multistep')\nO, H = np.empty_like(X), np.empty_like(X)\n"
-            "s._core.step(99, 1, desc(M), desc(X), None, None, None, desc(H), desc(O), 2, 48)",
+            ms + step.format(i=99, n=0, mo="M", x="X", h="[]", hist="H", o="O"),
             "ValueError",
             r"step index 99",
         ),
         Case(
             "core.multistep.order_4",
-            "s = make('multistep')\nO, H = np.empty_like(X), np.empty_like(X)\n"
-            "s._core.step(5, 4, desc(M), desc(X), None, None, None, desc(H), desc(O), 2, 48)",
+            ms + "s._core.coefficients(5, 4)",
             "ValueError",
             r"order 4",
         ),
         Case(
             "core.multistep.missing_history",
-            "s = make('multistep')\nO, H = np.empty_like(X), np.empty_like(X)\n"
-            "s._core.step(5, 2, desc(M), desc(X), None, None, None, desc(H), desc(O), 2, 48)",
+            ms + step.format(i=5, n=1, mo="M", x="X", h="[]", hist="H", o="O"),
             "ValueError",
             r"model_outputs|history|m1",
         ),
         Case(
             "core.multistep.bad_stride",
-            "s = make('multistep')\nO, H = np.empty_like(X), np.empty_like(X)\n"
-            "s._core.step(0, 1, desc(M), desc(X), None, None, None, desc(H), desc(O), 2, 4800)",
+            ms
+            + step.format(i=0, n=0, mo="desc(M, shape=(2, 4800))", x="X", h="[]", hist="H", o="O"),
             "ValueError",
-            r"stride|elements",
+            r"stride|elements|shape",
         ),
         Case(
             "core.ddim.cuda",
-            "s = make('ddim')\nO, Z = np.empty_like(X), np.empty_like(X)\n"
-            "s._core.ddim(900, 800, 0.0, False, desc(M, 'cuda'), desc(X, 'cuda'), None, "
-            "desc(Z, 'cuda'), desc(O, 'cuda'), 2, 48)",
+            dd + "s._core.ddim(900, 800, 0.0, False, model_output=desc(M, 'cuda'), "
+            "sample=desc(X, 'cuda'), x0=desc(Z, 'cuda'), prev=desc(O, 'cuda'))",
             "rdiff.CudaUnavailableError",
             r"CUDA|cuda",
         ),
         Case(
             "core.ddim.timestep_out_of_range",
-            "s = make('ddim')\nO, Z = np.empty_like(X), np.empty_like(X)\n"
-            "s._core.ddim(5000, 800, 0.0, False, desc(M), desc(X), None, desc(Z), desc(O), "
-            "2, 48)",
+            dd + "s._core.ddim(5000, 800, 0.0, False, model_output=M, sample=X, x0=Z, prev=O)",
             "ValueError",
             r"timestep",
         ),
         Case(
             "core.analytic.cuda",
-            "s = make('analytic')\nO, Z = np.empty_like(X), np.empty_like(X)\n"
-            "s._core.step(0, desc(M, 'cuda'), desc(X, 'cuda'), desc(M, 'cuda'), "
-            "desc(Z, 'cuda'), desc(O, 'cuda'), 2, 48, None)",
+            an + "s._core.step(0, model_output=desc(M, 'cuda'), sample=desc(X, 'cuda'), "
+            "noise=desc(M, 'cuda'), x0=desc(Z, 'cuda'), prev=desc(O, 'cuda'))",
             "rdiff.CudaUnavailableError",
             r"CUDA|cuda",
         ),
         Case(
             "core.analytic.step_past_end",
-            "s = make('analytic')\nO, Z = np.empty_like(X), np.empty_like(X)\n"
-            "s._core.step(99, desc(M), desc(X), desc(M), desc(Z), desc(O), 2, 48, None)",
+            an + "s._core.step(99, model_output=M, sample=X, noise=M, x0=Z, prev=O)",
             "ValueError",
             r"step",
         ),
         Case(
             "core.gamma_batch_sums.cuda",
-            "rdiff._rdiff._gamma_batch_sums(desc(M, 'cuda'), None, 2, 48, 48, 0.0, 1.0)",
-            "rdiff.CudaUnavailableError",
-            r"CUDA|cuda",
+            "rdiff._rdiff._gamma_batch_sums(desc(M, 'cuda'), None, 48, 'epsilon', 0.5)",
+            "(ValueError, rdiff.CudaUnavailableError)",
+            r"CUDA|cuda|CPU",
         ),
         Case(
             "core.gamma_batch_sums.batch_0",
-            "rdiff._rdiff._gamma_batch_sums(desc(M), None, 0, 48, 48, 0.0, 1.0)",
+            "rdiff._rdiff._gamma_batch_sums(np.zeros((0, 48), np.float32), None, 48, 'epsilon', "
+            "0.5)",
             "ValueError",
             r"batch",
         ),
         Case(
             "core.unet.cuda",
-            "O = np.empty_like(UX)\nunet()._core.forward(desc(UX, 'cuda'), (2, 1, 8, 8), "
-            "[10.0], desc(O, 'cuda'))",
+            "O = np.empty_like(UX)\n"
+            "unet()._core.forward(desc(UX, 'cuda'), [10.0], desc(O, 'cuda'))",
             "rdiff.CudaUnavailableError",
             r"CUDA|cuda",
         ),
         Case(
             "core.unet.short_output",
-            "O = np.empty_like(UX)\nunet()._core.forward(desc(UX), (2, 1, 8, 8), [10.0], "
-            "desc(O, numel=10))",
+            "O = np.empty_like(UX)\nunet()._core.forward(UX, [10.0], desc(O, numel=10))",
             "ValueError",
             r"output buffer",
         ),
         Case(
             "core.unet.shape_lies",
-            "O = np.empty((4, 1, 8, 8), np.float32)\nunet()._core.forward(desc(UX), "
-            "(4, 1, 8, 8), [10.0], desc(O))",
+            # A buffer describes its own shape now; the lie left is an output for another batch.
+            "O = np.empty((4, 1, 8, 8), np.float32)\nunet()._core.forward(UX, [10.0], O)",
             "ValueError",
-            r"sample.*elements",
+            r"output buffer.*shape",
         ),
     ]
-    return cases
 
 
 K_SAMPLERS = (

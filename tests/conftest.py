@@ -55,3 +55,38 @@ class GaussianEps:
 @pytest.fixture
 def gaussian_eps():
     return GaussianEps
+
+
+# -- the emulated CUDA target ------------------------------------------------------------------
+
+
+def on_cpu_and_emulated(fn, max_blocks: int = 2):
+    """``fn()`` run on the CPU loops, then again with every fused pass on the CUDA kernels
+    (the emulated launcher, at most ``max_blocks`` blocks so grid-stride loops go round).
+    Asserts the second run launched kernels; returns both results."""
+    from rdiff._cuda_testing import emulated_backend, launches
+
+    cpu = fn()
+    before = launches()
+    with emulated_backend(max_blocks):
+        emu = fn()
+    assert launches() > before, "the emulated run launched no kernel"
+    return cpu, emu
+
+
+def assert_bit_equal(a, b, what: str = "") -> None:
+    """Tensors (or tuples/lists of them) equal bit for bit, NaNs included."""
+    if isinstance(a, (tuple, list)):
+        assert len(a) == len(b)
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_bit_equal(x, y, f"{what}[{k}]")
+        return
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    if a.dtype in (torch.float16, torch.bfloat16):
+        a, b = a.view(torch.int16), b.view(torch.int16)
+    elif a.dtype == torch.float32:
+        a, b = a.view(torch.int32), b.view(torch.int32)
+    elif a.dtype == torch.float64:
+        a, b = a.view(torch.int64), b.view(torch.int64)
+    assert torch.equal(a, b), f"{what}: {(a != b).sum().item()} elements differ"

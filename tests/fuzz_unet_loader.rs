@@ -16,8 +16,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use _rdiff::dtype::DType;
+use _rdiff::target::Target;
+use _rdiff::tensor::{Device, Tensor};
 use _rdiff::unet::embeddings::ClassLabels;
 use _rdiff::unet::model::UNet2D;
+use _rdiff::unet::runner::UNetRunner;
 use common::{Counting, Rng};
 use serde_json::{json, Value};
 
@@ -310,12 +314,27 @@ fn load_and_run(dir: &Path) -> Result<bool, String> {
         Ok(m) => {
             let side = 8;
             let (b, c) = (1, m.in_channels());
-            let x: Vec<f32> = (0..b * c * side * side)
+            let mut x: Vec<f32> = (0..b * c * side * side)
                 .map(|i| (i % 7) as f32 / 7.0)
                 .collect();
-            let mut out = vec![0.0f32; b * m.out_channels() * side * side];
+            let co = m.out_channels();
+            let mut out = vec![0.0f32; b * co * side * side];
+            let t = |v: &mut [f32], c: usize| {
+                let ptr = v.as_mut_ptr() as u64;
+                Tensor::new(
+                    "t",
+                    ptr,
+                    DType::F32,
+                    Device::Cpu,
+                    vec![b, c, side, side],
+                    None,
+                )
+                .unwrap()
+            };
+            let (xt, ot) = (t(&mut x, c), t(&mut out, co));
+            let m = UNetRunner::new(m, Target::Cpu, 0).unwrap();
             // A model that loads may still refuse a size (e.g. more downsamplers): fine.
-            let _ = m.forward(&x, (b, side, side), &[10.0], ClassLabels::None, &mut out);
+            let _ = m.forward(&xt, &ot, &[10.0], ClassLabels::None, 0);
             true
         }
     }))

@@ -1,16 +1,19 @@
 //! No leaks on the Rust side: a counting global allocator watches live bytes while a workload
-//! (multistep coefficients and fused steps, a small UNet loaded from files and run, the loaders
+//! (multistep steps as fused passes, a small UNet loaded from files and run, the loaders
 //! refusing damaged files) runs again and again; after a warm-up, live bytes must come back to
 //! the baseline every time (give or take a worker's scratch buffer growing once).
 
 mod common;
 
-use _rdiff::cpu::dpm_step::{fused_step, StepIo};
-use _rdiff::schedule::dpm_solver::{
-    multistep_coefficients, Algorithm, MultistepStep, Point, PredictionType, SolverType,
-};
+use _rdiff::dtype::DType;
+use _rdiff::schedule::dpm_solver::MultistepRule;
+use _rdiff::step::dpm_multistep::DpmMultistep;
+use _rdiff::step::dpm_solver::{DpmIo, SolverConfig, SolverOptions};
+use _rdiff::target::Target;
+use _rdiff::tensor::{Device, Tensor};
 use _rdiff::unet::embeddings::ClassLabels;
 use _rdiff::unet::model::UNet2D;
+use _rdiff::unet::runner::UNetRunner;
 use common::Counting;
 
 #[global_allocator]
@@ -19,68 +22,89 @@ static ALLOC: Counting = Counting;
 const RUNS: usize = 20;
 const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 
+/// A tensor over `v` (outputs too: the passes write through the address).
+fn t(v: &mut [f32], shape: &[usize]) -> Tensor {
+    let ptr = v.as_mut_ptr() as u64;
+    Tensor::new("t", ptr, DType::F32, Device::Cpu, shape.to_vec(), None).unwrap()
+}
+
+/// `n` fused multistep steps (orders 1–3, thresholding on every other loop).
 fn steps(n: usize) {
     let (batch, ps) = (2, 3 * 32 * 32);
+    let shape = [batch, 3, 32, 32];
     let len = batch * ps;
     let mut x: Vec<f32> = (0..len)
         .map(|k| ((k * 7919) % 1000) as f32 / 250.0 - 2.0)
         .collect();
-    let mo: Vec<f32> = x.iter().map(|v| v.sin()).collect();
+    let mut mo: Vec<f32> = x.iter().map(|v| v.sin()).collect();
     let (mut m1, mut m2) = (mo.clone(), mo.clone());
     let (mut hist, mut prev) = (vec![0f32; len], vec![0f32; len]);
-    let thr = [1.5f32, 2.0];
-    let sigmas: Vec<f64> = (0..n + 3).map(|i| 14.6 * 0.7f64.powi(i as i32)).collect();
-    for i in 0..n {
-        let st = MultistepStep {
-            algorithm: Algorithm::parse("dpmsolver++").unwrap(),
-            solver_type: SolverType::Midpoint,
-            prediction: PredictionType::Epsilon,
-            thresholding: i % 2 == 0,
-            order: 1 + i % 3,
-            t: Point::from_sigma(sigmas[i + 3], false),
-            s0: Point::from_sigma(sigmas[i + 2], false),
-            s1: Point::from_sigma(sigmas[i + 1], false),
-            s2: Point::from_sigma(sigmas[i], false),
-            flow_sigma: 0.0,
-        };
-        let co = multistep_coefficients(&st).unwrap();
-        fused_step(
-            StepIo {
-                mo: &mo,
-                mo_stride: ps,
-                x: &x,
-                m1: Some(&m1),
-                m2: Some(&m2),
+    let mut bounds = [0f32; 2];
+    let sigmas: Vec<f64> = (0..n + 1).map(|i| 14.6 * 0.7f64.powi(i as i32)).collect();
+    for thresholding in [false, true] {
+        let cfg = SolverConfig::parse(SolverOptions {
+            algorithm_type: "dpmsolver++",
+            solver_type: "midpoint",
+            prediction_type: "epsilon",
+            thresholding,
+            dynamic_thresholding_ratio: 0.9,
+            sample_max_value: 1.5,
+            flow: false,
+            learned_variance: false,
+            sigmas: sigmas.clone(),
+        })
+        .unwrap();
+        let solver = DpmMultistep::new(cfg, 3, MultistepRule::default()).unwrap();
+        for i in 0..n / 2 {
+            let io = DpmIo {
+                model_output: t(&mut mo, &shape),
+                sample: t(&mut x, &shape),
+                start: None,
+                history: [Some(t(&mut m1, &shape)), Some(t(&mut m2, &shape))],
                 noise: None,
-                hist: &mut hist,
-                prev: &mut prev,
-                per_sample: ps,
-            },
-            &co,
-            st.thresholding.then_some(&thr[..]),
-        );
-        std::mem::swap(&mut m2, &mut m1);
-        std::mem::swap(&mut m1, &mut hist);
-        std::mem::swap(&mut x, &mut prev);
+                hist: t(&mut hist, &shape),
+                prev: t(&mut prev, &shape),
+                bounds: thresholding.then(|| t(&mut bounds, &[2])),
+            };
+            let lc = solver.step(i, i.min(3), io).unwrap();
+            Target::Cpu.run(&lc).unwrap();
+            std::mem::swap(&mut m2, &mut m1);
+            std::mem::swap(&mut m1, &mut hist);
+            std::mem::swap(&mut x, &mut prev);
+        }
     }
     assert!(x.iter().all(|v| v.is_finite()));
 }
 
 fn unet(dir: &std::path::Path, bad: &std::path::Path) {
-    let m = UNet2D::from_dir(dir, WEIGHTS).unwrap();
-    let x = vec![0.25f32; 2 * 8 * 8];
+    let m = UNetRunner::new(UNet2D::from_dir(dir, WEIGHTS).unwrap(), Target::Cpu, 0).unwrap();
+    let mut x = vec![0.25f32; 2 * 8 * 8];
     let mut out = vec![0f32; 2 * 8 * 8];
-    for t in [999.0, 500.0, 1.0] {
-        m.forward(&x, (2, 8, 8), &[t], ClassLabels::None, &mut out)
-            .unwrap();
+    let shape = [2, 1, 8, 8];
+    for ts in [999.0, 500.0, 1.0] {
+        m.forward(
+            &t(&mut x, &shape),
+            &t(&mut out, &shape),
+            &[ts],
+            ClassLabels::None,
+            0,
+        )
+        .unwrap();
     }
     // Errors after partial loads: every weight read so far is dropped.
     for name in ["truncated", "bad-header", "bad-config"] {
         assert!(UNet2D::from_dir(&bad.join(name), WEIGHTS).is_err());
     }
     // A forward pass that fails its checks.
+    let odd = [2, 1, 7, 8];
     assert!(m
-        .forward(&x, (2, 7, 8), &[1.0], ClassLabels::None, &mut out[..112])
+        .forward(
+            &t(&mut x[..112], &odd),
+            &t(&mut out[..112], &odd),
+            &[1.0],
+            ClassLabels::None,
+            0
+        )
         .is_err());
 }
 

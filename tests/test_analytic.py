@@ -626,3 +626,101 @@ def test_config_round_trip_and_diffusers_mixin(schedule, tmp_path):
     d3.set_timesteps(12)
     assert len(d3.timesteps) == 12
     assert os.path.isfile(tmp_path / "diff" / "scheduler_config.json")
+
+
+# -- the CUDA kernels (emulated) against the CPU loop -----------------------------------------
+
+import functools
+
+torch = pytest.importorskip("torch")
+
+from conftest import assert_bit_equal, on_cpu_and_emulated
+from test_dpm_multistep import DTYPES, EMU_CASES, _view, run_loop
+
+_GAMMA = np.linspace(0.5, 0.99, N)
+
+
+def _emulated_step(form, prediction, noise_kind, clip, step_index, mo, x, noise):
+    s = rdiff.AnalyticDPMScheduler(
+        gamma=_GAMMA,
+        form=form,
+        eta=0.5 if form == "ddim" else 0.0,
+        prediction_type=prediction,
+        clip_x0=clip,
+    )
+    s.set_timesteps(10)
+    s._step_index = step_index
+    kw = {"variance_noise": noise} if noise_kind == "buffer" else {"generator": 2**64 - 5}
+    out = s.step(mo, s.timesteps[step_index], x, **kw)
+    return out.prev_sample, out.pred_original_sample
+
+
+@pytest.mark.parametrize("mdt", list(DTYPES))
+@pytest.mark.parametrize("sdt", list(DTYPES))
+@pytest.mark.parametrize("case", range(len(EMU_CASES)))
+def test_emulated_step_equals_cpu(mdt, sdt, case):
+    """Both forms, three prediction types, given and Philox noise, the last (σ = 0) and a
+    noisy step, each dtype pair, on the kernels and the CPU."""
+    shape, extra, offset = EMU_CASES[case]
+    mdtype, sdtype = DTYPES[mdt], DTYPES[sdt]
+    g = torch.Generator().manual_seed(77 + case)
+    mo_shape = (shape[0], shape[1] + extra, *shape[2:])
+    for form, prediction, noise_kind, clip in (
+        ("ddpm", "epsilon", "buffer", True),
+        ("ddim", "v_prediction", "philox", False),
+        ("ddpm", "sample", "philox", True),
+    ):
+        mo = _view(torch.randn(mo_shape, generator=g), mdtype, offset)
+        x = _view(torch.randn(shape, generator=g) * 1.5, sdtype, offset)
+        noise = torch.randn(shape, generator=g)
+        for step_index in (3, 9):
+            step = functools.partial(
+                _emulated_step, form, prediction, noise_kind, clip, step_index, mo, x, noise
+            )
+            cpu, emu = on_cpu_and_emulated(step)
+            assert_bit_equal(cpu, emu, f"{form}/{prediction}/{noise_kind} step {step_index}")
+
+
+def _noise_step(step_index, mo, x, kw):
+    s = rdiff.AnalyticDPMScheduler(gamma=_GAMMA)
+    s.set_timesteps(10)
+    s._step_index = step_index
+    return s.step(mo, s.timesteps[step_index], x, **kw).prev_sample, s.variances
+
+
+def test_kernel_noise_is_rdiff_randn():
+    """In-kernel noise (emulated) is rdiff.randn's stream: σ·randn added to the mean."""
+    shape = (3, 4, 7, 9)  # per sample 252: rows start on lane groups
+    g = torch.Generator().manual_seed(5)
+    mo, x = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    step_index, seed = 4, 1234
+    out = {}
+    for kind in ("zero", "philox"):
+        kw = {"variance_noise": torch.zeros(shape)} if kind == "zero" else {"generator": seed}
+        step = functools.partial(_noise_step, step_index, mo, x, kw)
+        (_, variances), (prev, _) = on_cpu_and_emulated(step)
+        out[kind] = prev.double()
+    sigma = math.sqrt(variances[step_index])
+    z = torch.from_numpy(rdiff.randn(shape, seed, offset=step_index)).double()
+    torch.testing.assert_close(out["philox"] - out["zero"], sigma * z, rtol=0, atol=1e-6)
+
+
+LOOPS = {
+    "analytic ddpm, torch generator": (
+        lambda: rdiff.AnalyticDPMScheduler(gamma=_GAMMA),
+        lambda: torch.Generator().manual_seed(3),
+    ),
+    "analytic ddim, philox seed": (
+        lambda: rdiff.AnalyticDPMScheduler(gamma=_GAMMA, form="ddim", eta=1.0),
+        lambda: 2024,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(LOOPS))
+@pytest.mark.parametrize("dt", ["f32", "bf16"])
+def test_whole_loop_emulated_equals_cpu(name, dt):
+    make, gen = LOOPS[name]
+    cpu, emu = on_cpu_and_emulated(lambda: run_loop(make, DTYPES[dt], gen))
+    assert torch.isfinite(cpu.float()).all()
+    assert_bit_equal(cpu, emu, name)

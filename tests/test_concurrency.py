@@ -120,20 +120,21 @@ def test_one_scheduler_per_thread_matches_serial(kind, framework):
 
 
 class _Gate(np.ndarray):
-    """A model output that, once armed, stops the thread reading its shape inside ``step``
-    until released, so another thread can call the same scheduler meanwhile."""
+    """A model output that, once armed, stops the thread reading its dtype inside ``step``
+    (to allocate the step's outputs) until released, so another thread can call the same
+    scheduler meanwhile."""
 
     def arm(self):
         self.entered, self.release, self.armed = threading.Event(), threading.Event(), True
         return self
 
     @property
-    def shape(self):
+    def dtype(self):
         if getattr(self, "armed", False):
             self.armed = False
             self.entered.set()
             assert self.release.wait(30)
-        return np.ndarray.shape.__get__(self)
+        return np.ndarray.dtype.__get__(self)
 
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["rdiff", "rdiff.diffusers"])

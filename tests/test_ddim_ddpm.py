@@ -463,3 +463,77 @@ def test_bad_input():
         q.step(np.zeros((1, 6, 4, 4), np.float32), 999, x)
     with pytest.raises(TypeError, match="dtype"):
         q.step(x, 999, x.astype(np.int64))
+
+
+# -- the CUDA kernels (emulated) against the CPU loop -----------------------------------------
+
+import functools
+
+from conftest import assert_bit_equal, on_cpu_and_emulated
+from test_dpm_multistep import DTYPES, EMU_CASES, _view, run_loop
+
+
+def _emulated_step(kind, config, kwargs, model_output, x):
+    cls = DDIMScheduler if kind == "ddim" else DDPMScheduler
+    s = cls(**config)
+    s.set_timesteps(10)
+    out = s.step(
+        model_output, s.timesteps[3], x, generator=torch.Generator().manual_seed(9), **kwargs
+    )
+    return out.prev_sample, out.pred_original_sample
+
+
+@pytest.mark.parametrize("mdt", list(DTYPES))
+@pytest.mark.parametrize("sdt", list(DTYPES))
+@pytest.mark.parametrize("case", range(len(EMU_CASES)))
+def test_emulated_step_equals_cpu(mdt, sdt, case):
+    """DDIM (η, clipping, both ε recomputations) and DDPM (every noise scale, learned
+    variances, thresholding) steps on the kernels and the CPU, each dtype pair."""
+    shape, _, offset = EMU_CASES[case]
+    mdtype, sdtype = DTYPES[mdt], DTYPES[sdt]
+    g = torch.Generator().manual_seed(50 + case)
+    x = _view(torch.randn(shape, generator=g) * 2, sdtype, offset)
+    mo = _view(torch.randn(shape, generator=g) * 1.5, mdtype, offset)
+    learned_shape = (shape[0], 2 * shape[1], *shape[2:])
+    mo2 = _view(torch.randn(learned_shape, generator=g), mdtype, offset)
+    runs = [
+        ("ddim", dict(clip_sample=True), dict(eta=0.7), mo),
+        ("ddim", dict(thresholding=True, sample_max_value=1.5), dict(eta=0.0), mo),
+        (
+            "ddim",
+            dict(prediction_type="v_prediction"),
+            dict(eta=1.0, use_clipped_model_output=True),
+            mo,
+        ),
+        ("ddpm", dict(variance_type="fixed_large"), {}, mo),
+        ("ddpm", dict(thresholding=True, sample_max_value=1.5), {}, mo),
+        ("ddpm", dict(variance_type="learned_range"), {}, mo2),
+        ("ddpm", dict(variance_type="learned", prediction_type="sample"), {}, mo2.abs()),
+    ]
+    for kind, config, kwargs, model_output in runs:
+        step = functools.partial(_emulated_step, kind, config, kwargs, model_output, x)
+        cpu, emu = on_cpu_and_emulated(step)
+        assert_bit_equal(cpu, emu, f"{kind} {config} {kwargs}")
+
+
+LOOPS = {
+    "ddim eta=0.8 clip_sample": (
+        lambda: DDIMScheduler(clip_sample=True, clip_sample_range=1.2),
+        lambda: torch.Generator().manual_seed(4),
+        {"eta": 0.8},
+    ),
+    "ddpm thresholding": (
+        lambda: DDPMScheduler(thresholding=True, sample_max_value=1.3),
+        lambda: torch.Generator().manual_seed(5),
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(LOOPS))
+@pytest.mark.parametrize("dt", ["f32", "bf16"])
+def test_whole_loop_emulated_equals_cpu(name, dt):
+    make, gen, kw = LOOPS[name]
+    cpu, emu = on_cpu_and_emulated(lambda: run_loop(make, DTYPES[dt], gen, **kw))
+    assert torch.isfinite(cpu.float()).all()
+    assert_bit_equal(cpu, emu, name)

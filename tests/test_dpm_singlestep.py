@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import rdiff
-from rdiff._rdiff import _singlestep_order_list, _SinglestepCore
+from rdiff._rdiff import _DpmSinglestep, _singlestep_order_list
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -474,7 +474,21 @@ def test_core_order_list_and_coefficients():
     assert _singlestep_order_list(7, 2, True, True) == [1, 2, 1, 2, 1, 2, 1]
     assert _singlestep_order_list(9, 3, True, False) == [1, 2, 3, 1, 2, 3, 1, 2, 1]
     sig = [4.0, 2.0, 1.0, 0.5]
-    core = _SinglestepCore("dpmsolver++", "midpoint", "epsilon", False, 0.995, 1.0, False, sig)
+
+    def solver(algorithm):
+        return {
+            "algorithm_type": algorithm,
+            "solver_type": "midpoint",
+            "prediction_type": "epsilon",
+            "thresholding": False,
+            "dynamic_thresholding_ratio": 0.995,
+            "sample_max_value": 1.0,
+            "flow": False,
+            "learned_variance": False,
+            "sigmas": sig,
+        }
+
+    core = _DpmSinglestep(solver("dpmsolver++"), [1, 2, 3])
     # A constant converted output: every order is the first-order step from the group start.
     c3 = core.coefficients(2, 3)
     a = [1 / math.sqrt(s * s + 1) for s in sig]
@@ -487,7 +501,7 @@ def test_core_order_list_and_coefficients():
     with pytest.raises(ValueError, match="past the end"):
         core.coefficients(3, 1)
     with pytest.raises(ValueError, match="sde-dpmsolver"):
-        _SinglestepCore("sde-dpmsolver", "midpoint", "epsilon", False, 0.995, 1.0, False, sig)
+        _DpmSinglestep(solver("sde-dpmsolver"), [1, 2, 3])
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -555,3 +569,35 @@ def test_bad_input():
         RS(use_karras_sigmas=True, use_beta_sigmas=True)
     with pytest.raises(ValueError, match="sample_max_value"):
         RS(thresholding=True, sample_max_value=0.0).set_timesteps(3)
+
+
+# -- the CUDA kernels (emulated) against the CPU loop -----------------------------------------
+
+from conftest import assert_bit_equal, on_cpu_and_emulated
+from test_dpm_multistep import DTYPES, run_loop
+
+LOOPS = {
+    # orders 2 and 3 update from the group's start sample (self.sample)
+    "dpmsolver++ singlestep 2": (lambda: RS(solver_order=2), lambda: None),
+    "dpmsolver singlestep 3": (
+        lambda: RS(solver_order=3, algorithm_type="dpmsolver", final_sigmas_type="sigma_min"),
+        lambda: None,
+    ),
+    "dpmsolver++ singlestep 3 thresholding": (
+        lambda: RS(solver_order=3, thresholding=True, sample_max_value=1.5),
+        lambda: None,
+    ),
+    "sde-dpmsolver++ singlestep 2": (
+        lambda: RS(solver_order=2, algorithm_type="sde-dpmsolver++"),
+        lambda: torch.Generator().manual_seed(6),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(LOOPS))
+@pytest.mark.parametrize("dt", ["f32", "f16", "bf16"])
+def test_whole_loop_emulated_equals_cpu(name, dt):
+    make, gen = LOOPS[name]
+    cpu, emu = on_cpu_and_emulated(lambda: run_loop(make, DTYPES[dt], gen))
+    assert torch.isfinite(cpu.float()).all()
+    assert_bit_equal(cpu, emu, name)

@@ -1,9 +1,10 @@
-"""Caller-owned tensors: numpy arrays and torch tensors, described for the Rust core.
+"""Caller-owned tensors: numpy arrays and torch tensors, in the caller's framework.
 
-The Rust side receives ``(data_ptr, numel, dtype, device_type, device_index)`` tuples. Every
-function here keeps to the caller's framework: outputs are allocated with that framework's
-``empty`` so the result has the input's type and device, and no data is copied unless an input
-is not contiguous.
+The Rust core reads the tensors themselves (numpy's array interface, DLPack for torch; see
+``src/py/tensor.rs``), and checks their dtype, device, shape and layout. What stays here is
+what needs the caller's framework: outputs allocated with its ``empty`` (so results have the
+input's type and device), noise drawn as diffusers draws it, and a contiguous copy of an input
+that is not contiguous. Nothing is imported from torch that the caller has not imported.
 """
 
 from __future__ import annotations
@@ -86,43 +87,50 @@ def check_float(x: Any, what: str) -> None:
 
 
 def contiguous(x: Any) -> Any:
+    """x itself when it is C-contiguous (no call, no copy), else a contiguous copy."""
     if is_torch(x):
         return x.contiguous()
-    return np.ascontiguousarray(x)
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
 
-def describe(x: Any) -> tuple[int, int, str, str, int]:
-    """The tuple the Rust core reads; x must be contiguous and stay alive during the call.
-
-    ValueError for a non-contiguous x: the core reads ``numel`` elements from the data pointer.
-    """
-    if is_torch(x):
-        if not x.is_contiguous():
-            raise ValueError(f"internal: a non-contiguous tensor of shape {tuple(x.shape)}")
-        dev = x.device
-        return (x.data_ptr(), x.numel(), dtype_name(x), dev.type, dev.index or 0)
-    if not x.flags.c_contiguous:
-        raise ValueError(f"internal: a non-contiguous array of shape {x.shape}")
-    return (x.ctypes.data, x.size, x.dtype.name, "cpu", 0)
-
-
-def cuda_stream(x: Any) -> int | None:
-    """The caller's current CUDA stream handle for a CUDA tensor (None otherwise)."""
-    if is_torch(x) and x.device.type == "cuda":
+def cuda_stream(x: Any, what: str = "sample") -> int:
+    """The caller's current CUDA stream handle for a CUDA tensor (0, unused, otherwise);
+    ``rdiff.CudaUnavailableError`` naming ``what`` where rdiff's CUDA backend cannot run."""
+    if is_torch(x) and x.is_cuda:
+        check_device(x, what)
         return int(torch_module().cuda.current_stream(x.device).cuda_stream)
-    return None
+    return 0
 
 
 def empty_like(x: Any, dtype: Any = None) -> Any:
     """An uninitialised contiguous buffer shaped like x, in x's framework and on x's device."""
     if is_torch(x):
         torch = torch_module()
-        return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device)
+        return torch.empty_like(x, dtype=dtype or x.dtype, memory_format=torch.contiguous_format)
     return np.empty(x.shape, dtype=dtype or x.dtype)
 
 
-def dtype_of(x: Any) -> Any:
-    return x.dtype
+def scratch(x: Any, n: int, wide: bool = False) -> Any:
+    """``n`` values on x's device, of x's arithmetic dtype (float64 for float64 x, else
+    float32) or float64 when ``wide``: the per-sample scratch a fused pass writes
+    (thresholding bounds, the adaptive solver's error norms)."""
+    if is_torch(x):
+        torch = torch_module()
+        dt = torch.float64 if wide or x.dtype == torch.float64 else torch.float32
+        return torch.empty(n, dtype=dt, device=x.device)
+    return np.empty(n, dtype=np.float64 if wide or x.dtype == np.float64 else np.float32)
+
+
+def check_array(x: Any, what: str) -> None:
+    """TypeError unless x is a numpy array or a torch tensor; for a CUDA tensor where rdiff's
+    CUDA backend cannot run, ``rdiff.CudaUnavailableError`` before any noise is drawn on it.
+    (Dtypes, shapes and layouts are the core's to check.)"""
+    if isinstance(x, np.ndarray):
+        return
+    if not is_torch(x):
+        raise TypeError(f"{what}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+    if x.is_cuda:
+        check_device(x, what)
 
 
 def same_framework(a: Any, b: Any, what: str) -> None:

@@ -577,7 +577,7 @@ def estimate_gamma(
                         tt = np.full((b,), t, dtype=np.int64)
                     out = _model_output(model(xt, tt))
                     sums_t = sums[t]
-                    _accumulate(sums_t, out, xt, b, per_sample, a, s, prediction_type)
+                    _accumulate(sums_t, out, xt, b, per_sample, float(ac[t]), prediction_type)
                     if bar is not None:
                         bar.update(1)
     finally:
@@ -599,8 +599,7 @@ def _accumulate(
     xt: Any,
     b: int,
     per_sample: int,
-    a: float,
-    s: float,
+    alpha_cumprod: float,
     prediction_type: str,
 ) -> None:
     if _tensor.is_torch(out):
@@ -618,26 +617,13 @@ def _accumulate(
             f"model output: shape {tuple(out.shape)} does not hold a batch of {b} samples of "
             f"{per_sample} elements"
         )
-    if prediction_type == "epsilon":
-        p, q = 0.0, 1.0
-    elif prediction_type == "sample":
-        p, q = 1.0 / s, -a / s
-    else:
-        p, q = s, a
     out = _tensor.contiguous(out)
     x = None
-    if p != 0.0:
+    if prediction_type != "epsilon":
         x = _tensor.contiguous(xt)
         _tensor.check_float(x, "x_t")
-    count, _, _, s_fx, q_fx = _gamma_batch_sums(
-        _tensor.describe(out),
-        None if x is None else _tensor.describe(x),
-        b,
-        numel // b,
-        per_sample,
-        p,
-        q,
-    )
+    # The conversion to ε is Rust's, the one Analytic-DPM's step uses.
+    count, _, _, s_fx, q_fx = _gamma_batch_sums(out, x, per_sample, prediction_type, alpha_cumprod)
     acc[0] += int(count)
     acc[1] += int(s_fx)
     acc[2] += int(q_fx)

@@ -8,9 +8,9 @@ signatures and semantics: ``model(x, sigma, **extra_args)`` is a denoiser D(x; Ï
 (``x``, ``i``, ``sigma``, ``sigma_hat``, ``denoised``) and ``disable`` turns the tqdm bar off.
 
 Each update's weights come from Rust in float64 (``src/schedule/karras.rs``) and the update is
-one fused pass over the caller's buffers (torch CPU tensors or numpy arrays; float32 arithmetic,
-float64 for float64 inputs). With the same model, sigmas and seed, the results equal
-k-diffusion's up to float32 rounding.
+one fused pass over the caller's buffers (torch CPU or CUDA tensors, numpy arrays; float32
+arithmetic, float64 for float64 inputs; rdiff's kernel on the current stream for CUDA). With
+the same model, sigmas and seed, the results equal k-diffusion's up to float32 rounding.
 
 Randomness: the samplers draw exactly what k-diffusion draws, in the same order, from the same
 generators, so a seeded run reproduces k-diffusion's noise:
@@ -166,13 +166,8 @@ class _Loop:
 
     def __init__(self, x: Any, sigmas: Any):
         _tensor.check_float(x, "x")
-        if _tensor.is_torch(x) and x.device.type != "cpu":
-            from ._rdiff import CudaUnavailableError
-
-            raise CudaUnavailableError(
-                f"x: rdiff.k runs on CPU tensors; got a tensor on {x.device}"
-            )
         self.like = x
+        self.stream = _tensor.cuda_stream(x)
         self.torch = _tensor.is_torch(x)
         self.batch = int(x.shape[0])
         self.sig = [float(s) for s in sigmas]
@@ -198,10 +193,9 @@ class _Loop:
         return np.ascontiguousarray(v, dtype=x.dtype)
 
     def comb(self, pairs: list) -> Any:
-        d = _tensor.describe
         out = _tensor.empty_like(self.like)
-        terms = [(float(c), d(b)) for c, b in pairs if c != 0.0 and b is not None]
-        _lincomb(d(out), terms, self.batch)
+        terms = [(float(c), b) for c, b in pairs if c != 0.0 and b is not None]
+        _lincomb(out, terms, stream=self.stream)
         return out
 
 

@@ -54,5 +54,5 @@ def randn(shape: Any, seed: int, offset: int = 0) -> np.ndarray:
     offset = _u64(offset, "offset")
     out = np.empty(shape, dtype=np.float32)
     if math.prod(shape):
-        _philox_normal_fill((out.ctypes.data, out.size, "float32", "cpu", 0), seed, offset)
+        _philox_normal_fill(out, seed, offset)
     return out

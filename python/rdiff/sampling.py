@@ -5,8 +5,9 @@ reference code (LuChengTHU/dpm-solver, ``dpm_solver_pytorch.py``) with the same 
 defaults and meaning, for discrete and continuous (``linear_vp``) schedules. Every per-step
 scalar (the times, the intermediate points s₁ = λ⁻¹(λ_s + r₁h), the combination weights, the
 orders) comes from Rust in float64, and every update is one fused pass in Rust over buffers
-allocated with the caller's framework (numpy arrays or torch CPU tensors in, the same type
-out), with the GIL released. ``model_wrapper`` is the reference's ``model_wrapper``.
+allocated with the caller's framework (numpy arrays or torch CPU or CUDA tensors in, the same
+type out; CUDA tensors run rdiff's kernel on the current stream), with the GIL released.
+``model_wrapper`` is the reference's ``model_wrapper``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import numpy as np
 from . import _tensor
 from ._rdiff import (
     NoiseSchedule,
-    _adaptive_error,
     _adaptive_next_h,
     _check_method,
+    _error_norm,
     _lincomb,
     _multistep_orders,
     _ReferenceCore,
@@ -89,6 +90,7 @@ class _Run:
         self.threshold = threshold
         self.batch = int(x.shape[0]) if x.ndim > 0 else 1
         self.torch = _tensor.is_torch(x)
+        self.stream = _tensor.cuda_stream(x)
         self.info = SampleInfo()
 
     # ---------------------------------------------------------------- framework helpers
@@ -132,8 +134,7 @@ class _Run:
         p, q = self.core.data_prediction(t)
         if callable(self.correcting_x0_fn):
             x0 = self.empty()
-            d = _tensor.describe
-            _lincomb(d(x0), [], self.batch, (d(x), d(eps), p, q, 1.0))
+            _lincomb(x0, [], (x, eps, p, q, 1.0), stream=self.stream)
             return _Value(
                 buf=self.as_buffer(self.correcting_x0_fn(x0, self.t_vec(t)), "correcting_x0_fn")
             )
@@ -145,11 +146,15 @@ class _Run:
             return _Value(buf=eps)
         return self.data_value(x, eps, t)
 
+    def pass_(self, out: Any, terms: list, conv: Any = None, hist: Any = None, thr: Any = None):
+        """One fused pass (``_lincomb``) on x's device, with the thresholding scratch."""
+        bounds = _tensor.scratch(self.x0, self.batch) if thr is not None else None
+        _lincomb(out, terms, conv, hist, thr, bounds, self.stream)
+
     def materialize(self, v: _Value) -> Any:
         if v.buf is None:
             out = self.empty()
-            d = _tensor.describe
-            _lincomb(d(out), [], self.batch, (d(v.x), d(v.eps), v.p, v.q, 1.0), None, v.threshold)
+            self.pass_(out, [], (v.x, v.eps, v.p, v.q, 1.0), None, v.threshold)
             v.buf, v.x, v.eps = out, None, None
         return v.buf
 
@@ -158,25 +163,24 @@ class _Run:
     def combine(self, cx: float, x: Any, pairs: list, keep: bool = True) -> Any:
         """One fused pass: cx·x + Σ c·m over (c, _Value) pairs; a pending value is converted
         in the same pass (and kept for later updates when ``keep``)."""
-        d = _tensor.describe
         out = self.empty()
-        terms = [(cx, d(x))] if cx != 0.0 else []
+        terms = [(cx, x)] if cx != 0.0 else []
         conv = hist = thr = None
         pending = None
         for c, v in pairs:
             if v.buf is not None:
                 if c != 0.0:
-                    terms.append((c, d(v.buf)))
+                    terms.append((c, v.buf))
             elif pending is not None:  # pragma: no cover - the drivers never do this
                 self.materialize(v)
-                terms.append((c, d(v.buf)))
+                terms.append((c, v.buf))
             else:
                 pending = v
-                conv = (d(v.x), d(v.eps), v.p, v.q, c)
+                conv = (v.x, v.eps, v.p, v.q, c)
                 thr = v.threshold
                 if keep:
                     hist = self.empty()
-        _lincomb(d(out), terms, self.batch, conv, None if hist is None else d(hist), thr)
+        self.pass_(out, terms, conv, hist, thr)
         if pending is not None and hist is not None:
             pending.buf, pending.x, pending.eps = hist, None, None
         return out
@@ -299,6 +303,8 @@ def sample(
             raise ValueError(
                 f"dynamic_thresholding_ratio: must lie in [0, 1], got {dynamic_thresholding_ratio}"
             )
+        if math.isnan(float(thresholding_max_val)):
+            raise ValueError("thresholding_max_val: must be a number, got nan")
         threshold = (float(dynamic_thresholding_ratio), float(thresholding_max_val))
     elif correcting_x0_fn is not None and not callable(correcting_x0_fn):
         raise ValueError(
@@ -329,12 +335,6 @@ def sample(
     )
     if run.torch:
         torch = _tensor.torch_module()
-        if x.device.type != "cpu":
-            from ._rdiff import CudaUnavailableError
-
-            raise CudaUnavailableError(
-                f"x: rdiff.sample runs on CPU tensors; got a tensor on {x.device}"
-            )
         with torch.no_grad():
             return _sample(run, x, opts)
     return _sample(run, x, opts)
@@ -451,7 +451,7 @@ def _adaptive(run: _Run, x: Any, order: int, t_T: float, t_0: float, atol, rtol,
     lam_0 = float(sch.lambda_t(t_0))
     h = _H_INIT
     x_prev = x
-    d = _tensor.describe
+    norms = _tensor.scratch(x, run.batch, wide=True)
     bar = _progress(None, progress)
     info.timesteps.append(s)
     r1 = 0.5 if order == 2 else 1.0 / 3.0
@@ -476,7 +476,9 @@ def _adaptive(run: _Run, x: Any, order: int, t_T: float, t_0: float, atol, rtol,
             m_s2 = run.model_value(x_s2, times[1])
             cx, ws = stages[2]
             x_hi = run.combine(cx, x, [(ws[0], m_s), (ws[1], m_s1), (ws[2], m_s2)], keep=False)
-        err = _adaptive_error(d(x_hi), d(x_lo), d(x_prev), float(atol), float(rtol), run.batch)
+        _error_norm(x_hi, x_lo, x_prev, float(atol), float(rtol), norms, run.stream)
+        # One read of the batch's worst norm: the step-size control needs it on the host.
+        err = float(norms.max())
         if not math.isfinite(err):
             raise FloatingPointError(
                 f"adaptive solver: the error estimate at t={s} is {err} (does model_fn return "

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _tensor
 from ._config import FrozenConfig
-from ._rdiff import WeightsError, _CudaUNet2D, _UNet2D
+from ._rdiff import WeightsError, _UNet2D
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -72,7 +72,7 @@ class UNet2DModel:
         self._core = core
         self._config = FrozenConfig(config)
         # -1: the emulated CUDA launcher (tests); None: the CPU.
-        self._cuda: int | None = core.device if isinstance(core, _CudaUNet2D) else None
+        self._cuda: int | None = core.device
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -123,9 +123,7 @@ class UNet2DModel:
         cls_name = config.get("_class_name", "UNet2DModel")
         if cls_name != "UNet2DModel":
             raise ValueError(f"{cfg_path}: a {cls_name} config, not a UNet2DModel")
-        if ordinal is None:
-            return cls(_UNet2D.from_dir(folder, name), config)
-        return cls(_CudaUNet2D.from_dir(folder, name, ordinal, max_blocks, threads), config)
+        return cls(_UNet2D.from_dir(folder, name, ordinal, max_blocks, threads), config)
 
     @classmethod
     def _emulated(
@@ -152,9 +150,7 @@ class UNet2DModel:
         tensors = {}
         for name, t in module.state_dict().items():
             tensors[name] = np.ascontiguousarray(t.detach().to("cpu").float().numpy())
-        if ordinal is None:
-            return cls(_UNet2D.from_tensors(json.dumps(config), tensors), config)
-        return cls(_CudaUNet2D.from_tensors(json.dumps(config), tensors, ordinal), config)
+        return cls(_UNet2D.from_tensors(json.dumps(config), tensors, ordinal), config)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -202,11 +198,7 @@ class UNet2DModel:
         self._core.check((b, c, h, w), len(ts))
         out = _alloc(x, (b, self.out_channels, h, w))
         idx, vals = _class_labels(class_labels)
-        args = (_tensor.describe(x), (b, c, h, w), ts, _tensor.describe(out), idx, vals)
-        if self._cuda is None:
-            self._core.forward(*args)
-        else:
-            self._core.forward(*args, stream=_tensor.cuda_stream(x) or 0)
+        self._core.forward(x, ts, out, idx, vals, _tensor.cuda_stream(x))
         return UNet2DOutput(sample=out) if return_dict else out
 
     forward = __call__

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::dtype::Elem;
+use crate::dtype::Elem;
 use crate::error::Result;
 use crate::value_err;
 

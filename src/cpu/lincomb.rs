@@ -1,134 +1,238 @@
-//! A general fused linear combination over caller-owned buffers, for the functional samplers
-//! (`rdiff.sample`, `rdiff.k`): one pass reads every input element once and writes each output
-//! element once.
-//!
-//! ```text
-//! m    = p·xc + q·mo                       (optional conversion of a fresh model output)
-//! m    = clamp(m, −s_b, s_b) / s_b         (optional dynamic thresholding, s_b per sample)
-//! hist = m                                 (optional: the converted value is kept)
-//! out  = Σ_i c_i·buf_i + w·m
-//! ```
-//!
-//! Arithmetic runs in f32 for f32/f16/bf16 buffers (bulk conversions of `dtype::Elem`) and in
-//! f64 for f64 buffers, so float64 callers get float64 answers.
-
-use std::ops::{Add, Mul};
+//! The fused pass of `crate::lincomb` on the CPU: rows split into rayon tasks, each task worked
+//! through in short chunks widened to the arithmetic type, combined, and narrowed back. The
+//! arithmetic is that of `kernels/lincomb.cu`, operation for operation, so the emulated
+//! launcher (and a GPU, which the kernel keeps from contracting into FMAs) gives the same bits.
 
 use rayon::prelude::*;
 
-use super::dtype::Elem;
+use super::threshold;
+use crate::dtype::{Acc, DType, Elem, Load};
+use crate::error::Result;
+use crate::lincomb::{Clamp, Lincomb, NoiseSource, Sigma};
+use crate::random::philox::fill_normals;
 
-/// Elements per rayon task.
+use crate::with_elem;
+
+/// Elements per rayon task; a pass no longer than this runs on the calling thread (a pool
+/// round trip costs more than the work).
 const TASK: usize = 1 << 15;
-/// Elements per scratch chunk inside a task.
+/// Elements per scratch chunk inside a task (every stream's chunk stays in L1).
 const LANES: usize = 256;
 
-/// The arithmetic type of a pass: f32 or f64.
-pub trait Acc:
-    Copy + Default + Send + Sync + PartialOrd + Add<Output = Self> + Mul<Output = Self> + 'static
-{
-    fn of(v: f64) -> Self;
-    fn to_f64(self) -> f64;
-    fn abs(self) -> Self;
-    fn total_cmp(&self, other: &Self) -> std::cmp::Ordering;
+/// Runs the pass (after `Lincomb::validate`).
+pub fn run(lc: &Lincomb) -> Result<()> {
+    lc.validate()?;
+    if lc.out.numel == 0 {
+        return Ok(());
+    }
+    if lc.acc_dtype() == DType::F64 {
+        run_typed::<f64, f64, f64>(lc);
+    } else {
+        with_elem!(lc.out.dtype, D, {
+            with_elem!(lc.sample_dtype(), S, run_typed::<f32, D, S>(lc))
+        });
+    }
+    Ok(())
 }
 
-impl Acc for f32 {
-    fn of(v: f64) -> Self {
-        v as f32
-    }
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    fn abs(self) -> Self {
-        f32::abs(self)
-    }
-    fn total_cmp(&self, other: &Self) -> std::cmp::Ordering {
-        f32::total_cmp(self, other)
-    }
+/// The pass's scalars in the arithmetic type.
+#[derive(Clone, Copy)]
+struct Scalars<A> {
+    p: A,
+    q: A,
+    d: A,
+    divide: bool,
+    lo: A,
+    hi: A,
+    r: A,
+    w: A,
+    affine: bool,
+    wm: A,
+    h1: A,
+    h2: A,
+    h3: A,
+    wg: A,
+    from_m: bool,
+    a: A,
+    sigma: A,
+    min_log: A,
+    max_log: A,
 }
 
-impl Acc for f64 {
-    fn of(v: f64) -> Self {
-        v
-    }
-    fn to_f64(self) -> f64 {
-        self
-    }
-    fn abs(self) -> Self {
-        f64::abs(self)
-    }
-    fn total_cmp(&self, other: &Self) -> std::cmp::Ordering {
-        f64::total_cmp(self, other)
-    }
+#[derive(Clone, Copy, PartialEq)]
+enum ClampKind {
+    None,
+    Range,
+    Dynamic,
 }
 
-/// A buffer element read and written in arithmetic type `A`.
-pub trait Buf<A: Acc>: Copy + Send + Sync + 'static {
-    fn load(src: &[Self], dst: &mut [A]);
-    fn store(src: &[A], dst: &mut [Self]);
-}
-
-impl<D: Elem> Buf<f32> for D {
-    fn load(src: &[Self], dst: &mut [f32]) {
-        D::load(src, dst)
-    }
-    fn store(src: &[f32], dst: &mut [Self]) {
-        D::store(src, dst)
-    }
-}
-
-impl Buf<f64> for f64 {
-    fn load(src: &[Self], dst: &mut [f64]) {
-        dst.copy_from_slice(src)
-    }
-    fn store(src: &[f64], dst: &mut [Self]) {
-        dst.copy_from_slice(src)
-    }
-}
-
-/// The conversion of a fresh model output `mo` taken at sample `x`: m = p·x + q·mo, weighted
-/// by `weight` in the combination; `bounds` (one per sample) clamps and rescales m.
-pub struct Convert<'a, T, A> {
-    pub x: &'a [T],
-    pub mo: &'a [T],
-    pub p: f64,
-    pub q: f64,
-    pub weight: f64,
-    pub bounds: Option<&'a [A]>,
-}
-
-/// One fused pass (see the module docs). All buffers hold `out.len()` elements, which split
-/// into samples of `per_sample` elements (for the per-sample bounds). Lengths must have been
-/// checked by the caller.
-pub fn lincomb<A: Acc, T: Buf<A>>(
-    terms: &[(f64, &[T])],
-    conv: Option<&Convert<'_, T, A>>,
-    hist: Option<&mut [T]>,
-    out: &mut [T],
+/// The typed slices of one pass.
+struct Slices<'a, A, D, S> {
+    x: Option<&'a [S]>,
+    mo: Option<&'a [D]>,
+    mo_stride: usize,
+    base: Option<&'a [S]>,
+    terms: Vec<(&'a [D], A)>,
+    noise: Option<&'a [f32]>,
+    philox: Option<(u64, u64)>,
+    sigma: Option<Sigma>,
+    clamp: ClampKind,
+    bounds: Option<&'a [A]>,
+    recompute: bool,
+    s: Scalars<A>,
     per_sample: usize,
-) {
-    let ps = per_sample.max(1);
-    let coefs: Vec<A> = terms.iter().map(|(c, _)| A::of(*c)).collect();
-    let rows = split_pairs(out, hist, ps);
-    rows.into_par_iter()
+}
+
+fn run_typed<A, D, S>(lc: &Lincomb)
+where
+    A: Acc,
+    D: Elem + Load<A>,
+    S: Elem + Load<A>,
+{
+    let of = A::of;
+    let ps = lc.per_sample();
+    let mut s = Scalars {
+        p: of(0.0),
+        q: of(0.0),
+        d: of(1.0),
+        divide: false,
+        lo: of(0.0),
+        hi: of(0.0),
+        r: of(0.0),
+        w: of(1.0),
+        affine: false,
+        wm: of(0.0),
+        h1: of(0.0),
+        h2: of(0.0),
+        h3: of(1.0),
+        wg: of(0.0),
+        from_m: false,
+        a: of(0.0),
+        sigma: of(0.0),
+        min_log: of(0.0),
+        max_log: of(0.0),
+    };
+    let mut clamp = ClampKind::None;
+    let mut bounds: Option<&[A]> = None;
+    let mut recompute = false;
+    // SAFETY (every slice below): `validate` checked lengths, dtypes and that the outputs
+    // overlap no input; the Python layer keeps every buffer alive for the call.
+    let (x, mo, mo_stride) = match &lc.conv {
+        Some(c) => {
+            (s.p, s.q, s.d) = (of(c.p), of(c.q), of(c.d));
+            s.divide = c.d != 1.0;
+            (s.r, s.w, s.wm) = (of(c.r), of(c.w), of(c.weight));
+            s.affine = !(c.r == 0.0 && c.w == 1.0);
+            if let Some(g) = c.recompute {
+                recompute = true;
+                (s.h1, s.h2, s.h3, s.wg, s.from_m) =
+                    (of(g.h1), of(g.h2), of(g.h3), of(g.weight), g.from_m);
+            }
+            // SAFETY: see above.
+            let (xs, ms) = unsafe { (c.x.slice::<S>(), c.mo.slice::<D>()) };
+            match &c.clamp {
+                Clamp::None => {}
+                Clamp::Range { lo, hi } => {
+                    clamp = ClampKind::Range;
+                    (s.lo, s.hi) = (of(*lo), of(*hi));
+                }
+                Clamp::Dynamic {
+                    ratio,
+                    lo,
+                    hi,
+                    bounds: scratch,
+                } => {
+                    clamp = ClampKind::Dynamic;
+                    // SAFETY: see above (the scratch is the caller's, of A's dtype).
+                    let out = unsafe { scratch.slice_mut::<A>() };
+                    let out = &mut out[..lc.batch()];
+                    threshold::bounds(
+                        xs,
+                        ms,
+                        c.mo_stride,
+                        ps,
+                        threshold::Conv {
+                            p: c.p,
+                            q: c.q,
+                            d: c.d,
+                        },
+                        *ratio,
+                        (*lo, *hi),
+                        out,
+                    );
+                    bounds = Some(out);
+                }
+            }
+            (Some(xs), Some(ms), c.mo_stride)
+        }
+        None => (None, None, 0),
+    };
+    let base = lc.base.as_ref().map(|(u, a)| {
+        s.a = of(*a);
+        // SAFETY: see above.
+        unsafe { u.slice::<S>() }
+    });
+    // SAFETY: see above.
+    let terms: Vec<(&[D], A)> = lc
+        .terms
+        .iter()
+        .map(|(t, c)| (unsafe { t.slice::<D>() }, of(*c)))
+        .collect();
+    let (mut noise, mut philox, mut sigma) = (None, None, None);
+    if let Some(nz) = &lc.noise {
+        sigma = Some(nz.sigma);
+        match nz.sigma {
+            Sigma::Fixed(v) => s.sigma = of(v),
+            Sigma::Learned => {}
+            Sigma::LearnedRange { min_log, max_log } => {
+                (s.min_log, s.max_log) = (of(min_log), of(max_log));
+            }
+        }
+        match &nz.source {
+            // SAFETY: see above.
+            NoiseSource::Buffer(t) => noise = Some(unsafe { t.slice::<f32>() }),
+            NoiseSource::Philox { seed, offset } => philox = Some((*seed, *offset)),
+        }
+    }
+    let sl = Slices {
+        x,
+        mo,
+        mo_stride,
+        base,
+        terms,
+        noise,
+        philox,
+        sigma,
+        clamp,
+        bounds,
+        recompute,
+        s,
+        per_sample: ps,
+    };
+    // SAFETY: see above.
+    let out = unsafe { lc.out.slice_mut::<D>() };
+    // SAFETY: see above.
+    let hist = lc.hist.as_ref().map(|h| unsafe { h.slice_mut::<D>() });
+    if out.len() <= TASK {
+        for (b, (o, h)) in split(out, hist, ps).into_iter().enumerate() {
+            run_span(&sl, b, 0, o, h);
+        }
+        return;
+    }
+    split(out, hist, ps)
+        .into_par_iter()
         .enumerate()
-        .for_each(|(b, (out_row, hist_row))| {
-            let bound = conv.and_then(|c| c.bounds.map(|s| s[b]));
-            let tasks = split_pairs(out_row, hist_row, TASK);
-            tasks
+        .for_each(|(b, (o, h))| {
+            split(o, h, TASK)
                 .into_par_iter()
                 .enumerate()
-                .for_each(|(k, (out_c, hist_c))| {
-                    let start = b * ps + k * TASK;
-                    run_task(terms, &coefs, conv, bound, start, hist_c, out_c);
-                });
+                .for_each(|(k, (o, h))| run_span(&sl, b, k * TASK, o, h));
         });
 }
 
-/// Splits `a` (and `b`, when given, in step) into chunks of `size` elements.
+/// `a` (and `b` in step, when given) in chunks of `size` elements.
 #[allow(clippy::type_complexity)]
-fn split_pairs<'a, T>(
+fn split<'a, T>(
     a: &'a mut [T],
     b: Option<&'a mut [T]>,
     size: usize,
@@ -143,234 +247,300 @@ fn split_pairs<'a, T>(
     }
 }
 
-fn run_task<A: Acc, T: Buf<A>>(
-    terms: &[(f64, &[T])],
-    coefs: &[A],
-    conv: Option<&Convert<'_, T, A>>,
-    bound: Option<A>,
-    start: usize,
-    mut hist: Option<&mut [T]>,
-    out: &mut [T],
-) {
-    let mut acc = [A::default(); LANES];
-    let mut tmp = [A::default(); LANES];
-    let mut tmp2 = [A::default(); LANES];
-    let len = out.len();
-    let mut off = 0;
-    while off < len {
-        let n = LANES.min(len - off);
-        let g = start + off..start + off + n;
-        acc[..n].fill(A::default());
-        for ((_, buf), &c) in terms.iter().zip(coefs) {
-            T::load(&buf[g.clone()], &mut tmp[..n]);
-            for i in 0..n {
-                acc[i] = acc[i] + c * tmp[i];
-            }
+/// `src` in the arithmetic type: borrowed when it already is, else widened into `buf`.
+#[inline(always)]
+fn view<'a, A: Acc, T: Load<A>>(src: &'a [T], buf: &'a mut [A; LANES]) -> &'a [A] {
+    match T::as_acc(src) {
+        Some(s) => s,
+        None => {
+            let b = &mut buf[..src.len()];
+            T::widen(src, b);
+            b
         }
-        if let Some(cv) = conv {
-            let (p, q, w) = (A::of(cv.p), A::of(cv.q), A::of(cv.weight));
-            T::load(&cv.x[g.clone()], &mut tmp[..n]);
-            T::load(&cv.mo[g.clone()], &mut tmp2[..n]);
+    }
+}
+
+/// f32 values (noise) in the arithmetic type.
+#[inline(always)]
+fn widen<A: Acc>(src: &[f32], dst: &mut [A]) {
+    for (d, v) in dst.iter_mut().zip(src) {
+        *d = A::of(*v as f64);
+    }
+}
+
+/// Elements `off .. off + out.len()` of sample `b`.
+fn run_span<A, D, S>(
+    sl: &Slices<'_, A, D, S>,
+    b: usize,
+    off: usize,
+    out: &mut [D],
+    mut hist: Option<&mut [D]>,
+) where
+    A: Acc,
+    D: Load<A>,
+    S: Load<A>,
+{
+    let s = &sl.s;
+    let ps = sl.per_sample;
+    let (mut xb, mut mb, mut eb, mut acc, mut tmp, mut nb) = (
+        [A::default(); LANES],
+        [A::default(); LANES],
+        [A::default(); LANES],
+        [A::default(); LANES],
+        [A::default(); LANES],
+        [0f32; LANES],
+    );
+    let bound = sl.bounds.map_or(A::of(1.0), |v| v[b]);
+    let inv = A::of(1.0) / bound;
+    let neg = A::of(0.0) - bound;
+    let len = out.len();
+    let mut start = 0;
+    while start < len {
+        let n = LANES.min(len - start);
+        let g = b * ps + off + start; // flattened index of the chunk's first element
+        let r = g..g + n;
+        let mut have_m = false;
+        if let (Some(x), Some(mo)) = (sl.x, sl.mo) {
+            let m0 = b * sl.mo_stride + off + start;
+            let xs = view(&x[r.clone()], &mut xb);
+            let ms = view(&mo[m0..m0 + n], &mut mb);
+            let e = &mut eb[..n];
             for i in 0..n {
-                tmp[i] = p * tmp[i] + q * tmp2[i];
+                let v = s.p * xs[i] + s.q * ms[i];
+                e[i] = if s.divide { v / s.d } else { v };
             }
-            if let Some(s) = bound {
-                let inv = A::of(1.0 / s.to_f64());
-                let neg = A::of(-s.to_f64());
-                for v in tmp[..n].iter_mut() {
-                    let c = if *v > s {
-                        s
-                    } else if *v < neg {
-                        neg
-                    } else {
-                        *v
-                    };
-                    *v = c * inv;
+            match sl.clamp {
+                ClampKind::None => {}
+                ClampKind::Range => {
+                    for v in e.iter_mut() {
+                        // torch.clamp's order (max, then min), NaN passing through.
+                        *v = if *v < s.lo { s.lo } else { *v };
+                        *v = if *v > s.hi { s.hi } else { *v };
+                    }
+                }
+                ClampKind::Dynamic => {
+                    for v in e.iter_mut() {
+                        let c = if *v > bound {
+                            bound
+                        } else if *v < neg {
+                            neg
+                        } else {
+                            *v
+                        };
+                        *v = c * inv;
+                    }
+                }
+            }
+            if s.affine {
+                for i in 0..n {
+                    e[i] = s.r * xs[i] + s.w * e[i];
                 }
             }
             if let Some(h) = hist.as_deref_mut() {
                 // Continue with the stored (rounded) value, as a framework computing m in the
-                // buffer's dtype would.
-                let r = off..off + n;
-                T::store(&tmp[..n], &mut h[r.clone()]);
-                T::load(&h[r], &mut tmp[..n]);
+                // history's dtype would.
+                let hr = &mut h[start..start + n];
+                D::narrow(e, hr);
+                D::widen(hr, e);
             }
-            for i in 0..n {
-                acc[i] = acc[i] + w * tmp[i];
+            have_m = true;
+            if sl.recompute {
+                let t = &mut tmp[..n];
+                for i in 0..n {
+                    let z = if s.from_m { e[i] } else { ms[i] };
+                    t[i] = (s.h1 * xs[i] + s.h2 * z) / s.h3;
+                }
             }
         }
-        T::store(&acc[..n], &mut out[off..off + n]);
-        off += n;
-    }
-}
-
-/// The reference's dynamic-thresholding bound of each sample:
-/// s = max(quantile(|p·x + q·mo|, ratio), max_val) (torch.quantile's linear interpolation).
-#[allow(clippy::too_many_arguments)]
-pub fn reference_bounds<A: Acc, T: Buf<A>>(
-    x: &[T],
-    mo: &[T],
-    p: f64,
-    q: f64,
-    per_sample: usize,
-    ratio: f64,
-    max_val: f64,
-) -> Vec<A> {
-    let ps = per_sample.max(1);
-    let (p, q) = (A::of(p), A::of(q));
-    x.par_chunks(ps)
-        .zip(mo.par_chunks(ps))
-        .map(|(xs, ms)| {
-            let mut a = vec![A::default(); xs.len()];
-            let mut b = vec![A::default(); xs.len()];
-            T::load(xs, &mut a);
-            T::load(ms, &mut b);
-            for (u, v) in a.iter_mut().zip(&b) {
-                *u = (p * *u + q * *v).abs();
-            }
-            let qv = quantile(&mut a, ratio);
-            let m = A::of(max_val);
-            if qv > m || qv.to_f64().is_nan() {
-                qv
-            } else {
-                m
-            }
-        })
-        .collect()
-}
-
-/// torch.quantile(v, ratio) with linear interpolation, the rank computed in `A`. Reorders v.
-pub fn quantile<A: Acc>(v: &mut [A], ratio: f64) -> A {
-    let n = v.len();
-    // torch.quantile is NaN as soon as one input is (total_cmp alone would sort it last).
-    if n == 0 || v.iter().any(|a| a.to_f64().is_nan()) {
-        return A::of(f64::NAN);
-    }
-    let rank = (A::of(ratio) * A::of((n - 1) as f64)).to_f64();
-    let lo = (rank.floor() as usize).min(n - 1);
-    let hi = (lo + 1).min(n - 1);
-    let weight = rank - lo as f64;
-    let cmp = |a: &A, b: &A| a.total_cmp(b);
-    let (_, &mut below, rest) = v.select_nth_unstable_by(lo, cmp);
-    let above = if hi == lo {
-        below
-    } else {
-        rest.iter().copied().min_by(cmp).unwrap_or(below)
-    };
-    let (b, a) = (below.to_f64(), above.to_f64());
-    A::of(if weight < 0.5 {
-        b + weight * (a - b)
-    } else {
-        a - (a - b) * (1.0 - weight)
-    })
-}
-
-/// The adaptive solver's error norm: max over samples of
-/// √(mean(((hi − lo) / max(atol, rtol·max(|lo|, |prev|)))²)), accumulated in f64.
-pub fn adaptive_error<A: Acc, T: Buf<A>>(
-    hi: &[T],
-    lo: &[T],
-    prev: &[T],
-    atol: f64,
-    rtol: f64,
-    per_sample: usize,
-) -> f64 {
-    let ps = per_sample.max(1);
-    hi.par_chunks(ps)
-        .zip(lo.par_chunks(ps))
-        .zip(prev.par_chunks(ps))
-        .map(|((h, l), p)| {
-            let mut sum = 0.0f64;
-            let (mut a, mut b, mut c) = (
-                [A::default(); LANES],
-                [A::default(); LANES],
-                [A::default(); LANES],
-            );
-            let mut off = 0;
-            while off < h.len() {
-                let n = LANES.min(h.len() - off);
-                let r = off..off + n;
-                T::load(&h[r.clone()], &mut a[..n]);
-                T::load(&l[r.clone()], &mut b[..n]);
-                T::load(&p[r], &mut c[..n]);
+        let acc = &mut acc[..n];
+        match sl.base {
+            Some(u) => {
+                let us = view(&u[r.clone()], &mut xb);
                 for i in 0..n {
-                    let (hv, lv, pv) = (a[i].to_f64(), b[i].to_f64(), c[i].to_f64());
-                    let delta = atol.max(rtol * lv.abs().max(pv.abs()));
-                    let e = (hv - lv) / delta;
-                    sum += e * e;
+                    acc[i] = s.a * us[i];
                 }
-                off += n;
             }
-            (sum / h.len().max(1) as f64).sqrt()
-        })
-        .reduce(|| 0.0, |a, b| if b > a || b.is_nan() { b } else { a })
+            None => acc.fill(A::of(0.0)),
+        }
+        if have_m {
+            for i in 0..n {
+                acc[i] = acc[i] + s.wm * eb[i];
+            }
+            if sl.recompute {
+                for i in 0..n {
+                    acc[i] = acc[i] + s.wg * tmp[i];
+                }
+            }
+        }
+        for (t, c) in &sl.terms {
+            let ts = view(&t[r.clone()], &mut mb);
+            for i in 0..n {
+                acc[i] = acc[i] + *c * ts[i];
+            }
+        }
+        if let Some(sigma) = sl.sigma {
+            let nz = &mut nb[..n];
+            match (sl.noise, sl.philox) {
+                (Some(buf), _) => nz.copy_from_slice(&buf[r.clone()]),
+                (None, Some((seed, offset))) => fill_normals(seed, offset, g as u64, nz),
+                (None, None) => unreachable!("noise without a source"),
+            }
+            let z = &mut tmp[..n];
+            widen(nz, z);
+            match sigma {
+                Sigma::Fixed(_) => {
+                    for i in 0..n {
+                        acc[i] = acc[i] + s.sigma * z[i];
+                    }
+                }
+                Sigma::Learned | Sigma::LearnedRange { .. } => {
+                    let mo = sl.mo.expect("validated: a learned σ has the model output");
+                    let v0 = b * sl.mo_stride + ps + off + start;
+                    let vs = view(&mo[v0..v0 + n], &mut mb);
+                    let half = A::of(0.5);
+                    let one = A::of(1.0);
+                    for i in 0..n {
+                        let std = match sigma {
+                            Sigma::Learned => vs[i].sqrt(),
+                            _ => {
+                                let f = (vs[i] + one) * half;
+                                let v = f * s.max_log + (one - f) * s.min_log;
+                                (half * v).exp()
+                            }
+                        };
+                        acc[i] = acc[i] + std * z[i];
+                    }
+                }
+            }
+        }
+        D::narrow(acc, &mut out[start..start + n]);
+        start += n;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use half::f16;
+    use crate::lincomb::{Conversion, Noise, Recompute};
+    use crate::tensor::Device;
+    use crate::tensor::Tensor;
+
+    /// A tensor over `v` (outputs too: the pass writes through the address, and the tests
+    /// read `v` only after it has returned).
+    fn t<T>(v: &mut [T], shape: &[usize]) -> Tensor {
+        let dt = match std::mem::size_of::<T>() {
+            8 => DType::F64,
+            _ => DType::F32,
+        };
+        let ptr = v.as_mut_ptr() as u64;
+        Tensor::new("t", ptr, dt, Device::Cpu, shape.to_vec(), None).unwrap()
+    }
 
     fn f(k: usize) -> f64 {
         ((k * 7919) % 1000) as f64 / 500.0 - 1.0
     }
 
+    /// Every stage at once, against the formula in f64, across the serial and parallel paths.
     #[test]
-    fn combination_with_conversion_and_bounds() {
-        let (batch, ps) = (3, 40_000);
-        let n = batch * ps;
-        let a: Vec<f64> = (0..n).map(f).collect();
-        let b: Vec<f64> = (0..n).map(|k| f(k + 1)).collect();
-        let xc: Vec<f64> = (0..n).map(|k| f(k + 2)).collect();
-        let mo: Vec<f64> = (0..n).map(|k| 3.0 * f(k + 3)).collect();
-        let bounds = reference_bounds::<f64, f64>(&xc, &mo, 1.5, -0.5, ps, 0.9, 1.0);
-        let conv = Convert {
-            x: &xc,
-            mo: &mo,
-            p: 1.5,
-            q: -0.5,
-            weight: 0.25,
-            bounds: Some(&bounds),
-        };
-        let (mut hist, mut out) = (vec![0.0; n], vec![0.0; n]);
-        lincomb(
-            &[(0.5, &a[..]), (-2.0, &b[..])],
-            Some(&conv),
-            Some(&mut hist),
-            &mut out,
-            ps,
-        );
-        for k in (0..n).step_by(997) {
-            let s = bounds[k / ps];
-            assert!(s >= 1.0);
-            let m = (1.5 * xc[k] - 0.5 * mo[k]).clamp(-s, s) / s;
-            assert!((hist[k] - m).abs() < 1e-14);
-            assert!((out[k] - (0.5 * a[k] - 2.0 * b[k] + 0.25 * m)).abs() < 1e-14);
+    fn matches_the_formula() {
+        for ps in [700usize, TASK + 300] {
+            let batch = 3;
+            let n = batch * ps;
+            let v = |o: usize| -> Vec<f32> { (0..n).map(|k| f(k + o) as f32).collect() };
+            let (mut x, mut u, mut t1, mut nz) = (v(0), v(5), v(2), v(4));
+            let mut mo: Vec<f32> = (0..2 * n).map(|k| (3.0 * f(k + 1)) as f32).collect();
+            let mut bounds = vec![0f32; batch];
+            let (mut out, mut hist) = (vec![0f32; n], vec![0f32; n]);
+            let shape = [batch, ps];
+            let lc = Lincomb {
+                what: "test",
+                out: t(&mut out, &shape),
+                hist: Some(t(&mut hist, &shape)),
+                base: Some((t(&mut u, &shape), 0.9)),
+                terms: vec![(t(&mut t1, &shape), -0.1)],
+                conv: Some(Conversion {
+                    x: t(&mut x, &shape),
+                    mo: t(&mut mo, &[batch, 2 * ps]),
+                    mo_stride: 2 * ps,
+                    p: 1.5,
+                    q: -0.5,
+                    d: 0.8,
+                    clamp: Clamp::Dynamic {
+                        ratio: 0.9,
+                        lo: 1.0,
+                        hi: 2.5,
+                        bounds: t(&mut bounds, &[batch]),
+                    },
+                    r: 0.1,
+                    w: 0.9,
+                    weight: 0.2,
+                    recompute: Some(Recompute {
+                        h1: 1.0,
+                        h2: -0.6,
+                        h3: 0.8,
+                        from_m: true,
+                        weight: 0.5,
+                    }),
+                }),
+                noise: Some(Noise {
+                    source: NoiseSource::Buffer(t(&mut nz, &shape)),
+                    sigma: Sigma::LearnedRange {
+                        min_log: -5.0,
+                        max_log: -1.0,
+                    },
+                }),
+            };
+            run(&lc).unwrap();
+            for k in (0..n).step_by(97) {
+                let (b, i) = (k / ps, k % ps);
+                let sb = bounds[b] as f64;
+                assert!((1.0..=2.5).contains(&sb));
+                let mo_k = mo[b * 2 * ps + i] as f64;
+                let var = mo[b * 2 * ps + ps + i] as f64;
+                let e = ((1.5 * x[k] as f64 - 0.5 * mo_k) / 0.8).clamp(-sb, sb) / sb;
+                let m = 0.1 * x[k] as f64 + 0.9 * e;
+                let g = (x[k] as f64 - 0.6 * m) / 0.8;
+                let fr = (var + 1.0) / 2.0;
+                let std = (0.5 * (-fr + (1.0 - fr) * -5.0)).exp();
+                let want =
+                    0.9 * u[k] as f64 + 0.2 * m + 0.5 * g - 0.1 * t1[k] as f64 + std * nz[k] as f64;
+                assert!((hist[k] as f64 - m).abs() < 1e-5, "{k}");
+                assert!(
+                    (out[k] as f64 - want).abs() < 1e-5,
+                    "{k}: {} vs {want}",
+                    out[k]
+                );
+            }
         }
     }
 
     #[test]
-    fn half_precision_goes_through_f32() {
+    fn f64_buffers_get_f64_arithmetic() {
         let n = 1000;
-        let a: Vec<f16> = (0..n).map(|k| f16::from_f64(f(k))).collect();
-        let mut out = vec![f16::ZERO; n];
-        lincomb::<f32, f16>(&[(2.0, &a[..])], None, None, &mut out, n);
+        let mut a: Vec<f64> = (0..n).map(f).collect();
+        let mut b: Vec<f64> = (0..n).map(|k| f(k + 1) / 3.0).collect();
+        let mut out = vec![0f64; n];
+        let mut lc = Lincomb::new("test", t(&mut out, &[1, n]));
+        lc.base = Some((t(&mut a, &[1, n]), 0.1));
+        lc.terms.push((t(&mut b, &[1, n]), 1.0 / 3.0));
+        run(&lc).unwrap();
         for k in 0..n {
-            assert_eq!(out[k].to_f32(), 2.0 * a[k].to_f32());
+            assert_eq!(out[k], 0.1 * a[k] + 1.0 / 3.0 * b[k]);
         }
     }
 
     #[test]
-    fn quantile_matches_linear_interpolation() {
-        let mut v = vec![3.0f64, 1.0, 2.0, 4.0];
-        assert!((quantile(&mut v, 0.995) - 3.985).abs() < 1e-12);
-    }
-
-    #[test]
-    fn error_norm_is_the_worst_sample_rms() {
-        let hi = [1.0f64, 1.0, 0.0, 0.0];
-        let lo = [0.0f64, 0.0, 0.0, 0.0];
-        let e = adaptive_error::<f64, f64>(&hi, &lo, &lo, 0.5, 0.0, 2);
-        assert!((e - 2.0).abs() < 1e-12);
+    fn philox_noise_is_the_stream() {
+        let n = 3 * 333;
+        let mut out = vec![0f32; n];
+        let mut lc = Lincomb::new("test", t(&mut out, &[3, 333]));
+        lc.noise = Some(Noise {
+            source: NoiseSource::Philox { seed: 7, offset: 2 },
+            sigma: Sigma::Fixed(1.0),
+        });
+        run(&lc).unwrap();
+        let mut want = vec![0f32; n];
+        fill_normals(7, 2, 0, &mut want);
+        assert_eq!(out, want);
     }
 }

@@ -1,17 +1,16 @@
-//! The CPU backend: fused elementwise loops over caller-owned buffers (rayon).
+//! The CPU backend: the fused pass and its reductions over caller-owned buffers, and the
+//! UNet's ops (rayon, gemm).
 
-pub mod analytic_step;
 pub mod arena;
 pub mod attention;
 pub mod conv;
-pub mod ddim_step;
-pub mod dpm_step;
-pub mod dtype;
+pub mod error_norm;
 pub mod gamma;
 pub mod lincomb;
 pub mod norm;
-pub mod quantile;
 pub mod resample;
+pub mod threshold;
+pub mod unet;
 pub mod vecmath;
 
 /// The UNet's ops split their work into tiles as if for this many threads, whatever the size

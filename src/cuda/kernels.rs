@@ -45,34 +45,19 @@ macro_rules! entries_by_dtype {
 /// Every kernel source rdiff ships.
 pub const SOURCES: &[KernelSource] = &[
     KernelSource {
-        name: "dpm_step",
-        source: include_str!("../../kernels/dpm_step.cu"),
-        entries: entries_by_dtype!("rdiff_dpm_step", pairs),
+        name: "lincomb",
+        source: include_str!("../../kernels/lincomb.cu"),
+        entries: entries_by_dtype!("rdiff_lincomb", pairs),
     },
     KernelSource {
         name: "threshold",
         source: include_str!("../../kernels/threshold.cu"),
-        entries: entries_by_dtype!("rdiff_dpm_threshold", pairs),
+        entries: entries_by_dtype!("rdiff_threshold", pairs),
     },
     KernelSource {
-        name: "add_noise",
-        source: include_str!("../../kernels/add_noise.cu"),
-        entries: entries_by_dtype!("rdiff_add_noise", single),
-    },
-    KernelSource {
-        name: "analytic_step",
-        source: include_str!("../../kernels/analytic_step.cu"),
-        entries: entries_by_dtype!("rdiff_analytic_step", pairs),
-    },
-    KernelSource {
-        name: "ddim_step",
-        source: include_str!("../../kernels/ddim_step.cu"),
-        entries: entries_by_dtype!("rdiff_ddim_step", pairs),
-    },
-    KernelSource {
-        name: "gamma",
-        source: include_str!("../../kernels/gamma.cu"),
-        entries: entries_by_dtype!("rdiff_gamma", single),
+        name: "error_norm",
+        source: include_str!("../../kernels/error_norm.cu"),
+        entries: entries_by_dtype!("rdiff_error_norm", single),
     },
     KernelSource {
         name: "gemm",
@@ -119,8 +104,8 @@ pub fn source_of_entry(entry: &str) -> Option<&'static KernelSource> {
 
 /// The suffix kernels use for a storage dtype (`f32`, `f16`, `bf16`); `None` for f64, which
 /// the kernels do not take.
-pub fn dtype_suffix(dtype: crate::cpu::dtype::DType) -> Option<&'static str> {
-    use crate::cpu::dtype::DType;
+pub fn dtype_suffix(dtype: crate::dtype::DType) -> Option<&'static str> {
+    use crate::dtype::DType;
     match dtype {
         DType::F32 => Some("f32"),
         DType::F16 => Some("f16"),

@@ -59,16 +59,15 @@ pub fn availability() -> Result<CudaInfo, String> {
     Err("rdiff was built without the `cuda` feature".into())
 }
 
-pub mod analytic_step;
 #[cfg(feature = "cuda")]
 pub mod compile;
 #[cfg(feature = "cuda")]
 pub mod context;
-pub mod ddim_step;
 pub mod emulate;
+pub mod error_norm;
 pub mod kernels;
 pub mod launch;
-pub mod ops;
+pub mod lincomb;
 pub mod unet;
 
 /// The error for CUDA tensors given to an operation with no CUDA kernel in this build: why

@@ -1,12 +1,16 @@
-//! PyO3 bindings only: convert, validate, release the GIL, map errors. One file per area.
+//! PyO3 bindings only: convert arguments (`tensor`), build the Rust types, run them on the
+//! target the tensors decide (`run`) without the GIL, map errors (`errors`). One file per
+//! area, named as the Python module or class it serves.
 
 pub mod analytic;
+pub mod analytic_dpm;
 pub mod backends;
 pub mod cuda;
 pub mod ddim;
+pub mod dpm_multistep;
 pub mod dpm_singlestep;
-pub mod dpm_solver;
 pub mod errors;
+pub mod lincomb;
 pub mod random;
 pub mod sampling;
 pub mod schedule;
@@ -14,4 +18,21 @@ pub mod spacing;
 pub mod tensor;
 pub mod testing;
 pub mod unet;
-pub mod unet_cuda;
+
+use pyo3::prelude::*;
+
+use crate::target::{Op, Target};
+use crate::tensor::Tensor;
+
+/// Runs `op` over `tensors` on the target they decide (the caller's CUDA `stream` for CUDA
+/// tensors), with the GIL released.
+pub(crate) fn run<'a, O: Op>(
+    py: Python<'_>,
+    op: &O,
+    tensors: impl IntoIterator<Item = &'a Tensor>,
+    stream: usize,
+) -> PyResult<()> {
+    let target = Target::of(op.what(), tensors, stream)?;
+    py.detach(|| target.run(op))?;
+    Ok(())
+}

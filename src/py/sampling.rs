@@ -1,14 +1,11 @@
-//! Bindings of the functional samplers (`rdiff.sample`, `rdiff.k`): the per-step scalars of
-//! `schedule::reference` and `schedule::karras`, and the fused linear-combination pass of
-//! `cpu::lincomb` over caller-owned buffers (GIL released).
+//! Bindings of the functional samplers' scalars (`rdiff.sample`, `rdiff.k`): the per-step
+//! coefficients of `schedule::reference` and `schedule::karras`. Their fused pass is
+//! `py::lincomb`.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::schedule::PyNoiseSchedule;
-use super::tensor::{Device, TensorRef};
-use crate::cpu::dtype::{DType, Elem};
-use crate::cpu::lincomb::{adaptive_error, lincomb, reference_bounds, Acc, Buf, Convert};
 use crate::schedule::karras;
 use crate::schedule::reference::{
     adaptive_next_h, multistep_orders, singlestep_schedule, Method, RefAlgorithm, RefSolverType,
@@ -16,7 +13,6 @@ use crate::schedule::reference::{
 };
 use crate::schedule::spacing::SkipType;
 use crate::schedule::{check_steps, NoiseSchedule};
-use crate::with_elem;
 
 /// Registers this file's classes and functions on the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -25,8 +21,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(multistep_orders_py, m)?)?;
     m.add_function(wrap_pyfunction!(singlestep_schedule_py, m)?)?;
     m.add_function(wrap_pyfunction!(adaptive_next_h_py, m)?)?;
-    m.add_function(wrap_pyfunction!(lincomb_py, m)?)?;
-    m.add_function(wrap_pyfunction!(adaptive_error_py, m)?)?;
     m.add_function(wrap_pyfunction!(k_sigmas, m)?)?;
     m.add_function(wrap_pyfunction!(k_step, m)?)?;
     m.add_function(wrap_pyfunction!(k_heun_correction, m)?)?;
@@ -147,170 +141,6 @@ fn singlestep_schedule_py(
 #[pyfunction(name = "_adaptive_next_h")]
 fn adaptive_next_h_py(h: f64, err: f64, order: usize, theta: f64, remaining: f64) -> f64 {
     adaptive_next_h(h, err, order, theta, remaining)
-}
-
-fn check_cpu(ts: &[TensorRef]) -> PyResult<()> {
-    if ts.iter().any(|t| t.device != Device::Cpu) {
-        return Err(crate::cuda::no_kernel("the sampler updates").into());
-    }
-    Ok(())
-}
-
-fn overlaps(a: &TensorRef, b: &TensorRef) -> bool {
-    let (sa, sb) = (a.numel * a.dtype.size(), b.numel * b.dtype.size());
-    sa > 0 && sb > 0 && a.ptr < b.ptr + sb && b.ptr < a.ptr + sa
-}
-
-type ConvArgs = (TensorRef, TensorRef, f64, f64, f64);
-
-/// One fused pass: `out = Σ c_i·terms_i + w·m` with, when `conv = (x, mo, p, q, w)` is given,
-/// m = p·x + q·mo, clamped and rescaled per sample by the reference's dynamic thresholding
-/// when `threshold = (ratio, max_val)` is given, and stored into `hist` when given. All
-/// tensors share out's dtype and element count (which splits into `batch` samples); `out`
-/// and `hist` must not overlap any input.
-#[pyfunction(name = "_lincomb")]
-#[pyo3(signature = (out, terms, batch, conv=None, hist=None, threshold=None))]
-fn lincomb_py(
-    py: Python<'_>,
-    out: TensorRef,
-    terms: Vec<(f64, TensorRef)>,
-    batch: usize,
-    conv: Option<ConvArgs>,
-    hist: Option<TensorRef>,
-    threshold: Option<(f64, f64)>,
-) -> PyResult<()> {
-    let n = out.numel;
-    if batch == 0 || n % batch != 0 {
-        return Err(PyValueError::new_err(format!(
-            "sample: {n} elements do not split into a batch of {batch}"
-        )));
-    }
-    if conv.is_none() && (hist.is_some() || threshold.is_some()) {
-        return Err(PyValueError::new_err(
-            "hist and threshold need a model-output conversion",
-        ));
-    }
-    if let Some((ratio, max_val)) = threshold {
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(PyValueError::new_err(format!(
-                "dynamic_thresholding_ratio: must lie in [0, 1], got {ratio}"
-            )));
-        }
-        if max_val.is_nan() {
-            return Err(PyValueError::new_err(
-                "thresholding_max_val: must be a number",
-            ));
-        }
-    }
-    let mut inputs: Vec<TensorRef> = terms.iter().map(|(_, t)| *t).collect();
-    if let Some((x, mo, ..)) = conv {
-        inputs.push(x);
-        inputs.push(mo);
-    }
-    let outputs: Vec<TensorRef> = std::iter::once(out).chain(hist).collect();
-    for t in inputs.iter().chain(&outputs) {
-        t.expect_len("buffer", n)?;
-        t.expect_dtype("buffer", out.dtype)?;
-    }
-    check_cpu(&inputs)?;
-    check_cpu(&outputs)?;
-    for o in &outputs {
-        if inputs.iter().any(|i| overlaps(o, i)) {
-            return Err(PyValueError::new_err(
-                "an output buffer overlaps an input buffer",
-            ));
-        }
-    }
-    if let Some(h) = hist {
-        if overlaps(&out, &h) {
-            return Err(PyValueError::new_err("out and hist overlap"));
-        }
-    }
-    let per_sample = n / batch;
-    if n == 0 {
-        return Ok(());
-    }
-    py.detach(|| match out.dtype {
-        DType::F64 => run::<f64, f64>(&terms, conv, hist, threshold, out, per_sample),
-        other => with_elem!(other, D, {
-            run::<f32, D>(&terms, conv, hist, threshold, out, per_sample)
-        }),
-    });
-    Ok(())
-}
-
-fn run<A: Acc, T: Buf<A> + Elem>(
-    terms: &[(f64, TensorRef)],
-    conv: Option<ConvArgs>,
-    hist: Option<TensorRef>,
-    threshold: Option<(f64, f64)>,
-    out: TensorRef,
-    per_sample: usize,
-) {
-    // SAFETY: lengths, dtypes and devices were checked by the caller; the Python layer keeps
-    // every buffer alive and contiguous for the call, and the outputs overlap no input.
-    unsafe {
-        let ts: Vec<(f64, &[T])> = terms.iter().map(|(c, t)| (*c, t.slice::<T>())).collect();
-        let cv = conv.map(|(x, mo, p, q, w)| (x.slice::<T>(), mo.slice::<T>(), p, q, w));
-        let bounds = match (cv, threshold) {
-            (Some((x, mo, p, q, _)), Some((ratio, max_val))) => Some(reference_bounds::<A, T>(
-                x, mo, p, q, per_sample, ratio, max_val,
-            )),
-            _ => None,
-        };
-        let convert = cv.map(|(x, mo, p, q, weight)| Convert {
-            x,
-            mo,
-            p,
-            q,
-            weight,
-            bounds: bounds.as_deref(),
-        });
-        lincomb::<A, T>(
-            &ts,
-            convert.as_ref(),
-            hist.map(|h| h.slice_mut::<T>()),
-            out.slice_mut::<T>(),
-            per_sample,
-        );
-    }
-}
-
-/// The adaptive solver's error norm E (max over samples of the scaled RMS difference).
-#[pyfunction(name = "_adaptive_error")]
-fn adaptive_error_py(
-    py: Python<'_>,
-    hi: TensorRef,
-    lo: TensorRef,
-    prev: TensorRef,
-    atol: f64,
-    rtol: f64,
-    batch: usize,
-) -> PyResult<f64> {
-    let n = hi.numel;
-    if batch == 0 || n % batch != 0 {
-        return Err(PyValueError::new_err(format!(
-            "sample: {n} elements do not split into a batch of {batch}"
-        )));
-    }
-    for t in [lo, prev] {
-        t.expect_len("buffer", n)?;
-        t.expect_dtype("buffer", hi.dtype)?;
-    }
-    check_cpu(&[hi, lo, prev])?;
-    let ps = n / batch;
-    // SAFETY: as in `run`; nothing is written.
-    let e = py.detach(|| unsafe {
-        match hi.dtype {
-            DType::F64 => {
-                adaptive_error::<f64, f64>(hi.slice(), lo.slice(), prev.slice(), atol, rtol, ps)
-            }
-            other => with_elem!(other, D, {
-                adaptive_error::<f32, D>(hi.slice(), lo.slice(), prev.slice(), atol, rtol, ps)
-            }),
-        }
-    });
-    Ok(e)
 }
 
 /// k-diffusion's σ schedules ("karras" or "exponential"), without the final 0.

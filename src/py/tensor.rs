@@ -1,169 +1,314 @@
-//! Caller-owned tensors as the Python layer describes them: `(data_ptr, numel, dtype, device)`.
-//!
-//! `python/rdiff/_tensor.py` builds the tuple from a numpy array or a torch tensor after
-//! checking that it is contiguous, and keeps the object alive for the whole call. Here we check
-//! what can be checked (null, alignment, dtype, device, length) before making a slice.
+//! Every conversion of a caller's tensor into a [`Tensor`], in one place: numpy arrays through
+//! numpy's C array interface, torch tensors (and anything else with `__dlpack__`) through a
+//! DLPack capsule, and other objects through `__cuda_array_interface__` or
+//! `__array_interface__`. The checks of `Tensor::new` (contiguity, null, alignment, overflow)
+//! apply to all; unsupported dtypes are a TypeError, data rdiff cannot read a ValueError.
 
+use std::ffi::{c_void, CStr};
+
+use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
 
-use crate::cpu::dtype::{DType, Elem};
-use crate::cuda::ops::Buf;
+use crate::dtype::DType;
+use crate::tensor::{Device, Tensor};
 
-/// Where a tensor lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    Cuda(i32),
+/// A tensor argument: `Tensor` with the argument's name in its error messages.
+pub fn tensor(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<Tensor> {
+    if let Ok(arr) = ob.cast::<PyUntypedArray>() {
+        return numpy_array(arr, what);
+    }
+    if let Some((tensor_type, to_dlpack)) = torch(ob.py()) {
+        if ob.is_instance(tensor_type.bind(ob.py()))? {
+            return match to_dlpack.bind(ob.py()).call1((ob,)) {
+                Ok(capsule) => dlpack(&capsule, what, ob),
+                Err(e) => Err(torch_unreadable(ob, what, e)),
+            };
+        }
+    }
+    if ob.hasattr("__dlpack__")? {
+        return dlpack(&ob.call_method0("__dlpack__")?, what, ob);
+    }
+    for (name, device) in [
+        ("__cuda_array_interface__", Some(0)),
+        ("__array_interface__", None),
+    ] {
+        if let Ok(iface) = ob.getattr(name) {
+            return array_interface(&iface.cast_into::<PyDict>()?, what, device);
+        }
+    }
+    Err(PyTypeError::new_err(format!(
+        "{what}: expected a numpy array or a torch tensor, got {}",
+        ob.get_type().name()?
+    )))
 }
 
-#[derive(Clone, Copy, Debug)]
-pub struct TensorRef {
-    pub ptr: usize,
-    pub numel: usize,
-    pub dtype: DType,
-    pub device: Device,
+/// An optional tensor argument.
+pub fn tensor_opt(ob: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Tensor>> {
+    match ob {
+        Some(o) if !o.is_none() => Ok(Some(tensor(o, what)?)),
+        _ => Ok(None),
+    }
 }
 
-impl<'a, 'py> FromPyObject<'a, 'py> for TensorRef {
-    type Error = PyErr;
+fn unsupported(what: &str, dtype: &str) -> PyErr {
+    PyTypeError::new_err(format!(
+        "{what}: unsupported dtype {dtype}; expected float32, float16, bfloat16 or float64"
+    ))
+}
 
-    fn extract(ob: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
-        let (ptr, numel, dtype, device, index): (usize, usize, String, String, i32) =
-            ob.extract()?;
-        let dtype = DType::parse(&dtype).ok_or_else(|| {
-            PyTypeError::new_err(format!(
-                "unsupported dtype {dtype}; expected float32, float16, bfloat16 or float64"
-            ))
-        })?;
-        let device = match device.as_str() {
-            "cpu" => Device::Cpu,
-            "cuda" => Device::Cuda(index),
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "unsupported device {other:?}; expected cpu or cuda"
-                )))
+/// The caller's own name for an object's dtype (`torch.int32`, `int32`), for messages.
+fn dtype_name(ob: &Bound<'_, PyAny>, fallback: &str) -> String {
+    ob.getattr("dtype")
+        .and_then(|d| d.str())
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| fallback.to_string())
+}
+
+fn check(r: crate::error::Result<Tensor>) -> PyResult<Tensor> {
+    r.map_err(PyErr::from)
+}
+
+fn numpy_array(arr: &Bound<'_, PyUntypedArray>, what: &str) -> PyResult<Tensor> {
+    let descr = arr.dtype();
+    let dtype = match (descr.kind(), descr.itemsize()) {
+        (b'f', 2) => DType::F16,
+        (b'f', 4) => DType::F32,
+        (b'f', 8) => DType::F64,
+        _ => return Err(unsupported(what, &descr.str()?.to_string())),
+    };
+    if descr.is_native_byteorder() == Some(false) {
+        return Err(PyTypeError::new_err(format!(
+            "{what}: a non-native byte order ({}); convert with .astype(native dtype)",
+            descr.str()?
+        )));
+    }
+    let size = dtype.size() as isize;
+    let strides: Vec<i64> = arr
+        .strides()
+        .iter()
+        .map(|&s| {
+            if s % size == 0 {
+                (s / size) as i64
+            } else {
+                i64::MIN
             }
-        };
-        if numel > 0 && ptr == 0 {
-            return Err(PyValueError::new_err("tensor has a null data pointer"));
-        }
-        if ptr % dtype.size() != 0 {
-            return Err(PyValueError::new_err(format!(
-                "tensor data pointer {ptr:#x} is not aligned for {}",
-                dtype.name()
-            )));
-        }
-        // A slice may span at most isize::MAX bytes and must not wrap the address space.
-        let fits = numel
-            .checked_mul(dtype.size())
-            .filter(|&bytes| bytes <= isize::MAX as usize)
-            .and_then(|bytes| ptr.checked_add(bytes));
-        if fits.is_none() {
-            return Err(PyValueError::new_err(format!(
-                "tensor of {numel} {} elements at {ptr:#x} does not fit in memory",
-                dtype.name()
-            )));
-        }
-        Ok(Self {
-            ptr,
-            numel,
-            dtype,
-            device,
         })
-    }
+        .collect();
+    // SAFETY: reading the data pointer field of a live ndarray object.
+    let ptr = unsafe { (*arr.as_array_ptr()).fields.data } as u64;
+    check(Tensor::new(
+        what,
+        ptr,
+        dtype,
+        Device::Cpu,
+        arr.shape().to_vec(),
+        Some(&strides),
+    ))
 }
 
-impl TensorRef {
-    /// Checks the element count against what the operation needs; `what` names the argument.
-    pub fn expect_len(&self, what: &str, numel: usize) -> PyResult<()> {
-        if self.numel != numel {
+/// `torch.Tensor` and `torch.utils.dlpack.to_dlpack` (the C function, without the Python
+/// checks of `Tensor.__dlpack__`), once the caller has imported torch; rdiff never imports it.
+fn torch(py: Python<'_>) -> Option<&'static (Py<PyType>, Py<PyAny>)> {
+    static TORCH: PyOnceLock<(Py<PyType>, Py<PyAny>)> = PyOnceLock::new();
+    if let Some(t) = TORCH.get(py) {
+        return Some(t);
+    }
+    let modules = py.import("sys").ok()?.getattr("modules").ok()?;
+    let torch = modules.get_item("torch").ok()?;
+    let tensor = torch.getattr("Tensor").ok()?.cast_into::<PyType>().ok()?;
+    let to_dlpack = py
+        .import("torch.utils.dlpack")
+        .ok()?
+        .getattr("to_dlpack")
+        .ok()?;
+    let _ = TORCH.set(py, (tensor.unbind(), to_dlpack.unbind()));
+    TORCH.get(py)
+}
+
+/// The error for a torch tensor DLPack cannot export: its device says why (meta and fake
+/// tensors hold no data).
+fn torch_unreadable(ob: &Bound<'_, PyAny>, what: &str, e: PyErr) -> PyErr {
+    let device = ob
+        .getattr("device")
+        .and_then(|d| d.getattr("type"))
+        .and_then(|t| t.extract::<String>())
+        .unwrap_or_else(|_| "unknown".into());
+    PyValueError::new_err(format!(
+        "{what}: a tensor on the {device} device that rdiff cannot read ({}); rdiff runs on \
+         cpu and cuda tensors",
+        e.value(ob.py())
+    ))
+}
+
+// DLPack's C ABI (dlpack.h, v0.8 and later; the unversioned capsule "dltensor").
+#[repr(C)]
+struct DLDevice {
+    device_type: i32,
+    device_id: i32,
+}
+
+#[repr(C)]
+struct DLDataType {
+    code: u8,
+    bits: u8,
+    lanes: u16,
+}
+
+#[repr(C)]
+struct DLTensor {
+    data: *mut c_void,
+    device: DLDevice,
+    ndim: i32,
+    dtype: DLDataType,
+    shape: *const i64,
+    strides: *const i64,
+    byte_offset: u64,
+}
+
+#[repr(C)]
+struct DLManagedTensor {
+    dl_tensor: DLTensor,
+    manager_ctx: *mut c_void,
+    deleter: Option<unsafe extern "C" fn(*mut DLManagedTensor)>,
+}
+
+const KDL_CPU: i32 = 1;
+const KDL_CUDA: i32 = 2;
+const KDL_CUDA_HOST: i32 = 3;
+const KDL_CUDA_MANAGED: i32 = 13;
+const KDL_FLOAT: u8 = 2;
+const KDL_BFLOAT: u8 = 4;
+
+/// Reads a DLPack capsule. The capsule keeps the producer's buffer alive until it is dropped
+/// at the end of this function (its destructor calls the deleter, as the capsule is never
+/// consumed); the caller's tensor object keeps it alive for the rest of the call.
+fn dlpack(capsule: &Bound<'_, PyAny>, what: &str, ob: &Bound<'_, PyAny>) -> PyResult<Tensor> {
+    const NAME: &CStr = c"dltensor";
+    // SAFETY: PyCapsule_GetPointer checks the object is a capsule named "dltensor" (else it
+    // returns null with an exception set); the pointer is then a DLManagedTensor the producer
+    // keeps valid while the capsule lives.
+    let managed = unsafe { pyo3::ffi::PyCapsule_GetPointer(capsule.as_ptr(), NAME.as_ptr()) };
+    if managed.is_null() {
+        return Err(PyErr::fetch(capsule.py()));
+    }
+    // SAFETY: see above.
+    let t = unsafe { &(*(managed as *const DLManagedTensor)).dl_tensor };
+    let dtype = match (t.dtype.code, t.dtype.bits, t.dtype.lanes) {
+        (KDL_FLOAT, 16, 1) => DType::F16,
+        (KDL_FLOAT, 32, 1) => DType::F32,
+        (KDL_FLOAT, 64, 1) => DType::F64,
+        (KDL_BFLOAT, 16, 1) => DType::BF16,
+        (code, bits, lanes) => {
+            let name = match code {
+                0 => format!("int{bits}"),
+                1 => format!("uint{bits}"),
+                6 => "bool".into(),
+                5 => format!("complex{bits}"),
+                _ => format!("DLPack code {code}, {bits} bits"),
+            };
+            let name = if lanes == 1 {
+                name
+            } else {
+                format!("{name}x{lanes}")
+            };
+            return Err(unsupported(what, &dtype_name(ob, &name)));
+        }
+    };
+    let device = match t.device.device_type {
+        KDL_CPU | KDL_CUDA_HOST => Device::Cpu,
+        KDL_CUDA | KDL_CUDA_MANAGED => Device::Cuda(t.device.device_id),
+        other => {
             return Err(PyValueError::new_err(format!(
-                "{what}: expected {numel} elements, got {}",
-                self.numel
-            )));
+                "{what}: a tensor on DLPack device type {other}; rdiff runs on cpu and cuda \
+                 tensors"
+            )))
         }
-        Ok(())
-    }
-
-    /// The tensor as a kernel buffer: a device address, or a host one under the emulator.
-    pub fn buf(self) -> Buf {
-        Buf {
-            ptr: self.ptr as u64,
-            dtype: self.dtype,
-        }
-    }
-
-    /// `expect_len` for a length given as a product of caller-supplied factors (batch, row
-    /// stride, ...): a product past `usize` is refused instead of wrapping round to a small
-    /// number that a short buffer could match.
-    pub fn expect_len_of(&self, what: &str, factors: &[usize]) -> PyResult<()> {
-        let numel = factors
-            .iter()
-            .try_fold(1usize, |acc, &f| acc.checked_mul(f))
-            .ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "{what}: a layout of {factors:?} elements does not fit in memory"
-                ))
-            })?;
-        self.expect_len(what, numel)
-    }
-
-    pub fn expect_dtype(&self, what: &str, dtype: DType) -> PyResult<()> {
-        if self.dtype != dtype {
-            return Err(PyTypeError::new_err(format!(
-                "{what}: expected dtype {}, got {}",
-                dtype.name(),
-                self.dtype.name()
-            )));
-        }
-        Ok(())
-    }
-
-    /// A shared slice over the tensor's memory.
-    ///
-    /// # Safety
-    /// The tensor must be a live, contiguous CPU buffer of `numel` elements of type `T` that
-    /// nobody writes during the borrow; the Python layer guarantees this for the call.
-    pub unsafe fn slice<'a, T: Elem>(&self) -> &'a [T] {
-        // Checked in release builds too: a wrong element type would read past the buffer.
-        assert_eq!(T::DTYPE, self.dtype, "TensorRef::slice: element type");
-        assert_eq!(self.device, Device::Cpu, "TensorRef::slice: a CUDA buffer");
-        if self.numel == 0 {
-            return &[];
-        }
-        // SAFETY: non-null, aligned for T and at most isize::MAX bytes without wrapping
-        // (checked in `extract`), T is the tensor's element type and the buffer is on the host
-        // (asserted above); that `numel` elements are live, contiguous and not written during
-        // the borrow is the caller's contract.
-        unsafe { std::slice::from_raw_parts(self.ptr as *const T, self.numel) }
-    }
-
-    /// An exclusive slice over the tensor's memory.
-    ///
-    /// # Safety
-    /// As for `slice`, and the buffer must not alias any other buffer of the call (the Python
-    /// layer allocates outputs fresh).
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice_mut<'a, T: Elem>(&self) -> &'a mut [T] {
-        assert_eq!(T::DTYPE, self.dtype, "TensorRef::slice_mut: element type");
-        assert_eq!(
-            self.device,
-            Device::Cpu,
-            "TensorRef::slice_mut: a CUDA buffer"
-        );
-        if self.numel == 0 {
-            return &mut [];
-        }
-        // SAFETY: as in `slice`; that nothing else reads or writes the buffer during the
-        // borrow is the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr as *mut T, self.numel) }
-    }
+    };
+    let ndim = usize::try_from(t.ndim).unwrap_or(0);
+    // SAFETY: shape and (when not null) strides point at ndim values (DLPack's contract).
+    let (shape, strides) = unsafe {
+        let shape: Vec<usize> = if ndim == 0 {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts(t.shape, ndim)
+                .iter()
+                .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+                .collect()
+        };
+        let strides = if t.strides.is_null() || ndim == 0 {
+            None
+        } else {
+            Some(std::slice::from_raw_parts(t.strides, ndim).to_vec())
+        };
+        (shape, strides)
+    };
+    let ptr = (t.data as u64).wrapping_add(t.byte_offset);
+    check(Tensor::new(
+        what,
+        ptr,
+        dtype,
+        device,
+        shape,
+        strides.as_deref(),
+    ))
 }
 
-/// The error for a step whose tensors are not all on one device.
-pub fn mixed_devices() -> PyErr {
-    PyValueError::new_err(
-        "step: every tensor must be on the same device (one CPU or one CUDA device)",
-    )
+/// `__array_interface__` (host memory) or `__cuda_array_interface__` (device memory; the
+/// interface does not name the device, so `cuda_device`: device 0, the only one most such
+/// producers use).
+fn array_interface(
+    iface: &Bound<'_, PyDict>,
+    what: &str,
+    cuda_device: Option<i32>,
+) -> PyResult<Tensor> {
+    let get = |key: &str| -> PyResult<Bound<'_, PyAny>> {
+        iface.get_item(key)?.ok_or_else(|| {
+            PyValueError::new_err(format!("{what}: the array interface has no {key:?}"))
+        })
+    };
+    let typestr: String = get("typestr")?.extract()?;
+    let dtype = match typestr.as_str() {
+        "<f2" | "=f2" => DType::F16,
+        "<f4" | "=f4" => DType::F32,
+        "<f8" | "=f8" => DType::F64,
+        other => return Err(unsupported(what, other)),
+    };
+    let shape: Vec<usize> = get("shape")?.extract()?;
+    let data = get("data")?;
+    let ptr: u64 = match data.cast::<PyTuple>() {
+        Ok(t) => t.get_item(0)?.extract()?,
+        Err(_) => {
+            return Err(PyValueError::new_err(format!(
+                "{what}: the array interface's data must be a (pointer, read_only) tuple"
+            )))
+        }
+    };
+    let strides = match iface.get_item("strides")? {
+        Some(s) if !s.is_none() => {
+            let bytes: Vec<i64> = s.extract()?;
+            let size = dtype.size() as i64;
+            Some(
+                bytes
+                    .iter()
+                    .map(|&b| if b % size == 0 { b / size } else { i64::MIN })
+                    .collect::<Vec<_>>(),
+            )
+        }
+        _ => None,
+    };
+    let device = match cuda_device {
+        Some(d) => Device::Cuda(d),
+        None => Device::Cpu,
+    };
+    check(Tensor::new(
+        what,
+        ptr,
+        dtype,
+        device,
+        shape,
+        strides.as_deref(),
+    ))
 }

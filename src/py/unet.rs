@@ -1,70 +1,103 @@
-//! Bindings of the native UNet: `_UNet2D`, built from a diffusers folder or from tensors, run
-//! on caller-owned buffers with the GIL released for the whole forward pass.
+//! `_UNet2D`: the native UNet, built from a diffusers folder or from tensors for the device
+//! chosen at load (the CPU, a CUDA device, or the emulated launcher for tests), run on the
+//! caller's buffers with the GIL released for the whole forward pass.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
-use super::tensor::{Device, TensorRef};
+use super::tensor::tensor;
 use crate::error::RdiffError;
+use crate::target::Target;
 use crate::unet::embeddings::ClassLabels;
 use crate::unet::model::UNet2D;
+use crate::unet::runner::UNetRunner;
 use crate::unet::weights::MemoryWeights;
-use crate::with_elem;
 
 /// In-memory weights (`from_diffusers`): each array copied once into f32 storage.
-pub(crate) fn memory_weights(
-    tensors: HashMap<String, Bound<'_, PyArrayDyn<f32>>>,
-) -> PyResult<MemoryWeights> {
+fn memory_weights(tensors: HashMap<String, Bound<'_, PyArrayDyn<f32>>>) -> PyResult<MemoryWeights> {
     let mut mem = MemoryWeights::default();
     for (name, arr) in tensors {
         let ro = arr.readonly();
         let data = ro
             .as_slice()
-            .map_err(|_| PyValueError::new_err(format!("{name}: array is not contiguous")))?
+            .map_err(|_| RdiffError::Value(format!("{name}: array is not contiguous")))?
             .to_vec();
         mem.tensors.insert(name, (arr.shape().to_vec(), data));
     }
     Ok(mem)
 }
 
+/// Where to run: None → the CPU; -1 → the emulated launcher (`max_blocks` per grid-stride
+/// launch, `threads` per block); n ≥ 0 → CUDA device n.
+fn target(device: Option<i32>, max_blocks: u32) -> Target {
+    match device {
+        None => Target::Cpu,
+        Some(d) if d < 0 => Target::Emulated {
+            max_blocks: max_blocks.max(1),
+        },
+        Some(ordinal) => Target::Cuda { ordinal, stream: 0 },
+    }
+}
+
 #[pyclass(name = "_UNet2D", module = "rdiff._rdiff", frozen)]
 pub struct PyUNet2D {
-    inner: UNet2D,
+    inner: UNetRunner,
 }
 
 #[pymethods]
 impl PyUNet2D {
-    /// Loads `config.json` and `weights_name` (a safetensors file) from `path`.
+    /// Loads `config.json` and `weights_name` (a safetensors file) from `path` for `device`.
     #[staticmethod]
-    fn from_dir(py: Python<'_>, path: PathBuf, weights_name: String) -> PyResult<Self> {
-        let inner = py.detach(|| UNet2D::from_dir(&path, &weights_name))?;
-        Ok(Self { inner })
+    #[pyo3(signature = (path, weights_name, device=None, max_blocks=8, threads=0))]
+    fn from_dir(
+        py: Python<'_>,
+        path: PathBuf,
+        weights_name: String,
+        device: Option<i32>,
+        max_blocks: u32,
+        threads: u32,
+    ) -> PyResult<Self> {
+        let unet = py.detach(|| UNet2D::from_dir(&path, &weights_name))?;
+        Ok(Self {
+            inner: UNetRunner::new(unet, target(device, max_blocks), threads)?,
+        })
     }
 
-    /// Builds the model from a config.json text and `{name: float32 ndarray}`.
+    /// From a config.json text and `{name: float32 ndarray}`, for `device` as in `from_dir`.
     #[staticmethod]
+    #[pyo3(signature = (config_json, tensors, device=None, max_blocks=8, threads=0))]
     fn from_tensors(
         py: Python<'_>,
         config_json: &str,
         tensors: HashMap<String, Bound<'_, PyArrayDyn<f32>>>,
+        device: Option<i32>,
+        max_blocks: u32,
+        threads: u32,
     ) -> PyResult<Self> {
         let mem = memory_weights(tensors)?;
-        let inner = py.detach(|| UNet2D::load(config_json, &mem))?;
-        Ok(Self { inner })
+        let unet = py.detach(|| UNet2D::load(config_json, &mem))?;
+        Ok(Self {
+            inner: UNetRunner::new(unet, target(device, max_blocks), threads)?,
+        })
     }
 
     #[getter]
     fn in_channels(&self) -> usize {
-        self.inner.in_channels()
+        self.inner.unet.in_channels()
     }
 
     #[getter]
     fn out_channels(&self) -> usize {
-        self.inner.out_channels()
+        self.inner.unet.out_channels()
+    }
+
+    /// The CUDA device ordinal, -1 for the emulated launcher, None for the CPU.
+    #[getter]
+    fn device(&self) -> Option<i32> {
+        self.inner.ordinal()
     }
 
     /// Bytes the activation arena has allocated so far (it stops growing after a warm-up).
@@ -76,79 +109,33 @@ impl PyUNet2D {
     /// Checks shapes (raises ValueError) without running.
     fn check(&self, shape: (usize, usize, usize, usize), timesteps: usize) -> PyResult<()> {
         let (b, c, h, w) = shape;
-        Ok(self.inner.check(b, c, h, w, timesteps)?)
+        Ok(self.inner.unet.check(b, c, h, w, timesteps)?)
     }
 
-    /// Runs the model: `sample` NCHW of `shape`, `out` NCHW with out_channels, same dtype.
-    #[pyo3(signature = (sample, shape, timesteps, out, class_indices=None, class_values=None))]
+    /// Runs the model: `sample` NCHW, `out` NCHW with out_channels, same dtype, on the
+    /// model's device; `stream`: the caller's CUDA stream.
+    #[pyo3(signature = (sample, timesteps, out, class_indices=None, class_values=None,
+        stream=0))]
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         py: Python<'_>,
-        sample: TensorRef,
-        shape: (usize, usize, usize, usize),
+        sample: &Bound<'_, PyAny>,
         timesteps: Vec<f32>,
-        out: TensorRef,
+        out: &Bound<'_, PyAny>,
         class_indices: Option<Vec<i64>>,
         class_values: Option<Vec<f32>>,
+        stream: usize,
     ) -> PyResult<()> {
-        let (b, c, h, w) = shape;
-        self.inner.check(b, c, h, w, timesteps.len())?;
-        if sample.device != Device::Cpu || out.device != Device::Cpu {
-            return Err(RdiffError::CudaUnavailable(
-                "this UNet2DModel was loaded for the CPU; load it with device=\"cuda\" for CUDA tensors".into(),
-            )
-            .into());
-        }
-        let class = forward_io(
-            sample,
-            out,
-            shape,
-            self.inner.out_channels(),
-            &class_indices,
-            &class_values,
-        )?;
+        let (x, o) = (tensor(sample, "sample")?, tensor(out, "output buffer")?);
+        let class = match (&class_indices, &class_values) {
+            (Some(i), None) => ClassLabels::Indices(i),
+            (None, Some(v)) => ClassLabels::Values(v),
+            (None, None) => ClassLabels::None,
+            _ => return Err(RdiffError::Value("class labels given twice".into()).into()),
+        };
         let model = &self.inner;
-        py.detach(|| {
-            with_elem!(sample.dtype, T, {
-                // SAFETY: lengths, dtype and device checked above; the Python layer keeps both
-                // buffers alive and contiguous for the call and allocates `out` fresh.
-                unsafe {
-                    model.forward::<T>(
-                        sample.slice::<T>(),
-                        (b, h, w),
-                        &timesteps,
-                        class,
-                        out.slice_mut::<T>(),
-                    )
-                }
-            })
-        })?;
+        py.detach(|| model.forward(&x, &o, &timesteps, class, stream))?;
         Ok(())
-    }
-}
-
-/// The checks both UNet bindings make once the devices are right: `sample` and `out` hold
-/// `shape` with in and `out_channels` channels in one dtype. Returns the class labels.
-pub(crate) fn forward_io<'a>(
-    sample: TensorRef,
-    out: TensorRef,
-    (b, c, h, w): (usize, usize, usize, usize),
-    out_channels: usize,
-    class_indices: &'a Option<Vec<i64>>,
-    class_values: &'a Option<Vec<f32>>,
-) -> PyResult<ClassLabels<'a>> {
-    sample.expect_len_of("sample", &[b, c, h, w])?;
-    out.expect_len_of("output buffer", &[b, out_channels, h, w])?;
-    if out.dtype != sample.dtype {
-        return Err(PyTypeError::new_err(
-            "output buffer: dtype differs from the sample's",
-        ));
-    }
-    match (class_indices, class_values) {
-        (Some(i), None) => Ok(ClassLabels::Indices(i)),
-        (None, Some(v)) => Ok(ClassLabels::Values(v)),
-        (None, None) => Ok(ClassLabels::None),
-        _ => Err(PyValueError::new_err("class labels given twice")),
     }
 }

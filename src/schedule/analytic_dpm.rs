@@ -29,21 +29,7 @@
 //! step's σ² is capped at `last_cap` when given (the reference's `clip_sigma_idx = 1`).
 
 use crate::error::Result;
-use crate::schedule::dpm_solver::PredictionType;
 use crate::value_err;
-
-/// (p, q) with ε = p·x + q·mo for a model predicting `prediction` at ᾱ_t = `ac_t`.
-pub fn eps_conversion(prediction: PredictionType, ac_t: f64) -> Result<(f64, f64)> {
-    let (a, s) = (ac_t.sqrt(), (1.0 - ac_t).sqrt());
-    match prediction {
-        PredictionType::Epsilon => Ok((0.0, 1.0)),
-        PredictionType::Sample => Ok((1.0 / s, -a / s)),
-        PredictionType::VPrediction => Ok((s, a)),
-        PredictionType::FlowPrediction => {
-            value_err!("prediction_type: \"flow_prediction\" is not supported by Analytic-DPM")
-        }
-    }
-}
 
 /// DDPM (ancestral) or DDIM (η) reverse process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

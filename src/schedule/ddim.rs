@@ -17,7 +17,7 @@
 //! ᾱ (zero-terminal-SNR schedules) behaves as it does there: ±∞ that clipping brings back.
 
 use crate::error::Result;
-use crate::schedule::dpm_solver::PredictionType;
+use crate::schedule::prediction::PredictionType;
 use crate::value_err;
 
 /// How the noise of a step is scaled.
@@ -84,22 +84,6 @@ impl VarianceType {
     }
 }
 
-/// The x₀ prediction (p, q, d) of x0 = (p·x + q·mo)/d at ᾱ_t.
-fn to_x0(prediction: PredictionType, alpha_prod: f64) -> Result<(f64, f64, f64)> {
-    let (sa, sb) = (alpha_prod.sqrt(), (1.0 - alpha_prod).sqrt());
-    Ok(match prediction {
-        PredictionType::Epsilon => (1.0, -sb, sa),
-        PredictionType::Sample => (0.0, 1.0, 1.0),
-        PredictionType::VPrediction => (sa, -sb, 1.0),
-        PredictionType::FlowPrediction => {
-            return value_err!(
-                "prediction_type: must be \"epsilon\", \"sample\" or \"v_prediction\" for the \
-                 DDIM and DDPM schedulers"
-            )
-        }
-    })
-}
-
 /// ᾱ_t/ᾱ_prev and 1 − ᾱ_t/ᾱ_prev rounded as diffusers forms them, in float32.
 ///
 /// Near t = 0 the second is a cancellation: diffusers' float32 rounding of the ratio (one ulp,
@@ -133,7 +117,7 @@ pub fn ddim_coefficients(
     if !(eta.is_finite() && eta >= 0.0) {
         return value_err!("eta: must be a finite number >= 0, got {eta}");
     }
-    let (p, q, d) = to_x0(prediction, alpha_prod_t)?;
+    let (p, q, d) = prediction.x0_at(alpha_prod_t, "the DDIM and DDPM schedulers")?;
     let beta_t = 1.0 - alpha_prod_t;
     let (sa, sb) = (alpha_prod_t.sqrt(), beta_t.sqrt());
     // ε from the clipped x₀, or (before any clipping) from the raw output.
@@ -182,7 +166,7 @@ pub fn ddpm_coefficients(
     alpha_prod_prev: f64,
     noise: bool,
 ) -> Result<DdimCoefficients> {
-    let (p, q, d) = to_x0(prediction, alpha_prod_t)?;
+    let (p, q, d) = prediction.x0_at(alpha_prod_t, "the DDIM and DDPM schedulers")?;
     let beta_t = 1.0 - alpha_prod_t;
     let beta_prev = 1.0 - alpha_prod_prev;
     let (current_alpha, current_beta) = current_alpha_beta(alpha_prod_t, alpha_prod_prev);

@@ -15,33 +15,8 @@
 //! divided differences D1, D2 expanded into weights on m0, m1, m2.
 
 use crate::error::Result;
+pub use crate::schedule::prediction::PredictionType;
 use crate::value_err;
-
-/// What the network predicts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PredictionType {
-    Epsilon,
-    Sample,
-    VPrediction,
-    FlowPrediction,
-}
-
-impl PredictionType {
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "epsilon" => Self::Epsilon,
-            "sample" => Self::Sample,
-            "v_prediction" => Self::VPrediction,
-            "flow_prediction" => Self::FlowPrediction,
-            _ => {
-                return value_err!(
-                    "prediction_type: unknown {s:?}; expected \"epsilon\", \"sample\", \
-                     \"v_prediction\" or \"flow_prediction\""
-                )
-            }
-        })
-    }
-}
 
 /// DPM-Solver (noise prediction) or DPM-Solver++ (data prediction), ODE or SDE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,6 +327,37 @@ pub fn multistep_coefficients(st: &MultistepStep) -> Result<StepCoefficients> {
         );
     }
     Ok(co)
+}
+
+/// The order of multistep step `step_index` of `steps` (diffusers' rule): `lower_order_nums`
+/// earlier outputs are in the history; the last step (and, below 15 steps with
+/// `lower_order_final`, the last two) drop to lower orders, as does a final σ of 0.
+pub fn multistep_order(
+    step_index: usize,
+    steps: usize,
+    solver_order: usize,
+    lower_order_nums: usize,
+    rule: MultistepRule,
+) -> usize {
+    let last = step_index + 1 == steps;
+    let lower_final = last
+        && (rule.euler_at_final || (rule.lower_order_final && steps < 15) || rule.final_sigma_zero);
+    let lower_second = step_index + 2 == steps && rule.lower_order_final && steps < 15;
+    if solver_order == 1 || lower_order_nums < 1 || lower_final {
+        1
+    } else if solver_order == 2 || lower_order_nums < 2 || lower_second {
+        2
+    } else {
+        3
+    }
+}
+
+/// The configuration flags of [`multistep_order`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MultistepRule {
+    pub lower_order_final: bool,
+    pub euler_at_final: bool,
+    pub final_sigma_zero: bool,
 }
 
 #[cfg(test)]

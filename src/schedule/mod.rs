@@ -8,6 +8,7 @@ pub mod dpm_solver;
 pub mod interp;
 pub mod karras;
 pub mod noise_schedule;
+pub mod prediction;
 pub mod reference;
 pub mod spacing;
 pub mod trajectory;

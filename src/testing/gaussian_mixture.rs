@@ -102,7 +102,7 @@ impl GaussianMixture {
         }
         let vars: Vec<f64> = if stds.len() == n_components {
             stds.iter()
-                .flat_map(|&s| std::iter::repeat(s * s).take(dim))
+                .flat_map(|&s| std::iter::repeat_n(s * s, dim))
                 .collect()
         } else if stds.len() == n_components * dim {
             stds.iter().map(|&s| s * s).collect()

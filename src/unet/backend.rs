@@ -1,16 +1,13 @@
 //! The ops the UNet graph (`model`, `blocks`, `resnet`, `attention`) is written over, so one
-//! graph runs on the CPU ([`CpuBackend`], the `cpu::*` functions) and on CUDA
-//! (`cuda::unet::DeviceBackend`, real or emulated launcher).
+//! graph runs on the CPU (`cpu::unet::CpuBackend`, the `cpu::*` functions) and on CUDA
+//! (`cuda::unet::backend::DeviceBackend`, real or emulated launcher).
 //!
 //! Activations are `[c][b][h][w]` buffers owned by the backend's arena; weights are the
 //! model's host `f32` slices (a device backend maps each to its uploaded copy).
 
 use super::embeddings::{ClassLabels, TimeEmbedding};
-use crate::cpu::arena::{Arena, Buf};
-use crate::cpu::conv::{self, Dims, Geometry, Input};
-use crate::cpu::norm::{self, GroupNormParams};
-use crate::cpu::resample;
-use crate::cpu::vecmath::silu_f32;
+use crate::cpu::conv::{Dims, Geometry};
+use crate::cpu::norm::GroupNormParams;
 use crate::error::Result;
 
 /// One logical input: channel segments `(buffer, channels)` concatenated.
@@ -138,142 +135,4 @@ pub trait Backend {
         ts: &[f32],
         class: ClassLabels<'_>,
     ) -> Result<Self::Buf>;
-}
-
-/// The CPU: the `cpu::*` ops on buffers of an [`Arena`].
-pub struct CpuBackend<'a> {
-    pub arena: &'a mut Arena,
-}
-
-fn slices<'a>(x: Segs<'a, Buf>) -> Vec<(&'a [f32], usize)> {
-    x.iter().map(|&(b, c)| (&b[..], c)).collect()
-}
-
-impl Backend for CpuBackend<'_> {
-    type Buf = Buf;
-
-    fn take(&mut self, len: usize) -> Result<Buf> {
-        Ok(self.arena.take(len))
-    }
-
-    fn give(&mut self, b: Buf) {
-        self.arena.give(b)
-    }
-
-    fn conv2d(
-        &mut self,
-        x: Segs<'_, Buf>,
-        dims: Dims,
-        w: &[f32],
-        cout: usize,
-        g: Geometry,
-        e: Epilogue<'_, Buf>,
-        out: &mut Buf,
-    ) -> Result<()> {
-        // A residual made of several segments is joined first (one contiguous source).
-        let joined = match e.residual {
-            Some(r) if r.len() > 1 => {
-                let mut j = self.arena.take(out.len());
-                let mut o = 0;
-                for (s, _) in r {
-                    j[o..o + s.len()].copy_from_slice(s);
-                    o += s.len();
-                }
-                Some(j)
-            }
-            _ => None,
-        };
-        let residual: Option<&[f32]> = match (&joined, e.residual) {
-            (Some(j), _) => Some(j),
-            (None, Some(r)) => Some(&r[0].0[..]),
-            (None, None) => None,
-        };
-        let init = conv::Init {
-            bias: e.bias,
-            bias2: e.bias2,
-            temb: e.temb.map(|t| &t[..]),
-            residual,
-            keep: e.keep,
-            scale: e.scale,
-        };
-        let segs = slices(x);
-        conv::conv2d(Input { segs: &segs, dims }, w, cout, g, init, out);
-        if let Some(j) = joined {
-            self.arena.give(j);
-        }
-        Ok(())
-    }
-
-    fn group_norm(
-        &mut self,
-        x: Segs<'_, Buf>,
-        dims: Dims,
-        p: GroupNormParams<'_>,
-        scale_shift: Option<&Buf>,
-        silu: bool,
-        out: &mut Buf,
-    ) -> Result<()> {
-        let segs = slices(x);
-        norm::group_norm(
-            Input { segs: &segs, dims },
-            p,
-            scale_shift.map(|s| &s[..]),
-            silu,
-            out,
-        );
-        Ok(())
-    }
-
-    fn linear(
-        &mut self,
-        x: &Buf,
-        rows: usize,
-        w: &[f32],
-        bias: &[f32],
-        out: &mut Buf,
-    ) -> Result<()> {
-        conv::linear(x, rows, w, Some(bias), out);
-        Ok(())
-    }
-
-    fn attention(
-        &mut self,
-        qkv: &Buf,
-        inner: usize,
-        heads: usize,
-        dims: Dims,
-        out: &mut Buf,
-    ) -> Result<()> {
-        crate::cpu::attention::self_attention(qkv, inner, heads, dims, out);
-        Ok(())
-    }
-
-    fn upsample2x(&mut self, x: &Buf, c: usize, d: Dims, out: &mut Buf) -> Result<()> {
-        resample::upsample_nearest2x(x, c, d, out);
-        Ok(())
-    }
-
-    fn avg_pool2x(&mut self, x: &Buf, c: usize, d: Dims, out: &mut Buf) -> Result<()> {
-        resample::avg_pool2x(x, c, d, out);
-        Ok(())
-    }
-
-    fn copy(&mut self, src: &Buf, dst: &mut Buf) -> Result<()> {
-        dst.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn time_embedding(
-        &mut self,
-        te: &TimeEmbedding,
-        ts: &[f32],
-        class: ClassLabels<'_>,
-    ) -> Result<Buf> {
-        let emb = te.forward(ts, class)?;
-        let mut out = self.arena.take(emb.len());
-        for (o, &v) in out.iter_mut().zip(&emb) {
-            *o = silu_f32(v);
-        }
-        Ok(out)
-    }
 }

@@ -7,4 +7,5 @@ pub mod config;
 pub mod embeddings;
 pub mod model;
 pub mod resnet;
+pub mod runner;
 pub mod weights;

@@ -1,4 +1,4 @@
-//! `UNet2D`: diffusers' `UNet2DModel` forward pass on the CPU.
+//! `UNet2D`: diffusers' `UNet2DModel` — its weights and its graph, for any backend.
 //!
 //! The graph (this file, `blocks`, `resnet`, `attention`) only strings together a handful of
 //! ops — `conv2d` (with its fused epilogue), `group_norm` (fused affine, scale/shift, SiLU),
@@ -6,24 +6,19 @@
 //! layout, through [`Backend`]: the CPU here, CUDA in `cuda::unet`, each with an arena of its
 //! own.
 //!
-//! Activation memory comes from an [`Arena`] kept with the model: after the first call at a
-//! given batch and image size, a call allocates nothing but a few batch-sized vectors for
-//! the time embedding.
+//! The model holds no activation memory: the runner (`unet::runner`) keeps the state of the
+//! backend chosen at load (a CPU arena, or device memory) and calls [`UNet2D::run`].
 
-use std::path::Path;
-use std::sync::Mutex;
-
-use super::backend::{Act, Backend, CpuBackend, Epilogue};
+use super::backend::{Act, Backend, Epilogue};
 use super::blocks::{DownBlock, MidBlock, UpBlock};
 use super::config::{Arch, UNet2DConfig};
 use super::embeddings::{ClassLabels, TimeEmbedding};
 use super::resnet::{Conv, Norm};
 use super::weights::{Loader, SafetensorsFile, WeightSource};
-use crate::cpu::arena::Arena;
-use crate::cpu::conv::{Dims, Geometry};
-use crate::cpu::dtype::Elem;
+use crate::cpu::conv::Geometry;
 use crate::error::{RdiffError, Result};
 use crate::value_err;
+use std::path::Path;
 
 pub struct UNet2D {
     pub arch: Arch,
@@ -34,7 +29,6 @@ pub struct UNet2D {
     up: Vec<UpBlock>,
     norm_out: Norm,
     conv_out: Conv,
-    arena: Mutex<Arena>,
     /// The image side must be a multiple of this (2^downsamplers).
     multiple: usize,
 }
@@ -74,7 +68,6 @@ impl UNet2D {
             up,
             norm_out,
             conv_out,
-            arena: Mutex::new(Arena::default()),
             multiple,
         })
     }
@@ -201,63 +194,5 @@ impl UNet2D {
         be.give(hn.buf);
         be.give(temb_act);
         Ok(y)
-    }
-
-    /// The forward pass on the CPU: `x` is NCHW `[b][in_channels][h][w]`, `out` NCHW
-    /// `[b][out_channels][h][w]`, both of element type T (computed in f32).
-    pub fn forward<T: Elem>(
-        &self,
-        x: &[T],
-        (b, h, w): (usize, usize, usize),
-        timesteps: &[f32],
-        class: ClassLabels<'_>,
-        out: &mut [T],
-    ) -> Result<()> {
-        let cin = self.in_channels();
-        self.check(b, cin, h, w, timesteps.len())?;
-        let ts = self.per_sample(timesteps, b);
-        let mut guard = self.arena.lock().unwrap_or_else(|e| e.into_inner());
-        let mut be = CpuBackend { arena: &mut guard };
-        let dims = Dims { b, h, w };
-        let hw = dims.hw();
-
-        // NCHW (any dtype) → [c][b][h][w] f32, centred if the config says so.
-        let mut xin = be.act(cin, dims)?;
-        let center = self.arch.cfg.center_input_sample;
-        for bi in 0..b {
-            for ci in 0..cin {
-                let dst = &mut xin.buf[(ci * b + bi) * hw..][..hw];
-                T::load(&x[(bi * cin + ci) * hw..][..hw], dst);
-                if center {
-                    for v in dst.iter_mut() {
-                        *v = 2.0 * *v - 1.0;
-                    }
-                }
-            }
-        }
-        let mut y = self.run(&mut be, xin, &ts, class)?;
-
-        // [c][b][h][w] → NCHW, divided by the timestep for Fourier-embedded models.
-        let co = self.out_channels();
-        let fourier = self.divides_by_timestep();
-        for bi in 0..b {
-            for ci in 0..co {
-                let src = &mut y.buf[(ci * b + bi) * hw..][..hw];
-                if fourier {
-                    let t = ts[bi];
-                    for v in src.iter_mut() {
-                        *v /= t;
-                    }
-                }
-                T::store(src, &mut out[(bi * co + ci) * hw..][..hw]);
-            }
-        }
-        be.give(y.buf);
-        Ok(())
-    }
-
-    /// Bytes the activation arena has allocated so far.
-    pub fn arena_bytes(&self) -> usize {
-        self.arena.lock().map(|a| a.allocated_bytes()).unwrap_or(0)
     }
 }

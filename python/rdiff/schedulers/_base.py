@@ -90,19 +90,11 @@ def _check_timestep_type(timestep: Any) -> None:
 
 
 def thresholding_scratch(x: Any, batch: int) -> Any:
-    """The CUDA kernels' per-sample thresholding bounds: one float32 per sample on x's
-    device from torch's caching allocator (stream-ordered, and from the graph's private pool
-    under CUDA-graph capture), so no step allocates device memory itself and concurrent
-    streams never share it; None for CPU input, which needs none. Keep it alive until the
-    step has been enqueued."""
-    if _tensor.cuda_stream(x) is None:
-        return None
-    torch = _tensor.torch_module()
-    return torch.empty(batch, dtype=torch.float32, device=x.device)
-
-
-def describe_or_none(x: Any) -> Any:
-    return None if x is None else _tensor.describe(x)
+    """The per-sample thresholding bounds a step writes: `batch` values on x's device, from
+    the caller's framework (torch's caching allocator is stream-ordered, and allocates from
+    the graph's private pool under CUDA-graph capture), so no step allocates memory itself
+    and concurrent streams never share it. Keep it alive until the step has been enqueued."""
+    return _tensor.scratch(x, batch)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import _tensor
-from .._rdiff import _AnalyticCore
+from .._rdiff import _AnalyticDpm
 from ..analytic import GammaTable, optimal_trajectory, resolve_gamma
 from ._base import SchedulerBase, SchedulerOutput, exclusive
 
@@ -149,7 +149,7 @@ class AnalyticDPMScheduler(SchedulerBase):
             np.arange(num_train_timesteps - 1, -1, -1, dtype=np.int64)
         )
         self.variances: np.ndarray | None = None
-        self._core: _AnalyticCore | None = None
+        self._core: _AnalyticDpm | None = None
 
     # -- schedule --------------------------------------------------------------------------
     def _trajectory(self, k: int) -> np.ndarray:
@@ -212,7 +212,7 @@ class AnalyticDPMScheduler(SchedulerBase):
             if _tensor.is_torch(variances):
                 variances = variances.detach().cpu().numpy()
             v = [float(x) for x in np.asarray(variances, dtype=np.float64).reshape(-1)]
-        self._core = _AnalyticCore(
+        self._core = _AnalyticDpm(
             [float(a) for a in self.alphas_cumprod],
             [int(t) for t in ts],
             [float(self.gamma[t]) for t in ts],
@@ -263,8 +263,8 @@ class AnalyticDPMScheduler(SchedulerBase):
             raise ValueError(
                 "step: the number of inference steps is not set; call set_timesteps first"
             )
-        _tensor.check_float(model_output, "model_output")
-        _tensor.check_float(sample, "sample")
+        _tensor.check_array(model_output, "model_output")
+        _tensor.check_array(sample, "sample")
         _tensor.same_framework(model_output, sample, "step")
         if self._step_index is None:
             self._init_step_index(timestep)
@@ -275,16 +275,6 @@ class AnalyticDPMScheduler(SchedulerBase):
                 "a new loop"
             )
         shape = tuple(sample.shape)
-        if len(shape) < 1 or shape[0] == 0:
-            raise ValueError(f"sample: expected a non-empty batch, got shape {shape}")
-        mo_shape = tuple(model_output.shape)
-        if mo_shape != shape and not (
-            len(mo_shape) == len(shape)
-            and mo_shape[0] == shape[0]
-            and mo_shape[2:] == shape[2:]
-            and mo_shape[1] >= shape[1]
-        ):
-            raise ValueError(f"model_output: shape {mo_shape} does not match sample's {shape}")
         mo = _tensor.contiguous(model_output)
         x = _tensor.contiguous(sample)
         noise = None
@@ -306,20 +296,16 @@ class AnalyticDPMScheduler(SchedulerBase):
                 noise = _randn_as_diffusers(shape, x, model_output.dtype, generator)
         x0 = _tensor.empty_like(x, dtype=model_output.dtype)
         prev = _tensor.empty_like(x, dtype=model_output.dtype)
-        clip = self.data_range if self.config.clip_x0 else None
-        batch = shape[0]
         self._core.step(
             i,
-            _tensor.describe(mo),
-            _tensor.describe(x),
-            None if noise is None else _tensor.describe(noise),
-            _tensor.describe(x0),
-            _tensor.describe(prev),
-            batch,
-            math.prod(mo_shape[1:]),
-            clip,
-            philox,
-            _tensor.cuda_stream(x),
+            model_output=mo,
+            sample=x,
+            x0=x0,
+            prev=prev,
+            noise=noise,
+            clip=self.data_range if self.config.clip_x0 else None,
+            philox=philox,
+            stream=_tensor.cuda_stream(x),
         )
         self._step_index += 1
         if not return_dict:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import _tensor
-from .._rdiff import _ddim_timesteps, _DdimCore
+from .._rdiff import _Ddim, _ddim_timesteps
 from ._base import (
     SchedulerBase,
     SchedulerOutput,
     check_choice,
     check_int,
-    describe_or_none,
     exclusive,
     thresholding_scratch,
 )
@@ -92,8 +90,8 @@ class _DiscreteAlphasMixin:
 
 
 def _check_pair(model_output: Any, sample: Any) -> tuple:
-    _tensor.check_float(model_output, "model_output")
-    _tensor.check_float(sample, "sample")
+    _tensor.check_array(model_output, "model_output")
+    _tensor.check_array(sample, "sample")
     _tensor.same_framework(model_output, sample, "step")
     shape = tuple(sample.shape)
     if len(shape) < 1 or shape[0] == 0:
@@ -102,7 +100,8 @@ def _check_pair(model_output: Any, sample: Any) -> tuple:
 
 
 def _noise_like(shape: tuple, model_output: Any, generator: Any, variance_noise: Any) -> Any:
-    """diffusers' randn_tensor(shape, dtype=model_output.dtype), or the given noise cast."""
+    """diffusers' randn_tensor(shape, dtype=model_output.dtype), or the given noise cast to
+    it, as float32 (the dtype the fused pass reads noise in; widening is exact)."""
     if variance_noise is not None:
         _tensor.same_framework(model_output, variance_noise, "variance_noise")
         if tuple(variance_noise.shape) != shape:
@@ -113,10 +112,25 @@ def _noise_like(shape: tuple, model_output: Any, generator: Any, variance_noise:
             noise = variance_noise.to(dtype=model_output.dtype)
         else:
             noise = np.asarray(variance_noise).astype(model_output.dtype)
-        return _tensor.contiguous(noise)
-    return _tensor.contiguous(
-        _tensor.randn(shape, model_output, generator, dtype=model_output.dtype)
-    )
+    else:
+        noise = _tensor.randn(shape, model_output, generator, dtype=model_output.dtype)
+    return _tensor.to_float32(noise, model_output)
+
+
+def _step_buffers(model_output: Any, sample: Any, thresholding: bool) -> dict:
+    """The contiguous inputs, the output buffers (x₀, the new sample) and, with
+    thresholding, its scratch, as the core's keyword arguments."""
+    x = _tensor.contiguous(sample)
+    out = {
+        "model_output": _tensor.contiguous(model_output),
+        "sample": x,
+        "x0": _tensor.empty_like(x, dtype=model_output.dtype),
+        "prev": _tensor.empty_like(x, dtype=model_output.dtype),
+        "stream": _tensor.cuda_stream(x),
+    }
+    if thresholding:
+        out["bounds"] = thresholding_scratch(x, int(x.shape[0]))
+    return out
 
 
 class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
@@ -168,7 +182,7 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         self.init_noise_sigma = 1.0
         n = len(self.alphas_cumprod)
         self.timesteps = self._timesteps_array(np.arange(n - 1, -1, -1, dtype=np.int64))
-        self._core = _DdimCore(
+        self._core = _Ddim(
             [float(a) for a in self.alphas_cumprod],
             self.final_alpha_cumprod,
             prediction_type,
@@ -242,27 +256,9 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
             if variance_noise is not None and generator is not None:
                 raise ValueError("step: pass either generator or variance_noise, not both")
             noise = _noise_like(shape, model_output, generator, variance_noise)
-        mo = _tensor.contiguous(model_output)
-        x = _tensor.contiguous(sample)
-        x0 = _tensor.empty_like(x, dtype=model_output.dtype)
-        prev = _tensor.empty_like(x, dtype=model_output.dtype)
-        # Kept alive until the kernels are enqueued (stream order then protects its reuse).
-        bounds = thresholding_scratch(x, shape[0]) if self.config.thresholding else None
-        self._core.ddim(
-            t,
-            prev_t,
-            eta,
-            bool(use_clipped_model_output),
-            _tensor.describe(mo),
-            _tensor.describe(x),
-            None if noise is None else _tensor.describe(noise),
-            _tensor.describe(x0),
-            _tensor.describe(prev),
-            shape[0],
-            math.prod(shape[1:]),
-            _tensor.cuda_stream(x),
-            describe_or_none(bounds),
-        )
+        b = _step_buffers(model_output, sample, self.config.thresholding)
+        self._core.ddim(t, prev_t, eta, bool(use_clipped_model_output), noise=noise, **b)
+        prev, x0 = b["prev"], b["x0"]
         if not return_dict:
             return (prev, x0)
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)

@@ -8,15 +8,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import _tensor
-from .._rdiff import _ddim_timesteps, _DdimCore
+from .._rdiff import _Ddim, _ddim_timesteps
 from ._base import (
     SchedulerBase,
     SchedulerOutput,
     check_choice,
     check_int,
-    describe_or_none,
     exclusive,
-    thresholding_scratch,
 )
 from .ddim import (
     _COMPATIBLES,
@@ -26,6 +24,7 @@ from .ddim import (
     _DiscreteAlphasMixin,
     _int_timestep,
     _noise_like,
+    _step_buffers,
 )
 
 _VARIANCE_TYPES = (
@@ -112,7 +111,7 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         self.variance_type = variance_type
         n = len(self.alphas_cumprod)
         self.timesteps = self._timesteps_array(np.arange(n - 1, -1, -1, dtype=np.int64))
-        self._core = _DdimCore(
+        self._core = _Ddim(
             [float(a) for a in self.alphas_cumprod],
             1.0,
             prediction_type,
@@ -208,25 +207,9 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
                     f"variance as extra channels, shape {(shape[0], 2 * shape[1], *shape[2:])}"
                 )
             noise = _noise_like(shape, model_output, generator, None)
-        mo = _tensor.contiguous(model_output)
-        x = _tensor.contiguous(sample)
-        x0 = _tensor.empty_like(x, dtype=model_output.dtype)
-        prev = _tensor.empty_like(x, dtype=model_output.dtype)
-        # Kept alive until the kernels are enqueued (stream order then protects its reuse).
-        bounds = thresholding_scratch(x, shape[0]) if self.config.thresholding else None
-        self._core.ddpm(
-            t,
-            prev_t,
-            _tensor.describe(mo),
-            _tensor.describe(x),
-            None if noise is None else _tensor.describe(noise),
-            _tensor.describe(x0),
-            _tensor.describe(prev),
-            shape[0],
-            math.prod(mo_shape[1:]),
-            _tensor.cuda_stream(x),
-            describe_or_none(bounds),
-        )
+        b = _step_buffers(model_output, sample, self.config.thresholding)
+        self._core.ddpm(t, prev_t, noise=noise, **b)
+        prev, x0 = b["prev"], b["x0"]
         if not return_dict:
             return (prev, x0)
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)

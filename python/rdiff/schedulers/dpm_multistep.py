@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import _tensor
-from .._rdiff import _diffusers_schedule, _MultistepCore
-from ._base import (
-    SchedulerBase,
-    SchedulerOutput,
-    check_choice,
-    check_int,
-    exclusive,
-    thresholding_scratch,
-)
+from .._rdiff import _diffusers_schedule, _DpmMultistep
+from ._base import SchedulerOutput, check_choice, check_int, exclusive
+from ._dpm_solver import DPMSolverBase
 
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 _PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
 
 
-class DPMSolverMultistepScheduler(SchedulerBase):
+class DPMSolverMultistepScheduler(DPMSolverBase):
     """Multistep DPM-Solver (Lu et al. 2022) and DPM-Solver++ with diffusers' interface.
 
     Thread safety: stateful, so one instance per thread; ``step`` or ``set_timesteps`` on an
@@ -129,7 +122,7 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         )
         self.model_outputs: list[Any] = [None] * solver_order
         self.lower_order_nums = 0
-        self._core: _MultistepCore | None = None
+        self._core: _DpmMultistep | None = None
 
     # -- schedule --------------------------------------------------------------------------
     @exclusive
@@ -156,17 +149,7 @@ class DPMSolverMultistepScheduler(SchedulerBase):
             raise ValueError("set_timesteps: pass exactly one of num_inference_steps or timesteps")
         if num_inference_steps is not None:
             num_inference_steps = check_int(num_inference_steps, "num_inference_steps")
-        sigma_kind = "default"
-        for flag, kind in (
-            ("use_karras_sigmas", "karras"),
-            ("use_lu_lambdas", "lu"),
-            ("use_exponential_sigmas", "exponential"),
-            ("use_beta_sigmas", "beta"),
-            ("use_flow_sigmas", "flow"),
-        ):
-            if cfg[flag]:
-                sigma_kind = kind
-                break
+        sigma_kind = self._sigma_kind()
         if timesteps is not None and sigma_kind not in ("default",):
             raise ValueError(f"timesteps: custom timesteps cannot be used with {sigma_kind} sigmas")
         custom = None if timesteps is None else [int(t) for t in np.asarray(timesteps).tolist()]
@@ -189,35 +172,13 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         self.lower_order_nums = 0
         self._step_index = None
         self._begin_index = None
-        self._core = _MultistepCore(
-            self._algorithm_type,
-            self._solver_type,
-            cfg.prediction_type,
-            bool(cfg.thresholding),
-            float(cfg.dynamic_thresholding_ratio),
-            float(cfg.sample_max_value),
-            bool(cfg.use_flow_sigmas),
-            [float(s) for s in self.sigmas],
+        self._core = _DpmMultistep(
+            self._solver_args(self._algorithm_type, self._solver_type),
+            int(cfg.solver_order),
+            bool(cfg.lower_order_final),
+            bool(cfg.euler_at_final),
+            cfg.final_sigmas_type == "zero",
         )
-
-    def _index_for_missing_timestep(self, t: Any, ts: np.ndarray) -> int:
-        # diffusers falls back to the last step for a timestep it does not know.
-        return len(ts) - 1
-
-    def _step_order(self) -> int:
-        cfg = self.config
-        n, i = len(self.timesteps), self._step_index
-        lower_order_final = i == n - 1 and (
-            cfg.euler_at_final
-            or (cfg.lower_order_final and n < 15)
-            or cfg.final_sigmas_type == "zero"
-        )
-        lower_order_second = i == n - 2 and cfg.lower_order_final and n < 15
-        if cfg.solver_order == 1 or self.lower_order_nums < 1 or lower_order_final:
-            return 1
-        if cfg.solver_order == 2 or self.lower_order_nums < 2 or lower_order_second:
-            return 2
-        return 3
 
     # -- the step --------------------------------------------------------------------------
     @exclusive
@@ -239,101 +200,27 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         torch.Generator or list of them for torch input, a numpy Generator for numpy input)
         unless ``variance_noise`` is given.
         """
-        if self.num_inference_steps is None or self._core is None:
-            raise ValueError(
-                "step: the number of inference steps is not set; call set_timesteps first"
-            )
-        _tensor.check_float(model_output, "model_output")
-        _tensor.check_float(sample, "sample")
-        _tensor.same_framework(model_output, sample, "step")
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        if self._step_index >= len(self.timesteps):
-            raise ValueError(
-                f"step: all {len(self.timesteps)} steps are done; call set_timesteps to start "
-                "a new loop"
-            )
-        cfg = self.config
-        shape = tuple(sample.shape)
-        if len(shape) < 1 or shape[0] == 0:
-            raise ValueError(f"sample: expected a non-empty batch, got shape {shape}")
-        mo_shape = tuple(model_output.shape)
-        learned = (
-            cfg.variance_type in ("learned", "learned_range") and cfg.prediction_type == "epsilon"
-        )
-        if mo_shape != shape and not (
-            learned
-            and len(mo_shape) == len(shape)
-            and mo_shape[0] == shape[0]
-            and mo_shape[2:] == shape[2:]
-            and mo_shape[1] >= shape[1]
-        ):
-            raise ValueError(f"model_output: shape {mo_shape} does not match sample's {shape}")
-        order = self._step_order()
-        mo = _tensor.contiguous(model_output)
-        x = _tensor.contiguous(sample)
-        m1 = self.model_outputs[-1] if order >= 2 else None
-        m2 = self.model_outputs[-2] if order >= 3 else None
-        for m, what in ((m1, "model_outputs[-2]"), (m2, "model_outputs[-3]")):
-            if m is not None and (
-                tuple(m.shape) != shape or _tensor.dtype_name(m) != _tensor.dtype_name(model_output)
-            ):
-                raise ValueError(
-                    f"{what}: the history entry does not match this step's "
-                    "shape and dtype; call set_timesteps to start a new loop"
-                )
+        mo, x = self._begin_step(model_output, timestep, sample)
         noise = None
         if self._algorithm_type.startswith("sde"):
             if variance_noise is not None:
-                noise = _tensor.to_float32(variance_noise, x)
-                if tuple(noise.shape) != shape:
-                    raise ValueError(
-                        f"variance_noise: shape {tuple(noise.shape)} does not match "
-                        f"sample's {shape}"
-                    )
+                noise = self._given_noise(variance_noise, x)
             else:
-                noise = _tensor.contiguous(_tensor.randn(mo_shape[:1] + shape[1:], x, generator))
-        hist = _tensor.empty_like(x, dtype=model_output.dtype)
-        prev = _tensor.empty_like(x, dtype=model_output.dtype)
-        batch = shape[0]
-        mo_stride = math.prod(mo_shape[1:])
-        # Kept alive until the kernel is enqueued (then stream order protects its reuse).
-        bounds = thresholding_scratch(x, batch) if cfg.thresholding else None
+                noise = _tensor.randn(tuple(x.shape), x, generator)
+        out = self._outputs(x, mo)
         self._core.step(
             self._step_index,
-            order,
-            _tensor.describe(mo),
-            _tensor.describe(x),
-            None if m1 is None else _tensor.describe(m1),
-            None if m2 is None else _tensor.describe(m2),
-            None if noise is None else _tensor.describe(noise),
-            _tensor.describe(hist),
-            _tensor.describe(prev),
-            batch,
-            mo_stride,
-            _tensor.cuda_stream(x),
-            None if bounds is None else _tensor.describe(bounds),
+            self.lower_order_nums,
+            model_output=mo,
+            sample=x,
+            history=self._history(),
+            noise=noise,
+            **out,
         )
-        for i in range(cfg.solver_order - 1):
-            self.model_outputs[i] = self.model_outputs[i + 1]
-        self.model_outputs[-1] = hist
-        if self.lower_order_nums < cfg.solver_order:
+        self._push_history(out["hist"])
+        if self.lower_order_nums < self.config.solver_order:
             self.lower_order_nums += 1
         self._step_index += 1
         if not return_dict:
-            return (prev,)
-        return SchedulerOutput(prev_sample=prev)
-
-    # -- forward process -------------------------------------------------------------------
-    def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._begin_index is None:
-            idx = [self.index_for_timestep(t) for t in timesteps]
-        elif self._step_index is not None:
-            idx = [self._step_index] * len(timesteps)
-        else:
-            idx = [self._begin_index] * len(timesteps)
-        sigma = np.asarray(self.sigmas, dtype=np.float64)[idx]
-        if self.config.use_flow_sigmas:
-            return 1.0 - sigma, sigma
-        alpha = 1.0 / np.sqrt(sigma**2 + 1.0)
-        return alpha, sigma * alpha
+            return (out["prev"],)
+        return SchedulerOutput(prev_sample=out["prev"])

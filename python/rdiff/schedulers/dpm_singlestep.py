@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import _tensor
-from .._rdiff import _diffusers_schedule, _singlestep_order_list, _SinglestepCore
-from ._base import (
-    SchedulerBase,
-    SchedulerOutput,
-    check_choice,
-    check_int,
-    exclusive,
-    thresholding_scratch,
-)
+from .._rdiff import _diffusers_schedule, _DpmSinglestep, _singlestep_order_list
+from ._base import SchedulerOutput, check_choice, check_int, exclusive
+from ._dpm_solver import DPMSolverBase
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +18,7 @@ _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver++")
 _PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
 
 
-class DPMSolverSinglestepScheduler(SchedulerBase):
+class DPMSolverSinglestepScheduler(DPMSolverBase):
     """Singlestep DPM-Solver (Lu et al. 2022) and DPM-Solver++ with diffusers' interface.
 
     Thread safety: stateful, so one instance per thread; ``step`` or ``set_timesteps`` on an
@@ -128,7 +121,7 @@ class DPMSolverSinglestepScheduler(SchedulerBase):
         self.model_outputs: list[Any] = [None] * solver_order
         self.sample: Any = None
         self.order_list = self.get_order_list(num_train_timesteps)
-        self._core: _SinglestepCore | None = None
+        self._core: _DpmSinglestep | None = None
 
     # -- schedule --------------------------------------------------------------------------
     def get_order_list(self, num_inference_steps: int) -> list[int]:
@@ -171,16 +164,7 @@ class DPMSolverSinglestepScheduler(SchedulerBase):
             raise ValueError("set_timesteps: pass exactly one of num_inference_steps or timesteps")
         if num_inference_steps is not None:
             num_inference_steps = check_int(num_inference_steps, "num_inference_steps")
-        sigma_kind = "default"
-        for flag, kind in (
-            ("use_karras_sigmas", "karras"),
-            ("use_exponential_sigmas", "exponential"),
-            ("use_beta_sigmas", "beta"),
-            ("use_flow_sigmas", "flow"),
-        ):
-            if cfg[flag]:
-                sigma_kind = kind
-                break
+        sigma_kind = self._sigma_kind()
         if timesteps is not None and sigma_kind in ("karras", "exponential", "beta"):
             raise ValueError(f"timesteps: custom timesteps cannot be used with {sigma_kind} sigmas")
         custom = None if timesteps is None else [int(t) for t in np.asarray(timesteps).tolist()]
@@ -219,36 +203,10 @@ class DPMSolverSinglestepScheduler(SchedulerBase):
         self.order_list = self.get_order_list(n)
         self._step_index = None
         self._begin_index = None
-        self._core = _SinglestepCore(
-            self.config.algorithm_type,
-            self.config.solver_type,
-            cfg.prediction_type,
-            bool(cfg.thresholding),
-            float(cfg.dynamic_thresholding_ratio),
-            float(cfg.sample_max_value),
-            bool(cfg.use_flow_sigmas),
-            [float(s) for s in self.sigmas],
+        self._core = _DpmSinglestep(
+            self._solver_args(self.config.algorithm_type, self.config.solver_type),
+            self.order_list,
         )
-
-    def _index_for_missing_timestep(self, t: Any, ts: np.ndarray) -> int:
-        # diffusers falls back to the last step for a timestep it does not know.
-        return len(ts) - 1
-
-    def _step_order(self) -> int:
-        """The order of this step: ``order_list``'s, lowered while the history lacks outputs
-        (a loop that starts mid-group, e.g. img2img)."""
-        i = self._step_index
-        if i >= len(self.order_list):
-            raise ValueError(
-                f"step: order_list has {len(self.order_list)} entries, none for step {i}; call "
-                "set_timesteps again"
-            )
-        order = int(self.order_list[i])
-        # The history after this step's shift: [..., model_outputs[-1], <this step's output>].
-        shifted = [*self.model_outputs[1:], True]
-        while order > 1 and shifted[-order] is None:
-            order -= 1
-        return order
 
     # -- the step --------------------------------------------------------------------------
     @exclusive
@@ -270,123 +228,36 @@ class DPMSolverSinglestepScheduler(SchedulerBase):
         ``generator`` (a torch.Generator or list of them for torch input, a numpy Generator for
         numpy input) unless ``variance_noise`` (an rdiff extension) is given.
         """
-        if self.num_inference_steps is None or self._core is None:
-            raise ValueError(
-                "step: the number of inference steps is not set; call set_timesteps first"
-            )
-        _tensor.check_float(model_output, "model_output")
-        _tensor.check_float(sample, "sample")
-        _tensor.same_framework(model_output, sample, "step")
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        if self._step_index >= len(self.timesteps):
-            raise ValueError(
-                f"step: all {len(self.timesteps)} steps are done; call set_timesteps to start "
-                "a new loop"
-            )
-        cfg = self.config
-        shape = tuple(sample.shape)
-        if len(shape) < 1 or shape[0] == 0:
-            raise ValueError(f"sample: expected a non-empty batch, got shape {shape}")
-        mo_shape = tuple(model_output.shape)
-        learned = (
-            cfg.variance_type in ("learned", "learned_range") and cfg.prediction_type == "epsilon"
-        )
-        if mo_shape != shape and not (
-            learned
-            and len(mo_shape) == len(shape)
-            and mo_shape[0] == shape[0]
-            and mo_shape[2:] == shape[2:]
-            and mo_shape[1] >= shape[1]
-        ):
-            raise ValueError(f"model_output: shape {mo_shape} does not match sample's {shape}")
-        order = self._step_order()
-        mo = _tensor.contiguous(model_output)
-        x = _tensor.contiguous(sample)
-        m1 = self.model_outputs[-1] if order >= 2 else None
-        m2 = self.model_outputs[-2] if order >= 3 else None
-        for m, what in ((m1, "model_outputs[-2]"), (m2, "model_outputs[-3]")):
-            if m is not None and (
-                tuple(m.shape) != shape or _tensor.dtype_name(m) != _tensor.dtype_name(model_output)
-            ):
-                raise ValueError(
-                    f"{what}: the history entry does not match this step's "
-                    "shape and dtype; call set_timesteps to start a new loop"
-                )
-        start = None
-        if order > 1:
-            start = self.sample
-            if start is None:
-                raise ValueError(
-                    f"step: an order-{order} step needs the sample saved at its group's first "
-                    "step, and there is none; call set_timesteps to start a new loop"
-                )
-            _tensor.same_framework(start, sample, "step")
-            if tuple(start.shape) != shape:
-                raise ValueError(
-                    f"sample: shape {shape} differs from the group's start sample "
-                    f"{tuple(start.shape)}"
-                )
-            if _tensor.dtype_name(start) != _tensor.dtype_name(x):
+        mo, x = self._begin_step(model_output, timestep, sample)
+        start = self.sample
+        if start is not None:
+            _tensor.same_framework(start, x, "step")
+            if start.dtype != x.dtype:
                 start = start.to(x.dtype) if _tensor.is_torch(start) else start.astype(x.dtype)
             start = _tensor.contiguous(start)
         noise = None
         if self.config.algorithm_type == "sde-dpmsolver++":
             if variance_noise is not None:
-                noise = _tensor.to_float32(variance_noise, x)
-                if tuple(noise.shape) != shape:
-                    raise ValueError(
-                        f"variance_noise: shape {tuple(noise.shape)} does not match "
-                        f"sample's {shape}"
-                    )
+                noise = self._given_noise(variance_noise, x)
             else:
                 # diffusers draws in the converted output's dtype: round to it, compute in f32.
-                drawn = _tensor.randn(shape, x, generator)
-                if _tensor.is_torch(drawn):
-                    drawn = drawn.to(model_output.dtype)
-                else:
-                    drawn = drawn.astype(model_output.dtype)
+                drawn = _tensor.randn(tuple(x.shape), x, generator)
+                drawn = drawn.to(mo.dtype) if _tensor.is_torch(drawn) else drawn.astype(mo.dtype)
                 noise = _tensor.to_float32(drawn, x)
-        hist = _tensor.empty_like(x, dtype=model_output.dtype)
-        prev = _tensor.empty_like(x, dtype=model_output.dtype)
-        # Kept alive until the kernel is enqueued (then stream order protects its reuse).
-        bounds = thresholding_scratch(x, shape[0]) if cfg.thresholding else None
-        self._core.step(
+        out = self._outputs(x, mo)
+        order = self._core.step(
             self._step_index,
-            order,
-            _tensor.describe(mo),
-            _tensor.describe(x),
-            None if start is None else _tensor.describe(start),
-            None if m1 is None else _tensor.describe(m1),
-            None if m2 is None else _tensor.describe(m2),
-            None if noise is None else _tensor.describe(noise),
-            _tensor.describe(hist),
-            _tensor.describe(prev),
-            shape[0],
-            math.prod(mo_shape[1:]),
-            _tensor.cuda_stream(x),
-            None if bounds is None else _tensor.describe(bounds),
+            model_output=mo,
+            sample=x,
+            start=start,
+            history=self._history(),
+            noise=noise,
+            **out,
         )
-        for i in range(cfg.solver_order - 1):
-            self.model_outputs[i] = self.model_outputs[i + 1]
-        self.model_outputs[-1] = hist
+        self._push_history(out["hist"])
         if order == 1:
             self.sample = x
         self._step_index += 1
         if not return_dict:
-            return (prev,)
-        return SchedulerOutput(prev_sample=prev)
-
-    # -- forward process -------------------------------------------------------------------
-    def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._begin_index is None:
-            idx = [self.index_for_timestep(t) for t in timesteps]
-        elif self._step_index is not None:
-            idx = [self._step_index] * len(timesteps)
-        else:
-            idx = [self._begin_index] * len(timesteps)
-        sigma = np.asarray(self.sigmas, dtype=np.float64)[idx]
-        if self.config.use_flow_sigmas:
-            return 1.0 - sigma, sigma
-        alpha = 1.0 / np.sqrt(sigma**2 + 1.0)
-        return alpha, sigma * alpha
+            return (out["prev"],)
+        return SchedulerOutput(prev_sample=out["prev"])

@@ -159,11 +159,8 @@ void rdiff_emu_enter(void* block, const unsigned int* grid, const unsigned int* 
 }  // extern "C"
 
 // The kernels, as C++.
-#include "add_noise.cu"
-#include "analytic_step.cu"
-#include "ddim_step.cu"
-#include "dpm_step.cu"
-#include "gamma.cu"
+#include "error_norm.cu"
+#include "lincomb.cu"
 #include "threshold.cu"
 #include "gemm.cu"
 #include "unet_conv.cu"

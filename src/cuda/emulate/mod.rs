@@ -11,6 +11,7 @@
 #[cfg(not(rdiff_no_emulation))]
 use std::ffi::c_char;
 use std::ffi::{c_void, CStr, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
 
 use super::launch::{Dim3, KernelArg, Launcher};
@@ -88,6 +89,15 @@ pub fn registered_kernels() -> Vec<String> {
     }
 }
 
+/// Launches the emulated launcher has run, process-wide: tests read it before and after a
+/// call to prove the call ran kernels (and not the CPU loop).
+static LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// The number of kernel launches the emulated launcher has run so far.
+pub fn launches() -> u64 {
+    LAUNCHES.load(Ordering::Relaxed)
+}
+
 /// Runs kernels on the host. `max_blocks` caps the grids `ops` picks (small by default, so
 /// that the grid-stride loops are exercised).
 pub struct EmulatedLauncher {
@@ -146,6 +156,7 @@ impl Launcher for EmulatedLauncher {
             )));
         }
         let threads = threads as u32;
+        LAUNCHES.fetch_add(1, Ordering::Relaxed);
         // SAFETY: freed by the guard after the scope has joined every thread.
         let blk = BlockGuard(unsafe { rdiff_emu_block_new(threads, shared_bytes as usize) });
         let shared = Shared {

@@ -1,14 +1,17 @@
-//! The kernels, run by the emulated launcher, against the CPU path.
+//! The kernels, run by the emulated launcher, against the CPU path: the fused pass and its
+//! reductions give the CPU loop's bits for every dtype pair and every stage of the pass.
 
 use half::{bf16, f16};
 
-use super::{registered_kernels, EmulatedLauncher};
-use crate::cpu::dpm_step::{fused_step_from, StepIo};
-use crate::cpu::dtype::Elem;
-use crate::cpu::quantile::threshold_bounds;
+use super::{launches, registered_kernels, EmulatedLauncher};
+use crate::cpu::threshold::{bounds as cpu_bounds, Conv};
 use crate::cuda::kernels::SOURCES;
-use crate::cuda::ops::{self, Buf, DpmStepBuffers, Thresholding};
-use crate::schedule::dpm_solver::StepCoefficients;
+use crate::dtype::{DType, Elem};
+use crate::error_norm::ErrorNorm;
+use crate::lincomb::{Clamp, Conversion, Lincomb, Noise, NoiseSource, Recompute, Sigma};
+use crate::random::philox::fill_normals;
+use crate::target::Op;
+use crate::tensor::{Device, Tensor};
 
 /// Deterministic pseudo-random values in about [-2, 2].
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -25,31 +28,24 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `v` stored as T after `offset` leading elements (a misaligned view when offset is odd).
 fn stored<T: Elem + Default>(v: &[f32], offset: usize) -> Vec<T> {
     let mut out = vec![T::default(); v.len() + offset];
     T::store(v, &mut out[offset..]);
     out
 }
 
-fn buf<T: Elem>(v: &[T]) -> Buf {
-    Buf {
-        ptr: v.as_ptr() as u64,
-        dtype: T::DTYPE,
-    }
+/// A tensor over `v[offset..]`. Outputs too: the passes write through the address, and the
+/// tests read the vector only after they have returned.
+fn tensor<T: Elem>(v: &mut [T], offset: usize, shape: &[usize]) -> Tensor {
+    let ptr = v[offset..].as_mut_ptr() as u64;
+    Tensor::new("t", ptr, T::DTYPE, Device::Cpu, shape.to_vec(), None).unwrap()
 }
 
-/// An output buffer: the kernel writes through this pointer, so it comes from `&mut`.
-fn buf_mut<T: Elem>(v: &mut [T]) -> Buf {
-    Buf {
-        ptr: v.as_mut_ptr() as u64,
-        dtype: T::DTYPE,
-    }
-}
-
-fn widen<T: Elem>(v: &[T]) -> Vec<f32> {
-    let mut out = vec![0.0; v.len()];
-    T::load(v, &mut out);
-    out
+fn bits<T: Elem>(v: &[T]) -> Vec<u32> {
+    let mut f = vec![0f32; v.len()];
+    T::load(v, &mut f);
+    f.iter().map(|x| x.to_bits()).collect()
 }
 
 #[test]
@@ -64,227 +60,306 @@ fn every_entry_point_is_registered() {
     assert_eq!(got, want);
 }
 
-/// The host conversion helpers round like `half` (round to nearest even, subnormals,
-/// overflow to infinity, NaN): every f16 bit pattern, scaled so the products land everywhere.
-#[test]
-fn conversions_round_like_half() {
-    let l = EmulatedLauncher::default();
-    let x0: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
-    let eps = vec![f16::ZERO; x0.len()];
-    for alpha in [1.0f32, 1.000_123_4, 0.000_976_562_5 * 1.37, 3.999] {
-        let (a, s) = (vec![alpha], vec![0.0f32]);
-        let mut out = vec![f16::ZERO; x0.len()];
-        ops::add_noise(
-            &l,
-            buf(&x0),
-            buf(&eps),
-            a.as_ptr() as u64,
-            s.as_ptr() as u64,
-            buf_mut(&mut out),
-            1,
-            x0.len(),
-        )
-        .unwrap();
-        for (x, o) in x0.iter().zip(&out) {
-            // The kernel adds σ·ε = +0, which turns −0 into +0.
-            let want = f16::from_f32(alpha * x.to_f32() + 0.0);
-            if want.is_nan() {
-                assert!(o.is_nan(), "{x}");
-            } else {
-                assert_eq!(o.to_bits(), want.to_bits(), "{x} · {alpha}");
+/// The configurations of the pass the schedulers and samplers use, each run on the CPU and
+/// through the kernel; the outputs must agree bit for bit.
+#[derive(Clone, Copy, Debug)]
+enum Case {
+    /// DPM-Solver: conversion with thresholding, history, base, two terms, noise.
+    Dpm,
+    /// Singlestep: base ≠ x, no thresholding.
+    Singlestep,
+    /// DDIM: division, a clip range, recomputed ε from m, fixed σ.
+    Ddim,
+    /// DDPM learned-range σ from the variance channels (mo rows twice as long).
+    Learned,
+    /// √v σ, recomputation from the raw output.
+    LearnedSqrt,
+    /// Analytic-DPM: Philox noise.
+    Philox,
+    /// rdiff.k: base and terms only.
+    Terms,
+}
+
+fn check_pass<D: Elem + Default, S: Elem + Default>(
+    case: Case,
+    batch: usize,
+    ps: usize,
+    off: usize,
+) {
+    let n = batch * ps;
+    let stride = match case {
+        Case::Learned | Case::LearnedSqrt => 2 * ps,
+        _ => ps,
+    };
+    let x: Vec<S> = stored(&values(n, 1), off);
+    let u: Vec<S> = stored(&values(n, 2), off);
+    let mut mo_vals = values(batch * stride, 3);
+    if matches!(case, Case::LearnedSqrt) {
+        mo_vals.iter_mut().for_each(|v| *v = v.abs());
+    }
+    let mo: Vec<D> = stored(&mo_vals, off);
+    let t1: Vec<D> = stored(&values(n, 4), off);
+    let t2: Vec<D> = stored(&values(n, 5), off);
+    let nz: Vec<f32> = stored(&values(n, 6), off);
+    let shape = [batch, ps];
+    let run = |emulated: bool| -> (Vec<D>, Vec<D>, Vec<f32>) {
+        let mut out = vec![D::default(); n + off];
+        let mut hist = vec![D::default(); n + off];
+        let mut bounds = vec![0f32; batch];
+        let (mut x, mut u, mut mo, mut t1, mut t2, mut nz) = (
+            x.clone(),
+            u.clone(),
+            mo.clone(),
+            t1.clone(),
+            t2.clone(),
+            nz.clone(),
+        );
+        let mut lc = Lincomb::new("test", tensor(&mut out, off, &shape));
+        let conv = |x: Tensor, mo: Tensor| Conversion {
+            x,
+            mo,
+            mo_stride: stride,
+            p: 1.3,
+            q: -0.7,
+            d: 1.0,
+            clamp: Clamp::None,
+            r: 0.0,
+            w: 1.0,
+            weight: 0.4,
+            recompute: None,
+        };
+        let xt = tensor(&mut x, off, &shape);
+        let mot = tensor(&mut mo, off, &[batch, stride]);
+        match case {
+            Case::Dpm | Case::Singlestep => {
+                let mut c = conv(xt.clone(), mot);
+                (c.r, c.w) = (0.2, 0.8);
+                if matches!(case, Case::Dpm) {
+                    c.clamp = Clamp::Dynamic {
+                        ratio: 0.9,
+                        lo: 1.0,
+                        hi: 1.7,
+                        bounds: tensor(&mut bounds, 0, &[batch]),
+                    };
+                    lc.base = Some((xt, 0.9));
+                    lc.noise = Some(Noise {
+                        source: NoiseSource::Buffer(tensor(&mut nz, off, &shape)),
+                        sigma: Sigma::Fixed(0.3),
+                    });
+                } else {
+                    lc.base = Some((tensor(&mut u, off, &shape), 0.9));
+                }
+                lc.conv = Some(c);
+                lc.hist = Some(tensor(&mut hist, off, &shape));
+                lc.terms.push((tensor(&mut t1, off, &shape), -0.2));
+                lc.terms.push((tensor(&mut t2, off, &shape), 0.05));
+            }
+            Case::Ddim | Case::Learned | Case::LearnedSqrt => {
+                let mut c = conv(xt.clone(), mot);
+                c.d = 0.6;
+                c.clamp = Clamp::Range { lo: -1.0, hi: 1.0 };
+                c.recompute = Some(Recompute {
+                    h1: 1.0,
+                    h2: -0.6,
+                    h3: 0.8,
+                    from_m: !matches!(case, Case::LearnedSqrt),
+                    weight: 0.5,
+                });
+                lc.conv = Some(c);
+                lc.hist = Some(tensor(&mut hist, off, &shape));
+                lc.base = Some((xt, 0.1));
+                lc.noise = Some(Noise {
+                    source: NoiseSource::Buffer(tensor(&mut nz, off, &shape)),
+                    sigma: match case {
+                        Case::Learned => Sigma::LearnedRange {
+                            min_log: -5.0,
+                            max_log: -1.0,
+                        },
+                        Case::LearnedSqrt => Sigma::Learned,
+                        _ => Sigma::Fixed(0.3),
+                    },
+                });
+            }
+            Case::Philox => {
+                let mut c = conv(xt.clone(), mot);
+                c.clamp = Clamp::Range { lo: -1.0, hi: 0.5 };
+                c.recompute = Some(Recompute {
+                    h1: 0.0,
+                    h2: 1.0,
+                    h3: 1.0,
+                    from_m: false,
+                    weight: 0.25,
+                });
+                lc.conv = Some(c);
+                lc.hist = Some(tensor(&mut hist, off, &shape));
+                lc.base = Some((xt, 0.7));
+                lc.noise = Some(Noise {
+                    source: NoiseSource::Philox { seed: 5, offset: 3 },
+                    sigma: Sigma::Fixed(0.2),
+                });
+            }
+            Case::Terms => {
+                lc.base = Some((xt, 0.5));
+                lc.terms.push((tensor(&mut t1, off, &shape), -0.2));
+                lc.terms.push((tensor(&mut t2, off, &shape), 1.5));
             }
         }
-        // The same through bf16.
-        let xb: Vec<bf16> = (0..=u16::MAX).map(bf16::from_bits).collect();
-        let eb = vec![bf16::ZERO; xb.len()];
-        let mut ob = vec![bf16::ZERO; xb.len()];
-        ops::add_noise(
-            &l,
-            buf(&xb),
-            buf(&eb),
-            a.as_ptr() as u64,
-            s.as_ptr() as u64,
-            buf_mut(&mut ob),
-            1,
-            xb.len(),
-        )
-        .unwrap();
-        for (x, o) in xb.iter().zip(&ob) {
-            let want = bf16::from_f32(alpha * x.to_f32() + 0.0);
-            assert!(
-                o.to_bits() == want.to_bits() || (want.is_nan() && o.is_nan()),
-                "{x}"
-            );
+        if emulated {
+            lc.launch(&EmulatedLauncher { max_blocks: 3 }).unwrap();
+        } else {
+            lc.run_cpu().unwrap();
         }
-    }
-}
-
-fn check_step<D: Elem + Default, S: Elem + Default>(
-    batch: usize,
-    per_sample: usize,
-    extra: usize,
-    offset: usize,
-    thresholding: bool,
-    singlestep: bool,
-) {
-    let n = batch * per_sample;
-    let mo_stride = per_sample + extra;
-    let co = StepCoefficients {
-        p: 1.3,
-        q: -0.7,
-        r: 0.1,
-        w: 0.95,
-        a: 0.8,
-        w0: 0.3,
-        w1: -0.15,
-        w2: 0.05,
-        c: 0.2,
+        (out[off..].to_vec(), hist[off..].to_vec(), bounds)
     };
-    let x: Vec<S> = stored(&values(n, 1), offset);
-    let mo: Vec<D> = stored(&values(batch * mo_stride, 2), offset);
-    let m1: Vec<D> = stored(&values(n, 3), offset);
-    let m2: Vec<D> = stored(&values(n, 4), offset);
-    let noise: Vec<f32> = stored(&values(n, 5), offset);
-    // A singlestep update starts from the group's first sample, not from x.
-    let start: Vec<S> = stored(&values(n, 6), offset);
-    let (x, mo, m1, m2, noise) = (
-        &x[offset..],
-        &mo[offset..],
-        &m1[offset..],
-        &m2[offset..],
-        &noise[offset..],
-    );
-    let start = singlestep.then_some(&start[offset..]);
-    let (ratio, max_value) = (0.9, 1.5);
-    let bounds = thresholding
-        .then(|| threshold_bounds(x, mo, mo_stride, per_sample, co.p, co.q, ratio, max_value));
-    let (mut hist_c, mut prev_c) = (vec![D::default(); n], vec![D::default(); n]);
-    fused_step_from(
-        StepIo {
-            mo,
-            mo_stride,
-            x,
-            m1: Some(m1),
-            m2: Some(m2),
-            noise: Some(noise),
-            hist: &mut hist_c,
-            prev: &mut prev_c,
-            per_sample,
-        },
-        start,
-        &co,
-        bounds.as_deref(),
-    );
-    let mut hist_e = vec![D::default(); n + offset];
-    let mut prev_e = vec![D::default(); n + offset];
-    let mut scratch = vec![0f32; batch];
-    let l = EmulatedLauncher::default();
-    ops::dpm_step(
-        &l,
-        &DpmStepBuffers {
-            mo: buf(mo),
-            mo_stride,
-            x: buf(x),
-            start: start.map(buf),
-            m1: Some(buf(m1)),
-            m2: Some(buf(m2)),
-            noise: Some(noise.as_ptr() as u64),
-            hist: buf_mut(&mut hist_e[offset..]),
-            prev: buf_mut(&mut prev_e[offset..]),
-            batch,
-            per_sample,
-        },
-        &co,
-        thresholding.then_some(Thresholding {
-            ratio,
-            max_value,
-            bounds: scratch.as_mut_ptr() as u64,
-        }),
-    )
-    .unwrap();
-    if let Some(b) = &bounds {
-        assert_eq!(&scratch, b, "threshold bounds");
-    }
-    // The emulation does the CPU path's f32 operations in the same order without FMA
-    // contraction, so the results agree exactly.
+    let before = launches();
+    let (cpu, emu) = (run(false), run(true));
+    assert!(launches() > before, "the emulated pass launched no kernel");
     let what = format!(
-        "{:?}/{:?} batch {batch} × {per_sample} offset {offset} thr {thresholding} \
-         singlestep {singlestep}",
-        D::DTYPE,
-        S::DTYPE
+        "{case:?} {}/{} batch {batch} ps {ps} off {off}",
+        D::DTYPE.name(),
+        S::DTYPE.name()
     );
-    assert_eq!(widen(&hist_e[offset..]), widen(&hist_c), "hist {what}");
-    assert_eq!(widen(&prev_e[offset..]), widen(&prev_c), "prev {what}");
+    assert_eq!(bits(&cpu.0), bits(&emu.0), "out: {what}");
+    assert_eq!(bits(&cpu.1), bits(&emu.1), "hist: {what}");
+    let b = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(b(&cpu.2), b(&emu.2), "bounds: {what}");
+    assert!(
+        bits(&cpu.0).iter().any(|v| *v != 0),
+        "{what}: nothing computed"
+    );
 }
 
-macro_rules! step_for_all {
+macro_rules! pass_tests {
     ($($name:ident: $d:ty, $s:ty;)*) => {$(
         #[test]
         fn $name() {
-            // Odd sizes (not multiples of the vector width or the block), learned-variance
-            // strides, misaligned views (offset 1), with and without thresholding, multistep
-            // and singlestep (the update from a start sample).
-            for &(batch, ps, extra) in &[(1, 1, 0), (2, 1027, 0), (3, 4096, 4096), (2, 2053, 7)] {
-                for offset in [0, 1] {
-                    for (thr, single) in [(false, false), (true, false), (false, true), (true, true)] {
-                        check_step::<$d, $s>(batch, ps, extra, offset, thr, single);
-                    }
+            for case in [
+                Case::Dpm,
+                Case::Singlestep,
+                Case::Ddim,
+                Case::Learned,
+                Case::LearnedSqrt,
+                Case::Philox,
+                Case::Terms,
+            ] {
+                // Aligned rows, odd rows (the scalar tails), a misaligned start, a long row
+                // (grid-stride loops), and rows that start off a Philox lane group.
+                for (batch, ps, off) in [(2, 1024, 0), (3, 333, 0), (2, 256, 1), (1, 5000, 0), (3, 6, 0)] {
+                    check_pass::<$d, $s>(case, batch, ps, off);
                 }
             }
         }
     )*};
 }
 
-step_for_all! {
-    step_f32_f32: f32, f32;
-    step_f32_f16: f32, f16;
-    step_f32_bf16: f32, bf16;
-    step_f16_f32: f16, f32;
-    step_f16_f16: f16, f16;
-    step_f16_bf16: f16, bf16;
-    step_bf16_f32: bf16, f32;
-    step_bf16_f16: bf16, f16;
-    step_bf16_bf16: bf16, bf16;
+pass_tests! {
+    pass_f32_f32: f32, f32;
+    pass_f32_f16: f32, f16;
+    pass_f32_bf16: f32, bf16;
+    pass_f16_f32: f16, f32;
+    pass_f16_f16: f16, f16;
+    pass_f16_bf16: f16, bf16;
+    pass_bf16_f32: bf16, f32;
+    pass_bf16_f16: bf16, f16;
+    pass_bf16_bf16: bf16, bf16;
+}
+
+/// Conversions round like `half` (round to nearest even, subnormals, overflow to infinity,
+/// NaN): every f16 and bf16 bit pattern through a pass that scales it.
+#[test]
+fn conversions_round_like_half() {
+    fn check<T: Elem + Default + Copy>(all: Vec<T>, to_f32: fn(T) -> f32, from: fn(f32) -> T) {
+        let n = all.len();
+        for alpha in [1.0f32, 1.000_123_4, 0.000_976_562_5 * 1.37, 3.999] {
+            let mut x = all.clone();
+            let mut out = vec![T::default(); n];
+            let mut lc = Lincomb::new("test", tensor(&mut out, 0, &[1, n]));
+            lc.base = Some((tensor(&mut x, 0, &[1, n]), alpha as f64));
+            lc.launch(&EmulatedLauncher::default()).unwrap();
+            for (x, o) in all.iter().zip(&out) {
+                let want = from(alpha * to_f32(*x));
+                let (w, g) = (to_f32(want), to_f32(*o));
+                assert!(
+                    w.to_bits() == g.to_bits() || (w.is_nan() && g.is_nan()),
+                    "{} · {alpha}",
+                    to_f32(*x)
+                );
+            }
+        }
+    }
+    check(
+        (0..=u16::MAX).map(f16::from_bits).collect(),
+        f16::to_f32,
+        f16::from_f32,
+    );
+    check(
+        (0..=u16::MAX).map(bf16::from_bits).collect(),
+        bf16::to_f32,
+        bf16::from_f32,
+    );
 }
 
 #[test]
 fn threshold_handles_ties_extremes_and_tiny_samples() {
-    let l = EmulatedLauncher::default();
-    for (vals, ratio, max) in [
-        (vec![3.0f32, 1.0, 2.0, 4.0], 0.995, 10.0),
-        (vec![5.0; 100], 0.5, 10.0),
-        (vec![7.0], 0.995, 10.0),
+    for (vals, ratio, (lo, hi)) in [
+        (vec![3.0f32, 1.0, 2.0, 4.0], 0.995, (1.0, 10.0)),
+        (vec![5.0; 100], 0.5, (1.0, 10.0)),
+        (vec![7.0], 0.995, (1.0, 10.0)),
         (
             (0..1000).map(|k| (k % 17) as f32 * 0.3).collect(),
             0.0,
-            10.0,
+            (1.0, 10.0),
         ),
         (
             (0..1000).map(|k| (k % 17) as f32 * 0.3).collect(),
             1.0,
-            10.0,
+            (1.0, 10.0),
         ),
-        ((0..999).map(|k| -(k as f32) * 0.01).collect(), 0.37, 0.5),
-        (vec![f32::NAN, 1.0, 2.0], 0.9, 10.0),
+        (
+            (0..999).map(|k| -(k as f32) * 0.01).collect(),
+            0.37,
+            (1.0, 0.5),
+        ),
+        (
+            (0..999).map(|k| -(k as f32) * 0.01).collect(),
+            0.37,
+            (2.0, f64::INFINITY),
+        ),
+        (vec![f32::NAN, 1.0, 2.0], 0.9, (1.0, 10.0)),
     ] {
         let n = vals.len();
         let mo = vec![0f32; n];
-        let want = threshold_bounds(&vals, &mo, n, n, 1.0, 0.0, ratio, max);
+        let c = Conv {
+            p: 1.0,
+            q: 0.0,
+            d: 1.0,
+        };
+        let mut want = [0f32];
+        cpu_bounds(&vals, &mo, n, n, c, ratio, (lo, hi), &mut want);
+        // The kernel's bounds through a pass whose only job is the thresholding.
+        let (mut x, mut m) = (vals.clone(), mo.clone());
+        let mut out = vec![0f32; n];
         let mut got = vec![0f32; 1];
-        ops::threshold_bounds(
-            &l,
-            buf(&mo),
-            n,
-            buf(&vals),
-            1,
-            n,
-            1.0,
-            0.0,
-            ratio,
-            max,
-            got.as_mut_ptr() as u64,
-        )
-        .unwrap();
+        let mut lc = Lincomb::new("test", tensor(&mut out, 0, &[1, n]));
+        lc.conv = Some(Conversion {
+            x: tensor(&mut x, 0, &[1, n]),
+            mo: tensor(&mut m, 0, &[1, n]),
+            mo_stride: n,
+            p: 1.0,
+            q: 0.0,
+            d: 1.0,
+            clamp: Clamp::Dynamic {
+                ratio,
+                lo,
+                hi,
+                bounds: tensor(&mut got, 0, &[1]),
+            },
+            r: 0.0,
+            w: 1.0,
+            weight: 1.0,
+            recompute: None,
+        });
+        lc.launch(&EmulatedLauncher::default()).unwrap();
         assert!(
             got[0] == want[0] || (got[0].is_nan() && want[0].is_nan()),
             "{got:?} vs {want:?} for n={n}, ratio={ratio}"
@@ -292,27 +367,45 @@ fn threshold_handles_ties_extremes_and_tiny_samples() {
     }
 }
 
+/// The error norm: the kernel's f64 reduction gives the CPU loop's bits.
 #[test]
-fn gamma_matches_f64() {
-    let l = EmulatedLauncher::default();
-    for (batch, ps, offset) in [(1, 1, 0), (3, 1000, 1), (2, 65539, 0)] {
-        let v = values(batch * ps, 9);
-        let e: Vec<f16> = stored(&v, offset);
-        let e = &e[offset..];
-        let mut out = vec![0f32; batch];
-        ops::gamma(&l, buf(e), batch, ps, out.as_mut_ptr() as u64).unwrap();
-        for b in 0..batch {
-            let want: f64 = e[b * ps..(b + 1) * ps]
-                .iter()
-                .map(|x| (x.to_f32() as f64).powi(2))
-                .sum::<f64>()
-                / ps as f64;
-            assert!(
-                ((out[b] as f64) - want).abs() <= want * 1e-5,
-                "{b}: {} vs {want}",
-                out[b]
-            );
-        }
+fn error_norm_matches_the_cpu_loop() {
+    for (batch, ps) in [(1, 1), (3, 1000), (2, 70_001)] {
+        let n = batch * ps;
+        let mut hi: Vec<bf16> = stored(&values(n, 1), 0);
+        let mut lo: Vec<bf16> = stored(&values(n, 2), 0);
+        let mut prev: Vec<bf16> = stored(&values(n, 3), 0);
+        let mut run = |emulated: bool| {
+            let mut out = vec![0f64; batch];
+            let e = ErrorNorm {
+                hi: tensor(&mut hi, 0, &[batch, ps]),
+                lo: tensor(&mut lo, 0, &[batch, ps]),
+                prev: tensor(&mut prev, 0, &[batch, ps]),
+                atol: 0.0078,
+                rtol: 0.05,
+                out: Tensor::new(
+                    "o",
+                    out.as_mut_ptr() as u64,
+                    DType::F64,
+                    Device::Cpu,
+                    vec![batch],
+                    None,
+                )
+                .unwrap(),
+            };
+            if emulated {
+                e.launch(&EmulatedLauncher::default()).unwrap();
+            } else {
+                e.run_cpu().unwrap();
+            }
+            out
+        };
+        let (c, g) = (run(false), run(true));
+        assert!(c.iter().all(|v| *v > 0.0));
+        assert_eq!(
+            c.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            g.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 }
 
@@ -324,333 +417,37 @@ fn bad_launches_are_errors() {
         .launch("no_such_kernel", Dim3::x(1), Dim3::x(32), 0, &[])
         .is_err());
     assert!(l
-        .launch("rdiff_gamma_f32", Dim3::x(1), Dim3::x(2048), 0, &[])
+        .launch("rdiff_lincomb_f32_f32", Dim3::x(1), Dim3::x(2048), 0, &[])
         .is_err());
-    let x = [0f64; 4];
-    let e = ops::gamma(
-        &l,
-        Buf {
-            ptr: x.as_ptr() as u64,
-            dtype: crate::cpu::dtype::DType::F64,
-        },
-        1,
-        4,
-        0,
-    );
-    assert!(matches!(e, Err(crate::error::RdiffError::Type(_))));
+    // float64 tensors have no kernel: a TypeError, not a launch.
+    let mut x = [0f64; 4];
+    let mut o = [0f64; 4];
+    let mut lc = Lincomb::new("test", tensor(&mut o, 0, &[1, 4]));
+    lc.base = Some((tensor(&mut x, 0, &[1, 4]), 1.0));
+    let e = lc.launch(&l);
+    assert!(matches!(e, Err(crate::error::RdiffError::Type(_))), "{e:?}");
 }
 
-// --- the Analytic-DPM step ---------------------------------------------------------------
-
-use crate::cpu::analytic_step::{fused_analytic_step, AnalyticIo, Noise, PassScalars};
-use crate::cuda::analytic_step::{analytic_step, AnalyticStepBuffers, KernelNoise};
-use crate::random::philox::fill_normals;
-
-fn analytic_scalars(clip: bool) -> PassScalars {
-    PassScalars {
-        p: 0.35,
-        q: 0.9,
-        sb: 0.8,
-        isa: 1.0 / 0.6,
-        c_x0: 0.7,
-        c_x: 0.2,
-        c_eps: 0.1,
-        sigma: 0.3,
-        clip: clip.then_some((-1.0, 1.0)),
-    }
-}
-
-/// The kernel and the CPU loop on the same inputs (given, Philox or no noise); the emulation
-/// does the CPU path's f32 operations in the same order without FMA, so they agree exactly.
-fn check_analytic<D: Elem + Default, S: Elem + Default>(
-    batch: usize,
-    per_sample: usize,
-    extra: usize,
-    offset: usize,
-    clip: bool,
-    mode: usize,
-) {
-    let n = batch * per_sample;
-    let mo_stride = per_sample + extra;
-    let sc = analytic_scalars(clip);
-    let x: Vec<S> = stored(&values(n, 11), offset);
-    let mo: Vec<D> = stored(&values(batch * mo_stride, 12), offset);
-    let noise: Vec<f32> = stored(&values(n, 13), offset);
-    let (x, mo, noise) = (&x[offset..], &mo[offset..], &noise[offset..]);
-    let (seed, step) = (0xdead_beef_0123_4567u64, 7u64);
-    let (cpu_noise, kernel_noise) = match mode {
-        0 => (Noise::None, KernelNoise::None),
-        1 => (
-            Noise::Given(noise),
-            KernelNoise::Given(noise.as_ptr() as u64),
-        ),
-        _ => (
-            Noise::Philox { seed, offset: step },
-            KernelNoise::Philox { seed, offset: step },
-        ),
-    };
-    let (mut x0_c, mut prev_c) = (vec![D::default(); n], vec![D::default(); n]);
-    fused_analytic_step(
-        AnalyticIo {
-            mo,
-            mo_stride,
-            x,
-            noise: cpu_noise,
-            x0: &mut x0_c,
-            prev: &mut prev_c,
-            per_sample,
-        },
-        &sc,
-    );
-    let mut x0_e = vec![D::default(); n + offset];
-    let mut prev_e = vec![D::default(); n + offset];
-    analytic_step(
-        &EmulatedLauncher::default(),
-        &AnalyticStepBuffers {
-            mo: buf(mo),
-            mo_stride,
-            x: buf(x),
-            noise: kernel_noise,
-            x0: buf_mut(&mut x0_e[offset..]),
-            prev: buf_mut(&mut prev_e[offset..]),
-            batch,
-            per_sample,
-        },
-        &sc,
-    )
-    .unwrap();
-    let what = format!(
-        "{:?}/{:?} batch {batch} × {per_sample} (+{extra}) offset {offset} clip {clip} noise {mode}",
-        D::DTYPE,
-        S::DTYPE
-    );
-    assert_eq!(widen(&x0_e[offset..]), widen(&x0_c), "x0 {what}");
-    assert_eq!(widen(&prev_e[offset..]), widen(&prev_c), "prev {what}");
-}
-
-macro_rules! analytic_for_all {
-    ($($name:ident: $d:ty, $s:ty;)*) => {$(
-        #[test]
-        fn $name() {
-            // Odd sizes (the vector and Philox-group paths and the scalar tails, rows that
-            // start mid lane group), learned-variance strides, misaligned views.
-            for &(batch, ps, extra) in &[(1, 1, 0), (2, 1027, 0), (3, 4096, 4096), (2, 2054, 7)] {
-                for offset in [0, 1] {
-                    for (clip, mode) in [(true, 0), (false, 1), (true, 2), (false, 2)] {
-                        check_analytic::<$d, $s>(batch, ps, extra, offset, clip, mode);
-                    }
-                }
-            }
-        }
-    )*};
-}
-
-analytic_for_all! {
-    analytic_f32_f32: f32, f32;
-    analytic_f32_f16: f32, f16;
-    analytic_f32_bf16: f32, bf16;
-    analytic_f16_f32: f16, f32;
-    analytic_f16_f16: f16, f16;
-    analytic_f16_bf16: f16, bf16;
-    analytic_bf16_f32: bf16, f32;
-    analytic_bf16_f16: bf16, f16;
-    analytic_bf16_bf16: bf16, bf16;
-}
-
-/// The in-kernel Philox noise alone (x = mo = 0, σ = 1, no clip, c = 0): prev is the stream
-/// itself, bit for bit, for grids of any size.
+/// The in-kernel Philox noise alone: the pass's output is the stream itself, bit for bit,
+/// for grids of any size.
 #[test]
 fn kernel_philox_noise_is_the_cpu_stream() {
     let (batch, ps) = (3usize, 1001usize);
     let n = batch * ps;
-    let zeros = vec![0f32; n];
-    let sc = PassScalars {
-        p: 0.0,
-        q: 1.0,
-        sb: 0.0,
-        isa: 1.0,
-        c_x0: 0.0,
-        c_x: 0.0,
-        c_eps: 0.0,
-        sigma: 1.0,
-        clip: None,
-    };
     let mut want = vec![0f32; n];
     fill_normals(42, 9, 0, &mut want);
     for max_blocks in [1, 3, 64] {
-        let mut x0 = vec![0f32; n];
-        let mut prev = vec![0f32; n];
-        analytic_step(
-            &EmulatedLauncher { max_blocks },
-            &AnalyticStepBuffers {
-                mo: buf(&zeros),
-                mo_stride: ps,
-                x: buf(&zeros),
-                noise: KernelNoise::Philox {
-                    seed: 42,
-                    offset: 9,
-                },
-                x0: buf_mut(&mut x0),
-                prev: buf_mut(&mut prev),
-                batch,
-                per_sample: ps,
+        let mut out = vec![0f32; n];
+        let mut lc = Lincomb::new("test", tensor(&mut out, 0, &[batch, ps]));
+        lc.noise = Some(Noise {
+            source: NoiseSource::Philox {
+                seed: 42,
+                offset: 9,
             },
-            &sc,
-        )
-        .unwrap();
-        // 0·x0 + 0·x + 0·e + 1·n: exactly n (+0 + n).
-        assert_eq!(prev, want, "max_blocks {max_blocks}");
+            sigma: Sigma::Fixed(1.0),
+        });
+        lc.launch(&EmulatedLauncher { max_blocks }).unwrap();
+        // 0 + 1·n: exactly n.
+        assert_eq!(out, want, "max_blocks {max_blocks}");
     }
-}
-
-// --- the DDIM / DDPM step ----------------------------------------------------------------
-
-use crate::cpu::ddim_step::{ddim_step as cpu_ddim_step, Clip, DdimIo};
-use crate::cuda::ddim_step::{ddim_step, DdimStepBuffers, KernelClip};
-use crate::schedule::ddim::{DdimCoefficients, NoiseScale};
-
-fn ddim_co(noise: NoiseScale, eps_from_x0: bool) -> DdimCoefficients {
-    DdimCoefficients {
-        p: 1.0,
-        q: -0.8,
-        d: 0.6,
-        eps_from_x0,
-        h1: 1.0,
-        h2: -0.6,
-        h3: 0.8,
-        a: 0.1,
-        w0: 0.7,
-        w_eps: 0.5,
-        noise,
-    }
-}
-
-fn check_ddim<D: Elem + Default, S: Elem + Default>(
-    batch: usize,
-    per_sample: usize,
-    offset: usize,
-    noise: NoiseScale,
-    clip: usize,
-) {
-    let n = batch * per_sample;
-    let learned = matches!(noise, NoiseScale::Learned | NoiseScale::LearnedRange { .. });
-    // Learned variances: the variance channels follow the output (positive for √v).
-    let mo_stride = if learned {
-        2 * per_sample
-    } else {
-        per_sample + 3
-    };
-    let co = ddim_co(noise, clip != 1);
-    let x: Vec<S> = stored(&values(n, 21), offset);
-    let mut mo_v = values(batch * mo_stride, 22);
-    if learned {
-        for b in 0..batch {
-            for v in &mut mo_v[b * mo_stride + per_sample..(b + 1) * mo_stride] {
-                *v = v.abs() * 0.4 + 0.01;
-            }
-        }
-    }
-    let mo: Vec<D> = stored(&mo_v, offset);
-    let nz: Vec<D> = stored(&values(n, 23), offset);
-    let (x, mo, nz) = (&x[offset..], &mo[offset..], &nz[offset..]);
-    let (ratio, max_value) = (0.8, 1.2);
-    let bounds = (clip == 2).then(|| {
-        threshold_bounds(
-            x,
-            mo,
-            mo_stride,
-            per_sample,
-            co.p / co.d,
-            co.q / co.d,
-            ratio,
-            max_value,
-        )
-    });
-    let cpu_clip = match (clip, &bounds) {
-        (1, _) => Clip::Range(0.9),
-        (2, Some(b)) => Clip::Dynamic(b),
-        _ => Clip::None,
-    };
-    let (mut x0_c, mut prev_c) = (vec![D::default(); n], vec![D::default(); n]);
-    cpu_ddim_step(
-        DdimIo {
-            mo,
-            mo_stride,
-            x,
-            noise: Some(nz),
-            x0: &mut x0_c,
-            prev: &mut prev_c,
-            per_sample,
-        },
-        &co,
-        cpu_clip,
-    );
-    let mut x0_e = vec![D::default(); n + offset];
-    let mut prev_e = vec![D::default(); n + offset];
-    let mut scratch = vec![0f32; batch];
-    let kclip = match clip {
-        1 => KernelClip::Range(0.9),
-        2 => KernelClip::Dynamic {
-            ratio,
-            max_value,
-            bounds: scratch.as_mut_ptr() as u64,
-        },
-        _ => KernelClip::None,
-    };
-    ddim_step(
-        &EmulatedLauncher::default(),
-        &DdimStepBuffers {
-            mo: buf(mo),
-            mo_stride,
-            x: buf(x),
-            noise: Some(buf(nz)),
-            x0: buf_mut(&mut x0_e[offset..]),
-            prev: buf_mut(&mut prev_e[offset..]),
-            batch,
-            per_sample,
-        },
-        &co,
-        kclip,
-    )
-    .unwrap();
-    let what = format!(
-        "{:?}/{:?} batch {batch} × {per_sample} offset {offset} noise {noise:?} clip {clip}",
-        D::DTYPE,
-        S::DTYPE
-    );
-    assert_eq!(widen(&x0_e[offset..]), widen(&x0_c), "x0 {what}");
-    assert_eq!(widen(&prev_e[offset..]), widen(&prev_c), "prev {what}");
-}
-
-macro_rules! ddim_for_all {
-    ($($name:ident: $d:ty, $s:ty;)*) => {$(
-        #[test]
-        fn $name() {
-            let scales = [
-                NoiseScale::None,
-                NoiseScale::Fixed(0.3),
-                NoiseScale::Learned,
-                NoiseScale::LearnedRange { min_log: -7.0, max_log: -2.0 },
-            ];
-            for &(batch, ps) in &[(1, 1), (2, 1027), (3, 2048)] {
-                for offset in [0, 1] {
-                    for (k, &noise) in scales.iter().enumerate() {
-                        check_ddim::<$d, $s>(batch, ps, offset, noise, k % 3);
-                    }
-                }
-            }
-        }
-    )*};
-}
-
-ddim_for_all! {
-    ddim_f32_f32: f32, f32;
-    ddim_f32_f16: f32, f16;
-    ddim_f32_bf16: f32, bf16;
-    ddim_f16_f32: f16, f32;
-    ddim_f16_f16: f16, f16;
-    ddim_f16_bf16: f16, bf16;
-    ddim_bf16_f32: bf16, f32;
-    ddim_bf16_f16: bf16, f16;
-    ddim_bf16_bf16: bf16, bf16;
 }

@@ -120,11 +120,11 @@ pub struct DeviceBackend<'a> {
     pub weights: &'a mut DeviceWeights,
 }
 
-fn i(v: usize) -> KernelArg {
+fn i(v: usize) -> KernelArg<'static> {
     KernelArg::I64(v as i64)
 }
 
-fn ptr(b: Option<&DevBuf>) -> KernelArg {
+fn ptr(b: Option<&DevBuf>) -> KernelArg<'static> {
     KernelArg::Ptr(b.map_or(0, |b| b.ptr))
 }
 
@@ -154,7 +154,7 @@ impl DeviceBackend<'_> {
         self.dev.launch(kernel, self.grid(total), block, 0, args)
     }
 
-    fn w(&mut self, host: &[f32]) -> Result<KernelArg> {
+    fn w(&mut self, host: &[f32]) -> Result<KernelArg<'static>> {
         Ok(KernelArg::Ptr(self.weights.get(self.dev, host)?))
     }
 

@@ -7,10 +7,11 @@ use super::backend::{DevBuf, DeviceArena, DeviceBackend, DeviceWeights};
 use super::device::{EmulatedDevice, Gemm, UnetDevice};
 use crate::cpu::arena::{Arena, Buf};
 use crate::cpu::conv::{Dims, Geometry};
-use crate::cpu::dtype::Elem;
 use crate::cpu::norm::GroupNormParams;
+use crate::cpu::unet::CpuBackend;
 use crate::cuda::launch::{Dim3, KernelArg, Launcher};
-use crate::unet::backend::{Backend, CpuBackend, Epilogue};
+use crate::dtype::Elem;
+use crate::unet::backend::{Backend, Epilogue};
 use crate::unet::embeddings::{fourier, sinusoidal};
 
 fn values(n: usize, seed: u64) -> Vec<f32> {

@@ -1,9 +1,10 @@
-//! The element types rdiff reads and writes, and their bulk conversion to and from f32.
+//! The element types rdiff reads and writes, their bulk conversion to and from the arithmetic
+//! type, and that arithmetic type itself.
 //!
-//! Loops work on short chunks: each input chunk is widened to an f32 scratch array with a bulk
-//! conversion (SIMD in `half` for f16/bf16), the arithmetic runs in f32, and results are
-//! narrowed back in bulk. That keeps one code path for every dtype and lets the f32 arithmetic
-//! vectorise.
+//! Loops work on short chunks: each input chunk is widened to a scratch array of the arithmetic
+//! type [`Acc`] with a bulk conversion (SIMD in `half` for f16/bf16), the arithmetic runs there,
+//! and results are narrowed back in bulk. The arithmetic is f32, or f64 when every buffer of
+//! a pass is f64 (so float64 callers get float64 answers); one code path serves every dtype.
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
@@ -122,24 +123,132 @@ impl Elem for bf16 {
     }
 }
 
+/// The arithmetic type of a pass: f32, or f64 for all-f64 passes on the CPU.
+pub trait Acc:
+    Copy
+    + Default
+    + Send
+    + Sync
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + 'static
+{
+    const DTYPE: DType;
+    fn of(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn abs(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn exp(self) -> Self;
+    /// self·a + b with one rounding.
+    fn mul_add(self, a: Self, b: Self) -> Self;
+    fn total_cmp(&self, other: &Self) -> std::cmp::Ordering;
+}
+
+macro_rules! acc_impl {
+    ($t:ty, $d:expr) => {
+        impl Acc for $t {
+            const DTYPE: DType = $d;
+            #[inline(always)]
+            fn of(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
+            }
+            fn total_cmp(&self, other: &Self) -> std::cmp::Ordering {
+                <$t>::total_cmp(self, other)
+            }
+        }
+    };
+}
+acc_impl!(f32, DType::F32);
+acc_impl!(f64, DType::F64);
+
+/// An element read and written in arithmetic type `A` (f32 for every dtype; f64 for f64).
+pub trait Load<A: Acc>: Copy + Send + Sync + 'static {
+    fn widen(src: &[Self], dst: &mut [A]);
+    fn narrow(src: &[A], dst: &mut [Self]);
+    /// The slice itself when it already is of type `A` (no scratch copy needed).
+    fn as_acc(_s: &[Self]) -> Option<&[A]> {
+        None
+    }
+    fn as_acc_mut(_s: &mut [Self]) -> Option<&mut [A]> {
+        None
+    }
+}
+
+impl<E: Elem> Load<f32> for E {
+    #[inline(always)]
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        E::load(src, dst)
+    }
+    #[inline(always)]
+    fn narrow(src: &[f32], dst: &mut [Self]) {
+        E::store(src, dst)
+    }
+    fn as_acc(s: &[Self]) -> Option<&[f32]> {
+        E::as_f32(s)
+    }
+    fn as_acc_mut(s: &mut [Self]) -> Option<&mut [f32]> {
+        E::as_f32_mut(s)
+    }
+}
+
+impl Load<f64> for f64 {
+    #[inline(always)]
+    fn widen(src: &[Self], dst: &mut [f64]) {
+        dst.copy_from_slice(src)
+    }
+    #[inline(always)]
+    fn narrow(src: &[f64], dst: &mut [Self]) {
+        dst.copy_from_slice(src)
+    }
+    fn as_acc(s: &[Self]) -> Option<&[f64]> {
+        Some(s)
+    }
+    fn as_acc_mut(s: &mut [Self]) -> Option<&mut [f64]> {
+        Some(s)
+    }
+}
+
 /// Calls `$body` with the type alias `$t` bound to the Rust type of a runtime `DType`.
 #[macro_export]
 macro_rules! with_elem {
     ($dtype:expr, $t:ident, $body:expr) => {
         match $dtype {
-            $crate::cpu::dtype::DType::F32 => {
+            $crate::dtype::DType::F32 => {
                 type $t = f32;
                 $body
             }
-            $crate::cpu::dtype::DType::F16 => {
+            $crate::dtype::DType::F16 => {
                 type $t = half::f16;
                 $body
             }
-            $crate::cpu::dtype::DType::BF16 => {
+            $crate::dtype::DType::BF16 => {
                 type $t = half::bf16;
                 $body
             }
-            $crate::cpu::dtype::DType::F64 => {
+            $crate::dtype::DType::F64 => {
                 type $t = f64;
                 $body
             }

@@ -1,0 +1,179 @@
+//! [`UNetRunner`]: a loaded UNet with the backend chosen at load and that backend's state —
+//! a CPU activation arena, or device memory (uploaded weights, an activation arena) on a CUDA
+//! device or the emulated launcher. Calls check that the caller's tensors are where the model
+//! lives, then run the one graph (`unet::model`) on that backend.
+
+use std::sync::Mutex;
+
+use super::embeddings::ClassLabels;
+use super::model::UNet2D;
+use crate::cpu::arena::Arena;
+use crate::cuda::unet::device::EmulatedDevice;
+use crate::cuda::unet::model::{self as device_model, DeviceState};
+use crate::error::{RdiffError, Result};
+use crate::target::{with_cuda_device, Target};
+use crate::tensor::{Device, Tensor};
+use crate::with_elem;
+
+enum State {
+    Cpu(Mutex<Arena>),
+    Emulated(EmulatedDevice, Mutex<DeviceState>),
+    Cuda(i32, Mutex<DeviceState>),
+}
+
+pub struct UNetRunner {
+    pub unet: UNet2D,
+    state: State,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl UNetRunner {
+    /// `unet` on `target` (its stream is the call's); `threads` per block for the emulated
+    /// launcher's UNet kernels (0: 256, as on a GPU).
+    pub fn new(unet: UNet2D, target: Target, threads: u32) -> Result<Self> {
+        let state = match target {
+            Target::Cpu => State::Cpu(Mutex::default()),
+            Target::Emulated { max_blocks } => State::Emulated(
+                EmulatedDevice::new(max_blocks, threads, false),
+                Mutex::default(),
+            ),
+            Target::Cuda { ordinal, .. } => {
+                with_cuda_device(ordinal, 0, |_| Ok(()))?;
+                State::Cuda(ordinal, Mutex::default())
+            }
+        };
+        Ok(Self { unet, state })
+    }
+
+    /// Where the model's tensors must live.
+    pub fn device(&self) -> Device {
+        match self.state {
+            State::Cpu(_) | State::Emulated(..) => Device::Cpu,
+            State::Cuda(ordinal, _) => Device::Cuda(ordinal),
+        }
+    }
+
+    /// -1 for the emulated launcher, the CUDA ordinal, or None for the CPU.
+    pub fn ordinal(&self) -> Option<i32> {
+        match self.state {
+            State::Cpu(_) => None,
+            State::Emulated(..) => Some(-1),
+            State::Cuda(o, _) => Some(o),
+        }
+    }
+
+    /// Bytes of activation memory the backend has allocated so far.
+    pub fn arena_bytes(&self) -> usize {
+        match &self.state {
+            State::Cpu(a) => lock(a).allocated_bytes(),
+            State::Emulated(_, s) | State::Cuda(_, s) => lock(s).arena.allocated_bytes(),
+        }
+    }
+
+    /// The forward pass: `sample` NCHW (batch, in_channels, h, w), `out` NCHW with
+    /// out_channels, same dtype, both where the model lives; `stream`: the caller's CUDA stream.
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        out: &Tensor,
+        timesteps: &[f32],
+        class: ClassLabels<'_>,
+        stream: usize,
+    ) -> Result<()> {
+        let (b, c, h, w) = match sample.shape[..] {
+            [b, c, h, w] => (b, c, h, w),
+            _ => {
+                return Err(RdiffError::Value(format!(
+                    "sample: expected shape (batch, channels, height, width), got {:?}",
+                    sample.shape
+                )))
+            }
+        };
+        self.unet.check(b, c, h, w, timesteps.len())?;
+        let want = [b, self.unet.out_channels(), h, w];
+        if out.shape != want {
+            return Err(RdiffError::Value(format!(
+                "output buffer: expected shape {want:?}, got {:?}",
+                out.shape
+            )));
+        }
+        if out.dtype != sample.dtype {
+            return Err(RdiffError::Type(
+                "output buffer: dtype differs from the sample's".into(),
+            ));
+        }
+        let here = self.device();
+        for t in [sample, out] {
+            if t.device != here {
+                return Err(match (here, t.device) {
+                    (Device::Cpu, Device::Cuda(_)) => RdiffError::CudaUnavailable(
+                        "this UNet2DModel was loaded for the CPU; load it with \
+                         device=\"cuda\" for CUDA tensors"
+                            .into(),
+                    ),
+                    _ => RdiffError::Value(format!(
+                        "sample and output must be on {here}, where this model lives; got {}",
+                        t.device
+                    )),
+                });
+            }
+        }
+        let dims = (b, h, w);
+        match &self.state {
+            State::Cpu(arena) => with_elem!(sample.dtype, T, {
+                // SAFETY: shapes, dtype and device checked above; the caller keeps both
+                // buffers alive for the call and allocates `out` fresh.
+                let (x, o) = unsafe { (sample.slice::<T>(), out.slice_mut::<T>()) };
+                crate::cpu::unet::forward(
+                    &self.unet,
+                    &mut lock(arena),
+                    x,
+                    dims,
+                    timesteps,
+                    class,
+                    o,
+                )
+            }),
+            State::Emulated(dev, st) => device_model::forward(
+                &self.unet,
+                &mut lock(st),
+                dev,
+                sample,
+                dims,
+                timesteps,
+                class,
+                out,
+            ),
+            State::Cuda(ordinal, st) => with_cuda_device(*ordinal, stream, |dev| {
+                device_model::forward(
+                    &self.unet,
+                    &mut lock(st),
+                    dev,
+                    sample,
+                    dims,
+                    timesteps,
+                    class,
+                    out,
+                )
+            }),
+        }
+    }
+}
+
+impl Drop for UNetRunner {
+    fn drop(&mut self) {
+        match &self.state {
+            State::Cpu(_) => {}
+            State::Emulated(dev, st) => lock(st).release(dev),
+            State::Cuda(ordinal, st) => {
+                let _ = with_cuda_device(*ordinal, 0, |dev| {
+                    lock(st).release(dev);
+                    Ok(())
+                });
+            }
+        }
+    }
+}
