@@ -133,12 +133,15 @@ def check_array(x: Any, what: str) -> None:
         check_device(x, what)
 
 
-def same_framework(a: Any, b: Any, what: str) -> None:
-    if is_torch(a) != is_torch(b):
+def same_framework(a: Any, b: Any, what: str, devices: bool = True) -> None:
+    """TypeError when a and b are not both numpy arrays or both torch tensors; with
+    ``devices``, ValueError for torch tensors on two devices (the core checks devices of the
+    tensors it is given itself)."""
+    if isinstance(a, np.ndarray) != isinstance(b, np.ndarray):
         raise TypeError(
             f"{what}: mixes a torch tensor and a numpy array; pass both as the same type"
         )
-    if is_torch(a) and a.device != b.device:
+    if devices and is_torch(a) and a.device != b.device:
         raise ValueError(f"{what}: tensors on different devices ({a.device} and {b.device})")
 
 

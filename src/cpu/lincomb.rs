@@ -260,6 +260,14 @@ fn view<'a, A: Acc, T: Load<A>>(src: &'a [T], buf: &'a mut [A; LANES]) -> &'a [A
     }
 }
 
+/// acc += c·v, elementwise (the order every term is added in, on every target).
+#[inline(always)]
+fn axpy<A: Acc>(acc: &mut [A], c: A, v: &[A]) {
+    for (a, &v) in acc.iter_mut().zip(v) {
+        *a = *a + c * v;
+    }
+}
+
 /// f32 values (noise) in the arithmetic type.
 #[inline(always)]
 fn widen<A: Acc>(src: &[f32], dst: &mut [A]) {
@@ -282,7 +290,7 @@ fn run_span<A, D, S>(
 {
     let s = &sl.s;
     let ps = sl.per_sample;
-    let (mut xb, mut mb, mut eb, mut acc, mut tmp, mut nb) = (
+    let (mut xb, mut mb, mut eb, mut accb, mut tmp, mut nb) = (
         [A::default(); LANES],
         [A::default(); LANES],
         [A::default(); LANES],
@@ -305,9 +313,11 @@ fn run_span<A, D, S>(
             let xs = view(&x[r.clone()], &mut xb);
             let ms = view(&mo[m0..m0 + n], &mut mb);
             let e = &mut eb[..n];
-            for i in 0..n {
-                let v = s.p * xs[i] + s.q * ms[i];
-                e[i] = if s.divide { v / s.d } else { v };
+            for ((e, &x), &m) in e.iter_mut().zip(xs).zip(ms) {
+                *e = s.p * x + s.q * m;
+            }
+            if s.divide {
+                e.iter_mut().for_each(|v| *v = *v / s.d);
             }
             match sl.clamp {
                 ClampKind::None => {}
@@ -332,51 +342,52 @@ fn run_span<A, D, S>(
                 }
             }
             if s.affine {
-                for i in 0..n {
-                    e[i] = s.r * xs[i] + s.w * e[i];
+                for (e, &x) in e.iter_mut().zip(xs) {
+                    *e = s.r * x + s.w * *e;
                 }
             }
             if let Some(h) = hist.as_deref_mut() {
                 // Continue with the stored (rounded) value, as a framework computing m in the
-                // history's dtype would.
+                // history's dtype would (nothing to read back when it is the arithmetic type).
                 let hr = &mut h[start..start + n];
-                D::narrow(e, hr);
-                D::widen(hr, e);
+                match D::as_acc_mut(hr) {
+                    Some(hr) => hr.copy_from_slice(e),
+                    None => {
+                        D::narrow(e, hr);
+                        D::widen(hr, e);
+                    }
+                }
             }
             have_m = true;
             if sl.recompute {
-                let t = &mut tmp[..n];
-                for i in 0..n {
-                    let z = if s.from_m { e[i] } else { ms[i] };
-                    t[i] = (s.h1 * xs[i] + s.h2 * z) / s.h3;
+                let z: &[A] = if s.from_m { e } else { ms };
+                for ((t, &x), &z) in tmp[..n].iter_mut().zip(xs).zip(z) {
+                    *t = (s.h1 * x + s.h2 * z) / s.h3;
                 }
             }
         }
-        let acc = &mut acc[..n];
+        // Accumulate in the output itself when it is of the arithmetic type.
+        let (acc, direct): (&mut [A], bool) = match D::as_acc_mut(&mut out[start..start + n]) {
+            Some(o) => (o, true),
+            None => (&mut accb[..n], false),
+        };
         match sl.base {
             Some(u) => {
                 let us = view(&u[r.clone()], &mut xb);
-                for i in 0..n {
-                    acc[i] = s.a * us[i];
+                for (a, &u) in acc.iter_mut().zip(us) {
+                    *a = s.a * u;
                 }
             }
             None => acc.fill(A::of(0.0)),
         }
         if have_m {
-            for i in 0..n {
-                acc[i] = acc[i] + s.wm * eb[i];
-            }
+            axpy(acc, s.wm, &eb[..n]);
             if sl.recompute {
-                for i in 0..n {
-                    acc[i] = acc[i] + s.wg * tmp[i];
-                }
+                axpy(acc, s.wg, &tmp[..n]);
             }
         }
         for (t, c) in &sl.terms {
-            let ts = view(&t[r.clone()], &mut mb);
-            for i in 0..n {
-                acc[i] = acc[i] + *c * ts[i];
-            }
+            axpy(acc, *c, view(&t[r.clone()], &mut mb));
         }
         if let Some(sigma) = sl.sigma {
             let nz = &mut nb[..n];
@@ -388,32 +399,28 @@ fn run_span<A, D, S>(
             let z = &mut tmp[..n];
             widen(nz, z);
             match sigma {
-                Sigma::Fixed(_) => {
-                    for i in 0..n {
-                        acc[i] = acc[i] + s.sigma * z[i];
-                    }
-                }
+                Sigma::Fixed(_) => axpy(acc, s.sigma, z),
                 Sigma::Learned | Sigma::LearnedRange { .. } => {
                     let mo = sl.mo.expect("validated: a learned σ has the model output");
                     let v0 = b * sl.mo_stride + ps + off + start;
                     let vs = view(&mo[v0..v0 + n], &mut mb);
-                    let half = A::of(0.5);
-                    let one = A::of(1.0);
-                    for i in 0..n {
-                        let std = match sigma {
-                            Sigma::Learned => vs[i].sqrt(),
-                            _ => {
-                                let f = (vs[i] + one) * half;
-                                let v = f * s.max_log + (one - f) * s.min_log;
-                                (half * v).exp()
-                            }
+                    let (half, one) = (A::of(0.5), A::of(1.0));
+                    let learned = matches!(sigma, Sigma::Learned);
+                    for ((a, &v), &z) in acc.iter_mut().zip(vs).zip(z.iter()) {
+                        let std = if learned {
+                            v.sqrt()
+                        } else {
+                            let f = (v + one) * half;
+                            (half * (f * s.max_log + (one - f) * s.min_log)).exp()
                         };
-                        acc[i] = acc[i] + std * z[i];
+                        *a = *a + std * z;
                     }
                 }
             }
         }
-        D::narrow(acc, &mut out[start..start + n]);
+        if !direct {
+            D::narrow(&accb[..n], &mut out[start..start + n]);
+        }
         start += n;
     }
 }

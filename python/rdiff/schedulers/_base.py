@@ -18,9 +18,9 @@ from .._rdiff import ConcurrentUseError, NoiseSchedule
 # and release the GIL inside `step`, so two threads in one instance would interleave their
 # updates. Instead of waiting (which would hide the bug and still mix two loops' histories),
 # a second concurrent call raises. The busy set is keyed by id() rather than a lock attribute
-# so that schedulers stay deep-copyable and picklable, as diffusers' are.
-_BUSY: dict[int, tuple[int, int]] = {}  # id(scheduler) -> (owning thread, depth)
-_BUSY_LOCK = threading.Lock()
+# so that schedulers stay deep-copyable and picklable, as diffusers' are; `dict.setdefault`
+# claims an entry atomically under the GIL, so no lock is taken on the step's hot path.
+_BUSY: dict[int, list] = {}  # id(scheduler) -> [owning thread, depth]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -31,23 +31,20 @@ def exclusive(method: _F) -> _F:
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         key, me = id(self), threading.get_ident()
-        with _BUSY_LOCK:
-            owner, depth = _BUSY.get(key, (me, 0))
-            if owner != me:
-                raise ConcurrentUseError(
-                    f"{type(self).__name__}.{method.__name__}: this scheduler is in use by "
-                    "another thread (a scheduler keeps per-loop state: give each thread its "
-                    "own instance, e.g. copy.deepcopy(scheduler) or from_config)"
-                )
-            _BUSY[key] = (me, depth + 1)
+        entry = _BUSY.setdefault(key, [me, 0])
+        if entry[0] != me:
+            raise ConcurrentUseError(
+                f"{type(self).__name__}.{method.__name__}: this scheduler is in use by "
+                "another thread (a scheduler keeps per-loop state: give each thread its "
+                "own instance, e.g. copy.deepcopy(scheduler) or from_config)"
+            )
+        entry[1] += 1
         try:
             return method(self, *args, **kwargs)
         finally:
-            with _BUSY_LOCK:
-                if depth == 0:
-                    del _BUSY[key]
-                else:
-                    _BUSY[key] = (me, depth)
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _BUSY[key]
 
     return wrapper  # type: ignore[return-value]
 

@@ -33,8 +33,11 @@ class DPMSolverBase(SchedulerBase):
         return "default"
 
     def _solver_args(self, algorithm_type: str, solver_type: str) -> dict:
-        """The options of the Rust core (``SolverArgs``), from the config and ``sigmas``."""
+        """The options of the Rust core (``SolverArgs``), from the config and ``sigmas``;
+        what a step reads of them is kept on the instance for the loop."""
         cfg = self.config
+        self._core_thresholding = bool(cfg.thresholding)
+        self._core_solver_order = int(cfg.solver_order)
         learned = (
             cfg.get("variance_type") in ("learned", "learned_range")
             and cfg.prediction_type == "epsilon"
@@ -63,7 +66,7 @@ class DPMSolverBase(SchedulerBase):
             )
         _tensor.check_array(model_output, "model_output")
         _tensor.check_array(sample, "sample")
-        _tensor.same_framework(model_output, sample, "step")
+        _tensor.same_framework(model_output, sample, "step", devices=False)
         if self._step_index is None:
             self._init_step_index(timestep)
         if self._step_index >= len(self.timesteps):
@@ -97,7 +100,7 @@ class DPMSolverBase(SchedulerBase):
             "prev": _tensor.empty_like(x, dtype=mo.dtype),
             "stream": _tensor.cuda_stream(x),
         }
-        if self.config.thresholding:
+        if self._core_thresholding:
             out["bounds"] = thresholding_scratch(x, int(x.shape[0]) if x.ndim else 1)
         return out
 

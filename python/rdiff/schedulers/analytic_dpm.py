@@ -265,7 +265,7 @@ class AnalyticDPMScheduler(SchedulerBase):
             )
         _tensor.check_array(model_output, "model_output")
         _tensor.check_array(sample, "sample")
-        _tensor.same_framework(model_output, sample, "step")
+        _tensor.same_framework(model_output, sample, "step", devices=False)
         if self._step_index is None:
             self._init_step_index(timestep)
         i = self._step_index

@@ -92,7 +92,7 @@ class _DiscreteAlphasMixin:
 def _check_pair(model_output: Any, sample: Any) -> tuple:
     _tensor.check_array(model_output, "model_output")
     _tensor.check_array(sample, "sample")
-    _tensor.same_framework(model_output, sample, "step")
+    _tensor.same_framework(model_output, sample, "step", devices=False)
     shape = tuple(sample.shape)
     if len(shape) < 1 or shape[0] == 0:
         raise ValueError(f"sample: expected a non-empty batch, got shape {shape}")

@@ -218,7 +218,7 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
             **out,
         )
         self._push_history(out["hist"])
-        if self.lower_order_nums < self.config.solver_order:
+        if self.lower_order_nums < self._core_solver_order:
             self.lower_order_nums += 1
         self._step_index += 1
         if not return_dict:

@@ -231,7 +231,7 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
         mo, x = self._begin_step(model_output, timestep, sample)
         start = self.sample
         if start is not None:
-            _tensor.same_framework(start, x, "step")
+            _tensor.same_framework(start, x, "step", devices=False)
             if start.dtype != x.dtype:
                 start = start.to(x.dtype) if _tensor.is_torch(start) else start.astype(x.dtype)
             start = _tensor.contiguous(start)
