@@ -1,6 +1,6 @@
 """Type stubs for the compiled extension module `rdiff._rdiff`."""
 
-from typing import Any, Literal, TypeAlias, overload
+from typing import Any, Literal, TypeAlias, TypedDict, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -157,48 +157,82 @@ class _GaussianMixture:
         self, x: npt.ArrayLike, alpha: npt.ArrayLike, sigma: npt.ArrayLike
     ) -> npt.NDArray[np.float64]: ...
 
-class _MultistepCore:
-    """Per-scheduler constants of the multistep DPM-Solver; built by ``set_timesteps``."""
+# A tensor argument: a numpy array, a torch tensor (read through DLPack), or any object with
+# ``__dlpack__``, ``__array_interface__`` or ``__cuda_array_interface__`` (src/py/tensor.rs).
+_Tensor: TypeAlias = Any
+
+class _SolverArgs(TypedDict):
+    """The solver options both DPM-Solver cores take (``SolverArgs`` in src/py/dpm_multistep.rs)."""
+
+    algorithm_type: str
+    solver_type: str
+    prediction_type: str
+    thresholding: bool
+    dynamic_thresholding_ratio: float
+    sample_max_value: float
+    flow: bool
+    learned_variance: bool
+    sigmas: list[float]
+
+class _DpmMultistep:
+    """Per-loop constants of the multistep DPM-Solver (``rdiff.DPMSolverMultistepScheduler``);
+    built by ``set_timesteps``."""
 
     def __init__(
         self,
-        algorithm_type: str,
-        solver_type: str,
-        prediction_type: str,
-        thresholding: bool,
-        dynamic_thresholding_ratio: float,
-        sample_max_value: float,
-        flow: bool,
-        sigmas: list[float],
+        solver: _SolverArgs,
+        solver_order: int,
+        lower_order_final: bool,
+        euler_at_final: bool,
+        final_sigma_zero: bool,
     ) -> None: ...
+    def order(self, step_index: int, lower_order_nums: int) -> int:
+        """diffusers' order rule for step ``step_index``."""
     def coefficients(self, step_index: int, order: int) -> list[float]:
         """The step's scalars (p, q, r, w, a, w0, w1, w2, c)."""
     def step(
         self,
         step_index: int,
-        order: int,
-        mo: tuple[int, int, str, str, int],
-        x: tuple[int, int, str, str, int],
-        m1: tuple[int, int, str, str, int] | None,
-        m2: tuple[int, int, str, str, int] | None,
-        noise: tuple[int, int, str, str, int] | None,
-        hist: tuple[int, int, str, str, int],
-        prev: tuple[int, int, str, str, int],
-        batch: int,
-        mo_stride: int,
-        stream: int | None = None,
-        bounds: tuple[int, int, str, str, int] | None = None,
+        lower_order_nums: int,
+        *,
+        model_output: _Tensor,
+        sample: _Tensor,
+        history: list[_Tensor | None],
+        hist: _Tensor,
+        prev: _Tensor,
+        noise: _Tensor | None = None,
+        bounds: _Tensor | None = None,
+        stream: int = 0,
     ) -> None:
-        """One fused step over caller-owned buffers described by ``rdiff._tensor.describe``.
+        """One fused step: the converted model output into ``hist``, the new sample into
+        ``prev``. ``history``: earlier converted outputs, newest first; ``noise``: float32 (SDE
+        types); ``bounds``: the thresholding scratch; ``stream``: the caller's CUDA stream."""
 
-        For CUDA tensors the kernels are enqueued on ``stream`` (the caller's
-        ``torch.cuda.current_stream().cuda_stream``; 0 or None is the default stream); with
-        dynamic thresholding ``bounds`` is a float32 scratch tensor of ``batch`` elements on
-        the same device (required there, ignored for CPU tensors).
-        """
+class _DpmSinglestep:
+    """Per-loop constants of the singlestep DPM-Solver (``rdiff.DPMSolverSinglestepScheduler``)."""
 
-class _DdimCore:
-    """Per-scheduler constants of the DDIM and DDPM schedulers (diffusers' arithmetic)."""
+    def __init__(self, solver: _SolverArgs, order_list: list[int]) -> None: ...
+    def coefficients(self, step_index: int, order: int) -> list[float]:
+        """The step's scalars (p, q, r, w, a, w0, w1, w2, c)."""
+    def step(
+        self,
+        step_index: int,
+        *,
+        model_output: _Tensor,
+        sample: _Tensor,
+        start: _Tensor | None,
+        history: list[_Tensor | None],
+        hist: _Tensor,
+        prev: _Tensor,
+        noise: _Tensor | None = None,
+        bounds: _Tensor | None = None,
+        stream: int = 0,
+    ) -> int:
+        """One fused step converting at ``sample`` and updating from ``start`` (the group's
+        first sample); returns the step's order (1 opens a group)."""
+
+class _Ddim:
+    """Per-scheduler constants of ``rdiff.DDIMScheduler`` and ``rdiff.DDPMScheduler``."""
 
     def __init__(
         self,
@@ -218,91 +252,52 @@ class _DdimCore:
         prev_timestep: int,
         eta: float = 0.0,
         use_clipped_model_output: bool = False,
-    ) -> tuple[float, ...]:
-        """The DDIM step's scalars (p, q, d, h1, h2, h3, a, w0, w_eps, std)."""
-    def ddpm_coefficients(self, timestep: int, prev_timestep: int) -> tuple[float, ...]:
-        """The DDPM step's scalars, as ``ddim_coefficients`` (std NaN for learned variances)."""
+    ) -> tuple[float, float, float, float, float, float, float, float, float, float]:
+        """(p, q, d, h1, h2, h3, a, w0, w_eps, std) of a DDIM step."""
+    def ddpm_coefficients(
+        self, timestep: int, prev_timestep: int
+    ) -> tuple[float, float, float, float, float, float, float, float, float, float]:
+        """As ``ddim_coefficients`` for a DDPM step (std NaN for learned variances)."""
     def ddim(
         self,
         timestep: int,
         prev_timestep: int,
         eta: float,
         use_clipped_model_output: bool,
-        mo: _Desc,
-        x: _Desc,
-        noise: _Desc | None,
-        x0: _Desc,
-        prev: _Desc,
-        batch: int,
-        mo_stride: int,
-        stream: int | None = None,
-        bounds: _Desc | None = None,
+        *,
+        model_output: _Tensor,
+        sample: _Tensor,
+        x0: _Tensor,
+        prev: _Tensor,
+        noise: _Tensor | None = None,
+        bounds: _Tensor | None = None,
+        stream: int = 0,
     ) -> None:
-        """One fused DDIM step: x̂₀ into ``x0``, the new sample into ``prev``; ``noise`` (model
-        dtype) is required when η > 0. ``stream``/``bounds`` as for ``_MultistepCore.step``."""
+        """One fused DDIM step: x₀ into ``x0``, the new sample into ``prev``."""
     def ddpm(
         self,
         timestep: int,
         prev_timestep: int,
-        mo: _Desc,
-        x: _Desc,
-        noise: _Desc | None,
-        x0: _Desc,
-        prev: _Desc,
-        batch: int,
-        mo_stride: int,
-        stream: int | None = None,
-        bounds: _Desc | None = None,
+        *,
+        model_output: _Tensor,
+        sample: _Tensor,
+        x0: _Tensor,
+        prev: _Tensor,
+        noise: _Tensor | None = None,
+        bounds: _Tensor | None = None,
+        stream: int = 0,
     ) -> None:
-        """One fused DDPM step; ``noise`` is required when timestep > 0."""
+        """One fused DDPM step (learned variances read the model output's second half)."""
 
 def _ddim_timesteps(
     num_train_timesteps: int, num_inference_steps: int, timestep_spacing: str, steps_offset: int
 ) -> npt.NDArray[np.int64]:
     """diffusers' DDIM/DDPM timesteps for ``num_inference_steps`` (int64, descending)."""
 
-class _SinglestepCore:
-    """Per-scheduler constants of the singlestep DPM-Solver; built by ``set_timesteps``."""
-
-    def __init__(
-        self,
-        algorithm_type: str,
-        solver_type: str,
-        prediction_type: str,
-        thresholding: bool,
-        dynamic_thresholding_ratio: float,
-        sample_max_value: float,
-        flow: bool,
-        sigmas: list[float],
-    ) -> None: ...
-    def coefficients(self, step_index: int, order: int) -> list[float]:
-        """The step's scalars (p, q, r, w, a, w0, w1, w2, c); x is the group's start sample."""
-    def step(
-        self,
-        step_index: int,
-        order: int,
-        mo: tuple[int, int, str, str, int],
-        x: tuple[int, int, str, str, int],
-        start: tuple[int, int, str, str, int] | None,
-        m1: tuple[int, int, str, str, int] | None,
-        m2: tuple[int, int, str, str, int] | None,
-        noise: tuple[int, int, str, str, int] | None,
-        hist: tuple[int, int, str, str, int],
-        prev: tuple[int, int, str, str, int],
-        batch: int,
-        mo_stride: int,
-        stream: int | None = None,
-        bounds: tuple[int, int, str, str, int] | None = None,
-    ) -> None:
-        """One fused step: conversion from ``x`` (the current sample), update from ``start``
-        (the group's start sample; None means ``x``)."""
-
 def _singlestep_order_list(
     steps: int, solver_order: int, lower_order_final: bool, final_sigma_zero: bool
 ) -> list[int]:
     """diffusers' ``DPMSolverSinglestepScheduler.get_order_list``."""
-
-_Desc = tuple[int, int, str, str, int]
 
 def _cuda_kernels() -> list[str]:
     """The CUDA kernel sources rdiff ships."""
@@ -313,65 +308,27 @@ def _cuda_compile(kernel: str, arch: str) -> dict[str, Any]:
 def _emulated_kernels() -> list[str]:
     """The entry points of the host-compiled kernels (the emulated launcher)."""
 
-def _emulated_dpm_step(
-    order: int,
-    coefficients: list[float],
-    mo: _Desc,
-    x: _Desc,
-    m1: _Desc | None,
-    m2: _Desc | None,
-    noise: _Desc | None,
-    hist: _Desc,
-    prev: _Desc,
-    batch: int,
-    mo_stride: int,
-    thresholding: tuple[float, float] | None = None,
-    max_blocks: int = 3,
-) -> None:
-    """``_MultistepCore.step`` through the CUDA kernels on the emulated launcher (CPU buffers)."""
-
-def _emulated_threshold(
-    mo: _Desc,
-    x: _Desc,
-    batch: int,
-    mo_stride: int,
-    p: float,
-    q: float,
-    ratio: float,
-    max_value: float,
-) -> list[float]:
-    """Per-sample dynamic-thresholding bounds from the radix-select kernel (emulated)."""
-
-def _emulated_add_noise(
-    x0: _Desc, eps: _Desc, alpha: list[float], sigma: list[float], out: _Desc, max_blocks: int = 3
-) -> None:
-    """out = alpha_b * x0 + sigma_b * eps through the CUDA kernel (emulated)."""
-
-def _emulated_gamma(eps: _Desc, batch: int) -> list[float]:
-    """Per-sample sum of squares / d through the CUDA reduction kernel (emulated)."""
+def _emulated_launches() -> int:
+    """Kernel launches the emulated launcher has run in this process."""
 
 def _set_emulated_backend(max_blocks: int | None = None) -> int | None:
-    """Route CPU tensors of the steps that have a kernel through the emulated launcher (at most
-    ``max_blocks`` blocks), or back to the CPU loops with None; returns the previous value."""
+    """Run every fused pass over CPU tensors on the CUDA kernels through the emulated launcher
+    (at most ``max_blocks`` blocks), or on the CPU loops with None; returns the previous value."""
 
-def _philox_normal_fill(out: _Desc, seed: int, offset: int) -> None:
+def _philox_normal_fill(out: _Tensor, seed: int, offset: int) -> None:
     """Fill a contiguous float32 CPU buffer with elements 0..numel of the Philox stream."""
 
 # -- Analytic-DPM (python/rdiff/analytic.py and schedulers/analytic_dpm.py wrap these) --------
 
-_TensorDesc: TypeAlias = tuple[int, int, str, str, int]
-
 def _gamma_batch_sums(
-    mo: _TensorDesc,
-    x: _TensorDesc | None,
-    batch: int,
-    mo_stride: int,
+    mo: _Tensor,
+    x: _Tensor | None,
     per_sample: int,
-    p: float,
-    q: float,
+    prediction_type: str,
+    alpha_cumprod: float,
 ) -> tuple[int, float, float, int, int]:
-    """Σv, Σv² of v = ‖p·x + q·mo‖²/d over a batch: (count, sum, sum_sq, sum_fixed,
-    sum_sq_fixed), the last two exact integers at scale 2⁶⁴."""
+    """(count, Σv, Σv², Σv and Σv² in exact fixed point) of v = ‖ε‖²/d over a batch of model
+    outputs (CPU), converted to ε from ``prediction_type`` at ᾱ_t = ``alpha_cumprod``."""
 
 def _optimal_trajectory(
     gamma: list[float], alphas_cumprod: list[float], num_steps: int
@@ -383,15 +340,15 @@ def _trajectory_cost(
 ) -> float:
     """Σ log(1 − (1 − ᾱ_t/ᾱ_s)·Γ_t/β̄_t) over consecutive timesteps of a trajectory."""
 
-class _AnalyticCore:
-    """The Rust core of ``rdiff.AnalyticDPMScheduler``: every step's scalars, the fused step."""
+class _AnalyticDpm:
+    """Every step's scalars of one Analytic-DPM loop (``rdiff.AnalyticDPMScheduler``)."""
 
     def __init__(
         self,
         alphas_cumprod: list[float],
         timesteps: list[int],
         gamma: list[float],
-        form: Literal["ddpm", "ddim"],
+        form: str,
         eta: float,
         cov_max: float,
         last_cap: float | None,
@@ -399,28 +356,28 @@ class _AnalyticCore:
         variances: list[float] | None = None,
     ) -> None: ...
     @property
-    def variances(self) -> _F64Array: ...
+    def variances(self) -> _F64Array:
+        """σ² of every step."""
     @property
-    def lambda2(self) -> _F64Array: ...
-    def coefficients(self, step_index: int) -> list[float]: ...
+    def lambda2(self) -> _F64Array:
+        """λ² of every step."""
+    def coefficients(self, step_index: int) -> list[float]:
+        """(c_x0, c_x, c_eps, sigma2) of one step."""
     def step(
         self,
         step_index: int,
-        mo: _TensorDesc,
-        x: _TensorDesc,
-        noise: _TensorDesc | None,
-        x0: _TensorDesc,
-        prev: _TensorDesc,
-        batch: int,
-        mo_stride: int,
-        clip: tuple[float, float] | None,
+        *,
+        model_output: _Tensor,
+        sample: _Tensor,
+        x0: _Tensor,
+        prev: _Tensor,
+        noise: _Tensor | None = None,
+        clip: tuple[float, float] | None = None,
         philox: tuple[int, int] | None = None,
-        stream: int | None = None,
+        stream: int = 0,
     ) -> None:
-        """Noise: the f32 ``noise`` buffer, else the Philox stream ``philox=(seed, offset)``.
-        CUDA tensors run the kernel on ``stream`` (the caller's cudaStream_t)."""
-
-# ---------------------------------------------------------------- functional samplers
+        """One fused step: x̂₀ into ``x0``, the new sample into ``prev``; the noise is the
+        float32 ``noise`` or the Philox stream ``philox = (seed, offset)``."""
 
 class _ReferenceCore:
     """The DPM-Solver reference's per-step scalars over one schedule (``rdiff.sample``)."""
@@ -448,18 +405,28 @@ def _singlestep_schedule(
 ) -> tuple[list[float], list[int], list[tuple[float | None, float | None]]]: ...
 def _adaptive_next_h(h: float, err: float, order: int, theta: float, remaining: float) -> float: ...
 def _lincomb(
-    out: _TensorDesc,
-    terms: list[tuple[float, _TensorDesc]],
-    batch: int,
-    conv: tuple[_TensorDesc, _TensorDesc, float, float, float] | None = None,
-    hist: _TensorDesc | None = None,
+    out: _Tensor,
+    terms: list[tuple[float, _Tensor]],
+    conv: tuple[_Tensor, _Tensor, float, float, float] | None = None,
+    hist: _Tensor | None = None,
     threshold: tuple[float, float] | None = None,
+    bounds: _Tensor | None = None,
+    stream: int = 0,
 ) -> None:
-    """out = Σ c·term (+ w·m, m = p·x + q·mo, thresholded, kept in hist): one fused pass."""
+    """out = Σ c·term (+ w·m, m = p·x + q·mo, thresholded into ``bounds``, kept in hist):
+    one fused pass (``rdiff.sample``, ``rdiff.k``)."""
 
-def _adaptive_error(
-    hi: _TensorDesc, lo: _TensorDesc, prev: _TensorDesc, atol: float, rtol: float, batch: int
-) -> float: ...
+def _error_norm(
+    hi: _Tensor,
+    lo: _Tensor,
+    prev: _Tensor,
+    atol: float,
+    rtol: float,
+    out: _Tensor,
+    stream: int = 0,
+) -> None:
+    """The adaptive solver's error norm of each sample into ``out`` (float64)."""
+
 def _k_sigmas(
     kind: str, n: int, sigma_min: float, sigma_max: float, rho: float = 7.0
 ) -> list[float]: ...
@@ -478,18 +445,34 @@ def _k_churn_gamma(
 ) -> float: ...
 
 class _UNet2D:
-    """The native UNet2DModel; ``rdiff.UNet2DModel`` wraps it."""
+    """The native UNet2DModel on the device chosen at load; ``rdiff.UNet2DModel`` wraps it."""
 
     @staticmethod
-    def from_dir(path: str, weights_name: str) -> _UNet2D:
-        """Load ``config.json`` and the safetensors file ``weights_name`` from ``path``."""
+    def from_dir(
+        path: str,
+        weights_name: str,
+        device: int | None = None,
+        max_blocks: int = 8,
+        threads: int = 0,
+    ) -> _UNet2D:
+        """Load ``config.json`` and the safetensors ``weights_name`` from ``path`` for
+        ``device``: None the CPU, n CUDA device n, -1 the emulated launcher (tests)."""
     @staticmethod
-    def from_tensors(config_json: str, tensors: dict[str, npt.NDArray[np.float32]]) -> _UNet2D:
-        """Build from a config.json text and float32 arrays by diffusers' weight names."""
+    def from_tensors(
+        config_json: str,
+        tensors: dict[str, npt.NDArray[np.float32]],
+        device: int | None = None,
+        max_blocks: int = 8,
+        threads: int = 0,
+    ) -> _UNet2D:
+        """Build from a config.json text and float32 arrays, for ``device`` as in from_dir."""
     @property
     def in_channels(self) -> int: ...
     @property
     def out_channels(self) -> int: ...
+    @property
+    def device(self) -> int | None:
+        """The CUDA ordinal, -1 for the emulated launcher, None for the CPU."""
     @property
     def arena_bytes(self) -> int:
         """Bytes the activation arena has allocated so far."""
@@ -497,52 +480,11 @@ class _UNet2D:
         """ValueError unless a call with this sample shape and timestep count can run."""
     def forward(
         self,
-        sample: tuple[int, int, str, str, int],
-        shape: tuple[int, int, int, int],
+        sample: _Tensor,
         timesteps: list[float],
-        out: tuple[int, int, str, str, int],
-        class_indices: list[int] | None = None,
-        class_values: list[float] | None = None,
-    ) -> None:
-        """The forward pass over caller-owned NCHW buffers (GIL released)."""
-
-class _CudaUNet2D:
-    """The UNet2DModel graph through the CUDA kernels (device -1: the emulated launcher)."""
-
-    @staticmethod
-    def from_dir(
-        path: str, weights_name: str, device: int, max_blocks: int = 8, threads: int = 0
-    ) -> _CudaUNet2D:
-        """Load a diffusers folder for CUDA device ``device`` (CudaUnavailableError without one)."""
-    @staticmethod
-    def from_tensors(
-        config_json: str,
-        tensors: dict[str, npt.NDArray[np.float32]],
-        device: int,
-        max_blocks: int = 8,
-        threads: int = 0,
-    ) -> _CudaUNet2D:
-        """Build from a config.json text and float32 arrays, for ``device`` as in from_dir."""
-    @property
-    def in_channels(self) -> int: ...
-    @property
-    def out_channels(self) -> int: ...
-    @property
-    def device(self) -> int:
-        """The CUDA device ordinal, -1 for the emulated launcher."""
-    @property
-    def arena_bytes(self) -> int:
-        """Bytes of device activation memory allocated so far."""
-    def check(self, shape: tuple[int, int, int, int], timesteps: int) -> None:
-        """ValueError unless a call with this sample shape and timestep count can run."""
-    def forward(
-        self,
-        sample: tuple[int, int, str, str, int],
-        shape: tuple[int, int, int, int],
-        timesteps: list[float],
-        out: tuple[int, int, str, str, int],
+        out: _Tensor,
         class_indices: list[int] | None = None,
         class_values: list[float] | None = None,
         stream: int = 0,
     ) -> None:
-        """The forward pass over NCHW buffers on the model's device, on ``stream``."""
+        """The forward pass over NCHW buffers on the model's device (GIL released)."""
