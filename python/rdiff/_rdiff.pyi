@@ -254,6 +254,8 @@ class _Ddim:
         use_clipped_model_output: bool = False,
     ) -> tuple[float, float, float, float, float, float, float, float, float, float]:
         """(p, q, d, h1, h2, h3, a, w0, w_eps, std) of a DDIM step."""
+    def variance(self, timestep: int, prev_timestep: int) -> float:
+        """DDIM's β̃ from ``timestep`` to ``prev_timestep`` (diffusers' ``_get_variance``)."""
     def ddpm_coefficients(
         self, timestep: int, prev_timestep: int
     ) -> tuple[float, float, float, float, float, float, float, float, float, float]:

@@ -133,18 +133,6 @@ pub fn group_norm(
     });
 }
 
-simd_dispatch!(
-    /// In-place SiLU.
-    pub fn silu_inplace(x: &mut [f32]) => silu_inplace_kernel
-);
-
-#[inline(always)]
-fn silu_inplace_kernel(x: &mut [f32]) {
-    for v in x.iter_mut() {
-        *v = silu_f32(*v);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

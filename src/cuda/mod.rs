@@ -69,15 +69,3 @@ pub mod kernels;
 pub mod launch;
 pub mod lincomb;
 pub mod unet;
-
-/// The error for CUDA tensors given to an operation with no CUDA kernel in this build: why
-/// CUDA is unavailable here, or, where it is available, that `what` has no kernel yet.
-pub fn no_kernel(what: &str) -> crate::error::RdiffError {
-    use crate::error::RdiffError::CudaUnavailable;
-    match availability() {
-        Err(reason) => CudaUnavailable(format!("CUDA tensors need the CUDA backend: {reason}")),
-        Ok(_) => CudaUnavailable(format!(
-            "this build of rdiff has no CUDA kernel for {what} yet; pass CPU tensors"
-        )),
-    }
-}

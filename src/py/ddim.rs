@@ -95,6 +95,11 @@ impl PyDdim {
         Ok(co_tuple(&co))
     }
 
+    /// DDIM's β̃ from `timestep` to `prev_timestep` (diffusers' `_get_variance`).
+    fn variance(&self, timestep: i64, prev_timestep: i64) -> PyResult<f64> {
+        Ok(self.inner.variance(timestep, prev_timestep)?)
+    }
+
     /// The DDPM step's scalars, as `ddim_coefficients` (std NaN for learned variances).
     fn ddpm_coefficients(&self, timestep: i64, prev_timestep: i64) -> PyResult<CoTuple> {
         Ok(co_tuple(

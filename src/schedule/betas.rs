@@ -13,6 +13,10 @@ pub enum BetaSchedule {
     Linear,
     ScaledLinear,
     SquaredCosCapV2,
+    /// GeoDiff's sigmoid schedule (diffusers' DDPM only).
+    Sigmoid,
+    /// The Laplace noise schedule (diffusers' DDPM only).
+    Laplace,
 }
 
 impl BetaSchedule {
@@ -21,9 +25,11 @@ impl BetaSchedule {
             "linear" => Ok(Self::Linear),
             "scaled_linear" => Ok(Self::ScaledLinear),
             "squaredcos_cap_v2" => Ok(Self::SquaredCosCapV2),
+            "sigmoid" => Ok(Self::Sigmoid),
+            "laplace" => Ok(Self::Laplace),
             other => value_err!(
                 "beta_schedule: unknown schedule {other:?}; expected one of \"linear\", \
-                 \"scaled_linear\", \"squaredcos_cap_v2\""
+                 \"scaled_linear\", \"squaredcos_cap_v2\", \"sigmoid\", \"laplace\""
             ),
         }
     }
@@ -33,6 +39,8 @@ impl BetaSchedule {
             Self::Linear => "linear",
             Self::ScaledLinear => "scaled_linear",
             Self::SquaredCosCapV2 => "squaredcos_cap_v2",
+            Self::Sigmoid => "sigmoid",
+            Self::Laplace => "laplace",
         }
     }
 }
@@ -76,6 +84,36 @@ fn squaredcos_cap_v2(n: usize) -> Vec<f32> {
         .map(|i| {
             let t1 = i as f64 / n as f64;
             let t2 = (i + 1) as f64 / n as f64;
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+        })
+        .collect()
+}
+
+/// diffusers' sigmoid schedule: sigmoid(linspace(−6, 6, N))·(β_end − β_start) + β_start on
+/// torch's float32 grid, the sigmoid taken in f64 and rounded (torch's own float32 sigmoid is
+/// within an ulp of it), the affine map in f32.
+fn sigmoid(n: usize, beta_start: f64, beta_end: f64) -> Vec<f32> {
+    let (scale, shift) = ((beta_end - beta_start) as f32, beta_start as f32);
+    linspace_f32(-6.0, 6.0, n)
+        .into_iter()
+        .map(|x| {
+            let s = (1.0 / (1.0 + (-(x as f64)).exp())) as f32;
+            s * scale + shift
+        })
+        .collect()
+}
+
+/// diffusers' Laplace schedule: β_i = min(1 − ᾱ((i+1)/N)/ᾱ(i/N), 0.999) with
+/// ᾱ(t) = √(snr/(1 + snr)), snr = exp(λ), λ = −½·sign(½ − t)·ln(1 − 2|½ − t| + 10⁻⁶).
+fn laplace(n: usize) -> Vec<f32> {
+    let alpha_bar = |t: f64| {
+        let lmb = -0.5 * (0.5 - t).signum() * (1.0 - 2.0 * (0.5 - t).abs() + 1e-6).ln();
+        let snr = lmb.exp();
+        (snr / (1.0 + snr)).sqrt()
+    };
+    (0..n)
+        .map(|i| {
+            let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
             (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
         })
         .collect()
@@ -142,7 +180,10 @@ impl DiscreteBetas {
                 if num_train_timesteps == 0 {
                     return value_err!("num_train_timesteps: must be at least 1, got 0");
                 }
-                if schedule != BetaSchedule::SquaredCosCapV2 {
+                if !matches!(
+                    schedule,
+                    BetaSchedule::SquaredCosCapV2 | BetaSchedule::Laplace
+                ) {
                     if !(beta_start.is_finite() && beta_start > 0.0 && beta_start < 1.0) {
                         return value_err!("beta_start: must lie in (0, 1), got {beta_start}");
                     }
@@ -169,6 +210,8 @@ impl DiscreteBetas {
                     .map(|b| b * b)
                     .collect(),
                     BetaSchedule::SquaredCosCapV2 => squaredcos_cap_v2(num_train_timesteps),
+                    BetaSchedule::Sigmoid => sigmoid(num_train_timesteps, beta_start, beta_end),
+                    BetaSchedule::Laplace => laplace(num_train_timesteps),
                 }
             }
         };

@@ -106,6 +106,14 @@ pub fn alpha_prod_at(alphas_cumprod: &[f64], t: i64) -> Result<f64> {
     Ok(alphas_cumprod[i as usize])
 }
 
+/// DDIM's β̃ = (1 − ᾱ_prev)/(1 − ᾱ_t)·(1 − ᾱ_t/ᾱ_prev) (diffusers' `_get_variance`), in float32
+/// as diffusers forms it: at η = 1 the direction weight √(1 − ᾱ_prev − σ²) is a cancellation
+/// near 0 whose sign depends on that rounding.
+pub fn ddim_variance(alpha_prod_t: f64, alpha_prod_prev: f64) -> f64 {
+    let (at32, ap32) = (alpha_prod_t as f32, alpha_prod_prev as f32);
+    (((1.0 - ap32) / (1.0 - at32)) * (1.0 - at32 / ap32)) as f64
+}
+
 /// The DDIM step from ᾱ_t to ᾱ_prev (diffusers' `DDIMScheduler.step`).
 pub fn ddim_coefficients(
     prediction: PredictionType,
@@ -133,8 +141,8 @@ pub fn ddim_coefficients(
     // σ_t and the direction weight √(1 − ᾱ_prev − σ_t²) as diffusers forms them in float32:
     // at η = 1 the radicand is a cancellation near 0 whose sign (a NaN in diffusers when
     // negative) depends on that rounding.
-    let (at32, ap32) = (alpha_prod_t as f32, alpha_prod_prev as f32);
-    let variance = ((1.0 - ap32) / (1.0 - at32)) * (1.0 - at32 / ap32);
+    let ap32 = alpha_prod_prev as f32;
+    let variance = ddim_variance(alpha_prod_t, alpha_prod_prev) as f32;
     let std = (eta * variance.sqrt() as f64) as f32;
     let w_eps = ((1.0 - ap32) - std * std).sqrt() as f64;
     let std = std as f64;

@@ -19,20 +19,28 @@ pub struct KStep {
     pub noise: f64,
 }
 
-/// Karras et al.'s σ schedule: (σ_max^{1/ρ} + r·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ for r on a
-/// uniform grid of [0, 1] (without the final 0).
-pub fn sigmas_karras(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
+/// Karras et al.'s σ(r) = (σ_max^{1/ρ} + r·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ at each r of `ramp`
+/// (the formula diffusers' `_convert_to_karras` and k-diffusion share; each builds its own
+/// ramp over [0, 1]).
+pub fn karras_at(ramp: &[f64], sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
     let (lo, hi) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
-    (0..n)
+    ramp.iter()
+        .map(|r| (hi + r * (lo - hi)).powf(rho))
+        .collect()
+}
+
+/// k-diffusion's Karras schedule: [`karras_at`] on the ramp i/(n − 1) (without the final 0).
+pub fn sigmas_karras(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
+    let ramp: Vec<f64> = (0..n)
         .map(|i| {
-            let r = if n > 1 {
+            if n > 1 {
                 i as f64 / (n - 1) as f64
             } else {
                 0.0
-            };
-            (hi + r * (lo - hi)).powf(rho)
+            }
         })
-        .collect()
+        .collect();
+    karras_at(&ramp, sigma_min, sigma_max, rho)
 }
 
 /// σ uniform in log σ from σ_max down to σ_min (without the final 0).

@@ -384,13 +384,8 @@ pub fn diffusers_schedule(
         }
         SigmaKind::Karras => {
             let (smin, smax) = (table.sigma_min(), table.sigma_max());
-            let rho = 7.0f64;
-            let min_inv_rho = smin.powf(1.0 / rho);
-            let max_inv_rho = smax.powf(1.0 / rho);
-            let sig: Vec<f64> = np_linspace(0.0, 1.0, n)
-                .into_iter()
-                .map(|r| (max_inv_rho + r * (min_inv_rho - max_inv_rho)).powf(rho))
-                .collect();
+            let sig =
+                crate::schedule::karras::karras_at(&np_linspace(0.0, 1.0, n), smin, smax, 7.0);
             (sigmas_to_timesteps(&table, &sig, opts.round_timesteps), sig)
         }
         SigmaKind::Lu => {

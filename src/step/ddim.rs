@@ -7,7 +7,8 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::lincomb::{Clamp, Conversion, Lincomb, Noise, NoiseSource, Recompute, Sigma};
 use crate::schedule::ddim::{
-    alpha_prod_at, ddim_coefficients, ddpm_coefficients, DdimCoefficients, NoiseScale, VarianceType,
+    alpha_prod_at, ddim_coefficients, ddim_variance, ddpm_coefficients, DdimCoefficients,
+    NoiseScale, VarianceType,
 };
 use crate::schedule::prediction::PredictionType;
 use crate::tensor::Tensor;
@@ -103,6 +104,12 @@ impl Ddim {
             self.final_alpha_cumprod
         };
         Ok((at, ap))
+    }
+
+    /// DDIM's β̃ from `timestep` to `prev_timestep` (diffusers' `_get_variance`).
+    pub fn variance(&self, timestep: i64, prev_timestep: i64) -> Result<f64> {
+        let (at, ap) = self.alphas(timestep, prev_timestep)?;
+        Ok(ddim_variance(at, ap))
     }
 
     /// The DDIM step's scalars.

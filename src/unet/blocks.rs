@@ -309,8 +309,4 @@ impl UpBlock {
             None => h,
         })
     }
-
-    pub fn skips(&self) -> usize {
-        self.resnets.len()
-    }
 }

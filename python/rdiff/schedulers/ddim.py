@@ -197,14 +197,8 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         return len(self.alphas_cumprod)
 
     def _get_variance(self, timestep: int, prev_timestep: int) -> float:
-        """β̃ = (1−ᾱ_prev)/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_prev), as diffusers' DDIM computes it."""
-        at = float(self.alphas_cumprod[timestep])
-        ap = (
-            float(self.alphas_cumprod[prev_timestep])
-            if prev_timestep >= 0
-            else (self.final_alpha_cumprod)
-        )
-        return (1.0 - ap) / (1.0 - at) * (1.0 - at / ap)
+        """β̃ = (1−ᾱ_prev)/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_prev), as diffusers' DDIM computes it (float32)."""
+        return self._core.variance(int(timestep), int(prev_timestep))
 
     @exclusive
     def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:

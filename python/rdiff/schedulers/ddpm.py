@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -35,25 +34,6 @@ _VARIANCE_TYPES = (
     "learned",
     "learned_range",
 )
-
-
-def _extra_betas(beta_schedule: str, n: int, beta_start: float, beta_end: float) -> np.ndarray:
-    """The two DDPM-only β schedules, in float32 as diffusers builds them."""
-    if beta_schedule == "sigmoid":
-        # GeoDiff: sigmoid(linspace(−6, 6, N))·(β_end − β_start) + β_start.
-        x = np.linspace(-6.0, 6.0, n, dtype=np.float64).astype(np.float32)
-        s = (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
-        return s * np.float32(beta_end - beta_start) + np.float32(beta_start)
-
-    def alpha_bar(t: float) -> float:
-        lmb = -0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * math.fabs(0.5 - t) + 1e-6)
-        snr = math.exp(lmb)
-        return math.sqrt(snr / (1 + snr))
-
-    return np.array(
-        [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
-        dtype=np.float32,
-    )
 
 
 class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
@@ -94,15 +74,12 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         check_choice("prediction_type", prediction_type, _PREDICTIONS)
         check_choice("timestep_spacing", timestep_spacing, _SPACINGS)
         check_choice("variance_type", variance_type, _VARIANCE_TYPES)
-        betas = trained_betas
-        if betas is None and beta_schedule in ("sigmoid", "laplace"):
-            betas = _extra_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
         self._init_schedule(
             num_train_timesteps,
             beta_start,
             beta_end,
-            "linear" if beta_schedule in ("sigmoid", "laplace") else beta_schedule,
-            betas,
+            beta_schedule,
+            trained_betas,
             rescale_betas_zero_snr,
         )
         self.one = 1.0
