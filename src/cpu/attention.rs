@@ -10,9 +10,9 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::arena::with_scratch;
-use super::conv::Dims;
 use super::vecmath::exp_f32;
 use crate::simd_dispatch;
+use crate::unet::layout::Dims;
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);

@@ -136,7 +136,7 @@ pub fn group_norm(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::conv::Dims;
+    use crate::unet::layout::Dims;
 
     #[test]
     fn normalises_groups_across_segments() {

@@ -1,11 +1,11 @@
 //! Up- and downsampling on the internal `[c][b][h][w]` layout that the convolutions do not
 //! absorb: nearest 2× upsampling and 2×2 average pooling (used by the "resnet" up/down
 //! samplers on their residual path). Nearest upsampling in front of a convolution is fused
-//! into the convolution's im2col instead (`conv::Geometry::upsample`).
+//! into the convolution's im2col instead (`Geometry::upsample`).
 
 use rayon::prelude::*;
 
-use super::conv::Dims;
+use crate::unet::layout::Dims;
 
 /// Nearest-neighbour 2× upsampling: `out` is `[c][b][2h][2w]`.
 pub fn upsample_nearest2x(x: &[f32], c: usize, d: Dims, out: &mut [f32]) {

@@ -3,7 +3,7 @@
 //! `cuda::unet` (the device backend and its forward pass).
 
 use super::arena::{Arena, Buf};
-use super::conv::{self, Dims, Geometry, Input};
+use super::conv::{self, Input};
 use super::norm::{self, GroupNormParams};
 use super::resample;
 use super::vecmath::silu_f32;
@@ -11,6 +11,7 @@ use crate::dtype::Elem;
 use crate::error::Result;
 use crate::unet::backend::{Backend, Epilogue, Segs};
 use crate::unet::embeddings::{ClassLabels, TimeEmbedding};
+use crate::unet::layout::{Dims, Geometry};
 use crate::unet::model::UNet2D;
 
 /// The forward pass of `unet` on the CPU, activations from `arena`: `x` is NCHW

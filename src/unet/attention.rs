@@ -5,8 +5,8 @@
 use super::backend::{Act, Backend, Epilogue};
 use super::resnet::Norm;
 use super::weights::Loader;
-use crate::cpu::conv::Geometry;
 use crate::error::Result;
+use crate::unet::layout::Geometry;
 
 pub struct Attention {
     c: usize,

@@ -6,9 +6,9 @@
 //! model's host `f32` slices (a device backend maps each to its uploaded copy).
 
 use super::embeddings::{ClassLabels, TimeEmbedding};
-use crate::cpu::conv::{Dims, Geometry};
 use crate::cpu::norm::GroupNormParams;
 use crate::error::Result;
+use crate::unet::layout::{Dims, Geometry};
 
 /// One logical input: channel segments `(buffer, channels)` concatenated.
 pub type Segs<'a, B> = &'a [(&'a B, usize)];

@@ -11,8 +11,8 @@ use super::backend::{Act, Backend, Epilogue};
 use super::config::{Arch, BlockSpec, Resample};
 use super::resnet::{Conv, Resnet, Sampling};
 use super::weights::Loader;
-use crate::cpu::conv::Geometry;
 use crate::error::Result;
+use crate::unet::layout::Geometry;
 
 enum Sampler {
     None,

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod blocks;
 pub mod config;
 pub mod embeddings;
+pub mod layout;
 pub mod model;
 pub mod resnet;
 pub mod runner;

@@ -15,8 +15,8 @@ use super::config::{Arch, UNet2DConfig};
 use super::embeddings::{ClassLabels, TimeEmbedding};
 use super::resnet::{Conv, Norm};
 use super::weights::{Loader, SafetensorsFile, WeightSource};
-use crate::cpu::conv::Geometry;
 use crate::error::{RdiffError, Result};
+use crate::unet::layout::Geometry;
 use crate::value_err;
 use std::path::Path;
 

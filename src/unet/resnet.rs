@@ -5,9 +5,9 @@
 use super::backend::{Act, Backend, Epilogue, Segs};
 use super::config::Arch;
 use super::weights::Loader;
-use crate::cpu::conv::{Dims, Geometry};
 use crate::cpu::norm::GroupNormParams;
 use crate::error::Result;
+use crate::unet::layout::{Dims, Geometry};
 use crate::value_err;
 
 /// A GroupNorm's affine parameters.

@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 
 use super::device::{Gemm, UnetDevice};
-use crate::cpu::conv::{Dims, Geometry};
 use crate::cpu::norm::GroupNormParams;
 use crate::cuda::launch::{Dim3, KernelArg};
 use crate::error::{RdiffError, Result};
 use crate::unet::backend::{Backend, Epilogue, Segs};
 use crate::unet::config::TimeEmbeddingType;
 use crate::unet::embeddings::{ClassLabels, TimeEmbedding};
+use crate::unet::layout::{Dims, Geometry};
 
 /// The most f32 one im2col tile holds (64 MiB); wider convolutions go in column tiles.
 const COLS_CAP: usize = 1 << 24;

@@ -4,13 +4,13 @@
 
 use super::backend::{DeviceArena, DeviceBackend, DeviceWeights};
 use super::device::UnetDevice;
-use crate::cpu::conv::Dims;
 use crate::cuda::kernels::dtype_suffix;
 use crate::cuda::launch::{Dim3, KernelArg};
 use crate::error::{RdiffError, Result};
 use crate::tensor::Tensor;
 use crate::unet::backend::Backend;
 use crate::unet::embeddings::ClassLabels;
+use crate::unet::layout::Dims;
 use crate::unet::model::UNet2D;
 
 /// Device memory of one model on one device.

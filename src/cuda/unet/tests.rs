@@ -6,13 +6,13 @@ use half::{bf16, f16};
 use super::backend::{DevBuf, DeviceArena, DeviceBackend, DeviceWeights};
 use super::device::{EmulatedDevice, Gemm, UnetDevice};
 use crate::cpu::arena::{Arena, Buf};
-use crate::cpu::conv::{Dims, Geometry};
 use crate::cpu::norm::GroupNormParams;
 use crate::cpu::unet::CpuBackend;
 use crate::cuda::launch::{Dim3, KernelArg, Launcher};
 use crate::dtype::Elem;
 use crate::unet::backend::{Backend, Epilogue};
 use crate::unet::embeddings::{fourier, sinusoidal};
+use crate::unet::layout::{Dims, Geometry};
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
