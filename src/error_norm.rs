@@ -2,10 +2,8 @@
 //! √(mean(((hi − lo) / max(atol, rtol·max(|lo|, |prev|)))²)) in f64, written to the caller's
 //! `batch` f64 values. `cpu::error_norm` and `kernels/error_norm.cu` sum in the same order.
 
-use crate::cuda::launch::Launcher;
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::target::Op;
 use crate::tensor::Tensor;
 use crate::value_err;
 
@@ -48,19 +46,5 @@ impl ErrorNorm {
             return value_err!("out: overlaps an input");
         }
         Ok(())
-    }
-}
-
-impl Op for ErrorNorm {
-    fn what(&self) -> &str {
-        "the adaptive solver's error norm"
-    }
-
-    fn run_cpu(&self) -> Result<()> {
-        crate::cpu::error_norm::run(self)
-    }
-
-    fn launch(&self, l: &dyn Launcher) -> Result<()> {
-        crate::cuda::error_norm::launch(l, self)
     }
 }

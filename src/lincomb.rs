@@ -20,10 +20,8 @@
 //! with σ a scalar or read per element from the model output's variance channels, and n a
 //! float32 buffer or the Philox stream (`random::philox`) drawn in the pass.
 
-use crate::cuda::launch::Launcher;
 use crate::dtype::DType;
 use crate::error::{RdiffError, Result};
-use crate::target::Op;
 use crate::tensor::Tensor;
 use crate::value_err;
 
@@ -288,19 +286,5 @@ impl Lincomb {
             }
         }
         Ok(())
-    }
-}
-
-impl Op for Lincomb {
-    fn what(&self) -> &str {
-        self.what
-    }
-
-    fn run_cpu(&self) -> Result<()> {
-        crate::cpu::lincomb::run(self)
-    }
-
-    fn launch(&self, l: &dyn Launcher) -> Result<()> {
-        crate::cuda::lincomb::launch(l, self)
     }
 }

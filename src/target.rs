@@ -1,7 +1,8 @@
 //! Where work runs, decided in one place: the CPU, a CUDA device and stream, or (tests only)
-//! the emulated launcher. A call's tensors decide it ([`Target::of`]); an [`Op`] (a fused pass,
-//! the UNet's forward) then runs on the target without knowing how it was chosen. Nothing
-//! else in the crate matches on the target or on `cfg(feature = "cuda")` for dispatch.
+//! the emulated launcher. A call's tensors decide it ([`Target::of`]); an [`Op`] (the fused
+//! pass, the error norm) then runs on the target without knowing how it was chosen, and the
+//! `Op` impls here pair each operation with its CPU loop and its launch code. Nothing else in
+//! the crate matches on the target or on `cfg(feature = "cuda")` for dispatch.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -9,6 +10,8 @@ use crate::cuda::emulate::EmulatedLauncher;
 use crate::cuda::launch::Launcher;
 use crate::cuda::unet::device::UnetDevice;
 use crate::error::{RdiffError, Result};
+use crate::error_norm::ErrorNorm;
+use crate::lincomb::Lincomb;
 use crate::tensor::{Device, Tensor};
 
 /// Where a call runs.
@@ -29,6 +32,34 @@ pub trait Op: Sync {
     fn what(&self) -> &str;
     fn run_cpu(&self) -> Result<()>;
     fn launch(&self, l: &dyn Launcher) -> Result<()>;
+}
+
+impl Op for Lincomb {
+    fn what(&self) -> &str {
+        self.what
+    }
+
+    fn run_cpu(&self) -> Result<()> {
+        crate::cpu::lincomb::run(self)
+    }
+
+    fn launch(&self, l: &dyn Launcher) -> Result<()> {
+        crate::cuda::lincomb::launch(l, self)
+    }
+}
+
+impl Op for ErrorNorm {
+    fn what(&self) -> &str {
+        "the adaptive solver's error norm"
+    }
+
+    fn run_cpu(&self) -> Result<()> {
+        crate::cpu::error_norm::run(self)
+    }
+
+    fn launch(&self, l: &dyn Launcher) -> Result<()> {
+        crate::cuda::error_norm::launch(l, self)
+    }
 }
 
 /// 0: CPU tensors run the CPU loops; n > 0: they run the kernels on the emulated launcher with

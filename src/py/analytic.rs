@@ -2,7 +2,6 @@
 //! optimal trajectory and its cost.
 
 use numpy::{IntoPyArray, PyArray1};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::tensor::{tensor, tensor_opt};
@@ -31,20 +30,21 @@ pub fn gamma_batch_sums(
     let mo = tensor(mo, "model output")?;
     let (p, q) = PredictionType::parse(prediction_type)?.eps_at(alpha_cumprod, "estimate_gamma")?;
     let x = if p != 0.0 {
-        Some(
-            tensor_opt(x, "x_t")?
-                .ok_or_else(|| PyValueError::new_err("x_t: needed for this prediction type"))?,
-        )
+        Some(tensor_opt(x, "x_t")?.ok_or_else(|| {
+            PyErr::from(RdiffError::Value(
+                "x_t: needed for this prediction type".into(),
+            ))
+        })?)
     } else {
         None
     };
     let batch = mo.batch();
     if batch == 0 || per_sample == 0 || mo.numel % batch != 0 || mo.numel / batch < per_sample {
-        return Err(PyValueError::new_err(format!(
+        return Err(PyErr::from(RdiffError::Value(format!(
             "model output: shape {:?} does not hold a batch of {batch} samples of {per_sample} \
              elements",
             mo.shape
-        )));
+        ))));
     }
     let mo_stride = mo.numel / batch;
     if let Some(x) = &x {
@@ -111,9 +111,9 @@ pub fn trajectory_cost_py(
 ) -> PyResult<f64> {
     let n = alphas_cumprod.len();
     if gamma.len() != n || timesteps.iter().any(|&t| t >= n) {
-        return Err(PyValueError::new_err(
-            "trajectory_cost: gamma must have N values and timesteps lie in [0, N)",
-        ));
+        return Err(PyErr::from(RdiffError::Value(
+            "trajectory_cost: gamma must have N values and timesteps lie in [0, N)".into(),
+        )));
     }
     Ok(trajectory_cost(&gamma, &alphas_cumprod, &timesteps))
 }

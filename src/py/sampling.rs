@@ -2,8 +2,9 @@
 //! coefficients of `schedule::reference` and `schedule::karras`. Their fused pass is
 //! `py::lincomb`.
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+
+use crate::error::RdiffError;
 
 use super::schedule::PyNoiseSchedule;
 use crate::schedule::karras;
@@ -148,17 +149,17 @@ fn adaptive_next_h_py(h: f64, err: f64, order: usize, theta: f64, remaining: f64
 #[pyo3(signature = (kind, n, sigma_min, sigma_max, rho=7.0))]
 fn k_sigmas(kind: &str, n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> PyResult<Vec<f64>> {
     if !(sigma_min > 0.0 && sigma_max > 0.0 && sigma_min.is_finite() && sigma_max.is_finite()) {
-        return Err(PyValueError::new_err(format!(
+        return Err(PyErr::from(RdiffError::Value(format!(
             "sigma_min, sigma_max: must be positive numbers, got {sigma_min}, {sigma_max}"
-        )));
+        ))));
     }
     let n = check_steps("n", n)?;
     match kind {
         "karras" => Ok(karras::sigmas_karras(n, sigma_min, sigma_max, rho)),
         "exponential" => Ok(karras::sigmas_exponential(n, sigma_min, sigma_max)),
-        _ => Err(PyValueError::new_err(format!(
+        _ => Err(PyErr::from(RdiffError::Value(format!(
             "kind: unknown {kind:?}; expected \"karras\" or \"exponential\""
-        ))),
+        )))),
     }
 }
 
@@ -178,10 +179,10 @@ fn k_step(
     sigma_hat: Option<f64>,
 ) -> PyResult<(f64, [f64; 3], f64)> {
     if i + 1 >= sigmas.len() {
-        return Err(PyValueError::new_err(format!(
+        return Err(PyErr::from(RdiffError::Value(format!(
             "step index {i} is past the end of the schedule ({} sigmas)",
             sigmas.len()
-        )));
+        ))));
     }
     let st = match kind {
         "euler" => karras::euler(sigma_hat.unwrap_or(sigmas[i]), sigmas[i + 1]),
@@ -192,18 +193,18 @@ fn k_step(
                 "heun" => true,
                 "midpoint" => false,
                 _ => {
-                    return Err(PyValueError::new_err(
-                        "solver_type must be 'heun' or 'midpoint'",
-                    ))
+                    return Err(PyErr::from(RdiffError::Value(
+                        "solver_type must be 'heun' or 'midpoint'".into(),
+                    )))
                 }
             };
             karras::dpmpp_2m_sde(&sigmas, i, eta, s_noise, heun)?
         }
         "dpmpp_3m_sde" => karras::dpmpp_3m_sde(&sigmas, i, eta, s_noise)?,
         _ => {
-            return Err(PyTypeError::new_err(format!(
+            return Err(PyErr::from(RdiffError::Type(format!(
                 "unknown k-diffusion step {kind:?}"
-            )))
+            ))))
         }
     };
     Ok((st.x, st.d, st.noise))

@@ -4,8 +4,9 @@ use numpy::{
     AllowTypeChange, IntoPyArray, PyArray1, PyArrayDescrMethods, PyArrayLikeDyn, PyUntypedArray,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+
+use crate::error::RdiffError;
 use pyo3::types::{PyFloat, PyInt};
 
 use crate::schedule::spacing::{
@@ -35,7 +36,11 @@ fn map_f64<'py>(
     what: &str,
     f: impl Fn(f64) -> f64 + Sync,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let not_finite = |v: f64| PyValueError::new_err(format!("{what}: must be finite, got {v}"));
+    let not_finite = |v: f64| {
+        PyErr::from(RdiffError::Value(format!(
+            "{what}: must be finite, got {v}"
+        )))
+    };
     if x.is_instance_of::<PyFloat>() || x.is_instance_of::<PyInt>() {
         let v: f64 = x.extract()?;
         if !v.is_finite() {
@@ -46,20 +51,20 @@ fn map_f64<'py>(
     if let Ok(a) = x.cast::<PyUntypedArray>() {
         let kind = a.dtype().kind();
         if !matches!(kind, b'f' | b'i' | b'u') {
-            return Err(PyTypeError::new_err(format!(
+            return Err(PyErr::from(RdiffError::Type(format!(
                 "{what}: expected real numbers, got an array of dtype {}",
                 a.dtype()
-            )));
+            ))));
         }
     }
     let arr: PyArrayLikeDyn<'py, f64, AllowTypeChange> = x.extract().map_err(|_| {
-        PyTypeError::new_err(format!(
+        PyErr::from(RdiffError::Type(format!(
             "{what}: expected a float or an array of floats, got {}",
             x.get_type()
                 .name()
                 .map(|n| n.to_string())
                 .unwrap_or_default()
-        ))
+        )))
     })?;
     let view = arr.as_array();
     if let Some(&v) = view.iter().find(|v| !v.is_finite()) {
@@ -88,9 +93,9 @@ impl PyNoiseSchedule {
         rescale_betas_zero_snr: bool,
     ) -> PyResult<Self> {
         if num_train_timesteps < 1 && trained_betas.is_none() {
-            return Err(PyValueError::new_err(format!(
+            return Err(PyErr::from(RdiffError::Value(format!(
                 "num_train_timesteps: must be at least 1, got {num_train_timesteps}"
-            )));
+            ))));
         }
         let schedule = BetaSchedule::parse(beta_schedule)?;
         let n = check_steps("num_train_timesteps", num_train_timesteps.max(0) as usize)?;
@@ -213,22 +218,24 @@ impl PyNoiseSchedule {
         lambda_min_clipped: f64,
     ) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>)> {
         let Some(betas) = self.inner.discrete_betas() else {
-            return Err(pyo3::exceptions::PyValueError::new_err(
+            return Err(PyErr::from(RdiffError::Value(
                 "timesteps: integer timesteps need a discrete schedule; use time_steps() for a \
-                 continuous one",
-            ));
+                 continuous one"
+                    .into(),
+            )));
         };
         if num_inference_steps < 1 {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            return Err(PyErr::from(RdiffError::Value(format!(
                 "num_inference_steps: must be at least 1, got {num_inference_steps}"
-            )));
+            ))));
         }
         let sigma_kind = match sigmas {
             "flow" => {
-                return Err(pyo3::exceptions::PyValueError::new_err(
+                return Err(PyErr::from(RdiffError::Value(
                     "sigmas: expected one of \"default\", \"karras\", \"exponential\", \
-                     \"beta\", \"lu\", got \"flow\"",
-                ))
+                     \"beta\", \"lu\", got \"flow\""
+                        .into(),
+                )))
             }
             other => SigmaKind::parse(other, 1.0)?,
         };
@@ -270,9 +277,9 @@ impl PyNoiseSchedule {
         t_end: Option<f64>,
     ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         if steps < 1 {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            return Err(PyErr::from(RdiffError::Value(format!(
                 "steps: must be at least 1, got {steps}"
-            )));
+            ))));
         }
         let steps = check_steps("steps", steps as usize)?;
         let skip = SkipType::parse(skip_type)?;

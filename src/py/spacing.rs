@@ -1,8 +1,9 @@
 //! `_rdiff._diffusers_schedule`: diffusers' `set_timesteps` arithmetic for the scheduler classes.
 
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+
+use crate::error::RdiffError;
 
 use crate::schedule::check_steps;
 use crate::schedule::spacing::{
@@ -47,18 +48,19 @@ pub fn diffusers_schedule<'py>(
     let out = match (num_inference_steps, timesteps) {
         (Some(n), None) => {
             if n < 1 {
-                return Err(PyValueError::new_err(format!(
+                return Err(PyErr::from(RdiffError::Value(format!(
                     "num_inference_steps: must be at least 1, got {n}"
-                )));
+                ))));
             }
             let n = check_steps("num_inference_steps", n as usize)?;
             py.detach(|| schedule_n(&ac, n, &opts))?
         }
         (None, Some(ts)) => py.detach(|| diffusers_schedule_from_timesteps(&ac, &ts, &opts))?,
         _ => {
-            return Err(PyValueError::new_err(
-                "num_inference_steps: pass exactly one of `num_inference_steps` or `timesteps`",
-            ))
+            return Err(PyErr::from(RdiffError::Value(
+                "num_inference_steps: pass exactly one of `num_inference_steps` or `timesteps`"
+                    .into(),
+            )))
         }
     };
     Ok((out.timesteps.into_pyarray(py), out.sigmas.into_pyarray(py)))

@@ -7,8 +7,9 @@
 use std::ffi::{c_void, CStr};
 
 use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+
+use crate::error::RdiffError;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
@@ -39,10 +40,10 @@ pub fn tensor(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<Tensor> {
             return array_interface(&iface.cast_into::<PyDict>()?, what, device);
         }
     }
-    Err(PyTypeError::new_err(format!(
+    Err(PyErr::from(RdiffError::Type(format!(
         "{what}: expected a numpy array or a torch tensor, got {}",
         ob.get_type().name()?
-    )))
+    ))))
 }
 
 /// An optional tensor argument.
@@ -54,9 +55,9 @@ pub fn tensor_opt(ob: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<
 }
 
 fn unsupported(what: &str, dtype: &str) -> PyErr {
-    PyTypeError::new_err(format!(
+    PyErr::from(RdiffError::Type(format!(
         "{what}: unsupported dtype {dtype}; expected float32, float16, bfloat16 or float64"
-    ))
+    )))
 }
 
 /// The caller's own name for an object's dtype (`torch.int32`, `int32`), for messages.
@@ -80,10 +81,10 @@ fn numpy_array(arr: &Bound<'_, PyUntypedArray>, what: &str) -> PyResult<Tensor> 
         _ => return Err(unsupported(what, &descr.str()?.to_string())),
     };
     if descr.is_native_byteorder() == Some(false) {
-        return Err(PyTypeError::new_err(format!(
+        return Err(PyErr::from(RdiffError::Type(format!(
             "{what}: a non-native byte order ({}); convert with .astype(native dtype)",
             descr.str()?
-        )));
+        ))));
     }
     let size = dtype.size() as isize;
     let strides: Vec<i64> = arr
@@ -136,11 +137,11 @@ fn torch_unreadable(ob: &Bound<'_, PyAny>, what: &str, e: PyErr) -> PyErr {
         .and_then(|d| d.getattr("type"))
         .and_then(|t| t.extract::<String>())
         .unwrap_or_else(|_| "unknown".into());
-    PyValueError::new_err(format!(
+    PyErr::from(RdiffError::Value(format!(
         "{what}: a tensor on the {device} device that rdiff cannot read ({}); rdiff runs on \
          cpu and cuda tensors",
         e.value(ob.py())
-    ))
+    )))
 }
 
 // DLPack's C ABI (dlpack.h, v0.8 and later; the unversioned capsule "dltensor").
@@ -221,10 +222,10 @@ fn dlpack(capsule: &Bound<'_, PyAny>, what: &str, ob: &Bound<'_, PyAny>) -> PyRe
         KDL_CPU | KDL_CUDA_HOST => Device::Cpu,
         KDL_CUDA | KDL_CUDA_MANAGED => Device::Cuda(t.device.device_id),
         other => {
-            return Err(PyValueError::new_err(format!(
+            return Err(PyErr::from(RdiffError::Value(format!(
                 "{what}: a tensor on DLPack device type {other}; rdiff runs on cpu and cuda \
                  tensors"
-            )))
+            ))))
         }
     };
     let ndim = usize::try_from(t.ndim).unwrap_or(0);
@@ -266,7 +267,9 @@ fn array_interface(
 ) -> PyResult<Tensor> {
     let get = |key: &str| -> PyResult<Bound<'_, PyAny>> {
         iface.get_item(key)?.ok_or_else(|| {
-            PyValueError::new_err(format!("{what}: the array interface has no {key:?}"))
+            PyErr::from(RdiffError::Value(format!(
+                "{what}: the array interface has no {key:?}"
+            )))
         })
     };
     let typestr: String = get("typestr")?.extract()?;
@@ -281,9 +284,9 @@ fn array_interface(
     let ptr: u64 = match data.cast::<PyTuple>() {
         Ok(t) => t.get_item(0)?.extract()?,
         Err(_) => {
-            return Err(PyValueError::new_err(format!(
+            return Err(PyErr::from(RdiffError::Value(format!(
                 "{what}: the array interface's data must be a (pointer, read_only) tuple"
-            )))
+            ))))
         }
     };
     let strides = match iface.get_item("strides")? {
