@@ -1935,6 +1935,71 @@ def all_cases() -> list[Case]:
 
 CASES = all_cases()
 
+# The feature test module that runs each case in process (by id prefix); tests/test_bad_input.py
+# runs every case again in subprocesses and checks that each has exactly one owner.
+OWNERS: dict[str, tuple[str, ...]] = {
+    "test_dpm_multistep": (
+        "rdiff.multistep.",
+        "rdd.multistep.",
+        "core.multistep.",
+        "huge.multistep.",
+    ),
+    "test_dpm_singlestep": ("rdiff.singlestep.", "rdd.singlestep.", "huge.singlestep."),
+    "test_ddim_ddpm": (
+        "rdiff.ddim.",
+        "rdd.ddim.",
+        "rdiff.ddpm.",
+        "rdd.ddpm.",
+        "core.ddim.",
+        "huge.ddim.",
+    ),
+    "test_analytic": (
+        "rdiff.analytic.",
+        "rdd.analytic.",
+        "core.analytic.",
+        "core.gamma_batch_sums.",
+        "gamma.",
+        "estimate_gamma.",
+        "optimal_trajectory.",
+    ),
+    "test_schedule": ("schedule.", "huge.schedule."),
+    "test_sample": ("sample.", "model_wrapper.", "huge.sample."),
+    "test_k": ("k.", "huge.k."),
+    "test_unet": ("unet.", "core.unet."),
+    "test_lincomb": ("core.lincomb.",),
+    "test_testing": ("testing.",),
+    "test_digits": ("cli.", "metrics."),
+    "test_cuda": ("backends.",),
+}
+
+
+def owner(case: Case) -> list[str]:
+    """The test modules whose prefixes match the case's id."""
+    return [m for m, prefixes in OWNERS.items() if case.id.startswith(prefixes)]
+
+
+def cases_for(module: str) -> list[Case]:
+    """The cases a feature test module runs (``module``: its name, e.g. ``__name__``)."""
+    name = module.rsplit(".", 1)[-1]
+    return [c for c in CASES if name in owner(c)]
+
+
+def bad_input_test(module: str):
+    """A test function running ``cases_for(module)`` in process, one test per case; the
+    prelude namespace comes from the session fixture ``bad_input_ns`` (tests/conftest.py)."""
+    import pytest
+
+    cases = cases_for(module)
+
+    @pytest.mark.parametrize("case", cases, ids=[c.id for c in cases])
+    def test_bad_input(case, bad_input_ns):
+        if ".cuda" in case.id and bad_input_ns["rdiff"].backends()["cuda"]["available"]:
+            pytest.skip("checks the error raised where CUDA is unavailable")
+        err = check(case, bad_input_ns)
+        assert err is None, f"{case.id}: {err}"
+
+    return test_bad_input
+
 
 def prelude_namespace() -> dict:
     ns: dict = {"__name__": "bad_input_prelude"}

@@ -90,3 +90,11 @@ def assert_bit_equal(a, b, what: str = "") -> None:
     elif a.dtype == torch.float64:
         a, b = a.view(torch.int64), b.view(torch.int64)
     assert torch.equal(a, b), f"{what}: {(a != b).sum().item()} elements differ"
+
+
+@pytest.fixture(scope="session")
+def bad_input_ns():
+    """The bad-input table's prelude (tests/bad_input_cases.py), built once per session."""
+    import bad_input_cases
+
+    return bad_input_cases.prelude_namespace()

@@ -165,3 +165,10 @@ def test_launch_counter_counts_emulated_passes_only():
         _rdiff._lincomb(out, [(2.0, x)])
     assert launches() == before + 1
     np.testing.assert_array_equal(out, 2 * x)
+
+
+# -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------
+
+from bad_input_cases import bad_input_test
+
+test_bad_input_case = bad_input_test(__name__)

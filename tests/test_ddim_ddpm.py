@@ -537,3 +537,10 @@ def test_whole_loop_emulated_equals_cpu(name, dt):
     cpu, emu = on_cpu_and_emulated(lambda: run_loop(make, DTYPES[dt], gen, **kw))
     assert torch.isfinite(cpu.float()).all()
     assert_bit_equal(cpu, emu, name)
+
+
+# -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------
+
+from bad_input_cases import bad_input_test
+
+test_bad_input_case = bad_input_test(__name__)

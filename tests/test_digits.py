@@ -179,3 +179,10 @@ def test_metric_floor_and_noise():
     )
     with pytest.raises(ValueError):
         metrics.frechet_digits_distance(np.zeros((4, 3, 16, 16)))
+
+
+# -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------
+
+from bad_input_cases import bad_input_test
+
+test_bad_input_case = bad_input_test(__name__)

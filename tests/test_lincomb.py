@@ -148,3 +148,10 @@ def test_bad_input():
         _lincomb(out, [], (x, x, 1.0, 0.0, 1.0), None, (1.5, 1.0), np.zeros(2, np.float32))
     with emulated_backend(), pytest.raises(TypeError, match="float64"):
         _lincomb(out.astype(np.float64), [(1.0, x.astype(np.float64))])
+
+
+# -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------
+
+from bad_input_cases import bad_input_test
+
+test_bad_input_case = bad_input_test(__name__)

@@ -440,3 +440,10 @@ def test_sample_on_the_kernels_equals_the_cpu_bit_for_bit(method, order, kw, dty
     cpu, emu = on_cpu_and_emulated(run)
     assert torch.isfinite(cpu.float()).all()
     assert_bit_equal(cpu, emu, method)
+
+
+# -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------
+
+from bad_input_cases import bad_input_test
+
+test_bad_input_case = bad_input_test(__name__)

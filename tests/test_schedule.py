@@ -97,3 +97,10 @@ def test_cli_info(capsys):
 
     assert main(["info"]) == 0
     assert rdiff.__version__ in capsys.readouterr().out
+
+
+# -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------
+
+from bad_input_cases import bad_input_test
+
+test_bad_input_case = bad_input_test(__name__)

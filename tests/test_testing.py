@@ -304,3 +304,10 @@ def test_core_class_validates_too():
 
 def test_reexported():
     assert rdiff.testing.GaussianMixture is GaussianMixture
+
+
+# -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------
+
+from bad_input_cases import bad_input_test
+
+test_bad_input_case = bad_input_test(__name__)

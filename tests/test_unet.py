@@ -285,3 +285,10 @@ def test_bad_inputs(small_dir):
         cond(torch.randn(1, 4, 16, 16), 1)
     with pytest.raises(ValueError, match="out of range"):
         cond(torch.randn(1, 4, 16, 16), 1, class_labels=torch.tensor([10]))
+
+
+# -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------
+
+from bad_input_cases import bad_input_test
+
+test_bad_input_case = bad_input_test(__name__)
