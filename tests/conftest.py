@@ -98,3 +98,28 @@ def bad_input_ns():
     import bad_input_cases
 
     return bad_input_cases.prelude_namespace()
+
+
+def _toy_model(x: torch.Tensor, t: int) -> torch.Tensor:
+    """A smooth deterministic stand-in for a network: ε̂(x, t)."""
+    return torch.tanh(0.7 * x + 0.001 * t) * 0.9 + 0.05 * torch.sin(3 * x)
+
+
+def run_loop(make, dtype, generator, steps=12, **step_kwargs):
+    """A whole sampling loop of scheduler ``make()`` on the toy model: the final sample."""
+    s = make()
+    s.set_timesteps(steps)
+    x = torch.randn((2, 3, 8, 9), generator=torch.Generator().manual_seed(0)).to(dtype)
+    gen = generator()
+    for t in s.timesteps:
+        eps = _toy_model(x.float(), int(t)).to(dtype)
+        x = s.step(eps, t, x, generator=gen, **step_kwargs).prev_sample
+    return x
+
+
+def loop_on_cpu_and_emulated(make, dtype, generator, **step_kwargs) -> None:
+    """A whole loop on the CPU and on the emulated kernels: finite, and equal bit for bit
+    (every step is)."""
+    cpu, emu = on_cpu_and_emulated(lambda: run_loop(make, dtype, generator, **step_kwargs))
+    assert torch.isfinite(cpu.float()).all()
+    assert_bit_equal(cpu, emu, "the loop's final sample")

@@ -270,7 +270,7 @@ def test_bad_input():
 
 import functools
 
-from conftest import assert_bit_equal, on_cpu_and_emulated
+from conftest import assert_bit_equal, loop_on_cpu_and_emulated, on_cpu_and_emulated
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 EMU_CASES = [
@@ -335,23 +335,6 @@ def test_emulated_step_equals_cpu(mdt, sdt, order, case):
         assert_bit_equal(cpu, emu, f"{algorithm} thresholding={thresholding}")
 
 
-def _toy_model(x: torch.Tensor, t: int) -> torch.Tensor:
-    """A smooth deterministic stand-in for a network: ε̂(x, t)."""
-    return torch.tanh(0.7 * x + 0.001 * t) * 0.9 + 0.05 * torch.sin(3 * x)
-
-
-def run_loop(make, dtype, generator, steps=12, **step_kwargs):
-    """A whole loop on the toy model: the final sample."""
-    s = make()
-    s.set_timesteps(steps)
-    x = torch.randn((2, 3, 8, 9), generator=torch.Generator().manual_seed(0)).to(dtype)
-    gen = generator()
-    for t in s.timesteps:
-        eps = _toy_model(x.float(), int(t)).to(dtype)
-        x = s.step(eps, t, x, generator=gen, **step_kwargs).prev_sample
-    return x
-
-
 LOOPS = {
     "dpmsolver++ 2M": (lambda: RS(solver_order=2), lambda: None),
     "dpmsolver++ 3M thresholding": (
@@ -369,10 +352,7 @@ LOOPS = {
 @pytest.mark.parametrize("dt", ["f32", "bf16"])
 def test_whole_loop_emulated_equals_cpu(name, dt):
     make, gen = LOOPS[name]
-    cpu, emu = on_cpu_and_emulated(lambda: run_loop(make, DTYPES[dt], gen))
-    assert torch.isfinite(cpu.float()).all()
-    # Every step is bit-identical, so the whole loop is.
-    assert_bit_equal(cpu, emu, name)
+    loop_on_cpu_and_emulated(make, DTYPES[dt], gen)
 
 
 # -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------

@@ -83,6 +83,7 @@ impl Mlp {
 }
 
 /// The class labels a call passes.
+#[derive(Clone, Copy, Debug)]
 pub enum ClassLabels<'a> {
     None,
     /// Indices into the embedding table.

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use super::embeddings::ClassLabels;
 use super::model::UNet2D;
 use crate::cpu::arena::Arena;
-use crate::cuda::unet::device::EmulatedDevice;
+use crate::cuda::unet::device::{EmulatedDevice, UnetDevice};
 use crate::cuda::unet::model::{self as device_model, DeviceState};
 use crate::error::{RdiffError, Result};
 use crate::target::{with_cuda_device, Target};
@@ -122,6 +122,18 @@ impl UNetRunner {
             }
         }
         let dims = (b, h, w);
+        let on_device = |dev: &dyn UnetDevice, st: &Mutex<DeviceState>| {
+            device_model::forward(
+                &self.unet,
+                &mut lock(st),
+                dev,
+                sample,
+                dims,
+                timesteps,
+                class,
+                out,
+            )
+        };
         match &self.state {
             State::Cpu(arena) => with_elem!(sample.dtype, T, {
                 // SAFETY: shapes, dtype and device checked above; the caller keeps both
@@ -137,28 +149,10 @@ impl UNetRunner {
                     o,
                 )
             }),
-            State::Emulated(dev, st) => device_model::forward(
-                &self.unet,
-                &mut lock(st),
-                dev,
-                sample,
-                dims,
-                timesteps,
-                class,
-                out,
-            ),
-            State::Cuda(ordinal, st) => with_cuda_device(*ordinal, stream, |dev| {
-                device_model::forward(
-                    &self.unet,
-                    &mut lock(st),
-                    dev,
-                    sample,
-                    dims,
-                    timesteps,
-                    class,
-                    out,
-                )
-            }),
+            State::Emulated(dev, st) => on_device(dev, st),
+            State::Cuda(ordinal, st) => {
+                with_cuda_device(*ordinal, stream, |dev| on_device(dev, st))
+            }
         }
     }
 }

@@ -203,6 +203,24 @@ class SchedulerBase(ConfigMixin):
         else:
             self._step_index = self._begin_index
 
+    def _begin_step(self, model_output: Any, timestep: Any, sample: Any) -> tuple[Any, Any]:
+        """Checks that a step can run now; returns model_output and sample, contiguous."""
+        if self.num_inference_steps is None or self._core is None:
+            raise ValueError(
+                "step: the number of inference steps is not set; call set_timesteps first"
+            )
+        _tensor.check_array(model_output, "model_output")
+        _tensor.check_array(sample, "sample")
+        _tensor.same_framework(model_output, sample, "step", devices=False)
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        if self._step_index >= len(self.timesteps):
+            raise ValueError(
+                f"step: all {len(self.timesteps)} steps are done; call set_timesteps to start "
+                "a new loop"
+            )
+        return _tensor.contiguous(model_output), _tensor.contiguous(sample)
+
     def scale_model_input(self, sample: Any, *args: Any, **kwargs: Any) -> Any:
         """Identity: these schedulers need no input scaling (diffusers' interface)."""
         return sample

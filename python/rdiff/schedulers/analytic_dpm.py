@@ -259,24 +259,9 @@ class AnalyticDPMScheduler(SchedulerBase):
         CUDA kernel for CUDA tensors, with no extra buffer or launch), and CPU and CUDA give
         the same samples for a seed. This stream is rdiff's own, not torch's.
         """
-        if self.num_inference_steps is None or self._core is None:
-            raise ValueError(
-                "step: the number of inference steps is not set; call set_timesteps first"
-            )
-        _tensor.check_array(model_output, "model_output")
-        _tensor.check_array(sample, "sample")
-        _tensor.same_framework(model_output, sample, "step", devices=False)
-        if self._step_index is None:
-            self._init_step_index(timestep)
+        mo, x = self._begin_step(model_output, timestep, sample)
         i = self._step_index
-        if i >= len(self.timesteps):
-            raise ValueError(
-                f"step: all {len(self.timesteps)} steps are done; call set_timesteps to start "
-                "a new loop"
-            )
-        shape = tuple(sample.shape)
-        mo = _tensor.contiguous(model_output)
-        x = _tensor.contiguous(sample)
+        shape = tuple(x.shape)
         noise = None
         philox = None
         t_now = int(self._timesteps_numpy()[i])
