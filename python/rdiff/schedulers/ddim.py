@@ -141,9 +141,9 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
 
     Every constructor argument has diffusers' meaning and default. ``step`` runs one fused pass
     in Rust (x₀ prediction, clipping or dynamic thresholding, the ε recomputation, the η update
-    and its noise) on numpy arrays or torch CPU tensors of float32, float16, bfloat16 (torch) or
-    float64 (numpy), with arithmetic in float32; outputs have the model output's type, dtype
-    and device.
+    and its noise) on numpy arrays or torch CPU or CUDA tensors of float32, float16, bfloat16
+    (torch) or float64 (on the CPU), with arithmetic in float32 (float64 when every buffer is);
+    outputs have the model output's type, dtype and device.
     """
 
     _compatibles: ClassVar[list[str]] = list(_COMPATIBLES)

@@ -23,9 +23,10 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
 
     Every constructor argument has diffusers' meaning and default. ``step`` runs one fused pass
     in Rust (model-output conversion, the order-1/2/3 update and the history write) on numpy
-    arrays or torch CPU tensors of float32, float16, bfloat16 (torch) or float64 (numpy), with
-    arithmetic in float32; the result has the model output's type, dtype and device.
-    ``model_outputs`` is a list of the caller's arrays, as in diffusers.
+    arrays or torch CPU or CUDA tensors of float32, float16, bfloat16 (torch) or float64 (on the
+    CPU), with arithmetic in float32 (float64 when every buffer is); the result has the model
+    output's type, dtype and device. ``model_outputs`` is a list of the caller's arrays, as in
+    diffusers.
     """
 
     _compatibles: ClassVar[list[str]] = [

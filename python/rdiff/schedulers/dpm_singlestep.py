@@ -27,11 +27,12 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
     Every constructor argument has diffusers' meaning and default (note ``lower_order_final``
     defaults to False here, as in diffusers). The steps are grouped by ``order_list`` (for
     ``solver_order=2``: ``[1, 2, 1, 2, ...]``); the first step of a group saves the sample in
-    ``self.sample`` and every step of the group updates from it with the converted model
-    outputs of the group so far. ``step`` runs one fused pass in Rust (conversion from the
-    current sample, the order-1/2/3 update from the group's start, the history write) on numpy
-    arrays or torch CPU tensors of float32, float16, bfloat16 (torch) or float64 (numpy), with
-    arithmetic in float32; the result has the model output's type, dtype and device.
+    ``self.sample`` and every step of the group updates from it with the converted model outputs
+    of the group so far. ``step`` runs one fused pass in Rust (conversion from the current
+    sample, the order-1/2/3 update from the group's start, the history write) on numpy arrays or
+    torch CPU or CUDA tensors of float32, float16, bfloat16 (torch) or float64 (on the CPU),
+    with arithmetic in float32 (float64 when every buffer is); the result has the model output's
+    type, dtype and device.
     """
 
     _compatibles: ClassVar[list[str]] = [
