@@ -2,7 +2,7 @@
 //! once when it is made (`py::tensor` makes them from numpy arrays, DLPack capsules and the
 //! array interfaces). The memory stays the caller's; a `Tensor` only describes it.
 
-use crate::dtype::{DType, Elem, Load};
+use crate::dtype::DType;
 use crate::error::{RdiffError, Result};
 
 /// Where a tensor's memory lives.
@@ -166,16 +166,6 @@ impl Tensor {
         );
         assert_eq!(self.device, Device::Cpu, "Tensor::{what}: a CUDA buffer");
     }
-}
-
-/// A typed slice of a tensor's elements, for the loops generic over their element type.
-///
-/// # Safety
-/// As for [`Tensor::slice`]; `T` must be the tensor's element type.
-pub unsafe fn elems<'a, T: Elem + Load<A>, A: crate::dtype::Acc>(t: &Tensor) -> &'a [T] {
-    assert_eq!(T::DTYPE, t.dtype, "elems: element type");
-    // SAFETY: the caller's contract, and T is the tensor's dtype (asserted).
-    unsafe { t.slice::<T>() }
 }
 
 /// C-contiguity of `shape` with element `strides` (dimensions of size 1 may have any stride).
