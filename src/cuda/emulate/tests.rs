@@ -229,24 +229,54 @@ fn check_pass<D: Elem + Default, S: Elem + Default>(
     );
 }
 
+/// Every shape of the pass for one case and dtype pair: aligned rows, odd rows (the scalar
+/// tails), a misaligned start, a long row (grid-stride loops), rows that start off a Philox
+/// lane group.
+fn check_shapes<D: Elem + Default, S: Elem + Default>(case: Case) {
+    for (batch, ps, off) in [
+        (2, 1024, 0),
+        (3, 333, 0),
+        (2, 256, 1),
+        (1, 5000, 0),
+        (3, 6, 0),
+    ] {
+        check_pass::<D, S>(case, batch, ps, off);
+    }
+}
+
+/// One module per dtype pair, one test per case.
 macro_rules! pass_tests {
     ($($name:ident: $d:ty, $s:ty;)*) => {$(
-        #[test]
-        fn $name() {
-            for case in [
-                Case::Dpm,
-                Case::Singlestep,
-                Case::Ddim,
-                Case::Learned,
-                Case::LearnedSqrt,
-                Case::Philox,
-                Case::Terms,
-            ] {
-                // Aligned rows, odd rows (the scalar tails), a misaligned start, a long row
-                // (grid-stride loops), and rows that start off a Philox lane group.
-                for (batch, ps, off) in [(2, 1024, 0), (3, 333, 0), (2, 256, 1), (1, 5000, 0), (3, 6, 0)] {
-                    check_pass::<$d, $s>(case, batch, ps, off);
-                }
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn dpm() {
+                check_shapes::<$d, $s>(Case::Dpm);
+            }
+            #[test]
+            fn singlestep() {
+                check_shapes::<$d, $s>(Case::Singlestep);
+            }
+            #[test]
+            fn ddim() {
+                check_shapes::<$d, $s>(Case::Ddim);
+            }
+            #[test]
+            fn learned_range() {
+                check_shapes::<$d, $s>(Case::Learned);
+            }
+            #[test]
+            fn learned_sqrt() {
+                check_shapes::<$d, $s>(Case::LearnedSqrt);
+            }
+            #[test]
+            fn philox() {
+                check_shapes::<$d, $s>(Case::Philox);
+            }
+            #[test]
+            fn terms() {
+                check_shapes::<$d, $s>(Case::Terms);
             }
         }
     )*};
