@@ -86,18 +86,7 @@ fn numpy_array(arr: &Bound<'_, PyUntypedArray>, what: &str) -> PyResult<Tensor> 
             descr.str()?
         ))));
     }
-    let size = dtype.size() as isize;
-    let strides: Vec<i64> = arr
-        .strides()
-        .iter()
-        .map(|&s| {
-            if s % size == 0 {
-                (s / size) as i64
-            } else {
-                i64::MIN
-            }
-        })
-        .collect();
+    let strides = element_strides(arr.strides().iter().map(|&s| s as i64), dtype);
     // SAFETY: reading the data pointer field of a live ndarray object.
     let ptr = unsafe { (*arr.as_array_ptr()).fields.data } as u64;
     check(Tensor::new(
@@ -108,6 +97,15 @@ fn numpy_array(arr: &Bound<'_, PyUntypedArray>, what: &str) -> PyResult<Tensor> 
         arr.shape().to_vec(),
         Some(&strides),
     ))
+}
+
+/// Byte strides in elements; a stride that is not a whole number of elements becomes
+/// `i64::MIN`, which no contiguous layout has (so `Tensor::new` refuses it).
+fn element_strides(bytes: impl Iterator<Item = i64>, dtype: DType) -> Vec<i64> {
+    let size = dtype.size() as i64;
+    bytes
+        .map(|b| if b % size == 0 { b / size } else { i64::MIN })
+        .collect()
 }
 
 /// `torch.Tensor` and `torch.utils.dlpack.to_dlpack` (the C function, without the Python
@@ -292,13 +290,7 @@ fn array_interface(
     let strides = match iface.get_item("strides")? {
         Some(s) if !s.is_none() => {
             let bytes: Vec<i64> = s.extract()?;
-            let size = dtype.size() as i64;
-            Some(
-                bytes
-                    .iter()
-                    .map(|&b| if b % size == 0 { b / size } else { i64::MIN })
-                    .collect::<Vec<_>>(),
-            )
+            Some(element_strides(bytes.into_iter(), dtype))
         }
         _ => None,
     };
