@@ -25,6 +25,8 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::backends::backends, m)?)?;
     m.add_class::<py::schedule::PyNoiseSchedule>()?;
     m.add_function(wrap_pyfunction!(py::spacing::diffusers_schedule, m)?)?;
+    m.add_function(wrap_pyfunction!(py::spacing::sigma_to_t_py, m)?)?;
+    m.add_function(wrap_pyfunction!(py::spacing::diffusers_karras_py, m)?)?;
     m.add_class::<py::dpm_multistep::PyDpmMultistep>()?;
     m.add_class::<py::dpm_singlestep::PyDpmSinglestep>()?;
     m.add_function(wrap_pyfunction!(

@@ -317,11 +317,19 @@ def _scheduler_cases() -> list[Case]:
                     "TypeError",
                     r"num_inference_steps",
                 ),
-                Case(
-                    f"{p}.set_timesteps.too_many",
-                    f"{mk0}.set_timesteps(1001)",
-                    "ValueError",
-                    r"num_inference_steps.*1001",
+                # diffusers' DPM-Solver classes take more steps than training timesteps
+                # (repeating some); its DDIM, DDPM and rdiff's Analytic-DPM refuse them.
+                *(
+                    []
+                    if kind in ("multistep", "singlestep")
+                    else [
+                        Case(
+                            f"{p}.set_timesteps.too_many",
+                            f"{mk0}.set_timesteps(1001)",
+                            "ValueError",
+                            r"num_inference_steps.*1001",
+                        )
+                    ]
                 ),
                 # -- out of order
                 *_out_of_order(kind, p, mk, mk0),
@@ -711,12 +719,6 @@ def _scheduler_cases() -> list[Case]:
                 ]
             if kind == "ddpm":
                 c += [
-                    Case(
-                        f"{p}.init.variance_type_unknown",
-                        f"make('ddpm', {wrapped}, variance_type='tiny')",
-                        "ValueError",
-                        r"variance_type.*tiny",
-                    ),
                     Case(
                         f"{p}.set_timesteps.custom_increasing",
                         f"{mk0}.set_timesteps(timesteps=[10, 500, 900])",

@@ -123,3 +123,22 @@ def loop_on_cpu_and_emulated(make, dtype, generator, **step_kwargs) -> None:
     cpu, emu = on_cpu_and_emulated(lambda: run_loop(make, dtype, generator, **step_kwargs))
     assert torch.isfinite(cpu.float()).all()
     assert_bit_equal(cpu, emu, "the loop's final sample")
+
+
+def check_repeated_timesteps(ours, theirs, num_inference_steps: int) -> None:
+    """``ours`` and ``theirs`` (diffusers) given a schedule with a repeated timestep (a
+    zero-length interval): the same timesteps, the same samples while diffusers' stay finite
+    (its higher orders divide by the zero length), and finite samples to the end."""
+    ours.set_timesteps(num_inference_steps)
+    theirs.set_timesteps(num_inference_steps)
+    ts = theirs.timesteps.numpy()
+    np.testing.assert_array_equal(np.asarray(ours.timesteps), ts)
+    assert len(ts) == num_inference_steps and np.any(np.diff(ts) == 0), "no repeated timestep"
+    x = y = dummy_sample_deter()
+    for t in ts:
+        x = ours.step(_toy_model(x, int(t)), int(t), x).prev_sample
+        if torch.isfinite(y).all():
+            y = theirs.step(_toy_model(y, int(t)), int(t), y).prev_sample
+            if torch.isfinite(y).all():
+                torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)  # 1000 f32 steps
+    assert torch.isfinite(x).all()

@@ -375,7 +375,9 @@ def test_optimal_trajectory_never_worse_than_uniform(schedule, k):
     )
     gamma = np.minimum(table.gamma, 1.0)  # keep the comparison on the DP's own cost
     opt = rdiff.optimal_trajectory(gamma, schedule, k)
-    uniform = np.linspace(0, N - 1, k).round().astype(np.int64)[::-1]
+    s = rdiff.AnalyticDPMScheduler(gamma=gamma, trajectory="uniform")
+    s.set_timesteps(k)
+    uniform = s.timesteps
     assert _cost(gamma, ac, opt) <= _cost(gamma, ac, uniform) + 1e-12
     sched = rdiff.AnalyticDPMScheduler(gamma=gamma, trajectory="optimal")
     sched.set_timesteps(k)
@@ -729,3 +731,33 @@ def test_whole_loop_emulated_equals_cpu(name, dt):
 from bad_input_cases import bad_input_test
 
 test_bad_input_case = bad_input_test(__name__)
+
+
+def _fixture_digest(ts) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.asarray(ts, dtype="<i8").tobytes()).hexdigest()[:16]
+
+
+def test_trajectories_equal_the_authors_choice_steps():
+    """The uniform and quadratic trajectories against the outputs of the Analytic-DPM authors'
+    own `_choice_steps_linear` / `_choice_steps_quad_ddim` (tests/fixtures, written by
+    scripts/analytic_dpm_fixture.py from their repository), for every K in 2..1000. The
+    authors' quadratic (DDIM's) choice repeats timesteps from K = 30 on; rdiff pushes them
+    apart (a repeated timestep is a zero step), so it is compared where theirs is distinct."""
+    import json
+    from pathlib import Path
+
+    fx = json.loads((Path(__file__).parent / "fixtures/analytic_dpm_choice_steps.json").read_text())
+    assert fx["N"] == N
+    gamma = np.full(N, 0.5)
+    for trajectory, key in (("uniform", "linear"), ("quadratic", "quad_ddim")):
+        s = rdiff.AnalyticDPMScheduler(gamma=gamma, trajectory=trajectory)
+        ks = range(2, N + 1) if key == "linear" else fx[key]["strictly_increasing"]
+        for k_str, ts in fx[key]["examples"].items():
+            if int(k_str) in ks:
+                s.set_timesteps(int(k_str))
+                assert s.timesteps[::-1].tolist() == ts, (trajectory, k_str)
+        for k in ks:
+            s.set_timesteps(k)
+            assert _fixture_digest(s.timesteps[::-1]) == fx[key]["sha256"][str(k)], (trajectory, k)

@@ -13,6 +13,8 @@ diffusers = pytest.importorskip("diffusers")
 
 from conftest import GaussianEps, dummy_model, dummy_noise_deter, dummy_sample_deter
 
+import rdiff
+import rdiff.diffusers
 from rdiff._rdiff import _ddim_timesteps
 from rdiff.schedulers.ddim import DDIMScheduler
 from rdiff.schedulers.ddpm import DDPMScheduler
@@ -456,8 +458,6 @@ def test_bad_input():
     p = DDPMScheduler(variance_type="learned_range")
     with pytest.raises(ValueError, match="variance"):
         p.step(x, 999, x)
-    with pytest.raises(ValueError, match="variance_type"):
-        DDPMScheduler(variance_type="fixed")
     q = DDPMScheduler()
     with pytest.raises(ValueError, match="shape"):
         q.step(np.zeros((1, 6, 4, 4), np.float32), 999, x)
@@ -542,3 +542,52 @@ def test_whole_loop_emulated_equals_cpu(name, dt):
 from bad_input_cases import bad_input_test
 
 test_bad_input_case = bad_input_test(__name__)
+
+
+def test_ddpm_unknown_variance_type_steps_as_diffusers():
+    """diffusers takes any variance_type and steps with β̃ (its _get_variance falls through);
+    rdiff does the same and warns, naming the known types."""
+    with pytest.warns(UserWarning, match="variance_type.*'tiny'.*fixed_small"):
+        ours = rdiff.diffusers.DDPMScheduler(variance_type="tiny")
+    theirs = diffusers.DDPMScheduler(variance_type="tiny")
+    ref = rdiff.diffusers.DDPMScheduler(variance_type="fixed_small")
+    x, m = dummy_sample_deter(), dummy_model(dummy_sample_deter(), 500)
+    for t in (999, 500, 1):
+        a = ours.step(m, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+        b = theirs.step(m, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+        c = ref.step(m, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert torch.equal(a, c)
+        torch.testing.assert_close(ours._get_variance(t), theirs._get_variance(t))
+
+
+@pytest.mark.parametrize(
+    "variance_type",
+    ["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned_range"],
+)
+@pytest.mark.parametrize("custom", [False, True])
+def test_ddpm_get_variance_and_previous_timestep_as_diffusers(variance_type, custom):
+    """_get_variance (every type, diffusers' return values) and previous_timestep (a tensor)
+    equal diffusers' along a schedule; code in the wild (pipelines, inversion) calls both."""
+    ours = rdiff.diffusers.DDPMScheduler(variance_type=variance_type)
+    theirs = diffusers.DDPMScheduler(variance_type=variance_type)
+    for s in (ours, theirs):
+        if custom:
+            s.set_timesteps(timesteps=[900, 700, 333, 50, 0])
+        else:
+            s.set_timesteps(10)
+    pv = torch.linspace(-1, 1, 5)
+    for t in theirs.timesteps:
+        p_ours, p_theirs = ours.previous_timestep(t), theirs.previous_timestep(t)
+        assert torch.is_tensor(p_ours) and p_ours.item() == p_theirs.item()
+        v_ours = ours._get_variance(t, predicted_variance=pv)
+        v_theirs = theirs._get_variance(t, predicted_variance=pv)
+        torch.testing.assert_close(v_ours, v_theirs, rtol=2e-6, atol=1e-30, equal_nan=True)
+
+
+def test_ddim_get_variance_as_diffusers():
+    ours, theirs = rdiff.diffusers.DDIMScheduler(), diffusers.DDIMScheduler()
+    for t, prev in ((999, 979), (500, 480), (20, 0), (0, -1)):
+        v = ours._get_variance(t, prev)
+        assert torch.is_tensor(v) and v.dtype == torch.float32
+        torch.testing.assert_close(v, theirs._get_variance(t, prev), rtol=1e-6, atol=1e-12)

@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+import rdiff.diffusers
 from rdiff.diffusers import DPMSolverMultistepScheduler
 
 
@@ -82,3 +83,36 @@ def test_timesteps_are_torch_tensors():
     s = DPMSolverMultistepScheduler()
     s.set_timesteps(4)
     assert isinstance(s.timesteps, torch.Tensor) and s.timesteps.dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DDPMScheduler",
+        "DDIMScheduler",
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+    ],
+)
+def test_schedule_arrays_are_diffusers_tensors(name):
+    """betas, alphas, alphas_cumprod (and the DPM-Solver's sigmas, alpha_t, sigma_t,
+    lambda_t) are float32 torch tensors equal to diffusers', so code written against diffusers
+    runs: diffusers.training_utils.compute_snr here."""
+    from diffusers.training_utils import compute_snr
+
+    ours, theirs = getattr(rdiff.diffusers, name)(), getattr(diffusers, name)()
+    names = ["betas", "alphas", "alphas_cumprod"]
+    if name.startswith("DPM"):
+        names += ["sigmas", "alpha_t", "sigma_t", "lambda_t"]
+    for attr in names:
+        a, b = getattr(ours, attr), getattr(theirs, attr)
+        assert torch.is_tensor(a) and a.dtype == b.dtype == torch.float32, attr
+        # diffusers forms λ = log α − log σ in float32: a cancellation near λ = 0
+        atol = 1e-6 if attr == "lambda_t" else 0.0
+        torch.testing.assert_close(a, b, rtol=2e-6, atol=atol, msg=attr)
+    if name.startswith("DPM"):
+        ours.set_timesteps(7)
+        theirs.set_timesteps(7)
+        torch.testing.assert_close(ours.sigmas, theirs.sigmas, rtol=0, atol=0)
+    ts = torch.tensor([0, 10, 500, 999])
+    torch.testing.assert_close(compute_snr(ours, ts), compute_snr(theirs, ts), rtol=1e-5, atol=0)

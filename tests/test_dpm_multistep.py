@@ -360,3 +360,107 @@ def test_whole_loop_emulated_equals_cpu(name, dt):
 from bad_input_cases import bad_input_test
 
 test_bad_input_case = bad_input_test(__name__)
+
+
+@pytest.mark.parametrize("algorithm", ["dpmsolver++", "dpmsolver"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("n_train,n", [(1000, 1000), (25, 25)])
+def test_repeated_timesteps_as_diffusers(algorithm, order, n_train, n):
+    """linspace over (nearly) every training timestep repeats one, as diffusers does; the zero
+    step returns the sample and the next steps use distinct points, so rdiff equals diffusers
+    while diffusers is finite (its order ≥ 2 divides by zero after the repeat) and stays
+    finite."""
+    import diffusers as d
+    from conftest import check_repeated_timesteps
+
+    import rdiff.diffusers
+
+    cfg = dict(num_train_timesteps=n_train, solver_order=order, algorithm_type=algorithm)
+    if algorithm == "dpmsolver":
+        cfg["final_sigmas_type"] = "sigma_min"
+    check_repeated_timesteps(
+        rdiff.diffusers.DPMSolverMultistepScheduler(**cfg),
+        d.DPMSolverMultistepScheduler(**cfg),
+        n,
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["dpmsolver++", "dpmsolver", "sde-dpmsolver++"])
+@pytest.mark.parametrize("thresholding", [False, True])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_diffusers_solver_methods(algorithm, thresholding, prediction):
+    """The methods community code calls on diffusers' class (convert_model_output, the
+    first/second/third-order updates, _threshold_sample) give diffusers' results."""
+    import diffusers as d
+
+    import rdiff.diffusers
+
+    cfg = dict(
+        algorithm_type=algorithm,
+        thresholding=thresholding,
+        prediction_type=prediction,
+        solver_order=3,
+        sample_max_value=1.5,
+    )
+    if algorithm == "dpmsolver":
+        cfg["final_sigmas_type"] = "sigma_min"
+    if thresholding and algorithm == "dpmsolver":
+        cfg["thresholding"] = False  # diffusers thresholds x₀ only for the ++ types' output
+    ours, theirs = (
+        rdiff.diffusers.DPMSolverMultistepScheduler(**cfg),
+        d.DPMSolverMultistepScheduler(**cfg),
+    )
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=g) * 2
+    outputs = []
+    for i, t in enumerate(theirs.timesteps[:6]):
+        ours._step_index = theirs._step_index = i
+        mo = torch.tanh(0.7 * x) + 0.01 * float(t) / 1000
+        m = theirs.convert_model_output(mo, sample=x)
+        torch.testing.assert_close(ours.convert_model_output(mo, sample=x), m, rtol=1e-5, atol=1e-5)
+        outputs.append(m)
+        noise = torch.randn(x.shape, generator=g)
+        kw = dict(sample=x, noise=noise)
+        want = theirs.dpm_solver_first_order_update(m, **kw)
+        torch.testing.assert_close(
+            ours.dpm_solver_first_order_update(m, **kw), want, rtol=1e-5, atol=1e-5
+        )
+        for order, name in ((2, "second"), (3, "third")):
+            if len(outputs) >= order:
+                fn = f"multistep_dpm_solver_{name}_order_update"
+                want = getattr(theirs, fn)(outputs, **kw)
+                got = getattr(ours, fn)(outputs, **kw)
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        x = want
+    th = rdiff.diffusers.DPMSolverMultistepScheduler(thresholding=True, sample_max_value=1.5)
+    tt = d.DPMSolverMultistepScheduler(thresholding=True, sample_max_value=1.5)
+    y = torch.randn(3, 4, 5, 5, generator=g) * 3
+    # the same bounds (torch.quantile, bit for bit); the rescale is x·(1/s), within an ulp of x/s
+    torch.testing.assert_close(
+        th._threshold_sample(y), tt._threshold_sample(y), rtol=2.4e-7, atol=0
+    )
+
+
+def test_diffusers_sigma_helpers():
+    """_sigma_to_t and _convert_to_karras give diffusers' arrays (float32 and float64 tables)."""
+    import diffusers as d
+
+    import rdiff.diffusers
+
+    ours, theirs = rdiff.diffusers.DPMSolverMultistepScheduler(), d.DPMSolverMultistepScheduler()
+    ac = theirs.alphas_cumprod.numpy()
+    sig = ((1 - ac) / ac) ** 0.5
+    for table in (np.log(sig), np.log(sig.astype(np.float64))):
+        for s in (np.float64(sig[500]), np.geomspace(sig[0] / 2, sig[-1] * 2, 50)):
+            want = theirs._sigma_to_t(s, table)
+            got = ours._sigma_to_t(s, table)
+            assert np.shape(got) == np.shape(want)
+            np.testing.assert_array_equal(got, want)
+    for n in (1, 2, 7, 50):
+        flipped = torch.from_numpy(sig[::-1].copy())
+        # numpy's SIMD pow and Rust's differ in the last bit now and then
+        np.testing.assert_allclose(
+            ours._convert_to_karras(flipped, n), theirs._convert_to_karras(flipped, n), rtol=5e-16
+        )

@@ -606,3 +606,24 @@ def test_whole_loop_emulated_equals_cpu(name, dt):
 from bad_input_cases import bad_input_test
 
 test_bad_input_case = bad_input_test(__name__)
+
+
+@pytest.mark.parametrize("algorithm", ["dpmsolver++", "dpmsolver"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("n_train,n", [(1000, 1000), (25, 25)])
+def test_repeated_timesteps_as_diffusers(algorithm, order, n_train, n):
+    """A repeated timestep (linspace over nearly every training timestep, as diffusers has it):
+    a step whose points repeat updates at first order from the current sample, so rdiff
+    equals diffusers while diffusers is finite and stays finite."""
+    from conftest import check_repeated_timesteps
+
+    import rdiff.diffusers
+
+    cfg = dict(num_train_timesteps=n_train, solver_order=order, algorithm_type=algorithm)
+    if algorithm == "dpmsolver":
+        cfg["final_sigmas_type"] = "sigma_min"
+    check_repeated_timesteps(
+        rdiff.diffusers.DPMSolverSinglestepScheduler(**cfg),
+        diffusers.DPMSolverSinglestepScheduler(**cfg),
+        n,
+    )

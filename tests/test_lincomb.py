@@ -6,6 +6,8 @@ arithmetic for float64 buffers, dynamic thresholding against torch.quantile, the
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -39,7 +41,7 @@ def _pass(dt, shape, offset, thresholding, seed=0):
         [(0.9, u), (-0.3, t1), (0.25, t2)],
         (x, mo, 1.2, -0.4, 0.6),
         hist,
-        (0.9, 1.1) if thresholding else None,
+        (0.9, 1.1, math.inf) if thresholding else None,
         bounds if thresholding else None,
     )
     return out, hist, bounds
@@ -68,7 +70,9 @@ def test_thresholding_bounds_are_torch_quantile_clamped_below_bit_for_bit():
                 out, hist = torch.empty_like(x), torch.empty_like(x)
                 bounds = torch.zeros(3, dtype=dt)
                 with emulated_backend() if path == "emulated" else _nothing():
-                    _lincomb(out, [], (x, mo, 1.25, -0.5, 1.0), hist, (ratio, 2.0), bounds)
+                    _lincomb(
+                        out, [], (x, mo, 1.25, -0.5, 1.0), hist, (ratio, 2.0, math.inf), bounds
+                    )
                 m = 1.25 * x - 0.5 * mo
                 want = torch.quantile(m.abs(), ratio, dim=1).clamp(min=2.0)
                 # torch.quantile's arithmetic (f64 rank, fused lerp), to its bits.
@@ -141,11 +145,13 @@ def test_bad_input():
     with pytest.raises(ValueError, match="elements"):
         _lincomb(out, [(1.0, np.ones((2, 4), np.float32))])
     with pytest.raises(ValueError, match="scratch"):
-        _lincomb(out, [], (x, x, 1.0, 0.0, 1.0), None, (0.9, 1.0))
+        _lincomb(out, [], (x, x, 1.0, 0.0, 1.0), None, (0.9, 1.0, math.inf))
     with pytest.raises(TypeError, match=r"bounds.*float32"):
-        _lincomb(out, [], (x, x, 1.0, 0.0, 1.0), None, (0.9, 1.0), np.zeros(2))
+        _lincomb(out, [], (x, x, 1.0, 0.0, 1.0), None, (0.9, 1.0, math.inf), np.zeros(2))
     with pytest.raises(ValueError, match="ratio"):
-        _lincomb(out, [], (x, x, 1.0, 0.0, 1.0), None, (1.5, 1.0), np.zeros(2, np.float32))
+        _lincomb(
+            out, [], (x, x, 1.0, 0.0, 1.0), None, (1.5, 1.0, math.inf), np.zeros(2, np.float32)
+        )
     with emulated_backend(), pytest.raises(TypeError, match="float64"):
         _lincomb(out.astype(np.float64), [(1.0, x.astype(np.float64))])
 

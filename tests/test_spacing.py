@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import warnings
 
 import numpy as np
@@ -80,11 +81,11 @@ def _ours(beta: str, spacing: str, final: str, n=None, timesteps=None, **extra):
 
 
 def _is_garbage(spacing: str, ts: np.ndarray) -> bool:
-    """diffusers' default-sigma spacings silently repeat timesteps (hence sigmas: a zero step, a
-    division by zero in the multistep update) or go negative; rdiff raises ValueError there."""
+    """diffusers' default-sigma spacings can go negative (trailing with more steps than
+    training timesteps); rdiff raises ValueError there. Repeated timesteps are kept."""
     if SPACINGS[spacing][1].get("sigma_kind", "default") != "default":
         return False
-    return bool(len(ts) == 0 or np.any(np.diff(ts) >= 0) or ts[-1] < 0)
+    return bool(len(ts) == 0 or ts[-1] < 0)
 
 
 def _check(beta, spacing, final, n, timestep_slack=0, **extra):
@@ -250,7 +251,9 @@ def test_noise_schedule_timesteps_bad_arguments():
     with pytest.raises(ValueError, match="num_inference_steps"):
         s.timesteps(0)
     with pytest.raises(ValueError, match="num_inference_steps"):
-        s.timesteps(1000)  # linspace over 1000 timesteps repeats one
+        s.timesteps(1001)  # more distinct timesteps than training timesteps
+    # linspace over all 1000 repeats one in diffusers; the distinct rule moves it.
+    np.testing.assert_array_equal(s.timesteps(1000)[0], np.arange(999, -1, -1))
     with pytest.raises(ValueError, match="sigmas"):
         s.timesteps(10, sigmas="flow")
     with pytest.raises(ValueError, match="final_sigmas_type"):
@@ -321,3 +324,101 @@ def test_time_steps_bad_arguments():
         s.time_steps(0)
     with pytest.raises(ValueError, match="t_end"):
         rdiff.NoiseSchedule.linear_vp().time_steps(10, t_end=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The scheduler classes' set_timesteps against diffusers' classes, every N.
+
+_CLASSES = {
+    "multistep": ("DPMSolverMultistepScheduler", {}),
+    "singlestep": ("DPMSolverSinglestepScheduler", {"lower_order_final": True}),
+}
+
+
+def _class_pair(kind: str, cfg: dict):
+    import rdiff.diffusers
+
+    name, extra = _CLASSES[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return (
+            getattr(rdiff.diffusers, name)(**cfg, **extra),
+            getattr(diffusers, name)(**cfg, **extra),
+        )
+
+
+def _same_schedule(ours, theirs, n: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs.set_timesteps(n)
+        ours.set_timesteps(n)
+    np.testing.assert_array_equal(ours.timesteps.numpy(), theirs.timesteps.numpy(), err_msg=n)
+    np.testing.assert_array_equal(
+        np.asarray(ours.sigmas, dtype=np.float32), theirs.sigmas.numpy(), err_msg=n
+    )
+
+
+@pytest.mark.parametrize("kind", list(_CLASSES))
+@pytest.mark.parametrize("beta", list(BETA_SCHEDULES))
+@pytest.mark.parametrize("spacing", ["karras", "exponential"])
+def test_class_timesteps_every_n(kind, beta, spacing):
+    """Karras and exponential σ converted to timesteps: equal to diffusers, timesteps and σ,
+    through the classes (the σ table and its log are diffusers' own arithmetic, so the
+    conversion's comparisons at the table's ends agree on any machine). N = 1..200 and every
+    9th N to 1000 (diffusers' conversion costs ~N·35 µs; RDIFF_ALL_N=1 checks every N, about
+    3 minutes)."""
+    ours, theirs = _class_pair(kind, {**BETA_SCHEDULES[beta], **SPACINGS[spacing][0]})
+    every = os.environ.get("RDIFF_ALL_N") == "1"
+    ns = range(1, 1001) if every else [*range(1, 201), *range(201, 1001, 9), 999, 1000]
+    for n in ns if every or kind == "multistep" else ns[::4]:
+        _same_schedule(ours, theirs, n)
+
+
+@pytest.mark.parametrize("kind", list(_CLASSES))
+@pytest.mark.parametrize("beta", list(BETA_SCHEDULES))
+@pytest.mark.parametrize("spacing", [s for s in SPACINGS if s not in ("karras", "exponential")])
+def test_class_timesteps_other_spacings(kind, beta, spacing):
+    """The other spacings and σ options: every N for the default σ, every 101st (and 999, 1000)
+    for the slow-to-compute beta, Lu and flow σ (diffusers takes up to 0.1 s per call)."""
+    if kind == "singlestep" and spacing in ("leading", "leading+1", "trailing", "lu"):
+        return  # diffusers' singlestep class has no timestep_spacing or Lu lambdas
+    ours, theirs = _class_pair(kind, {**BETA_SCHEDULES[beta], **SPACINGS[spacing][0]})
+    default = SPACINGS[spacing][1].get("sigma_kind", "default") == "default"
+    ns = range(1, 1001) if default else [*range(1, 1001, 101), 999, 1000]
+    for n in ns:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs.set_timesteps(n)
+        if np.asarray(theirs.timesteps)[-1] < 0:
+            continue  # trailing with n > 1000 training steps: rdiff's ValueError, tested above
+        _same_schedule(ours, theirs, n)
+
+
+def test_class_timesteps_follow_numpys_log(monkeypatch):
+    """Another machine's numpy rounds float32 log differently (its SIMD log is not correctly
+    rounded). Simulated by moving every float32 log one ulp up, then down: diffusers' first
+    Karras and exponential timesteps on a cosine schedule move between 998 and 999 with it,
+    and rdiff's classes follow, because they take the table's log from numpy as diffusers
+    does (they did not when rdiff computed a correctly rounded log itself)."""
+    real_log = np.log
+    cosine = BETA_SCHEDULES["squaredcos_cap_v2"]
+    firsts = {}
+    for direction in (None, np.inf, -np.inf):
+
+        def log(x, *args, direction=direction, **kwargs):
+            y = real_log(x, *args, **kwargs)
+            if isinstance(y, np.ndarray) and y.dtype == np.float32:
+                return np.nextafter(y, np.float32(direction))
+            return y
+
+        with monkeypatch.context() as m:
+            if direction is not None:
+                m.setattr(np, "log", log)
+            for spacing in ("karras", "exponential"):
+                ours, theirs = _class_pair("multistep", {**cosine, **SPACINGS[spacing][0]})
+                for n in (1, 2, 5, 10, 25, 50):
+                    _same_schedule(ours, theirs, n)
+                    firsts[direction, spacing, n] = int(theirs.timesteps[0])
+    # The simulation moves diffusers' answer in at least one direction, so the test can fail.
+    moved = [k for k, t in firsts.items() if k[0] is not None and t != firsts[(None, *k[1:])]]
+    assert moved, firsts

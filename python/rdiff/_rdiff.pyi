@@ -104,6 +104,15 @@ class NoiseSchedule:
         """The DPM-Solver reference's time steps: float64 of shape (steps + 1,), from t_start
         (default t_max) down to t_end (default t_min)."""
 
+def _sigma_to_t(
+    sigma: npt.NDArray[np.float64], log_sigmas: npt.NDArray[np.float32] | npt.NDArray[np.float64]
+) -> _F64Array:
+    """diffusers' `_sigma_to_t`: the fractional timestep of each σ (float64, shape (n,)) in the
+    ascending log σ table (float32 or float64, shape (N,), N ≥ 2)."""
+
+def _diffusers_karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> _F64Array:
+    """diffusers' `_convert_to_karras` arithmetic: n Karras σ (float64) from sigma_max down."""
+
 def _diffusers_schedule(
     alphas_cumprod: npt.NDArray[np.float64],
     num_inference_steps: int | None = None,
@@ -115,12 +124,14 @@ def _diffusers_schedule(
     final_sigma: Literal["zero", "sigma_min"] = "zero",
     lambda_min_clipped: float = ...,
     round_timesteps: bool = True,
+    sigma_table: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
 ) -> tuple[_I64Array, _F64Array]:
     """diffusers' DPMSolverMultistepScheduler.set_timesteps: `alphas_cumprod` is float64 of
     shape (N,) with the zero-SNR fix applied; pass exactly one of `num_inference_steps` and
     `timesteps`. Returns timesteps (int64, shape (n,)) and sigmas (float64 holding float32
     values, shape (n + 1,)). `round_timesteps` should be `beta_schedule != "squaredcos_cap_v2"`
-    (it only affects Karras and Lu sigmas, as in diffusers)."""
+    (it only affects Karras and Lu sigmas, as in diffusers). `sigma_table`: σ and log σ
+    (float32, shape (N,)) as the caller's framework computes them, else rdiff's own."""
 
 class _GaussianMixture:
     """The Rust core of ``rdiff.testing.GaussianMixture``; use that class instead."""
@@ -256,6 +267,8 @@ class _Ddim:
         """(p, q, d, h1, h2, h3, a, w0, w_eps, std) of a DDIM step."""
     def variance(self, timestep: int, prev_timestep: int) -> float:
         """DDIM's β̃ from ``timestep`` to ``prev_timestep`` (diffusers' ``_get_variance``)."""
+    def ddpm_variances(self, timestep: int, prev_timestep: int) -> tuple[float, float]:
+        """DDPM's (β̃_t clamped at 1e-20, β_t) from ``timestep`` to ``prev_timestep``."""
     def ddpm_coefficients(
         self, timestep: int, prev_timestep: int
     ) -> tuple[float, float, float, float, float, float, float, float, float, float]:
@@ -411,7 +424,7 @@ def _lincomb(
     terms: list[tuple[float, _Tensor]],
     conv: tuple[_Tensor, _Tensor, float, float, float] | None = None,
     hist: _Tensor | None = None,
-    threshold: tuple[float, float] | None = None,
+    threshold: tuple[float, float, float] | None = None,
     bounds: _Tensor | None = None,
     stream: int = 0,
 ) -> None:

@@ -16,7 +16,9 @@ from typing import Any
 
 try:
     from diffusers.configuration_utils import ConfigMixin, register_to_config
-    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+    from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 except ImportError as e:  # pragma: no cover - exercised only without diffusers
     raise ImportError("rdiff.diffusers needs diffusers: pip install diffusers torch") from e
 
@@ -31,8 +33,9 @@ __all__ = [
 ]
 
 
-def _wrap(base: type) -> type:
-    """A diffusers subclass of rdiff scheduler ``base`` with diffusers' config machinery."""
+def _wrap(base: type, output_type: type) -> type:
+    """A diffusers subclass of rdiff scheduler ``base`` with diffusers' config machinery,
+    whose ``step`` returns diffusers' ``output_type`` (a ``BaseOutput``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         base.__init__(self, *args, **kwargs)
@@ -53,13 +56,15 @@ def _wrap(base: type) -> type:
         "config_name": "scheduler_config.json",
         "_torch_timesteps": True,
         "_compatibles": list(base._compatibles),
+        "_output_type": output_type,
     }
     # diffusers' mixins come first so that their config, from_config and save/load win.
     return type(base.__name__, (SchedulerMixin, ConfigMixin, base), namespace)
 
 
-DPMSolverMultistepScheduler = _wrap(_schedulers.DPMSolverMultistepScheduler)
-DDIMScheduler = _wrap(_schedulers.DDIMScheduler)
-DDPMScheduler = _wrap(_schedulers.DDPMScheduler)
-DPMSolverSinglestepScheduler = _wrap(_schedulers.DPMSolverSinglestepScheduler)
-AnalyticDPMScheduler = _wrap(_schedulers.AnalyticDPMScheduler)
+DPMSolverMultistepScheduler = _wrap(_schedulers.DPMSolverMultistepScheduler, SchedulerOutput)
+DDIMScheduler = _wrap(_schedulers.DDIMScheduler, DDIMSchedulerOutput)
+DDPMScheduler = _wrap(_schedulers.DDPMScheduler, DDPMSchedulerOutput)
+DPMSolverSinglestepScheduler = _wrap(_schedulers.DPMSolverSinglestepScheduler, SchedulerOutput)
+# No diffusers peer; its step returns the sample and x0 prediction, as DDPM's does.
+AnalyticDPMScheduler = _wrap(_schedulers.AnalyticDPMScheduler, DDPMSchedulerOutput)

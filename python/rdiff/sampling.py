@@ -305,7 +305,7 @@ def sample(
             )
         if math.isnan(float(thresholding_max_val)):
             raise ValueError("thresholding_max_val: must be a number, got nan")
-        threshold = (float(dynamic_thresholding_ratio), float(thresholding_max_val))
+        threshold = (float(dynamic_thresholding_ratio), float(thresholding_max_val), math.inf)
     elif correcting_x0_fn is not None and not callable(correcting_x0_fn):
         raise ValueError(
             'correcting_x0_fn: expected None, "dynamic_thresholding" or a callable, got '

@@ -100,6 +100,11 @@ impl PyDdim {
         Ok(self.inner.variance(timestep, prev_timestep)?)
     }
 
+    /// DDPM's (β̃_t clamped at 1e-20, β_t) from `timestep` to `prev_timestep`.
+    fn ddpm_variances(&self, timestep: i64, prev_timestep: i64) -> PyResult<(f64, f64)> {
+        Ok(self.inner.ddpm_variances(timestep, prev_timestep)?)
+    }
+
     /// The DDPM step's scalars, as `ddim_coefficients` (std NaN for learned variances).
     fn ddpm_coefficients(&self, timestep: i64, prev_timestep: i64) -> PyResult<CoTuple> {
         Ok(co_tuple(

@@ -14,7 +14,9 @@ type Conv<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, f64, f64, f64);
 
 /// One fused pass: `out = c_0·t_0 + Σ c_i·t_i + w·m`, over (c, t) `terms` (at most 5), with,
 /// when `conv = (x, mo, p, q, w)` is given, m = p·x + q·mo, clamped and rescaled per sample by
-/// the DPM-Solver reference's dynamic thresholding when `threshold = (ratio, max_val)` is given
+/// dynamic thresholding when `threshold = (ratio, lo, hi)` is given (s = the `ratio` quantile of
+/// |m| clamped to [lo, hi]: the DPM-Solver reference's is (ratio, max_val, inf), diffusers'
+/// (ratio, 1, sample_max_value))
 /// (its bounds written to `bounds`: `batch` values of the arithmetic dtype, float64 for
 /// float64 tensors, else float32), and stored into `hist` when given. Every tensor has
 /// `out`'s shape and dtype; `out` and `hist` must not overlap an input.
@@ -27,7 +29,7 @@ pub fn lincomb(
     terms: Vec<Term<'_>>,
     conv: Option<Conv<'_>>,
     hist: Option<&Bound<'_, PyAny>>,
-    threshold: Option<(f64, f64)>,
+    threshold: Option<(f64, f64, f64)>,
     bounds: Option<&Bound<'_, PyAny>>,
     stream: usize,
 ) -> PyResult<()> {
@@ -49,10 +51,10 @@ pub fn lincomb(
         let mo = tensor(&mo, "model output")?;
         let clamp = match threshold {
             None => Clamp::None,
-            Some((ratio, max_val)) => Clamp::Dynamic {
+            Some((ratio, lo, hi)) => Clamp::Dynamic {
                 ratio,
-                lo: max_val,
-                hi: f64::INFINITY,
+                lo,
+                hi,
                 bounds: tensor_opt(bounds, "bounds")?.ok_or_else(|| {
                     RdiffError::Value("bounds: thresholding needs a scratch tensor".into())
                 })?,

@@ -246,6 +246,7 @@ impl PyNoiseSchedule {
             final_sigma: FinalSigma::parse(final_sigma)?,
             lambda_min_clipped,
             round_timesteps: true,
+            sigma_table: None,
         };
         let mut ac = betas.alphas_cumprod.clone();
         if let Some(last) = ac.last_mut() {

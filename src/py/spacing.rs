@@ -7,8 +7,8 @@ use crate::error::RdiffError;
 
 use crate::schedule::check_steps;
 use crate::schedule::spacing::{
-    diffusers_schedule as schedule_n, diffusers_schedule_from_timesteps, FinalSigma, SigmaKind,
-    SpacingOptions, TimestepSpacing,
+    diffusers_karras, diffusers_schedule as schedule_n, diffusers_schedule_from_timesteps,
+    sigma_to_t, FinalSigma, SigmaKind, SpacingOptions, TimestepSpacing,
 };
 
 type Schedule<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>);
@@ -16,12 +16,15 @@ type Schedule<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>);
 /// What diffusers' `DPMSolverMultistepScheduler.set_timesteps` computes.
 ///
 /// `alphas_cumprod` (float64, shape (N,)) is the scheduler's ᾱ with the zero-SNR fix applied.
-/// Pass exactly one of `num_inference_steps` and `timesteps`. Returns `(timesteps, sigmas)`:
-/// int64 of shape (n,) and float64 of shape (n + 1,) holding float32 values.
+/// Pass exactly one of `num_inference_steps` and `timesteps`. `sigma_table` (two float32
+/// arrays of shape (N,): σ and log σ as the caller's framework computes them, as diffusers
+/// does) replaces rdiff's correctly rounded table. Returns `(timesteps, sigmas)`: int64 of
+/// shape (n,) and float64 of shape (n + 1,) holding float32 values.
 #[pyfunction]
 #[pyo3(name = "_diffusers_schedule", signature = (alphas_cumprod, num_inference_steps=None,
     timesteps=None, spacing="linspace", steps_offset=0, sigma_kind="default", flow_shift=1.0,
-    final_sigma="zero", lambda_min_clipped=f64::NEG_INFINITY, round_timesteps=true))]
+    final_sigma="zero", lambda_min_clipped=f64::NEG_INFINITY, round_timesteps=true,
+    sigma_table=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn diffusers_schedule<'py>(
     py: Python<'py>,
@@ -35,6 +38,7 @@ pub fn diffusers_schedule<'py>(
     final_sigma: &str,
     lambda_min_clipped: f64,
     round_timesteps: bool,
+    sigma_table: Option<(PyReadonlyArray1<'py, f32>, PyReadonlyArray1<'py, f32>)>,
 ) -> PyResult<Schedule<'py>> {
     let opts = SpacingOptions {
         spacing: TimestepSpacing::parse(spacing)?,
@@ -43,6 +47,7 @@ pub fn diffusers_schedule<'py>(
         final_sigma: FinalSigma::parse(final_sigma)?,
         lambda_min_clipped,
         round_timesteps,
+        sigma_table: sigma_table.map(|(s, l)| (s.as_array().to_vec(), l.as_array().to_vec())),
     };
     let ac = alphas_cumprod.as_array().to_vec();
     let out = match (num_inference_steps, timesteps) {
@@ -64,4 +69,55 @@ pub fn diffusers_schedule<'py>(
         }
     };
     Ok((out.timesteps.into_pyarray(py), out.sigmas.into_pyarray(py)))
+}
+
+/// diffusers' `_sigma_to_t(sigma, log_sigmas)`: the fractional timestep of each σ (float64,
+/// shape (n,)) in the ascending log σ table (float32 or float64, shape (N,), N ≥ 1; a float32
+/// table differences in float32, as numpy does).
+#[pyfunction]
+#[pyo3(name = "_sigma_to_t")]
+pub fn sigma_to_t_py<'py>(
+    py: Python<'py>,
+    sigma: PyReadonlyArray1<'py, f64>,
+    log_sigmas: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let sigma = sigma.as_array();
+    let out: Vec<f64> = if let Ok(t) = log_sigmas.extract::<PyReadonlyArray1<'py, f32>>() {
+        check_table(t.len()?)?;
+        let t = t.as_array().to_vec();
+        sigma.iter().map(|&s| sigma_to_t(&t, s)).collect()
+    } else if let Ok(t) = log_sigmas.extract::<PyReadonlyArray1<'py, f64>>() {
+        check_table(t.len()?)?;
+        let t = t.as_array().to_vec();
+        sigma.iter().map(|&s| sigma_to_t(&t, s)).collect()
+    } else {
+        return Err(
+            RdiffError::Type("log_sigmas: expected a 1-d float32 or float64 array".into()).into(),
+        );
+    };
+    Ok(out.into_pyarray(py))
+}
+
+fn check_table(n: usize) -> PyResult<()> {
+    if n < 2 {
+        return Err(
+            RdiffError::Value(format!("log_sigmas: needs at least 2 entries, got {n}")).into(),
+        );
+    }
+    Ok(())
+}
+
+/// diffusers' `_convert_to_karras` arithmetic: `n` Karras σ (float64) from `sigma_max` down
+/// to `sigma_min`, ρ = `rho`, on numpy's `linspace(0, 1, n)` ramp.
+#[pyfunction]
+#[pyo3(name = "_diffusers_karras", signature = (n, sigma_min, sigma_max, rho=7.0))]
+pub fn diffusers_karras_py(
+    py: Python<'_>,
+    n: i64,
+    sigma_min: f64,
+    sigma_max: f64,
+    rho: f64,
+) -> PyResult<Bound<'_, PyArray1<f64>>> {
+    let n = check_steps("num_inference_steps", n.max(0) as usize)?;
+    Ok(diffusers_karras(n, sigma_min, sigma_max, rho).into_pyarray(py))
 }

@@ -165,6 +165,15 @@ pub fn ddim_coefficients(
     })
 }
 
+/// DDPM's two variances from ᾱ_t to ᾱ_prev: β̃_t clamped at 1e-20 as diffusers does before
+/// any logarithm, and β_t = 1 − ᾱ_t/ᾱ_prev (diffusers' `_get_variance` builds every
+/// `variance_type` from these two).
+pub fn ddpm_variances(alpha_prod_t: f64, alpha_prod_prev: f64) -> (f64, f64) {
+    let (_, current_beta) = current_alpha_beta(alpha_prod_t, alpha_prod_prev);
+    let small = ((1.0 - alpha_prod_prev) / (1.0 - alpha_prod_t) * current_beta).max(1e-20);
+    (small, current_beta)
+}
+
 /// The DDPM posterior step from ᾱ_t to ᾱ_prev (diffusers' `DDPMScheduler.step`); `noise` says
 /// whether the step adds noise (diffusers: when t > 0).
 pub fn ddpm_coefficients(
@@ -175,11 +184,9 @@ pub fn ddpm_coefficients(
     noise: bool,
 ) -> Result<DdimCoefficients> {
     let (p, q, d) = prediction.x0_at(alpha_prod_t, "the DDIM and DDPM schedulers")?;
-    let beta_t = 1.0 - alpha_prod_t;
-    let beta_prev = 1.0 - alpha_prod_prev;
-    let (current_alpha, current_beta) = current_alpha_beta(alpha_prod_t, alpha_prod_prev);
-    // β̃_t, clamped as diffusers does before any logarithm.
-    let small = (beta_prev / beta_t * current_beta).max(1e-20);
+    let (beta_t, beta_prev) = (1.0 - alpha_prod_t, 1.0 - alpha_prod_prev);
+    let (current_alpha, _) = current_alpha_beta(alpha_prod_t, alpha_prod_prev);
+    let (small, current_beta) = ddpm_variances(alpha_prod_t, alpha_prod_prev);
     let scale = if !noise {
         NoiseScale::None
     } else {

@@ -106,6 +106,14 @@ pub struct SpacingOptions {
     /// (otherwise the float timesteps are truncated by the int64 cast). Exponential and beta
     /// timesteps are always truncated, whatever this says.
     pub round_timesteps: bool,
+    /// The σ table and its logarithm (float32, one per training timestep) as the caller's
+    /// framework computed them. diffusers takes σ from torch's float32 `** 0.5` and log σ
+    /// from numpy's float32 `log`, neither correctly rounded (numpy's SIMD log differs from
+    /// the correctly rounded value in ~200 of 1000 entries, by machine), and `_sigma_to_t`'s
+    /// comparisons at the ends of the table follow those last bits: the first Karras or
+    /// exponential timestep on a cosine schedule is 998 or 999 depending on them. `None`:
+    /// rdiff's own, correctly rounded table.
+    pub sigma_table: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl Default for SpacingOptions {
@@ -117,6 +125,7 @@ impl Default for SpacingOptions {
             final_sigma: FinalSigma::Zero,
             lambda_min_clipped: f64::NEG_INFINITY,
             round_timesteps: true,
+            sigma_table: None,
         }
     }
 }
@@ -187,6 +196,30 @@ struct SigmaTable {
 }
 
 impl SigmaTable {
+    /// The caller's table when `opts` has one (checked), else [`SigmaTable::new`].
+    fn of(alphas_cumprod: &[f64], opts: &SpacingOptions) -> Result<Self> {
+        let Some((sigmas, log_sigmas)) = &opts.sigma_table else {
+            return Ok(Self::new(alphas_cumprod));
+        };
+        let n = alphas_cumprod.len();
+        if sigmas.len() != n || log_sigmas.len() != n {
+            return value_err!(
+                "sigma_table: needs {n} sigmas and {n} log sigmas (one per training timestep), \
+                 got {} and {}",
+                sigmas.len(),
+                log_sigmas.len()
+            );
+        }
+        let bad_sigma = sigmas.iter().any(|s| !(s.is_finite() && *s > 0.0));
+        if bad_sigma || log_sigmas.iter().any(|l| !l.is_finite()) {
+            return value_err!("sigma_table: every sigma must be finite and > 0, every log finite");
+        }
+        Ok(Self {
+            sigmas: sigmas.clone(),
+            log_sigmas: log_sigmas.clone(),
+        })
+    }
+
     fn new(alphas_cumprod: &[f64]) -> Self {
         let sigmas: Vec<f32> = alphas_cumprod
             .iter()
@@ -207,20 +240,8 @@ impl SigmaTable {
         self.sigmas[self.sigmas.len() - 1] as f64
     }
 
-    /// diffusers' `_sigma_to_t`: the fractional timestep of `sigma`, interpolating log σ.
     fn sigma_to_t(&self, sigma: f64) -> f64 {
-        let ls = &self.log_sigmas;
-        let n = ls.len();
-        let log_sigma = sigma.max(1e-10).ln();
-        // argmax of cumsum(log_sigma - ls >= 0): the last index where the condition holds
-        // (0 when it never does), clipped to n - 2.
-        let last_true = ls.iter().rposition(|&l| log_sigma - l as f64 >= 0.0);
-        let low_idx = last_true.unwrap_or(0).min(n - 2);
-        let high_idx = low_idx + 1;
-        let (low, high) = (ls[low_idx], ls[high_idx]);
-        // `low - high` is a float32 difference in numpy; the rest is float64.
-        let w = ((low as f64 - log_sigma) / (low - high) as f64).clamp(0.0, 1.0);
-        (1.0 - w) * low_idx as f64 + w * high_idx as f64
+        sigma_to_t(&self.log_sigmas, sigma)
     }
 
     /// `np.interp(t, arange(N), sigmas)` at an integer t: the table value, clamped at the ends.
@@ -228,6 +249,32 @@ impl SigmaTable {
         let i = t.clamp(0, self.sigmas.len() as i64 - 1) as usize;
         self.sigmas[i] as f64
     }
+}
+
+/// diffusers' `_sigma_to_t`: the fractional timestep of `sigma` in the log σ table
+/// `log_sigmas` (ascending), interpolating log σ. The table's type is numpy's: `low − high`
+/// is a float32 difference for a float32 table, the rest float64.
+pub fn sigma_to_t<T>(log_sigmas: &[T], sigma: f64) -> f64
+where
+    T: Copy + Into<f64> + std::ops::Sub<Output = T>,
+{
+    let ls = log_sigmas;
+    let n = ls.len();
+    let log_sigma = sigma.max(1e-10).ln();
+    // argmax of cumsum(log_sigma - ls >= 0): the last index where the condition holds
+    // (0 when it never does), clipped to n - 2.
+    let last_true = ls.iter().rposition(|&l| log_sigma - l.into() >= 0.0);
+    let low_idx = last_true.unwrap_or(0).min(n.saturating_sub(2));
+    let high_idx = (low_idx + 1).min(n - 1);
+    let (low, high) = (ls[low_idx], ls[high_idx]);
+    let w = ((low.into() - log_sigma) / (low - high).into()).clamp(0.0, 1.0);
+    (1.0 - w) * low_idx as f64 + w * high_idx as f64
+}
+
+/// diffusers' `_convert_to_karras`: `n` Karras σ from `sigma_max` down to `sigma_min` on
+/// numpy's `linspace(0, 1, n)` ramp, ρ = `rho`.
+pub fn diffusers_karras(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
+    crate::schedule::karras::karras_at(&np_linspace(0.0, 1.0, n), sigma_min, sigma_max, rho)
 }
 
 /// `torch.searchsorted(torch.flip(lambda_t), lambda_min_clipped)` on diffusers' float32
@@ -328,12 +375,10 @@ fn sigmas_to_timesteps(table: &SigmaTable, sigmas: &[f64], round: bool) -> Vec<i
 /// `alphas_cumprod` is the scheduler's array (caller already applied diffusers' zero-SNR
 /// `alphas_cumprod[-1] = 2**-24` fix); its length is `num_train_timesteps`.
 ///
-/// Differences from diffusers, all where diffusers silently returns a schedule a solver cannot
-/// use: with the default sigmas, a spacing that yields repeated or negative timesteps (e.g.
-/// `linspace` with `num_inference_steps >= num_train_timesteps`, `leading` with
-/// `num_inference_steps >= num_train_timesteps`) is a `ValueError` instead of repeated sigmas
-/// (a zero step size, hence a division by zero in the multistep update); so is a
-/// `lambda_min_clipped` that clips every timestep.
+/// Repeated timesteps are kept as diffusers returns them (e.g. `linspace` with 1000 of 1000
+/// steps repeats one); the steps make the zero-length interval harmless. Differences from
+/// diffusers, where it silently returns a schedule no solver can use: a spacing that yields a
+/// negative timestep, and a `lambda_min_clipped` that clips every timestep, are `ValueError`s.
 pub fn diffusers_schedule(
     alphas_cumprod: &[f64],
     num_inference_steps: usize,
@@ -348,7 +393,7 @@ pub fn diffusers_schedule(
     if opts.lambda_min_clipped.is_nan() {
         return value_err!("lambda_min_clipped: must be a number or -inf, got nan");
     }
-    let table = SigmaTable::new(alphas_cumprod);
+    let table = SigmaTable::of(alphas_cumprod, opts)?;
     let (timesteps, sigmas): (Vec<i64>, Vec<f64>) = match opts.sigma_kind {
         SigmaKind::Default => {
             let last_timestep =
@@ -366,11 +411,13 @@ pub fn diffusers_schedule(
                 TimestepSpacing::Leading => "leading",
                 TimestepSpacing::Trailing => "trailing",
             };
-            if ts.is_empty() || ts.windows(2).any(|w| w[1] >= w[0]) {
+            // Repeated timesteps (e.g. linspace with num_inference_steps near the training
+            // timesteps) are kept as diffusers has them: the steps make the zero-length
+            // interval harmless (`step::dpm_multistep`, `step::dpm_singlestep`).
+            if ts.is_empty() {
                 return value_err!(
                     "num_inference_steps: {n} steps with timestep_spacing=\"{spacing}\" over \
-                     {last_timestep} usable training timesteps repeat timesteps (diffusers would \
-                     return repeated sigmas, a zero step); use fewer steps"
+                     {last_timestep} usable training timesteps give no timestep"
                 );
             }
             if ts[ts.len() - 1] < 0 {
@@ -384,8 +431,7 @@ pub fn diffusers_schedule(
         }
         SigmaKind::Karras => {
             let (smin, smax) = (table.sigma_min(), table.sigma_max());
-            let sig =
-                crate::schedule::karras::karras_at(&np_linspace(0.0, 1.0, n), smin, smax, 7.0);
+            let sig = diffusers_karras(n, smin, smax, 7.0);
             (sigmas_to_timesteps(&table, &sig, opts.round_timesteps), sig)
         }
         SigmaKind::Lu => {
@@ -464,7 +510,7 @@ pub fn diffusers_schedule_from_timesteps(
             "timesteps: every timestep must lie in [0, {num_train}), got {timesteps:?}"
         );
     }
-    let table = SigmaTable::new(alphas_cumprod);
+    let table = SigmaTable::of(alphas_cumprod, opts)?;
     let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| table.at(t)).collect();
     sigmas.push(f32_round(final_sigma(&table, opts.final_sigma)));
     Ok(DiffusersSchedule {
@@ -798,8 +844,24 @@ mod tests {
         let o = SpacingOptions::default();
         let e = diffusers_schedule(&a, 0, &o).unwrap_err().to_string();
         assert!(e.contains("num_inference_steps"), "{e}");
-        let e = diffusers_schedule(&a, 1000, &o).unwrap_err().to_string();
-        assert!(e.contains("num_inference_steps"), "{e}");
+        // Repeated timesteps are kept (diffusers' 1000 of 1000 repeats one); negative ones
+        // (trailing with more steps than training timesteps) are refused.
+        let s = diffusers_schedule(&a, 1000, &o).unwrap();
+        assert_eq!(s.timesteps.windows(2).filter(|w| w[0] == w[1]).count(), 1);
+        let trailing = SpacingOptions {
+            spacing: TimestepSpacing::Trailing,
+            ..Default::default()
+        };
+        let e = diffusers_schedule(&a, 3000, &trailing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("negative"), "{e}");
+        let short = SpacingOptions {
+            sigma_table: Some((vec![1.0; 10], vec![0.0; 10])),
+            ..Default::default()
+        };
+        let e = diffusers_schedule(&a, 10, &short).unwrap_err().to_string();
+        assert!(e.contains("sigma_table"), "{e}");
         let e = diffusers_schedule_from_timesteps(&a, &[], &o)
             .unwrap_err()
             .to_string();

@@ -7,8 +7,8 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::lincomb::{Clamp, Conversion, Lincomb, Noise, NoiseSource, Recompute, Sigma};
 use crate::schedule::ddim::{
-    alpha_prod_at, ddim_coefficients, ddim_variance, ddpm_coefficients, DdimCoefficients,
-    NoiseScale, VarianceType,
+    alpha_prod_at, ddim_coefficients, ddim_variance, ddpm_coefficients, ddpm_variances,
+    DdimCoefficients, NoiseScale, VarianceType,
 };
 use crate::schedule::prediction::PredictionType;
 use crate::tensor::Tensor;
@@ -110,6 +110,12 @@ impl Ddim {
     pub fn variance(&self, timestep: i64, prev_timestep: i64) -> Result<f64> {
         let (at, ap) = self.alphas(timestep, prev_timestep)?;
         Ok(ddim_variance(at, ap))
+    }
+
+    /// DDPM's (β̃_t clamped, β_t) from `timestep` to `prev_timestep`.
+    pub fn ddpm_variances(&self, timestep: i64, prev_timestep: i64) -> Result<(f64, f64)> {
+        let (at, ap) = self.alphas(timestep, prev_timestep)?;
+        Ok(ddpm_variances(at, ap))
     }
 
     /// The DDIM step's scalars.

@@ -38,9 +38,29 @@ impl DpmMultistep {
         )
     }
 
+    /// `order`, lowered where the update would span a zero-length interval: a zero step (the
+    /// target is the current point) or a repeated point in the history. diffusers divides by
+    /// that zero length (NaN from then on); with the order lowered, a zero step returns the
+    /// sample unchanged (its first-order weights are exactly 1 and 0) and the steps after it
+    /// use only distinct points. Where diffusers' result is finite it is unchanged.
+    /// `check_step` has passed: `step_index + 1 - order` and `step_index + 1` are points.
+    fn nonzero_order(&self, step_index: usize, order: usize) -> usize {
+        let c = &self.cfg;
+        let (t, s0) = (step_index + 1, step_index);
+        if order == 1 || c.same_point(t, s0) || c.same_point(s0, s0 - 1) {
+            1
+        } else if order == 3 && c.same_point(s0 - 1, s0 - 2) {
+            2
+        } else {
+            order
+        }
+    }
+
     /// Step `step_index` as a fused pass; `lower_order_nums` as diffusers counts it.
     pub fn step(&self, step_index: usize, lower_order_nums: usize, io: DpmIo) -> Result<Lincomb> {
         let order = self.order(step_index, lower_order_nums);
+        self.cfg.check_step(step_index, order)?;
+        let order = self.nonzero_order(step_index, order);
         let co = multistep_coefficients(&self.cfg.step_at(step_index, order)?)?;
         self.cfg.pass(&co, order, io)
     }

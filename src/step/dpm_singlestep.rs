@@ -54,12 +54,20 @@ impl DpmSinglestep {
                  step, and there is none; call set_timesteps to start a new loop"
             );
         }
-        let co = singlestep_coefficients(&self.cfg.step_at(step_index, order)?)?;
-        let io = if order == 1 {
+        // A zero-length interval between the group's points (a repeated timestep) would
+        // divide by zero, as it does in diffusers: step from the current sample at first order
+        // instead. (The update spans the group's start to the target, so a zero last interval
+        // alone is harmless.) The listed order still goes back to the caller, which keeps the
+        // group's start sample.
+        self.cfg.check_step(step_index, order)?;
+        let zero = (step_index + 1 - order..step_index).any(|i| self.cfg.same_point(i, i + 1));
+        let used = if zero { 1 } else { order };
+        let co = singlestep_coefficients(&self.cfg.step_at(step_index, used)?)?;
+        let io = if used == 1 {
             DpmIo { start: None, ..io }
         } else {
             io
         };
-        Ok((self.cfg.pass(&co, order, io)?, order))
+        Ok((self.cfg.pass(&co, used, io)?, order))
     }
 }

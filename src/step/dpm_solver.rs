@@ -101,6 +101,13 @@ impl SolverConfig {
         Point::from_sigma(self.sigmas[i], self.flow)
     }
 
+    /// Whether the schedule's points `i` and `j` have the same σ (a zero-length interval:
+    /// diffusers' linspace spacing repeats a timestep when the steps nearly equal the
+    /// training timesteps, e.g. 1000 of 1000, and its higher-order updates then divide by 0).
+    pub fn same_point(&self, i: usize, j: usize) -> bool {
+        self.sigmas[i] == self.sigmas[j]
+    }
+
     /// The checked inputs of an order-`order` update from step `step_index` to the next: the
     /// target, the current point and the two before it (clamped at the schedule's start).
     pub fn step_at(&self, step_index: usize, order: usize) -> Result<MultistepStep> {

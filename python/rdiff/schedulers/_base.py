@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,33 @@ def exclusive(method: _F) -> _F:
                 del _BUSY[key]
 
     return wrapper  # type: ignore[return-value]
+
+
+def loop_setup(method: _F) -> _F:
+    """For ``set_timesteps``: first rebuild from a replaced config (``_sync_config``), then
+    remember the call (a later rebuild repeats it) and the config the loop was built from."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self._sync_config()
+        out = method(self, *args, **kwargs)
+        self._loop_call = (args, kwargs)
+        self._built_from = self.config
+        return out
+
+    return wrapper  # type: ignore[return-value]
+
+
+# What a rebuild keeps of a loop in progress (the step counter, the history, the group's start).
+_LOOP_STATE = ("_step_index", "_begin_index", "lower_order_nums", "sample", "custom_timesteps")
+
+
+def _rdiff_init(cls: type) -> Callable[..., None]:
+    """The ``__init__`` of the rdiff scheduler ``cls`` is, or wraps (diffusers' subclasses)."""
+    for c in cls.__mro__:
+        if "__init__" in c.__dict__ and c.__module__.startswith("rdiff.schedulers"):
+            return c.__dict__["__init__"]
+    raise TypeError(f"{cls.__name__} is not an rdiff scheduler")
 
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -115,6 +143,39 @@ class SchedulerBase(ConfigMixin):
     # The diffusers subclasses keep timesteps as torch tensors; plain rdiff schedulers keep
     # numpy arrays unless set_timesteps is given a device.
     _torch_timesteps = False
+    # What ``step`` returns; the diffusers subclasses return diffusers' own output types.
+    _output_type: ClassVar[type] = SchedulerOutput
+    # The config object __init__ and set_timesteps last built from, and set_timesteps' call.
+    _built_from: Any = None
+    _loop_call: tuple | None = None
+
+    def _sync_config(self) -> None:
+        """Honour a replaced config, as diffusers does by reading ``self.config`` at use.
+
+        Pipelines rewrite a scheduler's config after construction (StableDiffusionPipeline
+        sets ``clip_sample=False`` through ``_internal_dict``; ``register_to_config`` does the
+        same). When ``self.config`` is another object than the one this scheduler was built
+        from, ``__init__`` runs again on the current config and, mid-loop, ``set_timesteps``
+        with its last arguments, keeping the step counter and the history. One identity test
+        per call otherwise.
+        """
+        cfg = self.config
+        if cfg is self._built_from:
+            return
+        loop = self._loop_call if self.num_inference_steps is not None else None
+        kept = {k: self.__dict__[k] for k in _LOOP_STATE if k in self.__dict__}
+        history = self.__dict__.get("model_outputs")
+        init = _rdiff_init(type(self))
+        names = [n for n in inspect.signature(init).parameters if n != "self"]
+        init(self, **{n: cfg[n] for n in names if n in cfg})
+        if loop is not None:
+            self.set_timesteps(*loop[0], **loop[1])
+            self.__dict__.update(kept)
+            if history is not None:
+                # the newest outputs, in a history as long as the (maybe new) order
+                n = len(self.model_outputs)
+                self.model_outputs = ([None] * n + list(history))[-n:]
+        self._built_from = self.config
 
     def _init_schedule(
         self,
@@ -143,9 +204,10 @@ class SchedulerBase(ConfigMixin):
             rescale_betas_zero_snr,
         )
         self.schedule = schedule
-        self.betas = schedule.betas
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = schedule.alphas_cumprod.copy()
+        # ᾱ in float64, what every computation reads; the public arrays are `_publish`ed.
+        self._ac = schedule.alphas_cumprod.copy()
+        betas = schedule.betas
+        self._publish(betas=betas, alphas=1.0 - betas, alphas_cumprod=self._ac)
         self.num_inference_steps: int | None = None
         self._step_index: int | None = None
         self._begin_index: int | None = None
@@ -170,6 +232,31 @@ class SchedulerBase(ConfigMixin):
 
             return torch.from_numpy(np.ascontiguousarray(timesteps)).to(device=device)
         return timesteps
+
+    def _publish(self, **arrays: Any) -> None:
+        """Sets public schedule arrays (``betas``, ``alphas_cumprod``, ``sigmas``, ...) as
+        diffusers exposes them: float32 torch tensors for the torch-facing (diffusers)
+        classes, so code written for diffusers (``compute_snr``, inversion loops) runs on
+        them; numpy arrays (a copy, same dtype) otherwise. Nothing in rdiff reads them back."""
+        for name, value in arrays.items():
+            a = np.array(value)
+            if self._torch_timesteps:
+                a = _tensor.torch_module().from_numpy(a.astype(np.float32))
+            setattr(self, name, a)
+
+    def _as_timestep(self, t: int) -> Any:
+        """A timestep as diffusers returns one: a 0-d int64 tensor for the torch-facing
+        classes, an int otherwise."""
+        if self._torch_timesteps:
+            return _tensor.torch_module().tensor(t)
+        return t
+
+    def _as_scalar(self, v: float) -> Any:
+        """A float32 scalar as diffusers returns one: a 0-d tensor for the torch-facing
+        classes, a numpy float32 otherwise."""
+        if self._torch_timesteps:
+            return _tensor.torch_module().tensor(v, dtype=_tensor.torch_module().float32)
+        return np.float32(v)
 
     def _timesteps_numpy(self) -> np.ndarray:
         ts = self.timesteps
@@ -205,6 +292,7 @@ class SchedulerBase(ConfigMixin):
 
     def _begin_step(self, model_output: Any, timestep: Any, sample: Any) -> tuple[Any, Any]:
         """Checks that a step can run now; returns model_output and sample, contiguous."""
+        self._sync_config()
         if self.num_inference_steps is None or self._core is None:
             raise ValueError(
                 "step: the number of inference steps is not set; call set_timesteps first"
@@ -237,6 +325,7 @@ class SchedulerBase(ConfigMixin):
 
         Returns the type, dtype and device of ``original_samples``.
         """
+        self._sync_config()
         _tensor.check_float(original_samples, "original_samples")
         _tensor.same_framework(original_samples, noise, "add_noise")
         if tuple(original_samples.shape) != tuple(noise.shape):

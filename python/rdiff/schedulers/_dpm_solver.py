@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import _tensor
+from .._rdiff import _diffusers_karras, _lincomb, _sigma_to_t
 from ._base import SchedulerBase, thresholding_scratch
 
 SIGMA_FLAGS = (
@@ -32,6 +33,21 @@ class DPMSolverBase(SchedulerBase):
                 return kind
         return "default"
 
+    def _sigma_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """diffusers' σ table and its log, with diffusers' own arithmetic: σ by torch's
+        float32 ``** 0.5`` (the torch-facing classes; numpy's correctly rounded sqrt for the
+        numpy ones) and log σ by numpy's float32 ``log``. Neither is correctly rounded and
+        both vary by machine; ``_sigma_to_t`` near the table's ends follows their last bits
+        (the first Karras/exponential timestep of a cosine schedule is 998 or 999 by them)."""
+        a32 = np.asarray(self._ac, dtype=np.float32)
+        if self._torch_timesteps:
+            torch = _tensor.torch_module()
+            ac = torch.from_numpy(a32)
+            sigmas = (((1 - ac) / ac) ** 0.5).numpy()
+        else:
+            sigmas = np.sqrt((np.float32(1) - a32) / a32)
+        return sigmas, np.log(sigmas)
+
     def _solver_args(self, algorithm_type: str, solver_type: str) -> dict:
         """The options of the Rust core (``SolverArgs``), from the config and ``sigmas``;
         what a step reads of them is kept on the instance for the loop."""
@@ -51,7 +67,7 @@ class DPMSolverBase(SchedulerBase):
             "sample_max_value": float(cfg.sample_max_value),
             "flow": bool(cfg.use_flow_sigmas),
             "learned_variance": bool(learned),
-            "sigmas": [float(s) for s in self.sigmas],
+            "sigmas": [float(s) for s in self._sigmas],
         }
 
     def _index_for_missing_timestep(self, t: Any, ts: np.ndarray) -> int:
@@ -86,6 +102,101 @@ class DPMSolverBase(SchedulerBase):
             out["bounds"] = thresholding_scratch(x, int(x.shape[0]) if x.ndim else 1)
         return out
 
+    # -- diffusers' solver methods, for code written against diffusers' class ------------
+    # Each is one fused pass with the step's own coefficients (the Rust core's, in float64).
+
+    def _coefficients(self, order: int) -> list[float]:
+        if self._core is None or self._step_index is None:
+            raise ValueError(
+                "the step index is not set: call set_timesteps, then step (or "
+                "_init_step_index(timestep)) first"
+            )
+        return self._core.coefficients(self._step_index, order)
+
+    def _fused(self, like: Any, terms: list, conv: Any = None, threshold: bool = False) -> Any:
+        out = _tensor.empty_like(like)
+        thr = bounds = None
+        if threshold:
+            cfg = self.config
+            thr = (float(cfg.dynamic_thresholding_ratio), 1.0, float(cfg.sample_max_value))
+            bounds = thresholding_scratch(like, int(like.shape[0]))
+        _lincomb(out, terms, conv, None, thr, bounds, _tensor.cuda_stream(like))
+        return out
+
+    @staticmethod
+    def _sample_arg(args: tuple, kwargs: dict, sample: Any, at: int) -> Any:
+        """diffusers' deprecated positional (timestep, prev_timestep, sample) arguments."""
+        if sample is None:
+            if len(args) > at:
+                return args[at]
+            raise ValueError("missing `sample` as a required keyword argument")
+        return sample
+
+    def convert_model_output(
+        self, model_output: Any, *args: Any, sample: Any = None, **kwargs: Any
+    ) -> Any:
+        """diffusers' conversion of the network's output at the current step: x₀ (thresholded
+        when configured) for the dpmsolver++ types, ε for dpmsolver; model_output's type and
+        dtype. A learned variance's extra channels are dropped, as diffusers does."""
+        sample = self._sample_arg(args, kwargs, sample, 1)
+        mo = model_output
+        if mo.ndim >= 2 and mo.shape[1] == 2 * sample.shape[1]:
+            mo = mo[:, : sample.shape[1]]
+        mo, x = _tensor.contiguous(mo), _tensor.contiguous(sample)
+        p, q, r, w = self._coefficients(1)[:4]
+        return self._fused(x, [(r, x)], (x, mo, p, q, w), self._core_thresholding)
+
+    def dpm_solver_first_order_update(
+        self, model_output: Any, *args: Any, sample: Any = None, noise: Any = None, **kwargs: Any
+    ) -> Any:
+        """diffusers' first-order (DDIM) update from the current step with the converted
+        ``model_output`` (``noise`` for the SDE types)."""
+        sample = self._sample_arg(args, kwargs, sample, 2)
+        return self._update([model_output], sample, noise, 1)
+
+    def _update(self, outputs: list, sample: Any, noise: Any, order: int) -> Any:
+        """a·x + w0·m0 + w1·m1 + w2·m2 + c·noise with the order-``order`` coefficients;
+        ``outputs`` oldest first, as diffusers' ``model_output_list``."""
+        a, w0, w1, w2, c = self._coefficients(order)[4:]
+        x = _tensor.contiguous(sample)
+        ms = [_tensor.contiguous(m) for m in outputs[::-1][:order]]
+        terms = [(a, x), *zip((w0, w1, w2)[: len(ms)], ms, strict=True)]
+        if c != 0.0:
+            if noise is None:
+                raise ValueError("noise: the SDE algorithm types need noise")
+            terms.append(
+                (
+                    c,
+                    _tensor.contiguous(noise).to(dtype=x.dtype)
+                    if _tensor.is_torch(x)
+                    else np.asarray(noise, dtype=x.dtype),
+                )
+            )
+        return self._fused(x, terms)
+
+    def _threshold_sample(self, sample: Any) -> Any:
+        """diffusers' dynamic thresholding of x₀ predictions (per sample: s = the
+        ``dynamic_thresholding_ratio`` quantile of |x₀|, clamped to [1, sample_max_value];
+        x₀ clamped to [−s, s] and divided by s)."""
+        x = _tensor.contiguous(sample)
+        return self._fused(x, [], (x, x, 1.0, 0.0, 1.0), threshold=True)
+
+    def _sigma_to_t(self, sigma: Any, log_sigmas: Any) -> np.ndarray:
+        """diffusers' σ → fractional timestep, interpolating log σ in ``log_sigmas``."""
+        s = np.asarray(sigma, dtype=np.float64)
+        table = np.asarray(log_sigmas)
+        if table.dtype not in (np.float32, np.float64):
+            table = table.astype(np.float64)
+        return _sigma_to_t(s.reshape(-1), np.ascontiguousarray(table.reshape(-1))).reshape(s.shape)
+
+    def _convert_to_karras(self, in_sigmas: Any, num_inference_steps: int) -> np.ndarray:
+        """diffusers' Karras σ (ρ = 7) between ``in_sigmas``' last and first values (or
+        the config's ``sigma_min`` / ``sigma_max`` where it has them)."""
+        sig = np.asarray(in_sigmas.cpu() if _tensor.is_torch(in_sigmas) else in_sigmas)
+        smin = self.config.get("sigma_min") or float(sig[-1])
+        smax = self.config.get("sigma_max") or float(sig[0])
+        return _diffusers_karras(int(num_inference_steps), smin, smax, 7.0)
+
     # -- forward process -------------------------------------------------------------------
     def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._begin_index is None:
@@ -94,7 +205,7 @@ class DPMSolverBase(SchedulerBase):
             idx = [self._step_index] * len(timesteps)
         else:
             idx = [self._begin_index] * len(timesteps)
-        sigma = np.asarray(self.sigmas, dtype=np.float64)[idx]
+        sigma = np.asarray(self._sigmas, dtype=np.float64)[idx]
         if self.config.use_flow_sigmas:
             return 1.0 - sigma, sigma
         alpha = 1.0 / np.sqrt(sigma**2 + 1.0)

@@ -11,7 +11,7 @@ import numpy as np
 from .. import _tensor
 from .._rdiff import _AnalyticDpm
 from ..analytic import GammaTable, optimal_trajectory, resolve_gamma
-from ._base import SchedulerBase, SchedulerOutput, exclusive
+from ._base import SchedulerBase, SchedulerOutput, exclusive, loop_setup
 
 _TRAJECTORIES = ("uniform", "quadratic", "optimal")
 
@@ -67,7 +67,7 @@ class AnalyticDPMScheduler(SchedulerBase):
             β schedule.
         form: "ddpm" (ancestral, λ² = β̄_s/β̄_t·(1 − ᾱ_t/ᾱ_s)) or "ddim" (λ² = η²·that).
         eta: η of the DDIM form.
-        trajectory: "uniform" (linspace over [0, N − 1], the reference's 'linear'),
+        trajectory: "uniform" (the authors' 'linear' choice over [0, N − 1]),
             "quadratic" (DDIM's quadratic spacing) or "optimal" (``rdiff.optimal_trajectory``).
         clip_x0: clip the predicted x₀ to ``data_range`` in the mean (as the reference does).
         data_range: (a, b), the data's range; Cov(x₀|x_t) is clipped to [0, ((b − a)/2)²].
@@ -140,7 +140,7 @@ class AnalyticDPMScheduler(SchedulerBase):
         if isinstance(gamma, (str, os.PathLike)):
             gamma = GammaTable.load(gamma)
         self.gamma_table = gamma if hasattr(gamma, "full_gamma") else None
-        self.gamma = resolve_gamma(gamma, self.alphas_cumprod)
+        self.gamma = resolve_gamma(gamma, self._ac)
         # The config keeps Γ as plain floats so that it saves as JSON and reloads.
         self.register_to_config(gamma=[float(g) for g in self.gamma])
         self.data_range = (lo, hi)
@@ -150,17 +150,25 @@ class AnalyticDPMScheduler(SchedulerBase):
         )
         self.variances: np.ndarray | None = None
         self._core: _AnalyticDpm | None = None
+        self._built_from = self.config
 
     # -- schedule --------------------------------------------------------------------------
     def _trajectory(self, k: int) -> np.ndarray:
-        n = len(self.alphas_cumprod)
+        n = len(self._ac)
         kind = self.config.trajectory
         if kind == "optimal":
-            return optimal_trajectory(self.gamma, self.alphas_cumprod, k)
+            return optimal_trajectory(self.gamma, self._ac, k)
         if k == 1:
             return np.array([n - 1], dtype=np.int64)
         if kind == "uniform":
-            ts = np.linspace(0, n - 1, k).round().astype(np.int64)
+            # The authors' 'linear' choice (`_choice_steps_linear`): 1-based steps from a
+            # running float64 sum of the stride, rounded half to even, made 0-based. Exact .5
+            # ties (K = 5 gives 499, not linspace's 500) follow that sum's rounding.
+            stride, cur, steps = (n - 1) / (k - 1), 1.0, []
+            for _ in range(k):
+                steps.append(round(cur) - 1)
+                cur += stride
+            ts = np.asarray(steps, dtype=np.int64)
         else:
             ts = (np.linspace(0, math.sqrt(n * 0.8), k) ** 2).astype(np.int64)
             # DDIM's quadratic spacing repeats small timesteps for large K: push them apart.
@@ -171,6 +179,7 @@ class AnalyticDPMScheduler(SchedulerBase):
         return ts[::-1].copy()
 
     @exclusive
+    @loop_setup
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -184,7 +193,7 @@ class AnalyticDPMScheduler(SchedulerBase):
         ``variances`` overrides the analytic σ² of every step (K float64 values), e.g. with
         DDPM's β̃ to compare against the fixed-variance sampler.
         """
-        n = len(self.alphas_cumprod)
+        n = len(self._ac)
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("set_timesteps: pass exactly one of num_inference_steps or timesteps")
         if timesteps is not None:
@@ -213,7 +222,7 @@ class AnalyticDPMScheduler(SchedulerBase):
                 variances = variances.detach().cpu().numpy()
             v = [float(x) for x in np.asarray(variances, dtype=np.float64).reshape(-1)]
         self._core = _AnalyticDpm(
-            [float(a) for a in self.alphas_cumprod],
+            [float(a) for a in self._ac],
             [int(t) for t in ts],
             [float(self.gamma[t]) for t in ts],
             cfg.form,
@@ -295,13 +304,13 @@ class AnalyticDPMScheduler(SchedulerBase):
         self._step_index += 1
         if not return_dict:
             return (prev, x0)
-        return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        return self._output_type(prev_sample=prev, pred_original_sample=x0)
 
     # -- forward process -------------------------------------------------------------------
     def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         t = np.asarray(timesteps, dtype=np.int64)
-        n = len(self.alphas_cumprod)
+        n = len(self._ac)
         if np.any(t < 0) or np.any(t >= n):
             raise ValueError(f"timesteps: must lie in [0, {n - 1}]")
-        ac = self.alphas_cumprod[t]
+        ac = self._ac[t]
         return np.sqrt(ac), np.sqrt(1.0 - ac)

@@ -14,6 +14,7 @@ from ._base import (
     check_choice,
     check_int,
     exclusive,
+    loop_setup,
     thresholding_scratch,
 )
 
@@ -60,10 +61,10 @@ class _DiscreteAlphasMixin:
 
     def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ts = np.asarray(timesteps).astype(np.int64).reshape(-1)
-        n = len(self.alphas_cumprod)
+        n = len(self._ac)
         if ts.size and (ts.min() < -n or ts.max() >= n):
             raise ValueError(f"timesteps: must lie in [0, {n}), got {ts.tolist()}")
-        ac = self.alphas_cumprod[ts]
+        ac = self._ac[ts]
         return np.sqrt(ac), np.sqrt(1.0 - ac)
 
     def get_velocity(self, sample: Any, noise: Any, timesteps: Any) -> Any:
@@ -178,12 +179,12 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
             trained_betas,
             rescale_betas_zero_snr,
         )
-        self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.alphas_cumprod[0])
+        self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self._ac[0])
         self.init_noise_sigma = 1.0
-        n = len(self.alphas_cumprod)
+        n = len(self._ac)
         self.timesteps = self._timesteps_array(np.arange(n - 1, -1, -1, dtype=np.int64))
         self._core = _Ddim(
-            [float(a) for a in self.alphas_cumprod],
+            [float(a) for a in self._ac],
             self.final_alpha_cumprod,
             prediction_type,
             bool(clip_sample),
@@ -192,21 +193,25 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
             float(dynamic_thresholding_ratio),
             float(sample_max_value),
         )
+        self._built_from = self.config
 
     def __len__(self) -> int:
-        return len(self.alphas_cumprod)
+        return len(self._ac)
 
-    def _get_variance(self, timestep: int, prev_timestep: int) -> float:
-        """β̃ = (1−ᾱ_prev)/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_prev), as diffusers' DDIM computes it (float32)."""
-        return self._core.variance(int(timestep), int(prev_timestep))
+    def _get_variance(self, timestep: Any, prev_timestep: Any) -> Any:
+        """β̃ = (1−ᾱ_prev)/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_prev), as diffusers' DDIM computes it: a float32
+        scalar (a 0-d tensor where ``timesteps`` is a tensor, as diffusers')."""
+        v = self._core.variance(_int_timestep(timestep), _int_timestep(prev_timestep))
+        return self._as_scalar(v)
 
     @exclusive
+    @loop_setup
     def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:
         """diffusers' DDIM timesteps (int64, descending) for ``num_inference_steps``."""
         cfg = self.config
         num_inference_steps = check_int(num_inference_steps, "num_inference_steps")
         ts = _ddim_timesteps(
-            len(self.alphas_cumprod),
+            len(self._ac),
             int(num_inference_steps),
             cfg.timestep_spacing,
             int(cfg.steps_offset),
@@ -233,6 +238,7 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         output's dtype, from ``generator`` (torch.Generator or a list of them; a numpy Generator
         for numpy input) unless ``variance_noise`` is given.
         """
+        self._sync_config()
         if self.num_inference_steps is None:
             raise ValueError(
                 "step: the number of inference steps is not set; call set_timesteps first"
@@ -244,7 +250,7 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
             )
         eta = float(eta)
         t = _int_timestep(timestep)
-        prev_t = t - len(self.alphas_cumprod) // self.num_inference_steps
+        prev_t = t - len(self._ac) // self.num_inference_steps
         noise = None
         if eta > 0:
             if variance_noise is not None and generator is not None:
@@ -255,4 +261,4 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         prev, x0 = b["prev"], b["x0"]
         if not return_dict:
             return (prev, x0)
-        return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        return self._output_type(prev_sample=prev, pred_original_sample=x0)

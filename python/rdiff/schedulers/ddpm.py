@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,6 +15,7 @@ from ._base import (
     check_choice,
     check_int,
     exclusive,
+    loop_setup,
 )
 from .ddim import (
     _COMPATIBLES,
@@ -73,7 +75,15 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         self._register(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         check_choice("prediction_type", prediction_type, _PREDICTIONS)
         check_choice("timestep_spacing", timestep_spacing, _SPACINGS)
-        check_choice("variance_type", variance_type, _VARIANCE_TYPES)
+        if variance_type not in _VARIANCE_TYPES:
+            # diffusers accepts any string and steps with β̃ (its `_get_variance` falls through
+            # every branch); so does rdiff, saying so.
+            warnings.warn(
+                f"variance_type: unknown {variance_type!r}, stepping with 'fixed_small' as "
+                f"diffusers does; expected one of {', '.join(_VARIANCE_TYPES)}",
+                UserWarning,
+                stacklevel=2,
+            )
         self._init_schedule(
             num_train_timesteps,
             beta_start,
@@ -86,10 +96,10 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         self.init_noise_sigma = 1.0
         self.custom_timesteps = False
         self.variance_type = variance_type
-        n = len(self.alphas_cumprod)
+        n = len(self._ac)
         self.timesteps = self._timesteps_array(np.arange(n - 1, -1, -1, dtype=np.int64))
         self._core = _Ddim(
-            [float(a) for a in self.alphas_cumprod],
+            [float(a) for a in self._ac],
             1.0,
             prediction_type,
             bool(clip_sample),
@@ -97,13 +107,15 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
             bool(thresholding),
             float(dynamic_thresholding_ratio),
             float(sample_max_value),
-            variance_type,
+            variance_type if variance_type in _VARIANCE_TYPES else "fixed_small",
         )
+        self._built_from = self.config
 
     def __len__(self) -> int:
-        return len(self.alphas_cumprod)
+        return len(self._ac)
 
     @exclusive
+    @loop_setup
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -111,7 +123,7 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         timesteps: list[int] | None = None,
     ) -> None:
         """diffusers' DDPM timesteps: spaced for ``num_inference_steps`` or custom (descending)."""
-        n_train = len(self.alphas_cumprod)
+        n_train = len(self._ac)
         if num_inference_steps is not None and timesteps is not None:
             raise ValueError("set_timesteps: pass only one of num_inference_steps or timesteps")
         if timesteps is not None:
@@ -138,8 +150,9 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
             self.custom_timesteps = False
         self.timesteps = self._timesteps_array(ts, device)
 
-    def previous_timestep(self, timestep: Any) -> int:
-        """The next timestep of the schedule (−1 after the last), or t − 1 with no schedule."""
+    def previous_timestep(self, timestep: Any) -> Any:
+        """The next timestep of the schedule (−1 after the last), or t − 1 with no schedule:
+        an int, or a 0-d int64 tensor where ``timesteps`` is a tensor (as diffusers')."""
         t = _int_timestep(timestep)
         if self.custom_timesteps or self.num_inference_steps:
             ts = self._timesteps_numpy()
@@ -147,8 +160,34 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
             if len(hits) == 0:
                 raise ValueError(f"timestep: {t} is not in this scheduler's timesteps")
             i = int(hits[0])
-            return -1 if i == len(ts) - 1 else int(ts[i + 1])
-        return t - 1
+            prev = -1 if i == len(ts) - 1 else int(ts[i + 1])
+        else:
+            prev = t - 1
+        return self._as_timestep(prev)
+
+    def _get_variance(
+        self, t: Any, predicted_variance: Any = None, variance_type: str | None = None
+    ) -> Any:
+        """diffusers' ``DDPMScheduler._get_variance``, with its return values: the variance
+        (``fixed_small``, ``fixed_large``, unknown types), its square root
+        (``fixed_small_log``), log β (``fixed_large_log``), ``predicted_variance``
+        (``learned``) or the interpolated log variance (``learned_range``). A float32 scalar
+        (a 0-d tensor where ``timesteps`` is a tensor)."""
+        t = _int_timestep(t)
+        prev_t = int(self.previous_timestep(t))
+        small, beta = self._core.ddpm_variances(t, prev_t)
+        kind = self.variance_type if variance_type is None else variance_type
+        if kind == "learned":
+            return predicted_variance
+        if kind == "learned_range":
+            frac = (predicted_variance + 1) / 2
+            return frac * float(np.log(beta)) + (1 - frac) * float(np.log(small))
+        value = {
+            "fixed_small_log": np.exp(0.5 * np.log(small)),
+            "fixed_large": beta,
+            "fixed_large_log": np.log(beta),
+        }.get(kind, small)
+        return self._as_scalar(value)
 
     @exclusive
     def step(
@@ -161,6 +200,7 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
     ) -> SchedulerOutput | tuple:
         """One DDPM ancestral step. Returns ``SchedulerOutput(prev_sample,
         pred_original_sample)`` (a 2-tuple with ``return_dict=False``)."""
+        self._sync_config()
         shape = _check_pair(model_output, sample)
         mo_shape = tuple(model_output.shape)
         learned = self.variance_type in ("learned", "learned_range")
@@ -175,7 +215,7 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         if mo_shape != shape and not split:
             raise ValueError(f"model_output: shape {mo_shape} does not match sample's {shape}")
         t = _int_timestep(timestep)
-        prev_t = self.previous_timestep(t)
+        prev_t = int(self.previous_timestep(t))
         noise = None
         if t > 0:
             if learned and not split:
@@ -189,4 +229,4 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         prev, x0 = b["prev"], b["x0"]
         if not return_dict:
             return (prev, x0)
-        return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        return self._output_type(prev_sample=prev, pred_original_sample=x0)

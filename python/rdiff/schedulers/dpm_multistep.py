@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _diffusers_schedule, _DpmMultistep
-from ._base import SchedulerOutput, check_choice, check_int, exclusive
+from ._base import SchedulerOutput, check_choice, check_int, exclusive, loop_setup
 from ._dpm_solver import DPMSolverBase
 
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
@@ -111,12 +111,17 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
         )
         if rescale_betas_zero_snr:
             # diffusers' fix so that σ stays finite at the last training step.
-            self.alphas_cumprod[-1] = 2.0**-24
-        ac = self.alphas_cumprod
-        self.alpha_t = np.sqrt(ac)
-        self.sigma_t = np.sqrt(1.0 - ac)
-        self.lambda_t = np.log(self.alpha_t) - np.log(self.sigma_t)
-        self.sigmas = ((1.0 - ac) / ac) ** 0.5
+            self._ac[-1] = 2.0**-24
+        ac = self._ac
+        alpha_t, sigma_t = np.sqrt(ac), np.sqrt(1.0 - ac)
+        self._sigmas = ((1.0 - ac) / ac) ** 0.5
+        self._publish(
+            alphas_cumprod=ac,
+            alpha_t=alpha_t,
+            sigma_t=sigma_t,
+            lambda_t=np.log(alpha_t) - np.log(sigma_t),
+            sigmas=self._sigmas,
+        )
         self.init_noise_sigma = 1.0
         self.timesteps = self._timesteps_array(
             np.arange(num_train_timesteps - 1, -1, -1, dtype=np.int64)
@@ -124,9 +129,11 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
         self.model_outputs: list[Any] = [None] * solver_order
         self.lower_order_nums = 0
         self._core: _DpmMultistep | None = None
+        self._built_from = self.config
 
     # -- schedule --------------------------------------------------------------------------
     @exclusive
+    @loop_setup
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -155,7 +162,7 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
             raise ValueError(f"timesteps: custom timesteps cannot be used with {sigma_kind} sigmas")
         custom = None if timesteps is None else [int(t) for t in np.asarray(timesteps).tolist()]
         ts, sigmas = _diffusers_schedule(
-            self.alphas_cumprod,
+            self._ac,
             num_inference_steps,
             custom,
             cfg.timestep_spacing,
@@ -165,8 +172,10 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
             cfg.final_sigmas_type,
             float(cfg.lambda_min_clipped),
             cfg.beta_schedule != "squaredcos_cap_v2",
+            sigma_table=self._sigma_table(),
         )
-        self.sigmas = sigmas.astype(np.float32)
+        self._sigmas = sigmas.astype(np.float32)
+        self._publish(sigmas=self._sigmas)
         self.timesteps = self._timesteps_array(ts.astype(np.int64), device)
         self.num_inference_steps = len(ts)
         self.model_outputs = [None] * cfg.solver_order
@@ -224,4 +233,29 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
         self._step_index += 1
         if not return_dict:
             return (out["prev"],)
-        return SchedulerOutput(prev_sample=out["prev"])
+        return self._output_type(prev_sample=out["prev"])
+
+    def multistep_dpm_solver_second_order_update(
+        self,
+        model_output_list: list,
+        *args: Any,
+        sample: Any = None,
+        noise: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """diffusers' second-order multistep update from the converted outputs
+        ``model_output_list`` (oldest first; the last two are used)."""
+        sample = self._sample_arg(args, kwargs, sample, 2)
+        return self._update(list(model_output_list), sample, noise, 2)
+
+    def multistep_dpm_solver_third_order_update(
+        self,
+        model_output_list: list,
+        *args: Any,
+        sample: Any = None,
+        noise: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """diffusers' third-order multistep update (the last three converted outputs)."""
+        sample = self._sample_arg(args, kwargs, sample, 2)
+        return self._update(list(model_output_list), sample, noise, 3)

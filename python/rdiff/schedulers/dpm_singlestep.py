@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _diffusers_schedule, _DpmSinglestep, _singlestep_order_list
-from ._base import SchedulerOutput, check_choice, check_int, exclusive
+from ._base import SchedulerOutput, check_choice, check_int, exclusive, loop_setup
 from ._dpm_solver import DPMSolverBase
 
 logger = logging.getLogger(__name__)
@@ -110,11 +110,16 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
         self._init_schedule(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, False
         )
-        ac = self.alphas_cumprod
-        self.alpha_t = np.sqrt(ac)
-        self.sigma_t = np.sqrt(1.0 - ac)
-        self.lambda_t = np.log(self.alpha_t) - np.log(self.sigma_t)
-        self.sigmas = ((1.0 - ac) / ac) ** 0.5
+        ac = self._ac
+        alpha_t, sigma_t = np.sqrt(ac), np.sqrt(1.0 - ac)
+        self._sigmas = ((1.0 - ac) / ac) ** 0.5
+        self._publish(
+            alphas_cumprod=ac,
+            alpha_t=alpha_t,
+            sigma_t=sigma_t,
+            lambda_t=np.log(alpha_t) - np.log(sigma_t),
+            sigmas=self._sigmas,
+        )
         self.init_noise_sigma = 1.0
         # diffusers' placeholder before set_timesteps: float32 [N-1, ..., 0].
         ramp = np.linspace(0, num_train_timesteps - 1, num_train_timesteps, dtype=np.float32)
@@ -123,6 +128,7 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
         self.sample: Any = None
         self.order_list = self.get_order_list(num_train_timesteps)
         self._core: _DpmSinglestep | None = None
+        self._built_from = self.config
 
     # -- schedule --------------------------------------------------------------------------
     def get_order_list(self, num_inference_steps: int) -> list[int]:
@@ -138,6 +144,7 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
         )
 
     @exclusive
+    @loop_setup
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -173,7 +180,7 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
             # diffusers places flow sigmas by count only: custom timesteps give just their number.
             num_inference_steps, custom = len(custom), None
         ts, sigmas = _diffusers_schedule(
-            self.alphas_cumprod,
+            self._ac,
             num_inference_steps,
             custom,
             "linspace",
@@ -183,9 +190,11 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
             cfg.final_sigmas_type,
             float(cfg.lambda_min_clipped),
             True,
+            sigma_table=self._sigma_table(),
         )
         n = len(ts)
-        self.sigmas = sigmas.astype(np.float32)
+        self._sigmas = sigmas.astype(np.float32)
+        self._publish(sigmas=self._sigmas)
         self.timesteps = self._timesteps_array(ts.astype(np.int64), device)
         self.num_inference_steps = n
         self.model_outputs = [None] * cfg.solver_order
@@ -261,4 +270,4 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
         self._step_index += 1
         if not return_dict:
             return (out["prev"],)
-        return SchedulerOutput(prev_sample=out["prev"])
+        return self._output_type(prev_sample=out["prev"])
