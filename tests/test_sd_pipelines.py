@@ -166,3 +166,22 @@ def test_config_rewritten_mid_loop_is_honoured():
         x = ours.step(torch.tanh(x) * 0.5, t, x).prev_sample
         y = theirs.step(torch.tanh(y) * 0.5, t, y).prev_sample
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_config_rewritten_mid_loop_with_custom_timesteps():
+    """The same with DDPM's custom timesteps: the rebuild repeats set_timesteps(timesteps=...)."""
+    ours = rdiff.diffusers.DDPMScheduler()
+    theirs = diffusers.DDPMScheduler()
+    ts = [900, 700, 500, 300, 100, 0]
+    for s in (ours, theirs):
+        s.set_timesteps(timesteps=ts)
+    x = y = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for i, t in enumerate(ts):
+        if i == 2:
+            for s in (ours, theirs):
+                s.register_to_config(clip_sample=False)
+        g1, g2 = torch.Generator().manual_seed(i), torch.Generator().manual_seed(i)
+        x = ours.step(torch.tanh(x) * 3, t, x, generator=g1).prev_sample
+        y = theirs.step(torch.tanh(y) * 3, t, y, generator=g2).prev_sample
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    assert ours.timesteps.tolist() == ts

@@ -162,7 +162,7 @@ class SchedulerBase(ConfigMixin):
         cfg = self.config
         if cfg is self._built_from:
             return
-        loop = self._loop_call if self.num_inference_steps is not None else None
+        loop = self._loop_call  # repeating an ended loop's set_timesteps is harmless
         kept = {k: self.__dict__[k] for k in _LOOP_STATE if k in self.__dict__}
         history = self.__dict__.get("model_outputs")
         init = _rdiff_init(type(self))
