@@ -30,6 +30,10 @@ SETTINGS = {
     "DDPM (β̃)": ("ddpm", None, None),
     # the Analytic-DPM paper's other baseline: σ² = β_t (diffusers' "fixed_large")
     "DDPM (β)": ("ddpm", None, "fixed_large"),
+    # the same two on the Analytic rows' uniform trajectory (custom timesteps): the paper
+    # compares every method on the same timesteps
+    "DDPM (β̃), uniform steps": ("ddpm", None, "fixed_small|uniform"),
+    "DDPM (β), uniform steps": ("ddpm", None, "fixed_large|uniform"),
     "DDIM (η=0)": ("ddim", None, None),
     "Analytic-DDPM": ("analytic-ddpm", None, "uniform"),
     "Analytic-DDIM": ("analytic-ddim", None, "uniform"),
@@ -42,9 +46,29 @@ SETTINGS = {
 }
 
 
+class _OnUniformTrajectory:
+    """A DDPM scheduler stepped on the Analytic-DPM uniform trajectory (the authors' 'linear'
+    choice) through custom timesteps, so that it visits the Analytic rows' timesteps."""
+
+    def __init__(self, sched, trajectory):
+        self._sched, self._trajectory = sched, trajectory
+
+    def set_timesteps(self, k: int) -> None:
+        self._trajectory.set_timesteps(k)
+        self._sched.set_timesteps(timesteps=[int(t) for t in self._trajectory.timesteps])
+
+    def __getattr__(self, name):
+        return getattr(self._sched, name)
+
+
 def _scheduler(folder: Path, name: str, order, trajectory):
     if name == "ddpm":
-        return make_scheduler(name, folder, order, variance=trajectory)  # = rdiff sample's
+        variance, _, steps = (trajectory or "fixed_small").partition("|")
+        sched = make_scheduler(name, folder, order, variance=variance)  # = rdiff sample's
+        if steps == "uniform":
+            uniform = make_scheduler("analytic-ddpm", folder, order)
+            return _OnUniformTrajectory(sched, uniform)
+        return sched
     sched = make_scheduler(name, folder, order)
     if trajectory is not None:
         cfg = dict(sched.config)
@@ -275,6 +299,7 @@ def write_docs(results: dict, args) -> None:
         .replace("{HALF_VS_ALL}", f"{nf['half_vs_all']:.2f}")
         .replace("{SEEDS}", seeds_table)
         .replace("{PAIRED}", paired_table(results, args.n))
+        .replace("{PAIRED_SAME}", paired_table(results, args.n, base="DDPM (β̃), uniform steps"))
     )
     md.write_text(body)
     print(f"wrote {md}")
