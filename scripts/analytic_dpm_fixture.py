@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import json
 import math
 import subprocess
@@ -64,7 +65,7 @@ def main() -> None:
         out[key] = {
             "sha256": {str(k): digest(v) for k, v in steps.items()},
             "strictly_increasing": [
-                k for k, v in steps.items() if all(a < b for a, b in zip(v, v[1:]))
+                k for k, v in steps.items() if all(a < b for a, b in itertools.pairwise(v))
             ],
             "examples": {str(k): steps[k] for k in EXAMPLES},
         }
