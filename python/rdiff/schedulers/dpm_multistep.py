@@ -84,11 +84,16 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
             raise ValueError(
                 "use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas: only one can be used"
             )
+        # diffusers maps the names of its sibling schedulers onto its own, in the config too
+        # (so that from_config(UniPC's config) round-trips, as diffusers' test_compatibles
+        # checks).
         if algorithm_type == "deis":
             algorithm_type = "dpmsolver++"
+            self.register_to_config(algorithm_type=algorithm_type)
         check_choice("algorithm_type", algorithm_type, _ALGORITHMS)
         if solver_type in ("logrho", "bh1", "bh2"):
             solver_type = "midpoint"
+            self.register_to_config(solver_type=solver_type)
         check_choice("solver_type", solver_type, ("midpoint", "heun"))
         check_choice("solver_order", solver_order, (1, 2, 3))
         check_choice("prediction_type", prediction_type, _PREDICTIONS)
