@@ -26,6 +26,19 @@ class DPMSolverBase(SchedulerBase):
     _core: Any
     model_outputs: list[Any]
 
+    def _training_sigmas(self, ac: np.ndarray) -> None:
+        """σ̃ = √((1−ᾱ)/ᾱ) per training timestep (what ``step`` reads until set_timesteps), and
+        the public α_t, σ_t, λ_t, σ arrays diffusers' class has."""
+        alpha_t, sigma_t = np.sqrt(ac), np.sqrt(1.0 - ac)
+        self._sigmas = ((1.0 - ac) / ac) ** 0.5
+        self._publish(
+            alphas_cumprod=ac,
+            alpha_t=alpha_t,
+            sigma_t=sigma_t,
+            lambda_t=np.log(alpha_t) - np.log(sigma_t),
+            sigmas=self._sigmas,
+        )
+
     def _sigma_kind(self) -> str:
         cfg = self.config
         for flag, kind in SIGMA_FLAGS:

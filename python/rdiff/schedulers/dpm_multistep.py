@@ -117,16 +117,7 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
         if rescale_betas_zero_snr:
             # diffusers' fix so that σ stays finite at the last training step.
             self._ac[-1] = 2.0**-24
-        ac = self._ac
-        alpha_t, sigma_t = np.sqrt(ac), np.sqrt(1.0 - ac)
-        self._sigmas = ((1.0 - ac) / ac) ** 0.5
-        self._publish(
-            alphas_cumprod=ac,
-            alpha_t=alpha_t,
-            sigma_t=sigma_t,
-            lambda_t=np.log(alpha_t) - np.log(sigma_t),
-            sigmas=self._sigmas,
-        )
+        self._training_sigmas(self._ac)
         self.init_noise_sigma = 1.0
         self.timesteps = self._timesteps_array(
             np.arange(num_train_timesteps - 1, -1, -1, dtype=np.int64)

@@ -110,16 +110,7 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
         self._init_schedule(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, False
         )
-        ac = self._ac
-        alpha_t, sigma_t = np.sqrt(ac), np.sqrt(1.0 - ac)
-        self._sigmas = ((1.0 - ac) / ac) ** 0.5
-        self._publish(
-            alphas_cumprod=ac,
-            alpha_t=alpha_t,
-            sigma_t=sigma_t,
-            lambda_t=np.log(alpha_t) - np.log(sigma_t),
-            sigmas=self._sigmas,
-        )
+        self._training_sigmas(self._ac)
         self.init_noise_sigma = 1.0
         # diffusers' placeholder before set_timesteps: float32 [N-1, ..., 0].
         ramp = np.linspace(0, num_train_timesteps - 1, num_train_timesteps, dtype=np.float32)
