@@ -72,7 +72,7 @@ pub fn diffusers_schedule<'py>(
 }
 
 /// diffusers' `_sigma_to_t(sigma, log_sigmas)`: the fractional timestep of each σ (float64,
-/// shape (n,)) in the ascending log σ table (float32 or float64, shape (N,), N ≥ 1; a float32
+/// shape (n,)) in the ascending log σ table (float32 or float64, shape (N,), N ≥ 2; a float32
 /// table differences in float32, as numpy does).
 #[pyfunction]
 #[pyo3(name = "_sigma_to_t")]
@@ -82,14 +82,10 @@ pub fn sigma_to_t_py<'py>(
     log_sigmas: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let sigma = sigma.as_array();
-    let out: Vec<f64> = if let Ok(t) = log_sigmas.extract::<PyReadonlyArray1<'py, f32>>() {
-        check_table(t.len()?)?;
-        let t = t.as_array().to_vec();
-        sigma.iter().map(|&s| sigma_to_t(&t, s)).collect()
+    let out = if let Ok(t) = log_sigmas.extract::<PyReadonlyArray1<'py, f32>>() {
+        on_table(&t.as_array().to_vec(), sigma.iter())?
     } else if let Ok(t) = log_sigmas.extract::<PyReadonlyArray1<'py, f64>>() {
-        check_table(t.len()?)?;
-        let t = t.as_array().to_vec();
-        sigma.iter().map(|&s| sigma_to_t(&t, s)).collect()
+        on_table(&t.as_array().to_vec(), sigma.iter())?
     } else {
         return Err(
             RdiffError::Type("log_sigmas: expected a 1-d float32 or float64 array".into()).into(),
@@ -98,13 +94,19 @@ pub fn sigma_to_t_py<'py>(
     Ok(out.into_pyarray(py))
 }
 
-fn check_table(n: usize) -> PyResult<()> {
-    if n < 2 {
-        return Err(
-            RdiffError::Value(format!("log_sigmas: needs at least 2 entries, got {n}")).into(),
-        );
+/// `sigma_to_t` of every σ on a table of at least two entries.
+fn on_table<'a, T>(table: &[T], sigma: impl Iterator<Item = &'a f64>) -> PyResult<Vec<f64>>
+where
+    T: Copy + Into<f64> + std::ops::Sub<Output = T>,
+{
+    if table.len() < 2 {
+        return Err(RdiffError::Value(format!(
+            "log_sigmas: needs at least 2 entries, got {}",
+            table.len()
+        ))
+        .into());
     }
-    Ok(())
+    Ok(sigma.map(|&s| sigma_to_t(table, s)).collect())
 }
 
 /// diffusers' `_convert_to_karras` arithmetic: `n` Karras σ (float64) from `sigma_max` down

@@ -206,8 +206,9 @@ class DPMSolverBase(SchedulerBase):
         """diffusers' Karras σ (ρ = 7) between ``in_sigmas``' last and first values (or
         the config's ``sigma_min`` / ``sigma_max`` where it has them)."""
         sig = np.asarray(in_sigmas.cpu() if _tensor.is_torch(in_sigmas) else in_sigmas)
-        smin = self.config.get("sigma_min") or float(sig[-1])
-        smax = self.config.get("sigma_max") or float(sig[0])
+        smin, smax = self.config.get("sigma_min"), self.config.get("sigma_max")
+        smin = float(sig[-1]) if smin is None else float(smin)
+        smax = float(sig[0]) if smax is None else float(smax)
         return _diffusers_karras(int(num_inference_steps), smin, smax, 7.0)
 
     # -- forward process -------------------------------------------------------------------

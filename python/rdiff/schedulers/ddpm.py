@@ -153,17 +153,18 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
     def previous_timestep(self, timestep: Any) -> Any:
         """The next timestep of the schedule (−1 after the last), or t − 1 with no schedule:
         an int, or a 0-d int64 tensor where ``timesteps`` is a tensor (as diffusers')."""
-        t = _int_timestep(timestep)
+        return self._as_timestep(self._prev_timestep(_int_timestep(timestep)))
+
+    def _prev_timestep(self, t: int) -> int:
+        """``previous_timestep`` as an int (what ``step`` and ``_get_variance`` use)."""
         if self.custom_timesteps or self.num_inference_steps:
             ts = self._timesteps_numpy()
             hits = np.nonzero(ts == t)[0]
             if len(hits) == 0:
                 raise ValueError(f"timestep: {t} is not in this scheduler's timesteps")
             i = int(hits[0])
-            prev = -1 if i == len(ts) - 1 else int(ts[i + 1])
-        else:
-            prev = t - 1
-        return self._as_timestep(prev)
+            return -1 if i == len(ts) - 1 else int(ts[i + 1])
+        return t - 1
 
     def _get_variance(
         self, t: Any, predicted_variance: Any = None, variance_type: str | None = None
@@ -174,7 +175,7 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         (``learned``) or the interpolated log variance (``learned_range``). A float32 scalar
         (a 0-d tensor where ``timesteps`` is a tensor)."""
         t = _int_timestep(t)
-        prev_t = int(self.previous_timestep(t))
+        prev_t = self._prev_timestep(t)
         small, beta = self._core.ddpm_variances(t, prev_t)
         kind = self.variance_type if variance_type is None else variance_type
         if kind == "learned":
@@ -215,7 +216,7 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
         if mo_shape != shape and not split:
             raise ValueError(f"model_output: shape {mo_shape} does not match sample's {shape}")
         t = _int_timestep(timestep)
-        prev_t = int(self.previous_timestep(t))
+        prev_t = self._prev_timestep(t)
         noise = None
         if t > 0:
             if learned and not split:
