@@ -3,7 +3,10 @@
 //   e   = (p·x + q·mo) / d;  e = clamp(e, lo, hi)  or  clamp(e, −s_b, s_b)/s_b
 //   m   = r·x + w·e                      → hist (dtype D), then read back rounded
 //   g   = (h1·x + h2·z) / h3, z = m or mo
-//   out = a·u + wm·m + wg·g + Σ c_i·t_i + σ·n   → out (dtype D)
+//   y   = a·u + wm·m + wg·g + Σ c_i·t_i
+//   out = y + σ·n                               → out (dtype D), or with a chain (UniPC):
+//   mid = y                                     → mid (dtype S), then read back rounded
+//   out = a2·ŷ + (wm2·m + Σ c2_i·t_i) + σ·n     → out (dtype D)
 // x and u have dtype S; mo, the terms, hist and out dtype D; the noise n is float32 or drawn
 // from the Philox stream; σ is a scalar or read from mo's variance channels (mo + per_sample).
 // Every operation is a correctly rounded rd_* (no FMA contraction), so a GPU computes the CPU
@@ -29,6 +32,7 @@
 #define RD_LC_PHILOX (1 << 9)
 #define RD_LC_LEARNED (1 << 10)
 #define RD_LC_LEARNED_RANGE (1 << 11)
+#define RD_LC_CHAIN (1 << 12)
 
 // The launch's arguments, passed by value: mirrors `LincombArgs` in src/cuda/lincomb.rs
 // (8-byte fields first, then 4-byte ones, so neither side pads).
@@ -41,6 +45,7 @@ struct rd_lincomb_args {
     const float* bounds;
     void* hist;
     void* out;
+    void* mid;
     rd_i64 mo_stride;
     rd_i64 per_sample;
     rd_u64 seed;
@@ -49,11 +54,13 @@ struct rd_lincomb_args {
     float h1, h2, h3, wg;
     float a;
     float c[RD_LC_MAX_TERMS];
+    float a2, wm2;
+    float c2[RD_LC_MAX_TERMS];
     float sigma, min_log, max_log;
     int flags;
     int nterms;
 };
-static_assert(sizeof(rd_lincomb_args) == 208, "rd_lincomb_args mirrors LincombArgs");
+static_assert(sizeof(rd_lincomb_args) == 240, "rd_lincomb_args mirrors LincombArgs");
 
 // e of one element: the conversion and its bound.
 RD_DEV float rd_lc_e(const rd_lincomb_args& a, float x, float mo, float s, float inv, float neg) {
@@ -103,11 +110,14 @@ __device__ void rd_lincomb(const rd_lincomb_args& a) {
     const bool learned = (f & (RD_LC_LEARNED | RD_LC_LEARNED_RANGE)) != 0;
     D* hist = a.hist ? static_cast<D*>(a.hist) + row : nullptr;
     D* out = static_cast<D*>(a.out) + row;
+    const bool chain = (f & RD_LC_CHAIN) != 0;
+    S* mid = chain ? static_cast<S*>(a.mid) + row : nullptr;
     const float s = (f & RD_LC_DYNAMIC) ? a.bounds[b] : 1.0f;
     const float inv = rd_div(1.0f, s);
     const float neg = rd_sub(0.0f, s);
     const unsigned int vd = 4 * sizeof(D), vs = 4 * sizeof(S);
     bool aligned = rd_aligned(out, vd) && (!hist || rd_aligned(hist, vd)) &&
+                   (!mid || rd_aligned(mid, vs)) &&
                    (!conv || (rd_aligned(x, vs) && rd_aligned(mo, vd) &&
                               (!learned || rd_aligned(mo + ps, vd)))) &&
                    (!u || rd_aligned(u, vs)) && (!noise || rd_aligned(noise, 16)) &&
@@ -120,7 +130,7 @@ __device__ void rd_lincomb(const rd_lincomb_args& a) {
     const rd_i64 stride = rd_grid_stride();
     for (rd_i64 v = t0; v < nvec; v += stride) {
         const rd_i64 i = v * 4;
-        float xv[4] = {}, ev[4] = {}, tv[4] = {}, acc[4];
+        float xv[4] = {}, ev[4] = {}, tv[4] = {}, acc[4], zv[4] = {};
         if (conv) {
             rd_load4<S>(x + i, xv);
             rd_load4<D>(mo + i, tv);
@@ -152,10 +162,25 @@ __device__ void rd_lincomb(const rd_lincomb_args& a) {
                 for (int k = 0; k < 4; ++k) acc[k] = rd_add(acc[k], rd_mul(a.wg, tv[k]));
             }
         }
+        if (chain && conv) {
+#pragma unroll
+            for (int k = 0; k < 4; ++k) zv[k] = rd_mul(a.wm2, ev[k]);
+        }
         for (int j = 0; j < a.nterms; ++j) {
             rd_load4<D>(static_cast<const D*>(a.terms[j]) + row + i, xv);
 #pragma unroll
             for (int k = 0; k < 4; ++k) acc[k] = rd_add(acc[k], rd_mul(a.c[j], xv[k]));
+            if (chain) {
+#pragma unroll
+                for (int k = 0; k < 4; ++k) zv[k] = rd_add(zv[k], rd_mul(a.c2[j], xv[k]));
+            }
+        }
+        if (chain) {
+            rd_store4<S>(mid + i, acc);
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                acc[k] = rd_add(rd_mul(a.a2, rd_round_trip<S>(acc[k])), zv[k]);
+            }
         }
         if (noise || philox) {
             if (noise) {
@@ -193,9 +218,17 @@ __device__ void rd_lincomb(const rd_lincomb_args& a) {
             acc = rd_add(acc, rd_mul(a.wm, e));
             if (f & RD_LC_RECOMPUTE) acc = rd_add(acc, rd_mul(a.wg, g));
         }
+        float z = (chain && conv) ? rd_mul(a.wm2, e) : 0.0f;
         for (int j = 0; j < a.nterms; ++j) {
             const D* t = static_cast<const D*>(a.terms[j]) + row;
-            acc = rd_add(acc, rd_mul(a.c[j], rd_to_f32(t[i])));
+            const float tv = rd_to_f32(t[i]);
+            acc = rd_add(acc, rd_mul(a.c[j], tv));
+            if (chain) z = rd_add(z, rd_mul(a.c2[j], tv));
+        }
+        if (chain) {
+            const S y = rd_narrow<S>::from(acc);
+            mid[i] = y;
+            acc = rd_add(rd_mul(a.a2, rd_to_f32(y)), z);
         }
         if (noise || philox) {
             const float n =

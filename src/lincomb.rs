@@ -14,7 +14,10 @@
 //! e   = clamp(e, −s_b, s_b) / s_b               Clamp::Dynamic (s_b: the threshold pass)
 //! m   = r·x + w·e               → hist          stored, then read back rounded to its dtype
 //! g   = (h1·x + h2·z) / h3,  z = m or mo        optional recomputation (DDIM's ε)
-//! out = a·u + wm·m + wg·g + Σ c_i·t_i + σ·n     u: the base sample (x itself, or another)
+//! y   = a·u + wm·m + wg·g + Σ c_i·t_i           u: the base sample (x itself, or another)
+//! out = y + σ·n                                 or, with a chain (UniPC's corrector, then
+//! mid = y                       → mid            its predictor from the corrected sample):
+//! out = a'·ŷ + (wm'·m + Σ c'_i·t_i) + σ·n       ŷ: mid read back rounded to its dtype
 //! ```
 //!
 //! with σ a scalar or read per element from the model output's variance channels, and n a
@@ -100,6 +103,17 @@ pub enum NoiseSource {
     Philox { seed: u64, offset: u64 },
 }
 
+/// A second combination of the same inputs from the first (UniPC: the corrector's sample y is
+/// kept in `mid`, in the sample dtype, and the predictor continues from it):
+/// out = a·ŷ + (wm·m + Σ c_i·t_i), ŷ = y rounded to `mid`'s dtype, `c` one weight per term.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Chain {
+    pub mid: Tensor,
+    pub a: f64,
+    pub wm: f64,
+    pub c: Vec<f64>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Noise {
     pub source: NoiseSource,
@@ -118,6 +132,7 @@ pub struct Lincomb {
     /// (t_i, c_i): buffers in the output's dtype, at most [`MAX_TERMS`].
     pub terms: Vec<(Tensor, f64)>,
     pub conv: Option<Conversion>,
+    pub chain: Option<Chain>,
     pub noise: Option<Noise>,
 }
 
@@ -131,6 +146,7 @@ impl Lincomb {
             base: None,
             terms: Vec::new(),
             conv: None,
+            chain: None,
             noise: None,
         }
     }
@@ -185,6 +201,7 @@ impl Lincomb {
         self.inputs()
             .chain(std::iter::once(&self.out))
             .chain(self.hist.iter())
+            .chain(self.chain.iter().map(|c| &c.mid))
             .chain(bounds)
     }
 
@@ -274,15 +291,30 @@ impl Lincomb {
                 }
             }
         }
-        let outputs: Vec<&Tensor> = std::iter::once(&self.out).chain(&self.hist).collect();
+        if let Some(ch) = &self.chain {
+            ch.mid.expect_numel("corrected sample", n)?;
+            ch.mid.expect_dtype("corrected sample", s)?;
+            if ch.c.len() != self.terms.len() {
+                return value_err!(
+                    "{}: {} chained weights for {} terms",
+                    self.what,
+                    ch.c.len(),
+                    self.terms.len()
+                );
+            }
+        }
+        let outputs: Vec<&Tensor> = std::iter::once(&self.out)
+            .chain(&self.hist)
+            .chain(self.chain.iter().map(|c| &c.mid))
+            .collect();
         for o in &outputs {
             if self.inputs().any(|i| o.overlaps(i)) {
                 return value_err!("{}: an output buffer overlaps an input buffer", self.what);
             }
         }
-        if let Some(h) = &self.hist {
-            if h.overlaps(&self.out) {
-                return value_err!("{}: the history and output buffers overlap", self.what);
+        for (i, a) in outputs.iter().enumerate() {
+            if outputs[i + 1..].iter().any(|b| a.overlaps(b)) {
+                return value_err!("{}: two output buffers overlap", self.what);
             }
         }
         Ok(())

@@ -80,6 +80,8 @@ struct Slices<'a, A, D, S> {
     bounds: Option<&'a [A]>,
     recompute: bool,
     s: Scalars<A>,
+    /// The chained combination's (a, wm, c_i).
+    chain: Option<(A, A, Vec<A>)>,
     per_sample: usize,
 }
 
@@ -207,43 +209,62 @@ where
         bounds,
         recompute,
         s,
+        chain: lc
+            .chain
+            .as_ref()
+            .map(|c| (of(c.a), of(c.wm), c.c.iter().map(|&v| of(v)).collect())),
         per_sample: ps,
     };
-    // SAFETY: see above.
-    let out = unsafe { lc.out.slice_mut::<D>() };
-    // SAFETY: see above.
-    let hist = lc.hist.as_ref().map(|h| unsafe { h.slice_mut::<D>() });
-    if out.len() <= TASK {
-        for (b, (o, h)) in split(out, hist, ps).into_iter().enumerate() {
-            run_span(&sl, b, 0, o, h);
+    let span = Span {
+        // SAFETY: see above.
+        out: unsafe { lc.out.slice_mut::<D>() },
+        // SAFETY: see above.
+        hist: lc.hist.as_ref().map(|h| unsafe { h.slice_mut::<D>() }),
+        // SAFETY: see above (the corrected sample has the sample dtype).
+        mid: lc.chain.as_ref().map(|c| unsafe { c.mid.slice_mut::<S>() }),
+    };
+    if span.out.len() <= TASK {
+        for (b, sp) in span.split(ps).into_iter().enumerate() {
+            run_span(&sl, b, 0, sp);
         }
         return;
     }
-    split(out, hist, ps)
+    span.split(ps)
         .into_par_iter()
         .enumerate()
-        .for_each(|(b, (o, h))| {
-            split(o, h, TASK)
+        .for_each(|(b, row)| {
+            row.split(TASK)
                 .into_par_iter()
                 .enumerate()
-                .for_each(|(k, (o, h))| run_span(&sl, b, k * TASK, o, h));
+                .for_each(|(k, sp)| run_span(&sl, b, k * TASK, sp));
         });
 }
 
-/// `a` (and `b` in step, when given) in chunks of `size` elements.
-#[allow(clippy::type_complexity)]
-fn split<'a, T>(
-    a: &'a mut [T],
-    b: Option<&'a mut [T]>,
-    size: usize,
-) -> Vec<(&'a mut [T], Option<&'a mut [T]>)> {
-    match b {
-        Some(b) => a
-            .chunks_mut(size)
-            .zip(b.chunks_mut(size))
-            .map(|(x, y)| (x, Some(y)))
-            .collect(),
-        None => a.chunks_mut(size).map(|x| (x, None)).collect(),
+/// The output rows or chunks one task writes.
+struct Span<'a, D, S> {
+    out: &'a mut [D],
+    hist: Option<&'a mut [D]>,
+    mid: Option<&'a mut [S]>,
+}
+
+/// `v` in chunks of `size` elements, or `count` Nones.
+fn chunks<T>(v: Option<&mut [T]>, size: usize, count: usize) -> Vec<Option<&mut [T]>> {
+    match v {
+        Some(v) => v.chunks_mut(size).map(Some).collect(),
+        None => (0..count).map(|_| None).collect(),
+    }
+}
+
+impl<'a, D, S> Span<'a, D, S> {
+    /// The span in chunks of `size` elements, the outputs in step.
+    fn split(self, size: usize) -> Vec<Span<'a, D, S>> {
+        let outs: Vec<&'a mut [D]> = self.out.chunks_mut(size).collect();
+        let k = outs.len();
+        outs.into_iter()
+            .zip(chunks(self.hist, size, k))
+            .zip(chunks(self.mid, size, k))
+            .map(|((out, hist), mid)| Span { out, hist, mid })
+            .collect()
     }
 }
 
@@ -277,17 +298,17 @@ fn widen<A: Acc>(src: &[f32], dst: &mut [A]) {
 }
 
 /// Elements `off .. off + out.len()` of sample `b`.
-fn run_span<A, D, S>(
-    sl: &Slices<'_, A, D, S>,
-    b: usize,
-    off: usize,
-    out: &mut [D],
-    mut hist: Option<&mut [D]>,
-) where
+fn run_span<A, D, S>(sl: &Slices<'_, A, D, S>, b: usize, off: usize, sp: Span<'_, D, S>)
+where
     A: Acc,
     D: Load<A>,
     S: Load<A>,
 {
+    let Span {
+        out,
+        mut hist,
+        mut mid,
+    } = sp;
     let s = &sl.s;
     let ps = sl.per_sample;
     let (mut xb, mut mb, mut eb, mut accb, mut tmp, mut nb) = (
@@ -298,6 +319,7 @@ fn run_span<A, D, S>(
         [A::default(); LANES],
         [0f32; LANES],
     );
+    let mut zb = [A::default(); LANES];
     let bound = sl.bounds.map_or(A::of(1.0), |v| v[b]);
     let inv = A::of(1.0) / bound;
     let neg = A::of(0.0) - bound;
@@ -386,8 +408,32 @@ fn run_span<A, D, S>(
                 axpy(acc, s.wg, &tmp[..n]);
             }
         }
-        for (t, c) in &sl.terms {
-            axpy(acc, *c, view(&t[r.clone()], &mut mb));
+        // z = wm'·m + Σ c'_i·t_i, the chained combination's sum, in step with the terms.
+        let z = &mut zb[..n];
+        if let Some((_, wm2, _)) = &sl.chain {
+            if have_m {
+                for (z, &e) in z.iter_mut().zip(&eb[..n]) {
+                    *z = *wm2 * e;
+                }
+            } else {
+                z.fill(A::of(0.0));
+            }
+        }
+        for (j, (t, c)) in sl.terms.iter().enumerate() {
+            let tv = view(&t[r.clone()], &mut mb);
+            axpy(acc, *c, tv);
+            if let Some((_, _, c2)) = &sl.chain {
+                axpy(z, c2[j], tv);
+            }
+        }
+        if let (Some((a2, _, _)), Some(m)) = (&sl.chain, mid.as_deref_mut()) {
+            // y → mid in the sample dtype; out continues from the stored (rounded) value.
+            let mr = &mut m[start..start + n];
+            S::narrow(acc, mr);
+            let y = view(mr, &mut xb);
+            for ((a, &y), &z) in acc.iter_mut().zip(y).zip(z.iter()) {
+                *a = *a2 * y + z;
+            }
         }
         if let Some(sigma) = sl.sigma {
             let nz = &mut nb[..n];
@@ -428,7 +474,7 @@ fn run_span<A, D, S>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lincomb::{Conversion, Noise, Recompute};
+    use crate::lincomb::{Chain, Conversion, Noise, Recompute};
     use crate::tensor::Device;
     use crate::tensor::Tensor;
 
@@ -489,6 +535,7 @@ mod tests {
                         weight: 0.5,
                     }),
                 }),
+                chain: None,
                 noise: Some(Noise {
                     source: NoiseSource::Buffer(t(&mut nz, &shape)),
                     sigma: Sigma::LearnedRange {
@@ -533,6 +580,35 @@ mod tests {
         run(&lc).unwrap();
         for k in 0..n {
             assert_eq!(out[k], 0.1 * a[k] + 1.0 / 3.0 * b[k]);
+        }
+    }
+
+    /// The chain: y into the corrected sample, then the second combination from it.
+    #[test]
+    fn chain_continues_from_the_stored_sample() {
+        for ps in [300usize, TASK + 11] {
+            let n = 2 * ps;
+            let v = |o: usize| -> Vec<f64> { (0..n).map(|k| f(k + o)).collect() };
+            let (mut u, mut t1, mut t2) = (v(1), v(2), v(3));
+            let (mut out, mut mid) = (vec![0f64; n], vec![0f64; n]);
+            let mut lc = Lincomb::new("test", t(&mut out, &[2, ps]));
+            lc.base = Some((t(&mut u, &[2, ps]), 0.5));
+            lc.terms.push((t(&mut t1, &[2, ps]), 0.25));
+            lc.terms.push((t(&mut t2, &[2, ps]), -2.0));
+            lc.chain = Some(Chain {
+                mid: t(&mut mid, &[2, ps]),
+                a: 0.75,
+                wm: 0.0,
+                c: vec![-1.0, 0.125],
+            });
+            run(&lc).unwrap();
+            for k in 0..n {
+                let y = 0.5 * u[k] + 0.25 * t1[k] + -2.0 * t2[k];
+                assert_eq!(mid[k], y);
+                assert_eq!(out[k], 0.75 * y + (-t1[k] + 0.125 * t2[k]));
+            }
+            lc.chain.as_mut().unwrap().c.pop();
+            assert!(run(&lc).is_err(), "a weight per term");
         }
     }
 

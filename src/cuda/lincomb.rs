@@ -21,6 +21,7 @@ const NOISE: i32 = 1 << 8;
 const PHILOX: i32 = 1 << 9;
 const LEARNED: i32 = 1 << 10;
 const LEARNED_RANGE: i32 = 1 << 11;
+const CHAIN: i32 = 1 << 12;
 
 /// `rd_lincomb_args` of `kernels/lincomb.cu`, field for field (8-byte fields first).
 #[repr(C)]
@@ -34,6 +35,7 @@ struct LincombArgs {
     bounds: u64,
     hist: u64,
     out: u64,
+    mid: u64,
     mo_stride: i64,
     per_sample: i64,
     seed: u64,
@@ -52,6 +54,9 @@ struct LincombArgs {
     wg: f32,
     a: f32,
     c: [f32; MAX_TERMS],
+    a2: f32,
+    wm2: f32,
+    c2: [f32; MAX_TERMS],
     sigma: f32,
     min_log: f32,
     max_log: f32,
@@ -59,12 +64,12 @@ struct LincombArgs {
     nterms: i32,
 }
 
-const _: () = assert!(std::mem::size_of::<LincombArgs>() == 208);
+const _: () = assert!(std::mem::size_of::<LincombArgs>() == 240);
 
 impl LincombArgs {
     fn bytes(&self) -> &[u8] {
         // SAFETY: a repr(C) struct of integers and floats with no padding (asserted size:
-        // 15 eight-byte fields, then 20 four-byte fields and 2 ints), read as plain bytes.
+        // 16 eight-byte fields, then 26 four-byte floats and 2 ints), read as plain bytes.
         unsafe {
             std::slice::from_raw_parts(
                 self as *const Self as *const u8,
@@ -102,6 +107,13 @@ pub fn launch(l: &dyn Launcher, lc: &Lincomb) -> Result<()> {
     for (k, (t, c)) in lc.terms.iter().enumerate() {
         a.terms[k] = t.ptr;
         a.c[k] = f(*c);
+    }
+    if let Some(ch) = &lc.chain {
+        a.flags |= CHAIN;
+        (a.mid, a.a2, a.wm2) = (ch.mid.ptr, f(ch.a), f(ch.wm));
+        for (k, c) in ch.c.iter().enumerate() {
+            a.c2[k] = f(*c);
+        }
     }
     if let Some(c) = &lc.conv {
         a.flags |= CONV;

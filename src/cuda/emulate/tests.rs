@@ -8,7 +8,7 @@ use crate::cpu::threshold::{bounds as cpu_bounds, Conv};
 use crate::cuda::kernels::SOURCES;
 use crate::dtype::{DType, Elem};
 use crate::error_norm::ErrorNorm;
-use crate::lincomb::{Clamp, Conversion, Lincomb, Noise, NoiseSource, Recompute, Sigma};
+use crate::lincomb::{Chain, Clamp, Conversion, Lincomb, Noise, NoiseSource, Recompute, Sigma};
 use crate::random::philox::fill_normals;
 use crate::target::Op;
 use crate::tensor::{Device, Tensor};
@@ -78,6 +78,9 @@ enum Case {
     Philox,
     /// rdiff.k: base and terms only.
     Terms,
+    /// UniPC: thresholded conversion, history, base ≠ x, two terms, the chained predictor
+    /// (its corrected sample kept in the sample dtype), noise on the final sum.
+    Chain,
 }
 
 fn check_pass<D: Elem + Default, S: Elem + Default>(
@@ -102,9 +105,10 @@ fn check_pass<D: Elem + Default, S: Elem + Default>(
     let t2: Vec<D> = stored(&values(n, 5), off);
     let nz: Vec<f32> = stored(&values(n, 6), off);
     let shape = [batch, ps];
-    let run = |emulated: bool| -> (Vec<D>, Vec<D>, Vec<f32>) {
+    let run = |emulated: bool| -> (Vec<D>, Vec<D>, Vec<f32>, Vec<S>) {
         let mut out = vec![D::default(); n + off];
         let mut hist = vec![D::default(); n + off];
+        let mut mid = vec![S::default(); n + off];
         let mut bounds = vec![0f32; batch];
         let (mut x, mut u, mut mo, mut t1, mut t2, mut nz) = (
             x.clone(),
@@ -203,13 +207,42 @@ fn check_pass<D: Elem + Default, S: Elem + Default>(
                 lc.terms.push((tensor(&mut t1, off, &shape), -0.2));
                 lc.terms.push((tensor(&mut t2, off, &shape), 1.5));
             }
+            Case::Chain => {
+                let mut c = conv(xt, mot);
+                c.clamp = Clamp::Dynamic {
+                    ratio: 0.8,
+                    lo: 1.0,
+                    hi: 1.5,
+                    bounds: tensor(&mut bounds, 0, &[batch]),
+                };
+                lc.conv = Some(c);
+                lc.hist = Some(tensor(&mut hist, off, &shape));
+                lc.base = Some((tensor(&mut u, off, &shape), 0.8));
+                lc.terms.push((tensor(&mut t1, off, &shape), -0.3));
+                lc.terms.push((tensor(&mut t2, off, &shape), 0.15));
+                lc.chain = Some(Chain {
+                    mid: tensor(&mut mid, off, &shape),
+                    a: 0.7,
+                    wm: 0.45,
+                    c: vec![-0.25, 0.1],
+                });
+                lc.noise = Some(Noise {
+                    source: NoiseSource::Buffer(tensor(&mut nz, off, &shape)),
+                    sigma: Sigma::Fixed(0.05),
+                });
+            }
         }
         if emulated {
             lc.launch(&EmulatedLauncher { max_blocks: 3 }).unwrap();
         } else {
             lc.run_cpu().unwrap();
         }
-        (out[off..].to_vec(), hist[off..].to_vec(), bounds)
+        (
+            out[off..].to_vec(),
+            hist[off..].to_vec(),
+            bounds,
+            mid[off..].to_vec(),
+        )
     };
     let before = launches();
     let (cpu, emu) = (run(false), run(true));
@@ -223,6 +256,7 @@ fn check_pass<D: Elem + Default, S: Elem + Default>(
     assert_eq!(bits(&cpu.1), bits(&emu.1), "hist: {what}");
     let b = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(b(&cpu.2), b(&emu.2), "bounds: {what}");
+    assert_eq!(bits(&cpu.3), bits(&emu.3), "corrected sample: {what}");
     assert!(
         bits(&cpu.0).iter().any(|v| *v != 0),
         "{what}: nothing computed"
@@ -277,6 +311,10 @@ macro_rules! pass_tests {
             #[test]
             fn terms() {
                 check_shapes::<$d, $s>(Case::Terms);
+            }
+            #[test]
+            fn chain() {
+                check_shapes::<$d, $s>(Case::Chain);
             }
         }
     )*};
