@@ -29,6 +29,7 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::spacing::diffusers_karras_py, m)?)?;
     m.add_class::<py::dpm_multistep::PyDpmMultistep>()?;
     m.add_class::<py::dpm_singlestep::PyDpmSinglestep>()?;
+    m.add_class::<py::unipc::PyUniPc>()?;
     m.add_function(wrap_pyfunction!(
         py::dpm_singlestep::singlestep_order_list,
         m

@@ -26,7 +26,7 @@ class Case:
 
 # The fixtures every case sees. Cheap to build; the UNet is loaded on first use.
 PRELUDE = r'''
-import contextlib, io, json, logging, math, os, tempfile, warnings
+import contextlib, inspect, io, json, logging, math, os, tempfile, warnings
 import numpy as np
 import torch
 import diffusers
@@ -50,6 +50,7 @@ PLAIN = {
     "ddim": rdiff.DDIMScheduler,
     "ddpm": rdiff.DDPMScheduler,
     "analytic": rdiff.AnalyticDPMScheduler,
+    "unipc": rdiff.UniPCMultistepScheduler,
 }
 WRAPPED = {
     "multistep": rdd.DPMSolverMultistepScheduler,
@@ -57,12 +58,14 @@ WRAPPED = {
     "ddim": rdd.DDIMScheduler,
     "ddpm": rdd.DDPMScheduler,
     "analytic": rdd.AnalyticDPMScheduler,
+    "unipc": rdd.UniPCMultistepScheduler,
 }
 PEER = {
     "multistep": diffusers.DPMSolverMultistepScheduler,
     "singlestep": diffusers.DPMSolverSinglestepScheduler,
     "ddim": diffusers.DDIMScheduler,
     "ddpm": diffusers.DDPMScheduler,
+    "unipc": diffusers.UniPCMultistepScheduler,
 }
 
 
@@ -82,13 +85,18 @@ def first_t(s):
     return int(t)
 
 
-def one_step(s, mo, x, **kw):
-    return s.step(mo, s.timesteps[0], x, **kw).prev_sample
+def one_step(s, mo, x, generator=None, **kw):
+    return s.step(mo, s.timesteps[0], x, **gen_kw(s, generator), **kw).prev_sample
+
+
+def gen_kw(s, gen):
+    """{"generator": gen} for schedulers whose step takes one (UniPC's does not)."""
+    return {"generator": gen} if "generator" in inspect.signature(s.step).parameters else {}
 
 
 def run_loop(s, x, model=lambda x, t: 0.1 * x, n=None):
     for t in s.timesteps[: n or len(s.timesteps)]:
-        x = s.step(model(x, t), t, x, generator=gen_for(x)).prev_sample
+        x = s.step(model(x, t), t, x, **gen_kw(s, gen_for(x))).prev_sample
     return x
 
 
@@ -145,8 +153,8 @@ def nan_mask_like_diffusers(kind, value, **config):
     ours = make(kind, wrapped=True, **config)
     mo = with_value(TM, value)
     t = peer.timesteps[0]
-    a = ours.step(mo, t, TX, generator=torch.Generator().manual_seed(0)).prev_sample
-    b = peer.step(mo, t, TX, generator=torch.Generator().manual_seed(0)).prev_sample
+    a = ours.step(mo, t, TX, **gen_kw(ours, torch.Generator().manual_seed(0))).prev_sample
+    b = peer.step(mo, t, TX, **gen_kw(peer, torch.Generator().manual_seed(0))).prev_sample
     fin_a, fin_b = torch.isfinite(a), torch.isfinite(b)
     assert torch.equal(fin_a, fin_b), (fin_a.sum(), fin_b.sum())
     assert torch.equal(torch.isnan(a), torch.isnan(b))
@@ -223,7 +231,7 @@ def gamma_file(**entries):
     return p
 '''
 
-KINDS = ("multistep", "singlestep", "ddim", "ddpm", "analytic")
+KINDS = ("multistep", "singlestep", "ddim", "ddpm", "analytic", "unipc")
 
 
 def _scheduler_cases() -> list[Case]:
@@ -317,11 +325,11 @@ def _scheduler_cases() -> list[Case]:
                     "TypeError",
                     r"num_inference_steps",
                 ),
-                # diffusers' DPM-Solver classes take more steps than training timesteps
+                # diffusers' DPM-Solver and UniPC classes take more steps than training timesteps
                 # (repeating some); its DDIM, DDPM and rdiff's Analytic-DPM refuse them.
                 *(
                     []
-                    if kind in ("multistep", "singlestep")
+                    if kind in ("multistep", "singlestep", "unipc")
                     else [
                         Case(
                             f"{p}.set_timesteps.too_many",
@@ -730,7 +738,7 @@ def _scheduler_cases() -> list[Case]:
     return out
 
 
-PEER_KINDS = ("multistep", "singlestep", "ddim", "ddpm")
+PEER_KINDS = ("multistep", "singlestep", "ddim", "ddpm", "unipc")
 
 
 def _out_of_order(kind: str, p: str, mk: str, mk0: str) -> list[Case]:
@@ -1947,6 +1955,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
         "huge.multistep.",
     ),
     "test_dpm_singlestep": ("rdiff.singlestep.", "rdd.singlestep.", "huge.singlestep."),
+    "test_unipc": ("rdiff.unipc.", "rdd.unipc."),
     "test_ddim_ddpm": (
         "rdiff.ddim.",
         "rdd.ddim.",

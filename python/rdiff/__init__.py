@@ -31,6 +31,7 @@ from .schedulers import (
     DPMSolverMultistepScheduler,
     DPMSolverSinglestepScheduler,
     SchedulerOutput,
+    UniPCMultistepScheduler,
 )
 from .schedulers.analytic_dpm import AnalyticDPMScheduler
 from .unet import UNet2DModel
@@ -61,6 +62,7 @@ __all__ = [
     "SampleInfo",
     "SchedulerOutput",
     "UNet2DModel",
+    "UniPCMultistepScheduler",
     "WeightsError",
     "__version__",
     "backends",

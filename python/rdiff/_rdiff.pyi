@@ -125,6 +125,12 @@ def _diffusers_schedule(
     lambda_min_clipped: float = ...,
     round_timesteps: bool = True,
     sigma_table: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
+    unipc: bool = False,
+    flow_sigmas: list[float] | None = None,
+    shift_terminal: float | None = None,
+    karras_flow: bool = False,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
 ) -> tuple[_I64Array, _F64Array]:
     """diffusers' DPMSolverMultistepScheduler.set_timesteps: `alphas_cumprod` is float64 of
     shape (N,) with the zero-SNR fix applied; pass exactly one of `num_inference_steps` and
@@ -218,6 +224,52 @@ class _DpmMultistep:
         """One fused step: the converted model output into ``hist``, the new sample into
         ``prev``. ``history``: earlier converted outputs, newest first; ``noise``: float32 (SDE
         types); ``bounds``: the thresholding scratch; ``stream``: the caller's CUDA stream."""
+
+class _UniPcArgs(TypedDict):
+    solver_type: Literal["bh1", "bh2"]
+    prediction_type: str
+    predict_x0: bool
+    thresholding: bool
+    dynamic_thresholding_ratio: float
+    sample_max_value: float
+    flow: bool
+    solver_order: int
+    lower_order_final: bool
+    sigmas: list[float]
+
+class _UniPc:
+    """Per-loop constants of UniPC (``rdiff.UniPCMultistepScheduler``); built by
+    ``set_timesteps``."""
+
+    def __init__(self, solver: _UniPcArgs) -> None: ...
+    def order(self, step_index: int, lower_order_nums: int) -> int:
+        """diffusers' predictor order at ``step_index``."""
+    def conversion(self, step_index: int) -> list[float]:
+        """The conversion's (p, q, r, w) at ``step_index``: m = r·x + w·(p·x + q·mo)."""
+    def weights(
+        self, step_index: int, order: int, corrector: bool
+    ) -> tuple[float, float, list[float], float]:
+        """(a, w0, [w_1, …], wt) of the update from ``step_index`` to the next."""
+    def step(
+        self,
+        step_index: int,
+        lower_order_nums: int,
+        corrector_order: int | None,
+        *,
+        model_output: _Tensor,
+        sample: _Tensor,
+        last_sample: _Tensor | None,
+        history: list[_Tensor | None],
+        hist: _Tensor,
+        prev: _Tensor,
+        corrected: _Tensor | None = None,
+        bounds: _Tensor | None = None,
+        predict: bool = True,
+        stream: int = 0,
+    ) -> int:
+        """One fused step (corrector of the last interval, predictor of the next): the
+        converted output into ``hist``, the corrected sample into ``corrected``, the result
+        into ``prev``. Returns the predictor's order (0 when ``predict`` is off)."""
 
 class _DpmSinglestep:
     """Per-loop constants of the singlestep DPM-Solver (``rdiff.DPMSolverSinglestepScheduler``)."""

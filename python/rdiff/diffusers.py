@@ -3,7 +3,7 @@
 Importable when diffusers is installed. A ``DiffusionPipeline`` accepts, saves and reloads
 them, and ``from_config`` switching between them and diffusers' own schedulers works::
 
-    from rdiff.diffusers import DPMSolverMultistepScheduler  # or DPMSolverSinglestepScheduler
+    from rdiff.diffusers import DPMSolverMultistepScheduler  # or UniPCMultistepScheduler, ...
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
 
 Their ``timesteps`` are torch tensors, as diffusers' are.
@@ -30,6 +30,7 @@ __all__ = [
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
+    "UniPCMultistepScheduler",
 ]
 
 
@@ -66,5 +67,6 @@ DPMSolverMultistepScheduler = _wrap(_schedulers.DPMSolverMultistepScheduler, Sch
 DDIMScheduler = _wrap(_schedulers.DDIMScheduler, DDIMSchedulerOutput)
 DDPMScheduler = _wrap(_schedulers.DDPMScheduler, DDPMSchedulerOutput)
 DPMSolverSinglestepScheduler = _wrap(_schedulers.DPMSolverSinglestepScheduler, SchedulerOutput)
+UniPCMultistepScheduler = _wrap(_schedulers.UniPCMultistepScheduler, SchedulerOutput)
 # No diffusers peer; its step returns the sample and x0 prediction, as DDPM's does.
 AnalyticDPMScheduler = _wrap(_schedulers.AnalyticDPMScheduler, DDPMSchedulerOutput)

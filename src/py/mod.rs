@@ -18,6 +18,7 @@ pub mod spacing;
 pub mod tensor;
 pub mod testing;
 pub mod unet;
+pub mod unipc;
 
 use pyo3::prelude::*;
 

@@ -247,6 +247,7 @@ impl PyNoiseSchedule {
             lambda_min_clipped,
             round_timesteps: true,
             sigma_table: None,
+            unipc: None,
         };
         let mut ac = betas.alphas_cumprod.clone();
         if let Some(last) = ac.last_mut() {

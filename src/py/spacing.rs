@@ -8,7 +8,7 @@ use crate::error::RdiffError;
 use crate::schedule::check_steps;
 use crate::schedule::spacing::{
     diffusers_karras, diffusers_schedule as schedule_n, diffusers_schedule_from_timesteps,
-    sigma_to_t, FinalSigma, SigmaKind, SpacingOptions, TimestepSpacing,
+    sigma_to_t, FinalSigma, SigmaKind, SpacingOptions, TimestepSpacing, UniPcSpacing,
 };
 
 type Schedule<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>);
@@ -24,7 +24,8 @@ type Schedule<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>);
 #[pyo3(name = "_diffusers_schedule", signature = (alphas_cumprod, num_inference_steps=None,
     timesteps=None, spacing="linspace", steps_offset=0, sigma_kind="default", flow_shift=1.0,
     final_sigma="zero", lambda_min_clipped=f64::NEG_INFINITY, round_timesteps=true,
-    sigma_table=None))]
+    sigma_table=None, unipc=false, flow_sigmas=None, shift_terminal=None, karras_flow=false,
+    sigma_min=None, sigma_max=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn diffusers_schedule<'py>(
     py: Python<'py>,
@@ -39,6 +40,12 @@ pub fn diffusers_schedule<'py>(
     lambda_min_clipped: f64,
     round_timesteps: bool,
     sigma_table: Option<(PyReadonlyArray1<'py, f32>, PyReadonlyArray1<'py, f32>)>,
+    unipc: bool,
+    flow_sigmas: Option<Vec<f64>>,
+    shift_terminal: Option<f64>,
+    karras_flow: bool,
+    sigma_min: Option<f64>,
+    sigma_max: Option<f64>,
 ) -> PyResult<Schedule<'py>> {
     let opts = SpacingOptions {
         spacing: TimestepSpacing::parse(spacing)?,
@@ -48,6 +55,13 @@ pub fn diffusers_schedule<'py>(
         lambda_min_clipped,
         round_timesteps,
         sigma_table: sigma_table.map(|(s, l)| (s.as_array().to_vec(), l.as_array().to_vec())),
+        unipc: unipc.then_some(UniPcSpacing {
+            flow_sigmas,
+            shift_terminal,
+            karras_flow,
+            sigma_min,
+            sigma_max,
+        }),
     };
     let ac = alphas_cumprod.as_array().to_vec();
     let out = match (num_inference_steps, timesteps) {

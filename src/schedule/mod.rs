@@ -12,6 +12,7 @@ pub mod prediction;
 pub mod reference;
 pub mod spacing;
 pub mod trajectory;
+pub mod unipc;
 
 pub use betas::{BetaSchedule, DiscreteBetas};
 pub use noise_schedule::NoiseSchedule;

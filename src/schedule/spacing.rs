@@ -114,6 +114,35 @@ pub struct SpacingOptions {
     /// exponential timestep on a cosine schedule is 998 or 999 depending on them. `None`:
     /// rdiff's own, correctly rounded table.
     pub sigma_table: Option<(Vec<f32>, Vec<f32>)>,
+    /// UniPC's `set_timesteps`, where it differs from the DPM-Solver classes'.
+    pub unipc: Option<UniPcSpacing>,
+}
+
+/// Where diffusers' `UniPCMultistepScheduler.set_timesteps` differs: a `sigma_min` final σ
+/// is the last σ of the list for every non-default kind; flow sigmas start from
+/// `linspace(1, 1/N, n + 1)[:-1]` (or the caller's), are shifted, optionally stretched to
+/// `shift_terminal`, and a first σ within 1e-6 of 1 is moved 1e-6 down; Karras sigmas may be
+/// mapped to flow ones (σ/(1 + σ)) with `karras_flow`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UniPcSpacing {
+    pub flow_sigmas: Option<Vec<f64>>,
+    pub shift_terminal: Option<f64>,
+    pub karras_flow: bool,
+    /// The config's `sigma_min` / `sigma_max`, which replace the table's ends for Karras,
+    /// exponential and beta sigmas.
+    pub sigma_min: Option<f64>,
+    pub sigma_max: Option<f64>,
+}
+
+/// The σ range of Karras, exponential and beta sigmas: the table's, or UniPC's config's.
+fn sigma_range(table: &SigmaTable, opts: &SpacingOptions) -> (f64, f64) {
+    let u = opts.unipc.as_ref();
+    (
+        u.and_then(|u| u.sigma_min)
+            .unwrap_or_else(|| table.sigma_min()),
+        u.and_then(|u| u.sigma_max)
+            .unwrap_or_else(|| table.sigma_max()),
+    )
 }
 
 impl Default for SpacingOptions {
@@ -126,6 +155,7 @@ impl Default for SpacingOptions {
             lambda_min_clipped: f64::NEG_INFINITY,
             round_timesteps: true,
             sigma_table: None,
+            unipc: None,
         }
     }
 }
@@ -430,7 +460,7 @@ pub fn diffusers_schedule(
             (ts, sig)
         }
         SigmaKind::Karras => {
-            let (smin, smax) = (table.sigma_min(), table.sigma_max());
+            let (smin, smax) = sigma_range(&table, opts);
             let sig = diffusers_karras(n, smin, smax, 7.0);
             (sigmas_to_timesteps(&table, &sig, opts.round_timesteps), sig)
         }
@@ -445,7 +475,7 @@ pub fn diffusers_schedule(
             (sigmas_to_timesteps(&table, &sig, opts.round_timesteps), sig)
         }
         SigmaKind::Exponential => {
-            let (smin, smax) = (table.sigma_min(), table.sigma_max());
+            let (smin, smax) = sigma_range(&table, opts);
             let sig: Vec<f64> = np_linspace(smax.ln(), smin.ln(), n)
                 .into_iter()
                 .map(f64::exp)
@@ -453,12 +483,16 @@ pub fn diffusers_schedule(
             (sigmas_to_timesteps(&table, &sig, false), sig)
         }
         SigmaKind::Beta => {
-            let (smin, smax) = (table.sigma_min(), table.sigma_max());
+            let (smin, smax) = sigma_range(&table, opts);
             let sig: Vec<f64> = np_linspace(0.0, 1.0, n)
                 .into_iter()
                 .map(|r| smin + beta_ppf(1.0 - r, 0.6, 0.6) * (smax - smin))
                 .collect();
             (sigmas_to_timesteps(&table, &sig, false), sig)
+        }
+        SigmaKind::Flow { shift } if opts.unipc.is_some() => {
+            let u = opts.unipc.as_ref().expect("matched");
+            unipc_flow(num_train, n, shift, u)?
         }
         SigmaKind::Flow { shift } => {
             let alphas = np_linspace(1.0, 1.0 / num_train as f64, n + 1);
@@ -475,9 +509,61 @@ pub fn diffusers_schedule(
             (ts, sig)
         }
     };
+    let (timesteps, sigmas) = match &opts.unipc {
+        Some(u) if u.karras_flow && opts.sigma_kind == SigmaKind::Karras => {
+            let sig: Vec<f64> = sigmas.iter().map(|s| s / (s + 1.0)).collect();
+            let ts = sig.iter().map(|&s| (s * num_train as f64) as i64).collect();
+            (ts, sig)
+        }
+        _ => (timesteps, sigmas),
+    };
+    let last = match (&opts.unipc, opts.final_sigma, opts.sigma_kind) {
+        (Some(_), FinalSigma::SigmaMin, kind) if kind != SigmaKind::Default => {
+            sigmas[sigmas.len() - 1]
+        }
+        _ => final_sigma(&table, opts.final_sigma),
+    };
     let mut sigmas: Vec<f64> = sigmas.into_iter().map(f32_round).collect();
-    sigmas.push(f32_round(final_sigma(&table, opts.final_sigma)));
+    sigmas.push(f32_round(last));
     Ok(DiffusersSchedule { timesteps, sigmas })
+}
+
+/// UniPC's flow sigmas and their (truncated) timesteps; see [`UniPcSpacing`].
+fn unipc_flow(
+    num_train: usize,
+    n: usize,
+    shift: f64,
+    u: &UniPcSpacing,
+) -> Result<(Vec<i64>, Vec<f64>)> {
+    let base = match &u.flow_sigmas {
+        Some(s) => {
+            if s.is_empty() || s.iter().any(|v| !(v.is_finite() && *v > 0.0 && *v <= 1.0)) {
+                return value_err!("sigmas: flow sigmas must lie in (0, 1], got {s:?}");
+            }
+            s.clone()
+        }
+        None => {
+            let mut v = np_linspace(1.0, 1.0 / num_train as f64, n + 1);
+            v.pop();
+            v
+        }
+    };
+    let mut sig: Vec<f64> = base
+        .iter()
+        .map(|&s| shift * s / (1.0 + (shift - 1.0) * s))
+        .collect();
+    if let Some(terminal) = u.shift_terminal {
+        if !(terminal.is_finite() && terminal < 1.0) {
+            return value_err!("shift_terminal: must be below 1, got {terminal}");
+        }
+        let scale = (1.0 - sig[sig.len() - 1]) / (1.0 - terminal);
+        sig.iter_mut().for_each(|s| *s = 1.0 - (1.0 - *s) / scale);
+    }
+    if (sig[0] - 1.0).abs() < 1e-6 {
+        sig[0] -= 1e-6;
+    }
+    let ts = sig.iter().map(|&s| (s * num_train as f64) as i64).collect();
+    Ok((ts, sig))
 }
 
 /// `set_timesteps(timesteps=[...])`: the given timesteps, their table sigmas, the final sigma.

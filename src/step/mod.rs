@@ -9,6 +9,7 @@ pub mod ddim;
 pub mod dpm_multistep;
 pub mod dpm_singlestep;
 pub mod dpm_solver;
+pub mod unipc;
 
 use crate::dtype::DType;
 use crate::error::Result;

@@ -6,6 +6,7 @@ from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpm_multistep import DPMSolverMultistepScheduler
 from .dpm_singlestep import DPMSolverSinglestepScheduler
+from .unipc import UniPCMultistepScheduler
 
 __all__ = [
     "AnalyticDPMScheduler",
@@ -14,4 +15,5 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "SchedulerOutput",
+    "UniPCMultistepScheduler",
 ]

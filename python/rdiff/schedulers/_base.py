@@ -66,7 +66,15 @@ def loop_setup(method: _F) -> _F:
 
 
 # What a rebuild keeps of a loop in progress (the step counter, the history, the group's start).
-_LOOP_STATE = ("_step_index", "_begin_index", "lower_order_nums", "sample", "custom_timesteps")
+_LOOP_STATE = (
+    "_step_index",
+    "_begin_index",
+    "lower_order_nums",
+    "sample",
+    "custom_timesteps",
+    "last_sample",
+    "this_order",
+)
 
 
 def _rdiff_init(cls: type) -> Callable[..., None]:
