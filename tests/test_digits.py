@@ -35,7 +35,7 @@ def test_bundled_folder_is_complete():
 
 
 @pytest.mark.parametrize(
-    "scheduler", ["dpmsolver++", "dpmsolver", "sde-dpmsolver++", "ddim", "ddpm"]
+    "scheduler", ["dpmsolver++", "dpmsolver", "sde-dpmsolver++", "unipc", "ddim", "ddpm"]
 )
 def test_sample_png_deterministic(tmp_path, scheduler, capsys):
     outs = []

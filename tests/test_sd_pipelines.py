@@ -24,6 +24,7 @@ CLASSES = [
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
+    "UniPCMultistepScheduler",
 ]
 # Configs as a user writes them; DDIM/DDPM's defaults have clip_sample=True, which the
 # pipelines switch off, and steps_offset=0, which they set to 1.
@@ -32,6 +33,7 @@ CONFIGS = {
     "DDPMScheduler": {},
     "DPMSolverMultistepScheduler": {"beta_schedule": "scaled_linear"},
     "DPMSolverSinglestepScheduler": {"beta_schedule": "scaled_linear"},
+    "UniPCMultistepScheduler": {"beta_schedule": "scaled_linear"},
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ SCHEDULERS = (
     "dpmsolver++",
     "dpmsolver",
     "sde-dpmsolver++",
+    "unipc",
     "ddim",
     "ddpm",
     "analytic-ddpm",
@@ -26,6 +28,7 @@ _DEFAULT_STEPS = {
     "dpmsolver++": 10,
     "dpmsolver": 10,
     "sde-dpmsolver++": 20,
+    "unipc": 10,
     "ddim": 50,
     "ddpm": 1000,
     "analytic-ddpm": 50,
@@ -96,8 +99,12 @@ def make_scheduler(
         return rdiff.DPMSolverMultistepScheduler(
             **base, algorithm_type=name, solver_order=order or 2, final_sigmas_type=final
         )
+    if name == "unipc":
+        return rdiff.UniPCMultistepScheduler(**base, solver_order=order or 2)
     if order not in (None, 1):
-        raise SystemExit(f"rdiff: --order applies to the DPM-Solver schedulers, not {name}")
+        raise SystemExit(
+            f"rdiff: --order applies to the DPM-Solver and UniPC schedulers, not {name}"
+        )
     if name == "ddim":
         return rdiff.DDIMScheduler(**base, set_alpha_to_one=True, timestep_spacing="leading")
     if name == "ddpm":
@@ -128,6 +135,10 @@ def sample_images(
     size = unet.config["sample_size"]
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     rng = np.random.default_rng(seed)
+    # the stochastic schedulers draw from `generator`; UniPC's step (as diffusers') has none
+    noise_kw = (
+        {"generator": rng} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    )
     # all initial noise first (one stream for the run), then the SDE noise from the same rng
     x_all = rng.standard_normal((n, c, h, w), dtype=np.float32)
     scheduler.set_timesteps(steps)
@@ -140,7 +151,7 @@ def sample_images(
         x = np.ascontiguousarray(x_all[start : start + batch_size]) * scheduler.init_noise_sigma
         for t in timesteps:
             eps = unet(x, np.full((x.shape[0],), t, dtype=np.int64))
-            x = scheduler.step(eps, int(t), x, generator=rng).prev_sample
+            x = scheduler.step(eps, int(t), x, **noise_kw).prev_sample
             bar.update(1)
         outs.append(np.asarray(x, dtype=np.float32))
     bar.close()
@@ -256,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         help="sampling steps (default: 10 for DPM-Solver, 20 SDE, 50 DDIM/analytic, 1000 DDPM)",
     )
     s.add_argument(
-        "--order", type=int, choices=(1, 2, 3), default=None, help="DPM-Solver order (default 2)"
+        "--order",
+        type=int,
+        choices=(1, 2, 3),
+        default=None,
+        help="DPM-Solver or UniPC order (default 2)",
     )
     s.add_argument(
         "--variance",
