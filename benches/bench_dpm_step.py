@@ -1,8 +1,10 @@
-"""One multistep DPM-Solver++ step: rdiff against diffusers on the same torch CPU tensors.
+"""One multistep DPM-Solver++ step, and one UniPC step (corrector + predictor): rdiff
+against diffusers on the same torch CPU tensors.
 
-Run: python benches/bench_dpm_step.py [--quick]. Prints a markdown table: time per step for
-both, the ratio, and rdiff's effective bandwidth (bytes a fused step must move ÷ its time)
-against this machine's copy bandwidth measured in the same run (a large torch copy).
+Run: python benches/bench_dpm_step.py [--quick] [--only dpm|unipc]. Prints a markdown table per
+scheduler: time per step for both, the ratio, and rdiff's effective bandwidth (bytes a fused
+step must move ÷ its time) against this machine's copy bandwidth measured in the same run (a
+large torch copy).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 
 import torch
 from diffusers import DPMSolverMultistepScheduler as DS
+from diffusers import UniPCMultistepScheduler as DU
 
 import rdiff
 
@@ -50,6 +53,7 @@ def prepared(cls, order: int, shape, dtype):
     t = s.timesteps[5]
 
     def step():
+        # step 5 again and again: the same order, history and (UniPC) corrector each time
         s._step_index = 5
         s.lower_order_nums = order
         s.step(mo, t, x)
@@ -64,9 +68,20 @@ def copy_bandwidth() -> float:
     return 2 * a.numel() * 4 / t
 
 
+# (peer, rdiff class, elements moved per sample element at order p: reads and writes)
+SCHEDULERS = {
+    # reads: model output, sample, p − 1 history entries; writes: history, sample
+    "dpm": (DS, rdiff.DPMSolverMultistepScheduler, lambda p: 2 + (p - 1) + 2),
+    # reads: model output, sample, last sample, p history entries (the corrector's; the
+    # predictor's p − 1 are among them); writes: history, corrected sample, sample
+    "unipc": (DU, rdiff.UniPCMultistepScheduler, lambda p: 3 + p + 3),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--only", choices=sorted(SCHEDULERS), help="one scheduler")
     args = ap.parse_args()
     repeat = 3 if args.quick else 7
     bw = copy_bandwidth()
@@ -74,26 +89,26 @@ def main() -> None:
         f"rdiff {rdiff.__version__}, torch {torch.__version__}, threads "
         f"{torch.get_num_threads()} (torch) / {rdiff.backends()['cpu']['threads']} (rdiff)"
     )
-    print(f"copy bandwidth (64 MiB torch copy, read + write): {bw / 1e9:.1f} GB/s\n")
-    print("| shape | order | dtype | diffusers | rdiff | speed-up | rdiff GB/s | % of copy |")
-    print("|---|---|---|---|---|---|---|---|")
-    for shape in SHAPES:
-        for order in (2, 3):
-            for dtype in (torch.float32, torch.bfloat16):
-                td = best_of(prepared(DS, order, shape, dtype), repeat)
-                tr = best_of(
-                    prepared(rdiff.DPMSolverMultistepScheduler, order, shape, dtype), repeat
-                )
-                numel = torch.Size(shape).numel()
-                esize = torch.empty((), dtype=dtype).element_size()
-                # reads: model output, sample, order-1 history entries; writes: history, sample
-                moved = (2 + (order - 1) + 2) * numel * esize
-                gbs = moved / tr / 1e9
-                pct = 100 * gbs * 1e9 / bw
-                print(
-                    f"| {tuple(shape)} | {order} | {str(dtype)[6:]} | {td * 1e6:.0f} µs | "
-                    f"{tr * 1e6:.0f} µs | {td / tr:.1f}× | {gbs:.1f} | {pct:.0f}% |"
-                )
+    print(f"copy bandwidth (64 MiB torch copy, read + write): {bw / 1e9:.1f} GB/s")
+    for name, (peer, ours, elements) in SCHEDULERS.items():
+        if args.only and name != args.only:
+            continue
+        print(f"\n{peer.__name__}\n")
+        print("| shape | order | dtype | diffusers | rdiff | speed-up | rdiff GB/s | % of copy |")
+        print("|---|---|---|---|---|---|---|---|")
+        for shape in SHAPES:
+            for order in (2, 3):
+                for dtype in (torch.float32, torch.bfloat16):
+                    td = best_of(prepared(peer, order, shape, dtype), repeat)
+                    tr = best_of(prepared(ours, order, shape, dtype), repeat)
+                    numel = torch.Size(shape).numel()
+                    esize = torch.empty((), dtype=dtype).element_size()
+                    gbs = elements(order) * numel * esize / tr / 1e9
+                    pct = 100 * gbs * 1e9 / bw
+                    print(
+                        f"| {tuple(shape)} | {order} | {str(dtype)[6:]} | {td * 1e6:.0f} µs | "
+                        f"{tr * 1e6:.0f} µs | {td / tr:.1f}× | {gbs:.1f} | {pct:.0f}% |"
+                    )
 
 
 if __name__ == "__main__":
