@@ -277,6 +277,32 @@ def test_solver_p_predicts_and_unic_corrects():
     torch.testing.assert_close(x, xd, rtol=1e-5, atol=1e-5)
 
 
+def test_diffusers_update_methods():
+    """convert_model_output, multistep_uni_p_bh_update and multistep_uni_c_bh_update as
+    diffusers' (community code calls them), mid-loop, at orders 1-3."""
+    cfg = dict(solver_order=3)
+    d, r = DS(**cfg), rdd.UniPCMultistepScheduler(**cfg)
+    d.set_timesteps(10)
+    r.set_timesteps(10)
+    model = GaussianEps(d.alphas_cumprod)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    for t in d.timesteps[:4]:
+        mo = model(x, t)
+        d.step(mo, t, x)
+        x = r.step(mo, t, x).prev_sample
+    r.last_sample, r.model_outputs = d.last_sample, list(d.model_outputs)
+    mo = model(x, d.timesteps[4])
+    md = d.convert_model_output(mo, sample=x)
+    torch.testing.assert_close(r.convert_model_output(mo, sample=x), md, rtol=1e-5, atol=1e-5)
+    for order in (1, 2, 3):
+        kw = dict(this_model_output=md, last_sample=d.last_sample, this_sample=x, order=order)
+        want = d.multistep_uni_c_bh_update(**kw)
+        torch.testing.assert_close(r.multistep_uni_c_bh_update(**kw), want, rtol=1e-5, atol=1e-5)
+        want = d.multistep_uni_p_bh_update(mo, sample=x, order=order)
+        got = r.multistep_uni_p_bh_update(mo, sample=x, order=order)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_numpy_in_numpy_out():
     cfg = dict(solver_order=3)
     model = GaussianEps(DS().alphas_cumprod)

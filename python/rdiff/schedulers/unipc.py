@@ -280,3 +280,62 @@ class UniPCMultistepScheduler(DPMSolverBase):
 
     def _index_for_missing_timestep(self, t: Any, ts: np.ndarray) -> int:
         return len(ts) - 1
+
+    # -- diffusers' update methods, for code written against diffusers' class --------------
+    # Each is one fused pass with the core's float64 weights, on ``model_outputs`` as
+    # diffusers keeps it (the converted outputs, newest last).
+
+    def _weights(self, step_index: int, order: Any, corrector: bool) -> tuple:
+        if self._core is None or self._step_index is None:
+            raise ValueError(
+                "the step index is not set: call set_timesteps, then step (or "
+                "_init_step_index(timestep)) first"
+            )
+        if order is None:
+            raise ValueError("missing `order` as a required keyword argument")
+        return self._core.weights(step_index, int(order), corrector)
+
+    def multistep_uni_p_bh_update(
+        self, model_output: Any, *args: Any, sample: Any = None, order: Any = None, **kwargs: Any
+    ) -> Any:
+        """diffusers' UniP-``order`` update from the current step to the next, from
+        ``sample`` and ``model_outputs`` (the current converted output last); with
+        ``solver_p``, that scheduler's step on the raw ``model_output``."""
+        sample = self._sample_arg(args, kwargs, sample, 1)
+        order = args[2] if order is None and len(args) > 2 else order
+        if self.solver_p is not None:
+            return self.solver_p.step(model_output, self.timestep_list[-1], sample).prev_sample
+        a, w0, ws, _ = self._weights(self._step_index, order, False)
+        x = _tensor.contiguous(sample)
+        ms = [_tensor.contiguous(m) for m in self.model_outputs[::-1][: int(order)]]
+        return self._fused(x, [(a, x), (w0, ms[0]), *zip(ws, ms[1:], strict=False)])
+
+    def multistep_uni_c_bh_update(
+        self,
+        this_model_output: Any,
+        *args: Any,
+        last_sample: Any = None,
+        this_sample: Any = None,
+        order: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """diffusers' UniC-``order`` correction of ``this_sample`` (the predictor's result at
+        the current step) from ``last_sample`` (the sample it was predicted from), the
+        earlier converted outputs in ``model_outputs`` and ``this_model_output`` (the
+        converted output at the current step)."""
+        if last_sample is None and len(args) > 1:
+            last_sample = args[1]
+        if this_sample is None and len(args) > 2:
+            this_sample = args[2]
+        if order is None and len(args) > 3:
+            order = args[3]
+        if last_sample is None or this_sample is None:
+            raise ValueError(
+                "missing `last_sample` or `this_sample` as a required keyword argument"
+            )
+        a, w0, ws, wt = self._weights(self._step_index - 1, order, True)
+        x = _tensor.contiguous(last_sample)
+        ms = [_tensor.contiguous(m) for m in self.model_outputs[::-1][: int(order)]]
+        mt = _tensor.contiguous(this_model_output)
+        terms = [(a, x), (w0, ms[0]), *zip(ws, ms[1:], strict=False), (wt, mt)]
+        return self._fused(x, terms)
