@@ -24,7 +24,7 @@ from rdiff.cli import bundled_model_dir, make_scheduler, sample_images
 from rdiff.metrics import frechet_digits_distance, load_real_digits, noise_floor
 
 ROOT = Path(__file__).resolve().parents[1]
-NFES = (5, 10, 15, 20, 25, 50, 100, 1000)
+NFES = (4, 5, 6, 8, 10, 15, 20, 25, 50, 100, 1000)
 # label -> (cli scheduler name, order, trajectory or DDPM variance_type)
 SETTINGS = {
     "DDPM (β̃)": ("ddpm", None, None),
@@ -43,6 +43,8 @@ SETTINGS = {
     "DPM-Solver-3M": ("dpmsolver", 3, None),
     "DPM-Solver++-2M": ("dpmsolver++", 2, None),
     "DPM-Solver++-3M": ("dpmsolver++", 3, None),
+    "UniPC-2 (bh2)": ("unipc", 2, None),
+    "UniPC-3 (bh2)": ("unipc", 3, None),
 }
 
 
