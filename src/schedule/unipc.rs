@@ -22,6 +22,7 @@
 //! values.
 
 use super::dpm_solver::Point;
+use super::linsolve;
 use crate::error::Result;
 use crate::value_err;
 
@@ -88,33 +89,12 @@ fn phis(x: f64, n: usize) -> Vec<f64> {
     out
 }
 
-/// Solves the small system `m·v = b` (Gaussian elimination with partial pivoting).
-fn solve(mut m: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
-    let n = b.len();
-    for c in 0..n {
-        let p = (c..n)
-            .max_by(|&i, &j| m[i][c].abs().total_cmp(&m[j][c].abs()))
-            .unwrap_or(c);
-        if m[p][c] == 0.0 || !m[p][c].is_finite() {
-            return value_err!("UniPC: the order conditions are singular (repeated timesteps?)");
-        }
-        m.swap(c, p);
-        b.swap(c, p);
-        for r in c + 1..n {
-            let f = m[r][c] / m[c][c];
-            let pivot = m[c].clone();
-            for (v, p) in m[r][c..].iter_mut().zip(&pivot[c..]) {
-                *v -= f * p;
-            }
-            b[r] -= f * b[c];
-        }
+/// [`linsolve::solve`], with UniPC's error when the conditions are singular.
+fn solve(m: Vec<Vec<f64>>, b: Vec<f64>) -> Result<Vec<f64>> {
+    match linsolve::solve(m, b) {
+        Some(v) => Ok(v),
+        None => value_err!("UniPC: the order conditions are singular (repeated timesteps?)"),
     }
-    let mut v = vec![0.0; n];
-    for r in (0..n).rev() {
-        let s: f64 = (r + 1..n).map(|k| m[r][k] * v[k]).sum();
-        v[r] = (b[r] - s) / m[r][r];
-    }
-    Ok(v)
 }
 
 /// One interval of a UniPC step: from `s0` to `t`, the earlier points `prev[k-1]` = s_k.
