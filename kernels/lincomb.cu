@@ -7,6 +7,9 @@
 //   out = y + σ·n                               → out (dtype D), or with a chain (UniPC):
 //   mid = y                                     → mid (dtype S), then read back rounded
 //   out = a2·ŷ + (wm2·m + Σ c2_i·t_i) + σ·n     → out (dtype D)
+// With element weights (RD_LC_ELEM, DPM-Solver-v3) a weight may be its scalar times a row of
+// coef (per_sample floats shared by the batch; rows[slot] < 0: the scalar alone), and y and
+// the chained sum get a bias row after the terms; such passes take the scalar path.
 // x and u have dtype S; mo, the terms, hist and out dtype D; the noise n is float32 or drawn
 // from the Philox stream; σ is a scalar or read from mo's variance channels (mo + per_sample).
 // Every operation is a correctly rounded rd_* (no FMA contraction), so a GPU computes the CPU
@@ -33,6 +36,19 @@
 #define RD_LC_LEARNED (1 << 10)
 #define RD_LC_LEARNED_RANGE (1 << 11)
 #define RD_LC_CHAIN (1 << 12)
+#define RD_LC_ELEM (1 << 13)
+
+// element-weight slots (src/lincomb.rs `slot`)
+#define RD_LC_W_R 0
+#define RD_LC_W_A 1
+#define RD_LC_W_WM 2
+#define RD_LC_W_C 3
+#define RD_LC_W_BIAS 7
+#define RD_LC_W_A2 8
+#define RD_LC_W_WM2 9
+#define RD_LC_W_C2 10
+#define RD_LC_W_BIAS2 14
+#define RD_LC_W_COUNT 15
 
 // The launch's arguments, passed by value: mirrors `LincombArgs` in src/cuda/lincomb.rs
 // (8-byte fields first, then 4-byte ones, so neither side pads).
@@ -46,6 +62,7 @@ struct rd_lincomb_args {
     void* hist;
     void* out;
     void* mid;
+    const float* coef;
     rd_i64 mo_stride;
     rd_i64 per_sample;
     rd_u64 seed;
@@ -59,11 +76,26 @@ struct rd_lincomb_args {
     float sigma, min_log, max_log;
     int flags;
     int nterms;
+    int rows[RD_LC_W_COUNT];
+    int pad;
 };
-static_assert(sizeof(rd_lincomb_args) == 240, "rd_lincomb_args mirrors LincombArgs");
+static_assert(sizeof(rd_lincomb_args) == 312, "rd_lincomb_args mirrors LincombArgs");
 
-// e of one element: the conversion and its bound.
-RD_DEV float rd_lc_e(const rd_lincomb_args& a, float x, float mo, float s, float inv, float neg) {
+// The weight of `slot` at element i: the scalar w, times its coefficient row when it has one.
+RD_DEV float rd_lc_w(const rd_lincomb_args& a, int slot, float w, rd_i64 i) {
+    if (!(a.flags & RD_LC_ELEM) || a.rows[slot] < 0) return w;
+    return rd_mul(w, a.coef[(rd_i64)a.rows[slot] * a.per_sample + i]);
+}
+
+// The bias row of `slot` at element i (0 without one).
+RD_DEV float rd_lc_bias(const rd_lincomb_args& a, int slot, rd_i64 i) {
+    if (!(a.flags & RD_LC_ELEM) || a.rows[slot] < 0) return 0.0f;
+    return a.coef[(rd_i64)a.rows[slot] * a.per_sample + i];
+}
+
+// e of one element: the conversion and its bound (r: the conversion's r at this element).
+RD_DEV float rd_lc_e(const rd_lincomb_args& a, float x, float mo, float s, float inv, float neg,
+                     float r) {
     float e = rd_add(rd_mul(a.p, x), rd_mul(a.q, mo));
     if (a.flags & RD_LC_DIVIDE) e = rd_div(e, a.d);
     if (a.flags & RD_LC_RANGE) {
@@ -74,7 +106,7 @@ RD_DEV float rd_lc_e(const rd_lincomb_args& a, float x, float mo, float s, float
         const float c = e > s ? s : (e < neg ? neg : e);
         e = rd_mul(c, inv);
     }
-    if (a.flags & RD_LC_AFFINE) e = rd_add(rd_mul(a.r, x), rd_mul(a.w, e));
+    if (a.flags & RD_LC_AFFINE) e = rd_add(rd_mul(r, x), rd_mul(a.w, e));
     return e;
 }
 
@@ -125,7 +157,8 @@ __device__ void rd_lincomb(const rd_lincomb_args& a) {
     for (int j = 0; j < a.nterms; ++j) {
         aligned = aligned && rd_aligned(static_cast<const D*>(a.terms[j]) + row, vd);
     }
-    const rd_i64 nvec = aligned ? ps / 4 : 0;
+    // element-weight passes (DPM-Solver-v3) take the scalar path below
+    const rd_i64 nvec = (aligned && !(f & RD_LC_ELEM)) ? ps / 4 : 0;
     const rd_i64 t0 = rd_thread_index();
     const rd_i64 stride = rd_grid_stride();
     for (rd_i64 v = t0; v < nvec; v += stride) {
@@ -135,7 +168,7 @@ __device__ void rd_lincomb(const rd_lincomb_args& a) {
             rd_load4<S>(x + i, xv);
             rd_load4<D>(mo + i, tv);
 #pragma unroll
-            for (int k = 0; k < 4; ++k) ev[k] = rd_lc_e(a, xv[k], tv[k], s, inv, neg);
+            for (int k = 0; k < 4; ++k) ev[k] = rd_lc_e(a, xv[k], tv[k], s, inv, neg, a.r);
             if (hist) {
                 rd_store4<D>(hist + i, ev);
 #pragma unroll
@@ -205,7 +238,7 @@ __device__ void rd_lincomb(const rd_lincomb_args& a) {
         if (conv) {
             const float xv = rd_to_f32(x[i]);
             const float mv = rd_to_f32(mo[i]);
-            e = rd_lc_e(a, xv, mv, s, inv, neg);
+            e = rd_lc_e(a, xv, mv, s, inv, neg, rd_lc_w(a, RD_LC_W_R, a.r, i));
             if (hist) {
                 const D h = rd_narrow<D>::from(e);
                 hist[i] = h;
@@ -213,22 +246,26 @@ __device__ void rd_lincomb(const rd_lincomb_args& a) {
             }
             if (f & RD_LC_RECOMPUTE) g = rd_lc_g(a, xv, e, mv);
         }
-        if (u) acc = rd_mul(a.a, rd_to_f32(u[i]));
+        if (u) acc = rd_mul(rd_lc_w(a, RD_LC_W_A, a.a, i), rd_to_f32(u[i]));
         if (conv) {
-            acc = rd_add(acc, rd_mul(a.wm, e));
+            acc = rd_add(acc, rd_mul(rd_lc_w(a, RD_LC_W_WM, a.wm, i), e));
             if (f & RD_LC_RECOMPUTE) acc = rd_add(acc, rd_mul(a.wg, g));
         }
-        float z = (chain && conv) ? rd_mul(a.wm2, e) : 0.0f;
+        float z = (chain && conv) ? rd_mul(rd_lc_w(a, RD_LC_W_WM2, a.wm2, i), e) : 0.0f;
         for (int j = 0; j < a.nterms; ++j) {
             const D* t = static_cast<const D*>(a.terms[j]) + row;
             const float tv = rd_to_f32(t[i]);
-            acc = rd_add(acc, rd_mul(a.c[j], tv));
-            if (chain) z = rd_add(z, rd_mul(a.c2[j], tv));
+            acc = rd_add(acc, rd_mul(rd_lc_w(a, RD_LC_W_C + j, a.c[j], i), tv));
+            if (chain) z = rd_add(z, rd_mul(rd_lc_w(a, RD_LC_W_C2 + j, a.c2[j], i), tv));
+        }
+        if (f & RD_LC_ELEM) {
+            acc = rd_add(acc, rd_lc_bias(a, RD_LC_W_BIAS, i));
+            if (chain) z = rd_add(z, rd_lc_bias(a, RD_LC_W_BIAS2, i));
         }
         if (chain) {
             const S y = rd_narrow<S>::from(acc);
             mid[i] = y;
-            acc = rd_add(rd_mul(a.a2, rd_to_f32(y)), z);
+            acc = rd_add(rd_mul(rd_lc_w(a, RD_LC_W_A2, a.a2, i), rd_to_f32(y)), z);
         }
         if (noise || philox) {
             const float n =

@@ -114,6 +114,64 @@ pub struct Chain {
     pub c: Vec<f64>,
 }
 
+/// Per-element weights (DPM-Solver-v3: its coefficients are vectors over one sample's
+/// elements, shared by every sample of the batch). `coef` holds rows of `per_sample` values
+/// in the pass's arithmetic dtype (float32, or float64 when the pass runs in f64); a slot that
+/// names row k has the weight (its scalar) × coef[k·per_sample + e] at element e of every
+/// sample (the product formed first), and the two biases add their row to y and to the
+/// chained sum after the terms.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ElementWeights {
+    pub coef: Tensor,
+    /// The conversion's r (m = r·x + w·e).
+    pub r: Option<usize>,
+    /// The base's a, m's weight wm, each term's c_i (one per term), and y's bias row.
+    pub a: Option<usize>,
+    pub wm: Option<usize>,
+    pub c: Vec<Option<usize>>,
+    pub bias: Option<usize>,
+    /// The chained combination's a, wm, c_i and bias row.
+    pub chain_a: Option<usize>,
+    pub chain_wm: Option<usize>,
+    pub chain_c: Vec<Option<usize>>,
+    pub chain_bias: Option<usize>,
+}
+
+/// The slots of [`ElementWeights::slots`], in the kernel's order (`RD_LC_W_*`).
+pub mod slot {
+    pub const R: usize = 0;
+    pub const A: usize = 1;
+    pub const WM: usize = 2;
+    pub const C: usize = 3; // 3..3 + MAX_TERMS
+    pub const BIAS: usize = 7;
+    pub const A2: usize = 8;
+    pub const WM2: usize = 9;
+    pub const C2: usize = 10; // 10..10 + MAX_TERMS
+    pub const BIAS2: usize = 14;
+    pub const COUNT: usize = 15;
+}
+
+impl ElementWeights {
+    /// The row of every slot (`slot::*`), None where the weight is the scalar alone.
+    pub fn slots(&self) -> [Option<usize>; slot::COUNT] {
+        let mut s = [None; slot::COUNT];
+        s[slot::R] = self.r;
+        s[slot::A] = self.a;
+        s[slot::WM] = self.wm;
+        s[slot::BIAS] = self.bias;
+        s[slot::A2] = self.chain_a;
+        s[slot::WM2] = self.chain_wm;
+        s[slot::BIAS2] = self.chain_bias;
+        for (k, r) in self.c.iter().enumerate().take(MAX_TERMS) {
+            s[slot::C + k] = *r;
+        }
+        for (k, r) in self.chain_c.iter().enumerate().take(MAX_TERMS) {
+            s[slot::C2 + k] = *r;
+        }
+        s
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Noise {
     pub source: NoiseSource,
@@ -134,6 +192,7 @@ pub struct Lincomb {
     pub conv: Option<Conversion>,
     pub chain: Option<Chain>,
     pub noise: Option<Noise>,
+    pub elem: Option<ElementWeights>,
 }
 
 impl Lincomb {
@@ -148,6 +207,7 @@ impl Lincomb {
             conv: None,
             chain: None,
             noise: None,
+            elem: None,
         }
     }
 
@@ -190,6 +250,7 @@ impl Lincomb {
             .chain(self.terms.iter().map(|(t, _)| t))
             .chain(conv)
             .chain(noise)
+            .chain(self.elem.iter().map(|e| &e.coef))
     }
 
     /// Every tensor the pass touches (for the target).
@@ -203,6 +264,58 @@ impl Lincomb {
             .chain(self.hist.iter())
             .chain(self.chain.iter().map(|c| &c.mid))
             .chain(bounds)
+    }
+
+    /// The per-element weights' checks: the coefficients' dtype, the rows, the slots' shape.
+    fn validate_elem(&self, ew: &ElementWeights, ps: usize) -> Result<()> {
+        let acc = self.acc_dtype();
+        if ew.coef.dtype != acc {
+            return value_err!(
+                "{}: coefficients: {} expected for this pass (float64 only when every buffer is \
+                 float64), got {}",
+                self.what,
+                acc.name(),
+                ew.coef.dtype.name()
+            );
+        }
+        let rows = ew.coef.numel / ps;
+        if let Some(k) = ew.slots().iter().flatten().find(|&&k| k >= rows) {
+            return value_err!(
+                "{}: coefficients: row {k} named, but the tensor holds {rows} rows of {ps}",
+                self.what
+            );
+        }
+        if ew.c.len() != self.terms.len() {
+            return value_err!(
+                "{}: {} element-weight slots for {} terms",
+                self.what,
+                ew.c.len(),
+                self.terms.len()
+            );
+        }
+        let chained = ew.chain_a.is_some()
+            || ew.chain_wm.is_some()
+            || ew.chain_bias.is_some()
+            || ew.chain_c.iter().any(|c| c.is_some());
+        if self.chain.is_some() {
+            if ew.chain_c.len() != self.terms.len() {
+                return value_err!(
+                    "{}: {} chained element-weight slots for {} terms",
+                    self.what,
+                    ew.chain_c.len(),
+                    self.terms.len()
+                );
+            }
+        } else if chained {
+            return value_err!("{}: chained element weights without a chain", self.what);
+        }
+        if ew.r.is_some() && self.conv.is_none() {
+            return value_err!(
+                "{}: an element weight for r without a conversion",
+                self.what
+            );
+        }
+        Ok(())
     }
 
     /// The checks every target relies on: lengths, dtypes, layout, the term count, outputs
@@ -302,6 +415,9 @@ impl Lincomb {
                     self.terms.len()
                 );
             }
+        }
+        if let Some(ew) = &self.elem {
+            self.validate_elem(ew, ps)?;
         }
         let outputs: Vec<&Tensor> = std::iter::once(&self.out)
             .chain(&self.hist)

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::threshold;
 use crate::dtype::{Acc, DType, Elem, Load};
 use crate::error::Result;
-use crate::lincomb::{Clamp, Lincomb, NoiseSource, Sigma};
+use crate::lincomb::{slot, Clamp, Lincomb, NoiseSource, Sigma};
 use crate::random::philox::fill_normals;
 
 use crate::with_elem;
@@ -82,7 +82,40 @@ struct Slices<'a, A, D, S> {
     s: Scalars<A>,
     /// The chained combination's (a, wm, c_i).
     chain: Option<(A, A, Vec<A>)>,
+    /// Per-element weights: the coefficient rows and each slot's row.
+    elem: Option<(&'a [A], [Option<usize>; slot::COUNT])>,
     per_sample: usize,
+}
+
+impl<A: Acc, D, S> Slices<'_, A, D, S> {
+    /// The weight of `slot` over elements `e0 .. e0 + n` of a sample, `scalar` × its row,
+    /// in `buf`; None when the slot has no row (the scalar alone).
+    #[inline(always)]
+    fn weights<'b>(
+        &self,
+        slot: usize,
+        scalar: A,
+        e0: usize,
+        n: usize,
+        buf: &'b mut [A; LANES],
+    ) -> Option<&'b [A]> {
+        let (coef, rows) = self.elem.as_ref()?;
+        let k = rows[slot]?;
+        let row = &coef[k * self.per_sample + e0..k * self.per_sample + e0 + n];
+        let b = &mut buf[..n];
+        for (w, &c) in b.iter_mut().zip(row) {
+            *w = scalar * c;
+        }
+        Some(b)
+    }
+
+    /// The bias row of `slot` over elements `e0 .. e0 + n`, if any.
+    #[inline(always)]
+    fn bias(&self, slot: usize, e0: usize, n: usize) -> Option<&[A]> {
+        let (coef, rows) = self.elem.as_ref()?;
+        let k = rows[slot]?;
+        Some(&coef[k * self.per_sample + e0..k * self.per_sample + e0 + n])
+    }
 }
 
 fn run_typed<A, D, S>(lc: &Lincomb)
@@ -213,6 +246,11 @@ where
             .chain
             .as_ref()
             .map(|c| (of(c.a), of(c.wm), c.c.iter().map(|&v| of(v)).collect())),
+        // SAFETY: see above (the coefficients have A's dtype, `validate` checked the rows).
+        elem: lc
+            .elem
+            .as_ref()
+            .map(|e| (unsafe { e.coef.slice::<A>() }, e.slots())),
         per_sample: ps,
     };
     let span = Span {
@@ -289,6 +327,33 @@ fn axpy<A: Acc>(acc: &mut [A], c: A, v: &[A]) {
     }
 }
 
+/// acc += w·v, elementwise, with per-element weights w.
+#[inline(always)]
+fn axpy_v<A: Acc>(acc: &mut [A], w: &[A], v: &[A]) {
+    for ((a, &w), &v) in acc.iter_mut().zip(w).zip(v) {
+        *a = *a + w * v;
+    }
+}
+
+/// acc += c·v with the scalar c, or with the per-element weights when there are.
+#[inline(always)]
+fn axpy_w<A: Acc>(acc: &mut [A], c: A, w: Option<&[A]>, v: &[A]) {
+    match w {
+        Some(w) => axpy_v(acc, w, v),
+        None => axpy(acc, c, v),
+    }
+}
+
+/// acc += b, elementwise (a bias row).
+#[inline(always)]
+fn add_bias<A: Acc>(acc: &mut [A], b: Option<&[A]>) {
+    if let Some(b) = b {
+        for (a, &b) in acc.iter_mut().zip(b) {
+            *a = *a + b;
+        }
+    }
+}
+
 /// f32 values (noise) in the arithmetic type.
 #[inline(always)]
 fn widen<A: Acc>(src: &[f32], dst: &mut [A]) {
@@ -320,6 +385,8 @@ where
         [0f32; LANES],
     );
     let mut zb = [A::default(); LANES];
+    // per-element weights of the current chunk (two at a time: a term's c and c')
+    let (mut wb, mut wb2) = ([A::default(); LANES], [A::default(); LANES]);
     let bound = sl.bounds.map_or(A::of(1.0), |v| v[b]);
     let inv = A::of(1.0) / bound;
     let neg = A::of(0.0) - bound;
@@ -329,6 +396,7 @@ where
         let n = LANES.min(len - start);
         let g = b * ps + off + start; // flattened index of the chunk's first element
         let r = g..g + n;
+        let e0 = off + start; // the chunk's first element within its sample
         let mut have_m = false;
         if let (Some(x), Some(mo)) = (sl.x, sl.mo) {
             let m0 = b * sl.mo_stride + off + start;
@@ -364,8 +432,17 @@ where
                 }
             }
             if s.affine {
-                for (e, &x) in e.iter_mut().zip(xs) {
-                    *e = s.r * x + s.w * *e;
+                match sl.weights(slot::R, s.r, e0, n, &mut wb) {
+                    None => {
+                        for (e, &x) in e.iter_mut().zip(xs) {
+                            *e = s.r * x + s.w * *e;
+                        }
+                    }
+                    Some(rw) => {
+                        for ((e, &x), &r) in e.iter_mut().zip(xs).zip(rw) {
+                            *e = r * x + s.w * *e;
+                        }
+                    }
                 }
             }
             if let Some(h) = hist.as_deref_mut() {
@@ -396,14 +473,28 @@ where
         match sl.base {
             Some(u) => {
                 let us = view(&u[r.clone()], &mut xb);
-                for (a, &u) in acc.iter_mut().zip(us) {
-                    *a = s.a * u;
+                match sl.weights(slot::A, s.a, e0, n, &mut wb) {
+                    None => {
+                        for (a, &u) in acc.iter_mut().zip(us) {
+                            *a = s.a * u;
+                        }
+                    }
+                    Some(aw) => {
+                        for ((a, &u), &w) in acc.iter_mut().zip(us).zip(aw) {
+                            *a = w * u;
+                        }
+                    }
                 }
             }
             None => acc.fill(A::of(0.0)),
         }
         if have_m {
-            axpy(acc, s.wm, &eb[..n]);
+            axpy_w(
+                acc,
+                s.wm,
+                sl.weights(slot::WM, s.wm, e0, n, &mut wb),
+                &eb[..n],
+            );
             if sl.recompute {
                 axpy(acc, s.wg, &tmp[..n]);
             }
@@ -412,8 +503,17 @@ where
         let z = &mut zb[..n];
         if let Some((_, wm2, _)) = &sl.chain {
             if have_m {
-                for (z, &e) in z.iter_mut().zip(&eb[..n]) {
-                    *z = *wm2 * e;
+                match sl.weights(slot::WM2, *wm2, e0, n, &mut wb) {
+                    None => {
+                        for (z, &e) in z.iter_mut().zip(&eb[..n]) {
+                            *z = *wm2 * e;
+                        }
+                    }
+                    Some(ww) => {
+                        for ((z, &e), &w) in z.iter_mut().zip(&eb[..n]).zip(ww) {
+                            *z = w * e;
+                        }
+                    }
                 }
             } else {
                 z.fill(A::of(0.0));
@@ -421,18 +521,36 @@ where
         }
         for (j, (t, c)) in sl.terms.iter().enumerate() {
             let tv = view(&t[r.clone()], &mut mb);
-            axpy(acc, *c, tv);
+            axpy_w(acc, *c, sl.weights(slot::C + j, *c, e0, n, &mut wb), tv);
             if let Some((_, _, c2)) = &sl.chain {
-                axpy(z, c2[j], tv);
+                axpy_w(
+                    z,
+                    c2[j],
+                    sl.weights(slot::C2 + j, c2[j], e0, n, &mut wb2),
+                    tv,
+                );
             }
+        }
+        add_bias(acc, sl.bias(slot::BIAS, e0, n));
+        if sl.chain.is_some() {
+            add_bias(z, sl.bias(slot::BIAS2, e0, n));
         }
         if let (Some((a2, _, _)), Some(m)) = (&sl.chain, mid.as_deref_mut()) {
             // y → mid in the sample dtype; out continues from the stored (rounded) value.
             let mr = &mut m[start..start + n];
             S::narrow(acc, mr);
             let y = view(mr, &mut xb);
-            for ((a, &y), &z) in acc.iter_mut().zip(y).zip(z.iter()) {
-                *a = *a2 * y + z;
+            match sl.weights(slot::A2, *a2, e0, n, &mut wb) {
+                None => {
+                    for ((a, &y), &z) in acc.iter_mut().zip(y).zip(z.iter()) {
+                        *a = *a2 * y + z;
+                    }
+                }
+                Some(aw) => {
+                    for (((a, &y), &z), &w) in acc.iter_mut().zip(y).zip(z.iter()).zip(aw) {
+                        *a = w * y + z;
+                    }
+                }
             }
         }
         if let Some(sigma) = sl.sigma {
@@ -506,6 +624,7 @@ mod tests {
             let (mut out, mut hist) = (vec![0f32; n], vec![0f32; n]);
             let shape = [batch, ps];
             let lc = Lincomb {
+                elem: None,
                 what: "test",
                 out: t(&mut out, &shape),
                 hist: Some(t(&mut hist, &shape)),

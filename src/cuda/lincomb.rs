@@ -4,7 +4,7 @@
 
 use super::launch::{check_batch, elementwise_grid, suffix, Dim3, KernelArg, Launcher, BLOCK};
 use crate::error::Result;
-use crate::lincomb::{Clamp, Lincomb, NoiseSource, Sigma, MAX_TERMS};
+use crate::lincomb::{slot, Clamp, Lincomb, NoiseSource, Sigma, MAX_TERMS};
 
 /// Threads per block of the per-sample reductions (`RD_THR_THREADS`).
 pub const REDUCE_BLOCK: u32 = 256;
@@ -22,6 +22,7 @@ const PHILOX: i32 = 1 << 9;
 const LEARNED: i32 = 1 << 10;
 const LEARNED_RANGE: i32 = 1 << 11;
 const CHAIN: i32 = 1 << 12;
+const ELEM: i32 = 1 << 13;
 
 /// `rd_lincomb_args` of `kernels/lincomb.cu`, field for field (8-byte fields first).
 #[repr(C)]
@@ -36,6 +37,7 @@ struct LincombArgs {
     hist: u64,
     out: u64,
     mid: u64,
+    coef: u64,
     mo_stride: i64,
     per_sample: i64,
     seed: u64,
@@ -62,14 +64,16 @@ struct LincombArgs {
     max_log: f32,
     flags: i32,
     nterms: i32,
+    rows: [i32; slot::COUNT],
+    pad: i32,
 }
 
-const _: () = assert!(std::mem::size_of::<LincombArgs>() == 240);
+const _: () = assert!(std::mem::size_of::<LincombArgs>() == 312);
 
 impl LincombArgs {
     fn bytes(&self) -> &[u8] {
         // SAFETY: a repr(C) struct of integers and floats with no padding (asserted size:
-        // 16 eight-byte fields, then 26 four-byte floats and 2 ints), read as plain bytes.
+        // 17 eight-byte fields, then 26 four-byte floats and 18 ints), read as plain bytes.
         unsafe {
             std::slice::from_raw_parts(
                 self as *const Self as *const u8,
@@ -97,8 +101,16 @@ pub fn launch(l: &dyn Launcher, lc: &Lincomb) -> Result<()> {
         per_sample: ps as i64,
         h3: 1.0,
         nterms: lc.terms.len() as i32,
+        rows: [-1; slot::COUNT],
         ..Default::default()
     };
+    if let Some(ew) = &lc.elem {
+        a.flags |= ELEM;
+        a.coef = ew.coef.ptr;
+        for (k, r) in ew.slots().iter().enumerate() {
+            a.rows[k] = r.map_or(-1, |r| r as i32);
+        }
+    }
     if let Some((u, c)) = &lc.base {
         a.base = u.ptr;
         a.a = f(*c);

@@ -8,7 +8,9 @@ use crate::cpu::threshold::{bounds as cpu_bounds, Conv};
 use crate::cuda::kernels::SOURCES;
 use crate::dtype::{DType, Elem};
 use crate::error_norm::ErrorNorm;
-use crate::lincomb::{Chain, Clamp, Conversion, Lincomb, Noise, NoiseSource, Recompute, Sigma};
+use crate::lincomb::{
+    Chain, Clamp, Conversion, ElementWeights, Lincomb, Noise, NoiseSource, Recompute, Sigma,
+};
 use crate::random::philox::fill_normals;
 use crate::target::Op;
 use crate::tensor::{Device, Tensor};
@@ -81,6 +83,9 @@ enum Case {
     /// UniPC: thresholded conversion, history, base ≠ x, two terms, the chained predictor
     /// (its corrected sample kept in the sample dtype), noise on the final sum.
     Chain,
+    /// DPM-Solver-v3: the chain with per-element weights (rows of a coefficient tensor) on r,
+    /// the base, m, the terms, the chained ones, and both biases; one term's slot scalar-only.
+    Elem,
 }
 
 fn check_pass<D: Elem + Default, S: Elem + Default>(
@@ -90,6 +95,7 @@ fn check_pass<D: Elem + Default, S: Elem + Default>(
     off: usize,
 ) {
     let n = batch * ps;
+    let elem_rows = 12;
     let stride = match case {
         Case::Learned | Case::LearnedSqrt => 2 * ps,
         _ => ps,
@@ -104,6 +110,7 @@ fn check_pass<D: Elem + Default, S: Elem + Default>(
     let t1: Vec<D> = stored(&values(n, 4), off);
     let t2: Vec<D> = stored(&values(n, 5), off);
     let nz: Vec<f32> = stored(&values(n, 6), off);
+    let coef_vals: Vec<f32> = values(elem_rows * ps, 7);
     let shape = [batch, ps];
     let run = |emulated: bool| -> (Vec<D>, Vec<D>, Vec<f32>, Vec<S>) {
         let mut out = vec![D::default(); n + off];
@@ -118,6 +125,7 @@ fn check_pass<D: Elem + Default, S: Elem + Default>(
             t2.clone(),
             nz.clone(),
         );
+        let mut coef = coef_vals.clone();
         let mut lc = Lincomb::new("test", tensor(&mut out, off, &shape));
         let conv = |x: Tensor, mo: Tensor| Conversion {
             x,
@@ -231,6 +239,33 @@ fn check_pass<D: Elem + Default, S: Elem + Default>(
                     sigma: Sigma::Fixed(0.05),
                 });
             }
+            Case::Elem => {
+                let mut c = conv(xt, mot);
+                (c.r, c.w) = (1.0, 0.6);
+                lc.conv = Some(c);
+                lc.hist = Some(tensor(&mut hist, off, &shape));
+                lc.base = Some((tensor(&mut u, off, &shape), 1.0));
+                lc.terms.push((tensor(&mut t1, off, &shape), 1.0));
+                lc.terms.push((tensor(&mut t2, off, &shape), 0.3));
+                lc.chain = Some(Chain {
+                    mid: tensor(&mut mid, off, &shape),
+                    a: 1.0,
+                    wm: 1.0,
+                    c: vec![1.0, -0.5],
+                });
+                lc.elem = Some(ElementWeights {
+                    coef: tensor(&mut coef, 0, &[elem_rows, ps]),
+                    r: Some(0),
+                    a: Some(1),
+                    wm: Some(2),
+                    c: vec![Some(3), None],
+                    bias: Some(4),
+                    chain_a: Some(5),
+                    chain_wm: Some(6),
+                    chain_c: vec![Some(7), Some(8)],
+                    chain_bias: Some(9),
+                });
+            }
         }
         if emulated {
             lc.launch(&EmulatedLauncher { max_blocks: 3 }).unwrap();
@@ -315,6 +350,10 @@ macro_rules! pass_tests {
             #[test]
             fn chain() {
                 check_shapes::<$d, $s>(Case::Chain);
+            }
+            #[test]
+            fn elem() {
+                check_shapes::<$d, $s>(Case::Elem);
             }
         }
     )*};
