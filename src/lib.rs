@@ -30,6 +30,7 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::dpm_multistep::PyDpmMultistep>()?;
     m.add_class::<py::dpm_singlestep::PyDpmSinglestep>()?;
     m.add_class::<py::unipc::PyUniPc>()?;
+    m.add_class::<py::dpm_solver_v3::PyDpmSolverV3>()?;
     m.add_function(wrap_pyfunction!(
         py::dpm_singlestep::singlestep_order_list,
         m

@@ -23,6 +23,7 @@ from ._rdiff import (
 )
 from ._rdiff import backends as _backends
 from .analytic import GammaTable, estimate_gamma, optimal_trajectory
+from .ems import EMSTable, estimate_ems
 from .noise import randn
 from .sampling import SampleInfo, model_wrapper, sample
 from .schedulers import (
@@ -30,6 +31,7 @@ from .schedulers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     DPMSolverSinglestepScheduler,
+    DPMSolverV3Scheduler,
     SchedulerOutput,
     UniPCMultistepScheduler,
 )
@@ -56,6 +58,8 @@ __all__ = [
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
+    "DPMSolverV3Scheduler",
+    "EMSTable",
     "GammaTable",
     "NoiseSchedule",
     "RdiffError",
@@ -66,6 +70,7 @@ __all__ = [
     "WeightsError",
     "__version__",
     "backends",
+    "estimate_ems",
     "estimate_gamma",
     "k",
     "model_wrapper",

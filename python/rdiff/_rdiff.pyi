@@ -271,6 +271,61 @@ class _UniPc:
         converted output into ``hist``, the corrected sample into ``corrected``, the result
         into ``prev``. Returns the predictor's order (0 when ``predict`` is off)."""
 
+class _DpmSolverV3Args(TypedDict):
+    solver_order: int
+    predictor_pseudo: bool
+    use_corrector: bool
+    corrector_pseudo: bool
+    lower_order_final: bool
+    corrector_half: bool
+    prediction_type: str
+
+class _DpmSolverV3:
+    """DPM-Solver-v3's statistics and per-loop coefficients (``rdiff.DPMSolverV3Scheduler``)."""
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        t_start: float,
+        t_end: float,
+        lambdas: list[float],
+        l: npt.NDArray[np.float64],
+        s: npt.NDArray[np.float64],
+        b: npt.NDArray[np.float64],
+        options: _DpmSolverV3Args,
+    ) -> None: ...
+    def set_timesteps(self, steps: int, skip_type: str) -> None:
+        """The run's time steps on the EMS grid and every step's coefficients."""
+    @property
+    def times(self) -> list[float]:
+        """The continuous times t_0 > … > t_K of the run."""
+    @property
+    def indexes(self) -> list[int]:
+        """The EMS grid index of every time step."""
+    @property
+    def orders(self) -> list[tuple[int, int]]:
+        """(corrector order or 0, predictor order) of every step."""
+    def history_needed(self, i: int) -> int:
+        """The earlier f step ``i`` reads."""
+    def coefficients(self) -> npt.NDArray[np.float64]:
+        """Every step's coefficient rows, float64 (steps, 13, per_sample)."""
+    def step(
+        self,
+        i: int,
+        *,
+        model_output: _Tensor,
+        sample: _Tensor,
+        last_sample: _Tensor | None,
+        history: list[_Tensor],
+        coef: _Tensor,
+        hist: _Tensor,
+        prev: _Tensor,
+        corrected: _Tensor | None = None,
+        stream: int = 0,
+    ) -> None:
+        """One fused step: f of the output into ``hist``, the corrected sample into
+        ``corrected`` (with a corrector), the result into ``prev``."""
+
 class _DpmSinglestep:
     """Per-loop constants of the singlestep DPM-Solver (``rdiff.DPMSolverSinglestepScheduler``)."""
 

@@ -18,6 +18,7 @@ SCHEDULERS = (
     "dpmsolver",
     "sde-dpmsolver++",
     "unipc",
+    "dpmsolver-v3",
     "ddim",
     "ddpm",
     "analytic-ddpm",
@@ -29,6 +30,7 @@ _DEFAULT_STEPS = {
     "dpmsolver": 10,
     "sde-dpmsolver++": 20,
     "unipc": 10,
+    "dpmsolver-v3": 10,
     "ddim": 50,
     "ddpm": 1000,
     "analytic-ddpm": 50,
@@ -83,6 +85,7 @@ def make_scheduler(
     order: int | None,
     gamma: str | None = None,
     variance: str | None = None,
+    ems: str | None = None,
 ):
     """An rdiff scheduler for ``name`` (one of ``SCHEDULERS``), with the model's β schedule;
     ``variance`` is DDPM's ``variance_type`` (``fixed_small``: σ² = β̃, the default;
@@ -101,6 +104,14 @@ def make_scheduler(
         )
     if name == "unipc":
         return rdiff.UniPCMultistepScheduler(**base, solver_order=order or 2)
+    if name == "dpmsolver-v3":
+        epath = Path(ems) if ems else folder / "ems.npz"
+        if not epath.is_file():
+            raise SystemExit(
+                f"rdiff: dpmsolver-v3 needs the model's EMS table ({epath} is missing; make one "
+                "with rdiff.estimate_ems and pass --ems)"
+            )
+        return rdiff.DPMSolverV3Scheduler(ems=str(epath), **base, solver_order=order or 3)
     if order not in (None, 1):
         raise SystemExit(
             f"rdiff: --order applies to the DPM-Solver and UniPC schedulers, not {name}"
@@ -144,14 +155,17 @@ def sample_images(
     scheduler.set_timesteps(steps)
     timesteps = np.asarray(scheduler.timesteps)
     nfe = len(timesteps)
+    # DPM-Solver-v3's timesteps are fractional: the network and the step get them as they are
+    fractional = timesteps.dtype.kind == "f"
     outs = []
     bar = tqdm(total=nfe * ((n + batch_size - 1) // batch_size), disable=not progress, unit="step")
     for start in range(0, n, batch_size):
         scheduler.set_timesteps(steps)
         x = np.ascontiguousarray(x_all[start : start + batch_size]) * scheduler.init_noise_sigma
         for t in timesteps:
-            eps = unet(x, np.full((x.shape[0],), t, dtype=np.int64))
-            x = scheduler.step(eps, int(t), x, **noise_kw).prev_sample
+            tt = np.full((x.shape[0],), t, dtype=np.float32 if fractional else np.int64)
+            eps = unet(x, tt)
+            x = scheduler.step(eps, t if fractional else int(t), x, **noise_kw).prev_sample
             bar.update(1)
         outs.append(np.asarray(x, dtype=np.float32))
     bar.close()
@@ -199,7 +213,9 @@ def _sample(args: argparse.Namespace) -> int:
     folder = _resolve_model(args.model)
     steps = args.steps if args.steps is not None else _DEFAULT_STEPS[args.scheduler]
     unet = rdiff.UNet2DModel.from_pretrained(folder, device=args.device, dtype=args.dtype)
-    sched = make_scheduler(args.scheduler, folder, args.order, args.gamma, args.variance)
+    sched = make_scheduler(
+        args.scheduler, folder, args.order, args.gamma, args.variance, getattr(args, "ems", None)
+    )
     t0 = time.perf_counter()
     images, nfe = sample_images(
         unet, sched, args.n, steps, args.seed, args.batch_size, progress=not args.quiet
@@ -271,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         choices=(1, 2, 3),
         default=None,
-        help="DPM-Solver or UniPC order (default 2)",
+        help="DPM-Solver or UniPC order (default 2), DPM-Solver-v3's (default 3)",
     )
     s.add_argument(
         "--variance",
@@ -286,6 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--dtype", default="float32")
     s.add_argument(
         "--gamma", default=None, help="Γ table for analytic-* (default: MODEL/gamma.npz)"
+    )
+    s.add_argument(
+        "--ems",
+        default=None,
+        help="EMS table for dpmsolver-v3 (default: MODEL/ems.npz; rdiff.estimate_ems)",
     )
     s.add_argument("--out", default="grid.png", help="PNG grid ('' for none)")
     s.add_argument("--scale", type=_positive_int, default=4, help="grid upscaling factor")

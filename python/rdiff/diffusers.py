@@ -30,6 +30,7 @@ __all__ = [
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
+    "DPMSolverV3Scheduler",
     "UniPCMultistepScheduler",
 ]
 
@@ -68,5 +69,7 @@ DDIMScheduler = _wrap(_schedulers.DDIMScheduler, DDIMSchedulerOutput)
 DDPMScheduler = _wrap(_schedulers.DDPMScheduler, DDPMSchedulerOutput)
 DPMSolverSinglestepScheduler = _wrap(_schedulers.DPMSolverSinglestepScheduler, SchedulerOutput)
 UniPCMultistepScheduler = _wrap(_schedulers.UniPCMultistepScheduler, SchedulerOutput)
+# No diffusers peer (DPM-Solver-v3 is only in its authors' research code).
+DPMSolverV3Scheduler = _wrap(_schedulers.DPMSolverV3Scheduler, SchedulerOutput)
 # No diffusers peer; its step returns the sample and x0 prediction, as DDPM's does.
 AnalyticDPMScheduler = _wrap(_schedulers.AnalyticDPMScheduler, DDPMSchedulerOutput)

@@ -6,6 +6,7 @@ from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
 from .dpm_multistep import DPMSolverMultistepScheduler
 from .dpm_singlestep import DPMSolverSinglestepScheduler
+from .dpm_solver_v3 import DPMSolverV3Scheduler
 from .unipc import UniPCMultistepScheduler
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
+    "DPMSolverV3Scheduler",
     "SchedulerOutput",
     "UniPCMultistepScheduler",
 ]
