@@ -1,10 +1,11 @@
 """One multistep DPM-Solver++ step, and one UniPC step (corrector + predictor): rdiff
-against diffusers on the same torch CPU tensors.
+against diffusers on the same torch CPU tensors; and one DPM-Solver-v3 step (no peer package
+has it) against rdiff's own DPM-Solver++ 3M step.
 
-Run: python benches/bench_dpm_step.py [--quick] [--only dpm|unipc]. Prints a markdown table per
-scheduler: time per step for both, the ratio, and rdiff's effective bandwidth (bytes a fused
-step must move ÷ its time) against this machine's copy bandwidth measured in the same run (a
-large torch copy).
+Run: python benches/bench_dpm_step.py [--quick] [--only dpm|unipc|v3]. Prints a markdown table
+per scheduler: time per step for both, the ratio, and rdiff's effective bandwidth (bytes a
+fused step must move ÷ its time) against this machine's copy bandwidth measured in the same run
+(a large torch copy).
 """
 
 from __future__ import annotations
@@ -61,6 +62,50 @@ def prepared(cls, order: int, shape, dtype):
     return step
 
 
+def prepared_v3(shape, dtype):
+    """DPM-Solver-v3 at step 5 of 20 (corrector of order 4 and predictor of order 3), with
+    statistics of the sample's shape on a 100-interval grid (values do not matter here)."""
+    rows = 101
+    per = shape[1:]
+    g = torch.Generator().manual_seed(1)
+    ll = 0.9 + 0.1 * torch.rand((rows, *per), generator=g, dtype=torch.float64)
+    sb = 0.1 * torch.randn((2, rows, *per), generator=g, dtype=torch.float64)
+    table = rdiff.EMSTable.from_statistics(ll, sb[0], sb[1], rdiff.NoiseSchedule.discrete())
+    s = rdiff.DPMSolverV3Scheduler(ems=table)
+    s.set_timesteps(20)
+    x = torch.randn(shape, generator=g).to(dtype)
+    mo = torch.randn(shape, generator=g).to(dtype)
+    for t in s.timesteps[:5]:
+        x = s.step(mo, t, x).prev_sample
+    t, hist, last = s.timesteps[5], list(s.model_outputs), s.last_sample
+
+    def step():
+        s._step_index, s.model_outputs, s.last_sample = 5, hist, last
+        s.step(mo, t, x)
+
+    return step
+
+
+def bench_v3(repeat: int, bw: float) -> None:
+    print("\nDPMSolverV3Scheduler (against rdiff's DPMSolverMultistepScheduler, order 3)\n")
+    print("| shape | dtype | DPM-Solver++ 3M | v3 | v3 ÷ 3M | v3 GB/s | % of copy |")
+    print("|---|---|---|---|---|---|---|")
+    for shape in SHAPES[:2]:
+        for dtype in (torch.float32, torch.bfloat16):
+            tp = best_of(prepared(rdiff.DPMSolverMultistepScheduler, 3, shape, dtype), repeat)
+            tv = best_of(prepared_v3(shape, dtype), repeat)
+            numel = torch.Size(shape).numel()
+            esize = torch.empty((), dtype=dtype).element_size()
+            # reads: model output, sample, last sample, 3 history entries, 13 f32 coefficient
+            # rows (shared by the batch); writes: history, corrected sample, sample
+            moved = (3 + 3 + 3) * numel * esize + 13 * 4 * numel // shape[0]
+            gbs = moved / tv / 1e9
+            print(
+                f"| {tuple(shape)} | {str(dtype)[6:]} | {tp * 1e6:.0f} µs | {tv * 1e6:.0f} µs | "
+                f"{tv / tp:.2f} | {gbs:.1f} | {100 * gbs * 1e9 / bw:.0f}% |"
+            )
+
+
 def copy_bandwidth() -> float:
     a = torch.empty(64 * 2**20 // 4)  # 64 MiB, well past the caches
     b = torch.empty_like(a)
@@ -81,7 +126,7 @@ SCHEDULERS = {
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
-    ap.add_argument("--only", choices=sorted(SCHEDULERS), help="one scheduler")
+    ap.add_argument("--only", choices=[*sorted(SCHEDULERS), "v3"], help="one scheduler")
     args = ap.parse_args()
     repeat = 3 if args.quick else 7
     bw = copy_bandwidth()
@@ -109,6 +154,8 @@ def main() -> None:
                         f"| {tuple(shape)} | {order} | {str(dtype)[6:]} | {td * 1e6:.0f} µs | "
                         f"{tr * 1e6:.0f} µs | {td / tr:.1f}× | {gbs:.1f} | {pct:.0f}% |"
                     )
+    if args.only in (None, "v3"):
+        bench_v3(repeat, bw)
 
 
 if __name__ == "__main__":

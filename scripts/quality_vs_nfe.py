@@ -45,6 +45,10 @@ SETTINGS = {
     "DPM-Solver++-3M": ("dpmsolver++", 3, None),
     "UniPC-2 (bh2)": ("unipc", 2, None),
     "UniPC-3 (bh2)": ("unipc", 3, None),
+    # DPM-Solver-v3 with the bundled EMS table: the authors' discrete default spacing
+    # (time_uniform) and their advice for low-resolution models (logSNR)
+    "DPM-Solver-v3": ("dpmsolver-v3", 3, None),
+    "DPM-Solver-v3 (logSNR)": ("dpmsolver-v3", 3, "logSNR"),
 }
 
 
@@ -72,6 +76,11 @@ def _scheduler(folder: Path, name: str, order, trajectory):
             return _OnUniformTrajectory(sched, uniform)
         return sched
     sched = make_scheduler(name, folder, order)
+    if name == "dpmsolver-v3":
+        if trajectory is not None:
+            cfg = {**sched.config, "skip_type": trajectory}
+            sched = rdiff.DPMSolverV3Scheduler.from_config(cfg)
+        return sched
     if trajectory is not None:
         cfg = dict(sched.config)
         cfg["trajectory"] = trajectory
