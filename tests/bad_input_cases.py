@@ -43,6 +43,9 @@ M = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
 TX, TM = torch.from_numpy(X.copy()), torch.from_numpy(M.copy())
 GAMMA = [0.9] * 1000
 SCHED = rdiff.NoiseSchedule.discrete()
+# DPM-Solver-v3's statistics for X's sample shape (3, 4, 4) on a 100-interval grid
+_L = 0.9 + 0.1 * rng.random((101, 3, 4, 4))
+EMS = rdiff.EMSTable.from_statistics(_L, 0.1 * (_L - 0.95), 0.05 * _L, SCHED)
 
 PLAIN = {
     "multistep": rdiff.DPMSolverMultistepScheduler,
@@ -51,6 +54,7 @@ PLAIN = {
     "ddpm": rdiff.DDPMScheduler,
     "analytic": rdiff.AnalyticDPMScheduler,
     "unipc": rdiff.UniPCMultistepScheduler,
+    "v3": rdiff.DPMSolverV3Scheduler,
 }
 WRAPPED = {
     "multistep": rdd.DPMSolverMultistepScheduler,
@@ -59,6 +63,7 @@ WRAPPED = {
     "ddpm": rdd.DDPMScheduler,
     "analytic": rdd.AnalyticDPMScheduler,
     "unipc": rdd.UniPCMultistepScheduler,
+    "v3": rdd.DPMSolverV3Scheduler,
 }
 PEER = {
     "multistep": diffusers.DPMSolverMultistepScheduler,
@@ -74,6 +79,8 @@ def make(kind, wrapped=False, n=10, **kw):
     cls = (WRAPPED if wrapped else PLAIN)[kind]
     if kind == "analytic":
         kw.setdefault("gamma", GAMMA)
+    if kind == "v3":
+        kw.setdefault("ems", EMS)
     s = cls(**kw)
     if n:
         s.set_timesteps(n)
@@ -231,7 +238,7 @@ def gamma_file(**entries):
     return p
 '''
 
-KINDS = ("multistep", "singlestep", "ddim", "ddpm", "analytic", "unipc")
+KINDS = ("multistep", "singlestep", "ddim", "ddpm", "analytic", "unipc", "v3")
 
 
 def _scheduler_cases() -> list[Case]:
@@ -448,11 +455,19 @@ def _scheduler_cases() -> list[Case]:
                     "ValueError",
                     r"sample.*(empty|non-empty)",
                 ),
-                # zero-size but with a batch: runs, as diffusers' elementwise step does
+                # zero-size but with a batch: runs, as diffusers' elementwise step does;
+                # DPM-Solver-v3's statistics have the sample's shape, so it refuses another
                 Case(
                     f"{p}.step.zero_channels_runs",
                     f"y = run_loop({mk}, X[:, :0])\nassert y.shape == (2, 0, 4, 4)",
                     None,
+                )
+                if kind != "v3"
+                else Case(
+                    f"{p}.step.sample_shape_not_the_tables",
+                    f"run_loop({mk}, X[:, :2])",
+                    "ValueError",
+                    r"2 elements per sample|32 elements per sample.*EMS table has 48",
                 ),
                 Case(
                     f"{p}.step.scalar_arrays",
@@ -1956,6 +1971,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
     ),
     "test_dpm_singlestep": ("rdiff.singlestep.", "rdd.singlestep.", "huge.singlestep."),
     "test_unipc": ("rdiff.unipc.", "rdd.unipc."),
+    "test_dpm_solver_v3": ("rdiff.v3.", "rdd.v3."),
     "test_ddim_ddpm": (
         "rdiff.ddim.",
         "rdd.ddim.",

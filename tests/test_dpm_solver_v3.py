@@ -279,3 +279,10 @@ def test_bad_input(fx, tmp_path):
         rdiff.DPMSolverV3Scheduler(ems=table, solver_order=4)
     with pytest.raises(ValueError, match="skip_type"):
         rdiff.DPMSolverV3Scheduler(ems=table, skip_type="karras")
+
+
+# -- the bad-input battery's DPM-Solver-v3 cases (bad_input_cases.py, "rdiff.v3.*")
+
+from bad_input_cases import bad_input_test
+
+test_bad_input_case = bad_input_test(__name__)

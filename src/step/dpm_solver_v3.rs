@@ -37,7 +37,7 @@ pub struct DpmSolverV3 {
     pub schedule: NoiseSchedule,
     pub options: V3Options,
     pub prediction: PredictionType,
-    /// The model's time input per unit t: t_input = scale·(t − t_min)… see `model_time`.
+    /// The run's time steps on the EMS grid.
     pub points: Vec<GridPoint>,
     /// (corrector order or 0, predictor order) of every step.
     pub orders: Vec<(usize, usize)>,
@@ -89,6 +89,13 @@ impl DpmSolverV3 {
             return value_err!("num_inference_steps: must be at least 1, got 0");
         }
         let ems = &self.ems;
+        if steps > ems.intervals() {
+            return value_err!(
+                "num_inference_steps: {steps} is more than the EMS grid's {} intervals (the \
+                 time steps are snapped to the grid: estimate the statistics on a finer grid)",
+                ems.intervals()
+            );
+        }
         let sch = &self.schedule;
         let (lo, hi) = (ems.lambdas()[0], ems.lambdas()[ems.intervals()]);
         let raw: Vec<f64> = if skip_type == "edm" {
@@ -159,8 +166,9 @@ impl DpmSolverV3 {
 
     /// History entries step `i` reads.
     pub fn history_needed(&self, i: usize) -> usize {
-        let (c, p) = self.orders[i];
-        c.saturating_sub(1).max(p - 1)
+        self.orders
+            .get(i)
+            .map_or(0, |&(c, p)| c.saturating_sub(1).max(p - 1))
     }
 
     /// The fused pass of step `i`.
@@ -171,7 +179,7 @@ impl DpmSolverV3 {
                 self.steps()
             );
         }
-        let (c, p) = self.orders[i];
+        let (c, _) = self.orders[i];
         let x = &io.sample;
         batch_of(x)?;
         let stride = mo_stride(&io.model_output, x, false)?;
@@ -254,7 +262,6 @@ impl DpmSolverV3 {
         } else {
             lc.base = Some((x.clone(), 1.0));
         }
-        let _ = p;
         let ps = x.numel / x.shape[0];
         if ps != self.ems.per_sample() {
             return value_err!(
