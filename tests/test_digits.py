@@ -28,6 +28,7 @@ def test_bundled_folder_is_complete():
         "classifier.npz",
         "data.npz",
         "gamma.npz",
+        "ems.npz",
     ):
         assert (FOLDER / name).is_file(), name
     cfg = json.loads((FOLDER / "config.json").read_text())
@@ -35,7 +36,8 @@ def test_bundled_folder_is_complete():
 
 
 @pytest.mark.parametrize(
-    "scheduler", ["dpmsolver++", "dpmsolver", "sde-dpmsolver++", "unipc", "ddim", "ddpm"]
+    "scheduler",
+    ["dpmsolver++", "dpmsolver", "sde-dpmsolver++", "unipc", "dpmsolver-v3", "ddim", "ddpm"],
 )
 def test_sample_png_deterministic(tmp_path, scheduler, capsys):
     outs = []
@@ -186,3 +188,17 @@ def test_metric_floor_and_noise():
 from bad_input_cases import bad_input_test
 
 test_bad_input_case = bad_input_test(__name__)
+
+
+def test_dpmsolver_v3_options(tmp_path):
+    """--skip-type and --ems for dpmsolver-v3; a missing table or a misplaced option is a
+    one-line error."""
+    npz = tmp_path / "v3.npz"
+    argv = ["sample", "--scheduler", "dpmsolver-v3", "--steps", "5", "--n", "3", "--quiet"]
+    argv += ["--out", ""]
+    assert cli.main([*argv, "--skip-type", "time_quadratic", "--save-npz", str(npz)]) == 0
+    assert np.isfinite(np.load(npz)["samples"]).all()
+    with pytest.raises(SystemExit, match="needs the model's EMS table"):
+        cli.main([*argv, "--ems", str(tmp_path / "missing.npz")])
+    with pytest.raises(SystemExit, match="--skip-type applies to dpmsolver-v3"):
+        cli.main(["sample", "--scheduler", "ddim", "--skip-type", "logSNR", "--quiet"])
