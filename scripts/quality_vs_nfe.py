@@ -46,9 +46,11 @@ SETTINGS = {
     "UniPC-2 (bh2)": ("unipc", 2, None),
     "UniPC-3 (bh2)": ("unipc", 3, None),
     # DPM-Solver-v3 with the bundled EMS table: the authors' discrete default spacing
-    # (time_uniform) and their advice for low-resolution models (logSNR)
+    # (time_uniform), their advice for low-resolution models (logSNR) and DDIM's
+    # (time_quadratic)
     "DPM-Solver-v3": ("dpmsolver-v3", 3, None),
     "DPM-Solver-v3 (logSNR)": ("dpmsolver-v3", 3, "logSNR"),
+    "DPM-Solver-v3 (time_quadratic)": ("dpmsolver-v3", 3, "time_quadratic"),
 }
 
 

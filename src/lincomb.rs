@@ -21,7 +21,10 @@
 //! ```
 //!
 //! with σ a scalar or read per element from the model output's variance channels, and n a
-//! float32 buffer or the Philox stream (`random::philox`) drawn in the pass.
+//! float32 buffer or the Philox stream (`random::philox`) drawn in the pass. With
+//! [`ElementWeights`] (DPM-Solver-v3) r, a, wm, the c_i and the chain's a', wm', c'_i may each
+//! be their scalar times a row of a coefficient tensor (one value per element of a sample,
+//! the same for every sample), and y and the chained sum each get a bias row after the terms.
 
 use crate::dtype::DType;
 use crate::error::{RdiffError, Result};
