@@ -152,6 +152,7 @@ def test_shards_merge_exactly():
     ]
     merged = parts_f[0] + parts_f[1]
     assert merged.count_f == 96
+    assert merged == one
     np.testing.assert_array_equal(merged.l, one.l)
     np.testing.assert_array_equal(merged.s, one.s)
     np.testing.assert_array_equal(merged.b, one.b)
@@ -160,6 +161,8 @@ def test_shards_merge_exactly():
     stray = rdiff.estimate_ems(gm.model(sch), data[:32], sch, stage="f", l_table=other_l, **kw)
     with pytest.raises(ValueError, match="different l"):
         merged.merge(stray)
+    with pytest.raises(ValueError, match="f stage and the other not"):
+        merged.merge(merged_l)
 
 
 def test_file_round_trip_and_corruption(tmp_path):
@@ -218,3 +221,42 @@ def test_estimate_bad_input():
 
     with pytest.raises(ValueError, match="non-finite"):
         rdiff.estimate_ems(nan_model, data, sch, steps=4, progress=False)
+
+
+def _dist_worker(rank, world, init_file, out_path):
+    """Rank `rank` of a two-stage sharded estimate, all-reduced after each stage."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        gm, sch, data, kw = _dist_setup()
+        lo, hi = (0, 64) if rank == 0 else (64, 96)
+        model = gm.model(sch)
+        ll = rdiff.estimate_ems(model, data[lo:hi], sch, offset=lo, stage="l", **kw)
+        ll = ll.all_reduce()
+        ff = rdiff.estimate_ems(
+            model, data[lo:hi], sch, offset=lo, stage="f", l_table=ll, **kw
+        ).all_reduce()
+        if rank == 0:
+            ff.save(out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def _dist_setup():
+    mu, std = _gaussian(d=4)
+    gm = rdiff.testing.GaussianMixture(np.stack([mu, -mu]), np.stack([std, std[::-1]]))
+    sch = _schedule()
+    return gm, sch, gm.sample_data(96, seed=5), dict(steps=12, batch_size=32, progress=False)
+
+
+def test_two_rank_all_reduce_equals_single_process(tmp_path):
+    """Two torch.distributed ranks (gloo), each stage all-reduced: the one-shot table."""
+    pytest.importorskip("torch")
+    import torch.multiprocessing as mp
+
+    out, init = tmp_path / "merged.npz", tmp_path / "rendezvous"
+    mp.spawn(_dist_worker, args=(2, str(init), str(out)), nprocs=2, join=True)
+    gm, sch, data, kw = _dist_setup()
+    one = rdiff.estimate_ems(gm.model(sch), data, sch, **kw)
+    assert rdiff.EMSTable.load(out, schedule=sch) == one

@@ -155,9 +155,8 @@ class EMSTable:
         if statistics is not None:
             st = [np.array(v, dtype=np.float64).reshape(rows, ps) for v in statistics]
             self._stats = tuple(st)
-        if self._stats is None and (self._sums_l is None or self._sums_f is None):
-            if self._sums_l is None:
-                raise ValueError("EMSTable: needs either statistics or the stage sums")
+        if self._stats is None and self._sums_l is None:
+            raise ValueError("EMSTable: needs either statistics or the stage sums")
         if (self._sums_l is not None) != (self._count_l > 0):
             raise ValueError("EMSTable: sums_l and count_l go together")
         if (self._sums_f is not None) != (self._count_f > 0) or (
@@ -312,27 +311,30 @@ class EMSTable:
     def merge(self, other: EMSTable) -> EMSTable:
         """The table of both sample sets (sums and counts added exactly).
 
-        f-stage sums merge only when both tables used the same l (the stage-f estimates of
-        one sharded run); a table without them takes the other's.
+        Tables of the l stage add their l sums. Tables of the f stage (which carry the merged
+        l stage they were estimated with) must share it, and add their f sums.
         """
         self._same_grid(other)
+        mine, theirs = self._sums_f is not None, other._sums_f is not None
+        if mine != theirs:
+            raise ValueError(
+                "merge: one table has the f stage and the other not (merge the l stages, "
+                "estimate stage 'f' with the merged table, then merge those)"
+            )
         kw: dict[str, Any] = {}
-        if self._sums_l is not None and other._sums_l is not None:
+        if not mine:
             kw["sums_l"] = _add(self._sums_l, other._sums_l)
             kw["count_l"] = self._count_l + other._count_l
         else:
-            src = self if self._sums_l is not None else other
-            kw["sums_l"], kw["count_l"] = src._sums_l, src._count_l
-        mine, theirs = self._sums_f is not None, other._sums_f is not None
-        if mine and theirs:
-            if not np.array_equal(self._l_used, other._l_used):
+            if not (
+                np.array_equal(self._l_used, other._l_used)
+                and np.array_equal(self._sums_l, other._sums_l)
+            ):
                 raise ValueError("merge: the f stages used different l (merge the l stages first)")
+            kw["sums_l"], kw["count_l"] = self._sums_l, self._count_l
             kw["sums_f"] = {k: _add(self._sums_f[k], other._sums_f[k]) for k in _F_SUMS}
             kw["count_f"] = self._count_f + other._count_f
             kw["l_used"] = self._l_used
-        elif mine or theirs:
-            src = self if mine else other
-            kw["sums_f"], kw["count_f"], kw["l_used"] = src._sums_f, src._count_f, src._l_used
         return EMSTable(self._ac, self._t_start, self._t_end, self._lambdas, self._shape, **kw)
 
     def __add__(self, other: EMSTable) -> EMSTable:
@@ -341,23 +343,19 @@ class EMSTable:
     def all_reduce(self, group: Any = None) -> EMSTable:
         """The merge of every rank's table under ``torch.distributed`` (exact: int64 sums).
 
-        Every rank must hold the same stage(s) of one grid; for the f stage, the same l.
+        Every rank must hold the same stage of one grid: l-stage tables add their l sums,
+        f-stage tables (estimated with the same merged l) their f sums.
         """
         import torch
         import torch.distributed as dist
 
-        stats = [
-            s
-            for s in (
-                [self._sums_l] + [self._sums_f[k] for k in _F_SUMS]
-                if self._sums_f is not None
-                else [self._sums_l]
-            )
-            if s is not None
-        ]
+        if self._sums_l is None:
+            raise ValueError("all_reduce: a table made from given statistics has no sums")
+        f_stage = self._sums_f is not None
+        stats = [self._sums_f[k] for k in _F_SUMS] if f_stage else [self._sums_l]
         digest = hashlib.sha256(self._lambdas.tobytes())
-        if self._l_used is not None:
-            digest.update(self._l_used.tobytes())
+        if f_stage:
+            digest.update(self._sums_l.tobytes())
         check = torch.tensor(
             [len(stats), *np.frombuffer(digest.digest()[:16], dtype=np.int64).tolist()],
             dtype=torch.int64,
@@ -367,15 +365,21 @@ class EMSTable:
         if not torch.equal(ref, check):
             raise ValueError("all_reduce: the ranks' tables differ in grid, stage or l")
         payload = torch.from_numpy(np.stack(stats).copy())
-        counts = torch.tensor([self._count_l, self._count_f], dtype=torch.int64)
+        count = torch.tensor([self._count_f if f_stage else self._count_l], dtype=torch.int64)
         dist.all_reduce(payload, op=dist.ReduceOp.SUM, group=group)
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(count, op=dist.ReduceOp.SUM, group=group)
         out = payload.numpy()
-        kw: dict[str, Any] = {"sums_l": out[0], "count_l": int(counts[0])}
-        if self._sums_f is not None:
-            kw["sums_f"] = {k: out[1 + i] for i, k in enumerate(_F_SUMS)}
-            kw["count_f"] = int(counts[1])
-            kw["l_used"] = self._l_used
+        kw: dict[str, Any]
+        if f_stage:
+            kw = {
+                "sums_l": self._sums_l,
+                "count_l": self._count_l,
+                "sums_f": {k: out[i] for i, k in enumerate(_F_SUMS)},
+                "count_f": int(count[0]),
+                "l_used": self._l_used,
+            }
+        else:
+            kw = {"sums_l": out[0], "count_l": int(count[0])}
         return EMSTable(self._ac, self._t_start, self._t_end, self._lambdas, self._shape, **kw)
 
     # -- files ---------------------------------------------------------------------------------
