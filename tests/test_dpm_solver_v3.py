@@ -190,6 +190,23 @@ def test_emulated_kernel_gives_the_cpu_bits(fx):
         assert_bit_equal(cpu, emu, str(dt))
 
 
+def test_begin_index_restarts_the_warm_up(fx):
+    """img2img: set_begin_index(k) after set_timesteps starts the multistep warm-up at step k
+    (first order, no corrector), and the rest of the run is the plain run's plan shifted."""
+    cfg = fx["settings"]["sampler"]["configs"]["tu_o3_pc"]
+    s = _scheduler(_table(fx), cfg)
+    s.set_timesteps(10)
+    full = list(s._orders)
+    s.set_begin_index(4)
+    assert s._orders[4] == (0, 1) and s._orders[5] == (2, 2)
+    assert s._orders[4:] != full[4:]
+    x = fx["x_T"].copy()
+    model = _gm_model(fx)
+    for t in s.timesteps[4:]:
+        x = s.step(model(x, t), t, x).prev_sample
+    assert np.isfinite(x).all() and s.step_index == 10
+
+
 def test_diffusers_wrapper_and_from_config(fx):
     pytest.importorskip("diffusers")
     from rdiff.diffusers import DPMSolverMultistepScheduler, DPMSolverV3Scheduler
@@ -270,9 +287,8 @@ def test_bad_input(fx, tmp_path):
     s.set_timesteps(5)
     with pytest.raises(ValueError, match="not one of this run's time steps"):
         s.step(x, 998.5, x)
-    # starting mid-run: the multistep history is missing
+    # starting mid-run without set_begin_index: the multistep history is missing
     s.set_timesteps(5)
-    s.set_begin_index(3)
     with pytest.raises(ValueError, match="earlier model outputs"):
         s.step(x, s.timesteps[3], x)
     with pytest.raises(ValueError, match="solver_order"):

@@ -189,24 +189,23 @@ def test_config_rewritten_mid_loop_with_custom_timesteps():
     assert ours.timesteps.tolist() == ts
 
 
-def test_dpm_solver_v3_in_txt2img(models):
+@pytest.mark.parametrize("img2img", [False, True], ids=["txt2img", "img2img"])
+def test_dpm_solver_v3_in_pipelines(models, img2img):
     """DPM-Solver-v3 drives the pipeline's loop: fractional timesteps into diffusers' UNet,
     set_timesteps(device=...), classifier-free guidance; the same run twice gives the same
-    image. (No peer to compare with; img2img is not supported: the multistep history must
-    start at the first step.)"""
+    image; img2img starts the multistep warm-up at the pipeline's begin index."""
     sched_cfg = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     schedule = rdiff.NoiseSchedule.discrete(1000, "scaled_linear", 0.00085, 0.012)
     rng = np.random.default_rng(0)
     ll = 0.9 + 0.1 * rng.random((61, 4, 8, 8))
     table = rdiff.EMSTable.from_statistics(ll, 0.1 * (ll - 0.95), 0.02 * ll, schedule)
-    pipe = _pipe(
-        diffusers.StableDiffusionPipeline,
-        models,
-        rdiff.diffusers.DPMSolverV3Scheduler(ems=table, **sched_cfg),
-    )
-    a = _images(pipe, img2img=False)
-    b = _images(pipe, img2img=False)
+    cls = diffusers.StableDiffusionImg2ImgPipeline if img2img else diffusers.StableDiffusionPipeline
+    pipe = _pipe(cls, models, rdiff.diffusers.DPMSolverV3Scheduler(ems=table, **sched_cfg))
+    a = _images(pipe, img2img=img2img)
+    b = _images(pipe, img2img=img2img)
     assert np.isfinite(a).all() and np.array_equal(a, b)
     ts = pipe.scheduler.timesteps
     assert ts.dtype == torch.float64 and float(ts[0]) == 999.0 and len(ts) == 6
+    if img2img:
+        assert pipe.scheduler.begin_index == 2 and pipe.scheduler.step_index == 6
     assert any(float(t) != round(float(t)) for t in ts)  # fractional, as the authors'

@@ -294,8 +294,8 @@ class _DpmSolverV3:
         b: npt.NDArray[np.float64],
         options: _DpmSolverV3Args,
     ) -> None: ...
-    def set_timesteps(self, steps: int, skip_type: str) -> None:
-        """The run's time steps on the EMS grid and every step's coefficients."""
+    def set_timesteps(self, steps: int, skip_type: str, begin: int = 0) -> None:
+        """The run's time steps on the EMS grid and the coefficients of steps ``begin``…"""
     @property
     def times(self) -> list[float]:
         """The continuous times t_0 > … > t_K of the run."""

@@ -84,10 +84,18 @@ impl PyDpmSolverV3 {
         })
     }
 
-    /// Computes the run's time steps and coefficients (GIL released).
-    fn set_timesteps(&mut self, py: Python<'_>, steps: usize, skip_type: &str) -> PyResult<()> {
+    /// Computes the run's time steps and coefficients for a loop starting at step `begin`
+    /// (GIL released).
+    #[pyo3(signature = (steps, skip_type, begin=0))]
+    fn set_timesteps(
+        &mut self,
+        py: Python<'_>,
+        steps: usize,
+        skip_type: &str,
+        begin: usize,
+    ) -> PyResult<()> {
         let inner = &mut self.inner;
-        py.detach(|| inner.set_timesteps(steps, skip_type))?;
+        py.detach(|| inner.set_timesteps(steps, skip_type, begin))?;
         Ok(())
     }
 

@@ -83,10 +83,14 @@ impl DpmSolverV3 {
     }
 
     /// The run's time steps (`steps` + 1 grid points from the grid's noisy end) and every
-    /// step's coefficients.
-    pub fn set_timesteps(&mut self, steps: usize, skip_type: &str) -> Result<()> {
+    /// step's coefficients, for a loop that starts at step `begin` (img2img: the multistep
+    /// warm-up starts there; the steps before it are never taken and have no coefficients).
+    pub fn set_timesteps(&mut self, steps: usize, skip_type: &str, begin: usize) -> Result<()> {
         if steps == 0 {
             return value_err!("num_inference_steps: must be at least 1, got 0");
+        }
+        if begin >= steps {
+            return value_err!("begin_index: {begin} is not one of the {steps} steps");
         }
         let ems = &self.ems;
         if steps > ems.intervals() {
@@ -115,10 +119,16 @@ impl DpmSolverV3 {
         };
         let points = grid_points(ems, sch, &raw)?;
         let times: Vec<f64> = points.iter().map(|p| p.t).collect();
-        let orders = step_orders(&times, &self.options)?;
+        let mut orders = vec![(0, 1); begin];
+        orders.extend(step_orders(&times[begin..], &self.options)?);
         let ps = ems.per_sample();
         let mut coef = vec![0.0; steps * ROWS * ps];
-        for (i, (block, &(c, p))) in coef.chunks_mut(ROWS * ps).zip(&orders).enumerate() {
+        let blocks = coef
+            .chunks_mut(ROWS * ps)
+            .zip(&orders)
+            .enumerate()
+            .skip(begin);
+        for (i, (block, &(c, p))) in blocks {
             let row = |block: &mut [f64], r: usize, v: &[f64]| {
                 block[r * ps..(r + 1) * ps].copy_from_slice(v);
             };

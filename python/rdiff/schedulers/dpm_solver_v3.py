@@ -146,6 +146,17 @@ class DPMSolverV3Scheduler(SchedulerBase):
         self._reset_loop()
         self._coef = core.coefficients()
 
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the loop at step ``begin_index`` (img2img pipelines): the multistep warm-up
+        (orders, corrector) restarts there, as the authors' sampler would from that time."""
+        b = check_int(begin_index, "begin_index", 0)
+        super().set_begin_index(b)
+        if self._core is not None:
+            self._core.set_timesteps(self.num_inference_steps, self.config.skip_type, b)
+            self._orders = self._core.orders
+            self._coef = self._core.coefficients()
+            self._coef_on = {}
+
     def _coefficients_like(self, tensors: tuple, i: int) -> Any:
         """Step ``i``'s coefficient rows in the pass's arithmetic dtype (float64 only when the
         sample and the model output are) on their device; the run's table is converted once
@@ -187,7 +198,7 @@ class DPMSolverV3Scheduler(SchedulerBase):
         if len(self.model_outputs) < need:
             raise ValueError(
                 f"step: step {i} needs {need} earlier model outputs; steps must run in order "
-                "from the first (set_begin_index does not apply to a multistep solver)"
+                "from the first (or from set_begin_index's)"
             )
         x_all = self.last_sample is None or not corrector
         hist = _tensor.empty_like(x, dtype=mo.dtype)
