@@ -98,7 +98,7 @@ class DPMSolverV3Scheduler(SchedulerBase):
             raise ValueError("ems: the table holds only the l stage (estimate stage 'f' too)")
         self.ems = ems
         rows = ems.steps + 1
-        self._options = dict(
+        options = dict(
             solver_order=int(solver_order),
             predictor_pseudo=bool(predictor_pseudo),
             use_corrector=bool(use_corrector),
@@ -107,15 +107,17 @@ class DPMSolverV3Scheduler(SchedulerBase):
             corrector_half=bool(corrector_half),
             prediction_type=prediction_type,
         )
-        self._core_args = (
+        # The statistics' integrals, once per scheduler; set_timesteps adds a run's plan.
+        self._core = _DpmSolverV3(
+            self.schedule,
             ems.t_start,
             ems.t_end,
             ems.lambdas.tolist(),
             np.ascontiguousarray(ems.l.reshape(rows, -1)),
             np.ascontiguousarray(ems.s.reshape(rows, -1)),
             np.ascontiguousarray(ems.b.reshape(rows, -1)),
+            options,
         )
-        self._core: _DpmSolverV3 | None = None
         self.init_noise_sigma = 1.0
         self.timesteps = self._timesteps_array(np.zeros(0))
         self._reset_loop()
@@ -132,9 +134,8 @@ class DPMSolverV3Scheduler(SchedulerBase):
     def set_timesteps(self, num_inference_steps: int, device: Any = None) -> None:
         """Set the run's ``num_inference_steps`` (= NFE) time steps and their coefficients."""
         n = check_int(num_inference_steps, "num_inference_steps")
-        core = _DpmSolverV3(self.schedule, *self._core_args, self._options)
+        core = self._core
         core.set_timesteps(n, self.config.skip_type)
-        self._core = core
         self._times = np.asarray(core.times)
         self._orders = core.orders
         n_train = self.config.num_train_timesteps
@@ -151,7 +152,7 @@ class DPMSolverV3Scheduler(SchedulerBase):
         (orders, corrector) restarts there, as the authors' sampler would from that time."""
         b = check_int(begin_index, "begin_index", 0)
         super().set_begin_index(b)
-        if self._core is not None:
+        if self.num_inference_steps is not None:
             self._core.set_timesteps(self.num_inference_steps, self.config.skip_type, b)
             self._orders = self._core.orders
             self._coef = self._core.coefficients()
