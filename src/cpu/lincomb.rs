@@ -87,9 +87,10 @@ struct Slices<'a, A, D, S> {
     per_sample: usize,
 }
 
-impl<A: Acc, D, S> Slices<'_, A, D, S> {
-    /// The weight of `slot` over elements `e0 .. e0 + n` of a sample, `scalar` × its row,
-    /// in `buf`; None when the slot has no row (the scalar alone).
+impl<'a, A: Acc, D, S> Slices<'a, A, D, S> {
+    /// The weight of `slot` over elements `e0 .. e0 + n` of a sample, `scalar` × its row
+    /// (in `buf`; the row itself when the scalar is 1, which the product would give exactly);
+    /// None when the slot has no row (the scalar alone).
     #[inline(always)]
     fn weights<'b>(
         &self,
@@ -98,10 +99,16 @@ impl<A: Acc, D, S> Slices<'_, A, D, S> {
         e0: usize,
         n: usize,
         buf: &'b mut [A; LANES],
-    ) -> Option<&'b [A]> {
+    ) -> Option<&'b [A]>
+    where
+        'a: 'b,
+    {
         let (coef, rows) = self.elem.as_ref()?;
         let k = rows[slot]?;
-        let row = &coef[k * self.per_sample + e0..k * self.per_sample + e0 + n];
+        let row: &'a [A] = &coef[k * self.per_sample + e0..k * self.per_sample + e0 + n];
+        if scalar == A::of(1.0) {
+            return Some(row);
+        }
         let b = &mut buf[..n];
         for (w, &c) in b.iter_mut().zip(row) {
             *w = scalar * c;
