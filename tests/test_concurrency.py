@@ -279,3 +279,56 @@ def test_functional_samplers_from_threads_match_serial(framework):
         got = _run_threads(work, _THREADS)
         for i in range(_THREADS):
             assert _equal(got[i][0], serial[i][0]) and _equal(got[i][1], serial[i][1])
+
+
+def _copy_cases():
+    l = np.full((41, 3, 4, 4), 0.95)  # noqa: E741 - the paper's name
+    ems = rdiff.EMSTable.from_statistics(
+        l, 0.05 + 0 * l, 0.01 + 0 * l, rdiff.NoiseSchedule.discrete()
+    )
+    return [
+        (rdiff.DPMSolverMultistepScheduler, {"solver_order": 3}),
+        (rdiff.DPMSolverSinglestepScheduler, {}),
+        (rdiff.UniPCMultistepScheduler, {"solver_order": 3}),
+        (rdiff.DDIMScheduler, {}),
+        (rdiff.DDPMScheduler, {}),
+        (rdiff.AnalyticDPMScheduler, {"gamma": [0.9] * 1000}),
+        (rdiff.DPMSolverV3Scheduler, {"ems": ems}),
+        (rdd.DPMSolverMultistepScheduler, {}),
+        (rdd.UniPCMultistepScheduler, {}),
+        (rdd.DPMSolverV3Scheduler, {"ems": ems}),
+    ]
+
+
+@pytest.mark.parametrize("case", range(10))
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_continue_where_the_original_is(case, how):
+    """copy.deepcopy (the README's advice for one scheduler per thread) and pickle, mid-loop:
+    the copy and the original give the same remaining steps, bit for bit (the Rust core is
+    rebuilt from the config and the loop's arguments; the history is copied)."""
+    import copy
+    import inspect
+    import pickle
+
+    torch = pytest.importorskip("torch")
+    cls, kw = _copy_cases()[case]
+    s = cls(**kw)
+    s.set_timesteps(8)
+    if cls is rdiff.DPMSolverV3Scheduler:
+        s.set_begin_index(1)  # the plan depends on it: the copy must rebuild the same
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 4, 4))).float()
+    start = s.begin_index or 0
+
+    def run(obj, x, ts):
+        for t in ts:
+            gen = torch.Generator().manual_seed(int(t))
+            takes = "generator" in inspect.signature(obj.step).parameters
+            extra = {"generator": gen} if takes else {}
+            x = obj.step(0.1 * x, t, x, **extra).prev_sample
+        return x
+
+    x = run(s, x, s.timesteps[start : start + 3])
+    c = copy.deepcopy(s) if how == "deepcopy" else pickle.loads(pickle.dumps(s))
+    assert type(c) is cls and c.step_index == s.step_index
+    rest = s.timesteps[start + 3 :]
+    assert torch.equal(run(c, x.clone(), rest), run(s, x.clone(), rest))

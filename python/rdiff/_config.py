@@ -30,6 +30,10 @@ class FrozenConfig(dict):
 
     __setitem__ = __delitem__ = __setattr__ = update = pop = setdefault = _refuse  # type: ignore
 
+    def __reduce__(self) -> tuple:
+        # rebuilt whole (pickle's and deepcopy's default would set item by item)
+        return (FrozenConfig, (dict(self),))
+
 
 def _to_plain(value: Any) -> Any:
     if hasattr(value, "tolist"):

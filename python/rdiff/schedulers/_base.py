@@ -77,6 +77,11 @@ _LOOP_STATE = (
 )
 
 
+def _is_native(v: Any) -> bool:
+    """A Rust object (the schedule, a step family's core): not copyable, rebuilt instead."""
+    return type(v).__module__ in ("rdiff", "rdiff._rdiff")
+
+
 def _rdiff_init(cls: type) -> Callable[..., None]:
     """The ``__init__`` of the rdiff scheduler ``cls`` is, or wraps (diffusers' subclasses)."""
     for c in cls.__mro__:
@@ -183,6 +188,28 @@ class SchedulerBase(ConfigMixin):
                 # the newest outputs, in a history as long as the (maybe new) order
                 n = len(self.model_outputs)
                 self.model_outputs = ([None] * n + list(history))[-n:]
+        self._built_from = self.config
+
+    # -- copies and pickles --------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """Everything but the native (Rust) objects, which `__setstate__` rebuilds."""
+        return {k: v for k, v in self.__dict__.items() if not _is_native(v)}
+
+    def __setstate__(self, state: dict) -> None:
+        """Rebuild from the config (the schedule and, mid-loop, the Rust core through
+        `set_timesteps` with its last arguments), then restore the loop's state: a copy
+        continues exactly where the original is (``copy.deepcopy``, ``pickle``)."""
+        self.__dict__.update(state)
+        cfg = self.config
+        init = _rdiff_init(type(self))
+        names = [n for n in inspect.signature(init).parameters if n != "self"]
+        init(self, **{n: cfg[n] for n in names if n in cfg})
+        loop = state.get("_loop_call")
+        if loop is not None:
+            self.set_timesteps(*loop[0], **loop[1])
+        self.__dict__.update(state)
+        if loop is not None and state.get("_begin_index") is not None:
+            self.set_begin_index(state["_begin_index"])  # a plan that depends on it is rebuilt
         self._built_from = self.config
 
     def _init_schedule(
