@@ -28,8 +28,6 @@ const CA: usize = 7; // the chained predictor (after a corrector)
 const CWM: usize = 8;
 const CC: usize = 9; // 9, 10, 11
 const CBIAS: usize = 12;
-/// The most history entries a step reads (the corrector of order 4).
-pub const MAX_HISTORY: usize = 3;
 
 /// One loop's constants and its coefficients.
 pub struct DpmSolverV3 {
