@@ -95,6 +95,26 @@ def _check_npz_sizes(path: str) -> None:
                     )
 
 
+def _read_table(path: str | os.PathLike, owner: str, what: str, build: Any) -> Any:
+    """``build(arrays)`` of the .npz at ``path`` (a statistics table: Γ, EMS), every failure a
+    ``WeightsError`` naming ``owner`` (e.g. "GammaTable.load") and ``what`` the file should be:
+    missing, unreadable, entries whose headers lie about their size, or ``build`` refusing
+    the arrays (KeyError, ValueError, TypeError, IndexError, OverflowError)."""
+    p = os.fspath(path)
+    try:
+        _check_npz_sizes(p)
+        with np.load(p, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise WeightsError(f"{owner}: no such file: {p}") from None
+    except Exception as e:
+        raise WeightsError(f"{owner}: {p} is not a readable .npz file ({e})") from None
+    try:
+        return build(data)
+    except (KeyError, ValueError, TypeError, IndexError, OverflowError) as e:
+        raise WeightsError(f"{owner}: {p} is not a valid {what} ({e})") from None
+
+
 def _same_schedule(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-9, atol=0.0))
 
@@ -322,19 +342,7 @@ class GammaTable:
         Raises ``rdiff.WeightsError`` for a missing, truncated or malformed file, and
         ValueError when ``schedule`` is given and differs from the table's.
         """
-        p = os.fspath(path)
-        try:
-            _check_npz_sizes(p)
-            with np.load(p, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except FileNotFoundError:
-            raise WeightsError(f"GammaTable.load: no such file: {p}") from None
-        except Exception as e:
-            raise WeightsError(f"GammaTable.load: {p} is not a readable .npz file ({e})") from None
-        try:
-            table = cls._from_arrays(data)
-        except (KeyError, ValueError, TypeError, IndexError, OverflowError) as e:
-            raise WeightsError(f"GammaTable.load: {p} is not a valid Γ table ({e})") from None
+        table = _read_table(path, "GammaTable.load", "Γ table", cls._from_arrays)
         if schedule is not None:
             table.check_schedule(schedule)
         return table

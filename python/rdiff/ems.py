@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import _tensor
-from ._rdiff import WeightsError
-from .analytic import _alphas_cumprod, _check_npz_sizes, _model_output, _noise_seed, _same_schedule
+from .analytic import _alphas_cumprod, _model_output, _noise_seed, _read_table, _same_schedule
 
 __all__ = ["EMSTable", "estimate_ems"]
 
@@ -416,19 +415,7 @@ class EMSTable:
         statistics, a grid that is not the schedule's), and ValueError when ``schedule`` is
         given and differs from the table's.
         """
-        p = os.fspath(path)
-        try:
-            _check_npz_sizes(p)
-            with np.load(p, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except FileNotFoundError:
-            raise WeightsError(f"EMSTable.load: no such file: {p}") from None
-        except Exception as e:
-            raise WeightsError(f"EMSTable.load: {p} is not a readable .npz file ({e})") from None
-        try:
-            table = cls._from_arrays(data)
-        except (KeyError, ValueError, TypeError, IndexError, OverflowError) as e:
-            raise WeightsError(f"EMSTable.load: {p} is not a valid EMS table ({e})") from None
+        table = _read_table(path, "EMSTable.load", "EMS table", cls._from_arrays)
         if schedule is not None:
             table.check_schedule(schedule)
         return table
