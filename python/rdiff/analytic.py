@@ -119,6 +119,23 @@ def _same_schedule(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-9, atol=0.0))
 
 
+def _check_table_schedule(what: str, table_ac: np.ndarray, schedule: Any) -> None:
+    """ValueError (prefixed ``what``) unless a statistics table estimated for ᾱ = ``table_ac``
+    (Γ, EMS) belongs to ``schedule``: the same number of training timesteps and ᾱ."""
+    ac = _alphas_cumprod(schedule)
+    if ac.shape != table_ac.shape:
+        raise ValueError(
+            f"{what}: the table was estimated for another noise schedule ({table_ac.shape[0]} "
+            f"training timesteps, not {ac.shape[0]})"
+        )
+    if not _same_schedule(ac, table_ac):
+        i = int(np.argmax(np.abs(ac - table_ac)))
+        raise ValueError(
+            f"{what}: the table was estimated for another noise schedule (ᾱ differs at "
+            f"timestep {i}: {table_ac[i]!r} vs {ac[i]!r})"
+        )
+
+
 def _to_limbs(values: Sequence[int]) -> np.ndarray:
     """Non-negative ints below 2¹²⁸ as (n, 2) uint64 (low, high)."""
     out = np.zeros((len(values), 2), dtype=np.uint64)
@@ -249,18 +266,7 @@ class GammaTable:
 
     def check_schedule(self, schedule: Any) -> None:
         """ValueError unless the table was estimated for ``schedule``'s ᾱ."""
-        ac = _alphas_cumprod(schedule)
-        if ac.shape != self._ac.shape:
-            raise ValueError(
-                f"gamma: the table is for a schedule of {self.num_train_timesteps} training "
-                f"timesteps, not {ac.shape[0]}"
-            )
-        if not _same_schedule(ac, self._ac):
-            i = int(np.argmax(np.abs(ac - self._ac)))
-            raise ValueError(
-                "gamma: the table was estimated for another noise schedule (ᾱ differs at "
-                f"timestep {i}: {self._ac[i]!r} vs {ac[i]!r})"
-            )
+        _check_table_schedule("gamma", self._ac, schedule)
 
     # -- combining -----------------------------------------------------------------------------
     def merge(self, other: GammaTable) -> GammaTable:

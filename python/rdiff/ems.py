@@ -38,7 +38,13 @@ from typing import Any
 import numpy as np
 
 from . import _tensor
-from .analytic import _alphas_cumprod, _model_output, _noise_seed, _read_table, _same_schedule
+from .analytic import (
+    _alphas_cumprod,
+    _check_table_schedule,
+    _model_output,
+    _noise_seed,
+    _read_table,
+)
 
 __all__ = ["EMSTable", "estimate_ems"]
 
@@ -286,12 +292,7 @@ class EMSTable:
 
     def check_schedule(self, schedule: Any) -> None:
         """ValueError unless the table was estimated for ``schedule``'s ᾱ."""
-        ac = _alphas_cumprod(schedule)
-        if ac.shape != self._ac.shape or not _same_schedule(ac, self._ac):
-            raise ValueError(
-                "ems: the table was estimated for another noise schedule "
-                f"({self.num_train_timesteps} training timesteps, ᾱ differing)"
-            )
+        _check_table_schedule("ems", self._ac, schedule)
 
     # -- combining -----------------------------------------------------------------------------
     def _same_grid(self, other: EMSTable) -> None:
