@@ -9,7 +9,9 @@
 //   out = a2·ŷ + (wm2·m + Σ c2_i·t_i) + σ·n     → out (dtype D)
 // With element weights (RD_LC_ELEM, DPM-Solver-v3) a weight may be its scalar times a row of
 // coef (per_sample floats shared by the batch; rows[slot] < 0: the scalar alone), and y and
-// the chained sum get a bias row after the terms; such passes take the scalar path.
+// the chained sum get a bias row after the terms; such passes take the scalar path:
+//   m = rd_mul(r, R[e])·x + w·e,  y = rd_mul(a, A[e])·u + … + Σ rd_mul(c_i, C_i[e])·t_i + BIAS[e]
+//   (the weight first, then weight × value; the bias added last, before the chain and noise).
 // x and u have dtype S; mo, the terms, hist and out dtype D; the noise n is float32 or drawn
 // from the Philox stream; σ is a scalar or read from mo's variance channels (mo + per_sample).
 // Every operation is a correctly rounded rd_* (no FMA contraction), so a GPU computes the CPU

@@ -25,6 +25,17 @@
 //! [`ElementWeights`] (DPM-Solver-v3) r, a, wm, the c_i and the chain's a', wm', c'_i may each
 //! be their scalar times a row of a coefficient tensor (one value per element of a sample,
 //! the same for every sample), and y and the chained sum each get a bias row after the terms.
+//! At element e of every sample (X[e]: the slot's row; 1 and 0 where a slot names none):
+//!
+//! ```text
+//! m   = (r·R[e])·x + w·e
+//! y   = (a·A[e])·u + (wm·WM[e])·m + wg·g + Σ (c_i·C_i[e])·t_i + BIAS[e]
+//! out = (a'·A'[e])·ŷ + ((wm'·WM'[e])·m + Σ (c'_i·C'_i[e])·t_i + BIAS'[e]) + σ·n
+//! ```
+//!
+//! in this order on every target: the weight first (scalar × row, rounded to the arithmetic
+//! type; the row itself when the scalar is 1, the same value), then weight × value, the sums
+//! left to right, the bias last before the chain and the noise.
 
 use crate::dtype::DType;
 use crate::error::{RdiffError, Result};
@@ -222,9 +233,10 @@ impl Lincomb {
         self.out.numel / self.batch().max(1)
     }
 
-    /// The dtype of the arithmetic: f64 when every buffer is f64, else f32.
+    /// The dtype of the arithmetic: f64 when every buffer is f64, else f32 (the element
+    /// weights' coefficients follow it, they do not decide it).
     pub fn acc_dtype(&self) -> DType {
-        if self.inputs().all(|t| t.dtype == DType::F64) && self.out.dtype == DType::F64 {
+        if self.buffers().all(|t| t.dtype == DType::F64) && self.out.dtype == DType::F64 {
             DType::F64
         } else {
             DType::F32
@@ -242,6 +254,11 @@ impl Lincomb {
 
     /// Every tensor the pass reads.
     pub fn inputs(&self) -> impl Iterator<Item = &Tensor> {
+        self.buffers().chain(self.elem.iter().map(|e| &e.coef))
+    }
+
+    /// The inputs but the element weights' coefficients.
+    fn buffers(&self) -> impl Iterator<Item = &Tensor> {
         let conv = self.conv.iter().flat_map(|c| [&c.x, &c.mo]);
         let noise = self.noise.iter().filter_map(|n| match &n.source {
             NoiseSource::Buffer(t) => Some(t),
@@ -253,7 +270,6 @@ impl Lincomb {
             .chain(self.terms.iter().map(|(t, _)| t))
             .chain(conv)
             .chain(noise)
-            .chain(self.elem.iter().map(|e| &e.coef))
     }
 
     /// Every tensor the pass touches (for the target).
@@ -273,9 +289,13 @@ impl Lincomb {
     fn validate_elem(&self, ew: &ElementWeights, ps: usize) -> Result<()> {
         let acc = self.acc_dtype();
         if ew.coef.dtype != acc {
+            let pass = if acc == DType::F64 {
+                "a float64 pass (every buffer float64)"
+            } else {
+                "a float32/float16/bfloat16 pass"
+            };
             return value_err!(
-                "{}: coefficients: {} expected for this pass (float64 only when every buffer is \
-                 float64), got {}",
+                "{}: coefficients: {} expected for {pass}, got {}",
                 self.what,
                 acc.name(),
                 ew.coef.dtype.name()
@@ -290,7 +310,7 @@ impl Lincomb {
         }
         if ew.c.len() != self.terms.len() {
             return value_err!(
-                "{}: {} element-weight slots for {} terms",
+                "{}: element weights: {} term slots (c) for {} terms",
                 self.what,
                 ew.c.len(),
                 self.terms.len()
@@ -303,7 +323,7 @@ impl Lincomb {
         if self.chain.is_some() {
             if ew.chain_c.len() != self.terms.len() {
                 return value_err!(
-                    "{}: {} chained element-weight slots for {} terms",
+                    "{}: element weights: {} chained term slots (chain_c) for {} terms",
                     self.what,
                     ew.chain_c.len(),
                     self.terms.len()
@@ -312,11 +332,14 @@ impl Lincomb {
         } else if chained {
             return value_err!("{}: chained element weights without a chain", self.what);
         }
-        if ew.r.is_some() && self.conv.is_none() {
+        if (ew.r.is_some() || ew.wm.is_some() || ew.chain_wm.is_some()) && self.conv.is_none() {
             return value_err!(
-                "{}: an element weight for r without a conversion",
+                "{}: an element weight for r or wm without a conversion",
                 self.what
             );
+        }
+        if ew.a.is_some() && self.base.is_none() {
+            return value_err!("{}: an element weight for a without a base", self.what);
         }
         Ok(())
     }

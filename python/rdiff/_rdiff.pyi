@@ -534,9 +534,17 @@ def _lincomb(
     threshold: tuple[float, float, float] | None = None,
     bounds: _Tensor | None = None,
     stream: int = 0,
+    *,
+    r: float = 0.0,
+    w: float = 1.0,
+    chain: tuple[_Tensor, float, float, list[float]] | None = None,
+    coef: _Tensor | None = None,
+    rows: dict[str, int] | None = None,
 ) -> None:
-    """out = Σ c·term (+ w·m, m = p·x + q·mo, thresholded into ``bounds``, kept in hist):
-    one fused pass (``rdiff.sample``, ``rdiff.k``)."""
+    """out = Σ c·term (+ wm·m, m = r·x + w·(p·x + q·mo), thresholded into ``bounds``, kept in
+    hist): one fused pass (``rdiff.sample``, ``rdiff.k``); ``chain = (mid, a2, wm2, [c2_i])``
+    continues from y kept in ``mid``; ``rows`` names rows of ``coef`` as per-element weights
+    ("r", "a", "wm", "c0".."c3", "bias", "chain_a", "chain_wm", "chain_c0".., "chain_bias")."""
 
 def _error_norm(
     hi: _Tensor,

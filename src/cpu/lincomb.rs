@@ -738,6 +738,70 @@ mod tests {
         }
     }
 
+    /// Element weights: the checks of `validate` (dtype, rows, slot counts, slots the pass
+    /// lacks), and a row's product and bias against the formula.
+    #[test]
+    fn element_weights_are_checked_and_applied() {
+        use crate::lincomb::ElementWeights;
+        let (batch, ps) = (2, 50);
+        let n = batch * ps;
+        let (mut u, mut t1) = (
+            (0..n).map(f).collect::<Vec<f64>>(),
+            (0..n).map(|k| f(k + 3)).collect::<Vec<f64>>(),
+        );
+        let mut coef: Vec<f64> = (0..3 * ps).map(|k| f(k + 9)).collect();
+        let mut coef32 = vec![0f32; 3 * ps];
+        let mut out = vec![0f64; n];
+        let mut lc = Lincomb::new("test", t(&mut out, &[batch, ps]));
+        lc.base = Some((t(&mut u, &[batch, ps]), 0.5));
+        lc.terms.push((t(&mut t1, &[batch, ps]), -2.0));
+        let ew = ElementWeights {
+            coef: t(&mut coef, &[3, ps]),
+            r: None,
+            a: Some(0),
+            wm: None,
+            c: vec![Some(1)],
+            bias: Some(2),
+            chain_a: None,
+            chain_wm: None,
+            chain_c: vec![],
+            chain_bias: None,
+        };
+        lc.elem = Some(ew.clone());
+        run(&lc).unwrap();
+        for k in 0..n {
+            let e = k % ps;
+            let want = (0.5 * coef[e]) * u[k] + (-2.0 * coef[ps + e]) * t1[k] + coef[2 * ps + e];
+            assert_eq!(out[k], want, "{k}");
+        }
+        let bad = |edit: &dyn Fn(&mut Lincomb), msg: &str| {
+            let mut l = lc.clone();
+            edit(&mut l);
+            let err = l.validate().unwrap_err().to_string();
+            assert!(err.contains(msg), "{err}");
+        };
+        let coef32 = t(&mut coef32, &[3, ps]);
+        bad(
+            &|l| l.elem.as_mut().unwrap().coef = coef32.clone(),
+            "float64 expected",
+        );
+        bad(&|l| l.elem.as_mut().unwrap().bias = Some(3), "row 3");
+        bad(&|l| l.elem.as_mut().unwrap().c.push(None), "2 term slots");
+        bad(
+            &|l| l.elem.as_mut().unwrap().chain_bias = Some(0),
+            "without a chain",
+        );
+        bad(
+            &|l| l.elem.as_mut().unwrap().r = Some(0),
+            "without a conversion",
+        );
+        bad(
+            &|l| l.elem.as_mut().unwrap().wm = Some(0),
+            "without a conversion",
+        );
+        bad(&|l| l.base = None, "without a base");
+    }
+
     #[test]
     fn philox_noise_is_the_stream() {
         let n = 3 * 333;
