@@ -36,6 +36,11 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m
     )?)?;
     m.add_class::<py::ddim::PyDdim>()?;
+    m.add_class::<py::euler::PyEuler>()?;
+    m.add_function(wrap_pyfunction!(py::euler::euler_schedule, m)?)?;
+    m.add_function(wrap_pyfunction!(py::euler::euler_schedule_from_sigmas, m)?)?;
+    m.add_function(wrap_pyfunction!(py::euler::flow_match_training_sigmas, m)?)?;
+    m.add_function(wrap_pyfunction!(py::euler::flow_match_schedule, m)?)?;
     m.add_function(wrap_pyfunction!(py::ddim::ddim_timesteps, m)?)?;
     m.add_class::<py::analytic_dpm::PyAnalyticDpm>()?;
     m.add_function(wrap_pyfunction!(py::analytic::gamma_batch_sums, m)?)?;

@@ -416,6 +416,78 @@ def _ddim_timesteps(
 ) -> npt.NDArray[np.int64]:
     """diffusers' DDIM/DDPM timesteps for ``num_inference_steps`` (int64, descending)."""
 
+class _Euler:
+    """Per-loop constants of the Euler family (``EulerDiscreteScheduler``,
+    ``EulerAncestralDiscreteScheduler``, ``FlowMatchEulerDiscreteScheduler``)."""
+
+    def __init__(
+        self,
+        sigmas: list[float],
+        prediction_type: str,
+        kind: str,
+        stochastic: bool = False,
+    ) -> None: ...
+    def churn(self, step_index: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
+        """The churn γ of step ``step_index`` (0 outside [s_tmin, s_tmax])."""
+    def coefficients(
+        self, step_index: int, gamma: float = 0.0
+    ) -> tuple[float, float, float, float, float]:
+        """(p, q, a, c, noise): x0 = p·x + q·mo, prev = a·x + c·mo + noise·n."""
+    def step(
+        self,
+        step_index: int,
+        gamma: float = 0.0,
+        *,
+        model_output: _Tensor,
+        sample: _Tensor,
+        prev: _Tensor,
+        x0: _Tensor | None = None,
+        noise: _Tensor | None = None,
+        stream: int = 0,
+    ) -> None:
+        """One fused step: the new sample into ``prev``, x0 into ``x0`` when given."""
+
+def _euler_schedule(
+    table: npt.NDArray[np.float32],
+    log_table: npt.NDArray[np.float32],
+    num_inference_steps: int | None = None,
+    timesteps: list[float] | None = None,
+    spacing: str = "linspace",
+    steps_offset: int = 0,
+    interpolation: str = "linear",
+    sigma_kind: str = "default",
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    final_sigma: str = "zero",
+    continuous: bool = False,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """``EulerDiscreteScheduler.set_timesteps``: float32 (timesteps, sigmas)."""
+
+def _euler_schedule_from_sigmas(
+    log_table: npt.NDArray[np.float32], sigmas: list[float], continuous: bool = False
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """``set_timesteps(sigmas=...)``: the caller's σ and their timesteps (float32)."""
+
+def _flow_match_training_sigmas(
+    num_train_timesteps: int, shift: float | None = None
+) -> npt.NDArray[np.float32]:
+    """The training σ of ``FlowMatchEulerDiscreteScheduler`` (float32, descending)."""
+
+def _flow_match_schedule(
+    num_inference_steps: int | None,
+    sigmas: list[float] | None,
+    timesteps: list[float] | None,
+    num_train_timesteps: int,
+    shift_type: str,
+    shift: float,
+    shift_terminal: float | None,
+    sigma_kind: str,
+    invert: bool,
+    sigma_min: float,
+    sigma_max: float,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """``FlowMatchEulerDiscreteScheduler.set_timesteps``: float32 (timesteps, sigmas)."""
+
 def _singlestep_order_list(
     steps: int, solver_order: int, lower_order_final: bool, final_sigma_zero: bool
 ) -> list[int]:

@@ -18,6 +18,13 @@ try:
     from diffusers.configuration_utils import ConfigMixin, register_to_config
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
     from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+    from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
+        EulerAncestralDiscreteSchedulerOutput,
+    )
+    from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
+        FlowMatchEulerDiscreteSchedulerOutput,
+    )
     from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 except ImportError as e:  # pragma: no cover - exercised only without diffusers
     raise ImportError("rdiff.diffusers needs diffusers: pip install diffusers torch") from e
@@ -31,6 +38,9 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "DPMSolverV3Scheduler",
+    "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "FlowMatchEulerDiscreteScheduler",
     "UniPCMultistepScheduler",
 ]
 
@@ -69,6 +79,13 @@ DDIMScheduler = _wrap(_schedulers.DDIMScheduler, DDIMSchedulerOutput)
 DDPMScheduler = _wrap(_schedulers.DDPMScheduler, DDPMSchedulerOutput)
 DPMSolverSinglestepScheduler = _wrap(_schedulers.DPMSolverSinglestepScheduler, SchedulerOutput)
 UniPCMultistepScheduler = _wrap(_schedulers.UniPCMultistepScheduler, SchedulerOutput)
+EulerDiscreteScheduler = _wrap(_schedulers.EulerDiscreteScheduler, EulerDiscreteSchedulerOutput)
+EulerAncestralDiscreteScheduler = _wrap(
+    _schedulers.EulerAncestralDiscreteScheduler, EulerAncestralDiscreteSchedulerOutput
+)
+FlowMatchEulerDiscreteScheduler = _wrap(
+    _schedulers.FlowMatchEulerDiscreteScheduler, FlowMatchEulerDiscreteSchedulerOutput
+)
 # No diffusers peer (DPM-Solver-v3 is only in its authors' research code).
 DPMSolverV3Scheduler = _wrap(_schedulers.DPMSolverV3Scheduler, SchedulerOutput)
 # No diffusers peer; its step returns the sample and x0 prediction, as DDPM's does.

@@ -11,6 +11,7 @@ pub mod dpm_multistep;
 pub mod dpm_singlestep;
 pub mod dpm_solver_v3;
 pub mod errors;
+pub mod euler;
 pub mod lincomb;
 pub mod random;
 pub mod sampling;

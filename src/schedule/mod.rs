@@ -6,6 +6,8 @@ pub mod ddim;
 pub mod dpm_singlestep;
 pub mod dpm_solver;
 pub mod dpm_solver_v3;
+pub mod euler;
+pub mod euler_spacing;
 pub mod interp;
 pub mod karras;
 pub mod linsolve;

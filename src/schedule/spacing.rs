@@ -203,7 +203,7 @@ pub(crate) fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
 }
 
 /// `np.arange(start, stop, step)` for float64 (numpy fills `start + i*((start+step)-start)`).
-fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+pub(crate) fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
     let len = ((stop - start) / step).ceil();
     if len.is_nan() || len <= 0.0 {
         return Vec::new();

@@ -10,6 +10,7 @@ pub mod dpm_multistep;
 pub mod dpm_singlestep;
 pub mod dpm_solver;
 pub mod dpm_solver_v3;
+pub mod euler;
 pub mod unipc;
 
 use crate::dtype::DType;

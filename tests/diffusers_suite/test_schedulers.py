@@ -31,8 +31,6 @@ from diffusers import (
     DEISMultistepScheduler,
     DiffusionPipeline,
     EDMEulerScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
     IPNDMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
@@ -40,6 +38,7 @@ from diffusers import (
     VQDiffusionScheduler,
 )
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from rdiff.diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler  # rdiff: the Euler tests' classes under test (float timesteps)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging
 

@@ -7,6 +7,8 @@ from .ddpm import DDPMScheduler
 from .dpm_multistep import DPMSolverMultistepScheduler
 from .dpm_singlestep import DPMSolverSinglestepScheduler
 from .dpm_solver_v3 import DPMSolverV3Scheduler
+from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from .flow_match import FlowMatchEulerDiscreteScheduler
 from .unipc import UniPCMultistepScheduler
 
 __all__ = [
@@ -16,6 +18,9 @@ __all__ = [
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "DPMSolverV3Scheduler",
+    "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "FlowMatchEulerDiscreteScheduler",
     "SchedulerOutput",
     "UniPCMultistepScheduler",
 ]

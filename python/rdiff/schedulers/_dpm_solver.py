@@ -46,21 +46,6 @@ class DPMSolverBase(SchedulerBase):
                 return kind
         return "default"
 
-    def _sigma_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """diffusers' σ table and its log, with diffusers' own arithmetic: σ by torch's
-        float32 ``** 0.5`` (the torch-facing classes; numpy's correctly rounded sqrt for the
-        numpy ones) and log σ by numpy's float32 ``log``. Neither is correctly rounded and
-        both vary by machine; ``_sigma_to_t`` near the table's ends follows their last bits
-        (the first Karras/exponential timestep of a cosine schedule is 998 or 999 by them)."""
-        a32 = np.asarray(self._ac, dtype=np.float32)
-        if self._torch_timesteps:
-            torch = _tensor.torch_module()
-            ac = torch.from_numpy(a32)
-            sigmas = (((1 - ac) / ac) ** 0.5).numpy()
-        else:
-            sigmas = np.sqrt((np.float32(1) - a32) / a32)
-        return sigmas, np.log(sigmas)
-
     def _solver_args(self, algorithm_type: str, solver_type: str) -> dict:
         """The options of the Rust core (``SolverArgs``), from the config and ``sigmas``;
         what a step reads of them is kept on the instance for the loop."""

@@ -1,0 +1,152 @@
+//! The Euler family's step (diffusers' `EulerDiscreteScheduler`,
+//! `EulerAncestralDiscreteScheduler`, `FlowMatchEulerDiscreteScheduler`): one fused pass
+//! writing the new sample a·x + c·mo (+ s·n) and, where the class returns it, x₀ = p·x + q·mo
+//! (coefficients in `schedule::euler`).
+
+use super::{batch_of, expect_like, mo_stride};
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::lincomb::{Clamp, Conversion, Lincomb, Noise, NoiseSource, Sigma};
+use crate::schedule::euler::{
+    euler_ancestral_step, euler_step, flow_euler_step, EulerCoefficients,
+};
+use crate::schedule::karras::churn_gamma;
+use crate::schedule::prediction::PredictionType;
+use crate::tensor::Tensor;
+use crate::value_err;
+
+/// Which update.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EulerKind {
+    Euler,
+    Ancestral,
+    Flow { stochastic: bool },
+}
+
+/// One loop's constants: the σ schedule (`timesteps.len() + 1` values) and the update.
+#[derive(Clone, Debug)]
+pub struct Euler {
+    pub sigmas: Vec<f64>,
+    pub prediction: PredictionType,
+    pub kind: EulerKind,
+}
+
+/// The tensors of one step.
+pub struct EulerIo {
+    pub model_output: Tensor,
+    pub sample: Tensor,
+    /// float32 noise of the sample's shape, when the step adds noise.
+    pub noise: Option<Tensor>,
+    /// x₀ (`pred_original_sample`) in the model output's dtype, when wanted.
+    pub x0: Option<Tensor>,
+    /// The new sample, in the model output's dtype.
+    pub prev: Tensor,
+}
+
+impl Euler {
+    pub fn new(sigmas: Vec<f64>, prediction_type: &str, kind: EulerKind) -> Result<Self> {
+        if sigmas.len() < 2 {
+            return value_err!("sigmas: need at least 2 values, got {}", sigmas.len());
+        }
+        if sigmas.iter().any(|s| !s.is_finite() || *s < 0.0) {
+            return value_err!("sigmas: must be finite and non-negative");
+        }
+        let prediction = PredictionType::parse(prediction_type)?;
+        let flow = matches!(kind, EulerKind::Flow { .. });
+        if flow != (prediction == PredictionType::FlowPrediction) {
+            return value_err!(
+                "prediction_type: {prediction_type:?} does not go with this scheduler"
+            );
+        }
+        Ok(Self {
+            sigmas,
+            prediction,
+            kind,
+        })
+    }
+
+    fn at(&self, i: usize) -> Result<(f64, f64)> {
+        if i + 1 >= self.sigmas.len() {
+            return value_err!(
+                "step: step index {i} is past the end of the schedule ({} steps)",
+                self.sigmas.len() - 1
+            );
+        }
+        Ok((self.sigmas[i], self.sigmas[i + 1]))
+    }
+
+    /// γ of `EulerDiscreteScheduler`'s churn at step `i`: min(s_churn/N, √2 − 1) where
+    /// s_tmin ≤ σ ≤ s_tmax (N = len(sigmas) − 1), else 0.
+    pub fn churn(&self, i: usize, s_churn: f64, s_tmin: f64, s_tmax: f64) -> Result<f64> {
+        let (sigma, _) = self.at(i)?;
+        if s_churn.is_nan() || s_churn < 0.0 {
+            return value_err!("s_churn: must be >= 0, got {s_churn}");
+        }
+        Ok(churn_gamma(
+            sigma,
+            self.sigmas.len() - 1,
+            s_churn,
+            s_tmin,
+            s_tmax,
+        ))
+    }
+
+    /// The weights of step `i` (γ: the churn, 0 for the other kinds).
+    pub fn coefficients(&self, i: usize, gamma: f64) -> Result<EulerCoefficients> {
+        let (sigma, next) = self.at(i)?;
+        match self.kind {
+            EulerKind::Euler => euler_step(self.prediction, sigma, sigma * (gamma + 1.0), next),
+            EulerKind::Ancestral => euler_ancestral_step(self.prediction, sigma, next),
+            EulerKind::Flow { stochastic } => Ok(flow_euler_step(sigma, next, stochastic)),
+        }
+    }
+
+    /// Step `i` (from the churned sample when γ > 0) as one pass.
+    pub fn step(&self, i: usize, gamma: f64, io: EulerIo) -> Result<Lincomb> {
+        let co = self.coefficients(i, gamma)?;
+        let EulerIo {
+            model_output: mo,
+            sample: x,
+            noise,
+            x0,
+            prev,
+        } = io;
+        batch_of(&x)?;
+        let stride = mo_stride(&mo, &x, false)?;
+        let d = mo.dtype;
+        expect_like(&prev, "output buffer", &x, d)?;
+        let mut lc = Lincomb::new("the Euler step", prev);
+        lc.base = Some((x.clone(), co.a));
+        lc.terms.push((mo.clone(), co.c));
+        if let Some(x0) = x0 {
+            expect_like(&x0, "pred_original_sample buffer", &x, d)?;
+            lc.conv = Some(Conversion {
+                x: x.clone(),
+                mo,
+                mo_stride: stride,
+                p: co.p,
+                q: co.q,
+                d: 1.0,
+                clamp: Clamp::None,
+                r: 0.0,
+                w: 1.0,
+                weight: 0.0,
+                recompute: None,
+            });
+            lc.hist = Some(x0);
+        }
+        let noisy = self.kind == EulerKind::Ancestral
+            || matches!(self.kind, EulerKind::Flow { stochastic: true });
+        if noisy {
+            let Some(nz) = noise else {
+                return value_err!("noise: this step needs noise");
+            };
+            expect_like(&nz, "noise", &x, DType::F32)?;
+            lc.noise = Some(Noise {
+                source: NoiseSource::Buffer(nz),
+                sigma: Sigma::Fixed(co.noise),
+            });
+        }
+        Ok(lc)
+    }
+}
