@@ -55,6 +55,9 @@ PLAIN = {
     "analytic": rdiff.AnalyticDPMScheduler,
     "unipc": rdiff.UniPCMultistepScheduler,
     "v3": rdiff.DPMSolverV3Scheduler,
+    "euler": rdiff.EulerDiscreteScheduler,
+    "euler_a": rdiff.EulerAncestralDiscreteScheduler,
+    "flow": rdiff.FlowMatchEulerDiscreteScheduler,
 }
 WRAPPED = {
     "multistep": rdd.DPMSolverMultistepScheduler,
@@ -64,6 +67,9 @@ WRAPPED = {
     "analytic": rdd.AnalyticDPMScheduler,
     "unipc": rdd.UniPCMultistepScheduler,
     "v3": rdd.DPMSolverV3Scheduler,
+    "euler": rdd.EulerDiscreteScheduler,
+    "euler_a": rdd.EulerAncestralDiscreteScheduler,
+    "flow": rdd.FlowMatchEulerDiscreteScheduler,
 }
 PEER = {
     "multistep": diffusers.DPMSolverMultistepScheduler,
@@ -71,6 +77,9 @@ PEER = {
     "ddim": diffusers.DDIMScheduler,
     "ddpm": diffusers.DDPMScheduler,
     "unipc": diffusers.UniPCMultistepScheduler,
+    "euler": diffusers.EulerDiscreteScheduler,
+    "euler_a": diffusers.EulerAncestralDiscreteScheduler,
+    "flow": diffusers.FlowMatchEulerDiscreteScheduler,
 }
 
 
@@ -238,7 +247,18 @@ def gamma_file(**entries):
     return p
 '''
 
-KINDS = ("multistep", "singlestep", "ddim", "ddpm", "analytic", "unipc", "v3")
+KINDS = (
+    "multistep",
+    "singlestep",
+    "ddim",
+    "ddpm",
+    "analytic",
+    "unipc",
+    "v3",
+    "euler",
+    "euler_a",
+    "flow",
+)
 
 
 def _scheduler_cases() -> list[Case]:
@@ -345,6 +365,9 @@ def _scheduler_cases() -> list[Case]:
                             r"num_inference_steps.*1001",
                         )
                     ]
+                    # the σ-parametrised classes space fractional timesteps, any number of them
+                    if kind not in ("euler", "euler_a", "flow")
+                    else []
                 ),
                 # -- out of order
                 *_out_of_order(kind, p, mk, mk0),
@@ -425,7 +448,7 @@ def _scheduler_cases() -> list[Case]:
                     "assert a.dtype == np.float64 and np.isfinite(a).all()\n"
                     + (
                         ""
-                        if kind in ("ddpm", "analytic")
+                        if kind in ("ddpm", "analytic", "euler_a")
                         else "assert np.allclose(a, b, atol=1e-5)"
                     ),
                     None,
@@ -749,6 +772,10 @@ def _scheduler_cases() -> list[Case]:
                         r"timesteps",
                     ),
                 ]
+            if kind == "flow":
+                # no β schedule and no prediction_type: a flow model predicts velocity
+                skip = (".init.beta", ".init.trained_betas", ".init.prediction_type")
+                c = [case for case in c if not any(k in case.id for k in skip)]
             out += c
     return out
 
@@ -777,12 +804,14 @@ def _out_of_order(kind: str, p: str, mk: str, mk0: str) -> list[Case]:
             "ValueError",
             r"steps are done.*set_timesteps",
         )
-    if kind == "ddpm":
+    if kind in ("ddpm", "euler", "euler_a", "flow"):
+        # (the σ-parametrised classes step over the training schedule, float timesteps)
+        t = "999" if kind == "ddpm" else "peer.timesteps[0]"
         before = Case(
             f"{p}.step.before_set_timesteps_like_diffusers",
-            f"s = {mk0}\npeer = PEER['ddpm']()\n"
-            "a = s.step(TM, 999, TX, generator=torch.Generator().manual_seed(0)).prev_sample\n"
-            "b = peer.step(TM, 999, TX, generator=torch.Generator().manual_seed(0)).prev_sample\n"
+            f"s = {mk0}\npeer = PEER[{kind!r}]()\n"
+            f"a = s.step(TM, {t}, TX, generator=torch.Generator().manual_seed(0)).prev_sample\n"
+            f"b = peer.step(TM, {t}, TX, generator=torch.Generator().manual_seed(0)).prev_sample\n"
             "assert torch.allclose(a, b, atol=1e-5)",
             None,
         )
@@ -1972,6 +2001,8 @@ OWNERS: dict[str, tuple[str, ...]] = {
     "test_dpm_singlestep": ("rdiff.singlestep.", "rdd.singlestep.", "huge.singlestep."),
     "test_unipc": ("rdiff.unipc.", "rdd.unipc."),
     "test_dpm_solver_v3": ("rdiff.v3.", "rdd.v3."),
+    "test_euler": ("rdiff.euler.", "rdd.euler.", "rdiff.euler_a.", "rdd.euler_a."),
+    "test_flow_match": ("rdiff.flow.", "rdd.flow."),
     "test_ddim_ddpm": (
         "rdiff.ddim.",
         "rdd.ddim.",

@@ -297,10 +297,13 @@ def _copy_cases():
         (rdd.DPMSolverMultistepScheduler, {}),
         (rdd.UniPCMultistepScheduler, {}),
         (rdd.DPMSolverV3Scheduler, {"ems": ems}),
+        (rdiff.EulerDiscreteScheduler, {"use_karras_sigmas": True}),
+        (rdd.EulerAncestralDiscreteScheduler, {}),
+        (rdd.FlowMatchEulerDiscreteScheduler, {"shift": 3.0, "stochastic_sampling": True}),
     ]
 
 
-@pytest.mark.parametrize("case", range(10))
+@pytest.mark.parametrize("case", range(13))
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_copies_continue_where_the_original_is(case, how):
     """copy.deepcopy (the README's advice for one scheduler per thread) and pickle, mid-loop:

@@ -344,3 +344,10 @@ def test_whole_loop_emulated_equals_cpu(kind, dt):
     cpu, emu = on_cpu_and_emulated(loop)
     assert torch.isfinite(cpu.float()).all()
     assert_bit_equal(cpu, emu, "the loop's samples and x0 predictions")
+
+
+# -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------
+
+from bad_input_cases import bad_input_test
+
+test_bad_input_case = bad_input_test(__name__)

@@ -25,6 +25,8 @@ CLASSES = [
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "UniPCMultistepScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
 ]
 # Configs as a user writes them; DDIM/DDPM's defaults have clip_sample=True, which the
 # pipelines switch off, and steps_offset=0, which they set to 1.
@@ -34,6 +36,8 @@ CONFIGS = {
     "DPMSolverMultistepScheduler": {"beta_schedule": "scaled_linear"},
     "DPMSolverSinglestepScheduler": {"beta_schedule": "scaled_linear"},
     "UniPCMultistepScheduler": {"beta_schedule": "scaled_linear"},
+    "EulerDiscreteScheduler": {"beta_schedule": "scaled_linear", "use_karras_sigmas": True},
+    "EulerAncestralDiscreteScheduler": {"beta_schedule": "scaled_linear"},
 }
 
 

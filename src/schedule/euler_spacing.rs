@@ -351,6 +351,13 @@ pub fn flow_match_schedule(
     let mut sig: Vec<f64> = base.iter().map(|&s| shifted(opts.shift, s, ar)).collect();
     if let Some(term) = opts.shift_terminal {
         let last = ar.r(1.0 - sig[sig.len() - 1]);
+        if last == 0.0 {
+            // diffusers divides 0 by 0 here and steps with NaN
+            return value_err!(
+                "shift_terminal: the schedule's last σ is 1 (a single step from σ = 1), so it \
+                 cannot be stretched to end at shift_terminal={term}"
+            );
+        }
         let scale = ar.r(last / ar.r(1.0 - term));
         sig = sig
             .iter()

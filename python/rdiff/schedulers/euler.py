@@ -91,9 +91,14 @@ class SigmaSchedulerBase(SchedulerBase):
 
     def _check_float_timestep(self, timestep: Any, who: str) -> None:
         """diffusers refuses integer timesteps (a loop index passed by mistake)."""
-        integer = isinstance(timestep, (int, np.integer)) and not isinstance(timestep, bool)
-        if _tensor.is_torch(timestep) or isinstance(timestep, np.ndarray):
-            integer = np.dtype(_tensor.dtype_name(timestep).replace("bfloat16", "f4")).kind in "iu"
+        if isinstance(timestep, float):
+            return
+        if _tensor.is_torch(timestep):
+            integer = not (timestep.is_floating_point() or timestep.is_complex())
+        elif isinstance(timestep, (np.ndarray, np.generic)):
+            integer = timestep.dtype.kind in "iu"
+        else:
+            integer = isinstance(timestep, int) and not isinstance(timestep, bool)
         if integer:
             raise ValueError(
                 f"{type(self).__name__}.{who}: integer timesteps (e.g. from "

@@ -14,6 +14,7 @@ import argparse
 import time
 
 import torch
+import diffusers
 from diffusers import DPMSolverMultistepScheduler as DS
 from diffusers import UniPCMultistepScheduler as DU
 
@@ -106,6 +107,52 @@ def bench_v3(repeat: int, bw: float) -> None:
             )
 
 
+# (diffusers class, rdiff class, config, elements moved per sample element, float32 noise read)
+EULER = {
+    # reads: model output, sample; writes: sample, x0
+    "Euler": ("EulerDiscreteScheduler", {}, 4, False),
+    # the same and the noise (drawn by torch in both, then read by the pass)
+    "Euler ancestral": ("EulerAncestralDiscreteScheduler", {}, 4, True),
+    # reads: model output, sample; writes: sample
+    "flow-matching Euler": ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}, 3, False),
+}
+
+
+def prepared_euler(cls, cfg, shape, dtype):
+    s = cls(**cfg)
+    s.set_timesteps(20)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g).to(dtype)
+    mo = torch.randn(shape, generator=g).to(dtype)
+    t = s.timesteps[5]
+    s.is_scale_input_called = True  # no warning per call
+
+    def step():
+        s._step_index = 5
+        s.step(mo, t, x, generator=g)
+
+    return step
+
+
+def bench_euler(repeat: int, bw: float) -> None:
+    for title, (name, cfg, elements, noisy) in EULER.items():
+        print(f"\n{name} ({title})\n")
+        print("| shape | dtype | diffusers | rdiff | speed-up | rdiff GB/s | % of copy |")
+        print("|---|---|---|---|---|---|---|")
+        for shape in SHAPES:
+            for dtype in (torch.float32, torch.bfloat16):
+                td = best_of(prepared_euler(getattr(diffusers, name), cfg, shape, dtype), repeat)
+                tr = best_of(prepared_euler(getattr(rdiff, name), cfg, shape, dtype), repeat)
+                numel = torch.Size(shape).numel()
+                esize = torch.empty((), dtype=dtype).element_size()
+                moved = elements * numel * esize + (4 * numel if noisy else 0)
+                gbs = moved / tr / 1e9
+                print(
+                    f"| {tuple(shape)} | {str(dtype)[6:]} | {td * 1e6:.0f} µs | "
+                    f"{tr * 1e6:.0f} µs | {td / tr:.1f}× | {gbs:.1f} | {100 * gbs * 1e9 / bw:.0f}% |"
+                )
+
+
 def copy_bandwidth() -> float:
     a = torch.empty(64 * 2**20 // 4)  # 64 MiB, well past the caches
     b = torch.empty_like(a)
@@ -126,7 +173,9 @@ SCHEDULERS = {
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
-    ap.add_argument("--only", choices=[*sorted(SCHEDULERS), "v3"], help="one scheduler")
+    ap.add_argument(
+        "--only", choices=[*sorted(SCHEDULERS), "euler", "v3"], help="one scheduler family"
+    )
     args = ap.parse_args()
     repeat = 3 if args.quick else 7
     bw = copy_bandwidth()
@@ -154,6 +203,8 @@ def main() -> None:
                         f"| {tuple(shape)} | {order} | {str(dtype)[6:]} | {td * 1e6:.0f} µs | "
                         f"{tr * 1e6:.0f} µs | {td / tr:.1f}× | {gbs:.1f} | {pct:.0f}% |"
                     )
+    if args.only in (None, "euler"):
+        bench_euler(repeat, bw)
     if args.only in (None, "v3"):
         bench_v3(repeat, bw)
 
