@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
 import diffusers
+import torch
 from diffusers import DPMSolverMultistepScheduler as DS
 from diffusers import UniPCMultistepScheduler as DU
 
