@@ -147,9 +147,10 @@ def bench_euler(repeat: int, bw: float) -> None:
                 esize = torch.empty((), dtype=dtype).element_size()
                 moved = elements * numel * esize + (4 * numel if noisy else 0)
                 gbs = moved / tr / 1e9
+                pct = 100 * gbs * 1e9 / bw
                 print(
                     f"| {tuple(shape)} | {str(dtype)[6:]} | {td * 1e6:.0f} µs | "
-                    f"{tr * 1e6:.0f} µs | {td / tr:.1f}× | {gbs:.1f} | {100 * gbs * 1e9 / bw:.0f}% |"
+                    f"{tr * 1e6:.0f} µs | {td / tr:.1f}× | {gbs:.1f} | {pct:.0f}% |"
                 )
 
 
