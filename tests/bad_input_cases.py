@@ -58,6 +58,7 @@ PLAIN = {
     "euler": rdiff.EulerDiscreteScheduler,
     "euler_a": rdiff.EulerAncestralDiscreteScheduler,
     "flow": rdiff.FlowMatchEulerDiscreteScheduler,
+    "heun": rdiff.HeunDiscreteScheduler,
 }
 WRAPPED = {
     "multistep": rdd.DPMSolverMultistepScheduler,
@@ -70,6 +71,7 @@ WRAPPED = {
     "euler": rdd.EulerDiscreteScheduler,
     "euler_a": rdd.EulerAncestralDiscreteScheduler,
     "flow": rdd.FlowMatchEulerDiscreteScheduler,
+    "heun": rdd.HeunDiscreteScheduler,
 }
 PEER = {
     "multistep": diffusers.DPMSolverMultistepScheduler,
@@ -80,6 +82,7 @@ PEER = {
     "euler": diffusers.EulerDiscreteScheduler,
     "euler_a": diffusers.EulerAncestralDiscreteScheduler,
     "flow": diffusers.FlowMatchEulerDiscreteScheduler,
+    "heun": diffusers.HeunDiscreteScheduler,
 }
 
 
@@ -366,7 +369,7 @@ def _scheduler_cases() -> list[Case]:
                         )
                     ]
                     # the σ-parametrised classes space fractional timesteps, any number of them
-                    if kind not in ("euler", "euler_a", "flow")
+                    if kind not in ("euler", "euler_a", "flow", "heun")
                     else []
                 ),
                 # -- out of order
@@ -804,7 +807,7 @@ def _out_of_order(kind: str, p: str, mk: str, mk0: str) -> list[Case]:
             "ValueError",
             r"steps are done.*set_timesteps",
         )
-    if kind in ("ddpm", "euler", "euler_a", "flow"):
+    if kind in ("ddpm", "euler", "euler_a", "flow", "heun"):
         # (the σ-parametrised classes step over the training schedule, float timesteps)
         t = "999" if kind == "ddpm" else "peer.timesteps[0]"
         before = Case(
@@ -2001,7 +2004,14 @@ OWNERS: dict[str, tuple[str, ...]] = {
     "test_dpm_singlestep": ("rdiff.singlestep.", "rdd.singlestep.", "huge.singlestep."),
     "test_unipc": ("rdiff.unipc.", "rdd.unipc."),
     "test_dpm_solver_v3": ("rdiff.v3.", "rdd.v3."),
-    "test_euler": ("rdiff.euler.", "rdd.euler.", "rdiff.euler_a.", "rdd.euler_a."),
+    "test_euler": (
+        "rdiff.euler.",
+        "rdd.euler.",
+        "rdiff.euler_a.",
+        "rdd.euler_a.",
+        "rdiff.heun.",
+        "rdd.heun.",
+    ),
     "test_flow_match": ("rdiff.flow.", "rdd.flow."),
     "test_ddim_ddpm": (
         "rdiff.ddim.",

@@ -1,7 +1,9 @@
-"""rdiff.EulerDiscreteScheduler and rdiff.EulerAncestralDiscreteScheduler against diffusers'."""
+"""rdiff.EulerDiscreteScheduler, rdiff.EulerAncestralDiscreteScheduler and
+rdiff.HeunDiscreteScheduler against diffusers'."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import random
 
@@ -25,14 +27,22 @@ import rdiff.diffusers as rdd
 PAIRS = {
     "euler": (diffusers.EulerDiscreteScheduler, rdd.EulerDiscreteScheduler),
     "ancestral": (diffusers.EulerAncestralDiscreteScheduler, rdd.EulerAncestralDiscreteScheduler),
+    "heun": (diffusers.HeunDiscreteScheduler, rdd.HeunDiscreteScheduler),
 }
 pytestmark = pytest.mark.filterwarnings("ignore:scale_model_input")
 
 
-def _tolerance(x, mo, sigma, dtype):
-    """1e-5 of the step's conditioning (the sample, and the model output times σ, which the
-    step and x₀ add); for half dtypes 4 ulps of it (both round the float32 result once)."""
-    scale = max(1.0, float(x.abs().max()), float(mo.abs().max()) * max(1.0, sigma))
+def _tolerance(x, mo, sigma, out, dtype, heun=0.0):
+    """1e-5 of the step's conditioning (the sample, the model output times σ, which the step
+    and x₀ add, the result, and for Heun's second stage the sum it forms, `heun`); for half
+    dtypes 4 ulps of it (both round the float32 result once)."""
+    scale = max(
+        1.0,
+        float(x.abs().max()),
+        float(mo.abs().max()) * max(1.0, sigma),
+        float(out.abs().max()),
+        heun,
+    )
     if dtype != torch.float32:
         return 4 * float(torch.finfo(dtype).eps) * scale
     return 1e-5 * scale
@@ -59,7 +69,8 @@ def run_pair(kind, cfg, n, dtype=torch.float32, seed=0, shape=(2, 3, 8, 8), chur
     last = len(d.alphas_cumprod) - 1
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=g) * float(d.init_noise_sigma)).to(dtype)
-    kw = {} if churn is None else churn
+    kw = {} if churn is None else dict(churn)
+    takes_gen = "generator" in inspect.signature(d.step).parameters
     worst = 0.0
     for i, t in enumerate(d.timesteps):
         xin_d, xin_r = d.scale_model_input(x, t), r.scale_model_input(x, t)
@@ -68,15 +79,26 @@ def run_pair(kind, cfg, n, dtype=torch.float32, seed=0, shape=(2, 3, 8, 8), chur
         ti = min(max(round(float(t)), 0), last)  # continuous timesteps are log σ
         mo = eps(xin_d, ti)
         try:
-            od = d.step(mo, t, x, generator=torch.Generator().manual_seed(i), **kw)
+            if takes_gen:
+                kw["generator"] = torch.Generator().manual_seed(i)
+            second = kind == "heun" and not d.state_in_first_order
+            if second:
+                # x_s + dt/2·(d₁ + (x₂ − x₀)/σ_next): its terms' size, before rounding
+                sig, sn = float(d.sigmas[i - 1]), float(d.sigmas[i])
+                heun = float(d.sample.abs().max()) + abs(sn - sig) / 2 * (
+                    float(d.prev_derivative.abs().max()) + 2 * float(x.abs().max()) / sn
+                )
+            od = d.step(mo, t, x, **kw)
         except IndexError:
             # a timestep repeated in the schedule (many beta/Karras steps): both find its
             # second occurrence, as diffusers' index_for_timestep does, and run past the end;
             # rdiff says so
             with pytest.raises(ValueError, match=r"steps are done|past the end"):
-                r.step(mo, t, x, generator=torch.Generator().manual_seed(i), **kw)
+                r.step(mo, t, x, **kw)
             break
-        orr = r.step(mo, t, x, generator=torch.Generator().manual_seed(i), **kw)
+        if takes_gen:
+            kw["generator"] = torch.Generator().manual_seed(i)
+        orr = r.step(mo, t, x, **kw)
         if not torch.isfinite(od.prev_sample).all():
             # diffusers' ancestral σ_down = √(σ_to² − σ_up²) in float32 goes NaN when σ_up²
             # rounds above σ_to² (σ_from ≈ 2·10⁴: cosine and zero-SNR schedules); rdiff's
@@ -86,7 +108,9 @@ def run_pair(kind, cfg, n, dtype=torch.float32, seed=0, shape=(2, 3, 8, 8), chur
             break
         assert orr.prev_sample.dtype == od.prev_sample.dtype
         assert orr.prev_sample.shape == od.prev_sample.shape
-        tol = _tolerance(x, mo, float(d.sigmas[i]), dtype)
+        tol = _tolerance(
+            x, mo, float(d.sigmas[i]), od.prev_sample.float(), dtype, heun if second else 0.0
+        )
         for a, b in (
             (od.prev_sample, orr.prev_sample),
             (od.pred_original_sample, orr.pred_original_sample),
@@ -175,6 +199,30 @@ def test_ancestral_matches_diffusers_over_the_config_matrix(pred, sp, b, zsnr, n
     assert run_pair("ancestral", cfg, n, seed=seed) <= 1.0
 
 
+HEUN_CONFIGS = list(
+    itertools.product(
+        ["epsilon", "v_prediction", "sample"],
+        SPACINGS,
+        [*range(len(BETAS)), "exp"],
+        [None, 1.0, 2.5],  # clip_sample_range (None: no clip_sample)
+        [1, 2, 3, 5, 10, 25, 100],
+    )
+)
+
+
+@pytest.mark.parametrize("pred, sp, b, clip, n", random.Random(11).sample(HEUN_CONFIGS, 110))
+def test_heun_matches_diffusers_over_the_config_matrix(pred, sp, b, clip, n):
+    cfg = dict(prediction_type=pred, **(dict(beta_schedule="exp") if b == "exp" else BETAS[b]))
+    if clip is not None:
+        cfg.update(clip_sample=True, clip_sample_range=clip)
+    if sp in SIGMA_FLAGS:
+        cfg[SIGMA_FLAGS[sp]] = True
+    else:
+        cfg["timestep_spacing"] = sp
+        cfg["steps_offset"] = 1 if sp == "leading" else 0
+    assert run_pair("heun", cfg, n) <= 1.0
+
+
 @pytest.mark.parametrize("kind", list(PAIRS))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_within_the_dtype_rounding(kind, dtype):
@@ -185,10 +233,11 @@ def test_half_precision_within_the_dtype_rounding(kind, dtype):
 def full_loop(scheduler, steps=10, **kw):
     scheduler.set_timesteps(steps)
     sample = dummy_sample_deter() * scheduler.init_noise_sigma
-    gen = torch.Generator().manual_seed(0)
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        kw["generator"] = torch.Generator().manual_seed(0)
     for t in scheduler.timesteps:
         xin = scheduler.scale_model_input(sample, t)
-        out = scheduler.step(dummy_model(xin, t), t, sample, generator=gen, **kw)
+        out = scheduler.step(dummy_model(xin, t), t, sample, **kw)
         sample = out.prev_sample
     return sample
 
@@ -204,6 +253,8 @@ def full_loop(scheduler, steps=10, **kw):
         ("euler", dict(use_exponential_sigmas=True, final_sigmas_type="sigma_min")),
         ("ancestral", {}),
         ("ancestral", dict(prediction_type="v_prediction", timestep_spacing="trailing")),
+        ("heun", {}),
+        ("heun", dict(prediction_type="v_prediction", use_karras_sigmas=True, clip_sample=True)),
     ],
 )
 def test_full_loops_follow_diffusers(cls, kwargs):
@@ -332,11 +383,12 @@ def test_whole_loop_emulated_equals_cpu(kind, dt):
         x = torch.randn((2, 3, 8, 9), generator=torch.Generator().manual_seed(0))
         x = (x * s.init_noise_sigma).to(DTYPES[dt])
         kw = {"s_churn": 1.0} if kind == "euler" else {}
-        gen = torch.Generator().manual_seed(3)
+        if kind != "heun":
+            kw["generator"] = torch.Generator().manual_seed(3)
         x0s = []
         for t in s.timesteps:
             xin = s.scale_model_input(x, t)
-            out = s.step(model(xin, int(t)), t, x, generator=gen, **kw)
+            out = s.step(model(xin, int(t)), t, x, **kw)
             x = out.prev_sample
             x0s.append(out.pred_original_sample)
         return torch.stack([x, *x0s])

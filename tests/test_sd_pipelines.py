@@ -27,6 +27,7 @@ CLASSES = [
     "UniPCMultistepScheduler",
     "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
 ]
 # Configs as a user writes them; DDIM/DDPM's defaults have clip_sample=True, which the
 # pipelines switch off, and steps_offset=0, which they set to 1.
@@ -38,6 +39,7 @@ CONFIGS = {
     "UniPCMultistepScheduler": {"beta_schedule": "scaled_linear"},
     "EulerDiscreteScheduler": {"beta_schedule": "scaled_linear", "use_karras_sigmas": True},
     "EulerAncestralDiscreteScheduler": {"beta_schedule": "scaled_linear"},
+    "HeunDiscreteScheduler": {"beta_schedule": "scaled_linear", "use_karras_sigmas": True},
 }
 
 

@@ -35,6 +35,7 @@ from .schedulers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    HeunDiscreteScheduler,
     SchedulerOutput,
     UniPCMultistepScheduler,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
     "GammaTable",
+    "HeunDiscreteScheduler",
     "NoiseSchedule",
     "RdiffError",
     "SampleInfo",

@@ -426,6 +426,7 @@ class _Euler:
         prediction_type: str,
         kind: str,
         stochastic: bool = False,
+        clip_sample_range: float | None = None,
     ) -> None: ...
     def churn(self, step_index: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
         """The churn γ of step ``step_index`` (0 outside [s_tmin, s_tmax])."""
@@ -446,6 +447,19 @@ class _Euler:
         stream: int = 0,
     ) -> None:
         """One fused step: the new sample into ``prev``, x0 into ``x0`` when given."""
+    def heun_second(
+        self,
+        step_index: int,
+        *,
+        model_output: _Tensor,
+        sample: _Tensor,
+        first_sample: _Tensor,
+        first_x0: _Tensor,
+        x0: _Tensor,
+        prev: _Tensor,
+        stream: int = 0,
+    ) -> None:
+        """Heun's second stage: x0 and the new sample from the first stage's state."""
 
 def _euler_schedule(
     table: npt.NDArray[np.float32],

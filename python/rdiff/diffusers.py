@@ -25,6 +25,7 @@ try:
     from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
         FlowMatchEulerDiscreteSchedulerOutput,
     )
+    from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 except ImportError as e:  # pragma: no cover - exercised only without diffusers
     raise ImportError("rdiff.diffusers needs diffusers: pip install diffusers torch") from e
@@ -41,6 +42,7 @@ __all__ = [
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
     "UniPCMultistepScheduler",
 ]
 
@@ -86,6 +88,7 @@ EulerAncestralDiscreteScheduler = _wrap(
 FlowMatchEulerDiscreteScheduler = _wrap(
     _schedulers.FlowMatchEulerDiscreteScheduler, FlowMatchEulerDiscreteSchedulerOutput
 )
+HeunDiscreteScheduler = _wrap(_schedulers.HeunDiscreteScheduler, HeunDiscreteSchedulerOutput)
 # No diffusers peer (DPM-Solver-v3 is only in its authors' research code).
 DPMSolverV3Scheduler = _wrap(_schedulers.DPMSolverV3Scheduler, SchedulerOutput)
 # No diffusers peer; its step returns the sample and x0 prediction, as DDPM's does.

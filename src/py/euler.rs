@@ -15,7 +15,7 @@ use crate::schedule::euler_spacing::{
     EulerSpacing, FlowShift, FlowSpacing, Interpolation, SigmaSchedule,
 };
 use crate::schedule::spacing::{FinalSigma, SigmaKind, TimestepSpacing};
-use crate::step::euler::{Euler, EulerIo, EulerKind};
+use crate::step::euler::{Euler, EulerIo, EulerKind, HeunIo};
 
 type Schedule<'py> = (Bound<'py, PyArray1<f32>>, Bound<'py, PyArray1<f32>>);
 
@@ -51,29 +51,35 @@ pub struct PyEuler {
 
 #[pymethods]
 impl PyEuler {
-    /// `sigmas`: the loop's σ (n + 1 values); `kind`: "euler", "ancestral" or "flow"
-    /// (`stochastic`: the flow scheduler's `stochastic_sampling`).
+    /// `sigmas`: the loop's σ (n + 1 values; Heun's interleaved); `kind`: "euler",
+    /// "ancestral", "flow" (`stochastic`: the flow scheduler's `stochastic_sampling`) or
+    /// "heun"; `clip_sample_range`: x₀ clamped to ±range before the update.
     #[new]
-    #[pyo3(signature = (sigmas, prediction_type, kind, stochastic=false))]
+    #[pyo3(signature = (sigmas, prediction_type, kind, stochastic=false, clip_sample_range=None))]
     fn new(
         sigmas: Vec<f64>,
         prediction_type: &str,
         kind: &str,
         stochastic: bool,
+        clip_sample_range: Option<f64>,
     ) -> PyResult<Self> {
         let kind = match kind {
             "euler" => EulerKind::Euler,
             "ancestral" => EulerKind::Ancestral,
             "flow" => EulerKind::Flow { stochastic },
+            "heun" => EulerKind::Heun,
             other => {
                 return Err(PyErr::from(RdiffError::Value(format!(
-                    "kind: unknown {other:?}; expected \"euler\", \"ancestral\" or \"flow\""
+                    "kind: unknown {other:?}; expected \"euler\", \"ancestral\", \"flow\" or \
+                     \"heun\""
                 ))))
             }
         };
-        Ok(Self {
-            inner: Euler::new(sigmas, prediction_type, kind)?,
-        })
+        let mut inner = Euler::new(sigmas, prediction_type, kind)?;
+        if let Some(range) = clip_sample_range {
+            inner = inner.with_clip(range)?;
+        }
+        Ok(Self { inner })
     }
 
     /// The churn γ of step `step_index` (0 outside [s_tmin, s_tmax]).
@@ -114,6 +120,36 @@ impl PyEuler {
             prev: tensor(prev, "output buffer")?,
         };
         let lc = self.inner.step(step_index, gamma, io)?;
+        run(py, &lc, lc.tensors(), stream)
+    }
+
+    /// Heun's second stage at `step_index`: `sample` is x₂ (the first stage's result) and
+    /// `first_sample`, `first_x0` the first stage's sample and x₀, all in the model output's
+    /// dtype; writes x₀ and the new sample.
+    #[pyo3(signature = (step_index, *, model_output, sample, first_sample, first_x0, x0, prev,
+        stream=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn heun_second(
+        &self,
+        py: Python<'_>,
+        step_index: usize,
+        model_output: &Bound<'_, PyAny>,
+        sample: &Bound<'_, PyAny>,
+        first_sample: &Bound<'_, PyAny>,
+        first_x0: &Bound<'_, PyAny>,
+        x0: &Bound<'_, PyAny>,
+        prev: &Bound<'_, PyAny>,
+        stream: usize,
+    ) -> PyResult<()> {
+        let io = HeunIo {
+            model_output: tensor(model_output, "model_output")?,
+            sample: tensor(sample, "sample")?,
+            first_sample: tensor(first_sample, "first-stage sample")?,
+            first_x0: tensor(first_x0, "first-stage pred_original_sample")?,
+            x0: tensor(x0, "pred_original_sample buffer")?,
+            prev: tensor(prev, "output buffer")?,
+        };
+        let lc = self.inner.heun_second(step_index, io)?;
         run(py, &lc, lc.tensors(), stream)
     }
 }

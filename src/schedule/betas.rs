@@ -17,6 +17,8 @@ pub enum BetaSchedule {
     Sigmoid,
     /// The Laplace noise schedule (diffusers' DDPM only).
     Laplace,
+    /// `betas_for_alpha_bar` with ᾱ(t) = e^{−12t} (diffusers' Heun and KDPM2 classes).
+    Exp,
 }
 
 impl BetaSchedule {
@@ -27,9 +29,10 @@ impl BetaSchedule {
             "squaredcos_cap_v2" => Ok(Self::SquaredCosCapV2),
             "sigmoid" => Ok(Self::Sigmoid),
             "laplace" => Ok(Self::Laplace),
+            "exp" => Ok(Self::Exp),
             other => value_err!(
                 "beta_schedule: unknown schedule {other:?}; expected one of \"linear\", \
-                 \"scaled_linear\", \"squaredcos_cap_v2\", \"sigmoid\", \"laplace\""
+                 \"scaled_linear\", \"squaredcos_cap_v2\", \"sigmoid\", \"laplace\", \"exp\""
             ),
         }
     }
@@ -41,6 +44,7 @@ impl BetaSchedule {
             Self::SquaredCosCapV2 => "squaredcos_cap_v2",
             Self::Sigmoid => "sigmoid",
             Self::Laplace => "laplace",
+            Self::Exp => "exp",
         }
     }
 }
@@ -111,6 +115,17 @@ fn laplace(n: usize) -> Vec<f32> {
         let snr = lmb.exp();
         (snr / (1.0 + snr)).sqrt()
     };
+    (0..n)
+        .map(|i| {
+            let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+        })
+        .collect()
+}
+
+/// diffusers' `betas_for_alpha_bar(n, alpha_transform_type="exp")`: ᾱ(t) = e^{−12t}.
+fn exp_alpha_bar(n: usize) -> Vec<f32> {
+    let alpha_bar = |t: f64| (t * -12.0).exp();
     (0..n)
         .map(|i| {
             let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
@@ -212,6 +227,7 @@ impl DiscreteBetas {
                     BetaSchedule::SquaredCosCapV2 => squaredcos_cap_v2(num_train_timesteps),
                     BetaSchedule::Sigmoid => sigmoid(num_train_timesteps, beta_start, beta_end),
                     BetaSchedule::Laplace => laplace(num_train_timesteps),
+                    BetaSchedule::Exp => exp_alpha_bar(num_train_timesteps),
                 }
             }
         };

@@ -111,6 +111,47 @@ pub fn flow_euler_step(sigma: f64, sigma_next: f64, stochastic: bool) -> EulerCo
     }
 }
 
+/// The x₀-form weights of an Euler step: prev = a·x + wm·x₀ (for a clamped x₀, which is not
+/// linear in mo): a = 1 + dt/σ̂, wm = −dt/σ̂.
+pub fn euler_x0_form(sigma_hat: f64, sigma_next: f64) -> (f64, f64) {
+    let r = (sigma_next - sigma_hat) / sigma_hat;
+    (1.0 + r, -r)
+}
+
+/// The second stage of diffusers' `HeunDiscreteScheduler.step` from σ to σ_next: with the
+/// first stage's sample x_s and (clamped) x₀⁽¹⁾ and the stage's sample x₂ = x_s + dt·d₁ and
+/// x₀⁽²⁾ = p·x₂ + q·mo (at σ_next), prev = x_s + dt/2·(d₁ + d₂), d₁ = (x_s − x₀⁽¹⁾)/σ,
+/// d₂ = (x₂ − x₀⁽²⁾)/σ_next:
+///
+/// ```text
+/// prev = a_s·x_s + w_x01·x₀⁽¹⁾ + w_x2·x₂ + wm·x₀⁽²⁾
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HeunSecond {
+    pub p: f64,
+    pub q: f64,
+    pub a_s: f64,
+    pub w_x01: f64,
+    pub w_x2: f64,
+    pub wm: f64,
+}
+
+pub fn heun_second(prediction: PredictionType, sigma: f64, sigma_next: f64) -> Result<HeunSecond> {
+    if sigma == 0.0 || sigma_next == 0.0 {
+        return value_err!("the Heun correction: σ is 0 (the last step has no second stage)");
+    }
+    let (p, q) = x0_sigma(prediction, sigma_next, sigma_next);
+    let half = 0.5 * (sigma_next - sigma);
+    Ok(HeunSecond {
+        p,
+        q,
+        a_s: 1.0 + half / sigma,
+        w_x01: -half / sigma,
+        w_x2: half / sigma_next,
+        wm: -half / sigma_next,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +191,22 @@ mod tests {
         assert!((co.noise - up).abs() < 1e-15);
         assert!((co.c - (down - s)).abs() < 1e-15);
         assert!(euler_ancestral_step(PredictionType::Sample, s, sn).is_err());
+    }
+
+    #[test]
+    fn heun_second_is_the_trapezoid() {
+        let (s, sn) = (3.0, 1.2);
+        let (xs, mo1, mo2) = (2.0, 0.7, -0.4);
+        let x01 = xs - s * mo1; // ε-prediction
+        let d1 = (xs - x01) / s;
+        let x2 = xs + (sn - s) * d1;
+        let x02 = x2 - sn * mo2;
+        let d2 = (x2 - x02) / sn;
+        let want = xs + (sn - s) * 0.5 * (d1 + d2);
+        let h = heun_second(PredictionType::Epsilon, s, sn).unwrap();
+        let got = h.a_s * xs + h.w_x01 * x01 + h.w_x2 * x2 + h.wm * (h.p * x2 + h.q * mo2);
+        assert!((got - want).abs() < 1e-14, "{got} vs {want}");
+        assert!(heun_second(PredictionType::Epsilon, s, 0.0).is_err());
     }
 
     #[test]

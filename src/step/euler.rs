@@ -8,7 +8,8 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::lincomb::{Clamp, Conversion, Lincomb, Noise, NoiseSource, Sigma};
 use crate::schedule::euler::{
-    euler_ancestral_step, euler_step, flow_euler_step, EulerCoefficients,
+    euler_ancestral_step, euler_step, euler_x0_form, flow_euler_step, heun_second,
+    EulerCoefficients,
 };
 use crate::schedule::karras::churn_gamma;
 use crate::schedule::prediction::PredictionType;
@@ -20,7 +21,12 @@ use crate::value_err;
 pub enum EulerKind {
     Euler,
     Ancestral,
-    Flow { stochastic: bool },
+    Flow {
+        stochastic: bool,
+    },
+    /// diffusers' `HeunDiscreteScheduler`: over its interleaved σ (σ₀, σ₁, σ₁, σ₂, σ₂, …, 0),
+    /// a first stage (an Euler step, [`Euler::step`]) and a second ([`Euler::heun_second`]).
+    Heun,
 }
 
 /// One loop's constants: the σ schedule (`timesteps.len() + 1` values) and the update.
@@ -29,6 +35,8 @@ pub struct Euler {
     pub sigmas: Vec<f64>,
     pub prediction: PredictionType,
     pub kind: EulerKind,
+    /// clip_sample: x₀ clamped to [−c, c] before the update (Heun).
+    pub clip: Option<f64>,
 }
 
 /// The tensors of one step.
@@ -40,6 +48,18 @@ pub struct EulerIo {
     /// x₀ (`pred_original_sample`) in the model output's dtype, when wanted.
     pub x0: Option<Tensor>,
     /// The new sample, in the model output's dtype.
+    pub prev: Tensor,
+}
+
+/// The tensors of Heun's second stage.
+pub struct HeunIo {
+    pub model_output: Tensor,
+    /// x₂, the first stage's result, in the model output's dtype (it is a term of the pass).
+    pub sample: Tensor,
+    /// x_s and x₀⁽¹⁾: the first stage's sample and (clamped) x₀.
+    pub first_sample: Tensor,
+    pub first_x0: Tensor,
+    pub x0: Tensor,
     pub prev: Tensor,
 }
 
@@ -62,7 +82,17 @@ impl Euler {
             sigmas,
             prediction,
             kind,
+            clip: None,
         })
+    }
+
+    /// With diffusers' `clip_sample` (x₀ clamped to [−range, range]).
+    pub fn with_clip(mut self, range: f64) -> Result<Self> {
+        if range.is_nan() || range < 0.0 {
+            return value_err!("clip_sample_range: must be >= 0, got {range}");
+        }
+        self.clip = Some(range);
+        Ok(self)
     }
 
     fn at(&self, i: usize) -> Result<(f64, f64)> {
@@ -95,7 +125,9 @@ impl Euler {
     pub fn coefficients(&self, i: usize, gamma: f64) -> Result<EulerCoefficients> {
         let (sigma, next) = self.at(i)?;
         match self.kind {
-            EulerKind::Euler => euler_step(self.prediction, sigma, sigma * (gamma + 1.0), next),
+            EulerKind::Euler | EulerKind::Heun => {
+                euler_step(self.prediction, sigma, sigma * (gamma + 1.0), next)
+            }
             EulerKind::Ancestral => euler_ancestral_step(self.prediction, sigma, next),
             EulerKind::Flow { stochastic } => Ok(flow_euler_step(sigma, next, stochastic)),
         }
@@ -116,23 +148,24 @@ impl Euler {
         let d = mo.dtype;
         expect_like(&prev, "output buffer", &x, d)?;
         let mut lc = Lincomb::new("the Euler step", prev);
-        lc.base = Some((x.clone(), co.a));
-        lc.terms.push((mo.clone(), co.c));
+        // Without a clamp the update reads mo itself (exact for ε: x + dt·mo); a clamped x₀
+        // is not linear in mo, so the update reads x₀ (m) instead.
+        let (a, wm) = match self.clip {
+            None => {
+                lc.terms.push((mo.clone(), co.c));
+                (co.a, 0.0)
+            }
+            Some(_) => {
+                let (sigma, next) = self.at(i)?;
+                euler_x0_form(sigma * (gamma + 1.0), next)
+            }
+        };
+        lc.base = Some((x.clone(), a));
+        if x0.is_some() || self.clip.is_some() {
+            lc.conv = Some(self.conversion(&x, mo, stride, co.p, co.q, wm));
+        }
         if let Some(x0) = x0 {
             expect_like(&x0, "pred_original_sample buffer", &x, d)?;
-            lc.conv = Some(Conversion {
-                x: x.clone(),
-                mo,
-                mo_stride: stride,
-                p: co.p,
-                q: co.q,
-                d: 1.0,
-                clamp: Clamp::None,
-                r: 0.0,
-                w: 1.0,
-                weight: 0.0,
-                recompute: None,
-            });
             lc.hist = Some(x0);
         }
         let noisy = self.kind == EulerKind::Ancestral
@@ -147,6 +180,66 @@ impl Euler {
                 sigma: Sigma::Fixed(co.noise),
             });
         }
+        Ok(lc)
+    }
+
+    /// x₀ = clamp(p·x + q·mo) (stored as m, weighted wm in the update).
+    fn conversion(
+        &self,
+        x: &Tensor,
+        mo: Tensor,
+        stride: usize,
+        p: f64,
+        q: f64,
+        wm: f64,
+    ) -> Conversion {
+        Conversion {
+            x: x.clone(),
+            mo,
+            mo_stride: stride,
+            p,
+            q,
+            d: 1.0,
+            clamp: match self.clip {
+                Some(c) => Clamp::Range { lo: -c, hi: c },
+                None => Clamp::None,
+            },
+            r: 0.0,
+            w: 1.0,
+            weight: wm,
+            recompute: None,
+        }
+    }
+
+    /// Heun's second stage at step index `i` (σ = sigmas[i − 1] to σ_next = sigmas[i]).
+    pub fn heun_second(&self, i: usize, io: HeunIo) -> Result<Lincomb> {
+        if self.kind != EulerKind::Heun || i == 0 || i >= self.sigmas.len() {
+            return value_err!("the Heun correction: step index {i} has no first stage");
+        }
+        let (sigma, next) = (self.sigmas[i - 1], self.sigmas[i]);
+        let h = heun_second(self.prediction, sigma, next)?;
+        let HeunIo {
+            model_output: mo,
+            sample: x2,
+            first_sample: xs,
+            first_x0,
+            x0,
+            prev,
+        } = io;
+        batch_of(&x2)?;
+        let stride = mo_stride(&mo, &x2, false)?;
+        let d = mo.dtype;
+        expect_like(&x2, "sample", &x2, d)?;
+        expect_like(&xs, "first-stage sample", &x2, xs.dtype)?;
+        expect_like(&first_x0, "first-stage pred_original_sample", &x2, d)?;
+        expect_like(&x0, "pred_original_sample buffer", &x2, d)?;
+        expect_like(&prev, "output buffer", &x2, d)?;
+        let mut lc = Lincomb::new("the Heun correction", prev);
+        lc.base = Some((xs, h.a_s));
+        lc.terms.push((first_x0, h.w_x01));
+        lc.terms.push((x2.clone(), h.w_x2));
+        lc.conv = Some(self.conversion(&x2, mo, stride, h.p, h.q, h.wm));
+        lc.hist = Some(x0);
         Ok(lc)
     }
 }

@@ -9,6 +9,7 @@ from .dpm_singlestep import DPMSolverSinglestepScheduler
 from .dpm_solver_v3 import DPMSolverV3Scheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
+from .heun import HeunDiscreteScheduler
 from .unipc import UniPCMultistepScheduler
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
+    "HeunDiscreteScheduler",
     "SchedulerOutput",
     "UniPCMultistepScheduler",
 ]
