@@ -59,6 +59,7 @@ PLAIN = {
     "euler_a": rdiff.EulerAncestralDiscreteScheduler,
     "flow": rdiff.FlowMatchEulerDiscreteScheduler,
     "heun": rdiff.HeunDiscreteScheduler,
+    "lcm": rdiff.LCMScheduler,
 }
 WRAPPED = {
     "multistep": rdd.DPMSolverMultistepScheduler,
@@ -72,6 +73,7 @@ WRAPPED = {
     "euler_a": rdd.EulerAncestralDiscreteScheduler,
     "flow": rdd.FlowMatchEulerDiscreteScheduler,
     "heun": rdd.HeunDiscreteScheduler,
+    "lcm": rdd.LCMScheduler,
 }
 PEER = {
     "multistep": diffusers.DPMSolverMultistepScheduler,
@@ -83,6 +85,7 @@ PEER = {
     "euler_a": diffusers.EulerAncestralDiscreteScheduler,
     "flow": diffusers.FlowMatchEulerDiscreteScheduler,
     "heun": diffusers.HeunDiscreteScheduler,
+    "lcm": diffusers.LCMScheduler,
 }
 
 
@@ -261,6 +264,8 @@ KINDS = (
     "euler",
     "euler_a",
     "flow",
+    "heun",
+    "lcm",
 )
 
 
@@ -451,7 +456,7 @@ def _scheduler_cases() -> list[Case]:
                     "assert a.dtype == np.float64 and np.isfinite(a).all()\n"
                     + (
                         ""
-                        if kind in ("ddpm", "analytic", "euler_a")
+                        if kind in ("ddpm", "analytic", "euler_a", "lcm")
                         else "assert np.allclose(a, b, atol=1e-5)"
                     ),
                     None,
@@ -813,8 +818,10 @@ def _out_of_order(kind: str, p: str, mk: str, mk0: str) -> list[Case]:
         before = Case(
             f"{p}.step.before_set_timesteps_like_diffusers",
             f"s = {mk0}\npeer = PEER[{kind!r}]()\n"
-            f"a = s.step(TM, {t}, TX, generator=torch.Generator().manual_seed(0)).prev_sample\n"
-            f"b = peer.step(TM, {t}, TX, generator=torch.Generator().manual_seed(0)).prev_sample\n"
+            f"a = s.step(TM, {t}, TX, **gen_kw(s, torch.Generator().manual_seed(0)))"
+            ".prev_sample\n"
+            f"b = peer.step(TM, {t}, TX, **gen_kw(peer, torch.Generator().manual_seed(0)))"
+            ".prev_sample\n"
             "assert torch.allclose(a, b, atol=1e-5)",
             None,
         )
@@ -2013,6 +2020,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
         "rdd.heun.",
     ),
     "test_flow_match": ("rdiff.flow.", "rdd.flow."),
+    "test_lcm": ("rdiff.lcm.", "rdd.lcm."),
     "test_ddim_ddpm": (
         "rdiff.ddim.",
         "rdd.ddim.",

@@ -28,6 +28,7 @@ CLASSES = [
     "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
     "HeunDiscreteScheduler",
+    "LCMScheduler",
 ]
 # Configs as a user writes them; DDIM/DDPM's defaults have clip_sample=True, which the
 # pipelines switch off, and steps_offset=0, which they set to 1.
@@ -40,6 +41,7 @@ CONFIGS = {
     "EulerDiscreteScheduler": {"beta_schedule": "scaled_linear", "use_karras_sigmas": True},
     "EulerAncestralDiscreteScheduler": {"beta_schedule": "scaled_linear"},
     "HeunDiscreteScheduler": {"beta_schedule": "scaled_linear", "use_karras_sigmas": True},
+    "LCMScheduler": {},
 }
 
 

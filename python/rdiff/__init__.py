@@ -36,6 +36,7 @@ from .schedulers import (
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    LCMScheduler,
     SchedulerOutput,
     UniPCMultistepScheduler,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "FlowMatchEulerDiscreteScheduler",
     "GammaTable",
     "HeunDiscreteScheduler",
+    "LCMScheduler",
     "NoiseSchedule",
     "RdiffError",
     "SampleInfo",

@@ -410,6 +410,26 @@ class _Ddim:
         stream: int = 0,
     ) -> None:
         """One fused DDPM step (learned variances read the model output's second half)."""
+    def lcm_coefficients(
+        self, timestep: int, prev_timestep: int, timestep_scaling: float, last: bool
+    ) -> tuple[float, float, float, float, float, float, float, float, float, float]:
+        """As ``ddim_coefficients`` for an LCM step."""
+    def lcm(
+        self,
+        timestep: int,
+        prev_timestep: int,
+        timestep_scaling: float,
+        last: bool,
+        *,
+        model_output: _Tensor,
+        sample: _Tensor,
+        x0: _Tensor,
+        prev: _Tensor,
+        noise: _Tensor | None = None,
+        bounds: _Tensor | None = None,
+        stream: int = 0,
+    ) -> None:
+        """One fused LCM step: the denoised sample into ``x0``, the new sample into ``prev``."""
 
 def _ddim_timesteps(
     num_train_timesteps: int, num_inference_steps: int, timestep_spacing: str, steps_offset: int

@@ -26,6 +26,7 @@ try:
         FlowMatchEulerDiscreteSchedulerOutput,
     )
     from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 except ImportError as e:  # pragma: no cover - exercised only without diffusers
     raise ImportError("rdiff.diffusers needs diffusers: pip install diffusers torch") from e
@@ -43,6 +44,7 @@ __all__ = [
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
     "HeunDiscreteScheduler",
+    "LCMScheduler",
     "UniPCMultistepScheduler",
 ]
 
@@ -89,6 +91,7 @@ FlowMatchEulerDiscreteScheduler = _wrap(
     _schedulers.FlowMatchEulerDiscreteScheduler, FlowMatchEulerDiscreteSchedulerOutput
 )
 HeunDiscreteScheduler = _wrap(_schedulers.HeunDiscreteScheduler, HeunDiscreteSchedulerOutput)
+LCMScheduler = _wrap(_schedulers.LCMScheduler, LCMSchedulerOutput)
 # No diffusers peer (DPM-Solver-v3 is only in its authors' research code).
 DPMSolverV3Scheduler = _wrap(_schedulers.DPMSolverV3Scheduler, SchedulerOutput)
 # No diffusers peer; its step returns the sample and x0 prediction, as DDPM's does.

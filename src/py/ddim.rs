@@ -1,5 +1,5 @@
-//! `_Ddim`: the core of `rdiff.DDIMScheduler` and `rdiff.DDPMScheduler`; `_ddim_timesteps`,
-//! their spacing of the inference timesteps.
+//! `_Ddim`: the core of `rdiff.DDIMScheduler`, `rdiff.DDPMScheduler` and `rdiff.LCMScheduler`;
+//! `_ddim_timesteps`, their spacing of the inference timesteps.
 
 use numpy::PyArray1;
 use pyo3::prelude::*;
@@ -136,6 +136,52 @@ impl PyDdim {
         let co =
             self.inner
                 .ddim_coefficients(timestep, prev_timestep, eta, use_clipped_model_output)?;
+        let lc = self
+            .inner
+            .pass(&co, io(model_output, sample, x0, prev, noise, bounds)?)?;
+        run(py, &lc, lc.tensors(), stream)
+    }
+
+    /// The LCM step's scalars, as `ddim_coefficients` (p, q, d: x₀; the kept denoised sample
+    /// c_skip·x + c_out·x₀ is not in the tuple: see `lcm_scalings`).
+    fn lcm_coefficients(
+        &self,
+        timestep: i64,
+        prev_timestep: i64,
+        timestep_scaling: f64,
+        last: bool,
+    ) -> PyResult<CoTuple> {
+        Ok(co_tuple(&self.inner.lcm_coefficients(
+            timestep,
+            prev_timestep,
+            timestep_scaling,
+            last,
+        )?))
+    }
+
+    /// One fused LCM step: the denoised sample into `x0`, the new sample into `prev`; `noise`
+    /// (float32) is required unless `last`.
+    #[pyo3(signature = (timestep, prev_timestep, timestep_scaling, last, *, model_output,
+        sample, x0, prev, noise=None, bounds=None, stream=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn lcm(
+        &self,
+        py: Python<'_>,
+        timestep: i64,
+        prev_timestep: i64,
+        timestep_scaling: f64,
+        last: bool,
+        model_output: &Bound<'_, PyAny>,
+        sample: &Bound<'_, PyAny>,
+        x0: &Bound<'_, PyAny>,
+        prev: &Bound<'_, PyAny>,
+        noise: Option<&Bound<'_, PyAny>>,
+        bounds: Option<&Bound<'_, PyAny>>,
+        stream: usize,
+    ) -> PyResult<()> {
+        let co = self
+            .inner
+            .lcm_coefficients(timestep, prev_timestep, timestep_scaling, last)?;
         let lc = self
             .inner
             .pass(&co, io(model_output, sample, x0, prev, noise, bounds)?)?;

@@ -47,6 +47,10 @@ pub struct DdimCoefficients {
     pub w0: f64,
     pub w_eps: f64,
     pub noise: NoiseScale,
+    /// What is kept as `pred_original_sample`: m = r·x + w·x₀ (DDIM, DDPM: x₀ itself; LCM:
+    /// its denoised c_skip·x + c_out·x₀), weighted w0 in the update.
+    pub r: f64,
+    pub w: f64,
 }
 
 /// DDPM's variance types.
@@ -157,6 +161,8 @@ pub fn ddim_coefficients(
         a: 0.0,
         w0: alpha_prod_prev.sqrt(),
         w_eps,
+        r: 0.0,
+        w: 1.0,
         noise: if eta > 0.0 {
             NoiseScale::Fixed(std)
         } else {
@@ -215,6 +221,55 @@ pub fn ddpm_coefficients(
         w0: alpha_prod_prev.sqrt() * current_beta / beta_t,
         w_eps: 0.0,
         noise: scale,
+        r: 0.0,
+        w: 1.0,
+    })
+}
+
+/// The consistency model's boundary-condition scalings (c_skip, c_out) at a discrete
+/// `timestep`, σ_data = 0.5, the timestep scaled by `timestep_scaling` (diffusers'
+/// `LCMScheduler.get_scalings_for_boundary_condition_discrete`).
+pub fn lcm_scalings(timestep: f64, timestep_scaling: f64) -> (f64, f64) {
+    let s = timestep * timestep_scaling;
+    let sd2 = 0.25;
+    (sd2 / (s * s + sd2), s / (s * s + sd2).sqrt())
+}
+
+/// diffusers' `LCMScheduler.step` from ᾱ_t to ᾱ_prev: x₀ from the model output (clipped or
+/// thresholded by the pass), denoised = c_skip·x + c_out·x₀ (kept), then
+/// prev = √ᾱ_prev·denoised + √(1 − ᾱ_prev)·n, or the denoised sample itself at the `last` step.
+pub fn lcm_coefficients(
+    prediction: PredictionType,
+    alpha_prod: f64,
+    alpha_prod_prev: f64,
+    timestep: f64,
+    timestep_scaling: f64,
+    last: bool,
+) -> Result<DdimCoefficients> {
+    let (p, q, d) = prediction.x0_at(alpha_prod, "LCMScheduler")?;
+    let (c_skip, c_out) = lcm_scalings(timestep, timestep_scaling);
+    let (w0, noise) = if last {
+        (1.0, NoiseScale::None)
+    } else {
+        (
+            alpha_prod_prev.sqrt(),
+            NoiseScale::Fixed((1.0 - alpha_prod_prev).sqrt()),
+        )
+    };
+    Ok(DdimCoefficients {
+        p,
+        q,
+        d,
+        eps_from_x0: false,
+        h1: 0.0,
+        h2: 0.0,
+        h3: 1.0,
+        a: 0.0,
+        w0,
+        w_eps: 0.0,
+        noise,
+        r: c_skip,
+        w: c_out,
     })
 }
 

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::lincomb::{Clamp, Conversion, Lincomb, Noise, NoiseSource, Recompute, Sigma};
 use crate::schedule::ddim::{
     alpha_prod_at, ddim_coefficients, ddim_variance, ddpm_coefficients, ddpm_variances,
-    DdimCoefficients, NoiseScale, VarianceType,
+    lcm_coefficients, DdimCoefficients, NoiseScale, VarianceType,
 };
 use crate::schedule::prediction::PredictionType;
 use crate::tensor::Tensor;
@@ -136,6 +136,25 @@ impl Ddim {
         ddpm_coefficients(self.prediction, self.variance_type, at, ap, timestep > 0)
     }
 
+    /// The LCM step's scalars (`last`: the loop's last step, which adds no noise).
+    pub fn lcm_coefficients(
+        &self,
+        timestep: i64,
+        prev_timestep: i64,
+        timestep_scaling: f64,
+        last: bool,
+    ) -> Result<DdimCoefficients> {
+        let (at, ap) = self.alphas(timestep, prev_timestep)?;
+        lcm_coefficients(
+            self.prediction,
+            at,
+            ap,
+            timestep as f64,
+            timestep_scaling,
+            last,
+        )
+    }
+
     /// A step with `co` as a fused pass.
     pub fn pass(&self, co: &DdimCoefficients, io: DdimIo) -> Result<Lincomb> {
         let DdimIo {
@@ -198,8 +217,8 @@ impl Ddim {
             q: co.q,
             d: co.d,
             clamp,
-            r: 0.0,
-            w: 1.0,
+            r: co.r,
+            w: co.w,
             weight: co.w0,
             recompute: (co.w_eps != 0.0).then_some(Recompute {
                 h1: co.h1,

@@ -10,6 +10,7 @@ from .dpm_solver_v3 import DPMSolverV3Scheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
+from .lcm import LCMScheduler
 from .unipc import UniPCMultistepScheduler
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
     "HeunDiscreteScheduler",
+    "LCMScheduler",
     "SchedulerOutput",
     "UniPCMultistepScheduler",
 ]

@@ -38,7 +38,31 @@ _VARIANCE_TYPES = (
 )
 
 
-class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
+class _PreviousTimestepMixin:
+    """diffusers' ``previous_timestep`` of DDPM and LCM: the next timestep of the schedule
+    (−1 after the last), or t − 1 before any set_timesteps."""
+
+    custom_timesteps: bool
+    num_inference_steps: int | None
+
+    def previous_timestep(self, timestep: Any) -> Any:
+        """The next timestep of the schedule (−1 after the last), or t − 1 with no schedule:
+        an int, or a 0-d int64 tensor where ``timesteps`` is a tensor (as diffusers')."""
+        return self._as_timestep(self._prev_timestep(_int_timestep(timestep)))
+
+    def _prev_timestep(self, t: int) -> int:
+        """``previous_timestep`` as an int (what ``step`` and ``_get_variance`` use)."""
+        if self.custom_timesteps or self.num_inference_steps:
+            ts = self._timesteps_numpy()
+            hits = np.nonzero(ts == t)[0]
+            if len(hits) == 0:
+                raise ValueError(f"timestep: {t} is not in this scheduler's timesteps")
+            i = int(hits[0])
+            return -1 if i == len(ts) - 1 else int(ts[i + 1])
+        return t - 1
+
+
+class DDPMScheduler(_PreviousTimestepMixin, _DiscreteAlphasMixin, SchedulerBase):
     """Denoising diffusion probabilistic models (Ho et al. 2020) with diffusers' interface.
 
     Thread safety: stateful, so one instance per thread; ``step`` or ``set_timesteps`` on an
@@ -149,22 +173,6 @@ class DDPMScheduler(_DiscreteAlphasMixin, SchedulerBase):
             self.num_inference_steps = int(num_inference_steps)
             self.custom_timesteps = False
         self.timesteps = self._timesteps_array(ts, device)
-
-    def previous_timestep(self, timestep: Any) -> Any:
-        """The next timestep of the schedule (−1 after the last), or t − 1 with no schedule:
-        an int, or a 0-d int64 tensor where ``timesteps`` is a tensor (as diffusers')."""
-        return self._as_timestep(self._prev_timestep(_int_timestep(timestep)))
-
-    def _prev_timestep(self, t: int) -> int:
-        """``previous_timestep`` as an int (what ``step`` and ``_get_variance`` use)."""
-        if self.custom_timesteps or self.num_inference_steps:
-            ts = self._timesteps_numpy()
-            hits = np.nonzero(ts == t)[0]
-            if len(hits) == 0:
-                raise ValueError(f"timestep: {t} is not in this scheduler's timesteps")
-            i = int(hits[0])
-            return -1 if i == len(ts) - 1 else int(ts[i + 1])
-        return t - 1
 
     def _get_variance(
         self, t: Any, predicted_variance: Any = None, variance_type: str | None = None
