@@ -60,6 +60,7 @@ PLAIN = {
     "flow": rdiff.FlowMatchEulerDiscreteScheduler,
     "heun": rdiff.HeunDiscreteScheduler,
     "lcm": rdiff.LCMScheduler,
+    "tcd": rdiff.TCDScheduler,
 }
 WRAPPED = {
     "multistep": rdd.DPMSolverMultistepScheduler,
@@ -74,6 +75,7 @@ WRAPPED = {
     "flow": rdd.FlowMatchEulerDiscreteScheduler,
     "heun": rdd.HeunDiscreteScheduler,
     "lcm": rdd.LCMScheduler,
+    "tcd": rdd.TCDScheduler,
 }
 PEER = {
     "multistep": diffusers.DPMSolverMultistepScheduler,
@@ -86,6 +88,7 @@ PEER = {
     "flow": diffusers.FlowMatchEulerDiscreteScheduler,
     "heun": diffusers.HeunDiscreteScheduler,
     "lcm": diffusers.LCMScheduler,
+    "tcd": diffusers.TCDScheduler,
 }
 
 
@@ -266,6 +269,7 @@ KINDS = (
     "flow",
     "heun",
     "lcm",
+    "tcd",
 )
 
 
@@ -456,7 +460,7 @@ def _scheduler_cases() -> list[Case]:
                     "assert a.dtype == np.float64 and np.isfinite(a).all()\n"
                     + (
                         ""
-                        if kind in ("ddpm", "analytic", "euler_a", "lcm")
+                        if kind in ("ddpm", "analytic", "euler_a", "lcm", "tcd")
                         else "assert np.allclose(a, b, atol=1e-5)"
                     ),
                     None,
@@ -2021,6 +2025,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
     ),
     "test_flow_match": ("rdiff.flow.", "rdd.flow."),
     "test_lcm": ("rdiff.lcm.", "rdd.lcm."),
+    "test_tcd": ("rdiff.tcd.", "rdd.tcd."),
     "test_ddim_ddpm": (
         "rdiff.ddim.",
         "rdd.ddim.",

@@ -302,10 +302,11 @@ def _copy_cases():
         (rdd.FlowMatchEulerDiscreteScheduler, {"shift": 3.0, "stochastic_sampling": True}),
         (rdd.HeunDiscreteScheduler, {"clip_sample": True}),
         (rdd.LCMScheduler, {"thresholding": True}),
+        (rdd.TCDScheduler, {}),
     ]
 
 
-@pytest.mark.parametrize("case", range(15))
+@pytest.mark.parametrize("case", range(16))
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_copies_continue_where_the_original_is(case, how):
     """copy.deepcopy (the README's advice for one scheduler per thread) and pickle, mid-loop:

@@ -107,6 +107,8 @@ def run_pair(kind, cfg, n, dtype=torch.float32, seed=0, shape=(2, 3, 8, 8), chur
             assert torch.isfinite(orr.prev_sample).all()
             break
         assert orr.prev_sample.dtype == od.prev_sample.dtype
+        for out in (orr.prev_sample, orr.pred_original_sample):  # (NaN would compare as 0)
+            assert torch.isfinite(out).all()
         assert orr.prev_sample.shape == od.prev_sample.shape
         tol = _tolerance(
             x, mo, float(d.sigmas[i]), od.prev_sample.float(), dtype, heun if second else 0.0

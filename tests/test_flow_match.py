@@ -56,6 +56,7 @@ def run_pair(cfg, n, st_kw=None, dtype=torch.float32, seed=0, shape=(2, 4, 6, 6)
         xd = d.step(v, t, x, generator=torch.Generator().manual_seed(i)).prev_sample
         xr = r.step(v, t, x, generator=torch.Generator().manual_seed(i)).prev_sample
         assert xr.dtype == xd.dtype and xr.shape == xd.shape
+        assert torch.isfinite(xr).all()  # (a NaN would compare as no error)
         scale = max(1.0, float(x.abs().max()), float(v.abs().max()))
         tol = (4 * float(torch.finfo(dtype).eps) if dtype != torch.float32 else 1e-5) * scale
         worst = max(worst, float((xd.float() - xr.float()).abs().max()) / tol)

@@ -39,10 +39,22 @@ def run_pair(cfg, n, st=None, dtype=torch.float32, seed=0, shape=(2, 3, 8, 8)):
     worst = 0.0
     for i, t in enumerate(d.timesteps):
         mo = eps(x, int(t))
+        if not torch.isfinite(mo).all():
+            # GaussianEps' x₀ and v divide by √ᾱ = 0 at a zero-SNR start; the data's mean
+            # (0) is the exact x₀ there, and v = −x₀
+            mo = torch.zeros_like(x)
         od = d.step(mo, t, x, generator=torch.Generator().manual_seed(i))
         orr = r.step(mo, t, x, generator=torch.Generator().manual_seed(i))
         assert orr.prev_sample.dtype == od.prev_sample.dtype
         ac = float(d.alphas_cumprod[int(t)])
+        if not torch.isfinite(od.denoised).all():
+            # zero terminal SNR with ε prediction, unclipped: x₀ = (x − ε)/0 is not finite in
+            # diffusers, nor in rdiff (clipped, both give ±clip_sample_range)
+            assert ac == 0.0 and cfg.get("prediction_type", "epsilon") == "epsilon"
+            assert not torch.isfinite(orr.denoised).all()
+            break
+        for out in (orr.prev_sample, orr.denoised):  # (a NaN would compare as no error)
+            assert torch.isfinite(out).all()
         scale = max(1.0, float(x.abs().max()), float(mo.abs().max())) / max(ac, 1e-4) ** 0.5
         tol = (4 * float(torch.finfo(dtype).eps) if dtype != torch.float32 else 1e-5) * scale
         for a, b in ((od.prev_sample, orr.prev_sample), (od.denoised, orr.denoised)):

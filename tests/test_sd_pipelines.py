@@ -29,6 +29,7 @@ CLASSES = [
     "EulerAncestralDiscreteScheduler",
     "HeunDiscreteScheduler",
     "LCMScheduler",
+    "TCDScheduler",
 ]
 # Configs as a user writes them; DDIM/DDPM's defaults have clip_sample=True, which the
 # pipelines switch off, and steps_offset=0, which they set to 1.
@@ -42,6 +43,7 @@ CONFIGS = {
     "EulerAncestralDiscreteScheduler": {"beta_schedule": "scaled_linear"},
     "HeunDiscreteScheduler": {"beta_schedule": "scaled_linear", "use_karras_sigmas": True},
     "LCMScheduler": {},
+    "TCDScheduler": {},
 }
 
 

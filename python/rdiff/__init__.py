@@ -38,6 +38,7 @@ from .schedulers import (
     HeunDiscreteScheduler,
     LCMScheduler,
     SchedulerOutput,
+    TCDScheduler,
     UniPCMultistepScheduler,
 )
 from .schedulers.analytic_dpm import AnalyticDPMScheduler
@@ -75,6 +76,7 @@ __all__ = [
     "RdiffError",
     "SampleInfo",
     "SchedulerOutput",
+    "TCDScheduler",
     "UNet2DModel",
     "UniPCMultistepScheduler",
     "WeightsError",

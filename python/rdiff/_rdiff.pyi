@@ -430,6 +430,25 @@ class _Ddim:
         stream: int = 0,
     ) -> None:
         """One fused LCM step: the denoised sample into ``x0``, the new sample into ``prev``."""
+    def tcd_coefficients(
+        self, timestep: int, prev_timestep: int, eta: float, last: bool
+    ) -> tuple[float, float, float, float, float, float, float, float, float, float]:
+        """As ``ddim_coefficients`` for a TCD step."""
+    def tcd(
+        self,
+        timestep: int,
+        prev_timestep: int,
+        eta: float,
+        last: bool,
+        *,
+        model_output: _Tensor,
+        sample: _Tensor,
+        x0: _Tensor,
+        prev: _Tensor,
+        noise: _Tensor | None = None,
+        stream: int = 0,
+    ) -> None:
+        """One fused TCD step: the noised estimate into ``x0``, the new sample into ``prev``."""
 
 def _ddim_timesteps(
     num_train_timesteps: int, num_inference_steps: int, timestep_spacing: str, steps_offset: int

@@ -27,6 +27,7 @@ try:
     )
     from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
+    from diffusers.schedulers.scheduling_tcd import TCDSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 except ImportError as e:  # pragma: no cover - exercised only without diffusers
     raise ImportError("rdiff.diffusers needs diffusers: pip install diffusers torch") from e
@@ -45,6 +46,7 @@ __all__ = [
     "FlowMatchEulerDiscreteScheduler",
     "HeunDiscreteScheduler",
     "LCMScheduler",
+    "TCDScheduler",
     "UniPCMultistepScheduler",
 ]
 
@@ -92,6 +94,7 @@ FlowMatchEulerDiscreteScheduler = _wrap(
 )
 HeunDiscreteScheduler = _wrap(_schedulers.HeunDiscreteScheduler, HeunDiscreteSchedulerOutput)
 LCMScheduler = _wrap(_schedulers.LCMScheduler, LCMSchedulerOutput)
+TCDScheduler = _wrap(_schedulers.TCDScheduler, TCDSchedulerOutput)
 # No diffusers peer (DPM-Solver-v3 is only in its authors' research code).
 DPMSolverV3Scheduler = _wrap(_schedulers.DPMSolverV3Scheduler, SchedulerOutput)
 # No diffusers peer; its step returns the sample and x0 prediction, as DDPM's does.

@@ -1,4 +1,5 @@
-//! `_Ddim`: the core of `rdiff.DDIMScheduler`, `rdiff.DDPMScheduler` and `rdiff.LCMScheduler`;
+//! `_Ddim`: the core of `rdiff.DDIMScheduler`, `rdiff.DDPMScheduler`, `rdiff.LCMScheduler` and
+//! `rdiff.TCDScheduler`;
 //! `_ddim_timesteps`, their spacing of the inference timesteps.
 
 use numpy::PyArray1;
@@ -185,6 +186,50 @@ impl PyDdim {
         let lc = self
             .inner
             .pass(&co, io(model_output, sample, x0, prev, noise, bounds)?)?;
+        run(py, &lc, lc.tensors(), stream)
+    }
+
+    /// The TCD step's scalars, as `ddim_coefficients` (p, q: the kept noised estimate).
+    fn tcd_coefficients(
+        &self,
+        timestep: i64,
+        prev_timestep: i64,
+        eta: f64,
+        last: bool,
+    ) -> PyResult<CoTuple> {
+        Ok(co_tuple(&self.inner.tcd_coefficients(
+            timestep,
+            prev_timestep,
+            eta,
+            last,
+        )?))
+    }
+
+    /// One fused TCD step: the noised estimate into `x0`, the new sample into `prev`; `noise`
+    /// (float32) is required when η > 0 and not `last`.
+    #[pyo3(signature = (timestep, prev_timestep, eta, last, *, model_output, sample, x0, prev,
+        noise=None, stream=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn tcd(
+        &self,
+        py: Python<'_>,
+        timestep: i64,
+        prev_timestep: i64,
+        eta: f64,
+        last: bool,
+        model_output: &Bound<'_, PyAny>,
+        sample: &Bound<'_, PyAny>,
+        x0: &Bound<'_, PyAny>,
+        prev: &Bound<'_, PyAny>,
+        noise: Option<&Bound<'_, PyAny>>,
+        stream: usize,
+    ) -> PyResult<()> {
+        let co = self
+            .inner
+            .tcd_coefficients(timestep, prev_timestep, eta, last)?;
+        let lc = self
+            .inner
+            .pass(&co, io(model_output, sample, x0, prev, noise, None)?)?;
         run(py, &lc, lc.tensors(), stream)
     }
 

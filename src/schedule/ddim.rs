@@ -226,6 +226,47 @@ pub fn ddpm_coefficients(
     })
 }
 
+/// diffusers' `TCDScheduler.step` from ᾱ_t through ᾱ_s (s = ⌊(1 − η)·prev⌋) to ᾱ_prev: the
+/// noised estimate √ᾱ_s·x₀ + √(1 − ᾱ_s)·ε (linear in x and mo, kept), then
+/// prev = √(ᾱ_prev/ᾱ_s)·that + √(1 − ᾱ_prev/ᾱ_s)·n when `noise` (η > 0, not the last step).
+pub fn tcd_coefficients(
+    prediction: PredictionType,
+    alpha_prod: f64,
+    alpha_prod_s: f64,
+    alpha_prod_prev: f64,
+    noise: bool,
+) -> Result<DdimCoefficients> {
+    let (p, q, d) = prediction.x0_at(alpha_prod, "TCDScheduler")?;
+    let (ex, em) = prediction.eps_at(alpha_prod, "TCDScheduler")?;
+    let (sa, sb) = (alpha_prod_s.sqrt(), (1.0 - alpha_prod_s).sqrt());
+    let ratio = alpha_prod_prev / alpha_prod_s;
+    let (w0, scale) = if noise {
+        (ratio.sqrt(), NoiseScale::Fixed((1.0 - ratio).sqrt()))
+    } else {
+        (1.0, NoiseScale::None)
+    };
+    Ok(DdimCoefficients {
+        p: sa * p / d + sb * ex,
+        q: sa * q / d + sb * em,
+        d: 1.0,
+        eps_from_x0: false,
+        h1: 0.0,
+        h2: 0.0,
+        h3: 1.0,
+        a: 0.0,
+        w0,
+        w_eps: 0.0,
+        noise: scale,
+        r: 0.0,
+        w: 1.0,
+    })
+}
+
+/// TCD's intermediate timestep s = ⌊(1 − η)·prev⌋, the product in float32 as torch forms it.
+pub fn tcd_timestep_s(prev_timestep: i64, eta: f64) -> i64 {
+    ((1.0 - eta) as f32 * prev_timestep as f32).floor() as i64
+}
+
 /// The consistency model's boundary-condition scalings (c_skip, c_out) at a discrete
 /// `timestep`, σ_data = 0.5, the timestep scaled by `timestep_scaling` (diffusers'
 /// `LCMScheduler.get_scalings_for_boundary_condition_discrete`).

@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::lincomb::{Clamp, Conversion, Lincomb, Noise, NoiseSource, Recompute, Sigma};
 use crate::schedule::ddim::{
     alpha_prod_at, ddim_coefficients, ddim_variance, ddpm_coefficients, ddpm_variances,
-    lcm_coefficients, DdimCoefficients, NoiseScale, VarianceType,
+    lcm_coefficients, tcd_coefficients, tcd_timestep_s, DdimCoefficients, NoiseScale, VarianceType,
 };
 use crate::schedule::prediction::PredictionType;
 use crate::tensor::Tensor;
@@ -153,6 +153,27 @@ impl Ddim {
             timestep_scaling,
             last,
         )
+    }
+
+    /// The TCD step's scalars: from `timestep` to `prev_timestep` (0 after the last) with
+    /// stochasticity `eta` ∈ [0, 1]; `last`: the loop's last step (no noise).
+    pub fn tcd_coefficients(
+        &self,
+        timestep: i64,
+        prev_timestep: i64,
+        eta: f64,
+        last: bool,
+    ) -> Result<DdimCoefficients> {
+        if !(0.0..=1.0).contains(&eta) {
+            return value_err!("eta: must lie in [0, 1], got {eta}");
+        }
+        if self.clip != Clip::None {
+            return value_err!("the TCD step: this core clips x₀; TCD never does");
+        }
+        let at = alpha_prod_at(&self.alphas_cumprod, timestep)?;
+        let a_s = alpha_prod_at(&self.alphas_cumprod, tcd_timestep_s(prev_timestep, eta))?;
+        let (_, ap) = self.alphas(timestep, prev_timestep)?;
+        tcd_coefficients(self.prediction, at, a_s, ap, eta > 0.0 && !last)
     }
 
     /// A step with `co` as a fused pass.

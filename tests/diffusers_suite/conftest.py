@@ -17,6 +17,7 @@ DELIBERATE = {
     "test_scheduler_ddim.py::DDIMSchedulerTest::test_betas": _BETA_END,
     "test_scheduler_ddpm.py::DDPMSchedulerTest::test_betas": _BETA_END,
     "test_scheduler_lcm.py::LCMSchedulerTest::test_betas": _BETA_END,
+    "test_scheduler_tcd.py::TCDSchedulerTest::test_betas": _BETA_END,
     "test_scheduler_ddpm.py::DDPMSchedulerTest::test_timesteps": (
         "num_train_timesteps=1: rdiff's schedules need at least two training timesteps (the "
         "continuous-time view every rdiff scheduler shares interpolates between them); a "

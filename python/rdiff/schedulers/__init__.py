@@ -11,6 +11,7 @@ from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .lcm import LCMScheduler
+from .tcd import TCDScheduler
 from .unipc import UniPCMultistepScheduler
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "HeunDiscreteScheduler",
     "LCMScheduler",
     "SchedulerOutput",
+    "TCDScheduler",
     "UniPCMultistepScheduler",
 ]

@@ -125,16 +125,10 @@ class LCMScheduler(_PreviousTimestepMixin, _DiscreteAlphasMixin, SchedulerBase):
             else original_inference_steps,
             "original_inference_steps",
         )
-        if original > n_train:
-            raise ValueError(
-                f"original_inference_steps: {original} is more than the {n_train} training "
-                "timesteps"
-            )
         strength = float(strength)
         if not (0.0 < strength <= 1.0):
             raise ValueError(f"strength: must lie in (0, 1], got {strength}")
-        k = n_train // original
-        origin = np.arange(1, int(original * strength) + 1) * k - 1
+        origin = self._origin_timesteps(original_inference_steps, original, strength)
         if timesteps is not None:
             ts = np.asarray(
                 timesteps.detach().cpu().numpy() if _tensor.is_torch(timesteps) else timesteps,
@@ -189,6 +183,17 @@ class LCMScheduler(_PreviousTimestepMixin, _DiscreteAlphasMixin, SchedulerBase):
         self.timesteps = self._timesteps_array(ts.astype(np.int64), device)
         self._step_index = None
         self._begin_index = None
+
+    def _origin_timesteps(self, given: int | None, original: int, strength: float) -> np.ndarray:
+        """The distillation schedule the inference timesteps are chosen from (ascending):
+        every (N // original)-th training timestep, the first ``original × strength``."""
+        n_train = len(self._ac)
+        if original > n_train:
+            raise ValueError(
+                f"original_inference_steps: {original} is more than the {n_train} training "
+                "timesteps"
+            )
+        return np.arange(1, int(original * strength) + 1) * (n_train // original) - 1
 
     def get_scalings_for_boundary_condition_discrete(self, timestep: Any) -> tuple[float, float]:
         """(c_skip, c_out) at ``timestep``: σ_data²/(s² + σ_data²) and s/√(s² + σ_data²),
