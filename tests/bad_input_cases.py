@@ -61,6 +61,7 @@ PLAIN = {
     "heun": rdiff.HeunDiscreteScheduler,
     "lcm": rdiff.LCMScheduler,
     "tcd": rdiff.TCDScheduler,
+    "kdpm2": rdiff.KDPM2DiscreteScheduler,
 }
 WRAPPED = {
     "multistep": rdd.DPMSolverMultistepScheduler,
@@ -76,6 +77,7 @@ WRAPPED = {
     "heun": rdd.HeunDiscreteScheduler,
     "lcm": rdd.LCMScheduler,
     "tcd": rdd.TCDScheduler,
+    "kdpm2": rdd.KDPM2DiscreteScheduler,
 }
 PEER = {
     "multistep": diffusers.DPMSolverMultistepScheduler,
@@ -89,6 +91,7 @@ PEER = {
     "heun": diffusers.HeunDiscreteScheduler,
     "lcm": diffusers.LCMScheduler,
     "tcd": diffusers.TCDScheduler,
+    "kdpm2": diffusers.KDPM2DiscreteScheduler,
 }
 
 
@@ -270,6 +273,7 @@ KINDS = (
     "heun",
     "lcm",
     "tcd",
+    "kdpm2",
 )
 
 
@@ -378,7 +382,7 @@ def _scheduler_cases() -> list[Case]:
                         )
                     ]
                     # the σ-parametrised classes space fractional timesteps, any number of them
-                    if kind not in ("euler", "euler_a", "flow", "heun")
+                    if kind not in ("euler", "euler_a", "flow", "heun", "kdpm2")
                     else []
                 ),
                 # -- out of order
@@ -816,7 +820,7 @@ def _out_of_order(kind: str, p: str, mk: str, mk0: str) -> list[Case]:
             "ValueError",
             r"steps are done.*set_timesteps",
         )
-    if kind in ("ddpm", "euler", "euler_a", "flow", "heun"):
+    if kind in ("ddpm", "euler", "euler_a", "flow", "heun", "kdpm2"):
         # (the σ-parametrised classes step over the training schedule, float timesteps)
         t = "999" if kind == "ddpm" else "peer.timesteps[0]"
         before = Case(
@@ -2022,6 +2026,8 @@ OWNERS: dict[str, tuple[str, ...]] = {
         "rdd.euler_a.",
         "rdiff.heun.",
         "rdd.heun.",
+        "rdiff.kdpm2.",
+        "rdd.kdpm2.",
     ),
     "test_flow_match": ("rdiff.flow.", "rdd.flow."),
     "test_lcm": ("rdiff.lcm.", "rdd.lcm."),

@@ -28,6 +28,7 @@ CLASSES = [
     "EulerDiscreteScheduler",
     "EulerAncestralDiscreteScheduler",
     "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
     "LCMScheduler",
     "TCDScheduler",
 ]
@@ -42,6 +43,7 @@ CONFIGS = {
     "EulerDiscreteScheduler": {"beta_schedule": "scaled_linear", "use_karras_sigmas": True},
     "EulerAncestralDiscreteScheduler": {"beta_schedule": "scaled_linear"},
     "HeunDiscreteScheduler": {"beta_schedule": "scaled_linear", "use_karras_sigmas": True},
+    "KDPM2DiscreteScheduler": {"beta_schedule": "scaled_linear"},
     "LCMScheduler": {},
     "TCDScheduler": {},
 }

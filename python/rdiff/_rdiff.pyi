@@ -466,6 +466,7 @@ class _Euler:
         kind: str,
         stochastic: bool = False,
         clip_sample_range: float | None = None,
+        sigmas_interpol: list[float] | None = None,
     ) -> None: ...
     def churn(self, step_index: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
         """The churn γ of step ``step_index`` (0 outside [s_tmin, s_tmax])."""
@@ -486,7 +487,7 @@ class _Euler:
         stream: int = 0,
     ) -> None:
         """One fused step: the new sample into ``prev``, x0 into ``x0`` when given."""
-    def heun_second(
+    def second_stage(
         self,
         step_index: int,
         *,
@@ -498,7 +499,7 @@ class _Euler:
         prev: _Tensor,
         stream: int = 0,
     ) -> None:
-        """Heun's second stage: x0 and the new sample from the first stage's state."""
+        """The second stage (Heun, KDPM2): x0 and the new sample from the first stage's state."""
 
 def _euler_schedule(
     table: npt.NDArray[np.float32],

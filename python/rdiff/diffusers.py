@@ -26,6 +26,7 @@ try:
         FlowMatchEulerDiscreteSchedulerOutput,
     )
     from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_k_dpm_2_discrete import KDPM2DiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
     from diffusers.schedulers.scheduling_tcd import TCDSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
@@ -45,6 +46,7 @@ __all__ = [
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
     "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler",
     "LCMScheduler",
     "TCDScheduler",
     "UniPCMultistepScheduler",
@@ -93,6 +95,7 @@ FlowMatchEulerDiscreteScheduler = _wrap(
     _schedulers.FlowMatchEulerDiscreteScheduler, FlowMatchEulerDiscreteSchedulerOutput
 )
 HeunDiscreteScheduler = _wrap(_schedulers.HeunDiscreteScheduler, HeunDiscreteSchedulerOutput)
+KDPM2DiscreteScheduler = _wrap(_schedulers.KDPM2DiscreteScheduler, KDPM2DiscreteSchedulerOutput)
 LCMScheduler = _wrap(_schedulers.LCMScheduler, LCMSchedulerOutput)
 TCDScheduler = _wrap(_schedulers.TCDScheduler, TCDSchedulerOutput)
 # No diffusers peer (DPM-Solver-v3 is only in its authors' research code).

@@ -53,31 +53,42 @@ pub struct PyEuler {
 impl PyEuler {
     /// `sigmas`: the loop's σ (n + 1 values; Heun's interleaved); `kind`: "euler",
     /// "ancestral", "flow" (`stochastic`: the flow scheduler's `stochastic_sampling`) or
-    /// "heun"; `clip_sample_range`: x₀ clamped to ±range before the update.
+    /// "heun" or "kdpm2" (`sigmas_interpol`: its interleaved log-midpoints);
+    /// `clip_sample_range`: x₀ clamped to ±range before the update.
     #[new]
-    #[pyo3(signature = (sigmas, prediction_type, kind, stochastic=false, clip_sample_range=None))]
+    #[pyo3(signature = (sigmas, prediction_type, kind, stochastic=false, clip_sample_range=None,
+        sigmas_interpol=None))]
     fn new(
         sigmas: Vec<f64>,
         prediction_type: &str,
         kind: &str,
         stochastic: bool,
         clip_sample_range: Option<f64>,
+        sigmas_interpol: Option<Vec<f64>>,
     ) -> PyResult<Self> {
         let kind = match kind {
             "euler" => EulerKind::Euler,
             "ancestral" => EulerKind::Ancestral,
             "flow" => EulerKind::Flow { stochastic },
             "heun" => EulerKind::Heun,
+            "kdpm2" => EulerKind::Kdpm2,
             other => {
                 return Err(PyErr::from(RdiffError::Value(format!(
-                    "kind: unknown {other:?}; expected \"euler\", \"ancestral\", \"flow\" or \
-                     \"heun\""
+                    "kind: unknown {other:?}; expected \"euler\", \"ancestral\", \"flow\", \
+                     \"heun\" or \"kdpm2\""
                 ))))
             }
         };
         let mut inner = Euler::new(sigmas, prediction_type, kind)?;
         if let Some(range) = clip_sample_range {
             inner = inner.with_clip(range)?;
+        }
+        if let Some(interpol) = sigmas_interpol {
+            inner = inner.with_interpol(interpol)?;
+        } else if kind == EulerKind::Kdpm2 {
+            return Err(PyErr::from(RdiffError::Value(
+                "sigmas_interpol: the KDPM2 step needs its midpoint σ".into(),
+            )));
         }
         Ok(Self { inner })
     }
@@ -123,13 +134,14 @@ impl PyEuler {
         run(py, &lc, lc.tensors(), stream)
     }
 
-    /// Heun's second stage at `step_index`: `sample` is x₂ (the first stage's result) and
+    /// The second stage (Heun, KDPM2) at `step_index`: `sample` is x₂ (the first stage's
+    /// result) and
     /// `first_sample`, `first_x0` the first stage's sample and x₀, all in the model output's
     /// dtype; writes x₀ and the new sample.
     #[pyo3(signature = (step_index, *, model_output, sample, first_sample, first_x0, x0, prev,
         stream=0))]
     #[allow(clippy::too_many_arguments)]
-    fn heun_second(
+    fn second_stage(
         &self,
         py: Python<'_>,
         step_index: usize,
@@ -149,7 +161,7 @@ impl PyEuler {
             x0: tensor(x0, "pred_original_sample buffer")?,
             prev: tensor(prev, "output buffer")?,
         };
-        let lc = self.inner.heun_second(step_index, io)?;
+        let lc = self.inner.second_stage(step_index, io)?;
         run(py, &lc, lc.tensors(), stream)
     }
 }

@@ -152,6 +152,30 @@ pub fn heun_second(prediction: PredictionType, sigma: f64, sigma_next: f64) -> R
     })
 }
 
+/// The second stage of diffusers' `KDPM2DiscreteScheduler.step` (DPM-Solver-2 in σ): with the
+/// slope at the log-midpoint σ_mid, d = (x_mid − x₀)/σ_mid, x₀ = p·x_mid + q·mo at σ_mid,
+/// prev = x_s + (σ_next − σ)·d, in [`HeunSecond`]'s form (no first-stage x₀).
+pub fn kdpm2_second(
+    prediction: PredictionType,
+    sigma: f64,
+    sigma_mid: f64,
+    sigma_next: f64,
+) -> Result<HeunSecond> {
+    if sigma_mid == 0.0 {
+        return value_err!("the KDPM2 correction: the midpoint σ is 0 (the last step is Euler)");
+    }
+    let (p, q) = x0_sigma(prediction, sigma_mid, sigma_mid);
+    let k = (sigma_next - sigma) / sigma_mid;
+    Ok(HeunSecond {
+        p,
+        q,
+        a_s: 1.0,
+        w_x01: 0.0,
+        w_x2: k,
+        wm: -k,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::lincomb::{Clamp, Conversion, Lincomb, Noise, NoiseSource, Sigma};
 use crate::schedule::euler::{
-    euler_ancestral_step, euler_step, euler_x0_form, flow_euler_step, heun_second,
+    euler_ancestral_step, euler_step, euler_x0_form, flow_euler_step, heun_second, kdpm2_second,
     EulerCoefficients,
 };
 use crate::schedule::karras::churn_gamma;
@@ -25,8 +25,12 @@ pub enum EulerKind {
         stochastic: bool,
     },
     /// diffusers' `HeunDiscreteScheduler`: over its interleaved σ (σ₀, σ₁, σ₁, σ₂, σ₂, …, 0),
-    /// a first stage (an Euler step, [`Euler::step`]) and a second ([`Euler::heun_second`]).
+    /// a first stage (an Euler step, [`Euler::step`]) and a second ([`Euler::second_stage`]).
     Heun,
+    /// diffusers' `KDPM2DiscreteScheduler`: Heun's interleaving, the first stage an Euler step
+    /// to the log-midpoint σ (`interpol`), the second from the interval's start with the
+    /// midpoint's slope.
+    Kdpm2,
 }
 
 /// One loop's constants: the σ schedule (`timesteps.len() + 1` values) and the update.
@@ -37,6 +41,8 @@ pub struct Euler {
     pub kind: EulerKind,
     /// clip_sample: x₀ clamped to [−c, c] before the update (Heun).
     pub clip: Option<f64>,
+    /// KDPM2's log-midpoint σ, interleaved as `sigmas`.
+    pub interpol: Vec<f64>,
 }
 
 /// The tensors of one step.
@@ -83,7 +89,21 @@ impl Euler {
             prediction,
             kind,
             clip: None,
+            interpol: Vec::new(),
         })
+    }
+
+    /// With KDPM2's interleaved log-midpoint σ (as many as `sigmas`).
+    pub fn with_interpol(mut self, interpol: Vec<f64>) -> Result<Self> {
+        if interpol.len() != self.sigmas.len() || interpol.iter().any(|s| !s.is_finite()) {
+            return value_err!(
+                "sigmas_interpol: need {} finite values, got {}",
+                self.sigmas.len(),
+                interpol.len()
+            );
+        }
+        self.interpol = interpol;
+        Ok(self)
     }
 
     /// With diffusers' `clip_sample` (x₀ clamped to [−range, range]).
@@ -93,6 +113,13 @@ impl Euler {
         }
         self.clip = Some(range);
         Ok(self)
+    }
+
+    fn mid(&self, i: usize) -> Result<f64> {
+        match self.interpol.get(i) {
+            Some(&m) => Ok(m),
+            None => value_err!("sigmas_interpol: no midpoint σ at index {i}"),
+        }
     }
 
     fn at(&self, i: usize) -> Result<(f64, f64)> {
@@ -128,6 +155,10 @@ impl Euler {
             EulerKind::Euler | EulerKind::Heun => {
                 euler_step(self.prediction, sigma, sigma * (gamma + 1.0), next)
             }
+            EulerKind::Kdpm2 => {
+                let mid = self.mid(i + 1)?;
+                euler_step(self.prediction, sigma, sigma, mid)
+            }
             EulerKind::Ancestral => euler_ancestral_step(self.prediction, sigma, next),
             EulerKind::Flow { stochastic } => Ok(flow_euler_step(sigma, next, stochastic)),
         }
@@ -156,7 +187,10 @@ impl Euler {
                 (co.a, 0.0)
             }
             Some(_) => {
-                let (sigma, next) = self.at(i)?;
+                let (sigma, mut next) = self.at(i)?;
+                if self.kind == EulerKind::Kdpm2 {
+                    next = self.mid(i + 1)?;
+                }
                 euler_x0_form(sigma * (gamma + 1.0), next)
             }
         };
@@ -211,13 +245,18 @@ impl Euler {
         }
     }
 
-    /// Heun's second stage at step index `i` (σ = sigmas[i − 1] to σ_next = sigmas[i]).
-    pub fn heun_second(&self, i: usize, io: HeunIo) -> Result<Lincomb> {
-        if self.kind != EulerKind::Heun || i == 0 || i >= self.sigmas.len() {
-            return value_err!("the Heun correction: step index {i} has no first stage");
+    /// The second stage of Heun or KDPM2 at step index `i` (σ = sigmas[i − 1] to
+    /// σ_next = sigmas[i]; KDPM2's midpoint interpol[i]).
+    pub fn second_stage(&self, i: usize, io: HeunIo) -> Result<Lincomb> {
+        let two_stage = matches!(self.kind, EulerKind::Heun | EulerKind::Kdpm2);
+        if !two_stage || i == 0 || i >= self.sigmas.len() {
+            return value_err!("the second stage: step index {i} has no first stage");
         }
         let (sigma, next) = (self.sigmas[i - 1], self.sigmas[i]);
-        let h = heun_second(self.prediction, sigma, next)?;
+        let h = match self.kind {
+            EulerKind::Kdpm2 => kdpm2_second(self.prediction, sigma, self.mid(i)?, next)?,
+            _ => heun_second(self.prediction, sigma, next)?,
+        };
         let HeunIo {
             model_output: mo,
             sample: x2,
@@ -234,9 +273,11 @@ impl Euler {
         expect_like(&first_x0, "first-stage pred_original_sample", &x2, d)?;
         expect_like(&x0, "pred_original_sample buffer", &x2, d)?;
         expect_like(&prev, "output buffer", &x2, d)?;
-        let mut lc = Lincomb::new("the Heun correction", prev);
+        let mut lc = Lincomb::new("the second stage", prev);
         lc.base = Some((xs, h.a_s));
-        lc.terms.push((first_x0, h.w_x01));
+        if h.w_x01 != 0.0 {
+            lc.terms.push((first_x0, h.w_x01));
+        }
         lc.terms.push((x2.clone(), h.w_x2));
         lc.conv = Some(self.conversion(&x2, mo, stride, h.p, h.q, h.wm));
         lc.hist = Some(x0);

@@ -144,8 +144,12 @@ class SigmaSchedulerBase(SchedulerBase):
         return prev, x0
 
     def _scale(self, sample: Any, timestep: Any) -> Any:
+        """sample / √(σ² + 1) at ``timestep``."""
+        return self._scale_by(sample, self._sigma_at(timestep))
+
+    def _scale_by(self, sample: Any, sigma: float) -> Any:
         """sample / √(σ² + 1), the divisor in float32 as diffusers forms it."""
-        sigma = np.float32(self._sigma_at(timestep))
+        sigma = np.float32(sigma)
         div = np.sqrt(sigma * sigma + np.float32(1.0))
         self.is_scale_input_called = True
         if _tensor.is_torch(sample):

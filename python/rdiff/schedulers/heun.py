@@ -145,7 +145,7 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
             self._first_x0 = x0
         else:
             like = _tensor.empty_like(x, dtype=mo.dtype)
-            self._core.heun_second(
+            self._core.second_stage(
                 i,
                 model_output=mo,
                 sample=_as_dtype(x, like),
