@@ -65,6 +65,15 @@ def loop_setup(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+# diffusers' σ-placement flags and rdiff's names for them (what `_sigma_kind` reads).
+SIGMA_FLAGS = (
+    ("use_karras_sigmas", "karras"),
+    ("use_lu_lambdas", "lu"),
+    ("use_exponential_sigmas", "exponential"),
+    ("use_beta_sigmas", "beta"),
+    ("use_flow_sigmas", "flow"),
+)
+
 # What a rebuild keeps of a loop in progress (the step counter, the history, the group's start).
 _LOOP_STATE = (
     "_step_index",
@@ -246,6 +255,16 @@ class SchedulerBase(ConfigMixin):
         self.num_inference_steps: int | None = None
         self._step_index: int | None = None
         self._begin_index: int | None = None
+
+    def _sigma_kind(self) -> str:
+        """The config's σ placement ("karras", "lu", "exponential", "beta", "flow" from its
+        use_*_sigmas / use_lu_lambdas flags) or "default"; a class without a flag reads it
+        as off."""
+        cfg = self.config
+        for flag, kind in SIGMA_FLAGS:
+            if cfg.get(flag, False):
+                return kind
+        return "default"
 
     def _sigma_table(self) -> tuple[np.ndarray, np.ndarray]:
         """diffusers' σ table and its log, with diffusers' own arithmetic: σ by torch's

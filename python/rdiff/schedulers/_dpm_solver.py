@@ -11,14 +11,6 @@ from .. import _tensor
 from .._rdiff import _diffusers_karras, _lincomb, _sigma_to_t
 from ._base import SchedulerBase, thresholding_scratch
 
-SIGMA_FLAGS = (
-    ("use_karras_sigmas", "karras"),
-    ("use_lu_lambdas", "lu"),
-    ("use_exponential_sigmas", "exponential"),
-    ("use_beta_sigmas", "beta"),
-    ("use_flow_sigmas", "flow"),
-)
-
 
 class DPMSolverBase(SchedulerBase):
     """The shared half of ``DPMSolverMultistepScheduler`` and ``DPMSolverSinglestepScheduler``."""
@@ -38,13 +30,6 @@ class DPMSolverBase(SchedulerBase):
             lambda_t=np.log(alpha_t) - np.log(sigma_t),
             sigmas=self._sigmas,
         )
-
-    def _sigma_kind(self) -> str:
-        cfg = self.config
-        for flag, kind in SIGMA_FLAGS:
-            if cfg.get(flag, False):
-                return kind
-        return "default"
 
     def _solver_args(self, algorithm_type: str, solver_type: str) -> dict:
         """The options of the Rust core (``SolverArgs``), from the config and ``sigmas``;

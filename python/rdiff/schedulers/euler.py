@@ -240,17 +240,6 @@ class EulerDiscreteScheduler(SigmaSchedulerBase):
         cfg = self.config
         return cfg.get("timestep_type") == "continuous" and cfg.prediction_type == "v_prediction"
 
-    def _sigma_kind(self) -> str:
-        cfg = self.config
-        for flag, kind in (
-            ("use_karras_sigmas", "karras"),
-            ("use_exponential_sigmas", "exponential"),
-            ("use_beta_sigmas", "beta"),
-        ):
-            if cfg.get(flag, False):
-                return kind
-        return "default"
-
     @property
     def init_noise_sigma(self) -> Any:
         """The initial noise's standard deviation: σ_max (linspace, trailing) or

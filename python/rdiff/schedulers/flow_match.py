@@ -96,17 +96,6 @@ class FlowMatchEulerDiscreteScheduler(SigmaSchedulerBase):
         scale_factor = one_minus_z[-1] / (1 - self.config.shift_terminal)
         return 1 - (one_minus_z / scale_factor)
 
-    def _sigma_kind(self) -> str:
-        cfg = self.config
-        for flag, kind in (
-            ("use_karras_sigmas", "karras"),
-            ("use_exponential_sigmas", "exponential"),
-            ("use_beta_sigmas", "beta"),
-        ):
-            if cfg.get(flag, False):
-                return kind
-        return "default"
-
     @exclusive
     @loop_setup
     def set_timesteps(
