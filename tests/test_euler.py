@@ -448,3 +448,21 @@ def test_whole_loop_emulated_equals_cpu(kind, dt):
 from bad_input_cases import bad_input_test
 
 test_bad_input_case = bad_input_test(__name__)
+
+
+@pytest.mark.parametrize("kind", ["heun", "kdpm2"])
+def test_config_rewritten_between_two_stages(kind):
+    """A pipeline may replace the config mid-loop (rdiff then rebuilds from it): between an
+    interval's two stages the first stage's state must survive the rebuild."""
+
+    def run(rewrite):
+        s = PAIRS[kind][1]()
+        s.set_timesteps(4)
+        x = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+        for i, t in enumerate(s.timesteps):
+            if rewrite and i == 1:
+                s._internal_dict = type(s.config)({**s.config})
+            x = s.step(0.1 * s.scale_model_input(x, t), t, x).prev_sample
+        return x
+
+    assert torch.equal(run(False), run(True))

@@ -83,6 +83,8 @@ _LOOP_STATE = (
     "custom_timesteps",
     "last_sample",
     "this_order",
+    "dt",  # Heun / KDPM2 between an interval's two stages (with "sample")
+    "_first_x0",
 )
 
 
