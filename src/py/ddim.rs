@@ -48,6 +48,20 @@ fn io(
     })
 }
 
+impl PyDdim {
+    /// The step with scalars `co` on `io`, run where its tensors are.
+    fn run_pass(
+        &self,
+        py: Python<'_>,
+        co: &DdimCoefficients,
+        io: DdimIo,
+        stream: usize,
+    ) -> PyResult<()> {
+        let lc = self.inner.pass(co, io)?;
+        run(py, &lc, lc.tensors(), stream)
+    }
+}
+
 #[pymethods]
 impl PyDdim {
     #[new]
@@ -137,10 +151,12 @@ impl PyDdim {
         let co =
             self.inner
                 .ddim_coefficients(timestep, prev_timestep, eta, use_clipped_model_output)?;
-        let lc = self
-            .inner
-            .pass(&co, io(model_output, sample, x0, prev, noise, bounds)?)?;
-        run(py, &lc, lc.tensors(), stream)
+        self.run_pass(
+            py,
+            &co,
+            io(model_output, sample, x0, prev, noise, bounds)?,
+            stream,
+        )
     }
 
     /// The LCM step's scalars, as `ddim_coefficients` (p, q, d: x₀; the kept denoised sample
@@ -183,10 +199,12 @@ impl PyDdim {
         let co = self
             .inner
             .lcm_coefficients(timestep, prev_timestep, timestep_scaling, last)?;
-        let lc = self
-            .inner
-            .pass(&co, io(model_output, sample, x0, prev, noise, bounds)?)?;
-        run(py, &lc, lc.tensors(), stream)
+        self.run_pass(
+            py,
+            &co,
+            io(model_output, sample, x0, prev, noise, bounds)?,
+            stream,
+        )
     }
 
     /// The TCD step's scalars, as `ddim_coefficients` (p, q: the kept noised estimate).
@@ -227,10 +245,12 @@ impl PyDdim {
         let co = self
             .inner
             .tcd_coefficients(timestep, prev_timestep, eta, last)?;
-        let lc = self
-            .inner
-            .pass(&co, io(model_output, sample, x0, prev, noise, None)?)?;
-        run(py, &lc, lc.tensors(), stream)
+        self.run_pass(
+            py,
+            &co,
+            io(model_output, sample, x0, prev, noise, None)?,
+            stream,
+        )
     }
 
     /// One fused DDPM step; `noise` (float32) is required when timestep > 0, and the learned
@@ -252,10 +272,12 @@ impl PyDdim {
         stream: usize,
     ) -> PyResult<()> {
         let co = self.inner.ddpm_coefficients(timestep, prev_timestep)?;
-        let lc = self
-            .inner
-            .pass(&co, io(model_output, sample, x0, prev, noise, bounds)?)?;
-        run(py, &lc, lc.tensors(), stream)
+        self.run_pass(
+            py,
+            &co,
+            io(model_output, sample, x0, prev, noise, bounds)?,
+            stream,
+        )
     }
 }
 

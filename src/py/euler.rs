@@ -6,6 +6,7 @@ use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 
 use super::run;
+use super::spacing::inference_steps;
 use super::tensor::{tensor, tensor_opt};
 use crate::error::RdiffError;
 use crate::schedule::check_steps;
@@ -32,15 +33,6 @@ fn sigma_kind(name: &str) -> PyResult<SigmaKind> {
         ))));
     }
     Ok(kind)
-}
-
-fn steps(n: i64) -> PyResult<usize> {
-    if n < 1 {
-        return Err(PyErr::from(RdiffError::Value(format!(
-            "num_inference_steps: must be at least 1, got {n}"
-        ))));
-    }
-    Ok(check_steps("num_inference_steps", n as usize)?)
 }
 
 /// The per-loop constants of the Euler family's step.
@@ -201,7 +193,7 @@ pub fn euler_schedule<'py>(
     };
     let n = match (&timesteps, num_inference_steps) {
         (Some(t), _) => t.len(),
-        (None, Some(n)) => steps(n)?,
+        (None, Some(n)) => inference_steps(n)?,
         (None, None) => {
             return Err(PyErr::from(RdiffError::Value(
                 "set_timesteps: pass num_inference_steps, timesteps or sigmas".into(),
@@ -294,7 +286,7 @@ pub fn flow_match_schedule<'py>(
     let n = match (&sigmas, &timesteps, num_inference_steps) {
         (Some(s), _, _) => s.len(),
         (None, Some(t), _) => t.len(),
-        (None, None, Some(n)) => steps(n)?,
+        (None, None, Some(n)) => inference_steps(n)?,
         (None, None, None) => {
             return Err(PyErr::from(RdiffError::Value(
                 "set_timesteps: pass num_inference_steps, sigmas or timesteps".into(),

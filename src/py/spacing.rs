@@ -66,12 +66,7 @@ pub fn diffusers_schedule<'py>(
     let ac = alphas_cumprod.as_array().to_vec();
     let out = match (num_inference_steps, timesteps) {
         (Some(n), None) => {
-            if n < 1 {
-                return Err(PyErr::from(RdiffError::Value(format!(
-                    "num_inference_steps: must be at least 1, got {n}"
-                ))));
-            }
-            let n = check_steps("num_inference_steps", n as usize)?;
+            let n = inference_steps(n)?;
             py.detach(|| schedule_n(&ac, n, &opts))?
         }
         (None, Some(ts)) => py.detach(|| diffusers_schedule_from_timesteps(&ac, &ts, &opts))?,
@@ -83,6 +78,16 @@ pub fn diffusers_schedule<'py>(
         }
     };
     Ok((out.timesteps.into_pyarray(py), out.sigmas.into_pyarray(py)))
+}
+
+/// A caller's `num_inference_steps`: at least 1 and at most `MAX_STEPS`.
+pub(super) fn inference_steps(n: i64) -> PyResult<usize> {
+    if n < 1 {
+        return Err(PyErr::from(RdiffError::Value(format!(
+            "num_inference_steps: must be at least 1, got {n}"
+        ))));
+    }
+    Ok(check_steps("num_inference_steps", n as usize)?)
 }
 
 /// diffusers' `_sigma_to_t(sigma, log_sigmas)`: the fractional timestep of each σ (float64,

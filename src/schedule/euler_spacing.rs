@@ -9,9 +9,10 @@
 //! the float32 numbers diffusers stores.
 
 use crate::error::Result;
-use crate::schedule::karras::karras_at;
+use crate::schedule::betas::linspace_f32;
 use crate::schedule::spacing::{
-    beta_ppf, np_arange, np_linspace, sigma_to_t, FinalSigma, SigmaKind, TimestepSpacing,
+    diffusers_beta, diffusers_exponential, diffusers_karras, np_arange, np_linspace, sigma_to_t,
+    FinalSigma, SigmaKind, TimestepSpacing,
 };
 use crate::value_err;
 
@@ -79,43 +80,14 @@ fn np_interp_index(x: f64, fp: &[f32]) -> f64 {
     slope * (x - j as f64) + lo
 }
 
-/// torch.linspace(start, end, steps) in float32: the first half from `start`, the second
-/// from `end` (torch's CPU kernel), each value one float32 multiply-add.
-fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
-    if steps == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (steps - 1) as f32;
-    let half = steps / 2;
-    (0..steps)
-        .map(|i| {
-            if i < half {
-                start + step * i as f32
-            } else {
-                end - step * (steps - 1 - i) as f32
-            }
-        })
-        .collect()
-}
-
 /// Karras, exponential or beta sigmas between `lo` and `hi` (diffusers' `_convert_to_*`),
 /// or None for the default kind.
 fn converted(kind: SigmaKind, n: usize, lo: f64, hi: f64) -> Result<Option<Vec<f64>>> {
     Ok(match kind {
         SigmaKind::Default => None,
-        SigmaKind::Karras => Some(karras_at(&np_linspace(0.0, 1.0, n), lo, hi, 7.0)),
-        SigmaKind::Exponential => Some(
-            np_linspace(hi.ln(), lo.ln(), n)
-                .into_iter()
-                .map(f64::exp)
-                .collect(),
-        ),
-        SigmaKind::Beta => Some(
-            np_linspace(0.0, 1.0, n)
-                .into_iter()
-                .map(|r| lo + beta_ppf(1.0 - r, 0.6, 0.6) * (hi - lo))
-                .collect(),
-        ),
+        SigmaKind::Karras => Some(diffusers_karras(n, lo, hi, 7.0)),
+        SigmaKind::Exponential => Some(diffusers_exponential(n, lo, hi)),
+        SigmaKind::Beta => Some(diffusers_beta(n, lo, hi)),
         other => {
             return value_err!("sigmas: {other:?} sigmas are not available for this scheduler")
         }
@@ -182,7 +154,7 @@ pub fn euler_schedule(
             .collect(),
         Interpolation::LogLinear => {
             let (lo, hi) = (table[num_train - 1].ln(), table[0].ln());
-            torch_linspace_f32(lo, hi, n + 1)
+            linspace_f32(lo, hi, n + 1)
                 .into_iter()
                 .map(|v| v.exp() as f64)
                 .collect()
@@ -397,12 +369,6 @@ mod tests {
         assert_eq!(np_interp_index(1.5, &fp), 5.0);
         assert_eq!(np_interp_index(2.0, &fp), 7.0);
         assert_eq!(np_interp_index(9.0, &fp), 7.0);
-    }
-
-    #[test]
-    fn torch_linspace_ends_exact() {
-        let v = torch_linspace_f32(-3.0, 2.5, 7);
-        assert_eq!((v[0], v[6]), (-3.0, 2.5));
     }
 
     #[test]

@@ -307,6 +307,23 @@ pub fn diffusers_karras(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> V
     crate::schedule::karras::karras_at(&np_linspace(0.0, 1.0, n), sigma_min, sigma_max, rho)
 }
 
+/// diffusers' `_convert_to_exponential`: `n` σ uniform in log σ from `sigma_max` down to
+/// `sigma_min`.
+pub fn diffusers_exponential(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f64> {
+    np_linspace(sigma_max.ln(), sigma_min.ln(), n)
+        .into_iter()
+        .map(f64::exp)
+        .collect()
+}
+
+/// diffusers' `_convert_to_beta`: `n` σ at the Beta(0.6, 0.6) quantiles of 1 − linspace(0, 1).
+pub fn diffusers_beta(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f64> {
+    np_linspace(0.0, 1.0, n)
+        .into_iter()
+        .map(|r| sigma_min + beta_ppf(1.0 - r, 0.6, 0.6) * (sigma_max - sigma_min))
+        .collect()
+}
+
 /// `torch.searchsorted(torch.flip(lambda_t), lambda_min_clipped)` on diffusers' float32
 /// λ_t = log √ᾱ − log √(1−ᾱ): how many λ are below the clip value.
 fn clipped_count(alphas_cumprod: &[f64], lambda_min_clipped: f64) -> usize {
@@ -476,18 +493,12 @@ pub fn diffusers_schedule(
         }
         SigmaKind::Exponential => {
             let (smin, smax) = sigma_range(&table, opts);
-            let sig: Vec<f64> = np_linspace(smax.ln(), smin.ln(), n)
-                .into_iter()
-                .map(f64::exp)
-                .collect();
+            let sig = diffusers_exponential(n, smin, smax);
             (sigmas_to_timesteps(&table, &sig, false), sig)
         }
         SigmaKind::Beta => {
             let (smin, smax) = sigma_range(&table, opts);
-            let sig: Vec<f64> = np_linspace(0.0, 1.0, n)
-                .into_iter()
-                .map(|r| smin + beta_ppf(1.0 - r, 0.6, 0.6) * (smax - smin))
-                .collect();
+            let sig = diffusers_beta(n, smin, smax);
             (sigmas_to_timesteps(&table, &sig, false), sig)
         }
         SigmaKind::Flow { shift } if opts.unipc.is_some() => {

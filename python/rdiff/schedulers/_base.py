@@ -167,6 +167,8 @@ class SchedulerBase(ConfigMixin):
     # The diffusers subclasses keep timesteps as torch tensors; plain rdiff schedulers keep
     # numpy arrays unless set_timesteps is given a device.
     _torch_timesteps = False
+    # Whether ``step`` may run before ``set_timesteps`` (over the training schedule).
+    _steps_before_set_timesteps = False
     # What ``step`` returns; the diffusers subclasses return diffusers' own output types.
     _output_type: ClassVar[type] = SchedulerOutput
     # The config object __init__ and set_timesteps last built from, and set_timesteps' call.
@@ -364,7 +366,9 @@ class SchedulerBase(ConfigMixin):
     def _begin_step(self, model_output: Any, timestep: Any, sample: Any) -> tuple[Any, Any]:
         """Checks that a step can run now; returns model_output and sample, contiguous."""
         self._sync_config()
-        if self.num_inference_steps is None or self._core is None:
+        if self._core is None or (
+            self.num_inference_steps is None and not self._steps_before_set_timesteps
+        ):
             raise ValueError(
                 "step: the number of inference steps is not set; call set_timesteps first"
             )
@@ -390,6 +394,16 @@ class SchedulerBase(ConfigMixin):
     # -- forward process -------------------------------------------------------------------
     def _alpha_sigma_for_noise(self, timesteps: Any) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    def _noise_indices(self, timesteps: np.ndarray) -> list[int]:
+        """The schedule positions ``add_noise`` reads, as diffusers' σ-indexed classes pick
+        them: each timestep's own (no begin index set), else the current step's, else the
+        begin index (img2img)."""
+        if self._begin_index is None:
+            return [self.index_for_timestep(t) for t in timesteps]
+        if self._step_index is not None:
+            return [self._step_index] * len(timesteps)
+        return [self._begin_index] * len(timesteps)
 
     def add_noise(self, original_samples: Any, noise: Any, timesteps: Any) -> Any:
         """x_t = α_t x_0 + σ_t ε with one timestep per sample (shape (B,)), or a scalar.

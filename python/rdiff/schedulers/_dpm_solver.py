@@ -183,13 +183,7 @@ class DPMSolverBase(SchedulerBase):
 
     # -- forward process -------------------------------------------------------------------
     def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._begin_index is None:
-            idx = [self.index_for_timestep(t) for t in timesteps]
-        elif self._step_index is not None:
-            idx = [self._step_index] * len(timesteps)
-        else:
-            idx = [self._begin_index] * len(timesteps)
-        sigma = np.asarray(self._sigmas, dtype=np.float64)[idx]
+        sigma = np.asarray(self._sigmas, dtype=np.float64)[self._noise_indices(timesteps)]
         if self.config.use_flow_sigmas:
             return 1.0 - sigma, sigma
         alpha = 1.0 / np.sqrt(sigma**2 + 1.0)

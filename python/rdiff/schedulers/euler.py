@@ -11,26 +11,8 @@ import numpy as np
 from .. import _tensor
 from .._rdiff import _Euler, _euler_schedule, _euler_schedule_from_sigmas, _lincomb
 from ._base import SchedulerBase, SchedulerOutput, check_choice, check_int, exclusive, loop_setup
-from .ddim import _noise_like
+from .ddim import _COMPATIBLES, _noise_like
 
-# diffusers' KarrasDiffusionSchedulers: the classes a pipeline's config may name.
-_COMPATIBLES = (
-    "DDIMScheduler",
-    "DDPMScheduler",
-    "PNDMScheduler",
-    "LMSDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
-    "KDPM2DiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "DEISMultistepScheduler",
-    "UniPCMultistepScheduler",
-    "DPMSolverSDEScheduler",
-    "EDMEulerScheduler",
-)
 _SPACINGS = ("linspace", "leading", "trailing")
 
 
@@ -51,6 +33,8 @@ class SigmaSchedulerBase(SchedulerBase):
     _core: Any = None
     _sigmas: np.ndarray
     is_scale_input_called = False
+    # diffusers' σ classes step over the training schedule before any set_timesteps
+    _steps_before_set_timesteps = True
 
     def _set_schedule(self, timesteps: Any, sigmas: np.ndarray, device: Any) -> None:
         """The loop's timesteps and σ, and the core stepping over them (diffusers' classes
@@ -64,21 +48,6 @@ class SigmaSchedulerBase(SchedulerBase):
 
     def _make_core(self, sigmas: list[float]) -> Any:
         return _Euler(sigmas, self.config.prediction_type, self._kind)
-
-    def _begin_step(self, model_output: Any, timestep: Any, sample: Any) -> tuple[Any, Any]:
-        """As ``SchedulerBase._begin_step``, without requiring ``set_timesteps``."""
-        self._sync_config()
-        _tensor.check_array(model_output, "model_output")
-        _tensor.check_array(sample, "sample")
-        _tensor.same_framework(model_output, sample, "step", devices=False)
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        if self._step_index >= len(self.timesteps):
-            raise ValueError(
-                f"step: all {len(self.timesteps)} steps are done; call set_timesteps to start "
-                "a new loop"
-            )
-        return _tensor.contiguous(model_output), _tensor.contiguous(sample)
 
     def _sigma_at(self, timestep: Any) -> float:
         if self._step_index is None:
@@ -106,13 +75,7 @@ class SigmaSchedulerBase(SchedulerBase):
             )
 
     def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._begin_index is None:
-            idx = [self.index_for_timestep(t) for t in timesteps]
-        elif self._step_index is not None:
-            idx = [self._step_index] * len(timesteps)
-        else:
-            idx = [self._begin_index] * len(timesteps)
-        sigma = self._sigmas[idx].astype(np.float64)
+        sigma = self._sigmas[self._noise_indices(timesteps)].astype(np.float64)
         return np.ones_like(sigma), sigma
 
     def _run_step(
@@ -126,8 +89,6 @@ class SigmaSchedulerBase(SchedulerBase):
     ) -> tuple[Any, Any]:
         """The fused step from ``sample`` (churned already when γ > 0): (prev, x₀ or None)."""
         mo, x = self._begin_step(model_output, timestep, sample)
-        if _tensor.is_torch(x) != _tensor.is_torch(sample):  # pragma: no cover - guarded above
-            raise TypeError("sample: type changed")
         prev = _tensor.empty_like(x, dtype=mo.dtype)
         x0 = _tensor.empty_like(x, dtype=mo.dtype) if want_x0 else None
         self._core.step(

@@ -144,12 +144,11 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
             self.sample = x
             self._first_x0 = x0
         else:
-            like = _tensor.empty_like(x, dtype=mo.dtype)
             self._core.second_stage(
                 i,
                 model_output=mo,
-                sample=_as_dtype(x, like),
-                first_sample=_as_dtype(self.sample, like),
+                sample=_as_dtype(x, mo),
+                first_sample=_as_dtype(self.sample, mo),
                 first_x0=self._first_x0,
                 x0=x0,
                 prev=prev,
@@ -163,7 +162,8 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
 
 
 def _as_dtype(x: Any, like: Any) -> Any:
-    """x in like's dtype (the second stage reads the samples as terms of the output's dtype)."""
+    """x in like's dtype (the second stage reads the samples as terms of the model output's
+    dtype); x itself when it already is."""
     if _tensor.dtype_name(x) == _tensor.dtype_name(like):
         return x
     if _tensor.is_torch(x):

@@ -87,17 +87,20 @@ class LCMScheduler(_PreviousTimestepMixin, _DiscreteAlphasMixin, SchedulerBase):
         self.custom_timesteps = False
         n = len(self._ac)
         self.timesteps = self._timesteps_array(np.arange(n - 1, -1, -1, dtype=np.int64))
-        self._core = _Ddim(
-            [float(a) for a in self._ac],
-            final,
-            prediction_type,
-            bool(clip_sample),
-            float(clip_sample_range),
-            bool(thresholding),
-            float(dynamic_thresholding_ratio),
-            float(sample_max_value),
-        )
+        self._core = _Ddim([float(a) for a in self._ac], final, prediction_type, *self._bounds())
         self._built_from = self.config
+
+    def _bounds(self) -> tuple:
+        """The core's bound on x₀: (clip_sample, clip_sample_range, thresholding,
+        dynamic_thresholding_ratio, sample_max_value) from the config."""
+        cfg = self.config
+        return (
+            bool(cfg.clip_sample),
+            float(cfg.clip_sample_range),
+            bool(cfg.thresholding),
+            float(cfg.dynamic_thresholding_ratio),
+            float(cfg.sample_max_value),
+        )
 
     def __len__(self) -> int:
         return len(self._ac)
@@ -195,6 +198,27 @@ class LCMScheduler(_PreviousTimestepMixin, _DiscreteAlphasMixin, SchedulerBase):
             )
         return np.arange(1, int(original * strength) + 1) * (n_train // original) - 1
 
+    def _position(self, model_output: Any, timestep: Any, sample: Any) -> tuple:
+        """The checks a step starts with; (sample shape, timestep as an int, step index,
+        the timesteps as numpy)."""
+        self._sync_config()
+        if self.num_inference_steps is None:
+            raise ValueError("step: the number of inference steps is not set; call set_timesteps")
+        shape = _check_pair(model_output, sample)
+        if tuple(model_output.shape) != shape:
+            raise ValueError(
+                f"model_output: shape {tuple(model_output.shape)} does not match sample's {shape}"
+            )
+        t = _int_timestep(timestep)
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        ts = self._timesteps_numpy()
+        if self._step_index >= len(ts):
+            raise ValueError(
+                f"step: all {len(ts)} steps are done; call set_timesteps to start a new loop"
+            )
+        return shape, t, self._step_index, ts
+
     def get_scalings_for_boundary_condition_discrete(self, timestep: Any) -> tuple[float, float]:
         """(c_skip, c_out) at ``timestep``: σ_data²/(s² + σ_data²) and s/√(s² + σ_data²),
         s = timestep × timestep_scaling, σ_data = 0.5."""
@@ -215,23 +239,7 @@ class LCMScheduler(_PreviousTimestepMixin, _DiscreteAlphasMixin, SchedulerBase):
         Returns ``LCMSchedulerOutput(prev_sample, denoised)`` (a 2-tuple with
         ``return_dict=False``), both of model_output's type, dtype and device.
         """
-        self._sync_config()
-        if self.num_inference_steps is None:
-            raise ValueError("step: the number of inference steps is not set; call set_timesteps")
-        shape = _check_pair(model_output, sample)
-        if tuple(model_output.shape) != shape:
-            raise ValueError(
-                f"model_output: shape {tuple(model_output.shape)} does not match sample's {shape}"
-            )
-        t = _int_timestep(timestep)
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        i = self._step_index
-        ts = self._timesteps_numpy()
-        if i >= len(ts):
-            raise ValueError(
-                f"step: all {len(ts)} steps are done; call set_timesteps to start a new loop"
-            )
+        shape, t, i, ts = self._position(model_output, timestep, sample)
         prev_t = int(ts[i + 1]) if i + 1 < len(ts) else t
         last = i == self.num_inference_steps - 1
         noise = None if last else _noise_like(shape, model_output, generator, None)

@@ -8,9 +8,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._rdiff import _Ddim
 from ._base import exclusive
-from .ddim import _check_pair, _int_timestep, _noise_like, _step_buffers
+from .ddim import _noise_like, _step_buffers
 from .lcm import LCMScheduler
 
 
@@ -39,39 +38,10 @@ class TCDScheduler(LCMScheduler):
 
     _output_type: ClassVar[type] = TCDSchedulerOutput
 
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 0.00085,
-        beta_end: float = 0.012,
-        beta_schedule: str = "scaled_linear",
-        trained_betas: np.ndarray | list[float] | None = None,
-        original_inference_steps: int = 50,
-        clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: str = "epsilon",
-        thresholding: bool = False,
-        dynamic_thresholding_ratio: float = 0.995,
-        sample_max_value: float = 1.0,
-        timestep_spacing: str = "leading",
-        timestep_scaling: float = 10.0,
-        rescale_betas_zero_snr: bool = False,
-    ):
-        kw = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        LCMScheduler.__init__(self, **kw)
-        # TCD's step never bounds x₀: its core does not either
-        self._core = _Ddim(
-            [float(a) for a in self._ac],
-            float(self.final_alpha_cumprod),
-            prediction_type,
-            False,
-            1.0,
-            False,
-            0.995,
-            1.0,
-        )
+    def _bounds(self) -> tuple:
+        """TCD's step never bounds x₀ (diffusers' reads neither clip_sample nor
+        thresholding), so neither does its core."""
+        return (False, 1.0, False, 0.995, 1.0)
 
     def _origin_timesteps(self, given: int | None, original: int, strength: float) -> np.ndarray:
         """LCM's distillation schedule, or, when ``original_inference_steps`` is passed to
@@ -95,26 +65,10 @@ class TCDScheduler(LCMScheduler):
         Returns ``TCDSchedulerOutput(prev_sample, pred_noised_sample)`` (a 2-tuple with
         ``return_dict=False``), both of model_output's type, dtype and device.
         """
-        self._sync_config()
-        if self.num_inference_steps is None:
-            raise ValueError("step: the number of inference steps is not set; call set_timesteps")
+        shape, t, i, ts = self._position(model_output, timestep, sample)
         eta = float(eta)
         if not (0.0 <= eta <= 1.0):
             raise ValueError(f"eta: must lie in [0, 1], got {eta}")
-        shape = _check_pair(model_output, sample)
-        if tuple(model_output.shape) != shape:
-            raise ValueError(
-                f"model_output: shape {tuple(model_output.shape)} does not match sample's {shape}"
-            )
-        t = _int_timestep(timestep)
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        i = self._step_index
-        ts = self._timesteps_numpy()
-        if i >= len(ts):
-            raise ValueError(
-                f"step: all {len(ts)} steps are done; call set_timesteps to start a new loop"
-            )
         prev_t = int(ts[i + 1]) if i + 1 < len(ts) else 0
         last = i == self.num_inference_steps - 1
         noisy = eta > 0 and not last
