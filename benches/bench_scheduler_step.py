@@ -1,11 +1,12 @@
-"""One multistep DPM-Solver++ step, and one UniPC step (corrector + predictor): rdiff
-against diffusers on the same torch CPU tensors; and one DPM-Solver-v3 step (no peer package
-has it) against rdiff's own DPM-Solver++ 3M step.
+"""One step of each scheduler family: multistep DPM-Solver++, UniPC (corrector + predictor)
+and the σ-parametrised classes (Euler, Euler ancestral, flow-matching Euler, Heun, DPM2
+ancestral) against diffusers on the same torch CPU tensors; and one DPM-Solver-v3 step (no
+peer package has it) against rdiff's own DPM-Solver++ 3M step.
 
-Run: python benches/bench_dpm_step.py [--quick] [--only dpm|unipc|v3]. Prints a markdown table
-per scheduler: time per step for both, the ratio, and rdiff's effective bandwidth (bytes a
-fused step must move ÷ its time) against this machine's copy bandwidth measured in the same run
-(a large torch copy).
+Run: python benches/bench_scheduler_step.py [--quick] [--only dpm|unipc|euler|v3]. Prints a
+markdown table per scheduler: time per step for both, the ratio, and rdiff's effective
+bandwidth (bytes a fused step must move ÷ its time) against this machine's copy bandwidth
+measured in the same run (a large torch copy).
 """
 
 from __future__ import annotations
@@ -119,6 +120,8 @@ EULER = {
     # one interval, both stages: 4 as Euler, then reads model output, sample, first sample,
     # first x0; writes sample, x0
     "Heun, one interval = two calls": ("HeunDiscreteScheduler", {}, 10, False),
+    # as Heun, the second stage also reading the noise
+    "DPM2 ancestral, one interval = two calls": ("KDPM2AncestralDiscreteScheduler", {}, 10, True),
 }
 
 
@@ -134,10 +137,10 @@ def prepared_euler(cls, cfg, shape, dtype):
 
     def step():
         s._step_index = 5
-        if s.order == 2:  # Heun: the interval's first and second stage
-            s.dt = None
-            s.step(mo, t, x)
-            s.step(mo, s.timesteps[6], x)
+        if s.order == 2:  # Heun, DPM2: the interval's first and second stage
+            s.dt = s.sample = None
+            s.step(mo, t, x, **kw)
+            s.step(mo, s.timesteps[6], x, **kw)
             return
         s.step(mo, t, x, **kw)
 

@@ -62,6 +62,7 @@ PLAIN = {
     "lcm": rdiff.LCMScheduler,
     "tcd": rdiff.TCDScheduler,
     "kdpm2": rdiff.KDPM2DiscreteScheduler,
+    "kdpm2_a": rdiff.KDPM2AncestralDiscreteScheduler,
 }
 WRAPPED = {
     "multistep": rdd.DPMSolverMultistepScheduler,
@@ -78,6 +79,7 @@ WRAPPED = {
     "lcm": rdd.LCMScheduler,
     "tcd": rdd.TCDScheduler,
     "kdpm2": rdd.KDPM2DiscreteScheduler,
+    "kdpm2_a": rdd.KDPM2AncestralDiscreteScheduler,
 }
 PEER = {
     "multistep": diffusers.DPMSolverMultistepScheduler,
@@ -92,6 +94,7 @@ PEER = {
     "lcm": diffusers.LCMScheduler,
     "tcd": diffusers.TCDScheduler,
     "kdpm2": diffusers.KDPM2DiscreteScheduler,
+    "kdpm2_a": diffusers.KDPM2AncestralDiscreteScheduler,
 }
 
 
@@ -274,6 +277,7 @@ KINDS = (
     "lcm",
     "tcd",
     "kdpm2",
+    "kdpm2_a",
 )
 
 
@@ -382,7 +386,7 @@ def _scheduler_cases() -> list[Case]:
                         )
                     ]
                     # the σ-parametrised classes space fractional timesteps, any number of them
-                    if kind not in ("euler", "euler_a", "flow", "heun", "kdpm2")
+                    if kind not in ("euler", "euler_a", "flow", "heun", "kdpm2", "kdpm2_a")
                     else []
                 ),
                 # -- out of order
@@ -820,7 +824,7 @@ def _out_of_order(kind: str, p: str, mk: str, mk0: str) -> list[Case]:
             "ValueError",
             r"steps are done.*set_timesteps",
         )
-    if kind in ("ddpm", "euler", "euler_a", "flow", "heun", "kdpm2"):
+    if kind in ("ddpm", "euler", "euler_a", "flow", "heun", "kdpm2", "kdpm2_a"):
         # (the σ-parametrised classes step over the training schedule, float timesteps)
         t = "999" if kind == "ddpm" else "peer.timesteps[0]"
         before = Case(
@@ -2028,6 +2032,8 @@ OWNERS: dict[str, tuple[str, ...]] = {
         "rdd.heun.",
         "rdiff.kdpm2.",
         "rdd.kdpm2.",
+        "rdiff.kdpm2_a.",
+        "rdd.kdpm2_a.",
     ),
     "test_flow_match": ("rdiff.flow.", "rdd.flow."),
     "test_lcm": ("rdiff.lcm.", "rdd.lcm."),

@@ -304,10 +304,11 @@ def _copy_cases():
         (rdd.LCMScheduler, {"thresholding": True}),
         (rdd.TCDScheduler, {}),
         (rdd.KDPM2DiscreteScheduler, {"use_karras_sigmas": True}),
+        (rdd.KDPM2AncestralDiscreteScheduler, {}),
     ]
 
 
-@pytest.mark.parametrize("case", range(17))
+@pytest.mark.parametrize("case", range(18))
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_copies_continue_where_the_original_is(case, how):
     """copy.deepcopy (the README's advice for one scheduler per thread) and pickle, mid-loop:

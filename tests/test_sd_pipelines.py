@@ -29,6 +29,7 @@ CLASSES = [
     "EulerAncestralDiscreteScheduler",
     "HeunDiscreteScheduler",
     "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
     "LCMScheduler",
     "TCDScheduler",
 ]
@@ -44,6 +45,7 @@ CONFIGS = {
     "EulerAncestralDiscreteScheduler": {"beta_schedule": "scaled_linear"},
     "HeunDiscreteScheduler": {"beta_schedule": "scaled_linear", "use_karras_sigmas": True},
     "KDPM2DiscreteScheduler": {"beta_schedule": "scaled_linear"},
+    "KDPM2AncestralDiscreteScheduler": {"beta_schedule": "scaled_linear"},
     "LCMScheduler": {},
     "TCDScheduler": {},
 }

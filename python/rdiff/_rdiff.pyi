@@ -457,7 +457,8 @@ def _ddim_timesteps(
 
 class _Euler:
     """Per-loop constants of the Euler family (``EulerDiscreteScheduler``,
-    ``EulerAncestralDiscreteScheduler``, ``FlowMatchEulerDiscreteScheduler``)."""
+    ``EulerAncestralDiscreteScheduler``, ``FlowMatchEulerDiscreteScheduler``, Heun, KDPM2 and
+    KDPM2 ancestral)."""
 
     def __init__(
         self,
@@ -467,6 +468,8 @@ class _Euler:
         stochastic: bool = False,
         clip_sample_range: float | None = None,
         sigmas_interpol: list[float] | None = None,
+        sigmas_down: list[float] | None = None,
+        sigmas_up: list[float] | None = None,
     ) -> None: ...
     def churn(self, step_index: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
         """The churn γ of step ``step_index`` (0 outside [s_tmin, s_tmax])."""
@@ -497,9 +500,11 @@ class _Euler:
         first_x0: _Tensor,
         x0: _Tensor,
         prev: _Tensor,
+        noise: _Tensor | None = None,
         stream: int = 0,
     ) -> None:
-        """The second stage (Heun, KDPM2): x0 and the new sample from the first stage's state."""
+        """The second stage (Heun, KDPM2, KDPM2 ancestral with ``noise``): x0 and the new
+        sample from the first stage's state."""
 
 def _euler_schedule(
     table: npt.NDArray[np.float32],

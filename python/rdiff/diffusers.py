@@ -26,6 +26,9 @@ try:
         FlowMatchEulerDiscreteSchedulerOutput,
     )
     from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
+    from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import (
+        KDPM2AncestralDiscreteSchedulerOutput,
+    )
     from diffusers.schedulers.scheduling_k_dpm_2_discrete import KDPM2DiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
     from diffusers.schedulers.scheduling_tcd import TCDSchedulerOutput
@@ -46,6 +49,7 @@ __all__ = [
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
     "HeunDiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
     "KDPM2DiscreteScheduler",
     "LCMScheduler",
     "TCDScheduler",
@@ -96,6 +100,9 @@ FlowMatchEulerDiscreteScheduler = _wrap(
 )
 HeunDiscreteScheduler = _wrap(_schedulers.HeunDiscreteScheduler, HeunDiscreteSchedulerOutput)
 KDPM2DiscreteScheduler = _wrap(_schedulers.KDPM2DiscreteScheduler, KDPM2DiscreteSchedulerOutput)
+KDPM2AncestralDiscreteScheduler = _wrap(
+    _schedulers.KDPM2AncestralDiscreteScheduler, KDPM2AncestralDiscreteSchedulerOutput
+)
 LCMScheduler = _wrap(_schedulers.LCMScheduler, LCMSchedulerOutput)
 TCDScheduler = _wrap(_schedulers.TCDScheduler, TCDSchedulerOutput)
 # No diffusers peer (DPM-Solver-v3 is only in its authors' research code).

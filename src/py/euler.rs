@@ -49,7 +49,8 @@ impl PyEuler {
     /// `clip_sample_range`: x₀ clamped to ±range before the update.
     #[new]
     #[pyo3(signature = (sigmas, prediction_type, kind, stochastic=false, clip_sample_range=None,
-        sigmas_interpol=None))]
+        sigmas_interpol=None, sigmas_down=None, sigmas_up=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         sigmas: Vec<f64>,
         prediction_type: &str,
@@ -57,6 +58,8 @@ impl PyEuler {
         stochastic: bool,
         clip_sample_range: Option<f64>,
         sigmas_interpol: Option<Vec<f64>>,
+        sigmas_down: Option<Vec<f64>>,
+        sigmas_up: Option<Vec<f64>>,
     ) -> PyResult<Self> {
         let kind = match kind {
             "euler" => EulerKind::Euler,
@@ -64,10 +67,11 @@ impl PyEuler {
             "flow" => EulerKind::Flow { stochastic },
             "heun" => EulerKind::Heun,
             "kdpm2" => EulerKind::Kdpm2,
+            "kdpm2_ancestral" => EulerKind::Kdpm2Ancestral,
             other => {
                 return Err(PyErr::from(RdiffError::Value(format!(
                     "kind: unknown {other:?}; expected \"euler\", \"ancestral\", \"flow\", \
-                     \"heun\" or \"kdpm2\""
+                     \"heun\", \"kdpm2\" or \"kdpm2_ancestral\""
                 ))))
             }
         };
@@ -77,10 +81,19 @@ impl PyEuler {
         }
         if let Some(interpol) = sigmas_interpol {
             inner = inner.with_interpol(interpol)?;
-        } else if kind == EulerKind::Kdpm2 {
+        } else if matches!(kind, EulerKind::Kdpm2 | EulerKind::Kdpm2Ancestral) {
             return Err(PyErr::from(RdiffError::Value(
                 "sigmas_interpol: the KDPM2 step needs its midpoint σ".into(),
             )));
+        }
+        match (sigmas_down, sigmas_up) {
+            (Some(down), Some(up)) => inner = inner.with_ancestral(down, up)?,
+            _ if kind == EulerKind::Kdpm2Ancestral => {
+                return Err(PyErr::from(RdiffError::Value(
+                    "sigmas_down, sigmas_up: the KDPM2 ancestral step needs both".into(),
+                )))
+            }
+            _ => {}
         }
         Ok(Self { inner })
     }
@@ -131,7 +144,7 @@ impl PyEuler {
     /// `first_sample`, `first_x0` the first stage's sample and x₀, all in the model output's
     /// dtype; writes x₀ and the new sample.
     #[pyo3(signature = (step_index, *, model_output, sample, first_sample, first_x0, x0, prev,
-        stream=0))]
+        noise=None, stream=0))]
     #[allow(clippy::too_many_arguments)]
     fn second_stage(
         &self,
@@ -143,6 +156,7 @@ impl PyEuler {
         first_x0: &Bound<'_, PyAny>,
         x0: &Bound<'_, PyAny>,
         prev: &Bound<'_, PyAny>,
+        noise: Option<&Bound<'_, PyAny>>,
         stream: usize,
     ) -> PyResult<()> {
         let io = HeunIo {
@@ -152,6 +166,7 @@ impl PyEuler {
             first_x0: tensor(first_x0, "first-stage pred_original_sample")?,
             x0: tensor(x0, "pred_original_sample buffer")?,
             prev: tensor(prev, "output buffer")?,
+            noise: tensor_opt(noise, "noise")?,
         };
         let lc = self.inner.second_stage(step_index, io)?;
         run(py, &lc, lc.tensors(), stream)

@@ -31,6 +31,10 @@ pub enum EulerKind {
     /// to the log-midpoint σ (`interpol`), the second from the interval's start with the
     /// midpoint's slope.
     Kdpm2,
+    /// diffusers' `KDPM2AncestralDiscreteScheduler`: the same two stages with diffusers' own
+    /// indexing (the first to `interpol[i]`, the second from `sigmas[i − 1]` with the slope
+    /// at `interpol[i − 1]` to `down[i − 1]`, adding `up[i − 1]`·n).
+    Kdpm2Ancestral,
 }
 
 /// One loop's constants: the σ schedule (`timesteps.len() + 1` values) and the update.
@@ -43,6 +47,9 @@ pub struct Euler {
     pub clip: Option<f64>,
     /// KDPM2's log-midpoint σ, interleaved as `sigmas`.
     pub interpol: Vec<f64>,
+    /// KDPM2 ancestral's σ_down and σ_up, interleaved as `sigmas`.
+    pub down: Vec<f64>,
+    pub up: Vec<f64>,
 }
 
 /// The tensors of one step.
@@ -67,6 +74,8 @@ pub struct HeunIo {
     pub first_x0: Tensor,
     pub x0: Tensor,
     pub prev: Tensor,
+    /// float32 noise of the sample's shape (KDPM2 ancestral).
+    pub noise: Option<Tensor>,
 }
 
 impl Euler {
@@ -90,6 +99,8 @@ impl Euler {
             kind,
             clip: None,
             interpol: Vec::new(),
+            down: Vec::new(),
+            up: Vec::new(),
         })
     }
 
@@ -103,6 +114,23 @@ impl Euler {
             );
         }
         self.interpol = interpol;
+        Ok(self)
+    }
+
+    /// With KDPM2 ancestral's interleaved σ_down and σ_up (as many as `sigmas`; diffusers'
+    /// padding NaN where no step reads them is given as 0).
+    pub fn with_ancestral(mut self, down: Vec<f64>, up: Vec<f64>) -> Result<Self> {
+        for (name, v) in [("sigmas_down", &down), ("sigmas_up", &up)] {
+            if v.len() != self.sigmas.len() || v.iter().any(|s| !s.is_finite() || *s < 0.0) {
+                return value_err!(
+                    "{name}: need {} finite non-negative values, got {}",
+                    self.sigmas.len(),
+                    v.len()
+                );
+            }
+        }
+        self.down = down;
+        self.up = up;
         Ok(self)
     }
 
@@ -159,6 +187,10 @@ impl Euler {
                 let mid = self.mid(i + 1)?;
                 euler_step(self.prediction, sigma, sigma, mid)
             }
+            EulerKind::Kdpm2Ancestral => {
+                let mid = self.mid(i)?;
+                euler_step(self.prediction, sigma, sigma, mid)
+            }
             EulerKind::Ancestral => euler_ancestral_step(self.prediction, sigma, next),
             EulerKind::Flow { stochastic } => Ok(flow_euler_step(sigma, next, stochastic)),
         }
@@ -188,8 +220,10 @@ impl Euler {
             }
             Some(_) => {
                 let (sigma, mut next) = self.at(i)?;
-                if self.kind == EulerKind::Kdpm2 {
-                    next = self.mid(i + 1)?;
+                match self.kind {
+                    EulerKind::Kdpm2 => next = self.mid(i + 1)?,
+                    EulerKind::Kdpm2Ancestral => next = self.mid(i)?,
+                    _ => {}
                 }
                 euler_x0_form(sigma * (gamma + 1.0), next)
             }
@@ -246,16 +280,32 @@ impl Euler {
     }
 
     /// The second stage of Heun or KDPM2 at step index `i` (σ = sigmas[i − 1] to
-    /// σ_next = sigmas[i]; KDPM2's midpoint interpol[i]).
+    /// σ_next = sigmas[i]; KDPM2's midpoint interpol[i]; KDPM2 ancestral's to down[i − 1]
+    /// through interpol[i − 1], adding up[i − 1]·n).
     pub fn second_stage(&self, i: usize, io: HeunIo) -> Result<Lincomb> {
-        let two_stage = matches!(self.kind, EulerKind::Heun | EulerKind::Kdpm2);
+        let two_stage = matches!(
+            self.kind,
+            EulerKind::Heun | EulerKind::Kdpm2 | EulerKind::Kdpm2Ancestral
+        );
         if !two_stage || i == 0 || i >= self.sigmas.len() {
             return value_err!("the second stage: step index {i} has no first stage");
         }
         let (sigma, next) = (self.sigmas[i - 1], self.sigmas[i]);
-        let h = match self.kind {
-            EulerKind::Kdpm2 => kdpm2_second(self.prediction, sigma, self.mid(i)?, next)?,
-            _ => heun_second(self.prediction, sigma, next)?,
+        let (h, noise_sigma) = match self.kind {
+            EulerKind::Kdpm2 => (
+                kdpm2_second(self.prediction, sigma, self.mid(i)?, next)?,
+                0.0,
+            ),
+            EulerKind::Kdpm2Ancestral => {
+                let (Some(&down), Some(&up)) = (self.down.get(i - 1), self.up.get(i - 1)) else {
+                    return value_err!("sigmas_down: no σ_down at index {}", i - 1);
+                };
+                (
+                    kdpm2_second(self.prediction, sigma, self.mid(i - 1)?, down)?,
+                    up,
+                )
+            }
+            _ => (heun_second(self.prediction, sigma, next)?, 0.0),
         };
         let HeunIo {
             model_output: mo,
@@ -264,6 +314,7 @@ impl Euler {
             first_x0,
             x0,
             prev,
+            noise,
         } = io;
         batch_of(&x2)?;
         let stride = mo_stride(&mo, &x2, false)?;
@@ -281,6 +332,16 @@ impl Euler {
         lc.terms.push((x2.clone(), h.w_x2));
         lc.conv = Some(self.conversion(&x2, mo, stride, h.p, h.q, h.wm));
         lc.hist = Some(x0);
+        if self.kind == EulerKind::Kdpm2Ancestral {
+            let Some(nz) = noise else {
+                return value_err!("noise: this step needs noise");
+            };
+            expect_like(&nz, "noise", &x2, DType::F32)?;
+            lc.noise = Some(Noise {
+                source: NoiseSource::Buffer(nz),
+                sigma: Sigma::Fixed(noise_sigma),
+            });
+        }
         Ok(lc)
     }
 }

@@ -11,6 +11,7 @@ from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .kdpm2 import KDPM2DiscreteScheduler
+from .kdpm2_ancestral import KDPM2AncestralDiscreteScheduler
 from .lcm import LCMScheduler
 from .tcd import TCDScheduler
 from .unipc import UniPCMultistepScheduler
@@ -26,6 +27,7 @@ __all__ = [
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
     "HeunDiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
     "KDPM2DiscreteScheduler",
     "LCMScheduler",
     "SchedulerOutput",

@@ -10,6 +10,7 @@ import numpy as np
 from .. import _tensor
 from .._rdiff import _Euler, _euler_schedule
 from ._base import SchedulerOutput, check_choice, check_int, exclusive, loop_setup
+from .ddim import _noise_like
 from .euler import _SPACINGS, EulerDiscreteScheduler, _float_array
 
 
@@ -70,6 +71,14 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
         self.sample: Any = None
         self._first_x0: Any = None
 
+    def _check_train_steps(self, num_train_timesteps: int | None) -> None:
+        """set_timesteps' num_train_timesteps: only the schedule's own length."""
+        if num_train_timesteps is not None and int(num_train_timesteps) != len(self._ac):
+            raise ValueError(
+                f"num_train_timesteps: {num_train_timesteps} differs from the schedule's "
+                f"{len(self._ac)} training timesteps; rdiff spaces over the schedule's own"
+            )
+
     @property
     def state_in_first_order(self) -> bool:
         """True when the next ``step`` is an interval's first (Euler) stage."""
@@ -97,11 +106,7 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
         kind = self._sigma_kind()
         if timesteps is not None and kind != "default":
             raise ValueError(f"timesteps: custom timesteps cannot be used with {kind} sigmas")
-        if num_train_timesteps is not None and int(num_train_timesteps) != len(self._ac):
-            raise ValueError(
-                f"num_train_timesteps: {num_train_timesteps} differs from the schedule's "
-                f"{len(self._ac)} training timesteps; rdiff spaces over the schedule's own"
-            )
+        self._check_train_steps(num_train_timesteps)
         table, log_table = self._sigma_table()
         custom = None
         if timesteps is not None:
@@ -133,6 +138,13 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
         Returns ``SchedulerOutput(prev_sample, pred_original_sample)`` (a 2-tuple with
         ``return_dict=False``), both of model_output's type, dtype and device.
         """
+        return self._stage(model_output, timestep, sample, return_dict)
+
+    def _stage(
+        self, model_output: Any, timestep: Any, sample: Any, return_dict: bool, generator=None
+    ) -> SchedulerOutput | tuple:
+        """One stage: the first (an Euler step, its sample and x₀ kept) or the second (noise
+        drawn after it with ``generator`` for the ancestral class)."""
         mo, x = self._begin_step(model_output, timestep, sample)
         i = self._step_index
         prev = _tensor.empty_like(x, dtype=mo.dtype)
@@ -144,6 +156,9 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
             self.sample = x
             self._first_x0 = x0
         else:
+            noise = None
+            if self._kind == "kdpm2_ancestral":
+                noise = _noise_like(tuple(mo.shape), mo, generator, None)
             self._core.second_stage(
                 i,
                 model_output=mo,
@@ -152,6 +167,7 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
                 first_x0=self._first_x0,
                 x0=x0,
                 prev=prev,
+                noise=noise,
                 stream=stream,
             )
             self._reset_stage()

@@ -81,11 +81,7 @@ class KDPM2DiscreteScheduler(HeunDiscreteScheduler):
         float32 (2n + 2,)."""
         cfg = self.config
         n = check_int(num_inference_steps, "num_inference_steps")
-        if num_train_timesteps is not None and int(num_train_timesteps) != len(self._ac):
-            raise ValueError(
-                f"num_train_timesteps: {num_train_timesteps} differs from the schedule's "
-                f"{len(self._ac)} training timesteps; rdiff spaces over the schedule's own"
-            )
+        self._check_train_steps(num_train_timesteps)
         kind = self._sigma_kind()
         table, log_table = self._sigma_table()
         ts, sig = _euler_schedule(
