@@ -58,6 +58,7 @@ PLAIN = {
     "euler": rdiff.EulerDiscreteScheduler,
     "euler_a": rdiff.EulerAncestralDiscreteScheduler,
     "flow": rdiff.FlowMatchEulerDiscreteScheduler,
+    "flow_heun": rdiff.FlowMatchHeunDiscreteScheduler,
     "heun": rdiff.HeunDiscreteScheduler,
     "lcm": rdiff.LCMScheduler,
     "tcd": rdiff.TCDScheduler,
@@ -75,6 +76,7 @@ WRAPPED = {
     "euler": rdd.EulerDiscreteScheduler,
     "euler_a": rdd.EulerAncestralDiscreteScheduler,
     "flow": rdd.FlowMatchEulerDiscreteScheduler,
+    "flow_heun": rdd.FlowMatchHeunDiscreteScheduler,
     "heun": rdd.HeunDiscreteScheduler,
     "lcm": rdd.LCMScheduler,
     "tcd": rdd.TCDScheduler,
@@ -90,6 +92,7 @@ PEER = {
     "euler": diffusers.EulerDiscreteScheduler,
     "euler_a": diffusers.EulerAncestralDiscreteScheduler,
     "flow": diffusers.FlowMatchEulerDiscreteScheduler,
+    "flow_heun": diffusers.FlowMatchHeunDiscreteScheduler,
     "heun": diffusers.HeunDiscreteScheduler,
     "lcm": diffusers.LCMScheduler,
     "tcd": diffusers.TCDScheduler,
@@ -273,6 +276,7 @@ KINDS = (
     "euler",
     "euler_a",
     "flow",
+    "flow_heun",
     "heun",
     "lcm",
     "tcd",
@@ -386,7 +390,8 @@ def _scheduler_cases() -> list[Case]:
                         )
                     ]
                     # the σ-parametrised classes space fractional timesteps, any number of them
-                    if kind not in ("euler", "euler_a", "flow", "heun", "kdpm2", "kdpm2_a")
+                    if kind
+                    not in ("euler", "euler_a", "flow", "flow_heun", "heun", "kdpm2", "kdpm2_a")
                     else []
                 ),
                 # -- out of order
@@ -792,7 +797,7 @@ def _scheduler_cases() -> list[Case]:
                         r"timesteps",
                     ),
                 ]
-            if kind == "flow":
+            if kind in ("flow", "flow_heun"):
                 # no β schedule and no prediction_type: a flow model predicts velocity
                 skip = (".init.beta", ".init.trained_betas", ".init.prediction_type")
                 c = [case for case in c if not any(k in case.id for k in skip)]
@@ -825,7 +830,8 @@ def _out_of_order(kind: str, p: str, mk: str, mk0: str) -> list[Case]:
             r"steps are done.*set_timesteps",
         )
     if kind in ("ddpm", "euler", "euler_a", "flow", "heun", "kdpm2", "kdpm2_a"):
-        # (the σ-parametrised classes step over the training schedule, float timesteps)
+        # (the σ-parametrised classes step over the training schedule, float timesteps;
+        # diffusers' flow-matching Heun cannot: it has no stage state before set_timesteps)
         t = "999" if kind == "ddpm" else "peer.timesteps[0]"
         before = Case(
             f"{p}.step.before_set_timesteps_like_diffusers",
@@ -2036,6 +2042,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
         "rdd.kdpm2_a.",
     ),
     "test_flow_match": ("rdiff.flow.", "rdd.flow."),
+    "test_flow_match_heun": ("rdiff.flow_heun.", "rdd.flow_heun."),
     "test_lcm": ("rdiff.lcm.", "rdd.lcm."),
     "test_tcd": ("rdiff.tcd.", "rdd.tcd."),
     "test_ddim_ddpm": (

@@ -493,6 +493,7 @@ class _Euler:
     def second_stage(
         self,
         step_index: int,
+        gamma: float = 0.0,
         *,
         model_output: _Tensor,
         sample: _Tensor,

@@ -25,6 +25,9 @@ try:
     from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
         FlowMatchEulerDiscreteSchedulerOutput,
     )
+    from diffusers.schedulers.scheduling_flow_match_heun_discrete import (
+        FlowMatchHeunDiscreteSchedulerOutput,
+    )
     from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import (
         KDPM2AncestralDiscreteSchedulerOutput,
@@ -48,6 +51,7 @@ __all__ = [
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
+    "FlowMatchHeunDiscreteScheduler",
     "HeunDiscreteScheduler",
     "KDPM2AncestralDiscreteScheduler",
     "KDPM2DiscreteScheduler",
@@ -97,6 +101,9 @@ EulerAncestralDiscreteScheduler = _wrap(
 )
 FlowMatchEulerDiscreteScheduler = _wrap(
     _schedulers.FlowMatchEulerDiscreteScheduler, FlowMatchEulerDiscreteSchedulerOutput
+)
+FlowMatchHeunDiscreteScheduler = _wrap(
+    _schedulers.FlowMatchHeunDiscreteScheduler, FlowMatchHeunDiscreteSchedulerOutput
 )
 HeunDiscreteScheduler = _wrap(_schedulers.HeunDiscreteScheduler, HeunDiscreteSchedulerOutput)
 KDPM2DiscreteScheduler = _wrap(_schedulers.KDPM2DiscreteScheduler, KDPM2DiscreteSchedulerOutput)

@@ -139,17 +139,18 @@ impl PyEuler {
         run(py, &lc, lc.tensors(), stream)
     }
 
-    /// The second stage (Heun, KDPM2) at `step_index`: `sample` is x₂ (the first stage's
-    /// result) and
-    /// `first_sample`, `first_x0` the first stage's sample and x₀, all in the model output's
-    /// dtype; writes x₀ and the new sample.
-    #[pyo3(signature = (step_index, *, model_output, sample, first_sample, first_x0, x0, prev,
-        noise=None, stream=0))]
+    /// The second stage (Heun, KDPM2, KDPM2 ancestral) at `step_index`: `sample` is x₂ (the
+    /// first stage's result) and `first_x0` the first stage's x₀, both in the model output's
+    /// dtype, `first_sample` the first stage's sample (any float dtype); `gamma` the first
+    /// stage's churn; `noise` (float32) KDPM2 ancestral's; writes x₀ and the new sample.
+    #[pyo3(signature = (step_index, gamma=0.0, *, model_output, sample, first_sample, first_x0,
+        x0, prev, noise=None, stream=0))]
     #[allow(clippy::too_many_arguments)]
     fn second_stage(
         &self,
         py: Python<'_>,
         step_index: usize,
+        gamma: f64,
         model_output: &Bound<'_, PyAny>,
         sample: &Bound<'_, PyAny>,
         first_sample: &Bound<'_, PyAny>,
@@ -168,7 +169,7 @@ impl PyEuler {
             prev: tensor(prev, "output buffer")?,
             noise: tensor_opt(noise, "noise")?,
         };
-        let lc = self.inner.second_stage(step_index, io)?;
+        let lc = self.inner.second_stage(step_index, gamma, io)?;
         run(py, &lc, lc.tensors(), stream)
     }
 }

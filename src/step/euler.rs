@@ -87,8 +87,10 @@ impl Euler {
             return value_err!("sigmas: must be finite and non-negative");
         }
         let prediction = PredictionType::parse(prediction_type)?;
+        // Heun steps either kind of model (diffusers' `FlowMatchHeunDiscreteScheduler`)
         let flow = matches!(kind, EulerKind::Flow { .. });
-        if flow != (prediction == PredictionType::FlowPrediction) {
+        let flow_model = prediction == PredictionType::FlowPrediction;
+        if (flow && !flow_model) || (flow_model && !(flow || kind == EulerKind::Heun)) {
             return value_err!(
                 "prediction_type: {prediction_type:?} does not go with this scheduler"
             );
@@ -281,8 +283,9 @@ impl Euler {
 
     /// The second stage of Heun or KDPM2 at step index `i` (σ = sigmas[i − 1] to
     /// σ_next = sigmas[i]; KDPM2's midpoint interpol[i]; KDPM2 ancestral's to down[i − 1]
-    /// through interpol[i − 1], adding up[i − 1]·n).
-    pub fn second_stage(&self, i: usize, io: HeunIo) -> Result<Lincomb> {
+    /// through interpol[i − 1], adding up[i − 1]·n). `gamma`: the first stage's churn (Heun
+    /// of a flow model), which moved the interval's start to σ̂ = σ·(γ + 1).
+    pub fn second_stage(&self, i: usize, gamma: f64, io: HeunIo) -> Result<Lincomb> {
         let two_stage = matches!(
             self.kind,
             EulerKind::Heun | EulerKind::Kdpm2 | EulerKind::Kdpm2Ancestral
@@ -305,7 +308,10 @@ impl Euler {
                     up,
                 )
             }
-            _ => (heun_second(self.prediction, sigma, next)?, 0.0),
+            _ => (
+                heun_second(self.prediction, sigma * (gamma + 1.0), next)?,
+                0.0,
+            ),
         };
         let HeunIo {
             model_output: mo,

@@ -9,6 +9,7 @@ from .dpm_singlestep import DPMSolverSinglestepScheduler
 from .dpm_solver_v3 import DPMSolverV3Scheduler
 from .euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from .flow_match import FlowMatchEulerDiscreteScheduler
+from .flow_match_heun import FlowMatchHeunDiscreteScheduler
 from .heun import HeunDiscreteScheduler
 from .kdpm2 import KDPM2DiscreteScheduler
 from .kdpm2_ancestral import KDPM2AncestralDiscreteScheduler
@@ -26,6 +27,7 @@ __all__ = [
     "EulerAncestralDiscreteScheduler",
     "EulerDiscreteScheduler",
     "FlowMatchEulerDiscreteScheduler",
+    "FlowMatchHeunDiscreteScheduler",
     "HeunDiscreteScheduler",
     "KDPM2AncestralDiscreteScheduler",
     "KDPM2DiscreteScheduler",

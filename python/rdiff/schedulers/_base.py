@@ -85,6 +85,7 @@ _LOOP_STATE = (
     "this_order",
     "dt",  # Heun / KDPM2 between an interval's two stages (with "sample")
     "_first_x0",
+    "_first_gamma",
 )
 
 

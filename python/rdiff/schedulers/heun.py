@@ -70,6 +70,7 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
         self.dt: float | None = None
         self.sample: Any = None
         self._first_x0: Any = None
+        self._first_gamma = 0.0
 
     def _check_train_steps(self, num_train_timesteps: int | None) -> None:
         """set_timesteps' num_train_timesteps: only the schedule's own length."""
@@ -141,26 +142,35 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
         return self._stage(model_output, timestep, sample, return_dict)
 
     def _stage(
-        self, model_output: Any, timestep: Any, sample: Any, return_dict: bool, generator=None
+        self,
+        model_output: Any,
+        timestep: Any,
+        sample: Any,
+        return_dict: bool,
+        generator: Any = None,
+        gamma: float = 0.0,
     ) -> SchedulerOutput | tuple:
-        """One stage: the first (an Euler step, its sample and x₀ kept) or the second (noise
-        drawn after it with ``generator`` for the ancestral class)."""
+        """One stage: the first (an Euler step from σ·(γ + 1), ``sample`` churned already when
+        γ > 0; its sample, x₀ and γ kept) or the second (noise drawn after it with
+        ``generator`` for the ancestral class)."""
         mo, x = self._begin_step(model_output, timestep, sample)
         i = self._step_index
         prev = _tensor.empty_like(x, dtype=mo.dtype)
         x0 = _tensor.empty_like(x, dtype=mo.dtype)
         stream = _tensor.cuda_stream(x)
         if self.state_in_first_order:
-            self._core.step(i, 0.0, model_output=mo, sample=x, prev=prev, x0=x0, stream=stream)
-            self.dt = float(self._sigmas[i + 1]) - float(self._sigmas[i])
+            self._core.step(i, gamma, model_output=mo, sample=x, prev=prev, x0=x0, stream=stream)
+            self.dt = float(self._sigmas[i + 1]) - float(self._sigmas[i]) * (gamma + 1.0)
             self.sample = x
             self._first_x0 = x0
+            self._first_gamma = gamma
         else:
             noise = None
             if self._kind == "kdpm2_ancestral":
                 noise = _noise_like(tuple(mo.shape), mo, generator, None)
             self._core.second_stage(
                 i,
+                self._first_gamma,
                 model_output=mo,
                 sample=_as_dtype(x, mo),
                 first_sample=_as_dtype(self.sample, mo),
