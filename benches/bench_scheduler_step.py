@@ -120,6 +120,8 @@ EULER = {
     # one interval, both stages: 4 as Euler, then reads model output, sample, first sample,
     # first x0; writes sample, x0
     "Heun, one interval = two calls": ("HeunDiscreteScheduler", {}, 10, False),
+    # reads: model output, sample, 3 earlier slopes; writes: slope, x0, sample (order 4)
+    "LMS, order 4": ("LMSDiscreteScheduler", {}, 8, False),
     # as Heun, the second stage also reading the noise
     "DPM2 ancestral, one interval = two calls": ("KDPM2AncestralDiscreteScheduler", {}, 10, True),
 }

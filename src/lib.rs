@@ -37,6 +37,7 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     m.add_class::<py::ddim::PyDdim>()?;
     m.add_class::<py::euler::PyEuler>()?;
+    m.add_class::<py::lms::PyLms>()?;
     m.add_function(wrap_pyfunction!(py::euler::euler_schedule, m)?)?;
     m.add_function(wrap_pyfunction!(py::euler::euler_schedule_from_sigmas, m)?)?;
     m.add_function(wrap_pyfunction!(py::euler::flow_match_training_sigmas, m)?)?;

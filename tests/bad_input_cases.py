@@ -61,6 +61,7 @@ PLAIN = {
     "flow_heun": rdiff.FlowMatchHeunDiscreteScheduler,
     "heun": rdiff.HeunDiscreteScheduler,
     "lcm": rdiff.LCMScheduler,
+    "lms": rdiff.LMSDiscreteScheduler,
     "tcd": rdiff.TCDScheduler,
     "kdpm2": rdiff.KDPM2DiscreteScheduler,
     "kdpm2_a": rdiff.KDPM2AncestralDiscreteScheduler,
@@ -79,6 +80,7 @@ WRAPPED = {
     "flow_heun": rdd.FlowMatchHeunDiscreteScheduler,
     "heun": rdd.HeunDiscreteScheduler,
     "lcm": rdd.LCMScheduler,
+    "lms": rdd.LMSDiscreteScheduler,
     "tcd": rdd.TCDScheduler,
     "kdpm2": rdd.KDPM2DiscreteScheduler,
     "kdpm2_a": rdd.KDPM2AncestralDiscreteScheduler,
@@ -95,6 +97,7 @@ PEER = {
     "flow_heun": diffusers.FlowMatchHeunDiscreteScheduler,
     "heun": diffusers.HeunDiscreteScheduler,
     "lcm": diffusers.LCMScheduler,
+    "lms": diffusers.LMSDiscreteScheduler,
     "tcd": diffusers.TCDScheduler,
     "kdpm2": diffusers.KDPM2DiscreteScheduler,
     "kdpm2_a": diffusers.KDPM2AncestralDiscreteScheduler,
@@ -279,6 +282,7 @@ KINDS = (
     "flow_heun",
     "heun",
     "lcm",
+    "lms",
     "tcd",
     "kdpm2",
     "kdpm2_a",
@@ -391,7 +395,16 @@ def _scheduler_cases() -> list[Case]:
                     ]
                     # the σ-parametrised classes space fractional timesteps, any number of them
                     if kind
-                    not in ("euler", "euler_a", "flow", "flow_heun", "heun", "kdpm2", "kdpm2_a")
+                    not in (
+                        "euler",
+                        "euler_a",
+                        "flow",
+                        "flow_heun",
+                        "heun",
+                        "kdpm2",
+                        "kdpm2_a",
+                        "lms",
+                    )
                     else []
                 ),
                 # -- out of order
@@ -829,7 +842,7 @@ def _out_of_order(kind: str, p: str, mk: str, mk0: str) -> list[Case]:
             "ValueError",
             r"steps are done.*set_timesteps",
         )
-    if kind in ("ddpm", "euler", "euler_a", "flow", "heun", "kdpm2", "kdpm2_a"):
+    if kind in ("ddpm", "euler", "euler_a", "flow", "heun", "kdpm2", "kdpm2_a", "lms"):
         # (the σ-parametrised classes step over the training schedule, float timesteps;
         # diffusers' flow-matching Heun cannot: it has no stage state before set_timesteps)
         t = "999" if kind == "ddpm" else "peer.timesteps[0]"
@@ -2040,6 +2053,8 @@ OWNERS: dict[str, tuple[str, ...]] = {
         "rdd.kdpm2.",
         "rdiff.kdpm2_a.",
         "rdd.kdpm2_a.",
+        "rdiff.lms.",
+        "rdd.lms.",
     ),
     "test_flow_match": ("rdiff.flow.", "rdd.flow."),
     "test_flow_match_heun": ("rdiff.flow_heun.", "rdd.flow_heun."),

@@ -306,10 +306,11 @@ def _copy_cases():
         (rdd.KDPM2DiscreteScheduler, {"use_karras_sigmas": True}),
         (rdd.KDPM2AncestralDiscreteScheduler, {}),
         (rdd.FlowMatchHeunDiscreteScheduler, {"shift": 3.0}),
+        (rdd.LMSDiscreteScheduler, {"use_karras_sigmas": True}),
     ]
 
 
-@pytest.mark.parametrize("case", range(19))
+@pytest.mark.parametrize("case", range(20))
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_copies_continue_where_the_original_is(case, how):
     """copy.deepcopy (the README's advice for one scheduler per thread) and pickle, mid-loop:

@@ -1,6 +1,6 @@
 """rdiff.EulerDiscreteScheduler, rdiff.EulerAncestralDiscreteScheduler,
-rdiff.HeunDiscreteScheduler, rdiff.KDPM2DiscreteScheduler and
-rdiff.KDPM2AncestralDiscreteScheduler against diffusers'."""
+rdiff.HeunDiscreteScheduler, rdiff.KDPM2DiscreteScheduler,
+rdiff.KDPM2AncestralDiscreteScheduler and rdiff.LMSDiscreteScheduler against diffusers'."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ PAIRS = {
     "heun": (diffusers.HeunDiscreteScheduler, rdd.HeunDiscreteScheduler),
     "kdpm2": (diffusers.KDPM2DiscreteScheduler, rdd.KDPM2DiscreteScheduler),
     "kdpm2_a": (diffusers.KDPM2AncestralDiscreteScheduler, rdd.KDPM2AncestralDiscreteScheduler),
+    "lms": (diffusers.LMSDiscreteScheduler, rdd.LMSDiscreteScheduler),
 }
 TWO_STAGE = ("heun", "kdpm2", "kdpm2_a")
 pytestmark = [
@@ -291,6 +292,28 @@ def test_kdpm2_ancestral_matches_diffusers_over_the_config_matrix(pred, sp, b, n
     assert run_pair("kdpm2_a", cfg, n, seed=seed) <= 1.0
 
 
+LMS_CONFIGS = list(
+    itertools.product(
+        ["epsilon", "v_prediction", "sample"],
+        SPACINGS,
+        range(len(BETAS)),
+        [1, 2, 3, 5, 10, 25],
+        [4, 3, 2, 1],  # step's order
+    )
+)
+
+
+@pytest.mark.parametrize("pred, sp, b, n, order", random.Random(19).sample(LMS_CONFIGS, 110))
+def test_lms_matches_diffusers_over_the_config_matrix(pred, sp, b, n, order):
+    cfg = dict(prediction_type=pred, **BETAS[b])
+    if sp in SIGMA_FLAGS:
+        cfg[SIGMA_FLAGS[sp]] = True
+    else:
+        cfg["timestep_spacing"] = sp
+        cfg["steps_offset"] = 1 if sp == "leading" else 0
+    assert run_pair("lms", cfg, n, churn=dict(order=order)) <= 1.0
+
+
 @pytest.mark.parametrize("kind", list(PAIRS))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_within_the_dtype_rounding(kind, dtype):
@@ -327,6 +350,8 @@ def full_loop(scheduler, steps=10, **kw):
         ("kdpm2", dict(prediction_type="v_prediction", use_karras_sigmas=True)),
         ("kdpm2_a", {}),
         ("kdpm2_a", dict(prediction_type="v_prediction", use_exponential_sigmas=True)),
+        ("lms", {}),
+        ("lms", dict(prediction_type="v_prediction", use_karras_sigmas=True)),
     ],
 )
 def test_full_loops_follow_diffusers(cls, kwargs):
@@ -455,7 +480,7 @@ def test_whole_loop_emulated_equals_cpu(kind, dt):
         x = torch.randn((2, 3, 8, 9), generator=torch.Generator().manual_seed(0))
         x = (x * s.init_noise_sigma).to(DTYPES[dt])
         kw = {"s_churn": 1.0} if kind == "euler" else {}
-        if kind not in ("heun", "kdpm2"):
+        if kind not in ("heun", "kdpm2", "lms"):
             kw["generator"] = torch.Generator().manual_seed(3)
         x0s = []
         for t in s.timesteps:

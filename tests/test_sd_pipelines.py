@@ -30,6 +30,7 @@ CLASSES = [
     "HeunDiscreteScheduler",
     "KDPM2DiscreteScheduler",
     "KDPM2AncestralDiscreteScheduler",
+    "LMSDiscreteScheduler",
     "LCMScheduler",
     "TCDScheduler",
 ]
@@ -46,6 +47,7 @@ CONFIGS = {
     "HeunDiscreteScheduler": {"beta_schedule": "scaled_linear", "use_karras_sigmas": True},
     "KDPM2DiscreteScheduler": {"beta_schedule": "scaled_linear"},
     "KDPM2AncestralDiscreteScheduler": {"beta_schedule": "scaled_linear"},
+    "LMSDiscreteScheduler": {"beta_schedule": "scaled_linear", "use_karras_sigmas": True},
     "LCMScheduler": {},
     "TCDScheduler": {},
 }

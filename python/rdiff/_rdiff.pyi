@@ -507,6 +507,27 @@ class _Euler:
         """The second stage (Heun, KDPM2, KDPM2 ancestral with ``noise``): x0 and the new
         sample from the first stage's state."""
 
+class _Lms:
+    """Per-loop constants of ``LMSDiscreteScheduler``."""
+
+    def __init__(self, sigmas: list[float], prediction_type: str) -> None: ...
+    def coefficients(self, step_index: int, order: int) -> list[float]:
+        """c_0 … c_{order−1} of the step (c_j weighs the slope of j steps back)."""
+    def step(
+        self,
+        step_index: int,
+        order: int,
+        *,
+        model_output: _Tensor,
+        sample: _Tensor,
+        history: list[_Tensor],
+        derivative: _Tensor,
+        x0: _Tensor,
+        prev: _Tensor,
+        stream: int = 0,
+    ) -> None:
+        """One fused step: the slope, x0 and the new sample."""
+
 def _euler_schedule(
     table: npt.NDArray[np.float32],
     log_table: npt.NDArray[np.float32],

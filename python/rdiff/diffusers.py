@@ -34,6 +34,7 @@ try:
     )
     from diffusers.schedulers.scheduling_k_dpm_2_discrete import KDPM2DiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_lcm import LCMSchedulerOutput
+    from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteSchedulerOutput
     from diffusers.schedulers.scheduling_tcd import TCDSchedulerOutput
     from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 except ImportError as e:  # pragma: no cover - exercised only without diffusers
@@ -56,6 +57,7 @@ __all__ = [
     "KDPM2AncestralDiscreteScheduler",
     "KDPM2DiscreteScheduler",
     "LCMScheduler",
+    "LMSDiscreteScheduler",
     "TCDScheduler",
     "UniPCMultistepScheduler",
 ]
@@ -111,6 +113,7 @@ KDPM2AncestralDiscreteScheduler = _wrap(
     _schedulers.KDPM2AncestralDiscreteScheduler, KDPM2AncestralDiscreteSchedulerOutput
 )
 LCMScheduler = _wrap(_schedulers.LCMScheduler, LCMSchedulerOutput)
+LMSDiscreteScheduler = _wrap(_schedulers.LMSDiscreteScheduler, LMSDiscreteSchedulerOutput)
 TCDScheduler = _wrap(_schedulers.TCDScheduler, TCDSchedulerOutput)
 # No diffusers peer (DPM-Solver-v3 is only in its authors' research code).
 DPMSolverV3Scheduler = _wrap(_schedulers.DPMSolverV3Scheduler, SchedulerOutput)

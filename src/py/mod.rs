@@ -13,6 +13,7 @@ pub mod dpm_solver_v3;
 pub mod errors;
 pub mod euler;
 pub mod lincomb;
+pub mod lms;
 pub mod random;
 pub mod sampling;
 pub mod schedule;

@@ -11,6 +11,7 @@ pub mod euler_spacing;
 pub mod interp;
 pub mod karras;
 pub mod linsolve;
+pub mod lms;
 pub mod noise_schedule;
 pub mod prediction;
 pub mod reference;

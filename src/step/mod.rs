@@ -11,6 +11,7 @@ pub mod dpm_singlestep;
 pub mod dpm_solver;
 pub mod dpm_solver_v3;
 pub mod euler;
+pub mod lms;
 pub mod unipc;
 
 use crate::dtype::DType;

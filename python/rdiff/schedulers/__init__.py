@@ -14,6 +14,7 @@ from .heun import HeunDiscreteScheduler
 from .kdpm2 import KDPM2DiscreteScheduler
 from .kdpm2_ancestral import KDPM2AncestralDiscreteScheduler
 from .lcm import LCMScheduler
+from .lms import LMSDiscreteScheduler
 from .tcd import TCDScheduler
 from .unipc import UniPCMultistepScheduler
 
@@ -32,6 +33,7 @@ __all__ = [
     "KDPM2AncestralDiscreteScheduler",
     "KDPM2DiscreteScheduler",
     "LCMScheduler",
+    "LMSDiscreteScheduler",
     "SchedulerOutput",
     "TCDScheduler",
     "UniPCMultistepScheduler",

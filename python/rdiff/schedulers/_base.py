@@ -86,6 +86,7 @@ _LOOP_STATE = (
     "dt",  # Heun / KDPM2 between an interval's two stages (with "sample")
     "_first_x0",
     "_first_gamma",
+    "derivatives",  # LMS's earlier slopes
 )
 
 
