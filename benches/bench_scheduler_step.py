@@ -1,9 +1,9 @@
-"""One step of each scheduler family: multistep DPM-Solver++, UniPC (corrector + predictor)
-and the σ-parametrised classes (Euler, Euler ancestral, flow-matching Euler, Heun, DPM2
-ancestral) against diffusers on the same torch CPU tensors; and one DPM-Solver-v3 step (no
+"""One step of each scheduler family: multistep DPM-Solver++, UniPC (corrector + predictor),
+DEIS and the σ-parametrised classes (Euler, Euler ancestral, flow-matching Euler, Heun,
+LMS, DPM2 ancestral) against diffusers on the same torch CPU tensors; and one DPM-Solver-v3 step (no
 peer package has it) against rdiff's own DPM-Solver++ 3M step.
 
-Run: python benches/bench_scheduler_step.py [--quick] [--only dpm|unipc|euler|v3]. Prints a
+Run: python benches/bench_scheduler_step.py [--quick] [--only dpm|unipc|deis|euler|v3]. Prints a
 markdown table per scheduler: time per step for both, the ratio, and rdiff's effective
 bandwidth (bytes a fused step must move ÷ its time) against this machine's copy bandwidth
 measured in the same run (a large torch copy).
@@ -183,6 +183,8 @@ SCHEDULERS = {
     # reads: model output, sample, last sample, p history entries (the corrector's; the
     # predictor's p − 1 are among them); writes: history, corrected sample, sample
     "unipc": (DU, rdiff.UniPCMultistepScheduler, lambda p: 3 + p + 3),
+    # as DPM-Solver
+    "deis": (diffusers.DEISMultistepScheduler, rdiff.DEISMultistepScheduler, lambda p: 2 + p + 1),
 }
 
 

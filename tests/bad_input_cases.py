@@ -49,6 +49,7 @@ EMS = rdiff.EMSTable.from_statistics(_L, 0.1 * (_L - 0.95), 0.05 * _L, SCHED)
 
 PLAIN = {
     "multistep": rdiff.DPMSolverMultistepScheduler,
+    "deis": rdiff.DEISMultistepScheduler,
     "singlestep": rdiff.DPMSolverSinglestepScheduler,
     "ddim": rdiff.DDIMScheduler,
     "ddpm": rdiff.DDPMScheduler,
@@ -68,6 +69,7 @@ PLAIN = {
 }
 WRAPPED = {
     "multistep": rdd.DPMSolverMultistepScheduler,
+    "deis": rdd.DEISMultistepScheduler,
     "singlestep": rdd.DPMSolverSinglestepScheduler,
     "ddim": rdd.DDIMScheduler,
     "ddpm": rdd.DDPMScheduler,
@@ -87,6 +89,7 @@ WRAPPED = {
 }
 PEER = {
     "multistep": diffusers.DPMSolverMultistepScheduler,
+    "deis": diffusers.DEISMultistepScheduler,
     "singlestep": diffusers.DPMSolverSinglestepScheduler,
     "ddim": diffusers.DDIMScheduler,
     "ddpm": diffusers.DDPMScheduler,
@@ -270,6 +273,7 @@ def gamma_file(**entries):
 
 KINDS = (
     "multistep",
+    "deis",
     "singlestep",
     "ddim",
     "ddpm",
@@ -384,7 +388,7 @@ def _scheduler_cases() -> list[Case]:
                 # (repeating some); its DDIM, DDPM and rdiff's Analytic-DPM refuse them.
                 *(
                     []
-                    if kind in ("multistep", "singlestep", "unipc")
+                    if kind in ("multistep", "deis", "singlestep", "unipc")
                     else [
                         Case(
                             f"{p}.set_timesteps.too_many",
@@ -707,7 +711,7 @@ def _scheduler_cases() -> list[Case]:
                         None,
                     ),
                 ]
-            if kind in ("multistep", "singlestep"):
+            if kind in ("multistep", "deis", "singlestep"):
                 c += [
                     Case(
                         f"{p}.init.solver_order_4",
@@ -810,6 +814,10 @@ def _scheduler_cases() -> list[Case]:
                         r"timesteps",
                     ),
                 ]
+            if kind == "deis":
+                # no custom timesteps (a TypeError, as in diffusers) and no SDE variant
+                skip = (".set_timesteps.custom_", ".set_timesteps.both", ".variance_noise_")
+                c = [case for case in c if not any(k in case.id for k in skip)]
             if kind in ("flow", "flow_heun"):
                 # no β schedule and no prediction_type: a flow model predicts velocity
                 skip = (".init.beta", ".init.trained_betas", ".init.prediction_type")
@@ -818,7 +826,7 @@ def _scheduler_cases() -> list[Case]:
     return out
 
 
-PEER_KINDS = ("multistep", "singlestep", "ddim", "ddpm", "unipc")
+PEER_KINDS = ("multistep", "deis", "singlestep", "ddim", "ddpm", "unipc")
 
 
 def _out_of_order(kind: str, p: str, mk: str, mk0: str) -> list[Case]:
@@ -2033,6 +2041,7 @@ CASES = all_cases()
 # The feature test module that runs each case in process (by id prefix); tests/test_bad_input.py
 # runs every case again in subprocesses and checks that each has exactly one owner.
 OWNERS: dict[str, tuple[str, ...]] = {
+    "test_deis": ("rdiff.deis.", "rdd.deis."),
     "test_dpm_multistep": (
         "rdiff.multistep.",
         "rdd.multistep.",

@@ -307,10 +307,11 @@ def _copy_cases():
         (rdd.KDPM2AncestralDiscreteScheduler, {}),
         (rdd.FlowMatchHeunDiscreteScheduler, {"shift": 3.0}),
         (rdd.LMSDiscreteScheduler, {"use_karras_sigmas": True}),
+        (rdd.DEISMultistepScheduler, {"solver_order": 3}),
     ]
 
 
-@pytest.mark.parametrize("case", range(20))
+@pytest.mark.parametrize("case", range(21))
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_copies_continue_where_the_original_is(case, how):
     """copy.deepcopy (the README's advice for one scheduler per thread) and pickle, mid-loop:

@@ -464,3 +464,15 @@ def test_diffusers_sigma_helpers():
         np.testing.assert_allclose(
             ours._convert_to_karras(flipped, n), theirs._convert_to_karras(flipped, n), rtol=5e-16
         )
+
+
+def test_dynamic_shift_mu_as_diffusers():
+    """set_timesteps(mu=...) shifts this schedule already (the config is read after it)."""
+    import rdiff.diffusers as rdd
+
+    cfg = dict(use_flow_sigmas=True, prediction_type="flow_prediction", use_dynamic_shifting=True)
+    d, r = DS(**cfg), rdd.DPMSolverMultistepScheduler(**cfg)
+    d.set_timesteps(8, mu=0.7)
+    r.set_timesteps(8, mu=0.7)
+    np.testing.assert_array_equal(r.timesteps.numpy(), d.timesteps.numpy())
+    np.testing.assert_allclose(r.sigmas.numpy(), d.sigmas.numpy(), rtol=1e-6)

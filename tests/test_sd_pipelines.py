@@ -31,6 +31,7 @@ CLASSES = [
     "KDPM2DiscreteScheduler",
     "KDPM2AncestralDiscreteScheduler",
     "LMSDiscreteScheduler",
+    "DEISMultistepScheduler",
     "LCMScheduler",
     "TCDScheduler",
 ]
@@ -48,6 +49,7 @@ CONFIGS = {
     "KDPM2DiscreteScheduler": {"beta_schedule": "scaled_linear"},
     "KDPM2AncestralDiscreteScheduler": {"beta_schedule": "scaled_linear"},
     "LMSDiscreteScheduler": {"beta_schedule": "scaled_linear", "use_karras_sigmas": True},
+    "DEISMultistepScheduler": {"beta_schedule": "scaled_linear", "solver_order": 3},
     "LCMScheduler": {},
     "TCDScheduler": {},
 }

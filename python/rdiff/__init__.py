@@ -29,6 +29,7 @@ from .sampling import SampleInfo, model_wrapper, sample
 from .schedulers import (
     DDIMScheduler,
     DDPMScheduler,
+    DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
     DPMSolverSinglestepScheduler,
     DPMSolverV3Scheduler,
@@ -66,6 +67,7 @@ __all__ = [
     "CudaUnavailableError",
     "DDIMScheduler",
     "DDPMScheduler",
+    "DEISMultistepScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "DPMSolverV3Scheduler",

@@ -46,6 +46,7 @@ __all__ = [
     "AnalyticDPMScheduler",
     "DDIMScheduler",
     "DDPMScheduler",
+    "DEISMultistepScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "DPMSolverV3Scheduler",
@@ -95,6 +96,7 @@ def _wrap(base: type, output_type: type) -> type:
 DPMSolverMultistepScheduler = _wrap(_schedulers.DPMSolverMultistepScheduler, SchedulerOutput)
 DDIMScheduler = _wrap(_schedulers.DDIMScheduler, DDIMSchedulerOutput)
 DDPMScheduler = _wrap(_schedulers.DDPMScheduler, DDPMSchedulerOutput)
+DEISMultistepScheduler = _wrap(_schedulers.DEISMultistepScheduler, SchedulerOutput)
 DPMSolverSinglestepScheduler = _wrap(_schedulers.DPMSolverSinglestepScheduler, SchedulerOutput)
 UniPCMultistepScheduler = _wrap(_schedulers.UniPCMultistepScheduler, SchedulerOutput)
 EulerDiscreteScheduler = _wrap(_schedulers.EulerDiscreteScheduler, EulerDiscreteSchedulerOutput)

@@ -30,6 +30,12 @@ pub type SinglestepStep = MultistepStep;
 /// The coefficients of one singlestep DPM-Solver update, with diffusers' formulas: `m0`, `m1`,
 /// `m2` are the converted outputs at s0, s1, s2 and `x` the sample at the group's start.
 pub fn singlestep_coefficients(st: &SinglestepStep) -> Result<StepCoefficients> {
+    if st.algorithm == Algorithm::Deis || st.solver_type == SolverType::LogRho {
+        return value_err!(
+            "algorithm_type \"deis\" (solver_type \"logrho\") is multistep only \
+             (DEISMultistepScheduler)"
+        );
+    }
     if st.algorithm == Algorithm::SdeDpmSolver {
         return value_err!(
             "algorithm_type: \"sde-dpmsolver\" has no singlestep form in diffusers; use \
@@ -82,7 +88,7 @@ pub fn singlestep_coefficients(st: &SinglestepStep) -> Result<StepCoefficients> 
         2 => {
             // D0 = m1, D1 = (m0 − m1)/r0 with r0 = (λ_s0 − λ_s1)/h.
             let r0 = (l0 - st.s1.lambda()) / h;
-            let b1 = second_order_weight(st.algorithm, st.solver_type, st.t, h);
+            let b1 = second_order_weight(st.algorithm, st.solver_type, st.t, h)?;
             co.w0 = b1 / r0;
             co.w1 = b0 - b1 / r0;
         }
@@ -100,6 +106,7 @@ pub fn singlestep_coefficients(st: &SinglestepStep) -> Result<StepCoefficients> 
                     let d = r0 - r1;
                     (-b1 * r1 / d + 2.0 * b2 / d, b1 * r0 / d - 2.0 * b2 / d)
                 }
+                SolverType::LogRho => return value_err!("solver_type: \"logrho\" is DEIS's"),
             };
             co.w0 = e / r0;
             co.w1 = f / r1;

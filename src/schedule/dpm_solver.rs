@@ -15,16 +15,20 @@
 //! divided differences D1, D2 expanded into weights on m0, m1, m2.
 
 use crate::error::Result;
+use crate::schedule::deis::deis_weights;
 pub use crate::schedule::prediction::PredictionType;
 use crate::value_err;
 
-/// DPM-Solver (noise prediction) or DPM-Solver++ (data prediction), ODE or SDE.
+/// DPM-Solver (noise prediction) or DPM-Solver++ (data prediction), ODE or SDE; or DEIS
+/// (Zhang & Chen 2022, diffusers' `DEISMultistepScheduler`): the noise-prediction solver whose
+/// higher orders integrate a Lagrange polynomial in log ρ, ρ = σ/α (`schedule::deis`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
     DpmSolver,
     DpmSolverPp,
     SdeDpmSolver,
     SdeDpmSolverPp,
+    Deis,
 }
 
 impl Algorithm {
@@ -34,10 +38,11 @@ impl Algorithm {
             "dpmsolver++" => Self::DpmSolverPp,
             "sde-dpmsolver" => Self::SdeDpmSolver,
             "sde-dpmsolver++" => Self::SdeDpmSolverPp,
+            "deis" => Self::Deis,
             _ => {
                 return value_err!(
                     "algorithm_type: unknown {s:?}; expected \"dpmsolver++\", \"dpmsolver\", \
-                     \"sde-dpmsolver++\" or \"sde-dpmsolver\""
+                     \"sde-dpmsolver++\", \"sde-dpmsolver\" or \"deis\""
                 )
             }
         })
@@ -53,11 +58,12 @@ impl Algorithm {
     }
 }
 
-/// How the second-order correction is formed.
+/// How the second-order correction is formed (DEIS: its log-ρ polynomial, the only one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SolverType {
     Midpoint,
     Heun,
+    LogRho,
 }
 
 impl SolverType {
@@ -65,7 +71,10 @@ impl SolverType {
         match s {
             "midpoint" => Ok(Self::Midpoint),
             "heun" => Ok(Self::Heun),
-            _ => value_err!("solver_type: unknown {s:?}; expected \"midpoint\" or \"heun\""),
+            "logrho" => Ok(Self::LogRho),
+            _ => value_err!(
+                "solver_type: unknown {s:?}; expected \"midpoint\", \"heun\" or \"logrho\""
+            ),
         }
     }
 }
@@ -134,8 +143,10 @@ pub(crate) fn conversion(
     if algorithm.data_prediction() {
         return Ok((to_x0.0, to_x0.1, 0.0, 1.0));
     }
-    if thresholding {
-        if prediction == PredictionType::FlowPrediction {
+    // DEIS converts a flow model's output through x₀, as diffusers' does
+    let deis_flow = algorithm == Algorithm::Deis && prediction == PredictionType::FlowPrediction;
+    if thresholding || deis_flow {
+        if prediction == PredictionType::FlowPrediction && !deis_flow {
             return value_err!(
                 "prediction_type: \"flow_prediction\" is only supported with the dpmsolver++ \
                  algorithm types"
@@ -173,13 +184,13 @@ pub(crate) fn first_order_terms(
     use Algorithm::*;
     let (a, c) = match algorithm {
         DpmSolverPp => (st / s.sigma, 0.0),
-        DpmSolver => (at / s.alpha, 0.0),
+        DpmSolver | Deis => (at / s.alpha, 0.0),
         SdeDpmSolverPp => (st / s.sigma * (-h).exp(), st * e2m1.max(0.0).sqrt()),
         SdeDpmSolver => (at / s.alpha, st * (2.0 * h).exp_m1().max(0.0).sqrt()),
     };
     let b0 = match algorithm {
         DpmSolverPp => -at * em1,
-        DpmSolver => -st * ep1,
+        DpmSolver | Deis => -st * ep1,
         SdeDpmSolverPp => at * e2m1,
         SdeDpmSolver => -2.0 * st * ep1,
     };
@@ -192,13 +203,13 @@ pub(crate) fn second_order_weight(
     solver_type: SolverType,
     t: Point,
     h: f64,
-) -> f64 {
+) -> Result<f64> {
     let (at, st) = (t.alpha, t.sigma);
     let em1 = (-h).exp_m1();
     let ep1 = h.exp_m1();
     let e2m1 = -(-2.0 * h).exp_m1();
     use Algorithm::*;
-    match (algorithm, solver_type) {
+    Ok(match (algorithm, solver_type) {
         (DpmSolverPp, SolverType::Midpoint) => -0.5 * at * em1,
         (DpmSolverPp, SolverType::Heun) => at * (em1 / h + 1.0),
         (DpmSolver, SolverType::Midpoint) => -0.5 * st * ep1,
@@ -207,7 +218,16 @@ pub(crate) fn second_order_weight(
         (SdeDpmSolverPp, SolverType::Heun) => at * (e2m1 / (-2.0 * h) + 1.0),
         (SdeDpmSolver, SolverType::Midpoint) => -st * ep1,
         (SdeDpmSolver, SolverType::Heun) => -2.0 * st * (ep1 / h - 1.0),
-    }
+        (Deis, _) | (_, SolverType::LogRho) => return deis_only(),
+    })
+}
+
+/// DEIS's higher orders are `schedule::deis`'s multistep weights, with the log-ρ solver type.
+fn deis_only<T>() -> Result<T> {
+    value_err!(
+        "algorithm_type \"deis\" and solver_type \"logrho\" go together, in the multistep \
+         scheduler only (DEISMultistepScheduler)"
+    )
 }
 
 /// The weights (b1, b2) of D1 and D2 in a third-order update to `t` over `h`.
@@ -230,6 +250,7 @@ pub(crate) fn third_order_weights(algorithm: Algorithm, t: Point, h: f64) -> Res
                  \"sde-dpmsolver\" (diffusers has no third-order update for it)"
             )
         }
+        Deis => return deis_only(),
     })
 }
 
@@ -292,10 +313,18 @@ pub fn multistep_coefficients(st: &MultistepStep) -> Result<StepCoefficients> {
     };
     match st.order {
         1 => co.w0 = b0,
+        2 | 3 if st.algorithm == Algorithm::Deis => {
+            let rho = |p: Point| p.sigma / p.alpha;
+            let pts = [rho(st.s0), rho(st.s1), rho(st.s2)];
+            let w = deis_weights(st.t.alpha, rho(st.t), &pts[..st.order])?;
+            co.w0 = w[0];
+            co.w1 = w[1];
+            co.w2 = w.get(2).copied().unwrap_or(0.0);
+        }
         2 => {
             let h0 = l0 - st.s1.lambda();
             let r0 = h0 / h;
-            let b1 = second_order_weight(st.algorithm, st.solver_type, st.t, h);
+            let b1 = second_order_weight(st.algorithm, st.solver_type, st.t, h)?;
             // D1 = (m0 − m1)/r0.
             co.w0 = b0 + b1 / r0;
             co.w1 = -b1 / r0;

@@ -3,6 +3,7 @@
 pub mod analytic_dpm;
 pub mod betas;
 pub mod ddim;
+pub mod deis;
 pub mod dpm_singlestep;
 pub mod dpm_solver;
 pub mod dpm_solver_v3;

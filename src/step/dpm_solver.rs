@@ -62,9 +62,19 @@ impl SolverConfig {
         if o.sigmas.len() < 2 {
             return value_err!("sigmas: need at least two values");
         }
+        let algorithm = Algorithm::parse(o.algorithm_type)?;
+        let solver_type = SolverType::parse(o.solver_type)?;
+        if (algorithm == Algorithm::Deis) != (solver_type == SolverType::LogRho) {
+            return value_err!(
+                "solver_type: {:?} does not go with algorithm_type {:?} (DEIS's is \"logrho\", \
+                 the only one it has)",
+                o.solver_type,
+                o.algorithm_type
+            );
+        }
         Ok(Self {
-            algorithm: Algorithm::parse(o.algorithm_type)?,
-            solver_type: SolverType::parse(o.solver_type)?,
+            algorithm,
+            solver_type,
             prediction: PredictionType::parse(o.prediction_type)?,
             thresholding: thresholding_options(
                 o.thresholding,

@@ -4,6 +4,7 @@ from ._base import SchedulerOutput
 from .analytic_dpm import AnalyticDPMScheduler
 from .ddim import DDIMScheduler
 from .ddpm import DDPMScheduler
+from .deis import DEISMultistepScheduler
 from .dpm_multistep import DPMSolverMultistepScheduler
 from .dpm_singlestep import DPMSolverSinglestepScheduler
 from .dpm_solver_v3 import DPMSolverV3Scheduler
@@ -22,6 +23,7 @@ __all__ = [
     "AnalyticDPMScheduler",
     "DDIMScheduler",
     "DDPMScheduler",
+    "DEISMultistepScheduler",
     "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "DPMSolverV3Scheduler",

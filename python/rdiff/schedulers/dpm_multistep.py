@@ -142,13 +142,8 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
         Fills ``timesteps`` (int64, descending, length n) and ``sigmas`` (float32, length
         n + 1, the last one 0 or σ_min) exactly as diffusers does, and resets the history.
         """
+        self._apply_mu(mu)
         cfg = self.config
-        if mu is not None:
-            if not (cfg.use_dynamic_shifting and cfg.time_shift_type == "exponential"):
-                raise ValueError(
-                    "mu: needs use_dynamic_shifting=True and time_shift_type 'exponential'"
-                )
-            self.register_to_config(flow_shift=float(np.exp(mu)))
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("set_timesteps: pass exactly one of num_inference_steps or timesteps")
         if num_inference_steps is not None:
@@ -170,15 +165,33 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
             cfg.beta_schedule != "squaredcos_cap_v2",
             sigma_table=self._sigma_table(),
         )
+        self._start_loop(ts, sigmas, device)
+
+    def _apply_mu(self, mu: float | None) -> None:
+        """Dynamic shifting: ``flow_shift`` = e^μ for this and later schedules."""
+        cfg = self.config
+        if mu is not None:
+            if not (cfg.use_dynamic_shifting and cfg.time_shift_type == "exponential"):
+                raise ValueError(
+                    "mu: needs use_dynamic_shifting=True and time_shift_type 'exponential'"
+                )
+            self.register_to_config(flow_shift=float(np.exp(mu)))
+
+    def _start_loop(self, ts: np.ndarray, sigmas: np.ndarray, device: Any) -> None:
+        """The loop's timesteps (int64) and σ̃ (float32, one more), a fresh history and core."""
         self._sigmas = sigmas.astype(np.float32)
         self._publish(sigmas=self._sigmas)
         self.timesteps = self._timesteps_array(ts.astype(np.int64), device)
         self.num_inference_steps = len(ts)
-        self.model_outputs = [None] * cfg.solver_order
+        self.model_outputs = [None] * self.config.solver_order
         self.lower_order_nums = 0
         self._step_index = None
         self._begin_index = None
-        self._core = _DpmMultistep(
+        self._core = self._make_core()
+
+    def _make_core(self) -> Any:
+        cfg = self.config
+        return _DpmMultistep(
             self._solver_args(self._algorithm_type, self._solver_type),
             int(cfg.solver_order),
             bool(cfg.lower_order_final),
