@@ -1774,6 +1774,11 @@ K_SAMPLERS = (
     "sample_euler_ancestral",
     "sample_euler",
     "sample_heun",
+    "sample_dpm_2",
+    "sample_dpm_2_ancestral",
+    "sample_lms",
+    "sample_dpmpp_2s_ancestral",
+    "sample_dpmpp_sde",
 )
 
 

@@ -4,6 +4,7 @@ output and noise draws, and each sampler on the CUDA kernels (emulated) equal to
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 import types
 
@@ -82,6 +83,13 @@ DETERMINISTIC = [
     ("sample_dpmpp_2m_sde", {"eta": 0.0, "solver_type": "heun"}),
     ("sample_dpmpp_3m_sde", {"eta": 0.0}),
     ("sample_euler_ancestral", {"eta": 0.0}),
+    ("sample_dpm_2", {}),
+    ("sample_dpm_2_ancestral", {"eta": 0.0}),
+    ("sample_lms", {}),
+    ("sample_lms", {"order": 2}),
+    ("sample_dpmpp_2s_ancestral", {"eta": 0.0}),
+    ("sample_dpmpp_sde", {"eta": 0.0}),
+    ("sample_dpmpp_sde", {"eta": 0.0, "r": 0.3}),
 ]
 
 
@@ -104,7 +112,7 @@ def test_k_deterministic_samplers_match_k_diffusion(kd, name, kw, schedule):
     assert set(seen[0]) == {"x", "i", "sigma", "sigma_hat", "denoised"}
 
 
-@pytest.mark.parametrize("name", ["sample_euler", "sample_heun"])
+@pytest.mark.parametrize("name", ["sample_euler", "sample_heun", "sample_dpm_2"])
 def test_k_churn_draws_like_k_diffusion(kd, name):
     sigmas = kd.get_sigmas_karras(10, 0.02, 20.0)
     x = _x(1)
@@ -123,6 +131,12 @@ STOCHASTIC = [
     ("sample_dpmpp_2m_sde", {"solver_type": "heun", "eta": 0.5}),
     ("sample_dpmpp_3m_sde", {}),
     ("sample_dpmpp_3m_sde", {"eta": 0.5, "s_noise": 0.9}),
+    ("sample_dpm_2_ancestral", {}),
+    ("sample_dpm_2_ancestral", {"eta": 0.7, "s_noise": 1.01}),
+    ("sample_dpmpp_2s_ancestral", {}),
+    ("sample_dpmpp_2s_ancestral", {"eta": 0.5, "s_noise": 0.9}),
+    ("sample_dpmpp_sde", {}),
+    ("sample_dpmpp_sde", {"eta": 0.5, "s_noise": 1.01, "r": 0.3}),
 ]
 
 
@@ -154,6 +168,83 @@ def test_k_sde_samplers_with_an_explicit_noise_sampler(kd, name, kw):
         denoiser, x, sigmas, disable=True, noise_sampler=make_sampler(), **kw
     )
     assert (got - want).abs().max().item() <= 1e-5
+
+
+FAST = [
+    ((0.02, 20.0, 10), {}),
+    ((0.02, 20.0, 9), {}),
+    ((0.05, 10.0, 1), {}),
+    ((0.05, 10.0, 2), {}),
+    ((0.02, 20.0, 7), {"eta": 0.5, "s_noise": 1.01}),
+]
+
+
+@pytest.mark.parametrize(("args", "kw"), FAST)
+def test_k_dpm_fast_matches_k_diffusion(kd, args, kw):
+    x = _x(6)
+    torch.manual_seed(5)
+    want = kd.sample_dpm_fast(denoiser, x, *args, disable=True, **kw)
+    torch.manual_seed(5)
+    seen = []
+    got = rdiff.k.sample_dpm_fast(
+        denoiser, x, *args, disable=True, callback=lambda d: seen.append(d), **kw
+    )
+    # (one step over the whole range, n = 2, forms terms of the sample's size ~40 in float32)
+    assert (got - want).abs().max().item() <= 1e-6 * max(1.0, x.abs().max().item())
+    assert {"sigma", "sigma_hat", "x", "i", "t", "t_up", "denoised"} <= set(seen[0])
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_k_dpm_solver_steps_match_k_diffusion(kd, order):
+    """One DPM-Solver step of each order, on the same ε cache, equal to k-diffusion's."""
+    x = _x(7)
+    t, t_next = torch.tensor(-math.log(8.0)), torch.tensor(-math.log(2.5))
+    ref = kd.DPMSolver(denoiser)
+    want, _ = getattr(ref, f"dpm_solver_{order}_step")(x, t, t_next)
+    loop = rdiff.k._Loop(x, [8.0, 2.5])
+    solver = rdiff.k._KDpmSolver(loop, denoiser, {}, rdiff.k._NoBar())
+    got = loop.comb(solver.step(order, x, t, t_next, {}))
+    assert (got - want).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("kw", "rel"),
+    [
+        ({"order": 2}, 1e-5),
+        ({"eta": 0.5, "rtol": 0.02}, 1e-4),
+        ({"pcoeff": 0.1, "dcoeff": 0.1, "h_init": 0.2}, 1e-4),
+        ({}, 5e-3),
+    ],
+)
+def test_k_dpm_adaptive_follows_k_diffusion(kd, kw, rel):
+    """The same accepted and rejected steps and the same sample. The PID controller sizes
+    each step from the estimated error, the difference of two solutions; at high σ the
+    order-2 and order-3 solutions agree to float32 rounding (error ~1e-6, k-diffusion's 0.0
+    where rdiff's is 9e-7), so with order 3 the step times differ in their 3rd digit and the
+    sample by a few 1e-3 of its size: far inside the solver's own rtol (0.05)."""
+    x = _x(8)
+    torch.manual_seed(9)
+    want, info_w = kd.sample_dpm_adaptive(
+        denoiser, x, 0.02, 20.0, disable=True, return_info=True, **kw
+    )
+    torch.manual_seed(9)
+    got, info_g = rdiff.k.sample_dpm_adaptive(
+        denoiser, x, 0.02, 20.0, disable=True, return_info=True, **kw
+    )
+    assert info_g == info_w
+    assert (got - want).abs().max().item() <= rel * max(1.0, want.abs().max().item())
+
+
+def test_k_dpm_fast_and_adaptive_refuse_bad_ranges():
+    x = _x(0)
+    with pytest.raises(ValueError, match="must not be 0"):
+        rdiff.k.sample_dpm_fast(denoiser, x, 0.0, 10.0, 5, disable=True)
+    with pytest.raises(ValueError, match="at least one"):
+        rdiff.k.sample_dpm_fast(denoiser, x, 0.1, 10.0, 0, disable=True)
+    with pytest.raises(ValueError, match="order"):
+        rdiff.k.sample_dpm_adaptive(denoiser, x, 0.1, 10.0, order=1, disable=True)
+    with pytest.raises(ValueError, match="eta must be 0"):
+        rdiff.k.sample_dpm_fast(denoiser, x, 10.0, 0.1, 5, eta=0.5, disable=True)
 
 
 def test_k_brownian_tree_matches(kd):
@@ -201,6 +292,11 @@ from conftest import assert_bit_equal, on_cpu_and_emulated
         ("sample_dpmpp_2m_sde", {}),
         ("sample_dpmpp_3m_sde", {}),
         ("sample_euler_ancestral", {}),
+        ("sample_dpm_2", {}),
+        ("sample_dpm_2_ancestral", {}),
+        ("sample_lms", {}),
+        ("sample_dpmpp_2s_ancestral", {}),
+        ("sample_dpmpp_sde", {}),
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -213,7 +309,7 @@ def test_k_samplers_on_the_kernels_equal_the_cpu_bit_for_bit(name, kw, dtype):
 
     def run():
         extra = {}
-        if name.endswith("_sde") or name == "sample_euler_ancestral":
+        if name.endswith(("_sde", "_ancestral")):
             g = torch.Generator().manual_seed(11)
             extra["noise_sampler"] = lambda s, t: torch.randn(x.shape, generator=g).to(dtype)
         torch.manual_seed(3)
@@ -221,6 +317,24 @@ def test_k_samplers_on_the_kernels_equal_the_cpu_bit_for_bit(name, kw, dtype):
 
     cpu, emu = on_cpu_and_emulated(run)
     assert torch.isfinite(cpu.float()).all()
+    assert_bit_equal(cpu, emu, name)
+
+
+@pytest.mark.parametrize("name", ["sample_dpm_fast", "sample_dpm_adaptive"])
+def test_k_dpm_solver_samplers_on_the_kernels_equal_the_cpu_bit_for_bit(name):
+    x = torch.randn(3, 4, 6, 5, generator=torch.Generator().manual_seed(4)) * 10
+
+    def model(x, sigma):
+        return torch.tanh(x / (1 + sigma.reshape(-1, 1, 1, 1)))
+
+    def run():
+        g = torch.Generator().manual_seed(11)
+        extra = {"noise_sampler": lambda s, t: torch.randn(x.shape, generator=g), "eta": 0.5}
+        args = (0.05, 10.0, 8) if name == "sample_dpm_fast" else (0.05, 10.0)
+        return getattr(rdiff.k, name)(model, x, *args, disable=True, **extra)
+
+    cpu, emu = on_cpu_and_emulated(run)
+    assert torch.isfinite(cpu).all()
     assert_bit_equal(cpu, emu, name)
 
 

@@ -726,6 +726,20 @@ def _k_heun_correction(sigma_hat: float, sigma_next: float) -> list[float]: ...
 def _k_churn_gamma(
     sigma: float, n_steps: int, s_churn: float, s_tmin: float, s_tmax: float
 ) -> float: ...
+def _k_two_stage(
+    kind: str,
+    sigma: float,
+    sigma_mid: float,
+    sigma_to: float,
+    noise: float = 0.0,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    r: float = 0.5,
+) -> tuple[list[float], float, list[float], float]: ...
+def _lms_coefficients(sigmas: list[float], i: int, order: int) -> list[float]: ...
+def _k_dpm_solver_step(
+    order: int, t: float, t_next: float, r1: float = 0.5, r2: float = 2.0 / 3.0
+) -> tuple[float, list[float], list[float]]: ...
 
 class _UNet2D:
     """The native UNet2DModel on the device chosen at load; ``rdiff.UNet2DModel`` wraps it."""

@@ -1,8 +1,10 @@
 """k-diffusion-style samplers on rdiff's fused Rust core (``rdiff.k``).
 
 Drop-in replacements for ``k_diffusion.sampling``'s ``sample_euler``,
-``sample_euler_ancestral``, ``sample_heun``, ``sample_dpmpp_2m``, ``sample_dpmpp_2m_sde``,
-``sample_dpmpp_3m_sde``, ``get_sigmas_karras`` and ``get_sigmas_exponential``, with the same
+``sample_euler_ancestral``, ``sample_heun``, ``sample_dpm_2``, ``sample_dpm_2_ancestral``,
+``sample_lms`` (orders up to 4), ``sample_dpmpp_2s_ancestral``, ``sample_dpmpp_sde``,
+``sample_dpmpp_2m``, ``sample_dpmpp_2m_sde``, ``sample_dpmpp_3m_sde``, ``get_sigmas_karras``
+and ``get_sigmas_exponential``, with the same
 signatures and semantics: ``model(x, sigma, **extra_args)`` is a denoiser D(x; σ) (x = x₀ + σ·n),
 ``sigmas`` a decreasing schedule ending in 0, ``callback`` receives k-diffusion's dict
 (``x``, ``i``, ``sigma``, ``sigma_hat``, ``denoised``) and ``disable`` turns the tqdm bar off.
@@ -15,10 +17,12 @@ the same model, sigmas and seed, the results equal k-diffusion's up to float32 r
 Randomness: the samplers draw exactly what k-diffusion draws, in the same order, from the same
 generators, so a seeded run reproduces k-diffusion's noise:
 
-- ``sample_euler`` / ``sample_heun`` draw ``torch.randn_like(x)`` at every step (k-diffusion does,
-  even without churn); ``sample_euler_ancestral`` uses ``noise_sampler`` (default
-  ``torch.randn_like(x)`` per step with σ_next > 0).
-- ``sample_dpmpp_2m_sde`` / ``sample_dpmpp_3m_sde`` default to a :class:`BrownianTreeNoiseSampler`
+- ``sample_euler`` / ``sample_heun`` / ``sample_dpm_2`` draw ``torch.randn_like(x)`` at every
+  step (k-diffusion does, even without churn); ``sample_euler_ancestral``,
+  ``sample_dpm_2_ancestral`` and ``sample_dpmpp_2s_ancestral`` use ``noise_sampler`` (default
+  ``torch.randn_like(x)``) where k-diffusion calls it.
+- ``sample_dpmpp_sde`` (two draws per step), ``sample_dpmpp_2m_sde`` / ``sample_dpmpp_3m_sde``
+  default to a :class:`BrownianTreeNoiseSampler`
   over [σ_min, σ_max] seeded by ``torch.randint(0, 2**63 - 1, [])`` as k-diffusion's; it needs
   ``torchsde``. Without torchsde the default falls back to independent Gaussian noise
   (``torch.randn_like``; a valid SDE sampler, but not k-diffusion's numbers). Pass the same
@@ -35,19 +39,35 @@ from typing import Any
 import numpy as np
 
 from . import _tensor
-from ._rdiff import _k_churn_gamma, _k_heun_correction, _k_sigmas, _k_step, _lincomb
+from ._rdiff import (
+    _k_churn_gamma,
+    _k_dpm_solver_step,
+    _k_heun_correction,
+    _k_sigmas,
+    _k_step,
+    _k_two_stage,
+    _lincomb,
+    _lms_coefficients,
+)
 
 __all__ = [
     "BrownianTreeNoiseSampler",
     "default_noise_sampler",
     "get_sigmas_exponential",
     "get_sigmas_karras",
+    "sample_dpm_2",
+    "sample_dpm_adaptive",
+    "sample_dpm_fast",
+    "sample_dpm_2_ancestral",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
+    "sample_dpmpp_2s_ancestral",
     "sample_dpmpp_3m_sde",
+    "sample_dpmpp_sde",
     "sample_euler",
     "sample_euler_ancestral",
     "sample_heun",
+    "sample_lms",
 ]
 
 
@@ -409,3 +429,503 @@ def sample_heun(
     return _euler_like(
         model, x, sigmas, extra_args, callback, disable, s_churn, s_tmin, s_tmax, s_noise, heun=True
     )
+
+
+# -- the two-evaluation samplers and LMS ------------------------------------------------------
+# The σ a model sees is formed as k-diffusion forms it (in the caller's framework and dtype);
+# the weights come from Rust in float64.
+
+
+def _log(s: Any) -> Any:
+    return s.log() if _tensor.is_torch(s) else np.log(s)
+
+
+def _exp(s: Any) -> Any:
+    return s.exp() if _tensor.is_torch(s) else np.exp(s)
+
+
+def _log_mid(a: Any, b: Any) -> Any:
+    """exp(lerp(log a, log b, ½)), torch's lerp at ½ being end − (end − start)·½."""
+    la, lb = _log(a), _log(b)
+    return _exp(lb - (lb - la) * 0.5)
+
+
+def _ancestral(sigma_from: Any, sigma_to: Any, eta: float) -> tuple[Any, Any]:
+    """k-diffusion's get_ancestral_step on the schedule's own values (σ_down, σ_up)."""
+    if not eta:
+        return sigma_to, 0.0
+    up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    return (sigma_to**2 - up**2) ** 0.5, up
+
+
+def _to(loop: _Loop, x: Any, denoised: Any, sigma: float, target: float, extra=()) -> Any:
+    """An Euler step of dx/dσ = (x − D)/σ from σ to ``target`` (plus ``extra`` terms)."""
+    cx, cd, _ = _k_step("euler", [sigma, target], 0)
+    return loop.comb([(cx, x), (cd[0], denoised), *extra])
+
+
+def sample_dpm_2(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    s_churn=0.0,
+    s_tmin=0.0,
+    s_tmax=float("inf"),
+    s_noise=1.0,
+):
+    """A sampler inspired by DPM-Solver-2 and Algorithm 2 of Karras et al. (2022): an Euler
+    step to the log-midpoint σ, the model there, the whole step with its slope (Euler to 0)."""
+    extra_args = {} if extra_args is None else extra_args
+    loop = _Loop(x, sigmas)
+    x = loop.buf(x, "x")
+    ones = loop.like.new_ones([loop.batch]) if loop.torch else np.ones(loop.batch)
+    for i in _trange(len(loop.sig) - 1, disable):
+        x, sigma_hat, sigma_hat_t = _churn(loop, x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
+        denoised = loop.buf(model(x, sigma_hat_t * ones, **extra_args), "model")
+        if callback is not None:
+            callback(
+                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat_t, "denoised": denoised}
+            )
+        sn = loop.sig[i + 1]
+        if sn == 0.0:
+            x = _to(loop, x, denoised, sigma_hat, sn)
+            continue
+        mid_t = _log_mid(sigma_hat_t, sigmas[i + 1])
+        first, _, second, _ = _k_two_stage("dpm_2", sigma_hat, float(mid_t), sn)
+        x2 = loop.comb([(first[0], x), (first[1], denoised)])
+        d2 = loop.buf(model(x2, mid_t * ones, **extra_args), "model")
+        x = loop.comb([(second[0], x), (second[2], x2), (second[3], d2)])
+    return x
+
+
+def sample_dpm_2_ancestral(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=1.0,
+    s_noise=1.0,
+    noise_sampler=None,
+):
+    """Ancestral sampling with DPM-Solver second-order steps (to σ_down, then σ_up·n)."""
+    extra_args = {} if extra_args is None else extra_args
+    loop = _Loop(x, sigmas)
+    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
+    x = loop.buf(x, "x")
+    for i in _trange(len(loop.sig) - 1, disable):
+        denoised = loop.buf(model(x, loop.s_in(sigmas, i), **extra_args), "model")
+        down_t, up_t = _ancestral(sigmas[i], sigmas[i + 1], eta)
+        if callback is not None:
+            callback(
+                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised}
+            )
+        sigma, down, up = loop.sig[i], float(down_t), float(up_t)
+        if down == 0.0:
+            x = _to(loop, x, denoised, sigma, down)
+            continue
+        mid_t = _log_mid(sigmas[i], down_t)
+        first, _, second, _ = _k_two_stage("dpm_2", sigma, float(mid_t), down)
+        x2 = loop.comb([(first[0], x), (first[1], denoised)])
+        ones = loop.like.new_ones([loop.batch]) if loop.torch else np.ones(loop.batch)
+        d2 = loop.buf(model(x2, mid_t * ones, **extra_args), "model")
+        noise = loop.buf(noise_sampler(sigmas[i], sigmas[i + 1]), "noise_sampler")
+        x = loop.comb([(second[0], x), (second[2], x2), (second[3], d2), (s_noise * up, noise)])
+    return x
+
+
+def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
+    """Linear multistep: the Lagrange polynomial through the last ``order`` (≤ 4) slopes,
+    integrated over each step exactly."""
+    extra_args = {} if extra_args is None else extra_args
+    loop = _Loop(x, sigmas)
+    x = loop.buf(x, "x")
+    order = int(order)
+    ds: list = []
+    for i in _trange(len(loop.sig) - 1, disable):
+        denoised = loop.buf(model(x, loop.s_in(sigmas, i), **extra_args), "model")
+        sigma = loop.sig[i]
+        if sigma == 0.0:
+            raise ValueError(f"sigmas: σ is 0 at step {i}, before the end of the schedule")
+        ds.append(loop.comb([(1.0 / sigma, x), (-1.0 / sigma, denoised)]))
+        if len(ds) > order:
+            ds.pop(0)
+        if callback is not None:
+            callback(
+                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised}
+            )
+        coeffs = _lms_coefficients(loop.sig, i, min(i + 1, order))
+        x = loop.comb([(1.0, x), *zip(coeffs, reversed(ds), strict=True)])
+    return x
+
+
+def sample_dpmpp_2s_ancestral(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=1.0,
+    s_noise=1.0,
+    noise_sampler=None,
+):
+    """Ancestral sampling with DPM-Solver++(2S) second-order steps."""
+    extra_args = {} if extra_args is None else extra_args
+    loop = _Loop(x, sigmas)
+    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
+    x = loop.buf(x, "x")
+    for i in _trange(len(loop.sig) - 1, disable):
+        denoised = loop.buf(model(x, loop.s_in(sigmas, i), **extra_args), "model")
+        down_t, up_t = _ancestral(sigmas[i], sigmas[i + 1], eta)
+        if callback is not None:
+            callback(
+                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised}
+            )
+        sigma, down, up = loop.sig[i], float(down_t), float(up_t)
+        noise = None
+        if down == 0.0:
+            if loop.sig[i + 1] > 0:
+                noise = loop.buf(noise_sampler(sigmas[i], sigmas[i + 1]), "noise_sampler")
+            x = _to(loop, x, denoised, sigma, down, [(s_noise * up, noise)])
+            continue
+        # t = −log σ; the midpoint s = t + h/2 in the schedule's dtype, as k-diffusion's
+        t, t_next = -_log(sigmas[i]), -_log(down_t)
+        sigma_s_t = _exp(-(t + 0.5 * (t_next - t)))
+        first, _, second, _ = _k_two_stage("dpmpp_2s", sigma, float(sigma_s_t), down)
+        x2 = loop.comb([(first[0], x), (first[1], denoised)])
+        ones = loop.like.new_ones([loop.batch]) if loop.torch else np.ones(loop.batch)
+        d2 = loop.buf(model(x2, sigma_s_t * ones, **extra_args), "model")
+        if loop.sig[i + 1] > 0:
+            noise = loop.buf(noise_sampler(sigmas[i], sigmas[i + 1]), "noise_sampler")
+        x = loop.comb([(second[0], x), (second[3], d2), (s_noise * up, noise)])
+    return x
+
+
+def sample_dpmpp_sde(
+    model,
+    x,
+    sigmas,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=1.0,
+    s_noise=1.0,
+    noise_sampler=None,
+    r=1 / 2,
+):
+    """DPM-Solver++ (stochastic): two ancestral stages per step, the second from the mix
+    (1 − 1/2r)·D + 1/2r·D₂ (default noise: a Brownian tree, see the module docs)."""
+    extra_args = {} if extra_args is None else extra_args
+    loop = _Loop(x, sigmas)
+    if noise_sampler is None:
+        noise_sampler = _default_sde_noise_sampler(x, sigmas)
+    x = loop.buf(x, "x")
+    for i in _trange(len(loop.sig) - 1, disable):
+        denoised = loop.buf(model(x, loop.s_in(sigmas, i), **extra_args), "model")
+        if callback is not None:
+            callback(
+                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised}
+            )
+        if loop.sig[i + 1] == 0.0:
+            x = _to(loop, x, denoised, loop.sig[i], 0.0)
+            continue
+        t, t_next = -_log(sigmas[i]), -_log(sigmas[i + 1])
+        sig_t, sig_s, sig_next = _exp(-t), _exp(-(t + (t_next - t) * r)), _exp(-t_next)
+        first, n1, second, n2 = _k_two_stage(
+            "dpmpp_sde",
+            float(sig_t),
+            float(sig_s),
+            float(sig_next),
+            eta=float(eta),
+            s_noise=float(s_noise),
+            r=float(r),
+        )
+        noise = loop.buf(noise_sampler(sig_t, sig_s), "noise_sampler")
+        x2 = loop.comb([(first[0], x), (first[1], denoised), (n1, noise)])
+        ones = loop.like.new_ones([loop.batch]) if loop.torch else np.ones(loop.batch)
+        d2 = loop.buf(model(x2, sig_s * ones, **extra_args), "model")
+        noise = loop.buf(noise_sampler(sig_t, sig_next), "noise_sampler")
+        x = loop.comb([(second[0], x), (second[1], denoised), (second[3], d2), (n2, noise)])
+    return x
+
+
+# -- k-diffusion's DPMSolver: sample_dpm_fast, sample_dpm_adaptive ------------------------------
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def _pbar(total: int | None, disable: Any):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is optional
+        return _NoBar()
+    return tqdm(total=total, disable=disable)
+
+
+class _Times:
+    """t = −log σ as k-diffusion forms it: float32 torch scalars (numpy float32 for numpy)."""
+
+    def __init__(self, torch_input: bool):
+        self.torch = _torch() if torch_input else None
+
+    def scalar(self, v: float) -> Any:
+        return self.torch.tensor(v) if self.torch else np.float32(v)
+
+    def linspace(self, a: Any, b: Any, n: int) -> Any:
+        if self.torch:
+            return self.torch.linspace(a, b, n)
+        return np.linspace(a, b, n, dtype=np.float32)
+
+    def minimum(self, a: Any, b: Any) -> Any:
+        return self.torch.minimum(a, b) if self.torch else np.minimum(a, b)
+
+
+class _KDpmSolver:
+    """k-diffusion's ``DPMSolver`` over a ``_Loop``: ε = (x − D)/σ, cached per step under its
+    keys, and the order-1/2/3 steps with weights from Rust (``_k_dpm_solver_step``)."""
+
+    def __init__(self, loop: _Loop, model, extra_args, bar):
+        self.loop, self.model, self.extra, self.bar = loop, model, extra_args, bar
+        self.ones = loop.like.new_ones([loop.batch]) if loop.torch else np.ones(loop.batch)
+
+    @staticmethod
+    def sigma(t: Any) -> Any:
+        return _exp(-t)
+
+    def eps(self, cache: dict, key: str, x: Any, t: Any) -> Any:
+        if key in cache:
+            return cache[key]
+        sig = self.sigma(t)
+        d = self.loop.buf(self.model(x, sig * self.ones, **self.extra), "model")
+        s = float(sig)
+        cache[key] = self.loop.comb([(1.0 / s, x), (-1.0 / s, d)])
+        self.bar.update(1)
+        return cache[key]
+
+    def step(self, order: int, x: Any, t: Any, t_next: Any, cache: dict, r1=None) -> list:
+        """The terms of x_next (the caller adds its noise and runs the pass)."""
+        r1 = (0.5 if order == 2 else 1 / 3) if r1 is None else r1
+        r2 = 2 / 3
+        u1, u2, w = _k_dpm_solver_step(order, float(t), float(t_next), r1, r2)
+        c = self.loop.comb
+        eps = self.eps(cache, "eps", x, t)
+        if order == 1:
+            return [(1.0, x), (w[0], eps)]
+        h = t_next - t
+        e1 = self.eps(cache, "eps_r1", c([(1.0, x), (u1, eps)]), t + r1 * h)
+        if order == 2:
+            return [(1.0, x), (w[0], eps), (w[1], e1)]
+        e2 = self.eps(cache, "eps_r2", c([(1.0, x), (u2[0], eps), (u2[1], e1)]), t + r2 * h)
+        return [(1.0, x), (w[0], eps), (w[2], e2)]
+
+    def ancestral(self, times: _Times, t: Any, t_next: Any, t_end: Any, eta: float):
+        """(t_next', σ_up): the ancestral target time and the noise that tops it up to σ(t_next)."""
+        if not eta:
+            return t_next, 0.0
+        sd, _ = _ancestral(self.sigma(t), self.sigma(t_next), eta)
+        t_next_ = times.minimum(t_end, -_log(sd))
+        return t_next_, float((self.sigma(t_next) ** 2 - self.sigma(t_next_) ** 2) ** 0.5)
+
+
+def _check_sigma_range(sigma_min: Any, sigma_max: Any) -> None:
+    if sigma_min <= 0 or sigma_max <= 0:
+        raise ValueError("sigma_min and sigma_max must not be 0")
+
+
+def sample_dpm_fast(
+    model,
+    x,
+    sigma_min,
+    sigma_max,
+    n,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=0.0,
+    s_noise=1.0,
+    noise_sampler=None,
+):
+    """DPM-Solver-Fast (fixed step size, ``n`` model evaluations: third-order steps, the last
+    one or two lower), uniform in t = −log σ from σ_max to σ_min."""
+    _check_sigma_range(sigma_min, sigma_max)
+    n = _check_n(n)
+    if n < 1:
+        raise ValueError("n: DPM-Solver-Fast needs at least one model evaluation")
+    extra_args = {} if extra_args is None else extra_args
+    loop = _Loop(x, [float(sigma_max), float(sigma_min)])
+    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
+    times = _Times(loop.torch)
+    t_start, t_end = -_log(times.scalar(sigma_max)), -_log(times.scalar(sigma_min))
+    if not t_end > t_start and eta:
+        raise ValueError("eta must be 0 for reverse sampling")
+    m = n // 3 + 1
+    ts = times.linspace(t_start, t_end, m + 1)
+    orders = [3] * (m - 2) + [2, 1] if n % 3 == 0 else [3] * (m - 1) + [n % 3]
+    x = loop.buf(x, "x")
+    with _pbar(n, disable) as bar:
+        solver = _KDpmSolver(loop, model, extra_args, bar)
+        for i, order in enumerate(orders):
+            cache: dict = {}
+            t, t_next = ts[i], ts[i + 1]
+            t_next_, su = solver.ancestral(times, t, t_next, t_end, eta)
+            eps = solver.eps(cache, "eps", x, t)
+            if callback is not None:
+                denoised = loop.comb([(1.0, x), (-float(solver.sigma(t)), eps)])
+                sig = solver.sigma(ts[i])
+                callback(
+                    {
+                        "sigma": sig,
+                        "sigma_hat": solver.sigma(t),
+                        "x": x,
+                        "i": i,
+                        "t": ts[i],
+                        "t_up": t,
+                        "denoised": denoised,
+                    }
+                )
+            terms = solver.step(order, x, t, t_next_, cache)
+            noise = loop.buf(noise_sampler(solver.sigma(t), solver.sigma(t_next)), "noise_sampler")
+            x = loop.comb([*terms, (su * s_noise, noise)])
+    return x
+
+
+class _PidStepSize:
+    """k-diffusion's PIDStepSizeController (step size h in t, proposed from the error)."""
+
+    def __init__(self, h, pcoeff, icoeff, dcoeff, order=1, accept_safety=0.81, eps=1e-8):
+        self.h = h
+        self.b1 = (pcoeff + icoeff + dcoeff) / order
+        self.b2 = -(pcoeff + 2 * dcoeff) / order
+        self.b3 = dcoeff / order
+        self.accept_safety = accept_safety
+        self.eps = eps
+        self.errs: list[float] = []
+
+    def propose_step(self, error: float) -> bool:
+        inv_error = 1 / (float(error) + self.eps)
+        if not self.errs:
+            self.errs = [inv_error, inv_error, inv_error]
+        self.errs[0] = inv_error
+        factor = self.errs[0] ** self.b1 * self.errs[1] ** self.b2 * self.errs[2] ** self.b3
+        factor = 1 + math.atan(factor - 1)
+        accept = factor >= self.accept_safety
+        if accept:
+            self.errs[2] = self.errs[1]
+            self.errs[1] = self.errs[0]
+        self.h *= factor
+        return accept
+
+
+def _scaled_error(x_low: Any, x_high: Any, x_prev: Any, atol: float, rtol: float) -> float:
+    """‖(x_low − x_high)/δ‖/√numel, δ = max(atol, rtol·max(|x_low|, |x_prev|)), in x's dtype."""
+    if _tensor.is_torch(x_low):
+        torch = _torch()
+        delta = torch.maximum(
+            torch.tensor(atol), torch.tensor(rtol) * torch.maximum(x_low.abs(), x_prev.abs())
+        )
+        return float(torch.linalg.norm((x_low - x_high) / delta) / x_low.numel() ** 0.5)
+    a, r = np.float32(atol), np.float32(rtol)
+    delta = np.maximum(a, r * np.maximum(np.abs(x_low), np.abs(x_prev)))
+    return float(np.linalg.norm((x_low - x_high) / delta) / x_low.size**0.5)
+
+
+def sample_dpm_adaptive(
+    model,
+    x,
+    sigma_min,
+    sigma_max,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    order=3,
+    rtol=0.05,
+    atol=0.0078,
+    h_init=0.05,
+    pcoeff=0.0,
+    icoeff=1.0,
+    dcoeff=0.0,
+    accept_safety=0.81,
+    eta=0.0,
+    s_noise=1.0,
+    noise_sampler=None,
+    return_info=False,
+):
+    """DPM-Solver-12 and 23 (adaptive step size in t = −log σ, a PID controller on the
+    difference of the order-``order`` step and the one below). Returns x, or (x, info) with
+    ``return_info`` (steps, nfe, n_accept, n_reject)."""
+    _check_sigma_range(sigma_min, sigma_max)
+    if order not in {2, 3}:
+        raise ValueError("order should be 2 or 3")
+    extra_args = {} if extra_args is None else extra_args
+    loop = _Loop(x, [float(sigma_max), float(sigma_min)])
+    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
+    times = _Times(loop.torch)
+    t_start, t_end = -_log(times.scalar(sigma_max)), -_log(times.scalar(sigma_min))
+    forward = t_end > t_start
+    if not forward and eta:
+        raise ValueError("eta must be 0 for reverse sampling")
+    h_init = abs(h_init) * (1 if forward else -1)
+    x = loop.buf(x, "x")
+    s, x_prev = t_start, x
+    pid = _PidStepSize(h_init, pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
+    info = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0}
+    with _pbar(None, disable) as bar:
+        solver = _KDpmSolver(loop, model, extra_args, bar)
+        while s < t_end - 1e-5 if forward else s > t_end + 1e-5:
+            cache: dict = {}
+            t = times.minimum(t_end, s + pid.h) if forward else -times.minimum(-t_end, -(s + pid.h))
+            t_, su = solver.ancestral(times, s, t, t_end, eta)
+            eps = solver.eps(cache, "eps", x, s)
+            denoised = None
+            if callback is not None:
+                denoised = loop.comb([(1.0, x), (-float(solver.sigma(s)), eps)])
+            if order == 2:
+                x_low = loop.comb(solver.step(1, x, s, t_, cache))
+                high = solver.step(2, x, s, t_, cache)
+            else:
+                x_low = loop.comb(solver.step(2, x, s, t_, cache, r1=1 / 3))
+                high = solver.step(3, x, s, t_, cache)
+            x_high = loop.comb(high)
+            error = _scaled_error(x_low, x_high, x_prev, atol, rtol)
+            if pid.propose_step(error):
+                x_prev = x_low
+                noise = loop.buf(noise_sampler(solver.sigma(s), solver.sigma(t)), "noise_sampler")
+                x = loop.comb([*high, (su * s_noise, noise)])
+                s = t
+                info["n_accept"] += 1
+            else:
+                info["n_reject"] += 1
+            info["nfe"] += order
+            info["steps"] += 1
+            if callback is not None:
+                callback(
+                    {
+                        "sigma": solver.sigma(s),
+                        "sigma_hat": solver.sigma(s),
+                        "x": x,
+                        "i": info["steps"] - 1,
+                        "t": s,
+                        "t_up": s,
+                        "denoised": denoised,
+                        "error": error,
+                        "h": pid.h,
+                        **info,
+                    }
+                )
+    if return_info:
+        return x, info
+    return x

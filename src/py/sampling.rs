@@ -26,6 +26,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(k_step, m)?)?;
     m.add_function(wrap_pyfunction!(k_heun_correction, m)?)?;
     m.add_function(wrap_pyfunction!(k_churn_gamma, m)?)?;
+    m.add_function(wrap_pyfunction!(k_two_stage, m)?)?;
+    m.add_function(wrap_pyfunction!(k_dpm_solver_step, m)?)?;
+    m.add_function(wrap_pyfunction!(lms_coefficients, m)?)?;
     Ok(())
 }
 
@@ -214,6 +217,63 @@ fn k_step(
 #[pyfunction(name = "_k_heun_correction")]
 fn k_heun_correction(sigma_hat: f64, sigma_next: f64) -> [f64; 4] {
     karras::heun_correction(sigma_hat, sigma_next)
+}
+
+/// (first, first_noise, second, noise) of a two-evaluation k-diffusion step (see
+/// `schedule::karras::KTwoStage`): "dpm_2" (σ̂ = `sigma`, `sigma_mid`, `sigma_to` = σ_next,
+/// `noise` the s_noise·σ_up to add), "dpmpp_2s" (`sigma_mid` = σ_s, `sigma_to` = σ_down),
+/// "dpmpp_sde" (`sigma_mid` = σ_s, `sigma_to` = σ_next; `eta`, `s_noise`, `r`).
+#[pyfunction(name = "_k_two_stage")]
+#[pyo3(signature = (kind, sigma, sigma_mid, sigma_to, noise=0.0, eta=1.0, s_noise=1.0, r=0.5))]
+#[allow(clippy::too_many_arguments)]
+fn k_two_stage(
+    kind: &str,
+    sigma: f64,
+    sigma_mid: f64,
+    sigma_to: f64,
+    noise: f64,
+    eta: f64,
+    s_noise: f64,
+    r: f64,
+) -> PyResult<([f64; 2], f64, [f64; 4], f64)> {
+    if sigma <= 0.0 || sigma_mid <= 0.0 || !sigma.is_finite() || !sigma_mid.is_finite() {
+        return Err(PyErr::from(RdiffError::Value(format!(
+            "sigmas: a two-stage step needs positive finite σ, got {sigma} and {sigma_mid}"
+        ))));
+    }
+    let st = match kind {
+        "dpm_2" => karras::dpm2(sigma, sigma_mid, sigma_to, noise),
+        "dpmpp_2s" => karras::dpmpp_2s(sigma, sigma_mid, sigma_to, noise),
+        "dpmpp_sde" => karras::dpmpp_sde(sigma, sigma_mid, sigma_to, eta, s_noise, r)?,
+        _ => {
+            return Err(PyErr::from(RdiffError::Value(format!(
+                "kind: unknown two-stage step {kind:?}"
+            ))))
+        }
+    };
+    Ok((st.first, st.first_noise, st.second, st.noise))
+}
+
+/// (u1, u2, x) of one k-diffusion `DPMSolver` step of `order` from t to t_next (see
+/// `schedule::karras::KDpmSolverStep`).
+#[pyfunction(name = "_k_dpm_solver_step")]
+#[pyo3(signature = (order, t, t_next, r1=0.5, r2=2.0 / 3.0))]
+fn k_dpm_solver_step(
+    order: usize,
+    t: f64,
+    t_next: f64,
+    r1: f64,
+    r2: f64,
+) -> PyResult<(f64, [f64; 2], [f64; 3])> {
+    let st = karras::dpm_solver_step(order, t, t_next, r1, r2)?;
+    Ok((st.u1, st.u2, st.x))
+}
+
+/// The linear multistep weights c_0 … c_{order−1} of the step from `sigmas[i]` to
+/// `sigmas[i + 1]` (`LMSDiscreteScheduler`, `sample_lms`).
+#[pyfunction(name = "_lms_coefficients")]
+fn lms_coefficients(sigmas: Vec<f64>, i: usize, order: usize) -> PyResult<Vec<f64>> {
+    Ok(crate::schedule::lms::lms_coefficients(&sigmas, i, order)?)
 }
 
 /// The churn γ of `sample_euler` / `sample_heun` at σ for a run of `n_steps` steps.

@@ -7,6 +7,8 @@
 //! ```
 //!
 //! with the weights below (in f64, from the σ schedule), plus k-diffusion's σ schedules.
+//! The two-evaluation samplers (`sample_dpm_2`, `sample_dpm_2_ancestral`,
+//! `sample_dpmpp_2s_ancestral`, `sample_dpmpp_sde`) are a [`KTwoStage`].
 
 use crate::error::Result;
 use crate::value_err;
@@ -17,6 +19,127 @@ pub struct KStep {
     pub x: f64,
     pub d: [f64; 3],
     pub noise: f64,
+}
+
+/// A step with a second model evaluation at an intermediate σ:
+///
+/// ```text
+/// x₂     = first[0]·x + first[1]·D + first_noise·n₁          (D = denoised at σ)
+/// x_next = second[0]·x + second[1]·D + second[2]·x₂ + second[3]·D₂ + noise·n₂
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KTwoStage {
+    pub first: [f64; 2],
+    pub first_noise: f64,
+    pub second: [f64; 4],
+    pub noise: f64,
+}
+
+/// `sample_dpm_2` (σ̂ to σ_next through σ_mid) and `sample_dpm_2_ancestral` (σ to σ_down, then
+/// `noise`·n): an Euler step to σ_mid, then x + (x₂ − D₂)/σ_mid·(target − σ̂).
+pub fn dpm2(sigma_hat: f64, sigma_mid: f64, target: f64, noise: f64) -> KTwoStage {
+    let e = euler(sigma_hat, sigma_mid);
+    let k = (target - sigma_hat) / sigma_mid;
+    KTwoStage {
+        first: [e.x, e.d[0]],
+        first_noise: 0.0,
+        second: [1.0, 0.0, k, -k],
+        noise,
+    }
+}
+
+/// `sample_dpmpp_2s_ancestral` (σ_down > 0): DPM-Solver++(2S) from σ through σ_s to σ_down,
+/// each stage a first-order data-prediction step (in σ, an Euler step), then `noise`·n.
+pub fn dpmpp_2s(sigma: f64, sigma_s: f64, sigma_down: f64, noise: f64) -> KTwoStage {
+    let (e1, e2) = (euler(sigma, sigma_s), euler(sigma, sigma_down));
+    KTwoStage {
+        first: [e1.x, e1.d[0]],
+        first_noise: 0.0,
+        second: [e2.x, 0.0, 0.0, e2.d[0]],
+        noise,
+    }
+}
+
+/// `sample_dpmpp_sde` (σ_next > 0): an ancestral first-order step from σ towards σ_s
+/// (= σ·e^{−r·h}), then one towards σ_next with the denoised mix (1 − 1/2r)·D + 1/2r·D₂,
+/// each adding s_noise·σ_up of its own noise.
+pub fn dpmpp_sde(
+    sigma: f64,
+    sigma_s: f64,
+    sigma_next: f64,
+    eta: f64,
+    s_noise: f64,
+    r: f64,
+) -> Result<KTwoStage> {
+    if r.is_nan() || r <= 0.0 {
+        return value_err!("r: must be positive, got {r}");
+    }
+    let fac = 1.0 / (2.0 * r);
+    let (d1, u1) = ancestral_step(sigma, sigma_s, eta);
+    let (d2, u2) = ancestral_step(sigma, sigma_next, eta);
+    let (e1, e2) = (euler(sigma, d1), euler(sigma, d2));
+    Ok(KTwoStage {
+        first: [e1.x, e1.d[0]],
+        first_noise: s_noise * u1,
+        second: [e2.x, e2.d[0] * (1.0 - fac), 0.0, e2.d[0] * fac],
+        noise: s_noise * u2,
+    })
+}
+
+/// One step of k-diffusion's `DPMSolver` (`sample_dpm_fast`, `sample_dpm_adaptive`) in
+/// t = −log σ, on ε = (x − D)/σ at t and at the intermediate times s1 = t + r1·h,
+/// s2 = t + r2·h (h = t_next − t):
+///
+/// ```text
+/// u1     = x + u1·ε                                  (orders 2, 3)
+/// u2     = x + u2[0]·ε + u2[1]·ε_r1                  (order 3)
+/// x_next = x + x[0]·ε + x[1]·ε_r1 + x[2]·ε_r2
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KDpmSolverStep {
+    pub u1: f64,
+    pub u2: [f64; 2],
+    pub x: [f64; 3],
+}
+
+/// The weights of `dpm_solver_{order}_step` from t to t_next (order 2 takes `r1`; order 3
+/// both).
+pub fn dpm_solver_step(
+    order: usize,
+    t: f64,
+    t_next: f64,
+    r1: f64,
+    r2: f64,
+) -> Result<KDpmSolverStep> {
+    let h = t_next - t;
+    let sigma = |t: f64| (-t).exp();
+    let (sn, em) = (sigma(t_next), h.exp_m1());
+    let mut st = KDpmSolverStep::default();
+    match order {
+        1 => st.x[0] = -sn * em,
+        2 => {
+            st.u1 = -sigma(t + r1 * h) * (r1 * h).exp_m1();
+            let k = sn / (2.0 * r1) * em;
+            st.x = [-sn * em + k, -k, 0.0];
+        }
+        3 => {
+            st.u1 = -sigma(t + r1 * h) * (r1 * h).exp_m1();
+            let s2 = sigma(t + r2 * h);
+            let k2 = s2 * (r2 / r1) * ((r2 * h).exp_m1() / (r2 * h) - 1.0);
+            st.u2 = [-s2 * (r2 * h).exp_m1() + k2, -k2];
+            let k3 = sn / r2 * (em / h - 1.0);
+            st.x = [-sn * em + k3, 0.0, -k3];
+        }
+        o => return value_err!("order: the DPM-Solver step has orders 1, 2 and 3, got {o}"),
+    }
+    if h == 0.0
+        || [st.u1, st.u2[0], st.u2[1], st.x[0], st.x[1], st.x[2]]
+            .iter()
+            .any(|v| !v.is_finite())
+    {
+        return value_err!("the DPM-Solver step from t={t} to t={t_next} is empty or not finite");
+    }
+    Ok(st)
 }
 
 /// Karras et al.'s σ(r) = (σ_max^{1/ρ} + r·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ at each r of `ramp`
