@@ -14,6 +14,7 @@ import numpy as np
 from .. import _tensor
 from .._config import ConfigMixin
 from .._rdiff import ConcurrentUseError, NoiseSchedule
+from ._compile import compilable, register
 
 # Schedulers are stateful (step index, multistep history, the core built by set_timesteps)
 # and release the GIL inside `step`, so two threads in one instance would interleave their
@@ -60,6 +61,7 @@ def loop_setup(method: _F) -> _F:
         out = method(self, *args, **kwargs)
         self._loop_call = (args, kwargs)
         self._built_from = self.config
+        register(self)  # (torch.compile finds the instance by this handle)
         return out
 
     return wrapper  # type: ignore[return-value]
@@ -173,9 +175,19 @@ class SchedulerBase(ConfigMixin):
     _steps_before_set_timesteps = False
     # What ``step`` returns; the diffusers subclasses return diffusers' own output types.
     _output_type: ClassVar[type] = SchedulerOutput
+    # The fields of what ``step`` returns (its tuple with ``return_dict=False``).
+    _step_fields: ClassVar[tuple[str, ...]] = ("prev_sample",)
     # The config object __init__ and set_timesteps last built from, and set_timesteps' call.
     _built_from: Any = None
     _loop_call: tuple | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # ``step`` and ``scale_model_input`` are one operator each inside torch.compile
+        # (``_compile``); every class's own definitions are wrapped
+        super().__init_subclass__(**kwargs)
+        for name in ("step", "scale_model_input"):
+            if name in cls.__dict__:
+                setattr(cls, name, compilable(cls.__dict__[name]))
 
     def _sync_config(self) -> None:
         """Honour a replaced config, as diffusers does by reading ``self.config`` at use.
@@ -208,7 +220,11 @@ class SchedulerBase(ConfigMixin):
     # -- copies and pickles --------------------------------------------------------------------
     def __getstate__(self) -> dict:
         """Everything but the native (Rust) objects, which `__setstate__` rebuilds."""
-        return {k: v for k, v in self.__dict__.items() if not _is_native(v)}
+        return {
+            k: v
+            for k, v in self.__dict__.items()
+            if not _is_native(v) and k != "_compile_handle"  # (a copy gets its own)
+        }
 
     def __setstate__(self, state: dict) -> None:
         """Rebuild from the config (the schedule and, mid-loop, the Rust core through
@@ -226,6 +242,7 @@ class SchedulerBase(ConfigMixin):
         if loop is not None and state.get("_begin_index") is not None:
             self.set_begin_index(state["_begin_index"])  # a plan that depends on it is rebuilt
         self._built_from = self.config
+        register(self)
 
     def _init_schedule(
         self,
@@ -386,6 +403,7 @@ class SchedulerBase(ConfigMixin):
             )
         return _tensor.contiguous(model_output), _tensor.contiguous(sample)
 
+    @compilable
     def scale_model_input(self, sample: Any, *args: Any, **kwargs: Any) -> Any:
         """Identity: these schedulers need no input scaling (diffusers' interface)."""
         return sample

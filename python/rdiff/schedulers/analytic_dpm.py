@@ -82,6 +82,8 @@ class AnalyticDPMScheduler(SchedulerBase):
     drawn as diffusers' DDPMScheduler draws it.
     """
 
+    _step_fields = ("prev_sample", "pred_original_sample")
+
     _compatibles: ClassVar[list[str]] = [
         "DDIMScheduler",
         "DDPMScheduler",

@@ -147,6 +147,8 @@ class DDIMScheduler(_DiscreteAlphasMixin, SchedulerBase):
     outputs have the model output's type, dtype and device.
     """
 
+    _step_fields = ("prev_sample", "pred_original_sample")
+
     _compatibles: ClassVar[list[str]] = list(_COMPATIBLES)
     order = 1
 

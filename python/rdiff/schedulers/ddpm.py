@@ -75,6 +75,8 @@ class DDPMScheduler(_PreviousTimestepMixin, _DiscreteAlphasMixin, SchedulerBase)
     diffusers draws it, in the model output's dtype, whenever the timestep is above 0.
     """
 
+    _step_fields = ("prev_sample", "pred_original_sample")
+
     _compatibles: ClassVar[list[str]] = list(_COMPATIBLES)
     order = 1
 

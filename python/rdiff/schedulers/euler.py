@@ -139,6 +139,7 @@ class EulerDiscreteScheduler(SigmaSchedulerBase):
     _compatibles: ClassVar[list[str]] = list(_COMPATIBLES)
     order = 1
     _kind = "euler"
+    _step_fields = ("prev_sample", "pred_original_sample")
     # diffusers' training timesteps before set_timesteps: float32 here, float64 in the
     # ancestral class
     _init_timestep_dtype: Any = np.float32

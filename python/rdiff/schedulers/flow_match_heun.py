@@ -32,6 +32,7 @@ class FlowMatchHeunDiscreteScheduler(HeunDiscreteScheduler):
 
     _compatibles: ClassVar[list[str]] = []
     _kind = "flow_heun"
+    _step_fields = ("prev_sample",)
     init_noise_sigma = 1.0
     # diffusers' own fails before set_timesteps (no stage state yet); rdiff says why
     _steps_before_set_timesteps = False

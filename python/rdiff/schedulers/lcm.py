@@ -50,6 +50,7 @@ class LCMScheduler(_PreviousTimestepMixin, _DiscreteAlphasMixin, SchedulerBase):
     _compatibles: ClassVar[list[str]] = []
     order = 1
     _output_type: ClassVar[type] = LCMSchedulerOutput
+    _step_fields = ("prev_sample", "denoised")
 
     def __init__(
         self,

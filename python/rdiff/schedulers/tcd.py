@@ -37,6 +37,7 @@ class TCDScheduler(LCMScheduler):
     """
 
     _output_type: ClassVar[type] = TCDSchedulerOutput
+    _step_fields = ("prev_sample", "pred_noised_sample")
 
     def _bounds(self) -> tuple:
         """TCD's step never bounds x₀ (diffusers' reads neither clip_sample nor
