@@ -139,6 +139,29 @@ def test_training_schedule_scale_noise_and_step_before_set_timesteps():
     torch.testing.assert_close(r.step(v, t, x0).prev_sample, d.step(v, t, x0).prev_sample)
 
 
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_per_token_timesteps_as_diffusers(stochastic):
+    """Diffusion forcing (Wan / SkyReels): each token of a (B, T, C) sample at its own
+    timestep, stepping to the largest schedule σ below it."""
+    cfg = dict(shift=3.0, stochastic_sampling=stochastic)
+    d, r = DS(**cfg), RS(**cfg)
+    for s in (d, r):
+        s.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 4, generator=g).to(torch.bfloat16)
+    for i in range(3):
+        t = d.timesteps[i]
+        # tokens spread over the schedule's timesteps (some exactly on one)
+        idx = torch.randint(i, 10, (2, 6), generator=g)
+        ts = d.timesteps[idx] - torch.rand(2, 6, generator=g) * (idx > 5)
+        v = torch.randn(2, 6, 4, generator=g).to(torch.bfloat16)
+        a = d.step(v, t, x, per_token_timesteps=ts, generator=torch.Generator().manual_seed(i))
+        b = r.step(v, t, x, per_token_timesteps=ts, generator=torch.Generator().manual_seed(i))
+        assert b.prev_sample.dtype == a.prev_sample.dtype == torch.float32
+        torch.testing.assert_close(b.prev_sample, a.prev_sample, rtol=0, atol=0)
+        x = a.prev_sample.to(torch.bfloat16)
+
+
 def test_shift_and_errors():
     r = RS(shift=2.0)
     r.set_shift(4.0)
@@ -153,7 +176,7 @@ def test_shift_and_errors():
         RS(use_dynamic_shifting=True).set_timesteps(4)
     with pytest.raises(ValueError, match="integer timesteps"):
         r.step(x, 999, x)
-    with pytest.raises(NotImplementedError, match="per_token_timesteps"):
+    with pytest.raises(ValueError, match="per_token_timesteps"):
         r.step(x, r.timesteps[0], x, per_token_timesteps=torch.ones(1, 4))
     with pytest.raises(ValueError, match="shift"):
         RS(shift=0.0)

@@ -25,7 +25,8 @@ class FlowMatchEulerDiscreteScheduler(SigmaSchedulerBase):
     ``num_inference_steps``, custom ``sigmas`` (Flux) and/or ``timesteps``. ``step`` is one
     fused pass, x + (σ_next − σ)·v (or (1 − σ_next)·x₀ + σ_next·n when stochastic, the
     noise drawn as diffusers draws it), in float32, returned in the model output's dtype.
-    ``per_token_timesteps`` is not supported yet.
+    ``per_token_timesteps`` (a (B, T) tensor for a (B, T, C) token sample) steps each token
+    from its own σ, with diffusers' torch arithmetic (not a fused pass).
 
     Thread safety: stateful, so one instance per thread; ``step`` or ``set_timesteps`` on an
     instance another thread is using raises ``rdiff.ConcurrentUseError``.
@@ -163,6 +164,33 @@ class FlowMatchEulerDiscreteScheduler(SigmaSchedulerBase):
             s = sigma.astype(sample.dtype).reshape(shape)
         return s * noise + (1.0 - s) * sample
 
+    def _per_token_step(self, model_output: Any, timestep: Any, sample: Any, ts: Any, gen: Any):
+        """diffusers' per-token step (torch, sample (B, T, C), ``ts`` (B, T)): each token from
+        its own σ to the largest schedule σ below it, in float32 and returned in float32, as
+        diffusers does. Not a fused pass: the weights differ per token (torch ops, diffusers'
+        own arithmetic)."""
+        if not (_tensor.is_torch(sample) and _tensor.is_torch(ts)):
+            raise TypeError("per_token_timesteps: needs torch tensors (sample and timesteps)")
+        mo, x = self._begin_step(model_output, timestep, sample)
+        torch = _tensor.torch_module()
+        if ts.ndim != 2 or tuple(ts.shape) != tuple(x.shape[:2]) or x.ndim != 3:
+            raise ValueError(
+                f"per_token_timesteps: expected shape (B, T) for a (B, T, C) sample, got "
+                f"{tuple(ts.shape)} for {tuple(x.shape)}"
+            )
+        x = x.to(torch.float32)
+        per_token = ts / self.config.num_train_timesteps
+        sigmas = torch.from_numpy(self._sigmas).to(x.device)[:, None, None]
+        lower = ((sigmas < per_token[None] - 1e-6) * sigmas).max(dim=0).values
+        current, nxt = per_token[..., None], lower[..., None]
+        if self.config.stochastic_sampling:
+            noise = _tensor.randn(tuple(x.shape), x, gen, dtype=x.dtype)
+            prev = (1.0 - nxt) * (x - current * mo) + nxt * noise
+        else:
+            prev = x + (current - nxt) * mo
+        self._step_index += 1
+        return prev
+
     def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _, sigma = super()._alpha_sigma_for_noise(timesteps)
         return 1.0 - sigma, sigma
@@ -194,10 +222,10 @@ class FlowMatchEulerDiscreteScheduler(SigmaSchedulerBase):
         """
         self._check_float_timestep(timestep, "step")
         if per_token_timesteps is not None:
-            raise NotImplementedError(
-                "per_token_timesteps: per-token timesteps are not supported by rdiff's "
-                "FlowMatchEulerDiscreteScheduler yet"
+            prev = self._per_token_step(
+                model_output, timestep, sample, per_token_timesteps, generator
             )
+            return (prev,) if not return_dict else self._output_type(prev_sample=prev)
         noise = None
         if self.config.stochastic_sampling:
             _tensor.check_array(sample, "sample")
