@@ -195,6 +195,11 @@ class _Loop:
             raise ValueError("sigmas: expected at least one value")
         if not all(math.isfinite(s) and s >= 0.0 for s in self.sig):
             raise ValueError(f"sigmas: must be finite and non-negative, got {self.sig}")
+        self.ones = x.new_ones([self.batch]) if self.torch else np.ones(self.batch)
+
+    def denoise(self, model: Callable, x: Any, sigma: Any, extra_args: dict) -> Any:
+        """D(x; σ), the model called with σ·ones(batch) as k-diffusion calls it."""
+        return self.buf(model(x, sigma * self.ones, **extra_args), "model")
 
     def s_in(self, sigmas: Any, i: int) -> Any:
         """sigmas[i]·ones(batch) as k-diffusion passes σ to the model."""
@@ -217,6 +222,12 @@ class _Loop:
         terms = [(float(c), b) for c, b in pairs if c != 0.0 and b is not None]
         _lincomb(out, terms, stream=self.stream)
         return out
+
+
+def _report(callback: Any, x: Any, i: int, sigma: Any, sigma_hat: Any, denoised: Any) -> None:
+    """k-diffusion's per-step callback dict."""
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
 
 
 def _trange(n: int, disable: Any):
@@ -247,10 +258,7 @@ def _run(
     olds: list = [None, None]
     for i in _trange(len(loop.sig) - 1, disable):
         denoised = loop.buf(model(x, loop.s_in(sigmas, i), **extra_args), "model")
-        if callback is not None:
-            callback(
-                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised}
-            )
+        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         cx, cd, cn = _k_step(kind, loop.sig, i, float(eta), float(s_noise), solver_type)
         noise = None
         # Draw exactly when k-diffusion draws (even where the weight is 0).
@@ -365,14 +373,10 @@ def _euler_like(
     extra_args = {} if extra_args is None else extra_args
     loop = _Loop(x, sigmas)
     x = loop.buf(x, "x")
-    ones = loop.like.new_ones([loop.batch]) if loop.torch else np.ones(loop.batch)
     for i in _trange(len(loop.sig) - 1, disable):
         x, sigma_hat, sigma_hat_t = _churn(loop, x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.buf(model(x, sigma_hat_t * ones, **extra_args), "model")
-        if callback is not None:
-            callback(
-                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat_t, "denoised": denoised}
-            )
+        denoised = loop.denoise(model, x, sigma_hat_t, extra_args)
+        _report(callback, x, i, sigmas[i], sigma_hat_t, denoised)
         sn = loop.sig[i + 1]
         cx, cd, _ = _k_step("euler", loop.sig, i, sigma_hat=sigma_hat)
         x2 = loop.comb([(cx, x), (cd[0], denoised)])
@@ -481,14 +485,10 @@ def sample_dpm_2(
     extra_args = {} if extra_args is None else extra_args
     loop = _Loop(x, sigmas)
     x = loop.buf(x, "x")
-    ones = loop.like.new_ones([loop.batch]) if loop.torch else np.ones(loop.batch)
     for i in _trange(len(loop.sig) - 1, disable):
         x, sigma_hat, sigma_hat_t = _churn(loop, x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = loop.buf(model(x, sigma_hat_t * ones, **extra_args), "model")
-        if callback is not None:
-            callback(
-                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat_t, "denoised": denoised}
-            )
+        denoised = loop.denoise(model, x, sigma_hat_t, extra_args)
+        _report(callback, x, i, sigmas[i], sigma_hat_t, denoised)
         sn = loop.sig[i + 1]
         if sn == 0.0:
             x = _to(loop, x, denoised, sigma_hat, sn)
@@ -496,7 +496,7 @@ def sample_dpm_2(
         mid_t = _log_mid(sigma_hat_t, sigmas[i + 1])
         first, _, second, _ = _k_two_stage("dpm_2", sigma_hat, float(mid_t), sn)
         x2 = loop.comb([(first[0], x), (first[1], denoised)])
-        d2 = loop.buf(model(x2, mid_t * ones, **extra_args), "model")
+        d2 = loop.denoise(model, x2, mid_t, extra_args)
         x = loop.comb([(second[0], x), (second[2], x2), (second[3], d2)])
     return x
 
@@ -520,10 +520,7 @@ def sample_dpm_2_ancestral(
     for i in _trange(len(loop.sig) - 1, disable):
         denoised = loop.buf(model(x, loop.s_in(sigmas, i), **extra_args), "model")
         down_t, up_t = _ancestral(sigmas[i], sigmas[i + 1], eta)
-        if callback is not None:
-            callback(
-                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised}
-            )
+        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         sigma, down, up = loop.sig[i], float(down_t), float(up_t)
         if down == 0.0:
             x = _to(loop, x, denoised, sigma, down)
@@ -531,8 +528,7 @@ def sample_dpm_2_ancestral(
         mid_t = _log_mid(sigmas[i], down_t)
         first, _, second, _ = _k_two_stage("dpm_2", sigma, float(mid_t), down)
         x2 = loop.comb([(first[0], x), (first[1], denoised)])
-        ones = loop.like.new_ones([loop.batch]) if loop.torch else np.ones(loop.batch)
-        d2 = loop.buf(model(x2, mid_t * ones, **extra_args), "model")
+        d2 = loop.denoise(model, x2, mid_t, extra_args)
         noise = loop.buf(noise_sampler(sigmas[i], sigmas[i + 1]), "noise_sampler")
         x = loop.comb([(second[0], x), (second[2], x2), (second[3], d2), (s_noise * up, noise)])
     return x
@@ -554,10 +550,7 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
         ds.append(loop.comb([(1.0 / sigma, x), (-1.0 / sigma, denoised)]))
         if len(ds) > order:
             ds.pop(0)
-        if callback is not None:
-            callback(
-                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised}
-            )
+        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         coeffs = _lms_coefficients(loop.sig, i, min(i + 1, order))
         x = loop.comb([(1.0, x), *zip(coeffs, reversed(ds), strict=True)])
     return x
@@ -582,10 +575,7 @@ def sample_dpmpp_2s_ancestral(
     for i in _trange(len(loop.sig) - 1, disable):
         denoised = loop.buf(model(x, loop.s_in(sigmas, i), **extra_args), "model")
         down_t, up_t = _ancestral(sigmas[i], sigmas[i + 1], eta)
-        if callback is not None:
-            callback(
-                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised}
-            )
+        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         sigma, down, up = loop.sig[i], float(down_t), float(up_t)
         noise = None
         if down == 0.0:
@@ -598,8 +588,7 @@ def sample_dpmpp_2s_ancestral(
         sigma_s_t = _exp(-(t + 0.5 * (t_next - t)))
         first, _, second, _ = _k_two_stage("dpmpp_2s", sigma, float(sigma_s_t), down)
         x2 = loop.comb([(first[0], x), (first[1], denoised)])
-        ones = loop.like.new_ones([loop.batch]) if loop.torch else np.ones(loop.batch)
-        d2 = loop.buf(model(x2, sigma_s_t * ones, **extra_args), "model")
+        d2 = loop.denoise(model, x2, sigma_s_t, extra_args)
         if loop.sig[i + 1] > 0:
             noise = loop.buf(noise_sampler(sigmas[i], sigmas[i + 1]), "noise_sampler")
         x = loop.comb([(second[0], x), (second[3], d2), (s_noise * up, noise)])
@@ -627,10 +616,7 @@ def sample_dpmpp_sde(
     x = loop.buf(x, "x")
     for i in _trange(len(loop.sig) - 1, disable):
         denoised = loop.buf(model(x, loop.s_in(sigmas, i), **extra_args), "model")
-        if callback is not None:
-            callback(
-                {"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised}
-            )
+        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
         if loop.sig[i + 1] == 0.0:
             x = _to(loop, x, denoised, loop.sig[i], 0.0)
             continue
@@ -647,8 +633,7 @@ def sample_dpmpp_sde(
         )
         noise = loop.buf(noise_sampler(sig_t, sig_s), "noise_sampler")
         x2 = loop.comb([(first[0], x), (first[1], denoised), (n1, noise)])
-        ones = loop.like.new_ones([loop.batch]) if loop.torch else np.ones(loop.batch)
-        d2 = loop.buf(model(x2, sig_s * ones, **extra_args), "model")
+        d2 = loop.denoise(model, x2, sig_s, extra_args)
         noise = loop.buf(noise_sampler(sig_t, sig_next), "noise_sampler")
         x = loop.comb([(second[0], x), (second[1], denoised), (second[3], d2), (n2, noise)])
     return x
@@ -700,7 +685,6 @@ class _KDpmSolver:
 
     def __init__(self, loop: _Loop, model, extra_args, bar):
         self.loop, self.model, self.extra, self.bar = loop, model, extra_args, bar
-        self.ones = loop.like.new_ones([loop.batch]) if loop.torch else np.ones(loop.batch)
 
     @staticmethod
     def sigma(t: Any) -> Any:
@@ -710,7 +694,7 @@ class _KDpmSolver:
         if key in cache:
             return cache[key]
         sig = self.sigma(t)
-        d = self.loop.buf(self.model(x, sig * self.ones, **self.extra), "model")
+        d = self.loop.denoise(self.model, x, sig, self.extra)
         s = float(sig)
         cache[key] = self.loop.comb([(1.0 / s, x), (-1.0 / s, d)])
         self.bar.update(1)
