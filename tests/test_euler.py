@@ -519,3 +519,14 @@ def test_config_rewritten_between_two_stages(kind):
         return x
 
     assert torch.equal(run(False), run(True))
+
+
+@pytest.mark.parametrize("kind", TWO_STAGE)
+def test_an_integer_sample_in_the_second_stage_is_refused(kind):
+    s = PAIRS[kind][1]()
+    s.set_timesteps(4)
+    x = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    kw = {"generator": torch.Generator().manual_seed(1)} if kind == "kdpm2_a" else {}
+    x = s.step(0.1 * x, s.timesteps[0], x, **kw).prev_sample
+    with pytest.raises(TypeError, match="sample.*dtype"):
+        s.step(0.1 * x, s.timesteps[1], x.to(torch.int32), **kw)

@@ -154,6 +154,7 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
         γ > 0; its sample, x₀ and γ kept) or the second (noise drawn after it with
         ``generator`` for the ancestral class)."""
         mo, x = self._begin_step(model_output, timestep, sample)
+        _tensor.check_float(x, "sample")  # (the second stage converts it: check it first)
         i = self._step_index
         prev = _tensor.empty_like(x, dtype=mo.dtype)
         x0 = _tensor.empty_like(x, dtype=mo.dtype)
