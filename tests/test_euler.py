@@ -528,5 +528,5 @@ def test_an_integer_sample_in_the_second_stage_is_refused(kind):
     x = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     kw = {"generator": torch.Generator().manual_seed(1)} if kind == "kdpm2_a" else {}
     x = s.step(0.1 * x, s.timesteps[0], x, **kw).prev_sample
-    with pytest.raises(TypeError, match="sample.*dtype"):
+    with pytest.raises(TypeError, match=r"sample.*dtype"):
         s.step(0.1 * x, s.timesteps[1], x.to(torch.int32), **kw)
