@@ -190,6 +190,17 @@ def randn(shape: tuple, like: Any, generator: Any = None, dtype: Any = None) -> 
     )
 
 
+def as_dtype_of(x: Any, like: Any, what: str = "sample") -> Any:
+    """x (a float array or tensor, checked) contiguous in like's dtype; x itself when it
+    already is. For a pass that reads x as a term of like's dtype."""
+    check_float(x, what)
+    if dtype_name(x) == dtype_name(like):
+        return x
+    if is_torch(x):
+        return x.to(dtype=like.dtype).contiguous()
+    return np.ascontiguousarray(x, dtype=like.dtype)
+
+
 def to_float32(x: Any, like: Any) -> Any:
     """x as a contiguous float32 array in like's framework and device."""
     if is_torch(like):

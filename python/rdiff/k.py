@@ -47,7 +47,7 @@ from ._rdiff import (
     _k_step,
     _k_two_stage,
     _lincomb,
-    _lms_coefficients,
+    _Lms,
 )
 
 __all__ = [
@@ -541,18 +541,30 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
     loop = _Loop(x, sigmas)
     x = loop.buf(x, "x")
     order = int(order)
-    ds: list = []
+    # LMSDiscreteScheduler's core: a denoiser is a "sample" predictor (x₀ = D)
+    core = _Lms(loop.sig, "sample")
+    ds: list = []  # the slopes (x − D)/σ, oldest first, as k-diffusion keeps them
     for i in _trange(len(loop.sig) - 1, disable):
         denoised = loop.buf(model(x, loop.s_in(sigmas, i), **extra_args), "model")
-        sigma = loop.sig[i]
-        if sigma == 0.0:
-            raise ValueError(f"sigmas: σ is 0 at step {i}, before the end of the schedule")
-        ds.append(loop.comb([(1.0 / sigma, x), (-1.0 / sigma, denoised)]))
+        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
+        o = min(i + 1, order)
+        history = list(reversed(ds[-(order - 1) :] if order > 1 else []))[: o - 1]
+        d, x0, prev = (_tensor.empty_like(x) for _ in range(3))
+        core.step(
+            i,
+            o,
+            model_output=denoised,
+            sample=x,
+            history=history,
+            derivative=d,
+            x0=x0,
+            prev=prev,
+            stream=loop.stream,
+        )
+        ds.append(d)
         if len(ds) > order:
             ds.pop(0)
-        _report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        coeffs = _lms_coefficients(loop.sig, i, min(i + 1, order))
-        x = loop.comb([(1.0, x), *zip(coeffs, reversed(ds), strict=True)])
+        x = prev
     return x
 
 
@@ -888,7 +900,8 @@ def sample_dpm_adaptive(
             if pid.propose_step(error):
                 x_prev = x_low
                 noise = loop.buf(noise_sampler(solver.sigma(s), solver.sigma(t)), "noise_sampler")
-                x = loop.comb([*high, (su * s_noise, noise)])
+                # (without ancestral noise the step is x_high, already formed)
+                x = x_high if su == 0.0 else loop.comb([*high, (su * s_noise, noise)])
                 s = t
                 info["n_accept"] += 1
             else:

@@ -28,7 +28,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(k_churn_gamma, m)?)?;
     m.add_function(wrap_pyfunction!(k_two_stage, m)?)?;
     m.add_function(wrap_pyfunction!(k_dpm_solver_step, m)?)?;
-    m.add_function(wrap_pyfunction!(lms_coefficients, m)?)?;
     Ok(())
 }
 
@@ -267,13 +266,6 @@ fn k_dpm_solver_step(
 ) -> PyResult<(f64, [f64; 2], [f64; 3])> {
     let st = karras::dpm_solver_step(order, t, t_next, r1, r2)?;
     Ok((st.u1, st.u2, st.x))
-}
-
-/// The linear multistep weights c_0 … c_{order−1} of the step from `sigmas[i]` to
-/// `sigmas[i + 1]` (`LMSDiscreteScheduler`, `sample_lms`).
-#[pyfunction(name = "_lms_coefficients")]
-fn lms_coefficients(sigmas: Vec<f64>, i: usize, order: usize) -> PyResult<Vec<f64>> {
-    Ok(crate::schedule::lms::lms_coefficients(&sigmas, i, order)?)
 }
 
 /// The churn γ of `sample_euler` / `sample_heun` at σ for a run of `n_steps` steps.

@@ -1,6 +1,6 @@
-//! diffusers' `LMSDiscreteScheduler` step: one fused pass that converts the model output to
-//! the slope d_i = (x − x₀)/σ (stored, for the next steps), writes x₀ and steps
-//! x + c_0·d_i + Σ_j c_j·d_{i−j} (coefficients in `schedule::lms`).
+//! diffusers' `LMSDiscreteScheduler` step (and `rdiff.k.sample_lms`'s): one fused pass that
+//! converts the model output to the slope d_i = (x − x₀)/σ (stored, for the next steps),
+//! writes x₀ and steps x + c_0·d_i + Σ_j c_j·d_{i−j} (coefficients in `schedule::lms`).
 //!
 //! The pass's terms are the sample and the earlier slopes; its first combination is
 //! x₀ = x − σ·d_i (kept in the chain's buffer) and the chained one the update, which gives the

@@ -73,16 +73,9 @@ class DEISMultistepScheduler(DPMSolverMultistepScheduler):
         self._init_schedule(
             num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, False
         )
-        self._training_sigmas(self._ac)
-        self.init_noise_sigma = 1.0
-        # (float32 here, where the DPM-Solver class has int64)
-        self.timesteps = self._timesteps_array(
-            np.linspace(0, num_train_timesteps - 1, num_train_timesteps, dtype=np.float32)[::-1]
-        )
-        self.model_outputs: list[Any] = [None] * solver_order
-        self.lower_order_nums = 0
-        self._core: _DpmMultistep | None = None
-        self._built_from = self.config
+        # (float32 training timesteps here, where the DPM-Solver class has int64)
+        n = num_train_timesteps
+        self._init_state(np.linspace(0, n - 1, n, dtype=np.float32)[::-1], solver_order)
 
     @exclusive
     @loop_setup

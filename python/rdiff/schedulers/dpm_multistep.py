@@ -117,11 +117,13 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
         if rescale_betas_zero_snr:
             # diffusers' fix so that σ stays finite at the last training step.
             self._ac[-1] = 2.0**-24
+        self._init_state(np.arange(num_train_timesteps - 1, -1, -1, dtype=np.int64), solver_order)
+
+    def _init_state(self, timesteps: np.ndarray, solver_order: int) -> None:
+        """The state before set_timesteps: the σ̃ tables, the training timesteps, no history."""
         self._training_sigmas(self._ac)
         self.init_noise_sigma = 1.0
-        self.timesteps = self._timesteps_array(
-            np.arange(num_train_timesteps - 1, -1, -1, dtype=np.int64)
-        )
+        self.timesteps = self._timesteps_array(timesteps)
         self.model_outputs: list[Any] = [None] * solver_order
         self.lower_order_nums = 0
         self._core: _DpmMultistep | None = None

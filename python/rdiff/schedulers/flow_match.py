@@ -14,7 +14,32 @@ from ._base import SchedulerOutput, check_choice, check_int, exclusive, loop_set
 from .euler import SigmaSchedulerBase, _float_array
 
 
-class FlowMatchEulerDiscreteScheduler(SigmaSchedulerBase):
+class _FlowSchedule:
+    """What the flow-matching classes share: the training σ (statically shifted), the σ → t
+    map and the forward process x_t = (1 − σ)·x₀ + σ·ε."""
+
+    def _init_flow(self, num_train_timesteps: int, shift: float, static: bool) -> float:
+        """The training schedule (shifted by ``shift`` when ``static``); the checked shift."""
+        n = check_int(num_train_timesteps, "num_train_timesteps")
+        shift = float(shift)
+        if not (math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift: must be a positive number, got {shift}")
+        sigmas = _flow_match_training_sigmas(n, shift if static else None)
+        self.num_inference_steps: int | None = None
+        self._set_schedule(sigmas * np.float32(n), np.asarray(sigmas), None)
+        self.sigma_min = float(sigmas[-1])
+        self.sigma_max = float(sigmas[0])
+        return shift
+
+    def _sigma_to_t(self, sigma: Any) -> Any:
+        return sigma * self.config.num_train_timesteps
+
+    def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _, sigma = SigmaSchedulerBase._alpha_sigma_for_noise(self, timesteps)
+        return 1.0 - sigma, sigma
+
+
+class FlowMatchEulerDiscreteScheduler(_FlowSchedule, SigmaSchedulerBase):
     """Euler steps of a flow-matching (velocity-predicting) model, x_t = (1 − σ)·x₀ + σ·ε,
     with diffusers' interface.
 
@@ -59,18 +84,9 @@ class FlowMatchEulerDiscreteScheduler(SigmaSchedulerBase):
                 "use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas: only one can be used"
             )
         check_choice("time_shift_type", time_shift_type, ("exponential", "linear"))
-        n = check_int(num_train_timesteps, "num_train_timesteps")
-        shift = float(shift)
-        if not (math.isfinite(shift) and shift > 0):
-            raise ValueError(f"shift: must be a positive number, got {shift}")
         if shift_terminal is not None and not (0.0 <= float(shift_terminal) < 1.0):
             raise ValueError(f"shift_terminal: must lie in [0, 1), got {shift_terminal}")
-        sigmas = _flow_match_training_sigmas(n, None if use_dynamic_shifting else shift)
-        self.num_inference_steps: int | None = None
-        self._shift = shift
-        self._set_schedule(sigmas * np.float32(n), np.asarray(sigmas), None)
-        self.sigma_min = float(sigmas[-1])
-        self.sigma_max = float(sigmas[0])
+        self._shift = self._init_flow(num_train_timesteps, shift, not use_dynamic_shifting)
         self._built_from = self.config
 
     @property
@@ -80,9 +96,6 @@ class FlowMatchEulerDiscreteScheduler(SigmaSchedulerBase):
 
     def set_shift(self, shift: float) -> None:
         self._shift = float(shift)
-
-    def _sigma_to_t(self, sigma: Any) -> Any:
-        return sigma * self.config.num_train_timesteps
 
     def time_shift(self, mu: float, sigma: float, t: Any) -> Any:
         """diffusers' dynamic shift of t: e^μ/(e^μ + (1/t − 1)^σ) (exponential) or
@@ -190,10 +203,6 @@ class FlowMatchEulerDiscreteScheduler(SigmaSchedulerBase):
             prev = x + (current - nxt) * mo
         self._step_index += 1
         return prev
-
-    def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        _, sigma = super()._alpha_sigma_for_noise(timesteps)
-        return 1.0 - sigma, sigma
 
     def scale_model_input(self, sample: Any, *args: Any, **kwargs: Any) -> Any:
         """Identity: flow-matching models take the sample as it is."""

@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import _tensor
-from .._rdiff import _Euler, _flow_match_training_sigmas
+from .._rdiff import _Euler
 from ._base import SchedulerOutput, check_int, exclusive, loop_setup
 from .ddim import _noise_like
+from .flow_match import _FlowSchedule
 from .heun import HeunDiscreteScheduler
 
 
-class FlowMatchHeunDiscreteScheduler(HeunDiscreteScheduler):
+class FlowMatchHeunDiscreteScheduler(_FlowSchedule, HeunDiscreteScheduler):
     """Heun steps of a flow-matching model, x_t = (1 − σ)·x₀ + σ·ε, with diffusers'
     interface: two model calls per interval, so ``timesteps`` and ``sigmas`` hold every inner
     σ twice (``order = 2``), σ statically shifted by ``shift``.
@@ -39,27 +39,12 @@ class FlowMatchHeunDiscreteScheduler(HeunDiscreteScheduler):
 
     def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0):
         self._register(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        n = check_int(num_train_timesteps, "num_train_timesteps")
-        shift = float(shift)
-        if not (math.isfinite(shift) and shift > 0):
-            raise ValueError(f"shift: must be a positive number, got {shift}")
-        sigmas = _flow_match_training_sigmas(n, shift)
-        self.num_inference_steps: int | None = None
-        self._set_schedule(sigmas * np.float32(n), np.asarray(sigmas), None)
-        self.sigma_min = float(sigmas[-1])
-        self.sigma_max = float(sigmas[0])
+        self._init_flow(num_train_timesteps, shift, True)
         self._reset_stage()
         self._built_from = self.config
 
     def _make_core(self, sigmas: list[float]) -> Any:
         return _Euler(sigmas, "flow_prediction", "heun")
-
-    def _sigma_to_t(self, sigma: Any) -> Any:
-        return sigma * self.config.num_train_timesteps
-
-    def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        _, sigma = super()._alpha_sigma_for_noise(timesteps)
-        return 1.0 - sigma, sigma
 
     @exclusive
     @loop_setup

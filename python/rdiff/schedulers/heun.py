@@ -10,7 +10,6 @@ import numpy as np
 from .. import _tensor
 from .._rdiff import _Euler, _euler_schedule
 from ._base import SchedulerOutput, check_choice, check_int, exclusive, loop_setup
-from .ddim import _noise_like
 from .euler import _SPACINGS, EulerDiscreteScheduler, _float_array
 
 
@@ -141,6 +140,10 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
         """
         return self._stage(model_output, timestep, sample, return_dict)
 
+    def _second_stage_noise(self, model_output: Any, generator: Any) -> Any:
+        """The float32 noise the second stage adds (None: Heun and KDPM2 add none)."""
+        return None
+
     def _stage(
         self,
         model_output: Any,
@@ -151,10 +154,8 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
         gamma: float = 0.0,
     ) -> SchedulerOutput | tuple:
         """One stage: the first (an Euler step from σ·(γ + 1), ``sample`` churned already when
-        γ > 0; its sample, x₀ and γ kept) or the second (noise drawn after it with
-        ``generator`` for the ancestral class)."""
+        γ > 0; its sample, x₀ and γ kept) or the second (with ``_second_stage_noise``)."""
         mo, x = self._begin_step(model_output, timestep, sample)
-        _tensor.check_float(x, "sample")  # (the second stage converts it: check it first)
         i = self._step_index
         prev = _tensor.empty_like(x, dtype=mo.dtype)
         x0 = _tensor.empty_like(x, dtype=mo.dtype)
@@ -166,15 +167,15 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
             self._first_x0 = x0
             self._first_gamma = gamma
         else:
-            noise = None
-            if self._kind == "kdpm2_ancestral":
-                noise = _noise_like(tuple(mo.shape), mo, generator, None)
+            x2 = _tensor.as_dtype_of(x, mo)
+            first = _tensor.as_dtype_of(self.sample, mo)
+            noise = self._second_stage_noise(mo, generator)
             self._core.second_stage(
                 i,
                 self._first_gamma,
                 model_output=mo,
-                sample=_as_dtype(x, mo),
-                first_sample=_as_dtype(self.sample, mo),
+                sample=x2,
+                first_sample=first,
                 first_x0=self._first_x0,
                 x0=x0,
                 prev=prev,
@@ -186,13 +187,3 @@ class HeunDiscreteScheduler(EulerDiscreteScheduler):
         if not return_dict:
             return (prev, x0)
         return self._output_type(prev_sample=prev, pred_original_sample=x0)
-
-
-def _as_dtype(x: Any, like: Any) -> Any:
-    """x in like's dtype (the second stage reads the samples as terms of the model output's
-    dtype); x itself when it already is."""
-    if _tensor.dtype_name(x) == _tensor.dtype_name(like):
-        return x
-    if _tensor.is_torch(x):
-        return x.to(dtype=like.dtype).contiguous()
-    return np.ascontiguousarray(x, dtype=like.dtype)

@@ -68,6 +68,20 @@ class KDPM2DiscreteScheduler(HeunDiscreteScheduler):
             sigmas, self.config.prediction_type, "kdpm2", sigmas_interpol=interpol.tolist()
         )
 
+    def _interval_schedule(self, n: int, num_train_timesteps: int | None):
+        """The intervals' float32 (timesteps, σ) before the midpoints are interleaved, and the
+        log σ table the midpoints' timesteps are read from."""
+        cfg = self.config
+        self._check_train_steps(num_train_timesteps)
+        kind = self._sigma_kind()
+        table, log_table = self._sigma_table()
+        ts, sig = _euler_schedule(
+            table, log_table, n, None, cfg.timestep_spacing, int(cfg.steps_offset), "linear", kind
+        )
+        if kind == "karras":
+            ts = np.round(ts.astype(np.float64)).astype(np.float32)  # diffusers rounds these
+        return ts, sig, log_table
+
     @exclusive
     @loop_setup
     def set_timesteps(
@@ -79,16 +93,8 @@ class KDPM2DiscreteScheduler(HeunDiscreteScheduler):
         """diffusers' schedule for ``num_inference_steps``: ``timesteps`` float32 (2n − 1,)
         alternating the intervals' starts and midpoints, ``sigmas`` and ``sigmas_interpol``
         float32 (2n + 2,)."""
-        cfg = self.config
         n = check_int(num_inference_steps, "num_inference_steps")
-        self._check_train_steps(num_train_timesteps)
-        kind = self._sigma_kind()
-        table, log_table = self._sigma_table()
-        ts, sig = _euler_schedule(
-            table, log_table, n, None, cfg.timestep_spacing, int(cfg.steps_offset), "linear", kind
-        )
-        if kind == "karras":
-            ts = np.round(ts.astype(np.float64)).astype(np.float32)  # diffusers rounds these
+        ts, sig, log_table = self._interval_schedule(n, num_train_timesteps)
         # σ_mid = exp(lerp(log σ, log σ_prev, ½)) as torch forms it in float32 (lerp's
         # end − (end − start)·½ form); log 0 makes the first NaN and the last 0
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .._rdiff import _Euler, _euler_schedule, _sigma_to_t
+from .._rdiff import _Euler, _sigma_to_t
 from ._base import SchedulerOutput, check_int, exclusive, loop_setup
+from .ddim import _noise_like
 from .kdpm2 import KDPM2DiscreteScheduler
 
 
@@ -57,16 +58,8 @@ class KDPM2AncestralDiscreteScheduler(KDPM2DiscreteScheduler):
         """diffusers' schedule for ``num_inference_steps``: ``timesteps`` float32 (2n − 1,)
         alternating the intervals' starts and midpoints; ``sigmas``, ``sigmas_interpol``,
         ``sigmas_up`` and ``sigmas_down`` float32 (2n + 2,)."""
-        cfg = self.config
         n = check_int(num_inference_steps, "num_inference_steps")
-        self._check_train_steps(num_train_timesteps)
-        kind = self._sigma_kind()
-        table, log_table = self._sigma_table()
-        ts, sig = _euler_schedule(
-            table, log_table, n, None, cfg.timestep_spacing, int(cfg.steps_offset), "linear", kind
-        )
-        if kind == "karras":
-            ts = np.round(ts.astype(np.float64)).astype(np.float32)  # diffusers rounds these
+        ts, sig, log_table = self._interval_schedule(n, num_train_timesteps)
         # diffusers' float32 arithmetic, operation by operation (torch's lerp at ½ is
         # end − (end − start)·½); log 0 makes the padding NaN, which no step reads
         half = np.float32(0.5)
@@ -95,6 +88,10 @@ class KDPM2AncestralDiscreteScheduler(KDPM2DiscreteScheduler):
         self.num_inference_steps = n
         self._set_schedule(ts2, interleave(sig), device)
         self._reset_stage()
+
+    def _second_stage_noise(self, model_output: Any, generator: Any) -> Any:
+        # drawn as diffusers draws it, after the interval's second model call
+        return _noise_like(tuple(model_output.shape), model_output, generator, None)
 
     def scale_model_input(self, sample: Any, timestep: Any) -> Any:
         """The model's input: ``sample`` / √(σ² + 1) at ``timestep``, σ the midpoint's in an

@@ -12,7 +12,6 @@ from .. import _tensor
 from .._rdiff import _euler_schedule, _Lms
 from ._base import SchedulerOutput, check_choice, check_int, exclusive, loop_setup
 from .euler import _SPACINGS, EulerDiscreteScheduler
-from .heun import _as_dtype
 
 
 class LMSDiscreteScheduler(EulerDiscreteScheduler):
@@ -112,8 +111,7 @@ class LMSDiscreteScheduler(EulerDiscreteScheduler):
                 stacklevel=2,
             )
         mo, x = self._begin_step(model_output, timestep, sample)
-        _tensor.check_float(x, "sample")
-        x = _as_dtype(x, mo)
+        x = _tensor.as_dtype_of(x, mo)
         i = self._step_index
         o = min(i + 1, order)
         # diffusers appends the new slope, drops the oldest past `order`, then zips its o
