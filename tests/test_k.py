@@ -121,7 +121,9 @@ def test_k_churn_draws_like_k_diffusion(kd, name):
     want = getattr(kd, name)(denoiser, x, sigmas, disable=True, **kw)
     torch.manual_seed(3)
     got = getattr(rdiff.k, name)(denoiser, x, sigmas, disable=True, **kw)
-    assert (got - want).abs().max().item() <= 1e-5
+    # 10⁻⁶ of the starting sample's size (~40): k-diffusion forms σ̂ and DPM2's midpoint with
+    # torch's float32 log and exp, whose last bit differs by CPU; rdiff in float64
+    assert (got - want).abs().max().item() <= 1e-6 * float(x.abs().max())
 
 
 STOCHASTIC = [

@@ -32,6 +32,32 @@ def test_zero_terminal_snr_rescale(schedule):
     assert r.alphas_cumprod[-1] == 0.0
 
 
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_zero_terminal_snr_with_torch_sqrt_is_diffusers_to_the_bit(schedule):
+    """The torch-facing classes pass torch's own √ᾱ to the rescale: whatever this CPU's torch
+    rounds, β and ᾱ are diffusers' float32 values exactly."""
+    import torch
+
+    import rdiff.diffusers as rdd
+
+    d = diffusers.DDPMScheduler(beta_schedule=schedule, rescale_betas_zero_snr=True)
+    r = rdd.DDPMScheduler(beta_schedule=schedule, rescale_betas_zero_snr=True)
+    assert isinstance(r.betas, torch.Tensor)
+    np.testing.assert_array_equal(r.betas.numpy().astype(np.float32), d.betas.numpy())
+    np.testing.assert_array_equal(
+        r.alphas_cumprod.numpy().astype(np.float32), d.alphas_cumprod.numpy()
+    )
+
+
+def test_zero_terminal_snr_sqrt_is_checked():
+    with pytest.raises(ValueError, match="sqrt_alphas_cumprod"):
+        rdiff.NoiseSchedule.discrete(10, rescale_betas_zero_snr=True, sqrt_alphas_cumprod=[1.0])
+    with pytest.raises(ValueError, match="sqrt_alphas_cumprod"):
+        rdiff.NoiseSchedule.discrete(
+            3, rescale_betas_zero_snr=True, sqrt_alphas_cumprod=[1.0, float("nan"), 0.5]
+        )
+
+
 def test_trained_betas():
     betas = np.linspace(1e-4, 0.02, 50)
     r = rdiff.NoiseSchedule.discrete(trained_betas=betas)

@@ -73,8 +73,12 @@ def run_pair(cfg, n, dtype=torch.float32, seed=0, shape=(2, 3, 8, 8)):
         s.set_timesteps(n)
         s.set_begin_index(0)  # flow timesteps (σ·N, truncated) can repeat the first one
     np.testing.assert_array_equal(np.asarray(r.timesteps), d.timesteps.numpy())
-    # ᾱ of the cosine and zero-SNR schedules: rdiff's float64 table, diffusers' float32 one
-    np.testing.assert_allclose(np.asarray(r.sigmas), d.sigmas.numpy(), rtol=1e-6)
+    # ᾱ of the cosine and zero-SNR schedules: rdiff's float64 table, diffusers' float32 one;
+    # with zero SNR, β₀ = 1 − ᾱ₀' cancels, and diffusers' torch sqrt is not correctly rounded
+    # on every CPU (the plain class rounds correctly): one ulp there is 10⁻³ of β₀, ~10⁻⁶ of
+    # the small σ
+    rtol = 1e-5 if cfg.get("rescale_betas_zero_snr") else 1e-6
+    np.testing.assert_allclose(np.asarray(r.sigmas), d.sigmas.numpy(), rtol=rtol)
     eps = GaussianEps(d.alphas_cumprod, cfg.get("prediction_type", "epsilon"))
     last = len(d.alphas_cumprod) - 1
 

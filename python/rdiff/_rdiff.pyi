@@ -41,8 +41,12 @@ class NoiseSchedule:
         beta_end: float = 0.02,
         trained_betas: list[float] | None = None,
         rescale_betas_zero_snr: bool = False,
+        sqrt_alphas_cumprod: list[float] | None = None,
     ) -> NoiseSchedule:
-        """A discrete schedule, computed exactly as diffusers' schedulers compute it."""
+        """A discrete schedule, computed exactly as diffusers' schedulers compute it.
+
+        ``sqrt_alphas_cumprod``: √ᾱ of the schedule before the zero-SNR rescale, as the
+        caller's framework rounds it (None: correctly rounded float32)."""
 
     @staticmethod
     def linear_vp(beta_min: float = 0.1, beta_max: float = 20.0) -> NoiseSchedule:

@@ -369,8 +369,49 @@ fn widen<A: Acc>(src: &[f32], dst: &mut [A]) {
     }
 }
 
-/// Elements `off .. off + out.len()` of sample `b`.
+/// Elements `off .. off + out.len()` of sample `b`, compiled for AVX-512 or AVX2 where the CPU
+/// has them (the wheel targets baseline x86-64, where these loops get SSE2 only). Rust never
+/// contracts `a * b + c` into an FMA, so every instantiation gives the same bits.
 fn run_span<A, D, S>(sl: &Slices<'_, A, D, S>, b: usize, off: usize, sp: Span<'_, D, S>)
+where
+    A: Acc,
+    D: Load<A>,
+    S: Load<A>,
+{
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+        unsafe fn v4<A: Acc, D: Load<A>, S: Load<A>>(
+            sl: &Slices<'_, A, D, S>,
+            b: usize,
+            off: usize,
+            sp: Span<'_, D, S>,
+        ) {
+            run_span_body(sl, b, off, sp)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn v3<A: Acc, D: Load<A>, S: Load<A>>(
+            sl: &Slices<'_, A, D, S>,
+            b: usize,
+            off: usize,
+            sp: Span<'_, D, S>,
+        ) {
+            run_span_body(sl, b, off, sp)
+        }
+        if super::vecmath::has_avx512() {
+            // SAFETY: the CPU supports the features v4 was compiled for.
+            return unsafe { v4(sl, b, off, sp) };
+        }
+        if super::vecmath::has_avx2() {
+            // SAFETY: as above, for v3.
+            return unsafe { v3(sl, b, off, sp) };
+        }
+    }
+    run_span_body(sl, b, off, sp)
+}
+
+#[inline(always)]
+fn run_span_body<A, D, S>(sl: &Slices<'_, A, D, S>, b: usize, off: usize, sp: Span<'_, D, S>)
 where
     A: Acc,
     D: Load<A>,

@@ -81,9 +81,12 @@ impl PyNoiseSchedule {
     /// `betas` and `alphas_cumprod` hold the float32 values diffusers builds (linspace and
     /// cumulative product in float32), widened to float64. In continuous time, log α is
     /// interpolated piecewise-linearly on t_i = (i+1)/N as in the DPM-Solver reference.
+    /// `sqrt_alphas_cumprod`: √ᾱ of the schedule before the zero-SNR rescale, as the caller's
+    /// framework rounds it (None: correctly rounded float32).
     #[staticmethod]
     #[pyo3(signature = (num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
-        beta_end=0.02, trained_betas=None, rescale_betas_zero_snr=false))]
+        beta_end=0.02, trained_betas=None, rescale_betas_zero_snr=false,
+        sqrt_alphas_cumprod=None))]
     fn discrete(
         num_train_timesteps: i64,
         beta_schedule: &str,
@@ -91,6 +94,7 @@ impl PyNoiseSchedule {
         beta_end: f64,
         trained_betas: Option<Vec<f64>>,
         rescale_betas_zero_snr: bool,
+        sqrt_alphas_cumprod: Option<Vec<f64>>,
     ) -> PyResult<Self> {
         if num_train_timesteps < 1 && trained_betas.is_none() {
             return Err(PyErr::from(RdiffError::Value(format!(
@@ -99,13 +103,14 @@ impl PyNoiseSchedule {
         }
         let schedule = BetaSchedule::parse(beta_schedule)?;
         let n = check_steps("num_train_timesteps", num_train_timesteps.max(0) as usize)?;
-        let betas = DiscreteBetas::new(
+        let betas = DiscreteBetas::with_sqrt(
             n,
             schedule,
             beta_start,
             beta_end,
             trained_betas.as_deref(),
             rescale_betas_zero_snr,
+            sqrt_alphas_cumprod.as_deref(),
         )?;
         Ok(Self {
             inner: NoiseSchedule::discrete(betas)?,

@@ -148,9 +148,12 @@ fn cumprod_one_minus(betas: &[f32]) -> Vec<f32> {
 }
 
 /// diffusers' `rescale_zero_terminal_snr` (Lin et al. 2023), in float32 like diffusers.
-fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
-    let ac = cumprod_one_minus(betas);
-    let sqrt: Vec<f32> = ac.iter().map(|a| a.sqrt()).collect();
+/// `sqrt`: √ᾱ of `betas` as the caller's framework rounds it (None: correctly rounded).
+fn rescale_zero_terminal_snr(betas: &[f32], sqrt: Option<&[f32]>) -> Vec<f32> {
+    let sqrt: Vec<f32> = match sqrt {
+        Some(s) => s.to_vec(),
+        None => cumprod_one_minus(betas).iter().map(|a| a.sqrt()).collect(),
+    };
     let (a0, at) = (sqrt[0], sqrt[sqrt.len() - 1]);
     let scale = a0 / (a0 - at);
     let bar: Vec<f32> = sqrt
@@ -177,6 +180,30 @@ impl DiscreteBetas {
         beta_end: f64,
         trained_betas: Option<&[f64]>,
         rescale_betas_zero_snr: bool,
+    ) -> Result<Self> {
+        Self::with_sqrt(
+            num_train_timesteps,
+            schedule,
+            beta_start,
+            beta_end,
+            trained_betas,
+            rescale_betas_zero_snr,
+            None,
+        )
+    }
+
+    /// As `new`, the zero-SNR rescale reading `sqrt` for √ᾱ of the schedule before it: the
+    /// caller's framework's float32 square roots. diffusers rescales with torch's `sqrt`,
+    /// which is not correctly rounded on every CPU (AVX2 builds differ in the last bit), and
+    /// β₀ = 1 − ᾱ₀' cancels: one ulp of √ᾱ₀ moves β₀, and so σ_min, by 10⁻³ relative.
+    pub fn with_sqrt(
+        num_train_timesteps: usize,
+        schedule: BetaSchedule,
+        beta_start: f64,
+        beta_end: f64,
+        trained_betas: Option<&[f64]>,
+        rescale_betas_zero_snr: bool,
+        sqrt: Option<&[f64]>,
     ) -> Result<Self> {
         let betas32: Vec<f32> = match trained_betas {
             Some(tb) => {
@@ -235,7 +262,16 @@ impl DiscreteBetas {
             if betas32.len() < 2 {
                 return value_err!("rescale_betas_zero_snr: needs at least 2 training timesteps");
             }
-            rescale_zero_terminal_snr(&betas32)
+            let sqrt: Option<Vec<f32>> = sqrt.map(|v| v.iter().map(|&x| x as f32).collect());
+            if let Some(v) = &sqrt {
+                if v.len() != betas32.len() || v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+                    return value_err!(
+                        "sqrt_alphas_cumprod: expected {} positive finite values",
+                        betas32.len()
+                    );
+                }
+            }
+            rescale_zero_terminal_snr(&betas32, sqrt.as_deref())
         } else {
             betas32
         };
@@ -279,6 +315,29 @@ mod tests {
         let s = DiscreteBetas::new(1000, BetaSchedule::ScaledLinear, 0.00085, 0.012, None, true)
             .unwrap();
         assert_eq!(*s.alphas_cumprod.last().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn zero_snr_reads_the_given_square_roots() {
+        let (s, lin) = (BetaSchedule::ScaledLinear, (0.00085, 0.012));
+        let raw = DiscreteBetas::new(1000, s, lin.0, lin.1, None, false).unwrap();
+        let mut sqrt: Vec<f64> = raw
+            .alphas_cumprod
+            .iter()
+            .map(|&a| (a as f32).sqrt() as f64)
+            .collect();
+        let own = DiscreteBetas::new(1000, s, lin.0, lin.1, None, true).unwrap();
+        let same = DiscreteBetas::with_sqrt(1000, s, lin.0, lin.1, None, true, Some(&sqrt));
+        assert_eq!(same.unwrap().betas, own.betas);
+        // one ulp more in √ᾱ₀ (what torch's AVX2 sqrt can give) moves β₀, as in diffusers
+        sqrt[0] = f32::from_bits((sqrt[0] as f32).to_bits() + 1) as f64;
+        let moved = DiscreteBetas::with_sqrt(1000, s, lin.0, lin.1, None, true, Some(&sqrt));
+        assert_ne!(moved.unwrap().betas[0], own.betas[0]);
+        let short = DiscreteBetas::with_sqrt(1000, s, lin.0, lin.1, None, true, Some(&sqrt[1..]));
+        assert!(short
+            .unwrap_err()
+            .to_string()
+            .contains("sqrt_alphas_cumprod"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ import numpy as np
 from .. import _tensor
 from .._config import ConfigMixin
 from .._rdiff import ConcurrentUseError, NoiseSchedule
-from ._compile import compilable, register
+from ._compile import compilable, compiling, register, traced_call
 
 # Schedulers are stateful (step index, multistep history, the core built by set_timesteps)
 # and release the GIL inside `step`, so two threads in one instance would interleave their
@@ -26,12 +26,16 @@ _BUSY: dict[int, list] = {}  # id(scheduler) -> [owning thread, depth]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def exclusive(method: _F) -> _F:
+def exclusive(method: _F, traced: bool = False) -> _F:
     """Makes ``method`` raise ``rdiff.ConcurrentUseError`` when another thread is inside an
-    exclusive method of the same scheduler instance."""
+    exclusive method of the same scheduler instance. With ``traced`` it is also
+    ``compilable`` (one wrapper, not two: a step is a few microseconds)."""
+    name = method.__name__
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if traced and compiling():
+            return traced_call(self, name, args, kwargs)
         key, me = id(self), threading.get_ident()
         entry = _BUSY.setdefault(key, [me, 0])
         if entry[0] != me:
@@ -48,6 +52,7 @@ def exclusive(method: _F) -> _F:
             if entry[1] == 0:
                 del _BUSY[key]
 
+    wrapper._exclusive_of = method  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 
@@ -187,7 +192,9 @@ class SchedulerBase(ConfigMixin):
         super().__init_subclass__(**kwargs)
         for name in ("step", "scale_model_input"):
             if name in cls.__dict__:
-                setattr(cls, name, compilable(cls.__dict__[name]))
+                method = cls.__dict__[name]
+                body = getattr(method, "_exclusive_of", None)
+                setattr(cls, name, compilable(method) if body is None else exclusive(body, True))
 
     def _sync_config(self) -> None:
         """Honour a replaced config, as diffusers does by reading ``self.config`` at use.
@@ -262,14 +269,15 @@ class SchedulerBase(ConfigMixin):
             except (TypeError, ValueError) as e:
                 raise TypeError(f"trained_betas: expected a sequence of floats ({e})") from None
             trained_betas = [float(b) for b in arr]
-        schedule = NoiseSchedule.discrete(
-            num_train_timesteps,
-            beta_schedule,
-            beta_start,
-            beta_end,
-            trained_betas,
-            rescale_betas_zero_snr,
-        )
+        args = (num_train_timesteps, beta_schedule, beta_start, beta_end, trained_betas)
+        sqrt = None
+        torch = _tensor.torch_module()
+        if rescale_betas_zero_snr and self._torch_timesteps and torch is not None:
+            # diffusers rescales with torch's float32 sqrt, which is not correctly rounded on
+            # every CPU; β₀ = 1 − ᾱ₀' cancels, so its last bit moves σ_min by 10⁻³
+            raw = NoiseSchedule.discrete(*args, False).alphas_cumprod
+            sqrt = torch.from_numpy(raw.astype(np.float32)).sqrt().double().tolist()
+        schedule = NoiseSchedule.discrete(*args, rescale_betas_zero_snr, sqrt)
         self.schedule = schedule
         # ᾱ in float64, what every computation reads; the public arrays are `_publish`ed.
         self._ac = schedule.alphas_cumprod.copy()
@@ -391,9 +399,7 @@ class SchedulerBase(ConfigMixin):
             raise ValueError(
                 "step: the number of inference steps is not set; call set_timesteps first"
             )
-        _tensor.check_array(model_output, "model_output")
-        _tensor.check_array(sample, "sample")
-        _tensor.same_framework(model_output, sample, "step", devices=False)
+        inputs = _tensor.step_inputs(model_output, sample)
         if self._step_index is None:
             self._init_step_index(timestep)
         if self._step_index >= len(self.timesteps):
@@ -401,7 +407,7 @@ class SchedulerBase(ConfigMixin):
                 f"step: all {len(self.timesteps)} steps are done; call set_timesteps to start "
                 "a new loop"
             )
-        return _tensor.contiguous(model_output), _tensor.contiguous(sample)
+        return inputs
 
     @compilable
     def scale_model_input(self, sample: Any, *args: Any, **kwargs: Any) -> Any:

@@ -26,7 +26,7 @@ _SCHEDULERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _OP: Any = None
 
 
-def _compiling() -> bool:
+def compiling() -> bool:
     torch = sys.modules.get("torch")
     return torch is not None and torch.compiler.is_compiling()
 
@@ -48,8 +48,8 @@ def compilable(method: Callable) -> Callable:
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _compiling():
-            return _traced_call(self, name, args, kwargs)
+        if compiling():
+            return traced_call(self, name, args, kwargs)
         return method(self, *args, **kwargs)
 
     return wrapper
@@ -91,7 +91,7 @@ def _value(tok: str, tensors: list) -> Any:
     return rest
 
 
-def _traced_call(self: Any, name: str, args: tuple, kwargs: dict) -> Any:
+def traced_call(self: Any, name: str, args: tuple, kwargs: dict) -> Any:
     torch = sys.modules["torch"]
     handle = getattr(self, "_compile_handle", None)
     if handle is None:

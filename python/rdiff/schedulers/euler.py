@@ -62,7 +62,7 @@ class SigmaSchedulerBase(SchedulerBase):
         """diffusers refuses integer timesteps (a loop index passed by mistake)."""
         if isinstance(timestep, float):
             return
-        if _tensor.is_torch(timestep):
+        if getattr(timestep, "is_floating_point", None) is not None:  # a torch tensor
             integer = not (timestep.is_floating_point() or timestep.is_complex())
         elif isinstance(timestep, (np.ndarray, np.generic)):
             integer = timestep.dtype.kind in "iu"
@@ -110,14 +110,18 @@ class SigmaSchedulerBase(SchedulerBase):
 
     def _scale_by(self, sample: Any, sigma: float) -> Any:
         """sample / √(σ² + 1), the divisor in float32 as diffusers forms it."""
-        sigma = np.float32(sigma)
-        div = np.sqrt(sigma * sigma + np.float32(1.0))
         self.is_scale_input_called = True
         if _tensor.is_torch(sample):
-            # a 0-d float32 CPU tensor, as diffusers divides by (torch rounds a half-precision
-            # quotient differently for a Python float)
-            return sample / _tensor.torch_module().tensor(div)
-        return sample / float(div)
+            # (σ² + 1) ** 0.5 by torch, a 0-d float32 CPU tensor, as diffusers divides by
+            # (torch's sqrt is not numpy's on every CPU, and torch rounds a half-precision
+            # quotient differently for a Python float); one per σ, kept
+            cached = self.__dict__.get("_divisor")
+            if cached is None or cached[0] != sigma:
+                s = _tensor.torch_module().tensor(np.float32(sigma))
+                cached = self._divisor = (sigma, (s**2 + 1) ** 0.5)
+            return sample / cached[1]
+        sigma = np.float32(sigma)
+        return sample / float(np.sqrt(sigma * sigma + np.float32(1.0)))
 
 
 class EulerDiscreteScheduler(SigmaSchedulerBase):
@@ -297,7 +301,8 @@ class EulerDiscreteScheduler(SigmaSchedulerBase):
         gamma = 0.0
         if self._step_index is None:
             self._init_step_index(timestep)
-        if self._step_index < len(self.timesteps):
+        # (γ is 0 without churn: no call into the core for it)
+        if s_churn != 0.0 and self._step_index < len(self.timesteps):
             gamma = self._core.churn(self._step_index, float(s_churn), float(s_tmin), float(s_tmax))
         if gamma > 0:
             sample = self._churn(model_output, sample, gamma, float(s_noise), generator)

@@ -9,6 +9,7 @@ import numpy as np
 
 from .._rdiff import _Euler, _euler_schedule, _sigma_to_t
 from ._base import SchedulerOutput, check_choice, check_int, exclusive, loop_setup
+from ._float32 import float32_math
 from .euler import _SPACINGS
 from .heun import HeunDiscreteScheduler
 
@@ -95,12 +96,11 @@ class KDPM2DiscreteScheduler(HeunDiscreteScheduler):
         float32 (2n + 2,)."""
         n = check_int(num_inference_steps, "num_inference_steps")
         ts, sig, log_table = self._interval_schedule(n, num_train_timesteps)
-        # σ_mid = exp(lerp(log σ, log σ_prev, ½)) as torch forms it in float32 (lerp's
-        # end − (end − start)·½ form); log 0 makes the first NaN and the last 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ls = np.log(sig)
-            le = np.roll(ls, 1)
-            mid = np.exp(le - (le - ls) * np.float32(0.5)).astype(np.float32)
+        # σ_mid = exp(lerp(log σ, log σ_prev, ½)) as diffusers forms it in float32; log 0
+        # makes the first NaN and the last 0
+        m = float32_math(self)
+        ls = m.log(sig)
+        mid = m.exp(m.lerp_half(ls, np.roll(ls, 1)))
         ti = _sigma_to_t(
             np.nan_to_num(mid[1:-1].astype(np.float64), nan=0.0), log_table.astype(np.float32)
         ).astype(np.float32)

@@ -9,6 +9,7 @@ import numpy as np
 
 from .._rdiff import _Euler, _sigma_to_t
 from ._base import SchedulerOutput, check_int, exclusive, loop_setup
+from ._float32 import float32_math
 from .ddim import _noise_like
 from .kdpm2 import KDPM2DiscreteScheduler
 
@@ -60,22 +61,21 @@ class KDPM2AncestralDiscreteScheduler(KDPM2DiscreteScheduler):
         ``sigmas_up`` and ``sigmas_down`` float32 (2n + 2,)."""
         n = check_int(num_inference_steps, "num_inference_steps")
         ts, sig, log_table = self._interval_schedule(n, num_train_timesteps)
-        # diffusers' float32 arithmetic, operation by operation (torch's lerp at ½ is
-        # end − (end − start)·½); log 0 makes the padding NaN, which no step reads
-        half = np.float32(0.5)
+        # diffusers' float32 arithmetic, operation by operation (its sqrt, log, exp and lerp
+        # by the library it uses: _float32); log 0 makes the padding NaN, which no step reads
+        m = float32_math(self)
         with np.errstate(divide="ignore", invalid="ignore"):
             nxt = np.roll(sig, -1)
             nxt[-1] = 0.0
-            up = (nxt**2 * (sig**2 - nxt**2) / sig**2) ** half
-            down = (nxt**2 - up**2) ** half
+            up = m.sqrt(nxt**2 * (sig**2 - nxt**2) / sig**2)
+            down = m.sqrt(nxt**2 - up**2)
             # σ_up² rounds above σ_next² where σ ≫ σ_next (σ ≈ 2·10⁴: cosine schedules) and
             # diffusers' σ_down goes NaN; rdiff takes k-diffusion's finite value there
             # (σ_down = σ_next²/σ exactly)
             bad = np.isnan(down)
             down[bad] = (nxt**2 / sig)[bad]
             down[-1] = 0.0
-            ls, ld = np.log(sig), np.log(down)
-            mid = np.exp(ld - (ld - ls) * half).astype(np.float32)
+        mid = m.exp(m.lerp_half(m.log(sig), m.log(down)))
         mid[-2:] = 0.0
         ti = _sigma_to_t(mid[:-2].astype(np.float64), log_table.astype(np.float32))
         ts2 = np.concatenate([ts[:1], np.stack([ti.astype(np.float32), ts[1:]], -1).reshape(-1)])
