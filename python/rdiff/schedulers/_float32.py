@@ -46,7 +46,7 @@ class Float32Math:
     def lerp_half(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
         """torch.lerp(start, end, 0.5)."""
         if self._torch is None:
-            return _NUMPY["lerp"](start, end)
+            return self._apply("lerp", start, end)
         return self._apply("lerp", start, end, weight=0.5)
 
 
