@@ -3,8 +3,10 @@
 Run: python benches/bench_unet.py [--quick] [--threads N]. The DDPM-CIFAR-10 configuration
 (google/ddpm-cifar10-32, 35.7 M parameters, random weights) at 32×32, float32. Prints a
 markdown table: best time per forward for both (alternating rounds in one process, same
-thread count), and the peak memory each needs for a forward: in a fresh subprocess per
-variant, the peak RSS (VmHWM, reset after loading) minus the RSS after loading.
+thread count), each as GFLOP/s and as a share of this machine's float32 FMA peak (measured
+in the same run by rdiff's FMA loop, `rdiff._rdiff.fma_peak_gflops`), and the peak memory
+each needs for a forward: in a fresh subprocess per variant, the peak RSS (VmHWM, reset
+after loading) minus the RSS after loading.
 """
 
 from __future__ import annotations
@@ -85,6 +87,23 @@ def peak_memory(which: str, path: str, batch: int, threads: int) -> tuple[float,
     return base / 1024, (peak - base) / 1024  # MiB (/proc/self/status is in KiB)
 
 
+def model_gflop(model) -> float:
+    """GFLOP of one batch-1 forward (2 per multiply-add), as torch counts them."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, 32, 32), torch.full((1,), 500))
+    return counter.get_total_flops() / 1e9
+
+
+def fma_peak_gflops(seconds: float) -> float:
+    """This machine's float32 FMA peak on the benchmark's threads: rdiff's FMA loop."""
+    from rdiff._rdiff import fma_peak_gflops
+
+    return fma_peak_gflops(seconds)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -108,9 +127,18 @@ def main() -> None:
             f"rdiff {rdiff.__version__}, torch {torch.__version__}, threads {args.threads}, "
             f"load average {load:.1f} at start"
         )
-        print("DDPM-CIFAR-10 UNet (35.7 M parameters), 32×32, float32\n")
-        print("| batch | torch ms | rdiff ms | speed-up | torch peak MiB | rdiff peak MiB |")
-        print("|---|---|---|---|---|---|")
+        gflop = model_gflop(ref)
+        peak = fma_peak_gflops(1.0)
+        print(
+            f"DDPM-CIFAR-10 UNet (35.7 M parameters), 32×32, float32, {gflop:.2f} GFLOP per "
+            f"sample (torch's FlopCounterMode); f32 FMA peak {peak:.0f} GFLOP/s measured "
+            f"({rdiff.backends()['cpu']['simd']})\n"
+        )
+        print(
+            "| batch | torch ms | rdiff ms | speed-up | torch GFLOP/s (% peak) | "
+            "rdiff GFLOP/s (% peak) | torch peak MiB | rdiff peak MiB |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for batch in (1, 8):
             x = torch.randn(batch, 3, 32, 32)
             t = torch.full((batch,), 500)
@@ -130,8 +158,10 @@ def main() -> None:
                 tr = min(tr, best_time(run_rdiff, reps))
             _, mt = peak_memory("torch", tmp, batch, args.threads)
             _, mr = peak_memory("rdiff", tmp, batch, args.threads)
+            gt, gr = gflop * batch / tt, gflop * batch / tr
             print(
                 f"| {batch} | {tt * 1e3:.1f} | {tr * 1e3:.1f} | {tt / tr:.2f}× | "
+                f"{gt:.0f} ({100 * gt / peak:.0f}%) | {gr:.0f} ({100 * gr / peak:.0f}%) | "
                 f"{mt:.0f} | {mr:.0f} |"
             )
         print(f"\nload average {os.getloadavg()[0]:.1f} at the end")

@@ -23,6 +23,7 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     py::errors::register(m)?;
     m.add_function(wrap_pyfunction!(py::backends::backends, m)?)?;
+    m.add_function(wrap_pyfunction!(py::backends::fma_peak_gflops, m)?)?;
     m.add_class::<py::schedule::PyNoiseSchedule>()?;
     m.add_function(wrap_pyfunction!(py::spacing::diffusers_schedule, m)?)?;
     m.add_function(wrap_pyfunction!(py::spacing::sigma_to_t_py, m)?)?;

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -116,6 +118,18 @@ def test_backends_reports_cpu_and_why_not_cuda():
     assert isinstance(b["cuda"]["available"], bool)
     if not b["cuda"]["available"]:
         assert b["cuda"]["reason"]
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    want = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else None
+    assert b["cpu"]["simd"] == (want or b["cpu"]["simd"])
+
+
+def test_fma_peak_is_measured():
+    from rdiff._rdiff import fma_peak_gflops
+
+    # any CPU since 2000 does more than 1 GFLOP/s; none of ours more than 100 TFLOP/s
+    assert 1.0 < fma_peak_gflops(0.05) < 1e5
+    with pytest.raises(ValueError, match="seconds"):
+        fma_peak_gflops(0.0)
 
 
 def test_cli_info(capsys):

@@ -53,9 +53,9 @@ from .unet import UNet2DModel
 def backends() -> dict:
     """Which backends work here, and why not.
 
-    Returns a dict ``{"cpu": {"available": True, "threads": int}, "cuda": {"available": bool,
-    ...}}``; when CUDA is unavailable, ``backends()["cuda"]["reason"]`` says why (no NVRTC
-    library, no driver, no GPU).
+    Returns a dict ``{"cpu": {"available": True, "threads": int, "simd": "avx512" | "avx2" |
+    "baseline"}, "cuda": {"available": bool, ...}}``; when CUDA is unavailable,
+    ``backends()["cuda"]["reason"]`` says why (no NVRTC library, no driver, no GPU).
     """
     return _backends()
 

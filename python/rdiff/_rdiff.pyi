@@ -23,8 +23,13 @@ class WeightsError(OSError):
     """A weights, config or statistics file is missing, truncated or malformed."""
 
 def backends() -> dict[str, dict[str, Any]]:
-    """Which backends work here: ``{"cpu": {"available": True, "threads": int}, "cuda":
-    {"available": bool, "devices"/"nvrtc_version" or "reason": ...}}``."""
+    """Which backends work here: ``{"cpu": {"available": True, "threads": int, "simd":
+    "avx512" | "avx2" | "baseline"}, "cuda": {"available": bool, "devices"/"nvrtc_version"
+    or "reason": ...}}``."""
+
+def fma_peak_gflops(seconds: float = 0.5) -> float:
+    """The CPU's measured float32 FMA peak in GFLOP/s on all of rayon's threads (the
+    benchmarks' yardstick), taking about ``seconds``."""
 
 _ArrayLike = npt.ArrayLike
 _F64Array: TypeAlias = npt.NDArray[np.float64]

@@ -8,6 +8,7 @@ pub mod error_norm;
 pub mod gamma;
 pub mod lincomb;
 pub mod norm;
+pub mod peak;
 pub mod resample;
 pub mod threshold;
 pub mod unet;

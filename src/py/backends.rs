@@ -9,6 +9,7 @@ pub fn backends(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let cpu = PyDict::new(py);
     cpu.set_item("available", true)?;
     cpu.set_item("threads", rayon::current_num_threads())?;
+    cpu.set_item("simd", crate::cpu::peak::simd_level())?;
     out.set_item("cpu", cpu)?;
     let cuda = PyDict::new(py);
     match crate::cuda::availability() {
@@ -24,4 +25,17 @@ pub fn backends(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     }
     out.set_item("cuda", cuda)?;
     Ok(out)
+}
+
+/// The CPU's measured float32 FMA peak in GFLOP/s on all of rayon's threads (the benchmarks'
+/// yardstick), taking about `seconds`.
+#[pyfunction]
+#[pyo3(signature = (seconds=0.5))]
+pub fn fma_peak_gflops(py: Python<'_>, seconds: f64) -> PyResult<f64> {
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 60.0) {
+        return Err(PyErr::from(crate::error::RdiffError::Value(format!(
+            "seconds: must lie in (0, 60], got {seconds}"
+        ))));
+    }
+    Ok(py.detach(|| crate::cpu::peak::fma_peak_gflops(seconds)))
 }
