@@ -41,6 +41,17 @@ def test_numpy_torch_and_the_array_interface_are_read_alike():
     assert torch.equal(out, t)
 
 
+def test_torch_subclasses_are_read_like_tensors():
+    """Plain tensors go through DLPack 1.3's exchange API where torch has it (no capsule);
+    subclasses (a Parameter) take the capsule: both read the same data."""
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    p = torch.nn.Parameter(torch.from_numpy(x.copy()), requires_grad=False)
+    np.testing.assert_array_equal(_copy(p), x)
+    np.testing.assert_array_equal(_copy(torch.from_numpy(x.copy())), x)
+    with pytest.raises(TypeError, match="int32"):
+        _copy(torch.zeros(2, 4, dtype=torch.int32))  # an error from the exchange-API path
+
+
 def test_views_with_an_offset_are_read_from_their_first_element():
     base = np.arange(20, dtype=np.float32)
     np.testing.assert_array_equal(_copy(base[3:11].reshape(2, 4)), base[3:11].reshape(2, 4))

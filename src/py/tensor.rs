@@ -23,7 +23,9 @@ pub fn tensor(ob: &Bound<'_, PyAny>, what: &str) -> PyResult<Tensor> {
     }
     if let Some(torch) = torch(ob.py()) {
         if ob.is_instance(torch.tensor.bind(ob.py()))? {
-            if let Some(from_py) = torch.dltensor_from_py {
+            // (the exchange API is for the type it came from: subclasses take the capsule)
+            let exact = ob.get_type().is(torch.tensor.bind(ob.py()));
+            if let Some(from_py) = torch.dltensor_from_py.filter(|_| exact) {
                 return torch_fast(from_py, ob, what);
             }
             return match torch.to_dlpack.bind(ob.py()).call1((ob,)) {
