@@ -115,9 +115,9 @@ fn element_strides(bytes: impl Iterator<Item = i64>, dtype: DType) -> Vec<i64> {
 
 /// What rdiff reads torch tensors with, once the caller has imported torch (rdiff never imports
 /// it): `torch.Tensor`, `torch.utils.dlpack.to_dlpack` (the C function, without the Python
-/// checks of `Tensor.__dlpack__`), and where torch has it (2.9+, DLPack 1.3's exchange API),
-/// the C function that fills a borrowed `DLTensor` with no capsule, allocation or deleter:
-/// a step converts four or five tensors, and the capsule costs about 0.5 µs each.
+/// checks of `Tensor.__dlpack__`), and where torch has it (recent releases, DLPack 1.3's
+/// exchange API), the C function that fills a borrowed `DLTensor` with no capsule, allocation
+/// or deleter: a step converts four or five tensors, and the capsule costs about 0.5 µs each.
 struct Torch {
     tensor: Py<PyType>,
     to_dlpack: Py<PyAny>,
