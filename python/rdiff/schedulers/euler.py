@@ -62,7 +62,7 @@ class SigmaSchedulerBase(SchedulerBase):
         """diffusers refuses integer timesteps (a loop index passed by mistake)."""
         if isinstance(timestep, float):
             return
-        if getattr(timestep, "is_floating_point", None) is not None:  # a torch tensor
+        if _tensor.is_torch(timestep):
             integer = not (timestep.is_floating_point() or timestep.is_complex())
         elif isinstance(timestep, (np.ndarray, np.generic)):
             integer = timestep.dtype.kind in "iu"
@@ -114,12 +114,9 @@ class SigmaSchedulerBase(SchedulerBase):
         if _tensor.is_torch(sample):
             # (σ² + 1) ** 0.5 by torch, a 0-d float32 CPU tensor, as diffusers divides by
             # (torch's sqrt is not numpy's on every CPU, and torch rounds a half-precision
-            # quotient differently for a Python float); one per σ, kept
-            cached = self.__dict__.get("_divisor")
-            if cached is None or cached[0] != sigma:
-                s = _tensor.torch_module().tensor(np.float32(sigma))
-                cached = self._divisor = (sigma, (s**2 + 1) ** 0.5)
-            return sample / cached[1]
+            # quotient differently for a Python float)
+            s = _tensor.torch_module().tensor(np.float32(sigma))
+            return sample / (s**2 + 1) ** 0.5
         sigma = np.float32(sigma)
         return sample / float(np.sqrt(sigma * sigma + np.float32(1.0)))
 
