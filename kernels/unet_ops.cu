@@ -1,8 +1,9 @@
 // The UNet's non-GEMM ops on the internal f32 layout [c][b][h][w]: GroupNorm fused with its
 // affine, the scale/shift time conditioning and SiLU; the attention's softmax; nearest 2×
 // upsampling and 2×2 average pooling; the sinusoidal / Fourier timestep projection; a row-wise
-// bias + add + SiLU for the embedding MLPs. CPU counterparts: src/cpu/{norm,attention,
-// resample}.rs, src/unet/embeddings.rs.
+// bias + add + SiLU for the embedding MLPs; the transformers' LayerNorm over channels and
+// GEGLU. CPU counterparts: src/cpu/{norm,attention,resample,layer_norm,geglu}.rs,
+// src/unet/embeddings.rs.
 #include "common.cuh"
 
 #define RD_UNET_OPS_THREADS 256
@@ -191,3 +192,40 @@ extern "C" __global__ void __launch_bounds__(RD_UNET_OPS_THREADS)
     }
 }
 RDIFF_HOST_EXPORT(rdiff_unet_rows_f32)
+
+// LayerNorm of each column of x ([c][n], the tokens are columns) across its c rows, with the
+// affine transform: one thread per column, so at every step a warp reads consecutive columns
+// of one row (coalesced). Two passes for the statistics (mean, then the variance about it),
+// f32, as the CPU path (src/cpu/layer_norm.rs) and torch compute them.
+extern "C" __global__ void __launch_bounds__(RD_UNET_OPS_THREADS)
+    rdiff_unet_layer_norm_f32(const float* __restrict__ x, rd_i64 c, rd_i64 n, float eps,
+                              const float* __restrict__ gamma, const float* __restrict__ beta,
+                              float* __restrict__ out) {
+    for (rd_i64 j = rd_thread_index(); j < n; j += rd_grid_stride()) {
+        float s = 0.0f;
+        for (rd_i64 r = 0; r < c; ++r) s += x[r * n + j];
+        const float mean = s / (float)c;
+        float q = 0.0f;
+        for (rd_i64 r = 0; r < c; ++r) {
+            const float d = x[r * n + j] - mean;
+            q += d * d;
+        }
+        const float rstd = 1.0f / sqrtf(q / (float)c + eps);
+        for (rd_i64 r = 0; r < c; ++r)
+            out[r * n + j] = (x[r * n + j] - mean) * rstd * gamma[r] + beta[r];
+    }
+}
+RDIFF_HOST_EXPORT(rdiff_unet_layer_norm_f32)
+
+// GEGLU: x is [2·inner][n] (values, then gates), out[e] = x[e] · GELU(x[inner·n + e]) with the
+// exact erf GELU (torch's approximate="none").
+extern "C" __global__ void __launch_bounds__(RD_UNET_OPS_THREADS)
+    rdiff_unet_geglu_f32(const float* __restrict__ x, rd_i64 inner, rd_i64 n,
+                         float* __restrict__ out) {
+    const rd_i64 total = inner * n;
+    for (rd_i64 e = rd_thread_index(); e < total; e += rd_grid_stride()) {
+        const float g = x[total + e];
+        out[e] = x[e] * (0.5f * g * (1.0f + erff(g * 0.70710678118654752f)));
+    }
+}
+RDIFF_HOST_EXPORT(rdiff_unet_geglu_f32)

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use _rdiff::dtype::DType;
 use _rdiff::target::Target;
 use _rdiff::tensor::{Device, Tensor};
-use _rdiff::unet::embeddings::ClassLabels;
+use _rdiff::unet::embeddings::{ClassLabels, Conditioning};
 use _rdiff::unet::model::UNet2D;
 use _rdiff::unet::runner::UNetRunner;
 use common::{Counting, Rng};
@@ -334,7 +334,7 @@ fn load_and_run(dir: &Path) -> Result<bool, String> {
             let (xt, ot) = (t(&mut x, c), t(&mut out, co));
             let m = UNetRunner::new(m, Target::Cpu, 0).unwrap();
             // A model that loads may still refuse a size (e.g. more downsamplers): fine.
-            let _ = m.forward(&xt, &ot, &[10.0], ClassLabels::None, 0);
+            let _ = m.forward(&xt, &ot, &[10.0], &Conditioning::class(ClassLabels::None), None, 0);
             true
         }
     }))

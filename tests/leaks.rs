@@ -11,7 +11,7 @@ use _rdiff::step::dpm_multistep::DpmMultistep;
 use _rdiff::step::dpm_solver::{DpmIo, SolverConfig, SolverOptions};
 use _rdiff::target::Target;
 use _rdiff::tensor::{Device, Tensor};
-use _rdiff::unet::embeddings::ClassLabels;
+use _rdiff::unet::embeddings::{ClassLabels, Conditioning};
 use _rdiff::unet::model::UNet2D;
 use _rdiff::unet::runner::UNetRunner;
 use common::Counting;
@@ -86,7 +86,8 @@ fn unet(dir: &std::path::Path, bad: &std::path::Path) {
             &t(&mut x, &shape),
             &t(&mut out, &shape),
             &[ts],
-            ClassLabels::None,
+            &Conditioning::class(ClassLabels::None),
+            None,
             0,
         )
         .unwrap();
@@ -102,7 +103,8 @@ fn unet(dir: &std::path::Path, bad: &std::path::Path) {
             &t(&mut x[..112], &odd),
             &t(&mut out[..112], &odd),
             &[1.0],
-            ClassLabels::None,
+            &Conditioning::class(ClassLabels::None),
+            None,
             0
         )
         .is_err());

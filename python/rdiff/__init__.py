@@ -47,7 +47,7 @@ from .schedulers import (
     UniPCMultistepScheduler,
 )
 from .schedulers.analytic_dpm import AnalyticDPMScheduler
-from .unet import UNet2DModel
+from .unet import UNet2DConditionModel, UNet2DModel
 
 
 def backends() -> dict:
@@ -87,6 +87,7 @@ __all__ = [
     "SampleInfo",
     "SchedulerOutput",
     "TCDScheduler",
+    "UNet2DConditionModel",
     "UNet2DModel",
     "UniPCMultistepScheduler",
     "WeightsError",

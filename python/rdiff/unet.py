@@ -1,4 +1,4 @@
-"""``rdiff.UNet2DModel``: diffusers' ``UNet2DModel`` forward pass, natively in Rust.
+"""``rdiff.UNet2DModel`` and ``rdiff.UNet2DConditionModel``: diffusers' UNets, natively in Rust.
 
 Load a diffusers-format folder (``config.json`` + ``diffusion_pytorch_model.safetensors``,
 float32/float16/bfloat16 weights, memory-mapped and converted to float32 once) or an in-memory
@@ -16,6 +16,9 @@ float16 or bfloat16) on the caller's current stream, activations and weights in 
 ``timestep`` follows diffusers: a Python/numpy scalar is converted to an
 integer as ``torch.tensor([t], dtype=torch.long)`` does (so 2.7 becomes 2); a tensor or array
 (0-d or one value per sample) keeps its values, converted to float32.
+
+``UNet2DConditionModel`` is the Stable Diffusion 1.x / 2.x / SDXL denoiser: the same loading,
+and diffusers' call ``unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=...)``.
 """
 
 from __future__ import annotations
@@ -60,13 +63,11 @@ def _check_target(device: Any, dtype: Any) -> int | None:
     raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
-class UNet2DModel:
-    """A diffusers ``UNet2DModel`` (DDPM/ADM-style unconditional or class-conditional UNet).
+class _NativeUNet:
+    """Loading, properties and the call's common checks of rdiff's native UNets."""
 
-    Thread safety: one model may be shared by many threads. The weights are read-only;
-    concurrent calls take turns on the model's activation arena (each call runs on all cores
-    with the GIL released) and give the serial results bit for bit.
-    """
+    #: The diffusers class whose configs and weights this class loads.
+    _class_name = ""
 
     def __init__(self, core: Any, config: dict) -> None:
         self._core = core
@@ -83,7 +84,7 @@ class UNet2DModel:
         dtype: Any = "float32",
         subfolder: str | None = None,
         variant: str | None = None,
-    ) -> UNet2DModel:
+    ) -> Any:
         """Load a diffusers-format folder (``subfolder="unet"`` for a pipeline folder).
 
         ``device="cuda"`` (or ``"cuda:N"``) runs the model through rdiff's CUDA kernels on
@@ -101,7 +102,7 @@ class UNet2DModel:
         variant: str | None = None,
         max_blocks: int = 8,
         threads: int = 0,
-    ) -> UNet2DModel:
+    ) -> Any:
         folder = os.fspath(path)
         if subfolder:
             folder = os.path.join(folder, subfolder)
@@ -121,14 +122,12 @@ class UNet2DModel:
         if not isinstance(config, dict):
             raise ValueError(f"{cfg_path}: expected a JSON object")
         cls_name = config.get("_class_name", "UNet2DModel")
-        if cls_name != "UNet2DModel":
-            raise ValueError(f"{cfg_path}: a {cls_name} config, not a UNet2DModel")
+        if cls_name != cls._class_name:
+            raise ValueError(f"{cfg_path}: a {cls_name} config, not a {cls._class_name}")
         return cls(_UNet2D.from_dir(folder, name, ordinal, max_blocks, threads), config)
 
     @classmethod
-    def _emulated(
-        cls, path: str | os.PathLike, max_blocks: int = 8, threads: int = 32
-    ) -> UNet2DModel:
+    def _emulated(cls, path: str | os.PathLike, max_blocks: int = 8, threads: int = 32) -> Any:
         """Private (tests): the CUDA UNet on the emulated launcher, called with CPU tensors.
 
         ``threads`` per block of the non-GEMM kernels (32 keeps the emulation fast; 0 means
@@ -137,20 +136,27 @@ class UNet2DModel:
         return cls._load(path, -1, max_blocks=max_blocks, threads=threads)
 
     @classmethod
-    def from_diffusers(
-        cls, module: Any, device: Any = "cpu", dtype: Any = "float32"
-    ) -> UNet2DModel:
-        """Take the weights and config of an in-memory ``diffusers.UNet2DModel``."""
-        ordinal = _check_target(device, dtype)
+    def from_diffusers(cls, module: Any, device: Any = "cpu", dtype: Any = "float32") -> Any:
+        """Take the weights and config of an in-memory diffusers model of this class."""
+        return cls._from_diffusers(module, _check_target(device, dtype))
+
+    @classmethod
+    def _from_diffusers(cls, module: Any, ordinal: int | None, max_blocks: int = 8) -> Any:
+        """``ordinal`` as ``_load``'s (-1: the emulated CUDA launcher, for tests)."""
         if not (hasattr(module, "config") and hasattr(module, "state_dict")):
             raise TypeError(
-                f"module: expected a diffusers UNet2DModel, got {type(module).__name__}"
+                f"module: expected a diffusers {cls._class_name}, got {type(module).__name__}"
             )
+        if type(module).__name__ != cls._class_name:
+            raise TypeError(f"module: a {type(module).__name__}, not a {cls._class_name}")
         config = {k: _plain(v) for k, v in dict(module.config).items()}
+        config["_class_name"] = cls._class_name
         tensors = {}
         for name, t in module.state_dict().items():
             tensors[name] = np.ascontiguousarray(t.detach().to("cpu").float().numpy())
-        return cls(_UNet2D.from_tensors(json.dumps(config), tensors, ordinal), config)
+        threads = 32 if ordinal == -1 else 0
+        core = _UNet2D.from_tensors(json.dumps(config), tensors, ordinal, max_blocks, threads)
+        return cls(core, config)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -175,18 +181,11 @@ class UNet2DModel:
     def dtype(self) -> str:
         return "float32"
 
-    def eval(self) -> UNet2DModel:
+    def eval(self) -> Any:
         return self
 
-    # ------------------------------------------------------------------ forward
-    def __call__(
-        self,
-        sample: Any,
-        timestep: Any,
-        class_labels: Any = None,
-        return_dict: bool = False,
-    ) -> Any:
-        """ε (or whatever the model predicts) for ``sample`` at ``timestep``."""
+    def _sample_checks(self, sample: Any, timestep: Any) -> tuple[Any, list[float], Any]:
+        """The contiguous sample, its timesteps and a fresh output buffer."""
         _tensor.check_float(sample, "sample")
         if sample.ndim != 4:
             raise ValueError(
@@ -196,15 +195,131 @@ class UNet2DModel:
         b, c, h, w = (int(s) for s in x.shape)
         ts = _timesteps(timestep)
         self._core.check((b, c, h, w), len(ts))
-        out = _alloc(x, (b, self.out_channels, h, w))
+        return x, ts, _alloc(x, (b, self.out_channels, h, w))
+
+    def __repr__(self) -> str:
+        return f"rdiff.{type(self).__name__}({dict(self._config)!r})"
+
+
+class UNet2DModel(_NativeUNet):
+    """A diffusers ``UNet2DModel`` (DDPM/ADM-style unconditional or class-conditional UNet).
+
+    Thread safety: one model may be shared by many threads. The weights are read-only;
+    concurrent calls take turns on the model's activation arena (each call runs on all cores
+    with the GIL released) and give the serial results bit for bit.
+    """
+
+    _class_name = "UNet2DModel"
+
+    def __call__(
+        self,
+        sample: Any,
+        timestep: Any,
+        class_labels: Any = None,
+        return_dict: bool = False,
+    ) -> Any:
+        """ε (or whatever the model predicts) for ``sample`` at ``timestep``."""
+        x, ts, out = self._sample_checks(sample, timestep)
         idx, vals = _class_labels(class_labels)
         self._core.forward(x, ts, out, idx, vals, _tensor.cuda_stream(x))
         return UNet2DOutput(sample=out) if return_dict else out
 
     forward = __call__
 
-    def __repr__(self) -> str:
-        return f"rdiff.UNet2DModel({dict(self._config)!r})"
+
+class UNet2DConditionModel(_NativeUNet):
+    """A diffusers ``UNet2DConditionModel``: the Stable Diffusion 1.x / 2.x / SDXL denoiser.
+
+    ``unet(sample, timestep, encoder_hidden_states)`` with ``sample`` (batch, in_channels,
+    height, width) and ``encoder_hidden_states`` (batch, tokens, cross_attention_dim), numpy
+    arrays or torch tensors of float32 / float16 / bfloat16 (float32 arithmetic; the result
+    has the sample's type and dtype). SDXL-style models (``addition_embed_type="text_time"``)
+    take ``added_cond_kwargs={"text_embeds": (batch, n), "time_ids": (batch, k)}``; models
+    with ``time_cond_proj_dim`` take ``timestep_cond`` (batch, time_cond_proj_dim).
+    Attention masks, LoRA ``cross_attention_kwargs`` and ControlNet / T2I-adapter residuals
+    are not supported (a clear error). Thread safety as ``UNet2DModel``.
+    """
+
+    _class_name = "UNet2DConditionModel"
+
+    @property
+    def cross_attention_dim(self) -> int:
+        return self._core.cross_attention_dim
+
+    def __call__(
+        self,
+        sample: Any,
+        timestep: Any,
+        encoder_hidden_states: Any,
+        class_labels: Any = None,
+        timestep_cond: Any = None,
+        attention_mask: Any = None,
+        cross_attention_kwargs: dict | None = None,
+        added_cond_kwargs: dict | None = None,
+        down_block_additional_residuals: Any = None,
+        mid_block_additional_residual: Any = None,
+        down_intrablock_additional_residuals: Any = None,
+        encoder_attention_mask: Any = None,
+        return_dict: bool = False,
+    ) -> Any:
+        """The model's prediction for ``sample`` at ``timestep`` given the context."""
+        unsupported = {
+            "attention_mask": attention_mask,
+            "encoder_attention_mask": encoder_attention_mask,
+            "down_block_additional_residuals": down_block_additional_residuals,
+            "mid_block_additional_residual": mid_block_additional_residual,
+            "down_intrablock_additional_residuals": down_intrablock_additional_residuals,
+        }
+        for key, value in unsupported.items():
+            if value is not None:
+                raise NotImplementedError(f"{key}: not supported by rdiff's UNet2DConditionModel")
+        if cross_attention_kwargs:
+            raise NotImplementedError(
+                f"cross_attention_kwargs: not supported by rdiff's UNet2DConditionModel "
+                f"(got {sorted(cross_attention_kwargs)})"
+            )
+        x, ts, out = self._sample_checks(sample, timestep)
+        if encoder_hidden_states is None:
+            raise ValueError(
+                "encoder_hidden_states: required, (batch, tokens, cross_attention_dim)"
+            )
+        _tensor.check_float(encoder_hidden_states, "encoder_hidden_states")
+        ctx = _tensor.contiguous(encoder_hidden_states)
+        added = dict(added_cond_kwargs or {})
+        extra = set(added) - {"text_embeds", "time_ids"}
+        if extra:
+            raise NotImplementedError(
+                f"added_cond_kwargs: {sorted(extra)} not supported (text_embeds, time_ids)"
+            )
+        idx, vals = _class_labels(class_labels)
+        self._core.forward(
+            x,
+            ts,
+            out,
+            idx,
+            vals,
+            _tensor.cuda_stream(x),
+            ctx,
+            _rows(added.get("text_embeds"), "added_cond_kwargs['text_embeds']"),
+            _rows(added.get("time_ids"), "added_cond_kwargs['time_ids']"),
+            _rows(timestep_cond, "timestep_cond"),
+        )
+        return UNet2DOutput(sample=out) if return_dict else out
+
+    forward = __call__
+
+
+def _rows(x: Any, what: str) -> list[float] | None:
+    """A small conditioning tensor as host float32 values (row-major), or None."""
+    if x is None:
+        return None
+    a = _to_numpy(x)
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"{what}: expected numbers, got dtype {a.dtype}")
+    a = a.astype(np.float32).reshape(-1)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what}: must be finite")
+    return a.tolist()
 
 
 def _plain(v: Any) -> Any:

@@ -1,6 +1,8 @@
-//! Spatial self-attention on the internal layout: softmax(QᵀK / √d) per sample and head, with
-//! the query axis cut into blocks so that only a `block × tokens` score matrix exists at a
-//! time (per thread, in its scratch buffer). The softmax is exact (full rows), in f32, and its
+//! Multi-head attention on the internal layout (self-attention of the spatial blocks and the
+//! transformers, cross-attention onto the context): softmax(QᵀK / √d)·V per sample and head,
+//! with the query axis cut into blocks so that only a `block × keys` score matrix exists at a
+//! time (per thread, in its scratch buffer; never the whole `queries × keys` matrix, which is
+//! 64 MiB per head at 4,096 tokens). The softmax is exact (full rows), in f32, and its
 //! normalisation is applied to the `d × block` output rather than to the scores.
 //!
 //! Rayon runs over (sample, head, query block); each task's two products call `gemm`
@@ -12,7 +14,6 @@ use rayon::prelude::*;
 use super::arena::with_scratch;
 use super::vecmath::exp_f32;
 use crate::simd_dispatch;
-use crate::unet::layout::Dims;
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -54,37 +55,58 @@ fn softmax_row_kernel(row: &mut [f32]) -> f32 {
 
 simd_dispatch!(fn softmax_row(row: &mut [f32]) -> f32 => softmax_row_kernel);
 
-/// Multi-head self-attention. `qkv` is `[3·inner][b][h][w]` (queries, keys, values, each
-/// `heads × dh` rows); writes the heads' outputs to `out`, `[inner][b][h][w]`.
-pub fn self_attention(qkv: &[f32], inner: usize, heads: usize, dims: Dims, out: &mut [f32]) {
-    let (n, t) = (dims.n(), dims.hw());
-    assert_eq!(qkv.len(), 3 * inner * n, "qkv size");
-    assert_eq!(out.len(), inner * n, "attention output size");
-    assert!(heads > 0 && inner % heads == 0);
-    let dh = inner / heads;
+/// One operand of an attention: rows `row..row + heads·dh` of `data`, a `[rows][b][t]` buffer
+/// (`t` tokens per sample, so `b·t` columns).
+#[derive(Clone, Copy)]
+pub struct Tokens<'a> {
+    pub data: &'a [f32],
+    pub row: usize,
+    pub t: usize,
+}
+
+/// Multi-head attention of `b` samples: queries `q`, keys `k` and values `v` (k and v with the
+/// same tokens), `heads` heads of `dh` rows each; writes `out`, `[heads·dh][b][q.t]`.
+pub fn attention(
+    q: Tokens<'_>,
+    k: Tokens<'_>,
+    v: Tokens<'_>,
+    b: usize,
+    heads: usize,
+    dh: usize,
+    out: &mut [f32],
+) {
+    let inner = heads * dh;
+    let (tq, tk) = (q.t, k.t);
+    let (nq, nk) = (b * tq, b * tk);
+    assert_eq!(v.t, tk, "keys and values differ in tokens");
+    for (what, o, n) in [("queries", q, nq), ("keys", k, nk), ("values", v, nk)] {
+        assert!(o.data.len() >= (o.row + inner) * n, "attention {what} size");
+    }
+    assert_eq!(out.len(), inner * nq, "attention output size");
+    assert!(heads > 0 && dh > 0 && tq > 0 && tk > 0);
     let scale = 1.0 / (dh as f32).sqrt();
     // Not the pool size: the partition must not depend on it (see PARTITION_THREADS).
     let threads = super::PARTITION_THREADS;
-    let per = dims.b * heads;
+    let per = b * heads;
     let blocks_wanted = (4 * threads).div_ceil(per).max(1);
-    let max_block = ((1 << 20) / t).clamp(16, 256);
-    let qb = t.div_ceil(blocks_wanted).clamp(16.min(t), max_block);
-    let nblocks = t.div_ceil(qb);
+    let max_block = ((1 << 20) / tk).clamp(16, 256);
+    let qb = tq.div_ceil(blocks_wanted).clamp(16.min(tq), max_block);
+    let nblocks = tq.div_ceil(qb);
     let outp = SendPtr(out.as_mut_ptr());
     (0..per * nblocks).into_par_iter().for_each(|task| {
         let (bh, blk) = (task / nblocks, task % nblocks);
-        let (b, h) = (bh / heads, bh % heads);
+        let (bi, h) = (bh / heads, bh % heads);
         let q0 = blk * qb;
-        let m = qb.min(t - q0);
-        let col = b * t;
-        let q = qkv[(h * dh) * n + col + q0..].as_ptr();
-        let k = qkv[(inner + h * dh) * n + col..].as_ptr();
-        let v = qkv[(2 * inner + h * dh) * n + col..].as_ptr();
-        // SAFETY: rows h·dh.. of `out`, columns col+q0..col+q0+m belong to this task.
-        let o = unsafe { outp.get().add(h * dh * n + col + q0) };
+        let m = qb.min(tq - q0);
+        let (t, n) = (tk, nq);
+        let qp = q.data[(q.row + h * dh) * nq + bi * tq + q0..].as_ptr();
+        let kp = k.data[(k.row + h * dh) * nk + bi * tk..].as_ptr();
+        let vp = v.data[(v.row + h * dh) * nk + bi * tk..].as_ptr();
+        // SAFETY: rows h·dh.. of `out`, columns bi·tq+q0..+m belong to this task.
+        let o = unsafe { outp.get().add(h * dh * n + bi * tq + q0) };
         with_scratch(m * t + m, |buf| {
             let (s, inv) = buf.split_at_mut(m * t);
-            // SAFETY: all pointers and strides stay inside qkv, the scratch and the task's
+            // SAFETY: all pointers and strides stay inside q, k, the scratch and the task's
             // block of `out` (checked sizes above).
             unsafe {
                 // S[i][j] = scale · Σ_d q[d][i] k[d][j]
@@ -96,12 +118,12 @@ pub fn self_attention(qkv: &[f32], inner: usize, heads: usize, dims: Dims, out: 
                     1,
                     t as isize,
                     false,
-                    q,
-                    n as isize,
+                    qp,
+                    nq as isize,
                     1,
-                    k,
+                    kp,
                     1,
-                    n as isize,
+                    nk as isize,
                     0.0,
                     scale,
                     false,
@@ -113,7 +135,7 @@ pub fn self_attention(qkv: &[f32], inner: usize, heads: usize, dims: Dims, out: 
             for (i, row) in s.chunks_exact_mut(t).enumerate() {
                 inv[i] = softmax_row(row);
             }
-            // SAFETY: v's dh rows of t keys stay inside qkv, s is the task's m×t scratch, and
+            // SAFETY: v's dh rows of t keys stay inside v, s is the task's m×t scratch, and
             // o's dh rows (stride n) of m columns are this task's block of `out`, which no
             // other task touches.
             unsafe {
@@ -126,9 +148,9 @@ pub fn self_attention(qkv: &[f32], inner: usize, heads: usize, dims: Dims, out: 
                     1,
                     n as isize,
                     false,
-                    v,
+                    vp,
                     1,
-                    n as isize,
+                    nk as isize,
                     s.as_ptr(),
                     t as isize,
                     1,
@@ -153,6 +175,7 @@ pub fn self_attention(qkv: &[f32], inner: usize, heads: usize, dims: Dims, out: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unet::layout::Dims;
 
     #[test]
     fn matches_naive_attention() {
@@ -163,7 +186,12 @@ mod tests {
             .map(|i| ((i * 7 % 23) as f32 - 11.0) / 7.0)
             .collect();
         let mut out = vec![0.0; inner * n];
-        self_attention(&qkv, inner, heads, dims, &mut out);
+        let tok = |row| Tokens {
+            data: &qkv,
+            row,
+            t,
+        };
+        attention(tok(0), tok(inner), tok(2 * inner), dims.b, heads, dh, &mut out);
         for b in 0..dims.b {
             for h in 0..heads {
                 for i in 0..t {
@@ -179,6 +207,49 @@ mod tests {
                     for d in 0..dh {
                         let want = (0..t).map(|j| e[j] * at(2, d, j)).sum::<f64>() / z;
                         let got = out[(h * dh + d) * n + b * t + i] as f64;
+                        assert!((want - got).abs() < 1e-5, "{want} {got}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cross_attention_matches_naive() {
+        // 2 samples of 6 query tokens attend to 3 context tokens; 2 heads of 4.
+        let (b, tq, tk, heads, dh) = (2, 6, 3, 2, 4);
+        let inner = heads * dh;
+        let q: Vec<f32> = (0..inner * b * tq).map(|i| ((i * 5 % 17) as f32 - 8.0) / 5.0).collect();
+        let kv: Vec<f32> = (0..2 * inner * b * tk)
+            .map(|i| ((i * 11 % 19) as f32 - 9.0) / 6.0)
+            .collect();
+        let mut out = vec![0.0; inner * b * tq];
+        let tok = |data, row, t| Tokens { data, row, t };
+        attention(tok(&q, 0, tq), tok(&kv, 0, tk), tok(&kv, inner, tk), b, heads, dh, &mut out);
+        let (nq, nk) = (b * tq, b * tk);
+        for s in 0..b {
+            for h in 0..heads {
+                for i in 0..tq {
+                    let sc: Vec<f64> = (0..tk)
+                        .map(|j| {
+                            (0..dh)
+                                .map(|d| {
+                                    q[(h * dh + d) * nq + s * tq + i] as f64
+                                        * kv[(h * dh + d) * nk + s * tk + j] as f64
+                                })
+                                .sum::<f64>()
+                                / 2.0
+                        })
+                        .collect();
+                    let mx = sc.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = sc.iter().map(|v| (v - mx).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for d in 0..dh {
+                        let want = (0..tk)
+                            .map(|j| e[j] * kv[(inner + h * dh + d) * nk + s * tk + j] as f64)
+                            .sum::<f64>()
+                            / z;
+                        let got = out[(h * dh + d) * nq + s * tq + i] as f64;
                         assert!((want - got).abs() < 1e-5, "{want} {got}");
                     }
                 }

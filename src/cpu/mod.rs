@@ -6,6 +6,8 @@ pub mod attention;
 pub mod conv;
 pub mod error_norm;
 pub mod gamma;
+pub mod geglu;
+pub mod layer_norm;
 pub mod lincomb;
 pub mod norm;
 pub mod peak;

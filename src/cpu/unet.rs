@@ -3,27 +3,34 @@
 //! `cuda::unet` (the device backend and its forward pass).
 
 use super::arena::{Arena, Buf};
+use super::attention::{self, Tokens as CpuTokens};
 use super::conv::{self, Input};
+use super::layer_norm::{self, LayerNormParams};
 use super::norm::{self, GroupNormParams};
 use super::resample;
 use super::vecmath::silu_f32;
 use crate::dtype::Elem;
 use crate::error::Result;
-use crate::unet::backend::{Backend, Epilogue, Segs};
-use crate::unet::embeddings::{ClassLabels, TimeEmbedding};
+use crate::tensor::Tensor;
+use crate::unet::backend::{Act, Backend, Epilogue, Segs, Tokens};
+use crate::unet::embeddings::{Conditioning, TimeEmbedding};
 use crate::unet::layout::{Dims, Geometry};
 use crate::unet::model::UNet2D;
+use crate::with_elem;
 
 /// The forward pass of `unet` on the CPU, activations from `arena`: `x` is NCHW
 /// `[b][in_channels][h][w]`, `out` NCHW `[b][out_channels][h][w]`, both of element type T
-/// (computed in f32).
+/// (computed in f32); `context` a host tensor `[b][tokens][cross_dim]` of any float dtype,
+/// shape checked by the caller.
+#[allow(clippy::too_many_arguments)]
 pub fn forward<T: Elem>(
     unet: &UNet2D,
     arena: &mut Arena,
     x: &[T],
     (b, h, w): (usize, usize, usize),
     timesteps: &[f32],
-    class: ClassLabels<'_>,
+    cond: &Conditioning<'_>,
+    context: Option<&Tensor>,
     out: &mut [T],
 ) -> Result<()> {
     let cin = unet.in_channels();
@@ -35,7 +42,7 @@ pub fn forward<T: Elem>(
 
     // NCHW (any dtype) → [c][b][h][w] f32, centred if the config says so.
     let mut xin = be.act(cin, dims)?;
-    let center = unet.arch.cfg.center_input_sample;
+    let center = unet.arch.center_input_sample;
     for bi in 0..b {
         for ci in 0..cin {
             let dst = &mut xin.buf[(ci * b + bi) * hw..][..hw];
@@ -47,7 +54,11 @@ pub fn forward<T: Elem>(
             }
         }
     }
-    let mut y = unet.run(&mut be, xin, &ts, class)?;
+    let ctx = match context {
+        Some(c) => Some(tokens_in(&mut be, c)?),
+        None => None,
+    };
+    let mut y = unet.run(&mut be, xin, &ts, cond, ctx)?;
 
     // [c][b][h][w] → NCHW, divided by the timestep for Fourier-embedded models.
     let co = unet.out_channels();
@@ -66,6 +77,29 @@ pub fn forward<T: Elem>(
     }
     be.give(y.buf);
     Ok(())
+}
+
+/// The context `[b][t][c]` (any float dtype, on the host) as a `[c][b][t]` f32 activation.
+fn tokens_in(be: &mut CpuBackend<'_>, c: &Tensor) -> Result<Act<Buf>> {
+    let [b, t, width] = c.shape[..] else {
+        unreachable!("context shape checked by the caller")
+    };
+    let dims = Dims { b, h: 1, w: t };
+    let mut act = be.act(width, dims)?;
+    let n = dims.n();
+    with_elem!(c.dtype, U, {
+        // SAFETY: a host tensor of this dtype and shape (checked by the caller), alive and
+        // unwritten for the call.
+        let src = unsafe { c.slice::<U>() };
+        let mut row = vec![0.0f32; width];
+        for (j, tok) in src.chunks_exact(width).enumerate() {
+            U::load(tok, &mut row);
+            for (ch, &v) in row.iter().enumerate() {
+                act.buf[ch * n + j] = v;
+            }
+        }
+    });
+    Ok(act)
 }
 
 /// The CPU: the `cpu::*` ops on buffers of an [`Arena`].
@@ -166,13 +200,38 @@ impl Backend for CpuBackend<'_> {
 
     fn attention(
         &mut self,
-        qkv: &Buf,
-        inner: usize,
+        q: Tokens<'_, Buf>,
+        k: Tokens<'_, Buf>,
+        v: Tokens<'_, Buf>,
+        b: usize,
         heads: usize,
-        dims: Dims,
+        dh: usize,
         out: &mut Buf,
     ) -> Result<()> {
-        crate::cpu::attention::self_attention(qkv, inner, heads, dims, out);
+        fn cpu<'a>(t: Tokens<'a, Buf>) -> CpuTokens<'a> {
+            CpuTokens {
+                data: &t.buf[..],
+                row: t.row,
+                t: t.t,
+            }
+        }
+        attention::attention(cpu(q), cpu(k), cpu(v), b, heads, dh, out);
+        Ok(())
+    }
+
+    fn layer_norm(
+        &mut self,
+        x: &Buf,
+        n: usize,
+        p: LayerNormParams<'_>,
+        out: &mut Buf,
+    ) -> Result<()> {
+        layer_norm::layer_norm(x, n, p, out);
+        Ok(())
+    }
+
+    fn geglu(&mut self, x: &Buf, inner: usize, n: usize, out: &mut Buf) -> Result<()> {
+        super::geglu::geglu(x, inner, n, out);
         Ok(())
     }
 
@@ -195,9 +254,9 @@ impl Backend for CpuBackend<'_> {
         &mut self,
         te: &TimeEmbedding,
         ts: &[f32],
-        class: ClassLabels<'_>,
+        cond: &Conditioning<'_>,
     ) -> Result<Buf> {
-        let emb = te.forward(ts, class)?;
+        let emb = te.forward(ts, cond)?;
         let mut out = self.arena.take(emb.len());
         for (o, &v) in out.iter_mut().zip(&emb) {
             *o = silu_f32(v);

@@ -88,6 +88,8 @@ pub const SOURCES: &[KernelSource] = &[
             "rdiff_unet_avgpool2x_f32",
             "rdiff_unet_time_proj_f32",
             "rdiff_unet_rows_f32",
+            "rdiff_unet_layer_norm_f32",
+            "rdiff_unet_geglu_f32",
         ],
     },
 ];

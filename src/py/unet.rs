@@ -1,6 +1,7 @@
-//! `_UNet2D`: the native UNet, built from a diffusers folder or from tensors for the device
-//! chosen at load (the CPU, a CUDA device, or the emulated launcher for tests), run on the
-//! caller's buffers with the GIL released for the whole forward pass.
+//! `_UNet2D`: the native UNet (a `UNet2DModel` or a `UNet2DConditionModel`, by the config's
+//! `_class_name`), built from a diffusers folder or from tensors for the device chosen at load
+//! (the CPU, a CUDA device, or the emulated launcher for tests), run on the caller's buffers
+//! with the GIL released for the whole forward pass.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use pyo3::prelude::*;
 use super::tensor::tensor;
 use crate::error::RdiffError;
 use crate::target::Target;
-use crate::unet::embeddings::ClassLabels;
+use crate::unet::embeddings::{ClassLabels, Conditioning};
 use crate::unet::model::UNet2D;
 use crate::unet::runner::UNetRunner;
 use crate::unet::weights::MemoryWeights;
@@ -94,6 +95,12 @@ impl PyUNet2D {
         self.inner.unet.out_channels()
     }
 
+    /// The width of `encoder_hidden_states` (a UNet2DConditionModel), else None.
+    #[getter]
+    fn cross_attention_dim(&self) -> Option<usize> {
+        self.inner.unet.cross_dim()
+    }
+
     /// The CUDA device ordinal, -1 for the emulated launcher, None for the CPU.
     #[getter]
     fn device(&self) -> Option<i32> {
@@ -113,9 +120,11 @@ impl PyUNet2D {
     }
 
     /// Runs the model: `sample` NCHW, `out` NCHW with out_channels, same dtype, on the
-    /// model's device; `stream`: the caller's CUDA stream.
+    /// model's device; `context` (`encoder_hidden_states`, `[b][tokens][width]`) there too;
+    /// `text_embeds`, `time_ids`, `timestep_cond`: the added conditioning as host f32 rows;
+    /// `stream`: the caller's CUDA stream.
     #[pyo3(signature = (sample, timesteps, out, class_indices=None, class_values=None,
-        stream=0))]
+        stream=0, context=None, text_embeds=None, time_ids=None, timestep_cond=None))]
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -126,16 +135,30 @@ impl PyUNet2D {
         class_indices: Option<Vec<i64>>,
         class_values: Option<Vec<f32>>,
         stream: usize,
+        context: Option<&Bound<'_, PyAny>>,
+        text_embeds: Option<Vec<f32>>,
+        time_ids: Option<Vec<f32>>,
+        timestep_cond: Option<Vec<f32>>,
     ) -> PyResult<()> {
         let (x, o) = (tensor(sample, "sample")?, tensor(out, "output buffer")?);
+        let ctx = match context {
+            Some(c) => Some(tensor(c, "encoder_hidden_states")?),
+            None => None,
+        };
         let class = match (&class_indices, &class_values) {
             (Some(i), None) => ClassLabels::Indices(i),
             (None, Some(v)) => ClassLabels::Values(v),
             (None, None) => ClassLabels::None,
             _ => return Err(RdiffError::Value("class labels given twice".into()).into()),
         };
+        let cond = Conditioning {
+            class,
+            text_embeds: text_embeds.as_deref(),
+            time_ids: time_ids.as_deref(),
+            timestep_cond: timestep_cond.as_deref(),
+        };
         let model = &self.inner;
-        py.detach(|| model.forward(&x, &o, &timesteps, class, stream))?;
+        py.detach(|| model.forward(&x, &o, &timesteps, &cond, ctx.as_ref(), stream))?;
         Ok(())
     }
 }

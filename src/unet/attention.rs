@@ -2,7 +2,7 @@
 //! Q/K/V projections (one stacked 1×1 product), multi-head softmax attention, the output
 //! projection with the residual and the rescale factor folded into its epilogue.
 
-use super::backend::{Act, Backend, Epilogue};
+use super::backend::{Act, Backend, Epilogue, Tokens};
 use super::resnet::Norm;
 use super::weights::Loader;
 use crate::error::Result;
@@ -11,6 +11,7 @@ use crate::unet::layout::Geometry;
 pub struct Attention {
     c: usize,
     heads: usize,
+    dh: usize,
     inner: usize,
     norm: Option<Norm>,
     /// `[3·inner][c]`: to_q, to_k, to_v stacked.
@@ -52,6 +53,7 @@ impl Attention {
         Ok(Self {
             c,
             heads,
+            dh,
             inner,
             norm: match groups {
                 Some(g) => Some(Norm::load(ld, &p("group_norm"), c, g, eps)?),
@@ -94,7 +96,13 @@ impl Attention {
             be.give(h.buf);
         }
         let mut o = be.take(self.inner * n)?;
-        be.attention(&qkv, self.inner, self.heads, dims, &mut o)?;
+        let tok = |row| Tokens {
+            buf: &qkv,
+            row,
+            t: dims.hw(),
+        };
+        let (q, k, v) = (tok(0), tok(self.inner), tok(2 * self.inner));
+        be.attention(q, k, v, dims.b, self.heads, self.dh, &mut o)?;
         be.give(qkv);
         let mut out = be.act(self.c, dims)?;
         let resid = [x.seg()];

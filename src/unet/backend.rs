@@ -1,11 +1,13 @@
-//! The ops the UNet graph (`model`, `blocks`, `resnet`, `attention`) is written over, so one
+//! The ops the UNet graph (`model`, `blocks`, `resnet`, `attention`, `transformer`) is written
+//! over, so one
 //! graph runs on the CPU (`cpu::unet::CpuBackend`, the `cpu::*` functions) and on CUDA
 //! (`cuda::unet::backend::DeviceBackend`, real or emulated launcher).
 //!
 //! Activations are `[c][b][h][w]` buffers owned by the backend's arena; weights are the
 //! model's host `f32` slices (a device backend maps each to its uploaded copy).
 
-use super::embeddings::{ClassLabels, TimeEmbedding};
+use super::embeddings::{Conditioning, TimeEmbedding};
+use crate::cpu::layer_norm::LayerNormParams;
 use crate::cpu::norm::GroupNormParams;
 use crate::error::Result;
 use crate::unet::layout::{Dims, Geometry};
@@ -61,6 +63,22 @@ impl<B> Act<B> {
     }
 }
 
+/// What every block reads besides its input.
+pub struct Cond<'a, B> {
+    /// SiLU(emb), `[b][time_embed_dim]`.
+    pub temb: &'a B,
+    /// A cross-attention model's context (`encoder_hidden_states`), `[cross_dim][b][tokens]`.
+    pub context: Option<&'a Act<B>>,
+}
+
+/// One operand of an attention: rows `row..row + heads·dh` of `buf`, a `[rows][b][t]`
+/// activation (`t` tokens per sample).
+pub struct Tokens<'a, B> {
+    pub buf: &'a B,
+    pub row: usize,
+    pub t: usize,
+}
+
 /// The UNet's ops on one device.
 pub trait Backend {
     type Buf;
@@ -112,27 +130,44 @@ pub trait Backend {
         out: &mut Self::Buf,
     ) -> Result<()>;
 
-    /// Multi-head self-attention of `qkv` (`[3·inner][b][h][w]`) into `out` (`[inner][...]`).
+    /// Multi-head attention of `b` samples, `heads` heads of `dh` rows: queries `q`, keys `k`
+    /// and values `v` (the same tokens) into `out` (`[heads·dh][b][q.t]`).
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &mut self,
-        qkv: &Self::Buf,
-        inner: usize,
+        q: Tokens<'_, Self::Buf>,
+        k: Tokens<'_, Self::Buf>,
+        v: Tokens<'_, Self::Buf>,
+        b: usize,
         heads: usize,
-        dims: Dims,
+        dh: usize,
         out: &mut Self::Buf,
     ) -> Result<()>;
+
+    /// LayerNorm of each of the `n` columns of `x` (`[γ.len()][n]`) across its rows.
+    fn layer_norm(
+        &mut self,
+        x: &Self::Buf,
+        n: usize,
+        p: LayerNormParams<'_>,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// GEGLU: `out[i][j] = x[i][j] · GELU(x[inner + i][j])`, `x` `[2·inner][n]`.
+    fn geglu(&mut self, x: &Self::Buf, inner: usize, n: usize, out: &mut Self::Buf)
+        -> Result<()>;
 
     fn upsample2x(&mut self, x: &Self::Buf, c: usize, d: Dims, out: &mut Self::Buf) -> Result<()>;
     fn avg_pool2x(&mut self, x: &Self::Buf, c: usize, d: Dims, out: &mut Self::Buf) -> Result<()>;
     /// `dst = src` (same length).
     fn copy(&mut self, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()>;
 
-    /// SiLU(time embedding + class embedding), `[b][time_embed_dim]`, for timesteps `ts`
-    /// (one per sample).
+    /// SiLU(time embedding + class and added embeddings), `[b][time_embed_dim]`, for
+    /// timesteps `ts` (one per sample).
     fn time_embedding(
         &mut self,
         te: &TimeEmbedding,
         ts: &[f32],
-        class: ClassLabels<'_>,
+        cond: &Conditioning<'_>,
     ) -> Result<Self::Buf>;
 }

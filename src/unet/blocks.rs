@@ -1,15 +1,18 @@
-//! The UNet's blocks: DownBlock2D / AttnDownBlock2D / ResnetDownsampleBlock2D,
-//! UNetMidBlock2D, UpBlock2D / AttnUpBlock2D / ResnetUpsampleBlock2D, with diffusers' weight
-//! names (`down_blocks.{i}.resnets.{j}`, `.attentions.{j}`, `.downsamplers.0.conv`, ...).
+//! The UNet's blocks: DownBlock2D / AttnDownBlock2D / ResnetDownsampleBlock2D /
+//! CrossAttnDownBlock2D, UNetMidBlock2D / UNetMidBlock2DCrossAttn, UpBlock2D / AttnUpBlock2D /
+//! ResnetUpsampleBlock2D / CrossAttnUpBlock2D, with diffusers' weight names
+//! (`down_blocks.{i}.resnets.{j}`, `.attentions.{j}`, `.downsamplers.0.conv`, ...). A block
+//! is resnets, each followed by its attention when it has one (spatial or a transformer).
 //!
 //! The skip connections live on a stack of activations: the down path pushes every output
 //! state (the first being conv_in's output), the up path pops one per resnet and feeds
 //! `[h, skip]` to it as two channel segments, so the concatenation is never copied.
 
+use super::arch::{Arch, AttnSpec, BlockSpec, Resample};
 use super::attention::Attention;
-use super::backend::{Act, Backend, Epilogue};
-use super::config::{Arch, BlockSpec, Resample};
+use super::backend::{Act, Backend, Cond, Epilogue};
 use super::resnet::{Conv, Resnet, Sampling};
+use super::transformer::Transformer2D;
 use super::weights::Loader;
 use crate::error::Result;
 use crate::unet::layout::Geometry;
@@ -47,21 +50,57 @@ impl Sampler {
     }
 }
 
-fn attention(
-    ld: &Loader<'_>,
-    prefix: &str,
-    a: &Arch,
-    c: usize,
-    groups: Option<usize>,
-    rescale: f64,
-) -> Result<Attention> {
-    let (heads, dh) = a.cfg.heads(c)?;
-    Attention::load(ld, prefix, c, heads, dh, groups, a.cfg.norm_eps, rescale)
+/// The attention after a resnet.
+enum BlockAttn {
+    Spatial(Attention),
+    Transformer(Transformer2D),
+}
+
+impl BlockAttn {
+    /// The attention of spec `s` at `prefix` on `c` channels, after resnet `j`.
+    fn load(
+        ld: &Loader<'_>,
+        prefix: &str,
+        a: &Arch,
+        s: &AttnSpec,
+        c: usize,
+        j: usize,
+        rescale: f64,
+    ) -> Result<Self> {
+        Ok(match s {
+            AttnSpec::Spatial { heads, dh, groups } => BlockAttn::Spatial(Attention::load(
+                ld, prefix, c, *heads, *dh, *groups, a.norm_eps, rescale,
+            )?),
+            AttnSpec::Transformer(t) => BlockAttn::Transformer(Transformer2D::load(
+                ld,
+                prefix,
+                c,
+                a.groups,
+                t,
+                t.layers[j],
+            )?),
+        })
+    }
+
+    /// Consumes `h`.
+    fn forward<B: Backend>(
+        &self,
+        be: &mut B,
+        h: Act<B::Buf>,
+        cond: &Cond<'_, B::Buf>,
+    ) -> Result<Act<B::Buf>> {
+        let out = match self {
+            BlockAttn::Spatial(at) => at.forward(be, &h)?,
+            BlockAttn::Transformer(t) => t.forward(be, &h, cond.context)?,
+        };
+        be.give(h.buf);
+        Ok(out)
+    }
 }
 
 pub struct DownBlock {
     resnets: Vec<Resnet>,
-    attns: Vec<Attention>,
+    attns: Vec<BlockAttn>,
     sampler: Sampler,
 }
 
@@ -77,7 +116,7 @@ impl DownBlock {
         let pre = format!("down_blocks.{i}");
         let mut resnets = Vec::new();
         let mut attns = Vec::new();
-        for j in 0..a.cfg.layers_per_block {
+        for j in 0..spec.layers {
             let c = if j == 0 { cin } else { cout };
             resnets.push(Resnet::load(
                 ld,
@@ -88,21 +127,15 @@ impl DownBlock {
                 1.0,
                 Sampling::None,
             )?);
-            if spec.attention {
-                attns.push(attention(
-                    ld,
-                    &format!("{pre}.attentions.{j}"),
-                    a,
-                    cout,
-                    Some(a.groups),
-                    1.0,
-                )?);
+            if let Some(s) = &spec.attention {
+                let p = format!("{pre}.attentions.{j}");
+                attns.push(BlockAttn::load(ld, &p, a, s, cout, j, 1.0)?);
             }
         }
         let sampler = match spec.resample {
             Resample::None => Sampler::None,
             Resample::Conv => {
-                let p = a.cfg.downsample_padding;
+                let p = a.downsample_padding;
                 let q = if p == 0 { 1 } else { p };
                 let g = Geometry {
                     k: 3,
@@ -137,19 +170,18 @@ impl DownBlock {
         &self,
         be: &mut B,
         stack: &mut Vec<Act<B::Buf>>,
-        temb_act: &B::Buf,
+        cond: &Cond<'_, B::Buf>,
     ) -> Result<()> {
         for (j, r) in self.resnets.iter().enumerate() {
             let x = stack.last().expect("input on the stack");
-            let mut h = r.forward(be, &[x.seg()], x.dims, temb_act)?;
+            let mut h = r.forward(be, &[x.seg()], x.dims, cond.temb)?;
             if let Some(at) = self.attns.get(j) {
-                let a = at.forward(be, &h)?;
-                be.give(std::mem::replace(&mut h, a).buf);
+                h = at.forward(be, h, cond)?;
             }
             stack.push(h);
         }
         let x = stack.last().expect("block output");
-        if let Some(d) = self.sampler.forward(be, x, temb_act)? {
+        if let Some(d) = self.sampler.forward(be, x, cond.temb)? {
             stack.push(d);
         }
         Ok(())
@@ -162,13 +194,13 @@ impl DownBlock {
 
 pub struct MidBlock {
     resnets: Vec<Resnet>,
-    attn: Option<Attention>,
+    attn: Option<BlockAttn>,
 }
 
 impl MidBlock {
-    pub fn load(ld: &Loader<'_>, a: &Arch, with_attention: bool) -> Result<Self> {
-        let c = *a.cfg.block_out_channels.last().unwrap();
-        let s = a.cfg.mid_block_scale_factor;
+    pub fn load(ld: &Loader<'_>, a: &Arch, attention: Option<&AttnSpec>) -> Result<Self> {
+        let c = *a.block_out_channels.last().unwrap();
+        let s = a.mid_block_scale_factor;
         let r = |j: usize| {
             Resnet::load(
                 ld,
@@ -182,17 +214,17 @@ impl MidBlock {
         };
         Ok(Self {
             resnets: vec![r(0)?, r(1)?],
-            attn: if with_attention {
-                Some(attention(
+            attn: match attention {
+                Some(spec) => Some(BlockAttn::load(
                     ld,
                     "mid_block.attentions.0",
                     a,
+                    spec,
                     c,
-                    a.mid_attn_groups,
+                    0,
                     s,
-                )?)
-            } else {
-                None
+                )?),
+                None => None,
             },
         })
     }
@@ -201,14 +233,13 @@ impl MidBlock {
         &self,
         be: &mut B,
         x: &Act<B::Buf>,
-        temb_act: &B::Buf,
+        cond: &Cond<'_, B::Buf>,
     ) -> Result<Act<B::Buf>> {
-        let mut h = self.resnets[0].forward(be, &[x.seg()], x.dims, temb_act)?;
+        let mut h = self.resnets[0].forward(be, &[x.seg()], x.dims, cond.temb)?;
         if let Some(at) = &self.attn {
-            let a = at.forward(be, &h)?;
-            be.give(std::mem::replace(&mut h, a).buf);
+            h = at.forward(be, h, cond)?;
         }
-        let out = self.resnets[1].forward(be, &[h.seg()], h.dims, temb_act)?;
+        let out = self.resnets[1].forward(be, &[h.seg()], h.dims, cond.temb)?;
         be.give(h.buf);
         Ok(out)
     }
@@ -216,20 +247,20 @@ impl MidBlock {
 
 pub struct UpBlock {
     resnets: Vec<Resnet>,
-    attns: Vec<Attention>,
+    attns: Vec<BlockAttn>,
     sampler: Sampler,
 }
 
 impl UpBlock {
     /// Up block `i` of `levels`; `chans` is block_out_channels.
     pub fn load(ld: &Loader<'_>, a: &Arch, i: usize, spec: &BlockSpec) -> Result<Self> {
-        let ch = &a.cfg.block_out_channels;
+        let ch = &a.block_out_channels;
         let levels = ch.len();
         let rev = |k: usize| ch[levels - 1 - k];
         let prev = rev(i.saturating_sub(1)); // up block 0 follows the mid block
         let cout = rev(i);
         let cin = rev((i + 1).min(levels - 1));
-        let layers = a.cfg.layers_per_block + 1;
+        let layers = spec.layers;
         let pre = format!("up_blocks.{i}");
         let mut resnets = Vec::new();
         let mut attns = Vec::new();
@@ -245,15 +276,9 @@ impl UpBlock {
                 1.0,
                 Sampling::None,
             )?);
-            if spec.attention {
-                attns.push(attention(
-                    ld,
-                    &format!("{pre}.attentions.{j}"),
-                    a,
-                    cout,
-                    Some(a.groups),
-                    1.0,
-                )?);
+            if let Some(s) = &spec.attention {
+                let p = format!("{pre}.attentions.{j}");
+                attns.push(BlockAttn::load(ld, &p, a, s, cout, j, 1.0)?);
             }
         }
         let sampler = match spec.resample {
@@ -288,20 +313,19 @@ impl UpBlock {
         be: &mut B,
         mut h: Act<B::Buf>,
         stack: &mut Vec<Act<B::Buf>>,
-        temb_act: &B::Buf,
+        cond: &Cond<'_, B::Buf>,
     ) -> Result<Act<B::Buf>> {
         for (j, r) in self.resnets.iter().enumerate() {
             let skip = stack.pop().expect("skip connection on the stack");
-            let mut out = r.forward(be, &[h.seg(), skip.seg()], h.dims, temb_act)?;
+            let mut out = r.forward(be, &[h.seg(), skip.seg()], h.dims, cond.temb)?;
             be.give(h.buf);
             be.give(skip.buf);
             if let Some(at) = self.attns.get(j) {
-                let a = at.forward(be, &out)?;
-                be.give(std::mem::replace(&mut out, a).buf);
+                out = at.forward(be, out, cond)?;
             }
             h = out;
         }
-        Ok(match self.sampler.forward(be, &h, temb_act)? {
+        Ok(match self.sampler.forward(be, &h, cond.temb)? {
             Some(u) => {
                 be.give(h.buf);
                 u

@@ -4,6 +4,9 @@
 
 use serde::Deserialize;
 
+use super::arch::{
+    Arch, AttnSpec, BlockSpec, ClassEmbedding, Resample, TimeEmbeddingType, TimeSpec,
+};
 use crate::error::{RdiffError, Result};
 use crate::value_err;
 
@@ -133,58 +136,6 @@ pub struct UNet2DConfig {
     pub num_class_embeds: Option<usize>,
     #[serde(default)]
     pub num_train_timesteps: Option<usize>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TimeEmbeddingType {
-    Positional,
-    Fourier,
-    Learned,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClassEmbedding {
-    None,
-    /// `nn.Embedding(num_class_embeds, time_embed_dim)`.
-    Table(usize),
-    /// The class labels go through the timestep projection and their own MLP.
-    Timestep,
-    /// The class labels are embeddings already.
-    Identity,
-}
-
-/// How a block changes resolution at its end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Resample {
-    None,
-    /// A 3×3 convolution (stride 2 down; nearest 2× then 3×3 up).
-    Conv,
-    /// A ResnetBlock2D with `down=True` / `up=True`.
-    Resnet,
-}
-
-/// One down block or up block, resolved.
-#[derive(Clone, Debug)]
-pub struct BlockSpec {
-    pub attention: bool,
-    pub resample: Resample,
-}
-
-/// The architecture, checked.
-#[derive(Clone, Debug)]
-pub struct Arch {
-    pub cfg: UNet2DConfig,
-    pub time_embed_dim: usize,
-    pub time_input_dim: usize,
-    pub time_embedding: TimeEmbeddingType,
-    pub class_embedding: ClassEmbedding,
-    pub scale_shift: bool,
-    pub groups: usize,
-    pub down: Vec<BlockSpec>,
-    pub up: Vec<BlockSpec>,
-    /// Mid block present; with attention.
-    pub mid: Option<bool>,
-    pub mid_attn_groups: Option<usize>,
 }
 
 impl UNet2DConfig {
@@ -334,10 +285,7 @@ impl UNet2DConfig {
                 }
             };
             let resample = if last { Resample::None } else { resample };
-            down.push(BlockSpec {
-                attention,
-                resample,
-            });
+            down.push((attention, resample));
         }
         let mut up = Vec::new();
         for (i, t) in c.up_block_types.iter().enumerate() {
@@ -355,10 +303,7 @@ impl UNet2DConfig {
                 }
             };
             let resample = if last { Resample::None } else { resample };
-            up.push(BlockSpec {
-                attention,
-                resample,
-            });
+            up.push((attention, resample));
         }
         let mid = match c.mid_block_type.as_deref() {
             None => None,
@@ -373,39 +318,87 @@ impl UNet2DConfig {
         let mid_attn_groups =
             c.attn_norm_num_groups
                 .or(if scale_shift { None } else { Some(groups) });
+        let spatial = |ch: usize, groups: Option<usize>| -> Result<AttnSpec> {
+            let (heads, dh) = c.heads(ch)?;
+            Ok(AttnSpec::Spatial { heads, dh, groups })
+        };
         for (i, &ch) in c.block_out_channels.iter().enumerate() {
             if ch % groups != 0 {
                 return value_err!(
                     "block_out_channels[{i}] = {ch} is not divisible by norm_num_groups = {groups}"
                 );
             }
-            if down[i].attention || up[levels - 1 - i].attention {
-                c.heads(ch)?;
-            }
         }
-        if mid == Some(true) {
-            let ch = *c.block_out_channels.last().unwrap();
-            c.heads(ch)?;
-            if let Some(g) = mid_attn_groups {
-                if g == 0 || ch % g != 0 {
-                    return value_err!(
-                        "attn_norm_num_groups = {g} does not divide the mid block's {ch} channels"
-                    );
+        let down = down
+            .into_iter()
+            .enumerate()
+            .map(|(i, (attention, resample))| {
+                Ok(BlockSpec {
+                    layers: c.layers_per_block,
+                    attention: match attention {
+                        true => Some(spatial(c.block_out_channels[i], Some(groups))?),
+                        false => None,
+                    },
+                    resample,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let up = up
+            .into_iter()
+            .enumerate()
+            .map(|(i, (attention, resample))| {
+                Ok(BlockSpec {
+                    layers: c.layers_per_block + 1,
+                    attention: match attention {
+                        true => Some(spatial(c.block_out_channels[levels - 1 - i], Some(groups))?),
+                        false => None,
+                    },
+                    resample,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mid = match mid {
+            None => None,
+            Some(false) => Some(None),
+            Some(true) => {
+                let ch = *c.block_out_channels.last().unwrap();
+                if let Some(g) = mid_attn_groups {
+                    if g == 0 || ch % g != 0 {
+                        return value_err!(
+                            "attn_norm_num_groups = {g} does not divide the mid block's {ch} \
+                             channels"
+                        );
+                    }
                 }
+                Some(Some(spatial(ch, mid_attn_groups)?))
             }
-        }
+        };
+        let c = self;
         Ok(Arch {
-            time_embed_dim,
-            time_input_dim,
-            time_embedding,
-            class_embedding,
+            in_channels: c.in_channels,
+            out_channels: c.out_channels,
+            center_input_sample: c.center_input_sample,
+            downsample_padding: c.downsample_padding,
+            mid_block_scale_factor: c.mid_block_scale_factor,
+            norm_eps: c.norm_eps,
+            time: TimeSpec {
+                kind: time_embedding,
+                input_dim: time_input_dim,
+                embed_dim: time_embed_dim,
+                flip_sin_to_cos: c.flip_sin_to_cos,
+                freq_shift: c.freq_shift,
+                num_train_timesteps: c.num_train_timesteps,
+                cond_proj_dim: None,
+                class: class_embedding,
+                text_time: None,
+            },
             scale_shift,
             groups,
             down,
             up,
             mid,
-            mid_attn_groups,
-            cfg: self,
+            cross_dim: None,
+            block_out_channels: c.block_out_channels,
         })
     }
 }

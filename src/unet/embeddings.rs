@@ -1,8 +1,11 @@
-//! Timestep and class embeddings, in f32 exactly in diffusers' order of operations:
+//! Timestep, class and added embeddings, in f32 exactly in diffusers' order of operations:
 //! sinusoidal (`Timesteps`), Gaussian Fourier (`GaussianFourierProjection`, log input, no
-//! flip), a learned table, then `TimestepEmbedding` (linear, SiLU, linear).
+//! flip), a learned table, then `TimestepEmbedding` (linear, SiLU, linear; the projected
+//! `timestep_cond` added first when the model has `time_cond_proj_dim`); the class embedding
+//! and SDXL's "text_time" embedding (`time_ids` projected, after `text_embeds`, through
+//! `add_embedding`) are added to it.
 
-use super::config::{Arch, ClassEmbedding, TimeEmbeddingType};
+use super::arch::{Arch, ClassEmbedding, TextTime, TimeEmbeddingType};
 use super::weights::Loader;
 use crate::cpu::conv::linear;
 use crate::cpu::vecmath::silu_f32;
@@ -52,6 +55,7 @@ pub fn fourier(ts: &[f32], w: &[f32]) -> Vec<f32> {
 
 /// `TimestepEmbedding`: linear_1, SiLU, linear_2.
 pub struct Mlp {
+    pub(crate) fin: usize,
     pub(crate) w1: Vec<f32>,
     pub(crate) b1: Vec<f32>,
     pub(crate) w2: Vec<f32>,
@@ -62,6 +66,7 @@ pub struct Mlp {
 impl Mlp {
     pub fn load(ld: &Loader<'_>, prefix: &str, fin: usize, dim: usize) -> Result<Self> {
         Ok(Self {
+            fin,
             w1: ld.get(&format!("{prefix}.linear_1.weight"), &[dim, fin])?,
             b1: ld.get(&format!("{prefix}.linear_1.bias"), &[dim])?,
             w2: ld.get(&format!("{prefix}.linear_2.weight"), &[dim, dim])?,
@@ -79,6 +84,30 @@ impl Mlp {
         let mut out = vec![0.0f32; rows * self.hidden];
         linear(&h, rows, &self.w2, Some(&self.b2), &mut out);
         out
+    }
+}
+
+/// What a call conditions the embedding on besides the timesteps (all f32 on the host).
+#[derive(Clone, Copy, Debug)]
+pub struct Conditioning<'a> {
+    pub class: ClassLabels<'a>,
+    /// `added_cond_kwargs["text_embeds"]`, `[b][n]` (SDXL's pooled text embedding).
+    pub text_embeds: Option<&'a [f32]>,
+    /// `added_cond_kwargs["time_ids"]`, `[b][k]` (SDXL: sizes and crop, k = 6).
+    pub time_ids: Option<&'a [f32]>,
+    /// `timestep_cond`, `[b][time_cond_proj_dim]` (guidance-distilled models).
+    pub timestep_cond: Option<&'a [f32]>,
+}
+
+impl Conditioning<'_> {
+    /// Class labels only (a `UNet2DModel` call).
+    pub fn class(class: ClassLabels<'_>) -> Conditioning<'_> {
+        Conditioning {
+            class,
+            text_embeds: None,
+            time_ids: None,
+            timestep_cond: None,
+        }
     }
 }
 
@@ -104,46 +133,94 @@ pub struct TimeEmbedding {
     class: ClassEmbedding,
     class_table: Vec<f32>,
     class_mlp: Option<Mlp>,
+    /// `time_embedding.cond_proj.weight`, `[input_dim][cond_dim]` (no bias).
+    cond_proj: Option<(Vec<f32>, usize)>,
+    /// SDXL's text_time: the spec and `add_embedding`.
+    text_time: Option<(TextTime, Mlp)>,
     pub dim: usize,
 }
 
 impl TimeEmbedding {
     pub fn load(ld: &Loader<'_>, a: &Arch) -> Result<Self> {
-        let dim0 = a.cfg.block_out_channels[0];
-        let ted = a.time_embed_dim;
-        let fourier_w = if a.time_embedding == TimeEmbeddingType::Fourier {
+        let t = &a.time;
+        let fourier = t.kind == TimeEmbeddingType::Fourier;
+        let dim0 = if fourier { t.input_dim / 2 } else { t.input_dim };
+        let ted = t.embed_dim;
+        let fourier_w = if fourier {
             ld.get_any(&["time_proj.weight", "time_proj.W"], &[dim0])?
         } else {
             Vec::new()
         };
-        let learned = if a.time_embedding == TimeEmbeddingType::Learned {
-            let n = a.cfg.num_train_timesteps.unwrap_or(0);
+        let learned = if t.kind == TimeEmbeddingType::Learned {
+            let n = t.num_train_timesteps.unwrap_or(0);
             ld.get("time_proj.weight", &[n, dim0])?
         } else {
             Vec::new()
         };
-        let class_table = match a.class_embedding {
+        let class_table = match t.class {
             ClassEmbedding::Table(n) => ld.get("class_embedding.weight", &[n, ted])?,
             _ => Vec::new(),
         };
-        let class_mlp = if a.class_embedding == ClassEmbedding::Timestep {
-            Some(Mlp::load(ld, "class_embedding", a.time_input_dim, ted)?)
-        } else {
-            None
+        let class_mlp = match t.class {
+            ClassEmbedding::Timestep => Some(Mlp::load(ld, "class_embedding", t.input_dim, ted)?),
+            ClassEmbedding::Projection(n) => Some(Mlp::load(ld, "class_embedding", n, ted)?),
+            _ => None,
+        };
+        let cond_proj = match t.cond_proj_dim {
+            Some(k) => Some((
+                ld.get("time_embedding.cond_proj.weight", &[t.input_dim, k])?,
+                k,
+            )),
+            None => None,
+        };
+        let text_time = match t.text_time {
+            Some(tt) => Some((tt, Mlp::load(ld, "add_embedding", tt.input_dim, ted)?)),
+            None => None,
         };
         Ok(Self {
-            kind: a.time_embedding,
+            kind: t.kind,
             dim0,
-            flip: a.cfg.flip_sin_to_cos,
-            shift: a.cfg.freq_shift,
+            flip: t.flip_sin_to_cos,
+            shift: t.freq_shift,
             fourier_w,
             learned,
-            mlp: Mlp::load(ld, "time_embedding", a.time_input_dim, ted)?,
-            class: a.class_embedding,
+            mlp: Mlp::load(ld, "time_embedding", t.input_dim, ted)?,
+            class: t.class,
             class_table,
             class_mlp,
+            cond_proj,
+            text_time,
             dim: ted,
         })
+    }
+
+    /// The projection to compute on the host (the learned table, or any projection with a
+    /// `timestep_cond` added), or None when a backend may compute it from `ts` itself.
+    pub fn host_projection(&self, ts: &[f32], cond: &Conditioning<'_>) -> Result<Option<Vec<f32>>> {
+        match (self.kind, &self.cond_proj, cond.timestep_cond) {
+            (_, None, Some(_)) => value_err!(
+                "timestep_cond given, but this model has no time_cond_proj_dim"
+            ),
+            (_, Some((w, k)), Some(c)) => {
+                let b = ts.len();
+                if c.len() != b * k {
+                    return value_err!(
+                        "timestep_cond: expected [{b}, {k}] values, got {}",
+                        c.len()
+                    );
+                }
+                let mut p = self.project(ts)?;
+                let fin = self.mlp.fin;
+                let mut add = vec![0.0f32; b * fin];
+                linear(c, b, w, None, &mut add);
+                for (x, y) in p.iter_mut().zip(&add) {
+                    *x += y;
+                }
+                Ok(Some(p))
+            }
+            (TimeEmbeddingType::Learned, _, None) => Ok(Some(self.project(ts)?)),
+            _ => Ok(None),
+        }
     }
 
     /// The projection of `ts` before the MLP, `[ts.len()][dim0]`.
@@ -168,12 +245,16 @@ impl TimeEmbedding {
         })
     }
 
-    /// The embedding `emb` (`[batch][dim]`), class embedding added.
-    pub fn forward(&self, ts: &[f32], class: ClassLabels<'_>) -> Result<Vec<f32>> {
+    /// The embedding `emb` (`[batch][dim]`), class and added embeddings included.
+    pub fn forward(&self, ts: &[f32], cond: &Conditioning<'_>) -> Result<Vec<f32>> {
         let b = ts.len();
-        let mut emb = self.mlp.forward(&self.project(ts)?, b);
+        let proj = match self.host_projection(ts, cond)? {
+            Some(p) => p,
+            None => self.project(ts)?,
+        };
+        let mut emb = self.mlp.forward(&proj, b);
         let d = self.dim;
-        if let Some(rows) = self.class_rows(b, class)? {
+        if let Some(rows) = self.added_rows(b, cond)? {
             let r = rows.len() / d;
             for (i, e) in emb.chunks_exact_mut(d).enumerate() {
                 let src = &rows[(if r == 1 { 0 } else { i }) * d..][..d];
@@ -183,6 +264,63 @@ impl TimeEmbedding {
             }
         }
         Ok(emb)
+    }
+
+    /// What the class labels and the added conditioning add to the embedding of a batch of
+    /// `b`: `[1 or b][dim]` rows (one row is broadcast), or None when nothing is added.
+    pub fn added_rows(&self, b: usize, cond: &Conditioning<'_>) -> Result<Option<Vec<f32>>> {
+        let class = self.class_rows(b, cond.class)?;
+        let Some((tt, mlp)) = &self.text_time else {
+            if cond.text_embeds.is_some() || cond.time_ids.is_some() {
+                return value_err!(
+                    "added_cond_kwargs: text_embeds / time_ids given, but this model's \
+                     addition_embed_type is not \"text_time\""
+                );
+            }
+            return Ok(class);
+        };
+        let (Some(text), Some(ids)) = (cond.text_embeds, cond.time_ids) else {
+            return value_err!(
+                "added_cond_kwargs: this model (addition_embed_type \"text_time\") needs \
+                 \"text_embeds\" and \"time_ids\""
+            );
+        };
+        if text.len() % b != 0 || ids.len() % b != 0 {
+            return value_err!(
+                "added_cond_kwargs: text_embeds ({} values) and time_ids ({} values) must have \
+                 one row per sample of the batch of {b}",
+                text.len(),
+                ids.len()
+            );
+        }
+        let (nt, k) = (text.len() / b, ids.len() / b);
+        if nt + k * tt.time_dim != tt.input_dim {
+            return value_err!(
+                "added_cond_kwargs: {nt} text_embeds and {k} time_ids per sample give \
+                 {} inputs; this model's add_embedding takes {} \
+                 (projection_class_embeddings_input_dim)",
+                nt + k * tt.time_dim,
+                tt.input_dim
+            );
+        }
+        let proj = sinusoidal(ids, tt.time_dim, self.flip, self.shift);
+        let mut x = Vec::with_capacity(b * tt.input_dim);
+        for i in 0..b {
+            x.extend_from_slice(&text[i * nt..][..nt]);
+            x.extend_from_slice(&proj[i * k * tt.time_dim..][..k * tt.time_dim]);
+        }
+        let mut rows = mlp.forward(&x, b);
+        if let Some(c) = class {
+            let r = c.len() / self.dim;
+            for (i, row) in rows.chunks_exact_mut(self.dim).enumerate() {
+                let src = &c[(if r == 1 { 0 } else { i }) * self.dim..][..self.dim];
+                for (x, y) in row.iter_mut().zip(src) {
+                    // diffusers: emb + class_emb, then + aug_emb.
+                    *x += y;
+                }
+            }
+        }
+        Ok(Some(rows))
     }
 
     /// What the class labels add to the embedding of a batch of `b`: `[1 or b][dim]` rows
@@ -230,6 +368,20 @@ impl TimeEmbedding {
                 want_rows(v.len(), "labels")?;
                 let mlp = self.class_mlp.as_ref().expect("class MLP loaded");
                 Some(mlp.forward(&self.project(&v)?, v.len()))
+            }
+            (ClassEmbedding::Projection(n), lab) => {
+                let ClassLabels::Values(v) = lab else {
+                    return value_err!("class_labels: the projection class embedding needs float vectors");
+                };
+                if v.len() % n != 0 {
+                    return value_err!(
+                        "class_labels: the projection class embedding needs [batch, {n}] values, got {}",
+                        v.len()
+                    );
+                }
+                want_rows(v.len() / n, "rows")?;
+                let mlp = self.class_mlp.as_ref().expect("class MLP loaded");
+                Some(mlp.forward(v, v.len() / n))
             }
             (ClassEmbedding::Identity, lab) => {
                 let v: Vec<f32> = match lab {

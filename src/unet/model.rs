@@ -1,18 +1,21 @@
-//! `UNet2D`: diffusers' `UNet2DModel` — its weights and its graph, for any backend.
+//! `UNet2D`: diffusers' `UNet2DModel` and `UNet2DConditionModel` — their weights and their
+//! graph, for any backend.
 //!
-//! The graph (this file, `blocks`, `resnet`, `attention`) only strings together a handful of
-//! ops — `conv2d` (with its fused epilogue), `group_norm` (fused affine, scale/shift, SiLU),
-//! `self_attention`, `linear`, the two resamplers — on activations in the `[c][b][h][w]`
-//! layout, through [`Backend`]: the CPU here, CUDA in `cuda::unet`, each with an arena of its
-//! own.
+//! The graph (this file, `blocks`, `resnet`, `attention`, `transformer`) only strings
+//! together a handful of ops — `conv2d` (with its fused epilogue), `group_norm` (fused affine,
+//! scale/shift, SiLU), `layer_norm`, `attention`, `geglu`, `linear`, the two resamplers — on
+//! activations in the `[c][b][h][w]` layout, through [`Backend`]: the CPU here, CUDA in
+//! `cuda::unet`, each with an arena of its own.
 //!
 //! The model holds no activation memory: the runner (`unet::runner`) keeps the state of the
 //! backend chosen at load (a CPU arena, or device memory) and calls [`UNet2D::run`].
 
-use super::backend::{Act, Backend, Epilogue};
+use super::arch::{Arch, TimeEmbeddingType};
+use super::backend::{Act, Backend, Cond, Epilogue};
 use super::blocks::{DownBlock, MidBlock, UpBlock};
-use super::config::{Arch, UNet2DConfig};
-use super::embeddings::{ClassLabels, TimeEmbedding};
+use super::cond_config::UNet2DConditionConfig;
+use super::config::UNet2DConfig;
+use super::embeddings::{Conditioning, TimeEmbedding};
 use super::resnet::{Conv, Norm};
 use super::weights::{Loader, SafetensorsFile, WeightSource};
 use crate::error::{RdiffError, Result};
@@ -34,13 +37,28 @@ pub struct UNet2D {
 }
 
 impl UNet2D {
-    /// From a config.json text and weights by diffusers' names.
+    /// From a config.json text (a `UNet2DModel`'s, or a `UNet2DConditionModel`'s by its
+    /// `_class_name`) and weights by diffusers' names.
     pub fn load(config_json: &str, src: &dyn WeightSource) -> Result<Self> {
-        let arch = UNet2DConfig::from_json(config_json)?.resolve()?;
+        let class = serde_json::from_str::<serde_json::Value>(config_json)
+            .ok()
+            .and_then(|v| v.get("_class_name")?.as_str().map(String::from));
+        let arch = match class.as_deref() {
+            None | Some("UNet2DModel") => UNet2DConfig::from_json(config_json)?.resolve()?,
+            Some("UNet2DConditionModel") => {
+                UNet2DConditionConfig::from_json(config_json)?.resolve()?
+            }
+            Some(other) => {
+                return value_err!(
+                    "config.json: a {other} config; rdiff runs UNet2DModel and \
+                     UNet2DConditionModel"
+                )
+            }
+        };
         let ld = Loader::new(src);
-        let ch = arch.cfg.block_out_channels.clone();
+        let ch = arch.block_out_channels.clone();
         let c0 = ch[0];
-        let conv_in = Conv::load(&ld, "conv_in", arch.cfg.in_channels, c0, 3)?;
+        let conv_in = Conv::load(&ld, "conv_in", arch.in_channels, c0, 3)?;
         let temb = TimeEmbedding::load(&ld, &arch)?;
         let mut down = Vec::new();
         let mut cin = c0;
@@ -48,16 +66,16 @@ impl UNet2D {
             down.push(DownBlock::load(&ld, &arch, i, spec, cin, ch[i])?);
             cin = ch[i];
         }
-        let mid = match arch.mid {
-            Some(att) => Some(MidBlock::load(&ld, &arch, att)?),
+        let mid = match &arch.mid {
+            Some(att) => Some(MidBlock::load(&ld, &arch, att.as_ref())?),
             None => None,
         };
         let mut up = Vec::new();
         for (i, spec) in arch.up.iter().enumerate() {
             up.push(UpBlock::load(&ld, &arch, i, spec)?);
         }
-        let norm_out = Norm::load(&ld, "conv_norm_out", c0, arch.groups, arch.cfg.norm_eps)?;
-        let conv_out = Conv::load(&ld, "conv_out", c0, arch.cfg.out_channels, 3)?;
+        let norm_out = Norm::load(&ld, "conv_norm_out", c0, arch.groups, arch.norm_eps)?;
+        let conv_out = Conv::load(&ld, "conv_out", c0, arch.out_channels, 3)?;
         let multiple = 1usize << down.iter().filter(|d| d.downsamples()).count();
         Ok(Self {
             arch,
@@ -82,11 +100,16 @@ impl UNet2D {
     }
 
     pub fn in_channels(&self) -> usize {
-        self.arch.cfg.in_channels
+        self.arch.in_channels
     }
 
     pub fn out_channels(&self) -> usize {
-        self.arch.cfg.out_channels
+        self.arch.out_channels
+    }
+
+    /// The width of `encoder_hidden_states` a cross-attention model takes.
+    pub fn cross_dim(&self) -> Option<usize> {
+        self.arch.cross_dim
     }
 
     /// Checks a call's shapes before any work.
@@ -123,21 +146,51 @@ impl UNet2D {
 
     /// Whether the output is divided by the timestep (Fourier-embedded, score-SDE models).
     pub fn divides_by_timestep(&self) -> bool {
-        self.arch.time_embedding == super::config::TimeEmbeddingType::Fourier
+        self.arch.time.kind == TimeEmbeddingType::Fourier
+    }
+
+    /// Checks a call's context (`encoder_hidden_states`, `[b][tokens][width]`) against the
+    /// model and the batch of `b`.
+    pub fn check_context(&self, b: usize, context: Option<&[usize]>) -> Result<()> {
+        match (self.arch.cross_dim, context) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => {
+                value_err!("encoder_hidden_states given, but this UNet has no cross-attention")
+            }
+            (Some(_), None) => value_err!(
+                "encoder_hidden_states: this UNet2DConditionModel needs it, \
+                 (batch, tokens, cross_attention_dim)"
+            ),
+            (Some(d), Some(shape)) => match *shape {
+                [cb, t, w] if cb == b && t > 0 && w == d => Ok(()),
+                [cb, _, w] if w == d => value_err!(
+                    "encoder_hidden_states: batch {cb} differs from the sample's batch {b}"
+                ),
+                [_, _, w] => value_err!(
+                    "encoder_hidden_states: width {w}, but this UNet's cross_attention_dim \
+                     is {d}"
+                ),
+                _ => value_err!(
+                    "encoder_hidden_states: expected (batch, tokens, {d}), got {shape:?}"
+                ),
+            },
+        }
     }
 
     /// The graph, on any backend: `xin` is the (centred) input `[in_channels][b][h][w]`,
-    /// consumed; returns conv_out's output `[out_channels][b][h][w]` (not yet divided by the
-    /// timestep). `ts` has one value per sample.
+    /// consumed; `context` (consumed) the `[cross_dim][b][tokens]` context of a
+    /// cross-attention model; returns conv_out's output `[out_channels][b][h][w]` (not yet
+    /// divided by the timestep). `ts` has one value per sample.
     pub fn run<B: Backend>(
         &self,
         be: &mut B,
         xin: Act<B::Buf>,
         ts: &[f32],
-        class: ClassLabels<'_>,
+        cond: &Conditioning<'_>,
+        context: Option<Act<B::Buf>>,
     ) -> Result<Act<B::Buf>> {
         let dims = xin.dims;
-        let temb_act = be.time_embedding(&self.temb, ts, class)?;
+        let temb_act = be.time_embedding(&self.temb, ts, cond)?;
         let c0 = self.conv_in.cout;
         let mut h0 = be.act(c0, dims)?;
         be.conv2d(
@@ -150,14 +203,18 @@ impl UNet2D {
             &mut h0.buf,
         )?;
         be.give(xin.buf);
+        let cond = Cond {
+            temb: &temb_act,
+            context: context.as_ref(),
+        };
 
         let mut stack = vec![h0];
         for d in &self.down {
-            d.forward(be, &mut stack, &temb_act)?;
+            d.forward(be, &mut stack, &cond)?;
         }
         let top = stack.last().expect("conv_in output");
         let mut hcur = match &self.mid {
-            Some(m) => m.forward(be, top, &temb_act)?,
+            Some(m) => m.forward(be, top, &cond)?,
             None => {
                 // The up path consumes its input; the skip stays on the stack.
                 let mut c = be.act(top.c, top.dims)?;
@@ -166,7 +223,7 @@ impl UNet2D {
             }
         };
         for u in &self.up {
-            hcur = u.forward(be, hcur, &mut stack, &temb_act)?;
+            hcur = u.forward(be, hcur, &mut stack, &cond)?;
         }
         debug_assert!(stack.is_empty());
 
@@ -193,6 +250,9 @@ impl UNet2D {
         )?;
         be.give(hn.buf);
         be.give(temb_act);
+        if let Some(c) = context {
+            be.give(c.buf);
+        }
         Ok(y)
     }
 }

@@ -3,7 +3,7 @@
 //! residual, divided by the output scale factor — five passes over memory in all.
 
 use super::backend::{Act, Backend, Epilogue, Segs};
-use super::config::Arch;
+use super::arch::Arch;
 use super::weights::Loader;
 use crate::cpu::norm::GroupNormParams;
 use crate::error::Result;
@@ -90,7 +90,7 @@ impl Resnet {
         out_scale: f64,
         sampling: Sampling,
     ) -> Result<Self> {
-        let eps = a.cfg.norm_eps;
+        let eps = a.norm_eps;
         let tdim = if a.scale_shift { 2 * cout } else { cout };
         let p = |s: &str| format!("{prefix}.{s}");
         Ok(Self {
@@ -98,7 +98,7 @@ impl Resnet {
             cout,
             norm1: Norm::load(ld, &p("norm1"), cin, a.groups, eps)?,
             conv1: Conv::load(ld, &p("conv1"), cin, cout, 3)?,
-            temb_w: ld.get(&p("time_emb_proj.weight"), &[tdim, a.time_embed_dim])?,
+            temb_w: ld.get(&p("time_emb_proj.weight"), &[tdim, a.time.embed_dim])?,
             temb_b: ld.get(&p("time_emb_proj.bias"), &[tdim])?,
             norm2: Norm::load(ld, &p("norm2"), cout, a.groups, eps)?,
             conv2: Conv::load(ld, &p("conv2"), cout, cout, 3)?,

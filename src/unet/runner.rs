@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use super::embeddings::ClassLabels;
+use super::embeddings::Conditioning;
 use super::model::UNet2D;
 use crate::cpu::arena::Arena;
 use crate::cuda::unet::device::{EmulatedDevice, UnetDevice};
@@ -74,13 +74,17 @@ impl UNetRunner {
     }
 
     /// The forward pass: `sample` NCHW (batch, in_channels, h, w), `out` NCHW with
-    /// out_channels, same dtype, both where the model lives; `stream`: the caller's CUDA stream.
+    /// out_channels, same dtype, both where the model lives; `context` (a cross-attention
+    /// model's `encoder_hidden_states`, `[b][tokens][cross_dim]`) there too; `stream`: the
+    /// caller's CUDA stream.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         sample: &Tensor,
         out: &Tensor,
         timesteps: &[f32],
-        class: ClassLabels<'_>,
+        cond: &Conditioning<'_>,
+        context: Option<&Tensor>,
         stream: usize,
     ) -> Result<()> {
         let (b, c, h, w) = match sample.shape[..] {
@@ -93,6 +97,7 @@ impl UNetRunner {
             }
         };
         self.unet.check(b, c, h, w, timesteps.len())?;
+        self.unet.check_context(b, context.map(|t| &t.shape[..]))?;
         let want = [b, self.unet.out_channels(), h, w];
         if out.shape != want {
             return Err(RdiffError::Value(format!(
@@ -106,12 +111,12 @@ impl UNetRunner {
             ));
         }
         let here = self.device();
-        for t in [sample, out] {
+        for t in [sample, out].into_iter().chain(context) {
             if t.device != here {
                 return Err(match (here, t.device) {
                     (Device::Cpu, Device::Cuda(_)) => RdiffError::CudaUnavailable(
-                        "this UNet2DModel was loaded for the CPU; load it with \
-                         device=\"cuda\" for CUDA tensors"
+                        "this UNet was loaded for the CPU; load it with device=\"cuda\" for \
+                         CUDA tensors"
                             .into(),
                     ),
                     _ => RdiffError::Value(format!(
@@ -130,7 +135,8 @@ impl UNetRunner {
                 sample,
                 dims,
                 timesteps,
-                class,
+                cond,
+                context,
                 out,
             )
         };
@@ -145,7 +151,8 @@ impl UNetRunner {
                     x,
                     dims,
                     timesteps,
-                    class,
+                    cond,
+                    context,
                     o,
                 )
             }),

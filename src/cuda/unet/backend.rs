@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 
 use super::device::{Gemm, UnetDevice};
+use crate::cpu::layer_norm::LayerNormParams;
 use crate::cpu::norm::GroupNormParams;
 use crate::cuda::launch::{Dim3, KernelArg};
 use crate::error::{RdiffError, Result};
-use crate::unet::backend::{Backend, Epilogue, Segs};
-use crate::unet::config::TimeEmbeddingType;
-use crate::unet::embeddings::{ClassLabels, TimeEmbedding};
+use crate::unet::arch::TimeEmbeddingType;
+use crate::unet::backend::{Backend, Epilogue, Segs, Tokens};
+use crate::unet::embeddings::{Conditioning, TimeEmbedding};
 use crate::unet::layout::{Dims, Geometry};
 
 /// The most f32 one im2col tile holds (64 MiB); wider convolutions go in column tiles.
@@ -433,58 +434,66 @@ impl Backend for DeviceBackend<'_> {
 
     fn attention(
         &mut self,
-        qkv: &DevBuf,
-        inner: usize,
+        q: Tokens<'_, DevBuf>,
+        k: Tokens<'_, DevBuf>,
+        v: Tokens<'_, DevBuf>,
+        b: usize,
         heads: usize,
-        dims: Dims,
+        dh: usize,
         out: &mut DevBuf,
     ) -> Result<()> {
-        let (n, t) = (dims.n(), dims.hw());
-        let dh = inner / heads;
+        let (tq, tk) = (q.t, k.t);
+        let (nq, nk) = (b * tq, b * tk);
+        let inner = heads * dh;
+        if v.t != tk || out.len != inner * nq {
+            return Err(RdiffError::Cuda(
+                "attention: key/value or output size mismatch".into(),
+            ));
+        }
         let scale = 1.0 / (dh as f32).sqrt();
-        let s = self.arena.take(self.dev, heads * t * t)?;
-        for b in 0..dims.b {
+        let s = self.arena.take(self.dev, heads * tq * tk)?;
+        for bi in 0..b {
             // Sᵀ_h[j][i] = scale · Σ_d K_h(d, j) Q_h(d, i), key-major (queries contiguous).
             self.dev.gemm(&Gemm {
-                m: t,
-                n: t,
+                m: tk,
+                n: tq,
                 k: dh,
-                a: qkv.at(inner * n + b * t),
+                a: k.buf.at(k.row * nk + bi * tk),
                 a_rs: 1,
-                a_cs: n,
-                a_bs: dh * n,
-                b: qkv.at(b * t),
-                b_rs: n,
+                a_cs: nk,
+                a_bs: dh * nk,
+                b: q.buf.at(q.row * nq + bi * tq),
+                b_rs: nq,
                 b_cs: 1,
-                b_bs: dh * n,
+                b_bs: dh * nq,
                 c: s.ptr,
-                c_rs: t,
-                c_bs: t * t,
+                c_rs: tq,
+                c_bs: tq * tk,
                 batch: heads,
                 alpha: scale,
                 beta: 0.0,
             })?;
             self.elementwise(
                 "rdiff_unet_softmax_cols_f32",
-                heads * t,
-                &[KernelArg::Ptr(s.ptr), i(heads), i(t), i(t)],
+                heads * tq,
+                &[KernelArg::Ptr(s.ptr), i(heads), i(tk), i(tq)],
             )?;
             // O_h(d, i) = Σ_j V_h(d, j) Pᵀ_h[j][i].
             self.dev.gemm(&Gemm {
                 m: dh,
-                n: t,
-                k: t,
-                a: qkv.at(2 * inner * n + b * t),
-                a_rs: n,
+                n: tq,
+                k: tk,
+                a: v.buf.at(v.row * nk + bi * tk),
+                a_rs: nk,
                 a_cs: 1,
-                a_bs: dh * n,
+                a_bs: dh * nk,
                 b: s.ptr,
-                b_rs: t,
+                b_rs: tq,
                 b_cs: 1,
-                b_bs: t * t,
-                c: out.at(b * t),
-                c_rs: n,
-                c_bs: dh * n,
+                b_bs: tq * tk,
+                c: out.at(bi * tq),
+                c_rs: nq,
+                c_bs: dh * nq,
                 batch: heads,
                 alpha: 1.0,
                 beta: 0.0,
@@ -492,6 +501,44 @@ impl Backend for DeviceBackend<'_> {
         }
         self.arena.give(s);
         Ok(())
+    }
+
+    fn layer_norm(
+        &mut self,
+        x: &DevBuf,
+        n: usize,
+        p: LayerNormParams<'_>,
+        out: &mut DevBuf,
+    ) -> Result<()> {
+        let c = p.gamma.len();
+        if x.len != c * n || out.len != c * n {
+            return Err(RdiffError::Cuda("layer_norm: size mismatch".into()));
+        }
+        let (g, b) = (self.w(p.gamma)?, self.w(p.beta)?);
+        self.elementwise(
+            "rdiff_unet_layer_norm_f32",
+            n,
+            &[
+                KernelArg::Ptr(x.ptr),
+                i(c),
+                i(n),
+                KernelArg::F32(p.eps),
+                g,
+                b,
+                KernelArg::Ptr(out.ptr),
+            ],
+        )
+    }
+
+    fn geglu(&mut self, x: &DevBuf, inner: usize, n: usize, out: &mut DevBuf) -> Result<()> {
+        if x.len != 2 * inner * n || out.len != inner * n {
+            return Err(RdiffError::Cuda("geglu: size mismatch".into()));
+        }
+        self.elementwise(
+            "rdiff_unet_geglu_f32",
+            inner * n,
+            &[KernelArg::Ptr(x.ptr), i(inner), i(n), KernelArg::Ptr(out.ptr)],
+        )
     }
 
     fn upsample2x(&mut self, x: &DevBuf, c: usize, d: Dims, out: &mut DevBuf) -> Result<()> {
@@ -530,15 +577,16 @@ impl Backend for DeviceBackend<'_> {
         &mut self,
         te: &TimeEmbedding,
         ts: &[f32],
-        class: ClassLabels<'_>,
+        cond: &Conditioning<'_>,
     ) -> Result<DevBuf> {
         let b = ts.len();
-        // Host-side checks and class rows first: nothing is launched for a bad call.
-        let class_rows = te.class_rows(b, class)?;
+        // Host-side checks and the small host-side parts first (the class and added
+        // embeddings, a learned or conditioned projection): nothing is launched for a bad call.
+        let class_rows = te.added_rows(b, cond)?;
         let d0 = te.dim0;
-        let proj = match te.kind {
-            TimeEmbeddingType::Learned => self.upload_new(&te.project(ts)?)?,
-            kind => {
+        let proj = match (te.host_projection(ts, cond)?, te.kind) {
+            (Some(p), _) => self.upload_new(&p)?,
+            (None, kind) => {
                 let tsd = self.upload_new(ts)?;
                 let fourier = kind == TimeEmbeddingType::Fourier;
                 let pd = if fourier { 2 * te.fourier_w.len() } else { d0 };

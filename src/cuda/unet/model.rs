@@ -9,7 +9,7 @@ use crate::cuda::launch::{Dim3, KernelArg};
 use crate::error::{RdiffError, Result};
 use crate::tensor::Tensor;
 use crate::unet::backend::Backend;
-use crate::unet::embeddings::ClassLabels;
+use crate::unet::embeddings::Conditioning;
 use crate::unet::layout::Dims;
 use crate::unet::model::UNet2D;
 
@@ -30,7 +30,8 @@ impl DeviceState {
 
 /// The forward pass of `unet` on `dev` with `state`'s memory: `x` NCHW `[b][in_channels][h][w]`,
 /// `out` NCHW `[b][out_channels][h][w]`, both device buffers of the same dtype (f32, f16 or
-/// bf16).
+/// bf16); `context` a device buffer `[b][tokens][cross_dim]` (f32, f16 or bf16), shape
+/// checked by the caller.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     unet: &UNet2D,
@@ -39,7 +40,8 @@ pub fn forward(
     x: &Tensor,
     (b, h, w): (usize, usize, usize),
     timesteps: &[f32],
-    class: ClassLabels<'_>,
+    cond: &Conditioning<'_>,
+    context: Option<&Tensor>,
     out: &Tensor,
 ) -> Result<()> {
     let u = unet;
@@ -85,10 +87,42 @@ pub fn forward(
             i(cin),
             i(hw),
             KernelArg::Ptr(xin.buf.ptr),
-            i(u.arch.cfg.center_input_sample as usize),
+            i(u.arch.center_input_sample as usize),
         ],
     )?;
-    let y = u.run(&mut be, xin, &ts, class)?;
+    let ctx = match context {
+        Some(c) => {
+            let [cb, ct, cw] = c.shape[..] else {
+                unreachable!("context shape checked by the caller")
+            };
+            let ctd = dtype_suffix(c.dtype).ok_or_else(|| {
+                RdiffError::Type(format!(
+                    "encoder_hidden_states: the CUDA UNet takes float32, float16 or bfloat16, \
+                     got {}",
+                    c.dtype.name()
+                ))
+            })?;
+            let act = be.act(cw, Dims { b: cb, h: 1, w: ct })?;
+            // [b·t][c] → [c][b·t]: the NCHW transpose with b·t "samples" of one pixel.
+            dev.launch(
+                &format!("rdiff_unet_nchw_in_{ctd}"),
+                grid(cw * cb * ct),
+                Dim3::x(threads),
+                0,
+                &[
+                    KernelArg::Ptr(c.ptr),
+                    i(cb * ct),
+                    i(cw),
+                    i(1),
+                    KernelArg::Ptr(act.buf.ptr),
+                    i(0),
+                ],
+            )?;
+            Some(act)
+        }
+        None => None,
+    };
+    let y = u.run(&mut be, xin, &ts, cond, ctx)?;
     let div = if u.divides_by_timestep() {
         Some(be.upload(&ts)?)
     } else {

@@ -6,11 +6,12 @@ use half::{bf16, f16};
 use super::backend::{DevBuf, DeviceArena, DeviceBackend, DeviceWeights};
 use super::device::{EmulatedDevice, Gemm, UnetDevice};
 use crate::cpu::arena::{Arena, Buf};
+use crate::cpu::layer_norm::LayerNormParams;
 use crate::cpu::norm::GroupNormParams;
 use crate::cpu::unet::CpuBackend;
 use crate::cuda::launch::{Dim3, KernelArg, Launcher};
 use crate::dtype::Elem;
-use crate::unet::backend::{Backend, Epilogue};
+use crate::unet::backend::{Backend, Epilogue, Tokens};
 use crate::unet::embeddings::{fourier, sinusoidal};
 use crate::unet::layout::{Dims, Geometry};
 
@@ -321,29 +322,87 @@ fn group_norm_matches_cpu() {
     }
 }
 
-/// Attention (two GEMMs around the row softmax) against the CPU's blocked attention.
+/// Attention (two GEMMs around the column softmax) against the CPU's blocked attention:
+/// self-attention from one stacked buffer, and cross-attention with fewer key tokens.
 #[test]
 fn attention_matches_cpu() {
-    let dims = Dims { b: 2, h: 3, w: 5 };
-    let (inner, heads) = (12, 3);
-    let qkv = values(3 * inner * dims.n(), 40);
-    for kernel_gemm in [true, false] {
-        let mut t = Both::new(kernel_gemm);
-        let mut cpu = CpuBackend { arena: &mut t.cpu };
-        let q = cpu_buf(cpu.arena, &qkv);
-        let mut out = cpu.arena.take(inner * dims.n());
-        cpu.attention(&q, inner, heads, dims, &mut out).unwrap();
-        let mut dev = DeviceBackend {
-            dev: &t.dev,
-            arena: &mut t.arena,
-            weights: &mut t.weights,
-        };
-        let dq = Misaligned::new(&qkv);
-        let dout = Misaligned::new(&vec![0.0; inner * dims.n()]);
-        dev.attention(&dq.buf(), inner, heads, dims, &mut dout.buf())
+    let (b, heads, dh) = (2, 3, 4);
+    let inner = heads * dh;
+    for (tq, tk) in [(15, 15), (15, 7)] {
+        let q = values(inner * b * tq, 40);
+        let kv = values(2 * inner * b * tk, 41);
+        for kernel_gemm in [true, false] {
+            let mut t = Both::new(kernel_gemm);
+            let mut cpu = CpuBackend { arena: &mut t.cpu };
+            let (cq, ckv) = (cpu_buf(cpu.arena, &q), cpu_buf(cpu.arena, &kv));
+            let mut out = cpu.arena.take(inner * b * tq);
+            let tok = |buf, row, t| Tokens { buf, row, t };
+            cpu.attention(
+                tok(&cq, 0, tq),
+                tok(&ckv, 0, tk),
+                tok(&ckv, inner, tk),
+                b,
+                heads,
+                dh,
+                &mut out,
+            )
             .unwrap();
-        close(dout.get(), &out, 1e-5, "attention");
+            let mut dev = DeviceBackend {
+                dev: &t.dev,
+                arena: &mut t.arena,
+                weights: &mut t.weights,
+            };
+            let (dq, dkv) = (Misaligned::new(&q), Misaligned::new(&kv));
+            let (bq, bkv) = (dq.buf(), dkv.buf());
+            let dout = Misaligned::new(&vec![0.0; inner * b * tq]);
+            let tok = |buf, row, t| Tokens { buf, row, t };
+            dev.attention(
+                tok(&bq, 0, tq),
+                tok(&bkv, 0, tk),
+                tok(&bkv, inner, tk),
+                b,
+                heads,
+                dh,
+                &mut dout.buf(),
+            )
+            .unwrap();
+            close(dout.get(), &out, 1e-5, "attention");
+        }
     }
+}
+
+/// The transformers' LayerNorm over channels and GEGLU against the CPU's.
+#[test]
+fn layer_norm_and_geglu_match_cpu() {
+    let (c, n) = (20, 77);
+    let x = values(c * n, 60);
+    let gamma = values(c, 61);
+    let beta = values(c, 62);
+    let p = LayerNormParams {
+        gamma: &gamma,
+        beta: &beta,
+        eps: 1e-5,
+    };
+    let mut t = Both::new(false);
+    let mut cpu = CpuBackend { arena: &mut t.cpu };
+    let xb = cpu_buf(cpu.arena, &x);
+    let mut ln = cpu.arena.take(c * n);
+    cpu.layer_norm(&xb, n, p, &mut ln).unwrap();
+    let mut gg = cpu.arena.take(c / 2 * n);
+    cpu.geglu(&xb, c / 2, n, &mut gg).unwrap();
+    let mut dev = DeviceBackend {
+        dev: &t.dev,
+        arena: &mut t.arena,
+        weights: &mut t.weights,
+    };
+    let dx = Misaligned::new(&x);
+    let dln = Misaligned::new(&vec![0.0; c * n]);
+    let dgg = Misaligned::new(&vec![0.0; c / 2 * n]);
+    dev.layer_norm(&dx.buf(), n, p, &mut dln.buf()).unwrap();
+    dev.geglu(&dx.buf(), c / 2, n, &mut dgg.buf()).unwrap();
+    close(dln.get(), &ln, 2e-5, "layer_norm");
+    // The kernel's erff and the CPU's erfc fit differ by a few ulps.
+    close(dgg.get(), &gg, 1e-5, "geglu");
 }
 
 #[test]

@@ -1,0 +1,116 @@
+//! The architecture the graph builds, resolved from either diffusers config (`config` for
+//! `UNet2DModel`, `cond_config` for `UNet2DConditionModel`) and checked: everything the
+//! loaders (`model`, `blocks`, `resnet`, `attention`, `transformer`, `embeddings`) read.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeEmbeddingType {
+    Positional,
+    /// `GaussianFourierProjection(log=True)` (score-SDE `UNet2DModel`s).
+    Fourier,
+    Learned,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClassEmbedding {
+    None,
+    /// `nn.Embedding(num_class_embeds, time_embed_dim)`.
+    Table(usize),
+    /// The class labels go through the timestep projection and their own MLP.
+    Timestep,
+    /// The class labels are embeddings already.
+    Identity,
+    /// The class labels are `[b][n]` vectors through their own MLP (`TimestepEmbedding(n, ·)`).
+    Projection(usize),
+}
+
+/// How a block changes resolution at its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resample {
+    None,
+    /// A 3×3 convolution (stride 2 down; nearest 2× then 3×3 up).
+    Conv,
+    /// A ResnetBlock2D with `down=True` / `up=True`.
+    Resnet,
+}
+
+/// A `Transformer2DModel` after each resnet of a cross-attention block.
+#[derive(Clone, Debug)]
+pub struct TransformerSpec {
+    pub heads: usize,
+    pub dh: usize,
+    /// `BasicTransformerBlock`s in the transformer after resnet j.
+    pub layers: Vec<usize>,
+    /// Width of `encoder_hidden_states`.
+    pub cross_dim: usize,
+    /// Both attentions attend to the context (`only_cross_attention`).
+    pub only_cross: bool,
+    /// `proj_in` / `proj_out` are linear layers rather than 1×1 convolutions (same product).
+    pub linear_projection: bool,
+}
+
+/// The attention after each resnet of a block.
+#[derive(Clone, Debug)]
+pub enum AttnSpec {
+    /// `UNet2DModel`'s spatial `Attention`, GroupNorm first when `groups` is set.
+    Spatial {
+        heads: usize,
+        dh: usize,
+        groups: Option<usize>,
+    },
+    Transformer(TransformerSpec),
+}
+
+/// One down block or up block, resolved.
+#[derive(Clone, Debug)]
+pub struct BlockSpec {
+    /// Resnets in the block (an up block has one more than its down block).
+    pub layers: usize,
+    pub attention: Option<AttnSpec>,
+    pub resample: Resample,
+}
+
+/// SDXL's `addition_embed_type="text_time"`: `time_ids` through a sinusoidal projection of
+/// `time_dim`, concatenated after `text_embeds`, through `add_embedding` (an MLP of
+/// `input_dim` inputs).
+#[derive(Clone, Copy, Debug)]
+pub struct TextTime {
+    pub time_dim: usize,
+    pub input_dim: usize,
+}
+
+/// The time (and class / added) embedding.
+#[derive(Clone, Debug)]
+pub struct TimeSpec {
+    pub kind: TimeEmbeddingType,
+    /// Width of the projection (`block_out_channels[0]`, doubled for Fourier).
+    pub input_dim: usize,
+    pub embed_dim: usize,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+    pub num_train_timesteps: Option<usize>,
+    /// `time_cond_proj_dim`: `timestep_cond` is projected (no bias) onto the projection.
+    pub cond_proj_dim: Option<usize>,
+    pub class: ClassEmbedding,
+    pub text_time: Option<TextTime>,
+}
+
+/// The architecture, checked.
+#[derive(Clone, Debug)]
+pub struct Arch {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub center_input_sample: bool,
+    pub block_out_channels: Vec<usize>,
+    pub downsample_padding: usize,
+    pub mid_block_scale_factor: f64,
+    pub norm_eps: f64,
+    pub time: TimeSpec,
+    pub scale_shift: bool,
+    pub groups: usize,
+    pub down: Vec<BlockSpec>,
+    pub up: Vec<BlockSpec>,
+    /// Mid block present; its attention.
+    pub mid: Option<Option<AttnSpec>>,
+    /// A cross-attention model: the width of `encoder_hidden_states` it takes.
+    pub cross_dim: Option<usize>,
+}
