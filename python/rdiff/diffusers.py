@@ -1,4 +1,5 @@
-"""rdiff's schedulers as diffusers ``SchedulerMixin`` / ``ConfigMixin`` classes.
+"""rdiff's schedulers as diffusers ``SchedulerMixin`` / ``ConfigMixin`` classes, and its native
+``UNet2DConditionModel`` as a drop-in ``pipe.unet``.
 
 Importable when diffusers is installed. A ``DiffusionPipeline`` accepts, saves and reloads
 them, and ``from_config`` switching between them and diffusers' own schedulers works::
@@ -15,7 +16,10 @@ import inspect
 from typing import Any
 
 try:
+    import torch
+    from diffusers import UNet2DConditionModel as _DiffusersUNet
     from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
     from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
     from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
     from diffusers.schedulers.scheduling_euler_ancestral_discrete import (
@@ -41,6 +45,7 @@ except ImportError as e:  # pragma: no cover - exercised only without diffusers
     raise ImportError("rdiff.diffusers needs diffusers: pip install diffusers torch") from e
 
 from . import schedulers as _schedulers
+from . import unet as _unet
 
 __all__ = [
     "AnalyticDPMScheduler",
@@ -60,6 +65,7 @@ __all__ = [
     "LCMScheduler",
     "LMSDiscreteScheduler",
     "TCDScheduler",
+    "UNet2DConditionModel",
     "UniPCMultistepScheduler",
 ]
 
@@ -121,3 +127,49 @@ TCDScheduler = _wrap(_schedulers.TCDScheduler, TCDSchedulerOutput)
 DPMSolverV3Scheduler = _wrap(_schedulers.DPMSolverV3Scheduler, SchedulerOutput)
 # No diffusers peer; its step returns the sample and x0 prediction, as DDPM's does.
 AnalyticDPMScheduler = _wrap(_schedulers.AnalyticDPMScheduler, DDPMSchedulerOutput)
+
+
+class _AddEmbedding:
+    """What SDXL pipelines read of ``unet.add_embedding``: ``linear_1.in_features``."""
+
+    def __init__(self, in_features: int) -> None:
+        self.linear_1 = type("Linear", (), {"in_features": in_features})()
+
+
+class UNet2DConditionModel(_unet.UNet2DConditionModel):
+    """rdiff's native ``UNet2DConditionModel`` as a drop-in ``pipe.unet`` for diffusers'
+    Stable Diffusion pipelines (SD 1.x / 2.x, img2img, SDXL)::
+
+        pipe.unet = rdiff.diffusers.UNet2DConditionModel.from_diffusers(pipe.unet)
+        # or .from_pretrained(folder, subfolder="unet")
+
+    Its ``config`` has every key of diffusers' class (absent keys take diffusers'
+    defaults), ``dtype`` and ``device`` are torch's, calls return diffusers'
+    ``UNet2DConditionOutput`` (``return_dict=True``, diffusers' default) or a tuple.
+    """
+
+    def __init__(self, core: Any, config: dict) -> None:
+        defaults = {
+            k: p.default
+            for k, p in inspect.signature(_DiffusersUNet.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        full = {**defaults, **config}
+        super().__init__(core, {k: _unet._plain(v) for k, v in full.items()})
+        dim = full.get("projection_class_embeddings_input_dim")
+        if full.get("addition_embed_type") == "text_time" and dim:
+            self.add_embedding = _AddEmbedding(int(dim))
+
+    @property
+    def dtype(self) -> Any:
+        return torch.float32
+
+    @property
+    def device(self) -> Any:
+        return torch.device(super().device if self._cuda is not None else "cpu")
+
+    def __call__(self, *args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
+        out = super().__call__(*args, return_dict=False, **kwargs)
+        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+    forward = __call__

@@ -183,6 +183,7 @@ pub struct UNet2DConditionConfig {
     pub attention_type: String,
     #[serde(default)]
     pub class_embeddings_concat: bool,
+    /// Read only by `UNetMidBlock2DSimpleCrossAttn`, which rdiff refuses.
     #[serde(default)]
     pub mid_block_only_cross_attention: Option<bool>,
     #[serde(default)]
@@ -330,13 +331,7 @@ impl UNet2DConditionConfig {
         let layers: Vec<usize> = per_block("layers_per_block", &c.layers_per_block, levels)?;
         let cross: Vec<usize> = per_block("cross_attention_dim", &c.cross_attention_dim, levels)?;
         let heads: Vec<usize> = per_block("attention_head_dim", &c.attention_head_dim, levels)?;
-        let (only_cross, mid_only_cross) = match &c.only_cross_attention {
-            Value::Bool(b) => (vec![*b; levels], c.mid_block_only_cross_attention.unwrap_or(*b)),
-            v => (
-                per_block::<bool>("only_cross_attention", v, levels)?,
-                c.mid_block_only_cross_attention.unwrap_or(false),
-            ),
-        };
+        let only_cross: Vec<bool> = per_block("only_cross_attention", &c.only_cross_attention, levels)?;
         // Per block: an int for all its resnets, or a list with one per resnet.
         let tl = &c.transformer_layers_per_block;
         let down_tl: Vec<Value> = match tl {
@@ -549,7 +544,9 @@ impl UNet2DConditionConfig {
                     &tl,
                     1,
                     cross[last],
-                    mid_only_cross,
+                    // UNetMidBlock2DCrossAttn ignores mid_block_only_cross_attention (only the
+                    // simple cross-attention mid block reads it).
+                    false,
                 )?))
             }
             Some(other) => {

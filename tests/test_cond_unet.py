@@ -1,0 +1,376 @@
+"""``rdiff.UNet2DConditionModel`` against diffusers' ``UNet2DConditionModel`` (the oracle).
+
+Random configurations of each family — SD 1.x (conv ``proj_in``, one head width), SD 2.x
+(``use_linear_projection``, per-block head counts, ``upcast_attention``), SDXL (``text_time``
+added embedding, ``transformer_layers_per_block``, no attention in the first block) — plus the
+rarer keys (``only_cross_attention``, nested per-resnet transformer depths, ``timestep_cond``,
+class embeddings); loading from a diffusers folder (f16 variant, subfolder); the CUDA graph on
+the emulated launcher; diffusers' own Stable Diffusion pipelines with rdiff's UNet as
+``pipe.unet``; and every bad input the issue lists.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+import rdiff  # noqa: E402
+from rdiff import WeightsError  # noqa: E402
+
+CTX = 12  # context width of the random models
+
+
+def _family_config(family: str, seed: int) -> dict:
+    """A small random configuration of `family`, seeded."""
+    r = random.Random(seed)
+    levels = r.choice([2, 3])
+    groups = r.choice([4, 8])
+    chans = [groups * r.choice([2, 4]) * (i + 1) for i in range(levels)]
+    cfg = dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=r.choice([4, 3]),
+        block_out_channels=chans,
+        layers_per_block=r.choice([1, 2]),
+        norm_num_groups=groups,
+        cross_attention_dim=CTX,
+        flip_sin_to_cos=r.choice([True, False]),
+        freq_shift=r.choice([0, 1]),
+    )
+    if family == "sd1":
+        cfg["down_block_types"] = ["CrossAttnDownBlock2D"] * (levels - 1) + ["DownBlock2D"]
+        cfg["up_block_types"] = ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (levels - 1)
+        cfg["attention_head_dim"] = r.choice([2, 4])
+    elif family == "sd2":
+        cfg["down_block_types"] = ["CrossAttnDownBlock2D"] * levels
+        cfg["up_block_types"] = ["CrossAttnUpBlock2D"] * levels
+        cfg["attention_head_dim"] = [r.choice([1, 2, 4]) for _ in range(levels)]
+        cfg["use_linear_projection"] = True
+        cfg["upcast_attention"] = True
+    elif family == "sdxl":
+        cfg["down_block_types"] = ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * (levels - 1)
+        cfg["up_block_types"] = ["CrossAttnUpBlock2D"] * (levels - 1) + ["UpBlock2D"]
+        cfg["attention_head_dim"] = [2] * levels
+        cfg["transformer_layers_per_block"] = [1] + [r.choice([1, 2, 3]) for _ in range(levels - 1)]
+        cfg["use_linear_projection"] = True
+        cfg["addition_embed_type"] = "text_time"
+        cfg["addition_time_embed_dim"] = 8
+        cfg["projection_class_embeddings_input_dim"] = 10 + 6 * 8
+    return cfg
+
+
+def _model(cfg: dict, seed: int = 0):
+    """diffusers' model with every weight randomised (so no layer starts at zero)."""
+    torch.manual_seed(seed)
+    m = diffusers.UNet2DConditionModel(**cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+def _inputs(cfg: dict, b: int = 2, size: int = 8, tokens: int = 5, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    kw = dict(
+        sample=torch.randn(b, cfg["in_channels"], size, size, generator=g),
+        timestep=torch.tensor(637),
+        encoder_hidden_states=torch.randn(b, tokens, CTX, generator=g),
+    )
+    if cfg.get("addition_embed_type") == "text_time":
+        kw["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(b, 10, generator=g),
+            "time_ids": torch.tensor([[512.0, 512.0, 0.0, 0.0, 512.0, 512.0]] * b),
+        }
+    return kw
+
+
+def _rel(got, want) -> float:
+    got, want = torch.as_tensor(got).double(), torch.as_tensor(want).double()
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def _check(cfg: dict, tol: float = 1e-4, **extra) -> None:
+    m = _model(cfg)
+    kw = {**_inputs(cfg), **extra}
+    with torch.no_grad():
+        want = m(**kw).sample
+    ours = rdiff.UNet2DConditionModel.from_diffusers(m)
+    got = ours(**kw)
+    assert isinstance(got, torch.Tensor) and got.shape == want.shape and got.dtype == want.dtype
+    assert _rel(got, want) <= tol
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_random_configurations_match_diffusers(family, seed):
+    _check(_family_config(family, seed))
+
+
+def test_only_cross_attention_and_nested_transformer_depths():
+    cfg = _family_config("sdxl", 7)
+    cfg["only_cross_attention"] = [False, True, True][: len(cfg["block_out_channels"])]
+    cfg["mid_block_only_cross_attention"] = True
+    levels = len(cfg["block_out_channels"])
+    lpb = cfg["layers_per_block"]
+    cfg["transformer_layers_per_block"] = [[1 + (i + j) % 2 for j in range(lpb)] for i in range(levels)]
+    cfg["reverse_transformer_layers_per_block"] = [
+        [1 + (i + j) % 3 for j in range(lpb + 1)] for i in range(levels)
+    ]
+    _check(cfg)
+
+
+def test_timestep_cond_and_class_embeddings():
+    cfg = _family_config("sd1", 3)
+    cfg["time_cond_proj_dim"] = 6
+    cfg["num_class_embeds"] = 5
+    g = torch.Generator().manual_seed(9)
+    _check(cfg, timestep_cond=torch.randn(2, 6, generator=g), class_labels=torch.tensor([1, 4]))
+    cfg = _family_config("sd2", 4)
+    cfg["class_embed_type"] = "projection"
+    cfg["projection_class_embeddings_input_dim"] = 7
+    _check(cfg, class_labels=torch.randn(2, 7, generator=g))
+
+
+def test_scalar_and_per_sample_timesteps_and_half_inputs():
+    cfg = _family_config("sd1", 1)
+    m = _model(cfg)
+    ours = rdiff.UNet2DConditionModel.from_diffusers(m)
+    kw = _inputs(cfg)
+    for t in (500, torch.tensor([10, 900]), torch.tensor(3.5)):
+        kw["timestep"] = t
+        with torch.no_grad():
+            want = m(**kw).sample
+        assert _rel(ours(**kw), want) <= 1e-4
+    # float16 in, float16 out (computed in float32); numpy in, numpy out.
+    half = {k: (v.half() if k != "timestep" else v) for k, v in kw.items()}
+    got = ours(**half)
+    assert got.dtype == torch.float16
+    with torch.no_grad():
+        want = m(**{k: (v.float() if k != "timestep" else v) for k, v in half.items()}).sample
+    assert _rel(got.float(), want) <= 2e-3
+    npkw = {k: (v.numpy() if k != "timestep" else 500) for k, v in kw.items()}
+    got = ours(**npkw)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+
+
+def test_from_pretrained_folder_variant_and_subfolder(tmp_path):
+    cfg = _family_config("sdxl", 2)
+    m = _model(cfg)
+    m.half().save_pretrained(tmp_path / "unet", variant="fp16")
+    ours = rdiff.UNet2DConditionModel.from_pretrained(tmp_path, subfolder="unet", variant="fp16")
+    ref = diffusers.UNet2DConditionModel.from_pretrained(
+        tmp_path, subfolder="unet", variant="fp16", torch_dtype=torch.float32
+    ).eval()
+    kw = _inputs(cfg)
+    with torch.no_grad():
+        want = ref(**kw).sample
+    assert _rel(ours(**kw), want) <= 1e-4
+    assert ours.config["addition_embed_type"] == "text_time"
+    assert ours.cross_attention_dim == CTX
+
+
+def test_emulated_cuda_graph_matches_cpu():
+    for family in ("sd1", "sdxl"):
+        cfg = _family_config(family, 5)
+        m = _model(cfg)
+        cpu = rdiff.UNet2DConditionModel.from_diffusers(m)
+        emu = rdiff.UNet2DConditionModel._from_diffusers(m, -1, max_blocks=4)
+        kw = _inputs(cfg, size=8, tokens=3)
+        assert emu.device == "emulated"
+        assert _rel(emu(**kw), cpu(**kw)) <= 1e-4
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def sdxl_like():
+    cfg = _family_config("sdxl", 0)
+    return cfg, rdiff.UNet2DConditionModel.from_diffusers(_model(cfg))
+
+
+def test_bad_calls_are_clear_errors(sdxl_like):
+    cfg, ours = sdxl_like
+    kw = _inputs(cfg)
+    with pytest.raises(ValueError, match="cross_attention_dim is 12"):
+        ours(**{**kw, "encoder_hidden_states": torch.randn(2, 5, 13)})
+    with pytest.raises(ValueError, match="batch 1 differs"):
+        ours(**{**kw, "encoder_hidden_states": torch.randn(1, 5, CTX)})
+    with pytest.raises(ValueError, match="encoder_hidden_states"):
+        ours(**{**kw, "encoder_hidden_states": None})
+    with pytest.raises(ValueError, match="text_embeds"):
+        ours(**{**kw, "added_cond_kwargs": None})
+    with pytest.raises(ValueError, match="projection_class_embeddings_input_dim"):
+        bad = dict(kw["added_cond_kwargs"], text_embeds=torch.randn(2, 11))
+        ours(**{**kw, "added_cond_kwargs": bad})
+    with pytest.raises(NotImplementedError, match="attention_mask"):
+        ours(**kw, attention_mask=torch.ones(2, 5))
+    with pytest.raises(NotImplementedError, match="cross_attention_kwargs"):
+        ours(**kw, cross_attention_kwargs={"scale": 0.5})
+    with pytest.raises(ValueError, match="multiples"):
+        ours(**{**kw, "sample": torch.randn(2, 4, 6, 6)})
+    with pytest.raises(ValueError, match="timestep_cond"):
+        ours(**kw, timestep_cond=torch.randn(2, 4))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("attention_type", "gated"),
+        ("encoder_hid_dim", 16),
+        ("addition_embed_type", "image"),
+        ("time_embedding_type", "fourier"),
+        ("mid_block_type", "UNetMidBlock2DSimpleCrossAttn"),
+        ("class_embeddings_concat", True),
+        ("resnet_skip_time_act", True),
+    ],
+)
+def test_unsupported_configuration_keys_are_named(tmp_path, key, value):
+    cfg = _family_config("sd1", 0)
+    _model(cfg).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    config[key] = value
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=key):
+        rdiff.UNet2DConditionModel.from_pretrained(tmp_path)
+
+
+def test_truncated_and_mislabelled_weights(tmp_path):
+    cfg = _family_config("sd1", 0)
+    _model(cfg).save_pretrained(tmp_path / "a")
+    weights = tmp_path / "a" / "diffusion_pytorch_model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="truncated or corrupt"):
+        rdiff.UNet2DConditionModel.from_pretrained(tmp_path / "a")
+    # Another model's weights under this config: the first mismatch is named.
+    other = dict(cfg, block_out_channels=[c * 2 for c in cfg["block_out_channels"]])
+    _model(cfg).save_pretrained(tmp_path / "b")
+    _model(other).save_pretrained(tmp_path / "c")
+    (tmp_path / "b" / "diffusion_pytorch_model.safetensors").write_bytes(
+        (tmp_path / "c" / "diffusion_pytorch_model.safetensors").read_bytes()
+    )
+    with pytest.raises(WeightsError, match="has shape"):
+        rdiff.UNet2DConditionModel.from_pretrained(tmp_path / "b")
+    # A UNet2DModel folder is not a UNet2DConditionModel, and the other way round.
+    with pytest.raises(ValueError, match="not a UNet2DModel"):
+        rdiff.UNet2DModel.from_pretrained(tmp_path / "b")
+    with pytest.raises(TypeError, match="not a UNet2DConditionModel"):
+        rdiff.UNet2DConditionModel.from_diffusers(
+            diffusers.UNet2DModel(
+                block_out_channels=(8, 8),
+                down_block_types=("DownBlock2D",) * 2,
+                up_block_types=("UpBlock2D",) * 2,
+                norm_num_groups=4,
+            )
+        )
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+def _sd_models():
+    torch.manual_seed(0)
+    unet = _model(_family_config("sd1", 11) | {"out_channels": 4, "cross_attention_dim": 16}, 3)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=[8, 16],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    ).eval()
+    return unet, vae
+
+
+def _images(pipe, **kw) -> np.ndarray:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pipe(
+            num_inference_steps=6,
+            guidance_scale=5.0,
+            generator=torch.Generator().manual_seed(1),
+            output_type="np",
+            **kw,
+        ).images
+
+
+@pytest.mark.parametrize("img2img", [False, True], ids=["txt2img", "img2img"])
+def test_stable_diffusion_pipelines_with_rdiff_unet(img2img):
+    pytest.importorskip("transformers")
+    import rdiff.diffusers as rd
+
+    unet, vae = _sd_models()
+    cls = (
+        diffusers.StableDiffusionImg2ImgPipeline if img2img else diffusers.StableDiffusionPipeline
+    )
+    sched = diffusers.DPMSolverMultistepScheduler(beta_schedule="scaled_linear")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = cls(
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            unet=unet,
+            scheduler=sched,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(2, 5, 16, generator=g)
+    kw = dict(prompt_embeds=emb[:1], negative_prompt_embeds=emb[1:])
+    if img2img:
+        kw.update(image=torch.rand(1, 3, 16, 16, generator=g) * 2 - 1, strength=0.7)
+    else:
+        kw.update(height=16, width=16)
+    want = _images(pipe, **kw)
+    # The whole denoising loop in rdiff: its UNet and its scheduler.
+    pipe.unet = rd.UNet2DConditionModel.from_diffusers(unet)
+    pipe.scheduler = rd.DPMSolverMultistepScheduler.from_config(sched.config)
+    got = _images(pipe, **kw)
+    assert np.abs(got - want).max() <= 1e-3
+
+
+def test_stable_diffusion_xl_pipeline_with_rdiff_unet():
+    pytest.importorskip("transformers")
+    import rdiff.diffusers as rd
+
+    cfg = _family_config("sdxl", 1) | {"out_channels": 4, "cross_attention_dim": 16}
+    cfg["projection_class_embeddings_input_dim"] = 10 + 6 * 8
+    unet = _model(cfg, 4)
+    _, vae = _sd_models()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = diffusers.StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=None,
+            text_encoder_2=None,
+            tokenizer=None,
+            tokenizer_2=None,
+            unet=unet,
+            scheduler=diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear"),
+        )
+    g = torch.Generator().manual_seed(0)
+    kw = dict(
+        prompt_embeds=torch.randn(1, 5, 16, generator=g),
+        negative_prompt_embeds=torch.randn(1, 5, 16, generator=g),
+        pooled_prompt_embeds=torch.randn(1, 10, generator=g),
+        negative_pooled_prompt_embeds=torch.randn(1, 10, generator=g),
+        height=16,
+        width=16,
+    )
+    want = _images(pipe, **kw)
+    pipe.unet = rd.UNet2DConditionModel.from_diffusers(unet)
+    got = _images(pipe, **kw)
+    assert np.abs(got - want).max() <= 1e-3
