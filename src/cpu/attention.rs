@@ -29,31 +29,30 @@ impl SendPtr {
     }
 }
 
-/// Row softmax numerators in place; returns 1 / Σ exp.
+/// Softmax over the keys of a key-major score block (`s[j·m + i]`, key j, query i) in
+/// place: numerators exp(s − max) left in `s`, `inv[i]` = 1 / Σ_j. Every pass runs along a
+/// key's row of `m` queries, so it vectorises across queries; `mx` is scratch of `m`.
 #[inline(always)]
-fn softmax_row_kernel(row: &mut [f32]) -> f32 {
-    let mut m = f32::NEG_INFINITY;
-    for &v in row.iter() {
-        m = m.max(v);
-    }
-    let mut acc = [0.0f32; 16];
-    let mut chunks = row.chunks_exact_mut(16);
-    for c in &mut chunks {
-        for l in 0..16 {
-            c[l] = exp_f32(c[l] - m);
-            acc[l] += c[l];
+fn softmax_keys_kernel(s: &mut [f32], m: usize, mx: &mut [f32], inv: &mut [f32]) {
+    mx.fill(f32::NEG_INFINITY);
+    for row in s.chunks_exact(m) {
+        for (x, &v) in mx.iter_mut().zip(row) {
+            *x = x.max(v);
         }
     }
-    let mut s: f32 = 0.0;
-    for v in chunks.into_remainder() {
-        *v = exp_f32(*v - m);
-        s += *v;
+    inv.fill(0.0);
+    for row in s.chunks_exact_mut(m) {
+        for ((v, &x), z) in row.iter_mut().zip(mx.iter()).zip(inv.iter_mut()) {
+            *v = exp_f32(*v - x);
+            *z += *v;
+        }
     }
-    s += acc.iter().sum::<f32>();
-    1.0 / s
+    for z in inv.iter_mut() {
+        *z = 1.0 / *z;
+    }
 }
 
-simd_dispatch!(fn softmax_row(row: &mut [f32]) -> f32 => softmax_row_kernel);
+simd_dispatch!(fn softmax_keys(s: &mut [f32], m: usize, mx: &mut [f32], inv: &mut [f32]) => softmax_keys_kernel);
 
 /// One operand of an attention: rows `row..row + heads·dh` of `data`, a `[rows][b][t]` buffer
 /// (`t` tokens per sample, so `b·t` columns).
@@ -104,19 +103,21 @@ pub fn attention(
         let vp = v.data[(v.row + h * dh) * nk + bi * tk..].as_ptr();
         // SAFETY: rows h·dh.. of `out`, columns bi·tq+q0..+m belong to this task.
         let o = unsafe { outp.get().add(h * dh * n + bi * tq + q0) };
-        with_scratch(m * t + m, |buf| {
-            let (s, inv) = buf.split_at_mut(m * t);
+        with_scratch(m * t + 2 * m, |buf| {
+            let (s, rest) = buf.split_at_mut(m * t);
+            let (mx, inv) = rest.split_at_mut(m);
+            // Scores key-major, S[j][i] = scale · Σ_d q[d][i] k[d][j]: gemm then reads the
+            // probabilities below as a column-major operand, without repacking them.
             // SAFETY: all pointers and strides stay inside q, k, the scratch and the task's
             // block of `out` (checked sizes above).
             unsafe {
-                // S[i][j] = scale · Σ_d q[d][i] k[d][j]
                 gemm(
                     m,
                     t,
                     dh,
                     s.as_mut_ptr(),
+                    m as isize,
                     1,
-                    t as isize,
                     false,
                     qp,
                     nq as isize,
@@ -132,27 +133,25 @@ pub fn attention(
                     Parallelism::None,
                 );
             }
-            for (i, row) in s.chunks_exact_mut(t).enumerate() {
-                inv[i] = softmax_row(row);
-            }
-            // SAFETY: v's dh rows of t keys stay inside v, s is the task's m×t scratch, and
+            softmax_keys(s, m, mx, inv);
+            // SAFETY: v's dh rows of t keys stay inside v, s is the task's t×m scratch, and
             // o's dh rows (stride n) of m columns are this task's block of `out`, which no
             // other task touches.
             unsafe {
-                // O[d][i] = Σ_j v[d][j] P[i][j]
+                // Oᵀ[i][d] = Σ_j P[j][i] v[d][j]
                 gemm(
-                    dh,
                     m,
+                    dh,
                     t,
                     o,
-                    1,
                     n as isize,
-                    false,
-                    vp,
                     1,
-                    nk as isize,
+                    false,
                     s.as_ptr(),
-                    t as isize,
+                    m as isize,
+                    1,
+                    vp,
+                    nk as isize,
                     1,
                     0.0,
                     1.0,
