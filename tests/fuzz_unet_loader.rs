@@ -334,7 +334,14 @@ fn load_and_run(dir: &Path) -> Result<bool, String> {
             let (xt, ot) = (t(&mut x, c), t(&mut out, co));
             let m = UNetRunner::new(m, Target::Cpu, 0).unwrap();
             // A model that loads may still refuse a size (e.g. more downsamplers): fine.
-            let _ = m.forward(&xt, &ot, &[10.0], &Conditioning::class(ClassLabels::None), None, 0);
+            let _ = m.forward(
+                &xt,
+                &ot,
+                &[10.0],
+                &Conditioning::class(ClassLabels::None),
+                None,
+                0,
+            );
             true
         }
     }))

@@ -21,8 +21,8 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-import rdiff  # noqa: E402
-from rdiff import WeightsError  # noqa: E402
+import rdiff
+from rdiff import WeightsError
 
 CTX = 12  # context width of the random models
 
@@ -119,7 +119,9 @@ def test_only_cross_attention_and_nested_transformer_depths():
     cfg["mid_block_only_cross_attention"] = True
     levels = len(cfg["block_out_channels"])
     lpb = cfg["layers_per_block"]
-    cfg["transformer_layers_per_block"] = [[1 + (i + j) % 2 for j in range(lpb)] for i in range(levels)]
+    cfg["transformer_layers_per_block"] = [
+        [1 + (i + j) % 2 for j in range(lpb)] for i in range(levels)
+    ]
     cfg["reverse_transformer_layers_per_block"] = [
         [1 + (i + j) % 3 for j in range(lpb + 1)] for i in range(levels)
     ]
@@ -174,6 +176,27 @@ def test_from_pretrained_folder_variant_and_subfolder(tmp_path):
     assert _rel(ours(**kw), want) <= 1e-4
     assert ours.config["addition_embed_type"] == "text_time"
     assert ours.cross_attention_dim == CTX
+
+
+def test_from_pretrained_sharded_checkpoint(tmp_path):
+    # Past diffusers' shard size (10 GB: SDXL in float32) a checkpoint is saved in shards
+    # with an index; a small shard size makes one here.
+    cfg = _family_config("sd1", 6)
+    m = _model(cfg)
+    m.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "diffusion_pytorch_model.safetensors.index.json").exists()
+    assert not (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    ours = rdiff.UNet2DConditionModel.from_pretrained(tmp_path)
+    kw = _inputs(cfg)
+    with torch.no_grad():
+        want = m(**kw).sample
+    assert _rel(ours(**kw), want) <= 1e-4
+    # A shard the index names but that is missing is a clear error.
+    index = json.loads((tmp_path / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    victim = sorted(set(index["weight_map"].values()))[-1]
+    (tmp_path / victim).unlink()
+    with pytest.raises(WeightsError, match=victim):
+        rdiff.UNet2DConditionModel.from_pretrained(tmp_path)
 
 
 def test_emulated_cuda_graph_matches_cpu():
@@ -311,9 +334,7 @@ def test_stable_diffusion_pipelines_with_rdiff_unet(img2img):
     import rdiff.diffusers as rd
 
     unet, vae = _sd_models()
-    cls = (
-        diffusers.StableDiffusionImg2ImgPipeline if img2img else diffusers.StableDiffusionPipeline
-    )
+    cls = diffusers.StableDiffusionImg2ImgPipeline if img2img else diffusers.StableDiffusionPipeline
     sched = diffusers.DPMSolverMultistepScheduler(beta_schedule="scaled_linear")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

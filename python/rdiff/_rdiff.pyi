@@ -750,7 +750,8 @@ def _k_dpm_solver_step(
 ) -> tuple[float, list[float], list[float]]: ...
 
 class _UNet2D:
-    """The native UNet2DModel on the device chosen at load; ``rdiff.UNet2DModel`` wraps it."""
+    """The native UNet2DModel or UNet2DConditionModel (by the config's ``_class_name``) on the
+    device chosen at load; ``rdiff.UNet2DModel`` / ``rdiff.UNet2DConditionModel`` wrap it."""
 
     @staticmethod
     def from_dir(
@@ -776,6 +777,9 @@ class _UNet2D:
     @property
     def out_channels(self) -> int: ...
     @property
+    def cross_attention_dim(self) -> int | None:
+        """The width of ``encoder_hidden_states`` (a UNet2DConditionModel), else None."""
+    @property
     def device(self) -> int | None:
         """The CUDA ordinal, -1 for the emulated launcher, None for the CPU."""
     @property
@@ -791,5 +795,11 @@ class _UNet2D:
         class_indices: list[int] | None = None,
         class_values: list[float] | None = None,
         stream: int = 0,
+        context: _Tensor | None = None,
+        text_embeds: list[float] | None = None,
+        time_ids: list[float] | None = None,
+        timestep_cond: list[float] | None = None,
     ) -> None:
-        """The forward pass over NCHW buffers on the model's device (GIL released)."""
+        """The forward pass over NCHW buffers on the model's device (GIL released);
+        ``context`` is ``encoder_hidden_states`` (batch, tokens, width) there too, the rest
+        the added conditioning as host float32 rows."""

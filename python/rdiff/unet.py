@@ -109,7 +109,7 @@ class _NativeUNet:
         if not os.path.isdir(folder):
             raise WeightsError(f"{folder}: not a directory (a diffusers model folder is needed)")
         name = WEIGHTS_NAME if not variant else f"diffusion_pytorch_model.{variant}.safetensors"
-        if not os.path.exists(os.path.join(folder, name)):
+        if not any(os.path.exists(os.path.join(folder, n)) for n in (name, name + ".index.json")):
             raise WeightsError(f"{folder}: no {name} (rdiff reads safetensors weights only)")
         cfg_path = os.path.join(folder, "config.json")
         try:

@@ -185,12 +185,16 @@ mod tests {
             .map(|i| ((i * 7 % 23) as f32 - 11.0) / 7.0)
             .collect();
         let mut out = vec![0.0; inner * n];
-        let tok = |row| Tokens {
-            data: &qkv,
-            row,
-            t,
-        };
-        attention(tok(0), tok(inner), tok(2 * inner), dims.b, heads, dh, &mut out);
+        let tok = |row| Tokens { data: &qkv, row, t };
+        attention(
+            tok(0),
+            tok(inner),
+            tok(2 * inner),
+            dims.b,
+            heads,
+            dh,
+            &mut out,
+        );
         for b in 0..dims.b {
             for h in 0..heads {
                 for i in 0..t {
@@ -218,13 +222,23 @@ mod tests {
         // 2 samples of 6 query tokens attend to 3 context tokens; 2 heads of 4.
         let (b, tq, tk, heads, dh) = (2, 6, 3, 2, 4);
         let inner = heads * dh;
-        let q: Vec<f32> = (0..inner * b * tq).map(|i| ((i * 5 % 17) as f32 - 8.0) / 5.0).collect();
+        let q: Vec<f32> = (0..inner * b * tq)
+            .map(|i| ((i * 5 % 17) as f32 - 8.0) / 5.0)
+            .collect();
         let kv: Vec<f32> = (0..2 * inner * b * tk)
             .map(|i| ((i * 11 % 19) as f32 - 9.0) / 6.0)
             .collect();
         let mut out = vec![0.0; inner * b * tq];
         let tok = |data, row, t| Tokens { data, row, t };
-        attention(tok(&q, 0, tq), tok(&kv, 0, tk), tok(&kv, inner, tk), b, heads, dh, &mut out);
+        attention(
+            tok(&q, 0, tq),
+            tok(&kv, 0, tk),
+            tok(&kv, inner, tk),
+            b,
+            heads,
+            dh,
+            &mut out,
+        );
         let (nq, nk) = (b * tq, b * tk);
         for s in 0..b {
             for h in 0..heads {

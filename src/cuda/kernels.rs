@@ -90,6 +90,7 @@ pub const SOURCES: &[KernelSource] = &[
             "rdiff_unet_rows_f32",
             "rdiff_unet_layer_norm_f32",
             "rdiff_unet_geglu_f32",
+            "rdiff_unet_flash_attention_f32",
         ],
     },
 ];

@@ -154,8 +154,7 @@ pub trait Backend {
     ) -> Result<()>;
 
     /// GEGLU: `out[i][j] = x[i][j] · GELU(x[inner + i][j])`, `x` `[2·inner][n]`.
-    fn geglu(&mut self, x: &Self::Buf, inner: usize, n: usize, out: &mut Self::Buf)
-        -> Result<()>;
+    fn geglu(&mut self, x: &Self::Buf, inner: usize, n: usize, out: &mut Self::Buf) -> Result<()>;
 
     fn upsample2x(&mut self, x: &Self::Buf, c: usize, d: Dims, out: &mut Self::Buf) -> Result<()>;
     fn avg_pool2x(&mut self, x: &Self::Buf, c: usize, d: Dims, out: &mut Self::Buf) -> Result<()>;

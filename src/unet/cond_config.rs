@@ -248,7 +248,9 @@ fn layers_per_resnet(key: &str, v: &Value, resnets: usize) -> Result<Vec<usize>>
 impl UNet2DConditionConfig {
     pub fn from_json(text: &str) -> Result<Self> {
         serde_json::from_str(text).map_err(|e| {
-            RdiffError::Value(format!("config.json: not a UNet2DConditionModel config: {e}"))
+            RdiffError::Value(format!(
+                "config.json: not a UNet2DConditionModel config: {e}"
+            ))
         })
     }
 
@@ -274,7 +276,10 @@ impl UNet2DConditionConfig {
             );
         }
         if c.time_embedding_type != "positional" {
-            return refuse("time_embedding_type", format!("{:?}", c.time_embedding_type));
+            return refuse(
+                "time_embedding_type",
+                format!("{:?}", c.time_embedding_type),
+            );
         }
         if let Some(a) = &c.time_embedding_act_fn {
             return refuse("time_embedding_act_fn", format!("{a:?}"));
@@ -323,7 +328,9 @@ impl UNet2DConditionConfig {
             );
         }
         if levels > MAX_LEVELS {
-            return value_err!("{levels} levels: rdiff supports at most {MAX_LEVELS} (corrupt config?)");
+            return value_err!(
+                "{levels} levels: rdiff supports at most {MAX_LEVELS} (corrupt config?)"
+            );
         }
         if c.in_channels == 0 || c.out_channels == 0 {
             return value_err!("in_channels and out_channels must be positive");
@@ -331,7 +338,8 @@ impl UNet2DConditionConfig {
         let layers: Vec<usize> = per_block("layers_per_block", &c.layers_per_block, levels)?;
         let cross: Vec<usize> = per_block("cross_attention_dim", &c.cross_attention_dim, levels)?;
         let heads: Vec<usize> = per_block("attention_head_dim", &c.attention_head_dim, levels)?;
-        let only_cross: Vec<bool> = per_block("only_cross_attention", &c.only_cross_attention, levels)?;
+        let only_cross: Vec<bool> =
+            per_block("only_cross_attention", &c.only_cross_attention, levels)?;
         // Per block: an int for all its resnets, or a list with one per resnet.
         let tl = &c.transformer_layers_per_block;
         let down_tl: Vec<Value> = match tl {
@@ -360,7 +368,11 @@ impl UNet2DConditionConfig {
                 )
             }
         };
-        let widths = [c.in_channels, c.out_channels, c.time_embedding_dim.unwrap_or(0)];
+        let widths = [
+            c.in_channels,
+            c.out_channels,
+            c.time_embedding_dim.unwrap_or(0),
+        ];
         if let Some(&big) = c
             .block_out_channels
             .iter()
@@ -379,7 +391,9 @@ impl UNet2DConditionConfig {
             return value_err!("num_class_embeds: {n} is past rdiff's bound of {MAX_TABLE_ROWS}");
         }
         if layers.iter().any(|&n| n == 0 || n > MAX_LAYERS) {
-            return value_err!("layers_per_block: each must be in 1..={MAX_LAYERS}, got {layers:?}");
+            return value_err!(
+                "layers_per_block: each must be in 1..={MAX_LAYERS}, got {layers:?}"
+            );
         }
         let scale_shift = match c.resnet_time_scale_shift.as_str() {
             "default" => false,
@@ -493,7 +507,11 @@ impl UNet2DConditionConfig {
                     )
                 }
             };
-            let resample = if i + 1 == levels { Resample::None } else { Resample::Conv };
+            let resample = if i + 1 == levels {
+                Resample::None
+            } else {
+                Resample::Conv
+            };
             down.push(BlockSpec {
                 layers: layers[i],
                 attention,
@@ -521,7 +539,11 @@ impl UNet2DConditionConfig {
                     )
                 }
             };
-            let resample = if i + 1 == levels { Resample::None } else { Resample::Conv };
+            let resample = if i + 1 == levels {
+                Resample::None
+            } else {
+                Resample::Conv
+            };
             up.push(BlockSpec {
                 layers: layers[k] + 1,
                 attention,

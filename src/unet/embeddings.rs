@@ -144,7 +144,11 @@ impl TimeEmbedding {
     pub fn load(ld: &Loader<'_>, a: &Arch) -> Result<Self> {
         let t = &a.time;
         let fourier = t.kind == TimeEmbeddingType::Fourier;
-        let dim0 = if fourier { t.input_dim / 2 } else { t.input_dim };
+        let dim0 = if fourier {
+            t.input_dim / 2
+        } else {
+            t.input_dim
+        };
         let ted = t.embed_dim;
         let fourier_w = if fourier {
             ld.get_any(&["time_proj.weight", "time_proj.W"], &[dim0])?
@@ -198,9 +202,9 @@ impl TimeEmbedding {
     /// `timestep_cond` added), or None when a backend may compute it from `ts` itself.
     pub fn host_projection(&self, ts: &[f32], cond: &Conditioning<'_>) -> Result<Option<Vec<f32>>> {
         match (self.kind, &self.cond_proj, cond.timestep_cond) {
-            (_, None, Some(_)) => value_err!(
-                "timestep_cond given, but this model has no time_cond_proj_dim"
-            ),
+            (_, None, Some(_)) => {
+                value_err!("timestep_cond given, but this model has no time_cond_proj_dim")
+            }
             (_, Some((w, k)), Some(c)) => {
                 let b = ts.len();
                 if c.len() != b * k {
@@ -371,7 +375,9 @@ impl TimeEmbedding {
             }
             (ClassEmbedding::Projection(n), lab) => {
                 let ClassLabels::Values(v) = lab else {
-                    return value_err!("class_labels: the projection class embedding needs float vectors");
+                    return value_err!(
+                        "class_labels: the projection class embedding needs float vectors"
+                    );
                 };
                 if v.len() % n != 0 {
                     return value_err!(

@@ -17,7 +17,7 @@ use super::cond_config::UNet2DConditionConfig;
 use super::config::UNet2DConfig;
 use super::embeddings::{Conditioning, TimeEmbedding};
 use super::resnet::{Conv, Norm};
-use super::weights::{Loader, SafetensorsFile, WeightSource};
+use super::weights::{Loader, SafetensorsFile, ShardedSafetensors, WeightSource};
 use crate::error::{RdiffError, Result};
 use crate::unet::layout::Geometry;
 use crate::value_err;
@@ -90,13 +90,18 @@ impl UNet2D {
         })
     }
 
-    /// From a diffusers folder: `config.json` and the named safetensors file in `dir`.
+    /// From a diffusers folder: `config.json` and the named safetensors file in `dir`, or its
+    /// shards through `<name>.index.json`.
     pub fn from_dir(dir: &Path, weights_name: &str) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let cfg = std::fs::read_to_string(&cfg_path)
             .map_err(|e| RdiffError::Io(format!("{}: {e}", cfg_path.display())))?;
-        let file = SafetensorsFile::open(&dir.join(weights_name))?;
-        Self::load(&cfg, &file)
+        let single = dir.join(weights_name);
+        let index = dir.join(format!("{weights_name}.index.json"));
+        if !single.exists() && index.exists() {
+            return Self::load(&cfg, &ShardedSafetensors::open(&index)?);
+        }
+        Self::load(&cfg, &SafetensorsFile::open(&single)?)
     }
 
     pub fn in_channels(&self) -> usize {

@@ -2,8 +2,8 @@
 //! as scale/shift inside the second norm), GroupNorm+SiLU, conv onto the (projected)
 //! residual, divided by the output scale factor — five passes over memory in all.
 
-use super::backend::{Act, Backend, Epilogue, Segs};
 use super::arch::Arch;
+use super::backend::{Act, Backend, Epilogue, Segs};
 use super::weights::Loader;
 use crate::cpu::norm::GroupNormParams;
 use crate::error::Result;

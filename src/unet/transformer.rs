@@ -69,7 +69,15 @@ fn project<B: Backend>(
         keep: false,
         scale: 1.0,
     };
-    be.conv2d(&[x.seg()], x.dims, w, cout, Geometry::POINT, e, &mut out.buf)?;
+    be.conv2d(
+        &[x.seg()],
+        x.dims,
+        w,
+        cout,
+        Geometry::POINT,
+        e,
+        &mut out.buf,
+    )?;
     Ok(out)
 }
 
@@ -194,7 +202,11 @@ impl Block {
         let inner = s.heads * s.dh;
         let ff = 4 * inner;
         let p = |x: &str| format!("{prefix}.{x}");
-        let attn1_ctx = if s.only_cross { Some(s.cross_dim) } else { None };
+        let attn1_ctx = if s.only_cross {
+            Some(s.cross_dim)
+        } else {
+            None
+        };
         Ok(Self {
             norm1: LayerNorm::load(ld, &p("norm1"), inner)?,
             attn1: AttnLayer::load(ld, &p("attn1"), s.heads, s.dh, attn1_ctx)?,
@@ -289,7 +301,14 @@ impl Transformer2D {
             return value_err!("encoder_hidden_states: this UNet's cross-attention needs it");
         };
         let mut h = be.act(self.c, x.dims)?;
-        be.group_norm(&[x.seg()], x.dims, self.norm.params(), None, false, &mut h.buf)?;
+        be.group_norm(
+            &[x.seg()],
+            x.dims,
+            self.norm.params(),
+            None,
+            false,
+            &mut h.buf,
+        )?;
         let mut t = project(be, &h, &self.w_in, Some(&self.b_in), self.inner, None)?;
         be.give(h.buf);
         for blk in &self.blocks {

@@ -94,7 +94,95 @@ impl WeightSource for SafetensorsFile {
                 )))
             }
         };
+        self.release(data);
         Ok(Some((t.shape().to_vec(), out)))
+    }
+}
+
+impl SafetensorsFile {
+    /// Drops the whole pages of `data` (a tensor just converted) from this process's resident
+    /// memory: without it, the mapped file and its f32 copy would both count while a model
+    /// loads, doubling the load's peak (they stay in the page cache; a later read refaults).
+    fn release(&self, data: &[u8]) {
+        #[cfg(unix)]
+        {
+            const PAGE: usize = 4096;
+            let off = data.as_ptr() as usize - self._map.as_ptr() as usize;
+            let (start, end) = (off.next_multiple_of(PAGE), (off + data.len()) / PAGE * PAGE);
+            if end > start {
+                // SAFETY: the range is whole pages inside the read-only file mapping; the
+                // tensor's bytes were copied out above and nothing holds a reference into
+                // them. Dropping pages of a file mapping does not change what a later read
+                // sees (the file's contents fault back in).
+                let _ = unsafe {
+                    self._map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = data;
+    }
+}
+
+/// A checkpoint saved in shards (`<name>.index.json` whose `weight_map` names each tensor's
+/// file, as diffusers and transformers write checkpoints past their shard size).
+pub struct ShardedSafetensors {
+    shards: Vec<SafetensorsFile>,
+    map: HashMap<String, usize>,
+}
+
+impl ShardedSafetensors {
+    /// From the index file `index` (the shards sit beside it).
+    pub fn open(index: &Path) -> Result<Self> {
+        let shown = index.display();
+        let text =
+            std::fs::read_to_string(index).map_err(|e| RdiffError::Io(format!("{shown}: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| RdiffError::Io(format!("{shown}: not a valid index: {e}")))?;
+        let Some(wm) = v.get("weight_map").and_then(|m| m.as_object()) else {
+            return Err(RdiffError::Io(format!("{shown}: no \"weight_map\"")));
+        };
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let (mut shards, mut files, mut map) = (Vec::new(), HashMap::new(), HashMap::new());
+        for (name, file) in wm {
+            let Some(file) = file.as_str() else {
+                return Err(RdiffError::Io(format!("{shown}: {name:?} maps to {file}")));
+            };
+            if file.contains('/') || file.contains('\\') {
+                return Err(RdiffError::Io(format!(
+                    "{shown}: shard {file:?} is not a file name"
+                )));
+            }
+            let i = match files.get(file) {
+                Some(&i) => i,
+                None => {
+                    shards.push(SafetensorsFile::open(&dir.join(file))?);
+                    files.insert(file.to_string(), shards.len() - 1);
+                    shards.len() - 1
+                }
+            };
+            map.insert(name.clone(), i);
+        }
+        Ok(Self { shards, map })
+    }
+}
+
+impl WeightSource for ShardedSafetensors {
+    fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+        match self.map.get(name) {
+            Some(&i) => match self.shards[i].fetch(name)? {
+                Some(t) => Ok(Some(t)),
+                None => Err(RdiffError::Io(format!(
+                    "weight {name:?}: the index names shard {}, which does not hold it",
+                    self.shards[i].path
+                ))),
+            },
+            None => Ok(None),
+        }
     }
 }
 

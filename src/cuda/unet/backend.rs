@@ -14,6 +14,13 @@ use crate::unet::backend::{Backend, Epilogue, Segs, Tokens};
 use crate::unet::embeddings::{Conditioning, TimeEmbedding};
 use crate::unet::layout::{Dims, Geometry};
 
+/// `rdiff_unet_flash_attention_f32`'s threads per query and widest head (RD_ATTN_LANES,
+/// RD_ATTN_LANES · RD_ATTN_PER in kernels/unet_ops.cu).
+const FLASH_LANES: usize = 16;
+const FLASH_MAX_DH: usize = 256;
+/// The largest queries × keys the emulated launcher runs through the fused kernel.
+const FLASH_EMULATED_MAX: usize = 1024;
+
 /// The most f32 one im2col tile holds (64 MiB); wider convolutions go in column tiles.
 const COLS_CAP: usize = 1 << 24;
 
@@ -451,6 +458,35 @@ impl Backend for DeviceBackend<'_> {
             ));
         }
         let scale = 1.0 / (dh as f32).sqrt();
+        // The emulated launcher runs a block's threads as host threads, so the fused kernel's
+        // per-tile barriers make it slow there: emulation uses it on small problems only
+        // (which still checks it against the CPU), a device always.
+        let emulated_small = tq * tk <= FLASH_EMULATED_MAX;
+        if dh <= FLASH_MAX_DH && (!self.dev.host_visible() || emulated_small) {
+            // One fused kernel: no score matrix in memory.
+            let threads = self.dev.block_threads();
+            let per_block = (threads as usize / FLASH_LANES).max(1);
+            let grid = Dim3::new(tq.div_ceil(per_block) as u32, (b * heads) as u32, 1);
+            return self.dev.launch(
+                "rdiff_unet_flash_attention_f32",
+                grid,
+                Dim3::x(threads),
+                0,
+                &[
+                    KernelArg::Ptr(q.buf.at(q.row * nq)),
+                    KernelArg::Ptr(k.buf.at(k.row * nk)),
+                    KernelArg::Ptr(v.buf.at(v.row * nk)),
+                    i(heads),
+                    i(dh),
+                    i(b),
+                    i(tq),
+                    i(tk),
+                    KernelArg::F32(scale),
+                    KernelArg::Ptr(out.ptr),
+                ],
+            );
+        }
+        // Wider heads: two GEMMs around a column softmax, the scores in memory.
         let s = self.arena.take(self.dev, heads * tq * tk)?;
         for bi in 0..b {
             // Sᵀ_h[j][i] = scale · Σ_d K_h(d, j) Q_h(d, i), key-major (queries contiguous).
@@ -537,7 +573,12 @@ impl Backend for DeviceBackend<'_> {
         self.elementwise(
             "rdiff_unet_geglu_f32",
             inner * n,
-            &[KernelArg::Ptr(x.ptr), i(inner), i(n), KernelArg::Ptr(out.ptr)],
+            &[
+                KernelArg::Ptr(x.ptr),
+                i(inner),
+                i(n),
+                KernelArg::Ptr(out.ptr),
+            ],
         )
     }
 

@@ -326,9 +326,15 @@ fn group_norm_matches_cpu() {
 /// self-attention from one stacked buffer, and cross-attention with fewer key tokens.
 #[test]
 fn attention_matches_cpu() {
-    let (b, heads, dh) = (2, 3, 4);
-    let inner = heads * dh;
-    for (tq, tk) in [(15, 15), (15, 7)] {
+    for (b, heads, dh, tq, tk) in [
+        (2, 3, 4, 15, 15),
+        (2, 3, 4, 15, 7),
+        // Several key tiles, a ragged last one, a head wider than one pass of lanes.
+        (1, 2, 40, 21, 37),
+        // Past the fused kernel's widest head: the GEMM path.
+        (1, 1, 264, 9, 5),
+    ] {
+        let inner = heads * dh;
         let q = values(inner * b * tq, 40);
         let kv = values(2 * inner * b * tk, 41);
         for kernel_gemm in [true, false] {
