@@ -166,7 +166,8 @@ class UNet2DConditionModel(_unet.UNet2DConditionModel):
 
     @property
     def device(self) -> Any:
-        return torch.device(super().device if self._cuda is not None else "cpu")
+        # The emulated launcher (tests) takes CPU tensors.
+        return torch.device("cpu" if self._cuda is None or self._cuda < 0 else super().device)
 
     def __call__(self, *args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
         out = super().__call__(*args, return_dict=False, **kwargs)
