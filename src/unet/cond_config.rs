@@ -10,35 +10,15 @@ use super::arch::{
     Arch, AttnSpec, BlockSpec, ClassEmbedding, Resample, TextTime, TimeEmbeddingType, TimeSpec,
     TransformerSpec,
 };
+use super::config::{
+    d3, d_default, d_eps, d_groups, d_one, d_one_f, d_positional, d_silu, d_true, MAX_CHANNELS,
+    MAX_LAYERS, MAX_LEVELS, MAX_TABLE_ROWS,
+};
 use crate::error::{RdiffError, Result};
 use crate::value_err;
 
 fn d4() -> usize {
     4
-}
-fn d_true() -> bool {
-    true
-}
-fn d_one_f() -> f64 {
-    1.0
-}
-fn d_one() -> usize {
-    1
-}
-fn d_silu() -> String {
-    "silu".into()
-}
-fn d_groups() -> Option<usize> {
-    Some(32)
-}
-fn d_eps() -> f64 {
-    1e-5
-}
-fn d_default() -> String {
-    "default".into()
-}
-fn d_positional() -> String {
-    "positional".into()
 }
 fn d_mid() -> Option<String> {
     Some("UNetMidBlock2DCrossAttn".into())
@@ -81,17 +61,6 @@ fn d_one_v() -> Value {
 fn d_head_v() -> Value {
     Value::from(8)
 }
-fn d_three() -> usize {
-    3
-}
-
-/// Bounds far above any published model (SDXL: 3 levels of at most 1,280 channels, 10
-/// transformer layers, 2,048-wide context): a config past them is corrupt, and is refused
-/// before any allocation sized by it.
-const MAX_LEVELS: usize = 16;
-const MAX_CHANNELS: usize = 1 << 16;
-const MAX_LAYERS: usize = 64;
-const MAX_TABLE_ROWS: usize = 1 << 24;
 
 /// The keys of `UNet2DConditionModel.__init__`, with its defaults. The int-or-list keys are
 /// read as JSON values and resolved per block.
@@ -173,9 +142,9 @@ pub struct UNet2DConditionConfig {
     pub timestep_post_act: Option<String>,
     #[serde(default)]
     pub time_cond_proj_dim: Option<usize>,
-    #[serde(default = "d_three")]
+    #[serde(default = "d3")]
     pub conv_in_kernel: usize,
-    #[serde(default = "d_three")]
+    #[serde(default = "d3")]
     pub conv_out_kernel: usize,
     #[serde(default)]
     pub projection_class_embeddings_input_dim: Option<usize>,

@@ -10,22 +10,22 @@ use super::arch::{
 use crate::error::{RdiffError, Result};
 use crate::value_err;
 
-fn d3() -> usize {
+pub(super) fn d3() -> usize {
     3
 }
-fn d_true() -> bool {
+pub(super) fn d_true() -> bool {
     true
 }
-fn d_one_f() -> f64 {
+pub(super) fn d_one_f() -> f64 {
     1.0
 }
-fn d_one() -> usize {
+pub(super) fn d_one() -> usize {
     1
 }
 fn d_two() -> usize {
     2
 }
-fn d_positional() -> String {
+pub(super) fn d_positional() -> String {
     "positional".into()
 }
 fn d_mid() -> Option<String> {
@@ -57,29 +57,29 @@ fn d_channels() -> Vec<usize> {
 fn d_conv() -> Option<String> {
     Some("conv".into())
 }
-fn d_silu() -> String {
+pub(super) fn d_silu() -> String {
     "silu".into()
 }
 fn d_head() -> Option<usize> {
     Some(8)
 }
-fn d_groups() -> Option<usize> {
+pub(super) fn d_groups() -> Option<usize> {
     Some(32)
 }
-fn d_eps() -> f64 {
+pub(super) fn d_eps() -> f64 {
     1e-5
 }
-fn d_default() -> String {
+pub(super) fn d_default() -> String {
     "default".into()
 }
 
-/// Bounds on a config's sizes, far above any published UNet2DModel (those have at most 4
+/// Bounds on a config's sizes (both UNet classes'), far above any published UNet2DModel (those have at most 4
 /// levels of at most 1,280 channels): a config past them is corrupt, and is refused before any
 /// allocation sized by it (the weights are then checked against these sizes one by one).
-const MAX_LEVELS: usize = 16;
-const MAX_CHANNELS: usize = 1 << 16;
-const MAX_LAYERS: usize = 64;
-const MAX_TABLE_ROWS: usize = 1 << 24;
+pub(super) const MAX_LEVELS: usize = 16;
+pub(super) const MAX_CHANNELS: usize = 1 << 16;
+pub(super) const MAX_LAYERS: usize = 64;
+pub(super) const MAX_TABLE_ROWS: usize = 1 << 24;
 
 /// The keys of `UNet2DModel.__init__`, with its defaults.
 #[derive(Debug, Clone, Deserialize)]
