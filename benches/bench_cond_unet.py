@@ -25,7 +25,8 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
+
+from bench_unet import best_time  # benches/ is the script's folder, first on sys.path
 
 SD15 = dict(sample_size=64, cross_attention_dim=768)
 SDXL = dict(
@@ -92,15 +93,6 @@ def inputs(kind: str) -> dict:
             "time_ids": torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]] * 2),
         }
     return kw
-
-
-def best_time(fn, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def memory(which: str, path: str, kind: str, threads: int) -> tuple[float, float]:

@@ -13,21 +13,8 @@ use rayon::prelude::*;
 
 use super::arena::with_scratch;
 use super::vecmath::exp_f32;
+use super::SendPtr;
 use crate::simd_dispatch;
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each task writes its own (head rows, sample, query block) region.
-unsafe impl Send for SendPtr {}
-// SAFETY: shared only to hand the same base pointer to every task; see Send.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// Through a method, so closures capture the whole (Sync) wrapper.
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// Softmax over the keys of a key-major score block (`s[j·m + i]`, key j, query i) in
 /// place: numerators exp(s − max) left in `s`, `inv[i]` = 1 / Σ_j. Every pass runs along a

@@ -16,6 +16,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::arena::with_scratch;
+use super::SendPtr;
 use crate::unet::layout::{Dims, Geometry};
 
 /// One logical input: channel segments `(data, channels)`, each `[c][b][h][w]`, concatenated.
@@ -57,20 +58,6 @@ impl<'a> Init<'a> {
             keep: false,
             scale: 1.0,
         }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint regions through it (see `conv2d`).
-unsafe impl Send for SendPtr {}
-// SAFETY: shared only to hand the same base pointer to every task; see Send.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// Through a method, so closures capture the whole (Sync) wrapper.
-    fn get(&self) -> *mut f32 {
-        self.0
     }
 }
 

@@ -6,25 +6,12 @@
 
 use rayon::prelude::*;
 
+use super::SendPtr;
 use crate::simd_dispatch;
 
 /// Columns per block: a few vectors wide, and `c · COLS` floats stay in L2 for the three
 /// passes.
 const COLS: usize = 32;
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each task writes its own block of columns.
-unsafe impl Send for SendPtr {}
-// SAFETY: shared only to hand the same base pointer to every task; see Send.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// Through a method, so closures capture the whole (Sync) wrapper.
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// The parameters of one LayerNorm.
 #[derive(Clone, Copy)]

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::conv::Input;
 use super::vecmath::silu_f32;
+use super::SendPtr;
 use crate::simd_dispatch;
 
 /// Sum and sum of squares (f32 lanes, folded in f64).
@@ -57,20 +58,6 @@ pub struct GroupNormParams<'a> {
     pub eps: f32,
     pub gamma: &'a [f32],
     pub beta: &'a [f32],
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each task writes its own (sample, group) planes.
-unsafe impl Send for SendPtr {}
-// SAFETY: shared only to hand the same base pointer to every task; see Send.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// Through a method, so closures capture the whole (Sync) wrapper.
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Plane (channel c, sample b) of a segmented input.

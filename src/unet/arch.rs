@@ -42,10 +42,10 @@ pub struct TransformerSpec {
     pub layers: Vec<usize>,
     /// Width of `encoder_hidden_states`.
     pub cross_dim: usize,
-    /// Both attentions attend to the context (`only_cross_attention`).
+    /// Both attentions attend to the context (`only_cross_attention`). (`proj_in` /
+    /// `proj_out` as linear layers or 1×1 convolutions is the same product: the loader takes
+    /// either weight shape, so `use_linear_projection` needs no field.)
     pub only_cross: bool,
-    /// `proj_in` / `proj_out` are linear layers rather than 1×1 convolutions (same product).
-    pub linear_projection: bool,
 }
 
 /// The attention after each resnet of a block.

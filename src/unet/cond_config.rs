@@ -114,6 +114,7 @@ pub struct UNet2DConditionConfig {
     pub num_attention_heads: Value,
     #[serde(default)]
     pub dual_cross_attention: bool,
+    /// Read only for completeness: linear or 1×1-conv projections are the same product.
     #[serde(default)]
     pub use_linear_projection: bool,
     #[serde(default)]
@@ -453,7 +454,6 @@ impl UNet2DConditionConfig {
                 layers,
                 cross_dim: xd,
                 only_cross: oc,
-                linear_projection: c.use_linear_projection,
             }))
         };
         let mut down = Vec::new();
