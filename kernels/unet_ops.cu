@@ -245,7 +245,8 @@ RDIFF_HOST_EXPORT(rdiff_unet_geglu_f32)
 #define RD_ATTN_TILE RD_ATTN_LANES
 #define RD_ATTN_DMAX (RD_ATTN_LANES * RD_ATTN_PER)
 #define RD_ATTN_QMAX (RD_UNET_OPS_THREADS / RD_ATTN_LANES)
-extern "C" __global__ void __launch_bounds__(RD_UNET_OPS_THREADS)
+// (min blocks 1: NVRTC 13.0's ptxas otherwise capped sm_80 at 80 registers and spilled)
+extern "C" __global__ void __launch_bounds__(RD_UNET_OPS_THREADS, 1)
     rdiff_unet_flash_attention_f32(const float* __restrict__ q, const float* __restrict__ k,
                                    const float* __restrict__ v, rd_i64 heads, rd_i64 dh,
                                    rd_i64 b, rd_i64 tq, rd_i64 tk, float scale,
