@@ -73,6 +73,26 @@ def test_sample_save_npz(tmp_path):
     assert nfe == 3 and np.array_equal(x, z["samples"])
 
 
+@pytest.mark.parametrize("name", ["DDPMScheduler", "EulerAncestralDiscreteScheduler"])
+def test_a_numpy_generator_draws_the_same_noise_for_torch_tensors(name):
+    """The CLI's loop on CUDA keeps its numpy Generator: torch samples get the numpy stream."""
+    torch = pytest.importorskip("torch")
+    import rdiff.diffusers as rdd
+
+    outs = []
+    for wrap in (np.asarray, torch.from_numpy):
+        s = getattr(rdd, name)()
+        s.set_timesteps(10)
+        rng = np.random.default_rng(1)
+        x = wrap(np.random.default_rng(0).standard_normal((2, 1, 8, 8), dtype=np.float32))
+        for t in s.timesteps[:4]:
+            eps = wrap(np.tanh(np.asarray(x)))
+            x = s.step(eps, t, x, generator=rng).prev_sample
+        outs.append(np.asarray(x))
+    assert not np.array_equal(outs[0], np.zeros_like(outs[0]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 def test_analytic_schedulers_run(tmp_path):
     for name in ("analytic-ddpm", "analytic-ddim"):
         npz = tmp_path / f"{name}.npz"

@@ -102,6 +102,14 @@ def cuda_stream(x: Any, what: str = "sample") -> int:
     return 0
 
 
+def capturing(x: Any) -> bool:
+    """True when x is a CUDA tensor and its device's current stream is capturing a CUDA graph
+    (where reading a device value on the host is impossible)."""
+    if not (is_torch(x) and x.is_cuda):
+        return False
+    return bool(torch_module().cuda.is_current_stream_capturing())
+
+
 def empty_like(x: Any, dtype: Any = None) -> Any:
     """An uninitialised contiguous buffer shaped like x, in x's framework and on x's device."""
     torch = sys.modules.get("torch")
@@ -172,8 +180,15 @@ def randn(shape: tuple, like: Any, generator: Any = None, dtype: Any = None) -> 
 
     For torch, a CPU generator draws on the CPU and the result moves to like's device; a list
     of generators draws one sample each. For numpy, ``generator`` is a numpy Generator (or
-    None for a fresh default one).
+    None for a fresh default one); a numpy Generator given with a torch tensor draws as for
+    numpy, on the host, and the noise moves to like's device (``rdiff sample`` gives the same
+    images on the CPU and on CUDA).
     """
+    if is_torch(like) and isinstance(generator, np.random.Generator):
+        torch = torch_module()
+        host = randn(shape, np.empty(0, np.float32), generator)
+        dt = torch.float32 if dtype is None else dtype
+        return torch.from_numpy(host).to(device=like.device, dtype=dt)
     if is_torch(like):
         torch = torch_module()
         device = like.device

@@ -161,17 +161,31 @@ def sample_images(
     nfe = len(timesteps)
     # DPM-Solver-v3's timesteps are fractional: the network and the step get them as they are
     fractional = timesteps.dtype.kind == "f"
+    # a model on CUDA samples on its device: the loop's tensors become torch CUDA tensors (the
+    # noise is still drawn on the host from `rng`, so CPU and CUDA give the same images)
+    device = unet.device
+    if device.startswith("cuda"):
+        import torch
+
+        def on_device(a: np.ndarray) -> Any:
+            return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+        def on_host(a: Any) -> np.ndarray:
+            return a.float().cpu().numpy()
+    else:
+        on_device = on_host = np.asarray
     outs = []
     bar = tqdm(total=nfe * ((n + batch_size - 1) // batch_size), disable=not progress, unit="step")
     for start in range(0, n, batch_size):
         scheduler.set_timesteps(steps)
         x = np.ascontiguousarray(x_all[start : start + batch_size]) * scheduler.init_noise_sigma
+        x = on_device(x.astype(np.float32, copy=False))
         for t in timesteps:
-            tt = np.full((x.shape[0],), t, dtype=np.float32 if fractional else np.int64)
+            tt = on_device(np.full((x.shape[0],), t, dtype=np.float32 if fractional else np.int64))
             eps = unet(x, tt)
             x = scheduler.step(eps, t if fractional else int(t), x, **noise_kw).prev_sample
             bar.update(1)
-        outs.append(np.asarray(x, dtype=np.float32))
+        outs.append(np.asarray(on_host(x), dtype=np.float32))
     bar.close()
     return np.concatenate(outs, axis=0), nfe
 
