@@ -385,10 +385,17 @@ class SchedulerBase(ConfigMixin):
         )
 
     def _init_step_index(self, timestep: Any) -> None:
-        if self._begin_index is None:
-            self._step_index = self.index_for_timestep(timestep)
-        else:
+        if self._begin_index is not None:
             self._step_index = self._begin_index
+        elif _tensor.capturing(timestep):
+            # finding a CUDA timestep's position reads it on the host: no graph can hold that
+            raise RuntimeError(
+                f"{type(self).__name__}: under CUDA-graph capture the first step's position "
+                "cannot be read from a CUDA timestep; call set_begin_index(0) (or the loop's "
+                "first index) after set_timesteps, or keep the timesteps on the CPU"
+            )
+        else:
+            self._step_index = self.index_for_timestep(timestep)
 
     def _begin_step(self, model_output: Any, timestep: Any, sample: Any) -> tuple[Any, Any]:
         """Checks that a step can run now; returns model_output and sample, contiguous."""

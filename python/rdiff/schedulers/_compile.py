@@ -132,6 +132,41 @@ def _index(tensors: list, t: Any) -> int:
     raise TypeError("rdiff under torch.compile: the sample and model output must be tensors")
 
 
+def _state_tensors(scheduler: Any) -> dict:
+    """id → tensor of the tensors the scheduler holds (attributes, and inside lists)."""
+    torch = sys.modules["torch"]
+    found = {}
+    for v in scheduler.__dict__.values():
+        for u in v if isinstance(v, list) else (v,):
+            if isinstance(u, torch.Tensor):
+                found[id(u)] = u
+    return found
+
+
+def _release_ended_loop_state(scheduler: Any, before: dict) -> None:
+    """Forgets, once the loop's last step has run, the tensors the operator's calls left in
+    the scheduler (its history: DPM-Solver's model_outputs, UniPC's last sample, ...).
+
+    CUDA graphs (``mode="reduce-overhead"``) allow nothing allocated in a captured region to
+    outlive it except its outputs; a scheduler holding its history would keep such tensors.
+    After the last step nothing reads them (``set_timesteps`` starts afresh), so a compiled
+    whole loop ends with none. A compiled region of one step still leaves the history alive
+    between calls; CUDA-graph trees refuse that, and such a step runs under plain
+    ``torch.compile`` only.
+    """
+    made = scheduler.__dict__.setdefault("_compiled_state", set())
+    made.update(k for k in _state_tensors(scheduler) if k not in before)
+    index, timesteps = scheduler.__dict__.get("_step_index"), scheduler.__dict__.get("timesteps")
+    if index is None or timesteps is None or index < len(timesteps):
+        return
+    for k, v in scheduler.__dict__.items():
+        if isinstance(v, list):
+            scheduler.__dict__[k] = [None if id(u) in made else u for u in v]
+        elif id(v) in made:
+            scheduler.__dict__[k] = None
+    made.clear()
+
+
 def _ensure_op() -> None:
     global _OP
     if _OP is not None:
@@ -156,10 +191,12 @@ def _ensure_op() -> None:
                 kwargs[k] = _value(tok, tensors)
             else:
                 args.append(_value(part, tensors))
+        before = _state_tensors(scheduler)
         if method == "step":
             out = tuple(getattr(scheduler, method)(*args, **kwargs, return_dict=False))
         else:
             out = (getattr(scheduler, method)(*args, **kwargs),)
+        _release_ended_loop_state(scheduler, before)
         # an operator's outputs may not alias its inputs (scale_model_input can be the identity)
         ptrs = {t.untyped_storage().data_ptr() for t in tensors}
         return [o.clone() if o.untyped_storage().data_ptr() in ptrs else o for o in out]
