@@ -1,8 +1,10 @@
-"""Find NVRTC in the user's environment and load it before the extension needs it.
+"""Find NVRTC and cuBLAS in the user's environment and load them before the extension needs
+them.
 
-cudarc looks libraries up by name only (``libnvrtc.so``), which the dynamic loader finds on
-the system path but not inside the ``nvidia-cuda-nvrtc`` wheels that pip (and PyTorch) install.
-Loading the wheel's copy first with ``RTLD_GLOBAL`` makes the later lookup by name succeed.
+cudarc looks libraries up by name only (``libnvrtc.so``, ``libcublas.so.13``), which the dynamic
+loader finds on the system path but not inside the ``nvidia-cuda-nvrtc`` / ``nvidia-cublas``
+wheels that pip (and PyTorch) install. Loading the wheel's copy first with ``RTLD_GLOBAL`` makes
+the later lookup by name succeed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import sys
 
 _loaded: str | None = None
+_cublas: str | None = None
 
 
 def _candidate_dirs() -> list[str]:
@@ -30,16 +33,11 @@ def _candidate_dirs() -> list[str]:
     return dirs
 
 
-def preload_nvrtc() -> str | None:
-    """Load the newest NVRTC found in installed wheels; return its path, or None."""
-    global _loaded
-    if _loaded is not None or not sys.platform.startswith("linux"):
-        return _loaded
-    if os.environ.get("RDIFF_NO_NVRTC_PRELOAD"):
-        return None
+def _preload(stem: str) -> str | None:
+    """Load the newest ``<stem>.so*`` found in installed wheels; return its path, or None."""
     found = []
     for d in _candidate_dirs():
-        found.extend(glob.glob(os.path.join(d, "libnvrtc.so*")))
+        found.extend(glob.glob(os.path.join(d, f"{stem}.so*")))
     # Prefer the newest major version (13 before 12); builtins libraries are dependencies.
     found = sorted({f for f in found if "builtins" not in os.path.basename(f)}, reverse=True)
     for path in found:
@@ -47,6 +45,20 @@ def preload_nvrtc() -> str | None:
             ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         except OSError:
             continue
-        _loaded = path
         return path
     return None
+
+
+def preload_nvrtc() -> str | None:
+    """Load the newest NVRTC found in installed wheels, and cuBLAS beside it where one is
+    installed (the CUDA UNet's GEMMs; without it rdiff uses its own GEMM kernel); return
+    NVRTC's path, or None."""
+    global _loaded, _cublas
+    if _loaded is not None or not sys.platform.startswith("linux"):
+        return _loaded
+    if os.environ.get("RDIFF_NO_NVRTC_PRELOAD"):
+        return None
+    _loaded = _preload("libnvrtc")
+    if _preload("libcublasLt") is not None:  # (libcublas needs it loaded first)
+        _cublas = _preload("libcublas")
+    return _loaded

@@ -59,10 +59,13 @@ pub fn availability() -> Result<CudaInfo, String> {
     Err("rdiff was built without the `cuda` feature".into())
 }
 
+pub mod column_major;
 #[cfg(feature = "cuda")]
 pub mod compile;
 #[cfg(feature = "cuda")]
 pub mod context;
+#[cfg(feature = "cuda")]
+pub mod cublas;
 pub mod emulate;
 pub mod error_norm;
 pub mod kernels;

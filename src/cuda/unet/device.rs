@@ -1,11 +1,15 @@
 //! What the UNet needs of a device beyond kernel launches: memory (alloc, free, upload) and a
-//! GEMM. The real launcher runs the GEMM kernel (`kernels/gemm.cu`); the emulated one hands
-//! the GEMM to the `gemm` crate (the kernel itself, emulated thread by thread, is far too slow
-//! for a whole UNet; the tests run it on small shapes through `kernel_gemm`).
+//! GEMM. The real launcher hands the GEMM to cuBLAS (`crate::cuda::cublas`) in its column-major
+//! form (`column_major`), or runs rdiff's GEMM kernel (`kernels/gemm.cu`) where cuBLAS is
+//! missing or the layout has no cuBLAS form. The emulated one runs the same column-major form
+//! on the CPU with the `gemm` crate, so the tests cover the mapping the device relies on (the
+//! kernel itself, emulated thread by thread, is far too slow for a whole UNet; the tests run
+//! it on small shapes through `kernel_gemm`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::cuda::column_major::{operand, ColumnMajorGemm};
 use crate::cuda::emulate::EmulatedLauncher;
 use crate::cuda::launch::{Dim3, KernelArg, Launcher};
 use crate::error::{RdiffError, Result};
@@ -53,6 +57,36 @@ pub trait UnetDevice: Launcher {
 
 const TILE: usize = 64;
 
+/// `g` in cuBLAS's column-major terms: the row-major C (m×n) is a column-major Cᵀ (n×m) =
+/// Bᵀ·Aᵀ. None where an operand has no unit stride or a size exceeds cuBLAS's 32-bit ints.
+pub fn column_major(g: &Gemm) -> Option<ColumnMajorGemm> {
+    let (trans_a, lda) = operand(g.n, g.k, g.b_cs, g.b_rs)?; // Bᵀ(j, k) = B(k, j)
+    let (trans_b, ldb) = operand(g.k, g.m, g.a_cs, g.a_rs)?; // Aᵀ(k, i) = A(i, k)
+    let (trans_c, ldc) = operand(g.n, g.m, 1, g.c_rs)?;
+    let int = |v: usize| i32::try_from(v).ok();
+    let long = |v: usize| i64::try_from(v).ok();
+    (!trans_c).then_some(())?;
+    Some(ColumnMajorGemm {
+        trans_a,
+        trans_b,
+        m: int(g.n)?,
+        n: int(g.m)?,
+        k: int(g.k)?,
+        a: g.b,
+        lda,
+        stride_a: long(g.b_bs)?,
+        b: g.a,
+        ldb,
+        stride_b: long(g.a_bs)?,
+        c: g.c,
+        ldc,
+        stride_c: long(g.c_bs)?,
+        batch: int(g.batch)?,
+        alpha: g.alpha,
+        beta: g.beta,
+    })
+}
+
 /// The GEMM as `rdiff_gemm_f32` launches (64×64 tiles, 256 threads).
 pub fn gemm_kernel(l: &dyn Launcher, g: &Gemm) -> Result<()> {
     if g.m == 0 || g.n == 0 || g.batch == 0 {
@@ -90,6 +124,65 @@ pub fn gemm_kernel(l: &dyn Launcher, g: &Gemm) -> Result<()> {
             KernelArg::F32(g.beta),
         ],
     )
+}
+
+/// A GEMM on host memory: each operand as (address, row stride, column stride, batch stride)
+/// in f32 elements.
+struct Strided {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: (u64, usize, usize, usize),
+    b: (u64, usize, usize, usize),
+    c: (u64, usize, usize, usize),
+    batch: usize,
+    alpha: f32,
+    beta: f32,
+}
+
+/// `C = beta·C + alpha·A·B` per batch with the `gemm` crate (`beta == 0` does not read C).
+fn cpu_gemm(g: &Strided) {
+    let s = |v: usize| v as isize;
+    let (c_rs, c_cs) = (g.c.1, g.c.2);
+    for z in 0..g.batch {
+        // SAFETY: the addresses are host addresses (emulation) of f32 buffers that the caller
+        // sized for these shapes and strides; C does not overlap A or B.
+        unsafe {
+            let a = (g.a.0 as *const f32).add(z * g.a.3);
+            let b = (g.b.0 as *const f32).add(z * g.b.3);
+            let c = (g.c.0 as *mut f32).add(z * g.c.3);
+            if g.k == 0 {
+                for i in 0..g.m {
+                    for j in 0..g.n {
+                        let p = c.add(i * c_rs + j * c_cs);
+                        *p = if g.beta == 0.0 { 0.0 } else { g.beta * *p };
+                    }
+                }
+                continue;
+            }
+            gemm::gemm(
+                g.m,
+                g.n,
+                g.k,
+                c,
+                s(c_cs),
+                s(c_rs),
+                g.beta != 0.0,
+                a,
+                s(g.a.2),
+                s(g.a.1),
+                b,
+                s(g.b.2),
+                s(g.b.1),
+                g.beta,
+                g.alpha,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+    }
 }
 
 /// The emulated launcher with host memory and a CPU GEMM.
@@ -145,45 +238,41 @@ impl UnetDevice for EmulatedDevice {
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
-        let s = |v: usize| v as isize;
-        for z in 0..g.batch {
-            // SAFETY: the addresses are host addresses (emulation) of f32 buffers that the
-            // caller sized for these shapes and strides; C does not overlap A or B.
-            unsafe {
-                let a = (g.a as *const f32).add(z * g.a_bs);
-                let b = (g.b as *const f32).add(z * g.b_bs);
-                let c = (g.c as *mut f32).add(z * g.c_bs);
-                if g.k == 0 {
-                    for i in 0..g.m {
-                        for j in 0..g.n {
-                            let p = c.add(i * g.c_rs + j);
-                            *p = if g.beta == 0.0 { 0.0 } else { g.beta * *p };
-                        }
+        // cuBLAS's call as the real device makes it, else the kernel's (row-major) form
+        match column_major(g) {
+            Some(cm) => {
+                let op = |t: bool, ld: i32| {
+                    if t {
+                        (ld as usize, 1)
+                    } else {
+                        (1, ld as usize)
                     }
-                    continue;
-                }
-                gemm::gemm(
-                    g.m,
-                    g.n,
-                    g.k,
-                    c,
-                    1,
-                    s(g.c_rs),
-                    g.beta != 0.0,
-                    a,
-                    s(g.a_cs),
-                    s(g.a_rs),
-                    b,
-                    s(g.b_cs),
-                    s(g.b_rs),
-                    g.beta,
-                    g.alpha,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(0),
-                );
+                };
+                let (a_rs, a_cs) = op(cm.trans_a, cm.lda);
+                let (b_rs, b_cs) = op(cm.trans_b, cm.ldb);
+                cpu_gemm(&Strided {
+                    m: cm.m as usize,
+                    n: cm.n as usize,
+                    k: cm.k as usize,
+                    a: (cm.a, a_rs, a_cs, cm.stride_a as usize),
+                    b: (cm.b, b_rs, b_cs, cm.stride_b as usize),
+                    c: (cm.c, 1, cm.ldc as usize, cm.stride_c as usize),
+                    batch: cm.batch as usize,
+                    alpha: cm.alpha,
+                    beta: cm.beta,
+                });
             }
+            None => cpu_gemm(&Strided {
+                m: g.m,
+                n: g.n,
+                k: g.k,
+                a: (g.a, g.a_rs, g.a_cs, g.a_bs),
+                b: (g.b, g.b_rs, g.b_cs, g.b_bs),
+                c: (g.c, g.c_rs, 1, g.c_bs),
+                batch: g.batch,
+                alpha: g.alpha,
+                beta: g.beta,
+            }),
         }
         Ok(())
     }
@@ -229,8 +318,9 @@ impl UnetDevice for EmulatedDevice {
 mod real {
     use cudarc::driver::result as cu;
 
-    use super::{gemm_kernel, Gemm, UnetDevice};
+    use super::{column_major, gemm_kernel, Gemm, UnetDevice};
     use crate::cuda::context::StreamLauncher;
+    use crate::cuda::cublas;
     use crate::error::{RdiffError, Result};
 
     fn err(what: &str, e: cu::DriverError) -> RdiffError {
@@ -239,6 +329,14 @@ mod real {
 
     impl UnetDevice for StreamLauncher {
         fn gemm(&self, g: &Gemm) -> Result<()> {
+            if g.m == 0 || g.n == 0 || g.batch == 0 {
+                return Ok(());
+            }
+            if let Some(cm) = column_major(g) {
+                if cublas::sgemm(&self.device, self.stream, &cm)? {
+                    return Ok(());
+                }
+            }
             gemm_kernel(self, g)
         }
 

@@ -4,7 +4,7 @@
 use half::{bf16, f16};
 
 use super::backend::{DevBuf, DeviceArena, DeviceBackend, DeviceWeights};
-use super::device::{EmulatedDevice, Gemm, UnetDevice};
+use super::device::{column_major, EmulatedDevice, Gemm, UnetDevice};
 use crate::cpu::arena::{Arena, Buf};
 use crate::cpu::layer_norm::LayerNormParams;
 use crate::cpu::norm::GroupNormParams;
@@ -110,6 +110,9 @@ fn gemm_kernel_and_cpu_stand_in_match_naive() {
             (70, 45, 19, false, false, 1, 0.3f32),
             (5, 67, 33, true, true, 2, 0.0),
             (64, 1, 7, false, true, 3, 1.0),
+            (1, 9, 4, false, true, 1, 0.0),
+            (6, 5, 1, true, false, 2, 0.5),
+            (3, 8, 6, true, false, 1, 0.0),
         ] {
             let (a_rs, a_cs) = if ta { (1, m) } else { (k, 1) };
             let (b_rs, b_cs) = if tb { (1, k) } else { (n, 1) };
@@ -154,6 +157,74 @@ fn gemm_kernel_and_cpu_stand_in_match_naive() {
                 }
             }
         }
+    }
+}
+
+/// cuBLAS's column-major form of the UNet's GEMMs: which layouts have one, and that the CPU
+/// stand-in running that form (as the real device hands it to cuBLAS) gives the naive product,
+/// also for operands without a unit stride (no cuBLAS form: the kernel's path).
+#[test]
+fn column_major_form_matches_naive() {
+    let base = Gemm {
+        m: 5,
+        n: 7,
+        k: 3,
+        a: 0,
+        a_rs: 3,
+        a_cs: 1,
+        a_bs: 15,
+        b: 0,
+        b_rs: 7,
+        b_cs: 1,
+        b_bs: 21,
+        c: 0,
+        c_rs: 7,
+        c_bs: 35,
+        batch: 1,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let cm = column_major(&base).unwrap();
+    // Cᵀ = Bᵀ·Aᵀ: B row-major is a column-major Bᵀ (no transpose), likewise A.
+    assert_eq!(
+        (cm.m, cm.n, cm.k, cm.trans_a, cm.trans_b),
+        (7, 5, 3, false, false)
+    );
+    assert_eq!((cm.lda, cm.ldb, cm.ldc), (7, 3, 7));
+    let t = column_major(&Gemm {
+        a_rs: 1,
+        a_cs: 5,
+        b_rs: 1,
+        b_cs: 3,
+        ..base
+    })
+    .unwrap();
+    assert_eq!((t.trans_a, t.trans_b, t.lda, t.ldb), (true, true, 3, 5));
+    let strided = Gemm {
+        a_rs: 6,
+        a_cs: 2,
+        a_bs: 30,
+        ..base
+    };
+    assert!(column_major(&strided).is_none());
+    assert!(
+        column_major(&Gemm { c_rs: 6, ..base }).is_none(),
+        "ldc below the rows"
+    );
+    let dev = EmulatedDevice::new(4, 0, false);
+    let a = Misaligned::new(&values(30, 4));
+    let b = Misaligned::new(&values(21, 5));
+    let c = Misaligned::new(&values(35, 6));
+    let g = Gemm {
+        a: a.ptr(),
+        b: b.ptr(),
+        c: c.ptr(),
+        ..strided
+    };
+    dev.gemm(&g).unwrap();
+    let want = naive_gemm(&g, a.get(), b.get(), &values(35, 6));
+    for (x, y) in c.get().iter().zip(&want) {
+        assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} {y}");
     }
 }
 

@@ -1,0 +1,103 @@
+//! cuBLAS for the CUDA UNet's GEMMs, loaded at run time through cudarc (the `nvidia-cublas`
+//! wheel's copy or PyTorch's, preloaded by `python/rdiff/_cuda_libs.py`, or the system's).
+//!
+//! One handle per device, on the caller's stream, with cuBLAS's default math mode: plain f32
+//! (no TF32), so results agree with the f32 kernel to rounding. Where the library is missing,
+//! its handle cannot be created, `RDIFF_NO_CUBLAS` is set, or a GEMM's layout has no cuBLAS
+//! form, `sgemm` answers `Ok(false)` and the caller runs rdiff's own GEMM kernel.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use cudarc::cublas::sys;
+
+use super::column_major::ColumnMajorGemm;
+use super::context::Device;
+use crate::error::{RdiffError, Result};
+
+/// Whether cuBLAS may be used: the library present and not switched off.
+pub fn status() -> std::result::Result<(), String> {
+    if std::env::var_os("RDIFF_NO_CUBLAS").is_some_and(|v| !v.is_empty()) {
+        return Err("switched off by RDIFF_NO_CUBLAS".into());
+    }
+    // SAFETY: only tries to dlopen the library by name.
+    if !unsafe { sys::is_culib_present() } {
+        return Err("no cuBLAS library found (pip install nvidia-cublas, or torch)".into());
+    }
+    Ok(())
+}
+
+/// A handle per device ordinal (as usize), or None where it could not be created.
+type Handles = Mutex<HashMap<i32, Option<usize>>>;
+
+fn handles() -> &'static Handles {
+    static HANDLES: OnceLock<Handles> = OnceLock::new();
+    HANDLES.get_or_init(Default::default)
+}
+
+fn check(status: sys::cublasStatus_t, what: &str) -> Result<()> {
+    if status == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(RdiffError::Cuda(format!("{what}: {status:?}")))
+    }
+}
+
+/// Runs `g` on `stream` of `device` with cuBLAS: `Ok(false)` when cuBLAS is unavailable (the
+/// caller falls back to its own kernel), an error when cuBLAS refuses the call.
+pub fn sgemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool> {
+    if status().is_err() {
+        return Ok(false);
+    }
+    // The map's lock also serialises the handle's use: a handle is not to be shared between
+    // threads at once, and set-stream + call must stay together.
+    let mut map = handles().lock().unwrap_or_else(|e| e.into_inner());
+    device.make_current()?;
+    let handle = *map.entry(device.ordinal).or_insert_with(|| {
+        let mut h: sys::cublasHandle_t = std::ptr::null_mut();
+        // SAFETY: `h` is valid for writes; the device's primary context is current.
+        let ok = unsafe { sys::cublasCreate_v2(&mut h) };
+        (ok == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).then_some(h as usize)
+    });
+    let Some(h) = handle else {
+        return Ok(false);
+    };
+    let h = h as sys::cublasHandle_t;
+    let op = |t: bool| {
+        if t {
+            sys::cublasOperation_t::CUBLAS_OP_T
+        } else {
+            sys::cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    // SAFETY: a live handle; the stream is the caller's live stream on this device.
+    let set = unsafe { sys::cublasSetStream_v2(h, stream as sys::cudaStream_t) };
+    check(set, "cublasSetStream")?;
+    // SAFETY: the pointers are device allocations (the UNet's arena and weights) holding every
+    // element the strides and sizes reach (the Gemm's contract); alpha and beta are host
+    // values that outlive the call (cuBLAS's default host pointer mode).
+    let done = unsafe {
+        sys::cublasSgemmStridedBatched(
+            h,
+            op(g.trans_a),
+            op(g.trans_b),
+            g.m,
+            g.n,
+            g.k,
+            &g.alpha,
+            g.a as *const f32,
+            g.lda,
+            g.stride_a,
+            g.b as *const f32,
+            g.ldb,
+            g.stride_b,
+            &g.beta,
+            g.c as *mut f32,
+            g.ldc,
+            g.stride_c,
+            g.batch,
+        )
+    };
+    check(done, "cublasSgemmStridedBatched")?;
+    Ok(true)
+}
