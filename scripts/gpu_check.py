@@ -8,21 +8,42 @@ Without CUDA it says so and exits 0, checking nothing.
 1. Scheduler steps on CUDA tensors (the kernels NVRTC compiles, launched for real) equal the
    same steps on the CPU: DPM-Solver++ 2M, UniPC, Euler ancestral (given noise), in float32
    and bfloat16.
-2. A compiled 20-step loop (``torch.compile(fullgraph=True)``: scale_model_input, a small
+2. Every ``rdiff.diffusers`` scheduler's 20-step loop on CUDA tensors equals the CPU loop
+   (stochastic ones: finite, since the two devices' generators differ).
+3. A compiled 20-step loop (``torch.compile(fullgraph=True)``: scale_model_input, a small
    conv net, step) equals eager mode on CUDA, and again under CUDA graphs
    (``mode="reduce-overhead"``), run twice (the second run replays the captured graph).
+4. The native UNets on CUDA (``device="cuda"``) equal diffusers' torch modules: a small
+   UNet2DModel with attention, and small random SD 1.x / SD 2.x / SDXL UNet2DConditionModels.
+5. ``rdiff sample --device cuda`` gives the CPU's samples.
+6. Speed: the DDPM-CIFAR-10 UNet2DModel (batch 1 and 8) and the SD-1.5-shaped
+   UNet2DConditionModel (batch 2, 64×64, 77 tokens) on CUDA, rdiff against torch (f32, torch's
+   default TF32 settings), with their relative difference: one table.
+
+Needs diffusers for 4 and 5 (the oracle); without it those checks say so and are skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import time
+import traceback
 
 import torch
 
 import rdiff.diffusers as rdd
 
 FAILURES = 0
+ONLY = None  # --only: the checks whose function name contains it
+
+
+def rdiff_backends() -> dict:
+    import rdiff
+
+    return rdiff.backends()
 
 
 def report(name: str, ok: bool, detail: str) -> None:
@@ -68,6 +89,45 @@ def steps_match_cpu(steps: int) -> None:
             report(f"{name} {str(dtype)[6:]} cuda = cpu", ok, detail)
 
 
+STOCHASTIC = ("Ancestral", "DDPM", "LCM", "TCD")
+
+
+def every_scheduler_matches_cpu(steps: int) -> None:
+    import inspect
+
+    for name, cls in vars(rdd).items():
+        if not (inspect.isclass(cls) and name.endswith("Scheduler")):
+            continue
+        outs = []
+        try:
+            for device in ("cpu", "cuda"):
+                s = cls()
+                s.set_timesteps(steps)
+                x = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+                x = (x * float(getattr(s, "init_noise_sigma", 1.0))).to(device)
+                for i, t in enumerate(s.timesteps):
+                    xi = s.scale_model_input(x, t)
+                    mo = torch.tanh(xi)
+                    extra = {}
+                    if any(k in name for k in STOCHASTIC):
+                        extra["generator"] = torch.Generator(device).manual_seed(i)
+                    x = s.step(mo, t, x, **extra).prev_sample
+                outs.append(x.float().cpu())
+        except Exception as e:
+            if not outs:  # the CPU loop itself needs more than defaults: not a CUDA question
+                print(f"SKIP {name}: needs more than the default config ({repr(e)[:120]})")
+            else:
+                report(f"{name} f32 cuda = cpu", False, repr(e)[:300])
+            continue
+        if any(k in name for k in STOCHASTIC):
+            ok, detail = bool(torch.isfinite(outs[1]).all()), "finite (generators differ)"
+        else:
+            err = float((outs[0] - outs[1]).abs().max())
+            ok = err <= 1e-5 * max(1.0, float(outs[0].abs().max()))
+            detail = f"max |Δ| {err:.2e}"
+        report(f"{name} f32 cuda = cpu", ok, detail)
+
+
 def compiled_loop(steps: int) -> None:
     torch.manual_seed(0)
     net = (
@@ -80,37 +140,301 @@ def compiled_loop(steps: int) -> None:
         .eval()
     )
     x = torch.randn(2, 4, 32, 32, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    # timesteps on the GPU (set_timesteps(n, device=...), as diffusers' pipelines call it;
+    # with set_begin_index(0), since a CUDA graph cannot read the first timestep's position
+    # on the host) and on the CPU
+    # (allocation origins in the message if CUDA-graph trees find a tensor outside their pool)
+    torch._inductor.config.triton.cudagraph_trees_history_recording = True
     for mode in ("default", "reduce-overhead"):
-        s = rdd.DPMSolverMultistepScheduler()
+        for where in ("cuda", "cpu"):
+            s = rdd.DPMSolverMultistepScheduler()
+
+            def start(s=s, where=where):
+                s.set_timesteps(steps, device=where)
+                if where == "cuda":
+                    s.set_begin_index(0)
+
+            with torch.no_grad():
+                torch._dynamo.reset()
+                eager_net = torch.compile(net, mode=mode)  # (the compiled model's numerics)
+                start()
+                want = loop(s, x, eager_net)
+                torch._dynamo.reset()
+                compiled = torch.compile(loop, fullgraph=True, mode=mode)
+                for run in (1, 2, 3):
+                    name = f"compiled loop ({mode}, timesteps on {where}) run {run}"
+                    start()
+                    try:
+                        got = compiled(s, x, net)
+                    except Exception as e:  # report, do not stop the other checks
+                        print(repr(e)[:6000])
+                        report(name, False, repr(e)[:200])
+                        break
+                    err = float((got - want).abs().max())
+                    ok = err <= 1e-4 * max(1.0, float(want.abs().max()))
+                    report(name, ok, f"max |Δ| {err:.2e}")
+
+
+def _rel(got, want) -> float:
+    got, want = got.double().cpu(), want.double().cpu()
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def _randomised(module, seed: int = 0):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return module.eval()
+
+
+def _cond_config(family: str) -> dict:
+    cfg = dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=[32, 64],
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=12,
+        attention_head_dim=[2, 4] if family != "sd1" else 8,
+    )
+    if family == "sd1":
+        cfg["down_block_types"] = ["CrossAttnDownBlock2D", "DownBlock2D"]
+        cfg["up_block_types"] = ["UpBlock2D", "CrossAttnUpBlock2D"]
+    elif family == "sd2":
+        cfg["down_block_types"] = ["CrossAttnDownBlock2D"] * 2
+        cfg["up_block_types"] = ["CrossAttnUpBlock2D"] * 2
+        cfg.update(use_linear_projection=True, upcast_attention=True)
+    else:
+        cfg["down_block_types"] = ["DownBlock2D", "CrossAttnDownBlock2D"]
+        cfg["up_block_types"] = ["CrossAttnUpBlock2D", "UpBlock2D"]
+        cfg.update(
+            transformer_layers_per_block=[1, 2],
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=10 + 6 * 8,
+        )
+    return cfg
+
+
+def _cond_inputs(cfg: dict, b: int, size: int, tokens: int, device: str) -> dict:
+    g = torch.Generator().manual_seed(1)
+    kw = dict(
+        sample=torch.randn(b, cfg["in_channels"], size, size, generator=g).to(device),
+        timestep=torch.tensor(637),
+        encoder_hidden_states=torch.randn(b, tokens, cfg["cross_attention_dim"], generator=g).to(
+            device
+        ),
+    )
+    if cfg.get("addition_embed_type") == "text_time":
+        w = cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
+        kw["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(b, w, generator=g).to(device),
+            "time_ids": torch.tensor([[512.0, 512.0, 0.0, 0.0, 512.0, 512.0]] * b).to(device),
+        }
+    return kw
+
+
+def unets_match_torch() -> None:
+    import diffusers
+
+    import rdiff
+
+    small = dict(
+        sample_size=16,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=[32, 64],
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+        up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+        attention_head_dim=8,
+    )
+    m = _randomised(diffusers.UNet2DModel(**small))
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([10, 500, 990])
+    with torch.no_grad():
+        want = m(x, t).sample
+    # cuBLAS's GEMMs in every dtype, rdiff's own GEMM kernel in f32
+    cases = [(d, False) for d in (torch.float32, torch.float16, torch.bfloat16)]
+    for dtype, kernel in [*cases, (torch.float32, True)]:
+        ours = rdiff.UNet2DModel.from_diffusers(m, device="cuda")
+        with gemm_path(kernel):
+            got = ours(x.cuda().to(dtype), t.cuda())
+        same = got.device.type == "cuda" and got.dtype == dtype
+        err = _rel(got.float(), want)
+        tol = 1e-4 if dtype == torch.float32 else 2e-2
+        name = f"UNet2DModel cuda {str(dtype)[6:]}{' (own GEMM)' if kernel else ''} = diffusers"
+        report(name, same and err <= tol, f"rel {err:.1e}")
+    for family in ("sd1", "sd2", "sdxl"):
+        cfg = _cond_config(family)
+        m = _randomised(diffusers.UNet2DConditionModel(**cfg))
+        kw = _cond_inputs(cfg, 2, 16, 7, "cpu")
         with torch.no_grad():
-            eager_net = torch.compile(net, mode=mode)
-            s.set_timesteps(steps)
-            want = loop(s, x, eager_net)
-            torch._dynamo.reset()
-            compiled = torch.compile(loop, fullgraph=True, mode=mode)
-            for run in (1, 2):
-                s.set_timesteps(steps)
-                try:
-                    got = compiled(s, x, net)
-                except Exception as e:  # report, do not stop the other checks
-                    report(f"compiled loop ({mode}) run {run}", False, repr(e)[:300])
-                    break
-                err = float((got - want).abs().max())
-                ok = err <= 1e-4 * max(1.0, float(want.abs().max()))
-                report(f"compiled loop ({mode}) run {run}", ok, f"max |Δ| {err:.2e}")
+            want = m(**kw).sample
+        ours = rdiff.UNet2DConditionModel.from_diffusers(m, device="cuda")
+        for kernel in (False, True):
+            with gemm_path(kernel):
+                got = ours(**_cond_inputs(cfg, 2, 16, 7, "cuda"))
+            name = f"UNet2DConditionModel {family} cuda{' (own GEMM)' if kernel else ''}"
+            report(f"{name} = diffusers", _rel(got, want) <= 1e-4, f"rel {_rel(got, want):.1e}")
+
+
+def cli_sample_matches_cpu() -> None:
+    """``rdiff sample --device cuda`` gives the CPU's images (same noise, drawn on the host)."""
+    import tempfile
+
+    import numpy as np
+
+    from rdiff import cli
+
+    got = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for device in ("cpu", "cuda"):
+            npz = os.path.join(tmp, f"{device}.npz")
+            argv = ["sample", "--steps", "10", "--n", "16", "--quiet", "--out", ""]
+            t0 = time.perf_counter()
+            cli.main([*argv, "--device", device, "--save-npz", npz])
+            print(f"rdiff sample --device {device}: {time.perf_counter() - t0:.2f} s")
+            got[device] = np.load(npz)["samples"]
+    err = float(np.abs(got["cpu"] - got["cuda"]).max())
+    report("rdiff sample --device cuda = cpu", err <= 1e-3, f"max |Δ| {err:.1e}")
+
+
+def _cuda_time(fn, reps: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@contextlib.contextmanager
+def gemm_path(kernel: bool):
+    """Within it, the CUDA UNet's GEMMs run on rdiff's own kernel (``RDIFF_NO_CUBLAS``) when
+    ``kernel``, else on cuBLAS where it loads."""
+    if kernel:
+        os.environ["RDIFF_NO_CUBLAS"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("RDIFF_NO_CUBLAS", None)
+
+
+def unet_speed(quick: bool) -> None:
+    """Per model: torch with its defaults (TF32 convolutions) and in strict f32, rdiff with
+    cuBLAS and with its own GEMM kernel; the differences against strict-f32 torch."""
+    import diffusers
+
+    import rdiff
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benches"))
+    from bench_cond_unet import SD15
+    from bench_unet import CIFAR10
+
+    reps = 3 if quick else 10
+    rows = []
+
+    def measure(name, call_ref, call_ours):
+        tf32 = torch.backends.cudnn.allow_tf32
+        with torch.no_grad():
+            tt = _cuda_time(call_ref, reps)
+            torch.backends.cudnn.allow_tf32 = False
+            want = call_ref()
+            t32 = _cuda_time(call_ref, reps)
+            torch.backends.cudnn.allow_tf32 = tf32
+        cells = []
+        for kernel in (False, True):
+            with gemm_path(kernel):
+                got = call_ours()
+                cells += [_cuda_time(call_ours, reps), _rel(got, want)]
+        rows.append((name, tt, t32, *cells))
+
+    torch.manual_seed(0)
+    ref = diffusers.UNet2DModel(**CIFAR10).eval()
+    ours = rdiff.UNet2DModel.from_diffusers(ref, device="cuda")
+    ref = ref.cuda()
+    for b in (1, 8):
+        x = torch.randn(b, 3, 32, 32, device="cuda")
+        t = torch.full((b,), 500, device="cuda")
+        measure(
+            f"DDPM-CIFAR-10 UNet2DModel, batch {b}",
+            lambda x=x, t=t: ref(x, t).sample,
+            lambda x=x, t=t: ours(x, t),
+        )
+    del ref, ours
+    torch.manual_seed(0)
+    ref = diffusers.UNet2DConditionModel(**SD15).eval()
+    ours = rdiff.UNet2DConditionModel.from_diffusers(ref, device="cuda")
+    ref = ref.cuda()
+    g = torch.Generator().manual_seed(0)
+    kw = dict(
+        sample=torch.randn(2, 4, 64, 64, generator=g).cuda(),
+        timestep=torch.tensor(500),
+        encoder_hidden_states=torch.randn(2, 77, 768, generator=g).cuda(),
+    )
+    measure(
+        "SD-1.5 UNet2DConditionModel, batch 2, 64×64", lambda: ref(**kw).sample, lambda: ours(**kw)
+    )
+    print(
+        "\n| model | torch ms (TF32 convs) | torch ms (f32) | rdiff ms (cuBLAS) | rel. diff "
+        "| rdiff ms (own GEMM) | rel. diff | rdiff (cuBLAS) vs torch default |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, tt, t32, tc, rc, tk, rk in rows:
+        print(
+            f"| {name} | {tt * 1e3:.2f} | {t32 * 1e3:.2f} | {tc * 1e3:.2f} | {rc:.1e} | "
+            f"{tk * 1e3:.2f} | {rk:.1e} | {tt / tc:.2f}× |"
+        )
+    for name, _, _, _, rc, _, rk in rows:
+        report(f"{name} cuda (cuBLAS) = torch f32", rc <= 1e-4, f"rel {rc:.1e}")
+        report(f"{name} cuda (own GEMM) = torch f32", rk <= 1e-4, f"rel {rk:.1e}")
+
+
+def guarded(fn, *args) -> None:
+    """Runs one check; an exception is a failure with its traceback, and the others go on."""
+    if ONLY and ONLY not in fn.__name__:
+        return
+    print(f"-- {fn.__name__} ({time.strftime('%H:%M:%S')})", flush=True)
+    try:
+        fn(*args)
+    except Exception as e:
+        traceback.print_exc()
+        report(fn.__name__, False, repr(e)[:300])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", help="run only the checks whose name contains this")
     args = ap.parse_args()
+    global ONLY
+    ONLY = args.only
+
     if not torch.cuda.is_available():
         print("no CUDA device: nothing checked")
         return 0
     print(torch.cuda.get_device_name(), rdd.__name__)
+    print(rdiff_backends())
     steps = 8 if args.quick else 20
-    steps_match_cpu(steps)
-    compiled_loop(steps)
+    guarded(steps_match_cpu, steps)
+    guarded(every_scheduler_matches_cpu, steps)
+    try:
+        import diffusers  # noqa: F401
+    except ImportError as e:
+        print(f"SKIP the UNet checks: diffusers cannot be imported ({e})")
+    else:
+        guarded(unets_match_torch)
+        guarded(cli_sample_matches_cpu)
+        guarded(unet_speed, args.quick)
+    guarded(compiled_loop, steps)
     print(f"{FAILURES} failure(s)")
     return FAILURES
 
