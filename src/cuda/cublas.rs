@@ -20,8 +20,10 @@ pub fn status() -> std::result::Result<(), String> {
     if std::env::var_os("RDIFF_NO_CUBLAS").is_some_and(|v| !v.is_empty()) {
         return Err("switched off by RDIFF_NO_CUBLAS".into());
     }
+    // (looked up once: the lookup tries a score of library names, and this runs per GEMM)
+    static PRESENT: OnceLock<bool> = OnceLock::new();
     // SAFETY: only tries to dlopen the library by name.
-    if !unsafe { sys::is_culib_present() } {
+    if !*PRESENT.get_or_init(|| unsafe { sys::is_culib_present() }) {
         return Err("no cuBLAS library found (pip install nvidia-cublas, or torch)".into());
     }
     Ok(())

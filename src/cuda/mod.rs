@@ -7,6 +7,8 @@
 pub struct CudaInfo {
     pub devices: i32,
     pub nvrtc_version: (i32, i32),
+    /// What runs the UNet's GEMMs: "cublas", or rdiff's own kernel and why.
+    pub gemm: String,
 }
 
 /// `Ok` when the driver, a GPU and NVRTC are all usable; otherwise the reason why not.
@@ -36,9 +38,14 @@ pub fn availability() -> Result<CudaInfo, String> {
     if devices == 0 {
         return Err("the CUDA driver reports no GPU".into());
     }
+    let gemm = match cublas::status() {
+        Ok(()) => "cublas".to_string(),
+        Err(why) => format!("rdiff_gemm_f32 ({why})"),
+    };
     Ok(CudaInfo {
         devices,
         nvrtc_version,
+        gemm,
     })
 }
 

@@ -17,12 +17,7 @@ pub fn backends(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
             cuda.set_item("available", true)?;
             cuda.set_item("devices", info.devices)?;
             cuda.set_item("nvrtc_version", info.nvrtc_version)?;
-            // the UNet's GEMMs: cuBLAS where it loads, else rdiff's own kernel (and why)
-            #[cfg(feature = "cuda")]
-            match crate::cuda::cublas::status() {
-                Ok(()) => cuda.set_item("gemm", "cublas")?,
-                Err(why) => cuda.set_item("gemm", format!("rdiff_gemm_f32 ({why})"))?,
-            }
+            cuda.set_item("gemm", info.gemm)?;
         }
         Err(reason) => {
             cuda.set_item("available", false)?;

@@ -20,6 +20,13 @@ const FLASH_LANES: usize = 16;
 const FLASH_MAX_DH: usize = 256;
 /// The largest queries × keys the emulated launcher runs through the fused kernel.
 const FLASH_EMULATED_MAX: usize = 1024;
+/// From this many queries × keys, a device whose GEMMs run on cuBLAS takes the two-GEMM path
+/// (the fused kernel is f32 SIMT with a barrier per 16 keys: on the H200 it left SD 1.5's
+/// 4,096-token attention the bulk of a 272 ms call that cuBLAS's GEMMs had made 30 ms).
+const LIBRARY_ATTENTION_MIN: usize = 64 * 64;
+/// The most f32 the two-GEMM path's scores hold at once (512 MiB; a few KiB in unit tests,
+/// so that they cover the chunking): heads go in chunks beyond it.
+const SCORES_MAX: usize = if cfg!(test) { 2048 } else { 1 << 27 };
 
 /// The most f32 one im2col tile holds (64 MiB); wider convolutions go in column tiles.
 const COLS_CAP: usize = 1 << 24;
@@ -461,8 +468,12 @@ impl Backend for DeviceBackend<'_> {
         // The emulated launcher runs a block's threads as host threads, so the fused kernel's
         // per-tile barriers make it slow there: emulation uses it on small problems only
         // (which still checks it against the CPU), a device always.
-        let emulated_small = tq * tk <= FLASH_EMULATED_MAX;
-        if dh <= FLASH_MAX_DH && (!self.dev.host_visible() || emulated_small) {
+        let fused = if self.dev.host_visible() {
+            tq * tk <= FLASH_EMULATED_MAX
+        } else {
+            !(self.dev.library_gemm() && tq * tk >= LIBRARY_ATTENTION_MIN)
+        };
+        if dh <= FLASH_MAX_DH && fused {
             // One fused kernel: no score matrix in memory.
             let threads = self.dev.block_threads();
             let per_block = (threads as usize / FLASH_LANES).max(1);
@@ -486,54 +497,60 @@ impl Backend for DeviceBackend<'_> {
                 ],
             );
         }
-        // Wider heads: two GEMMs around a column softmax, the scores in memory.
-        let s = self.arena.take(self.dev, heads * tq * tk)?;
+        // Two GEMMs around a column softmax, the scores of `hc` heads at a time in memory.
+        let hc = heads.min((SCORES_MAX / (tq * tk).max(1)).max(1));
+        let s = self.arena.take(self.dev, hc * tq * tk)?;
         for bi in 0..b {
-            // Sᵀ_h[j][i] = scale · Σ_d K_h(d, j) Q_h(d, i), key-major (queries contiguous).
-            self.dev.gemm(&Gemm {
-                m: tk,
-                n: tq,
-                k: dh,
-                a: k.buf.at(k.row * nk + bi * tk),
-                a_rs: 1,
-                a_cs: nk,
-                a_bs: dh * nk,
-                b: q.buf.at(q.row * nq + bi * tq),
-                b_rs: nq,
-                b_cs: 1,
-                b_bs: dh * nq,
-                c: s.ptr,
-                c_rs: tq,
-                c_bs: tq * tk,
-                batch: heads,
-                alpha: scale,
-                beta: 0.0,
-            })?;
-            self.elementwise(
-                "rdiff_unet_softmax_cols_f32",
-                heads * tq,
-                &[KernelArg::Ptr(s.ptr), i(heads), i(tk), i(tq)],
-            )?;
-            // O_h(d, i) = Σ_j V_h(d, j) Pᵀ_h[j][i].
-            self.dev.gemm(&Gemm {
-                m: dh,
-                n: tq,
-                k: tk,
-                a: v.buf.at(v.row * nk + bi * tk),
-                a_rs: nk,
-                a_cs: 1,
-                a_bs: dh * nk,
-                b: s.ptr,
-                b_rs: tq,
-                b_cs: 1,
-                b_bs: tq * tk,
-                c: out.at(bi * tq),
-                c_rs: nq,
-                c_bs: dh * nq,
-                batch: heads,
-                alpha: 1.0,
-                beta: 0.0,
-            })?;
+            for h0 in (0..heads).step_by(hc) {
+                let hn = hc.min(heads - h0);
+                let (qr, kr) = (q.row + h0 * dh, k.row + h0 * dh);
+                let vr = v.row + h0 * dh;
+                // Sᵀ_h[j][i] = scale · Σ_d K_h(d, j) Q_h(d, i), key-major (queries contiguous).
+                self.dev.gemm(&Gemm {
+                    m: tk,
+                    n: tq,
+                    k: dh,
+                    a: k.buf.at(kr * nk + bi * tk),
+                    a_rs: 1,
+                    a_cs: nk,
+                    a_bs: dh * nk,
+                    b: q.buf.at(qr * nq + bi * tq),
+                    b_rs: nq,
+                    b_cs: 1,
+                    b_bs: dh * nq,
+                    c: s.ptr,
+                    c_rs: tq,
+                    c_bs: tq * tk,
+                    batch: hn,
+                    alpha: scale,
+                    beta: 0.0,
+                })?;
+                self.elementwise(
+                    "rdiff_unet_softmax_cols_f32",
+                    hn * tq,
+                    &[KernelArg::Ptr(s.ptr), i(hn), i(tk), i(tq)],
+                )?;
+                // O_h(d, i) = Σ_j V_h(d, j) Pᵀ_h[j][i].
+                self.dev.gemm(&Gemm {
+                    m: dh,
+                    n: tq,
+                    k: tk,
+                    a: v.buf.at(vr * nk + bi * tk),
+                    a_rs: nk,
+                    a_cs: 1,
+                    a_bs: dh * nk,
+                    b: s.ptr,
+                    b_rs: tq,
+                    b_cs: 1,
+                    b_bs: tq * tk,
+                    c: out.at(h0 * dh * nq + bi * tq),
+                    c_rs: nq,
+                    c_bs: dh * nq,
+                    batch: hn,
+                    alpha: 1.0,
+                    beta: 0.0,
+                })?;
+            }
         }
         self.arena.give(s);
         Ok(())

@@ -48,6 +48,11 @@ pub trait UnetDevice: Launcher {
     fn upload(&self, dst: u64, src: &[f32]) -> Result<()>;
     /// Whether host addresses are device addresses (emulation: weights are used in place).
     fn host_visible(&self) -> bool;
+    /// Whether `gemm` runs on a vendor library (cuBLAS): large attention problems then take
+    /// the two-GEMM path rather than the fused kernel.
+    fn library_gemm(&self) -> bool {
+        false
+    }
     /// Threads per block of the UNet's elementwise and GroupNorm kernels: 256 (their
     /// `__launch_bounds__`) on a GPU. The kernels take any multiple of 32 up to 256.
     fn block_threads(&self) -> u32 {
@@ -364,6 +369,10 @@ mod real {
 
         fn host_visible(&self) -> bool {
             false
+        }
+
+        fn library_gemm(&self) -> bool {
+            cublas::status().is_ok()
         }
     }
 }

@@ -404,6 +404,9 @@ fn attention_matches_cpu() {
         (1, 2, 40, 21, 37),
         // Past the fused kernel's widest head: the GEMM path.
         (1, 1, 264, 9, 5),
+        // Past the emulated fused kernel's size: the GEMM path, one head at a time (the
+        // scores' cap is a few KiB in unit tests).
+        (2, 3, 8, 40, 33),
     ] {
         let inner = heads * dh;
         let q = values(inner * b * tq, 40);
