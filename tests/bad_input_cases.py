@@ -240,6 +240,42 @@ def unet():
 
 UX = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
 
+_COND = {}
+
+
+def cond_unet(sdxl=False):
+    """A tiny random rdiff.UNet2DConditionModel (SD 1.x-like, or SDXL-like with text_time),
+    context width 12, for CX / CX4 inputs."""
+    if sdxl not in _COND:
+        cfg = dict(
+            sample_size=8,
+            block_out_channels=[8, 16],
+            layers_per_block=1,
+            norm_num_groups=4,
+            cross_attention_dim=12,
+            attention_head_dim=2,
+            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+        )
+        if sdxl:
+            cfg.update(
+                down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+                up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+                addition_embed_type="text_time",
+                addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=10 + 6 * 8,
+                use_linear_projection=True,
+            )
+        torch.manual_seed(0)
+        m = diffusers.UNet2DConditionModel(**cfg).eval()
+        _COND[sdxl] = rdiff.UNet2DConditionModel.from_diffusers(m)
+    return _COND[sdxl]
+
+
+CX4 = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+CX = rng.standard_normal((2, 5, 12)).astype(np.float32)
+TEXT_TIME = {"text_embeds": np.zeros((2, 10), np.float32), "time_ids": np.zeros((2, 6), np.float32)}
+
 
 def cli(*argv):
     """rdiff.cli.main(argv): (exit code, stderr text)."""
@@ -1608,6 +1644,125 @@ def _unet_cases() -> list[Case]:
     ]
 
 
+def _cond_unet_cases() -> list[Case]:
+    u, xl = "cond_unet()", "cond_unet(sdxl=True)"
+    return [
+        Case(
+            "cond_unet.call.context_width",
+            f"{u}(CX4, 10, CX[..., :8])",
+            "ValueError",
+            r"encoder_hidden_states: width 8.*cross_attention_dim is 12",
+        ),
+        Case(
+            "cond_unet.call.context_batch",
+            f"{u}(CX4, 10, CX[:1])",
+            "ValueError",
+            r"encoder_hidden_states: batch 1 differs from the sample's batch 2",
+        ),
+        Case(
+            "cond_unet.call.context_missing",
+            f"{u}(CX4, 10)",
+            "TypeError",
+            r"encoder_hidden_states",
+        ),
+        Case(
+            "cond_unet.call.context_ndim",
+            f"{u}(CX4, 10, CX[0])",
+            "ValueError",
+            r"encoder_hidden_states: expected \(batch, tokens, 12\)",
+        ),
+        Case(
+            "cond_unet.call.context_no_tokens",
+            f"{u}(CX4, 10, CX[:, :0])",
+            "ValueError",
+            r"encoder_hidden_states: no tokens",
+        ),
+        Case(
+            "cond_unet.call.context_int",
+            f"{u}(CX4, 10, CX.astype(np.int32))",
+            "TypeError",
+            r"encoder_hidden_states: unsupported dtype int32",
+        ),
+        Case(
+            "cond_unet.call.context_list",
+            f"{u}(CX4, 10, CX.tolist())",
+            "TypeError",
+            r"encoder_hidden_states: expected a numpy array or a torch tensor",
+        ),
+        Case(
+            "cond_unet.call.context_cuda",
+            f"{u}(CX4, 10, fake_cuda((2, 5, 12)))",
+            "(rdiff.CudaUnavailableError, ValueError)",
+            r"CUDA|device",
+        ),
+        Case(
+            "cond_unet.call.context_nan_propagates",
+            f"a = {u}(CX4, 10, np.full_like(CX, np.nan))\nassert np.isnan(a).any()",
+            None,
+        ),
+        Case(
+            "cond_unet.call.attention_mask",
+            f"{u}(CX4, 10, CX, attention_mask=np.ones((2, 8, 8)))",
+            "NotImplementedError",
+            r"attention_mask: not supported",
+        ),
+        Case(
+            "cond_unet.call.cross_attention_kwargs",
+            f"{u}(CX4, 10, CX, cross_attention_kwargs={{'scale': 0.5}})",
+            "NotImplementedError",
+            r"cross_attention_kwargs: not supported.*scale",
+        ),
+        Case(
+            "cond_unet.call.controlnet_residuals",
+            f"{u}(CX4, 10, CX, down_block_additional_residuals=(CX4,))",
+            "NotImplementedError",
+            r"down_block_additional_residuals",
+        ),
+        Case(
+            "cond_unet.call.class_labels_unconditional",
+            f"{u}(CX4, 10, CX, class_labels=[1, 2])",
+            "ValueError",
+            r"class_labels given, but this model has no class embedding",
+        ),
+        Case(
+            "cond_unet.call.added_cond_missing",
+            f"{xl}(CX4, 10, CX)",
+            "ValueError",
+            r"added_cond_kwargs.*text_embeds.*time_ids",
+        ),
+        Case(
+            "cond_unet.call.text_embeds_width",
+            f"{xl}(CX4, 10, CX, added_cond_kwargs=dict(TEXT_TIME, "
+            "text_embeds=np.zeros((2, 7), np.float32)))",
+            "ValueError",
+            r"7 text_embeds and 6 time_ids.*takes 58",
+        ),
+        Case(
+            "cond_unet.call.time_ids_width",
+            f"{xl}(CX4, 10, CX, added_cond_kwargs=dict(TEXT_TIME, "
+            "time_ids=np.zeros((2, 5), np.float32)))",
+            "ValueError",
+            r"10 text_embeds and 5 time_ids",
+        ),
+        Case(
+            "cond_unet.from_pretrained.unsupported_key",
+            "d = tempfile.mkdtemp()\n"
+            "json.dump({'_class_name': 'UNet2DConditionModel', 'encoder_hid_dim': 8}, "
+            "open(os.path.join(d, 'config.json'), 'w'))\n"
+            "open(os.path.join(d, 'diffusion_pytorch_model.safetensors'), 'wb').write(b'x')\n"
+            "rdiff.UNet2DConditionModel.from_pretrained(d)",
+            "ValueError",
+            r"encoder_hid_dim",
+        ),
+        Case(
+            "cond_unet.from_diffusers.not_a_model",
+            "rdiff.UNet2DConditionModel.from_diffusers(object())",
+            "TypeError",
+            r"module|UNet2DConditionModel",
+        ),
+    ]
+
+
 def _core_cases() -> list[Case]:
     """The Rust bindings themselves (what the Python layer calls), given buffers the Python
     layer would never pass, through the array interfaces: CUDA where CUDA cannot run, a meta
@@ -2032,6 +2187,7 @@ def all_cases() -> list[Case]:
         + _sample_cases()
         + _analytic_cases()
         + _unet_cases()
+        + _cond_unet_cases()
         + _k_cases()
         + _core_cases()
         + _misc_cases()
@@ -2095,6 +2251,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
     "test_sample": ("sample.", "model_wrapper.", "huge.sample."),
     "test_k": ("k.", "huge.k."),
     "test_unet": ("unet.", "core.unet."),
+    "test_cond_unet": ("cond_unet.",),
     "test_lincomb": ("core.lincomb.",),
     "test_testing": ("testing.",),
     "test_digits": ("cli.", "metrics."),

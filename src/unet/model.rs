@@ -40,10 +40,15 @@ impl UNet2D {
     /// From a config.json text (a `UNet2DModel`'s, or a `UNet2DConditionModel`'s by its
     /// `_class_name`) and weights by diffusers' names.
     pub fn load(config_json: &str, src: &dyn WeightSource) -> Result<Self> {
+        Self::build(Self::arch_of(config_json)?, src)
+    }
+
+    /// The architecture a config.json text describes (checked before any weight is read).
+    fn arch_of(config_json: &str) -> Result<Arch> {
         let class = serde_json::from_str::<serde_json::Value>(config_json)
             .ok()
             .and_then(|v| v.get("_class_name")?.as_str().map(String::from));
-        let arch = match class.as_deref() {
+        Ok(match class.as_deref() {
             None | Some("UNet2DModel") => UNet2DConfig::from_json(config_json)?.resolve()?,
             Some("UNet2DConditionModel") => {
                 UNet2DConditionConfig::from_json(config_json)?.resolve()?
@@ -54,7 +59,10 @@ impl UNet2D {
                      UNet2DConditionModel"
                 )
             }
-        };
+        })
+    }
+
+    fn build(arch: Arch, src: &dyn WeightSource) -> Result<Self> {
         let ld = Loader::new(src);
         let ch = arch.block_out_channels.clone();
         let c0 = ch[0];
@@ -96,12 +104,13 @@ impl UNet2D {
         let cfg_path = dir.join("config.json");
         let cfg = std::fs::read_to_string(&cfg_path)
             .map_err(|e| RdiffError::Io(format!("{}: {e}", cfg_path.display())))?;
+        let arch = Self::arch_of(&cfg)?;
         let single = dir.join(weights_name);
         let index = dir.join(format!("{weights_name}.index.json"));
         if !single.exists() && index.exists() {
-            return Self::load(&cfg, &ShardedSafetensors::open(&index)?);
+            return Self::build(arch, &ShardedSafetensors::open(&index)?);
         }
-        Self::load(&cfg, &SafetensorsFile::open(&single)?)
+        Self::build(arch, &SafetensorsFile::open(&single)?)
     }
 
     pub fn in_channels(&self) -> usize {
@@ -168,6 +177,9 @@ impl UNet2D {
             ),
             (Some(d), Some(shape)) => match *shape {
                 [cb, t, w] if cb == b && t > 0 && w == d => Ok(()),
+                [cb, 0, w] if cb == b && w == d => {
+                    value_err!("encoder_hidden_states: no tokens (shape {shape:?})")
+                }
                 [cb, _, w] if w == d => value_err!(
                     "encoder_hidden_states: batch {cb} differs from the sample's batch {b}"
                 ),
