@@ -399,6 +399,6 @@ def test_stable_diffusion_xl_pipeline_with_rdiff_unet():
 
 # The bad-input table's UNet2DConditionModel rows (tests/bad_input_cases.py, prefix
 # "cond_unet."), in process; tests/test_bad_input.py runs them again in subprocesses.
-from bad_input_cases import bad_input_test  # noqa: E402
+from bad_input_cases import bad_input_test
 
 test_bad_input_case = bad_input_test(__name__)
