@@ -130,6 +130,18 @@ def test_a_compiled_whole_loop_leaves_no_history_alive(name):
     assert torch.equal(loop(s, got, _net()), loop(_fresh(name, 6), got, _net()))
 
 
+@pytest.mark.parametrize(("name", "kw"), CLASSES)
+def test_loops_after_the_dropped_history_run_as_before(name, kw):
+    """Whatever a class keeps between steps, dropping what the operator left after the last
+    step does not change the next loop, eager or compiled."""
+    steps = 4 if name in ("LCMScheduler", "TCDScheduler") else 8
+    s = getattr(rdd, name)(**kw)
+    first = _eager_and_compiled(s, _net(), "eager", steps)
+    second = _eager_and_compiled(s, _net(), "eager", steps)
+    for a in (*first, *second[1:]):
+        assert torch.equal(a, second[0])
+
+
 def _fresh(name, steps):
     s = getattr(rdd, name)()
     s.set_timesteps(steps)
