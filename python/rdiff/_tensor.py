@@ -186,9 +186,8 @@ def randn(shape: tuple, like: Any, generator: Any = None, dtype: Any = None) -> 
     """
     if is_torch(like) and isinstance(generator, np.random.Generator):
         torch = torch_module()
-        host = randn(shape, np.empty(0, np.float32), generator)
-        dt = torch.float32 if dtype is None else dtype
-        return torch.from_numpy(host).to(device=like.device, dtype=dt)
+        host = generator.standard_normal(shape, dtype=np.float32)
+        return torch.from_numpy(host).to(like.device, torch.float32 if dtype is None else dtype)
     if is_torch(like):
         torch = torch_module()
         device = like.device

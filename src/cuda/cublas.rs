@@ -15,15 +15,28 @@ use super::column_major::ColumnMajorGemm;
 use super::context::Device;
 use crate::error::{RdiffError, Result};
 
-/// Whether cuBLAS may be used: the library present and not switched off.
-pub fn status() -> std::result::Result<(), String> {
-    if std::env::var_os("RDIFF_NO_CUBLAS").is_some_and(|v| !v.is_empty()) {
-        return Err("switched off by RDIFF_NO_CUBLAS".into());
-    }
-    // (looked up once: the lookup tries a score of library names, and this runs per GEMM)
+fn switched_off() -> bool {
+    std::env::var_os("RDIFF_NO_CUBLAS").is_some_and(|v| !v.is_empty())
+}
+
+fn present() -> bool {
+    // (looked up once: the lookup tries a score of library names, and `usable` runs per GEMM)
     static PRESENT: OnceLock<bool> = OnceLock::new();
     // SAFETY: only tries to dlopen the library by name.
-    if !*PRESENT.get_or_init(|| unsafe { sys::is_culib_present() }) {
+    *PRESENT.get_or_init(|| unsafe { sys::is_culib_present() })
+}
+
+/// Whether cuBLAS may be used: the library present and not switched off (the per-GEMM test).
+pub fn usable() -> bool {
+    !switched_off() && present()
+}
+
+/// `usable()`, or why not (for `rdiff.backends()`).
+pub fn status() -> std::result::Result<(), String> {
+    if switched_off() {
+        return Err("switched off by RDIFF_NO_CUBLAS".into());
+    }
+    if !present() {
         return Err("no cuBLAS library found (pip install nvidia-cublas, or torch)".into());
     }
     Ok(())
@@ -48,7 +61,7 @@ fn check(status: sys::cublasStatus_t, what: &str) -> Result<()> {
 /// Runs `g` on `stream` of `device` with cuBLAS: `Ok(false)` when cuBLAS is unavailable (the
 /// caller falls back to its own kernel), an error when cuBLAS refuses the call.
 pub fn sgemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool> {
-    if status().is_err() {
+    if !usable() {
         return Ok(false);
     }
     // The map's lock also serialises the handle's use: a handle is not to be shared between

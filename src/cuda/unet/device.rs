@@ -70,7 +70,9 @@ pub fn column_major(g: &Gemm) -> Option<ColumnMajorGemm> {
     let (trans_c, ldc) = operand(g.n, g.m, 1, g.c_rs)?;
     let int = |v: usize| i32::try_from(v).ok();
     let long = |v: usize| i64::try_from(v).ok();
-    (!trans_c).then_some(())?;
+    if trans_c {
+        return None;
+    }
     Some(ColumnMajorGemm {
         trans_a,
         trans_b,
@@ -372,7 +374,7 @@ mod real {
         }
 
         fn library_gemm(&self) -> bool {
-            cublas::status().is_ok()
+            cublas::usable()
         }
     }
 }
