@@ -134,6 +134,23 @@ def test_cifar10_parity(cifar):
     assert torch.equal(unet(x3, t3, return_dict=True).sample, ours)
 
 
+def test_winograd_and_im2col_convolutions_agree(cifar, monkeypatch):
+    """The 3×3 convolutions from 64 channels run by Winograd's F(2×2, 3×3) (cpu/winograd.rs);
+    `RDIFF_NO_WINOGRAD` switches back to im2col. Both match torch; they round differently, so
+    the outputs differ in their last bits, which shows the switch changes the path."""
+    model, path = cifar
+    unet = rdiff.UNet2DModel.from_pretrained(path)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([20, 700])
+    ref = run_ref(model, x, t)
+    winograd = unet(x, t)
+    monkeypatch.setenv("RDIFF_NO_WINOGRAD", "1")
+    im2col = unet(x, t)
+    assert rel_err(winograd, ref) <= 1e-4 and rel_err(im2col, ref) <= 1e-4
+    assert not torch.equal(winograd, im2col)
+    assert rel_err(winograd, im2col) <= 2e-5
+
+
 def test_cifar10_low_precision_weights_and_inputs(cifar, tmp_path):
     model, _ = cifar
     g = torch.Generator().manual_seed(2)

@@ -175,7 +175,7 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
 /// `dst` points at row m0, column c0 of an output with row stride `n`, and the block is the
 /// caller's alone.
 #[allow(clippy::too_many_arguments)]
-unsafe fn prefill(
+pub(super) unsafe fn prefill(
     dst: *mut f32,
     n: usize,
     m0: usize,

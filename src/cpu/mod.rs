@@ -15,6 +15,7 @@ pub mod resample;
 pub mod threshold;
 pub mod unet;
 pub mod vecmath;
+pub mod winograd;
 
 /// The UNet's ops split their work into tiles as if for this many threads, whatever the size
 /// of the rayon pool: gemm's blocking (hence the order of every sum) follows the tile shapes,

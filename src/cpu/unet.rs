@@ -9,6 +9,7 @@ use super::layer_norm::{self, LayerNormParams};
 use super::norm::{self, GroupNormParams};
 use super::resample;
 use super::vecmath::silu_f32;
+use super::winograd;
 use crate::dtype::Elem;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -159,7 +160,12 @@ impl Backend for CpuBackend<'_> {
             scale: e.scale,
         };
         let segs = slices(x);
-        conv::conv2d(Input { segs: &segs, dims }, w, cout, g, init, out);
+        let input = Input { segs: &segs, dims };
+        if winograd::applies(g, dims, input.channels(), cout) {
+            winograd::conv2d(input, w, cout, g, init, out);
+        } else {
+            conv::conv2d(input, w, cout, g, init, out);
+        }
         if let Some(j) = joined {
             self.arena.give(j);
         }
