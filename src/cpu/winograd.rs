@@ -14,9 +14,10 @@
 //! output channels. It walks the input channels in chunks: transforms that chunk's weights
 //! (rows of its output channels) and patches into its thread's scratch, and accumulates the 16
 //! products single-threaded; then it adds the inverse transform onto its block. So nothing is
-//! kept or written to memory beyond the output, and what is transformed stays in cache: the
-//! transforms are a few adds per value against hundreds of multiply-adds per value in the
-//! products, and cheap as long as they do not stream through memory. A fused 2× nearest
+//! kept or written to memory beyond the output, and what is transformed stays in cache. The
+//! transforms are a few adds per value against hundreds of multiply-adds in the products, but
+//! only if they run in vectors (each step along the tiles or the input channels, never per
+//! element): written per tile they took a third of a deep layer's time. A fused 2× nearest
 //! upsampling of the input (the up blocks' `Upsample2D` conv) is read through when the patches
 //! are gathered.
 
@@ -99,15 +100,15 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
         // SAFETY: prefill writes only the task's m×(c1-c0) block at dst (row stride n).
         unsafe { prefill(dst, n, m0, m, c0, c1 - c0, od, &init) };
         let kc = KC.min(cin);
-        let rowlen = 2 * tw + 2;
-        with_scratch(XI * (m * kc + kc * t + m * t) + 4 * rowlen, |s| {
+        let rows_len = (8 * (tw + 1)).max(15 * kc).max(4 * tw);
+        with_scratch(XI * (m * kc + kc * t + m * t) + rows_len, |s| {
             let (u, rest) = s.split_at_mut(XI * m * kc);
             let (v, rest) = rest.split_at_mut(XI * kc * t);
             let (mm, rows) = rest.split_at_mut(XI * m * t);
             for k0 in (0..cin).step_by(kc) {
                 let k1 = (k0 + kc).min(cin);
                 let kl = k1 - k0;
-                weights(w, cin, m0, m, k0, k1, u);
+                weights(w, cin, m0, m, k0, k1, rows, u);
                 patches(&x, g, (th, tw), r0, r1, k0, k1, rows, v);
                 for xi in 0..XI {
                     // SAFETY: U[ξ] is m×kl, V[ξ] kl×t and M[ξ] m×t, each row-major inside
@@ -138,45 +139,89 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
                 }
             }
             // SAFETY: the task's block, as for prefill.
-            unsafe { add_tiles(mm, m, (th, tw), od.h, od.w, r0, r1, init.scale, dst, n) };
+            unsafe {
+                add_tiles(
+                    mm,
+                    m,
+                    (th, tw),
+                    od.h,
+                    od.w,
+                    r0,
+                    r1,
+                    init.scale,
+                    rows,
+                    dst,
+                    n,
+                )
+            };
         });
     });
 }
 
 /// `U[ξ][i][j] = (G g Gᵀ)[ξ]` for the 3×3 kernel `g = w[m0 + i][k0 + j]` of output channels
 /// m0..m0+m and input channels k0..k1, with `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`.
-fn weights(w: &[f32], cin: usize, m0: usize, m: usize, k0: usize, k1: usize, u: &mut [f32]) {
+/// `taps` is scratch for one row's kernels tap-major (`[9][k1 - k0]`), so that every step below
+/// runs along j, in vectors.
+#[allow(clippy::too_many_arguments)]
+fn weights(
+    w: &[f32],
+    cin: usize,
+    m0: usize,
+    m: usize,
+    k0: usize,
+    k1: usize,
+    taps: &mut [f32],
+    u: &mut [f32],
+) {
     let kl = k1 - k0;
+    let (taps, gg) = taps.split_at_mut(9 * kl);
+    let (g1, g2) = gg[..6 * kl].split_at_mut(3 * kl);
     for i in 0..m {
         let row = &w[((m0 + i) * cin + k0) * 9..][..kl * 9];
         for (j, g) in row.chunks_exact(9).enumerate() {
-            // G g: 4 rows of 3.
-            let mut gg = [[0.0f32; 3]; 4];
-            for c in 0..3 {
-                let (a, b, d) = (g[c], g[3 + c], g[6 + c]);
-                gg[0][c] = a;
-                gg[1][c] = 0.5 * (a + b + d);
-                gg[2][c] = 0.5 * (a - b + d);
-                gg[3][c] = d;
+            for (tap, &v) in g.iter().enumerate() {
+                taps[tap * kl + j] = v;
             }
-            for (r, q) in gg.iter().enumerate() {
-                let vals = [
-                    q[0],
-                    0.5 * (q[0] + q[1] + q[2]),
-                    0.5 * (q[0] - q[1] + q[2]),
-                    q[2],
-                ];
-                for (c, val) in vals.into_iter().enumerate() {
-                    u[((4 * r + c) * m + i) * kl + j] = val;
-                }
+        }
+        // Rows 1 and 2 of G g (rows 0 and 3 are the kernel's first and last rows), each
+        // column c a vector along j.
+        for c in 0..3 {
+            let (a, b, d) = (
+                &taps[c * kl..][..kl],
+                &taps[(3 + c) * kl..][..kl],
+                &taps[(6 + c) * kl..][..kl],
+            );
+            let (o1, o2) = (&mut g1[c * kl..][..kl], &mut g2[c * kl..][..kl]);
+            for ((((p, q), &x), &y), &z) in o1.iter_mut().zip(o2.iter_mut()).zip(a).zip(b).zip(d) {
+                *p = 0.5 * (x + y + z);
+                *q = 0.5 * (x - y + z);
             }
+        }
+        for r in 0..4 {
+            let src: &[f32] = match r {
+                0 => &taps[..3 * kl],
+                1 => g1,
+                2 => g2,
+                _ => &taps[6 * kl..9 * kl],
+            };
+            let (x, y, z) = (&src[..kl], &src[kl..2 * kl], &src[2 * kl..3 * kl]);
+            let at = |c: usize| (4 * r + c) * m * kl + i * kl;
+            u[at(0)..][..kl].copy_from_slice(x);
+            for (((o, &a), &b), &c) in u[at(1)..][..kl].iter_mut().zip(x).zip(y).zip(z) {
+                *o = 0.5 * (a + b + c);
+            }
+            for (((o, &a), &b), &c) in u[at(2)..][..kl].iter_mut().zip(x).zip(y).zip(z) {
+                *o = 0.5 * (a - b + c);
+            }
+            u[at(3)..][..kl].copy_from_slice(z);
         }
     }
 }
 
 /// `V[ξ][ci - k0][t] = (Bᵀ d B)[ξ]` for the 4×4 patch `d` of every tile t of tile rows r0..r1
 /// and input channels k0..k1, with `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0],
-/// [0, 1, 0, -1]]`. `rows` is scratch for four padded input rows.
+/// [0, 1, 0, -1]]`. `rows` is scratch for four input rows, each split by column parity so
+/// that every step runs along the tiles, in vectors.
 #[allow(clippy::too_many_arguments)]
 fn patches(
     x: &Input<'_>,
@@ -190,16 +235,11 @@ fn patches(
     v: &mut [f32],
 ) {
     let d = x.dims;
-    let (hv, wv) = if g.upsample {
-        (2 * d.h, 2 * d.w)
-    } else {
-        (d.h, d.w)
-    };
+    let hv = if g.upsample { 2 * d.h } else { d.h };
     let (kl, t) = (k1 - k0, (r1 - r0) * tw);
-    let rowlen = 2 * tw + 2;
-    let (p0, rest) = rows.split_at_mut(rowlen);
-    let (p1, rest) = rest.split_at_mut(rowlen);
-    let (p2, p3) = rest.split_at_mut(rowlen);
+    // Tile tx reads columns 2tx-1 .. 2tx+2: odd[tx], even[tx], odd[tx+1], even[tx+1], with
+    // odd[e] = column 2e - 1 and even[e] = column 2e (zero outside the image).
+    let half = tw + 1;
     let mut s0 = 0; // first channel of the segment
     for &(seg, sc) in x.segs {
         for ci in s0.max(k0)..(s0 + sc).min(k1) {
@@ -208,46 +248,61 @@ fn patches(
             for r in r0..r1 {
                 let (b, ty) = (r / th, r % th);
                 let img = &chan[b * d.hw()..][..d.hw()];
-                // Input rows 2ty-1 .. 2ty+2, padded: p[k + 1] is column k, zero outside.
-                for (k, p) in [&mut *p0, &mut *p1, &mut *p2, &mut *p3]
-                    .into_iter()
-                    .enumerate()
-                {
+                // Input rows 2ty-1 .. 2ty+2 (k = 0..4), odd columns then even ones.
+                for k in 0..4 {
+                    let (odd, even) = rows[2 * k * half..][..2 * half].split_at_mut(half);
+                    odd.fill(0.0);
+                    even.fill(0.0);
                     let y = (2 * ty + k) as isize - 1;
-                    p.fill(0.0);
                     if y < 0 || y >= hv as isize {
                         continue;
                     }
                     let y = y as usize;
                     if g.upsample {
+                        // Columns 2e and 2e + 1 both hold source column e.
                         let src = &img[(y / 2) * d.w..][..d.w];
-                        for (i, &s) in src.iter().enumerate() {
-                            p[1 + 2 * i] = s;
-                            p[2 + 2 * i] = s;
-                        }
+                        even[..d.w].copy_from_slice(src);
+                        odd[1..=d.w].copy_from_slice(src);
                     } else {
-                        p[1..1 + wv].copy_from_slice(&img[y * d.w..][..d.w]);
+                        let src = &img[y * d.w..][..d.w];
+                        for (e, pair) in src.chunks(2).enumerate() {
+                            even[e] = pair[0];
+                            if let Some(&o) = pair.get(1) {
+                                odd[e + 1] = o;
+                            }
+                        }
                     }
                 }
-                // Bᵀ on the rows, in place: p0..p3 become its four rows.
-                for k in 0..rowlen {
-                    let (a, b1, c, e) = (p0[k], p1[k], p2[k], p3[k]);
-                    p0[k] = a - c;
-                    p1[k] = b1 + c;
-                    p2[k] = c - b1;
-                    p3[k] = b1 - e;
+                // Bᵀ on the rows, in place: row k becomes row k of Bᵀ d.
+                let [p0, p1, p2, p3] = split4(&mut rows[..8 * half], 2 * half);
+                for (((a, b1), c), dd) in p0
+                    .iter_mut()
+                    .zip(p1.iter_mut())
+                    .zip(p2.iter_mut())
+                    .zip(p3.iter_mut())
+                {
+                    let (va, vb, vc, vd) = (*a, *b1, *c, *dd);
+                    *a = va - vc;
+                    *b1 = vb + vc;
+                    *c = vc - vb;
+                    *dd = vb - vd;
                 }
                 // B on the columns of each tile, into V.
                 let tbase = (r - r0) * tw;
-                for (i, p) in [&*p0, &*p1, &*p2, &*p3].into_iter().enumerate() {
-                    let [o0, o1, o2, o3] = [0, 1, 2, 3].map(|c| ((4 * i + c) * kl + j) * t);
-                    for tx in 0..tw {
-                        let q = &p[2 * tx..][..4];
-                        let at = tbase + tx;
-                        v[o0 + at] = q[0] - q[2];
-                        v[o1 + at] = q[1] + q[2];
-                        v[o2 + at] = q[2] - q[1];
-                        v[o3 + at] = q[1] - q[3];
+                for i in 0..4 {
+                    let (odd, even) = rows[2 * i * half..][..2 * half].split_at(half);
+                    let at = |c: usize| ((4 * i + c) * kl + j) * t + tbase;
+                    for ((o, &a), &b) in v[at(0)..][..tw].iter_mut().zip(odd).zip(&odd[1..]) {
+                        *o = a - b;
+                    }
+                    for ((o, &a), &b) in v[at(1)..][..tw].iter_mut().zip(even).zip(&odd[1..]) {
+                        *o = a + b;
+                    }
+                    for ((o, &a), &b) in v[at(2)..][..tw].iter_mut().zip(even).zip(&odd[1..]) {
+                        *o = b - a;
+                    }
+                    for ((o, &a), &b) in v[at(3)..][..tw].iter_mut().zip(even).zip(&even[1..]) {
+                        *o = a - b;
                     }
                 }
             }
@@ -256,8 +311,18 @@ fn patches(
     }
 }
 
+/// `x` as four consecutive slices of `len`.
+fn split4(x: &mut [f32], len: usize) -> [&mut [f32]; 4] {
+    let (a, rest) = x.split_at_mut(len);
+    let (b, rest) = rest.split_at_mut(len);
+    let (c, d) = rest.split_at_mut(len);
+    [a, b, c, &mut d[..len]]
+}
+
 /// Adds `scale · Aᵀ M A` (with `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`) of every tile of rows
 /// r0..r1 and each of the m channels onto the output block at `dst`, clipped to the image.
+/// `ys` is scratch for one tile row's four output phases, so that the transform runs along the
+/// tiles, in vectors.
 ///
 /// # Safety
 /// `dst` points at the block's first channel and column (column `col(r0)`) of an output with
@@ -272,38 +337,60 @@ unsafe fn add_tiles(
     r0: usize,
     r1: usize,
     scale: f32,
+    ys: &mut [f32],
     dst: *mut f32,
     n: usize,
 ) {
     let t = (r1 - r0) * tw;
+    let (y00, rest) = ys.split_at_mut(tw);
+    let (y01, rest) = rest.split_at_mut(tw);
+    let (y10, rest) = rest.split_at_mut(tw);
+    let y11 = &mut rest[..tw];
     for i in 0..m {
         let mut at = 0; // the output column of tile row r, from the block's start
         for r in r0..r1 {
             let ty = r % th;
             let rows = (h - 2 * ty).min(2);
+            let base = (r - r0) * tw;
+            let e = |xi: usize| &mm[(xi * m + i) * t + base..][..tw];
+            let (m00, m01, m02, m03) = (e(0), e(1), e(2), e(3));
+            let (m10, m11, m12, m13) = (e(4), e(5), e(6), e(7));
+            let (m20, m21, m22, m23) = (e(8), e(9), e(10), e(11));
+            let (m30, m31, m32, m33) = (e(12), e(13), e(14), e(15));
             for tx in 0..tw {
-                let k = (r - r0) * tw + tx;
-                let e = |xi: usize| mm[(xi * m + i) * t + k];
-                // Aᵀ on the rows (s[r][j] over the 4 columns j), then A on the columns.
-                let col = |j: usize| (e(j), e(4 + j), e(8 + j), e(12 + j));
-                let s = [
-                    [0, 1, 2, 3].map(|j| {
-                        let (a, b, c, _) = col(j);
-                        a + b + c
-                    }),
-                    [0, 1, 2, 3].map(|j| {
-                        let (_, b, c, d) = col(j);
-                        b - c - d
-                    }),
+                // Aᵀ on the rows (s0, s1 over the four columns), then A on the columns.
+                let s0 = [
+                    m00[tx] + m10[tx] + m20[tx],
+                    m01[tx] + m11[tx] + m21[tx],
+                    m02[tx] + m12[tx] + m22[tx],
+                    m03[tx] + m13[tx] + m23[tx],
                 ];
-                let cols = (w - 2 * tx).min(2);
-                for (yy, sr) in s.iter().enumerate().take(rows) {
-                    let y = [sr[0] + sr[1] + sr[2], sr[1] - sr[2] - sr[3]];
-                    for (xx, &val) in y.iter().enumerate().take(cols) {
-                        // SAFETY: channel i < m of the block, column inside tile row r's
-                        // pixels (clipped to the image), which the block holds.
-                        unsafe { *dst.add(i * n + at + yy * w + 2 * tx + xx) += scale * val };
-                    }
+                let s1 = [
+                    m10[tx] - m20[tx] - m30[tx],
+                    m11[tx] - m21[tx] - m31[tx],
+                    m12[tx] - m22[tx] - m32[tx],
+                    m13[tx] - m23[tx] - m33[tx],
+                ];
+                y00[tx] = scale * (s0[0] + s0[1] + s0[2]);
+                y01[tx] = scale * (s0[1] - s0[2] - s0[3]);
+                y10[tx] = scale * (s1[0] + s1[1] + s1[2]);
+                y11[tx] = scale * (s1[1] - s1[2] - s1[3]);
+            }
+            for (yy, (ya, yb)) in [(&*y00, &*y01), (&*y10, &*y11)].into_iter().enumerate() {
+                if yy >= rows {
+                    break;
+                }
+                // SAFETY: channel i < m of the block, pixel row yy of tile row r, which the
+                // block holds (w columns).
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(dst.add(i * n + at + yy * w), w) };
+                let mut pairs = out.chunks_exact_mut(2);
+                for ((o, &a), &b) in (&mut pairs).zip(ya.iter()).zip(yb.iter()) {
+                    o[0] += a;
+                    o[1] += b;
+                }
+                if let [last] = pairs.into_remainder() {
+                    *last += ya[tw - 1];
                 }
             }
             at += rows * w;
