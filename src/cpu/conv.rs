@@ -113,26 +113,13 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
             for &(seg, sc) in x.segs {
                 // SAFETY: shapes checked above; rhs rows are input channels of this segment.
                 unsafe {
-                    gemm(
-                        m,
-                        tn,
-                        sc,
-                        dst,
-                        1,
-                        n as isize,
+                    gemm_rows(
+                        (m, tn, sc),
+                        (dst, n),
                         true,
-                        w.as_ptr().add(m0 * kk + ci0),
-                        1,
-                        kk as isize,
-                        seg.as_ptr().add(c0),
-                        1,
-                        n as isize,
-                        1.0,
+                        (w.as_ptr().add(m0 * kk + ci0), kk),
+                        (seg.as_ptr().add(c0), n),
                         init.scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
                     );
                 }
                 ci0 += sc;
@@ -142,31 +129,58 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
                 im2col(&x, g, od, r0, r1, cols);
                 // SAFETY: as above; cols is [kk][tn].
                 unsafe {
-                    gemm(
-                        m,
-                        tn,
-                        kk,
-                        dst,
-                        1,
-                        n as isize,
+                    gemm_rows(
+                        (m, tn, kk),
+                        (dst, n),
                         true,
-                        w.as_ptr().add(m0 * kk),
-                        1,
-                        kk as isize,
-                        cols.as_ptr(),
-                        1,
-                        tn as isize,
-                        1.0,
+                        (w.as_ptr().add(m0 * kk), kk),
+                        (cols.as_ptr(), tn),
                         init.scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
                     );
                 }
             });
         }
     });
+}
+
+/// `dst = (accumulate ? dst : 0) + beta · lhs × rhs` by `gemm` on this thread, every operand
+/// row-major: `(m, n, k)`, then each operand's pointer and row stride.
+///
+/// # Safety
+/// Each pointer addresses a whole row-major matrix of its shape at its row stride (`dst`
+/// m×n, `lhs` m×k, `rhs` k×n), and `dst` is written by no one else meanwhile.
+pub(super) unsafe fn gemm_rows(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    accumulate: bool,
+    (lhs, lhs_rs): (*const f32, usize),
+    (rhs, rhs_rs): (*const f32, usize),
+    beta: f32,
+) {
+    // SAFETY: the caller's contract, with unit column strides.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs,
+            1,
+            lhs_rs as isize,
+            rhs,
+            1,
+            rhs_rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
 }
 
 /// Writes `scale · init` into the task's output block (rows m0.., columns c0..).

@@ -21,11 +21,10 @@
 //! upsampling of the input (the up blocks' `Upsample2D` conv) is read through when the patches
 //! are gathered.
 
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::arena::with_scratch;
-use super::conv::{prefill, Init, Input};
+use super::conv::{gemm_rows, prefill, Init, Input};
 use super::SendPtr;
 use crate::unet::layout::{Dims, Geometry};
 
@@ -100,7 +99,10 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
         // SAFETY: prefill writes only the task's m×(c1-c0) block at dst (row stride n).
         unsafe { prefill(dst, n, m0, m, c0, c1 - c0, od, &init) };
         let kc = KC.min(cin);
-        let rows_len = (8 * (tw + 1)).max(15 * kc).max(4 * tw);
+        // Scratch after U, V and M, for each step in turn: `weights` (a chunk's kernels
+        // tap-major and two rows of G g), `patches` (four input rows by parity), `add_tiles`
+        // (four output phases of a tile row).
+        let rows_len = (15 * kc).max(8 * (tw + 1)).max(4 * tw);
         with_scratch(XI * (m * kc + kc * t + m * t) + rows_len, |s| {
             let (u, rest) = s.split_at_mut(XI * m * kc);
             let (v, rest) = rest.split_at_mut(XI * kc * t);
@@ -114,26 +116,13 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
                     // SAFETY: U[ξ] is m×kl, V[ξ] kl×t and M[ξ] m×t, each row-major inside
                     // the scratch.
                     unsafe {
-                        gemm(
-                            m,
-                            t,
-                            kl,
-                            mm.as_mut_ptr().add(xi * m * t),
-                            1,
-                            t as isize,
+                        gemm_rows(
+                            (m, t, kl),
+                            (mm.as_mut_ptr().add(xi * m * t), t),
                             k0 > 0,
-                            u.as_ptr().add(xi * m * kl),
-                            1,
-                            kl as isize,
-                            v.as_ptr().add(xi * kl * t),
-                            1,
-                            t as isize,
+                            (u.as_ptr().add(xi * m * kl), kl),
+                            (v.as_ptr().add(xi * kl * t), t),
                             1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            Parallelism::None,
                         );
                     }
                 }
@@ -160,8 +149,8 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
 
 /// `U[ξ][i][j] = (G g Gᵀ)[ξ]` for the 3×3 kernel `g = w[m0 + i][k0 + j]` of output channels
 /// m0..m0+m and input channels k0..k1, with `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`.
-/// `taps` is scratch for one row's kernels tap-major (`[9][k1 - k0]`), so that every step below
-/// runs along j, in vectors.
+/// `scratch` holds one row's kernels tap-major (`[9][k1 - k0]`) and rows 1 and 2 of `G g`, so
+/// that every step below runs along j, in vectors.
 #[allow(clippy::too_many_arguments)]
 fn weights(
     w: &[f32],
@@ -170,11 +159,11 @@ fn weights(
     m: usize,
     k0: usize,
     k1: usize,
-    taps: &mut [f32],
+    scratch: &mut [f32],
     u: &mut [f32],
 ) {
     let kl = k1 - k0;
-    let (taps, gg) = taps.split_at_mut(9 * kl);
+    let (taps, gg) = scratch.split_at_mut(9 * kl);
     let (g1, g2) = gg[..6 * kl].split_at_mut(3 * kl);
     for i in 0..m {
         let row = &w[((m0 + i) * cin + k0) * 9..][..kl * 9];
