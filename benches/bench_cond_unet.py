@@ -1,6 +1,7 @@
 """The native UNet2DConditionModel against torch (diffusers' module) on the same weights.
 
 Run: python benches/bench_cond_unet.py [--quick] [--threads N] [--only sd15|sdxl|loop]
+[--weights float32|float16|bfloat16]
 
 - **sd15**: the Stable Diffusion 1.5 UNet's configuration (diffusers' defaults with
   cross_attention_dim 768: 860 M parameters), random weights, 64×64×4 latents, batch 2 (one
@@ -15,7 +16,13 @@ each as GFLOP/s (torch's FlopCounterMode) and a share of this machine's f32 FMA 
 in the same run by rdiff's FMA loop), their relative difference, and in a fresh subprocess
 per variant the peak resident memory (VmHWM) while loading the saved folder, and (reset after
 loading) while running two calls: torch maps the safetensors file and pages the weights in
-during its first call; rdiff converts them to f32 at load.
+during its first call; rdiff copies them out at load.
+
+`--weights float16` (or bfloat16) saves the checkpoint in that dtype, as Stable Diffusion's are
+distributed, with the random weights rounded to it first so that every run computes on the
+same values: torch loads it with `torch_dtype=torch.float32` (its CPU speed is in f32); rdiff
+keeps the matrices as stored and widens them where they are used (the same results as f32
+weights, in half the memory).
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ def status(key):
 start = status("VmRSS:")
 if which == "torch":
     from diffusers import UNet2DConditionModel
-    m = UNet2DConditionModel.from_pretrained(path).eval()
+    m = UNet2DConditionModel.from_pretrained(path, torch_dtype=torch.float32).eval()
 else:
     import rdiff
     m = rdiff.UNet2DConditionModel.from_pretrained(path)
@@ -125,6 +132,11 @@ def bench_model(kind: str, args, peak: float) -> None:
     cfg = SD15 if kind == "sd15" else SDXL
     torch.manual_seed(0)
     ref = UNet2DConditionModel(**cfg).eval()
+    stored = getattr(torch, args.weights)
+    if stored != torch.float32:
+        with torch.no_grad():
+            for p in ref.parameters():
+                p.copy_(p.to(stored))
     params = sum(p.numel() for p in ref.parameters()) / 1e6
     kw = inputs(kind)
     rounds, reps = (1, 2) if args.quick else (2, 3)
@@ -134,7 +146,11 @@ def bench_model(kind: str, args, peak: float) -> None:
             return ref(**kw).sample
 
     with tempfile.TemporaryDirectory() as tmp:
-        ref.save_pretrained(tmp)
+        if stored == torch.float32:
+            ref.save_pretrained(tmp)
+        else:
+            ref.to(stored).save_pretrained(tmp)
+            ref.float()
         g = gflop(ref, kw)
         want = run_torch()
         tt = tr = float("inf")
@@ -166,6 +182,8 @@ def bench_model(kind: str, args, peak: float) -> None:
             mr = memory("rdiff", tmp, kind, args.threads)
     gt, gr = g / tt, g / tr
     name = "SD 1.5" if kind == "sd15" else "SDXL (64×64 latents)"
+    if stored != torch.float32:
+        name += f", {args.weights} checkpoint"
     print(
         f"| {name}, {params:.0f} M params, {g:.0f} GFLOP | {tt:.2f} | {tr:.2f} | "
         f"{tt / tr:.2f}× | {gt:.0f} ({100 * gt / peak:.0f}%) | {gr:.0f} ({100 * gr / peak:.0f}%) "
@@ -255,6 +273,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--only", choices=["sd15", "sdxl", "loop"])
     ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    ap.add_argument(
+        "--weights",
+        choices=["float32", "float16", "bfloat16"],
+        default="float32",
+        help="the saved checkpoint's dtype (both compute in float32)",
+    )
     args = ap.parse_args()
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     import torch

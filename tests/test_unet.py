@@ -164,6 +164,12 @@ def test_cifar10_low_precision_weights_and_inputs(cifar, tmp_path):
         ours = unet(x, t)
         # Converted exactly: equal to diffusers computing in f32 on the same rounded weights.
         assert rel_err(ours, run_ref(low.float(), x, t)) <= 1e-4
+        # The matrices stay in the checkpoint's dtype and are widened where they are used:
+        # bit-identical to the checkpoint widened to f32 at load, in about half the memory.
+        low.float().save_pretrained(tmp_path / "widened")
+        wide = rdiff.UNet2DModel.from_pretrained(tmp_path / "widened")
+        assert torch.equal(ours, wide(x, t))
+        assert unet._core.weight_bytes < 0.51 * wide._core.weight_bytes
         # And the rounding of the weights alone moves the output by about a percent.
         assert rel_err(ours, ref) <= 3e-2
     # bf16 / f16 inputs: computed in f32, returned in the input dtype.

@@ -785,6 +785,9 @@ class _UNet2D:
     @property
     def arena_bytes(self) -> int:
         """Bytes the activation arena has allocated so far."""
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights the model holds on the host (half-precision matrices as stored)."""
     def check(self, shape: tuple[int, int, int, int], timesteps: int) -> None:
         """ValueError unless a call with this sample shape and timestep count can run."""
     def forward(

@@ -17,7 +17,9 @@ use crate::unet::backend::{Act, Backend, Epilogue, Segs, Tokens};
 use crate::unet::embeddings::{Conditioning, TimeEmbedding};
 use crate::unet::layout::{Dims, Geometry};
 use crate::unet::model::UNet2D;
+use crate::unet::weights::Weight;
 use crate::with_elem;
+use rayon::prelude::*;
 
 /// The forward pass of `unet` on the CPU, activations from `arena`: `x` is NCHW
 /// `[b][in_channels][h][w]`, `out` NCHW `[b][out_channels][h][w]`, both of element type T
@@ -108,6 +110,17 @@ pub struct CpuBackend<'a> {
     pub arena: &'a mut Arena,
 }
 
+/// A half-precision weight widened to f32 into an arena buffer, in parallel: once per call
+/// of its layer, since every task of the im2col and 1×1 products reads all of its rows.
+fn widen(arena: &mut Arena, w: &Weight) -> Buf {
+    const CHUNK: usize = 1 << 16;
+    let mut out = arena.take(w.len());
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, c)| w.widen(i * CHUNK, c));
+    out
+}
+
 fn slices<'a>(x: Segs<'a, Buf>) -> Vec<(&'a [f32], usize)> {
     x.iter().map(|&(b, c)| (&b[..], c)).collect()
 }
@@ -127,7 +140,7 @@ impl Backend for CpuBackend<'_> {
         &mut self,
         x: Segs<'_, Buf>,
         dims: Dims,
-        w: &[f32],
+        w: &Weight,
         cout: usize,
         g: Geometry,
         e: Epilogue<'_, Buf>,
@@ -164,7 +177,14 @@ impl Backend for CpuBackend<'_> {
         if winograd::applies(g, dims, input.channels(), cout) {
             winograd::conv2d(input, w, cout, g, init, out);
         } else {
-            conv::conv2d(input, w, cout, g, init, out);
+            match w.as_f32() {
+                Some(w) => conv::conv2d(input, w, cout, g, init, out),
+                None => {
+                    let wide = widen(self.arena, w);
+                    conv::conv2d(input, &wide, cout, g, init, out);
+                    self.arena.give(wide);
+                }
+            }
         }
         if let Some(j) = joined {
             self.arena.give(j);
@@ -196,7 +216,7 @@ impl Backend for CpuBackend<'_> {
         &mut self,
         x: &Buf,
         rows: usize,
-        w: &[f32],
+        w: &Weight,
         bias: &[f32],
         out: &mut Buf,
     ) -> Result<()> {

@@ -27,6 +27,7 @@ use super::arena::with_scratch;
 use super::conv::{gemm_rows, prefill, Init, Input};
 use super::SendPtr;
 use crate::unet::layout::{Dims, Geometry};
+use crate::unet::weights::Weight;
 
 /// Positions of the transformed tile (4×4).
 const XI: usize = 16;
@@ -57,7 +58,7 @@ pub fn applies(g: Geometry, d: Dims, cin: usize, cout: usize) -> bool {
 /// The convolution `out = scale · (init + conv(x, w))` of a 3×3, stride-1, padding-1 geometry
 /// (`applies`); `w` is `[cout][cin][3][3]`, `out` `[cout][b][h][w]` at the (possibly
 /// upsampled) input's size.
-pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>, out: &mut [f32]) {
+pub fn conv2d(x: Input<'_>, w: &Weight, cout: usize, g: Geometry, init: Init<'_>, out: &mut [f32]) {
     let cin = x.channels();
     assert_eq!(w.len(), cout * cin * 9, "conv weight size");
     let od = g.out_dims(x.dims);
@@ -99,10 +100,10 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
         // SAFETY: prefill writes only the task's m×(c1-c0) block at dst (row stride n).
         unsafe { prefill(dst, n, m0, m, c0, c1 - c0, od, &init) };
         let kc = KC.min(cin);
-        // Scratch after U, V and M, for each step in turn: `weights` (a chunk's kernels
-        // tap-major and two rows of G g), `patches` (four input rows by parity), `add_tiles`
-        // (four output phases of a tile row).
-        let rows_len = (15 * kc).max(8 * (tw + 1)).max(4 * tw);
+        // Scratch after U, V and M, for each step in turn: `weights` (a row of kernels widened
+        // to f32, then tap-major, and two rows of G g), `patches` (four input rows by parity),
+        // `add_tiles` (four output phases of a tile row).
+        let rows_len = (24 * kc).max(8 * (tw + 1)).max(4 * tw);
         with_scratch(XI * (m * kc + kc * t + m * t) + rows_len, |s| {
             let (u, rest) = s.split_at_mut(XI * m * kc);
             let (v, rest) = rest.split_at_mut(XI * kc * t);
@@ -149,11 +150,11 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
 
 /// `U[ξ][i][j] = (G g Gᵀ)[ξ]` for the 3×3 kernel `g = w[m0 + i][k0 + j]` of output channels
 /// m0..m0+m and input channels k0..k1, with `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`.
-/// `scratch` holds one row's kernels tap-major (`[9][k1 - k0]`) and rows 1 and 2 of `G g`, so
-/// that every step below runs along j, in vectors.
+/// `scratch` holds one row's kernels tap-major (`[9][k1 - k0]`), rows 1 and 2 of `G g` (so
+/// that every step below runs along j, in vectors) and the row widened when `w` is f16/bf16.
 #[allow(clippy::too_many_arguments)]
 fn weights(
-    w: &[f32],
+    w: &Weight,
     cin: usize,
     m0: usize,
     m: usize,
@@ -163,10 +164,11 @@ fn weights(
     u: &mut [f32],
 ) {
     let kl = k1 - k0;
-    let (taps, gg) = scratch.split_at_mut(9 * kl);
-    let (g1, g2) = gg[..6 * kl].split_at_mut(3 * kl);
+    let (taps, rest) = scratch.split_at_mut(9 * kl);
+    let (gg, wide) = rest.split_at_mut(6 * kl);
+    let (g1, g2) = gg.split_at_mut(3 * kl);
     for i in 0..m {
-        let row = &w[((m0 + i) * cin + k0) * 9..][..kl * 9];
+        let row = w.f32_range(((m0 + i) * cin + k0) * 9, kl * 9, wide);
         for (j, g) in row.chunks_exact(9).enumerate() {
             for (tap, &v) in g.iter().enumerate() {
                 taps[tap * kl + j] = v;
@@ -391,6 +393,7 @@ unsafe fn add_tiles(
 mod tests {
     use super::*;
     use crate::cpu::conv;
+    use half::bf16;
 
     /// Winograd against the im2col convolution, odd and even sizes, segments, an epilogue with
     /// a residual, with and without the fused upsampling.
@@ -429,15 +432,19 @@ mod tests {
                 segs: &segs,
                 dims: d,
             };
-            let mut want = vec![f32::NAN; cout * od.n()];
-            conv::conv2d(input, &w, cout, g, init, &mut want);
-            let mut got = vec![f32::NAN; cout * od.n()];
-            conv2d(input, &w, cout, g, init, &mut got);
-            for (i, (o, r)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (o - r).abs() < 1e-4 * (1.0 + r.abs()),
-                    "{d:?} {i}: {o} vs {r}"
-                );
+            // f32 weights, and a bf16 checkpoint's (widened row by row in `weights`).
+            let half = Weight::Bf16(w.iter().map(|&v| bf16::from_f32(v)).collect());
+            for w in [Weight::F32(w), half] {
+                let mut want = vec![f32::NAN; cout * od.n()];
+                conv::conv2d(input, &w.to_f32(), cout, g, init, &mut want);
+                let mut got = vec![f32::NAN; cout * od.n()];
+                conv2d(input, &w, cout, g, init, &mut got);
+                for (i, (o, r)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (o - r).abs() < 1e-4 * (1.0 + r.abs()),
+                        "{d:?} {i}: {o} vs {r}"
+                    );
+                }
             }
         }
     }

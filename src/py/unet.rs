@@ -113,6 +113,13 @@ impl PyUNet2D {
         self.inner.arena_bytes()
     }
 
+    /// Bytes of weights the model holds on the host (a half-precision checkpoint's matrices in
+    /// its dtype).
+    #[getter]
+    fn weight_bytes(&self) -> usize {
+        self.inner.unet.weight_bytes
+    }
+
     /// Checks shapes (raises ValueError) without running.
     fn check(&self, shape: (usize, usize, usize, usize), timesteps: usize) -> PyResult<()> {
         let (b, c, h, w) = shape;

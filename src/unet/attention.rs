@@ -4,7 +4,7 @@
 
 use super::backend::{Act, Backend, Epilogue, Tokens};
 use super::resnet::Norm;
-use super::weights::Loader;
+use super::weights::{Loader, Weight};
 use crate::error::Result;
 use crate::unet::layout::Geometry;
 
@@ -15,9 +15,9 @@ pub struct Attention {
     inner: usize,
     norm: Option<Norm>,
     /// `[3·inner][c]`: to_q, to_k, to_v stacked.
-    wqkv: Vec<f32>,
+    wqkv: Weight,
     bqkv: Vec<f32>,
-    wo: Vec<f32>,
+    wo: Weight,
     bo: Vec<f32>,
     inv_rescale: f32,
 }
@@ -39,7 +39,7 @@ impl Attention {
         // Grown from the weights read (not reserved from the config's sizes up front).
         let (mut wqkv, mut bqkv) = (Vec::new(), Vec::new());
         for (new, old) in [("to_q", "query"), ("to_k", "key"), ("to_v", "value")] {
-            let w = ld.get_any(
+            let w = ld.weight_any(
                 &[&p(&format!("{new}.weight")), &p(&format!("{old}.weight"))],
                 &[inner, c],
             )?;
@@ -47,7 +47,7 @@ impl Attention {
                 &[&p(&format!("{new}.bias")), &p(&format!("{old}.bias"))],
                 &[inner],
             )?;
-            wqkv.extend_from_slice(&w);
+            wqkv.push(w);
             bqkv.extend_from_slice(&b);
         }
         Ok(Self {
@@ -59,9 +59,9 @@ impl Attention {
                 Some(g) => Some(Norm::load(ld, &p("group_norm"), c, g, eps)?),
                 None => None,
             },
-            wqkv,
+            wqkv: Weight::concat(wqkv),
             bqkv,
-            wo: ld.get_any(
+            wo: ld.weight_any(
                 &[&p("to_out.0.weight"), &p("proj_attn.weight")],
                 &[c, inner],
             )?,

@@ -4,13 +4,15 @@
 //! (`cuda::unet::backend::DeviceBackend`, real or emulated launcher).
 //!
 //! Activations are `[c][b][h][w]` buffers owned by the backend's arena; weights are the
-//! model's host `f32` slices (a device backend maps each to its uploaded copy).
+//! model's host `f32` slices, the matrices a [`Weight`] (f32 or the checkpoint's f16/bf16); a
+//! device backend maps each to its uploaded copy.
 
 use super::embeddings::{Conditioning, TimeEmbedding};
 use crate::cpu::layer_norm::LayerNormParams;
 use crate::cpu::norm::GroupNormParams;
 use crate::error::Result;
 use crate::unet::layout::{Dims, Geometry};
+use crate::unet::weights::Weight;
 
 /// One logical input: channel segments `(buffer, channels)` concatenated.
 pub type Segs<'a, B> = &'a [(&'a B, usize)];
@@ -102,7 +104,7 @@ pub trait Backend {
         &mut self,
         x: Segs<'_, Self::Buf>,
         dims: Dims,
-        w: &[f32],
+        w: &Weight,
         cout: usize,
         g: Geometry,
         e: Epilogue<'_, Self::Buf>,
@@ -125,7 +127,7 @@ pub trait Backend {
         &mut self,
         x: &Self::Buf,
         rows: usize,
-        w: &[f32],
+        w: &Weight,
         bias: &[f32],
         out: &mut Self::Buf,
     ) -> Result<()>;

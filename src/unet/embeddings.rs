@@ -6,7 +6,7 @@
 //! `add_embedding`) are added to it.
 
 use super::arch::{Arch, ClassEmbedding, TextTime, TimeEmbeddingType};
-use super::weights::Loader;
+use super::weights::{Loader, Weight};
 use crate::cpu::conv::linear;
 use crate::cpu::vecmath::silu_f32;
 use crate::error::Result;
@@ -56,9 +56,9 @@ pub fn fourier(ts: &[f32], w: &[f32]) -> Vec<f32> {
 /// `TimestepEmbedding`: linear_1, SiLU, linear_2.
 pub struct Mlp {
     pub(crate) fin: usize,
-    pub(crate) w1: Vec<f32>,
+    pub(crate) w1: Weight,
     pub(crate) b1: Vec<f32>,
-    pub(crate) w2: Vec<f32>,
+    pub(crate) w2: Weight,
     pub(crate) b2: Vec<f32>,
     pub(crate) hidden: usize,
 }
@@ -67,9 +67,9 @@ impl Mlp {
     pub fn load(ld: &Loader<'_>, prefix: &str, fin: usize, dim: usize) -> Result<Self> {
         Ok(Self {
             fin,
-            w1: ld.get(&format!("{prefix}.linear_1.weight"), &[dim, fin])?,
+            w1: ld.weight(&format!("{prefix}.linear_1.weight"), &[dim, fin])?,
             b1: ld.get(&format!("{prefix}.linear_1.bias"), &[dim])?,
-            w2: ld.get(&format!("{prefix}.linear_2.weight"), &[dim, dim])?,
+            w2: ld.weight(&format!("{prefix}.linear_2.weight"), &[dim, dim])?,
             b2: ld.get(&format!("{prefix}.linear_2.bias"), &[dim])?,
             hidden: dim,
         })
@@ -134,7 +134,7 @@ pub struct TimeEmbedding {
     class_table: Vec<f32>,
     class_mlp: Option<Mlp>,
     /// `time_embedding.cond_proj.weight`, `[input_dim][cond_dim]` (no bias).
-    cond_proj: Option<(Vec<f32>, usize)>,
+    cond_proj: Option<(Weight, usize)>,
     /// SDXL's text_time: the spec and `add_embedding`.
     text_time: Option<(TextTime, Mlp)>,
     pub dim: usize,
@@ -172,7 +172,7 @@ impl TimeEmbedding {
         };
         let cond_proj = match t.cond_proj_dim {
             Some(k) => Some((
-                ld.get("time_embedding.cond_proj.weight", &[t.input_dim, k])?,
+                ld.weight("time_embedding.cond_proj.weight", &[t.input_dim, k])?,
                 k,
             )),
             None => None,

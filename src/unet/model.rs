@@ -34,6 +34,8 @@ pub struct UNet2D {
     conv_out: Conv,
     /// The image side must be a multiple of this (2^downsamplers).
     multiple: usize,
+    /// Bytes of weights held (a half-precision checkpoint's matrices kept in its dtype).
+    pub weight_bytes: usize,
 }
 
 impl UNet2D {
@@ -95,6 +97,7 @@ impl UNet2D {
             norm_out,
             conv_out,
             multiple,
+            weight_bytes: ld.bytes(),
         })
     }
 

@@ -4,7 +4,7 @@
 
 use super::arch::Arch;
 use super::backend::{Act, Backend, Epilogue, Segs};
-use super::weights::Loader;
+use super::weights::{Loader, Weight};
 use crate::cpu::norm::GroupNormParams;
 use crate::error::Result;
 use crate::unet::layout::{Dims, Geometry};
@@ -43,7 +43,7 @@ impl Norm {
 
 /// A convolution's weight `[cout][cin][k][k]` and bias.
 pub struct Conv {
-    pub w: Vec<f32>,
+    pub w: Weight,
     pub b: Vec<f32>,
     pub cout: usize,
 }
@@ -51,7 +51,7 @@ pub struct Conv {
 impl Conv {
     pub fn load(ld: &Loader<'_>, prefix: &str, cin: usize, cout: usize, k: usize) -> Result<Self> {
         Ok(Self {
-            w: ld.get(&format!("{prefix}.weight"), &[cout, cin, k, k])?,
+            w: ld.weight(&format!("{prefix}.weight"), &[cout, cin, k, k])?,
             b: ld.get(&format!("{prefix}.bias"), &[cout])?,
             cout,
         })
@@ -70,7 +70,7 @@ pub struct Resnet {
     cout: usize,
     norm1: Norm,
     conv1: Conv,
-    temb_w: Vec<f32>,
+    temb_w: Weight,
     temb_b: Vec<f32>,
     norm2: Norm,
     conv2: Conv,
@@ -98,7 +98,7 @@ impl Resnet {
             cout,
             norm1: Norm::load(ld, &p("norm1"), cin, a.groups, eps)?,
             conv1: Conv::load(ld, &p("conv1"), cin, cout, 3)?,
-            temb_w: ld.get(&p("time_emb_proj.weight"), &[tdim, a.time.embed_dim])?,
+            temb_w: ld.weight(&p("time_emb_proj.weight"), &[tdim, a.time.embed_dim])?,
             temb_b: ld.get(&p("time_emb_proj.bias"), &[tdim])?,
             norm2: Norm::load(ld, &p("norm2"), cout, a.groups, eps)?,
             conv2: Conv::load(ld, &p("conv2"), cout, cout, 3)?,

@@ -14,7 +14,7 @@
 use super::arch::TransformerSpec;
 use super::backend::{Act, Backend, Epilogue, Tokens};
 use super::resnet::Norm;
-use super::weights::Loader;
+use super::weights::{Loader, Weight};
 use crate::cpu::layer_norm::LayerNormParams;
 use crate::error::Result;
 use crate::unet::layout::Geometry;
@@ -54,7 +54,7 @@ impl LayerNorm {
 fn project<B: Backend>(
     be: &mut B,
     x: &Act<B::Buf>,
-    w: &[f32],
+    w: &Weight,
     bias: Option<&[f32]>,
     cout: usize,
     residual: Option<&Act<B::Buf>>,
@@ -87,10 +87,10 @@ struct AttnLayer {
     dh: usize,
     /// Self-attention: `[3·inner][inner]` (to_q, to_k, to_v stacked); cross-attention:
     /// to_q alone, `[inner][inner]`.
-    wq: Vec<f32>,
+    wq: Weight,
     /// Cross-attention: to_k and to_v stacked, `[2·inner][cross_dim]`.
-    wkv: Option<Vec<f32>>,
-    wo: Vec<f32>,
+    wkv: Option<Weight>,
+    wo: Weight,
     bo: Vec<f32>,
 }
 
@@ -105,22 +105,19 @@ impl AttnLayer {
         let inner = heads * dh;
         let p = |s: &str| format!("{prefix}.{s}");
         let kin = cross_dim.unwrap_or(inner);
-        let mut wq = ld.get(&p("to_q.weight"), &[inner, inner])?;
-        let mut wkv = ld.get(&p("to_k.weight"), &[inner, kin])?;
-        wkv.extend(ld.get(&p("to_v.weight"), &[inner, kin])?);
-        let wkv = match cross_dim {
-            Some(_) => Some(wkv),
-            None => {
-                wq.extend(wkv);
-                None
-            }
+        let q = ld.weight(&p("to_q.weight"), &[inner, inner])?;
+        let k = ld.weight(&p("to_k.weight"), &[inner, kin])?;
+        let v = ld.weight(&p("to_v.weight"), &[inner, kin])?;
+        let (wq, wkv) = match cross_dim {
+            Some(_) => (q, Some(Weight::concat(vec![k, v]))),
+            None => (Weight::concat(vec![q, k, v]), None),
         };
         Ok(Self {
             heads,
             dh,
             wq,
             wkv,
-            wo: ld.get(&p("to_out.0.weight"), &[inner, inner])?,
+            wo: ld.weight(&p("to_out.0.weight"), &[inner, inner])?,
             bo: ld.get(&p("to_out.0.bias"), &[inner])?,
         })
     }
@@ -190,9 +187,9 @@ struct Block {
     attn2: AttnLayer,
     norm3: LayerNorm,
     /// `[2·ff][inner]`: the GEGLU projection (values, then gates).
-    w_ff1: Vec<f32>,
+    w_ff1: Weight,
     b_ff1: Vec<f32>,
-    w_ff2: Vec<f32>,
+    w_ff2: Weight,
     b_ff2: Vec<f32>,
     ff: usize,
 }
@@ -214,9 +211,9 @@ impl Block {
             norm2: LayerNorm::load(ld, &p("norm2"), inner)?,
             attn2: AttnLayer::load(ld, &p("attn2"), s.heads, s.dh, Some(s.cross_dim))?,
             norm3: LayerNorm::load(ld, &p("norm3"), inner)?,
-            w_ff1: ld.get(&p("ff.net.0.proj.weight"), &[2 * ff, inner])?,
+            w_ff1: ld.weight(&p("ff.net.0.proj.weight"), &[2 * ff, inner])?,
             b_ff1: ld.get(&p("ff.net.0.proj.bias"), &[2 * ff])?,
-            w_ff2: ld.get(&p("ff.net.2.weight"), &[inner, ff])?,
+            w_ff2: ld.weight(&p("ff.net.2.weight"), &[inner, ff])?,
             b_ff2: ld.get(&p("ff.net.2.bias"), &[inner])?,
             ff,
         })
@@ -256,10 +253,10 @@ pub struct Transformer2D {
     c: usize,
     inner: usize,
     norm: Norm,
-    w_in: Vec<f32>,
+    w_in: Weight,
     b_in: Vec<f32>,
     blocks: Vec<Block>,
-    w_out: Vec<f32>,
+    w_out: Weight,
     b_out: Vec<f32>,
 }
 
@@ -282,10 +279,10 @@ impl Transformer2D {
             c,
             inner,
             norm: Norm::load(ld, &p("norm"), c, groups, GROUP_NORM_EPS)?,
-            w_in: ld.get(&p("proj_in.weight"), &[inner, c, 1, 1])?,
+            w_in: ld.weight(&p("proj_in.weight"), &[inner, c, 1, 1])?,
             b_in: ld.get(&p("proj_in.bias"), &[inner])?,
             blocks,
-            w_out: ld.get(&p("proj_out.weight"), &[c, inner, 1, 1])?,
+            w_out: ld.weight(&p("proj_out.weight"), &[c, inner, 1, 1])?,
             b_out: ld.get(&p("proj_out.bias"), &[c])?,
         })
     }

@@ -1,21 +1,150 @@
-//! Weights by diffusers' names: a memory-mapped `.safetensors` file (f32, f16, bf16 or f64,
-//! converted to f32 once, here) or tensors handed over from Python. Every lookup checks the
-//! shape; a missing or mis-shaped weight is a `WeightsError` naming it.
+//! Weights by diffusers' names: a memory-mapped `.safetensors` file (f32, f16, bf16 or f64) or
+//! tensors handed over from Python. Every lookup checks the shape; a missing or mis-shaped
+//! weight is a `WeightsError` naming it.
+//!
+//! The model's weight matrices (convolutions, linear layers, attention projections) are kept
+//! as a [`Weight`]: in the checkpoint's f16 or bf16 when it has one, widened to f32 where they
+//! are used. Widening is exact, so a half-precision checkpoint gives the same results as one
+//! widened at load, in half the memory. Everything else (biases, norms, embeddings' small
+//! tables) is converted to f32 here, once.
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 
-use half::f16;
+use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
+use crate::dtype::Elem;
 use crate::error::{RdiffError, Result};
+
+/// A weight matrix as the model keeps it: f32, or a checkpoint's f16 / bf16 values as stored.
+#[derive(Clone, Debug)]
+pub enum Weight {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+}
+
+impl Weight {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::F32(v) => v.len(),
+            Self::F16(v) => v.len(),
+            Self::Bf16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values themselves when they are f32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            Self::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Where the values start: with `len`, a key for a device copy of them.
+    pub fn addr(&self) -> usize {
+        match self {
+            Self::F32(v) => v.as_ptr() as usize,
+            Self::F16(v) => v.as_ptr() as usize,
+            Self::Bf16(v) => v.as_ptr() as usize,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::F32(v) => 4 * v.len(),
+            _ => 2 * self.len(),
+        }
+    }
+
+    /// Values `start..start + dst.len()` widened into `dst`.
+    pub fn widen(&self, start: usize, dst: &mut [f32]) {
+        let n = dst.len();
+        match self {
+            Self::F32(v) => dst.copy_from_slice(&v[start..start + n]),
+            Self::F16(v) => f16::load(&v[start..start + n], dst),
+            Self::Bf16(v) => bf16::load(&v[start..start + n], dst),
+        }
+    }
+
+    /// Values `start..start + len` as f32: the stored slice itself, or widened into `scratch`.
+    pub fn f32_range<'a>(&'a self, start: usize, len: usize, scratch: &'a mut [f32]) -> &'a [f32] {
+        match self {
+            Self::F32(v) => &v[start..start + len],
+            _ => {
+                self.widen(start, &mut scratch[..len]);
+                &scratch[..len]
+            }
+        }
+    }
+
+    /// All values as f32: borrowed when they are, else widened into a new vector.
+    pub fn to_f32(&self) -> Cow<'_, [f32]> {
+        match self {
+            Self::F32(v) => Cow::Borrowed(v),
+            _ => {
+                let mut out = vec![0.0; self.len()];
+                self.widen(0, &mut out);
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// All values as f32 (a copy unless they are f32).
+    pub fn into_f32(self) -> Vec<f32> {
+        match self {
+            Self::F32(v) => v,
+            other => other.to_f32().into_owned(),
+        }
+    }
+
+    /// `parts` one after the other, in their common dtype (f32 when they differ).
+    pub fn concat(parts: Vec<Weight>) -> Weight {
+        match &parts[..] {
+            [Self::F16(_), ..] if parts.iter().all(|p| matches!(p, Self::F16(_))) => Self::F16(
+                parts
+                    .into_iter()
+                    .flat_map(|p| match p {
+                        Self::F16(v) => v,
+                        _ => unreachable!(),
+                    })
+                    .collect(),
+            ),
+            [Self::Bf16(_), ..] if parts.iter().all(|p| matches!(p, Self::Bf16(_))) => Self::Bf16(
+                parts
+                    .into_iter()
+                    .flat_map(|p| match p {
+                        Self::Bf16(v) => v,
+                        _ => unreachable!(),
+                    })
+                    .collect(),
+            ),
+            _ => Self::F32(parts.into_iter().flat_map(Weight::into_f32).collect()),
+        }
+    }
+}
+
+impl From<Vec<f32>> for Weight {
+    fn from(v: Vec<f32>) -> Self {
+        Self::F32(v)
+    }
+}
 
 /// Where weights come from.
 pub trait WeightSource {
-    /// The tensor's shape and its values as f32, or None when there is no such name.
-    fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>>;
+    /// The tensor's shape and its values (f16 and bf16 as stored, anything else as f32), or
+    /// None when there is no such name.
+    fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Weight)>>;
 }
 
 /// Tensors already in memory (e.g. a diffusers module's state dict).
@@ -25,8 +154,11 @@ pub struct MemoryWeights {
 }
 
 impl WeightSource for MemoryWeights {
-    fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
-        Ok(self.tensors.get(name).cloned())
+    fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Weight)>> {
+        Ok(self
+            .tensors
+            .get(name)
+            .map(|(s, v)| (s.clone(), Weight::F32(v.clone()))))
     }
 }
 
@@ -64,29 +196,34 @@ impl SafetensorsFile {
 }
 
 impl WeightSource for SafetensorsFile {
-    fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+    fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Weight)>> {
         let t = match self.view.tensor(name) {
             Ok(t) => t,
             Err(_) => return Ok(None),
         };
         let data = t.data();
-        let out: Vec<f32> = match t.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
-                .collect(),
-            Dtype::F64 => data
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
-                .collect(),
+        let half = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
+        let out = match t.dtype() {
+            Dtype::F32 => Weight::F32(
+                data.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            Dtype::F16 => Weight::F16(
+                data.chunks_exact(2)
+                    .map(|b| f16::from_bits(half(b)))
+                    .collect(),
+            ),
+            Dtype::BF16 => Weight::Bf16(
+                data.chunks_exact(2)
+                    .map(|b| bf16::from_bits(half(b)))
+                    .collect(),
+            ),
+            Dtype::F64 => Weight::F32(
+                data.chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+                    .collect(),
+            ),
             other => {
                 return Err(RdiffError::Io(format!(
                     "{}: weight {name:?} has dtype {other:?}; expected F32, F16, BF16 or F64",
@@ -100,8 +237,8 @@ impl WeightSource for SafetensorsFile {
 }
 
 impl SafetensorsFile {
-    /// Drops the whole pages of `data` (a tensor just converted) from this process's resident
-    /// memory: without it, the mapped file and its f32 copy would both count while a model
+    /// Drops the whole pages of `data` (a tensor just copied out) from this process's resident
+    /// memory: without it, the mapped file and the copy would both count while a model
     /// loads, doubling the load's peak (they stay in the page cache; a later read refaults).
     fn release(&self, data: &[u8]) {
         #[cfg(unix)]
@@ -172,7 +309,7 @@ impl ShardedSafetensors {
 }
 
 impl WeightSource for ShardedSafetensors {
-    fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
+    fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Weight)>> {
         match self.map.get(name) {
             Some(&i) => match self.shards[i].fetch(name)? {
                 Some(t) => Ok(Some(t)),
@@ -186,23 +323,45 @@ impl WeightSource for ShardedSafetensors {
     }
 }
 
-/// Looks weights up with their expected shapes.
+/// Looks weights up with their expected shapes, counting the bytes the model keeps.
 pub struct Loader<'a> {
     src: &'a dyn WeightSource,
+    bytes: Cell<usize>,
 }
 
 impl<'a> Loader<'a> {
     pub fn new(src: &'a dyn WeightSource) -> Self {
-        Self { src }
+        Self {
+            src,
+            bytes: Cell::new(0),
+        }
     }
 
-    /// The weight `name`, which must have `shape`.
+    /// Bytes of everything handed out so far.
+    pub fn bytes(&self) -> usize {
+        self.bytes.get()
+    }
+
+    /// The tensor `name`, which must have `shape`, as f32.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         self.get_any(&[name], shape)
     }
 
-    /// The first of `names` present (diffusers' current name first, then legacy ones).
+    /// The first of `names` present (diffusers' current name first, then legacy ones), as f32.
     pub fn get_any(&self, names: &[&str], shape: &[usize]) -> Result<Vec<f32>> {
+        let w = self.weight_any(names, shape)?;
+        // Counted as the f32 the model keeps.
+        self.bytes.set(self.bytes.get() + 4 * w.len() - w.bytes());
+        Ok(w.into_f32())
+    }
+
+    /// The weight matrix `name`, which must have `shape`, in the checkpoint's dtype.
+    pub fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        self.weight_any(&[name], shape)
+    }
+
+    /// The first of `names` present, in the checkpoint's dtype.
+    pub fn weight_any(&self, names: &[&str], shape: &[usize]) -> Result<Weight> {
         for name in names {
             if let Some((got, data)) = self.src.fetch(name)? {
                 // A 1×1 convolution may be stored as a matrix (and vice versa).
@@ -218,6 +377,7 @@ impl<'a> Loader<'a> {
                         "weight {name:?} has shape {got:?}, expected {shape:?}"
                     )));
                 }
+                self.bytes.set(self.bytes.get() + data.bytes());
                 return Ok(data);
             }
         }

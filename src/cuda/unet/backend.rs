@@ -13,6 +13,7 @@ use crate::unet::arch::TimeEmbeddingType;
 use crate::unet::backend::{Backend, Epilogue, Segs, Tokens};
 use crate::unet::embeddings::{Conditioning, TimeEmbedding};
 use crate::unet::layout::{Dims, Geometry};
+use crate::unet::weights::Weight;
 
 /// `rdiff_unet_flash_attention_f32`'s threads per query and widest head (RD_ATTN_LANES,
 /// RD_ATTN_LANES · RD_ATTN_PER in kernels/unet_ops.cu).
@@ -104,6 +105,8 @@ impl DeviceArena {
 #[derive(Default)]
 pub struct DeviceWeights {
     map: HashMap<(usize, usize), u64>,
+    /// f16/bf16 matrices widened for a host-visible device (the emulator), by the same key.
+    widened: HashMap<(usize, usize), Vec<f32>>,
 }
 
 impl DeviceWeights {
@@ -121,7 +124,31 @@ impl DeviceWeights {
         Ok(p)
     }
 
+    /// A weight matrix's device copy, in f32 (the kernels' GEMM reads f32; a checkpoint's
+    /// f16/bf16 matrix is widened once, on the host, before its upload).
+    fn matrix(&mut self, dev: &dyn UnetDevice, w: &Weight) -> Result<u64> {
+        if let Some(host) = w.as_f32() {
+            return self.get(dev, host);
+        }
+        let key = (w.addr(), w.len());
+        if dev.host_visible() {
+            let wide = self
+                .widened
+                .entry(key)
+                .or_insert_with(|| w.to_f32().into_owned());
+            return Ok(wide.as_ptr() as u64);
+        }
+        if let Some(&p) = self.map.get(&key) {
+            return Ok(p);
+        }
+        let p = dev.alloc(w.len())?;
+        dev.upload(p, &w.to_f32())?;
+        self.map.insert(key, p);
+        Ok(p)
+    }
+
     pub fn release(&mut self, dev: &dyn UnetDevice) {
+        self.widened.clear();
         for (_, p) in self.map.drain() {
             dev.free(p);
         }
@@ -173,8 +200,8 @@ impl DeviceBackend<'_> {
         Ok(KernelArg::Ptr(self.weights.get(self.dev, host)?))
     }
 
-    fn wptr(&mut self, host: &[f32]) -> Result<u64> {
-        self.weights.get(self.dev, host)
+    fn wptr(&mut self, w: &Weight) -> Result<u64> {
+        self.weights.matrix(self.dev, w)
     }
 
     /// `out[r][j] = act(x[r][j] + bias[j] + add[r mod add_rows][j])`.
@@ -236,7 +263,7 @@ impl Backend for DeviceBackend<'_> {
         &mut self,
         x: Segs<'_, DevBuf>,
         dims: Dims,
-        w: &[f32],
+        w: &Weight,
         cout: usize,
         g: Geometry,
         e: Epilogue<'_, DevBuf>,
@@ -415,7 +442,7 @@ impl Backend for DeviceBackend<'_> {
         &mut self,
         x: &DevBuf,
         rows: usize,
-        w: &[f32],
+        w: &Weight,
         bias: &[f32],
         out: &mut DevBuf,
     ) -> Result<()> {

@@ -14,6 +14,7 @@ use crate::dtype::Elem;
 use crate::unet::backend::{Backend, Epilogue, Tokens};
 use crate::unet::embeddings::{fourier, sinusoidal};
 use crate::unet::layout::{Dims, Geometry};
+use crate::unet::weights::Weight;
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -279,7 +280,13 @@ fn conv2d_matches_cpu() {
     ];
     for (gi, g) in geoms.into_iter().enumerate() {
         let od = g.out_dims(dims);
+        // Every other geometry with an f16 checkpoint's weight (widened before the product).
         let w = values(cout * cin * g.k * g.k, 9 + gi as u64);
+        let w = if gi % 2 == 1 {
+            Weight::F16(w.iter().map(|&v| f16::from_f32(v)).collect())
+        } else {
+            Weight::F32(w)
+        };
         let resid = values(cout * od.n(), 20);
         let start = values(cout * od.n(), 21);
         for keep in [false, true] {
@@ -491,6 +498,7 @@ fn resampling_linear_and_copy_match_cpu() {
     let x = values(c * dims.n(), 50);
     let xw = values(dims.b * 7, 51);
     let w = values(5 * 7, 52);
+    let w = Weight::Bf16(w.iter().map(|&v| bf16::from_f32(v)).collect());
     let bias = values(5, 53);
     let mut t = Both::new(false);
     let mut cpu = CpuBackend { arena: &mut t.cpu };
