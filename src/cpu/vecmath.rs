@@ -31,6 +31,32 @@ pub fn exp_f32(x: f32) -> f32 {
     p * scale
 }
 
+/// exp(x) for x ≤ 0 (softmax numerators, x − max), as [`exp_f32`] but with fused multiply-adds
+/// and one clamp: the attention's softmax runs it on every score, where it is compute-bound.
+/// Only for the `simd_dispatch!` instantiations (which enable FMA): elsewhere `mul_add` would
+/// be a library call.
+#[inline(always)]
+pub fn exp_nonpositive_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0;
+    // One compare, and a NaN passes through (f32::max would drop it).
+    let x = if x < -87.3 { -87.3 } else { x };
+    let t = x.mul_add(LOG2E, ROUND);
+    let n = t - ROUND;
+    let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let p = (1.0f32 / 720.0).mul_add(r, 1.0 / 120.0);
+    let p = p.mul_add(r, 1.0 / 24.0);
+    let p = p.mul_add(r, 1.0 / 6.0);
+    let p = p.mul_add(r, 0.5);
+    let p = p.mul_add(r, 1.0);
+    let p = p.mul_add(r, 1.0);
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
+    p * scale
+}
+
 /// SiLU (swish), x·σ(x).
 #[inline(always)]
 pub fn silu_f32(x: f32) -> f32 {
