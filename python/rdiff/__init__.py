@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import _cuda_libs
 
-_cuda_libs.preload_nvrtc()
+_cuda_libs.register()
 
 from . import k as k
 from . import testing

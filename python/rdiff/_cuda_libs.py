@@ -1,22 +1,23 @@
-"""Find NVRTC and cuBLAS in the user's environment and load them before the extension needs
-them.
+"""Find NVRTC and cuBLAS in the user's environment for the extension to load when it first
+needs CUDA.
 
 cudarc looks libraries up by name only (``libnvrtc.so``, ``libcublas.so.13``), which the dynamic
 loader finds on the system path but not inside the ``nvidia-cuda-nvrtc`` / ``nvidia-cublas``
-wheels that pip (and PyTorch) install. Loading the wheel's copy first with ``RTLD_GLOBAL`` makes
-the later lookup by name succeed.
+wheels that pip (and PyTorch) install. A copy loaded first with ``RTLD_GLOBAL`` makes the later
+lookup by name succeed. Here the wheels' copies are only found (a directory listing) and handed
+to the extension (``src/cuda/libraries.rs``), which loads them the first time a CUDA path runs:
+loading them at import took 0.2 s and about 190 MB of resident memory that a CPU-only run never
+needs.
 """
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import importlib.util
 import os
 import sys
 
-_loaded: str | None = None
-_cublas: str | None = None
+from . import _rdiff
 
 
 def _candidate_dirs() -> list[str]:
@@ -33,32 +34,21 @@ def _candidate_dirs() -> list[str]:
     return dirs
 
 
-def _preload(stem: str) -> str | None:
-    """Load the newest ``<stem>.so*`` found in installed wheels; return its path, or None."""
-    found = []
-    for d in _candidate_dirs():
-        found.extend(glob.glob(os.path.join(d, f"{stem}.so*")))
-    # Prefer the newest major version (13 before 12); builtins libraries are dependencies.
-    found = sorted({f for f in found if "builtins" not in os.path.basename(f)}, reverse=True)
-    for path in found:
-        try:
-            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-        except OSError:
-            continue
-        return path
-    return None
+def _candidates(dirs: list[str], stem: str) -> list[str]:
+    """``<stem>.so*`` in ``dirs``, the newest major version (13 before 12) first."""
+    found = set()
+    for d in dirs:
+        found.update(glob.glob(os.path.join(d, f"{stem}.so*")))
+    # (the builtins libraries are NVRTC's dependencies, not NVRTC)
+    return sorted((f for f in found if "builtins" not in os.path.basename(f)), reverse=True)
 
 
-def preload_nvrtc() -> str | None:
-    """Load the newest NVRTC found in installed wheels, and cuBLAS beside it where one is
-    installed (the CUDA UNet's GEMMs; without it rdiff uses its own GEMM kernel); return
-    NVRTC's path, or None."""
-    global _loaded, _cublas
-    if _loaded is not None or not sys.platform.startswith("linux"):
-        return _loaded
-    if os.environ.get("RDIFF_NO_NVRTC_PRELOAD"):
-        return None
-    _loaded = _preload("libnvrtc")
-    if _preload("libcublasLt") is not None:  # (libcublas needs it loaded first)
-        _cublas = _preload("libcublas")
-    return _loaded
+def register() -> None:
+    """Hand NVRTC, cuBLASLt and cuBLAS (which needs cuBLASLt loaded first) to the extension,
+    unless ``RDIFF_NO_NVRTC_PRELOAD`` is set (then only the system's libraries are used)."""
+    if not sys.platform.startswith("linux") or os.environ.get("RDIFF_NO_NVRTC_PRELOAD"):
+        return
+    dirs = _candidate_dirs()
+    _rdiff._register_cuda_libraries(
+        [_candidates(dirs, stem) for stem in ("libnvrtc", "libcublasLt", "libcublas")]
+    )

@@ -589,6 +589,13 @@ def _cuda_kernels() -> list[str]:
 def _cuda_compile(kernel: str, arch: str) -> dict[str, Any]:
     """NVRTC compile of one kernel source: cubin, ptx, log, options, per-entry resources."""
 
+def _register_cuda_libraries(groups: list[list[str]]) -> None:
+    """Record the environment's CUDA libraries (groups of candidate paths, loading order);
+    loaded when rdiff first needs CUDA."""
+
+def _load_cuda_libraries() -> list[str]:
+    """Load the registered CUDA libraries now (once per process); the paths loaded."""
+
 def _emulated_kernels() -> list[str]:
     """The entry points of the host-compiled kernels (the emulated launcher)."""
 

@@ -60,6 +60,7 @@ pub fn normalize_arch(arch: &str) -> Result<String> {
 
 /// NVRTC present, or why not (cudarc's loader would panic on first use otherwise).
 pub fn nvrtc_present() -> Result<()> {
+    super::libraries::load();
     // SAFETY: only tries to dlopen the library by name.
     if unsafe { sys::is_culib_present() } {
         Ok(())
@@ -278,7 +279,7 @@ mod tests {
         assert!(normalize_arch("sm_x").is_err());
     }
 
-    /// Real NVRTC when present (the Python tests preload the wheel's copy; here it depends on
+    /// Real NVRTC when present (the Python tests load the wheel's copy; here it depends on
     /// the loader path).
     #[test]
     fn every_kernel_compiles_without_spills_when_nvrtc_is_present() {

@@ -1,5 +1,6 @@
 //! cuBLAS for the CUDA UNet's GEMMs, loaded at run time through cudarc (the `nvidia-cublas`
-//! wheel's copy or PyTorch's, preloaded by `python/rdiff/_cuda_libs.py`, or the system's).
+//! wheel's copy or PyTorch's, found by `python/rdiff/_cuda_libs.py` and loaded on first need
+//! by `libraries.rs`, or the system's).
 //!
 //! One handle per device, on the caller's stream, with cuBLAS's default math mode: plain f32
 //! (no TF32), so results agree with the f32 kernel to rounding. Where the library is missing,
@@ -22,8 +23,11 @@ fn switched_off() -> bool {
 fn present() -> bool {
     // (looked up once: the lookup tries a score of library names, and `usable` runs per GEMM)
     static PRESENT: OnceLock<bool> = OnceLock::new();
-    // SAFETY: only tries to dlopen the library by name.
-    *PRESENT.get_or_init(|| unsafe { sys::is_culib_present() })
+    *PRESENT.get_or_init(|| {
+        super::libraries::load();
+        // SAFETY: only tries to dlopen the library by name.
+        unsafe { sys::is_culib_present() }
+    })
 }
 
 /// Whether cuBLAS may be used: the library present and not switched off (the per-GEMM test).

@@ -15,6 +15,7 @@ pub struct CudaInfo {
 #[cfg(feature = "cuda")]
 pub fn availability() -> Result<CudaInfo, String> {
     use cudarc::{driver, nvrtc};
+    libraries::load();
     // SAFETY: only tries to dlopen the library by name; nothing is called through it.
     if !unsafe { nvrtc::sys::is_culib_present() } {
         return Err("no NVRTC library found (pip install nvidia-cuda-nvrtc, or torch)".into());
@@ -77,5 +78,7 @@ pub mod emulate;
 pub mod error_norm;
 pub mod kernels;
 pub mod launch;
+#[cfg(feature = "cuda")]
+pub mod libraries;
 pub mod lincomb;
 pub mod unet;

@@ -1,6 +1,8 @@
 //! The CUDA tooling rdiff's tests and tools use: NVRTC compiles (`_cuda_compile`,
 //! `_cuda_kernels`), the host build's registry (`_emulated_kernels`), the emulated-target
-//! switch and its launch counter (`rdiff._cuda_testing`).
+//! switch and its launch counter (`rdiff._cuda_testing`); and the CUDA libraries found in the
+//! Python environment (`_register_cuda_libraries`, `_load_cuda_libraries`), loaded on first
+//! need.
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -74,7 +76,29 @@ fn set_emulated_backend(max_blocks: Option<u32>) -> PyResult<Option<u32>> {
     Ok(set_emulation(max_blocks)?)
 }
 
+/// Records the CUDA libraries found in the environment: groups of candidate paths in loading
+/// order, the first of each group that loads winning. Nothing is loaded until rdiff first
+/// needs CUDA (`python/rdiff/_cuda_libs.py`).
+#[pyfunction(name = "_register_cuda_libraries")]
+fn register_cuda_libraries(groups: Vec<Vec<std::path::PathBuf>>) {
+    #[cfg(feature = "cuda")]
+    crate::cuda::libraries::register(groups);
+    #[cfg(not(feature = "cuda"))]
+    let _ = groups;
+}
+
+/// Loads the registered libraries now (once per process) and returns the paths loaded.
+#[pyfunction(name = "_load_cuda_libraries")]
+fn load_cuda_libraries() -> Vec<std::path::PathBuf> {
+    #[cfg(feature = "cuda")]
+    return crate::cuda::libraries::load().to_vec();
+    #[cfg(not(feature = "cuda"))]
+    Vec::new()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(register_cuda_libraries, m)?)?;
+    m.add_function(wrap_pyfunction!(load_cuda_libraries, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_kernels, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_compile, m)?)?;
     m.add_function(wrap_pyfunction!(emulated_kernels, m)?)?;
