@@ -1,151 +1,22 @@
-//! 3×3, stride-1, padding-1 convolutions by Winograd's minimal filtering F(2×2, 3×3) (Lavin &
-//! Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
-//!
-//! Each 2×2 output tile comes from a 4×4 input patch with 16 products per (input, output)
-//! channel pair instead of im2col's 36: the weights `g` become `U = G g Gᵀ`, each patch `d`
-//! becomes `V = Bᵀ d B`, and the tile is `Y = Aᵀ (U ⊙ V) A`. Summed over input channels, the
-//! elementwise products are 16 matrix products `M[ξ] = U[ξ] × V[ξ]` (`[cout × cin] ×
-//! [cin × tiles]`), so `gemm` does 2.25× fewer multiply-adds than on the im2col columns. The
-//! transforms multiply only by 0, ±1 and ±½ (exact in binary), so the result differs from the
-//! direct sum only by rounding, as im2col's does.
-//!
-//! The work is split as in `conv`: each rayon task takes whole rows of tiles (so its output
-//! block is contiguous columns, prefilled with the epilogue by `conv::prefill`) and a chunk of
-//! output channels. It walks the input channels in chunks: transforms that chunk's weights
-//! (rows of its output channels) and patches into its thread's scratch, and accumulates the 16
-//! products single-threaded; then it adds the inverse transform onto its block. So nothing is
-//! kept or written to memory beyond the output, and what is transformed stays in cache. The
-//! transforms are a few adds per value against hundreds of multiply-adds in the products, but
-//! only if they run in vectors (each step along the tiles or the input channels, never per
-//! element): written per tile they took a third of a deep layer's time. A fused 2× nearest
-//! upsampling of the input (the up blocks' `Upsample2D` conv) is read through when the patches
-//! are gathered.
+//! The transforms of F(2×2, 3×3): each 2×2 output tile from a 4×4 input patch with 16 products
+//! per channel pair instead of im2col's 36 (2.25× fewer multiply-adds). They multiply only by
+//! 0, ±1 and ±½ (exact in binary), so the result differs from the direct sum only by rounding,
+//! as im2col's does. Every step runs along the input channels (weights) or the tiles (patches,
+//! outputs), in vectors: written per tile they took a third of a deep layer's time.
 
-use rayon::prelude::*;
-
-use super::arena::with_scratch;
-use super::conv::{gemm_rows, prefill, Init, Input};
-use super::SendPtr;
-use crate::unet::layout::{Dims, Geometry};
+use super::super::conv::Input;
+use crate::unet::layout::Geometry;
 use crate::unet::weights::Weight;
 
-/// Positions of the transformed tile (4×4).
-const XI: usize = 16;
-/// Input channels per chunk (the products' depth).
-const KC: usize = 256;
-/// Output channels per task, at most (the products' rows).
-const MAX_ROWS: usize = 160;
-/// Tiles per task (the products' columns): at most, and the fewest a task is cut down to.
-const TILE_TILES: usize = 256;
-const MIN_TILES: usize = 64;
+/// Output tile side and transformed tile side.
+pub const M: usize = 2;
+pub const A: usize = 4;
 
-/// Whether `winograd` computes this convolution: a 3×3 kernel, stride 1, padding 1 (with or
-/// without a fused upsampling) on input `d`, unless switched off by `RDIFF_NO_WINOGRAD` (to time
-/// or compare against im2col). On 2 cores (AVX2) it takes 0.6–0.75× im2col's time from 64
-/// channels and 32 tiles (2×2 output pixels) up, and loses below: with 32 channels the
-/// transforms weigh too much against the products, with 16 tiles the products are too narrow.
-pub fn applies(g: Geometry, d: Dims, cin: usize, cout: usize) -> bool {
-    let od = g.out_dims(d);
-    g.k == 3
-        && g.stride == 1
-        && g.pad == [1; 4]
-        && cin >= 64
-        && cout >= 64
-        && od.b * od.h.div_ceil(2) * od.w.div_ceil(2) >= 32
-        && std::env::var_os("RDIFF_NO_WINOGRAD").is_none_or(|v| v.is_empty())
-}
-
-/// The convolution `out = scale · (init + conv(x, w))` of a 3×3, stride-1, padding-1 geometry
-/// (`applies`); `w` is `[cout][cin][3][3]`, `out` `[cout][b][h][w]` at the (possibly
-/// upsampled) input's size.
-pub fn conv2d(x: Input<'_>, w: &Weight, cout: usize, g: Geometry, init: Init<'_>, out: &mut [f32]) {
-    let cin = x.channels();
-    assert_eq!(w.len(), cout * cin * 9, "conv weight size");
-    let od = g.out_dims(x.dims);
-    let n = od.n();
-    assert_eq!(out.len(), cout * n, "conv output size");
-    let (th, tw) = (od.h.div_ceil(2), od.w.div_ceil(2));
-    let tile_rows = od.b * th;
-
-    // Chunks of output channels, then groups of tile rows: as many as fit TILE_TILES, more
-    // (down to MIN_TILES) while there are too few tasks. The partition depends on the shapes
-    // only, never on the pool, so every output bit does too.
-    let mchunks = cout.div_ceil(MAX_ROWS);
-    let mstep = cout.div_ceil(mchunks).next_multiple_of(16).min(cout);
-    let mchunks = cout.div_ceil(mstep);
-    let mut groups = tile_rows.div_ceil((TILE_TILES / tw).max(1));
-    let need = (super::PARTITION_THREADS / 2).div_ceil(mchunks);
-    if groups < need {
-        groups = need.min(tile_rows * tw / MIN_TILES).max(groups);
-    }
-    let tr = tile_rows.div_ceil(groups.min(tile_rows));
-    let groups = tile_rows.div_ceil(tr);
-
-    // First output column of tile row r (row r of sample r / th).
-    let col = |r: usize| {
-        let (b, ty) = (r / th, r % th);
-        (b * od.h + 2 * ty) * od.w
-    };
-    let outp = SendPtr(out.as_mut_ptr());
-    (0..groups * mchunks).into_par_iter().for_each(|task| {
-        let (grp, mc) = (task / mchunks, task % mchunks);
-        let (r0, r1) = (grp * tr, ((grp + 1) * tr).min(tile_rows));
-        let t = (r1 - r0) * tw;
-        let (c0, c1) = (col(r0), if r1 == tile_rows { n } else { col(r1) });
-        let m0 = mc * mstep;
-        let m = mstep.min(cout - m0);
-        // SAFETY: task (grp, mc) owns rows m0..m0+m and columns c0..c1 of `out`; no two tasks
-        // share both.
-        let dst = unsafe { outp.get().add(m0 * n + c0) };
-        // SAFETY: prefill writes only the task's m×(c1-c0) block at dst (row stride n).
-        unsafe { prefill(dst, n, m0, m, c0, c1 - c0, od, &init) };
-        let kc = KC.min(cin);
-        // Scratch after U, V and M, for each step in turn: `weights` (a row of kernels widened
-        // to f32, then tap-major, and two rows of G g), `patches` (four input rows by parity),
-        // `add_tiles` (four output phases of a tile row).
-        let rows_len = (24 * kc).max(8 * (tw + 1)).max(4 * tw);
-        with_scratch(XI * (m * kc + kc * t + m * t) + rows_len, |s| {
-            let (u, rest) = s.split_at_mut(XI * m * kc);
-            let (v, rest) = rest.split_at_mut(XI * kc * t);
-            let (mm, rows) = rest.split_at_mut(XI * m * t);
-            for k0 in (0..cin).step_by(kc) {
-                let k1 = (k0 + kc).min(cin);
-                let kl = k1 - k0;
-                weights(w, cin, m0, m, k0, k1, rows, u);
-                patches(&x, g, (th, tw), r0, r1, k0, k1, rows, v);
-                for xi in 0..XI {
-                    // SAFETY: U[ξ] is m×kl, V[ξ] kl×t and M[ξ] m×t, each row-major inside
-                    // the scratch.
-                    unsafe {
-                        gemm_rows(
-                            (m, t, kl),
-                            (mm.as_mut_ptr().add(xi * m * t), t),
-                            k0 > 0,
-                            (u.as_ptr().add(xi * m * kl), kl),
-                            (v.as_ptr().add(xi * kl * t), t),
-                            1.0,
-                        );
-                    }
-                }
-            }
-            // SAFETY: the task's block, as for prefill.
-            unsafe {
-                add_tiles(
-                    mm,
-                    m,
-                    (th, tw),
-                    od.h,
-                    od.w,
-                    r0,
-                    r1,
-                    init.scale,
-                    rows,
-                    dst,
-                    n,
-                )
-            };
-        });
-    });
+/// Scratch `weights`, `patches` and `add_tiles` need, for `kl` input channels and tile rows
+/// `tw` tiles wide: a row of kernels widened to f32, then tap-major, and two rows of G g; four
+/// input rows by parity; four output phases of a tile row.
+pub fn scratch(kl: usize, tw: usize) -> usize {
+    (24 * kl).max(8 * (tw + 1)).max(4 * tw)
 }
 
 /// `U[ξ][i][j] = (G g Gᵀ)[ξ]` for the 3×3 kernel `g = w[m0 + i][k0 + j]` of output channels
@@ -153,7 +24,7 @@ pub fn conv2d(x: Input<'_>, w: &Weight, cout: usize, g: Geometry, init: Init<'_>
 /// `scratch` holds one row's kernels tap-major (`[9][k1 - k0]`), rows 1 and 2 of `G g` (so
 /// that every step below runs along j, in vectors) and the row widened when `w` is f16/bf16.
 #[allow(clippy::too_many_arguments)]
-fn weights(
+pub fn weights(
     w: &Weight,
     cin: usize,
     m0: usize,
@@ -214,7 +85,7 @@ fn weights(
 /// [0, 1, 0, -1]]`. `rows` is scratch for four input rows, each split by column parity so
 /// that every step runs along the tiles, in vectors.
 #[allow(clippy::too_many_arguments)]
-fn patches(
+pub fn patches(
     x: &Input<'_>,
     g: Geometry,
     (th, tw): (usize, usize),
@@ -319,7 +190,7 @@ fn split4(x: &mut [f32], len: usize) -> [&mut [f32]; 4] {
 /// `dst` points at the block's first channel and column (column `col(r0)`) of an output with
 /// row stride `n`, and the block is the caller's alone.
 #[allow(clippy::too_many_arguments)]
-unsafe fn add_tiles(
+pub unsafe fn add_tiles(
     mm: &[f32],
     m: usize,
     (th, tw): (usize, usize),
@@ -385,67 +256,6 @@ unsafe fn add_tiles(
                 }
             }
             at += rows * w;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cpu::conv;
-    use half::bf16;
-
-    /// Winograd against the im2col convolution, odd and even sizes, segments, an epilogue with
-    /// a residual, with and without the fused upsampling.
-    #[test]
-    fn matches_the_im2col_convolution() {
-        for (d, c1, c2, cout, upsample) in [
-            (Dims { b: 2, h: 6, w: 8 }, 16, 8, 40, false),
-            (Dims { b: 3, h: 5, w: 7 }, 20, 0, 17, false),
-            (Dims { b: 1, h: 3, w: 2 }, 9, 9, 16, true),
-            (Dims { b: 2, h: 33, w: 30 }, 24, 0, 64, false),
-            (Dims { b: 1, h: 4, w: 5 }, 280, 250, 170, false),
-        ] {
-            let cin = c1 + c2;
-            let g = Geometry {
-                upsample,
-                ..Geometry::SAME3
-            };
-            let od = g.out_dims(d);
-            let x: Vec<f32> = (0..cin * d.n())
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                .collect();
-            let w: Vec<f32> = (0..cout * cin * 9)
-                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 30.0)
-                .collect();
-            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1).collect();
-            let res: Vec<f32> = (0..cout * od.n()).map(|i| (i % 7) as f32).collect();
-            let init = Init {
-                residual: Some(&res),
-                scale: 0.5,
-                ..Init::bias(&bias)
-            };
-            let (a, b) = x.split_at(c1 * d.n());
-            let segs: Vec<(&[f32], usize)> =
-                [(a, c1), (b, c2)].into_iter().filter(|s| s.1 > 0).collect();
-            let input = Input {
-                segs: &segs,
-                dims: d,
-            };
-            // f32 weights, and a bf16 checkpoint's (widened row by row in `weights`).
-            let half = Weight::Bf16(w.iter().map(|&v| bf16::from_f32(v)).collect());
-            for w in [Weight::F32(w), half] {
-                let mut want = vec![f32::NAN; cout * od.n()];
-                conv::conv2d(input, &w.to_f32(), cout, g, init, &mut want);
-                let mut got = vec![f32::NAN; cout * od.n()];
-                conv2d(input, &w, cout, g, init, &mut got);
-                for (i, (o, r)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (o - r).abs() < 1e-4 * (1.0 + r.abs()),
-                        "{d:?} {i}: {o} vs {r}"
-                    );
-                }
-            }
         }
     }
 }
