@@ -6,6 +6,7 @@
 
 use super::super::conv::Input;
 use crate::unet::layout::Geometry;
+use crate::simd_dispatch;
 use crate::unet::weights::Weight;
 
 /// Output tile side and transformed tile side.
@@ -24,7 +25,8 @@ pub fn scratch(kl: usize, tw: usize) -> usize {
 /// `scratch` holds one row's kernels tap-major (`[9][k1 - k0]`), rows 1 and 2 of `G g` (so
 /// that every step below runs along j, in vectors) and the row widened when `w` is f16/bf16.
 #[allow(clippy::too_many_arguments)]
-pub fn weights(
+#[inline(always)]
+fn weights_kernel(
     w: &Weight,
     cin: usize,
     m0: usize,
@@ -85,7 +87,8 @@ pub fn weights(
 /// [0, 1, 0, -1]]`. `rows` is scratch for four input rows, each split by column parity so
 /// that every step runs along the tiles, in vectors.
 #[allow(clippy::too_many_arguments)]
-pub fn patches(
+#[inline(always)]
+fn patches_kernel(
     x: &Input<'_>,
     g: Geometry,
     (th, tw): (usize, usize),
@@ -172,6 +175,16 @@ pub fn patches(
         s0 += sc;
     }
 }
+
+simd_dispatch!(
+    #[allow(clippy::too_many_arguments)]
+    pub fn weights(w: &Weight, cin: usize, m0: usize, m: usize, k0: usize, k1: usize, scratch: &mut [f32], u: &mut [f32]) => weights_kernel
+);
+
+simd_dispatch!(
+    #[allow(clippy::too_many_arguments)]
+    pub fn patches(x: &Input<'_>, g: Geometry, tiles: (usize, usize), r0: usize, r1: usize, k0: usize, k1: usize, scratch: &mut [f32], v: &mut [f32]) => patches_kernel
+);
 
 /// `x` as four consecutive slices of `len`.
 fn split4(x: &mut [f32], len: usize) -> [&mut [f32]; 4] {
