@@ -5,8 +5,8 @@
 //! outputs), in vectors: written per tile they took a third of a deep layer's time.
 
 use super::super::conv::Input;
-use crate::unet::layout::Geometry;
 use crate::simd_dispatch;
+use crate::unet::layout::Geometry;
 use crate::unet::weights::Weight;
 
 /// Output tile side and transformed tile side.
@@ -41,12 +41,7 @@ fn weights_kernel(
     let (gg, wide) = rest.split_at_mut(6 * kl);
     let (g1, g2) = gg.split_at_mut(3 * kl);
     for i in 0..m {
-        let row = w.f32_range(((m0 + i) * cin + k0) * 9, kl * 9, wide);
-        for (j, g) in row.chunks_exact(9).enumerate() {
-            for (tap, &v) in g.iter().enumerate() {
-                taps[tap * kl + j] = v;
-            }
-        }
+        super::taps(w, cin, m0 + i, k0, kl, wide, taps);
         // Rows 1 and 2 of G g (rows 0 and 3 are the kernel's first and last rows), each
         // column c a vector along j.
         for c in 0..3 {

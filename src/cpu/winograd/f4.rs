@@ -80,12 +80,7 @@ fn weights_kernel(
     let (taps, rest) = scratch.split_at_mut(9 * kl);
     let (gg, wide) = rest.split_at_mut(18 * kl);
     for i in 0..m {
-        let row = w.f32_range(((m0 + i) * cin + k0) * 9, kl * 9, wide);
-        for (j, g) in row.chunks_exact(9).enumerate() {
-            for (tap, &v) in g.iter().enumerate() {
-                taps[tap * kl + j] = v;
-            }
-        }
+        super::taps(w, cin, m0 + i, k0, kl, wide, taps);
         // G g: gg[r][c] = Σ_a G[r][a] g[a][c], each a vector along j.
         for r in 0..A {
             for c in 0..3 {

@@ -39,6 +39,26 @@ const TILE_TILES: usize = 256;
 /// (F2 tiles; F4 tiles hold four times the output, so a quarter of them.)
 const MIN_TILES: usize = 64;
 
+/// The 3×3 kernels of output channel `o` and input channels k0..k0+kl, widened to f32 (in
+/// `wide`, `9·kl`, when `w` is f16/bf16) and tap-major into `taps` (`[9][kl]`), so that both
+/// variants' weight transforms run along the input channels.
+fn taps(
+    w: &Weight,
+    cin: usize,
+    o: usize,
+    k0: usize,
+    kl: usize,
+    wide: &mut [f32],
+    taps: &mut [f32],
+) {
+    let row = w.f32_range((o * cin + k0) * 9, kl * 9, wide);
+    for (j, g) in row.chunks_exact(9).enumerate() {
+        for (tap, &v) in g.iter().enumerate() {
+            taps[tap * kl + j] = v;
+        }
+    }
+}
+
 /// Whether `winograd` computes this convolution: a 3×3 kernel, stride 1, padding 1 (with or
 /// without a fused upsampling) on input `d`, unless switched off by `RDIFF_NO_WINOGRAD` (to time
 /// or compare against im2col). On 2 cores (AVX2) it takes 0.6–0.75× im2col's time from 64
