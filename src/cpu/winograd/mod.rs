@@ -42,6 +42,7 @@ const MIN_TILES: usize = 64;
 /// The 3×3 kernels of output channel `o` and input channels k0..k0+kl, widened to f32 (in
 /// `wide`, `9·kl`, when `w` is f16/bf16) and tap-major into `taps` (`[9][kl]`), so that both
 /// variants' weight transforms run along the input channels.
+#[inline(always)]
 fn taps(
     w: &Weight,
     cin: usize,
