@@ -18,7 +18,6 @@ use rayon::prelude::*;
 use super::arena::with_scratch;
 use super::SendPtr;
 use crate::unet::layout::{Dims, Geometry};
-use crate::unet::weights::Weight;
 
 /// One logical input: channel segments `(data, channels)`, each `[c][b][h][w]`, concatenated.
 #[derive(Clone, Copy)]
@@ -358,12 +357,10 @@ fn gather_rows(
 }
 
 /// A linear layer on a few rows: `out[r][o] = bias[o] + Σ_i x[r][i] · w[o][i]`.
-pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&[f32]>, out: &mut [f32]) {
+pub fn linear(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let fin = x.len() / rows;
     let fout = out.len() / rows;
     assert_eq!(w.len(), fin * fout, "linear weight size");
-    // A half-precision weight is widened whole: on a few rows the product is no larger.
-    let w = w.to_f32();
     for r in 0..rows {
         let o = &mut out[r * fout..][..fout];
         match bias {

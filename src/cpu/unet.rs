@@ -110,15 +110,21 @@ pub struct CpuBackend<'a> {
     pub arena: &'a mut Arena,
 }
 
-/// A half-precision weight widened to f32 into an arena buffer, in parallel: once per call
-/// of its layer, since every task of the im2col and 1×1 products reads all of its rows.
-fn widen(arena: &mut Arena, w: &Weight) -> Buf {
+/// `f(w)` on the weight as f32: itself, or a half-precision weight widened into an arena
+/// buffer, in parallel, once per call of its layer (every task of the im2col and 1×1 products
+/// reads all of its rows; the arena makes it no allocation after the first call).
+fn with_f32<R>(arena: &mut Arena, w: &Weight, f: impl FnOnce(&[f32]) -> R) -> R {
     const CHUNK: usize = 1 << 16;
-    let mut out = arena.take(w.len());
-    out.par_chunks_mut(CHUNK)
+    if let Some(w) = w.as_f32() {
+        return f(w);
+    }
+    let mut wide = arena.take(w.len());
+    wide.par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(i, c)| w.widen(i * CHUNK, c));
-    out
+    let r = f(&wide);
+    arena.give(wide);
+    r
 }
 
 fn slices<'a>(x: Segs<'a, Buf>) -> Vec<(&'a [f32], usize)> {
@@ -177,14 +183,9 @@ impl Backend for CpuBackend<'_> {
         if winograd::applies(g, dims, input.channels(), cout) {
             winograd::conv2d(input, w, cout, g, init, out);
         } else {
-            match w.as_f32() {
-                Some(w) => conv::conv2d(input, w, cout, g, init, out),
-                None => {
-                    let wide = widen(self.arena, w);
-                    conv::conv2d(input, &wide, cout, g, init, out);
-                    self.arena.give(wide);
-                }
-            }
+            with_f32(self.arena, w, |w| {
+                conv::conv2d(input, w, cout, g, init, out)
+            });
         }
         if let Some(j) = joined {
             self.arena.give(j);
@@ -220,7 +221,7 @@ impl Backend for CpuBackend<'_> {
         bias: &[f32],
         out: &mut Buf,
     ) -> Result<()> {
-        conv::linear(x, rows, w, Some(bias), out);
+        with_f32(self.arena, w, |w| conv::linear(x, rows, w, Some(bias), out));
         Ok(())
     }
 

@@ -77,12 +77,12 @@ impl Mlp {
 
     pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let mut h = vec![0.0f32; rows * self.hidden];
-        linear(x, rows, &self.w1, Some(&self.b1), &mut h);
+        linear(x, rows, &self.w1.to_f32(), Some(&self.b1), &mut h);
         for v in h.iter_mut() {
             *v = silu_f32(*v);
         }
         let mut out = vec![0.0f32; rows * self.hidden];
-        linear(&h, rows, &self.w2, Some(&self.b2), &mut out);
+        linear(&h, rows, &self.w2.to_f32(), Some(&self.b2), &mut out);
         out
     }
 }
@@ -216,7 +216,7 @@ impl TimeEmbedding {
                 let mut p = self.project(ts)?;
                 let fin = self.mlp.fin;
                 let mut add = vec![0.0f32; b * fin];
-                linear(c, b, w, None, &mut add);
+                linear(c, b, &w.to_f32(), None, &mut add);
                 for (x, y) in p.iter_mut().zip(&add) {
                     *x += y;
                 }

@@ -110,27 +110,24 @@ impl Weight {
 
     /// `parts` one after the other, in their common dtype (f32 when they differ).
     pub fn concat(parts: Vec<Weight>) -> Weight {
-        match &parts[..] {
-            [Self::F16(_), ..] if parts.iter().all(|p| matches!(p, Self::F16(_))) => Self::F16(
-                parts
-                    .into_iter()
-                    .flat_map(|p| match p {
-                        Self::F16(v) => v,
-                        _ => unreachable!(),
-                    })
-                    .collect(),
-            ),
-            [Self::Bf16(_), ..] if parts.iter().all(|p| matches!(p, Self::Bf16(_))) => Self::Bf16(
-                parts
-                    .into_iter()
-                    .flat_map(|p| match p {
-                        Self::Bf16(v) => v,
-                        _ => unreachable!(),
-                    })
-                    .collect(),
-            ),
-            _ => Self::F32(parts.into_iter().flat_map(Weight::into_f32).collect()),
-        }
+        parts
+            .into_iter()
+            .reduce(|a, b| match (a, b) {
+                (Self::F16(mut a), Self::F16(b)) => {
+                    a.extend(b);
+                    Self::F16(a)
+                }
+                (Self::Bf16(mut a), Self::Bf16(b)) => {
+                    a.extend(b);
+                    Self::Bf16(a)
+                }
+                (a, b) => {
+                    let mut a = a.into_f32();
+                    a.extend_from_slice(&b.to_f32());
+                    Self::F32(a)
+                }
+            })
+            .unwrap_or(Self::F32(Vec::new()))
     }
 }
 
@@ -349,10 +346,9 @@ impl<'a> Loader<'a> {
 
     /// The first of `names` present (diffusers' current name first, then legacy ones), as f32.
     pub fn get_any(&self, names: &[&str], shape: &[usize]) -> Result<Vec<f32>> {
-        let w = self.weight_any(names, shape)?;
-        // Counted as the f32 the model keeps.
-        self.bytes.set(self.bytes.get() + 4 * w.len() - w.bytes());
-        Ok(w.into_f32())
+        let w = self.find(names, shape)?.into_f32();
+        self.bytes.set(self.bytes.get() + 4 * w.len());
+        Ok(w)
     }
 
     /// The weight matrix `name`, which must have `shape`, in the checkpoint's dtype.
@@ -362,6 +358,13 @@ impl<'a> Loader<'a> {
 
     /// The first of `names` present, in the checkpoint's dtype.
     pub fn weight_any(&self, names: &[&str], shape: &[usize]) -> Result<Weight> {
+        let w = self.find(names, shape)?;
+        self.bytes.set(self.bytes.get() + w.bytes());
+        Ok(w)
+    }
+
+    /// The first of `names` present, shape checked, as stored.
+    fn find(&self, names: &[&str], shape: &[usize]) -> Result<Weight> {
         for name in names {
             if let Some((got, data)) = self.src.fetch(name)? {
                 // A 1×1 convolution may be stored as a matrix (and vice versa).
@@ -377,7 +380,6 @@ impl<'a> Loader<'a> {
                         "weight {name:?} has shape {got:?}, expected {shape:?}"
                     )));
                 }
-                self.bytes.set(self.bytes.get() + data.bytes());
                 return Ok(data);
             }
         }

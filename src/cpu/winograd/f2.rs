@@ -100,74 +100,68 @@ fn patches_kernel(
     // Tile tx reads columns 2tx-1 .. 2tx+2: odd[tx], even[tx], odd[tx+1], even[tx+1], with
     // odd[e] = column 2e - 1 and even[e] = column 2e (zero outside the image).
     let half = tw + 1;
-    let mut s0 = 0; // first channel of the segment
-    for &(seg, sc) in x.segs {
-        for ci in s0.max(k0)..(s0 + sc).min(k1) {
-            let chan = &seg[(ci - s0) * d.n()..][..d.n()];
-            let j = ci - k0;
-            for r in r0..r1 {
-                let (b, ty) = (r / th, r % th);
-                let img = &chan[b * d.hw()..][..d.hw()];
-                // Input rows 2ty-1 .. 2ty+2 (k = 0..4), odd columns then even ones.
-                for k in 0..4 {
-                    let (odd, even) = rows[2 * k * half..][..2 * half].split_at_mut(half);
-                    odd.fill(0.0);
-                    even.fill(0.0);
-                    let y = (2 * ty + k) as isize - 1;
-                    if y < 0 || y >= hv as isize {
-                        continue;
-                    }
-                    let y = y as usize;
-                    if g.upsample {
-                        // Columns 2e and 2e + 1 both hold source column e.
-                        let src = &img[(y / 2) * d.w..][..d.w];
-                        even[..d.w].copy_from_slice(src);
-                        odd[1..=d.w].copy_from_slice(src);
-                    } else {
-                        let src = &img[y * d.w..][..d.w];
-                        for (e, pair) in src.chunks(2).enumerate() {
-                            even[e] = pair[0];
-                            if let Some(&o) = pair.get(1) {
-                                odd[e + 1] = o;
-                            }
+    for (j, chan) in super::channels(x, k0, k1) {
+        for r in r0..r1 {
+            let (b, ty) = (r / th, r % th);
+            let img = &chan[b * d.hw()..][..d.hw()];
+            // Input rows 2ty-1 .. 2ty+2 (k = 0..4), odd columns then even ones.
+            for k in 0..4 {
+                let (odd, even) = rows[2 * k * half..][..2 * half].split_at_mut(half);
+                odd.fill(0.0);
+                even.fill(0.0);
+                let y = (2 * ty + k) as isize - 1;
+                if y < 0 || y >= hv as isize {
+                    continue;
+                }
+                let y = y as usize;
+                if g.upsample {
+                    // Columns 2e and 2e + 1 both hold source column e.
+                    let src = &img[(y / 2) * d.w..][..d.w];
+                    even[..d.w].copy_from_slice(src);
+                    odd[1..=d.w].copy_from_slice(src);
+                } else {
+                    let src = &img[y * d.w..][..d.w];
+                    for (e, pair) in src.chunks(2).enumerate() {
+                        even[e] = pair[0];
+                        if let Some(&o) = pair.get(1) {
+                            odd[e + 1] = o;
                         }
                     }
                 }
-                // Bᵀ on the rows, in place: row k becomes row k of Bᵀ d.
-                let [p0, p1, p2, p3] = split4(&mut rows[..8 * half], 2 * half);
-                for (((a, b1), c), dd) in p0
-                    .iter_mut()
-                    .zip(p1.iter_mut())
-                    .zip(p2.iter_mut())
-                    .zip(p3.iter_mut())
-                {
-                    let (va, vb, vc, vd) = (*a, *b1, *c, *dd);
-                    *a = va - vc;
-                    *b1 = vb + vc;
-                    *c = vc - vb;
-                    *dd = vb - vd;
+            }
+            // Bᵀ on the rows, in place: row k becomes row k of Bᵀ d.
+            let [p0, p1, p2, p3] = split4(&mut rows[..8 * half], 2 * half);
+            for (((a, b1), c), dd) in p0
+                .iter_mut()
+                .zip(p1.iter_mut())
+                .zip(p2.iter_mut())
+                .zip(p3.iter_mut())
+            {
+                let (va, vb, vc, vd) = (*a, *b1, *c, *dd);
+                *a = va - vc;
+                *b1 = vb + vc;
+                *c = vc - vb;
+                *dd = vb - vd;
+            }
+            // B on the columns of each tile, into V.
+            let tbase = (r - r0) * tw;
+            for i in 0..4 {
+                let (odd, even) = rows[2 * i * half..][..2 * half].split_at(half);
+                let at = |c: usize| ((4 * i + c) * kl + j) * t + tbase;
+                for ((o, &a), &b) in v[at(0)..][..tw].iter_mut().zip(odd).zip(&odd[1..]) {
+                    *o = a - b;
                 }
-                // B on the columns of each tile, into V.
-                let tbase = (r - r0) * tw;
-                for i in 0..4 {
-                    let (odd, even) = rows[2 * i * half..][..2 * half].split_at(half);
-                    let at = |c: usize| ((4 * i + c) * kl + j) * t + tbase;
-                    for ((o, &a), &b) in v[at(0)..][..tw].iter_mut().zip(odd).zip(&odd[1..]) {
-                        *o = a - b;
-                    }
-                    for ((o, &a), &b) in v[at(1)..][..tw].iter_mut().zip(even).zip(&odd[1..]) {
-                        *o = a + b;
-                    }
-                    for ((o, &a), &b) in v[at(2)..][..tw].iter_mut().zip(even).zip(&odd[1..]) {
-                        *o = b - a;
-                    }
-                    for ((o, &a), &b) in v[at(3)..][..tw].iter_mut().zip(even).zip(&even[1..]) {
-                        *o = a - b;
-                    }
+                for ((o, &a), &b) in v[at(1)..][..tw].iter_mut().zip(even).zip(&odd[1..]) {
+                    *o = a + b;
+                }
+                for ((o, &a), &b) in v[at(2)..][..tw].iter_mut().zip(even).zip(&odd[1..]) {
+                    *o = b - a;
+                }
+                for ((o, &a), &b) in v[at(3)..][..tw].iter_mut().zip(even).zip(&even[1..]) {
+                    *o = a - b;
                 }
             }
         }
-        s0 += sc;
     }
 }
 

@@ -135,66 +135,60 @@ fn patches_kernel(
     let (dd, rest) = scratch.split_at_mut(A * A * t);
     let (rows, res) = rest.split_at_mut(A * A * t);
     let res = &mut res[..4 * e1];
-    let mut s0 = 0; // first channel of the segment
-    for &(seg, sc) in x.segs {
-        for ci in s0.max(k0)..(s0 + sc).min(k1) {
-            let chan = &seg[(ci - s0) * d.n()..][..d.n()];
-            let j = ci - k0;
-            for r in r0..r1 {
-                let (b, ty) = (r / th, r % th);
-                let img = &chan[b * d.hw()..][..d.hw()];
-                let tbase = (r - r0) * tw;
-                for k in 0..A {
-                    let y = (M * ty + k) as isize - 1;
-                    if y < 0 || y >= hv as isize {
-                        for u in 0..A {
-                            dd[(A * k + u) * t + tbase..][..tw].fill(0.0);
-                        }
-                        continue;
-                    }
-                    let y = y as usize;
-                    let src = if g.upsample {
-                        &img[(y / 2) * d.w..][..d.w]
-                    } else {
-                        &img[y * d.w..][..d.w]
-                    };
-                    // The row by column residue: res[q][e] = column 4e + q − 1 (zero outside).
-                    res.fill(0.0);
-                    let mut put = |x: usize, val: f32| res[(x & 3) * e1 + (x >> 2)] = val;
-                    if g.upsample {
-                        for (c, &val) in src.iter().enumerate() {
-                            put(2 * c + 1, val);
-                            put(2 * c + 2, val);
-                        }
-                    } else {
-                        for (c, &val) in src.iter().enumerate() {
-                            put(c + 1, val);
-                        }
-                    }
-                    // Patch column u of tile tx is column 4tx + u − 1: residue u mod 4 at
-                    // e = tx + u / 4.
+    for (j, chan) in super::channels(x, k0, k1) {
+        for r in r0..r1 {
+            let (b, ty) = (r / th, r % th);
+            let img = &chan[b * d.hw()..][..d.hw()];
+            let tbase = (r - r0) * tw;
+            for k in 0..A {
+                let y = (M * ty + k) as isize - 1;
+                if y < 0 || y >= hv as isize {
                     for u in 0..A {
-                        dd[(A * k + u) * t + tbase..][..tw]
-                            .copy_from_slice(&res[(u & 3) * e1 + (u >> 2)..][..tw]);
+                        dd[(A * k + u) * t + tbase..][..tw].fill(0.0);
+                    }
+                    continue;
+                }
+                let y = y as usize;
+                let src = if g.upsample {
+                    &img[(y / 2) * d.w..][..d.w]
+                } else {
+                    &img[y * d.w..][..d.w]
+                };
+                // The row by column residue: res[q][e] = column 4e + q − 1 (zero outside).
+                res.fill(0.0);
+                let mut put = |x: usize, val: f32| res[(x & 3) * e1 + (x >> 2)] = val;
+                if g.upsample {
+                    for (c, &val) in src.iter().enumerate() {
+                        put(2 * c + 1, val);
+                        put(2 * c + 2, val);
+                    }
+                } else {
+                    for (c, &val) in src.iter().enumerate() {
+                        put(c + 1, val);
                     }
                 }
-            }
-            // Bᵀ on the rows: rows[i][u] = Σ_k Bᵀ[i][k] d[k][u].
-            for u in 0..A {
-                let src: [&[f32]; A] = std::array::from_fn(|k| &dd[(A * k + u) * t..][..t]);
-                for (i, bt) in BT.iter().enumerate() {
-                    combine(&mut rows[(A * i + u) * t..][..t], bt, &src);
-                }
-            }
-            // B on the columns: V[i][c] = Σ_u rows[i][u] Bᵀ[c][u].
-            for i in 0..A {
-                let src: [&[f32]; A] = std::array::from_fn(|u| &rows[(A * i + u) * t..][..t]);
-                for (c, bt) in BT.iter().enumerate() {
-                    combine(&mut v[((A * i + c) * kl + j) * t..][..t], bt, &src);
+                // Patch column u of tile tx is column 4tx + u − 1: residue u mod 4 at
+                // e = tx + u / 4.
+                for u in 0..A {
+                    dd[(A * k + u) * t + tbase..][..tw]
+                        .copy_from_slice(&res[(u & 3) * e1 + (u >> 2)..][..tw]);
                 }
             }
         }
-        s0 += sc;
+        // Bᵀ on the rows: rows[i][u] = Σ_k Bᵀ[i][k] d[k][u].
+        for u in 0..A {
+            let src: [&[f32]; A] = std::array::from_fn(|k| &dd[(A * k + u) * t..][..t]);
+            for (i, bt) in BT.iter().enumerate() {
+                combine(&mut rows[(A * i + u) * t..][..t], bt, &src);
+            }
+        }
+        // B on the columns: V[i][c] = Σ_u rows[i][u] Bᵀ[c][u].
+        for i in 0..A {
+            let src: [&[f32]; A] = std::array::from_fn(|u| &rows[(A * i + u) * t..][..t]);
+            for (c, bt) in BT.iter().enumerate() {
+                combine(&mut v[((A * i + c) * kl + j) * t..][..t], bt, &src);
+            }
+        }
     }
 }
 

@@ -39,6 +39,23 @@ const TILE_TILES: usize = 256;
 /// (F2 tiles; F4 tiles hold four times the output, so a quarter of them.)
 const MIN_TILES: usize = 64;
 
+/// Input channels k0..k1 of `x` (across its segments) as `(ci - k0, [b][h][w] plane)`.
+fn channels<'a>(
+    x: &'a Input<'_>,
+    k0: usize,
+    k1: usize,
+) -> impl Iterator<Item = (usize, &'a [f32])> + 'a {
+    let n = x.dims.n();
+    let starts = x.segs.iter().scan(0, |s0, &(_, sc)| {
+        let s = *s0;
+        *s0 += sc;
+        Some(s)
+    });
+    x.segs.iter().zip(starts).flat_map(move |(&(seg, sc), s0)| {
+        (s0.max(k0)..(s0 + sc).min(k1)).map(move |ci| (ci - k0, &seg[(ci - s0) * n..][..n]))
+    })
+}
+
 /// The 3×3 kernels of output channel `o` and input channels k0..k0+kl, widened to f32 (in
 /// `wide`, `9·kl`, when `w` is f16/bf16) and tap-major into `taps` (`[9][kl]`), so that both
 /// variants' weight transforms run along the input channels.
