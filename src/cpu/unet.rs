@@ -181,7 +181,7 @@ impl Backend for CpuBackend<'_> {
         let segs = slices(x);
         let input = Input { segs: &segs, dims };
         if winograd::applies(g, dims, input.channels(), cout) {
-            winograd::conv2d(input, w, cout, g, init, out);
+            winograd::conv2d(input, w, cout, g, init, out, self.arena);
         } else {
             with_f32(self.arena, w, |w| {
                 conv::conv2d(input, w, cout, g, init, out)

@@ -5,6 +5,7 @@
 //! outputs), in vectors: written per tile they took a third of a deep layer's time.
 
 use super::super::conv::Input;
+use super::PatchRows;
 use crate::simd_dispatch;
 use crate::unet::layout::Geometry;
 use crate::unet::weights::Weight;
@@ -92,11 +93,10 @@ fn patches_kernel(
     k0: usize,
     k1: usize,
     rows: &mut [f32],
-    v: &mut [f32],
+    v: &mut PatchRows<'_>,
 ) {
     let d = x.dims;
     let hv = if g.upsample { 2 * d.h } else { d.h };
-    let (kl, t) = (k1 - k0, (r1 - r0) * tw);
     // Tile tx reads columns 2tx-1 .. 2tx+2: odd[tx], even[tx], odd[tx+1], even[tx+1], with
     // odd[e] = column 2e - 1 and even[e] = column 2e (zero outside the image).
     let half = tw + 1;
@@ -147,17 +147,32 @@ fn patches_kernel(
             let tbase = (r - r0) * tw;
             for i in 0..4 {
                 let (odd, even) = rows[2 * i * half..][..2 * half].split_at(half);
-                let at = |c: usize| ((4 * i + c) * kl + j) * t + tbase;
-                for ((o, &a), &b) in v[at(0)..][..tw].iter_mut().zip(odd).zip(&odd[1..]) {
+                for ((o, &a), &b) in v.row(4 * i, j)[tbase..][..tw]
+                    .iter_mut()
+                    .zip(odd)
+                    .zip(&odd[1..])
+                {
                     *o = a - b;
                 }
-                for ((o, &a), &b) in v[at(1)..][..tw].iter_mut().zip(even).zip(&odd[1..]) {
+                for ((o, &a), &b) in v.row(4 * i + 1, j)[tbase..][..tw]
+                    .iter_mut()
+                    .zip(even)
+                    .zip(&odd[1..])
+                {
                     *o = a + b;
                 }
-                for ((o, &a), &b) in v[at(2)..][..tw].iter_mut().zip(even).zip(&odd[1..]) {
+                for ((o, &a), &b) in v.row(4 * i + 2, j)[tbase..][..tw]
+                    .iter_mut()
+                    .zip(even)
+                    .zip(&odd[1..])
+                {
                     *o = b - a;
                 }
-                for ((o, &a), &b) in v[at(3)..][..tw].iter_mut().zip(even).zip(&even[1..]) {
+                for ((o, &a), &b) in v.row(4 * i + 3, j)[tbase..][..tw]
+                    .iter_mut()
+                    .zip(even)
+                    .zip(&even[1..])
+                {
                     *o = a - b;
                 }
             }
@@ -172,7 +187,7 @@ simd_dispatch!(
 
 simd_dispatch!(
     #[allow(clippy::too_many_arguments)]
-    pub fn patches(x: &Input<'_>, g: Geometry, tiles: (usize, usize), r0: usize, r1: usize, k0: usize, k1: usize, scratch: &mut [f32], v: &mut [f32]) => patches_kernel
+    pub fn patches(x: &Input<'_>, g: Geometry, tiles: (usize, usize), r0: usize, r1: usize, k0: usize, k1: usize, scratch: &mut [f32], v: &mut PatchRows<'_>) => patches_kernel
 );
 
 /// `x` as four consecutive slices of `len`.

@@ -6,6 +6,7 @@
 //! channels (weights) or the tiles (patches, outputs), in vectors, as in F(2×2).
 
 use super::super::conv::Input;
+use super::PatchRows;
 use crate::simd_dispatch;
 use crate::unet::layout::Geometry;
 use crate::unet::weights::Weight;
@@ -124,11 +125,11 @@ fn patches_kernel(
     k0: usize,
     k1: usize,
     scratch: &mut [f32],
-    v: &mut [f32],
+    v: &mut PatchRows<'_>,
 ) {
     let d = x.dims;
     let hv = if g.upsample { 2 * d.h } else { d.h };
-    let (kl, t) = (k1 - k0, (r1 - r0) * tw);
+    let t = (r1 - r0) * tw;
     // Column residues reach e = (wv + 1) / 4 ≤ tw + 1 (the last tile's columns past the
     // image are zero).
     let e1 = tw + 2;
@@ -186,7 +187,7 @@ fn patches_kernel(
         for i in 0..A {
             let src: [&[f32]; A] = std::array::from_fn(|u| &rows[(A * i + u) * t..][..t]);
             for (c, bt) in BT.iter().enumerate() {
-                combine(&mut v[((A * i + c) * kl + j) * t..][..t], bt, &src);
+                combine(&mut v.row(A * i + c, j)[..t], bt, &src);
             }
         }
     }
@@ -194,7 +195,7 @@ fn patches_kernel(
 
 simd_dispatch!(
     #[allow(clippy::too_many_arguments)]
-    pub fn patches(x: &Input<'_>, g: Geometry, tiles: (usize, usize), r0: usize, r1: usize, k0: usize, k1: usize, scratch: &mut [f32], v: &mut [f32]) => patches_kernel
+    pub fn patches(x: &Input<'_>, g: Geometry, tiles: (usize, usize), r0: usize, r1: usize, k0: usize, k1: usize, scratch: &mut [f32], v: &mut PatchRows<'_>) => patches_kernel
 );
 
 /// Scratch `add_tiles` needs for `t` tiles.

@@ -19,9 +19,11 @@
 //! nearest upsampling of the input (the up blocks' `Upsample2D` conv) is read through when
 //! the patches are gathered.
 
+use std::marker::PhantomData;
+
 use rayon::prelude::*;
 
-use super::arena::with_scratch;
+use super::arena::{with_scratch, Arena};
 use super::conv::{gemm_rows, prefill, Init, Input};
 use super::SendPtr;
 use crate::unet::layout::{Dims, Geometry};
@@ -32,12 +34,18 @@ mod f4;
 
 /// Input channels per chunk (the products' depth).
 const KC: usize = 256;
-/// Output channels per task, at most (the products' rows).
+/// Output channels per task, at most (the products' rows) ...
 const MAX_ROWS: usize = 160;
-/// Tiles per task (the products' columns): at most, and the fewest a task is cut down to.
-const TILE_TILES: usize = 256;
-/// (F2 tiles; F4 tiles hold four times the output, so a quarter of them.)
+/// ... and at least, when output channels are cut finer to make tasks.
+const MIN_ROWS: usize = 64;
+/// Tiles per pass at most: bounds the shared transformed patches and products (36 × 256
+/// channels × 512 tiles is 19 MB for F4).
+const PASS_TILES: usize = 512;
+/// Tiles per task at least, when tile rows are cut into groups (F2 tiles; F4 tiles hold four
+/// times the output, so a quarter of them).
 const MIN_TILES: usize = 64;
+/// Tasks each step is cut into, whatever the pool (see PARTITION_THREADS).
+const TASKS: usize = super::PARTITION_THREADS / 2;
 
 /// Input channels k0..k1 of `x` (across its segments) as `(ci - k0, [b][h][w] plane)`.
 fn channels<'a>(
@@ -54,6 +62,56 @@ fn channels<'a>(
     x.segs.iter().zip(starts).flat_map(move |(&(seg, sc), s0)| {
         (s0.max(k0)..(s0 + sc).min(k1)).map(move |ci| (ci - k0, &seg[(ci - s0) * n..][..n]))
     })
+}
+
+/// Rows j0..j0 + len of each phase of transformed patches `V[ξ]` (`[phases][rows][t]`,
+/// row-major): what one piece of a pass writes, the pieces running in parallel on disjoint
+/// rows of the shared buffer.
+pub struct PatchRows<'a> {
+    ptr: *mut f32,
+    phases: usize,
+    rows: usize,
+    t: usize,
+    j0: usize,
+    len: usize,
+    _buf: PhantomData<&'a mut [f32]>,
+}
+
+impl PatchRows<'_> {
+    /// # Safety
+    /// `ptr` addresses `phases · rows · t` values, valid while this lives, and nothing else
+    /// reads or writes rows j0..j0 + len (≤ rows) of any phase meanwhile.
+    unsafe fn new(
+        ptr: *mut f32,
+        phases: usize,
+        rows: usize,
+        t: usize,
+        j0: usize,
+        len: usize,
+    ) -> Self {
+        assert!(j0 + len <= rows);
+        PatchRows {
+            ptr,
+            phases,
+            rows,
+            t,
+            j0,
+            len,
+            _buf: PhantomData,
+        }
+    }
+
+    /// Row j0 + j of phase `xi` (`t` values).
+    pub fn row(&mut self, xi: usize, j: usize) -> &mut [f32] {
+        assert!(xi < self.phases && j < self.len, "patch row out of range");
+        // SAFETY: inside the buffer (checked), in this value's own rows (see `new`).
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.ptr.add((xi * self.rows + self.j0 + j) * self.t),
+                self.t,
+            )
+        }
+    }
 }
 
 /// The 3×3 kernels of output channel `o` and input channels k0..k0+kl, widened to f32 (in
@@ -108,13 +166,22 @@ fn use_f4(od: Dims) -> bool {
 
 /// The convolution `out = scale · (init + conv(x, w))` of a 3×3, stride-1, padding-1 geometry
 /// (`applies`); `w` is `[cout][cin][3][3]`, `out` `[cout][b][h][w]` at the (possibly
-/// upsampled) input's size.
-pub fn conv2d(x: Input<'_>, w: &Weight, cout: usize, g: Geometry, init: Init<'_>, out: &mut [f32]) {
+/// upsampled) input's size. The transformed patches and the products live in `arena` buffers.
+pub fn conv2d(
+    x: Input<'_>,
+    w: &Weight,
+    cout: usize,
+    g: Geometry,
+    init: Init<'_>,
+    out: &mut [f32],
+    arena: &mut Arena,
+) {
     let f4 = use_f4(g.out_dims(x.dims));
-    conv2d_by(x, w, cout, g, init, out, f4);
+    conv2d_by(x, w, cout, g, init, out, arena, f4);
 }
 
 /// [`conv2d`] by F(4×4, 3×3) when `f4`, else by F(2×2, 3×3).
+#[allow(clippy::too_many_arguments)]
 fn conv2d_by(
     x: Input<'_>,
     w: &Weight,
@@ -122,6 +189,7 @@ fn conv2d_by(
     g: Geometry,
     init: Init<'_>,
     out: &mut [f32],
+    arena: &mut Arena,
     f4: bool,
 ) {
     let cin = x.channels();
@@ -136,99 +204,150 @@ fn conv2d_by(
     };
     let (th, tw) = (od.h.div_ceil(mt), od.w.div_ceil(mt));
     let tile_rows = od.b * th;
+    let pass_rows = (PASS_TILES / tw).clamp(1, tile_rows);
 
-    // Chunks of output channels, then groups of tile rows: as many as fit TILE_TILES, more
-    // (down to MIN_TILES) while there are too few tasks. The partition depends on the shapes
-    // only, never on the pool, so every output bit does too.
-    let mchunks = cout.div_ceil(MAX_ROWS);
+    // The tasks of a pass: chunks of output channels (finer than MAX_ROWS, down to MIN_ROWS,
+    // while there are fewer than TASKS), then groups of its tile rows if still too few, down
+    // to MIN_TILES. Cutting channels costs nothing (the patches are transformed once per pass,
+    // shared); cutting tiles transforms the weights once more per group. The partition
+    // depends on the shapes only, never on the pool, so every output bit does too.
+    let mchunks = cout
+        .div_ceil(MAX_ROWS)
+        .max(TASKS.min(cout / MIN_ROWS))
+        .max(1);
     let mstep = cout.div_ceil(mchunks).next_multiple_of(16).min(cout);
     let mchunks = cout.div_ceil(mstep);
-    let mut groups = tile_rows.div_ceil((TILE_TILES / tw).max(1));
-    let need = (super::PARTITION_THREADS / 2).div_ceil(mchunks);
-    if groups < need {
-        let min_tiles = if f4 { MIN_TILES / 4 } else { MIN_TILES };
-        groups = need.min(tile_rows * tw / min_tiles).max(groups);
-    }
-    let tr = tile_rows.div_ceil(groups.min(tile_rows));
-    let groups = tile_rows.div_ceil(tr);
+    let min_tiles = if f4 { MIN_TILES / 4 } else { MIN_TILES };
+    let groups = TASKS
+        .div_ceil(mchunks)
+        .min(pass_rows * tw / min_tiles)
+        .clamp(1, pass_rows);
+    let tr = pass_rows.div_ceil(groups);
+    let groups = pass_rows.div_ceil(tr);
+    let ntasks = groups * mchunks;
 
+    let kc = KC.min(cin);
+    let pass_tiles = pass_rows * tw;
+    let task_m = xi_n * mstep * tr * tw; // a task's products M[ξ] (m × t)
+    let mut v = arena.take(xi_n * kc * pass_tiles);
+    let mut mm = arena.take(ntasks * task_m);
     // First output column of tile row r (row r of sample r / th).
     let col = |r: usize| {
         let (b, ty) = (r / th, r % th);
         (b * od.h + mt * ty) * od.w
     };
-    let outp = SendPtr(out.as_mut_ptr());
-    (0..groups * mchunks).into_par_iter().for_each(|task| {
-        let (grp, mc) = (task / mchunks, task % mchunks);
-        let (r0, r1) = (grp * tr, ((grp + 1) * tr).min(tile_rows));
-        let t = (r1 - r0) * tw;
-        let (c0, c1) = (col(r0), if r1 == tile_rows { n } else { col(r1) });
-        let m0 = mc * mstep;
-        let m = mstep.min(cout - m0);
-        // SAFETY: task (grp, mc) owns rows m0..m0+m and columns c0..c1 of `out`; no two tasks
-        // share both.
-        let dst = unsafe { outp.get().add(m0 * n + c0) };
-        // SAFETY: prefill writes only the task's m×(c1-c0) block at dst (row stride n).
-        unsafe { prefill(dst, n, m0, m, c0, c1 - c0, od, &init) };
-        let kc = KC.min(cin);
-        // Scratch after U, V and M, for each step in turn: `weights` (a row of kernels widened
-        // to f32, then tap-major, and two rows of G g), `patches` (four input rows by parity),
-        // `add_tiles` (four output phases of a tile row).
-        let rows_len = if f4 {
-            f4::weights_scratch(kc)
-                .max(f4::patches_scratch(t, tw))
-                .max(f4::tiles_scratch(t))
-        } else {
-            f2::scratch(kc, tw)
+    for p0 in (0..tile_rows).step_by(pass_rows) {
+        let p1 = (p0 + pass_rows).min(tile_rows);
+        let pt = (p1 - p0) * tw;
+        // Task (grp, mc): tile rows r0..r1 of the pass, output channels m0..m0 + m.
+        let task = |task: usize| {
+            let (grp, mc) = (task / mchunks, task % mchunks);
+            let r0 = p0 + grp * tr;
+            let r1 = (r0 + tr).min(p1);
+            let m0 = mc * mstep;
+            (r0, r1, m0, mstep.min(cout - m0))
         };
-        with_scratch(xi_n * (m * kc + kc * t + m * t) + rows_len, |s| {
-            let (u, rest) = s.split_at_mut(xi_n * m * kc);
-            let (v, rest) = rest.split_at_mut(xi_n * kc * t);
-            let (mm, rows) = rest.split_at_mut(xi_n * m * t);
-            for k0 in (0..cin).step_by(kc) {
-                let k1 = (k0 + kc).min(cin);
-                let kl = k1 - k0;
-                if f4 {
-                    f4::weights(w, cin, m0, m, k0, k1, rows, u);
-                    f4::patches(&x, g, (th, tw), r0, r1, k0, k1, rows, v);
-                } else {
-                    f2::weights(w, cin, m0, m, k0, k1, rows, u);
-                    f2::patches(&x, g, (th, tw), r0, r1, k0, k1, rows, v);
-                }
-                for xi in 0..xi_n {
-                    // SAFETY: U[ξ] is m×kl, V[ξ] kl×t and M[ξ] m×t, each row-major inside
-                    // the scratch.
-                    unsafe {
-                        gemm_rows(
-                            (m, t, kl),
-                            (mm.as_mut_ptr().add(xi * m * t), t),
-                            k0 > 0,
-                            (u.as_ptr().add(xi * m * kl), kl),
-                            (v.as_ptr().add(xi * kl * t), t),
-                            1.0,
-                        );
-                    }
-                }
-            }
-            let add = if f4 { f4::add_tiles } else { f2::add_tiles };
-            // SAFETY: the task's block, as for prefill.
-            unsafe {
-                add(
-                    mm,
-                    m,
-                    (th, tw),
-                    od.h,
-                    od.w,
-                    r0,
-                    r1,
-                    init.scale,
-                    rows,
-                    dst,
-                    n,
-                )
+        let ntasks = (p1 - p0).div_ceil(tr) * mchunks;
+        for k0 in (0..cin).step_by(kc) {
+            let k1 = (k0 + kc).min(cin);
+            let kl = k1 - k0;
+            // The patches of channels k0..k1 over the pass's tiles, V[ξ] (kl × pt), by
+            // channel pieces.
+            let piece = kl.div_ceil(TASKS);
+            let scratch = if f4 {
+                f4::patches_scratch(pt, tw)
+            } else {
+                f2::scratch(0, tw)
             };
+            let vp = SendPtr(v.as_mut_ptr());
+            (0..kl.div_ceil(piece)).into_par_iter().for_each(|pc| {
+                let (a, b) = (k0 + pc * piece, (k0 + (pc + 1) * piece).min(k1));
+                // SAFETY: `v` holds xi_n · kl · pt values, and piece pc alone touches rows
+                // a - k0 .. b - k0 of each V[ξ] until the pieces are joined.
+                let mut v = unsafe { PatchRows::new(vp.get(), xi_n, kl, pt, a - k0, b - a) };
+                with_scratch(scratch, |s| {
+                    if f4 {
+                        f4::patches(&x, g, (th, tw), p0, p1, a, b, s, &mut v);
+                    } else {
+                        f2::patches(&x, g, (th, tw), p0, p1, a, b, s, &mut v);
+                    }
+                });
+            });
+            // The products, each task's M[ξ] += U[ξ] × V[ξ] over its tiles, U the task's
+            // output channels' transformed weights.
+            let (v, mp) = (&v[..], SendPtr(mm.as_mut_ptr()));
+            (0..ntasks).into_par_iter().for_each(|i| {
+                let (r0, r1, m0, m) = task(i);
+                let (t, c0) = ((r1 - r0) * tw, (r0 - p0) * tw);
+                let ws = if f4 {
+                    f4::weights_scratch(kl)
+                } else {
+                    f2::scratch(kl, 0)
+                };
+                with_scratch(xi_n * m * kl + ws, |s| {
+                    let (u, ws) = s.split_at_mut(xi_n * m * kl);
+                    if f4 {
+                        f4::weights(w, cin, m0, m, k0, k1, ws, u);
+                    } else {
+                        f2::weights(w, cin, m0, m, k0, k1, ws, u);
+                    }
+                    for xi in 0..xi_n {
+                        // SAFETY: U[ξ] is m×kl (row-major in the scratch); the task's tiles
+                        // of V[ξ] are kl rows of t at stride pt; task i's M[ξ] is m×t inside
+                        // its own region of `mm`.
+                        unsafe {
+                            gemm_rows(
+                                (m, t, kl),
+                                (mp.get().add(i * task_m + xi * m * t), t),
+                                k0 > 0,
+                                (u.as_ptr().add(xi * m * kl), kl),
+                                (v.as_ptr().add(xi * kl * pt + c0), pt),
+                                1.0,
+                            );
+                        }
+                    }
+                });
+            });
+        }
+        // The epilogue and the inverse transform onto each task's output block.
+        let (mm, outp) = (&mm[..], SendPtr(out.as_mut_ptr()));
+        (0..ntasks).into_par_iter().for_each(|i| {
+            let (r0, r1, m0, m) = task(i);
+            let t = (r1 - r0) * tw;
+            let (c0, c1) = (col(r0), if r1 == tile_rows { n } else { col(r1) });
+            // SAFETY: task i owns rows m0..m0+m and columns c0..c1 of `out`; no two tasks
+            // share both.
+            let dst = unsafe { outp.get().add(m0 * n + c0) };
+            // SAFETY: prefill writes only the task's m×(c1-c0) block at dst (row stride n).
+            unsafe { prefill(dst, n, m0, m, c0, c1 - c0, od, &init) };
+            let scratch = if f4 {
+                f4::tiles_scratch(t)
+            } else {
+                f2::scratch(0, tw)
+            };
+            let add = if f4 { f4::add_tiles } else { f2::add_tiles };
+            with_scratch(scratch, |s| {
+                // SAFETY: the task's block, as for prefill.
+                unsafe {
+                    add(
+                        &mm[i * task_m..][..xi_n * m * t],
+                        m,
+                        (th, tw),
+                        od.h,
+                        od.w,
+                        r0,
+                        r1,
+                        init.scale,
+                        s,
+                        dst,
+                        n,
+                    )
+                }
+            });
         });
-    });
+    }
+    arena.give(v);
+    arena.give(mm);
 }
 
 #[cfg(test)]
@@ -284,7 +403,16 @@ mod tests {
                 let mut want = vec![f32::NAN; cout * od.n()];
                 conv::conv2d(input, &w.to_f32(), cout, g, init, &mut want);
                 let mut got = vec![f32::NAN; cout * od.n()];
-                conv2d_by(input, &w, cout, g, init, &mut got, f4);
+                conv2d_by(
+                    input,
+                    &w,
+                    cout,
+                    g,
+                    init,
+                    &mut got,
+                    &mut Arena::default(),
+                    f4,
+                );
                 for (i, (o, r)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (o - r).abs() < 1e-4 * (1.0 + r.abs()),
