@@ -78,7 +78,7 @@ fn weights_kernel(
     }
 }
 
-/// `V[ξ][ci - k0][t] = (Bᵀ d B)[ξ]` for the 4×4 patch `d` of every tile t of tile rows r0..r1
+/// `v.row(ξ, ci - k0)[t] = (Bᵀ d B)[ξ]` for the 4×4 patch `d` of every tile t of tile rows r0..r1
 /// and input channels k0..k1, with `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0],
 /// [0, 1, 0, -1]]`. `rows` is scratch for four input rows, each split by column parity so
 /// that every step runs along the tiles, in vectors.

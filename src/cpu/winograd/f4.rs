@@ -110,7 +110,7 @@ pub fn patches_scratch(t: usize, tw: usize) -> usize {
     2 * A * A * t + 4 * (tw + 2)
 }
 
-/// `V[ξ][ci - k0][t] = (Bᵀ d B)[ξ]` for the 6×6 patch `d` (rows 4ty−1 .. 4ty+4, columns
+/// `v.row(ξ, ci - k0)[t] = (Bᵀ d B)[ξ]` for the 6×6 patch `d` (rows 4ty−1 .. 4ty+4, columns
 /// 4tx−1 .. 4tx+4) of every tile t of tile rows r0..r1 and input channels k0..k1. A channel's
 /// patches are gathered position-major (`d[36][t]`), so that both halves of the transform run
 /// along all the task's tiles at once, in long vectors.

@@ -1,6 +1,6 @@
 //! 3×3, stride-1, padding-1 convolutions by Winograd's minimal filtering (Lavin & Gray, "Fast
-//! Algorithms for Convolutional Neural Networks", 2016): F(2×2, 3×3) (`f2`) and, from 128
-//! output tiles of 4×4 up, F(4×4, 3×3) (`f4`).
+//! Algorithms for Convolutional Neural Networks", 2016): F(2×2, 3×3) (`f2`) and, where it
+//! pays (`use_f4`), F(4×4, 3×3) (`f4`).
 //!
 //! Each m×m output tile comes from an (m+2)×(m+2) input patch: the weights `g` become
 //! `U = G g Gᵀ`, each patch `d` becomes `V = Bᵀ d B`, and the tile is `Y = Aᵀ (U ⊙ V) A`.
@@ -8,16 +8,17 @@
 //! `M[ξ] = U[ξ] × V[ξ]` (`[cout × cin] × [cin × tiles]`): `gemm` does 2.25× (F2) or 4× (F4)
 //! fewer multiply-adds than on the im2col columns.
 //!
-//! The work is split as in `conv`: each rayon task takes whole rows of tiles (so its output
-//! block is contiguous columns, prefilled with the epilogue by `conv::prefill`) and a chunk of
-//! output channels. It walks the input channels in chunks: transforms that chunk's weights
-//! (rows of its output channels) and patches into its thread's scratch, and accumulates the
-//! products single-threaded; then it adds the inverse transform onto its block. So nothing is
-//! kept or written to memory beyond the output, and what is transformed stays in cache. The
-//! transforms are a few operations per value against hundreds of multiply-adds in the
-//! products, but only if they run in vectors (each variant's module says how). A fused 2×
-//! nearest upsampling of the input (the up blocks' `Upsample2D` conv) is read through when
-//! the patches are gathered.
+//! The tiles go in passes of at most `PASS_TILES`, each in three parallel steps. For each
+//! chunk of `KC` input channels: (1) the chunk's patches are transformed once, by channel
+//! pieces, into a buffer shared by (2) the tasks, each a chunk of output channels (and, when
+//! there are too few of those, a group of the pass's tile rows), which transform their own
+//! weights into thread scratch and accumulate their products `M` single-threaded. Then (3)
+//! each task prefills its output block with the epilogue (`conv::prefill`) and adds the
+//! inverse transform onto it. (Transforming the patches inside every task instead repeated
+//! them once per output-channel chunk: 8× at 1,280 channels.) The transforms are a few
+//! operations per value against hundreds of multiply-adds in the products, but only if they
+//! run in vectors (each variant's module says how). A fused 2× nearest upsampling of the
+//! input (the up blocks' `Upsample2D` conv) is read through when the patches are gathered.
 
 use std::marker::PhantomData;
 
@@ -151,16 +152,20 @@ pub fn applies(g: Geometry, d: Dims, cin: usize, cout: usize) -> bool {
         && std::env::var_os("RDIFF_NO_WINOGRAD").is_none_or(|v| v.is_empty())
 }
 
-/// Whether a convolution to `od` runs by F(4×4, 3×3) rather than F(2×2, 3×3): from 128 tiles
-/// of 4×4 output pixels up, where it took 0.64–0.89× F(2×2)'s time on 2 AVX2 cores (SD 1.5 at
-/// 64×64 and 32×32, the DDPM-CIFAR-10 UNet at batch 8); with fewer tiles its weight transform
-/// is spread over too few products and it lost (1.1–1.3× at 32–64 tiles). `RDIFF_WINOGRAD=2`
-/// or `4` forces one, to time or compare them.
-fn use_f4(od: Dims) -> bool {
+/// Whether a convolution to `od` with `cout` output channels runs by F(4×4, 3×3) rather than
+/// F(2×2, 3×3): from 128 tiles of 4×4 output pixels up, or from 32 with at least 512 output
+/// channels. Per layer on 2 AVX2 cores (patches transformed once, shared), F4 took 0.65–0.9×
+/// F2's time at ≥ 128 tiles; at 32 tiles 0.77–0.96× with 640–2,560 channels (SD 1.5 at
+/// 16×16) but 0.96–1.02× with 256 (the DDPM-CIFAR-10 UNet at batch 8), and with 8–16 tiles
+/// it lost (1.1–1.6×): its weight transform is 36 values per kernel against 16, spread over
+/// too few products, and its patch transforms weigh more against fewer output channels.
+/// `RDIFF_WINOGRAD=2` or `4` forces one, to time or compare them.
+fn use_f4(od: Dims, cout: usize) -> bool {
+    let tiles = od.b * od.h.div_ceil(f4::M) * od.w.div_ceil(f4::M);
     match std::env::var("RDIFF_WINOGRAD").as_deref() {
         Ok("2") => false,
         Ok("4") => true,
-        _ => od.b * od.h.div_ceil(f4::M) * od.w.div_ceil(f4::M) >= 128,
+        _ => tiles >= 128 || (tiles >= 32 && cout >= 512),
     }
 }
 
@@ -176,7 +181,7 @@ pub fn conv2d(
     out: &mut [f32],
     arena: &mut Arena,
 ) {
-    let f4 = use_f4(g.out_dims(x.dims));
+    let f4 = use_f4(g.out_dims(x.dims), cout);
     conv2d_by(x, w, cout, g, init, out, arena, f4);
 }
 
