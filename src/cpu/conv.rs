@@ -15,7 +15,7 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::arena::with_scratch;
+use super::arena::{with_scratch, Arena};
 use super::SendPtr;
 use crate::unet::layout::{Dims, Geometry};
 
@@ -61,12 +61,23 @@ impl<'a> Init<'a> {
     }
 }
 
+/// Im2col columns built once and shared by a tile's output-channel chunks, at most (32 MiB).
+const MAX_SHARED_COLS: usize = 1 << 23;
+
 /// Target output columns per tile: the sweet spot of `gemm` on this kind of shape.
 const TILE_COLS: usize = 256;
 
 /// The convolution `out = scale · (init + conv(x, w))`; `w` is `[cout][cin][k][k]`, `out`
 /// `[cout][b][hout][wout]`.
-pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>, out: &mut [f32]) {
+pub fn conv2d(
+    x: Input<'_>,
+    w: &[f32],
+    cout: usize,
+    g: Geometry,
+    init: Init<'_>,
+    out: &mut [f32],
+    arena: &mut Arena,
+) {
     let cin = x.channels();
     let kk = cin * g.k * g.k;
     assert_eq!(w.len(), cout * kk, "conv weight size");
@@ -95,6 +106,27 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
     let mstep = cout.div_ceil(mchunks).next_multiple_of(16).min(cout);
     let mchunks = cout.div_ceil(mstep);
 
+    // When output channels are cut into chunks, every chunk's task would build the same tile's
+    // columns: they are built once instead, in parallel by channel pieces, into an arena
+    // buffer (tile-major, each tile's `[kk][tn]` block at column offset kk·c0).
+    let mut shared =
+        (!direct && mchunks > 1 && kk * n <= MAX_SHARED_COLS).then(|| arena.take(kk * n));
+    if let Some(cols) = &mut shared {
+        let piece = cin.div_ceil(super::PARTITION_THREADS / 2);
+        let mut jobs = Vec::new();
+        let mut rest = &mut cols[..];
+        for tile in 0..ntiles {
+            let (r0, r1) = (tile * tile_rows, ((tile + 1) * tile_rows).min(rows));
+            let tn = (r1 - r0) * od.w;
+            let (block, tail) = rest.split_at_mut(kk * tn);
+            rest = tail;
+            for (pc, chunk) in block.chunks_mut(piece * g.k * g.k * tn).enumerate() {
+                jobs.push(((r0, r1), (pc * piece, ((pc + 1) * piece).min(cin)), chunk));
+            }
+        }
+        jobs.into_par_iter()
+            .for_each(|(tile, chans, chunk)| im2col(&x, g, od, tile, chans, chunk));
+    }
     let outp = SendPtr(out.as_mut_ptr());
     (0..ntiles * mchunks).into_par_iter().for_each(|task| {
         let (tile, mc) = (task / mchunks, task % mchunks);
@@ -125,8 +157,7 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
                 ci0 += sc;
             }
         } else {
-            with_scratch(kk * tn, |cols| {
-                im2col(&x, g, od, r0, r1, cols);
+            let product = |cols: &[f32]| {
                 // SAFETY: as above; cols is [kk][tn].
                 unsafe {
                     gemm_rows(
@@ -138,9 +169,19 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
                         init.scale,
                     );
                 }
-            });
+            };
+            match &shared {
+                Some(cols) => product(&cols[kk * c0..][..kk * tn]),
+                None => with_scratch(kk * tn, |cols| {
+                    im2col(&x, g, od, (r0, r1), (0, cin), cols);
+                    product(cols)
+                }),
+            }
         }
     });
+    if let Some(cols) = shared {
+        arena.give(cols);
+    }
 }
 
 /// `dst = (accumulate ? dst : 0) + beta · lhs × rhs` by `gemm` on this thread, every operand
@@ -233,15 +274,22 @@ pub(super) unsafe fn prefill(
 }
 
 /// The im2col columns of output rows r0..r1 (row = b·hout + y): `cols[ci·k² + ky·k + kx][j]`.
-fn im2col(x: &Input<'_>, g: Geometry, od: Dims, r0: usize, r1: usize, cols: &mut [f32]) {
+fn im2col(
+    x: &Input<'_>,
+    g: Geometry,
+    od: Dims,
+    (r0, r1): (usize, usize),
+    (c0, c1): (usize, usize),
+    cols: &mut [f32],
+) {
     let d = x.dims;
     let tn = (r1 - r0) * od.w;
     let same3 = g.k == 3 && g.stride == 1 && !g.upsample && g.pad == [1; 4];
-    let mut ci = 0;
+    let mut s0 = 0; // the first channel of the segment
     for &(seg, sc) in x.segs {
-        for cs in 0..sc {
-            let plane_all = &seg[cs * d.n()..][..d.n()];
-            let rows = &mut cols[(ci + cs) * g.k * g.k * tn..][..g.k * g.k * tn];
+        for ci in s0.max(c0)..(s0 + sc).min(c1) {
+            let plane_all = &seg[(ci - s0) * d.n()..][..d.n()];
+            let rows = &mut cols[(ci - c0) * g.k * g.k * tn..][..g.k * g.k * tn];
             // One run per image inside the tile.
             let mut r = r0;
             while r < r1 {
@@ -262,7 +310,7 @@ fn im2col(x: &Input<'_>, g: Geometry, od: Dims, r0: usize, r1: usize, cols: &mut
                 r = run_end;
             }
         }
-        ci += sc;
+        s0 += sc;
     }
 }
 
@@ -442,31 +490,35 @@ mod tests {
     #[test]
     fn matches_direct_convolution() {
         let d = Dims { b: 3, h: 6, w: 4 };
-        let (c1, c2, cout) = (5, 3, 37);
+        let (c1, c2) = (5, 3);
         let cin = c1 + c2;
         let x: Vec<f32> = (0..cin * d.n())
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
             .collect();
-        for g in [
-            Geometry::SAME3,
-            Geometry::POINT,
-            Geometry {
-                k: 3,
-                stride: 2,
-                pad: [0, 0, 1, 1],
-                upsample: false,
-            },
-            Geometry {
-                k: 3,
-                stride: 2,
-                pad: [1; 4],
-                upsample: false,
-            },
-            Geometry {
-                upsample: true,
-                ..Geometry::SAME3
-            },
-        ] {
+        // 70 output channels are cut into chunks, which share one im2col.
+        for (g, cout) in [37, 70].into_iter().flat_map(|cout| {
+            [
+                Geometry::SAME3,
+                Geometry::POINT,
+                Geometry {
+                    k: 3,
+                    stride: 2,
+                    pad: [0, 0, 1, 1],
+                    upsample: false,
+                },
+                Geometry {
+                    k: 3,
+                    stride: 2,
+                    pad: [1; 4],
+                    upsample: false,
+                },
+                Geometry {
+                    upsample: true,
+                    ..Geometry::SAME3
+                },
+            ]
+            .map(|g| (g, cout))
+        }) {
             let w: Vec<f32> = (0..cout * cin * g.k * g.k)
                 .map(|i| ((i * 13 % 29) as f32 - 14.0) / 30.0)
                 .collect();
@@ -485,6 +537,7 @@ mod tests {
                 g,
                 Init::bias(&vec![0.0; cout]),
                 &mut out,
+                &mut Arena::default(),
             );
             for (o, r) in out.iter().zip(&want) {
                 assert!((o - r).abs() < 1e-4, "{g:?}: {o} vs {r}");

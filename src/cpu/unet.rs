@@ -113,16 +113,16 @@ pub struct CpuBackend<'a> {
 /// `f(w)` on the weight as f32: itself, or a half-precision weight widened into an arena
 /// buffer, in parallel, once per call of its layer (every task of the im2col and 1×1 products
 /// reads all of its rows; the arena makes it no allocation after the first call).
-fn with_f32<R>(arena: &mut Arena, w: &Weight, f: impl FnOnce(&[f32]) -> R) -> R {
+fn with_f32<R>(arena: &mut Arena, w: &Weight, f: impl FnOnce(&[f32], &mut Arena) -> R) -> R {
     const CHUNK: usize = 1 << 16;
     if let Some(w) = w.as_f32() {
-        return f(w);
+        return f(w, arena);
     }
     let mut wide = arena.take(w.len());
     wide.par_chunks_mut(CHUNK)
         .enumerate()
         .for_each(|(i, c)| w.widen(i * CHUNK, c));
-    let r = f(&wide);
+    let r = f(&wide, arena);
     arena.give(wide);
     r
 }
@@ -183,8 +183,8 @@ impl Backend for CpuBackend<'_> {
         if winograd::applies(g, dims, input.channels(), cout) {
             winograd::conv2d(input, w, cout, g, init, out, self.arena);
         } else {
-            with_f32(self.arena, w, |w| {
-                conv::conv2d(input, w, cout, g, init, out)
+            with_f32(self.arena, w, |w, arena| {
+                conv::conv2d(input, w, cout, g, init, out, arena)
             });
         }
         if let Some(j) = joined {
@@ -221,7 +221,9 @@ impl Backend for CpuBackend<'_> {
         bias: &[f32],
         out: &mut Buf,
     ) -> Result<()> {
-        with_f32(self.arena, w, |w| conv::linear(x, rows, w, Some(bias), out));
+        with_f32(self.arena, w, |w, _| {
+            conv::linear(x, rows, w, Some(bias), out)
+        });
         Ok(())
     }
 

@@ -406,7 +406,15 @@ mod tests {
                 .flat_map(|w| [(w.clone(), false), (w, true)])
             {
                 let mut want = vec![f32::NAN; cout * od.n()];
-                conv::conv2d(input, &w.to_f32(), cout, g, init, &mut want);
+                conv::conv2d(
+                    input,
+                    &w.to_f32(),
+                    cout,
+                    g,
+                    init,
+                    &mut want,
+                    &mut Arena::default(),
+                );
                 let mut got = vec![f32::NAN; cout * od.n()];
                 conv2d_by(
                     input,
