@@ -52,6 +52,7 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::lincomb::error_norm, m)?)?;
     py::sampling::register(m)?;
     m.add_function(wrap_pyfunction!(py::random::philox_normal_fill, m)?)?;
+    m.add_function(wrap_pyfunction!(py::random::torch_normal_fill, m)?)?;
     py::testing::register(m)?;
     py::cuda::register(m)?;
     m.add_class::<py::unet::PyUNet2D>()?;

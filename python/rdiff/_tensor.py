@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _torch_normal
+
 _NUMPY_DTYPES = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64)}
 
 
@@ -172,11 +174,18 @@ def same_framework(a: Any, b: Any, what: str, devices: bool = True) -> None:
         raise ValueError(f"{what}: tensors on different devices ({a.device} and {b.device})")
 
 
-def randn(shape: tuple, like: Any, generator: Any = None, dtype: Any = None) -> Any:
+def randn(
+    shape: tuple, like: Any, generator: Any = None, dtype: Any = None, widen: bool = False
+) -> Any:
     """Standard normal noise in like's framework, drawn as diffusers' randn_tensor does.
 
     ``dtype`` (default float32) is the dtype torch draws in (diffusers' DDIM and DDPM draw in
-    the model output's dtype, which gives other values than drawing float32 and casting).
+    the model output's dtype, which gives other values than drawing float32 and casting). With
+    ``widen``, torch noise drawn on the CPU may come back as float32 holding the dtype's values
+    (for a pass that reads noise as float32).
+
+    Torch's CPU draws are made by rdiff (``_torch_normal``): torch's numbers, several times
+    faster.
 
     For torch, a CPU generator draws on the CPU and the result moves to like's device; a list
     of generators draws one sample each. For numpy, ``generator`` is a numpy Generator (or
@@ -197,30 +206,30 @@ def randn(shape: tuple, like: Any, generator: Any = None, dtype: Any = None) -> 
         if isinstance(gens, list):
             rand_device = gens[0].device if gens[0].device.type == "cpu" else device
             parts = [
-                torch.randn(
-                    (1, *tuple(shape[1:])),
-                    generator=g,
-                    device=rand_device,
-                    dtype=torch.float32 if dtype is None else dtype,
-                )
+                _torch_randn((1, *tuple(shape[1:])), g, rand_device, dtype, widen)
                 for g in gens[: shape[0]]
             ]
             return torch.cat(parts, dim=0).to(device)
         rand_device = device
         if gens is not None and gens.device.type != device.type and gens.device.type == "cpu":
             rand_device = "cpu"
-        noise = torch.randn(
-            shape,
-            generator=gens,
-            device=rand_device,
-            dtype=torch.float32 if dtype is None else dtype,
-        )
-        return noise.to(device)
+        return _torch_randn(tuple(shape), gens, rand_device, dtype, widen).to(device)
     rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng()
     dt = np.dtype(np.float32 if dtype is None else dtype)
     return rng.standard_normal(shape, dtype=np.float64 if dt == np.float64 else np.float32).astype(
         dt, copy=False
     )
+
+
+def _torch_randn(shape: tuple, generator: Any, device: Any, dtype: Any, widen: bool) -> Any:
+    """torch.randn(shape, generator, device, dtype), by rdiff where it can reproduce torch."""
+    torch = torch_module()
+    dtype = torch.float32 if dtype is None else dtype
+    if torch.device(device).type == "cpu":
+        noise = _torch_normal.randn(shape, generator, dtype, widen)
+        if noise is not None:
+            return noise
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
 
 def as_dtype_of(x: Any, like: Any, what: str = "sample") -> Any:

@@ -1,11 +1,16 @@
-//! Bindings of the Philox normal stream (`random::philox`): `rdiff.randn` fills a buffer.
+//! Bindings of the random streams: the Philox normals (`random::philox`), with which
+//! `rdiff.randn` fills a buffer, and torch's CPU generator (`random::torch_normal`), with which
+//! the schedulers draw diffusers' noise.
 
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 use super::tensor::tensor;
 use crate::dtype::DType;
 use crate::error::RdiffError;
+use crate::random::mt19937::Mt19937;
 use crate::random::philox::fill_normals_par;
+use crate::random::torch_normal::{fill_torch_normal, Math};
 use crate::tensor::Device;
 
 /// Fills the contiguous float32 CPU buffer `out` with elements 0..numel of the Philox stream
@@ -27,4 +32,47 @@ pub fn philox_normal_fill(
     let dst = unsafe { out.slice_mut::<f32>() };
     py.detach(|| fill_normals_par(seed, offset, dst));
     Ok(())
+}
+
+/// Fills the contiguous float32 CPU buffer `out` (≥ 16 elements) with what
+/// `torch.randn(out.numel(), generator=g, dtype=dtype)` draws, as float32 values, from the
+/// generator state `state` (`g.get_state()`'s bytes), with the ln/sin/cos named by `math`
+/// (`libm`, `cephes`, `cephes_fma`); returns the state torch would leave.
+#[pyfunction(name = "_torch_normal_fill")]
+pub fn torch_normal_fill<'py>(
+    py: Python<'py>,
+    out: &Bound<'py, PyAny>,
+    state: &[u8],
+    dtype: &str,
+    math: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let out = tensor(out, "out")?;
+    out.expect_dtype("out", DType::F32)?;
+    if out.device != Device::Cpu || out.numel < 16 {
+        return Err(RdiffError::Value(
+            "out: torch's grouped normal fill runs on CPU buffers of at least 16 elements".into(),
+        )
+        .into());
+    }
+    let dtype = match DType::parse(dtype) {
+        Some(d @ (DType::F32 | DType::BF16 | DType::F16)) => d,
+        _ => {
+            return Err(RdiffError::Value(format!(
+                "dtype: {dtype:?}; expected float32, bfloat16 or float16"
+            ))
+            .into())
+        }
+    };
+    let math = Math::parse(math).ok_or_else(|| {
+        RdiffError::Value(format!(
+            "math: {math:?}; expected libm, cephes or cephes_fma"
+        ))
+    })?;
+    let mut g = Mt19937::from_torch_state(state)?;
+    // SAFETY: as in `philox_normal_fill`.
+    let dst = unsafe { out.slice_mut::<f32>() };
+    py.detach(|| fill_torch_normal(&mut g, math, dtype, dst));
+    let mut next = state.to_vec();
+    g.write_torch_state(&mut next);
+    Ok(PyBytes::new(py, &next))
 }

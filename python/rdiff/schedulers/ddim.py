@@ -114,7 +114,7 @@ def _noise_like(shape: tuple, model_output: Any, generator: Any, variance_noise:
         else:
             noise = np.asarray(variance_noise).astype(model_output.dtype)
     else:
-        noise = _tensor.randn(shape, model_output, generator, dtype=model_output.dtype)
+        noise = _tensor.randn(shape, model_output, generator, model_output.dtype, widen=True)
     return _tensor.to_float32(noise, model_output)
 
 
