@@ -192,6 +192,28 @@ def test_launch_counter_counts_emulated_passes_only():
     np.testing.assert_array_equal(out, 2 * x)
 
 
+def test_lms_above_order_four_runs_its_passes_on_the_kernels():
+    # Order 9 sums the earlier slopes in two plain passes before the step's own.
+    def loop():
+        s = rdiff.LMSDiscreteScheduler()
+        s.set_timesteps(12)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 3, 4, 4, generator=g)
+        for t in s.timesteps:
+            x = s.step(torch.randn(2, 3, 4, 4, generator=g), t, s.scale_model_input(x, t), 9)
+            x = x.prev_sample
+        return x
+
+    cpu = loop()
+    before = launches()
+    with emulated_backend():
+        emulated = loop()
+    # step i has order min(i + 1, 9): one pass up to order 4 (steps 0–3), two for orders 5–7
+    # (steps 4–6: up to four slopes summed), three from order 8 (steps 7–11)
+    assert launches() - before == 4 * 1 + 3 * 2 + 5 * 3
+    torch.testing.assert_close(emulated, cpu, rtol=0, atol=0)
+
+
 # -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------
 
 from bad_input_cases import bad_input_test

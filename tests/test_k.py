@@ -87,6 +87,7 @@ DETERMINISTIC = [
     ("sample_dpm_2_ancestral", {"eta": 0.0}),
     ("sample_lms", {}),
     ("sample_lms", {"order": 2}),
+    ("sample_lms", {"order": 7}),
     ("sample_dpmpp_2s_ancestral", {"eta": 0.0}),
     ("sample_dpmpp_sde", {"eta": 0.0}),
     ("sample_dpmpp_sde", {"eta": 0.0, "r": 0.3}),

@@ -533,9 +533,11 @@ class _Lms:
         derivative: _Tensor,
         x0: _Tensor,
         prev: _Tensor,
+        scratch: _Tensor | None = None,
         stream: int = 0,
     ) -> None:
-        """One fused step: the slope, x0 and the new sample."""
+        """One fused step: the slope, x0 and the new sample (above order 4, with the earlier
+        slopes first summed into ``scratch``)."""
 
 def _euler_schedule(
     table: npt.NDArray[np.float32],

@@ -2,7 +2,7 @@
 
 Drop-in replacements for ``k_diffusion.sampling``'s ``sample_euler``,
 ``sample_euler_ancestral``, ``sample_heun``, ``sample_dpm_2``, ``sample_dpm_2_ancestral``,
-``sample_lms`` (orders up to 4), ``sample_dpmpp_2s_ancestral``, ``sample_dpmpp_sde``,
+``sample_lms``, ``sample_dpmpp_2s_ancestral``, ``sample_dpmpp_sde``,
 ``sample_dpmpp_2m``, ``sample_dpmpp_2m_sde``, ``sample_dpmpp_3m_sde``, ``get_sigmas_karras``
 and ``get_sigmas_exponential``, with the same
 signatures and semantics: ``model(x, sigma, **extra_args)`` is a denoiser D(x; σ) (x = x₀ + σ·n),
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import _tensor, _torch_normal
+from .schedulers.lms import lms_scratch
 from ._rdiff import (
     _k_churn_gamma,
     _k_dpm_solver_step,
@@ -540,8 +541,8 @@ def sample_dpm_2_ancestral(
 
 
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
-    """Linear multistep: the Lagrange polynomial through the last ``order`` (≤ 4) slopes,
-    integrated over each step exactly."""
+    """Linear multistep: the Lagrange polynomial through the last ``order`` slopes, integrated
+    over each step exactly."""
     extra_args = {} if extra_args is None else extra_args
     loop = _Loop(x, sigmas)
     x = loop.buf(x, "x")
@@ -564,6 +565,7 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
             derivative=d,
             x0=x0,
             prev=prev,
+            scratch=lms_scratch(history, x, x.dtype),
             stream=loop.stream,
         )
         ds.append(d)

@@ -3,7 +3,7 @@
 use pyo3::prelude::*;
 
 use super::run;
-use super::tensor::tensor;
+use super::tensor::{tensor, tensor_opt};
 use crate::step::lms::{Lms, LmsIo};
 
 /// Per-loop constants of the LMS step.
@@ -30,9 +30,10 @@ impl PyLms {
 
     /// One fused step of order `order`: the slope into `derivative`, x₀ into `x0`, the new
     /// sample into `prev` (all shaped like `sample`, in the model output's dtype, as are
-    /// `sample` and the earlier slopes `history`, newest first).
+    /// `sample` and the earlier slopes `history`, newest first). Above order 4, `scratch` is
+    /// one more such buffer.
     #[pyo3(signature = (step_index, order, *, model_output, sample, history, derivative, x0,
-        prev, stream=0))]
+        prev, scratch=None, stream=0))]
     #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
@@ -45,6 +46,7 @@ impl PyLms {
         derivative: &Bound<'_, PyAny>,
         x0: &Bound<'_, PyAny>,
         prev: &Bound<'_, PyAny>,
+        scratch: Option<&Bound<'_, PyAny>>,
         stream: usize,
     ) -> PyResult<()> {
         let history = history
@@ -59,8 +61,11 @@ impl PyLms {
             derivative: tensor(derivative, "derivative buffer")?,
             x0: tensor(x0, "pred_original_sample buffer")?,
             prev: tensor(prev, "output buffer")?,
+            scratch: tensor_opt(scratch, "scratch buffer")?,
         };
-        let lc = self.inner.step(step_index, order, io)?;
-        run(py, &lc, lc.tensors(), stream)
+        for lc in self.inner.step(step_index, order, io)? {
+            run(py, &lc, lc.tensors(), stream)?;
+        }
+        Ok(())
     }
 }

@@ -5,10 +5,16 @@
 //! The pass's terms are the sample and the earlier slopes; its first combination is
 //! x₀ = x − σ·d_i (kept in the chain's buffer) and the chained one the update, which gives the
 //! sample weight 1 as a term rather than through the rounded x₀.
+//!
+//! A pass has [`MAX_TERMS`] term slots: the sample and three slopes. Above order 4 the slopes
+//! from the third back are first summed with their weights by plain passes (four slopes, then
+//! the running sum and three more), alternating between a scratch buffer and x₀'s buffer
+//! (written only by the last pass) and ending in the scratch buffer, which the step reads as its
+//! third slope with weight 1.
 
 use super::{batch_of, expect_like, mo_stride};
 use crate::error::Result;
-use crate::lincomb::{Chain, Clamp, Conversion, Lincomb};
+use crate::lincomb::{Chain, Clamp, Conversion, Lincomb, MAX_TERMS};
 use crate::schedule::euler::x0_sigma;
 use crate::schedule::lms::lms_coefficients;
 use crate::schedule::prediction::PredictionType;
@@ -33,6 +39,8 @@ pub struct LmsIo {
     /// Out: x₀ (`pred_original_sample`).
     pub x0: Tensor,
     pub prev: Tensor,
+    /// Scratch for orders above 4 (the folded slopes), shaped like the sample.
+    pub scratch: Option<Tensor>,
 }
 
 impl Lms {
@@ -55,9 +63,10 @@ impl Lms {
         lms_coefficients(&self.sigmas, i, order)
     }
 
-    /// Step `i` of order `order` (≤ i + 1) as one pass; the history holds the slopes its
-    /// coefficients c_1, c_2, … weigh (fewer leave the rest out, as diffusers' zip does).
-    pub fn step(&self, i: usize, order: usize, io: LmsIo) -> Result<Lincomb> {
+    /// Step `i` of order `order` (≤ i + 1) as passes run in order (one up to order 4); the
+    /// history holds the slopes its coefficients c_1, c_2, … weigh (fewer leave the rest out,
+    /// as diffusers' zip does).
+    pub fn step(&self, i: usize, order: usize, io: LmsIo) -> Result<Vec<Lincomb>> {
         let c = self.coefficients(i, order)?;
         let sigma = self.sigmas[i];
         if sigma == 0.0 {
@@ -70,6 +79,7 @@ impl Lms {
             derivative,
             x0,
             prev,
+            scratch,
         } = io;
         batch_of(&x)?;
         let stride = mo_stride(&mo, &x, false)?;
@@ -82,6 +92,33 @@ impl Lms {
         expect_like(&x0, "pred_original_sample buffer", &x, d)?;
         expect_like(&prev, "output buffer", &x, d)?;
         let used = history.len().min(order - 1);
+        let mut slopes: Vec<(Tensor, f64)> =
+            history.into_iter().zip(c[1..=used].to_vec()).collect();
+        let mut passes = Vec::new();
+        if used > MAX_TERMS - 1 {
+            let Some(scratch) = scratch else {
+                return value_err!("the LMS step: order {order} needs a scratch buffer");
+            };
+            expect_like(&scratch, "scratch buffer", &x, d)?;
+            let mut folded = slopes.split_off(2).into_iter();
+            // the first pass takes four slopes, each later one the running sum and three more
+            let count = 1 + (used - 2).saturating_sub(MAX_TERMS).div_ceil(MAX_TERMS - 1);
+            let mut sum: Option<Tensor> = None;
+            for k in 0..count {
+                let out = if (count - 1 - k) % 2 == 0 {
+                    &scratch
+                } else {
+                    &x0
+                };
+                let mut lc = Lincomb::new("the LMS step's earlier slopes", out.clone());
+                lc.terms.extend(sum.take().map(|t| (t, 1.0)));
+                lc.terms
+                    .extend(folded.by_ref().take(MAX_TERMS - lc.terms.len()));
+                passes.push(lc);
+                sum = Some(out.clone());
+            }
+            slopes.push((scratch, 1.0));
+        }
         let (p, q) = x0_sigma(self.prediction, sigma, sigma);
         let mut lc = Lincomb::new("the LMS step", prev);
         // m = (x − x₀)/σ; y = x − σ·m = x₀
@@ -101,18 +138,19 @@ impl Lms {
         lc.base = Some((x.clone(), 1.0));
         lc.hist = Some(derivative);
         lc.terms.push((x, 0.0));
-        for h in history.into_iter().take(used) {
-            lc.terms.push((h, 0.0));
-        }
         // prev = x + c_0·m + Σ c_j·d_{i−j}
         let mut cw = vec![1.0];
-        cw.extend_from_slice(&c[1..=used]);
+        for (h, w) in slopes {
+            lc.terms.push((h, 0.0));
+            cw.push(w);
+        }
         lc.chain = Some(Chain {
             mid: x0,
             a: 0.0,
             wm: c[0],
             c: cw,
         });
-        Ok(lc)
+        passes.push(lc);
+        Ok(passes)
     }
 }

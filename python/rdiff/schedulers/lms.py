@@ -14,6 +14,11 @@ from ._base import SchedulerOutput, check_choice, check_int, exclusive, loop_set
 from .euler import _SPACINGS, EulerDiscreteScheduler
 
 
+def lms_scratch(history: list, x: Any, dtype: Any) -> Any:
+    """The LMS core's scratch buffer (shaped like x, in dtype) above order 4, else None."""
+    return _tensor.empty_like(x, dtype=dtype) if len(history) > 3 else None
+
+
 class LMSDiscreteScheduler(EulerDiscreteScheduler):
     """Linear multistep steps of the probability-flow ODE in σ with diffusers' interface:
     each step integrates the Lagrange polynomial through the last ``order`` slopes
@@ -96,8 +101,8 @@ class LMSDiscreteScheduler(EulerDiscreteScheduler):
         order: int = 4,
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple:
-        """One linear multistep step of order ``order`` (1–4) from ``timestep`` (one of
-        ``timesteps``) to the next σ.
+        """One linear multistep step of order ``order`` (≥ 1; lower while fewer slopes are
+        kept) from ``timestep`` (one of ``timesteps``) to the next σ.
 
         model_output, sample: (B, C, ...) arrays or tensors of one framework. Returns
         ``SchedulerOutput(prev_sample, pred_original_sample)`` (a 2-tuple with
@@ -128,6 +133,7 @@ class LMSDiscreteScheduler(EulerDiscreteScheduler):
             derivative=deriv,
             x0=x0,
             prev=prev,
+            scratch=lms_scratch(history, x, mo.dtype),
             stream=_tensor.cuda_stream(x),
         )
         self.derivatives.append(deriv)
