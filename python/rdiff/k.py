@@ -39,7 +39,6 @@ from typing import Any
 import numpy as np
 
 from . import _tensor, _torch_normal
-from .schedulers.lms import lms_scratch
 from ._rdiff import (
     _k_churn_gamma,
     _k_dpm_solver_step,
@@ -50,6 +49,7 @@ from ._rdiff import (
     _lincomb,
     _Lms,
 )
+from .schedulers.lms import lms_scratch
 
 __all__ = [
     "BrownianTreeNoiseSampler",
