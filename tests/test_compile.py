@@ -148,18 +148,53 @@ def _fresh(name, steps):
     return s
 
 
+def _with_generator(s, x, g, net):
+    for t in s.timesteps:
+        x = s.step(net(s.scale_model_input(x, t)), t, x, generator=g).prev_sample
+    return x
+
+
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("EulerAncestralDiscreteScheduler", {}),
+        ("KDPM2AncestralDiscreteScheduler", {}),
+        ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+        ("DDPMScheduler", {}),
+    ],
+)
+def test_a_generator_inside_the_compiled_loop_draws_eager_modes_noise(name, kw):
+    s = getattr(rdd, name)(**kw)
+    net = _net()
+    x = torch.randn(1, 4, 12, 12, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        s.set_timesteps(8)
+        want = _with_generator(s, x, torch.Generator().manual_seed(3), net)
+        torch._dynamo.reset()
+        compiled = torch.compile(_with_generator, fullgraph=True, backend="aot_eager")
+        s.set_timesteps(8)
+        got = compiled(s, x, torch.Generator().manual_seed(3), net)
+        assert torch.equal(got, want)
+        # another generator is another graph's constant (Dynamo guards on its identity)
+        s.set_timesteps(8)
+        other = compiled(s, x, torch.Generator().manual_seed(4), net)
+        s.set_timesteps(8)
+        assert torch.equal(other, _with_generator(s, x, torch.Generator().manual_seed(4), net))
+        assert not torch.equal(other, want)
+
+
 def test_unsupported_arguments_and_a_scheduler_not_set_up():
     s = rdd.EulerAncestralDiscreteScheduler()
     s.set_timesteps(3)
     net = _net()
 
-    def with_generator(s, x, g):
+    def with_list(s, x, g):
         t = s.timesteps[0]
-        return s.step(net(x), t, x, generator=g).prev_sample
+        return s.step(net(x), t, x, generator=[g]).prev_sample
 
     torch._dynamo.reset()
     with pytest.raises(Exception, match="not supported"):
-        compiled = torch.compile(with_generator, fullgraph=True, backend="aot_eager")
+        compiled = torch.compile(with_list, fullgraph=True, backend="aot_eager")
         compiled(s, torch.zeros(1, 4, 4, 4), torch.Generator())
     fresh = rdd.DPMSolverMultistepScheduler()
     fresh.timesteps = torch.tensor([999, 500])

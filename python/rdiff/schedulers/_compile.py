@@ -9,9 +9,12 @@ compiled loop of ``scale_model_input``, a torch model and ``step`` is then one g
 (``fullgraph=True``). Each call's inputs are the previous step's outputs, so the order of the
 calls, and of their effects on the scheduler's state, is the data's.
 
-Arguments are tensors, numbers, booleans, strings and None (a ``torch.Generator`` is not
-supported in a compiled call). The operator is registered when torch is present, the first
-time a scheduler is set up (``set_timesteps``); the handle is set there too.
+Arguments are tensors, numbers, booleans, strings, None and CPU ``torch.Generator``s. A
+generator cannot be an operator's argument, so it crosses by name: while Dynamo traces, a
+function Dynamo runs for real (``torch.compiler.assume_constant_result``) files it in a weak
+registry and returns its token, a constant of the graph; Dynamo guards on the generator's
+identity, so another generator recompiles. The operator is registered when torch is present,
+the first time a scheduler is set up (``set_timesteps``); the handle is set there too.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from collections.abc import Callable
 from typing import Any
 
 _SCHEDULERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_GENERATORS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _OP: Any = None
+_GENERATOR_TOKEN: Any = None
 
 
 def compiling() -> bool:
@@ -69,11 +74,19 @@ def _token(v: Any, tensors: list, torch: Any) -> str:
         return f"f{v!r}"
     if isinstance(v, str) and ";" not in v and "=" not in v:
         return f"s{v}"
+    if isinstance(v, torch.Generator) and v.device.type == "cpu":
+        return _GENERATOR_TOKEN(v)
     raise TypeError(
         f"rdiff under torch.compile: an argument of type {type(v).__name__} is not supported "
-        "(tensors, numbers, booleans, strings and None are; draw noise outside the compiled "
-        "region or run the scheduler eagerly)"
+        "(tensors, numbers, booleans, strings, None and CPU generators are; run the scheduler "
+        "eagerly)"
     )
+
+
+def _file_generator(g: Any) -> str:
+    """The token naming ``g`` (run for real while Dynamo traces, not traced)."""
+    _GENERATORS[id(g)] = g
+    return f"g{id(g)}"
 
 
 def _value(tok: str, tensors: list) -> Any:
@@ -88,6 +101,11 @@ def _value(tok: str, tensors: list) -> Any:
         return int(rest)
     if kind == "f":
         return float(rest)
+    if kind == "g":
+        g = _GENERATORS.get(int(rest))
+        if g is None:
+            raise RuntimeError("rdiff::scheduler_call: the generator no longer exists")
+        return g
     return rest
 
 
@@ -168,10 +186,12 @@ def _release_ended_loop_state(scheduler: Any, before: dict) -> None:
 
 
 def _ensure_op() -> None:
-    global _OP
+    global _OP, _GENERATOR_TOKEN
     if _OP is not None:
         return
     import torch
+
+    _GENERATOR_TOKEN = torch.compiler.assume_constant_result(_file_generator)
 
     # (the schema is spelled out: this module's annotations are strings)
     @torch.library.custom_op(
