@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -86,13 +87,15 @@ def test_what_it_does_not_draw_is_left_to_torch():
 
 def test_bad_states_are_refused_with_a_clear_error():
     out = torch.empty(32)
-    state = torch.Generator().manual_seed(0).get_state().numpy().tobytes()
+    state = torch.Generator().manual_seed(0).get_state().numpy()
     with pytest.raises(ValueError, match="5056"):
-        _torch_normal_fill(out, state[:-1], "float32", "libm")
-    bad = bytearray(state)
-    bad[8:12] = (700).to_bytes(4, "little")  # left past the state block
+        _torch_normal_fill(out, state[:-1].copy(), "float32", "libm")
+    bad = state.copy()
+    bad[8:12] = np.frombuffer((700).to_bytes(4, "little"), np.uint8)  # left past the block
     with pytest.raises(ValueError, match="not a seeded MT19937 state"):
-        _torch_normal_fill(out, bytes(bad), "float32", "libm")
+        _torch_normal_fill(out, bad, "float32", "libm")
+    with pytest.raises(ValueError, match="contiguous"):
+        _torch_normal_fill(out, np.repeat(state, 2)[::2], "float32", "libm")
     with pytest.raises(ValueError, match="dtype"):
         _torch_normal_fill(out, state, "float64", "libm")
     with pytest.raises(ValueError, match="math"):

@@ -611,11 +611,13 @@ def _set_emulated_backend(max_blocks: int | None = None) -> int | None:
 def _philox_normal_fill(out: _Tensor, seed: int, offset: int) -> None:
     """Fill a contiguous float32 CPU buffer with elements 0..numel of the Philox stream."""
 
-def _torch_normal_fill(out: _Tensor, state: bytes, dtype: str, math: str) -> bytes:
+def _torch_normal_fill(
+    out: _Tensor, state: npt.NDArray[np.uint8], dtype: str, math: str
+) -> None:
     """Fill a contiguous float32 CPU buffer (>= 16 elements) with what ``torch.randn`` draws in
     ``dtype`` (float32, bfloat16, float16) from the CPU generator state ``state``
-    (``get_state()``'s bytes), with the ln/sin/cos ``math`` (libm, cephes, cephes_fma); returns
-    the state torch would leave."""
+    (``get_state().numpy()``), with the ln/sin/cos ``math`` (libm, cephes, cephes_fma); writes
+    into ``state`` the state torch would leave."""
 
 # -- Analytic-DPM (python/rdiff/analytic.py and schedulers/analytic_dpm.py wrap these) --------
 

@@ -25,9 +25,9 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _fill(out: Any, generator: Any, dtype: str, math_name: str) -> None:
-    torch = sys.modules["torch"]  # (only called with torch tensors in hand)
-    state = _torch_normal_fill(out, generator.get_state().numpy().tobytes(), dtype, math_name)
-    generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+    state = generator.get_state()  # (a copy: rdiff writes the next state into it)
+    _torch_normal_fill(out, state.numpy(), dtype, math_name)
+    generator.set_state(state)
 
 
 @functools.lru_cache(maxsize=1)

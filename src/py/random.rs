@@ -2,8 +2,8 @@
 //! `rdiff.randn` fills a buffer, and torch's CPU generator (`random::torch_normal`), with which
 //! the schedulers draw diffusers' noise.
 
+use numpy::PyReadwriteArray1;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 
 use super::tensor::tensor;
 use crate::dtype::DType;
@@ -36,16 +36,17 @@ pub fn philox_normal_fill(
 
 /// Fills the contiguous float32 CPU buffer `out` (≥ 16 elements) with what
 /// `torch.randn(out.numel(), generator=g, dtype=dtype)` draws, as float32 values, from the
-/// generator state `state` (`g.get_state()`'s bytes), with the ln/sin/cos named by `math`
-/// (`libm`, `cephes`, `cephes_fma`); returns the state torch would leave.
+/// generator state `state` (`g.get_state().numpy()`: 5,056 bytes), with the ln/sin/cos named
+/// by `math` (`libm`, `cephes`, `cephes_fma`), and writes into `state` the state torch would
+/// leave (for `g.set_state`).
 #[pyfunction(name = "_torch_normal_fill")]
-pub fn torch_normal_fill<'py>(
-    py: Python<'py>,
-    out: &Bound<'py, PyAny>,
-    state: &[u8],
+pub fn torch_normal_fill(
+    py: Python<'_>,
+    out: &Bound<'_, PyAny>,
+    mut state: PyReadwriteArray1<'_, u8>,
     dtype: &str,
     math: &str,
-) -> PyResult<Bound<'py, PyBytes>> {
+) -> PyResult<()> {
     let out = tensor(out, "out")?;
     out.expect_dtype("out", DType::F32)?;
     if out.device != Device::Cpu || out.numel < 16 {
@@ -68,11 +69,13 @@ pub fn torch_normal_fill<'py>(
             "math: {math:?}; expected libm, cephes or cephes_fma"
         ))
     })?;
+    let state = state
+        .as_slice_mut()
+        .map_err(|_| RdiffError::Value("state: expected a contiguous uint8 array".into()))?;
     let mut g = Mt19937::from_torch_state(state)?;
     // SAFETY: as in `philox_normal_fill`.
     let dst = unsafe { out.slice_mut::<f32>() };
     py.detach(|| fill_torch_normal(&mut g, math, dtype, dst));
-    let mut next = state.to_vec();
-    g.write_torch_state(&mut next);
-    Ok(PyBytes::new(py, &next))
+    g.write_torch_state(state);
+    Ok(())
 }
