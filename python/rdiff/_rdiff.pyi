@@ -611,9 +611,7 @@ def _set_emulated_backend(max_blocks: int | None = None) -> int | None:
 def _philox_normal_fill(out: _Tensor, seed: int, offset: int) -> None:
     """Fill a contiguous float32 CPU buffer with elements 0..numel of the Philox stream."""
 
-def _torch_normal_fill(
-    out: _Tensor, state: npt.NDArray[np.uint8], dtype: str, math: str
-) -> None:
+def _torch_normal_fill(out: _Tensor, state: npt.NDArray[np.uint8], dtype: str, math: str) -> None:
     """Fill a contiguous float32 CPU buffer (>= 16 elements) with what ``torch.randn`` draws in
     ``dtype`` (float32, bfloat16, float16) from the CPU generator state ``state``
     (``get_state().numpy()``), with the ln/sin/cos ``math`` (libm, cephes, cephes_fma); writes
