@@ -467,10 +467,8 @@ def _draw_noise(like: Any, seed: int, row: int, t: int) -> Any:
     """Standard normal noise shaped like ``like`` for the batch starting at ``row``."""
     s = _noise_seed(seed, row, t)
     if _tensor.is_torch(like):
-        torch = _tensor.torch_module()
-        g = torch.Generator(device="cpu").manual_seed(s)
-        n = torch.randn(tuple(like.shape), generator=g, dtype=torch.float32)
-        return n.to(device=like.device, dtype=like.dtype)
+        g = _tensor.torch_module().Generator(device="cpu").manual_seed(s)
+        return _tensor.randn(tuple(like.shape), like, g).to(dtype=like.dtype)
     rng = np.random.default_rng(s)
     return rng.standard_normal(like.shape, dtype=np.float32).astype(like.dtype, copy=False)
 

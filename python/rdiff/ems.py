@@ -629,11 +629,8 @@ def _rademacher(like: Any, seed: int) -> Any:
 
 def _normal(like: Any, seed: int) -> Any:
     if _tensor.is_torch(like):
-        torch = _tensor.torch_module()
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        return torch.randn(tuple(like.shape), generator=g, dtype=torch.float32).to(
-            device=like.device, dtype=like.dtype
-        )
+        g = _tensor.torch_module().Generator(device="cpu").manual_seed(seed)
+        return _tensor.randn(tuple(like.shape), like, g).to(dtype=like.dtype)
     rng = np.random.default_rng(seed)
     return rng.standard_normal(like.shape, dtype=np.float32).astype(like.dtype, copy=False)
 

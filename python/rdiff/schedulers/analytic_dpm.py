@@ -22,24 +22,8 @@ def _randn_as_diffusers(shape: tuple, like: Any, dtype: Any, generator: Any) -> 
     if not _tensor.is_torch(like):
         rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng()
         return rng.standard_normal(shape, dtype=np.float32)
-    torch = _tensor.torch_module()
-    device = like.device
-    gens = generator
-    if isinstance(gens, list) and len(gens) == 1:
-        gens = gens[0]
-    if isinstance(gens, list):
-        rand_device = gens[0].device if gens[0].device.type == "cpu" else device
-        parts = [
-            torch.randn((1, *shape[1:]), generator=g, device=rand_device, dtype=dtype)
-            for g in gens[: shape[0]]
-        ]
-        noise = torch.cat(parts, dim=0)
-    else:
-        rand_device = device
-        if gens is not None and gens.device.type != device.type and gens.device.type == "cpu":
-            rand_device = "cpu"
-        noise = torch.randn(shape, generator=gens, device=rand_device, dtype=dtype)
-    return noise.to(device=device, dtype=torch.float32).contiguous()
+    noise = _tensor.randn(shape, like, generator, dtype, widen=True)
+    return noise.to(dtype=_tensor.torch_module().float32).contiguous()
 
 
 def _is_seed(generator: Any) -> bool:
