@@ -11,7 +11,7 @@ calls, and of their effects on the scheduler's state, is the data's.
 
 Arguments are tensors, numbers, booleans, strings, None and CPU ``torch.Generator``s. A
 generator cannot be an operator's argument, so it crosses by name: while Dynamo traces, a
-function Dynamo runs for real (``torch.compiler.assume_constant_result``) files it in a weak
+function Dynamo runs for real (``torch.compiler.assume_constant_result``) files it in a
 registry and returns its token, a constant of the graph; Dynamo guards on the generator's
 identity, so another generator recompiles. The operator is registered when torch is present,
 the first time a scheduler is set up (``set_timesteps``); the handle is set there too.
@@ -26,7 +26,9 @@ from collections.abc import Callable
 from typing import Any
 
 _SCHEDULERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-_GENERATORS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+# Strong references: a compiled graph names its generator by id, and Dynamo's guard compares
+# ids, so a filed generator must outlive its graphs (one entry per trace: a few KiB each).
+_GENERATORS: dict = {}
 _OP: Any = None
 _GENERATOR_TOKEN: Any = None
 
@@ -104,7 +106,7 @@ def _value(tok: str, tensors: list) -> Any:
     if kind == "g":
         g = _GENERATORS.get(int(rest))
         if g is None:
-            raise RuntimeError("rdiff::scheduler_call: the generator no longer exists")
+            raise RuntimeError("rdiff::scheduler_call: a generator this graph did not file")
         return g
     return rest
 
