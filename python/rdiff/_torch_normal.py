@@ -42,7 +42,10 @@ def _math() -> str | None:
             ours = torch.Generator().manual_seed(2024)
             want = torch.randn(n, generator=theirs, dtype=getattr(torch, dtype)).float()
             got = torch.empty(n, dtype=torch.float32)
-            _fill(got, ours, dtype, name)
+            try:
+                _fill(got, ours, dtype, name)
+            except ValueError:  # a state layout rdiff does not know (another torch)
+                return None
             if not (torch.equal(got, want) and torch.equal(ours.get_state(), theirs.get_state())):
                 ok = False
                 break
