@@ -183,6 +183,23 @@ def test_a_generator_inside_the_compiled_loop_draws_eager_modes_noise(name, kw):
         assert not torch.equal(other, want)
 
 
+def test_a_list_of_generators_inside_the_compiled_loop():
+    s = rdd.EulerAncestralDiscreteScheduler()
+    net = _net()
+    x = torch.randn(2, 4, 12, 12, generator=torch.Generator().manual_seed(1))
+
+    def gens():
+        return [torch.Generator().manual_seed(k) for k in (7, 8)]
+
+    with torch.no_grad():
+        s.set_timesteps(6)
+        want = _with_generator(s, x, gens(), net)
+        torch._dynamo.reset()
+        compiled = torch.compile(_with_generator, fullgraph=True, backend="aot_eager")
+        s.set_timesteps(6)
+        assert torch.equal(compiled(s, x, gens(), net), want)
+
+
 def test_unsupported_arguments_and_a_scheduler_not_set_up():
     s = rdd.EulerAncestralDiscreteScheduler()
     s.set_timesteps(3)
@@ -190,7 +207,7 @@ def test_unsupported_arguments_and_a_scheduler_not_set_up():
 
     def with_list(s, x, g):
         t = s.timesteps[0]
-        return s.step(net(x), t, x, generator=[g]).prev_sample
+        return s.step(net(x), t, x, generator=[g, 3]).prev_sample
 
     torch._dynamo.reset()
     with pytest.raises(Exception, match="not supported"):

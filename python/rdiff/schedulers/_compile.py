@@ -9,7 +9,8 @@ compiled loop of ``scale_model_input``, a torch model and ``step`` is then one g
 (``fullgraph=True``). Each call's inputs are the previous step's outputs, so the order of the
 calls, and of their effects on the scheduler's state, is the data's.
 
-Arguments are tensors, numbers, booleans, strings, None and CPU ``torch.Generator``s. A
+Arguments are tensors, numbers, booleans, strings, None and CPU ``torch.Generator``s (alone or
+a list, one per sample). A
 generator cannot be an operator's argument, so it crosses by name: while Dynamo traces, a
 function Dynamo runs for real (``torch.compiler.assume_constant_result``) files it in a
 registry and returns its token, a constant of the graph; Dynamo guards on the generator's
@@ -76,19 +77,32 @@ def _token(v: Any, tensors: list, torch: Any) -> str:
         return f"f{v!r}"
     if isinstance(v, str) and ";" not in v and "=" not in v:
         return f"s{v}"
-    if isinstance(v, torch.Generator) and v.device.type == "cpu":
-        return _GENERATOR_TOKEN(v)
+    if _is_cpu_generator(v, torch):
+        return "g" + _GENERATOR_TOKEN(v)
+    if isinstance(v, list) and v and all(_is_cpu_generator(g, torch) for g in v):
+        return "G" + ",".join(_GENERATOR_TOKEN(g) for g in v)  # one per sample
     raise TypeError(
         f"rdiff under torch.compile: an argument of type {type(v).__name__} is not supported "
-        "(tensors, numbers, booleans, strings, None and CPU generators are; run the scheduler "
-        "eagerly)"
+        "(tensors, numbers, booleans, strings, None and CPU generators or lists of them are; "
+        "run the scheduler eagerly)"
     )
 
 
+def _is_cpu_generator(v: Any, torch: Any) -> bool:
+    return isinstance(v, torch.Generator) and v.device.type == "cpu"
+
+
 def _file_generator(g: Any) -> str:
-    """The token naming ``g`` (run for real while Dynamo traces, not traced)."""
+    """The id naming ``g`` in a token (run for real while Dynamo traces, not traced)."""
     _GENERATORS[id(g)] = g
-    return f"g{id(g)}"
+    return str(id(g))
+
+
+def _generator(key: str) -> Any:
+    g = _GENERATORS.get(int(key))
+    if g is None:
+        raise RuntimeError("rdiff::scheduler_call: a generator this graph did not file")
+    return g
 
 
 def _value(tok: str, tensors: list) -> Any:
@@ -104,10 +118,9 @@ def _value(tok: str, tensors: list) -> Any:
     if kind == "f":
         return float(rest)
     if kind == "g":
-        g = _GENERATORS.get(int(rest))
-        if g is None:
-            raise RuntimeError("rdiff::scheduler_call: a generator this graph did not file")
-        return g
+        return _generator(rest)
+    if kind == "G":
+        return [_generator(k) for k in rest.split(",")]
     return rest
 
 
