@@ -206,14 +206,14 @@ def randn(
         if isinstance(gens, list):
             rand_device = gens[0].device if gens[0].device.type == "cpu" else device
             parts = [
-                _torch_randn((1, *tuple(shape[1:])), g, rand_device, dtype, widen)
+                torch_randn((1, *tuple(shape[1:])), g, rand_device, dtype, widen)
                 for g in gens[: shape[0]]
             ]
             return torch.cat(parts, dim=0).to(device)
         rand_device = device
         if gens is not None and gens.device.type != device.type and gens.device.type == "cpu":
             rand_device = "cpu"
-        return _torch_randn(tuple(shape), gens, rand_device, dtype, widen).to(device)
+        return torch_randn(tuple(shape), gens, rand_device, dtype, widen).to(device)
     rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng()
     dt = np.dtype(np.float32 if dtype is None else dtype)
     return rng.standard_normal(shape, dtype=np.float64 if dt == np.float64 else np.float32).astype(
@@ -221,8 +221,10 @@ def randn(
     )
 
 
-def _torch_randn(shape: tuple, generator: Any, device: Any, dtype: Any, widen: bool) -> Any:
-    """torch.randn(shape, generator, device, dtype), by rdiff where it can reproduce torch."""
+def torch_randn(shape: tuple, generator: Any, device: Any, dtype: Any, widen: bool) -> Any:
+    """torch.randn(shape, generator=generator, device=device, dtype=dtype (None: float32)), drawn
+    by rdiff where it can reproduce torch; with ``widen``, possibly as float32 holding the
+    dtype's values."""
     torch = torch_module()
     dtype = torch.float32 if dtype is None else dtype
     if torch.device(device).type == "cpu":

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _tensor, _torch_normal
+from . import _tensor
 from ._rdiff import (
     _k_churn_gamma,
     _k_dpm_solver_step,
@@ -108,11 +108,7 @@ def _check_n(n: Any) -> int:
 def _randn_like(x: Any) -> Any:
     """torch.randn_like(x) (drawn by rdiff on the CPU, torch's numbers), or numpy noise."""
     if _tensor.is_torch(x):
-        if x.device.type == "cpu":
-            noise = _torch_normal.randn(tuple(x.shape), None, x.dtype)
-            if noise is not None:
-                return noise
-        return _torch().randn_like(x)
+        return _tensor.torch_randn(tuple(x.shape), None, x.device, x.dtype, False)
     return np.random.standard_normal(x.shape).astype(x.dtype)
 
 
