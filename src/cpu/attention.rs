@@ -100,8 +100,8 @@ fn attention_in_blocks(
     assert_eq!(out.len(), inner * nq, "attention output size");
     assert!(heads > 0 && dh > 0 && tq > 0 && tk > 0);
     let scale = 1.0 / (dh as f32).sqrt();
-    // Not the pool size: the partition must not depend on it (see PARTITION_THREADS).
-    let threads = super::PARTITION_THREADS;
+    // Not the pool size: the partition must not depend on it (see ATTENTION_THREADS).
+    let threads = super::ATTENTION_THREADS;
     let per = b * heads;
     let blocks_wanted = (4 * threads).div_ceil(per).max(1);
     let qb = tq.div_ceil(blocks_wanted).clamp(16.min(tq), 256);

@@ -89,10 +89,10 @@ pub fn conv2d(
     // Tiles of whole output rows, and, when there are too few of them to keep every thread
     // busy (deep, small layers), chunks of output channels as well.
     let rows = od.b * od.h;
-    // Not the pool size: the partition must not depend on it (see PARTITION_THREADS).
-    // Two tasks per thread: four (more, smaller gemm calls) took 5–30% longer on the
-    // batch-1 layers and no less elsewhere.
-    let threads = super::PARTITION_THREADS;
+    // Two tasks per thread of the pool (`partition_threads`: the bits do not depend on it):
+    // four (more, smaller gemm calls) took 5–30% longer on the batch-1 layers and no less
+    // elsewhere.
+    let threads = super::partition_threads();
     let want = 2 * threads;
     let mut tile_rows = (TILE_COLS / od.w).max(1);
     let min_rows = (64 / od.w).max(1);
@@ -114,7 +114,7 @@ pub fn conv2d(
     let mut shared =
         (!direct && mchunks > 1 && kk * n <= MAX_SHARED_COLS).then(|| arena.take(kk * n));
     if let Some(cols) = &mut shared {
-        let piece = cin.div_ceil(super::PARTITION_THREADS / 2);
+        let piece = cin.div_ceil(threads);
         let mut jobs = Vec::new();
         let mut rest = &mut cols[..];
         for tile in 0..ntiles {
@@ -186,8 +186,15 @@ pub fn conv2d(
     }
 }
 
+/// The depth of every product is summed in blocks of this many terms, in order, whatever the
+/// product's shape. `gemm` picks its own depth blocks from m and n (512 up to 64×64, a
+/// cache-derived size above), and they fix the order of each element's sum: blocks fixed here
+/// keep an output's bits independent of how its op was cut into tasks, hence of the pool.
+const GEMM_KC: usize = 512;
+
 /// `dst = (accumulate ? dst : 0) + beta · lhs × rhs` by `gemm` on this thread, every operand
-/// row-major: `(m, n, k)`, then each operand's pointer and row stride.
+/// row-major: `(m, n, k)`, then each operand's pointer and row stride. The depth goes in
+/// blocks of [`GEMM_KC`].
 ///
 /// # Safety
 /// Each pointer addresses a whole row-major matrix of its shape at its row stride (`dst`
@@ -200,29 +207,33 @@ pub(super) unsafe fn gemm_rows(
     (rhs, rhs_rs): (*const f32, usize),
     beta: f32,
 ) {
-    // SAFETY: the caller's contract, with unit column strides.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs,
-            1,
-            lhs_rs as isize,
-            rhs,
-            1,
-            rhs_rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
+    for k0 in (0..k).step_by(GEMM_KC) {
+        let kb = GEMM_KC.min(k - k0);
+        // SAFETY: the caller's contract, with unit column strides; depth k0..k0 + kb is
+        // columns k0.. of lhs and rows k0.. of rhs.
+        unsafe {
+            gemm(
+                m,
+                n,
+                kb,
+                dst,
+                1,
+                dst_rs as isize,
+                accumulate || k0 > 0,
+                lhs.add(k0),
+                1,
+                lhs_rs as isize,
+                rhs.add(k0 * rhs_rs),
+                1,
+                rhs_rs as isize,
+                1.0,
+                beta,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
     }
 }
 

@@ -17,10 +17,19 @@ pub mod unet;
 pub mod vecmath;
 pub mod winograd;
 
-/// The UNet's ops split their work into tiles as if for this many threads, whatever the size
-/// of the rayon pool: gemm's blocking (hence the order of every sum) follows the tile shapes,
-/// so a partition fixed here makes each output bit independent of `RAYON_NUM_THREADS`.
-pub const PARTITION_THREADS: usize = 16;
+/// The threads the UNet's convolutions cut their work for: the rayon pool's. Their output bits
+/// do not depend on it: every product's depth is summed in the same fixed blocks whatever the
+/// tile shapes (`conv::gemm_rows`, Winograd's input-channel chunks), and the rest of each
+/// output element is computed by one task. `tests/test_determinism.py` and the convolution
+/// tests compare pools of different sizes bit for bit.
+pub fn partition_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// Attention's query blocks are cut as if for this many threads, whatever the pool: the
+/// online softmax's key blocks follow the query blocks (a fixed budget of scores), and with
+/// them the order of every sum.
+pub const ATTENTION_THREADS: usize = 16;
 
 /// An output buffer's base pointer handed to rayon tasks. Each op's tasks write disjoint
 /// regions of the buffer through it (every use says which, at its unsafe block).
@@ -36,5 +45,82 @@ impl SendPtr {
     /// Through a method, so closures capture the whole (Sync) wrapper.
     pub(crate) fn get(&self) -> *mut f32 {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arena::Arena;
+    use super::conv::{self, Init, Input};
+    use super::winograd;
+    use crate::unet::layout::{Dims, Geometry};
+    use crate::unet::weights::Weight;
+
+    /// The convolutions cut their work for the pool they run in; each output bit must not
+    /// follow. Shapes whose products are deeper than one gemm depth block and whose tasks
+    /// straddle gemm's 64×64 threshold, im2col, 1×1 and both Winograd variants.
+    #[test]
+    fn convolution_bits_do_not_depend_on_the_pool() {
+        let stride2 = Geometry {
+            stride: 2,
+            pad: [0, 0, 1, 1],
+            ..Geometry::SAME3
+        };
+        let cases = [
+            (Dims { b: 2, h: 20, w: 20 }, 60, 150, Geometry::SAME3, false),
+            (Dims { b: 1, h: 8, w: 8 }, 300, 256, Geometry::SAME3, false),
+            (Dims { b: 2, h: 16, w: 16 }, 64, 96, stride2, false),
+            (Dims { b: 1, h: 16, w: 16 }, 600, 96, Geometry::POINT, false),
+            (Dims { b: 2, h: 8, w: 8 }, 300, 130, Geometry::SAME3, true),
+            (Dims { b: 2, h: 32, w: 32 }, 64, 72, Geometry::SAME3, true),
+        ];
+        for (d, cin, cout, g, wino) in cases {
+            assert_eq!(
+                winograd::applies(g, d, cin, cout),
+                wino,
+                "{d:?} {cin}→{cout}"
+            );
+            let x: Vec<f32> = (0..cin * d.n())
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 37.0)
+                .collect();
+            let w: Vec<f32> = (0..cout * cin * g.k * g.k)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 91.0)
+                .collect();
+            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.01).collect();
+            let n = g.out_dims(d).n();
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut out = vec![f32::NAN; cout * n];
+                pool.install(|| {
+                    let segs = [(&x[..], cin)];
+                    let input = Input {
+                        segs: &segs,
+                        dims: d,
+                    };
+                    let init = Init::bias(&bias);
+                    let arena = &mut Arena::default();
+                    if wino {
+                        let w = Weight::F32(w.clone());
+                        winograd::conv2d(input, &w, cout, g, init, &mut out, arena);
+                    } else {
+                        conv::conv2d(input, &w, cout, g, init, &mut out, arena);
+                    }
+                });
+                out
+            };
+            let one = run(1);
+            assert!(one.iter().all(|v| v.is_finite()));
+            for threads in [2, 3, 8] {
+                let other = run(threads);
+                let same = one
+                    .iter()
+                    .zip(&other)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{d:?} {cin}→{cout} k{}: 1 vs {threads} threads", g.k);
+            }
+        }
     }
 }
