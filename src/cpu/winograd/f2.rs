@@ -14,11 +14,11 @@ use crate::unet::weights::Weight;
 pub const M: usize = 2;
 pub const A: usize = 4;
 
-/// Scratch `weights`, `patches` and `add_tiles` need, for `kl` input channels and tile rows
-/// `tw` tiles wide: a row of kernels widened to f32, then tap-major, and two rows of G g; four
-/// input rows by parity; four output phases of a tile row.
+/// Scratch `weights` and `add_tiles` need, for `kl` input channels and tile rows `tw` tiles
+/// wide: a row of kernels widened to f32, then tap-major, and two rows of G g; four output
+/// phases of a tile row.
 pub fn scratch(kl: usize, tw: usize) -> usize {
-    (24 * kl).max(8 * (tw + 1)).max(4 * tw)
+    (24 * kl).max(4 * tw)
 }
 
 /// `U[ξ][i][j] = (G g Gᵀ)[ξ]` for the 3×3 kernel `g = w[m0 + i][k0 + j]` of output channels
@@ -78,10 +78,62 @@ fn weights_kernel(
     }
 }
 
+/// Scratch `patches` needs for tile rows `tw` tiles wide, `th` to an image: the input rows of
+/// one image's tile rows (two per tile row and two more) and four rows of `Bᵀ d`, each split
+/// by column parity.
+pub fn patches_scratch(th: usize, tw: usize) -> usize {
+    (2 * th + 2 + 4) * 2 * (tw + 1)
+}
+
+/// Input row `y` of `img` (zero outside the image) split by column parity: `odd[e]` is column
+/// 2e − 1 and `even[e]` column 2e, zero past the image's width (`odd` and `even` are `tw + 1`
+/// long).
+#[inline(always)]
+fn split_row(
+    img: &[f32],
+    d: crate::unet::layout::Dims,
+    upsample: bool,
+    y: isize,
+    odd: &mut [f32],
+    even: &mut [f32],
+) {
+    let hv = if upsample { 2 * d.h } else { d.h };
+    if y < 0 || y >= hv as isize {
+        odd.fill(0.0);
+        even.fill(0.0);
+        return;
+    }
+    let y = y as usize;
+    odd[0] = 0.0;
+    if upsample {
+        // Columns 2e and 2e + 1 both hold source column e.
+        let src = &img[(y / 2) * d.w..][..d.w];
+        even[..d.w].copy_from_slice(src);
+        odd[1..=d.w].copy_from_slice(src);
+        even[d.w..].fill(0.0);
+        odd[d.w + 1..].fill(0.0);
+    } else {
+        let src = &img[y * d.w..][..d.w];
+        let np = d.w / 2;
+        let pairs = src.chunks_exact(2);
+        let last = pairs.remainder().first().copied();
+        for ((e, o), p) in even[..np].iter_mut().zip(&mut odd[1..=np]).zip(pairs) {
+            *e = p[0];
+            *o = p[1];
+        }
+        even[np..].fill(0.0);
+        odd[np + 1..].fill(0.0);
+        if let Some(v) = last {
+            even[np] = v;
+        }
+    }
+}
+
 /// `v.row(ξ, ci - k0)[t] = (Bᵀ d B)[ξ]` for the 4×4 patch `d` of every tile t of tile rows r0..r1
 /// and input channels k0..k1, with `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0],
-/// [0, 1, 0, -1]]`. `rows` is scratch for four input rows, each split by column parity so
-/// that every step runs along the tiles, in vectors.
+/// [0, 1, 0, -1]]`. `scratch` ([`patches_scratch`]) holds the input rows of one image's tile
+/// rows, each split by column parity once (neighbouring tile rows share two), and the four
+/// rows of `Bᵀ d`, so that every step runs along the tiles, in vectors.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn patches_kernel(
@@ -92,90 +144,82 @@ fn patches_kernel(
     r1: usize,
     k0: usize,
     k1: usize,
-    rows: &mut [f32],
+    scratch: &mut [f32],
     v: &mut PatchRows<'_>,
 ) {
     let d = x.dims;
-    let hv = if g.upsample { 2 * d.h } else { d.h };
-    // Tile tx reads columns 2tx-1 .. 2tx+2: odd[tx], even[tx], odd[tx+1], even[tx+1], with
-    // odd[e] = column 2e - 1 and even[e] = column 2e (zero outside the image).
+    // Tile tx reads columns 2tx-1 .. 2tx+2: odd[tx], even[tx], odd[tx+1], even[tx+1].
     let half = tw + 1;
+    let line = 2 * half;
+    let (bt, inputs) = scratch.split_at_mut(4 * line);
     for (j, chan) in super::channels(x, k0, k1) {
-        for r in r0..r1 {
-            let (b, ty) = (r / th, r % th);
+        // One run of tile rows per image: tile row ty reads input rows 2ty-1 .. 2ty+2.
+        let mut r = r0;
+        while r < r1 {
+            let b = r / th;
+            let run_end = ((b + 1) * th).min(r1);
+            let (ty0, ty1) = (r - b * th, run_end - b * th);
             let img = &chan[b * d.hw()..][..d.hw()];
-            // Input rows 2ty-1 .. 2ty+2 (k = 0..4), odd columns then even ones.
-            for k in 0..4 {
-                let (odd, even) = rows[2 * k * half..][..2 * half].split_at_mut(half);
-                odd.fill(0.0);
-                even.fill(0.0);
-                let y = (2 * ty + k) as isize - 1;
-                if y < 0 || y >= hv as isize {
-                    continue;
+            for q in 0..2 * (ty1 - ty0) + 2 {
+                let (odd, even) = inputs[q * line..][..line].split_at_mut(half);
+                let y = (2 * ty0 + q) as isize - 1;
+                split_row(img, d, g.upsample, y, odd, even);
+            }
+            for ty in ty0..ty1 {
+                // Bᵀ on the rows: row k of Bᵀ d.
+                let rows = &inputs[2 * (ty - ty0) * line..][..4 * line];
+                let (i0, rest) = rows.split_at(line);
+                let (i1, rest) = rest.split_at(line);
+                let (i2, i3) = rest.split_at(line);
+                let [p0, p1, p2, p3] = split4(bt, line);
+                for (((((a, b1), c), dd), (&va, &vb)), (&vc, &vd)) in p0
+                    .iter_mut()
+                    .zip(p1.iter_mut())
+                    .zip(p2.iter_mut())
+                    .zip(p3.iter_mut())
+                    .zip(i0.iter().zip(i1))
+                    .zip(i2.iter().zip(i3))
+                {
+                    *a = va - vc;
+                    *b1 = vb + vc;
+                    *c = vc - vb;
+                    *dd = vb - vd;
                 }
-                let y = y as usize;
-                if g.upsample {
-                    // Columns 2e and 2e + 1 both hold source column e.
-                    let src = &img[(y / 2) * d.w..][..d.w];
-                    even[..d.w].copy_from_slice(src);
-                    odd[1..=d.w].copy_from_slice(src);
-                } else {
-                    let src = &img[y * d.w..][..d.w];
-                    for (e, pair) in src.chunks(2).enumerate() {
-                        even[e] = pair[0];
-                        if let Some(&o) = pair.get(1) {
-                            odd[e + 1] = o;
-                        }
+                // B on the columns of each tile, into V.
+                let tbase = (b * th + ty - r0) * tw;
+                for i in 0..4 {
+                    let (odd, even) = bt[i * line..][..line].split_at(half);
+                    for ((o, &a), &b) in v.row(4 * i, j)[tbase..][..tw]
+                        .iter_mut()
+                        .zip(odd)
+                        .zip(&odd[1..])
+                    {
+                        *o = a - b;
+                    }
+                    for ((o, &a), &b) in v.row(4 * i + 1, j)[tbase..][..tw]
+                        .iter_mut()
+                        .zip(even)
+                        .zip(&odd[1..])
+                    {
+                        *o = a + b;
+                    }
+                    for ((o, &a), &b) in v.row(4 * i + 2, j)[tbase..][..tw]
+                        .iter_mut()
+                        .zip(even)
+                        .zip(&odd[1..])
+                    {
+                        *o = b - a;
+                    }
+                    for ((o, &a), &b) in v.row(4 * i + 3, j)[tbase..][..tw]
+                        .iter_mut()
+                        .zip(even)
+                        .zip(&even[1..])
+                    {
+                        *o = a - b;
                     }
                 }
             }
-            // Bᵀ on the rows, in place: row k becomes row k of Bᵀ d.
-            let [p0, p1, p2, p3] = split4(&mut rows[..8 * half], 2 * half);
-            for (((a, b1), c), dd) in p0
-                .iter_mut()
-                .zip(p1.iter_mut())
-                .zip(p2.iter_mut())
-                .zip(p3.iter_mut())
-            {
-                let (va, vb, vc, vd) = (*a, *b1, *c, *dd);
-                *a = va - vc;
-                *b1 = vb + vc;
-                *c = vc - vb;
-                *dd = vb - vd;
-            }
-            // B on the columns of each tile, into V.
-            let tbase = (r - r0) * tw;
-            for i in 0..4 {
-                let (odd, even) = rows[2 * i * half..][..2 * half].split_at(half);
-                for ((o, &a), &b) in v.row(4 * i, j)[tbase..][..tw]
-                    .iter_mut()
-                    .zip(odd)
-                    .zip(&odd[1..])
-                {
-                    *o = a - b;
-                }
-                for ((o, &a), &b) in v.row(4 * i + 1, j)[tbase..][..tw]
-                    .iter_mut()
-                    .zip(even)
-                    .zip(&odd[1..])
-                {
-                    *o = a + b;
-                }
-                for ((o, &a), &b) in v.row(4 * i + 2, j)[tbase..][..tw]
-                    .iter_mut()
-                    .zip(even)
-                    .zip(&odd[1..])
-                {
-                    *o = b - a;
-                }
-                for ((o, &a), &b) in v.row(4 * i + 3, j)[tbase..][..tw]
-                    .iter_mut()
-                    .zip(even)
-                    .zip(&even[1..])
-                {
-                    *o = a - b;
-                }
-            }
+            r = run_end;
         }
     }
 }
@@ -210,7 +254,7 @@ fn split4(x: &mut [f32], len: usize) -> [&mut [f32]; 4] {
 pub unsafe fn add_tiles(
     mm: &[f32],
     m: usize,
-    (th, tw): (usize, usize),
+    tiles: (usize, usize),
     h: usize,
     w: usize,
     r0: usize,
@@ -220,59 +264,86 @@ pub unsafe fn add_tiles(
     dst: *mut f32,
     n: usize,
 ) {
+    let th = tiles.0;
+    // A channel's share of the block: the pixel rows of tile rows r0..r1, contiguous.
+    let len: usize = (r0..r1).map(|r| (h - 2 * (r % th)).min(2) * w).sum();
+    for i in 0..m {
+        // SAFETY: channel i's columns of the caller's block (see the contract).
+        let out = unsafe { std::slice::from_raw_parts_mut(dst.add(i * n), len) };
+        add_channel(mm, m, i, tiles, h, w, r0, r1, scale, ys, out);
+    }
+}
+
+/// [`add_tiles`] for channel i, onto `out`, its pixels of the block.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn add_channel_kernel(
+    mm: &[f32],
+    m: usize,
+    i: usize,
+    (th, tw): (usize, usize),
+    h: usize,
+    w: usize,
+    r0: usize,
+    r1: usize,
+    scale: f32,
+    ys: &mut [f32],
+    out: &mut [f32],
+) {
     let t = (r1 - r0) * tw;
     let (y00, rest) = ys.split_at_mut(tw);
     let (y01, rest) = rest.split_at_mut(tw);
     let (y10, rest) = rest.split_at_mut(tw);
     let y11 = &mut rest[..tw];
-    for i in 0..m {
-        let mut at = 0; // the output column of tile row r, from the block's start
-        for r in r0..r1 {
-            let ty = r % th;
-            let rows = (h - 2 * ty).min(2);
-            let base = (r - r0) * tw;
-            let e = |xi: usize| &mm[(xi * m + i) * t + base..][..tw];
-            let (m00, m01, m02, m03) = (e(0), e(1), e(2), e(3));
-            let (m10, m11, m12, m13) = (e(4), e(5), e(6), e(7));
-            let (m20, m21, m22, m23) = (e(8), e(9), e(10), e(11));
-            let (m30, m31, m32, m33) = (e(12), e(13), e(14), e(15));
-            for tx in 0..tw {
-                // Aᵀ on the rows (s0, s1 over the four columns), then A on the columns.
-                let s0 = [
-                    m00[tx] + m10[tx] + m20[tx],
-                    m01[tx] + m11[tx] + m21[tx],
-                    m02[tx] + m12[tx] + m22[tx],
-                    m03[tx] + m13[tx] + m23[tx],
-                ];
-                let s1 = [
-                    m10[tx] - m20[tx] - m30[tx],
-                    m11[tx] - m21[tx] - m31[tx],
-                    m12[tx] - m22[tx] - m32[tx],
-                    m13[tx] - m23[tx] - m33[tx],
-                ];
-                y00[tx] = scale * (s0[0] + s0[1] + s0[2]);
-                y01[tx] = scale * (s0[1] - s0[2] - s0[3]);
-                y10[tx] = scale * (s1[0] + s1[1] + s1[2]);
-                y11[tx] = scale * (s1[1] - s1[2] - s1[3]);
-            }
-            for (yy, (ya, yb)) in [(&*y00, &*y01), (&*y10, &*y11)].into_iter().enumerate() {
-                if yy >= rows {
-                    break;
-                }
-                // SAFETY: channel i < m of the block, pixel row yy of tile row r, which the
-                // block holds (w columns).
-                let out =
-                    unsafe { std::slice::from_raw_parts_mut(dst.add(i * n + at + yy * w), w) };
-                let mut pairs = out.chunks_exact_mut(2);
-                for ((o, &a), &b) in (&mut pairs).zip(ya.iter()).zip(yb.iter()) {
-                    o[0] += a;
-                    o[1] += b;
-                }
-                if let [last] = pairs.into_remainder() {
-                    *last += ya[tw - 1];
-                }
-            }
-            at += rows * w;
+    let mut at = 0; // the output column of tile row r, from the block's start
+    for r in r0..r1 {
+        let ty = r % th;
+        let rows = (h - 2 * ty).min(2);
+        let base = (r - r0) * tw;
+        let e = |xi: usize| &mm[(xi * m + i) * t + base..][..tw];
+        let (m00, m01, m02, m03) = (e(0), e(1), e(2), e(3));
+        let (m10, m11, m12, m13) = (e(4), e(5), e(6), e(7));
+        let (m20, m21, m22, m23) = (e(8), e(9), e(10), e(11));
+        let (m30, m31, m32, m33) = (e(12), e(13), e(14), e(15));
+        for tx in 0..tw {
+            // Aᵀ on the rows (s0, s1 over the four columns), then A on the columns.
+            let s0 = [
+                m00[tx] + m10[tx] + m20[tx],
+                m01[tx] + m11[tx] + m21[tx],
+                m02[tx] + m12[tx] + m22[tx],
+                m03[tx] + m13[tx] + m23[tx],
+            ];
+            let s1 = [
+                m10[tx] - m20[tx] - m30[tx],
+                m11[tx] - m21[tx] - m31[tx],
+                m12[tx] - m22[tx] - m32[tx],
+                m13[tx] - m23[tx] - m33[tx],
+            ];
+            y00[tx] = scale * (s0[0] + s0[1] + s0[2]);
+            y01[tx] = scale * (s0[1] - s0[2] - s0[3]);
+            y10[tx] = scale * (s1[0] + s1[1] + s1[2]);
+            y11[tx] = scale * (s1[1] - s1[2] - s1[3]);
         }
+        for (yy, (ya, yb)) in [(&*y00, &*y01), (&*y10, &*y11)].into_iter().enumerate() {
+            if yy >= rows {
+                break;
+            }
+            // Pixel row yy of tile row r: even columns from ya, odd ones from yb.
+            let out = &mut out[at + yy * w..][..w];
+            let mut pairs = out.chunks_exact_mut(2);
+            for ((o, &a), &b) in (&mut pairs).zip(ya.iter()).zip(yb.iter()) {
+                o[0] += a;
+                o[1] += b;
+            }
+            if let [last] = pairs.into_remainder() {
+                *last += ya[tw - 1];
+            }
+        }
+        at += rows * w;
     }
 }
+
+simd_dispatch!(
+    #[allow(clippy::too_many_arguments)]
+    fn add_channel(mm: &[f32], m: usize, i: usize, tiles: (usize, usize), h: usize, w: usize, r0: usize, r1: usize, scale: f32, ys: &mut [f32], out: &mut [f32]) => add_channel_kernel
+);

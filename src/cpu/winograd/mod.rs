@@ -263,7 +263,7 @@ fn conv2d_by(
             let scratch = if f4 {
                 f4::patches_scratch(pt, tw)
             } else {
-                f2::scratch(0, tw)
+                f2::patches_scratch(th, tw)
             };
             let vp = SendPtr(v.as_mut_ptr());
             (0..kl.div_ceil(piece)).into_par_iter().for_each(|pc| {
