@@ -254,6 +254,26 @@ def test_shared_unet_from_threads_matches_serial(unet, framework):
                 assert _equal(y, serial[i]), f"thread {i} differs from the serial call"
 
 
+def test_one_unet_per_thread_matches_serial(unet):
+    """Each CPU forward runs on one of rayon's threads, and a pool thread waiting on its own
+    tasks may run another call's forward meanwhile: separate models in separate threads must
+    still give the serial results (and not deadlock)."""
+    folder = cli.bundled_model_dir("digits")
+    models = [rdiff.UNet2DModel.from_pretrained(folder) for _ in range(_THREADS)]
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((2, 1, 16, 16)).astype(np.float32) for _ in range(_THREADS)]
+    ts = [50 + 150 * i for i in range(_THREADS)]
+    serial = [unet(xs[i], ts[i]) for i in range(_THREADS)]
+
+    def work(i):
+        return [models[i](xs[i], ts[i]) for _ in range(4)]
+
+    got = _run_threads(work, _THREADS)
+    for i in range(_THREADS):
+        for y in got[i]:
+            assert _equal(y, serial[i]), f"thread {i} differs from the serial call"
+
+
 @pytest.mark.parametrize("framework", ["numpy", "torch"])
 def test_functional_samplers_from_threads_match_serial(framework):
     """rdiff.sample and rdiff.k keep no shared state: 4 threads at once give serial results."""
