@@ -7,7 +7,7 @@
 use super::super::conv::Input;
 use super::PatchRows;
 use crate::simd_dispatch;
-use crate::unet::layout::Geometry;
+use crate::unet::layout::{Dims, Geometry};
 use crate::unet::weights::Weight;
 
 /// Output tile side and transformed tile side.
@@ -89,14 +89,7 @@ pub fn patches_scratch(th: usize, tw: usize) -> usize {
 /// 2e − 1 and `even[e]` column 2e, zero past the image's width (`odd` and `even` are `tw + 1`
 /// long).
 #[inline(always)]
-fn split_row(
-    img: &[f32],
-    d: crate::unet::layout::Dims,
-    upsample: bool,
-    y: isize,
-    odd: &mut [f32],
-    even: &mut [f32],
-) {
+fn split_row(img: &[f32], d: Dims, upsample: bool, y: isize, odd: &mut [f32], even: &mut [f32]) {
     let hv = if upsample { 2 * d.h } else { d.h };
     if y < 0 || y >= hv as isize {
         odd.fill(0.0);
