@@ -24,8 +24,8 @@ class WeightsError(OSError):
 
 def backends() -> dict[str, dict[str, Any]]:
     """Which backends work here: ``{"cpu": {"available": True, "threads": int, "simd":
-    "avx512" | "avx2" | "baseline"}, "cuda": {"available": bool, "devices"/"nvrtc_version"
-    or "reason": ...}}``."""
+    "avx512" | "avx2" | "baseline", "bf16_kernel": "amx" | "portable"}, "cuda": {"available":
+    bool, "devices"/"nvrtc_version" or "reason": ...}}``."""
 
 def fma_peak_gflops(seconds: float = 0.5) -> float:
     """The CPU's measured float32 FMA peak in GFLOP/s on all of rayon's threads (the
@@ -775,9 +775,11 @@ class _UNet2D:
         device: int | None = None,
         max_blocks: int = 8,
         threads: int = 0,
+        compute_dtype: str = "float32",
     ) -> _UNet2D:
         """Load ``config.json`` and the safetensors ``weights_name`` from ``path`` for
-        ``device``: None the CPU, n CUDA device n, -1 the emulated launcher (tests)."""
+        ``device``: None the CPU, n CUDA device n, -1 the emulated launcher (tests);
+        ``compute_dtype`` "float32" or "bfloat16" (the CPU only)."""
     @staticmethod
     def from_tensors(
         config_json: str,
@@ -785,8 +787,10 @@ class _UNet2D:
         device: int | None = None,
         max_blocks: int = 8,
         threads: int = 0,
+        compute_dtype: str = "float32",
     ) -> _UNet2D:
-        """Build from a config.json text and float32 arrays, for ``device`` as in from_dir."""
+        """Build from a config.json text and float32 arrays, for ``device`` and
+        ``compute_dtype`` as in from_dir."""
     @property
     def in_channels(self) -> int: ...
     @property
@@ -797,6 +801,9 @@ class _UNet2D:
     @property
     def device(self) -> int | None:
         """The CUDA ordinal, -1 for the emulated launcher, None for the CPU."""
+    @property
+    def compute_dtype(self) -> str:
+        """What the matrix products compute in: "float32" or "bfloat16"."""
     @property
     def arena_bytes(self) -> int:
         """Bytes the activation arena has allocated so far."""

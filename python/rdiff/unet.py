@@ -63,6 +63,14 @@ def _check_target(device: Any, dtype: Any) -> int | None:
     raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
+def _compute_name(compute_dtype: Any) -> str:
+    """"float32" or "bfloat16" from a name or a torch dtype; ValueError for anything else."""
+    name = str(compute_dtype).removeprefix("torch.")
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"compute_dtype: expected 'float32' or 'bfloat16', got {compute_dtype!r}")
+    return name
+
+
 class _NativeUNet:
     """Loading, properties and the call's common checks of rdiff's native UNets."""
 
@@ -84,14 +92,23 @@ class _NativeUNet:
         dtype: Any = "float32",
         subfolder: str | None = None,
         variant: str | None = None,
+        compute_dtype: Any = "float32",
     ) -> Any:
         """Load a diffusers-format folder (``subfolder="unet"`` for a pipeline folder).
 
         ``device="cuda"`` (or ``"cuda:N"``) runs the model through rdiff's CUDA kernels on
         torch CUDA tensors; without a usable driver/GPU/NVRTC this raises
         ``rdiff.CudaUnavailableError`` with the reason.
+
+        ``compute_dtype="bfloat16"`` (the CPU only) keeps the weight matrices in bfloat16 and
+        multiplies them by bfloat16-rounded activations, summing in float32: on AMX tiles
+        where the CPU has AMX-BF16 (Sapphire Rapids and later), else in float32 arithmetic
+        (``rdiff.backends()["cpu"]["bf16_kernel"]`` says which). Norms, attention and the
+        rest stay float32; inputs and outputs keep the caller's dtype.
         """
-        return cls._load(path, _check_target(device, dtype), subfolder, variant)
+        return cls._load(
+            path, _check_target(device, dtype), subfolder, variant, compute_dtype=compute_dtype
+        )
 
     @classmethod
     def _load(
@@ -102,7 +119,9 @@ class _NativeUNet:
         variant: str | None = None,
         max_blocks: int = 8,
         threads: int = 0,
+        compute_dtype: Any = "float32",
     ) -> Any:
+        compute = _compute_name(compute_dtype)
         folder = os.fspath(path)
         if subfolder:
             folder = os.path.join(folder, subfolder)
@@ -124,7 +143,7 @@ class _NativeUNet:
         cls_name = config.get("_class_name", "UNet2DModel")
         if cls_name != cls._class_name:
             raise ValueError(f"{cfg_path}: a {cls_name} config, not a {cls._class_name}")
-        return cls(_UNet2D.from_dir(folder, name, ordinal, max_blocks, threads), config)
+        return cls(_UNet2D.from_dir(folder, name, ordinal, max_blocks, threads, compute), config)
 
     @classmethod
     def _emulated(cls, path: str | os.PathLike, max_blocks: int = 8, threads: int = 32) -> Any:
@@ -136,13 +155,23 @@ class _NativeUNet:
         return cls._load(path, -1, max_blocks=max_blocks, threads=threads)
 
     @classmethod
-    def from_diffusers(cls, module: Any, device: Any = "cpu", dtype: Any = "float32") -> Any:
-        """Take the weights and config of an in-memory diffusers model of this class."""
-        return cls._from_diffusers(module, _check_target(device, dtype))
+    def from_diffusers(
+        cls,
+        module: Any,
+        device: Any = "cpu",
+        dtype: Any = "float32",
+        compute_dtype: Any = "float32",
+    ) -> Any:
+        """Take the weights and config of an in-memory diffusers model of this class
+        (``compute_dtype`` as in ``from_pretrained``)."""
+        return cls._from_diffusers(module, _check_target(device, dtype), compute_dtype=compute_dtype)
 
     @classmethod
-    def _from_diffusers(cls, module: Any, ordinal: int | None, max_blocks: int = 8) -> Any:
+    def _from_diffusers(
+        cls, module: Any, ordinal: int | None, max_blocks: int = 8, compute_dtype: Any = "float32"
+    ) -> Any:
         """``ordinal`` as ``_load``'s (-1: the emulated CUDA launcher, for tests)."""
+        compute = _compute_name(compute_dtype)
         if not (hasattr(module, "config") and hasattr(module, "state_dict")):
             raise TypeError(
                 f"module: expected a diffusers {cls._class_name}, got {type(module).__name__}"
@@ -155,7 +184,9 @@ class _NativeUNet:
         for name, t in module.state_dict().items():
             tensors[name] = np.ascontiguousarray(t.detach().to("cpu").float().numpy())
         threads = 32 if ordinal == -1 else 0
-        core = _UNet2D.from_tensors(json.dumps(config), tensors, ordinal, max_blocks, threads)
+        core = _UNet2D.from_tensors(
+            json.dumps(config), tensors, ordinal, max_blocks, threads, compute
+        )
         return cls(core, config)
 
     # ------------------------------------------------------------------ properties
@@ -179,7 +210,8 @@ class _NativeUNet:
 
     @property
     def dtype(self) -> str:
-        return "float32"
+        """What the matrix products compute in: "float32" or "bfloat16" (``compute_dtype``)."""
+        return self._core.compute_dtype
 
     def eval(self) -> Any:
         return self

@@ -13,9 +13,11 @@
 //! onto it, scaled, so no op makes a second pass over its output.
 
 use gemm::{gemm, Parallelism};
+use half::bf16;
 use rayon::prelude::*;
 
 use super::arena::{with_scratch, Arena};
+use super::bf16 as bf16_gemm;
 use super::SendPtr;
 use crate::unet::layout::{Dims, Geometry};
 
@@ -61,6 +63,24 @@ impl<'a> Init<'a> {
     }
 }
 
+/// A convolution's weights `[cout][cin·k²]` as its product takes them: f32 (by `gemm`), or
+/// bf16 rows for the bf16 compute path, whose right-hand side is then rounded to bf16 too
+/// (`cpu::bf16`: AMX tiles or f32 arithmetic, f32 sums either way).
+#[derive(Clone, Copy)]
+pub enum Lhs<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+impl Lhs<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::F32(w) => w.len(),
+            Self::Bf16(w) => w.len(),
+        }
+    }
+}
+
 /// Im2col columns built once and shared by a tile's output-channel chunks, at most (32 MiB).
 const MAX_SHARED_COLS: usize = 1 << 23;
 
@@ -71,7 +91,7 @@ const TILE_COLS: usize = 256;
 /// `[cout][b][hout][wout]`.
 pub fn conv2d(
     x: Input<'_>,
-    w: &[f32],
+    w: Lhs<'_>,
     cout: usize,
     g: Geometry,
     init: Init<'_>,
@@ -147,12 +167,11 @@ pub fn conv2d(
             for &(seg, sc) in x.segs {
                 // SAFETY: shapes checked above; rhs rows are input channels of this segment.
                 unsafe {
-                    gemm_rows(
+                    product(
                         (m, tn, sc),
                         (dst, n),
-                        true,
-                        (w.as_ptr().add(m0 * kk + ci0), kk),
-                        (seg.as_ptr().add(c0), n),
+                        (w, m0 * kk + ci0, kk),
+                        (&seg[c0..], n),
                         init.scale,
                     );
                 }
@@ -162,14 +181,13 @@ pub fn conv2d(
             let product = |cols: &[f32]| {
                 // SAFETY: as above; cols is [kk][tn].
                 unsafe {
-                    gemm_rows(
+                    product(
                         (m, tn, kk),
                         (dst, n),
-                        true,
-                        (w.as_ptr().add(m0 * kk), kk),
-                        (cols.as_ptr(), tn),
+                        (w, m0 * kk, kk),
+                        (cols, tn),
                         init.scale,
-                    );
+                    )
                 }
             };
             match &shared {
@@ -183,6 +201,41 @@ pub fn conv2d(
     });
     if let Some(cols) = shared {
         arena.give(cols);
+    }
+}
+
+/// `dst += beta · lhs × rhs`: rows `m` of `lhs` from value `off` at row stride `lda`, rhs the
+/// first `n` columns of `k` rows at row stride `rhs_rs`; by `gemm` ([`gemm_rows`]) or, for bf16
+/// weights, the bf16 product on `rhs` packed in this thread's buffer.
+///
+/// # Safety
+/// `dst` addresses an m×n row-major matrix at row stride `dst_rs` written by no one else
+/// meanwhile; `lhs` holds rows `off + i·lda .. + k` for `i < m` and `rhs` `(k - 1)·rhs_rs + n`
+/// values.
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    (lhs, off, lda): (Lhs<'_>, usize, usize),
+    (rhs, rhs_rs): (&[f32], usize),
+    beta: f32,
+) {
+    match lhs {
+        // SAFETY: the caller's contract.
+        Lhs::F32(w) => unsafe {
+            gemm_rows(
+                (m, n, k),
+                (dst, dst_rs),
+                true,
+                (w[off..].as_ptr(), lda),
+                (rhs.as_ptr(), rhs_rs),
+                beta,
+            )
+        },
+        Lhs::Bf16(w) => bf16_gemm::with_packed(bf16_gemm::packed_len(k, n), |packed| {
+            bf16_gemm::pack(rhs, rhs_rs, k, n, packed);
+            // SAFETY: the caller's contract (bf16::gemm checks the operands' lengths).
+            unsafe { bf16_gemm::gemm((m, n, k), (dst, dst_rs), (&w[off..], lda), packed, beta) }
+        }),
     }
 }
 
@@ -545,7 +598,7 @@ mod tests {
                     segs: &segs,
                     dims: d,
                 },
-                &w,
+                Lhs::F32(&w),
                 cout,
                 g,
                 Init::bias(&vec![0.0; cout]),

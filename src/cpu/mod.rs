@@ -3,6 +3,7 @@
 
 pub mod arena;
 pub mod attention;
+pub mod bf16;
 pub mod conv;
 pub mod error_norm;
 pub mod gamma;
@@ -106,7 +107,7 @@ mod tests {
                         let w = Weight::F32(w.clone());
                         winograd::conv2d(input, &w, cout, g, init, &mut out, arena);
                     } else {
-                        conv::conv2d(input, &w, cout, g, init, &mut out, arena);
+                        conv::conv2d(input, conv::Lhs::F32(&w), cout, g, init, &mut out, arena);
                     }
                 });
                 out

@@ -10,6 +10,8 @@ pub fn backends(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     cpu.set_item("available", true)?;
     cpu.set_item("threads", rayon::current_num_threads())?;
     cpu.set_item("simd", crate::cpu::peak::simd_level())?;
+    // The kernel of `compute_dtype="bfloat16"`'s products: "amx" or "portable".
+    cpu.set_item("bf16_kernel", crate::cpu::bf16::kernel_name())?;
     out.set_item("cpu", cpu)?;
     let cuda = PyDict::new(py);
     match crate::cuda::availability() {

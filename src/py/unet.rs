@@ -15,7 +15,7 @@ use crate::target::Target;
 use crate::unet::embeddings::{ClassLabels, Conditioning};
 use crate::unet::model::UNet2D;
 use crate::unet::runner::UNetRunner;
-use crate::unet::weights::MemoryWeights;
+use crate::unet::weights::{ComputeDtype, MemoryWeights};
 
 /// In-memory weights (`from_diffusers`): each array copied once into f32 storage.
 fn memory_weights(tensors: HashMap<String, Bound<'_, PyArrayDyn<f32>>>) -> PyResult<MemoryWeights> {
@@ -52,7 +52,8 @@ pub struct PyUNet2D {
 impl PyUNet2D {
     /// Loads `config.json` and `weights_name` (a safetensors file) from `path` for `device`.
     #[staticmethod]
-    #[pyo3(signature = (path, weights_name, device=None, max_blocks=8, threads=0))]
+    #[pyo3(signature = (path, weights_name, device=None, max_blocks=8, threads=0,
+        compute_dtype="float32"))]
     fn from_dir(
         py: Python<'_>,
         path: PathBuf,
@@ -60,8 +61,10 @@ impl PyUNet2D {
         device: Option<i32>,
         max_blocks: u32,
         threads: u32,
+        compute_dtype: &str,
     ) -> PyResult<Self> {
-        let unet = py.detach(|| UNet2D::from_dir(&path, &weights_name))?;
+        let compute = ComputeDtype::parse(compute_dtype)?;
+        let unet = py.detach(|| UNet2D::from_dir_as(&path, &weights_name, compute))?;
         Ok(Self {
             inner: UNetRunner::new(unet, target(device, max_blocks), threads)?,
         })
@@ -69,7 +72,8 @@ impl PyUNet2D {
 
     /// From a config.json text and `{name: float32 ndarray}`, for `device` as in `from_dir`.
     #[staticmethod]
-    #[pyo3(signature = (config_json, tensors, device=None, max_blocks=8, threads=0))]
+    #[pyo3(signature = (config_json, tensors, device=None, max_blocks=8, threads=0,
+        compute_dtype="float32"))]
     fn from_tensors(
         py: Python<'_>,
         config_json: &str,
@@ -77,9 +81,11 @@ impl PyUNet2D {
         device: Option<i32>,
         max_blocks: u32,
         threads: u32,
+        compute_dtype: &str,
     ) -> PyResult<Self> {
+        let compute = ComputeDtype::parse(compute_dtype)?;
         let mem = memory_weights(tensors)?;
-        let unet = py.detach(|| UNet2D::load(config_json, &mem))?;
+        let unet = py.detach(|| UNet2D::load_as(config_json, &mem, compute))?;
         Ok(Self {
             inner: UNetRunner::new(unet, target(device, max_blocks), threads)?,
         })
@@ -111,6 +117,12 @@ impl PyUNet2D {
     #[getter]
     fn arena_bytes(&self) -> usize {
         self.inner.arena_bytes()
+    }
+
+    /// What the matrix products compute in: "float32" or "bfloat16".
+    #[getter]
+    fn compute_dtype(&self) -> &'static str {
+        self.inner.unet.compute.name()
     }
 
     /// Bytes of weights the model holds on the host (a half-precision checkpoint's matrices in

@@ -17,7 +17,7 @@ use super::cond_config::UNet2DConditionConfig;
 use super::config::UNet2DConfig;
 use super::embeddings::{Conditioning, TimeEmbedding};
 use super::resnet::{Conv, Norm};
-use super::weights::{Loader, SafetensorsFile, ShardedSafetensors, WeightSource};
+use super::weights::{ComputeDtype, Loader, SafetensorsFile, ShardedSafetensors, WeightSource};
 use crate::error::{RdiffError, Result};
 use crate::unet::layout::Geometry;
 use crate::value_err;
@@ -36,13 +36,24 @@ pub struct UNet2D {
     multiple: usize,
     /// Bytes of weights held (a half-precision checkpoint's matrices kept in its dtype).
     pub weight_bytes: usize,
+    /// What the matrix products compute in (the weight matrices are bf16 for bf16).
+    pub compute: ComputeDtype,
 }
 
 impl UNet2D {
     /// From a config.json text (a `UNet2DModel`'s, or a `UNet2DConditionModel`'s by its
     /// `_class_name`) and weights by diffusers' names.
     pub fn load(config_json: &str, src: &dyn WeightSource) -> Result<Self> {
-        Self::build(Self::arch_of(config_json)?, src)
+        Self::load_as(config_json, src, ComputeDtype::F32)
+    }
+
+    /// As [`UNet2D::load`], computing in `compute`.
+    pub fn load_as(
+        config_json: &str,
+        src: &dyn WeightSource,
+        compute: ComputeDtype,
+    ) -> Result<Self> {
+        Self::build(Self::arch_of(config_json)?, src, compute)
     }
 
     /// The architecture a config.json text describes (checked before any weight is read).
@@ -64,8 +75,8 @@ impl UNet2D {
         })
     }
 
-    fn build(arch: Arch, src: &dyn WeightSource) -> Result<Self> {
-        let ld = Loader::new(src);
+    fn build(arch: Arch, src: &dyn WeightSource, compute: ComputeDtype) -> Result<Self> {
+        let ld = Loader::new(src, compute);
         let ch = arch.block_out_channels.clone();
         let c0 = ch[0];
         let conv_in = Conv::load(&ld, "conv_in", arch.in_channels, c0, 3)?;
@@ -98,12 +109,18 @@ impl UNet2D {
             conv_out,
             multiple,
             weight_bytes: ld.bytes(),
+            compute,
         })
     }
 
     /// From a diffusers folder: `config.json` and the named safetensors file in `dir`, or its
     /// shards through `<name>.index.json`.
     pub fn from_dir(dir: &Path, weights_name: &str) -> Result<Self> {
+        Self::from_dir_as(dir, weights_name, ComputeDtype::F32)
+    }
+
+    /// As [`UNet2D::from_dir`], computing in `compute`.
+    pub fn from_dir_as(dir: &Path, weights_name: &str, compute: ComputeDtype) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let cfg = std::fs::read_to_string(&cfg_path)
             .map_err(|e| RdiffError::Io(format!("{}: {e}", cfg_path.display())))?;
@@ -111,9 +128,9 @@ impl UNet2D {
         let single = dir.join(weights_name);
         let index = dir.join(format!("{weights_name}.index.json"));
         if !single.exists() && index.exists() {
-            return Self::build(arch, &ShardedSafetensors::open(&index)?);
+            return Self::build(arch, &ShardedSafetensors::open(&index)?, compute);
         }
-        Self::build(arch, &SafetensorsFile::open(&single)?)
+        Self::build(arch, &SafetensorsFile::open(&single)?, compute)
     }
 
     pub fn in_channels(&self) -> usize {

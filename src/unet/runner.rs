@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use super::embeddings::Conditioning;
 use super::model::UNet2D;
+use super::weights::ComputeDtype;
 use crate::cpu::arena::Arena;
 use crate::cuda::unet::device::{EmulatedDevice, UnetDevice};
 use crate::cuda::unet::model::{self as device_model, DeviceState};
@@ -34,6 +35,12 @@ impl UNetRunner {
     /// `unet` on `target` (its stream is the call's); `threads` per block for the emulated
     /// launcher's UNet kernels (0: 256, as on a GPU).
     pub fn new(unet: UNet2D, target: Target, threads: u32) -> Result<Self> {
+        if unet.compute != ComputeDtype::F32 && target != Target::Cpu {
+            return Err(RdiffError::Value(format!(
+                "compute_dtype={:?} runs on the CPU only (CUDA computes in float32)",
+                unet.compute.name()
+            )));
+        }
         let state = match target {
             Target::Cpu => State::Cpu(Mutex::default()),
             Target::Emulated { max_blocks } => State::Emulated(

@@ -100,6 +100,22 @@ impl Weight {
         }
     }
 
+    /// All values as bf16 (rounded to nearest even unless they are bf16).
+    pub fn into_bf16(self) -> Self {
+        match self {
+            Self::Bf16(v) => Self::Bf16(v),
+            other => Self::Bf16(other.to_f32().iter().map(|&v| bf16::from_f32(v)).collect()),
+        }
+    }
+
+    /// The values themselves when they are bf16.
+    pub fn as_bf16(&self) -> Option<&[bf16]> {
+        match self {
+            Self::Bf16(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// All values as f32 (a copy unless they are f32).
     pub fn into_f32(self) -> Vec<f32> {
         match self {
@@ -320,17 +336,49 @@ impl WeightSource for ShardedSafetensors {
     }
 }
 
+/// What a model's matrix products compute in (`compute_dtype`): f32, or bf16 operands
+/// summed in f32 (`cpu::bf16`), its weight matrices then kept as bf16.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ComputeDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl ComputeDtype {
+    /// From the Python name ("float32", "bfloat16"; a torch dtype's name without "torch.").
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "float32" => Ok(Self::F32),
+            "bfloat16" => Ok(Self::Bf16),
+            other => Err(RdiffError::Value(format!(
+                "compute_dtype: expected 'float32' or 'bfloat16', got {other:?}"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::Bf16 => "bfloat16",
+        }
+    }
+}
+
 /// Looks weights up with their expected shapes, counting the bytes the model keeps.
 pub struct Loader<'a> {
     src: &'a dyn WeightSource,
     bytes: Cell<usize>,
+    compute: ComputeDtype,
 }
 
 impl<'a> Loader<'a> {
-    pub fn new(src: &'a dyn WeightSource) -> Self {
+    /// Weights from `src`; the matrices rounded to bf16 when `compute` is bf16.
+    pub fn new(src: &'a dyn WeightSource, compute: ComputeDtype) -> Self {
         Self {
             src,
             bytes: Cell::new(0),
+            compute,
         }
     }
 
@@ -351,14 +399,20 @@ impl<'a> Loader<'a> {
         Ok(w)
     }
 
-    /// The weight matrix `name`, which must have `shape`, in the checkpoint's dtype.
+    /// The weight matrix `name`, which must have `shape`, in the checkpoint's dtype (bf16 for
+    /// the bf16 compute path).
     pub fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight> {
         self.weight_any(&[name], shape)
     }
 
-    /// The first of `names` present, in the checkpoint's dtype.
+    /// The first of `names` present, in the checkpoint's dtype (bf16 for the bf16 compute
+    /// path).
     pub fn weight_any(&self, names: &[&str], shape: &[usize]) -> Result<Weight> {
         let w = self.find(names, shape)?;
+        let w = match self.compute {
+            ComputeDtype::F32 => w,
+            ComputeDtype::Bf16 => w.into_bf16(),
+        };
         self.bytes.set(self.bytes.get() + w.bytes());
         Ok(w)
     }

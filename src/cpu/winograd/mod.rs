@@ -409,7 +409,7 @@ mod tests {
                 let mut want = vec![f32::NAN; cout * od.n()];
                 conv::conv2d(
                     input,
-                    &w.to_f32(),
+                    conv::Lhs::F32(&w.to_f32()),
                     cout,
                     g,
                     init,

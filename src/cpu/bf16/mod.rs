@@ -1,0 +1,109 @@
+//! The matrix product of the bf16 compute path (`compute_dtype="bfloat16"`).
+//!
+//! `dst += β · A × B` with A the layer's weights as bf16 rows (the model's `Weight::Bf16`,
+//! `[m][k]` at a row stride), B the right-hand side (im2col columns, or a 1×1 convolution's
+//! input rows) rounded to bf16 and packed in depth pairs by [`pack`], and the sums kept in
+//! f32. Two kernels compute it over the same packed B:
+//!
+//! - [`amx`]: Intel AMX tiles (`TDPBF16PS`, a 16×16 f32 block per 16×32 by 32×16 bf16 step),
+//!   where the CPU has AMX-BF16 and the kernel lets this process use the tile registers.
+//! - [`portable`]: the same sums in f32 fused multiply-adds, anywhere else (and the tests'
+//!   second opinion on the AMX kernel).
+//!
+//! Each output element is summed over the whole depth by one kernel call, in an order that
+//! does not depend on how the op was cut into tasks, so its bits do not depend on the pool.
+//! bf16 × bf16 products are exact in f32; the two kernels differ only in the order of the f32
+//! additions.
+
+pub mod amx;
+mod pack;
+mod portable;
+
+use std::cell::RefCell;
+
+use half::bf16;
+use half::slice::HalfFloatSliceExt;
+
+pub use pack::{pack, round};
+
+/// Columns per packed panel (one AMX tile's width in f32).
+pub const PANEL: usize = 16;
+/// Depth per block (one AMX tile's width in bf16).
+pub const KBLOCK: usize = 32;
+
+/// Depth pairs a packed panel holds for depth `k`: whole blocks, zero-padded.
+pub fn kpairs(k: usize) -> usize {
+    k.next_multiple_of(KBLOCK) / 2
+}
+
+/// Panels a packed B holds for `n` columns: an even number (the AMX kernel takes two at a
+/// time), zero-padded.
+pub fn panels(n: usize) -> usize {
+    n.div_ceil(2 * PANEL) * 2
+}
+
+/// Length in u32 of the packed B for depth `k` and `n` columns.
+pub fn packed_len(k: usize, n: usize) -> usize {
+    panels(n) * kpairs(k) * PANEL
+}
+
+/// Which kernel [`gemm`] runs here: `"amx"` or `"portable"`.
+pub fn kernel_name() -> &'static str {
+    if amx::available() {
+        "amx"
+    } else {
+        "portable"
+    }
+}
+
+thread_local! {
+    static PACKED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's packing buffer, at least `len` long. Not re-entrant.
+pub fn with_packed<R>(len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
+    PACKED.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < len {
+            p.resize(len, 0);
+        }
+        f(&mut p[..len])
+    })
+}
+
+/// `dst[i][j] += beta · Σ_q a[i·lda + q] · B[q][j]` for `i < m`, `j < n`, `q < k`, `B` packed
+/// by [`pack`] for depth `k` and at least `n` columns. `a` starts at row 0 and holds at least
+/// `(m - 1)·lda + k` values; a kernel may read further into it, never past its end.
+///
+/// # Safety
+/// `dst` addresses an m×n row-major f32 matrix at row stride `dst_rs` that no one else writes
+/// meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    (a, lda): (&[bf16], usize),
+    b: &[u32],
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= (m - 1) * lda + k, "bf16 gemm: A too short");
+    assert!(
+        b.len() >= panels(n) * kpairs(k) * PANEL,
+        "bf16 gemm: B too short"
+    );
+    let a = a.reinterpret_cast();
+    // SAFETY: the shapes were checked above; the caller's contract covers dst.
+    unsafe {
+        if amx::available() {
+            amx::gemm((m, n, k), (dst, dst_rs), (a, lda), b, beta)
+        } else {
+            portable::gemm((m, n, k), (dst, dst_rs), (a, lda), b, beta)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+use half::bf16;
+use half::slice::HalfFloatSliceExt;
+
+use super::*;
+
+fn value(i: usize, a: usize, b: usize) -> f32 {
+    ((i * a % b) as f32 - (b / 2) as f32) / (b as f32 / 3.0)
+}
+
+#[test]
+fn round_matches_half() {
+    let mut xs = vec![
+        0.0f32,
+        -0.0,
+        1.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        1e-40,
+        f32::from_bits(0x3F80_8000), // a tie, rounds to even (down)
+        f32::from_bits(0x3F81_8000), // a tie, rounds to even (up)
+        f32::from_bits(0x7F7F_FFFF), // rounds to infinity
+    ];
+    xs.extend((0..10_000).map(|i| value(i, 7919, 100_003) * 1e3));
+    for x in xs {
+        assert_eq!(round(x), u32::from(bf16::from_f32(x).to_bits()), "{x:e}");
+    }
+    assert!(f32::from_bits(round(f32::NAN) << 16).is_nan());
+    assert!(f32::from_bits(round(-f32::NAN) << 16).is_nan());
+}
+
+#[test]
+fn pack_layout() {
+    let (k, n, rs) = (35, 21, 24);
+    let src: Vec<f32> = (0..k * rs).map(|i| value(i, 37, 101)).collect();
+    let mut out = vec![u32::MAX; packed_len(k, n)];
+    pack(&src, rs, k, n, &mut out);
+    let kp = kpairs(k);
+    assert_eq!((kp, panels(n)), (32, 2));
+    for p in 0..panels(n) {
+        for q in 0..kp {
+            for c in 0..PANEL {
+                let col = p * PANEL + c;
+                let at = |r: usize| {
+                    if r < k && col < n {
+                        round(src[r * rs + col])
+                    } else {
+                        0
+                    }
+                };
+                let want = at(2 * q) | (at(2 * q + 1) << 16);
+                assert_eq!(
+                    out[(p * kp + q) * PANEL + c],
+                    want,
+                    "panel {p} pair {q} col {c}"
+                );
+            }
+        }
+    }
+}
+
+/// `dst + beta · A × B` in f64 from the bf16 operands.
+fn reference(
+    (m, n, k): (usize, usize, usize),
+    a: &[bf16],
+    lda: usize,
+    bm: &[f32],
+    dst: &[f32],
+    beta: f32,
+) -> Vec<f64> {
+    let mut out = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0f64;
+            for q in 0..k {
+                let bv = bf16::from_f32(bm[q * n + j]).to_f32();
+                s += f64::from(a[i * lda + q].to_f32()) * f64::from(bv);
+            }
+            out[i * n + j] = f64::from(dst[i * n + j]) + f64::from(beta) * s;
+        }
+    }
+    out
+}
+
+/// Both kernels (AMX where this machine has it) against the f64 sums of the same bf16
+/// operands, over shapes with partial tiles, odd depths, a row stride wider than the depth
+/// and an accumulated destination.
+#[test]
+fn kernels_match_reference() {
+    let shapes = [
+        (1, 1, 1),
+        (16, 16, 32),
+        (33, 40, 27),
+        (70, 100, 70),
+        (31, 17, 600),
+        (64, 256, 1152),
+    ];
+    for (m, n, k) in shapes {
+        for lda in [k, k + 5] {
+            let a: Vec<bf16> = (0..m * lda)
+                .map(|i| bf16::from_f32(value(i, 13, 29)))
+                .collect();
+            let bm: Vec<f32> = (0..k * n).map(|i| value(i, 37, 101)).collect();
+            let dst0: Vec<f32> = (0..m * n).map(|i| value(i, 7, 11)).collect();
+            let beta = 0.75;
+            let want = reference((m, n, k), &a, lda, &bm, &dst0, beta);
+            let mut packed = vec![0; packed_len(k, n)];
+            pack(&bm, n, k, n, &mut packed);
+            let bits = a.reinterpret_cast();
+            let mut kernels: Vec<(&str, Vec<f32>)> = Vec::new();
+            for name in ["portable", "amx"] {
+                if name == "amx" && !amx::available() {
+                    continue;
+                }
+                let mut dst = dst0.clone();
+                let args = (
+                    (m, n, k),
+                    (dst.as_mut_ptr(), n),
+                    (bits, lda),
+                    &packed[..],
+                    beta,
+                );
+                // SAFETY: dst is m×n at stride n; shapes as `gemm` checks them.
+                unsafe {
+                    if name == "amx" {
+                        amx::gemm(args.0, args.1, args.2, args.3, args.4)
+                    } else {
+                        portable::gemm(args.0, args.1, args.2, args.3, args.4)
+                    }
+                }
+                kernels.push((name, dst));
+            }
+            for (name, got) in &kernels {
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    // f32 sums of k exact products: a few ulps of the magnitudes summed.
+                    let tol = 4e-7 * k as f64 * 4.0 + 1e-6 * w.abs();
+                    assert!(
+                        (f64::from(g) - w).abs() <= tol,
+                        "{name} {m}×{n}×{k} lda {lda}: [{i}] {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A through `gemm`'s own checks: too short an A is a panic with a message, not a read past it.
+#[test]
+#[should_panic(expected = "A too short")]
+fn short_a_is_refused() {
+    let a = vec![bf16::ZERO; 10];
+    let b = vec![0u32; packed_len(8, 4)];
+    let mut dst = vec![0.0f32; 8];
+    // SAFETY: dst is 2×4.
+    unsafe { gemm((2, 4, 8), (dst.as_mut_ptr(), 4), (&a, 8), &b, 1.0) };
+}
