@@ -112,15 +112,43 @@ mod tests {
                 });
                 out
             };
-            let one = run(1);
-            assert!(one.iter().all(|v| v.is_finite()));
-            for threads in [2, 3, 8] {
-                let other = run(threads);
-                let same = one
-                    .iter()
-                    .zip(&other)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{d:?} {cin}→{cout} k{}: 1 vs {threads} threads", g.k);
+            // The bf16 product (AMX where the CPU has it) on the same shapes, never Winograd.
+            let wb: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let run_bf16 = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut out = vec![f32::NAN; cout * n];
+                pool.install(|| {
+                    let segs = [(&x[..], cin)];
+                    let input = Input {
+                        segs: &segs,
+                        dims: d,
+                    };
+                    let (init, arena) = (Init::bias(&bias), &mut Arena::default());
+                    conv::conv2d(input, conv::Lhs::Bf16(&wb), cout, g, init, &mut out, arena);
+                });
+                out
+            };
+            for (what, run) in [
+                ("f32", &run as &dyn Fn(usize) -> Vec<f32>),
+                ("bf16", &run_bf16),
+            ] {
+                let one = run(1);
+                assert!(one.iter().all(|v| v.is_finite()));
+                for threads in [2, 3, 8] {
+                    let other = run(threads);
+                    let same = one
+                        .iter()
+                        .zip(&other)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{what} {d:?} {cin}→{cout} k{}: 1 vs {threads} threads",
+                        g.k
+                    );
+                }
             }
         }
     }

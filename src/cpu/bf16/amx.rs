@@ -1,12 +1,14 @@
 //! The bf16 product on Intel AMX tiles.
 //!
 //! Each step of the kernel is a 32×32 f32 block of the output in four accumulator tiles
-//! (`tmm0`–`tmm3`), fed by two 16-row tiles of A (`tmm4`, `tmm5`: 16 rows × 32 depth, read in
-//! place at the weights' row stride) and two packed panels of B (`tmm6`, `tmm7`: 16 depth
-//! pairs × 16 columns) per depth block; `TDPBF16PS` multiplies bf16 pairs and adds in f32.
-//! A tile whose 16 rows × whole-block depth would read past the end of A (the last rows, an
-//! odd tail) is copied, zero-padded, into thread scratch first; a read past a row's depth
-//! inside A meets B's zero padding, so it adds exact zeros.
+//! (`tmm0`–`tmm3`), fed per depth block by two tiles of A (`tmm4`, `tmm5`: 16 rows × 32
+//! depth) and two packed panels of B (`tmm6`, `tmm7`: 16 depth pairs × 16 columns);
+//! `TDPBF16PS` multiplies bf16 pairs and adds in f32. A is first copied, zero-padded, into
+//! 64-byte-aligned thread scratch as whole tiles, each a contiguous 1 KiB (`[tile][block][16]
+//! [32]`): a tile row that straddles two cache lines costs about a quarter of the speed.
+//! Tile registers are not renamed, so the loads for the next depth block are issued right
+//! after the last product that reads each register (software pipelining: about 15% over
+//! loading all four first).
 //!
 //! Linux hands out the tile registers per process on request (`arch_prctl
 //! ARCH_REQ_XCOMP_PERM`): [`available`] asks once. The instructions are written in `asm!`
@@ -17,9 +19,10 @@ use std::arch::asm;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use super::{kpairs, panels, KBLOCK, PANEL};
+use super::{kpairs, panels, AlignedBuf, KBLOCK, PANEL};
 
-/// Whether this CPU has AMX-BF16 and this process may use the tiles (asked once).
+/// Whether this CPU has AMX-BF16 and this process may use the tiles (asked once; never
+/// with `RDIFF_NO_AMX` set, which the tests use to run the portable kernel).
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| std::env::var_os("RDIFF_NO_AMX").is_none() && request())
@@ -70,9 +73,15 @@ const CONFIG: TileConfig = TileConfig {
 
 /// Rows per A tile.
 const TROWS: usize = 16;
+/// bf16 values per A tile (16 rows × one depth block).
+const ATILE: usize = TROWS * KBLOCK;
+
+/// One 32×32 block of sums, as the tiles store it.
+#[repr(C, align(64))]
+struct CBlock([f32; 4 * TROWS * PANEL]);
 
 thread_local! {
-    static EDGE: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    static A_TILES: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::default());
 }
 
 /// See [`super::gemm`]; `a` as bf16 bits.
@@ -87,76 +96,85 @@ pub(super) unsafe fn gemm(
     beta: f32,
 ) {
     let kp = kpairs(k);
-    let kpad = 2 * kp;
-    let blocks = kpad / KBLOCK;
-    let mtiles = m.div_ceil(TROWS);
-    EDGE.with(|edge| {
-        let mut edge = edge.borrow_mut();
-        // Each A tile as (pointer, row stride in bytes): in place when its 16 rows of kpad
-        // values lie inside `a`, else a zero-padded copy of its rows that exist.
-        let inside = |t: usize| (t * TROWS + TROWS - 1) * lda + kpad <= a.len();
-        let copies = (0..mtiles).filter(|&t| !inside(t)).count();
-        edge.clear();
-        edge.resize(copies * TROWS * kpad, 0);
-        let mut tiles = Vec::with_capacity(mtiles.next_multiple_of(2));
-        let mut slot = 0;
+    let blocks = 2 * kp / KBLOCK;
+    // An even number of A tiles (the kernel takes two at a time); rows past m are zero.
+    let mtiles = m.div_ceil(2 * TROWS) * 2;
+    A_TILES.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let at = buf.u16s(mtiles * blocks * ATILE);
         for t in 0..mtiles {
-            if inside(t) {
-                tiles.push((a[t * TROWS * lda..].as_ptr(), 2 * lda));
-            } else {
-                let copy = &mut edge[slot * TROWS * kpad..][..TROWS * kpad];
-                for r in 0..TROWS.min(m - t * TROWS) {
-                    let row = t * TROWS + r;
-                    copy[r * kpad..][..k].copy_from_slice(&a[row * lda..][..k]);
+            for i in 0..TROWS {
+                let r = t * TROWS + i;
+                let row = if r < m { &a[r * lda..][..k] } else { &[][..] };
+                for kb in 0..blocks {
+                    let dst_row = &mut at[(t * blocks + kb) * ATILE + i * KBLOCK..][..KBLOCK];
+                    let src = row.get(kb * KBLOCK..).unwrap_or(&[]);
+                    let len = src.len().min(KBLOCK);
+                    dst_row[..len].copy_from_slice(&src[..len]);
+                    dst_row[len..].fill(0);
                 }
-                tiles.push((copy.as_ptr(), 2 * kpad));
-                slot += 1;
             }
         }
-        if mtiles % 2 == 1 {
-            // An odd last tile is paired with itself; the copy's rows are discarded.
-            tiles.push(tiles[mtiles - 1]);
-        }
-        let mut c = [0.0f32; 4 * TROWS * PANEL];
-        // SAFETY: `available()` holds (the caller's contract), so the tile instructions may
-        // run; every tile load reads 16 rows of 64 bytes inside `a`, `edge` or `b` (checked
-        // above and by `super::gemm`), every store writes inside `c`.
+        let mut c = CBlock([0.0; 4 * TROWS * PANEL]);
+        let cp = c.0.as_mut_ptr();
+        let sa = 2 * KBLOCK; // bytes per A tile row
+        let sb = 4 * PANEL; // bytes per B tile row
+        let sc = 4 * 2 * PANEL; // bytes per row of the 32×32 block
+                                // SAFETY: `available()` holds (the caller's contract), so the tile instructions may
+                                // run; every tile load reads 16 rows of 64 bytes inside `at` or `b` (whose length
+                                // `super::gemm` checked), every store writes inside `c`.
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
-            for np in (0..panels(n)).step_by(2) {
-                let b0 = b[np * kp * PANEL..].as_ptr();
-                let b1 = b[(np + 1) * kp * PANEL..].as_ptr();
-                for (pi, pair) in tiles.chunks_exact(2).enumerate() {
-                    let ((a0, s0), (a1, s1)) = (pair[0], pair[1]);
+            for np in 0..panels(n) / 2 {
+                let b0 = b[2 * np * kp * PANEL..].as_ptr();
+                let b1 = b[(2 * np + 1) * kp * PANEL..].as_ptr();
+                let bt = |p: *const u32, kb: usize| p.add(kb * KBLOCK / 2 * PANEL);
+                for mp in 0..mtiles / 2 {
+                    let a0 = at[2 * mp * blocks * ATILE..].as_ptr();
+                    let a1 = at[(2 * mp + 1) * blocks * ATILE..].as_ptr();
+                    let atile = |p: *const u16, kb: usize| p.add(kb * ATILE);
                     asm!(
                         "tilezero tmm0",
                         "tilezero tmm1",
                         "tilezero tmm2",
                         "tilezero tmm3",
-                        options(nostack, nomem)
+                        "tileloadd tmm4, [{a0} + {sa}*1]",
+                        "tileloadd tmm5, [{a1} + {sa}*1]",
+                        "tileloadd tmm6, [{b0} + {sb}*1]",
+                        "tileloadd tmm7, [{b1} + {sb}*1]",
+                        a0 = in(reg) a0,
+                        a1 = in(reg) a1,
+                        b0 = in(reg) b0,
+                        b1 = in(reg) b1,
+                        sa = in(reg) sa,
+                        sb = in(reg) sb,
+                        options(nostack, readonly)
                     );
-                    for kb in 0..blocks {
+                    for kb in 1..blocks {
+                        // Block kb - 1's products, block kb's loads behind them.
                         asm!(
-                            "tileloadd tmm4, [{a0} + {s0}*1]",
-                            "tileloadd tmm5, [{a1} + {s1}*1]",
-                            "tileloadd tmm6, [{b0} + {sb}*1]",
-                            "tileloadd tmm7, [{b1} + {sb}*1]",
                             "tdpbf16ps tmm0, tmm4, tmm6",
                             "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
                             "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tileloadd tmm6, [{b0} + {sb}*1]",
                             "tdpbf16ps tmm3, tmm5, tmm7",
-                            a0 = in(reg) a0.add(kb * KBLOCK),
-                            a1 = in(reg) a1.add(kb * KBLOCK),
-                            s0 = in(reg) s0,
-                            s1 = in(reg) s1,
-                            b0 = in(reg) b0.add(kb * KBLOCK / 2 * PANEL),
-                            b1 = in(reg) b1.add(kb * KBLOCK / 2 * PANEL),
-                            sb = in(reg) 4 * PANEL,
+                            "tileloadd tmm5, [{a1} + {sa}*1]",
+                            "tileloadd tmm7, [{b1} + {sb}*1]",
+                            a0 = in(reg) atile(a0, kb),
+                            a1 = in(reg) atile(a1, kb),
+                            b0 = in(reg) bt(b0, kb),
+                            b1 = in(reg) bt(b1, kb),
+                            sa = in(reg) sa,
+                            sb = in(reg) sb,
                             options(nostack, readonly)
                         );
                     }
-                    let cp = c.as_mut_ptr();
                     asm!(
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
                         "tilestored [{c0} + {sc}*1], tmm0",
                         "tilestored [{c1} + {sc}*1], tmm1",
                         "tilestored [{c2} + {sc}*1], tmm2",
@@ -165,13 +183,17 @@ pub(super) unsafe fn gemm(
                         c1 = in(reg) cp.add(PANEL),
                         c2 = in(reg) cp.add(TROWS * 2 * PANEL),
                         c3 = in(reg) cp.add(TROWS * 2 * PANEL + PANEL),
-                        sc = in(reg) 4 * 2 * PANEL,
+                        sc = in(reg) sc,
                         options(nostack)
                     );
                     // The block's rows and columns that exist, added onto dst.
-                    let (r0, c0) = (pi * 2 * TROWS, np * PANEL);
+                    let (r0, c0) = (mp * 2 * TROWS, np * 2 * PANEL);
+                    if r0 >= m {
+                        continue;
+                    }
                     let (rows, cols) = ((m - r0).min(2 * TROWS), (n - c0).min(2 * PANEL));
-                    for (i, crow) in c.chunks_exact(2 * PANEL).take(rows).enumerate() {
+                    for i in 0..rows {
+                        let crow = std::slice::from_raw_parts(cp.add(i * 2 * PANEL), cols);
                         let d =
                             std::slice::from_raw_parts_mut(dst.add((r0 + i) * dst_rs + c0), cols);
                         for (o, &v) in d.iter_mut().zip(crow) {

@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
 
-pub use pack::{pack, round};
+pub use pack::{pack, pack_pairs, pad_depth, round};
 
 /// Columns per packed panel (one AMX tile's width in f32).
 pub const PANEL: usize = 16;
@@ -56,19 +56,43 @@ pub fn kernel_name() -> &'static str {
     }
 }
 
-thread_local! {
-    static PACKED: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+/// 64 bytes on a 64-byte boundary: an AMX tile row, a cache line.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Line([u32; 16]);
+
+/// A growable scratch buffer on 64-byte boundaries (AMX tile rows that straddle cache lines
+/// load about a quarter slower).
+#[derive(Default)]
+pub struct AlignedBuf(Vec<Line>);
+
+impl AlignedBuf {
+    /// The first `len` u32 (contents unspecified).
+    pub fn u32s(&mut self, len: usize) -> &mut [u32] {
+        let lines = len.div_ceil(16);
+        if self.0.len() < lines {
+            self.0.resize(lines, Line::default());
+        }
+        // SAFETY: `lines` Lines are 64·lines bytes of initialised u32s, at least len of them;
+        // the borrow of self keeps them alive and unaliased.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u32>(), len) }
+    }
+
+    /// The first `len` u16 (contents unspecified).
+    pub fn u16s(&mut self, len: usize) -> &mut [u16] {
+        let words = self.u32s(len.div_ceil(2));
+        // SAFETY: the same bytes as u16s (alignment 2 ≤ 4), at least len of them.
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u16>(), len) }
+    }
 }
 
-/// Runs `f` on this thread's packing buffer, at least `len` long. Not re-entrant.
+thread_local! {
+    static PACKED: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::default());
+}
+
+/// Runs `f` on this thread's packing buffer (64-byte aligned), `len` long. Not re-entrant.
 pub fn with_packed<R>(len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
-    PACKED.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < len {
-            p.resize(len, 0);
-        }
-        f(&mut p[..len])
-    })
+    PACKED.with(|p| f(p.borrow_mut().u32s(len)))
 }
 
 /// `dst[i][j] += beta · Σ_q a[i·lda + q] · B[q][j]` for `i < m`, `j < n`, `q < k`, `B` packed

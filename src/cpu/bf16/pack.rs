@@ -21,41 +21,81 @@ pub fn round(x: f32) -> u32 {
 /// Packs rows `0..k`, columns `0..n` of `src` (row stride `rs`) into `out`
 /// (`packed_len(k, n)` long).
 pub fn pack(src: &[f32], rs: usize, k: usize, n: usize, out: &mut [u32]) {
-    let kp = kpairs(k);
+    pack_pairs(src, rs, k, n, out, kpairs(k), 0);
+    pad_depth(k, n, out);
+}
+
+/// Rows `0..rows` of `src` (row stride `rs`) as depth pairs `q0..` of every panel of `out`,
+/// a packing of `kp` pairs per panel; `rows` is even unless they end the depth. Lets a
+/// caller pack a product's depth in pieces (im2col columns a few channels at a time).
+pub fn pack_pairs(
+    src: &[f32],
+    rs: usize,
+    rows: usize,
+    n: usize,
+    out: &mut [u32],
+    kp: usize,
+    q0: usize,
+) {
+    let pairs = rows.div_ceil(2);
+    assert!(q0 + pairs <= kp, "bf16 pack: pairs past the depth");
     assert!(
         out.len() >= panels(n) * kp * PANEL,
         "bf16 pack: output too short"
     );
     assert!(
-        k == 0 || src.len() >= (k - 1) * rs + n,
+        rows == 0 || src.len() >= (rows - 1) * rs + n,
         "bf16 pack: source too short"
     );
-    for q in 0..kp {
-        let even = (2 * q < k).then(|| &src[2 * q * rs..][..n]);
-        let odd = (2 * q + 1 < k).then(|| &src[(2 * q + 1) * rs..][..n]);
-        for p in 0..panels(n) {
-            let dst = &mut out[(p * kp + q) * PANEL..][..PANEL];
-            let (c0, c1) = ((p * PANEL).min(n), ((p + 1) * PANEL).min(n));
-            let w = c1 - c0;
-            match (even, odd) {
-                (Some(e), Some(o)) => pair_row(&e[c0..c1], &o[c0..c1], &mut dst[..w]),
-                (Some(e), None) => {
-                    for (d, &v) in dst[..w].iter_mut().zip(&e[c0..c1]) {
-                        *d = round(v);
+    for q in 0..pairs {
+        let even = &src[2 * q * rs..][..n];
+        let odd = (2 * q + 1 < rows).then(|| &src[(2 * q + 1) * rs..][..n]);
+        pair_row(even, odd, &mut out[(q0 + q) * PANEL..], kp);
+    }
+}
+
+simd_dispatch!(fn pair_row(even: &[f32], odd: Option<&[f32]>, out: &mut [u32], kp: usize) => pair_kernel);
+
+/// One depth pair of every panel: `out[p·kp·16 + c]` for column p·16 + c (`out` starts at the
+/// pair's first panel), zero past `even.len()` columns.
+#[inline(always)]
+fn pair_kernel(even: &[f32], odd: Option<&[f32]>, out: &mut [u32], kp: usize) {
+    let n = even.len();
+    for p in 0..panels(n) {
+        let dst = &mut out[p * kp * PANEL..][..PANEL];
+        let c0 = p * PANEL;
+        if c0 + PANEL <= n {
+            let e: &[f32; PANEL] = even[c0..c0 + PANEL].try_into().unwrap();
+            match odd {
+                Some(o) => {
+                    let o: &[f32; PANEL] = o[c0..c0 + PANEL].try_into().unwrap();
+                    for c in 0..PANEL {
+                        dst[c] = round(e[c]) | (round(o[c]) << 16);
                     }
                 }
-                _ => dst[..w].fill(0),
+                None => {
+                    for c in 0..PANEL {
+                        dst[c] = round(e[c]);
+                    }
+                }
             }
-            dst[w..].fill(0);
+        } else {
+            for (c, d) in dst.iter_mut().enumerate() {
+                let j = c0 + c;
+                *d = if j >= n {
+                    0
+                } else {
+                    round(even[j]) | odd.map_or(0, |o| round(o[j]) << 16)
+                };
+            }
         }
     }
 }
 
-simd_dispatch!(fn pair_row(even: &[f32], odd: &[f32], out: &mut [u32]) => pair_kernel);
-
-#[inline(always)]
-fn pair_kernel(even: &[f32], odd: &[f32], out: &mut [u32]) {
-    for ((d, &e), &o) in out.iter_mut().zip(even).zip(odd) {
-        *d = round(e) | (round(o) << 16);
+/// Zeroes the pairs past depth `k` of every panel of `out` (packed for `k` and `n`).
+pub fn pad_depth(k: usize, n: usize, out: &mut [u32]) {
+    let kp = kpairs(k);
+    for p in 0..panels(n) {
+        out[(p * kp + k.div_ceil(2)) * PANEL..(p + 1) * kp * PANEL].fill(0);
     }
 }
