@@ -7,6 +7,11 @@ thread count), each as GFLOP/s and as a share of this machine's float32 FMA peak
 in the same run by rdiff's FMA loop, `rdiff._rdiff.fma_peak_gflops`), and the peak memory
 each needs for a forward: in a fresh subprocess per variant, the peak RSS (VmHWM, reset
 after loading) minus the RSS after loading.
+
+A second table times the bf16 compute path (``compute_dtype="bfloat16"``: bf16 products
+with f32 sums, on AMX tiles where the CPU has them) against rdiff's own float32 and against
+torch's bfloat16 (the model and input cast to ``torch.bfloat16``, oneDNN underneath), with
+each one's relative L2 error against its float32 output.
 """
 
 from __future__ import annotations
@@ -104,6 +109,61 @@ def fma_peak_gflops(seconds: float) -> float:
     return fma_peak_gflops(seconds)
 
 
+def bf16_table(ref, path: str, rounds: int, reps: int) -> None:
+    """rdiff bf16 against rdiff f32 and torch bf16, alternating, with each one's error."""
+    import copy
+
+    import torch
+    from diffusers.utils import logging
+
+    import rdiff
+
+    logging.set_verbosity_error()  # (the cast's note on modules kept in float32: none here)
+    f32 = rdiff.UNet2DModel.from_pretrained(path)
+    bf = rdiff.UNet2DModel.from_pretrained(path, compute_dtype="bfloat16")
+    ref_bf = copy.deepcopy(ref).to(torch.bfloat16)
+    print(
+        f"\nbf16 compute (`compute_dtype=\"bfloat16\"`, kernel "
+        f"{rdiff.backends()['cpu']['bf16_kernel']}) against rdiff's float32 and torch's "
+        "bfloat16 (model and input cast)\n"
+    )
+    print(
+        "| batch | rdiff f32 ms | rdiff bf16 ms | bf16 / f32 | torch bf16 ms | rdiff bf16 vs "
+        "torch bf16 | rdiff bf16 rel. error | torch bf16 rel. error |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for batch in (1, 8):
+        x = torch.randn(batch, 3, 32, 32)
+        t = torch.full((batch,), 500)
+        xb = x.to(torch.bfloat16)
+        with torch.no_grad():
+            want = ref(x, t).sample
+            got_torch = ref_bf(xb, t).sample.float()
+        got = bf(x, t)
+
+        def rel(y):
+            return float((y - want).norm() / want.norm())
+
+        def run_torch_bf16(xb=xb, t=t):
+            with torch.no_grad():
+                ref_bf(xb, t)
+
+        runs = {
+            "f32": lambda x=x, t=t: f32(x, t),
+            "bf16": lambda x=x, t=t: bf(x, t),
+            "torch": run_torch_bf16,
+        }
+        best = dict.fromkeys(runs, float("inf"))
+        for _ in range(rounds):
+            for name, fn in runs.items():
+                best[name] = min(best[name], best_time(fn, reps))
+        print(
+            f"| {batch} | {best['f32'] * 1e3:.1f} | {best['bf16'] * 1e3:.1f} | "
+            f"{best['f32'] / best['bf16']:.2f}× | {best['torch'] * 1e3:.1f} | "
+            f"{best['torch'] / best['bf16']:.2f}× | {rel(got):.1e} | {rel(got_torch):.1e} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -164,6 +224,7 @@ def main() -> None:
                 f"{gt:.0f} ({100 * gt / peak:.0f}%) | {gr:.0f} ({100 * gr / peak:.0f}%) | "
                 f"{mt:.0f} | {mr:.0f} |"
             )
+        bf16_table(ref, tmp, rounds, reps)
         print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
         print("peak MiB: a fresh process's peak RSS during 3 forwards minus its RSS after loading")
 

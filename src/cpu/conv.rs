@@ -70,6 +70,8 @@ impl<'a> Init<'a> {
 pub enum Lhs<'a> {
     F32(&'a [f32]),
     Bf16(&'a [bf16]),
+    /// bf16 in the AMX kernel's tiles (the model's weights under the bf16 compute path).
+    Tiles(&'a bf16_gemm::Tiles),
 }
 
 impl Lhs<'_> {
@@ -77,6 +79,7 @@ impl Lhs<'_> {
         match self {
             Self::F32(w) => w.len(),
             Self::Bf16(w) => w.len(),
+            Self::Tiles(w) => w.rows() * w.depth(),
         }
     }
 }
@@ -195,7 +198,7 @@ pub fn conv2d(
                 (Some(cols), _) => product(&cols[kk * c0..][..kk * tn]),
                 // The bf16 product packs its columns as they are made, two channels (an
                 // even number of depth rows) at a time in a scratch that stays in cache.
-                (None, Lhs::Bf16(wb)) => {
+                (None, Lhs::Bf16(_) | Lhs::Tiles(_)) => {
                     let kp = bf16_gemm::kpairs(kk);
                     bf16_gemm::with_packed(bf16_gemm::packed_len(kk, tn), |packed| {
                         let rows = 2 * g.k * g.k;
@@ -211,13 +214,7 @@ pub fn conv2d(
                         bf16_gemm::pad_depth(kk, tn, packed);
                         // SAFETY: as above; packed holds the [kk][tn] columns.
                         unsafe {
-                            bf16_gemm::gemm(
-                                (m, tn, kk),
-                                (dst, n),
-                                (&wb[m0 * kk..], kk),
-                                packed,
-                                init.scale,
-                            )
+                            bf16_product((m, tn, kk), (dst, n), (w, m0, 0, kk), packed, init.scale)
                         }
                     })
                 }
@@ -260,12 +257,58 @@ unsafe fn product(
                 beta,
             )
         },
-        Lhs::Bf16(w) => bf16_gemm::with_packed(bf16_gemm::packed_len(k, n), |packed| {
-            bf16_gemm::pack(rhs, rhs_rs, k, n, packed);
-            // SAFETY: the caller's contract (bf16::gemm checks the operands' lengths).
-            unsafe { bf16_gemm::gemm((m, n, k), (dst, dst_rs), (&w[off..], lda), packed, beta) }
-        }),
+        Lhs::Bf16(_) | Lhs::Tiles(_) => {
+            bf16_gemm::with_packed(bf16_gemm::packed_len(k, n), |packed| {
+                bf16_gemm::pack(rhs, rhs_rs, k, n, packed);
+                let (row0, col0) = (off / lda, off % lda);
+                // SAFETY: the caller's contract.
+                unsafe {
+                    bf16_product(
+                        (m, n, k),
+                        (dst, dst_rs),
+                        (lhs, row0, col0, lda),
+                        packed,
+                        beta,
+                    )
+                }
+            })
+        }
     }
+}
+
+/// `dst += beta · W × B`: rows `row0..row0 + m`, depth `col0..col0 + k` of the bf16 weights
+/// `w` (row length `lda`) on B packed for depth k and n columns.
+///
+/// # Safety
+/// As [`product`]'s, for dst.
+unsafe fn bf16_product(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    (w, row0, col0, lda): (Lhs<'_>, usize, usize, usize),
+    packed: &[u32],
+    beta: f32,
+) {
+    let rows: Vec<bf16>;
+    let a = match w {
+        Lhs::Bf16(w) => bf16_gemm::Lhs::Rows(&w[row0 * lda + col0..], lda),
+        Lhs::Tiles(t) if row0 % 16 == 0 && col0 % bf16_gemm::KBLOCK == 0 => {
+            bf16_gemm::Lhs::Tiles(t, row0 / 16, col0 / bf16_gemm::KBLOCK)
+        }
+        Lhs::Tiles(t) => {
+            // A 1×1 input segment that starts inside a depth block: its rows widened out.
+            let mut wide = vec![0.0f32; k];
+            let mut r = Vec::with_capacity(m * k);
+            for i in 0..m {
+                t.widen((row0 + i) * lda + col0, &mut wide);
+                r.extend(wide.iter().map(|&v| bf16::from_f32(v)));
+            }
+            rows = r;
+            bf16_gemm::Lhs::Rows(&rows, k)
+        }
+        Lhs::F32(_) => unreachable!("f32 weights take gemm_rows"),
+    };
+    // SAFETY: the caller's contract (bf16::gemm checks the operands' extents).
+    unsafe { bf16_gemm::gemm((m, n, k), (dst, dst_rs), a, packed, beta) }
 }
 
 /// The depth of every product is summed in blocks of this many terms, in order, whatever the
@@ -643,21 +686,24 @@ mod tests {
                 |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
             let want = reference(&round(&x), d, cin, &round(&w), cout, g);
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-            out.fill(f32::NAN);
-            conv2d(
-                Input {
-                    segs: &segs,
-                    dims: d,
-                },
-                Lhs::Bf16(&wb),
-                cout,
-                g,
-                Init::bias(&vec![0.0; cout]),
-                &mut out,
-                &mut Arena::default(),
-            );
-            for (o, r) in out.iter().zip(&want) {
-                assert!((o - r).abs() < 1e-4, "bf16 {g:?}: {o} vs {r}");
+            let tiles = bf16_gemm::Tiles::from_rows(&wb, cout, cin * g.k * g.k);
+            for lhs in [Lhs::Bf16(&wb), Lhs::Tiles(&tiles)] {
+                out.fill(f32::NAN);
+                conv2d(
+                    Input {
+                        segs: &segs,
+                        dims: d,
+                    },
+                    lhs,
+                    cout,
+                    g,
+                    Init::bias(&vec![0.0; cout]),
+                    &mut out,
+                    &mut Arena::default(),
+                );
+                for (o, r) in out.iter().zip(&want) {
+                    assert!((o - r).abs() < 1e-4, "bf16 {g:?}: {o} vs {r}");
+                }
             }
         }
     }

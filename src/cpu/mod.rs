@@ -114,6 +114,7 @@ mod tests {
             };
             // The bf16 product (AMX where the CPU has it) on the same shapes, never Winograd.
             let wb: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let wb = super::bf16::Tiles::from_rows(&wb, cout, cin * g.k * g.k);
             let run_bf16 = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -127,7 +128,7 @@ mod tests {
                         dims: d,
                     };
                     let (init, arena) = (Init::bias(&bias), &mut Arena::default());
-                    conv::conv2d(input, conv::Lhs::Bf16(&wb), cout, g, init, &mut out, arena);
+                    conv::conv2d(input, conv::Lhs::Tiles(&wb), cout, g, init, &mut out, arena);
                 });
                 out
             };

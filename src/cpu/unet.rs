@@ -186,11 +186,11 @@ impl Backend for CpuBackend<'_> {
         };
         let segs = slices(x);
         let input = Input { segs: &segs, dims };
-        match w.as_bf16() {
+        match w.as_tiles() {
             // Winograd's transformed operands would lose too much to bf16 rounding; the bf16
             // products run on the im2col columns.
             Some(w) if self.bf16 => {
-                conv::conv2d(input, Lhs::Bf16(w), cout, g, init, out, self.arena)
+                conv::conv2d(input, Lhs::Tiles(w), cout, g, init, out, self.arena)
             }
             _ if winograd::applies(g, dims, input.channels(), cout) => {
                 winograd::conv2d(input, w, cout, g, init, out, self.arena)

@@ -18,15 +18,18 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
+use crate::cpu::bf16::Tiles;
 use crate::dtype::Elem;
 use crate::error::{RdiffError, Result};
 
-/// A weight matrix as the model keeps it: f32, or a checkpoint's f16 / bf16 values as stored.
+/// A weight matrix as the model keeps it: f32, or a checkpoint's f16 / bf16 values as stored,
+/// or (the bf16 compute path) bf16 in the CPU's AMX tile layout.
 #[derive(Clone, Debug)]
 pub enum Weight {
     F32(Vec<f32>),
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
+    Bf16Tiles(Tiles),
 }
 
 impl Weight {
@@ -35,6 +38,7 @@ impl Weight {
             Self::F32(v) => v.len(),
             Self::F16(v) => v.len(),
             Self::Bf16(v) => v.len(),
+            Self::Bf16Tiles(t) => t.rows() * t.depth(),
         }
     }
 
@@ -56,6 +60,7 @@ impl Weight {
             Self::F32(v) => v.as_ptr() as usize,
             Self::F16(v) => v.as_ptr() as usize,
             Self::Bf16(v) => v.as_ptr() as usize,
+            Self::Bf16Tiles(t) => t.addr(),
         }
     }
 
@@ -63,6 +68,7 @@ impl Weight {
     pub fn bytes(&self) -> usize {
         match self {
             Self::F32(v) => 4 * v.len(),
+            Self::Bf16Tiles(t) => t.bytes(),
             _ => 2 * self.len(),
         }
     }
@@ -74,6 +80,7 @@ impl Weight {
             Self::F32(v) => dst.copy_from_slice(&v[start..start + n]),
             Self::F16(v) => f16::load(&v[start..start + n], dst),
             Self::Bf16(v) => bf16::load(&v[start..start + n], dst),
+            Self::Bf16Tiles(t) => t.widen(start, dst),
         }
     }
 
@@ -100,18 +107,20 @@ impl Weight {
         }
     }
 
-    /// All values as bf16 (rounded to nearest even unless they are bf16).
-    pub fn into_bf16(self) -> Self {
-        match self {
-            Self::Bf16(v) => Self::Bf16(v),
-            other => Self::Bf16(other.to_f32().iter().map(|&v| bf16::from_f32(v)).collect()),
-        }
+    /// The `m × k` matrix as bf16 tiles (rounded to nearest even unless it is bf16).
+    pub fn into_bf16_tiles(self, m: usize, k: usize) -> Self {
+        let rows: Vec<bf16> = match self {
+            Self::Bf16Tiles(t) => return Self::Bf16Tiles(t),
+            Self::Bf16(v) => v,
+            other => other.to_f32().iter().map(|&v| bf16::from_f32(v)).collect(),
+        };
+        Self::Bf16Tiles(Tiles::from_rows(&rows, m, k))
     }
 
-    /// The values themselves when they are bf16.
-    pub fn as_bf16(&self) -> Option<&[bf16]> {
+    /// The values in tiles, when they are.
+    pub fn as_tiles(&self) -> Option<&Tiles> {
         match self {
-            Self::Bf16(v) => Some(v),
+            Self::Bf16Tiles(t) => Some(t),
             _ => None,
         }
     }
@@ -136,6 +145,9 @@ impl Weight {
                 (Self::Bf16(mut a), Self::Bf16(b)) => {
                     a.extend(b);
                     Self::Bf16(a)
+                }
+                (Self::Bf16Tiles(a), Self::Bf16Tiles(b)) if a.depth() == b.depth() => {
+                    Self::Bf16Tiles(Tiles::concat(&[&a, &b]))
                 }
                 (a, b) => {
                     let mut a = a.into_f32();
@@ -411,7 +423,7 @@ impl<'a> Loader<'a> {
         let w = self.find(names, shape)?;
         let w = match self.compute {
             ComputeDtype::F32 => w,
-            ComputeDtype::Bf16 => w.into_bf16(),
+            ComputeDtype::Bf16 => w.into_bf16_tiles(shape[0], shape[1..].iter().product()),
         };
         self.bytes.set(self.bytes.get() + w.bytes());
         Ok(w)

@@ -19,7 +19,10 @@ use std::arch::asm;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use super::{kpairs, panels, AlignedBuf, KBLOCK, PANEL};
+use half::slice::HalfFloatSliceExt;
+
+use super::tiles::{ATILE, TROWS};
+use super::{kpairs, panels, AlignedBuf, Lhs, KBLOCK, PANEL};
 
 /// Whether this CPU has AMX-BF16 and this process may use the tiles (asked once; never
 /// with `RDIFF_NO_AMX` set, which the tests use to run the portable kernel).
@@ -71,50 +74,74 @@ const CONFIG: TileConfig = TileConfig {
     rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
 };
 
-/// Rows per A tile.
-const TROWS: usize = 16;
-/// bf16 values per A tile (16 rows × one depth block).
-const ATILE: usize = TROWS * KBLOCK;
-
 /// One 32×32 block of sums, as the tiles store it.
 #[repr(C, align(64))]
 struct CBlock([f32; 4 * TROWS * PANEL]);
 
 thread_local! {
     static A_TILES: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::default());
+    static ZERO_TILES: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::default());
 }
 
-/// See [`super::gemm`]; `a` as bf16 bits.
+/// See [`super::gemm`].
 ///
 /// # Safety
 /// As [`super::gemm`], whose checks this relies on, and [`available`] must have returned true.
 pub(super) unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs): (*mut f32, usize),
-    (a, lda): (&[u16], usize),
+    a: Lhs<'_>,
     b: &[u32],
     beta: f32,
 ) {
     let kp = kpairs(k);
     let blocks = 2 * kp / KBLOCK;
-    // An even number of A tiles (the kernel takes two at a time); rows past m are zero.
+    // An even number of A tiles (the kernel takes two at a time); rows past m are zero or
+    // another task's, and are discarded.
     let mtiles = m.div_ceil(2 * TROWS) * 2;
-    A_TILES.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        let at = buf.u16s(mtiles * blocks * ATILE);
-        for t in 0..mtiles {
-            for i in 0..TROWS {
-                let r = t * TROWS + i;
-                let row = if r < m { &a[r * lda..][..k] } else { &[][..] };
-                for kb in 0..blocks {
-                    let dst_row = &mut at[(t * blocks + kb) * ATILE + i * KBLOCK..][..KBLOCK];
-                    let src = row.get(kb * KBLOCK..).unwrap_or(&[]);
-                    let len = src.len().min(KBLOCK);
-                    dst_row[..len].copy_from_slice(&src[..len]);
-                    dst_row[len..].fill(0);
+    let (mut rows_buf, mut zero_buf) = (
+        A_TILES.with(|b| std::mem::take(&mut *b.borrow_mut())),
+        ZERO_TILES.with(|b| std::mem::take(&mut *b.borrow_mut())),
+    );
+    {
+        // Each tile's first depth block; the next ones follow it, ATILE values apart.
+        let tiles: Vec<*const u16> = match a {
+            Lhs::Rows(a, lda) => {
+                let a = a.reinterpret_cast();
+                let at = rows_buf.u16s(mtiles * blocks * ATILE);
+                for t in 0..mtiles {
+                    for i in 0..TROWS {
+                        let r = t * TROWS + i;
+                        let row = if r < m { &a[r * lda..][..k] } else { &[][..] };
+                        for kb in 0..blocks {
+                            let dst_row =
+                                &mut at[(t * blocks + kb) * ATILE + i * KBLOCK..][..KBLOCK];
+                            let src = row.get(kb * KBLOCK..).unwrap_or(&[]);
+                            let len = src.len().min(KBLOCK);
+                            dst_row[..len].copy_from_slice(&src[..len]);
+                            dst_row[len..].fill(0);
+                        }
+                    }
                 }
+                (0..mtiles)
+                    .map(|t| at[t * blocks * ATILE..].as_ptr())
+                    .collect()
             }
-        }
+            Lhs::Tiles(w, t0, kb0) => {
+                let zero = zero_buf.u16s(blocks * ATILE);
+                zero.fill(0);
+                let zero = zero.as_ptr();
+                (0..mtiles)
+                    .map(|t| {
+                        if t0 + t < w.tiles() {
+                            w.tile(t0 + t, kb0).as_ptr()
+                        } else {
+                            zero
+                        }
+                    })
+                    .collect()
+            }
+        };
         let mut c = CBlock([0.0; 4 * TROWS * PANEL]);
         let cp = c.0.as_mut_ptr();
         let sa = 2 * KBLOCK; // bytes per A tile row
@@ -130,8 +157,7 @@ pub(super) unsafe fn gemm(
                 let b1 = b[(2 * np + 1) * kp * PANEL..].as_ptr();
                 let bt = |p: *const u32, kb: usize| p.add(kb * KBLOCK / 2 * PANEL);
                 for mp in 0..mtiles / 2 {
-                    let a0 = at[2 * mp * blocks * ATILE..].as_ptr();
-                    let a1 = at[(2 * mp + 1) * blocks * ATILE..].as_ptr();
+                    let (a0, a1) = (tiles[2 * mp], tiles[2 * mp + 1]);
                     let atile = |p: *const u16, kb: usize| p.add(kb * ATILE);
                     asm!(
                         "tilezero tmm0",
@@ -204,5 +230,7 @@ pub(super) unsafe fn gemm(
             }
             asm!("tilerelease", options(nostack, nomem));
         }
-    });
+    }
+    A_TILES.with(|b| *b.borrow_mut() = rows_buf);
+    ZERO_TILES.with(|b| *b.borrow_mut() = zero_buf);
 }

@@ -18,13 +18,22 @@
 pub mod amx;
 mod pack;
 mod portable;
+pub mod tiles;
 
 use std::cell::RefCell;
 
 use half::bf16;
-use half::slice::HalfFloatSliceExt;
 
 pub use pack::{pack, pack_pairs, pad_depth, round};
+pub use tiles::Tiles;
+
+/// The product's left operand (the weights): bf16 rows at a row stride, or a matrix's
+/// [`Tiles`] from tile `t0` (row 16·t0) and depth block `kb0` (column 32·kb0).
+#[derive(Clone, Copy)]
+pub enum Lhs<'a> {
+    Rows(&'a [bf16], usize),
+    Tiles(&'a Tiles, usize, usize),
+}
 
 /// Columns per packed panel (one AMX tile's width in f32).
 pub const PANEL: usize = 16;
@@ -95,36 +104,41 @@ pub fn with_packed<R>(len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
     PACKED.with(|p| f(p.borrow_mut().u32s(len)))
 }
 
-/// `dst[i][j] += beta · Σ_q a[i·lda + q] · B[q][j]` for `i < m`, `j < n`, `q < k`, `B` packed
-/// by [`pack`] for depth `k` and at least `n` columns. `a` starts at row 0 and holds at least
-/// `(m - 1)·lda + k` values; a kernel may read further into it, never past its end.
+/// `dst[i][j] += beta · Σ_q A[i][q] · B[q][j]` for `i < m`, `j < n`, `q < k`, `B` packed by
+/// [`pack`] for depth `k` and at least `n` columns. Rows A: `a` starts at row 0 and holds at
+/// least `(m - 1)·lda + k` values. Tiles A: rows `16·t0..16·t0 + m`, depth `32·kb0..+ k`
+/// of the matrix, inside it (a kernel may read on into the tiles' zero padding).
 ///
 /// # Safety
 /// `dst` addresses an m×n row-major f32 matrix at row stride `dst_rs` that no one else writes
 /// meanwhile.
-#[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs): (*mut f32, usize),
-    (a, lda): (&[bf16], usize),
+    a: Lhs<'_>,
     b: &[u32],
     beta: f32,
 ) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(a.len() >= (m - 1) * lda + k, "bf16 gemm: A too short");
+    match a {
+        Lhs::Rows(a, lda) => assert!(a.len() >= (m - 1) * lda + k, "bf16 gemm: A too short"),
+        Lhs::Tiles(t, t0, kb0) => assert!(
+            16 * t0 + m <= t.rows() && 32 * kb0 + k <= t.depth(),
+            "bf16 gemm: A too small"
+        ),
+    }
     assert!(
         b.len() >= panels(n) * kpairs(k) * PANEL,
         "bf16 gemm: B too short"
     );
-    let a = a.reinterpret_cast();
     // SAFETY: the shapes were checked above; the caller's contract covers dst.
     unsafe {
         if amx::available() {
-            amx::gemm((m, n, k), (dst, dst_rs), (a, lda), b, beta)
+            amx::gemm((m, n, k), (dst, dst_rs), a, b, beta)
         } else {
-            portable::gemm((m, n, k), (dst, dst_rs), (a, lda), b, beta)
+            portable::gemm((m, n, k), (dst, dst_rs), a, b, beta)
         }
     }
 }

@@ -2,20 +2,22 @@
 //! accumulates its 16 columns over the depth pairs, even then odd, in fused multiply-adds
 //! (bf16 × bf16 is exact in f32, so these are the AMX kernel's sums in another order).
 
-use super::{kpairs, PANEL};
+use half::slice::HalfFloatSliceExt;
+
+use super::{kpairs, Lhs, PANEL};
 use crate::simd_dispatch;
 
 /// Output rows per pass over a panel (each reuses the panel's loads).
 const ROWS: usize = 4;
 
-/// See [`super::gemm`]; `a` as bf16 bits.
+/// See [`super::gemm`].
 ///
 /// # Safety
 /// As [`super::gemm`], whose checks this relies on.
 pub(super) unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs): (*mut f32, usize),
-    (a, lda): (&[u16], usize),
+    a: Lhs<'_>,
     b: &[u32],
     beta: f32,
 ) {
@@ -28,9 +30,17 @@ pub(super) unsafe fn gemm(
         for i in 0..ROWS {
             let dst_row = &mut arow[i * 2 * pairs..][..2 * pairs];
             if i < rows {
-                let src = &a[(r0 + i) * lda..][..k];
-                for (d, &s) in dst_row.iter_mut().zip(src) {
-                    *d = f32::from_bits(u32::from(s) << 16);
+                match a {
+                    Lhs::Rows(a, lda) => {
+                        let src = &a.reinterpret_cast()[(r0 + i) * lda..][..k];
+                        for (d, &s) in dst_row.iter_mut().zip(src) {
+                            *d = f32::from_bits(u32::from(s) << 16);
+                        }
+                    }
+                    Lhs::Tiles(w, t0, kb0) => {
+                        let row = 16 * t0 + r0 + i;
+                        w.widen(row * w.depth() + 32 * kb0, &mut dst_row[..k]);
+                    }
                 }
                 dst_row[k..].fill(0.0);
             } else {

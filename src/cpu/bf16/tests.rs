@@ -1,5 +1,4 @@
 use half::bf16;
-use half::slice::HalfFloatSliceExt;
 
 use super::*;
 
@@ -107,29 +106,37 @@ fn kernels_match_reference() {
             let want = reference((m, n, k), &a, lda, &bm, &dst0, beta);
             let mut packed = vec![0; packed_len(k, n)];
             pack(&bm, n, k, n, &mut packed);
-            let bits = a.reinterpret_cast();
-            let mut kernels: Vec<(&str, Vec<f32>)> = Vec::new();
+            // The same A in tiles, as a block of a larger matrix: 16 rows above and one depth
+            // block to the left of it.
+            let (big_m, big_k) = (m + 16, lda + KBLOCK);
+            let mut big = vec![bf16::from_f32(9.0); big_m * big_k];
+            for i in 0..m {
+                big[(16 + i) * big_k + KBLOCK..][..lda].copy_from_slice(&a[i * lda..][..lda]);
+            }
+            let tiles = Tiles::from_rows(&big, big_m, big_k);
+            let mut kernels: Vec<(String, Vec<f32>)> = Vec::new();
             for name in ["portable", "amx"] {
                 if name == "amx" && !amx::available() {
                     continue;
                 }
-                let mut dst = dst0.clone();
-                let args = (
-                    (m, n, k),
-                    (dst.as_mut_ptr(), n),
-                    (bits, lda),
-                    &packed[..],
-                    beta,
-                );
-                // SAFETY: dst is m×n at stride n; shapes as `gemm` checks them.
-                unsafe {
-                    if name == "amx" {
-                        amx::gemm(args.0, args.1, args.2, args.3, args.4)
-                    } else {
-                        portable::gemm(args.0, args.1, args.2, args.3, args.4)
+                for lhs in [Lhs::Rows(&a, lda), Lhs::Tiles(&tiles, 1, 1)] {
+                    let mut dst = dst0.clone();
+                    let args = ((m, n, k), (dst.as_mut_ptr(), n), lhs, &packed[..], beta);
+                    // SAFETY: dst is m×n at stride n; shapes as `gemm` checks them.
+                    unsafe {
+                        if name == "amx" {
+                            amx::gemm(args.0, args.1, args.2, args.3, args.4)
+                        } else {
+                            portable::gemm(args.0, args.1, args.2, args.3, args.4)
+                        }
                     }
+                    let what = if matches!(lhs, Lhs::Tiles(..)) {
+                        "tiles"
+                    } else {
+                        "rows"
+                    };
+                    kernels.push((format!("{name} {what}"), dst));
                 }
-                kernels.push((name, dst));
             }
             for (name, got) in &kernels {
                 for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
@@ -153,5 +160,34 @@ fn short_a_is_refused() {
     let b = vec![0u32; packed_len(8, 4)];
     let mut dst = vec![0.0f32; 8];
     // SAFETY: dst is 2×4.
-    unsafe { gemm((2, 4, 8), (dst.as_mut_ptr(), 4), (&a, 8), &b, 1.0) };
+    unsafe { gemm((2, 4, 8), (dst.as_mut_ptr(), 4), Lhs::Rows(&a, 8), &b, 1.0) };
+}
+
+#[test]
+fn tiles_round_trip() {
+    for (m, k) in [(1, 1), (16, 32), (37, 70), (5, 600)] {
+        let rows: Vec<bf16> = (0..m * k)
+            .map(|i| bf16::from_f32(value(i, 13, 29)))
+            .collect();
+        let t = Tiles::from_rows(&rows, m, k);
+        assert_eq!(t.to_rows(), rows, "{m}×{k}");
+        // A widened slice that starts and ends mid-row.
+        let (start, len) = (k / 2, (m * k - k / 2).min(k + 40));
+        let mut wide = vec![0.0; len];
+        t.widen(start, &mut wide);
+        for (i, &v) in wide.iter().enumerate() {
+            assert_eq!(v, rows[start + i].to_f32(), "{m}×{k} at {}", start + i);
+        }
+        // Stacked by rows: tile by tile (whole tiles above) or through rows.
+        let other: Vec<bf16> = (0..3 * k)
+            .map(|i| bf16::from_f32(value(i, 7, 11)))
+            .collect();
+        let o = Tiles::from_rows(&other, 3, k);
+        let both = Tiles::concat(&[&t, &o]);
+        assert_eq!(
+            both.to_rows(),
+            [rows.clone(), other].concat(),
+            "{m}×{k} + 3×{k}"
+        );
+    }
 }
