@@ -1,7 +1,7 @@
 """The native UNet2DConditionModel against torch (diffusers' module) on the same weights.
 
 Run: python benches/bench_cond_unet.py [--quick] [--threads N] [--only sd15|sdxl|loop]
-[--weights float32|float16|bfloat16]
+[--weights float32|float16|bfloat16] [--compute-dtype float32|bfloat16]
 
 - **sd15**: the Stable Diffusion 1.5 UNet's configuration (diffusers' defaults with
   cross_attention_dim 768: 860 M parameters), random weights, 64×64×4 latents, batch 2 (one
@@ -23,6 +23,9 @@ distributed, with the random weights rounded to it first so that every run compu
 same values: torch loads it with `torch_dtype=torch.float32` (its CPU speed is in f32); rdiff
 keeps the matrices as stored and widens them where they are used (the same results as f32
 weights, in half the memory).
+
+`--compute-dtype bfloat16` loads rdiff's model with ``compute_dtype="bfloat16"`` (bf16
+products with f32 sums; torch stays f32, so "rel. diff" is then bf16's error).
 """
 
 from __future__ import annotations
@@ -161,7 +164,7 @@ def bench_model(kind: str, args, peak: float) -> None:
             for _ in range(rounds):
                 tt = min(tt, best_time(run_torch, reps))
             del ref
-        ours = rdiff.UNet2DConditionModel.from_pretrained(tmp)
+        ours = rdiff.UNet2DConditionModel.from_pretrained(tmp, compute_dtype=args.compute_dtype)
 
         def run_rdiff():
             return ours(**kw)
@@ -184,6 +187,8 @@ def bench_model(kind: str, args, peak: float) -> None:
     name = "SD 1.5" if kind == "sd15" else "SDXL (64×64 latents)"
     if stored != torch.float32:
         name += f", {args.weights} checkpoint"
+    if args.compute_dtype != "float32":
+        name += f", rdiff in {args.compute_dtype}"
     print(
         f"| {name}, {params:.0f} M params, {g:.0f} GFLOP | {tt:.2f} | {tr:.2f} | "
         f"{tt / tr:.2f}× | {gt:.0f} ({100 * gt / peak:.0f}%) | {gr:.0f} ({100 * gr / peak:.0f}%) "
@@ -278,6 +283,12 @@ def main() -> None:
         choices=["float32", "float16", "bfloat16"],
         default="float32",
         help="the saved checkpoint's dtype (both compute in float32)",
+    )
+    ap.add_argument(
+        "--compute-dtype",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="rdiff's compute_dtype (torch computes in float32)",
     )
     args = ap.parse_args()
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)

@@ -123,7 +123,7 @@ def bf16_table(ref, path: str, rounds: int, reps: int) -> None:
     bf = rdiff.UNet2DModel.from_pretrained(path, compute_dtype="bfloat16")
     ref_bf = copy.deepcopy(ref).to(torch.bfloat16)
     print(
-        f"\nbf16 compute (`compute_dtype=\"bfloat16\"`, kernel "
+        f'\nbf16 compute (`compute_dtype="bfloat16"`, kernel '
         f"{rdiff.backends()['cpu']['bf16_kernel']}) against rdiff's float32 and torch's "
         "bfloat16 (model and input cast)\n"
     )
@@ -141,7 +141,7 @@ def bf16_table(ref, path: str, rounds: int, reps: int) -> None:
             got_torch = ref_bf(xb, t).sample.float()
         got = bf(x, t)
 
-        def rel(y):
+        def rel(y, want=want):
             return float((y - want).norm() / want.norm())
 
         def run_torch_bf16(xb=xb, t=t):

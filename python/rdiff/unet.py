@@ -64,7 +64,7 @@ def _check_target(device: Any, dtype: Any) -> int | None:
 
 
 def _compute_name(compute_dtype: Any) -> str:
-    """"float32" or "bfloat16" from a name or a torch dtype; ValueError for anything else."""
+    """ "float32" or "bfloat16" from a name or a torch dtype; ValueError for anything else."""
     name = str(compute_dtype).removeprefix("torch.")
     if name not in ("float32", "bfloat16"):
         raise ValueError(f"compute_dtype: expected 'float32' or 'bfloat16', got {compute_dtype!r}")
@@ -164,7 +164,9 @@ class _NativeUNet:
     ) -> Any:
         """Take the weights and config of an in-memory diffusers model of this class
         (``compute_dtype`` as in ``from_pretrained``)."""
-        return cls._from_diffusers(module, _check_target(device, dtype), compute_dtype=compute_dtype)
+        return cls._from_diffusers(
+            module, _check_target(device, dtype), compute_dtype=compute_dtype
+        )
 
     @classmethod
     def _from_diffusers(
