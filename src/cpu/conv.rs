@@ -324,7 +324,7 @@ const GEMM_KC: usize = 512;
 /// # Safety
 /// Each pointer addresses a whole row-major matrix of its shape at its row stride (`dst`
 /// m×n, `lhs` m×k, `rhs` k×n), and `dst` is written by no one else meanwhile.
-pub(super) unsafe fn gemm_rows(
+pub(crate) unsafe fn gemm_rows(
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs): (*mut f32, usize),
     accumulate: bool,

@@ -7,8 +7,8 @@
 //!
 //! - [`amx`]: Intel AMX tiles (`TDPBF16PS`, a 16×16 f32 block per 16×32 by 32×16 bf16 step),
 //!   where the CPU has AMX-BF16 and the kernel lets this process use the tile registers.
-//! - [`portable`]: the same sums in f32 fused multiply-adds, anywhere else (and the tests'
-//!   second opinion on the AMX kernel).
+//! - [`portable`]: the same operands widened back to f32 and multiplied by `gemm`, anywhere
+//!   else (and the tests' second opinion on the AMX kernel).
 //!
 //! Each output element is summed over the whole depth by one kernel call, in an order that
 //! does not depend on how the op was cut into tasks, so its bits do not depend on the pool.
