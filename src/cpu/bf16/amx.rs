@@ -144,12 +144,13 @@ pub(super) unsafe fn gemm(
         };
         let mut c = CBlock([0.0; 4 * TROWS * PANEL]);
         let cp = c.0.as_mut_ptr();
-        let sa = 2 * KBLOCK; // bytes per A tile row
-        let sb = 4 * PANEL; // bytes per B tile row
-        let sc = 4 * 2 * PANEL; // bytes per row of the 32×32 block
-                                // SAFETY: `available()` holds (the caller's contract), so the tile instructions may
-                                // run; every tile load reads 16 rows of 64 bytes inside `at` or `b` (whose length
-                                // `super::gemm` checked), every store writes inside `c`.
+        // Bytes per row: of an A tile, of a B tile, of the 32×32 block.
+        let (sa, sb, sc) = (2 * KBLOCK, 4 * PANEL, 4 * 2 * PANEL);
+        // SAFETY: `available()` holds (the caller's contract), so the tile instructions may
+        // run. Every tile load reads 16 rows of 64 bytes inside a tile of `rows_buf`, of
+        // `zero_buf` or of the weights' tiles (blocks kb0..kb0 + blocks exist, checked by
+        // `super::gemm`), or inside `b` (its length checked there too); every store writes
+        // inside `c`.
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
             for np in 0..panels(n) / 2 {

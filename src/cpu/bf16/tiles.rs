@@ -99,9 +99,10 @@ impl Tiles {
         }
     }
 
-    /// Tile `t`'s depth block `kb` (1 KiB, 64-byte aligned).
+    /// Tile `t` from its depth block `kb` on (each block 1 KiB, 64-byte aligned, the next
+    /// ones following), to the end of the values.
     pub fn tile(&self, t: usize, kb: usize) -> &[u16] {
-        &self.values()[(t * self.blocks() + kb) * ATILE..][..ATILE]
+        &self.values()[(t * self.blocks() + kb) * ATILE..]
     }
 
     /// Values `start..start + dst.len()` in row-major order, widened to f32.
