@@ -89,33 +89,10 @@ mod tests {
                 .collect();
             let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.01).collect();
             let n = g.out_dims(d).n();
-            let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let mut out = vec![f32::NAN; cout * n];
-                pool.install(|| {
-                    let segs = [(&x[..], cin)];
-                    let input = Input {
-                        segs: &segs,
-                        dims: d,
-                    };
-                    let init = Init::bias(&bias);
-                    let arena = &mut Arena::default();
-                    if wino {
-                        let w = Weight::F32(w.clone());
-                        winograd::conv2d(input, &w, cout, g, init, &mut out, arena);
-                    } else {
-                        conv::conv2d(input, conv::Lhs::F32(&w), cout, g, init, &mut out, arena);
-                    }
-                });
-                out
-            };
             // The bf16 product (AMX where the CPU has it) on the same shapes, never Winograd.
             let wb: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
             let wb = super::bf16::Tiles::from_rows(&wb, cout, cin * g.k * g.k);
-            let run_bf16 = |threads: usize| {
+            let run = |threads: usize, bf16: bool| {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .build()
@@ -128,14 +105,20 @@ mod tests {
                         dims: d,
                     };
                     let (init, arena) = (Init::bias(&bias), &mut Arena::default());
-                    conv::conv2d(input, conv::Lhs::Tiles(&wb), cout, g, init, &mut out, arena);
+                    let lhs = if bf16 {
+                        conv::Lhs::Tiles(&wb)
+                    } else if wino {
+                        let w = Weight::F32(w.clone());
+                        return winograd::conv2d(input, &w, cout, g, init, &mut out, arena);
+                    } else {
+                        conv::Lhs::F32(&w)
+                    };
+                    conv::conv2d(input, lhs, cout, g, init, &mut out, arena);
                 });
                 out
             };
-            for (what, run) in [
-                ("f32", &run as &dyn Fn(usize) -> Vec<f32>),
-                ("bf16", &run_bf16),
-            ] {
+            for (what, bf16) in [("f32", false), ("bf16", true)] {
+                let run = |threads| run(threads, bf16);
                 let one = run(1);
                 assert!(one.iter().all(|v| v.is_finite()));
                 for threads in [2, 3, 8] {
