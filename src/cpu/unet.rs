@@ -17,7 +17,7 @@ use crate::unet::backend::{Act, Backend, Epilogue, Segs, Tokens};
 use crate::unet::embeddings::{Conditioning, TimeEmbedding};
 use crate::unet::layout::{Dims, Geometry};
 use crate::unet::model::UNet2D;
-use crate::unet::weights::{ComputeDtype, Weight};
+use crate::unet::weights::Weight;
 use crate::with_elem;
 use rayon::prelude::*;
 
@@ -39,10 +39,7 @@ pub fn forward<T: Elem>(
     let cin = unet.in_channels();
     unet.check(b, cin, h, w, timesteps.len())?;
     let ts = unet.per_sample(timesteps, b);
-    let mut be = CpuBackend {
-        arena,
-        bf16: unet.compute == ComputeDtype::Bf16,
-    };
+    let mut be = CpuBackend { arena };
     let dims = Dims { b, h, w };
     let hw = dims.hw();
 
@@ -111,9 +108,6 @@ fn tokens_in(be: &mut CpuBackend<'_>, c: &Tensor) -> Result<Act<Buf>> {
 /// The CPU: the `cpu::*` ops on buffers of an [`Arena`].
 pub struct CpuBackend<'a> {
     pub arena: &'a mut Arena,
-    /// The bf16 compute path: convolutions multiply bf16 weights (the model's, rounded at
-    /// load) by their bf16-rounded input, summing in f32 (`cpu::bf16`).
-    pub bf16: bool,
 }
 
 /// `f(w)` on the weight as f32: itself, or a half-precision weight widened into an arena
@@ -187,11 +181,10 @@ impl Backend for CpuBackend<'_> {
         let segs = slices(x);
         let input = Input { segs: &segs, dims };
         match w.as_tiles() {
+            // Tiles: the bf16 compute path (`compute_dtype`), the only one that makes them.
             // Winograd's transformed operands would lose too much to bf16 rounding; the bf16
             // products run on the im2col columns.
-            Some(w) if self.bf16 => {
-                conv::conv2d(input, Lhs::Tiles(w), cout, g, init, out, self.arena)
-            }
+            Some(w) => conv::conv2d(input, Lhs::Tiles(w), cout, g, init, out, self.arena),
             _ if winograd::applies(g, dims, input.channels(), cout) => {
                 winograd::conv2d(input, w, cout, g, init, out, self.arena)
             }
