@@ -15,12 +15,15 @@ Without CUDA it says so and exits 0, checking nothing.
    (``mode="reduce-overhead"``), run twice (the second run replays the captured graph).
 4. The native UNets on CUDA (``device="cuda"``) equal diffusers' torch modules: a small
    UNet2DModel with attention, and small random SD 1.x / SD 2.x / SDXL UNet2DConditionModels.
-5. ``rdiff sample --device cuda`` gives the CPU's samples.
-6. Speed: the DDPM-CIFAR-10 UNet2DModel (batch 1 and 8) and the SD-1.5-shaped
+5. A native UNet forward (timesteps as a GPU tensor) captured in a CUDA graph by
+   ``torch.cuda.graph`` replays to eager's results, with no device allocation or host copy
+   during the capture; eager and replay times.
+6. ``rdiff sample --device cuda`` gives the CPU's samples.
+7. Speed: the DDPM-CIFAR-10 UNet2DModel (batch 1 and 8) and the SD-1.5-shaped
    UNet2DConditionModel (batch 2, 64×64, 77 tokens) on CUDA, rdiff against torch (f32, torch's
    default TF32 settings), with their relative difference: one table.
 
-Needs diffusers for 4 and 5 (the oracle); without it those checks say so and are skipped.
+Needs diffusers for 4 to 7 (the oracle); without it those checks say so and are skipped.
 """
 
 from __future__ import annotations
@@ -237,23 +240,25 @@ def _cond_inputs(cfg: dict, b: int, size: int, tokens: int, device: str) -> dict
     return kw
 
 
+SMALL_UNET = dict(
+    sample_size=16,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=[32, 64],
+    layers_per_block=1,
+    norm_num_groups=8,
+    down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+    up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+    attention_head_dim=8,
+)
+
+
 def unets_match_torch() -> None:
     import diffusers
 
     import rdiff
 
-    small = dict(
-        sample_size=16,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=[32, 64],
-        layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=["DownBlock2D", "AttnDownBlock2D"],
-        up_block_types=["AttnUpBlock2D", "UpBlock2D"],
-        attention_head_dim=8,
-    )
-    m = _randomised(diffusers.UNet2DModel(**small))
+    m = _randomised(diffusers.UNet2DModel(**SMALL_UNET))
     x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([10, 500, 990])
     with torch.no_grad():
@@ -326,6 +331,72 @@ def gemm_path(kernel: bool):
         yield
     finally:
         os.environ.pop("RDIFF_NO_CUBLAS", None)
+
+
+def _graph_matches_eager(name: str, model, inputs: dict) -> None:
+    """Captures ``model(**inputs)`` in a CUDA graph after two warm-up calls on a side stream
+    (kernels compiled, weights uploaded, the arena filled), replays it on new values written
+    into ``inputs`` and compares with eager calls on copies; reports whether the capture made
+    any device allocation or host copy, and eager against replay time."""
+    call = lambda: model(**inputs)  # noqa: E731
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    traffic = model._core.device_traffic
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = call()
+    quiet = model._core.device_traffic == traffic
+    g = torch.Generator(device="cuda")
+    worst = 0.0
+    for seed in (5, 6):
+        g.manual_seed(seed)
+        for key, v in inputs.items():
+            if key == "timestep":
+                v.copy_(torch.randint(0, 1000, v.shape, generator=g, device="cuda"))
+            else:
+                v.copy_(torch.randn(v.shape, generator=g, device="cuda"))
+        graph.replay()
+        want = model(**{k: v.clone() for k, v in inputs.items()})
+        worst = max(worst, _rel(out, want))
+    eager, replay = _cuda_time(call, 10), _cuda_time(graph.replay, 10)
+    report(
+        f"{name} in a CUDA graph = eager",
+        quiet and worst <= 1e-6,
+        f"rel {worst:.1e}, device traffic in the capture: {'none' if quiet else 'SOME'}; "
+        f"eager {1e3 * eager:.2f} ms, replay {1e3 * replay:.2f} ms",
+    )
+
+
+def unet_in_a_cuda_graph() -> None:
+    """A native UNet forward with a timestep tensor on the GPU, captured by
+    ``torch.cuda.graph``, replays to eager's results: a UNet2DModel (int64 timesteps), and an
+    SD-1-style UNet2DConditionModel on cuBLAS and on rdiff's own GEMM kernel."""
+    import diffusers
+
+    import rdiff
+
+    gen = torch.Generator().manual_seed(2)
+    m = _randomised(diffusers.UNet2DModel(**SMALL_UNET))
+    ours = rdiff.UNet2DModel.from_diffusers(m, device="cuda")
+    inputs = dict(
+        sample=torch.randn(3, 3, 16, 16, generator=gen).cuda(),
+        timestep=torch.tensor([10, 500, 990]).cuda(),
+    )
+    _graph_matches_eager("UNet2DModel", ours, inputs)
+    cfg = _cond_config("sd1")
+    ours = rdiff.UNet2DConditionModel.from_diffusers(
+        _randomised(diffusers.UNet2DConditionModel(**cfg)), device="cuda"
+    )
+    for kernel in (False, True):
+        inputs = _cond_inputs(cfg, 2, 16, 7, "cuda")
+        inputs["timestep"] = torch.tensor([637.0, 20.0]).cuda()
+        with gemm_path(kernel):
+            name = f"UNet2DConditionModel sd1{' (own GEMM)' if kernel else ''}"
+            _graph_matches_eager(name, ours, inputs)
 
 
 def unet_speed(quick: bool) -> None:
@@ -432,6 +503,7 @@ def main() -> int:
         print(f"SKIP the UNet checks: diffusers cannot be imported ({e})")
     else:
         guarded(unets_match_torch)
+        guarded(unet_in_a_cuda_graph)
         guarded(cli_sample_matches_cpu)
         guarded(unet_speed, args.quick)
     guarded(compiled_loop, steps)

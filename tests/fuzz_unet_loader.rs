@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use _rdiff::dtype::DType;
 use _rdiff::target::Target;
 use _rdiff::tensor::{Device, Tensor};
-use _rdiff::unet::embeddings::{ClassLabels, Conditioning};
+use _rdiff::unet::embeddings::{ClassLabels, Conditioning, Timesteps};
 use _rdiff::unet::model::UNet2D;
 use _rdiff::unet::runner::UNetRunner;
 use common::{Counting, Rng};
@@ -337,7 +337,7 @@ fn load_and_run(dir: &Path) -> Result<bool, String> {
             let _ = m.forward(
                 &xt,
                 &ot,
-                &[10.0],
+                Timesteps::Host(&[10.0]),
                 &Conditioning::class(ClassLabels::None),
                 None,
                 0,

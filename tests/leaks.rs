@@ -11,7 +11,7 @@ use _rdiff::step::dpm_multistep::DpmMultistep;
 use _rdiff::step::dpm_solver::{DpmIo, SolverConfig, SolverOptions};
 use _rdiff::target::Target;
 use _rdiff::tensor::{Device, Tensor};
-use _rdiff::unet::embeddings::{ClassLabels, Conditioning};
+use _rdiff::unet::embeddings::{ClassLabels, Conditioning, Timesteps};
 use _rdiff::unet::model::UNet2D;
 use _rdiff::unet::runner::UNetRunner;
 use common::Counting;
@@ -85,7 +85,7 @@ fn unet(dir: &std::path::Path, bad: &std::path::Path) {
         m.forward(
             &t(&mut x, &shape),
             &t(&mut out, &shape),
-            &[ts],
+            Timesteps::Host(&[ts]),
             &Conditioning::class(ClassLabels::None),
             None,
             0,
@@ -102,7 +102,7 @@ fn unet(dir: &std::path::Path, bad: &std::path::Path) {
         .forward(
             &t(&mut x[..112], &odd),
             &t(&mut out[..112], &odd),
-            &[1.0],
+            Timesteps::Host(&[1.0]),
             &Conditioning::class(ClassLabels::None),
             None,
             0

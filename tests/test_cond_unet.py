@@ -217,6 +217,25 @@ def test_emulated_cuda_graph_matches_cpu():
         assert _rel(emu(**kw), cpu(**kw)) <= 1e-4
 
 
+def test_emulated_warm_call_reads_timesteps_on_the_device():
+    """SD-style: a warm call with a device timestep allocates and uploads nothing (a CUDA graph
+    can capture it); timestep_cond moves the projection, and so the timesteps, to the host."""
+    cfg = _family_config("sd1", 2)
+    cfg["time_cond_proj_dim"] = 6
+    m = _model(cfg)
+    cpu = rdiff.UNet2DConditionModel.from_diffusers(m)
+    emu = rdiff.UNet2DConditionModel._from_diffusers(m, -1, max_blocks=4)
+    kw = _inputs(cfg, size=8, tokens=3)
+    first = emu(**kw)
+    warm = emu._core.device_traffic
+    assert torch.equal(emu(**kw), first) and emu._core.device_traffic == warm
+    assert _rel(first, cpu(**kw)) <= 1e-4
+    cond = torch.randn(2, 6, generator=torch.Generator().manual_seed(3))
+    got = emu(**kw, timestep_cond=cond)
+    assert emu._core.device_traffic[1] > warm[1]
+    assert _rel(got, cpu(**kw, timestep_cond=cond)) <= 1e-4
+
+
 # --------------------------------------------------------------------------- bad input
 
 

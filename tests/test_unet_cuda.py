@@ -108,6 +108,48 @@ def test_emulated_matches_cpu_and_arena_stops_growing(tmp_path):
         emu(np.zeros((1, 4, 6, 8), np.float32), 1, class_labels=[1])
 
 
+SMALL_FOURIER = {**FOURIER, "sample_size": 8}
+SMALL_POSITIONAL = {**SMALL_FOURIER, "time_embedding_type": "positional"}
+
+
+@pytest.mark.parametrize("cfg", [SMALL_FOURIER, SMALL_POSITIONAL], ids=["fourier", "positional"])
+def test_device_timesteps_and_a_warm_call_without_traffic(cfg, tmp_path):
+    """A timestep tensor on the model's device is read there: the same bits as host values,
+    and a warm call allocates nothing and copies nothing from the host (the conditions for
+    capturing it in a CUDA graph; scripts/gpu_check.py captures one on a GPU)."""
+    model = make(cfg)
+    model.save_pretrained(tmp_path)
+    unet = rdiff.UNet2DModel._emulated(tmp_path, max_blocks=2)
+    assert unet._core.timesteps_on_device
+    x, t, _ = inputs(cfg, 3)
+    assert unet._core.device_traffic == (0, 0)
+    on_host = unet(x, t.tolist())  # a list: read on the host, uploaded per call
+    first = unet(x, t)
+    warm = unet._core.device_traffic
+    assert warm[0] > 0 and warm[1] > 0  # the weights (emulation uses them in place) and arena
+    second = unet(x, t)
+    one_for_all = unet(x, t[1:2].double())  # one value for the batch, any real dtype
+    assert unet._core.device_traffic == warm
+    assert torch.equal(first, on_host) and torch.equal(second, on_host)
+    assert torch.equal(one_for_all, unet(x, [float(t[1])] * 3))
+    # host values cost one copy per call (two where the output is divided by them)
+    before = unet._core.device_traffic
+    unet(x, t.tolist())
+    after = unet._core.device_traffic
+    assert after[0] == before[0]
+    assert after[1] - before[1] == (2 if cfg is SMALL_FOURIER else 1)
+    with pytest.raises(TypeError, match="timestep"):
+        unet(x, torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="timestep: empty"):
+        unet(x, torch.zeros(0))
+    with pytest.raises(ValueError, match="timestep"):
+        unet(x, torch.zeros(2))
+    # the CPU model reads the same tensor on the host
+    cpu = rdiff.UNet2DModel.from_pretrained(tmp_path)
+    assert not cpu._core.timesteps_on_device and cpu._core.device_traffic is None
+    assert rel_err(cpu(x, t), first) <= 1e-5
+
+
 def test_emulated_cifar10_parity_and_time(tmp_path):
     model = make(CIFAR10)
     model.save_pretrained(tmp_path)

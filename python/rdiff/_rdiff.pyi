@@ -810,12 +810,20 @@ class _UNet2D:
     @property
     def weight_bytes(self) -> int:
         """Bytes of weights the model holds on the host (half-precision matrices as stored)."""
+    @property
+    def timesteps_on_device(self) -> bool:
+        """Whether ``forward`` may take the timesteps as a float32 tensor on the model's
+        device (a device model whose time projection needs only the timesteps)."""
+    @property
+    def device_traffic(self) -> tuple[int, int] | None:
+        """``(allocations, host-to-device copies)`` on the model's device since load; None on
+        the CPU. A warm call with device timesteps and no host-side conditioning adds none."""
     def check(self, shape: tuple[int, int, int, int], timesteps: int) -> None:
         """ValueError unless a call with this sample shape and timestep count can run."""
     def forward(
         self,
         sample: _Tensor,
-        timesteps: list[float],
+        timesteps: list[float] | _Tensor,
         out: _Tensor,
         class_indices: list[int] | None = None,
         class_values: list[float] | None = None,
@@ -826,5 +834,6 @@ class _UNet2D:
         timestep_cond: list[float] | None = None,
     ) -> None:
         """The forward pass over NCHW buffers on the model's device (GIL released);
+        ``timesteps`` host values or a float32 tensor there (one per sample, or one for all);
         ``context`` is ``encoder_hidden_states`` (batch, tokens, width) there too, the rest
         the added conditioning as host float32 rows."""

@@ -218,8 +218,11 @@ class _NativeUNet:
     def eval(self) -> Any:
         return self
 
-    def _sample_checks(self, sample: Any, timestep: Any) -> tuple[Any, list[float], Any]:
-        """The contiguous sample, its timesteps and a fresh output buffer."""
+    def _sample_checks(
+        self, sample: Any, timestep: Any, host_timesteps: bool = False
+    ) -> tuple[Any, Any, Any]:
+        """The contiguous sample, its timesteps (a list of floats, or a float32 tensor on the
+        model's device) and a fresh output buffer."""
         _tensor.check_float(sample, "sample")
         if sample.ndim != 4:
             raise ValueError(
@@ -227,9 +230,29 @@ class _NativeUNet:
             )
         x = _tensor.contiguous(sample)
         b, c, h, w = (int(s) for s in x.shape)
-        ts = _timesteps(timestep)
+        ts = None if host_timesteps else self._device_timesteps(timestep, x)
+        if ts is None:
+            ts = _timesteps(timestep)
         self._core.check((b, c, h, w), len(ts))
         return x, ts, _alloc(x, (b, self.out_channels, h, w))
+
+    def _device_timesteps(self, t: Any, x: Any) -> Any:
+        """A timestep tensor on the sample's device as float32 there, for the model to read on
+        the device: nothing waits for the device, so a CUDA call can be captured in a CUDA
+        graph (its values are then not checked for finiteness). None where the values are
+        read on the host: not a tensor there, or a model whose embedding needs them."""
+        if not (
+            _tensor.is_torch(t)
+            and _tensor.is_torch(x)
+            and t.device == x.device
+            and self._core.timesteps_on_device
+        ):
+            return None
+        if t.dtype.is_complex or t.dtype == _tensor.torch_module().bool:
+            raise TypeError(f"timestep: unsupported dtype {t.dtype}")
+        if t.numel() == 0:
+            raise ValueError("timestep: empty")
+        return t.detach().reshape(-1).to(_tensor.torch_module().float32).contiguous()
 
     def __repr__(self) -> str:
         return f"rdiff.{type(self).__name__}({dict(self._config)!r})"
@@ -312,7 +335,7 @@ class UNet2DConditionModel(_NativeUNet):
                 f"cross_attention_kwargs: not supported by rdiff's UNet2DConditionModel "
                 f"(got {sorted(cross_attention_kwargs)})"
             )
-        x, ts, out = self._sample_checks(sample, timestep)
+        x, ts, out = self._sample_checks(sample, timestep, timestep_cond is not None)
         if encoder_hidden_states is None:
             raise ValueError(
                 "encoder_hidden_states: required, (batch, tokens, cross_attention_dim)"

@@ -14,7 +14,7 @@ use crate::dtype::Elem;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use crate::unet::backend::{Act, Backend, Epilogue, Segs, Tokens};
-use crate::unet::embeddings::{Conditioning, TimeEmbedding};
+use crate::unet::embeddings::{Conditioning, TimeEmbedding, Timesteps};
 use crate::unet::layout::{Dims, Geometry};
 use crate::unet::model::UNet2D;
 use crate::unet::weights::Weight;
@@ -61,7 +61,7 @@ pub fn forward<T: Elem>(
         Some(c) => Some(tokens_in(&mut be, c)?),
         None => None,
     };
-    let mut y = unet.run(&mut be, xin, &ts, cond, ctx)?;
+    let mut y = unet.run(&mut be, xin, Timesteps::Host(&ts), cond, ctx)?;
 
     // [c][b][h][w] → NCHW, divided by the timestep for Fourier-embedded models.
     let co = unet.out_channels();
@@ -287,10 +287,10 @@ impl Backend for CpuBackend<'_> {
     fn time_embedding(
         &mut self,
         te: &TimeEmbedding,
-        ts: &[f32],
+        ts: Timesteps<'_>,
         cond: &Conditioning<'_>,
     ) -> Result<Buf> {
-        let emb = te.forward(ts, cond)?;
+        let emb = te.forward(ts.host()?, cond)?;
         let mut out = self.arena.take(emb.len());
         for (o, &v) in out.iter_mut().zip(&emb) {
             *o = silu_f32(v);

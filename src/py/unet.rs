@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use super::tensor::tensor;
 use crate::error::RdiffError;
 use crate::target::Target;
-use crate::unet::embeddings::{ClassLabels, Conditioning};
+use crate::unet::embeddings::{ClassLabels, Conditioning, Timesteps};
 use crate::unet::model::UNet2D;
 use crate::unet::runner::UNetRunner;
 use crate::unet::weights::{ComputeDtype, MemoryWeights};
@@ -139,7 +139,9 @@ impl PyUNet2D {
     }
 
     /// Runs the model: `sample` NCHW, `out` NCHW with out_channels, same dtype, on the
-    /// model's device; `context` (`encoder_hidden_states`, `[b][tokens][width]`) there too;
+    /// model's device; `timesteps` a list of floats or a float32 tensor on the model's device
+    /// (one value per sample, or one for all); `context` (`encoder_hidden_states`,
+    /// `[b][tokens][width]`) on the device too;
     /// `text_embeds`, `time_ids`, `timestep_cond`: the added conditioning as host f32 rows;
     /// `stream`: the caller's CUDA stream.
     #[pyo3(signature = (sample, timesteps, out, class_indices=None, class_values=None,
@@ -149,7 +151,7 @@ impl PyUNet2D {
         &self,
         py: Python<'_>,
         sample: &Bound<'_, PyAny>,
-        timesteps: Vec<f32>,
+        timesteps: &Bound<'_, PyAny>,
         out: &Bound<'_, PyAny>,
         class_indices: Option<Vec<i64>>,
         class_values: Option<Vec<f32>>,
@@ -160,6 +162,14 @@ impl PyUNet2D {
         timestep_cond: Option<Vec<f32>>,
     ) -> PyResult<()> {
         let (x, o) = (tensor(sample, "sample")?, tensor(out, "output buffer")?);
+        let (host_ts, dev_ts) = match timesteps.extract::<Vec<f32>>() {
+            Ok(v) => (v, None),
+            Err(_) => (Vec::new(), Some(tensor(timesteps, "timestep")?)),
+        };
+        let ts = match &dev_ts {
+            Some(t) => Timesteps::Device(t),
+            None => Timesteps::Host(&host_ts),
+        };
         let ctx = match context {
             Some(c) => Some(tensor(c, "encoder_hidden_states")?),
             None => None,
@@ -177,7 +187,23 @@ impl PyUNet2D {
             timestep_cond: timestep_cond.as_deref(),
         };
         let model = &self.inner;
-        py.detach(|| model.forward(&x, &o, &timesteps, &cond, ctx.as_ref(), stream))?;
+        py.detach(|| model.forward(&x, &o, ts, &cond, ctx.as_ref(), stream))?;
         Ok(())
+    }
+
+    /// Whether the time embedding can read a call's timesteps on the model's device (a
+    /// sinusoidal or Fourier projection with no `timestep_cond`): then a CUDA call need not
+    /// read them on the host.
+    #[getter]
+    fn timesteps_on_device(&self) -> bool {
+        self.inner.timesteps_on_device()
+    }
+
+    /// `(allocations, host-to-device copies)` this model has made on its device since load, or
+    /// None on the CPU. A warm call with device timesteps and no host-side conditioning adds
+    /// neither (it can be captured in a CUDA graph).
+    #[getter]
+    fn device_traffic(&self) -> Option<(usize, usize)> {
+        self.inner.traffic().map(|t| (t.allocations, t.uploads))
     }
 }

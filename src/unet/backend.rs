@@ -7,7 +7,7 @@
 //! model's host `f32` slices, the matrices a [`Weight`] (f32 or the checkpoint's f16/bf16); a
 //! device backend maps each to its uploaded copy.
 
-use super::embeddings::{Conditioning, TimeEmbedding};
+use super::embeddings::{Conditioning, TimeEmbedding, Timesteps};
 use crate::cpu::layer_norm::LayerNormParams;
 use crate::cpu::norm::GroupNormParams;
 use crate::error::Result;
@@ -168,7 +168,7 @@ pub trait Backend {
     fn time_embedding(
         &mut self,
         te: &TimeEmbedding,
-        ts: &[f32],
+        ts: Timesteps<'_>,
         cond: &Conditioning<'_>,
     ) -> Result<Self::Buf>;
 }

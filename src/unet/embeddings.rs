@@ -10,6 +10,7 @@ use super::weights::{Loader, Weight};
 use crate::cpu::conv::linear;
 use crate::cpu::vecmath::silu_f32;
 use crate::error::Result;
+use crate::tensor::Tensor;
 use crate::value_err;
 
 /// diffusers' `get_timestep_embedding`: `[t.len()][dim]`.
@@ -84,6 +85,36 @@ impl Mlp {
         let mut out = vec![0.0f32; rows * self.hidden];
         linear(&h, rows, &self.w2.to_f32(), Some(&self.b2), &mut out);
         out
+    }
+}
+
+/// A call's timesteps: values on the host, or f32 on the model's device (read there, so that
+/// a call needs no host value and a device forward can be captured in a CUDA graph). The
+/// graph sees one per sample; a caller may give one for all.
+#[derive(Clone, Copy, Debug)]
+pub enum Timesteps<'a> {
+    Host(&'a [f32]),
+    Device(&'a Tensor),
+}
+
+impl<'a> Timesteps<'a> {
+    /// How many values the caller gave.
+    pub fn count(&self) -> usize {
+        match self {
+            Self::Host(v) => v.len(),
+            Self::Device(t) => t.numel,
+        }
+    }
+
+    /// The host values; an error for device timesteps.
+    pub fn host(&self) -> Result<&'a [f32]> {
+        match self {
+            Self::Host(v) => Ok(v),
+            Self::Device(_) => value_err!(
+                "timestep: this call needs the timesteps on the host (a learned embedding, \
+                 timestep_cond, or a CPU model), got a device tensor"
+            ),
+        }
     }
 }
 
@@ -198,14 +229,27 @@ impl TimeEmbedding {
         })
     }
 
-    /// The projection to compute on the host (the learned table, or any projection with a
-    /// `timestep_cond` added), or None when a backend may compute it from `ts` itself.
-    pub fn host_projection(&self, ts: &[f32], cond: &Conditioning<'_>) -> Result<Option<Vec<f32>>> {
+    /// Whether the projection needs the timesteps' values on the host (the learned table, or
+    /// a `timestep_cond` added to it); else a backend computes it from the timesteps where
+    /// they are, which lets a device read them on the device.
+    pub fn projects_on_host(&self, cond: &Conditioning<'_>) -> Result<bool> {
         match (self.kind, &self.cond_proj, cond.timestep_cond) {
             (_, None, Some(_)) => {
                 value_err!("timestep_cond given, but this model has no time_cond_proj_dim")
             }
-            (_, Some((w, k)), Some(c)) => {
+            (_, Some(_), Some(_)) | (TimeEmbeddingType::Learned, _, None) => Ok(true),
+            _ => Ok(false),
+        }
+    }
+
+    /// The projection to compute on the host (see `projects_on_host`), or None when a
+    /// backend may compute it from `ts` itself.
+    pub fn host_projection(&self, ts: &[f32], cond: &Conditioning<'_>) -> Result<Option<Vec<f32>>> {
+        if !self.projects_on_host(cond)? {
+            return Ok(None);
+        }
+        match (&self.cond_proj, cond.timestep_cond) {
+            (Some((w, k)), Some(c)) => {
                 let b = ts.len();
                 if c.len() != b * k {
                     return value_err!(
@@ -222,8 +266,7 @@ impl TimeEmbedding {
                 }
                 Ok(Some(p))
             }
-            (TimeEmbeddingType::Learned, _, None) => Ok(Some(self.project(ts)?)),
-            _ => Ok(None),
+            _ => Ok(Some(self.project(ts)?)),
         }
     }
 

@@ -15,7 +15,7 @@ use super::backend::{Act, Backend, Cond, Epilogue};
 use super::blocks::{DownBlock, MidBlock, UpBlock};
 use super::cond_config::UNet2DConditionConfig;
 use super::config::UNet2DConfig;
-use super::embeddings::{Conditioning, TimeEmbedding};
+use super::embeddings::{ClassLabels, Conditioning, TimeEmbedding, Timesteps};
 use super::resnet::{Conv, Norm};
 use super::weights::{ComputeDtype, Loader, SafetensorsFile, ShardedSafetensors, WeightSource};
 use crate::error::{RdiffError, Result};
@@ -178,6 +178,18 @@ impl UNet2D {
         }
     }
 
+    /// Whether the time projection needs nothing but the timesteps (sinusoidal or Fourier;
+    /// a call's `timestep_cond` still moves it to the host).
+    pub fn time_projection_from_timesteps(&self) -> bool {
+        let none = Conditioning {
+            class: ClassLabels::None,
+            text_embeds: None,
+            time_ids: None,
+            timestep_cond: None,
+        };
+        matches!(self.temb.projects_on_host(&none), Ok(false))
+    }
+
     /// Whether the output is divided by the timestep (Fourier-embedded, score-SDE models).
     pub fn divides_by_timestep(&self) -> bool {
         self.arch.time.kind == TimeEmbeddingType::Fourier
@@ -222,7 +234,7 @@ impl UNet2D {
         &self,
         be: &mut B,
         xin: Act<B::Buf>,
-        ts: &[f32],
+        ts: Timesteps<'_>,
         cond: &Conditioning<'_>,
         context: Option<Act<B::Buf>>,
     ) -> Result<Act<B::Buf>> {

@@ -5,12 +5,13 @@
 
 use std::sync::Mutex;
 
-use super::embeddings::Conditioning;
+use super::embeddings::{Conditioning, Timesteps};
 use super::model::UNet2D;
 use super::weights::ComputeDtype;
 use crate::cpu::arena::Arena;
 use crate::cuda::unet::device::{EmulatedDevice, UnetDevice};
-use crate::cuda::unet::model::{self as device_model, DeviceState};
+use crate::cuda::unet::model::{self as device_model, DeviceState, Traffic};
+use crate::dtype::DType;
 use crate::error::{RdiffError, Result};
 use crate::target::{with_cuda_device, Target};
 use crate::tensor::{Device, Tensor};
@@ -89,7 +90,7 @@ impl UNetRunner {
         &self,
         sample: &Tensor,
         out: &Tensor,
-        timesteps: &[f32],
+        timesteps: Timesteps<'_>,
         cond: &Conditioning<'_>,
         context: Option<&Tensor>,
         stream: usize,
@@ -103,7 +104,7 @@ impl UNetRunner {
                 )))
             }
         };
-        self.unet.check(b, c, h, w, timesteps.len())?;
+        self.unet.check(b, c, h, w, timesteps.count())?;
         self.unet.check_context(b, context.map(|t| &t.shape[..]))?;
         let want = [b, self.unet.out_channels(), h, w];
         if out.shape != want {
@@ -118,7 +119,19 @@ impl UNetRunner {
             ));
         }
         let here = self.device();
-        for t in [sample, out].into_iter().chain(context) {
+        let ts_tensor = match timesteps {
+            Timesteps::Device(t) => Some(t),
+            Timesteps::Host(_) => None,
+        };
+        if let Some(t) = ts_tensor {
+            if t.dtype != DType::F32 {
+                return Err(RdiffError::Type(format!(
+                    "timestep: a device tensor must be float32, got {}",
+                    t.dtype.name()
+                )));
+            }
+        }
+        for t in [sample, out].into_iter().chain(context).chain(ts_tensor) {
             if t.device != here {
                 return Err(match (here, t.device) {
                     (Device::Cpu, Device::Cuda(_)) => RdiffError::CudaUnavailable(
@@ -127,7 +140,8 @@ impl UNetRunner {
                             .into(),
                     ),
                     _ => RdiffError::Value(format!(
-                        "sample and output must be on {here}, where this model lives; got {}",
+                        "sample, output, context and timestep tensors must be on {here}, \
+                         where this model lives; got {}",
                         t.device
                     )),
                 });
@@ -157,6 +171,7 @@ impl UNetRunner {
                 // waited for (5% of a batch-1 call of the DDPM-CIFAR-10 UNet on 2 cores). The
                 // lock is taken here, outside the pool: a pool thread waiting on its tasks may
                 // pick up another call's forward, which must not wait for a lock it holds.
+                let timesteps = timesteps.host()?;
                 let mut guard = lock(arena);
                 let arena: &mut Arena = &mut guard;
                 rayon::scope(|_| {
@@ -169,6 +184,23 @@ impl UNetRunner {
             State::Cuda(ordinal, st) => {
                 with_cuda_device(*ordinal, stream, |dev| on_device(dev, st))
             }
+        }
+    }
+}
+
+impl UNetRunner {
+    /// Whether calls may give the timesteps as a tensor on the model's device: a device model
+    /// (CUDA or emulated) whose time projection is computed from the timesteps alone.
+    pub fn timesteps_on_device(&self) -> bool {
+        !matches!(self.state, State::Cpu(_)) && self.unet.time_projection_from_timesteps()
+    }
+
+    /// Allocations and host-to-device copies on the model's device since load (None on the
+    /// CPU): what a warm call with device timesteps must not add.
+    pub fn traffic(&self) -> Option<Traffic> {
+        match &self.state {
+            State::Cpu(_) => None,
+            State::Emulated(_, st) | State::Cuda(_, st) => Some(lock(st).traffic()),
         }
     }
 }

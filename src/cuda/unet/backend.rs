@@ -9,9 +9,10 @@ use crate::cpu::layer_norm::LayerNormParams;
 use crate::cpu::norm::GroupNormParams;
 use crate::cuda::launch::{Dim3, KernelArg};
 use crate::error::{RdiffError, Result};
+use crate::tensor::Tensor;
 use crate::unet::arch::TimeEmbeddingType;
 use crate::unet::backend::{Backend, Epilogue, Segs, Tokens};
-use crate::unet::embeddings::{Conditioning, TimeEmbedding};
+use crate::unet::embeddings::{Conditioning, TimeEmbedding, Timesteps};
 use crate::unet::layout::{Dims, Geometry};
 use crate::unet::weights::Weight;
 
@@ -60,6 +61,10 @@ pub struct DeviceArena {
     free: Vec<(u64, usize)>,
     all: Vec<u64>,
     allocated: usize,
+    /// Allocations made and host values copied into its buffers, since load (what a call
+    /// captured in a CUDA graph may not do; `DeviceState::traffic`).
+    pub(super) allocations: usize,
+    pub(super) uploads: usize,
 }
 
 impl DeviceArena {
@@ -78,6 +83,7 @@ impl DeviceArena {
         let ptr = dev.alloc(len)?;
         self.all.push(ptr);
         self.allocated += 4 * len.max(1);
+        self.allocations += 1;
         Ok(DevBuf { ptr, len, cap: len })
     }
 
@@ -107,6 +113,8 @@ pub struct DeviceWeights {
     map: HashMap<(usize, usize), u64>,
     /// f16/bf16 matrices widened for a host-visible device (the emulator), by the same key.
     widened: HashMap<(usize, usize), Vec<f32>>,
+    /// Weights uploaded (each an allocation and a copy).
+    pub(super) uploads: usize,
 }
 
 impl DeviceWeights {
@@ -121,6 +129,7 @@ impl DeviceWeights {
         let p = dev.alloc(host.len())?;
         dev.upload(p, host)?;
         self.map.insert(key, p);
+        self.uploads += 1;
         Ok(p)
     }
 
@@ -144,6 +153,7 @@ impl DeviceWeights {
         let p = dev.alloc(w.len())?;
         dev.upload(p, &w.to_f32())?;
         self.map.insert(key, p);
+        self.uploads += 1;
         Ok(p)
     }
 
@@ -239,12 +249,36 @@ impl DeviceBackend<'_> {
     fn upload_new(&mut self, host: &[f32]) -> Result<DevBuf> {
         let b = self.arena.take(self.dev, host.len())?;
         self.dev.upload(b.ptr, host)?;
+        self.arena.uploads += 1;
         Ok(b)
     }
 
     /// Uploads `host` into a fresh arena buffer (the caller gives it back).
     pub fn upload(&mut self, host: &[f32]) -> Result<DevBuf> {
         self.upload_new(host)
+    }
+
+    /// One f32 timestep per sample in a fresh arena buffer (the caller gives it back), from
+    /// the caller's f32 device tensor `t` of one value per sample or one for all; a kernel
+    /// copies it, so nothing is read on the host.
+    pub fn per_sample_timesteps(&mut self, t: &Tensor, b: usize) -> Result<DevBuf> {
+        let out = self.arena.take(self.dev, b)?;
+        // `rdiff_unet_rows_f32` with no input: out[r] = t[r mod t.numel]
+        self.elementwise(
+            "rdiff_unet_rows_f32",
+            b,
+            &[
+                KernelArg::Ptr(0),
+                i(b),
+                i(1),
+                KernelArg::Ptr(0),
+                KernelArg::Ptr(t.ptr),
+                i(t.numel.max(1)),
+                i(0),
+                KernelArg::Ptr(out.ptr),
+            ],
+        )?;
+        Ok(out)
     }
 }
 
@@ -661,18 +695,30 @@ impl Backend for DeviceBackend<'_> {
     fn time_embedding(
         &mut self,
         te: &TimeEmbedding,
-        ts: &[f32],
+        ts: Timesteps<'_>,
         cond: &Conditioning<'_>,
     ) -> Result<DevBuf> {
-        let b = ts.len();
+        let b = ts.count();
         // Host-side checks and the small host-side parts first (the class and added
         // embeddings, a learned or conditioned projection): nothing is launched for a bad call.
         let class_rows = te.added_rows(b, cond)?;
         let d0 = te.dim0;
-        let proj = match (te.host_projection(ts, cond)?, te.kind) {
+        let host_proj = if te.projects_on_host(cond)? {
+            te.host_projection(ts.host()?, cond)?
+        } else {
+            None
+        };
+        let proj = match (host_proj, te.kind) {
             (Some(p), _) => self.upload_new(&p)?,
             (None, kind) => {
-                let tsd = self.upload_new(ts)?;
+                // device timesteps are read in place; host ones are uploaded for the call
+                let (tsd, uploaded) = match ts {
+                    Timesteps::Host(v) => {
+                        let u = self.upload_new(v)?;
+                        (u.ptr, Some(u))
+                    }
+                    Timesteps::Device(t) => (t.ptr, None),
+                };
                 let fourier = kind == TimeEmbeddingType::Fourier;
                 let pd = if fourier { 2 * te.fourier_w.len() } else { d0 };
                 let proj = self.arena.take(self.dev, b * pd)?;
@@ -687,7 +733,7 @@ impl Backend for DeviceBackend<'_> {
                     "rdiff_unet_time_proj_f32",
                     b * d0,
                     &[
-                        KernelArg::Ptr(tsd.ptr),
+                        KernelArg::Ptr(tsd),
                         i(b),
                         i(pd),
                         i(fourier as usize),
@@ -698,7 +744,9 @@ impl Backend for DeviceBackend<'_> {
                         KernelArg::Ptr(proj.ptr),
                     ],
                 )?;
-                self.arena.give(tsd);
+                if let Some(u) = uploaded {
+                    self.arena.give(u);
+                }
                 proj
             }
         };

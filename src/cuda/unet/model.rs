@@ -6,10 +6,11 @@ use super::backend::{DeviceArena, DeviceBackend, DeviceWeights};
 use super::device::UnetDevice;
 use crate::cuda::kernels::dtype_suffix;
 use crate::cuda::launch::{Dim3, KernelArg};
+use crate::dtype::DType;
 use crate::error::{RdiffError, Result};
 use crate::tensor::Tensor;
 use crate::unet::backend::Backend;
-use crate::unet::embeddings::Conditioning;
+use crate::unet::embeddings::{Conditioning, Timesteps};
 use crate::unet::layout::Dims;
 use crate::unet::model::UNet2D;
 
@@ -20,7 +21,24 @@ pub struct DeviceState {
     pub weights: DeviceWeights,
 }
 
+/// What a model has done on its device since load, beyond launches: neither may happen in a
+/// call captured in a CUDA graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Traffic {
+    /// Device allocations (activation buffers, weights).
+    pub allocations: usize,
+    /// Host-to-device copies (weights; host timesteps and host-side embeddings per call).
+    pub uploads: usize,
+}
+
 impl DeviceState {
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            allocations: self.arena.allocations + self.weights.uploads,
+            uploads: self.arena.uploads + self.weights.uploads,
+        }
+    }
+
     /// Frees everything (no work may be pending on it).
     pub fn release(&mut self, dev: &dyn UnetDevice) {
         self.arena.release(dev);
@@ -31,7 +49,12 @@ impl DeviceState {
 /// The forward pass of `unet` on `dev` with `state`'s memory: `x` NCHW `[b][in_channels][h][w]`,
 /// `out` NCHW `[b][out_channels][h][w]`, both device buffers of the same dtype (f32, f16 or
 /// bf16); `context` a device buffer `[b][tokens][cross_dim]` (f32, f16 or bf16), shape
-/// checked by the caller.
+/// checked by the caller; device timesteps an f32 device buffer (checked by the caller).
+///
+/// Once a call of the same shapes has run, a call with device timesteps and no host-side
+/// conditioning (class labels, added embeddings, a learned or conditioned time projection)
+/// allocates nothing, copies nothing from the host and never waits for the device: it is
+/// launches on the caller's stream only, which a CUDA graph can capture.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     unet: &UNet2D,
@@ -39,14 +62,14 @@ pub fn forward(
     dev: &dyn UnetDevice,
     x: &Tensor,
     (b, h, w): (usize, usize, usize),
-    timesteps: &[f32],
+    timesteps: Timesteps<'_>,
     cond: &Conditioning<'_>,
     context: Option<&Tensor>,
     out: &Tensor,
 ) -> Result<()> {
     let u = unet;
     let cin = u.in_channels();
-    u.check(b, cin, h, w, timesteps.len())?;
+    u.check(b, cin, h, w, timesteps.count())?;
     let t = dtype_suffix(x.dtype)
         .filter(|_| out.dtype == x.dtype)
         .ok_or_else(|| {
@@ -57,12 +80,34 @@ pub fn forward(
                 out.dtype.name()
             ))
         })?;
-    let ts = u.per_sample(timesteps, b);
     let st = state;
     let mut be = DeviceBackend {
         dev,
         arena: &mut st.arena,
         weights: &mut st.weights,
+    };
+    // One timestep per sample, where the caller has them.
+    let host_ts = match timesteps {
+        Timesteps::Host(v) => u.per_sample(v, b),
+        Timesteps::Device(_) => Vec::new(),
+    };
+    let dev_ts = match timesteps {
+        Timesteps::Device(t) => {
+            let buf = be.per_sample_timesteps(t, b)?;
+            let view = Tensor {
+                ptr: buf.ptr,
+                dtype: DType::F32,
+                device: t.device,
+                shape: vec![b],
+                numel: b,
+            };
+            Some((view, buf))
+        }
+        Timesteps::Host(_) => None,
+    };
+    let ts = match &dev_ts {
+        Some((t, _)) => Timesteps::Device(t),
+        None => Timesteps::Host(&host_ts),
     };
     let dims = Dims { b, h, w };
     let hw = dims.hw();
@@ -122,11 +167,16 @@ pub fn forward(
         }
         None => None,
     };
-    let y = u.run(&mut be, xin, &ts, cond, ctx)?;
-    let div = if u.divides_by_timestep() {
-        Some(be.upload(&ts)?)
-    } else {
-        None
+    let y = u.run(&mut be, xin, ts, cond, ctx)?;
+    // the divisor (score-SDE models): the per-sample timesteps on the device
+    let div = match ts {
+        Timesteps::Host(v) if u.divides_by_timestep() => Some(be.upload(v)?),
+        _ => None,
+    };
+    let div_ptr = match (ts, &div) {
+        _ if !u.divides_by_timestep() => 0,
+        (Timesteps::Device(t), _) => t.ptr,
+        (_, d) => d.as_ref().map_or(0, |d| d.ptr),
     };
     let co = u.out_channels();
     dev.launch(
@@ -139,13 +189,16 @@ pub fn forward(
             i(b),
             i(co),
             i(hw),
-            KernelArg::Ptr(div.as_ref().map_or(0, |d| d.ptr)),
+            KernelArg::Ptr(div_ptr),
             KernelArg::Ptr(out.ptr),
         ],
     )?;
     be.give(y.buf);
     if let Some(d) = div {
         be.give(d);
+    }
+    if let Some((_, buf)) = dev_ts {
+        be.give(buf);
     }
     Ok(())
 }
