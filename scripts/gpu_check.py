@@ -265,6 +265,12 @@ def unets_match_torch() -> None:
         want = m(x, t).sample
     # cuBLAS's GEMMs in every dtype, rdiff's own GEMM kernel in f32
     cases = [(d, False) for d in (torch.float32, torch.float16, torch.bfloat16)]
+    for kernel in (False, True):  # bf16 math: cuBLAS's tensor cores, the kernel's rounding
+        ours = rdiff.UNet2DModel.from_diffusers(m, device="cuda", compute_dtype="bfloat16")
+        with gemm_path(kernel):
+            err = _rel(ours(x.cuda(), t.cuda()), want)
+        name = f"UNet2DModel cuda compute bf16{' (own GEMM)' if kernel else ''} ≈ diffusers"
+        report(name, 1e-4 < err <= 3e-2, f"rel {err:.1e}")
     for dtype, kernel in [*cases, (torch.float32, True)]:
         ours = rdiff.UNet2DModel.from_diffusers(m, device="cuda")
         with gemm_path(kernel):
@@ -401,7 +407,9 @@ def unet_in_a_cuda_graph() -> None:
 
 def unet_speed(quick: bool) -> None:
     """Per model: torch with its defaults (TF32 convolutions) and in strict f32, rdiff with
-    cuBLAS and with its own GEMM kernel; the differences against strict-f32 torch."""
+    cuBLAS and with its own GEMM kernel; the differences against strict-f32 torch. Then bf16
+    tensor-core math: rdiff's ``compute_dtype="bfloat16"`` (cuBLAS) against torch's bf16
+    autocast."""
     import diffusers
 
     import rdiff
@@ -413,7 +421,9 @@ def unet_speed(quick: bool) -> None:
     reps = 3 if quick else 10
     rows = []
 
-    def measure(name, call_ref, call_ours):
+    bf16_rows = []
+
+    def measure(name, call_ref, call_ours, call_ours16):
         tf32 = torch.backends.cudnn.allow_tf32
         with torch.no_grad():
             tt = _cuda_time(call_ref, reps)
@@ -421,16 +431,24 @@ def unet_speed(quick: bool) -> None:
             want = call_ref()
             t32 = _cuda_time(call_ref, reps)
             torch.backends.cudnn.allow_tf32 = tf32
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                auto = call_ref().float()
+                ta = _cuda_time(call_ref, reps)
         cells = []
         for kernel in (False, True):
             with gemm_path(kernel):
                 got = call_ours()
                 cells += [_cuda_time(call_ours, reps), _rel(got, want)]
         rows.append((name, tt, t32, *cells))
+        got16 = call_ours16()
+        bf16_rows.append(
+            (name, ta, _rel(auto, want), _cuda_time(call_ours16, reps), _rel(got16, want))
+        )
 
     torch.manual_seed(0)
     ref = diffusers.UNet2DModel(**CIFAR10).eval()
     ours = rdiff.UNet2DModel.from_diffusers(ref, device="cuda")
+    ours16 = rdiff.UNet2DModel.from_diffusers(ref, device="cuda", compute_dtype="bfloat16")
     ref = ref.cuda()
     for b in (1, 8):
         x = torch.randn(b, 3, 32, 32, device="cuda")
@@ -439,11 +457,13 @@ def unet_speed(quick: bool) -> None:
             f"DDPM-CIFAR-10 UNet2DModel, batch {b}",
             lambda x=x, t=t: ref(x, t).sample,
             lambda x=x, t=t: ours(x, t),
+            lambda x=x, t=t: ours16(x, t),
         )
-    del ref, ours
+    del ref, ours, ours16
     torch.manual_seed(0)
     ref = diffusers.UNet2DConditionModel(**SD15).eval()
     ours = rdiff.UNet2DConditionModel.from_diffusers(ref, device="cuda")
+    ours16 = rdiff.UNet2DConditionModel.from_diffusers(ref, device="cuda", compute_dtype="bfloat16")
     ref = ref.cuda()
     g = torch.Generator().manual_seed(0)
     kw = dict(
@@ -452,7 +472,10 @@ def unet_speed(quick: bool) -> None:
         encoder_hidden_states=torch.randn(2, 77, 768, generator=g).cuda(),
     )
     measure(
-        "SD-1.5 UNet2DConditionModel, batch 2, 64×64", lambda: ref(**kw).sample, lambda: ours(**kw)
+        "SD-1.5 UNet2DConditionModel, batch 2, 64×64",
+        lambda: ref(**kw).sample,
+        lambda: ours(**kw),
+        lambda: ours16(**kw),
     )
     print(
         "\n| model | torch ms (TF32 convs) | torch ms (f32) | rdiff ms (cuBLAS) | rel. diff "
@@ -464,9 +487,20 @@ def unet_speed(quick: bool) -> None:
             f"| {name} | {tt * 1e3:.2f} | {t32 * 1e3:.2f} | {tc * 1e3:.2f} | {rc:.1e} | "
             f"{tk * 1e3:.2f} | {rk:.1e} | {tt / tc:.2f}× |"
         )
+    print(
+        "\n| model | torch bf16 autocast ms | its rel. diff | rdiff bf16 ms (cuBLAS) "
+        "| its rel. diff | rdiff bf16 vs torch bf16 |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, ta, ra, t16, r16 in bf16_rows:
+        cells = f"{ta * 1e3:.2f} | {ra:.1e} | {t16 * 1e3:.2f} | {r16:.1e}"
+        print(f"| {name} | {cells} | {ta / t16:.2f}× |")
     for name, _, _, _, rc, _, rk in rows:
         report(f"{name} cuda (cuBLAS) = torch f32", rc <= 1e-4, f"rel {rc:.1e}")
         report(f"{name} cuda (own GEMM) = torch f32", rk <= 1e-4, f"rel {rk:.1e}")
+    for name, _, ra, _, r16 in bf16_rows:
+        ok = r16 <= max(3e-2, 3 * ra)
+        report(f"{name} cuda bf16 ≈ torch f32", ok, f"rel {r16:.1e} (torch bf16 {ra:.1e})")
 
 
 def guarded(fn, *args) -> None:

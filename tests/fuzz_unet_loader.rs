@@ -22,6 +22,7 @@ use _rdiff::tensor::{Device, Tensor};
 use _rdiff::unet::embeddings::{ClassLabels, Conditioning, Timesteps};
 use _rdiff::unet::model::UNet2D;
 use _rdiff::unet::runner::UNetRunner;
+use _rdiff::unet::weights::ComputeDtype;
 use common::{Counting, Rng};
 use serde_json::{json, Value};
 
@@ -332,7 +333,7 @@ fn load_and_run(dir: &Path) -> Result<bool, String> {
                 .unwrap()
             };
             let (xt, ot) = (t(&mut x, c), t(&mut out, co));
-            let m = UNetRunner::new(m, Target::Cpu, 0).unwrap();
+            let m = UNetRunner::new(m, Target::Cpu, 0, ComputeDtype::F32).unwrap();
             // A model that loads may still refuse a size (e.g. more downsamplers): fine.
             let _ = m.forward(
                 &xt,

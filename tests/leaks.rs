@@ -14,6 +14,7 @@ use _rdiff::tensor::{Device, Tensor};
 use _rdiff::unet::embeddings::{ClassLabels, Conditioning, Timesteps};
 use _rdiff::unet::model::UNet2D;
 use _rdiff::unet::runner::UNetRunner;
+use _rdiff::unet::weights::ComputeDtype;
 use common::Counting;
 
 #[global_allocator]
@@ -77,7 +78,13 @@ fn steps(n: usize) {
 }
 
 fn unet(dir: &std::path::Path, bad: &std::path::Path) {
-    let m = UNetRunner::new(UNet2D::from_dir(dir, WEIGHTS).unwrap(), Target::Cpu, 0).unwrap();
+    let m = UNetRunner::new(
+        UNet2D::from_dir(dir, WEIGHTS).unwrap(),
+        Target::Cpu,
+        0,
+        ComputeDtype::F32,
+    )
+    .unwrap();
     let mut x = vec![0.25f32; 2 * 8 * 8];
     let mut out = vec![0f32; 2 * 8 * 8];
     let shape = [2, 1, 8, 8];

@@ -100,11 +100,15 @@ class _NativeUNet:
         torch CUDA tensors; without a usable driver/GPU/NVRTC this raises
         ``rdiff.CudaUnavailableError`` with the reason.
 
-        ``compute_dtype="bfloat16"`` (the CPU only) keeps the weight matrices in bfloat16 and
+        ``compute_dtype="bfloat16"`` on the CPU keeps the weight matrices in bfloat16 and
         multiplies them by bfloat16-rounded activations, summing in float32: on AMX tiles
         where the CPU has AMX-BF16 (Sapphire Rapids and later), else in float32 arithmetic
         (``rdiff.backends()["cpu"]["bf16_kernel"]`` says which). Norms, attention and the
-        rest stay float32; inputs and outputs keep the caller's dtype.
+        rest stay float32. On CUDA every GEMM (convolutions, linear layers, large attention)
+        runs on cuBLAS's bf16 tensor cores with float32 sums
+        (``CUBLAS_COMPUTE_32F_FAST_16BF``; the weights stay float32 on the device), or, without
+        cuBLAS, on rdiff's own GEMM kernel with its operands rounded to bfloat16 (the same
+        numerics, float32 speed). Inputs and outputs keep the caller's dtype.
         """
         return cls._load(
             path, _check_target(device, dtype), subfolder, variant, compute_dtype=compute_dtype

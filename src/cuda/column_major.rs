@@ -23,6 +23,8 @@ pub struct ColumnMajorGemm {
     pub batch: i32,
     pub alpha: f32,
     pub beta: f32,
+    /// bf16 tensor-core math (operands rounded to bf16, sums in f32).
+    pub bf16: bool,
 }
 
 /// How cuBLAS reads a logical `rows×cols` matrix whose element (r, c) is at `r·rs + c·cs`:

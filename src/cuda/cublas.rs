@@ -2,10 +2,13 @@
 //! wheel's copy or PyTorch's, found by `python/rdiff/_cuda_libs.py` and loaded on first need
 //! by `libraries.rs`, or the system's).
 //!
-//! One handle per device, on the caller's stream, with cuBLAS's default math mode: plain f32
-//! (no TF32), so results agree with the f32 kernel to rounding. Where the library is missing,
-//! its handle cannot be created, `RDIFF_NO_CUBLAS` is set, or a GEMM's layout has no cuBLAS
-//! form, `sgemm` answers `Ok(false)` and the caller runs rdiff's own GEMM kernel.
+//! One handle per device, on the caller's stream. A float32 model's GEMMs are plain f32
+//! (`cublasSgemmStridedBatched`, no TF32), so results agree with the f32 kernel to rounding; a
+//! `compute_dtype="bfloat16"` model's are `cublasGemmStridedBatchedEx` on the same f32 buffers
+//! with `CUBLAS_COMPUTE_32F_FAST_16BF`: cuBLAS rounds the operands to bf16 and runs them on the
+//! tensor cores with f32 sums. Where the library is missing, its handle cannot be created,
+//! `RDIFF_NO_CUBLAS` is set, or a GEMM's layout has no cuBLAS form, `gemm` answers `Ok(false)`
+//! and the caller runs rdiff's own GEMM kernel.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -64,7 +67,7 @@ fn check(status: sys::cublasStatus_t, what: &str) -> Result<()> {
 
 /// Runs `g` on `stream` of `device` with cuBLAS: `Ok(false)` when cuBLAS is unavailable (the
 /// caller falls back to its own kernel), an error when cuBLAS refuses the call.
-pub fn sgemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool> {
+pub fn gemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool> {
     if !usable() {
         return Ok(false);
     }
@@ -92,6 +95,40 @@ pub fn sgemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool
     // SAFETY: a live handle; the stream is the caller's live stream on this device.
     let set = unsafe { sys::cublasSetStream_v2(h, stream as sys::cudaStream_t) };
     check(set, "cublasSetStream")?;
+    if g.bf16 {
+        let f32_type = sys::cudaDataType::CUDA_R_32F;
+        // SAFETY: as for the f32 call below; alpha and beta are f32, as the compute type
+        // CUBLAS_COMPUTE_32F_FAST_16BF asks.
+        let done = unsafe {
+            sys::cublasGemmStridedBatchedEx(
+                h,
+                op(g.trans_a),
+                op(g.trans_b),
+                g.m,
+                g.n,
+                g.k,
+                (&g.alpha as *const f32).cast(),
+                g.a as *const std::ffi::c_void,
+                f32_type,
+                g.lda,
+                g.stride_a,
+                g.b as *const std::ffi::c_void,
+                f32_type,
+                g.ldb,
+                g.stride_b,
+                (&g.beta as *const f32).cast(),
+                g.c as *mut std::ffi::c_void,
+                f32_type,
+                g.ldc,
+                g.stride_c,
+                g.batch,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT, // CUBLAS_GEMM_DEFAULT
+            )
+        };
+        check(done, "cublasGemmStridedBatchedEx")?;
+        return Ok(true);
+    }
     // SAFETY: the pointers are device allocations (the UNet's arena and weights) holding every
     // element the strides and sizes reach (the Gemm's contract); alpha and beta are host
     // values that outlive the call (cuBLAS's default host pointer mode).

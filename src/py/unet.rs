@@ -63,10 +63,14 @@ impl PyUNet2D {
         threads: u32,
         compute_dtype: &str,
     ) -> PyResult<Self> {
-        let compute = ComputeDtype::parse(compute_dtype)?;
-        let unet = py.detach(|| UNet2D::from_dir_as(&path, &weights_name, compute))?;
+        let (compute, at) = (
+            ComputeDtype::parse(compute_dtype)?,
+            target(device, max_blocks),
+        );
+        let storage = UNetRunner::weight_storage(compute, at);
+        let unet = py.detach(|| UNet2D::from_dir_as(&path, &weights_name, storage))?;
         Ok(Self {
-            inner: UNetRunner::new(unet, target(device, max_blocks), threads)?,
+            inner: UNetRunner::new(unet, at, threads, compute)?,
         })
     }
 
@@ -83,11 +87,15 @@ impl PyUNet2D {
         threads: u32,
         compute_dtype: &str,
     ) -> PyResult<Self> {
-        let compute = ComputeDtype::parse(compute_dtype)?;
+        let (compute, at) = (
+            ComputeDtype::parse(compute_dtype)?,
+            target(device, max_blocks),
+        );
         let mem = memory_weights(tensors)?;
-        let unet = py.detach(|| UNet2D::load_as(config_json, &mem, compute))?;
+        let storage = UNetRunner::weight_storage(compute, at);
+        let unet = py.detach(|| UNet2D::load_as(config_json, &mem, storage))?;
         Ok(Self {
-            inner: UNetRunner::new(unet, target(device, max_blocks), threads)?,
+            inner: UNetRunner::new(unet, at, threads, compute)?,
         })
     }
 

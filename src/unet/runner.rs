@@ -33,15 +33,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl UNetRunner {
-    /// `unet` on `target` (its stream is the call's); `threads` per block for the emulated
-    /// launcher's UNet kernels (0: 256, as on a GPU).
-    pub fn new(unet: UNet2D, target: Target, threads: u32) -> Result<Self> {
-        if unet.compute != ComputeDtype::F32 && target != Target::Cpu {
+    /// How a model computing in `compute` on `target` keeps its weight matrices: as the CPU
+    /// path multiplies them (bf16 tiles for bfloat16), and in f32 for a device, whose GEMMs
+    /// read f32 and round in the tensor cores (`cuda/cublas.rs`).
+    pub fn weight_storage(compute: ComputeDtype, target: Target) -> ComputeDtype {
+        match target {
+            Target::Cpu => compute,
+            _ => ComputeDtype::F32,
+        }
+    }
+
+    /// `unet` (loaded with `weight_storage(compute, target)`) on `target` (its stream is the
+    /// call's), computing in `compute`; `threads` per block for the emulated launcher's UNet
+    /// kernels (0: 256, as on a GPU).
+    pub fn new(
+        mut unet: UNet2D,
+        target: Target,
+        threads: u32,
+        compute: ComputeDtype,
+    ) -> Result<Self> {
+        if unet.compute != Self::weight_storage(compute, target) {
             return Err(RdiffError::Value(format!(
-                "compute_dtype={:?} runs on the CPU only (CUDA computes in float32)",
-                unet.compute.name()
+                "a model loaded for compute_dtype={:?} cannot compute in {:?} here",
+                unet.compute.name(),
+                compute.name()
             )));
         }
+        unet.compute = compute;
         let state = match target {
             Target::Cpu => State::Cpu(Mutex::default()),
             Target::Emulated { max_blocks } => State::Emulated(

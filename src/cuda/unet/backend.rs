@@ -170,6 +170,8 @@ pub struct DeviceBackend<'a> {
     pub dev: &'a dyn UnetDevice,
     pub arena: &'a mut DeviceArena,
     pub weights: &'a mut DeviceWeights,
+    /// Every GEMM in bf16 tensor-core math (`compute_dtype="bfloat16"`), else f32.
+    pub bf16: bool,
 }
 
 fn i(v: usize) -> KernelArg<'static> {
@@ -371,6 +373,7 @@ impl Backend for DeviceBackend<'_> {
                     batch: 1,
                     alpha: e.scale,
                     beta: if s == 0 { beta0 } else { 1.0 },
+                    bf16: self.bf16,
                 })?;
                 ci0 += sc;
             }
@@ -425,6 +428,7 @@ impl Backend for DeviceBackend<'_> {
                 batch: 1,
                 alpha: e.scale,
                 beta: beta0,
+                bf16: self.bf16,
             })?;
             c0 += t;
         }
@@ -504,6 +508,7 @@ impl Backend for DeviceBackend<'_> {
             batch: 1,
             alpha: 1.0,
             beta: 1.0,
+            bf16: self.bf16,
         })
     }
 
@@ -585,6 +590,7 @@ impl Backend for DeviceBackend<'_> {
                     batch: hn,
                     alpha: scale,
                     beta: 0.0,
+                    bf16: self.bf16,
                 })?;
                 self.elementwise(
                     "rdiff_unet_softmax_cols_f32",
@@ -610,6 +616,7 @@ impl Backend for DeviceBackend<'_> {
                     batch: hn,
                     alpha: 1.0,
                     beta: 0.0,
+                    bf16: self.bf16,
                 })?;
             }
         }

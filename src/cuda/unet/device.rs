@@ -36,6 +36,9 @@ pub struct Gemm {
     pub batch: usize,
     pub alpha: f32,
     pub beta: f32,
+    /// Operands rounded to bf16, products summed in f32: tensor-core math
+    /// (`compute_dtype="bfloat16"`); else plain f32.
+    pub bf16: bool,
 }
 
 /// A launcher with device memory and a GEMM.
@@ -91,6 +94,7 @@ pub fn column_major(g: &Gemm) -> Option<ColumnMajorGemm> {
         batch: int(g.batch)?,
         alpha: g.alpha,
         beta: g.beta,
+        bf16: g.bf16,
     })
 }
 
@@ -129,6 +133,7 @@ pub fn gemm_kernel(l: &dyn Launcher, g: &Gemm) -> Result<()> {
             i(g.c_bs),
             KernelArg::F32(g.alpha),
             KernelArg::F32(g.beta),
+            i(g.bf16 as usize),
         ],
     )
 }
@@ -145,9 +150,28 @@ struct Strided {
     batch: usize,
     alpha: f32,
     beta: f32,
+    bf16: bool,
 }
 
-/// `C = beta·C + alpha·A·B` per batch with the `gemm` crate (`beta == 0` does not read C).
+/// `rows × cols` elements at `p` with strides (`rs`, `cs`), each rounded to bf16 (to nearest
+/// even, as the tensor cores' conversion), as a dense row-major copy.
+///
+/// # Safety
+/// `p` reaches every element the strides name (host memory).
+unsafe fn rounded(p: *const f32, rows: usize, cols: usize, rs: usize, cs: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * cols);
+    for i in 0..rows {
+        for j in 0..cols {
+            // SAFETY: within the operand (the caller's contract).
+            let v = unsafe { *p.add(i * rs + j * cs) };
+            out.push(half::bf16::from_f32(v).to_f32());
+        }
+    }
+    out
+}
+
+/// `C = beta·C + alpha·A·B` per batch with the `gemm` crate (`beta == 0` does not read C); with
+/// `bf16`, on copies of the operands rounded to bf16.
 fn cpu_gemm(g: &Strided) {
     let s = |v: usize| v as isize;
     let (c_rs, c_cs) = (g.c.1, g.c.2);
@@ -155,8 +179,18 @@ fn cpu_gemm(g: &Strided) {
         // SAFETY: the addresses are host addresses (emulation) of f32 buffers that the caller
         // sized for these shapes and strides; C does not overlap A or B.
         unsafe {
-            let a = (g.a.0 as *const f32).add(z * g.a.3);
-            let b = (g.b.0 as *const f32).add(z * g.b.3);
+            let mut a = (g.a.0 as *const f32).add(z * g.a.3);
+            let mut b = (g.b.0 as *const f32).add(z * g.b.3);
+            let (mut a_strides, mut b_strides) = ((g.a.1, g.a.2), (g.b.1, g.b.2));
+            let copies;
+            if g.bf16 {
+                copies = (
+                    rounded(a, g.m, g.k, g.a.1, g.a.2),
+                    rounded(b, g.k, g.n, g.b.1, g.b.2),
+                );
+                (a, b) = (copies.0.as_ptr(), copies.1.as_ptr());
+                (a_strides, b_strides) = ((g.k, 1), (g.n, 1));
+            }
             let c = (g.c.0 as *mut f32).add(z * g.c.3);
             if g.k == 0 {
                 for i in 0..g.m {
@@ -176,11 +210,11 @@ fn cpu_gemm(g: &Strided) {
                 s(c_rs),
                 g.beta != 0.0,
                 a,
-                s(g.a.2),
-                s(g.a.1),
+                s(a_strides.1),
+                s(a_strides.0),
                 b,
-                s(g.b.2),
-                s(g.b.1),
+                s(b_strides.1),
+                s(b_strides.0),
                 g.beta,
                 g.alpha,
                 false,
@@ -267,6 +301,7 @@ impl UnetDevice for EmulatedDevice {
                     batch: cm.batch as usize,
                     alpha: cm.alpha,
                     beta: cm.beta,
+                    bf16: cm.bf16,
                 });
             }
             None => cpu_gemm(&Strided {
@@ -279,6 +314,7 @@ impl UnetDevice for EmulatedDevice {
                 batch: g.batch,
                 alpha: g.alpha,
                 beta: g.beta,
+                bf16: g.bf16,
             }),
         }
         Ok(())
@@ -340,7 +376,7 @@ mod real {
                 return Ok(());
             }
             if let Some(cm) = column_major(g) {
-                if cublas::sgemm(&self.device, self.stream, &cm)? {
+                if cublas::gemm(&self.device, self.stream, &cm)? {
                     return Ok(());
                 }
             }

@@ -78,15 +78,23 @@ fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     }
 }
 
+/// In f64, with each operand first rounded to bf16 when `g.bf16`.
 fn naive_gemm(g: &Gemm, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<f32> {
+    let operand = |v: f32| {
+        if g.bf16 {
+            half::bf16::from_f32(v).to_f64()
+        } else {
+            v as f64
+        }
+    };
     let mut c = c0.to_vec();
     for z in 0..g.batch {
         for i in 0..g.m {
             for j in 0..g.n {
                 let mut acc = 0.0f64;
                 for k in 0..g.k {
-                    acc += a[z * g.a_bs + i * g.a_rs + k * g.a_cs] as f64
-                        * b[z * g.b_bs + k * g.b_rs + j * g.b_cs] as f64;
+                    acc += operand(a[z * g.a_bs + i * g.a_rs + k * g.a_cs])
+                        * operand(b[z * g.b_bs + k * g.b_rs + j * g.b_cs]);
                 }
                 let p = z * g.c_bs + i * g.c_rs + j;
                 let prev = if g.beta == 0.0 {
@@ -102,10 +110,12 @@ fn naive_gemm(g: &Gemm, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<f32> {
 }
 
 /// The GEMM kernel (emulated) and the CPU stand-in against a naive product: odd shapes,
-/// both operand layouts, batches, beta = 0 over NaN, misaligned operands.
+/// both operand layouts, batches, beta = 0 over NaN, misaligned operands; in f32 and in bf16
+/// math (operands rounded to bf16: the naive product rounds them too, and an unrounded
+/// operand would miss it by far more than the tolerance).
 #[test]
 fn gemm_kernel_and_cpu_stand_in_match_naive() {
-    for kernel_gemm in [true, false] {
+    for (kernel_gemm, bf16) in [(true, false), (false, false), (true, true), (false, true)] {
         let dev = EmulatedDevice::new(4, 0, kernel_gemm);
         for (m, n, k, ta, tb, batch, beta) in [
             (70, 45, 19, false, false, 1, 0.3f32),
@@ -135,6 +145,7 @@ fn gemm_kernel_and_cpu_stand_in_match_naive() {
                 batch,
                 alpha: 0.7,
                 beta,
+                bf16,
             };
             let a = Misaligned::new(&values(batch * m * k, 1));
             let b = Misaligned::new(&values(batch * k * n, 2));
@@ -184,6 +195,7 @@ fn column_major_form_matches_naive() {
         batch: 1,
         alpha: 1.0,
         beta: 0.0,
+        bf16: false,
     };
     let cm = column_major(&base).unwrap();
     // Cᵀ = Bᵀ·Aᵀ: B row-major is a column-major Bᵀ (no transpose), likewise A.
@@ -313,6 +325,7 @@ fn conv2d_matches_cpu() {
                 dev: &t.dev,
                 arena: &mut t.arena,
                 weights: &mut t.weights,
+                bf16: false,
             };
             let (da, db) = (Misaligned::new(&x1), Misaligned::new(&x2));
             let (dt, dr) = (Misaligned::new(&temb), Misaligned::new(&resid));
@@ -378,6 +391,7 @@ fn group_norm_matches_cpu() {
             dev: &t.dev,
             arena: &mut t.arena,
             weights: &mut t.weights,
+            bf16: false,
         };
         let (da, db, ds) = (
             Misaligned::new(&x1),
@@ -438,6 +452,7 @@ fn attention_matches_cpu() {
                 dev: &t.dev,
                 arena: &mut t.arena,
                 weights: &mut t.weights,
+                bf16: false,
             };
             let (dq, dkv) = (Misaligned::new(&q), Misaligned::new(&kv));
             let (bq, bkv) = (dq.buf(), dkv.buf());
@@ -481,6 +496,7 @@ fn layer_norm_and_geglu_match_cpu() {
         dev: &t.dev,
         arena: &mut t.arena,
         weights: &mut t.weights,
+        bf16: false,
     };
     let dx = Misaligned::new(&x);
     let dln = Misaligned::new(&vec![0.0; c * n]);
@@ -514,6 +530,7 @@ fn resampling_linear_and_copy_match_cpu() {
         dev: &t.dev,
         arena: &mut t.arena,
         weights: &mut t.weights,
+        bf16: false,
     };
     let dx = Misaligned::new(&x);
     let dup = Misaligned::new(&vec![0.0; 4 * x.len()]);
