@@ -129,6 +129,23 @@ def test_condition_model_bf16(family, seed):
     assert rel_l2(out.float(), ours16) <= 4e-2  # (measured 1.5e-2 and 8.4e-3: the cascade)
 
 
+def test_bf16_attention_from_1024_keys():
+    """A 32×32 latent: the first level's self-attention has 1,024 keys, so its products run in
+    bf16 too (src/cpu/attention.rs); the error stays of bf16's and torch autocast's order."""
+    cfg = _family_config("sd1", 0)
+    model = _model(cfg)
+    kw = _inputs(cfg, b=1, size=32, tokens=4)
+    f32 = rdiff.UNet2DConditionModel.from_diffusers(model)
+    bf16 = rdiff.UNet2DConditionModel.from_diffusers(model, compute_dtype=BF16)
+    ours32, ours16 = f32(**kw), bf16(**kw)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = model(**kw).sample.float()
+    err, torch_err = rel_l2(ours16, ours32), rel_l2(auto, ours32)
+    assert 1e-3 <= err <= 4e-2, err
+    assert err <= 3 * torch_err, (err, torch_err)
+    assert torch.equal(bf16(**kw), ours16)
+
+
 # -- loading -----------------------------------------------------------------------------------
 
 

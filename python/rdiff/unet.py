@@ -103,12 +103,13 @@ class _NativeUNet:
         ``compute_dtype="bfloat16"`` on the CPU keeps the weight matrices in bfloat16 and
         multiplies them by bfloat16-rounded activations, summing in float32: on AMX tiles
         where the CPU has AMX-BF16 (Sapphire Rapids and later), else in float32 arithmetic
-        (``rdiff.backends()["cpu"]["bf16_kernel"]`` says which). Norms, attention and the
-        rest stay float32. On CUDA every GEMM (convolutions, linear layers, large attention)
-        runs on cuBLAS's bf16 tensor cores with float32 sums
-        (``CUBLAS_COMPUTE_32F_FAST_16BF``; the weights stay float32 on the device), or, without
-        cuBLAS, on rdiff's own GEMM kernel with its operands rounded to bfloat16 (the same
-        numerics, float32 speed). Inputs and outputs keep the caller's dtype.
+        (``rdiff.backends()["cpu"]["bf16_kernel"]`` says which); so do attention's two
+        products from 1,024 keys. Norms, softmax and the rest stay float32. On CUDA every
+        GEMM (convolutions, linear layers, large attention) runs on cuBLAS's bf16 tensor cores
+        with float32 sums (``CUBLAS_COMPUTE_32F_FAST_16BF``; the weights stay float32 on the
+        device), or, without cuBLAS, on rdiff's own GEMM kernel with its operands rounded to
+        bfloat16 (the same numerics, float32 speed). Inputs and outputs keep the caller's
+        dtype.
         """
         return cls._load(
             path, _check_target(device, dtype), subfolder, variant, compute_dtype=compute_dtype

@@ -11,17 +11,33 @@
 //! single-threaded. (Smaller blocks that stay in L2 were measured slower on 2 Zen 3 cores:
 //! 374 against 338 ms at 4,096 tokens; `gemm` repacks the queries for every key block and
 //! the output is rescaled and re-read for each.)
+//!
+//! In bf16 (`compute_dtype="bfloat16"`, from 1,024 keys) both products are bf16 products
+//! summed in f32 (`cpu::bf16::gemm`: AMX tiles where the CPU has them): the queries rounded and
+//! packed once per task, each key block's keys and values rounded into rows, and the
+//! probabilities rounded and packed after the softmax, which stays f32, as do the running
+//! maxima, sums and output. Key blocks are smaller there (scores in L2). The gain is modest
+//! (5–20% at SD 1.5's large sizes): the f32 softmax and these passes, not the products,
+//! bound it.
 
 use gemm::{gemm, Parallelism};
+use half::bf16;
 use rayon::prelude::*;
 
 use super::arena::with_scratch;
+use super::bf16 as bf16_gemm;
 use super::vecmath::exp_nonpositive_f32;
 use super::SendPtr;
 use crate::simd_dispatch;
 
 /// Scores per block (queries × keys) at most: 4 MiB of scratch per thread.
 const BLOCK_SCORES: usize = 1 << 20;
+/// In bf16, at most this many (1 MiB): the scores then stay in L2 through the passes the
+/// bf16 products add (zeroing, the kernel's sum into them, the packing of P).
+const BF16_BLOCK_SCORES: usize = 1 << 18;
+/// The bf16 products from this many keys: below it, rounding and packing the operands cost
+/// more than the products save (SD 1.5's 256-token attention: 5.0 ms against f32's 2.8).
+const BF16_MIN_KEYS: usize = 1024;
 
 /// One key block of the online softmax over a key-major score block (`s[j·m + i]`, key j,
 /// query i), in place: the running maxima `mx` and sums `l` of the m queries are updated,
@@ -64,7 +80,9 @@ pub struct Tokens<'a> {
 }
 
 /// Multi-head attention of `b` samples: queries `q`, keys `k` and values `v` (k and v with the
-/// same tokens), `heads` heads of `dh` rows each; writes `out`, `[heads·dh][b][q.t]`.
+/// same tokens), `heads` heads of `dh` rows each; writes `out`, `[heads·dh][b][q.t]`; its
+/// products in bf16 when `bf16`.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: Tokens<'_>,
     k: Tokens<'_>,
@@ -73,8 +91,10 @@ pub fn attention(
     heads: usize,
     dh: usize,
     out: &mut [f32],
+    bf16: bool,
 ) {
-    attention_in_blocks(q, k, v, b, heads, dh, out, BLOCK_SCORES);
+    let bf16 = bf16 && k.t >= BF16_MIN_KEYS;
+    attention_in_blocks(q, k, v, b, heads, dh, out, BLOCK_SCORES, bf16);
 }
 
 /// [`attention`] with at most `block_scores` scores per block (small in the tests, to cover
@@ -89,6 +109,7 @@ fn attention_in_blocks(
     dh: usize,
     out: &mut [f32],
     block_scores: usize,
+    bf16: bool,
 ) {
     let inner = heads * dh;
     let (tq, tk) = (q.t, k.t);
@@ -106,7 +127,12 @@ fn attention_in_blocks(
     let blocks_wanted = (4 * threads).div_ceil(per).max(1);
     let qb = tq.div_ceil(blocks_wanted).clamp(16.min(tq), 256);
     let nblocks = tq.div_ceil(qb);
-    let kb = (block_scores / qb).clamp(1, tk);
+    let kb = (if bf16 {
+        block_scores.min(BF16_BLOCK_SCORES)
+    } else {
+        block_scores
+    } / qb)
+        .clamp(1, tk);
     let outp = SendPtr(out.as_mut_ptr());
     (0..per * nblocks).into_par_iter().for_each(|task| {
         let (bh, blk) = (task / nblocks, task % nblocks);
@@ -125,71 +151,77 @@ fn attention_in_blocks(
             let (l, alpha) = rest.split_at_mut(m);
             mx.fill(f32::NEG_INFINITY);
             l.fill(0.0);
-            for j0 in (0..tk).step_by(kb) {
-                let nb = kb.min(tk - j0);
-                let s = &mut s[..m * nb];
-                // Scores key-major, S[j][i] = scale · Σ_d q[d][i] k[d][j0 + j]: gemm then
-                // reads the probabilities below as a column-major operand, without repacking.
-                // SAFETY: all pointers and strides stay inside q, k (keys j0..j0+nb) and the
-                // scratch (checked sizes above).
-                unsafe {
-                    gemm(
-                        m,
-                        nb,
-                        dh,
-                        s.as_mut_ptr(),
-                        m as isize,
-                        1,
-                        false,
-                        qp,
-                        nq as isize,
-                        1,
-                        kp.add(j0),
-                        1,
-                        nk as isize,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                softmax_block(s, m, mx, l, alpha);
-                // SAFETY: v's dh rows of keys j0..j0+nb stay inside v, s is the task's nb×m
-                // scratch, and o's dh rows (stride n) of m columns are this task's block of
-                // `out`, which no other task touches.
-                unsafe {
-                    if j0 > 0 {
-                        for d in 0..dh {
-                            let row = std::slice::from_raw_parts_mut(o.add(d * n), m);
-                            for (x, &a) in row.iter_mut().zip(alpha.iter()) {
-                                *x *= a;
+            if bf16 {
+                let stats = Softmax { s, mx, l, alpha };
+                // SAFETY: as for the f32 products below (same pointers and extents).
+                unsafe { blocks_bf16((qp, kp, vp, o), (m, dh, tk, kb), (nq, nk, n), scale, stats) };
+            } else {
+                for j0 in (0..tk).step_by(kb) {
+                    let nb = kb.min(tk - j0);
+                    let s = &mut s[..m * nb];
+                    // Scores key-major, S[j][i] = scale · Σ_d q[d][i] k[d][j0 + j]: gemm then
+                    // reads the probabilities below as a column-major operand, without repacking.
+                    // SAFETY: all pointers and strides stay inside q, k (keys j0..j0+nb) and the
+                    // scratch (checked sizes above).
+                    unsafe {
+                        gemm(
+                            m,
+                            nb,
+                            dh,
+                            s.as_mut_ptr(),
+                            m as isize,
+                            1,
+                            false,
+                            qp,
+                            nq as isize,
+                            1,
+                            kp.add(j0),
+                            1,
+                            nk as isize,
+                            0.0,
+                            scale,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                    }
+                    softmax_block(s, m, mx, l, alpha);
+                    // SAFETY: v's dh rows of keys j0..j0+nb stay inside v, s is the task's nb×m
+                    // scratch, and o's dh rows (stride n) of m columns are this task's block of
+                    // `out`, which no other task touches.
+                    unsafe {
+                        if j0 > 0 {
+                            for d in 0..dh {
+                                let row = std::slice::from_raw_parts_mut(o.add(d * n), m);
+                                for (x, &a) in row.iter_mut().zip(alpha.iter()) {
+                                    *x *= a;
+                                }
                             }
                         }
+                        // Oᵀ[i][d] += Σ_j P[j][i] v[d][j0 + j]
+                        gemm(
+                            m,
+                            dh,
+                            nb,
+                            o,
+                            n as isize,
+                            1,
+                            j0 > 0,
+                            s.as_ptr(),
+                            m as isize,
+                            1,
+                            vp.add(j0),
+                            nk as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
                     }
-                    // Oᵀ[i][d] += Σ_j P[j][i] v[d][j0 + j]
-                    gemm(
-                        m,
-                        dh,
-                        nb,
-                        o,
-                        n as isize,
-                        1,
-                        j0 > 0,
-                        s.as_ptr(),
-                        m as isize,
-                        1,
-                        vp.add(j0),
-                        nk as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
                 }
             }
             // SAFETY: the task's block of `out`, as above.
@@ -202,6 +234,82 @@ fn attention_in_blocks(
                 }
             }
         });
+    });
+}
+
+/// A task's score scratch and online-softmax state (see `softmax_block`).
+struct Softmax<'a> {
+    s: &'a mut [f32],
+    mx: &'a mut [f32],
+    l: &'a mut [f32],
+    alpha: &'a mut [f32],
+}
+
+/// The key blocks of one task in bf16: `m` queries from `qp`, `dh` rows of `tk` keys and values
+/// from `kp` and `vp` (row strides `nq`, `nk`), `kb` keys per block, into `o` (row stride `n`),
+/// not yet divided by the sums left in `st.l`.
+///
+/// # Safety
+/// The pointers reach the extents [`attention_in_blocks`] checks for the task; `o`'s `dh` rows
+/// of `m` columns are the task's alone.
+unsafe fn blocks_bf16(
+    (qp, kp, vp, o): (*const f32, *const f32, *const f32, *mut f32),
+    (m, dh, tk, kb): (usize, usize, usize, usize),
+    (nq, nk, n): (usize, usize, usize),
+    scale: f32,
+    st: Softmax<'_>,
+) {
+    let (qlen, plen) = (bf16_gemm::packed_len(dh, m), bf16_gemm::packed_len(kb, m));
+    // A block's keys as rows [key][d] and values as rows [d][key], rounded to bf16.
+    let mut krows = vec![bf16::ZERO; kb * dh];
+    let mut vrows = vec![bf16::ZERO; dh * kb];
+    bf16_gemm::with_packed(qlen + plen, |buf| {
+        // (qlen is whole panels of 16 u32: the second buffer stays on 64-byte lines)
+        let (qpk, ppk) = buf.split_at_mut(qlen);
+        // SAFETY: the queries' dh rows of m columns (the caller's contract).
+        let qs = unsafe { std::slice::from_raw_parts(qp, (dh - 1) * nq + m) };
+        bf16_gemm::pack(qs, nq, dh, m, qpk);
+        for j0 in (0..tk).step_by(kb) {
+            let nb = kb.min(tk - j0);
+            for d in 0..dh {
+                // SAFETY: row d of the keys and values, keys j0..j0 + nb.
+                let (kr, vr) = unsafe {
+                    (
+                        std::slice::from_raw_parts(kp.add(d * nk + j0), nb),
+                        std::slice::from_raw_parts(vp.add(d * nk + j0), nb),
+                    )
+                };
+                for (j, &x) in kr.iter().enumerate() {
+                    krows[j * dh + d] = bf16::from_f32(x);
+                }
+                for (dst, &x) in vrows[d * nb..][..nb].iter_mut().zip(vr) {
+                    *dst = bf16::from_f32(x);
+                }
+            }
+            // S[j][i] = scale · Σ_d k[d][j0 + j] q[d][i], key-major as the f32 path has it
+            let s = &mut st.s[..m * nb];
+            s.fill(0.0);
+            let keys = bf16_gemm::Lhs::Rows(&krows[..nb * dh], dh);
+            // SAFETY: s is an nb×m matrix at row stride m, this task's scratch.
+            unsafe { bf16_gemm::gemm((nb, m, dh), (s.as_mut_ptr(), m), keys, qpk, scale) };
+            softmax_block(s, m, st.mx, st.l, st.alpha);
+            bf16_gemm::pack(s, m, nb, m, ppk);
+            for d in 0..dh {
+                // SAFETY: the task's rows of `o` (the caller's contract).
+                let row = unsafe { std::slice::from_raw_parts_mut(o.add(d * n), m) };
+                if j0 == 0 {
+                    row.fill(0.0);
+                } else {
+                    for (x, &a) in row.iter_mut().zip(st.alpha.iter()) {
+                        *x *= a;
+                    }
+                }
+            }
+            // O[d][i] += Σ_j v[d][j0 + j] P[j][i]
+            let values = bf16_gemm::Lhs::Rows(&vrows[..dh * nb], nb);
+            // SAFETY: o's dh rows of m columns at row stride n, the task's alone.
+            unsafe { bf16_gemm::gemm((dh, m, nb), (o, n), values, ppk, 1.0) };
+        }
     });
 }
 
@@ -219,20 +327,32 @@ mod tests {
             .map(|i| ((i * 7 % 23) as f32 - 11.0) / 7.0)
             .collect();
         let tok = |row| Tokens { data: &qkv, row, t };
-        // One key block, blocks of 6 keys (the last of 5), and one key per block.
-        for scores in [BLOCK_SCORES, 100, 16] {
-            let mut out = vec![0.0; inner * n];
-            attention_in_blocks(
-                tok(0),
-                tok(inner),
-                tok(2 * inner),
-                dims.b,
-                heads,
-                dh,
-                &mut out,
-                scores,
-            );
-            check_self_attention(&qkv, &out, dims, inner, heads, dh);
+        // One key block, blocks of 6 keys (the last of 5), and one key per block; in f32 and
+        // in bf16. In one key block the bf16 result is checked against its own definition
+        // (q, k, v and the softmax numerators rounded to bf16, sums in f64); over several,
+        // each block's numerators are rounded against that block's running maximum, so only
+        // against the exact attention, at bf16's scale.
+        for bf16 in [false, true] {
+            for scores in [BLOCK_SCORES, 100, 16] {
+                let mut out = vec![0.0; inner * n];
+                attention_in_blocks(
+                    tok(0),
+                    tok(inner),
+                    tok(2 * inner),
+                    dims.b,
+                    heads,
+                    dh,
+                    &mut out,
+                    scores,
+                    bf16,
+                );
+                let (round, tol) = match (bf16, scores == BLOCK_SCORES) {
+                    (false, _) => (false, 1e-5),
+                    (true, true) => (true, 1e-4),
+                    (true, false) => (false, 3e-2),
+                };
+                check_self_attention(&qkv, &out, dims, (inner, heads, dh), round, tol);
+            }
         }
     }
 
@@ -240,16 +360,23 @@ mod tests {
         qkv: &[f32],
         out: &[f32],
         dims: Dims,
-        inner: usize,
-        heads: usize,
-        dh: usize,
+        (inner, heads, dh): (usize, usize, usize),
+        round: bool,
+        tol: f64,
     ) {
         let (n, t) = (dims.n(), dims.hw());
+        let r = |v: f64| {
+            if round {
+                bf16::from_f64(v).to_f64()
+            } else {
+                v
+            }
+        };
         for b in 0..dims.b {
             for h in 0..heads {
                 for i in 0..t {
                     let at = |blk: usize, d: usize, j: usize| {
-                        qkv[(blk * inner + h * dh + d) * n + b * t + j] as f64
+                        r(qkv[(blk * inner + h * dh + d) * n + b * t + j] as f64)
                     };
                     let sc: Vec<f64> = (0..t)
                         .map(|j| (0..dh).map(|d| at(0, d, i) * at(1, d, j)).sum::<f64>() / 2.0)
@@ -258,9 +385,9 @@ mod tests {
                     let e: Vec<f64> = sc.iter().map(|s| (s - mx).exp()).collect();
                     let z: f64 = e.iter().sum();
                     for d in 0..dh {
-                        let want = (0..t).map(|j| e[j] * at(2, d, j)).sum::<f64>() / z;
+                        let want = (0..t).map(|j| r(e[j]) * at(2, d, j)).sum::<f64>() / z;
                         let got = out[(h * dh + d) * n + b * t + i] as f64;
-                        assert!((want - got).abs() < 1e-5, "{want} {got}");
+                        assert!((want - got).abs() < tol, "{want} {got} (tol {tol})");
                     }
                 }
             }
@@ -291,6 +418,7 @@ mod tests {
                 dh,
                 &mut out,
                 scores,
+                false,
             );
             check_cross_attention(&q, &kv, &out, (b, tq, tk, heads, dh));
         }
@@ -331,6 +459,45 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    /// Not a test: f32 against bf16 attention at Stable Diffusion 1.5's shapes (batch 2, 8
+    /// heads), alternating in one process. `cargo test --release --lib attention::bench --
+    /// --ignored --nocapture` (figures in benches/README.md).
+    #[test]
+    #[ignore]
+    fn f32_against_bf16() {
+        let shapes = [
+            (4096, 4096, 40),
+            (4096, 77, 40),
+            (1024, 1024, 80),
+            (256, 256, 160),
+        ];
+        for (tq, tk, dh) in shapes {
+            let (b, heads) = (2, 8);
+            let inner = heads * dh;
+            let val = |i: usize, m: usize| ((i * 7 % m) as f32 - (m / 2) as f32) / 31.0;
+            let q: Vec<f32> = (0..inner * b * tq).map(|i| val(i, 23)).collect();
+            let kv: Vec<f32> = (0..2 * inner * b * tk).map(|i| val(i, 19)).collect();
+            let mut out = vec![0.0; inner * b * tq];
+            let mut best = [f64::INFINITY; 2];
+            for rep in 0..8 {
+                let bf16 = rep % 2 == 1;
+                let start = std::time::Instant::now();
+                let tok = |data, row, t| Tokens { data, row, t };
+                let (qt, kt, vt) = (tok(&q, 0, tq), tok(&kv, 0, tk), tok(&kv, inner, tk));
+                attention(qt, kt, vt, b, heads, dh, &mut out, bf16);
+                let ms = start.elapsed().as_secs_f64() * 1e3;
+                best[bf16 as usize] = best[bf16 as usize].min(ms);
+            }
+            let [f, h] = best;
+            eprintln!("{tq} queries, {tk} keys, dh {dh}: f32 {f:.1} ms, bf16 {h:.1} ms");
         }
     }
 }

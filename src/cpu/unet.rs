@@ -17,6 +17,7 @@ use crate::unet::backend::{Act, Backend, Epilogue, Segs, Tokens};
 use crate::unet::embeddings::{Conditioning, TimeEmbedding, Timesteps};
 use crate::unet::layout::{Dims, Geometry};
 use crate::unet::model::UNet2D;
+use crate::unet::weights::ComputeDtype;
 use crate::unet::weights::Weight;
 use crate::with_elem;
 use rayon::prelude::*;
@@ -39,7 +40,8 @@ pub fn forward<T: Elem>(
     let cin = unet.in_channels();
     unet.check(b, cin, h, w, timesteps.len())?;
     let ts = unet.per_sample(timesteps, b);
-    let mut be = CpuBackend { arena };
+    let bf16 = unet.compute == ComputeDtype::Bf16;
+    let mut be = CpuBackend { arena, bf16 };
     let dims = Dims { b, h, w };
     let hw = dims.hw();
 
@@ -108,6 +110,9 @@ fn tokens_in(be: &mut CpuBackend<'_>, c: &Tensor) -> Result<Act<Buf>> {
 /// The CPU: the `cpu::*` ops on buffers of an [`Arena`].
 pub struct CpuBackend<'a> {
     pub arena: &'a mut Arena,
+    /// Attention's products in bf16 (`compute_dtype="bfloat16"`; the convolutions know it
+    /// from their tiled weights).
+    pub bf16: bool,
 }
 
 /// `f(w)` on the weight as f32: itself, or a half-precision weight widened into an arena
@@ -249,7 +254,7 @@ impl Backend for CpuBackend<'_> {
                 t: t.t,
             }
         }
-        attention::attention(cpu(q), cpu(k), cpu(v), b, heads, dh, out);
+        attention::attention(cpu(q), cpu(k), cpu(v), b, heads, dh, out, self.bf16);
         Ok(())
     }
 

@@ -304,7 +304,10 @@ fn conv2d_matches_cpu() {
         for keep in [false, true] {
             let mut t = Both::new(gi % 2 == 0);
             // CPU
-            let mut cpu = CpuBackend { arena: &mut t.cpu };
+            let mut cpu = CpuBackend {
+                arena: &mut t.cpu,
+                bf16: false,
+            };
             let (a, b) = (cpu_buf(cpu.arena, &x1), cpu_buf(cpu.arena, &x2));
             let (tb, r0) = (cpu_buf(cpu.arena, &temb), cpu_buf(cpu.arena, &resid));
             let mut out = cpu_buf(cpu.arena, &start);
@@ -377,7 +380,10 @@ fn group_norm_matches_cpu() {
     };
     for (silu, with_ss) in [(false, false), (true, true), (true, false)] {
         let mut t = Both::new(false);
-        let mut cpu = CpuBackend { arena: &mut t.cpu };
+        let mut cpu = CpuBackend {
+            arena: &mut t.cpu,
+            bf16: false,
+        };
         let (a, b, s) = (
             cpu_buf(cpu.arena, &x1),
             cpu_buf(cpu.arena, &x2),
@@ -434,7 +440,10 @@ fn attention_matches_cpu() {
         let kv = values(2 * inner * b * tk, 41);
         for kernel_gemm in [true, false] {
             let mut t = Both::new(kernel_gemm);
-            let mut cpu = CpuBackend { arena: &mut t.cpu };
+            let mut cpu = CpuBackend {
+                arena: &mut t.cpu,
+                bf16: false,
+            };
             let (cq, ckv) = (cpu_buf(cpu.arena, &q), cpu_buf(cpu.arena, &kv));
             let mut out = cpu.arena.take(inner * b * tq);
             let tok = |buf, row, t| Tokens { buf, row, t };
@@ -486,7 +495,10 @@ fn layer_norm_and_geglu_match_cpu() {
         eps: 1e-5,
     };
     let mut t = Both::new(false);
-    let mut cpu = CpuBackend { arena: &mut t.cpu };
+    let mut cpu = CpuBackend {
+        arena: &mut t.cpu,
+        bf16: false,
+    };
     let xb = cpu_buf(cpu.arena, &x);
     let mut ln = cpu.arena.take(c * n);
     cpu.layer_norm(&xb, n, p, &mut ln).unwrap();
@@ -517,7 +529,10 @@ fn resampling_linear_and_copy_match_cpu() {
     let w = Weight::Bf16(w.iter().map(|&v| bf16::from_f32(v)).collect());
     let bias = values(5, 53);
     let mut t = Both::new(false);
-    let mut cpu = CpuBackend { arena: &mut t.cpu };
+    let mut cpu = CpuBackend {
+        arena: &mut t.cpu,
+        bf16: false,
+    };
     let xb = cpu_buf(cpu.arena, &x);
     let mut up = cpu.arena.take(4 * x.len());
     let mut pool = cpu.arena.take(x.len() / 4);
