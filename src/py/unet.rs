@@ -170,6 +170,8 @@ impl PyUNet2D {
         timestep_cond: Option<Vec<f32>>,
     ) -> PyResult<()> {
         let (x, o) = (tensor(sample, "sample")?, tensor(out, "output buffer")?);
+        // A list (the Python layer's host values) or a tensor (a tensor is no sequence to
+        // PyO3, so it is never read element by element here).
         let (host_ts, dev_ts) = match timesteps.extract::<Vec<f32>>() {
             Ok(v) => (v, None),
             Err(_) => (Vec::new(), Some(tensor(timesteps, "timestep")?)),
