@@ -16,7 +16,7 @@ use gemm::{gemm, Parallelism};
 use half::bf16;
 use rayon::prelude::*;
 
-use super::arena::{with_scratch, Arena};
+use super::arena::{with_scratch, Arena, Buf};
 use super::bf16 as bf16_gemm;
 use super::SendPtr;
 use crate::unet::layout::{Dims, Geometry};
@@ -134,9 +134,22 @@ pub fn conv2d(
 
     // When output channels are cut into chunks, every chunk's task would build the same tile's
     // columns: they are built once instead, in parallel by channel pieces, into an arena
-    // buffer (tile-major, each tile's `[kk][tn]` block at column offset kk·c0).
-    let mut shared =
-        (!direct && mchunks > 1 && kk * n <= MAX_SHARED_COLS).then(|| arena.take(kk * n));
+    // buffer (tile-major, each tile's `[kk][tn]` block at column offset kk·c0). For bf16
+    // weights the buffer holds each tile's packed columns instead (`SharedPacked`), one
+    // tile per job.
+    let bf16 = matches!(w, Lhs::Bf16(_) | Lhs::Tiles(_));
+    let share = !direct && mchunks > 1 && kk * n <= MAX_SHARED_COLS;
+    let tile_packed = bf16_gemm::packed_len(kk, tile_rows * od.w);
+    let mut shared_packed =
+        (share && bf16).then(|| SharedPacked::take(arena, ntiles * tile_packed));
+    if let Some(sp) = &mut shared_packed {
+        let jobs: Vec<_> = sp.u32s().chunks_mut(tile_packed).enumerate().collect();
+        jobs.into_par_iter().for_each(|(tile, packed)| {
+            let (r0, r1) = (tile * tile_rows, ((tile + 1) * tile_rows).min(rows));
+            pack_columns(&x, g, od, (r0, r1), packed);
+        });
+    }
+    let mut shared = (share && !bf16).then(|| arena.take(kk * n));
     if let Some(cols) = &mut shared {
         let piece = cin.div_ceil(threads);
         let mut jobs = Vec::new();
@@ -194,31 +207,21 @@ pub fn conv2d(
                     )
                 }
             };
-            match (&shared, w) {
-                (Some(cols), _) => product(&cols[kk * c0..][..kk * tn]),
-                // The bf16 product packs its columns as they are made, two channels (an
-                // even number of depth rows) at a time in a scratch that stays in cache.
-                (None, Lhs::Bf16(_) | Lhs::Tiles(_)) => {
-                    let kp = bf16_gemm::kpairs(kk);
+            let bf16_product = |packed: &[u32]| {
+                // SAFETY: as above; `packed` holds the tile's [kk][tn] columns.
+                unsafe { bf16_product((m, tn, kk), (dst, n), (w, m0, 0, kk), packed, init.scale) }
+            };
+            match (&shared, &shared_packed, w) {
+                (Some(cols), _, _) => product(&cols[kk * c0..][..kk * tn]),
+                (None, Some(sp), _) => bf16_product(sp.tile(tile, tile_packed)),
+                // The bf16 product packs its columns as they are made (`pack_columns`).
+                (None, None, Lhs::Bf16(_) | Lhs::Tiles(_)) => {
                     bf16_gemm::with_packed(bf16_gemm::packed_len(kk, tn), |packed| {
-                        let rows = 2 * g.k * g.k;
-                        with_scratch(rows * tn, |cols| {
-                            for c in (0..cin).step_by(2) {
-                                let c1 = (c + 2).min(cin);
-                                let rows = (c1 - c) * g.k * g.k;
-                                im2col(&x, g, od, (r0, r1), (c, c1), &mut cols[..rows * tn]);
-                                let q0 = c * g.k * g.k / 2;
-                                bf16_gemm::pack_pairs(cols, tn, rows, tn, packed, kp, q0);
-                            }
-                        });
-                        bf16_gemm::pad_depth(kk, tn, packed);
-                        // SAFETY: as above; packed holds the [kk][tn] columns.
-                        unsafe {
-                            bf16_product((m, tn, kk), (dst, n), (w, m0, 0, kk), packed, init.scale)
-                        }
+                        pack_columns(&x, g, od, (r0, r1), packed);
+                        bf16_product(packed)
                     })
                 }
-                (None, Lhs::F32(_)) => with_scratch(kk * tn, |cols| {
+                (None, None, Lhs::F32(_)) => with_scratch(kk * tn, |cols| {
                     im2col(&x, g, od, (r0, r1), (0, cin), cols);
                     product(cols)
                 }),
@@ -227,6 +230,60 @@ pub fn conv2d(
     });
     if let Some(cols) = shared {
         arena.give(cols);
+    }
+    if let Some(sp) = shared_packed {
+        arena.give(sp.0);
+    }
+}
+
+/// The im2col columns of output rows `r0..r1` (`[kk][tn]`), rounded to bf16 and packed for
+/// the bf16 product into `packed`, as they are made: two channels (an even number of depth
+/// rows) at a time, through a scratch that stays in cache.
+fn pack_columns(
+    x: &Input<'_>,
+    g: Geometry,
+    od: Dims,
+    (r0, r1): (usize, usize),
+    packed: &mut [u32],
+) {
+    let (cin, taps) = (x.channels(), g.k * g.k);
+    let (kk, tn) = (cin * taps, (r1 - r0) * od.w);
+    let kp = bf16_gemm::kpairs(kk);
+    with_scratch(2 * taps * tn, |cols| {
+        for c in (0..cin).step_by(2) {
+            let c1 = (c + 2).min(cin);
+            let rows = (c1 - c) * taps;
+            im2col(x, g, od, (r0, r1), (c, c1), &mut cols[..rows * tn]);
+            bf16_gemm::pack_pairs(cols, tn, rows, tn, packed, kp, c * taps / 2);
+        }
+    });
+    bf16_gemm::pad_depth(kk, tn, packed);
+}
+
+/// Packed bf16 columns shared by a layer's tasks, in an arena buffer: u32 words (the f32
+/// storage reinterpreted) from its first 64-byte boundary, where AMX tile rows load fastest.
+struct SharedPacked(Buf);
+
+impl SharedPacked {
+    fn take(arena: &mut Arena, len: usize) -> Self {
+        Self(arena.take(len + 16))
+    }
+
+    fn u32s(&mut self) -> &mut [u32] {
+        let skip = self.0.as_ptr().align_offset(64).min(16);
+        let len = self.0.len() - 16;
+        let words = &mut self.0[skip..][..len];
+        // SAFETY: f32 and u32 have the same size and alignment; the slice is borrowed from
+        // the buffer for as long as the result lives.
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u32>(), len) }
+    }
+
+    /// Tile `t`'s packed columns (`per` words a tile).
+    fn tile(&self, t: usize, per: usize) -> &[u32] {
+        let skip = self.0.as_ptr().align_offset(64).min(16);
+        let words = &self.0[skip + t * per..][..per];
+        // SAFETY: as in `u32s`, shared.
+        unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u32>(), per) }
     }
 }
 
