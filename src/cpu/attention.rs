@@ -20,6 +20,8 @@
 //! (5–20% at SD 1.5's large sizes): the f32 softmax and these passes, not the products,
 //! bound it.
 
+use std::cell::RefCell;
+
 use gemm::{gemm, Parallelism};
 use half::bf16;
 use rayon::prelude::*;
@@ -237,6 +239,11 @@ fn attention_in_blocks(
     });
 }
 
+thread_local! {
+    /// `blocks_bf16`'s key and value rows.
+    static KV_ROWS: RefCell<Vec<bf16>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A task's score scratch and online-softmax state (see `softmax_block`).
 struct Softmax<'a> {
     s: &'a mut [f32],
@@ -260,9 +267,11 @@ unsafe fn blocks_bf16(
     st: Softmax<'_>,
 ) {
     let (qlen, plen) = (bf16_gemm::packed_len(dh, m), bf16_gemm::packed_len(kb, m));
-    // A block's keys as rows [key][d] and values as rows [d][key], rounded to bf16.
-    let mut krows = vec![bf16::ZERO; kb * dh];
-    let mut vrows = vec![bf16::ZERO; dh * kb];
+    // A block's keys as rows [key][d] and values as rows [d][key], rounded to bf16, in this
+    // thread's buffer (taken for the task and put back: no allocation once it has grown).
+    let mut kv = KV_ROWS.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    kv.resize(2 * kb * dh, bf16::ZERO);
+    let (krows, vrows) = kv.split_at_mut(kb * dh);
     bf16_gemm::with_packed(qlen + plen, |buf| {
         // (qlen is whole panels of 16 u32: the second buffer stays on 64-byte lines)
         let (qpk, ppk) = buf.split_at_mut(qlen);
@@ -311,6 +320,7 @@ unsafe fn blocks_bf16(
             unsafe { bf16_gemm::gemm((dh, m, nb), (o, n), values, ppk, 1.0) };
         }
     });
+    KV_ROWS.with(|c| *c.borrow_mut() = kv);
 }
 
 #[cfg(test)]

@@ -269,9 +269,13 @@ impl SharedPacked {
         Self(arena.take(len + 16))
     }
 
+    /// f32 slots before the first 64-byte boundary.
+    fn skip(&self) -> usize {
+        self.0.as_ptr().align_offset(64).min(16)
+    }
+
     fn u32s(&mut self) -> &mut [u32] {
-        let skip = self.0.as_ptr().align_offset(64).min(16);
-        let len = self.0.len() - 16;
+        let (skip, len) = (self.skip(), self.0.len() - 16);
         let words = &mut self.0[skip..][..len];
         // SAFETY: f32 and u32 have the same size and alignment; the slice is borrowed from
         // the buffer for as long as the result lives.
@@ -280,8 +284,7 @@ impl SharedPacked {
 
     /// Tile `t`'s packed columns (`per` words a tile).
     fn tile(&self, t: usize, per: usize) -> &[u32] {
-        let skip = self.0.as_ptr().align_offset(64).min(16);
-        let words = &self.0[skip + t * per..][..per];
+        let words = &self.0[self.skip() + t * per..][..per];
         // SAFETY: as in `u32s`, shared.
         unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u32>(), per) }
     }

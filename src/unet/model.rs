@@ -181,12 +181,7 @@ impl UNet2D {
     /// Whether the time projection needs nothing but the timesteps (sinusoidal or Fourier;
     /// a call's `timestep_cond` still moves it to the host).
     pub fn time_projection_from_timesteps(&self) -> bool {
-        let none = Conditioning {
-            class: ClassLabels::None,
-            text_embeds: None,
-            time_ids: None,
-            timestep_cond: None,
-        };
+        let none = Conditioning::class(ClassLabels::None);
         matches!(self.temb.projects_on_host(&none), Ok(false))
     }
 

@@ -216,7 +216,8 @@ impl DeviceBackend<'_> {
         self.weights.matrix(self.dev, w)
     }
 
-    /// `out[r][j] = act(x[r][j] + bias[j] + add[r mod add_rows][j])`.
+    /// `out[r][j] = act(x[r][j] + bias[j] + add[r mod add_rows][j])`; `add` is (address,
+    /// add_rows).
     #[allow(clippy::too_many_arguments)]
     fn rows(
         &mut self,
@@ -224,7 +225,7 @@ impl DeviceBackend<'_> {
         rows: usize,
         cols: usize,
         bias: Option<&[f32]>,
-        add: Option<(&DevBuf, usize)>,
+        add: Option<(u64, usize)>,
         silu: bool,
         out: u64,
     ) -> Result<()> {
@@ -240,7 +241,7 @@ impl DeviceBackend<'_> {
                 i(rows),
                 i(cols),
                 bias,
-                KernelArg::Ptr(add.map_or(0, |a| a.0.ptr)),
+                KernelArg::Ptr(add.map_or(0, |a| a.0)),
                 i(add.map_or(1, |a| a.1.max(1))),
                 i(silu as usize),
                 KernelArg::Ptr(out),
@@ -265,21 +266,8 @@ impl DeviceBackend<'_> {
     /// copies it, so nothing is read on the host.
     pub fn per_sample_timesteps(&mut self, t: &Tensor, b: usize) -> Result<DevBuf> {
         let out = self.arena.take(self.dev, b)?;
-        // `rdiff_unet_rows_f32` with no input: out[r] = t[r mod t.numel]
-        self.elementwise(
-            "rdiff_unet_rows_f32",
-            b,
-            &[
-                KernelArg::Ptr(0),
-                i(b),
-                i(1),
-                KernelArg::Ptr(0),
-                KernelArg::Ptr(t.ptr),
-                i(t.numel.max(1)),
-                i(0),
-                KernelArg::Ptr(out.ptr),
-            ],
-        )?;
+        // with no input: out[r] = t[r mod t.numel]
+        self.rows(None, b, 1, None, Some((t.ptr, t.numel)), false, out.ptr)?;
         Ok(out)
     }
 }
@@ -772,7 +760,7 @@ impl Backend for DeviceBackend<'_> {
             b,
             mlp.hidden,
             None,
-            rows.as_ref().map(|(r, n)| (r, *n)),
+            rows.as_ref().map(|(r, n)| (r.ptr, *n)),
             true,
             h.ptr,
         )?;
