@@ -162,6 +162,49 @@ impl Arena {
     }
 }
 
+/// u32 words in an arena buffer (the f32 storage reinterpreted), from its first 64-byte
+/// boundary, where AMX tile rows load fastest: the bf16 path's packed columns and channel-pair
+/// planes shared by an op's tasks.
+pub struct Words(Buf);
+
+impl Words {
+    /// `len` words (contents unspecified).
+    pub fn take(arena: &mut Arena, len: usize) -> Self {
+        Self(arena.take(len + 16))
+    }
+
+    pub fn give(self, arena: &mut Arena) {
+        arena.give(self.0);
+    }
+
+    /// f32 slots before the first 64-byte boundary.
+    fn skip(&self) -> usize {
+        self.0.as_ptr().align_offset(64).min(16)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len() - 16
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn words_mut(&mut self) -> &mut [u32] {
+        let (skip, len) = (self.skip(), self.len());
+        let words = &mut self.0[skip..][..len];
+        // SAFETY: f32 and u32 have the same size and alignment; the slice is borrowed from
+        // the buffer for as long as the result lives.
+        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u32>(), len) }
+    }
+
+    pub fn words(&self) -> &[u32] {
+        let words = &self.0[self.skip()..][..self.len()];
+        // SAFETY: as in `words_mut`, shared.
+        unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u32>(), words.len()) }
+    }
+}
+
 thread_local! {
     static SCRATCH: RefCell<Store> = const { RefCell::new(Store::Heap(Vec::new())) };
 }

@@ -16,7 +16,7 @@ use gemm::{gemm, Parallelism};
 use half::bf16;
 use rayon::prelude::*;
 
-use super::arena::{with_scratch, Arena, Buf};
+use super::arena::{with_scratch, Arena, Words};
 use super::bf16 as bf16_gemm;
 use super::SendPtr;
 use crate::unet::layout::{Dims, Geometry};
@@ -28,9 +28,21 @@ pub struct Input<'a> {
     pub dims: Dims,
 }
 
-impl Input<'_> {
+impl<'a> Input<'a> {
     pub fn channels(&self) -> usize {
         self.segs.iter().map(|s| s.1).sum()
+    }
+
+    /// Channel `c` of the concatenation, `[b][h][w]`.
+    pub fn channel(&self, mut c: usize) -> &'a [f32] {
+        let n = self.dims.n();
+        for &(seg, sc) in self.segs {
+            if c < sc {
+                return &seg[c * n..][..n];
+            }
+            c -= sc;
+        }
+        panic!("input channel past the segments")
     }
 }
 
@@ -91,6 +103,66 @@ const MAX_SHARED_COLS: usize = 1 << 23;
 /// bf16 product: 512–2,048 were no faster at batch 8, slower at batch 1).
 const TILE_COLS: usize = 256;
 
+/// How a convolution's output is cut into tasks: tiles of `tile_rows` whole output rows (row
+/// = b·hout + y), and, when there are too few of them to keep every thread busy (deep, small
+/// layers), chunks of `mstep` output channels as well; task `t` is tile `t / mchunks`, chunk
+/// `t % mchunks`.
+#[derive(Clone, Copy)]
+pub(super) struct Partition {
+    pub tile_rows: usize,
+    pub ntiles: usize,
+    pub mstep: usize,
+    pub mchunks: usize,
+    /// Output rows in all.
+    pub rows: usize,
+    cout: usize,
+}
+
+impl Partition {
+    pub fn new(od: Dims, cout: usize) -> Self {
+        let rows = od.b * od.h;
+        // Two tasks per thread of the pool (`partition_threads`: the bits do not depend on
+        // it): four (more, smaller gemm calls) took 5–30% longer on the batch-1 layers and no
+        // less elsewhere.
+        let want = 2 * super::partition_threads();
+        let mut tile_rows = (TILE_COLS / od.w).max(1);
+        let min_rows = (64 / od.w).max(1);
+        while rows.div_ceil(tile_rows) < want && tile_rows > min_rows {
+            tile_rows = (tile_rows / 2).max(min_rows);
+        }
+        let ntiles = rows.div_ceil(tile_rows);
+        let mchunks = if ntiles >= want {
+            1
+        } else {
+            want.div_ceil(ntiles).min((cout / 32).max(1))
+        };
+        let mstep = cout.div_ceil(mchunks).next_multiple_of(16).min(cout);
+        Self {
+            tile_rows,
+            ntiles,
+            mstep,
+            mchunks: cout.div_ceil(mstep),
+            rows,
+            cout,
+        }
+    }
+
+    pub fn tasks(&self) -> usize {
+        self.ntiles * self.mchunks
+    }
+
+    /// Task `t`'s output rows `r0..r1` and output channels `m0..m0 + m`.
+    pub fn task(&self, t: usize) -> ((usize, usize), (usize, usize)) {
+        let (tile, mc) = (t / self.mchunks, t % self.mchunks);
+        let r0 = tile * self.tile_rows;
+        let m0 = mc * self.mstep;
+        (
+            (r0, (r0 + self.tile_rows).min(self.rows)),
+            (m0, self.mstep.min(self.cout - m0)),
+        )
+    }
+}
+
 /// The convolution `out = scale · (init + conv(x, w))`; `w` is `[cout][cin][k][k]`, `out`
 /// `[cout][b][hout][wout]`.
 pub fn conv2d(
@@ -110,43 +182,31 @@ pub fn conv2d(
     assert_eq!(out.len(), cout * n, "conv output size");
     let direct = g.k == 1 && g.stride == 1 && !g.upsample && g.pad == [0; 4];
 
-    // Tiles of whole output rows, and, when there are too few of them to keep every thread
-    // busy (deep, small layers), chunks of output channels as well.
-    let rows = od.b * od.h;
-    // Two tasks per thread of the pool (`partition_threads`: the bits do not depend on it):
-    // four (more, smaller gemm calls) took 5–30% longer on the batch-1 layers and no less
-    // elsewhere.
+    let part = Partition::new(od, cout);
+    let Partition {
+        tile_rows,
+        ntiles,
+        mchunks,
+        rows,
+        ..
+    } = part;
     let threads = super::partition_threads();
-    let want = 2 * threads;
-    let mut tile_rows = (TILE_COLS / od.w).max(1);
-    let min_rows = (64 / od.w).max(1);
-    while rows.div_ceil(tile_rows) < want && tile_rows > min_rows {
-        tile_rows = (tile_rows / 2).max(min_rows);
-    }
-    let ntiles = rows.div_ceil(tile_rows);
-    let mchunks = if ntiles >= want {
-        1
-    } else {
-        want.div_ceil(ntiles).min((cout / 32).max(1))
-    };
-    let mstep = cout.div_ceil(mchunks).next_multiple_of(16).min(cout);
-    let mchunks = cout.div_ceil(mstep);
 
     // When output channels are cut into chunks, every chunk's task would build the same tile's
     // columns: they are built once instead, in parallel by channel pieces, into an arena
     // buffer (tile-major, each tile's `[kk][tn]` block at column offset kk·c0). For bf16
-    // weights the buffer holds each tile's packed columns instead (`SharedPacked`), one
+    // weights the buffer holds each tile's packed columns instead (`arena::Words`), one
     // tile per job.
     let bf16 = matches!(w, Lhs::Bf16(_) | Lhs::Tiles(_));
+    let tap_major = matches!(w, Lhs::Tiles(t) if t.taps() > 1);
     let share = !direct && mchunks > 1 && kk * n <= MAX_SHARED_COLS;
     let tile_packed = bf16_gemm::packed_len(kk, tile_rows * od.w);
-    let mut shared_packed =
-        (share && bf16).then(|| SharedPacked::take(arena, ntiles * tile_packed));
+    let mut shared_packed = (share && bf16).then(|| Words::take(arena, ntiles * tile_packed));
     if let Some(sp) = &mut shared_packed {
-        let jobs: Vec<_> = sp.u32s().chunks_mut(tile_packed).enumerate().collect();
+        let jobs: Vec<_> = sp.words_mut().chunks_mut(tile_packed).enumerate().collect();
         jobs.into_par_iter().for_each(|(tile, packed)| {
             let (r0, r1) = (tile * tile_rows, ((tile + 1) * tile_rows).min(rows));
-            pack_columns(&x, g, od, (r0, r1), packed);
+            pack_columns(&x, g, od, (r0, r1), tap_major, packed);
         });
     }
     let mut shared = (share && !bf16).then(|| arena.take(kk * n));
@@ -167,13 +227,10 @@ pub fn conv2d(
             .for_each(|(tile, chans, chunk)| im2col(&x, g, od, tile, chans, chunk));
     }
     let outp = SendPtr(out.as_mut_ptr());
-    (0..ntiles * mchunks).into_par_iter().for_each(|task| {
-        let (tile, mc) = (task / mchunks, task % mchunks);
-        let r0 = tile * tile_rows;
-        let r1 = (r0 + tile_rows).min(rows);
+    (0..part.tasks()).into_par_iter().for_each(|task| {
+        let tile = task / mchunks;
+        let ((r0, r1), (m0, m)) = part.task(task);
         let (c0, tn) = (r0 * od.w, (r1 - r0) * od.w);
-        let m0 = mc * mstep;
-        let m = mstep.min(cout - m0);
         // SAFETY: task (tile, mc) owns rows m0..m0+m and columns c0..c0+tn of `out`;
         // no two tasks share both.
         let dst = unsafe { outp.get().add(m0 * n + c0) };
@@ -213,11 +270,13 @@ pub fn conv2d(
             };
             match (&shared, &shared_packed, w) {
                 (Some(cols), _, _) => product(&cols[kk * c0..][..kk * tn]),
-                (None, Some(sp), _) => bf16_product(sp.tile(tile, tile_packed)),
+                (None, Some(sp), _) => {
+                    bf16_product(&sp.words()[tile * tile_packed..][..tile_packed])
+                }
                 // The bf16 product packs its columns as they are made (`pack_columns`).
                 (None, None, Lhs::Bf16(_) | Lhs::Tiles(_)) => {
                     bf16_gemm::with_packed(bf16_gemm::packed_len(kk, tn), |packed| {
-                        pack_columns(&x, g, od, (r0, r1), packed);
+                        pack_columns(&x, g, od, (r0, r1), tap_major, packed);
                         bf16_product(packed)
                     })
                 }
@@ -232,62 +291,46 @@ pub fn conv2d(
         arena.give(cols);
     }
     if let Some(sp) = shared_packed {
-        arena.give(sp.0);
+        sp.give(arena);
     }
 }
 
 /// The im2col columns of output rows `r0..r1` (`[kk][tn]`), rounded to bf16 and packed for
 /// the bf16 product into `packed`, as they are made: two channels (an even number of depth
-/// rows) at a time, through a scratch that stays in cache.
+/// rows) at a time, through a scratch that stays in cache. With `tap_major` weights
+/// (`Tiles::taps`) the depth goes in their order, `[tap][cin]`.
 fn pack_columns(
     x: &Input<'_>,
     g: Geometry,
     od: Dims,
     (r0, r1): (usize, usize),
+    tap_major: bool,
     packed: &mut [u32],
 ) {
     let (cin, taps) = (x.channels(), g.k * g.k);
     let (kk, tn) = (cin * taps, (r1 - r0) * od.w);
     let kp = bf16_gemm::kpairs(kk);
+    assert!(
+        !tap_major || cin % 2 == 0,
+        "tap-major depth with odd channels"
+    );
     with_scratch(2 * taps * tn, |cols| {
         for c in (0..cin).step_by(2) {
             let c1 = (c + 2).min(cin);
             let rows = (c1 - c) * taps;
             im2col(x, g, od, (r0, r1), (c, c1), &mut cols[..rows * tn]);
-            bf16_gemm::pack_pairs(cols, tn, rows, tn, packed, kp, c * taps / 2);
+            if tap_major {
+                // Depth t·cin + c and + 1: channels c and c + 1 at tap t make one pair.
+                for t in 0..taps {
+                    let q = (t * cin + c) / 2;
+                    bf16_gemm::pack_pairs(&cols[t * tn..], taps * tn, 2, tn, packed, kp, q);
+                }
+            } else {
+                bf16_gemm::pack_pairs(cols, tn, rows, tn, packed, kp, c * taps / 2);
+            }
         }
     });
     bf16_gemm::pad_depth(kk, tn, packed);
-}
-
-/// Packed bf16 columns shared by a layer's tasks, in an arena buffer: u32 words (the f32
-/// storage reinterpreted) from its first 64-byte boundary, where AMX tile rows load fastest.
-struct SharedPacked(Buf);
-
-impl SharedPacked {
-    fn take(arena: &mut Arena, len: usize) -> Self {
-        Self(arena.take(len + 16))
-    }
-
-    /// f32 slots before the first 64-byte boundary.
-    fn skip(&self) -> usize {
-        self.0.as_ptr().align_offset(64).min(16)
-    }
-
-    fn u32s(&mut self) -> &mut [u32] {
-        let (skip, len) = (self.skip(), self.0.len() - 16);
-        let words = &mut self.0[skip..][..len];
-        // SAFETY: f32 and u32 have the same size and alignment; the slice is borrowed from
-        // the buffer for as long as the result lives.
-        unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u32>(), len) }
-    }
-
-    /// Tile `t`'s packed columns (`per` words a tile).
-    fn tile(&self, t: usize, per: usize) -> &[u32] {
-        let words = &self.0[self.skip() + t * per..][..per];
-        // SAFETY: as in `u32s`, shared.
-        unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u32>(), per) }
-    }
 }
 
 /// `dst += beta · lhs × rhs`: rows `m` of `lhs` from value `off` at row stride `lda`, rhs the
@@ -747,7 +790,10 @@ mod tests {
             let want = reference(&round(&x), d, cin, &round(&w), cout, g);
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
             let tiles = bf16_gemm::Tiles::from_rows(&wb, cout, cin * g.k * g.k);
-            for lhs in [Lhs::Bf16(&wb), Lhs::Tiles(&tiles)] {
+            // The tap-major depth of the implicit convolution's weights, here through im2col.
+            let taps = g.k * g.k;
+            let tap_major = bf16_gemm::Tiles::from_rows_tap_major(&wb, cout, cin * taps, taps);
+            for lhs in [Lhs::Bf16(&wb), Lhs::Tiles(&tiles), Lhs::Tiles(&tap_major)] {
                 out.fill(f32::NAN);
                 conv2d(
                     Input {

@@ -8,6 +8,7 @@ pub mod conv;
 pub mod error_norm;
 pub mod gamma;
 pub mod geglu;
+pub mod implicit_conv;
 pub mod layer_norm;
 pub mod lincomb;
 pub mod norm;

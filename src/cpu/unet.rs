@@ -5,6 +5,7 @@
 use super::arena::{Arena, Buf};
 use super::attention::{self, Tokens as CpuTokens};
 use super::conv::{self, Input, Lhs};
+use super::implicit_conv;
 use super::layer_norm::{self, LayerNormParams};
 use super::norm::{self, GroupNormParams};
 use super::resample;
@@ -188,7 +189,11 @@ impl Backend for CpuBackend<'_> {
         match w.as_tiles() {
             // Tiles: the bf16 compute path (`compute_dtype`), the only one that makes them.
             // Winograd's transformed operands would lose too much to bf16 rounding; the bf16
-            // products run on the im2col columns.
+            // products run on the input itself (3×3 layers of whole panels) or on im2col
+            // columns.
+            Some(w) if implicit_conv::applies(w, g, g.out_dims(dims)) => {
+                implicit_conv::conv2d(input, w, cout, g, init, out, self.arena)
+            }
             Some(w) => conv::conv2d(input, Lhs::Tiles(w), cout, g, init, out, self.arena),
             _ if winograd::applies(g, dims, input.channels(), cout) => {
                 winograd::conv2d(input, w, cout, g, init, out, self.arena)

@@ -18,7 +18,7 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::cpu::bf16::Tiles;
+use crate::cpu::bf16::{Tiles, KBLOCK};
 use crate::dtype::Elem;
 use crate::error::{RdiffError, Result};
 
@@ -107,14 +107,20 @@ impl Weight {
         }
     }
 
-    /// The `m × k` matrix as bf16 tiles (rounded to nearest even unless it is bf16).
-    pub fn into_bf16_tiles(self, m: usize, k: usize) -> Self {
+    /// The weight of `shape` (`[m, ...]`) as an `m × k` matrix of bf16 tiles (rounded to
+    /// nearest even unless it is bf16). A 3×3 convolution whose input channels fill whole
+    /// depth blocks keeps its depth tap-major, the order `cpu::implicit_conv` reads.
+    pub fn into_bf16_tiles(self, shape: &[usize]) -> Self {
         let rows: Vec<bf16> = match self {
             Self::Bf16Tiles(t) => return Self::Bf16Tiles(t),
             Self::Bf16(v) => v,
             other => other.to_f32().iter().map(|&v| bf16::from_f32(v)).collect(),
         };
-        Self::Bf16Tiles(Tiles::from_rows(&rows, m, k))
+        let (m, k) = (shape[0], shape[1..].iter().product());
+        Self::Bf16Tiles(match shape {
+            &[_, cin, 3, 3] if cin % KBLOCK == 0 => Tiles::from_rows_tap_major(&rows, m, k, 9),
+            _ => Tiles::from_rows(&rows, m, k),
+        })
     }
 
     /// The values in tiles, when they are.
@@ -146,7 +152,9 @@ impl Weight {
                     a.extend(b);
                     Self::Bf16(a)
                 }
-                (Self::Bf16Tiles(a), Self::Bf16Tiles(b)) if a.depth() == b.depth() => {
+                (Self::Bf16Tiles(a), Self::Bf16Tiles(b))
+                    if a.depth() == b.depth() && a.taps() == b.taps() =>
+                {
                     Self::Bf16Tiles(Tiles::concat(&[&a, &b]))
                 }
                 (a, b) => {
@@ -423,7 +431,7 @@ impl<'a> Loader<'a> {
         let w = self.find(names, shape)?;
         let w = match self.compute {
             ComputeDtype::F32 => w,
-            ComputeDtype::Bf16 => w.into_bf16_tiles(shape[0], shape[1..].iter().product()),
+            ComputeDtype::Bf16 => w.into_bf16_tiles(shape),
         };
         self.bytes.set(self.bytes.get() + w.bytes());
         Ok(w)

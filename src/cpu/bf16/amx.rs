@@ -2,7 +2,8 @@
 //!
 //! Each step of the kernel is a 32×32 f32 block of the output in four accumulator tiles
 //! (`tmm0`–`tmm3`), fed per depth block by two tiles of A (`tmm4`, `tmm5`: 16 rows × 32
-//! depth) and two packed panels of B (`tmm6`, `tmm7`: 16 depth pairs × 16 columns);
+//! depth) and two panels of B (`tmm6`, `tmm7`: 16 depth pairs × 16 columns, packed or read
+//! in place, see `BTiles`);
 //! `TDPBF16PS` multiplies bf16 pairs and adds in f32. A is first copied, zero-padded, into
 //! 64-byte-aligned thread scratch as whole tiles, each a contiguous 1 KiB (`[tile][block][16]
 //! [32]`): a tile row that straddles two cache lines costs about a quarter of the speed.
@@ -22,7 +23,7 @@ use std::sync::OnceLock;
 use half::slice::HalfFloatSliceExt;
 
 use super::tiles::{ATILE, TROWS};
-use super::{kpairs, panels, AlignedBuf, Lhs, KBLOCK, PANEL};
+use super::{kpairs, panels, AlignedBuf, BTiles, Lhs, KBLOCK, PANEL};
 
 /// Whether this CPU has AMX-BF16 and this process may use the tiles (asked once; never
 /// with `RDIFF_NO_AMX` set, which the tests use to run the portable kernel).
@@ -91,11 +92,10 @@ pub(super) unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs): (*mut f32, usize),
     a: Lhs<'_>,
-    b: &[u32],
+    b: BTiles<'_>,
     beta: f32,
 ) {
-    let kp = kpairs(k);
-    let blocks = 2 * kp / KBLOCK;
+    let blocks = kpairs(k) * 2 / KBLOCK;
     // An even number of A tiles (the kernel takes two at a time); rows past m are zero or
     // another task's, and are discarded.
     let mtiles = m.div_ceil(2 * TROWS) * 2;
@@ -144,19 +144,20 @@ pub(super) unsafe fn gemm(
         };
         let mut c = CBlock([0.0; 4 * TROWS * PANEL]);
         let cp = c.0.as_mut_ptr();
-        // Bytes per row: of an A tile, of a B tile, of the 32×32 block.
-        let (sa, sb, sc) = (2 * KBLOCK, 4 * PANEL, 4 * 2 * PANEL);
+        // Bytes per row: of an A tile, of the 32×32 block.
+        let (sa, sc) = (2 * KBLOCK, 4 * 2 * PANEL);
         // SAFETY: `available()` holds (the caller's contract), so the tile instructions may
         // run. Every tile load reads 16 rows of 64 bytes inside a tile of `rows_buf`, of
         // `zero_buf` or of the weights' tiles (blocks kb0..kb0 + blocks exist, checked by
-        // `super::gemm`), or inside `b` (its length checked there too); every store writes
+        // `super::gemm`), or inside B's memory (`BTiles`' contract); every store writes
         // inside `c`.
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
+            let sb = b.stride;
             for np in 0..panels(n) / 2 {
-                let b0 = b[2 * np * kp * PANEL..].as_ptr();
-                let b1 = b[(2 * np + 1) * kp * PANEL..].as_ptr();
-                let bt = |p: *const u32, kb: usize| p.add(kb * KBLOCK / 2 * PANEL);
+                let b0 = b.base.add(b.panels.at(2 * np));
+                let b1 = b.base.add(b.panels.at(2 * np + 1));
+                let bt = |p: *const u32, kb: usize| p.add(b.blocks.at(kb));
                 for mp in 0..mtiles / 2 {
                     let (a0, a1) = (tiles[2 * mp], tiles[2 * mp + 1]);
                     let atile = |p: *const u16, kb: usize| p.add(kb * ATILE);

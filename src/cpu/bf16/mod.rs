@@ -21,11 +21,12 @@ mod portable;
 pub mod tiles;
 
 use std::cell::RefCell;
+use std::marker::PhantomData;
 
 use half::bf16;
 
 pub use pack::{pack, pack_pairs, pad_depth, round};
-pub use tiles::Tiles;
+pub use tiles::{Tiles, TROWS};
 
 /// The product's left operand (the weights): bf16 rows at a row stride, or a matrix's
 /// [`Tiles`] from tile `t0` (row 16·t0) and depth block `kb0` (column 32·kb0).
@@ -122,13 +123,7 @@ pub unsafe fn gemm(
     if m == 0 || n == 0 {
         return;
     }
-    match a {
-        Lhs::Rows(a, lda) => assert!(a.len() >= (m - 1) * lda + k, "bf16 gemm: A too short"),
-        Lhs::Tiles(t, t0, kb0) => assert!(
-            16 * t0 + m <= t.rows() && 32 * kb0 + k <= t.depth(),
-            "bf16 gemm: A too small"
-        ),
-    }
+    check_lhs((m, k), a);
     assert!(
         b.len() >= panels(n) * kpairs(k) * PANEL,
         "bf16 gemm: B too short"
@@ -136,9 +131,117 @@ pub unsafe fn gemm(
     // SAFETY: the shapes were checked above; the caller's contract covers dst.
     unsafe {
         if amx::available() {
-            amx::gemm((m, n, k), (dst, dst_rs), a, b, beta)
+            amx::gemm((m, n, k), (dst, dst_rs), a, BTiles::packed(b, k), beta)
         } else {
             portable::gemm((m, n, k), (dst, dst_rs), a, b, beta)
+        }
+    }
+}
+
+/// [`gemm`] with B's tiles read where they lie ([`BTiles::strided`]) instead of packed: AMX
+/// only (check [`amx::available`] first). `b` must name a tile for each of the `panels(n)`
+/// panels and `kpairs(k) / 16` depth blocks.
+///
+/// # Safety
+/// As [`gemm`].
+pub unsafe fn gemm_strided(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    a: Lhs<'_>,
+    b: BTiles<'_>,
+    beta: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(amx::available(), "bf16 gemm: strided B needs AMX");
+    check_lhs((m, k), a);
+    assert!(
+        b.panels.covers(panels(n)) && b.blocks.covers(kpairs(k) * 2 / KBLOCK),
+        "bf16 gemm: B has too few tiles"
+    );
+    // SAFETY: as in `gemm`; `BTiles::strided` checked that its tiles lie in its memory.
+    unsafe { amx::gemm((m, n, k), (dst, dst_rs), a, b, beta) }
+}
+
+fn check_lhs((m, k): (usize, usize), a: Lhs<'_>) {
+    match a {
+        Lhs::Rows(a, lda) => assert!(a.len() >= (m - 1) * lda + k, "bf16 gemm: A too short"),
+        Lhs::Tiles(t, t0, kb0) => assert!(
+            16 * t0 + m <= t.rows() && 32 * kb0 + k <= t.depth(),
+            "bf16 gemm: A too small"
+        ),
+    }
+}
+
+/// Where the AMX kernel reads B: the tile of panel `p` (16 columns) and depth block `kb` (16
+/// pairs) starts `panels.at(p) + blocks.at(kb)` words from `base`, its 16 rows (pairs)
+/// `stride` bytes apart. [`pack`]'s layout is one case; a 3×3 convolution's padded
+/// channel-pair planes (`cpu::implicit_conv`), read in place, are another.
+#[derive(Clone, Copy)]
+pub struct BTiles<'a> {
+    base: *const u32,
+    panels: Offsets<'a>,
+    blocks: Offsets<'a>,
+    stride: usize,
+    _memory: PhantomData<&'a [u32]>,
+}
+
+/// Word offsets of tiles: `i · step`, or listed.
+#[derive(Clone, Copy)]
+enum Offsets<'a> {
+    Step(usize),
+    List(&'a [usize]),
+}
+
+impl Offsets<'_> {
+    #[inline(always)]
+    fn at(&self, i: usize) -> usize {
+        match self {
+            Self::Step(s) => i * s,
+            Self::List(l) => l[i],
+        }
+    }
+
+    fn covers(&self, count: usize) -> bool {
+        match self {
+            Self::Step(_) => true,
+            Self::List(l) => l.len() >= count,
+        }
+    }
+}
+
+impl<'a> BTiles<'a> {
+    /// B packed by [`pack`] for depth `k`.
+    fn packed(b: &'a [u32], k: usize) -> Self {
+        Self {
+            base: b.as_ptr(),
+            panels: Offsets::Step(kpairs(k) * PANEL),
+            blocks: Offsets::Step(KBLOCK / 2 * PANEL),
+            stride: 4 * PANEL,
+            _memory: PhantomData,
+        }
+    }
+
+    /// Tiles in `data`: panel p's at word `panels[p]`, depth block kb's `blocks[kb]` words on,
+    /// rows `row_words` apart. Panics unless every such tile lies inside `data`.
+    pub fn strided(
+        data: &'a [u32],
+        panels: &'a [usize],
+        blocks: &'a [usize],
+        row_words: usize,
+    ) -> Self {
+        let last = |l: &[usize]| l.iter().copied().max().unwrap_or(0);
+        assert!(
+            last(panels) + last(blocks) + (TROWS - 1) * row_words + PANEL <= data.len(),
+            "bf16 gemm: B tiles past their memory"
+        );
+        Self {
+            base: data.as_ptr(),
+            panels: Offsets::List(panels),
+            blocks: Offsets::List(blocks),
+            stride: 4 * row_words,
+            _memory: PhantomData,
         }
     }
 }

@@ -40,7 +40,7 @@ pub(super) unsafe fn gemm(
                         *d = f32::from_bits(u32::from(s) << 16);
                     }
                 }
-                Lhs::Tiles(w, t0, kb0) => w.widen((16 * t0 + i) * w.depth() + 32 * kb0, row),
+                Lhs::Tiles(w, t0, kb0) => w.widen_stored((16 * t0 + i) * w.depth() + 32 * kb0, row),
             }
         }
         // B unpacked to f32 rows [k][n]: pair q of panel p holds rows 2q, 2q + 1 of its columns.

@@ -125,7 +125,7 @@ fn kernels_match_reference() {
                     // SAFETY: dst is m×n at stride n; shapes as `gemm` checks them.
                     unsafe {
                         if name == "amx" {
-                            amx::gemm(args.0, args.1, args.2, args.3, args.4)
+                            amx::gemm(args.0, args.1, args.2, BTiles::packed(args.3, k), args.4)
                         } else {
                             portable::gemm(args.0, args.1, args.2, args.3, args.4)
                         }
@@ -190,4 +190,32 @@ fn tiles_round_trip() {
             "{m}×{k} + 3×{k}"
         );
     }
+}
+
+/// Tap-major tiles store row `[cin][taps]` as `[taps][cin]` and give the original order back.
+#[test]
+fn tap_major_tiles_keep_the_original_order_outside() {
+    let (m, cin, taps) = (20, 6, 9);
+    let k = cin * taps;
+    let rows: Vec<bf16> = (0..m * k)
+        .map(|i| bf16::from_f32(value(i, 13, 29)))
+        .collect();
+    let t = Tiles::from_rows_tap_major(&rows, m, k, taps);
+    assert_eq!(t.taps(), taps);
+    assert_eq!(t.to_rows(), rows);
+    let mut stored = vec![0.0; m * k];
+    t.widen_stored(0, &mut stored);
+    for r in 0..m {
+        for (ci, tap) in (0..cin).flat_map(|c| (0..taps).map(move |t| (c, t))) {
+            assert_eq!(
+                stored[r * k + tap * cin + ci],
+                rows[r * k + ci * taps + tap].to_f32()
+            );
+        }
+    }
+    let both = Tiles::concat(&[&t, &t]);
+    assert_eq!(
+        (both.taps(), both.to_rows()),
+        (taps, [rows.clone(), rows].concat())
+    );
 }

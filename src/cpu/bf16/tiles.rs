@@ -2,6 +2,10 @@
 //! [16 rows][32 values]`, each tile a contiguous, 64-byte aligned KiB, zero past the rows
 //! and the depth. Copying a layer's weights into this layout at every call cost more than
 //! the product itself on batch-1 layers (few output columns per weight).
+//!
+//! A 3×3 convolution's weights may be kept in tap-major depth order (`[tap][cin]` instead of
+//! diffusers' `[cin][tap]`), the order in which `cpu::implicit_conv` reads its input; the
+//! tiles remember it, and [`Tiles::widen`] gives the values back in the original order.
 
 use half::bf16;
 
@@ -18,15 +22,44 @@ pub struct Tiles {
     data: Vec<Line>,
     m: usize,
     k: usize,
+    /// Taps per input channel when the depth is stored tap-major, else 1.
+    taps: usize,
+}
+
+fn widen(v: u16) -> f32 {
+    f32::from_bits(u32::from(v) << 16)
 }
 
 impl std::fmt::Debug for Tiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tiles({}×{})", self.m, self.k)
+        write!(f, "Tiles({}×{}, {} taps)", self.m, self.k, self.taps)
     }
 }
 
 impl Tiles {
+    /// From row-major `[m][k]` values, each row `[cin][taps]`, stored with the depth in
+    /// tap-major order `[taps][cin]`.
+    pub fn from_rows_tap_major(rows: &[bf16], m: usize, k: usize, taps: usize) -> Self {
+        assert!(
+            taps > 0 && k % taps == 0,
+            "tiles: depth {k} is not whole taps of {taps}"
+        );
+        let cin = k / taps;
+        let mut permuted = vec![bf16::ZERO; rows.len()];
+        for (src, dst) in rows
+            .chunks_exact(k.max(1))
+            .zip(permuted.chunks_exact_mut(k.max(1)))
+        {
+            for (q, &v) in src.iter().enumerate() {
+                dst[(q % taps) * cin + q / taps] = v;
+            }
+        }
+        Self {
+            taps,
+            ..Self::from_rows(&permuted, m, k)
+        }
+    }
+
     /// From row-major `[m][k]` values.
     pub fn from_rows(rows: &[bf16], m: usize, k: usize) -> Self {
         assert_eq!(
@@ -41,6 +74,7 @@ impl Tiles {
             data: vec![Line::default(); (mtiles * blocks * ATILE).div_ceil(32)],
             m,
             k,
+            taps: 1,
         };
         let all = t.values_mut();
         for (r, row) in rows.chunks_exact(k.max(1)).enumerate().take(m) {
@@ -60,6 +94,11 @@ impl Tiles {
 
     pub fn depth(&self) -> usize {
         self.k
+    }
+
+    /// Taps per input channel of a tap-major depth, 1 when the depth is in its own order.
+    pub fn taps(&self) -> usize {
+        self.taps
     }
 
     /// Depth blocks per tile row.
@@ -105,20 +144,40 @@ impl Tiles {
         &self.values()[(t * self.blocks() + kb) * ATILE..]
     }
 
-    /// Values `start..start + dst.len()` in row-major order, widened to f32.
+    /// Values `start..start + dst.len()` in row-major order (the original depth order),
+    /// widened to f32.
     pub fn widen(&self, start: usize, dst: &mut [f32]) {
-        let (k, blocks, all) = (self.k.max(1), self.blocks(), self.values());
+        if self.taps == 1 {
+            return self.widen_stored(start, dst);
+        }
+        let (k, all) = (self.k, self.values());
+        let cin = k / self.taps;
+        for (i, d) in dst.iter_mut().enumerate() {
+            let (r, q) = ((start + i) / k, (start + i) % k);
+            *d = widen(all[self.at(r, (q % self.taps) * cin + q / self.taps)]);
+        }
+    }
+
+    /// Values `start..start + dst.len()` in row-major order of the stored depth (tap-major
+    /// where [`Tiles::taps`] > 1), widened to f32: the matrix the kernels multiply.
+    pub fn widen_stored(&self, start: usize, dst: &mut [f32]) {
+        let (k, all) = (self.k.max(1), self.values());
         let mut i = 0;
         while i < dst.len() {
             let (r, q) = ((start + i) / k, (start + i) % k);
             // The rest of this row's depth block, contiguous in the tile.
             let len = (KBLOCK - q % KBLOCK).min(k - q).min(dst.len() - i);
-            let at = ((r / TROWS * blocks + q / KBLOCK) * TROWS + r % TROWS) * KBLOCK + q % KBLOCK;
-            for (d, &s) in dst[i..i + len].iter_mut().zip(&all[at..at + len]) {
-                *d = f32::from_bits(u32::from(s) << 16);
+            let from = self.at(r, q);
+            for (d, &s) in dst[i..i + len].iter_mut().zip(&all[from..from + len]) {
+                *d = widen(s);
             }
             i += len;
         }
+    }
+
+    /// Where stored row `r`, depth `q` is among [`Tiles::values`].
+    fn at(&self, r: usize, q: usize) -> usize {
+        ((r / TROWS * self.blocks() + q / KBLOCK) * TROWS + r % TROWS) * KBLOCK + q % KBLOCK
     }
 
     /// All values in row-major order.
@@ -128,12 +187,12 @@ impl Tiles {
         wide.iter().map(|&v| bf16::from_f32(v)).collect()
     }
 
-    /// `parts` stacked by rows (their depths equal): tile by tile where every part but the
-    /// last fills whole tiles, else through rows.
+    /// `parts` stacked by rows (their depths and depth orders equal): tile by tile where
+    /// every part but the last fills whole tiles, else through rows.
     pub fn concat(parts: &[&Tiles]) -> Self {
-        let k = parts[0].k;
+        let (k, taps) = (parts[0].k, parts[0].taps);
         assert!(
-            parts.iter().all(|p| p.k == k),
+            parts.iter().all(|p| p.k == k && p.taps == taps),
             "tiles: concatenating different depths"
         );
         let m = parts.iter().map(|p| p.m).sum();
@@ -147,12 +206,13 @@ impl Tiles {
                 data: vec![Line::default(); values.len().div_ceil(32)],
                 m,
                 k,
+                taps,
             };
             t.values_mut()[..values.len()].copy_from_slice(&values);
             t
         } else {
             let rows: Vec<bf16> = parts.iter().flat_map(|p| p.to_rows()).collect();
-            Self::from_rows(&rows, m, k)
+            Self::from_rows_tap_major(&rows, m, k, taps)
         }
     }
 }
