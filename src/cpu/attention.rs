@@ -13,20 +13,18 @@
 //! the output is rescaled and re-read for each.)
 //!
 //! In bf16 (`compute_dtype="bfloat16"`, from 1,024 keys) both products are bf16 products
-//! summed in f32 (`cpu::bf16::gemm`: AMX tiles where the CPU has them): the queries rounded and
-//! packed once per task, each key block's keys and values rounded into rows, and the
-//! probabilities rounded and packed after the softmax, which stays f32, as do the running
-//! maxima, sums and output. Key blocks are smaller there (scores in L2). The gain is modest
-//! (5–20% at SD 1.5's large sizes): the f32 softmax and these passes, not the products,
-//! bound it.
-
-use std::cell::RefCell;
+//! summed in f32 (`cpu::bf16::gemm`: AMX tiles where the CPU has them): each sample's and
+//! head's keys and values rounded into rows once (an arena buffer the query blocks share), the
+//! queries rounded and packed once per task, and the probabilities rounded and packed after
+//! the softmax, which stays f32, as do the running maxima, sums and output. Key blocks are
+//! smaller there (scores in L2). At SD 1.5's large sizes that is 1.4–1.6× f32; the f32
+//! softmax (an exp per score) and these passes, not the products, bound it.
 
 use gemm::{gemm, Parallelism};
 use half::bf16;
 use rayon::prelude::*;
 
-use super::arena::with_scratch;
+use super::arena::{with_scratch, Arena, Words};
 use super::bf16 as bf16_gemm;
 use super::vecmath::exp_nonpositive_f32;
 use super::SendPtr;
@@ -38,7 +36,7 @@ const BLOCK_SCORES: usize = 1 << 20;
 /// bf16 products add (zeroing, the kernel's sum into them, the packing of P).
 const BF16_BLOCK_SCORES: usize = 1 << 18;
 /// The bf16 products from this many keys: below it, rounding and packing the operands cost
-/// more than the products save (SD 1.5's 256-token attention: 5.0 ms against f32's 2.8).
+/// more than the products save (SD 1.5's 256-token attention: 2.8–2.9 ms against f32's 2.6).
 const BF16_MIN_KEYS: usize = 1024;
 
 /// One key block of the online softmax over a key-major score block (`s[j·m + i]`, key j,
@@ -83,7 +81,8 @@ pub struct Tokens<'a> {
 
 /// Multi-head attention of `b` samples: queries `q`, keys `k` and values `v` (k and v with the
 /// same tokens), `heads` heads of `dh` rows each; writes `out`, `[heads·dh][b][q.t]`; its
-/// products in bf16 when `bf16`.
+/// products in bf16 when given an arena `bf16` (for the rounded keys and values) and there are
+/// enough keys.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: Tokens<'_>,
@@ -93,14 +92,14 @@ pub fn attention(
     heads: usize,
     dh: usize,
     out: &mut [f32],
-    bf16: bool,
+    bf16: Option<&mut Arena>,
 ) {
-    let bf16 = bf16 && k.t >= BF16_MIN_KEYS;
+    let bf16 = bf16.filter(|_| k.t >= BF16_MIN_KEYS);
     attention_in_blocks(q, k, v, b, heads, dh, out, BLOCK_SCORES, bf16);
 }
 
 /// [`attention`] with at most `block_scores` scores per block (small in the tests, to cover
-/// many key blocks).
+/// many key blocks), in bf16 whenever an arena is given.
 #[allow(clippy::too_many_arguments)]
 fn attention_in_blocks(
     q: Tokens<'_>,
@@ -111,7 +110,7 @@ fn attention_in_blocks(
     dh: usize,
     out: &mut [f32],
     block_scores: usize,
-    bf16: bool,
+    bf16: Option<&mut Arena>,
 ) {
     let inner = heads * dh;
     let (tq, tk) = (q.t, k.t);
@@ -129,12 +128,19 @@ fn attention_in_blocks(
     let blocks_wanted = (4 * threads).div_ceil(per).max(1);
     let qb = tq.div_ceil(blocks_wanted).clamp(16.min(tq), 256);
     let nblocks = tq.div_ceil(qb);
-    let kb = (if bf16 {
+    let kb = (if bf16.is_some() {
         block_scores.min(BF16_BLOCK_SCORES)
     } else {
         block_scores
     } / qb)
         .clamp(1, tk);
+    // bf16: every sample's and head's keys and values rounded once, for all its query blocks.
+    let mut rounded = bf16.map(|arena| {
+        let mut words = Words::take(arena, per * tk * dh);
+        round_kv(k, v, b, heads, dh, as_bf16(words.words_mut()));
+        (words, arena)
+    });
+    let kv = rounded.as_mut().map(|(w, _)| &*as_bf16(w.words_mut()));
     let outp = SendPtr(out.as_mut_ptr());
     (0..per * nblocks).into_par_iter().for_each(|task| {
         let (bh, blk) = (task / nblocks, task % nblocks);
@@ -153,10 +159,20 @@ fn attention_in_blocks(
             let (l, alpha) = rest.split_at_mut(m);
             mx.fill(f32::NEG_INFINITY);
             l.fill(0.0);
-            if bf16 {
+            if let Some(kv) = kv {
                 let stats = Softmax { s, mx, l, alpha };
+                let (krows, vrows) = kv[bh * 2 * tk * dh..][..2 * tk * dh].split_at(tk * dh);
                 // SAFETY: as for the f32 products below (same pointers and extents).
-                unsafe { blocks_bf16((qp, kp, vp, o), (m, dh, tk, kb), (nq, nk, n), scale, stats) };
+                unsafe {
+                    blocks_bf16(
+                        (qp, o),
+                        (krows, vrows),
+                        (m, dh, tk, kb),
+                        (nq, n),
+                        scale,
+                        stats,
+                    )
+                };
             } else {
                 for j0 in (0..tk).step_by(kb) {
                     let nb = kb.min(tk - j0);
@@ -237,11 +253,53 @@ fn attention_in_blocks(
             }
         });
     });
+    if let Some((words, arena)) = rounded {
+        words.give(arena);
+    }
 }
 
-thread_local! {
-    /// `blocks_bf16`'s key and value rows.
-    static KV_ROWS: RefCell<Vec<bf16>> = const { RefCell::new(Vec::new()) };
+/// u32 words as twice as many bf16 values.
+fn as_bf16(words: &mut [u32]) -> &mut [bf16] {
+    // SAFETY: bf16 is a 2-byte value type for which every bit pattern is valid; the words'
+    // bytes hold 2·len of them at an alignment of at least 2, borrowed as long as the result.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<bf16>(), 2 * words.len()) }
+}
+
+/// The keys and values of each (sample, head) `bh` rounded to bf16 into `out[bh]`: keys as
+/// rows `[key][d]` (the score product's A), then values as rows `[d][key]` (the output's A).
+fn round_kv<'a>(k: Tokens<'a>, v: Tokens<'a>, b: usize, heads: usize, dh: usize, out: &mut [bf16]) {
+    let (tk, nk) = (k.t, b * k.t);
+    out.par_chunks_mut(2 * tk * dh)
+        .enumerate()
+        .for_each(|(bh, head)| {
+            let (bi, h) = (bh / heads, bh % heads);
+            let row = |t: Tokens<'a>, d: usize| -> &'a [f32] {
+                &t.data[(t.row + h * dh + d) * nk + bi * tk..][..tk]
+            };
+            let (krows, vrows) = head.split_at_mut(tk * dh);
+            for d in 0..dh {
+                round_row(row(v, d), &mut vrows[d * tk..][..tk]);
+            }
+            // The keys transposed in blocks of 64, whose rows stay in L1.
+            for j0 in (0..tk).step_by(64) {
+                let nb = 64.min(tk - j0);
+                for d in 0..dh {
+                    let src = &row(k, d)[j0..j0 + nb];
+                    for (j, &x) in src.iter().enumerate() {
+                        krows[(j0 + j) * dh + d] = bf16::from_bits(bf16_gemm::round(x) as u16);
+                    }
+                }
+            }
+        });
+}
+
+simd_dispatch!(fn round_row(src: &[f32], dst: &mut [bf16]) => round_row_kernel);
+
+#[inline(always)]
+fn round_row_kernel(src: &[f32], dst: &mut [bf16]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = bf16::from_bits(bf16_gemm::round(x) as u16);
+    }
 }
 
 /// A task's score scratch and online-softmax state (see `softmax_block`).
@@ -252,26 +310,22 @@ struct Softmax<'a> {
     alpha: &'a mut [f32],
 }
 
-/// The key blocks of one task in bf16: `m` queries from `qp`, `dh` rows of `tk` keys and values
-/// from `kp` and `vp` (row strides `nq`, `nk`), `kb` keys per block, into `o` (row stride `n`),
-/// not yet divided by the sums left in `st.l`.
+/// The key blocks of one task in bf16: `m` queries from `qp` (`dh` rows at stride `nq`), the
+/// sample's and head's rounded keys `krows` (`[tk][dh]`) and values `vrows` (`[dh][tk]`), `kb`
+/// keys per block, into `o` (row stride `n`), not yet divided by the sums left in `st.l`.
 ///
 /// # Safety
 /// The pointers reach the extents [`attention_in_blocks`] checks for the task; `o`'s `dh` rows
 /// of `m` columns are the task's alone.
 unsafe fn blocks_bf16(
-    (qp, kp, vp, o): (*const f32, *const f32, *const f32, *mut f32),
+    (qp, o): (*const f32, *mut f32),
+    (krows, vrows): (&[bf16], &[bf16]),
     (m, dh, tk, kb): (usize, usize, usize, usize),
-    (nq, nk, n): (usize, usize, usize),
+    (nq, n): (usize, usize),
     scale: f32,
     st: Softmax<'_>,
 ) {
     let (qlen, plen) = (bf16_gemm::packed_len(dh, m), bf16_gemm::packed_len(kb, m));
-    // A block's keys as rows [key][d] and values as rows [d][key], rounded to bf16, in this
-    // thread's buffer (taken for the task and put back: no allocation once it has grown).
-    let mut kv = KV_ROWS.with(|c| std::mem::take(&mut *c.borrow_mut()));
-    kv.resize(2 * kb * dh, bf16::ZERO);
-    let (krows, vrows) = kv.split_at_mut(kb * dh);
     bf16_gemm::with_packed(qlen + plen, |buf| {
         // (qlen is whole panels of 16 u32: the second buffer stays on 64-byte lines)
         let (qpk, ppk) = buf.split_at_mut(qlen);
@@ -280,25 +334,10 @@ unsafe fn blocks_bf16(
         bf16_gemm::pack(qs, nq, dh, m, qpk);
         for j0 in (0..tk).step_by(kb) {
             let nb = kb.min(tk - j0);
-            for d in 0..dh {
-                // SAFETY: row d of the keys and values, keys j0..j0 + nb.
-                let (kr, vr) = unsafe {
-                    (
-                        std::slice::from_raw_parts(kp.add(d * nk + j0), nb),
-                        std::slice::from_raw_parts(vp.add(d * nk + j0), nb),
-                    )
-                };
-                for (j, &x) in kr.iter().enumerate() {
-                    krows[j * dh + d] = bf16::from_f32(x);
-                }
-                for (dst, &x) in vrows[d * nb..][..nb].iter_mut().zip(vr) {
-                    *dst = bf16::from_f32(x);
-                }
-            }
             // S[j][i] = scale · Σ_d k[d][j0 + j] q[d][i], key-major as the f32 path has it
             let s = &mut st.s[..m * nb];
             s.fill(0.0);
-            let keys = bf16_gemm::Lhs::Rows(&krows[..nb * dh], dh);
+            let keys = bf16_gemm::Lhs::Rows(&krows[j0 * dh..][..nb * dh], dh);
             // SAFETY: s is an nb×m matrix at row stride m, this task's scratch.
             unsafe { bf16_gemm::gemm((nb, m, dh), (s.as_mut_ptr(), m), keys, qpk, scale) };
             softmax_block(s, m, st.mx, st.l, st.alpha);
@@ -315,12 +354,11 @@ unsafe fn blocks_bf16(
                 }
             }
             // O[d][i] += Σ_j v[d][j0 + j] P[j][i]
-            let values = bf16_gemm::Lhs::Rows(&vrows[..dh * nb], nb);
+            let values = bf16_gemm::Lhs::Rows(&vrows[j0..], tk);
             // SAFETY: o's dh rows of m columns at row stride n, the task's alone.
             unsafe { bf16_gemm::gemm((dh, m, nb), (o, n), values, ppk, 1.0) };
         }
     });
-    KV_ROWS.with(|c| *c.borrow_mut() = kv);
 }
 
 #[cfg(test)]
@@ -354,7 +392,7 @@ mod tests {
                     dh,
                     &mut out,
                     scores,
-                    bf16,
+                    bf16.then_some(&mut Arena::default()),
                 );
                 let (round, tol) = match (bf16, scores == BLOCK_SCORES) {
                     (false, _) => (false, 1e-5),
@@ -428,7 +466,7 @@ mod tests {
                 dh,
                 &mut out,
                 scores,
-                false,
+                None,
             );
             check_cross_attention(&q, &kv, &out, (b, tq, tk, heads, dh));
         }
@@ -502,7 +540,17 @@ mod bench {
                 let start = std::time::Instant::now();
                 let tok = |data, row, t| Tokens { data, row, t };
                 let (qt, kt, vt) = (tok(&q, 0, tq), tok(&kv, 0, tk), tok(&kv, inner, tk));
-                attention(qt, kt, vt, b, heads, dh, &mut out, bf16);
+                let mut arena = Arena::default();
+                attention(
+                    qt,
+                    kt,
+                    vt,
+                    b,
+                    heads,
+                    dh,
+                    &mut out,
+                    bf16.then_some(&mut arena),
+                );
                 let ms = start.elapsed().as_secs_f64() * 1e3;
                 best[bf16 as usize] = best[bf16 as usize].min(ms);
             }

@@ -259,7 +259,8 @@ impl Backend for CpuBackend<'_> {
                 t: t.t,
             }
         }
-        attention::attention(cpu(q), cpu(k), cpu(v), b, heads, dh, out, self.bf16);
+        let arena = self.bf16.then_some(&mut *self.arena);
+        attention::attention(cpu(q), cpu(k), cpu(v), b, heads, dh, out, arena);
         Ok(())
     }
 
