@@ -50,8 +50,10 @@ impl Tiles {
             .chunks_exact(k.max(1))
             .zip(permuted.chunks_exact_mut(k.max(1)))
         {
-            for (q, &v) in src.iter().enumerate() {
-                dst[(q % taps) * cin + q / taps] = v;
+            for (ci, taps_of_ci) in src.chunks_exact(taps).enumerate() {
+                for (t, &v) in taps_of_ci.iter().enumerate() {
+                    dst[t * cin + ci] = v;
+                }
             }
         }
         Self {
