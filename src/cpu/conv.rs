@@ -20,6 +20,7 @@ use super::arena::{with_scratch, Arena, Words};
 use super::bf16 as bf16_gemm;
 use super::SendPtr;
 use crate::unet::layout::{Dims, Geometry};
+use crate::unet::weights::Weight;
 
 /// One logical input: channel segments `(data, channels)`, each `[c][b][h][w]`, concatenated.
 #[derive(Clone, Copy)]
@@ -645,8 +646,15 @@ fn gather_rows(
     }
 }
 
-/// A linear layer on a few rows: `out[r][o] = bias[o] + Σ_i x[r][i] · w[o][i]`.
-pub fn linear(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+/// Output features per task of [`linear`].
+const LINEAR_FEATURES: usize = 64;
+
+/// A linear layer on a few rows: `out[r][o] = bias[o] + Σ_i x[r][i] · w[o][i]`, in parallel
+/// over chunks of output features. Weights in another dtype are widened a chunk at a time
+/// into the thread's scratch, in cache: at one row per sample the layer is a pass over its
+/// weights, and widening the whole matrix first would be two more. The chunks are the same
+/// for every dtype and pool, so are the bits.
+pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&[f32]>, out: &mut [f32]) {
     let fin = x.len() / rows;
     let fout = out.len() / rows;
     assert_eq!(w.len(), fin * fout, "linear weight size");
@@ -657,30 +665,41 @@ pub fn linear(x: &[f32], rows: usize, w: &[f32], bias: Option<&[f32]>, out: &mut
             None => o.fill(0.0),
         }
     }
-    // SAFETY: sizes checked above.
-    unsafe {
-        gemm(
-            rows,
-            fout,
-            fin,
-            out.as_mut_ptr(),
-            1,
-            fout as isize,
-            true,
-            x.as_ptr(),
-            1,
-            fin as isize,
-            w.as_ptr(),
-            fin as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
+    let outp = SendPtr(out.as_mut_ptr());
+    (0..fout.div_ceil(LINEAR_FEATURES))
+        .into_par_iter()
+        .for_each(|c| {
+            let o0 = c * LINEAR_FEATURES;
+            let nf = LINEAR_FEATURES.min(fout - o0);
+            with_scratch(nf * fin, |wide| {
+                let w = w.f32_range(o0 * fin, nf * fin, wide);
+                // SAFETY: sizes checked above; the task writes columns o0..o0 + nf of every
+                // row of `out`, no other task's; w is those features' nf×fin rows.
+                unsafe {
+                    gemm(
+                        rows,
+                        nf,
+                        fin,
+                        outp.get().add(o0),
+                        1,
+                        fout as isize,
+                        true,
+                        x.as_ptr(),
+                        1,
+                        fin as isize,
+                        w.as_ptr(),
+                        fin as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            })
+        });
 }
 
 #[cfg(test)]

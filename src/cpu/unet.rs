@@ -236,9 +236,7 @@ impl Backend for CpuBackend<'_> {
         bias: &[f32],
         out: &mut Buf,
     ) -> Result<()> {
-        with_f32(self.arena, w, |w, _| {
-            conv::linear(x, rows, w, Some(bias), out)
-        });
+        conv::linear(x, rows, w, Some(bias), out);
         Ok(())
     }
 

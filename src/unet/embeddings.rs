@@ -68,9 +68,9 @@ impl Mlp {
     pub fn load(ld: &Loader<'_>, prefix: &str, fin: usize, dim: usize) -> Result<Self> {
         Ok(Self {
             fin,
-            w1: ld.weight(&format!("{prefix}.linear_1.weight"), &[dim, fin])?,
+            w1: ld.linear_weight(&format!("{prefix}.linear_1.weight"), &[dim, fin])?,
             b1: ld.get(&format!("{prefix}.linear_1.bias"), &[dim])?,
-            w2: ld.weight(&format!("{prefix}.linear_2.weight"), &[dim, dim])?,
+            w2: ld.linear_weight(&format!("{prefix}.linear_2.weight"), &[dim, dim])?,
             b2: ld.get(&format!("{prefix}.linear_2.bias"), &[dim])?,
             hidden: dim,
         })
@@ -78,12 +78,12 @@ impl Mlp {
 
     pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
         let mut h = vec![0.0f32; rows * self.hidden];
-        linear(x, rows, &self.w1.to_f32(), Some(&self.b1), &mut h);
+        linear(x, rows, &self.w1, Some(&self.b1), &mut h);
         for v in h.iter_mut() {
             *v = silu_f32(*v);
         }
         let mut out = vec![0.0f32; rows * self.hidden];
-        linear(&h, rows, &self.w2.to_f32(), Some(&self.b2), &mut out);
+        linear(&h, rows, &self.w2, Some(&self.b2), &mut out);
         out
     }
 }
@@ -203,7 +203,7 @@ impl TimeEmbedding {
         };
         let cond_proj = match t.cond_proj_dim {
             Some(k) => Some((
-                ld.weight("time_embedding.cond_proj.weight", &[t.input_dim, k])?,
+                ld.linear_weight("time_embedding.cond_proj.weight", &[t.input_dim, k])?,
                 k,
             )),
             None => None,
@@ -260,7 +260,7 @@ impl TimeEmbedding {
                 let mut p = self.project(ts)?;
                 let fin = self.mlp.fin;
                 let mut add = vec![0.0f32; b * fin];
-                linear(c, b, &w.to_f32(), None, &mut add);
+                linear(c, b, w, None, &mut add);
                 for (x, y) in p.iter_mut().zip(&add) {
                     *x += y;
                 }

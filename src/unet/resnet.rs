@@ -98,7 +98,7 @@ impl Resnet {
             cout,
             norm1: Norm::load(ld, &p("norm1"), cin, a.groups, eps)?,
             conv1: Conv::load(ld, &p("conv1"), cin, cout, 3)?,
-            temb_w: ld.weight(&p("time_emb_proj.weight"), &[tdim, a.time.embed_dim])?,
+            temb_w: ld.linear_weight(&p("time_emb_proj.weight"), &[tdim, a.time.embed_dim])?,
             temb_b: ld.get(&p("time_emb_proj.bias"), &[tdim])?,
             norm2: Norm::load(ld, &p("norm2"), cout, a.groups, eps)?,
             conv2: Conv::load(ld, &p("conv2"), cout, cout, 3)?,

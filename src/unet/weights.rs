@@ -437,6 +437,22 @@ impl<'a> Loader<'a> {
         Ok(w)
     }
 
+    /// The weight matrix of a linear layer on a few rows (one per sample: the time
+    /// embedding's and the resnets' projections), in the checkpoint's dtype; under the bf16
+    /// compute path rounded to bf16 rows, not tiles: those layers run in f32 on the weights
+    /// widened per call, which rows make a plain conversion.
+    pub fn linear_weight(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        let w = self.find(&[name], shape)?;
+        let w = match (self.compute, w) {
+            (ComputeDtype::F32, w) | (ComputeDtype::Bf16, w @ Weight::Bf16(_)) => w,
+            (ComputeDtype::Bf16, w) => {
+                Weight::Bf16(w.to_f32().iter().map(|&v| bf16::from_f32(v)).collect())
+            }
+        };
+        self.bytes.set(self.bytes.get() + w.bytes());
+        Ok(w)
+    }
+
     /// The first of `names` present, shape checked, as stored.
     fn find(&self, names: &[&str], shape: &[usize]) -> Result<Weight> {
         for name in names {
