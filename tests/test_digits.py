@@ -93,6 +93,26 @@ def test_a_numpy_generator_draws_the_same_noise_for_torch_tensors(name):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+def test_sample_compute_dtype(tmp_path):
+    """--compute-dtype bfloat16 samples the model in bf16: the library call's images, close
+    to float32's but not equal to them."""
+    argv = ["sample", "--steps", "4", "--n", "6", "--seed", "2", "--quiet", "--out", ""]
+    got = {}
+    for dt in ("float32", "bfloat16"):
+        npz = tmp_path / f"{dt}.npz"
+        assert cli.main([*argv, "--compute-dtype", dt, "--save-npz", str(npz)]) == 0
+        got[dt] = np.load(npz)["samples"]
+    unet = rdiff.UNet2DModel.from_pretrained(FOLDER, compute_dtype="bfloat16")
+    sched = cli.make_scheduler("dpmsolver++", FOLDER, None)
+    x, _ = cli.sample_images(unet, sched, 6, 4, 2, 256, progress=False)
+    np.testing.assert_array_equal(x, got["bfloat16"])
+    f32, bf16 = got["float32"], got["bfloat16"]
+    rel = np.linalg.norm(bf16 - f32) / np.linalg.norm(f32)
+    assert 0 < rel < 5e-2, rel
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--compute-dtype", "float16"])
+
+
 def test_analytic_schedulers_run(tmp_path):
     for name in ("analytic-ddpm", "analytic-ddim"):
         npz = tmp_path / f"{name}.npz"

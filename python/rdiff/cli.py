@@ -235,7 +235,12 @@ def _sample(args: argparse.Namespace) -> int:
         raise SystemExit("rdiff: --n and --batch-size must be ≥ 1")
     folder = _resolve_model(args.model)
     steps = args.steps if args.steps is not None else _DEFAULT_STEPS[args.scheduler]
-    unet = rdiff.UNet2DModel.from_pretrained(folder, device=args.device, dtype=args.dtype)
+    unet = rdiff.UNet2DModel.from_pretrained(
+        folder,
+        device=args.device,
+        dtype=args.dtype,
+        compute_dtype=getattr(args, "compute_dtype", "float32"),
+    )
     sched = make_scheduler(
         args.scheduler,
         folder,
@@ -329,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--dtype", default="float32")
+    s.add_argument(
+        "--compute-dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="the UNet's arithmetic: bfloat16 runs its products in bf16 with float32 sums "
+        "(AMX tiles where the CPU has them)",
+    )
     s.add_argument(
         "--gamma", default=None, help="Γ table for analytic-* (default: MODEL/gamma.npz)"
     )
