@@ -108,7 +108,6 @@ fn pair_kernel(even: &[f32], odd: &[f32], upsample: bool, out: &mut [u32]) {
 
 /// The convolution `out = scale · (init + conv(x, w))` (as `conv::conv2d`), where
 /// [`applies`] holds.
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     x: Input<'_>,
     w: &Tiles,
