@@ -182,12 +182,8 @@ impl Words {
         self.0.as_ptr().align_offset(64).min(16)
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.0.len() - 16
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub fn words_mut(&mut self) -> &mut [u32] {

@@ -286,7 +286,7 @@ fn round_kv<'a>(k: Tokens<'a>, v: Tokens<'a>, b: usize, heads: usize, dh: usize,
                 for d in 0..dh {
                     let src = &row(k, d)[j0..j0 + nb];
                     for (j, &x) in src.iter().enumerate() {
-                        krows[(j0 + j) * dh + d] = bf16::from_bits(bf16_gemm::round(x) as u16);
+                        krows[(j0 + j) * dh + d] = to_bf16(x);
                     }
                 }
             }
@@ -298,8 +298,14 @@ simd_dispatch!(fn round_row(src: &[f32], dst: &mut [bf16]) => round_row_kernel);
 #[inline(always)]
 fn round_row_kernel(src: &[f32], dst: &mut [bf16]) {
     for (d, &x) in dst.iter_mut().zip(src) {
-        *d = bf16::from_bits(bf16_gemm::round(x) as u16);
+        *d = to_bf16(x);
     }
+}
+
+/// `x` rounded to nearest even, as the packing rounds (branch-free, so loops vectorise).
+#[inline(always)]
+fn to_bf16(x: f32) -> bf16 {
+    bf16::from_bits(bf16_gemm::round(x) as u16)
 }
 
 /// A task's score scratch and online-softmax state (see `softmax_block`).

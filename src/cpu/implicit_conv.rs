@@ -94,14 +94,13 @@ simd_dispatch!(fn pair_row(even: &[f32], odd: &[f32], upsample: bool, out: &mut 
 /// value twice with `upsample`.
 #[inline(always)]
 fn pair_kernel(even: &[f32], odd: &[f32], upsample: bool, out: &mut [u32]) {
-    let pair = |e: f32, o: f32| bf16::round(e) | (bf16::round(o) << 16);
     if upsample {
         for (o, (&e, &d)) in out.chunks_exact_mut(2).zip(even.iter().zip(odd)) {
-            o.fill(pair(e, d));
+            o.fill(bf16::pair(e, d));
         }
     } else {
         for (o, (&e, &d)) in out.iter_mut().zip(even.iter().zip(odd)) {
-            *o = pair(e, d);
+            *o = bf16::pair(e, d);
         }
     }
 }

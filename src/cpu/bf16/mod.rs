@@ -25,8 +25,9 @@ use std::marker::PhantomData;
 
 use half::bf16;
 
-pub use pack::{pack, pack_pairs, pad_depth, round};
-pub use tiles::{Tiles, TROWS};
+pub use pack::{pack, pack_pairs, pad_depth, pair, round};
+pub use tiles::Tiles;
+use tiles::TROWS;
 
 /// The product's left operand (the weights): bf16 rows at a row stride, or a matrix's
 /// [`Tiles`] from tile `t0` (row 16·t0) and depth block `kb0` (column 32·kb0).

@@ -18,6 +18,12 @@ pub fn round(x: f32) -> u32 {
     }
 }
 
+/// Two values as one packed pair: `even` rounded in the low half, `odd` in the high half.
+#[inline(always)]
+pub fn pair(even: f32, odd: f32) -> u32 {
+    round(even) | (round(odd) << 16)
+}
+
 /// Packs rows `0..k`, columns `0..n` of `src` (row stride `rs`) into `out`
 /// (`packed_len(k, n)` long).
 pub fn pack(src: &[f32], rs: usize, k: usize, n: usize, out: &mut [u32]) {
@@ -70,7 +76,7 @@ fn pair_kernel(even: &[f32], odd: Option<&[f32]>, out: &mut [u32], kp: usize) {
                 Some(o) => {
                     let o: &[f32; PANEL] = o[c0..c0 + PANEL].try_into().unwrap();
                     for c in 0..PANEL {
-                        dst[c] = round(e[c]) | (round(o[c]) << 16);
+                        dst[c] = pair(e[c], o[c]);
                     }
                 }
                 None => {

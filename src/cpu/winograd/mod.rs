@@ -52,15 +52,7 @@ fn channels<'a>(
     k0: usize,
     k1: usize,
 ) -> impl Iterator<Item = (usize, &'a [f32])> + 'a {
-    let n = x.dims.n();
-    let starts = x.segs.iter().scan(0, |s0, &(_, sc)| {
-        let s = *s0;
-        *s0 += sc;
-        Some(s)
-    });
-    x.segs.iter().zip(starts).flat_map(move |(&(seg, sc), s0)| {
-        (s0.max(k0)..(s0 + sc).min(k1)).map(move |ci| (ci - k0, &seg[(ci - s0) * n..][..n]))
-    })
+    (k0..k1).map(move |ci| (ci - k0, x.channel(ci)))
 }
 
 /// Rows j0..j0 + len of each phase of transformed patches `V[ξ]` (`[phases][rows][t]`,
