@@ -92,8 +92,8 @@ pub fn patches_scratch(th: usize, tw: usize) -> usize {
 fn split_row(img: &[f32], d: Dims, upsample: bool, y: isize, odd: &mut [f32], even: &mut [f32]) {
     let hv = if upsample { 2 * d.h } else { d.h };
     if y < 0 || y >= hv as isize {
-        odd.fill(0.0);
-        even.fill(0.0);
+        super::fill_short(odd, 0.0);
+        super::fill_short(even, 0.0);
         return;
     }
     let y = y as usize;
@@ -101,10 +101,10 @@ fn split_row(img: &[f32], d: Dims, upsample: bool, y: isize, odd: &mut [f32], ev
     if upsample {
         // Columns 2e and 2e + 1 both hold source column e.
         let src = &img[(y / 2) * d.w..][..d.w];
-        even[..d.w].copy_from_slice(src);
-        odd[1..=d.w].copy_from_slice(src);
-        even[d.w..].fill(0.0);
-        odd[d.w + 1..].fill(0.0);
+        super::copy_short(&mut even[..d.w], src);
+        super::copy_short(&mut odd[1..=d.w], src);
+        super::fill_short(&mut even[d.w..], 0.0);
+        super::fill_short(&mut odd[d.w + 1..], 0.0);
     } else {
         let src = &img[y * d.w..][..d.w];
         let np = d.w / 2;
@@ -114,8 +114,8 @@ fn split_row(img: &[f32], d: Dims, upsample: bool, y: isize, odd: &mut [f32], ev
             *e = p[0];
             *o = p[1];
         }
-        even[np..].fill(0.0);
-        odd[np + 1..].fill(0.0);
+        super::fill_short(&mut even[np..], 0.0);
+        super::fill_short(&mut odd[np + 1..], 0.0);
         if let Some(v) = last {
             even[np] = v;
         }

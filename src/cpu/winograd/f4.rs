@@ -145,7 +145,7 @@ fn patches_kernel(
                 let y = (M * ty + k) as isize - 1;
                 if y < 0 || y >= hv as isize {
                     for u in 0..A {
-                        dd[(A * k + u) * t + tbase..][..tw].fill(0.0);
+                        super::fill_short(&mut dd[(A * k + u) * t + tbase..][..tw], 0.0);
                     }
                     continue;
                 }
@@ -155,24 +155,14 @@ fn patches_kernel(
                 } else {
                     &img[y * d.w..][..d.w]
                 };
-                // The row by column residue: res[q][e] = column 4e + q − 1 (zero outside).
-                res.fill(0.0);
-                let mut put = |x: usize, val: f32| res[(x & 3) * e1 + (x >> 2)] = val;
-                if g.upsample {
-                    for (c, &val) in src.iter().enumerate() {
-                        put(2 * c + 1, val);
-                        put(2 * c + 2, val);
-                    }
-                } else {
-                    for (c, &val) in src.iter().enumerate() {
-                        put(c + 1, val);
-                    }
-                }
+                split_residues(src, g.upsample, e1, res);
                 // Patch column u of tile tx is column 4tx + u − 1: residue u mod 4 at
                 // e = tx + u / 4.
                 for u in 0..A {
-                    dd[(A * k + u) * t + tbase..][..tw]
-                        .copy_from_slice(&res[(u & 3) * e1 + (u >> 2)..][..tw]);
+                    super::copy_short(
+                        &mut dd[(A * k + u) * t + tbase..][..tw],
+                        &res[(u & 3) * e1 + (u >> 2)..][..tw],
+                    );
                 }
             }
         }
@@ -189,6 +179,45 @@ fn patches_kernel(
             for (c, bt) in BT.iter().enumerate() {
                 combine(&mut v.row(A * i + c, j)[..t], bt, &src);
             }
+        }
+    }
+}
+
+/// Input row `src` (upsampled 2× when `upsample`) by column residue: `res[q][e]` (`[4][e1]`)
+/// is column 4e + q − 1, zero outside. Whole groups of four columns move at once (a scatter
+/// per value, with its index arithmetic and bounds check, took a third of the patches' time).
+#[inline(always)]
+fn split_residues(src: &[f32], upsample: bool, e1: usize, res: &mut [f32]) {
+    super::fill_short(res, 0.0);
+    let (r0, rest) = res.split_at_mut(e1);
+    let (r1, rest) = rest.split_at_mut(e1);
+    let (r2, r3) = rest.split_at_mut(e1);
+    // Column 4e + q − 1 for q = 1, 2, 3 lies in group e; q = 0 is group e − 1's last column.
+    // (Zipped, not indexed, so that the loops have no bounds checks and run in vectors.)
+    let groups = r1
+        .iter_mut()
+        .zip(r2.iter_mut())
+        .zip(r3.iter_mut().zip(r0[1..].iter_mut()));
+    if upsample {
+        // Columns 2c and 2c + 1 both hold source column c.
+        let pairs = src.chunks_exact(2);
+        let tail = pairs.remainder();
+        for (((a, b), (c, d)), p) in groups.zip(pairs) {
+            (*a, *b, *c, *d) = (p[0], p[0], p[1], p[1]);
+        }
+        if let [v] = tail {
+            let e = src.len() / 2;
+            (r1[e], r2[e]) = (*v, *v);
+        }
+    } else {
+        let quads = src.chunks_exact(4);
+        let tail = quads.remainder();
+        for (((a, b), (c, d)), q) in groups.zip(quads) {
+            (*a, *b, *c, *d) = (q[0], q[1], q[2], q[3]);
+        }
+        let e = src.len() / 4;
+        for (q, &v) in [r1, r2, r3].into_iter().zip(tail) {
+            q[e] = v;
         }
     }
 }
