@@ -73,7 +73,7 @@ mod tests {
             (Dims { b: 1, h: 8, w: 8 }, 300, 256, Geometry::SAME3, false),
             (Dims { b: 2, h: 16, w: 16 }, 64, 96, stride2, false),
             (Dims { b: 1, h: 16, w: 16 }, 600, 96, Geometry::POINT, false),
-            (Dims { b: 2, h: 8, w: 8 }, 300, 130, Geometry::SAME3, true),
+            (Dims { b: 1, h: 8, w: 16 }, 300, 130, Geometry::SAME3, true),
             (Dims { b: 2, h: 32, w: 32 }, 64, 72, Geometry::SAME3, true),
         ];
         for (d, cin, cout, g, wino) in cases {

@@ -176,6 +176,11 @@ fn fill_short(dst: &mut [f32], v: f32) {
 /// or compare against im2col). On 2 cores (AVX2) it takes 0.6–0.75× im2col's time from 64
 /// channels and 32 tiles (2×2 output pixels) up, and loses below: with 32 channels the
 /// transforms weigh too much against the products, with 16 tiles the products are too narrow.
+/// With AVX-512, whose products (`gemm`) run 1.6× faster, output rows narrower than 16 pixels
+/// (tile rows of 4 tiles or fewer) lose too: im2col took 0.46–0.63× Winograd's time on the
+/// bundled digits model's 64-channel 4×4 and 8×8 layers at batch 64, 0.66–0.89× on the
+/// DDPM-CIFAR-10 UNet's 256- and 512-channel ones at batch 8, 0.79× on SD 1.5's 1,280-channel
+/// 8×8 ones (2-core Xeon, per layer in the model's call).
 pub fn applies(g: Geometry, d: Dims, cin: usize, cout: usize) -> bool {
     let od = g.out_dims(d);
     g.k == 3
@@ -184,6 +189,7 @@ pub fn applies(g: Geometry, d: Dims, cin: usize, cout: usize) -> bool {
         && cin >= 64
         && cout >= 64
         && od.b * od.h.div_ceil(2) * od.w.div_ceil(2) >= 32
+        && (od.w >= 16 || !super::vecmath::has_avx512())
         && std::env::var_os("RDIFF_NO_WINOGRAD").is_none_or(|v| v.is_empty())
 }
 
