@@ -10,8 +10,11 @@ use super::vecmath::silu_f32;
 use super::SendPtr;
 use crate::simd_dispatch;
 
-/// Values summed in f32 lanes before they are folded into the f64 totals (32 per lane).
+/// Values summed in f32 lanes before they are folded into the f64 totals (8 per lane).
 const FOLD: usize = 512;
+/// f32 lanes of the statistics: with 16, LLVM vectorised the loop across chunks instead (16
+/// reductions fed by scalar inserts); with 64 it runs along the lanes, in whole vectors.
+const LANES: usize = 64;
 
 /// Sum and sum of squares of planes (channel, sample `b`) for channels c0..c1: f32 lanes,
 /// folded in f64 every [`FOLD`] values or so. The lanes run across plane boundaries: folded
@@ -20,32 +23,41 @@ const FOLD: usize = 512;
 #[inline(always)]
 fn sums_kernel(x: &Input<'_>, c0: usize, c1: usize, b: usize) -> (f64, f64) {
     let (mut s, mut q) = (0.0f64, 0.0f64);
-    let (mut a, mut sq) = ([0.0f32; 16], [0.0f32; 16]);
+    let (mut a, mut sq) = ([0.0f32; LANES], [0.0f32; LANES]);
     let mut pending = 0;
     for ch in c0..c1 {
         for block in plane(x, ch, b).chunks(FOLD) {
             if pending + block.len() > FOLD {
-                s += a.iter().map(|&v| v as f64).sum::<f64>();
-                q += sq.iter().map(|&v| v as f64).sum::<f64>();
-                (a, sq, pending) = ([0.0; 16], [0.0; 16], 0);
+                (s, q) = (s + fold(&a), q + fold(&sq));
+                (a, sq, pending) = ([0.0; LANES], [0.0; LANES], 0);
             }
-            let mut it = block.chunks_exact(16);
+            let mut it = block.chunks_exact(LANES);
             for c in &mut it {
-                for l in 0..16 {
+                for l in 0..LANES {
                     a[l] += c[l];
                     sq[l] += c[l] * c[l];
                 }
             }
-            for &v in it.remainder() {
-                a[0] += v;
-                sq[0] += v * v;
+            for ((x, y), &v) in a.iter_mut().zip(sq.iter_mut()).zip(it.remainder()) {
+                *x += v;
+                *y += v * v;
             }
             pending += block.len();
         }
     }
-    s += a.iter().map(|&v| v as f64).sum::<f64>();
-    q += sq.iter().map(|&v| v as f64).sum::<f64>();
-    (s, q)
+    (s + fold(&a), q + fold(&sq))
+}
+
+/// The lanes' total in f64, summed in eight lane-wise chains first (vectors of f64).
+#[inline(always)]
+fn fold(lanes: &[f32; LANES]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    for c in lanes.chunks_exact(8) {
+        for l in 0..8 {
+            acc[l] += c[l] as f64;
+        }
+    }
+    acc.iter().sum()
 }
 
 simd_dispatch!(fn sums(x: &Input<'_>, c0: usize, c1: usize, b: usize) -> (f64, f64) => sums_kernel);
