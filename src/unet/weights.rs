@@ -114,13 +114,18 @@ impl Weight {
         let rows: Vec<bf16> = match self {
             Self::Bf16Tiles(t) => return Self::Bf16Tiles(t),
             Self::Bf16(v) => v,
-            other => other.to_f32().iter().map(|&v| bf16::from_f32(v)).collect(),
+            other => other.rounded(),
         };
         let (m, k) = (shape[0], shape[1..].iter().product());
         Self::Bf16Tiles(match shape {
             &[_, cin, 3, 3] if cin % KBLOCK == 0 => Tiles::from_rows_tap_major(&rows, m, k, 9),
             _ => Tiles::from_rows(&rows, m, k),
         })
+    }
+
+    /// The values rounded to bf16 (nearest even), in their order.
+    fn rounded(&self) -> Vec<bf16> {
+        self.to_f32().iter().map(|&v| bf16::from_f32(v)).collect()
     }
 
     /// The values in tiles, when they are.
@@ -445,9 +450,7 @@ impl<'a> Loader<'a> {
         let w = self.find(&[name], shape)?;
         let w = match (self.compute, w) {
             (ComputeDtype::F32, w) | (ComputeDtype::Bf16, w @ Weight::Bf16(_)) => w,
-            (ComputeDtype::Bf16, w) => {
-                Weight::Bf16(w.to_f32().iter().map(|&v| bf16::from_f32(v)).collect())
-            }
+            (ComputeDtype::Bf16, w) => Weight::Bf16(w.rounded()),
         };
         self.bytes.set(self.bytes.get() + w.bytes());
         Ok(w)
