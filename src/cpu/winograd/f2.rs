@@ -21,8 +21,9 @@ pub fn scratch(kl: usize, tw: usize) -> usize {
     (24 * kl).max(4 * tw)
 }
 
-/// `U[ξ][i][j] = (G g Gᵀ)[ξ]` for the 3×3 kernel `g = w[m0 + i][k0 + j]` of output channels
-/// m0..m0+m and input channels k0..k1, with `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`.
+/// `U[ξ][i][j] = (G g Gᵀ)[ξ]` (each ξ's `m × (k1 - k0)` block `plane` values into `u`) for
+/// the 3×3 kernel `g = w[m0 + i][k0 + j]` of output channels m0..m0+m and input channels
+/// k0..k1, with `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`.
 /// `scratch` holds one row's kernels tap-major (`[9][k1 - k0]`), rows 1 and 2 of `G g` (so
 /// that every step below runs along j, in vectors) and the row widened when `w` is f16/bf16.
 #[allow(clippy::too_many_arguments)]
@@ -36,13 +37,14 @@ fn weights_kernel(
     k1: usize,
     scratch: &mut [f32],
     u: &mut [f32],
+    plane: usize,
 ) {
     let kl = k1 - k0;
     let (taps, rest) = scratch.split_at_mut(9 * kl);
     let (gg, wide) = rest.split_at_mut(6 * kl);
     let (g1, g2) = gg.split_at_mut(3 * kl);
     for i in 0..m {
-        super::taps(w, cin, m0 + i, k0, kl, wide, taps);
+        super::taps(w, cin, m0 + i, k0, kl, kl, wide, taps);
         // Rows 1 and 2 of G g (rows 0 and 3 are the kernel's first and last rows), each
         // column c a vector along j.
         for c in 0..3 {
@@ -65,7 +67,7 @@ fn weights_kernel(
                 _ => &taps[6 * kl..9 * kl],
             };
             let (x, y, z) = (&src[..kl], &src[kl..2 * kl], &src[2 * kl..3 * kl]);
-            let at = |c: usize| (4 * r + c) * m * kl + i * kl;
+            let at = |c: usize| (4 * r + c) * plane + i * kl;
             u[at(0)..][..kl].copy_from_slice(x);
             for (((o, &a), &b), &c) in u[at(1)..][..kl].iter_mut().zip(x).zip(y).zip(z) {
                 *o = 0.5 * (a + b + c);
@@ -219,7 +221,7 @@ fn patches_kernel(
 
 simd_dispatch!(
     #[allow(clippy::too_many_arguments)]
-    pub fn weights(w: &Weight, cin: usize, m0: usize, m: usize, k0: usize, k1: usize, scratch: &mut [f32], u: &mut [f32]) => weights_kernel
+    pub fn weights(w: &Weight, cin: usize, m0: usize, m: usize, k0: usize, k1: usize, scratch: &mut [f32], u: &mut [f32], plane: usize) => weights_kernel
 );
 
 simd_dispatch!(
@@ -237,8 +239,8 @@ fn split4(x: &mut [f32], len: usize) -> [&mut [f32]; 4] {
 
 /// Adds `scale · Aᵀ M A` (with `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`) of every tile of rows
 /// r0..r1 and each of the m channels onto the output block at `dst`, clipped to the image.
-/// `ys` is scratch for one tile row's four output phases, so that the transform runs along the
-/// tiles, in vectors.
+/// `mm` holds the products `M[ξ]` (`m × t` each, `plane` apart). `ys` is scratch for one tile
+/// row's four output phases, so that the transform runs along the tiles, in vectors.
 ///
 /// # Safety
 /// `dst` points at the block's first channel and column (column `col(r0)`) of an output with
@@ -246,6 +248,7 @@ fn split4(x: &mut [f32], len: usize) -> [&mut [f32]; 4] {
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn add_tiles(
     mm: &[f32],
+    plane: usize,
     m: usize,
     tiles: (usize, usize),
     h: usize,
@@ -263,7 +266,7 @@ pub unsafe fn add_tiles(
     for i in 0..m {
         // SAFETY: channel i's columns of the caller's block (see the contract).
         let out = unsafe { std::slice::from_raw_parts_mut(dst.add(i * n), len) };
-        add_channel(mm, m, i, tiles, h, w, r0, r1, scale, ys, out);
+        add_channel(mm, plane, i, tiles, h, w, r0, r1, scale, ys, out);
     }
 }
 
@@ -272,7 +275,7 @@ pub unsafe fn add_tiles(
 #[inline(always)]
 fn add_channel_kernel(
     mm: &[f32],
-    m: usize,
+    plane: usize,
     i: usize,
     (th, tw): (usize, usize),
     h: usize,
@@ -293,7 +296,7 @@ fn add_channel_kernel(
         let ty = r % th;
         let rows = (h - 2 * ty).min(2);
         let base = (r - r0) * tw;
-        let e = |xi: usize| &mm[(xi * m + i) * t + base..][..tw];
+        let e = |xi: usize| &mm[xi * plane + i * t + base..][..tw];
         let (m00, m01, m02, m03) = (e(0), e(1), e(2), e(3));
         let (m10, m11, m12, m13) = (e(4), e(5), e(6), e(7));
         let (m20, m21, m22, m23) = (e(8), e(9), e(10), e(11));
@@ -338,5 +341,5 @@ fn add_channel_kernel(
 
 simd_dispatch!(
     #[allow(clippy::too_many_arguments)]
-    fn add_channel(mm: &[f32], m: usize, i: usize, tiles: (usize, usize), h: usize, w: usize, r0: usize, r1: usize, scale: f32, ys: &mut [f32], out: &mut [f32]) => add_channel_kernel
+    fn add_channel(mm: &[f32], plane: usize, i: usize, tiles: (usize, usize), h: usize, w: usize, r0: usize, r1: usize, scale: f32, ys: &mut [f32], out: &mut [f32]) => add_channel_kernel
 );

@@ -42,6 +42,10 @@ const MIN_ROWS: usize = 64;
 /// Tiles per pass at most: bounds the shared transformed patches and products (36 × 256
 /// channels × 512 tiles is 19 MB for F4).
 const PASS_TILES: usize = 512;
+/// Values between consecutive planes (`U[ξ]`, `V[ξ]`, `M[ξ]`) past their own: one cache line.
+/// The transforms touch all 16 or 36 planes at once, a row of each, and planes a power of two
+/// apart (256 channels × 512 tiles) map those rows to one L2 set (16 ways).
+const SKEW: usize = 16;
 /// Tiles per task at least, when tile rows are cut into groups (F2 tiles; F4 tiles hold four
 /// times the output, so a quarter of them).
 const MIN_TILES: usize = 64;
@@ -55,13 +59,13 @@ fn channels<'a>(
     (k0..k1).map(move |ci| (ci - k0, x.channel(ci)))
 }
 
-/// Rows j0..j0 + len of each phase of transformed patches `V[ξ]` (`[phases][rows][t]`,
-/// row-major): what one piece of a pass writes, the pieces running in parallel on disjoint
-/// rows of the shared buffer.
+/// Rows j0..j0 + len of each phase of transformed patches `V[ξ]` (`rows × t`, row-major, the
+/// phases `plane` apart): what one piece of a pass writes, the pieces running in parallel on
+/// disjoint rows of the shared buffer.
 pub struct PatchRows<'a> {
     ptr: *mut f32,
     phases: usize,
-    rows: usize,
+    plane: usize,
     t: usize,
     j0: usize,
     len: usize,
@@ -70,21 +74,22 @@ pub struct PatchRows<'a> {
 
 impl PatchRows<'_> {
     /// # Safety
-    /// `ptr` addresses `phases · rows · t` values, valid while this lives, and nothing else
+    /// `ptr` addresses `phases · plane` values, valid while this lives, and nothing else
     /// reads or writes rows j0..j0 + len (≤ rows) of any phase meanwhile.
     unsafe fn new(
         ptr: *mut f32,
         phases: usize,
+        plane: usize,
         rows: usize,
         t: usize,
         j0: usize,
         len: usize,
     ) -> Self {
-        assert!(j0 + len <= rows);
+        assert!(j0 + len <= rows && rows * t <= plane);
         PatchRows {
             ptr,
             phases,
-            rows,
+            plane,
             t,
             j0,
             len,
@@ -98,7 +103,7 @@ impl PatchRows<'_> {
         // SAFETY: inside the buffer (checked), in this value's own rows (see `new`).
         unsafe {
             std::slice::from_raw_parts_mut(
-                self.ptr.add((xi * self.rows + self.j0 + j) * self.t),
+                self.ptr.add(xi * self.plane + (self.j0 + j) * self.t),
                 self.t,
             )
         }
@@ -106,14 +111,16 @@ impl PatchRows<'_> {
 }
 
 /// The 3×3 kernels of output channel `o` and input channels k0..k0+kl, widened to f32 (in
-/// `wide`, `9·kl`, when `w` is f16/bf16) and tap-major into `taps` (`[9][kl]`), so that both
+/// `wide`, `9·kl`, when `w` is f16/bf16) and tap-major into `taps` (`[9][stride]`), so that both
 /// variants' weight transforms run along the input channels.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn taps(
     w: &Weight,
     cin: usize,
     o: usize,
     k0: usize,
+    stride: usize,
     kl: usize,
     wide: &mut [f32],
     taps: &mut [f32],
@@ -121,7 +128,7 @@ fn taps(
     let row = w.f32_range((o * cin + k0) * 9, kl * 9, wide);
     for (j, g) in row.chunks_exact(9).enumerate() {
         for (tap, &v) in g.iter().enumerate() {
-            taps[tap * kl + j] = v;
+            taps[tap * stride + j] = v;
         }
     }
 }
@@ -277,8 +284,8 @@ fn conv2d_by(
 
     let kc = KC.min(cin);
     let pass_tiles = pass_rows * tw;
-    let task_m = xi_n * mstep * tr * tw; // a task's products M[ξ] (m × t)
-    let mut v = arena.take(xi_n * kc * pass_tiles);
+    let task_m = xi_n * (mstep * tr * tw + SKEW); // a task's products M[ξ] (m × t)
+    let mut v = arena.take(xi_n * (kc * pass_tiles + SKEW));
     let mut mm = arena.take(ntasks * task_m);
     // First output column of tile row r (row r of sample r / th).
     let col = |r: usize| {
@@ -300,6 +307,7 @@ fn conv2d_by(
         for k0 in (0..cin).step_by(kc) {
             let k1 = (k0 + kc).min(cin);
             let kl = k1 - k0;
+            let vplane = kl * pt + SKEW;
             // The patches of channels k0..k1 over the pass's tiles, V[ξ] (kl × pt), by
             // channel pieces.
             let piece = kl.div_ceil(tasks);
@@ -313,7 +321,8 @@ fn conv2d_by(
                 let (a, b) = (k0 + pc * piece, (k0 + (pc + 1) * piece).min(k1));
                 // SAFETY: `v` holds xi_n · kl · pt values, and piece pc alone touches rows
                 // a - k0 .. b - k0 of each V[ξ] until the pieces are joined.
-                let mut v = unsafe { PatchRows::new(vp.get(), xi_n, kl, pt, a - k0, b - a) };
+                let mut v =
+                    unsafe { PatchRows::new(vp.get(), xi_n, vplane, kl, pt, a - k0, b - a) };
                 with_scratch(scratch, |s| {
                     if f4 {
                         f4::patches(&x, g, (th, tw), p0, p1, a, b, s, &mut v);
@@ -328,17 +337,19 @@ fn conv2d_by(
             (0..ntasks).into_par_iter().for_each(|i| {
                 let (r0, r1, m0, m) = task(i);
                 let (t, c0) = ((r1 - r0) * tw, (r0 - p0) * tw);
+                let mplane = m * t + SKEW;
                 let ws = if f4 {
                     f4::weights_scratch(kl)
                 } else {
                     f2::scratch(kl, 0)
                 };
-                with_scratch(xi_n * m * kl + ws, |s| {
-                    let (u, ws) = s.split_at_mut(xi_n * m * kl);
+                let uplane = m * kl + SKEW;
+                with_scratch(xi_n * uplane + ws, |s| {
+                    let (u, ws) = s.split_at_mut(xi_n * uplane);
                     if f4 {
-                        f4::weights(w, cin, m0, m, k0, k1, ws, u);
+                        f4::weights(w, cin, m0, m, k0, k1, ws, u, uplane);
                     } else {
-                        f2::weights(w, cin, m0, m, k0, k1, ws, u);
+                        f2::weights(w, cin, m0, m, k0, k1, ws, u, uplane);
                     }
                     for xi in 0..xi_n {
                         // SAFETY: U[ξ] is m×kl (row-major in the scratch); the task's tiles
@@ -347,10 +358,10 @@ fn conv2d_by(
                         unsafe {
                             gemm_rows(
                                 (m, t, kl),
-                                (mp.get().add(i * task_m + xi * m * t), t),
+                                (mp.get().add(i * task_m + xi * mplane), t),
                                 k0 > 0,
-                                (u.as_ptr().add(xi * m * kl), kl),
-                                (v.as_ptr().add(xi * kl * pt + c0), pt),
+                                (u.as_ptr().add(xi * uplane), kl),
+                                (v.as_ptr().add(xi * vplane + c0), pt),
                                 1.0,
                             );
                         }
@@ -379,7 +390,8 @@ fn conv2d_by(
                 // SAFETY: the task's block, as for prefill.
                 unsafe {
                     add(
-                        &mm[i * task_m..][..xi_n * m * t],
+                        &mm[i * task_m..][..xi_n * (m * t + SKEW)],
+                        m * t + SKEW,
                         m,
                         (th, tw),
                         od.h,
