@@ -158,8 +158,8 @@ pub fn patches_scratch(t: usize, tw: usize) -> usize {
 
 /// `v.row(ξ, ci - k0)[t] = (Bᵀ d B)[ξ]` for the 6×6 patch `d` (rows 4ty−1 .. 4ty+4, columns
 /// 4tx−1 .. 4tx+4) of every tile t of tile rows r0..r1 and input channels k0..k1. A channel's
-/// patches are gathered position-major (`d[36][t]`), then transformed `L` tiles at a time in
-/// registers (both halves of `Bᵀ d B` on 36 vectors, written once into `v`): transforming
+/// patches are gathered position-major (`d[36][t]`), then transformed `L` tiles at a time
+/// (both halves of `Bᵀ d B` on 36 vectors, each output written once into `v`): transforming
 /// whole rows of positions a half at a time streamed 36 rows of `t` through L2 six times.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
