@@ -111,8 +111,8 @@ impl PatchRows<'_> {
 }
 
 /// The 3×3 kernels of output channel `o` and input channels k0..k0+kl, widened to f32 (in
-/// `wide`, `9·kl`, when `w` is f16/bf16) and tap-major into `taps` (`[9][stride]`), so that both
-/// variants' weight transforms run along the input channels.
+/// `wide`, `9·kl`, when `w` is f16/bf16) and tap-major into `taps` (`[9][stride]`, stride ≥
+/// kl), so that both variants' weight transforms run along the input channels.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn taps(
@@ -319,7 +319,7 @@ fn conv2d_by(
             let vp = SendPtr(v.as_mut_ptr());
             (0..kl.div_ceil(piece)).into_par_iter().for_each(|pc| {
                 let (a, b) = (k0 + pc * piece, (k0 + (pc + 1) * piece).min(k1));
-                // SAFETY: `v` holds xi_n · kl · pt values, and piece pc alone touches rows
+                // SAFETY: `v` holds xi_n · vplane values, and piece pc alone touches rows
                 // a - k0 .. b - k0 of each V[ξ] until the pieces are joined.
                 let mut v =
                     unsafe { PatchRows::new(vp.get(), xi_n, vplane, kl, pt, a - k0, b - a) };
@@ -374,6 +374,7 @@ fn conv2d_by(
         (0..ntasks).into_par_iter().for_each(|i| {
             let (r0, r1, m0, m) = task(i);
             let t = (r1 - r0) * tw;
+            let mplane = m * t + SKEW;
             let (c0, c1) = (col(r0), if r1 == tile_rows { n } else { col(r1) });
             // SAFETY: task i owns rows m0..m0+m and columns c0..c1 of `out`; no two tasks
             // share both.
@@ -390,8 +391,8 @@ fn conv2d_by(
                 // SAFETY: the task's block, as for prefill.
                 unsafe {
                     add(
-                        &mm[i * task_m..][..xi_n * (m * t + SKEW)],
-                        m * t + SKEW,
+                        &mm[i * task_m..][..xi_n * mplane],
+                        mplane,
                         m,
                         (th, tw),
                         od.h,
