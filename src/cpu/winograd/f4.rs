@@ -15,7 +15,11 @@ use crate::unet::weights::Weight;
 pub const M: usize = 4;
 pub const A: usize = 6;
 
-/// Tiles (or input channels) per transform step: one 512-bit vector of each position.
+/// Tiles (or input channels) per transform step: one 512-bit vector of each position. Each
+/// transform's two halves go through a few vectors of scratch (`tmp`), and their inputs are
+/// written as array literals: local arrays of 36 vectors were zero-filled and copied by
+/// `memset`/`memcpy` calls, and closures passed through `array::from_fn` / `array::map` were
+/// not inlined into the `simd_dispatch!` bodies.
 const L: usize = 16;
 /// One position of `L` tiles (or kernels).
 type Lanes = [f32; L];
@@ -306,7 +310,7 @@ fn at6(x: [Lanes; A], o: &mut [Lanes; M]) {
 }
 
 /// The 16 output phases `ys[a][b][t] = scale · (Aᵀ M A)[a][b]` of channel i (`M[ξ]` the
-/// products, `plane` apart, channel i's row of `t` in each), `L` tiles at a time in registers.
+/// products, `plane` apart, channel i's row of `t` in each), `L` tiles at a time.
 #[inline(always)]
 fn phases_kernel(
     mm: &[f32],
@@ -346,8 +350,8 @@ simd_dispatch!(fn phases(mm: &[f32], plane: usize, i: usize, t: usize, scale: f3
 
 /// Adds `scale · Aᵀ M A` of every tile of rows r0..r1 and each of the m channels onto the
 /// output block at `dst`, clipped to the image (`mm`: the products `M[ξ]`, `m × t` each,
-/// `plane` apart). Both halves of the transform run along all
-/// the task's tiles at once; the 16 output phases are then added into place.
+/// `plane` apart). A channel's transform runs `L` tiles at a time into its 16 output phases
+/// (`phases`), which are then added into place.
 ///
 /// # Safety
 /// `dst` points at the block's first channel and column (column `col(r0)`) of an output with

@@ -133,6 +133,11 @@ fn taps(
     }
 }
 
+/// Values from one plane's start to the next's for planes of `rows × cols` values ([`SKEW`]).
+fn plane(rows: usize, cols: usize) -> usize {
+    rows * cols + SKEW
+}
+
 /// `dst.copy_from_slice(src)` for the transforms' short rows (4–16 values) without a call to
 /// libc's `memmove`, whose call overhead is most of such a copy (the calls took 4% of a batch-8
 /// CIFAR UNet call): whole 8- and 4-value blocks, the last one overlapping the one before it.
@@ -284,8 +289,8 @@ fn conv2d_by(
 
     let kc = KC.min(cin);
     let pass_tiles = pass_rows * tw;
-    let task_m = xi_n * (mstep * tr * tw + SKEW); // a task's products M[ξ] (m × t)
-    let mut v = arena.take(xi_n * (kc * pass_tiles + SKEW));
+    let task_m = xi_n * plane(mstep, tr * tw); // a task's products M[ξ] (m × t)
+    let mut v = arena.take(xi_n * plane(kc, pass_tiles));
     let mut mm = arena.take(ntasks * task_m);
     // First output column of tile row r (row r of sample r / th).
     let col = |r: usize| {
@@ -307,7 +312,7 @@ fn conv2d_by(
         for k0 in (0..cin).step_by(kc) {
             let k1 = (k0 + kc).min(cin);
             let kl = k1 - k0;
-            let vplane = kl * pt + SKEW;
+            let vplane = plane(kl, pt);
             // The patches of channels k0..k1 over the pass's tiles, V[ξ] (kl × pt), by
             // channel pieces.
             let piece = kl.div_ceil(tasks);
@@ -337,13 +342,13 @@ fn conv2d_by(
             (0..ntasks).into_par_iter().for_each(|i| {
                 let (r0, r1, m0, m) = task(i);
                 let (t, c0) = ((r1 - r0) * tw, (r0 - p0) * tw);
-                let mplane = m * t + SKEW;
+                let mplane = plane(m, t);
                 let ws = if f4 {
                     f4::weights_scratch(kl)
                 } else {
                     f2::scratch(kl, 0)
                 };
-                let uplane = m * kl + SKEW;
+                let uplane = plane(m, kl);
                 with_scratch(xi_n * uplane + ws, |s| {
                     let (u, ws) = s.split_at_mut(xi_n * uplane);
                     if f4 {
@@ -374,7 +379,7 @@ fn conv2d_by(
         (0..ntasks).into_par_iter().for_each(|i| {
             let (r0, r1, m0, m) = task(i);
             let t = (r1 - r0) * tw;
-            let mplane = m * t + SKEW;
+            let mplane = plane(m, t);
             let (c0, c1) = (col(r0), if r1 == tile_rows { n } else { col(r1) });
             // SAFETY: task i owns rows m0..m0+m and columns c0..c1 of `out`; no two tasks
             // share both.
