@@ -17,20 +17,6 @@ use crate::unet::model::UNet2D;
 use crate::unet::runner::UNetRunner;
 use crate::unet::weights::{ComputeDtype, MemoryWeights};
 
-/// In-memory weights (`from_diffusers`): each array copied once into f32 storage.
-fn memory_weights(tensors: HashMap<String, Bound<'_, PyArrayDyn<f32>>>) -> PyResult<MemoryWeights> {
-    let mut mem = MemoryWeights::default();
-    for (name, arr) in tensors {
-        let ro = arr.readonly();
-        let data = ro
-            .as_slice()
-            .map_err(|_| RdiffError::Value(format!("{name}: array is not contiguous")))?
-            .to_vec();
-        mem.tensors.insert(name, (arr.shape().to_vec(), data));
-    }
-    Ok(mem)
-}
-
 /// Where to run: None → the CPU; -1 → the emulated launcher (`max_blocks` per grid-stride
 /// launch, `threads` per block); n ≥ 0 → CUDA device n.
 fn target(device: Option<i32>, max_blocks: u32) -> Target {
@@ -91,7 +77,19 @@ impl PyUNet2D {
             ComputeDtype::parse(compute_dtype)?,
             target(device, max_blocks),
         );
-        let mem = memory_weights(tensors)?;
+        // Borrowed, not copied: the loader copies each array once, with the GIL released.
+        let arrays: Vec<_> = tensors
+            .into_iter()
+            .map(|(name, arr)| Ok((name, arr.try_readonly()?)))
+            .collect::<PyResult<_>>()?;
+        let mut mem = MemoryWeights::default();
+        for (name, ro) in &arrays {
+            let data = ro
+                .as_slice()
+                .map_err(|_| RdiffError::Value(format!("{name}: array is not contiguous")))?;
+            mem.tensors
+                .insert(name.clone(), (ro.shape().to_vec(), data.into()));
+        }
         let storage = UNetRunner::weight_storage(compute, at);
         let unet = py.detach(|| UNet2D::load_as(config_json, &mem, storage))?;
         Ok(Self {

@@ -185,18 +185,19 @@ pub trait WeightSource {
     fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Weight)>>;
 }
 
-/// Tensors already in memory (e.g. a diffusers module's state dict).
+/// Tensors already in memory: a diffusers module's state dict, borrowed from its arrays, so
+/// that each value is copied once, when the loader fetches it.
 #[derive(Default)]
-pub struct MemoryWeights {
-    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+pub struct MemoryWeights<'a> {
+    pub tensors: HashMap<String, (Vec<usize>, Cow<'a, [f32]>)>,
 }
 
-impl WeightSource for MemoryWeights {
+impl WeightSource for MemoryWeights<'_> {
     fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Weight)>> {
         Ok(self
             .tensors
             .get(name)
-            .map(|(s, v)| (s.clone(), Weight::F32(v.clone()))))
+            .map(|(s, v)| (s.clone(), Weight::F32(v.to_vec()))))
     }
 }
 

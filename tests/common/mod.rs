@@ -136,7 +136,7 @@ pub fn weight_shapes(config: &str) -> Vec<(String, Vec<usize>)> {
             "loader asked twice for {name}"
         );
         mem.tensors
-            .insert(name.clone(), (shape.clone(), vec![0.0; n]));
+            .insert(name.clone(), (shape.clone(), vec![0.0; n].into()));
         order.push((name, shape));
     }
 }
