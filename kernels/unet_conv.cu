@@ -89,6 +89,18 @@ __device__ void rd_unet_nchw_out(const float* __restrict__ y, rd_i64 b, rd_i64 c
     }
 }
 
+// out[c][b][hw] += NCHW x (T): ControlNet's residuals onto the skip connections.
+template <class T>
+__device__ void rd_unet_nchw_add(const T* __restrict__ x, rd_i64 b, rd_i64 c, rd_i64 hw,
+                                 float* __restrict__ out) {
+    const rd_i64 total = b * c * hw;
+    for (rd_i64 e = rd_thread_index(); e < total; e += rd_grid_stride()) {
+        const rd_i64 p = e % hw, cb = e / hw;
+        const rd_i64 bi = cb % b, ci = cb / b;
+        out[e] += rd_to_f32(x[(bi * c + ci) * hw + p]);
+    }
+}
+
 #define RD_UNET_LAYOUT(TN, T)                                                                   \
     extern "C" __global__ void __launch_bounds__(RD_UNET_THREADS) rdiff_unet_nchw_in_##TN(     \
         const T* __restrict__ x, rd_i64 b, rd_i64 c, rd_i64 hw, float* __restrict__ out,       \
@@ -101,7 +113,12 @@ __device__ void rd_unet_nchw_out(const float* __restrict__ y, rd_i64 b, rd_i64 c
         const float* __restrict__ div, T* __restrict__ out) {                                  \
         rd_unet_nchw_out<T>(y, b, c, hw, div, out);                                            \
     }                                                                                          \
-    RDIFF_HOST_EXPORT(rdiff_unet_nchw_out_##TN)
+    RDIFF_HOST_EXPORT(rdiff_unet_nchw_out_##TN)                                                \
+    extern "C" __global__ void __launch_bounds__(RD_UNET_THREADS) rdiff_unet_nchw_add_##TN(    \
+        const T* __restrict__ x, rd_i64 b, rd_i64 c, rd_i64 hw, float* __restrict__ out) {     \
+        rd_unet_nchw_add<T>(x, b, c, hw, out);                                                 \
+    }                                                                                          \
+    RDIFF_HOST_EXPORT(rdiff_unet_nchw_add_##TN)
 
 RD_UNET_LAYOUT(f32, float)
 RD_UNET_LAYOUT(f16, rd_f16)

@@ -14,7 +14,8 @@ Without CUDA it says so and exits 0, checking nothing.
    conv net, step) equals eager mode on CUDA, and again under CUDA graphs
    (``mode="reduce-overhead"``), run twice (the second run replays the captured graph).
 4. The native UNets on CUDA (``device="cuda"``) equal diffusers' torch modules: a small
-   UNet2DModel with attention, and small random SD 1.x / SD 2.x / SDXL UNet2DConditionModels.
+   UNet2DModel with attention, and small random SD 1.x / SD 2.x / SDXL UNet2DConditionModels
+   (SD 1.x also with a ControlNet's float16 residuals).
 5. A native UNet forward (timesteps as a GPU tensor) captured in a CUDA graph by
    ``torch.cuda.graph`` replays to eager's results, with no device allocation or host copy
    during the capture; eager and replay times.
@@ -292,6 +293,31 @@ def unets_match_torch() -> None:
                 got = ours(**_cond_inputs(cfg, 2, 16, 7, "cuda"))
             name = f"UNet2DConditionModel {family} cuda{' (own GEMM)' if kernel else ''}"
             report(f"{name} = diffusers", _rel(got, want) <= 1e-4, f"rel {_rel(got, want):.1e}")
+    # ControlNet's residuals, in float16 on the device as a float16 pipeline passes them.
+    cfg = _cond_config("sd1")
+    m = _randomised(diffusers.UNet2DConditionModel(**cfg))
+    net = _randomised(
+        diffusers.ControlNetModel.from_unet(m, conditioning_embedding_out_channels=(16, 32))
+    )
+    kw = _cond_inputs(cfg, 2, 16, 7, "cpu")
+    image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        down, mid = net(**kw, controlnet_cond=image, return_dict=False)
+        down, mid = [d.half() for d in down], mid.half()
+        res = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        want = m(**kw, **res).sample
+    ours = rdiff.UNet2DConditionModel.from_diffusers(m, device="cuda")
+    got = ours(
+        **_cond_inputs(cfg, 2, 16, 7, "cuda"),
+        down_block_additional_residuals=[d.cuda() for d in down],
+        mid_block_additional_residual=mid.cuda(),
+    )
+    err = _rel(got, want)
+    report(
+        "UNet2DConditionModel sd1 cuda + ControlNet residuals = diffusers",
+        err <= 1e-4,
+        f"rel {err:.1e}",
+    )
 
 
 def cli_sample_matches_cpu() -> None:

@@ -1713,10 +1713,25 @@ def _cond_unet_cases() -> list[Case]:
             r"cross_attention_kwargs: not supported.*scale",
         ),
         Case(
-            "cond_unet.call.controlnet_residuals",
+            "cond_unet.call.t2i_adapter_residuals",
             f"{u}(CX4, 10, CX, down_block_additional_residuals=(CX4,))",
             "NotImplementedError",
-            r"down_block_additional_residuals",
+            r"down_block_additional_residuals without mid_block_additional_residual",
+        ),
+        Case(
+            "cond_unet.call.controlnet_residual_count",
+            f"{u}(CX4, 10, CX, down_block_additional_residuals=(CX4,), "
+            "mid_block_additional_residual=CX4)",
+            "ValueError",
+            r"down_block_additional_residuals: 1 given, but this UNet has 4 skip",
+        ),
+        Case(
+            "cond_unet.call.controlnet_residual_nan_propagates",
+            "d = [np.full(s, np.nan, np.float32) for s in "
+            "[(2, 8, 8, 8), (2, 8, 8, 8), (2, 8, 4, 4), (2, 16, 4, 4)]]\n"
+            f"a = {u}(CX4, 10, CX, down_block_additional_residuals=d, "
+            "mid_block_additional_residual=d[-1])\nassert np.isnan(a).any()",
+            None,
         ),
         Case(
             "cond_unet.call.class_labels_unconditional",

@@ -341,6 +341,7 @@ fn load_and_run(dir: &Path) -> Result<bool, String> {
                 Timesteps::Host(&[10.0]),
                 &Conditioning::class(ClassLabels::None),
                 None,
+                None,
                 0,
             );
             true

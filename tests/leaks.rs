@@ -95,6 +95,7 @@ fn unet(dir: &std::path::Path, bad: &std::path::Path) {
             Timesteps::Host(&[ts]),
             &Conditioning::class(ClassLabels::None),
             None,
+            None,
             0,
         )
         .unwrap();
@@ -111,6 +112,7 @@ fn unet(dir: &std::path::Path, bad: &std::path::Path) {
             &t(&mut out[..112], &odd),
             Timesteps::Host(&[1.0]),
             &Conditioning::class(ClassLabels::None),
+            None,
             None,
             0
         )

@@ -236,6 +236,109 @@ def test_emulated_warm_call_reads_timesteps_on_the_device():
     assert _rel(got, cpu(**kw, timestep_cond=cond)) <= 1e-4
 
 
+# --------------------------------------------------------------------------- ControlNet
+
+
+def _controlnet(unet, seed: int = 7):
+    """diffusers' ControlNet for `unet`, every weight randomised (its zero convolutions would
+    otherwise give zero residuals)."""
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = diffusers.ControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=(4, 8), conditioning_channels=3
+        ).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return net
+
+
+def _residuals(net, kw: dict, seed: int = 2):
+    """The ControlNet's residuals for the call `kw` (conditioning image at twice the size:
+    two conditioning blocks downsample once)."""
+    s = kw["sample"]
+    image = torch.rand(
+        s.shape[0], 3, 2 * s.shape[2], 2 * s.shape[3], generator=torch.Generator().manual_seed(seed)
+    )
+    with torch.no_grad():
+        down, mid = net(**kw, controlnet_cond=image, return_dict=False)
+    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_controlnet_residuals_match_diffusers(family):
+    cfg = _family_config(family, 3)
+    m = _model(cfg)
+    kw = _inputs(cfg)
+    res = _residuals(_controlnet(m), kw)
+    down, mid = res["down_block_additional_residuals"], res["mid_block_additional_residual"]
+    ours = rdiff.UNet2DConditionModel.from_diffusers(m)
+    with torch.no_grad():
+        want = m(**kw, **res).sample
+        plain = m(**kw).sample
+    assert _rel(want, plain) > 1e-2  # the residuals matter
+    assert _rel(ours(**kw, **res), want) <= 1e-4
+    # numpy arrays as well as tensors.
+    got = ours(
+        kw["sample"].numpy(),
+        637,
+        kw["encoder_hidden_states"].numpy(),
+        added_cond_kwargs=kw.get("added_cond_kwargs"),
+        down_block_additional_residuals=tuple(r.numpy() for r in down),
+        mid_block_additional_residual=mid.numpy(),
+    )
+    assert _rel(torch.from_numpy(got), want) <= 1e-4
+    # Half-precision residuals are read as they are (diffusers promotes the sum to float32).
+    half = {
+        "down_block_additional_residuals": [r.bfloat16() for r in down],
+        "mid_block_additional_residual": mid.half(),
+    }
+    with torch.no_grad():
+        want = m(**kw, **half).sample
+    assert _rel(ours(**kw, **half), want) <= 1e-4
+
+
+def test_emulated_controlnet_matches_cpu():
+    cfg = _family_config("sd1", 6)
+    m = _model(cfg)
+    kw = _inputs(cfg, size=8, tokens=3)
+    res = _residuals(_controlnet(m), kw)
+    res["mid_block_additional_residual"] = res["mid_block_additional_residual"].half()
+    cpu = rdiff.UNet2DConditionModel.from_diffusers(m)
+    emu = rdiff.UNet2DConditionModel._from_diffusers(m, -1, max_blocks=4)
+    want = cpu(**kw, **res)
+    assert _rel(want, cpu(**kw)) > 1e-2
+    assert _rel(emu(**kw, **res), want) <= 1e-4
+
+
+def test_bad_controlnet_residuals_are_clear_errors(sdxl_like):
+    cfg, ours = sdxl_like
+    kw = _inputs(cfg)
+    m = _model(cfg)
+    res = _residuals(_controlnet(m), kw)
+    down, mid = res["down_block_additional_residuals"], res["mid_block_additional_residual"]
+    with pytest.raises(ValueError, match=f"{len(down) - 1} given, but this UNet has {len(down)}"):
+        ours(**kw, down_block_additional_residuals=down[:-1], mid_block_additional_residual=mid)
+    bad = list(down)
+    bad[1] = bad[1][:, :-1]
+    with pytest.raises(ValueError, match=r"down_block_additional_residuals\[1\]: expected shape"):
+        ours(**kw, down_block_additional_residuals=bad, mid_block_additional_residual=mid)
+    with pytest.raises(ValueError, match="mid_block_additional_residual: expected shape"):
+        ours(**kw, down_block_additional_residuals=down, mid_block_additional_residual=mid[:1])
+    with pytest.raises(NotImplementedError, match="T2I-Adapter"):
+        ours(**kw, down_block_additional_residuals=down)
+    with pytest.raises(NotImplementedError, match="down_intrablock_additional_residuals"):
+        ours(**kw, down_intrablock_additional_residuals=down)
+    with pytest.raises(ValueError, match="a ControlNet gives both"):
+        ours(**kw, mid_block_additional_residual=mid)
+    with pytest.raises(TypeError, match="expected a tuple of tensors"):
+        ours(**kw, down_block_additional_residuals=down[0], mid_block_additional_residual=mid)
+    with pytest.raises(TypeError, match=r"down_block_additional_residuals\[0\]: unsupported dtype"):
+        ints = [down[0].int(), *down[1:]]
+        ours(**kw, down_block_additional_residuals=ints, mid_block_additional_residual=mid)
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -421,6 +524,45 @@ def test_stable_diffusion_xl_pipeline_with_rdiff_unet():
     pipe.unet = rd.UNet2DConditionModel.from_diffusers(unet)
     got = _images(pipe, **kw)
     assert np.abs(got - want).max() <= 1e-3
+
+
+def test_controlnet_pipeline_with_rdiff_unet():
+    """diffusers' ControlNet pipeline: the ControlNet runs in torch, rdiff's UNet takes its
+    residuals."""
+    pytest.importorskip("transformers")
+    import rdiff.diffusers as rd
+
+    unet, vae = _sd_models()
+    net = _controlnet(unet, seed=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = diffusers.StableDiffusionControlNetPipeline(
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            unet=unet,
+            controlnet=net,
+            scheduler=diffusers.UniPCMultistepScheduler(beta_schedule="scaled_linear"),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(2, 5, 16, generator=g)
+    kw = dict(
+        prompt_embeds=emb[:1],
+        negative_prompt_embeds=emb[1:],
+        image=torch.rand(1, 3, 16, 16, generator=g),
+        height=16,
+        width=16,
+    )
+    want = _images(pipe, **kw)
+    pipe.unet = rd.UNet2DConditionModel.from_diffusers(unet)
+    got = _images(pipe, **kw)
+    assert np.abs(got - want).max() <= 1e-3
+    # The control image reaches the result through the residuals.
+    other = _images(pipe, **{**kw, "image": torch.zeros(1, 3, 16, 16)})
+    assert np.abs(other - got).max() > 1e-2
 
 
 # The bad-input table's UNet2DConditionModel rows (tests/bad_input_cases.py, prefix

@@ -59,7 +59,7 @@ def test_cuda_libraries_load_on_first_need_not_at_import():
 def test_kernel_list_matches_the_host_build():
     assert sorted(_rdiff._cuda_kernels()) == sorted(KERNELS)
     entries = _rdiff._emulated_kernels()
-    assert len(entries) == 2 * 9 + 3 + 1 + 8 + 9
+    assert len(entries) == 2 * 9 + 3 + 1 + 11 + 9
     assert {_entry_source(e) for e in entries} == set(KERNELS)
     assert all(e.startswith("rdiff_") for e in entries)
 

@@ -832,8 +832,11 @@ class _UNet2D:
         text_embeds: list[float] | None = None,
         time_ids: list[float] | None = None,
         timestep_cond: list[float] | None = None,
+        down_residuals: list[_Tensor] | None = None,
+        mid_residual: _Tensor | None = None,
     ) -> None:
         """The forward pass over NCHW buffers on the model's device (GIL released);
         ``timesteps`` host values or a float32 tensor there (one per sample, or one for all);
-        ``context`` is ``encoder_hidden_states`` (batch, tokens, width) there too, the rest
-        the added conditioning as host float32 rows."""
+        ``context`` is ``encoder_hidden_states`` (batch, tokens, width) there too, and
+        ``down_residuals`` / ``mid_residual`` ControlNet's residuals (NCHW, both or neither);
+        the rest the added conditioning as host float32 rows."""

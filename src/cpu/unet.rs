@@ -15,6 +15,7 @@ use crate::dtype::Elem;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use crate::unet::backend::{Act, Backend, Epilogue, Segs, Tokens};
+use crate::unet::control::Controls;
 use crate::unet::embeddings::{Conditioning, TimeEmbedding, Timesteps};
 use crate::unet::layout::{Dims, Geometry};
 use crate::unet::model::UNet2D;
@@ -26,7 +27,8 @@ use rayon::prelude::*;
 /// The forward pass of `unet` on the CPU, activations from `arena`: `x` is NCHW
 /// `[b][in_channels][h][w]`, `out` NCHW `[b][out_channels][h][w]`, both of element type T
 /// (computed in f32); `context` a host tensor `[b][tokens][cross_dim]` of any float dtype,
-/// shape checked by the caller.
+/// shape checked by the caller; `controls` ControlNet's residuals, host tensors, checked by
+/// the caller.
 #[allow(clippy::too_many_arguments)]
 pub fn forward<T: Elem>(
     unet: &UNet2D,
@@ -36,6 +38,7 @@ pub fn forward<T: Elem>(
     timesteps: &[f32],
     cond: &Conditioning<'_>,
     context: Option<&Tensor>,
+    controls: Option<&Controls>,
     out: &mut [T],
 ) -> Result<()> {
     let cin = unet.in_channels();
@@ -64,7 +67,7 @@ pub fn forward<T: Elem>(
         Some(c) => Some(tokens_in(&mut be, c)?),
         None => None,
     };
-    let mut y = unet.run(&mut be, xin, Timesteps::Host(&ts), cond, ctx)?;
+    let mut y = unet.run(&mut be, xin, Timesteps::Host(&ts), cond, ctx, controls)?;
 
     // [c][b][h][w] → NCHW, divided by the timestep for Fourier-embedded models.
     let co = unet.out_channels();
@@ -290,6 +293,33 @@ impl Backend for CpuBackend<'_> {
 
     fn copy(&mut self, src: &Buf, dst: &mut Buf) -> Result<()> {
         dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn add_nchw(&mut self, x: &Tensor, dst: &mut Act<Buf>) -> Result<()> {
+        let (b, hw) = (dst.dims.b, dst.dims.hw());
+        assert_eq!(
+            x.numel,
+            dst.c * b * hw,
+            "residual shape checked by the caller"
+        );
+        with_elem!(x.dtype, U, {
+            // SAFETY: a host tensor of this dtype and shape (checked by the caller), alive and
+            // unwritten for the call.
+            let src = unsafe { x.slice::<U>() };
+            dst.buf
+                .par_chunks_mut(b * hw)
+                .enumerate()
+                .for_each(|(ci, planes)| {
+                    let mut row = vec![0.0f32; hw];
+                    for (bi, plane) in planes.chunks_exact_mut(hw).enumerate() {
+                        U::load(&src[(bi * dst.c + ci) * hw..][..hw], &mut row);
+                        for (d, &v) in plane.iter_mut().zip(&row) {
+                            *d += v;
+                        }
+                    }
+                });
+        });
         Ok(())
     }
 

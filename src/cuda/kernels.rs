@@ -76,6 +76,9 @@ pub const SOURCES: &[KernelSource] = &[
             "rdiff_unet_nchw_out_f16",
             "rdiff_unet_nchw_in_bf16",
             "rdiff_unet_nchw_out_bf16",
+            "rdiff_unet_nchw_add_f32",
+            "rdiff_unet_nchw_add_f16",
+            "rdiff_unet_nchw_add_bf16",
         ],
     },
     KernelSource {

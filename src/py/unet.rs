@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use super::tensor::tensor;
 use crate::error::RdiffError;
 use crate::target::Target;
+use crate::unet::control::Controls;
 use crate::unet::embeddings::{ClassLabels, Conditioning, Timesteps};
 use crate::unet::model::UNet2D;
 use crate::unet::runner::UNetRunner;
@@ -149,9 +150,11 @@ impl PyUNet2D {
     /// (one value per sample, or one for all); `context` (`encoder_hidden_states`,
     /// `[b][tokens][width]`) on the device too;
     /// `text_embeds`, `time_ids`, `timestep_cond`: the added conditioning as host f32 rows;
-    /// `stream`: the caller's CUDA stream.
+    /// `stream`: the caller's CUDA stream; `down_residuals` and `mid_residual`: ControlNet's
+    /// residuals (NCHW, on the model's device; both or neither).
     #[pyo3(signature = (sample, timesteps, out, class_indices=None, class_values=None,
-        stream=0, context=None, text_embeds=None, time_ids=None, timestep_cond=None))]
+        stream=0, context=None, text_embeds=None, time_ids=None, timestep_cond=None,
+        down_residuals=None, mid_residual=None))]
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -166,6 +169,8 @@ impl PyUNet2D {
         text_embeds: Option<Vec<f32>>,
         time_ids: Option<Vec<f32>>,
         timestep_cond: Option<Vec<f32>>,
+        down_residuals: Option<Vec<Bound<'_, PyAny>>>,
+        mid_residual: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let (x, o) = (tensor(sample, "sample")?, tensor(out, "output buffer")?);
         // A list (the Python layer's host values) or a tensor (a tensor is no sequence to
@@ -194,8 +199,25 @@ impl PyUNet2D {
             time_ids: time_ids.as_deref(),
             timestep_cond: timestep_cond.as_deref(),
         };
+        let controls = match (down_residuals, mid_residual) {
+            (None, None) => None,
+            (Some(down), Some(mid)) => Some(Controls {
+                down: down
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| tensor(t, &format!("down_block_additional_residuals[{i}]")))
+                    .collect::<PyResult<_>>()?,
+                mid: tensor(mid, "mid_block_additional_residual")?,
+            }),
+            _ => {
+                return Err(RdiffError::Value(
+                    "ControlNet residuals: give both the down and the mid block's".into(),
+                )
+                .into())
+            }
+        };
         let model = &self.inner;
-        py.detach(|| model.forward(&x, &o, ts, &cond, ctx.as_ref(), stream))?;
+        py.detach(|| model.forward(&x, &o, ts, &cond, ctx.as_ref(), controls.as_ref(), stream))?;
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use super::embeddings::{Conditioning, TimeEmbedding, Timesteps};
 use crate::cpu::layer_norm::LayerNormParams;
 use crate::cpu::norm::GroupNormParams;
 use crate::error::Result;
+use crate::tensor::Tensor;
 use crate::unet::layout::{Dims, Geometry};
 use crate::unet::weights::Weight;
 
@@ -162,6 +163,9 @@ pub trait Backend {
     fn avg_pool2x(&mut self, x: &Self::Buf, c: usize, d: Dims, out: &mut Self::Buf) -> Result<()>;
     /// `dst = src` (same length).
     fn copy(&mut self, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()>;
+    /// Adds `x`, a caller's NCHW tensor of `dst`'s shape on this backend's device (any float
+    /// dtype the backend reads), onto `dst`: ControlNet's residuals.
+    fn add_nchw(&mut self, x: &Tensor, dst: &mut Act<Self::Buf>) -> Result<()>;
 
     /// SiLU(time embedding + class and added embeddings), `[b][time_embed_dim]`, for
     /// timesteps `ts` (one per sample).

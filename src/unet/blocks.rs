@@ -15,7 +15,7 @@ use super::resnet::{Conv, Resnet, Sampling};
 use super::transformer::Transformer2D;
 use super::weights::Loader;
 use crate::error::Result;
-use crate::unet::layout::Geometry;
+use crate::unet::layout::{Dims, Geometry};
 
 enum Sampler {
     None,
@@ -189,6 +189,24 @@ impl DownBlock {
 
     pub fn downsamples(&self) -> bool {
         !matches!(self.sampler, Sampler::None)
+    }
+
+    /// What `forward` pushes from an input of `d`, as (channels, dims): a downsampler halves
+    /// the sides (the model's `check` makes them even).
+    pub fn pushes(&self, d: Dims) -> Vec<(usize, Dims)> {
+        let mut out: Vec<_> = self.resnets.iter().map(|r| (r.cout(), d)).collect();
+        if self.downsamples() {
+            let c = out.last().map_or(0, |p| p.0);
+            out.push((
+                c,
+                Dims {
+                    h: d.h / 2,
+                    w: d.w / 2,
+                    ..d
+                },
+            ));
+        }
+        out
     }
 }
 

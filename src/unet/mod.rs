@@ -7,6 +7,7 @@ pub mod backend;
 pub mod blocks;
 pub mod cond_config;
 pub mod config;
+pub mod control;
 pub mod embeddings;
 pub mod layout;
 pub mod model;

@@ -15,11 +15,12 @@ use super::backend::{Act, Backend, Cond, Epilogue};
 use super::blocks::{DownBlock, MidBlock, UpBlock};
 use super::cond_config::UNet2DConditionConfig;
 use super::config::UNet2DConfig;
+use super::control::Controls;
 use super::embeddings::{ClassLabels, Conditioning, TimeEmbedding, Timesteps};
 use super::resnet::{Conv, Norm};
 use super::weights::{ComputeDtype, Loader, SafetensorsFile, ShardedSafetensors, WeightSource};
 use crate::error::{RdiffError, Result};
-use crate::unet::layout::Geometry;
+use crate::unet::layout::{Dims, Geometry};
 use crate::value_err;
 use std::path::Path;
 
@@ -169,6 +170,17 @@ impl UNet2D {
         Ok(())
     }
 
+    /// The skip connections the down path leaves for a sample of `d` (checked), as
+    /// (channels, dims), conv_in's output first: what ControlNet's residuals are added to.
+    pub fn skips(&self, d: Dims) -> Vec<(usize, Dims)> {
+        let mut out = vec![(self.conv_in.cout, d)];
+        for block in &self.down {
+            let top = out.last().expect("conv_in's output").1;
+            out.extend(block.pushes(top));
+        }
+        out
+    }
+
     /// The timesteps of a call, one per sample (a single value is broadcast).
     pub fn per_sample(&self, timesteps: &[f32], b: usize) -> Vec<f32> {
         if timesteps.len() == 1 {
@@ -223,7 +235,8 @@ impl UNet2D {
 
     /// The graph, on any backend: `xin` is the (centred) input `[in_channels][b][h][w]`,
     /// consumed; `context` (consumed) the `[cross_dim][b][tokens]` context of a
-    /// cross-attention model; returns conv_out's output `[out_channels][b][h][w]` (not yet
+    /// cross-attention model; `controls` ControlNet's residuals (checked against
+    /// [`UNet2D::skips`]); returns conv_out's output `[out_channels][b][h][w]` (not yet
     /// divided by the timestep). `ts` has one value per sample.
     pub fn run<B: Backend>(
         &self,
@@ -232,6 +245,7 @@ impl UNet2D {
         ts: Timesteps<'_>,
         cond: &Conditioning<'_>,
         context: Option<Act<B::Buf>>,
+        controls: Option<&Controls>,
     ) -> Result<Act<B::Buf>> {
         let dims = xin.dims;
         let temb_act = be.time_embedding(&self.temb, ts, cond)?;
@@ -266,6 +280,13 @@ impl UNet2D {
                 c
             }
         };
+        if let Some(ctl) = controls {
+            // As diffusers: the mid block has read the last skip without its residual.
+            for (skip, r) in stack.iter_mut().zip(&ctl.down) {
+                be.add_nchw(r, skip)?;
+            }
+            be.add_nchw(&ctl.mid, &mut hcur)?;
+        }
         for u in &self.up {
             hcur = u.forward(be, hcur, &mut stack, &cond)?;
         }

@@ -81,6 +81,11 @@ pub struct Resnet {
 }
 
 impl Resnet {
+    /// Output channels.
+    pub fn cout(&self) -> usize {
+        self.cout
+    }
+
     pub fn load(
         ld: &Loader<'_>,
         prefix: &str,

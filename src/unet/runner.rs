@@ -5,7 +5,9 @@
 
 use std::sync::Mutex;
 
+use super::control::Controls;
 use super::embeddings::{Conditioning, Timesteps};
+use super::layout::Dims;
 use super::model::UNet2D;
 use super::weights::ComputeDtype;
 use crate::cpu::arena::Arena;
@@ -101,8 +103,8 @@ impl UNetRunner {
 
     /// The forward pass: `sample` NCHW (batch, in_channels, h, w), `out` NCHW with
     /// out_channels, same dtype, both where the model lives; `context` (a cross-attention
-    /// model's `encoder_hidden_states`, `[b][tokens][cross_dim]`) there too; `stream`: the
-    /// caller's CUDA stream.
+    /// model's `encoder_hidden_states`, `[b][tokens][cross_dim]`) there too, and `controls`
+    /// (ControlNet's residuals, NCHW); `stream`: the caller's CUDA stream.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -111,6 +113,7 @@ impl UNetRunner {
         timesteps: Timesteps<'_>,
         cond: &Conditioning<'_>,
         context: Option<&Tensor>,
+        controls: Option<&Controls>,
         stream: usize,
     ) -> Result<()> {
         let (b, c, h, w) = match sample.shape[..] {
@@ -124,6 +127,9 @@ impl UNetRunner {
         };
         self.unet.check(b, c, h, w, timesteps.count())?;
         self.unet.check_context(b, context.map(|t| &t.shape[..]))?;
+        if let Some(ctl) = controls {
+            ctl.check(&self.unet.skips(Dims { b, h, w }))?;
+        }
         let want = [b, self.unet.out_channels(), h, w];
         if out.shape != want {
             return Err(RdiffError::Value(format!(
@@ -149,7 +155,13 @@ impl UNetRunner {
                 )));
             }
         }
-        for t in [sample, out].into_iter().chain(context).chain(ts_tensor) {
+        let residuals = controls.into_iter().flat_map(Controls::tensors);
+        for t in [sample, out]
+            .into_iter()
+            .chain(context)
+            .chain(ts_tensor)
+            .chain(residuals)
+        {
             if t.device != here {
                 return Err(match (here, t.device) {
                     (Device::Cpu, Device::Cuda(_)) => RdiffError::CudaUnavailable(
@@ -158,8 +170,8 @@ impl UNetRunner {
                             .into(),
                     ),
                     _ => RdiffError::Value(format!(
-                        "sample, output, context and timestep tensors must be on {here}, \
-                         where this model lives; got {}",
+                        "sample, output, context, timestep and residual tensors must be on \
+                         {here}, where this model lives; got {}",
                         t.device
                     )),
                 });
@@ -176,6 +188,7 @@ impl UNetRunner {
                 timesteps,
                 cond,
                 context,
+                controls,
                 out,
             )
         };
@@ -194,7 +207,7 @@ impl UNetRunner {
                 let arena: &mut Arena = &mut guard;
                 rayon::scope(|_| {
                     crate::cpu::unet::forward(
-                        &self.unet, arena, x, dims, timesteps, cond, context, o,
+                        &self.unet, arena, x, dims, timesteps, cond, context, controls, o,
                     )
                 })
             }),

@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use super::device::{Gemm, UnetDevice};
 use crate::cpu::layer_norm::LayerNormParams;
 use crate::cpu::norm::GroupNormParams;
+use crate::cuda::kernels::dtype_suffix;
 use crate::cuda::launch::{Dim3, KernelArg};
 use crate::error::{RdiffError, Result};
 use crate::tensor::Tensor;
 use crate::unet::arch::TimeEmbeddingType;
-use crate::unet::backend::{Backend, Epilogue, Segs, Tokens};
+use crate::unet::backend::{Act, Backend, Epilogue, Segs, Tokens};
 use crate::unet::embeddings::{Conditioning, TimeEmbedding, Timesteps};
 use crate::unet::layout::{Dims, Geometry};
 use crate::unet::weights::Weight;
@@ -685,6 +686,32 @@ impl Backend for DeviceBackend<'_> {
 
     fn copy(&mut self, src: &DevBuf, dst: &mut DevBuf) -> Result<()> {
         self.rows(Some(src.ptr), 1, src.len, None, None, false, dst.ptr)
+    }
+
+    fn add_nchw(&mut self, x: &Tensor, dst: &mut Act<DevBuf>) -> Result<()> {
+        let t = dtype_suffix(x.dtype).ok_or_else(|| {
+            RdiffError::Type(format!(
+                "ControlNet residuals: the CUDA UNet takes float32, float16 or bfloat16, got {}",
+                x.dtype.name()
+            ))
+        })?;
+        let (b, hw) = (dst.dims.b, dst.dims.hw());
+        assert_eq!(
+            x.numel,
+            dst.c * b * hw,
+            "residual shape checked by the caller"
+        );
+        self.elementwise(
+            &format!("rdiff_unet_nchw_add_{t}"),
+            x.numel,
+            &[
+                KernelArg::Ptr(x.ptr),
+                i(b),
+                i(dst.c),
+                i(hw),
+                KernelArg::Ptr(dst.buf.ptr),
+            ],
+        )
     }
 
     fn time_embedding(

@@ -10,6 +10,7 @@ use crate::dtype::DType;
 use crate::error::{RdiffError, Result};
 use crate::tensor::Tensor;
 use crate::unet::backend::Backend;
+use crate::unet::control::Controls;
 use crate::unet::embeddings::{Conditioning, Timesteps};
 use crate::unet::layout::Dims;
 use crate::unet::model::UNet2D;
@@ -50,7 +51,8 @@ impl DeviceState {
 /// The forward pass of `unet` on `dev` with `state`'s memory: `x` NCHW `[b][in_channels][h][w]`,
 /// `out` NCHW `[b][out_channels][h][w]`, both device buffers of the same dtype (f32, f16 or
 /// bf16); `context` a device buffer `[b][tokens][cross_dim]` (f32, f16 or bf16), shape
-/// checked by the caller; device timesteps an f32 device buffer (checked by the caller).
+/// checked by the caller; device timesteps an f32 device buffer (checked by the caller);
+/// `controls` ControlNet's residuals, device buffers checked by the caller.
 ///
 /// Once a call of the same shapes has run, a call with device timesteps and no host-side
 /// conditioning (class labels, added embeddings, a learned or conditioned time projection)
@@ -66,6 +68,7 @@ pub fn forward(
     timesteps: Timesteps<'_>,
     cond: &Conditioning<'_>,
     context: Option<&Tensor>,
+    controls: Option<&Controls>,
     out: &Tensor,
 ) -> Result<()> {
     let u = unet;
@@ -169,7 +172,7 @@ pub fn forward(
         }
         None => None,
     };
-    let y = u.run(&mut be, xin, ts, cond, ctx)?;
+    let y = u.run(&mut be, xin, ts, cond, ctx, controls)?;
     // the divisor (score-SDE models): the per-sample timesteps on the device
     let div = match ts {
         Timesteps::Host(v) if u.divides_by_timestep() => Some(be.upload(v)?),
