@@ -1715,8 +1715,8 @@ def _cond_unet_cases() -> list[Case]:
         Case(
             "cond_unet.call.t2i_adapter_residuals",
             f"{u}(CX4, 10, CX, down_block_additional_residuals=(CX4,))",
-            "NotImplementedError",
-            r"down_block_additional_residuals without mid_block_additional_residual",
+            "ValueError",
+            r"down_intrablock_additional_residuals\[0\]: expected shape \[2, 8, 8, 8\]",
         ),
         Case(
             "cond_unet.call.controlnet_residual_count",

@@ -312,6 +312,50 @@ def test_emulated_controlnet_matches_cpu():
     assert _rel(emu(**kw, **res), want) <= 1e-4
 
 
+def _adapter_shapes(m, b: int, size: int) -> list[tuple]:
+    """Where diffusers' model `m` adds a T2I-Adapter's residuals (diffusers' own forward
+    rejects wrong shapes: they do not broadcast): a cross-attention block's before its
+    downsampler, another's after it; then the mid block's output."""
+    shapes = []
+    for blk in m.down_blocks:
+        c, halves = blk.resnets[-1].out_channels, blk.downsamplers is not None
+        if getattr(blk, "has_cross_attention", False):
+            shapes.append((b, c, size, size))
+            size //= 2 if halves else 1
+        else:
+            size //= 2 if halves else 1
+            shapes.append((b, c, size, size))
+    return [*shapes, (b, c, size, size)]
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_t2i_adapter_residuals_match_diffusers(family):
+    cfg = _family_config(family, 4)
+    m = _model(cfg)
+    kw = _inputs(cfg)
+    g = torch.Generator().manual_seed(5)
+    shapes = _adapter_shapes(m, 2, 8)
+    ours = rdiff.UNet2DConditionModel.from_diffusers(m)
+    # One per down block (T2I-Adapter), the mid block's too (T2I-Adapter-XL), or fewer.
+    for n in (len(shapes) - 1, len(shapes), 1):
+        res = [torch.randn(s, generator=g) for s in shapes[:n]]
+        with torch.no_grad():
+            want = m(**kw, down_intrablock_additional_residuals=list(res)).sample
+            plain = m(**kw).sample
+        assert _rel(want, plain) > 1e-2
+        assert _rel(ours(**kw, down_intrablock_additional_residuals=res), want) <= 1e-4
+    # diffusers' older convention: down residuals without a mid one are an adapter's.
+    assert _rel(ours(**kw, down_block_additional_residuals=res), want) <= 1e-4
+    # With a ControlNet's at once.
+    both = _residuals(_controlnet(m), kw)
+    res = [torch.randn(s, generator=g) for s in shapes[:-1]]
+    with torch.no_grad():
+        want = m(**kw, **both, down_intrablock_additional_residuals=list(res)).sample
+    assert _rel(ours(**kw, **both, down_intrablock_additional_residuals=res), want) <= 1e-4
+    emu = rdiff.UNet2DConditionModel._from_diffusers(m, -1, max_blocks=4)
+    assert _rel(emu(**kw, **both, down_intrablock_additional_residuals=res), want) <= 1e-4
+
+
 def test_bad_controlnet_residuals_are_clear_errors(sdxl_like):
     cfg, ours = sdxl_like
     kw = _inputs(cfg)
@@ -326,10 +370,14 @@ def test_bad_controlnet_residuals_are_clear_errors(sdxl_like):
         ours(**kw, down_block_additional_residuals=bad, mid_block_additional_residual=mid)
     with pytest.raises(ValueError, match="mid_block_additional_residual: expected shape"):
         ours(**kw, down_block_additional_residuals=down, mid_block_additional_residual=mid[:1])
-    with pytest.raises(NotImplementedError, match="T2I-Adapter"):
-        ours(**kw, down_block_additional_residuals=down)
-    with pytest.raises(NotImplementedError, match="down_intrablock_additional_residuals"):
-        ours(**kw, down_intrablock_additional_residuals=down)
+    # Down residuals alone are a T2I-Adapter's (as in diffusers): one per block, not per skip.
+    for key in ("down_block_additional_residuals", "down_intrablock_additional_residuals"):
+        with pytest.raises(ValueError, match=f"{len(down)} given, but this UNet takes at most"):
+            ours(**kw, **{key: down})
+    with pytest.raises(ValueError, match=r"down_intrablock_additional_residuals\[0\]: expected"):
+        ours(**kw, down_intrablock_additional_residuals=down[:1])
+    with pytest.raises(ValueError, match="give a ControlNet's both"):
+        ours(**kw, down_block_additional_residuals=down, down_intrablock_additional_residuals=[])
     with pytest.raises(ValueError, match="a ControlNet gives both"):
         ours(**kw, mid_block_additional_residual=mid)
     with pytest.raises(TypeError, match="expected a tuple of tensors"):
@@ -561,6 +609,54 @@ def test_controlnet_pipeline_with_rdiff_unet():
     got = _images(pipe, **kw)
     assert np.abs(got - want).max() <= 1e-3
     # The control image reaches the result through the residuals.
+    other = _images(pipe, **{**kw, "image": torch.zeros(1, 3, 16, 16)})
+    assert np.abs(other - got).max() > 1e-2
+
+
+def test_t2i_adapter_pipeline_with_rdiff_unet():
+    """diffusers' T2I-Adapter pipeline: the adapter runs in torch, rdiff's UNet takes its
+    residuals."""
+    pytest.importorskip("transformers")
+    import rdiff.diffusers as rd
+
+    unet, vae = _sd_models()
+    torch.manual_seed(4)
+    adapter = diffusers.T2IAdapter(
+        in_channels=3,
+        channels=list(unet.config.block_out_channels),
+        num_res_blocks=1,
+        downscale_factor=2,
+        adapter_type="full_adapter",
+    ).eval()
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = diffusers.StableDiffusionAdapterPipeline(
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            unet=unet,
+            adapter=adapter,
+            scheduler=diffusers.EulerAncestralDiscreteScheduler(beta_schedule="scaled_linear"),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(2, 5, 16, generator=g)
+    kw = dict(
+        prompt_embeds=emb[:1],
+        negative_prompt_embeds=emb[1:],
+        image=torch.rand(1, 3, 16, 16, generator=g),
+        height=16,
+        width=16,
+    )
+    want = _images(pipe, **kw)
+    pipe.unet = rd.UNet2DConditionModel.from_diffusers(unet)
+    got = _images(pipe, **kw)
+    assert np.abs(got - want).max() <= 1e-3
     other = _images(pipe, **{**kw, "image": torch.zeros(1, 3, 16, 16)})
     assert np.abs(other - got).max() > 1e-2
 

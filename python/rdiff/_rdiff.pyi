@@ -834,9 +834,11 @@ class _UNet2D:
         timestep_cond: list[float] | None = None,
         down_residuals: list[_Tensor] | None = None,
         mid_residual: _Tensor | None = None,
+        adapter_residuals: list[_Tensor] | None = None,
     ) -> None:
         """The forward pass over NCHW buffers on the model's device (GIL released);
         ``timesteps`` host values or a float32 tensor there (one per sample, or one for all);
         ``context`` is ``encoder_hidden_states`` (batch, tokens, width) there too, and
-        ``down_residuals`` / ``mid_residual`` ControlNet's residuals (NCHW, both or neither);
-        the rest the added conditioning as host float32 rows."""
+        ``down_residuals`` / ``mid_residual`` a ControlNet's residuals (NCHW, both or
+        neither), ``adapter_residuals`` a T2I-Adapter's; the rest the added conditioning as
+        host float32 rows."""

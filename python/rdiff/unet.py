@@ -298,12 +298,13 @@ class UNet2DConditionModel(_NativeUNet):
     has the sample's type and dtype). SDXL-style models (``addition_embed_type="text_time"``)
     take ``added_cond_kwargs={"text_embeds": (batch, n), "time_ids": (batch, k)}``; models
     with ``time_cond_proj_dim`` take ``timestep_cond`` (batch, time_cond_proj_dim).
-    ControlNet's ``down_block_additional_residuals`` (one (batch, channels, height, width)
-    tensor per skip connection, conv_in's output first) and ``mid_block_additional_residual``
-    are added as diffusers adds them, so the model drops into diffusers' ControlNet
-    pipelines; they may be float32, float16 or bfloat16 and must be on the sample's device.
-    Attention masks, LoRA ``cross_attention_kwargs`` and T2I-Adapter residuals are not
-    supported (a clear error). Thread safety as ``UNet2DModel``.
+    A ControlNet's ``down_block_additional_residuals`` (one (batch, channels, height, width)
+    tensor per skip connection, conv_in's output first) and ``mid_block_additional_residual``,
+    and a T2I-Adapter's ``down_intrablock_additional_residuals`` (one per down block, and
+    one for the mid block's output) are added as diffusers adds them, so the model drops into
+    diffusers' ControlNet and T2I-Adapter pipelines; they may be float32, float16 or bfloat16
+    and must be on the sample's device. Attention masks and LoRA ``cross_attention_kwargs``
+    are not supported (a clear error). Thread safety as ``UNet2DModel``.
     """
 
     _class_name = "UNet2DConditionModel"
@@ -332,12 +333,15 @@ class UNet2DConditionModel(_NativeUNet):
         unsupported = {
             "attention_mask": attention_mask,
             "encoder_attention_mask": encoder_attention_mask,
-            "down_intrablock_additional_residuals": down_intrablock_additional_residuals,
         }
         for key, value in unsupported.items():
             if value is not None:
                 raise NotImplementedError(f"{key}: not supported by rdiff's UNet2DConditionModel")
-        down, mid = _controls(down_block_additional_residuals, mid_block_additional_residual)
+        controls = _controls(
+            down_block_additional_residuals,
+            mid_block_additional_residual,
+            down_intrablock_additional_residuals,
+        )
         if cross_attention_kwargs:
             raise NotImplementedError(
                 f"cross_attention_kwargs: not supported by rdiff's UNet2DConditionModel "
@@ -368,41 +372,48 @@ class UNet2DConditionModel(_NativeUNet):
             _rows(added.get("text_embeds"), "added_cond_kwargs['text_embeds']"),
             _rows(added.get("time_ids"), "added_cond_kwargs['time_ids']"),
             _rows(timestep_cond, "timestep_cond"),
-            down,
-            mid,
+            **controls,
         )
         return UNet2DOutput(sample=out) if return_dict else out
 
     forward = __call__
 
 
-def _controls(down: Any, mid: Any) -> tuple[list[Any] | None, Any]:
-    """ControlNet's residuals as contiguous arrays or tensors (shapes and devices are checked
-    by the core), or (None, None)."""
-    if down is None and mid is None:
-        return None, None
-    if mid is None:
-        # diffusers reads down residuals alone as a T2I-Adapter's (deprecated there).
-        raise NotImplementedError(
-            "down_block_additional_residuals without mid_block_additional_residual (a "
-            "T2I-Adapter's): not supported by rdiff's UNet2DConditionModel"
-        )
-    if down is None:
+def _residual_list(xs: Any, what: str) -> list[Any]:
+    if not isinstance(xs, (list, tuple)):
+        raise TypeError(f"{what}: expected a tuple of tensors, got {type(xs).__name__}")
+    out = []
+    for i, r in enumerate(xs):
+        _tensor.check_float(r, f"{what}[{i}]")
+        out.append(_tensor.contiguous(r))
+    return out
+
+
+def _controls(down: Any, mid: Any, intra: Any) -> dict:
+    """A ControlNet's and a T2I-Adapter's residuals as the core's keyword arguments,
+    contiguous (shapes and devices are checked by the core). As diffusers, down residuals
+    without a mid one are a T2I-Adapter's (its older convention)."""
+    if down is not None and mid is None:
+        if intra is not None:
+            raise ValueError(
+                "down_block_additional_residuals without mid_block_additional_residual, and "
+                "down_intrablock_additional_residuals: give a ControlNet's both, a "
+                "T2I-Adapter's as down_intrablock_additional_residuals"
+            )
+        down, intra = None, down
+    if mid is not None and down is None:
         raise ValueError(
             "mid_block_additional_residual without down_block_additional_residuals: a "
             "ControlNet gives both"
         )
-    if not isinstance(down, (list, tuple)):
-        raise TypeError(
-            f"down_block_additional_residuals: expected a tuple of tensors, got "
-            f"{type(down).__name__}"
-        )
-    out = []
-    for i, r in enumerate(down):
-        _tensor.check_float(r, f"down_block_additional_residuals[{i}]")
-        out.append(_tensor.contiguous(r))
-    _tensor.check_float(mid, "mid_block_additional_residual")
-    return out, _tensor.contiguous(mid)
+    kw = {}
+    if down is not None:
+        _tensor.check_float(mid, "mid_block_additional_residual")
+        kw["down_residuals"] = _residual_list(down, "down_block_additional_residuals")
+        kw["mid_residual"] = _tensor.contiguous(mid)
+    if intra is not None:
+        kw["adapter_residuals"] = _residual_list(intra, "down_intrablock_additional_residuals")
+    return kw
 
 
 def _rows(x: Any, what: str) -> list[float] | None:

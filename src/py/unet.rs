@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use super::tensor::tensor;
 use crate::error::RdiffError;
 use crate::target::Target;
+use crate::tensor::Tensor;
 use crate::unet::control::Controls;
 use crate::unet::embeddings::{ClassLabels, Conditioning, Timesteps};
 use crate::unet::model::UNet2D;
@@ -150,11 +151,12 @@ impl PyUNet2D {
     /// (one value per sample, or one for all); `context` (`encoder_hidden_states`,
     /// `[b][tokens][width]`) on the device too;
     /// `text_embeds`, `time_ids`, `timestep_cond`: the added conditioning as host f32 rows;
-    /// `stream`: the caller's CUDA stream; `down_residuals` and `mid_residual`: ControlNet's
-    /// residuals (NCHW, on the model's device; both or neither).
+    /// `stream`: the caller's CUDA stream; `down_residuals` and `mid_residual`: a
+    /// ControlNet's residuals (both or neither), `adapter_residuals` a T2I-Adapter's (NCHW,
+    /// on the model's device).
     #[pyo3(signature = (sample, timesteps, out, class_indices=None, class_values=None,
         stream=0, context=None, text_embeds=None, time_ids=None, timestep_cond=None,
-        down_residuals=None, mid_residual=None))]
+        down_residuals=None, mid_residual=None, adapter_residuals=None))]
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -171,6 +173,7 @@ impl PyUNet2D {
         timestep_cond: Option<Vec<f32>>,
         down_residuals: Option<Vec<Bound<'_, PyAny>>>,
         mid_residual: Option<&Bound<'_, PyAny>>,
+        adapter_residuals: Option<Vec<Bound<'_, PyAny>>>,
     ) -> PyResult<()> {
         let (x, o) = (tensor(sample, "sample")?, tensor(out, "output buffer")?);
         // A list (the Python layer's host values) or a tensor (a tensor is no sequence to
@@ -199,16 +202,18 @@ impl PyUNet2D {
             time_ids: time_ids.as_deref(),
             timestep_cond: timestep_cond.as_deref(),
         };
-        let controls = match (down_residuals, mid_residual) {
+        let list = |ts: &[Bound<'_, PyAny>], what: &str| -> PyResult<Vec<Tensor>> {
+            ts.iter()
+                .enumerate()
+                .map(|(i, t)| tensor(t, &format!("{what}[{i}]")))
+                .collect()
+        };
+        let controlnet = match (down_residuals, mid_residual) {
             (None, None) => None,
-            (Some(down), Some(mid)) => Some(Controls {
-                down: down
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| tensor(t, &format!("down_block_additional_residuals[{i}]")))
-                    .collect::<PyResult<_>>()?,
-                mid: tensor(mid, "mid_block_additional_residual")?,
-            }),
+            (Some(down), Some(mid)) => Some((
+                list(&down, "down_block_additional_residuals")?,
+                tensor(mid, "mid_block_additional_residual")?,
+            )),
             _ => {
                 return Err(RdiffError::Value(
                     "ControlNet residuals: give both the down and the mid block's".into(),
@@ -216,6 +221,14 @@ impl PyUNet2D {
                 .into())
             }
         };
+        let adapter = match adapter_residuals {
+            Some(a) => list(&a, "down_intrablock_additional_residuals")?,
+            None => Vec::new(),
+        };
+        let controls = (controlnet.is_some() || !adapter.is_empty()).then_some(Controls {
+            controlnet,
+            adapter,
+        });
         let model = &self.inner;
         py.detach(|| model.forward(&x, &o, ts, &cond, ctx.as_ref(), controls.as_ref(), stream))?;
         Ok(())

@@ -15,6 +15,7 @@ use super::resnet::{Conv, Resnet, Sampling};
 use super::transformer::Transformer2D;
 use super::weights::Loader;
 use crate::error::Result;
+use crate::tensor::Tensor;
 use crate::unet::layout::{Dims, Geometry};
 
 enum Sampler {
@@ -165,18 +166,24 @@ impl DownBlock {
         })
     }
 
-    /// Reads the top of `stack`, pushes this block's output states.
+    /// Reads the top of `stack`, pushes this block's output states; adds `adapter` (a
+    /// T2I-Adapter's residual, of [`DownBlock::adapter_slot`]'s shape) where diffusers does.
     pub fn forward<B: Backend>(
         &self,
         be: &mut B,
         stack: &mut Vec<Act<B::Buf>>,
         cond: &Cond<'_, B::Buf>,
+        adapter: Option<&Tensor>,
     ) -> Result<()> {
+        let last = self.resnets.len() - 1;
         for (j, r) in self.resnets.iter().enumerate() {
             let x = stack.last().expect("input on the stack");
             let mut h = r.forward(be, &[x.seg()], x.dims, cond.temb)?;
             if let Some(at) = self.attns.get(j) {
                 h = at.forward(be, h, cond)?;
+                if let Some(a) = adapter.filter(|_| j == last) {
+                    be.add_nchw(a, &mut h)?;
+                }
             }
             stack.push(h);
         }
@@ -184,7 +191,22 @@ impl DownBlock {
         if let Some(d) = self.sampler.forward(be, x, cond.temb)? {
             stack.push(d);
         }
+        if let Some(a) = adapter.filter(|_| self.attns.is_empty()) {
+            // diffusers adds it in place to the block's output, which is also its last skip.
+            be.add_nchw(a, stack.last_mut().expect("block output"))?;
+        }
         Ok(())
+    }
+
+    /// Where a T2I-Adapter's residual goes, from an input of `d`: a cross-attention block's
+    /// last attention output, another block's output.
+    pub fn adapter_slot(&self, d: Dims) -> (usize, Dims) {
+        let pushes = self.pushes(d);
+        if self.attns.is_empty() {
+            *pushes.last().expect("a block has a resnet")
+        } else {
+            pushes[self.resnets.len() - 1]
+        }
     }
 
     pub fn downsamples(&self) -> bool {

@@ -15,7 +15,7 @@ use super::backend::{Act, Backend, Cond, Epilogue};
 use super::blocks::{DownBlock, MidBlock, UpBlock};
 use super::cond_config::UNet2DConditionConfig;
 use super::config::UNet2DConfig;
-use super::control::Controls;
+use super::control::{Controls, Places};
 use super::embeddings::{ClassLabels, Conditioning, TimeEmbedding, Timesteps};
 use super::resnet::{Conv, Norm};
 use super::weights::{ComputeDtype, Loader, SafetensorsFile, ShardedSafetensors, WeightSource};
@@ -170,15 +170,18 @@ impl UNet2D {
         Ok(())
     }
 
-    /// The skip connections the down path leaves for a sample of `d` (checked), as
-    /// (channels, dims), conv_in's output first: what ControlNet's residuals are added to.
-    pub fn skips(&self, d: Dims) -> Vec<(usize, Dims)> {
-        let mut out = vec![(self.conv_in.cout, d)];
+    /// For a sample of `d` (checked): the skip connections the down path leaves, conv_in's
+    /// output first (what a ControlNet's residuals are added to), and where each down block
+    /// takes a T2I-Adapter's, as (channels, dims).
+    pub fn control_shapes(&self, d: Dims) -> (Places, Places) {
+        let mut skips = vec![(self.conv_in.cout, d)];
+        let mut slots = Vec::new();
         for block in &self.down {
-            let top = out.last().expect("conv_in's output").1;
-            out.extend(block.pushes(top));
+            let top = skips.last().expect("conv_in's output").1;
+            slots.push(block.adapter_slot(top));
+            skips.extend(block.pushes(top));
         }
-        out
+        (skips, slots)
     }
 
     /// The timesteps of a call, one per sample (a single value is broadcast).
@@ -235,8 +238,8 @@ impl UNet2D {
 
     /// The graph, on any backend: `xin` is the (centred) input `[in_channels][b][h][w]`,
     /// consumed; `context` (consumed) the `[cross_dim][b][tokens]` context of a
-    /// cross-attention model; `controls` ControlNet's residuals (checked against
-    /// [`UNet2D::skips`]); returns conv_out's output `[out_channels][b][h][w]` (not yet
+    /// cross-attention model; `controls` a ControlNet's or T2I-Adapter's residuals (checked
+    /// against [`UNet2D::control_shapes`]); returns conv_out's output `[out_channels][b][h][w]` (not yet
     /// divided by the timestep). `ts` has one value per sample.
     pub fn run<B: Backend>(
         &self,
@@ -267,8 +270,9 @@ impl UNet2D {
         };
 
         let mut stack = vec![h0];
-        for d in &self.down {
-            d.forward(be, &mut stack, &cond)?;
+        let adapter = |i: usize| controls.and_then(|c| c.adapter.get(i));
+        for (i, d) in self.down.iter().enumerate() {
+            d.forward(be, &mut stack, &cond, adapter(i))?;
         }
         let top = stack.last().expect("conv_in output");
         let mut hcur = match &self.mid {
@@ -280,12 +284,15 @@ impl UNet2D {
                 c
             }
         };
-        if let Some(ctl) = controls {
+        if let Some(a) = adapter(self.down.len()) {
+            be.add_nchw(a, &mut hcur)?;
+        }
+        if let Some((down, mid)) = controls.and_then(|c| c.controlnet.as_ref()) {
             // As diffusers: the mid block has read the last skip without its residual.
-            for (skip, r) in stack.iter_mut().zip(&ctl.down) {
+            for (skip, r) in stack.iter_mut().zip(down) {
                 be.add_nchw(r, skip)?;
             }
-            be.add_nchw(&ctl.mid, &mut hcur)?;
+            be.add_nchw(mid, &mut hcur)?;
         }
         for u in &self.up {
             hcur = u.forward(be, hcur, &mut stack, &cond)?;

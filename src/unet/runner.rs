@@ -104,7 +104,7 @@ impl UNetRunner {
     /// The forward pass: `sample` NCHW (batch, in_channels, h, w), `out` NCHW with
     /// out_channels, same dtype, both where the model lives; `context` (a cross-attention
     /// model's `encoder_hidden_states`, `[b][tokens][cross_dim]`) there too, and `controls`
-    /// (ControlNet's residuals, NCHW); `stream`: the caller's CUDA stream.
+    /// (a ControlNet's or T2I-Adapter's residuals, NCHW); `stream`: the caller's CUDA stream.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -128,7 +128,8 @@ impl UNetRunner {
         self.unet.check(b, c, h, w, timesteps.count())?;
         self.unet.check_context(b, context.map(|t| &t.shape[..]))?;
         if let Some(ctl) = controls {
-            ctl.check(&self.unet.skips(Dims { b, h, w }))?;
+            let (skips, slots) = self.unet.control_shapes(Dims { b, h, w });
+            ctl.check(&skips, &slots)?;
         }
         let want = [b, self.unet.out_channels(), h, w];
         if out.shape != want {
