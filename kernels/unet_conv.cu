@@ -89,7 +89,7 @@ __device__ void rd_unet_nchw_out(const float* __restrict__ y, rd_i64 b, rd_i64 c
     }
 }
 
-// out[c][b][hw] += NCHW x (T): ControlNet's residuals onto the skip connections.
+// out[c][b][hw] += NCHW x (T): a ControlNet's or T2I-Adapter's residuals (unet/control.rs).
 template <class T>
 __device__ void rd_unet_nchw_add(const T* __restrict__ x, rd_i64 b, rd_i64 c, rd_i64 hw,
                                  float* __restrict__ out) {

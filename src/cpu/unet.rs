@@ -27,8 +27,8 @@ use rayon::prelude::*;
 /// The forward pass of `unet` on the CPU, activations from `arena`: `x` is NCHW
 /// `[b][in_channels][h][w]`, `out` NCHW `[b][out_channels][h][w]`, both of element type T
 /// (computed in f32); `context` a host tensor `[b][tokens][cross_dim]` of any float dtype,
-/// shape checked by the caller; `controls` ControlNet's residuals, host tensors, checked by
-/// the caller.
+/// shape checked by the caller; `controls` a control model's residuals, host tensors,
+/// checked by the caller.
 #[allow(clippy::too_many_arguments)]
 pub fn forward<T: Elem>(
     unet: &UNet2D,

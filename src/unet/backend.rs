@@ -164,7 +164,7 @@ pub trait Backend {
     /// `dst = src` (same length).
     fn copy(&mut self, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()>;
     /// Adds `x`, a caller's NCHW tensor of `dst`'s shape on this backend's device (any float
-    /// dtype the backend reads), onto `dst`: ControlNet's residuals.
+    /// dtype the backend reads), onto `dst`: a ControlNet's or T2I-Adapter's residuals.
     fn add_nchw(&mut self, x: &Tensor, dst: &mut Act<Self::Buf>) -> Result<()>;
 
     /// SiLU(time embedding + class and added embeddings), `[b][time_embed_dim]`, for

@@ -17,7 +17,6 @@ use crate::value_err;
 
 /// A call's residuals: NCHW tensors on the model's device, any float dtype the backend reads
 /// (the CPU: f32, f16, bf16, f64; CUDA: f32, f16, bf16).
-#[derive(Default)]
 pub struct Controls {
     /// A ControlNet's: the skips' and the mid block's.
     pub controlnet: Option<(Vec<Tensor>, Tensor)>,

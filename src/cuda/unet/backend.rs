@@ -691,7 +691,7 @@ impl Backend for DeviceBackend<'_> {
     fn add_nchw(&mut self, x: &Tensor, dst: &mut Act<DevBuf>) -> Result<()> {
         let t = dtype_suffix(x.dtype).ok_or_else(|| {
             RdiffError::Type(format!(
-                "ControlNet residuals: the CUDA UNet takes float32, float16 or bfloat16, got {}",
+                "control residuals: the CUDA UNet takes float32, float16 or bfloat16, got {}",
                 x.dtype.name()
             ))
         })?;

@@ -52,7 +52,7 @@ impl DeviceState {
 /// `out` NCHW `[b][out_channels][h][w]`, both device buffers of the same dtype (f32, f16 or
 /// bf16); `context` a device buffer `[b][tokens][cross_dim]` (f32, f16 or bf16), shape
 /// checked by the caller; device timesteps an f32 device buffer (checked by the caller);
-/// `controls` ControlNet's residuals, device buffers checked by the caller.
+/// `controls` a control model's residuals, device buffers checked by the caller.
 ///
 /// Once a call of the same shapes has run, a call with device timesteps and no host-side
 /// conditioning (class labels, added embeddings, a learned or conditioned time projection)
