@@ -236,6 +236,40 @@ def test_emulated_warm_call_reads_timesteps_on_the_device():
     assert _rel(got, cpu(**kw, timestep_cond=cond)) <= 1e-4
 
 
+# --------------------------------------------------------------------------- LoRA
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_lora_adapters_are_merged_at_their_scales(family):
+    """A PEFT LoRA on the diffusers model (what ``pipe.load_lora_weights`` adds) is merged
+    into rdiff's weights as ``fuse_lora`` would, at the adapter weights set then."""
+    peft = pytest.importorskip("peft")
+    cfg = _family_config(family, 3)
+    m = _model(cfg)
+    kw = _inputs(cfg)
+    with torch.no_grad():
+        plain = m(**kw).sample
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1", "ff.net.2", "time_emb_proj"]
+    for i, name in enumerate(("a", "b")):
+        torch.manual_seed(10 + i)
+        lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+        m.add_adapter(lora, adapter_name=name)
+    m.set_adapters(["a", "b"], weights=[0.5, 1.5])
+    with torch.no_grad():
+        want = m(**kw).sample
+    assert _rel(want, plain) > 1e-2
+    assert _rel(rdiff.UNet2DConditionModel.from_diffusers(m)(**kw), want) <= 1e-4
+    m.disable_adapters()
+    assert _rel(rdiff.UNet2DConditionModel.from_diffusers(m)(**kw), plain) <= 1e-4
+    m.enable_adapters()
+    m.fuse_lora()
+    assert _rel(rdiff.UNet2DConditionModel.from_diffusers(m)(**kw), want) <= 1e-4
+    dora = _model(cfg)
+    dora.add_adapter(peft.LoraConfig(r=4, target_modules=["to_q"], use_dora=True))
+    with pytest.raises(NotImplementedError, match="DoRA"):
+        rdiff.UNet2DConditionModel.from_diffusers(dora)
+
+
 # --------------------------------------------------------------------------- ControlNet
 
 

@@ -168,7 +168,9 @@ class _NativeUNet:
         compute_dtype: Any = "float32",
     ) -> Any:
         """Take the weights and config of an in-memory diffusers model of this class
-        (``compute_dtype`` as in ``from_pretrained``)."""
+        (``compute_dtype`` as in ``from_pretrained``). PEFT LoRA layers (a pipeline's
+        ``load_lora_weights``) are merged as ``fuse_lora`` merges them, at the adapter weights
+        set when this is called; the diffusers model is left as it was."""
         return cls._from_diffusers(
             module, _check_target(device, dtype), compute_dtype=compute_dtype
         )
@@ -187,9 +189,7 @@ class _NativeUNet:
             raise TypeError(f"module: a {type(module).__name__}, not a {cls._class_name}")
         config = {k: _plain(v) for k, v in dict(module.config).items()}
         config["_class_name"] = cls._class_name
-        tensors = {}
-        for name, t in module.state_dict().items():
-            tensors[name] = np.ascontiguousarray(t.detach().to("cpu").float().numpy())
+        tensors = _state_tensors(module)
         threads = 32 if ordinal == -1 else 0
         core = _UNet2D.from_tensors(
             json.dumps(config), tensors, ordinal, max_blocks, threads, compute
@@ -303,8 +303,10 @@ class UNet2DConditionModel(_NativeUNet):
     and a T2I-Adapter's ``down_intrablock_additional_residuals`` (one per down block, and
     one for the mid block's output) are added as diffusers adds them, so the model drops into
     diffusers' ControlNet and T2I-Adapter pipelines; they may be float32, float16 or bfloat16
-    and must be on the sample's device. Attention masks and LoRA ``cross_attention_kwargs``
-    are not supported (a clear error). Thread safety as ``UNet2DModel``.
+    and must be on the sample's device. ``from_diffusers`` merges a model's PEFT LoRA layers
+    (``pipe.load_lora_weights``) at the adapter weights set when it is called; a per-call LoRA
+    ``scale`` in ``cross_attention_kwargs``, and attention masks, are not supported (a clear
+    error). Thread safety as ``UNet2DModel``.
     """
 
     _class_name = "UNet2DConditionModel"
@@ -345,7 +347,8 @@ class UNet2DConditionModel(_NativeUNet):
         if cross_attention_kwargs:
             raise NotImplementedError(
                 f"cross_attention_kwargs: not supported by rdiff's UNet2DConditionModel "
-                f"(got {sorted(cross_attention_kwargs)})"
+                f"(got {sorted(cross_attention_kwargs)}); a LoRA is merged by from_diffusers "
+                "at the adapter weights set then (set_adapters)"
             )
         x, ts, out = self._sample_checks(sample, timestep, timestep_cond is not None)
         if encoder_hidden_states is None:
@@ -387,6 +390,44 @@ def _residual_list(xs: Any, what: str) -> list[Any]:
         _tensor.check_float(r, f"{what}[{i}]")
         out.append(_tensor.contiguous(r))
     return out
+
+
+def _array(t: Any) -> np.ndarray:
+    """A torch tensor as a contiguous float32 numpy array (a view where it already is one)."""
+    return np.ascontiguousarray(t.detach().to("cpu").float().numpy())
+
+
+def _state_tensors(module: Any) -> dict[str, np.ndarray]:
+    """A diffusers module's weights by diffusers' names, float32. PEFT LoRA layers (a
+    pipeline's ``load_lora_weights``) are merged as ``fuse_lora`` merges them: the base
+    layer's weight plus each active adapter's scaled update, at the scales set when this is
+    called (unless the adapters are disabled, or already fused into the base weight)."""
+    lora = {
+        name: m
+        for name, m in module.named_modules()
+        if hasattr(m, "get_base_layer") and hasattr(m, "get_delta_weight")
+    }
+    inside = tuple(f"{name}." for name in lora)
+    tensors = {
+        name: _array(t) for name, t in module.state_dict().items() if not name.startswith(inside)
+    }
+    for name, m in lora.items():
+        base = m.get_base_layer()
+        w = base.weight.detach().to("cpu").float().clone()
+        if not (m.merged or m.disable_adapters):
+            for a in m.active_adapters:
+                if a not in m.lora_A:
+                    continue
+                if m.use_dora.get(a) or getattr(m, "lora_bias", {}).get(a):
+                    raise NotImplementedError(
+                        f"{name}: LoRA adapter {a!r} uses DoRA or a LoRA bias; rdiff merges "
+                        "plain LoRA updates only (fuse it into the model first)"
+                    )
+                w += m.get_delta_weight(a).detach().to("cpu").float()
+        tensors[f"{name}.weight"] = w.numpy()
+        if base.bias is not None:
+            tensors[f"{name}.bias"] = _array(base.bias)
+    return tensors
 
 
 def _controls(down: Any, mid: Any, intra: Any) -> dict:
