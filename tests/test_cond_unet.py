@@ -695,6 +695,55 @@ def test_t2i_adapter_pipeline_with_rdiff_unet():
     assert np.abs(other - got).max() > 1e-2
 
 
+def test_lora_pipeline_with_rdiff_unet(tmp_path):
+    """A LoRA saved and loaded by diffusers' own ``save_lora_weights`` / ``load_lora_weights``,
+    at a ``set_adapters`` weight: rdiff's UNet taken from the pipeline gives its images."""
+    pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from peft.utils import get_peft_model_state_dict
+
+    import rdiff.diffusers as rd
+
+    unet, vae = _sd_models()
+    torch.manual_seed(6)
+    lora = peft.LoraConfig(
+        r=4,
+        lora_alpha=4,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        init_lora_weights=False,
+    )
+    unet.add_adapter(lora)
+    diffusers.StableDiffusionPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=get_peft_model_state_dict(unet)
+    )
+    unet, _ = _sd_models()  # the same base weights, no LoRA
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = diffusers.StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            unet=unet,
+            scheduler=diffusers.DPMSolverMultistepScheduler(beta_schedule="scaled_linear"),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(2, 5, 16, generator=g)
+    kw = dict(prompt_embeds=emb[:1], negative_prompt_embeds=emb[1:], height=16, width=16)
+    plain = _images(pipe, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe.load_lora_weights(tmp_path, adapter_name="style")
+    pipe.set_adapters(["style"], adapter_weights=[0.7])
+    want = _images(pipe, **kw)
+    assert np.abs(want - plain).max() > 1e-2
+    pipe.unet = rd.UNet2DConditionModel.from_diffusers(pipe.unet)
+    got = _images(pipe, **kw)
+    assert np.abs(got - want).max() <= 1e-3
+
+
 # The bad-input table's UNet2DConditionModel rows (tests/bad_input_cases.py, prefix
 # "cond_unet."), in process; tests/test_bad_input.py runs them again in subprocesses.
 from bad_input_cases import bad_input_test
