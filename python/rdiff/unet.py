@@ -399,9 +399,10 @@ def _array(t: Any) -> np.ndarray:
 
 def _state_tensors(module: Any) -> dict[str, np.ndarray]:
     """A diffusers module's weights by diffusers' names, float32. PEFT LoRA layers (a
-    pipeline's ``load_lora_weights``) are merged as ``fuse_lora`` merges them: the base
-    layer's weight plus each active adapter's scaled update, at the scales set when this is
-    called (unless the adapters are disabled, or already fused into the base weight)."""
+    pipeline's ``load_lora_weights``) become the weight their forward uses, at the scales set
+    when this is called: the base layer's weight plus each active adapter's scaled update, as
+    ``fuse_lora`` merges them; the base weight as it is once some are fused (PEFT then adds no
+    others); without the fused ones when the adapters are disabled."""
     lora = {
         name: m
         for name, m in module.named_modules()
@@ -414,16 +415,19 @@ def _state_tensors(module: Any) -> dict[str, np.ndarray]:
     for name, m in lora.items():
         base = m.get_base_layer()
         w = base.weight.detach().to("cpu").float().clone()
-        if not (m.merged or m.disable_adapters):
-            for a in m.active_adapters:
-                if a not in m.lora_A:
-                    continue
-                if m.use_dora.get(a) or getattr(m, "lora_bias", {}).get(a):
-                    raise NotImplementedError(
-                        f"{name}: LoRA adapter {a!r} uses DoRA or a LoRA bias; rdiff merges "
-                        "plain LoRA updates only (fuse it into the model first)"
-                    )
-                w += m.get_delta_weight(a).detach().to("cpu").float()
+        if m.disable_adapters:
+            adapters, sign = m.merged_adapters, -1.0
+        else:
+            adapters, sign = ([] if m.merged else m.active_adapters), 1.0
+        for a in adapters:
+            if a not in m.lora_A:
+                continue
+            if m.use_dora.get(a) or getattr(m, "lora_bias", {}).get(a):
+                raise NotImplementedError(
+                    f"{name}: LoRA adapter {a!r} uses DoRA or a LoRA bias; rdiff merges "
+                    "plain LoRA updates only (fuse it into the model first)"
+                )
+            w += sign * m.get_delta_weight(a).detach().to("cpu").float()
         tensors[f"{name}.weight"] = w.numpy()
         if base.bias is not None:
             tensors[f"{name}.bias"] = _array(base.bias)
