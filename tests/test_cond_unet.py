@@ -576,7 +576,8 @@ def test_stable_diffusion_pipelines_with_rdiff_unet(img2img):
     assert np.abs(got - want).max() <= 1e-3
 
 
-def test_stable_diffusion_xl_pipeline_with_rdiff_unet():
+@pytest.mark.parametrize("controlnet", [False, True], ids=["plain", "controlnet"])
+def test_stable_diffusion_xl_pipeline_with_rdiff_unet(controlnet):
     pytest.importorskip("transformers")
     import rdiff.diffusers as rd
 
@@ -584,17 +585,25 @@ def test_stable_diffusion_xl_pipeline_with_rdiff_unet():
     cfg["projection_class_embeddings_input_dim"] = 10 + 6 * 8
     unet = _model(cfg, 4)
     _, vae = _sd_models()
+    parts = dict(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=None,
+        tokenizer=None,
+        tokenizer_2=None,
+        unet=unet,
+        scheduler=diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear"),
+    )
+    extra = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe = diffusers.StableDiffusionXLPipeline(
-            vae=vae,
-            text_encoder=None,
-            text_encoder_2=None,
-            tokenizer=None,
-            tokenizer_2=None,
-            unet=unet,
-            scheduler=diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear"),
-        )
+        if controlnet:
+            parts["controlnet"] = _controlnet(unet, seed=8)
+            pipe = diffusers.StableDiffusionXLControlNetPipeline(**parts)
+            g = torch.Generator().manual_seed(3)
+            extra["image"] = torch.rand(1, 3, 16, 16, generator=g)
+        else:
+            pipe = diffusers.StableDiffusionXLPipeline(**parts)
     g = torch.Generator().manual_seed(0)
     kw = dict(
         prompt_embeds=torch.randn(1, 5, 16, generator=g),
@@ -603,11 +612,15 @@ def test_stable_diffusion_xl_pipeline_with_rdiff_unet():
         negative_pooled_prompt_embeds=torch.randn(1, 10, generator=g),
         height=16,
         width=16,
+        **extra,
     )
     want = _images(pipe, **kw)
     pipe.unet = rd.UNet2DConditionModel.from_diffusers(unet)
     got = _images(pipe, **kw)
     assert np.abs(got - want).max() <= 1e-3
+    if controlnet:  # the control image reaches the result, well above the tolerance
+        other = _images(pipe, **{**kw, "image": torch.zeros(1, 3, 16, 16)})
+        assert np.abs(other - got).max() > 5e-3
 
 
 def test_controlnet_pipeline_with_rdiff_unet():
