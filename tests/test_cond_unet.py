@@ -541,6 +541,16 @@ def _images(pipe, **kw) -> np.ndarray:
         ).images
 
 
+def _stock_and_rdiff_images(pipe, **kw) -> tuple[np.ndarray, np.ndarray]:
+    """The pipeline's images, then those with rdiff's UNet taken from its own (which stays
+    in the pipeline)."""
+    import rdiff.diffusers as rd
+
+    want = _images(pipe, **kw)
+    pipe.unet = rd.UNet2DConditionModel.from_diffusers(pipe.unet)
+    return want, _images(pipe, **kw)
+
+
 def _sd_pipe(cls, unet, vae, scheduler, **parts):
     """diffusers' SD-1.x pipeline `cls` without text encoder, tokenizer or safety checker."""
     with warnings.catch_warnings():
@@ -585,7 +595,6 @@ def test_stable_diffusion_pipelines_with_rdiff_unet(img2img):
 @pytest.mark.parametrize("controlnet", [False, True], ids=["plain", "controlnet"])
 def test_stable_diffusion_xl_pipeline_with_rdiff_unet(controlnet):
     pytest.importorskip("transformers")
-    import rdiff.diffusers as rd
 
     cfg = _family_config("sdxl", 1) | {"out_channels": 4, "cross_attention_dim": 16}
     cfg["projection_class_embeddings_input_dim"] = 10 + 6 * 8
@@ -620,9 +629,7 @@ def test_stable_diffusion_xl_pipeline_with_rdiff_unet(controlnet):
         width=16,
         **extra,
     )
-    want = _images(pipe, **kw)
-    pipe.unet = rd.UNet2DConditionModel.from_diffusers(unet)
-    got = _images(pipe, **kw)
+    want, got = _stock_and_rdiff_images(pipe, **kw)
     assert np.abs(got - want).max() <= 1e-3
     if controlnet:  # the control image reaches the result, well above the tolerance
         other = _images(pipe, **{**kw, "image": torch.zeros(1, 3, 16, 16)})
@@ -651,7 +658,6 @@ def test_control_pipelines_with_rdiff_unet(kind):
     """diffusers' ControlNet and T2I-Adapter pipelines: the control model runs in torch,
     rdiff's UNet takes its residuals."""
     pytest.importorskip("transformers")
-    import rdiff.diffusers as rd
 
     unet, vae = _sd_models()
     if kind == "controlnet":
@@ -673,9 +679,7 @@ def test_control_pipelines_with_rdiff_unet(kind):
         height=16,
         width=16,
     )
-    want = _images(pipe, **kw)
-    pipe.unet = rd.UNet2DConditionModel.from_diffusers(unet)
-    got = _images(pipe, **kw)
+    want, got = _stock_and_rdiff_images(pipe, **kw)
     assert np.abs(got - want).max() <= 1e-3
     # The control image reaches the result through the residuals.
     other = _images(pipe, **{**kw, "image": torch.zeros(1, 3, 16, 16)})
@@ -688,8 +692,6 @@ def test_lora_pipeline_with_rdiff_unet(tmp_path):
     pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
     from peft.utils import get_peft_model_state_dict
-
-    import rdiff.diffusers as rd
 
     unet, vae = _sd_models()
     torch.manual_seed(6)
@@ -714,10 +716,8 @@ def test_lora_pipeline_with_rdiff_unet(tmp_path):
         warnings.simplefilter("ignore")
         pipe.load_lora_weights(tmp_path, adapter_name="style")
     pipe.set_adapters(["style"], adapter_weights=[0.7])
-    want = _images(pipe, **kw)
+    want, got = _stock_and_rdiff_images(pipe, **kw)
     assert np.abs(want - plain).max() > 1e-2
-    pipe.unet = rd.UNet2DConditionModel.from_diffusers(pipe.unet)
-    got = _images(pipe, **kw)
     assert np.abs(got - want).max() <= 1e-3
 
 

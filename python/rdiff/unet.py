@@ -383,6 +383,7 @@ class UNet2DConditionModel(_NativeUNet):
 
 
 def _residual_list(xs: Any, what: str) -> list[Any]:
+    """A tuple or list of residual tensors, each checked and made contiguous."""
     if not isinstance(xs, (list, tuple)):
         raise TypeError(f"{what}: expected a tuple of tensors, got {type(xs).__name__}")
     out = []

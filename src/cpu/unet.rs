@@ -307,18 +307,18 @@ impl Backend for CpuBackend<'_> {
             // SAFETY: a host tensor of this dtype and shape (checked by the caller), alive and
             // unwritten for the call.
             let src = unsafe { x.slice::<U>() };
-            dst.buf
-                .par_chunks_mut(b * hw)
-                .enumerate()
-                .for_each(|(ci, planes)| {
-                    let mut row = vec![0.0f32; hw];
+            // One widened row per rayon task, not per channel.
+            dst.buf.par_chunks_mut(b * hw).enumerate().for_each_init(
+                || vec![0.0f32; hw],
+                |row, (ci, planes)| {
                     for (bi, plane) in planes.chunks_exact_mut(hw).enumerate() {
-                        U::load(&src[(bi * dst.c + ci) * hw..][..hw], &mut row);
-                        for (d, &v) in plane.iter_mut().zip(&row) {
+                        U::load(&src[(bi * dst.c + ci) * hw..][..hw], row);
+                        for (d, &v) in plane.iter_mut().zip(row.iter()) {
                             *d += v;
                         }
                     }
-                });
+                },
+            );
         });
         Ok(())
     }

@@ -239,8 +239,9 @@ impl UNet2D {
     /// The graph, on any backend: `xin` is the (centred) input `[in_channels][b][h][w]`,
     /// consumed; `context` (consumed) the `[cross_dim][b][tokens]` context of a
     /// cross-attention model; `controls` a ControlNet's or T2I-Adapter's residuals (checked
-    /// against [`UNet2D::control_shapes`]); returns conv_out's output `[out_channels][b][h][w]` (not yet
-    /// divided by the timestep). `ts` has one value per sample.
+    /// against [`UNet2D::control_shapes`]); returns conv_out's output
+    /// `[out_channels][b][h][w]` (not yet divided by the timestep). `ts` has one value per
+    /// sample.
     pub fn run<B: Backend>(
         &self,
         be: &mut B,
