@@ -1,6 +1,6 @@
 """The native UNet2DConditionModel against torch (diffusers' module) on the same weights.
 
-Run: python benches/bench_cond_unet.py [--quick] [--threads N] [--only sd15|sdxl|loop]
+Run: python benches/bench_cond_unet.py [--quick] [--threads N] [--only sd15|sdxl|loop|control]
 [--weights float32|float16|bfloat16] [--compute-dtype float32|bfloat16]
 
 - **sd15**: the Stable Diffusion 1.5 UNet's configuration (diffusers' defaults with
@@ -10,6 +10,10 @@ Run: python benches/bench_cond_unet.py [--quick] [--threads N] [--only sd15|sdxl
   SDXL's own is 128×128), batch 2, a 77×2048 context, text_time conditioning.
 - **loop**: a whole tiny Stable Diffusion pipeline (random models) — 20 DPM-Solver++ steps with
   guidance — with rdiff's UNet and scheduler against the stock pipeline.
+- **control**: one SD-1.5 ControlNet step (the sd15 inputs, a 512×512 control image, diffusers'
+  ControlNetModel.from_unet in torch) with torch's UNet against rdiff's, the ControlNet alone,
+  and the time `rdiff.UNet2DConditionModel.from_diffusers` takes on that UNet (not in the
+  default set).
 
 Per model: the best time per call for both (alternating rounds in one process, same threads),
 each as GFLOP/s (torch's FlopCounterMode) and a share of this machine's f32 FMA peak (measured
@@ -272,11 +276,56 @@ def bench_loop(args) -> None:
     )
 
 
+def bench_control(args) -> None:
+    """One SD-1.5 ControlNet step: the ControlNet in torch, then torch's or rdiff's UNet."""
+    import time
+    import warnings
+
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    import rdiff
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SD15).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = ControlNetModel.from_unet(unet).eval()
+    t0 = time.perf_counter()
+    ours = rdiff.UNet2DConditionModel.from_diffusers(unet)
+    load = time.perf_counter() - t0
+    kw = inputs("sd15")
+    image = torch.rand(2, 3, 512, 512, generator=torch.Generator().manual_seed(1))
+
+    def residuals():
+        with torch.no_grad():
+            down, mid = net(**kw, controlnet_cond=image, return_dict=False)
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+    def step(model):
+        with torch.no_grad():
+            return model(**kw, **residuals())
+
+    reps = 1 if args.quick else 2
+    times = {"torch": [], "rdiff": [], "controlnet": []}
+    for _ in range(2):  # alternating rounds
+        for name, model in (("torch", unet), ("rdiff", ours)):
+            step(model)
+            times[name].append(best_time(lambda m=model: step(m), reps))
+        times["controlnet"].append(best_time(residuals, reps))
+    t, r, c = (min(v) for v in times.values())
+    print(
+        f"SD-1.5 ControlNet step (batch 2, 64×64 latents): torch ControlNet + UNet {t:.2f} s, "
+        f"torch ControlNet + rdiff UNet {r:.2f} s ({t / r:.2f}×); the ControlNet alone "
+        f"{c:.2f} s; rdiff.UNet2DConditionModel.from_diffusers {load:.2f} s"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--only", choices=["sd15", "sdxl", "loop"])
+    ap.add_argument("--only", choices=["sd15", "sdxl", "loop", "control"])
     ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     ap.add_argument(
         "--weights",
@@ -304,7 +353,7 @@ def main() -> None:
         f"({rdiff.backends()['cpu']['simd']})\n"
     )
     kinds = [args.only] if args.only else ["sd15", "sdxl", "loop"]
-    if any(k != "loop" for k in kinds):
+    if any(k in ("sd15", "sdxl") for k in kinds):
         print(
             "| model (batch 2, 64×64×4, 77 tokens) | torch s | rdiff s | speed-up | "
             "torch GFLOP/s (% peak) | rdiff GFLOP/s (% peak) | torch peak MiB load / calls | "
@@ -314,6 +363,8 @@ def main() -> None:
     for k in kinds:
         if k == "loop":
             bench_loop(args)
+        elif k == "control":
+            bench_control(args)
         else:
             bench_model(k, args, peak)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
