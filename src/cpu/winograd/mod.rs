@@ -37,8 +37,11 @@ mod f4;
 const KC: usize = 256;
 /// Output channels per task, at most (the products' rows) ...
 const MAX_ROWS: usize = 160;
-/// ... and at least, when output channels are cut finer to make tasks.
-const MIN_ROWS: usize = 64;
+/// ... and at least, when output channels are cut finer to make tasks: 32 rather than 64 let
+/// the batch-1 DDPM-CIFAR-10 UNet's 128-channel 32×32 layers cut four ways by channels instead
+/// of two by channels and two by tiles, which transformed every weight twice (the whole call
+/// 0.95× the time; batch 2 and 8, and the digits model, unchanged).
+const MIN_ROWS: usize = 32;
 /// Tiles per pass at most: bounds the shared transformed patches and products (36 × 256
 /// channels × 512 tiles is 19 MB for F4).
 const PASS_TILES: usize = 512;
@@ -206,19 +209,21 @@ pub fn applies(g: Geometry, d: Dims, cin: usize, cout: usize) -> bool {
 }
 
 /// Whether a convolution to `od` with `cout` output channels runs by F(4×4, 3×3) rather than
-/// F(2×2, 3×3): from 128 tiles of 4×4 output pixels up, or from 32 with at least 512 output
+/// F(2×2, 3×3): from 64 tiles of 4×4 output pixels up, or from 32 with at least 512 output
 /// channels. Per layer on 2 AVX2 cores (patches transformed once, shared), F4 took 0.65–0.9×
 /// F2's time at ≥ 128 tiles; at 32 tiles 0.77–0.96× with 640–2,560 channels (SD 1.5 at
 /// 16×16) but 0.96–1.02× with 256 (the DDPM-CIFAR-10 UNet at batch 8), and with 8–16 tiles
 /// it lost (1.1–1.6×): its weight transform is 36 values per kernel against 16, spread over
-/// too few products, and its patch transforms weigh more against fewer output channels.
+/// too few products, and its patch transforms weigh more against fewer output channels. At 64
+/// tiles (AVX-512) it won: the CIFAR UNet's whole call took 0.97× the time at batch 1 (its
+/// 32×32 layers) and 0.93× at batch 4 (its 16×16 ones); the digits model did not change.
 /// `RDIFF_WINOGRAD=2` or `4` forces one, to time or compare them.
 fn use_f4(od: Dims, cout: usize) -> bool {
     let tiles = od.b * od.h.div_ceil(f4::M) * od.w.div_ceil(f4::M);
     match std::env::var("RDIFF_WINOGRAD").as_deref() {
         Ok("2") => false,
         Ok("4") => true,
-        _ => tiles >= 128 || (tiles >= 32 && cout >= 512),
+        _ => tiles >= 64 || (tiles >= 32 && cout >= 512),
     }
 }
 
