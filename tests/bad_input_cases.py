@@ -1708,9 +1708,9 @@ def _cond_unet_cases() -> list[Case]:
         ),
         Case(
             "cond_unet.call.cross_attention_kwargs",
-            f"{u}(CX4, 10, CX, cross_attention_kwargs={{'scale': 0.5}})",
+            f"{u}(CX4, 10, CX, cross_attention_kwargs={{'scale': 0.5, 'gligen': {{}}}})",
             "NotImplementedError",
-            r"cross_attention_kwargs: not supported.*scale",
+            r"cross_attention_kwargs: \['gligen'\] not supported.*only a LoRA 'scale'",
         ),
         Case(
             "cond_unet.call.t2i_adapter_residuals",

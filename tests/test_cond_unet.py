@@ -257,19 +257,46 @@ def test_lora_adapters_are_merged_at_their_scales(family):
     m.set_adapters(["a", "b"], weights=[0.5, 1.5])
     with torch.no_grad():
         want = m(**kw).sample
-    assert _rel(want, plain) > 1e-2
-    assert _rel(rdiff.UNet2DConditionModel.from_diffusers(m)(**kw), want) <= 1e-4
+        half = m(**kw, cross_attention_kwargs={"scale": 0.5}).sample
+    assert _rel(want, plain) > 1e-2 and _rel(half, want) > 1e-3
+    ours = rdiff.UNet2DConditionModel.from_diffusers(m)
+    assert _rel(ours(**kw), want) <= 1e-4
+    # A per-call scale of 1 changes nothing; another cannot change merged weights, and the
+    # error says where to set it: adapter weights scaled as diffusers scales them per call.
+    assert _rel(ours(**kw, cross_attention_kwargs={"scale": 1.0}), want) <= 1e-4
+    with pytest.raises(NotImplementedError, match="set_adapters"):
+        ours(**kw, cross_attention_kwargs={"scale": 0.5})
+    m.set_adapters(["a", "b"], weights=[0.25, 0.75])
+    assert _rel(rdiff.UNet2DConditionModel.from_diffusers(m)(**kw), half) <= 1e-4
+    m.set_adapters(["a", "b"], weights=[0.5, 1.5])
     m.disable_adapters()
     assert _rel(rdiff.UNet2DConditionModel.from_diffusers(m)(**kw), plain) <= 1e-4
     m.enable_adapters()
     m.fuse_lora()
-    assert _rel(rdiff.UNet2DConditionModel.from_diffusers(m)(**kw), want) <= 1e-4
+    fused = rdiff.UNet2DConditionModel.from_diffusers(m)
+    assert _rel(fused(**kw), want) <= 1e-4
+    # Fused adapters ignore a per-call scale in PEFT's forward: so does rdiff.
+    with torch.no_grad():
+        stock = m(**kw, cross_attention_kwargs={"scale": 0.5}).sample
+    assert _rel(fused(**kw, cross_attention_kwargs={"scale": 0.5}), stock) <= 1e-4
     m.disable_adapters()  # PEFT's forward then unfuses them
     assert _rel(rdiff.UNet2DConditionModel.from_diffusers(m)(**kw), plain) <= 1e-4
     dora = _model(cfg)
     dora.add_adapter(peft.LoraConfig(r=4, target_modules=["to_q"], use_dora=True))
     with pytest.raises(NotImplementedError, match="DoRA"):
         rdiff.UNet2DConditionModel.from_diffusers(dora)
+
+
+def test_lora_scale_without_a_lora_changes_nothing():
+    """A pipeline's ``cross_attention_kwargs={"scale": s}`` on a model without LoRA layers:
+    diffusers scales no layer, and rdiff takes the call as it is."""
+    cfg = _family_config("sd1", 4)
+    m = _model(cfg)
+    kw = _inputs(cfg)
+    with torch.no_grad():
+        want = m(**kw, cross_attention_kwargs={"scale": 0.5}).sample
+    ours = rdiff.UNet2DConditionModel.from_diffusers(m)
+    assert _rel(ours(**kw, cross_attention_kwargs={"scale": 0.5}), want) <= 1e-4
 
 
 # --------------------------------------------------------------------------- ControlNet
@@ -448,8 +475,8 @@ def test_bad_calls_are_clear_errors(sdxl_like):
         ours(**{**kw, "added_cond_kwargs": bad})
     with pytest.raises(NotImplementedError, match="attention_mask"):
         ours(**kw, attention_mask=torch.ones(2, 5))
-    with pytest.raises(NotImplementedError, match="cross_attention_kwargs"):
-        ours(**kw, cross_attention_kwargs={"scale": 0.5})
+    with pytest.raises(NotImplementedError, match=r"\[.ip_adapter_masks.\] not supported"):
+        ours(**kw, cross_attention_kwargs={"ip_adapter_masks": None})
     with pytest.raises(ValueError, match="multiples"):
         ours(**{**kw, "sample": torch.randn(2, 4, 6, 6)})
     with pytest.raises(ValueError, match="timestep_cond"):

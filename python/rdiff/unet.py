@@ -82,6 +82,9 @@ class _NativeUNet:
         self._config = FrozenConfig(config)
         # -1: the emulated CUDA launcher (tests); None: the CPU.
         self._cuda: int | None = core.device
+        # Whether from_diffusers merged a LoRA from unfused adapters: a per-call LoRA scale
+        # would change those updates.
+        self._lora_unfused = False
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -189,12 +192,14 @@ class _NativeUNet:
             raise TypeError(f"module: a {type(module).__name__}, not a {cls._class_name}")
         config = {k: _plain(v) for k, v in dict(module.config).items()}
         config["_class_name"] = cls._class_name
-        tensors = _state_tensors(module)
+        tensors, lora_unfused = _state_tensors(module)
         threads = 32 if ordinal == -1 else 0
         core = _UNet2D.from_tensors(
             json.dumps(config), tensors, ordinal, max_blocks, threads, compute
         )
-        return cls(core, config)
+        model = cls(core, config)
+        model._lora_unfused = lora_unfused
+        return model
 
     # ------------------------------------------------------------------ properties
     @property
@@ -304,12 +309,34 @@ class UNet2DConditionModel(_NativeUNet):
     one for the mid block's output) are added as diffusers adds them, so the model drops into
     diffusers' ControlNet and T2I-Adapter pipelines; they may be float32, float16 or bfloat16
     and must be on the sample's device. ``from_diffusers`` merges a model's PEFT LoRA layers
-    (``pipe.load_lora_weights``) at the adapter weights set when it is called; a per-call LoRA
-    ``scale`` in ``cross_attention_kwargs``, and attention masks, are not supported (a clear
-    error). Thread safety as ``UNet2DModel``.
+    (``pipe.load_lora_weights``) at the adapter weights set when it is called. A per-call LoRA
+    ``scale`` in ``cross_attention_kwargs`` is taken where it changes nothing (1, or a model
+    without unfused LoRA adapters, as in diffusers); other scales, other
+    ``cross_attention_kwargs`` and attention masks are not supported (a clear error). Thread
+    safety as ``UNet2DModel``.
     """
 
     _class_name = "UNet2DConditionModel"
+
+    def _check_attention_kwargs(self, kwargs: dict) -> None:
+        """Refuses what rdiff cannot honour: keys other than ``scale`` (attention processors'
+        arguments), and a LoRA ``scale`` other than 1 for a model whose merged LoRA came from
+        unfused adapters (diffusers scales those updates per call; the merged weights cannot).
+        Elsewhere the scale changes nothing in diffusers either."""
+        extra = sorted(set(kwargs) - {"scale"})
+        if extra:
+            raise NotImplementedError(
+                f"cross_attention_kwargs: {extra} not supported by rdiff's "
+                "UNet2DConditionModel (only a LoRA 'scale')"
+            )
+        scale = float(kwargs.get("scale", 1.0))
+        if scale != 1.0 and self._lora_unfused:
+            raise NotImplementedError(
+                f"cross_attention_kwargs: a per-call LoRA scale ({scale}) is not supported: "
+                "from_diffusers merged the LoRA at the adapter weights set then; scale them "
+                "there (set_adapters(names, adapter_weights=[...]) or fuse_lora(lora_scale=...)) "
+                "before from_diffusers"
+            )
 
     @property
     def cross_attention_dim(self) -> int:
@@ -345,11 +372,7 @@ class UNet2DConditionModel(_NativeUNet):
             down_intrablock_additional_residuals,
         )
         if cross_attention_kwargs:
-            raise NotImplementedError(
-                f"cross_attention_kwargs: not supported by rdiff's UNet2DConditionModel "
-                f"(got {sorted(cross_attention_kwargs)}); a LoRA is merged by from_diffusers "
-                "at the adapter weights set then (set_adapters)"
-            )
+            self._check_attention_kwargs(cross_attention_kwargs)
         x, ts, out = self._sample_checks(sample, timestep, timestep_cond is not None)
         if encoder_hidden_states is None:
             raise ValueError(
@@ -398,18 +421,20 @@ def _array(t: Any) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu").float().numpy())
 
 
-def _state_tensors(module: Any) -> dict[str, np.ndarray]:
-    """A diffusers module's weights by diffusers' names, float32. PEFT LoRA layers (a
-    pipeline's ``load_lora_weights``) become the weight their forward uses, at the scales set
-    when this is called: the base layer's weight plus each active adapter's scaled update, as
-    ``fuse_lora`` merges them; the base weight as it is once some are fused (PEFT then adds no
-    others); without the fused ones when the adapters are disabled."""
+def _state_tensors(module: Any) -> tuple[dict[str, np.ndarray], bool]:
+    """A diffusers module's weights by diffusers' names, float32, and whether some came
+    from unfused LoRA adapters. PEFT LoRA layers (a pipeline's ``load_lora_weights``) become
+    the weight their forward uses, at the scales set when this is called: the base layer's
+    weight plus each active adapter's scaled update, as ``fuse_lora`` merges them; the base
+    weight as it is once some are fused (PEFT then adds no others); without the fused ones
+    when the adapters are disabled."""
     lora = {
         name: m
         for name, m in module.named_modules()
         if hasattr(m, "get_base_layer") and hasattr(m, "get_delta_weight")
     }
     inside = tuple(f"{name}." for name in lora)
+    unfused = False
     tensors = {
         name: _array(t) for name, t in module.state_dict().items() if not name.startswith(inside)
     }
@@ -429,10 +454,11 @@ def _state_tensors(module: Any) -> dict[str, np.ndarray]:
                     "plain LoRA updates only (fuse it into the model first)"
                 )
             w += sign * m.get_delta_weight(a).detach().to("cpu").float()
+            unfused = unfused or sign > 0
         tensors[f"{name}.weight"] = w.numpy()
         if base.bias is not None:
             tensors[f"{name}.bias"] = _array(base.bias)
-    return tensors
+    return tensors, unfused
 
 
 def _controls(down: Any, mid: Any, intra: Any) -> dict:
