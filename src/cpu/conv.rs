@@ -104,6 +104,9 @@ const MAX_SHARED_COLS: usize = 1 << 23;
 /// bf16 product: 512–2,048 were no faster at batch 8, slower at batch 1).
 const TILE_COLS: usize = 256;
 
+/// Output columns up to which a convolution takes one task per thread, not two.
+const NARROW_COLS: usize = 64;
+
 /// How a convolution's output is cut into tasks: tiles of `tile_rows` whole output rows (row
 /// = b·hout + y), and, when there are too few of them to keep every thread busy (deep, small
 /// layers), chunks of `mstep` output channels as well; task `t` is tile `t / mchunks`, chunk
@@ -124,8 +127,11 @@ impl Partition {
         let rows = od.b * od.h;
         // Two tasks per thread of the pool (`partition_threads`: the bits do not depend on
         // it): four (more, smaller gemm calls) took 5–30% longer on the batch-1 layers and no
-        // less elsewhere.
-        let want = 2 * super::partition_threads();
+        // less elsewhere. Products at most NARROW_COLS wide (a batch-1 CIFAR UNet's 4×4 and
+        // 8×8 layers) take one per thread: each call's fixed costs weigh more there than the
+        // imbalance (the whole call 0.98–0.99× the time at batch 1 and 2).
+        let per_thread = if od.n() <= NARROW_COLS { 1 } else { 2 };
+        let want = per_thread * super::partition_threads();
         let mut tile_rows = (TILE_COLS / od.w).max(1);
         let min_rows = (64 / od.w).max(1);
         while rows.div_ceil(tile_rows) < want && tile_rows > min_rows {
