@@ -148,14 +148,14 @@ class UNet2DConditionModel(_unet.UNet2DConditionModel):
     ``UNet2DConditionOutput`` (``return_dict=True``, diffusers' default) or a tuple.
     """
 
-    def __init__(self, core: Any, config: dict) -> None:
+    def __init__(self, core: Any, config: dict, lora_unfused: bool = False) -> None:
         defaults = {
             k: p.default
             for k, p in inspect.signature(_DiffusersUNet.__init__).parameters.items()
             if p.default is not inspect.Parameter.empty
         }
         full = {**defaults, **config}
-        super().__init__(core, {k: _unet._plain(v) for k, v in full.items()})
+        super().__init__(core, {k: _unet._plain(v) for k, v in full.items()}, lora_unfused)
         dim = full.get("projection_class_embeddings_input_dim")
         if full.get("addition_embed_type") == "text_time" and dim:
             self.add_embedding = _AddEmbedding(int(dim))

@@ -77,14 +77,14 @@ class _NativeUNet:
     #: The diffusers class whose configs and weights this class loads.
     _class_name = ""
 
-    def __init__(self, core: Any, config: dict) -> None:
+    def __init__(self, core: Any, config: dict, lora_unfused: bool = False) -> None:
         self._core = core
         self._config = FrozenConfig(config)
         # -1: the emulated CUDA launcher (tests); None: the CPU.
         self._cuda: int | None = core.device
         # Whether from_diffusers merged a LoRA from unfused adapters: a per-call LoRA scale
         # would change those updates.
-        self._lora_unfused = False
+        self._lora_unfused = lora_unfused
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -197,9 +197,7 @@ class _NativeUNet:
         core = _UNet2D.from_tensors(
             json.dumps(config), tensors, ordinal, max_blocks, threads, compute
         )
-        model = cls(core, config)
-        model._lora_unfused = lora_unfused
-        return model
+        return cls(core, config, lora_unfused)
 
     # ------------------------------------------------------------------ properties
     @property
