@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::arena::{with_scratch, Arena, Words};
 use super::bf16 as bf16_gemm;
+use super::narrow_gemm;
 use super::SendPtr;
 use crate::unet::layout::{Dims, Geometry};
 use crate::unet::weights::Weight;
@@ -188,6 +189,8 @@ pub fn conv2d(
     let n = od.n();
     assert_eq!(out.len(), cout * n, "conv output size");
     let direct = g.k == 1 && g.stride == 1 && !g.upsample && g.pad == [0; 4];
+    // Chosen by the whole output's width, never a tile's, which follows the pool's size.
+    let narrow = narrow_gemm::applies(n);
 
     let part = Partition::new(od, cout);
     let Partition {
@@ -254,6 +257,7 @@ pub fn conv2d(
                         (w, m0 * kk + ci0, kk),
                         (&seg[c0..], n),
                         init.scale,
+                        narrow,
                     );
                 }
                 ci0 += sc;
@@ -268,6 +272,7 @@ pub fn conv2d(
                         (w, m0 * kk, kk),
                         (cols, tn),
                         init.scale,
+                        narrow,
                     )
                 }
             };
@@ -341,8 +346,9 @@ fn pack_columns(
 }
 
 /// `dst += beta · lhs × rhs`: rows `m` of `lhs` from value `off` at row stride `lda`, rhs the
-/// first `n` columns of `k` rows at row stride `rhs_rs`; by `gemm` ([`gemm_rows`]) or, for bf16
-/// weights, the bf16 product on `rhs` packed in this thread's buffer.
+/// first `n` columns of `k` rows at row stride `rhs_rs`; by `gemm` ([`gemm_rows`]), by the
+/// 16-column product when `narrow` (`narrow_gemm`: the op is that wide, so `n` is its whole
+/// width) or, for bf16 weights, the bf16 product on `rhs` packed in this thread's buffer.
 ///
 /// # Safety
 /// `dst` addresses an m×n row-major matrix at row stride `dst_rs` written by no one else
@@ -354,8 +360,32 @@ unsafe fn product(
     (lhs, off, lda): (Lhs<'_>, usize, usize),
     (rhs, rhs_rs): (&[f32], usize),
     beta: f32,
+    narrow: bool,
 ) {
     match lhs {
+        Lhs::F32(w) if narrow && m > 0 => {
+            assert_eq!(
+                n,
+                narrow_gemm::COLS,
+                "a narrow product is the op's whole width"
+            );
+            // SAFETY: the caller's contract: dst's m rows of n at stride dst_rs are ours.
+            let dst = unsafe { std::slice::from_raw_parts_mut(dst, (m - 1) * dst_rs + n) };
+            narrow_gemm::product(
+                narrow_gemm::Operands {
+                    m,
+                    k,
+                    dst,
+                    dst_rs,
+                    w: &w[off..],
+                    lda,
+                    x: rhs,
+                    xs: rhs_rs,
+                },
+                true,
+                beta,
+            )
+        }
         // SAFETY: the caller's contract.
         Lhs::F32(w) => unsafe {
             gemm_rows(
@@ -795,8 +825,13 @@ mod tests {
 
     #[test]
     fn matches_direct_convolution() {
-        // An even and an odd width (the gathers' edges), at stride 2 and upsampled too.
-        for d in [Dims { b: 3, h: 6, w: 4 }, Dims { b: 2, h: 5, w: 7 }] {
+        // An even and an odd width (the gathers' edges), at stride 2 and upsampled too, and
+        // an output 16 pixels in all (`narrow_gemm`, where the CPU has AVX-512).
+        for d in [
+            Dims { b: 3, h: 6, w: 4 },
+            Dims { b: 2, h: 5, w: 7 },
+            Dims { b: 1, h: 4, w: 4 },
+        ] {
             matches_direct_convolution_on(d);
         }
     }

@@ -11,6 +11,7 @@ pub mod geglu;
 pub mod implicit_conv;
 pub mod layer_norm;
 pub mod lincomb;
+pub mod narrow_gemm;
 pub mod norm;
 pub mod peak;
 pub mod resample;
