@@ -62,7 +62,7 @@ impl Tensor {
                 "{what}: tensor has a null data pointer"
             )));
         }
-        if ptr % dtype.size() as u64 != 0 {
+        if !ptr.is_multiple_of(dtype.size() as u64) {
             return Err(RdiffError::Value(format!(
                 "{what}: tensor data pointer {ptr:#x} is not aligned for {}",
                 dtype.name()

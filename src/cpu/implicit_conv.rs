@@ -29,7 +29,7 @@ pub fn applies(w: &Tiles, g: Geometry, od: Dims) -> bool {
         && g.k == 3
         && g.stride == 1
         && g.pad == [1; 4]
-        && od.w % PANEL == 0
+        && od.w.is_multiple_of(PANEL)
         && amx::available()
 }
 
@@ -48,7 +48,7 @@ impl Planes {
     fn new(cin: usize, od: Dims) -> Self {
         let words = od.b * (od.h + 2) * (od.w + 2);
         let mut lines = words.div_ceil(16);
-        if lines % 2 == 0 {
+        if lines.is_multiple_of(2) {
             lines += 1;
         }
         Self {

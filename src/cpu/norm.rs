@@ -114,7 +114,7 @@ pub fn group_norm(
     let (n, hw) = (d.n(), d.hw());
     assert_eq!(out.len(), c * n, "group norm output size");
     assert!(
-        p.groups > 0 && c % p.groups == 0,
+        p.groups > 0 && c.is_multiple_of(p.groups),
         "channels not divisible by groups"
     );
     let cg = c / p.groups;

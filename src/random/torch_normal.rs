@@ -237,7 +237,7 @@ pub fn fill_torch_normal(g: &mut Mt19937, math: Math, dtype: DType, out: &mut [f
         // One block: waking another thread would cost more than the transform.
         g.fill_uniform(&mut out[..drawn]);
         normals_dispatch(math, dtype, &mut out[..full]);
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             g.fill_uniform(&mut tail);
         }
     } else {
@@ -251,12 +251,12 @@ pub fn fill_torch_normal(g: &mut Mt19937, math: Math, dtype: DType, out: &mut [f
                 s.spawn(move |_| normals_dispatch(math, dtype, &mut block[..groups]));
                 rest = next;
             }
-            if n % 16 != 0 {
+            if !n.is_multiple_of(16) {
                 g.fill_uniform(&mut tail);
             }
         });
     }
-    if n % 16 != 0 {
+    if !n.is_multiple_of(16) {
         normals_dispatch(math, dtype, &mut tail);
         out[n - 16..].copy_from_slice(&tail);
     }

@@ -148,7 +148,7 @@ pub fn order_list(
         (2, false) => groups(&[1, 2], steps / 2),
         (3, false) => groups(&[1, 2, 3], steps / 3),
         (2, true) => {
-            if steps % 2 == 0 {
+            if steps.is_multiple_of(2) {
                 let mut v = groups(&[1, 2], (steps / 2).saturating_sub(1));
                 v.extend([1, 1]);
                 v

@@ -383,7 +383,7 @@ pub fn singlestep_schedule(
                 (k, o)
             }
             2 => {
-                if steps % 2 == 0 {
+                if steps.is_multiple_of(2) {
                     (steps / 2, vec![2; steps / 2])
                 } else {
                     let k = steps / 2 + 1;

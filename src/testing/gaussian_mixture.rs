@@ -214,7 +214,7 @@ impl GaussianMixture {
     /// Validates x (n·d values) against per-sample (or broadcast, length 1) α and σ; returns n.
     fn check(&self, x: &[f64], alpha: &[f64], sigma: &[f64]) -> Result<usize> {
         let d = self.dim;
-        if x.len() % d != 0 {
+        if !x.len().is_multiple_of(d) {
             return value_err!(
                 "x: expected a multiple of dim={d} values (shape (n, {d})), got {}",
                 x.len()

@@ -363,7 +363,7 @@ impl UNet2DConfig {
             Some(true) => {
                 let ch = *c.block_out_channels.last().unwrap();
                 if let Some(g) = mid_attn_groups {
-                    if g == 0 || ch % g != 0 {
+                    if g == 0 || !ch.is_multiple_of(g) {
                         return value_err!(
                             "attn_norm_num_groups = {g} does not divide the mid block's {ch} \
                              channels"

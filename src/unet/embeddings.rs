@@ -438,7 +438,7 @@ impl TimeEmbedding {
                     ClassLabels::Indices(i) => i.iter().map(|&x| x as f32).collect(),
                     ClassLabels::None => unreachable!(),
                 };
-                if v.len() % d != 0 {
+                if !v.len().is_multiple_of(d) {
                     return value_err!(
                         "class_labels: identity class embedding needs [batch, {d}] values, got {}",
                         v.len()

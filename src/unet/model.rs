@@ -158,7 +158,7 @@ impl UNet2D {
         if b == 0 || h == 0 || w == 0 {
             return value_err!("sample: empty shape [{b}, {c}, {h}, {w}]");
         }
-        if h % self.multiple != 0 || w % self.multiple != 0 {
+        if !h.is_multiple_of(self.multiple) || !w.is_multiple_of(self.multiple) {
             return value_err!(
                 "sample: height and width must be multiples of {} for this UNet, got {h}×{w}",
                 self.multiple

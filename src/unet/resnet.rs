@@ -20,7 +20,7 @@ pub struct Norm {
 
 impl Norm {
     pub fn load(ld: &Loader<'_>, prefix: &str, c: usize, groups: usize, eps: f64) -> Result<Self> {
-        if groups == 0 || c % groups != 0 {
+        if groups == 0 || !c.is_multiple_of(groups) {
             return value_err!("{prefix}: {c} channels do not split into {groups} groups");
         }
         Ok(Self {

@@ -41,7 +41,7 @@ impl Tiles {
     /// tap-major order `[taps][cin]`.
     pub fn from_rows_tap_major(rows: &[bf16], m: usize, k: usize, taps: usize) -> Self {
         assert!(
-            taps > 0 && k % taps == 0,
+            taps > 0 && k.is_multiple_of(taps),
             "tiles: depth {k} is not whole taps of {taps}"
         );
         let cin = k / taps;

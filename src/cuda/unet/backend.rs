@@ -436,7 +436,8 @@ impl Backend for DeviceBackend<'_> {
     ) -> Result<()> {
         let c: usize = x.iter().map(|s| s.1).sum();
         let (x0, c0, x1) = two_segs(x, "group_norm")?;
-        if p.groups == 0 || c % p.groups != 0 || p.groups > 65535 * 1024 || dims.b > 65535 {
+        if p.groups == 0 || !c.is_multiple_of(p.groups) || p.groups > 65535 * 1024 || dims.b > 65535
+        {
             return Err(RdiffError::Cuda(
                 "group_norm: bad group count or batch".into(),
             ));
