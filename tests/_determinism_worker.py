@@ -73,8 +73,10 @@ def unet(out: dict) -> None:
     m = rdiff.UNet2DModel.from_pretrained(bundled_model_dir("digits"))
     x = np.random.default_rng(4).standard_normal((3, 1, 16, 16)).astype(np.float32)
     out["unet/f32"] = m(x, 500)
-    # One sample: its 4×4 layers are 16-column products (the narrow kernel, on AVX-512).
+    # One and two samples: their 4×4 layers are 16- and 32-column products (the narrow
+    # kernel, on AVX-512).
     out["unet/f32_b1"] = m(x[:1], 500)
+    out["unet/f32_b2"] = m(x[:2], 500)
     out["unet/bf16"] = m(torch.from_numpy(x).bfloat16(), 20).float().numpy()
 
 

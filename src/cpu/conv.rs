@@ -241,6 +241,10 @@ pub fn conv2d(
         let tile = task / mchunks;
         let ((r0, r1), (m0, m)) = part.task(task);
         let (c0, tn) = (r0 * od.w, (r1 - r0) * od.w);
+        assert!(
+            !narrow || tn == n,
+            "a narrow product is its op's whole width"
+        );
         // SAFETY: task (tile, mc) owns rows m0..m0+m and columns c0..c0+tn of `out`;
         // no two tasks share both.
         let dst = unsafe { outp.get().add(m0 * n + c0) };
@@ -347,8 +351,8 @@ fn pack_columns(
 
 /// `dst += beta · lhs × rhs`: rows `m` of `lhs` from value `off` at row stride `lda`, rhs the
 /// first `n` columns of `k` rows at row stride `rhs_rs`; by `gemm` ([`gemm_rows`]), by the
-/// 16-column product when `narrow` (`narrow_gemm`: the op is that wide, so `n` is its whole
-/// width) or, for bf16 weights, the bf16 product on `rhs` packed in this thread's buffer.
+/// 16- or 32-column product when `narrow` (`narrow_gemm`: the op is that wide, so `n` is its
+/// whole width) or, for bf16 weights, the bf16 product on `rhs` packed in this thread's buffer.
 ///
 /// # Safety
 /// `dst` addresses an m×n row-major matrix at row stride `dst_rs` written by no one else
@@ -364,16 +368,12 @@ unsafe fn product(
 ) {
     match lhs {
         Lhs::F32(w) if narrow && m > 0 => {
-            assert_eq!(
-                n,
-                narrow_gemm::COLS,
-                "a narrow product is the op's whole width"
-            );
             // SAFETY: the caller's contract: dst's m rows of n at stride dst_rs are ours.
             let dst = unsafe { std::slice::from_raw_parts_mut(dst, (m - 1) * dst_rs + n) };
             narrow_gemm::product(
                 narrow_gemm::Operands {
                     m,
+                    n,
                     k,
                     dst,
                     dst_rs,
@@ -826,11 +826,12 @@ mod tests {
     #[test]
     fn matches_direct_convolution() {
         // An even and an odd width (the gathers' edges), at stride 2 and upsampled too, and
-        // an output 16 pixels in all (`narrow_gemm`, where the CPU has AVX-512).
+        // outputs 16 and 32 pixels in all (`narrow_gemm`, where the CPU has AVX-512).
         for d in [
             Dims { b: 3, h: 6, w: 4 },
             Dims { b: 2, h: 5, w: 7 },
             Dims { b: 1, h: 4, w: 4 },
+            Dims { b: 2, h: 4, w: 4 },
         ] {
             matches_direct_convolution_on(d);
         }
