@@ -382,7 +382,6 @@ unsafe fn product(
                     x: rhs,
                     xs: rhs_rs,
                 },
-                true,
                 beta,
             )
         }

@@ -1,4 +1,4 @@
-//! `dst = (accumulate ? dst : 0) + beta · W × X` for products 16 or 32 columns wide: a
+//! `dst += beta · W × X` (onto the convolution's prefilled output) for products 16 or 32 columns wide: a
 //! batch-1 or -2 UNet's 4×4 layers (the DDPM-CIFAR-10 UNet's deepest), where the product is a
 //! pass over the weights with 16 or 32 multiply-adds per weight. `gemm` packs each call's
 //! weight rows before multiplying them, another pass over the largest operand for little work;
@@ -50,9 +50,10 @@ pub struct Operands<'a> {
 ///
 /// # Panics
 /// If an operand is shorter than its shape and stride say.
-pub fn product(o: Operands<'_>, accumulate: bool, beta: f32) {
+pub fn product(o: Operands<'_>, beta: f32) {
     let Operands {
         m,
+        n,
         k,
         dst_rs,
         lda,
@@ -62,7 +63,6 @@ pub fn product(o: Operands<'_>, accumulate: bool, beta: f32) {
     if m == 0 {
         return;
     }
-    let n = o.n;
     assert!(n == LANES || n == 2 * LANES, "narrow product width {n}");
     assert!(o.dst.len() >= (m - 1) * dst_rs + n, "narrow product output");
     assert!(o.w.len() >= (m - 1) * lda + k, "narrow product weights");
@@ -71,27 +71,27 @@ pub fn product(o: Operands<'_>, accumulate: bool, beta: f32) {
         "narrow product columns"
     );
     if n == LANES {
-        rows16(o, accumulate, beta);
+        rows16(o, beta);
     } else {
-        rows32(o, accumulate, beta);
+        rows32(o, beta);
     }
 }
 
-simd_dispatch!(fn rows16(o: Operands<'_>, accumulate: bool, beta: f32) => rows_kernel::<16>);
-simd_dispatch!(fn rows32(o: Operands<'_>, accumulate: bool, beta: f32) => rows_kernel::<32>);
+simd_dispatch!(fn rows16(o: Operands<'_>, beta: f32) => rows_kernel::<16>);
+simd_dispatch!(fn rows32(o: Operands<'_>, beta: f32) => rows_kernel::<32>);
 
 /// Blocks of [`ROWS`] rows, then the rest one row at a time; `N` columns.
 #[inline(always)]
-fn rows_kernel<const N: usize>(mut o: Operands<'_>, accumulate: bool, beta: f32) {
+fn rows_kernel<const N: usize>(mut o: Operands<'_>, beta: f32) {
     let mut i = 0;
     while i + ROWS <= o.m {
         // SAFETY: `product` checked the operands' extents for all m rows.
-        unsafe { block::<N, ROWS>(&mut o, i, accumulate, beta) };
+        unsafe { block::<N, ROWS>(&mut o, i, beta) };
         i += ROWS;
     }
     while i < o.m {
         // SAFETY: as above.
-        unsafe { block::<N, 1>(&mut o, i, accumulate, beta) };
+        unsafe { block::<N, 1>(&mut o, i, beta) };
         i += 1;
     }
 }
@@ -101,12 +101,7 @@ fn rows_kernel<const N: usize>(mut o: Operands<'_>, accumulate: bool, beta: f32)
 /// # Safety
 /// The operands hold rows `i..i + R` (`product`'s checks).
 #[inline(always)]
-unsafe fn block<const N: usize, const R: usize>(
-    o: &mut Operands<'_>,
-    i: usize,
-    accumulate: bool,
-    beta: f32,
-) {
+unsafe fn block<const N: usize, const R: usize>(o: &mut Operands<'_>, i: usize, beta: f32) {
     let mut acc = [[0.0f32; N]; R];
     let (w, x) = (o.w.as_ptr(), o.x.as_ptr());
     for kk in 0..o.k {
@@ -125,7 +120,7 @@ unsafe fn block<const N: usize, const R: usize>(
         // SAFETY: row i + r of dst holds N values, and `o.dst` is borrowed mutably.
         let row = unsafe { std::slice::from_raw_parts_mut(d.add((i + r) * o.dst_rs), N) };
         for (d, &a) in row.iter_mut().zip(acc) {
-            *d = if accumulate { *d + beta * a } else { beta * a };
+            *d += beta * a;
         }
     }
 }
@@ -134,8 +129,8 @@ unsafe fn block<const N: usize, const R: usize>(
 mod tests {
     use super::*;
 
-    /// Against an f64 product, both widths: row blocks and the rows past them, strides wider
-    /// than the operands, accumulating and not.
+    /// Against an f64 product added onto what `dst` held, both widths: row blocks and the
+    /// rows past them, strides wider than the operands.
     #[test]
     fn matches_a_reference_product() {
         for n in [LANES, 2 * LANES] {
@@ -148,40 +143,37 @@ mod tests {
         let val = |i: usize, s: usize| ((i * s + 7) % 23) as f32 / 11.0 - 1.0;
         let w: Vec<f32> = (0..m * lda).map(|i| val(i, 5)).collect();
         let x: Vec<f32> = (0..k * xs).map(|i| val(i, 3)).collect();
-        for accumulate in [false, true] {
-            let mut dst: Vec<f32> = (0..m * dst_rs).map(|i| val(i, 2)).collect();
-            let before = dst.clone();
-            product(
-                Operands {
-                    m,
-                    n,
-                    k,
-                    dst: &mut dst,
-                    dst_rs,
-                    w: &w,
-                    lda,
-                    x: &x,
-                    xs,
-                },
-                accumulate,
-                0.5,
-            );
-            for i in 0..m {
-                for j in 0..dst_rs {
-                    let (got, was) = (dst[i * dst_rs + j], before[i * dst_rs + j]);
-                    if j >= n {
-                        assert_eq!(got, was, "past the product's columns");
-                        continue;
-                    }
-                    let sum: f64 = (0..k)
-                        .map(|p| w[i * lda + p] as f64 * x[p * xs + j] as f64)
-                        .sum();
-                    let want = if accumulate { was as f64 } else { 0.0 } + 0.5 * sum;
-                    assert!(
-                        (got as f64 - want).abs() < 1e-5,
-                        "({i}, {j}): {got} vs {want}"
-                    );
+        let mut dst: Vec<f32> = (0..m * dst_rs).map(|i| val(i, 2)).collect();
+        let before = dst.clone();
+        product(
+            Operands {
+                m,
+                n,
+                k,
+                dst: &mut dst,
+                dst_rs,
+                w: &w,
+                lda,
+                x: &x,
+                xs,
+            },
+            0.5,
+        );
+        for i in 0..m {
+            for j in 0..dst_rs {
+                let (got, was) = (dst[i * dst_rs + j], before[i * dst_rs + j]);
+                if j >= n {
+                    assert_eq!(got, was, "past the product's columns");
+                    continue;
                 }
+                let sum: f64 = (0..k)
+                    .map(|p| w[i * lda + p] as f64 * x[p * xs + j] as f64)
+                    .sum();
+                let want = was as f64 + 0.5 * sum;
+                assert!(
+                    (got as f64 - want).abs() < 1e-5,
+                    "({i}, {j}): {got} vs {want}"
+                );
             }
         }
     }
@@ -210,7 +202,6 @@ mod tests {
                     x: &x,
                     xs: n,
                 },
-                false,
                 1.0,
             );
             dst
