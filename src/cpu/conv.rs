@@ -447,7 +447,7 @@ unsafe fn bf16_product(
         Lhs::F32(_) => unreachable!("f32 weights take gemm_rows"),
     };
     // SAFETY: the caller's contract (bf16::gemm checks the operands' extents).
-    unsafe { bf16_gemm::gemm((m, n, k), (dst, dst_rs), a, packed, beta) }
+    unsafe { bf16_gemm::gemm((m, n, k), (dst, dst_rs), true, a, packed, beta) }
 }
 
 /// The depth of every product is summed in blocks of this many terms, in order, whatever the

@@ -165,7 +165,7 @@ pub fn conv2d(
         let b = BTiles::strided(data, &panels, &blocks, planes.stride);
         let a = bf16::Lhs::Tiles(w, m0 / 16, 0);
         // SAFETY: as above for dst; `BTiles::strided` and the kernel check the operands.
-        unsafe { bf16::gemm_strided((m, tn, 9 * cin), (dst, n), a, b, init.scale) };
+        unsafe { bf16::gemm_strided((m, tn, 9 * cin), (dst, n), true, a, b, init.scale) };
     });
     buf.give(arena);
 }

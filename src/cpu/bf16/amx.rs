@@ -91,6 +91,7 @@ thread_local! {
 pub(super) unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs): (*mut f32, usize),
+    accumulate: bool,
     a: Lhs<'_>,
     b: BTiles<'_>,
     beta: f32,
@@ -214,7 +215,7 @@ pub(super) unsafe fn gemm(
                         sc = in(reg) sc,
                         options(nostack)
                     );
-                    // The block's rows and columns that exist, added onto dst.
+                    // The block's rows and columns that exist, added onto dst (or stored).
                     let (r0, c0) = (mp * 2 * TROWS, np * 2 * PANEL);
                     if r0 >= m {
                         continue;
@@ -224,8 +225,14 @@ pub(super) unsafe fn gemm(
                         let crow = std::slice::from_raw_parts(cp.add(i * 2 * PANEL), cols);
                         let d =
                             std::slice::from_raw_parts_mut(dst.add((r0 + i) * dst_rs + c0), cols);
-                        for (o, &v) in d.iter_mut().zip(crow) {
-                            *o += beta * v;
+                        if accumulate {
+                            for (o, &v) in d.iter_mut().zip(crow) {
+                                *o += beta * v;
+                            }
+                        } else {
+                            for (o, &v) in d.iter_mut().zip(crow) {
+                                *o = beta * v;
+                            }
                         }
                     }
                 }

@@ -106,8 +106,9 @@ pub fn with_packed<R>(len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
     PACKED.with(|p| f(p.borrow_mut().u32s(len)))
 }
 
-/// `dst[i][j] += beta · Σ_q A[i][q] · B[q][j]` for `i < m`, `j < n`, `q < k`, `B` packed by
-/// [`pack`] for depth `k` and at least `n` columns. Rows A: `a` starts at row 0 and holds at
+/// `dst[i][j] = (accumulate ? dst[i][j] : 0) + beta · Σ_q A[i][q] · B[q][j]` for `i < m`,
+/// `j < n`, `q < k`, `B` packed by [`pack`] for depth `k` and at least `n` columns (without
+/// `accumulate`, dst is only written: nothing needs zeroing first). Rows A: `a` starts at row 0 and holds at
 /// least `(m - 1)·lda + k` values. Tiles A: rows `16·t0..16·t0 + m`, depth `32·kb0..+ k`
 /// of the matrix, inside it (a kernel may read on into the tiles' zero padding).
 ///
@@ -117,6 +118,7 @@ pub fn with_packed<R>(len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
 pub unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs): (*mut f32, usize),
+    accumulate: bool,
     a: Lhs<'_>,
     b: &[u32],
     beta: f32,
@@ -132,9 +134,16 @@ pub unsafe fn gemm(
     // SAFETY: the shapes were checked above; the caller's contract covers dst.
     unsafe {
         if amx::available() {
-            amx::gemm((m, n, k), (dst, dst_rs), a, BTiles::packed(b, k), beta)
+            amx::gemm(
+                (m, n, k),
+                (dst, dst_rs),
+                accumulate,
+                a,
+                BTiles::packed(b, k),
+                beta,
+            )
         } else {
-            portable::gemm((m, n, k), (dst, dst_rs), a, b, beta)
+            portable::gemm((m, n, k), (dst, dst_rs), accumulate, a, b, beta)
         }
     }
 }
@@ -148,6 +157,7 @@ pub unsafe fn gemm(
 pub unsafe fn gemm_strided(
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs): (*mut f32, usize),
+    accumulate: bool,
     a: Lhs<'_>,
     b: BTiles<'_>,
     beta: f32,
@@ -162,7 +172,7 @@ pub unsafe fn gemm_strided(
         "bf16 gemm: B has too few tiles"
     );
     // SAFETY: as in `gemm`; `BTiles::strided` checked that its tiles lie in its memory.
-    unsafe { amx::gemm((m, n, k), (dst, dst_rs), a, b, beta) }
+    unsafe { amx::gemm((m, n, k), (dst, dst_rs), accumulate, a, b, beta) }
 }
 
 fn check_lhs((m, k): (usize, usize), a: Lhs<'_>) {

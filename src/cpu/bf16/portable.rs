@@ -22,6 +22,7 @@ thread_local! {
 pub(super) unsafe fn gemm(
     (m, n, k): (usize, usize, usize),
     (dst, dst_rs): (*mut f32, usize),
+    accumulate: bool,
     a: Lhs<'_>,
     b: &[u32],
     beta: f32,
@@ -62,7 +63,7 @@ pub(super) unsafe fn gemm(
             gemm_rows(
                 (m, n, k),
                 (dst, dst_rs),
-                true,
+                accumulate,
                 (wa.as_ptr(), k),
                 (wb.as_ptr(), n),
                 beta,

@@ -83,8 +83,8 @@ fn reference(
 }
 
 /// Both kernels (AMX where this machine has it) against the f64 sums of the same bf16
-/// operands, over shapes with partial tiles, odd depths, a row stride wider than the depth
-/// and an accumulated destination.
+/// operands, over shapes with partial tiles, odd depths, a row stride wider than the depth,
+/// and a destination added onto or only written.
 #[test]
 fn kernels_match_reference() {
     let shapes = [
@@ -104,6 +104,7 @@ fn kernels_match_reference() {
             let dst0: Vec<f32> = (0..m * n).map(|i| value(i, 7, 11)).collect();
             let beta = 0.75;
             let want = reference((m, n, k), &a, lda, &bm, &dst0, beta);
+            let want0 = reference((m, n, k), &a, lda, &bm, &vec![0.0; m * n], beta);
             let mut packed = vec![0; packed_len(k, n)];
             pack(&bm, n, k, n, &mut packed);
             // The same A in tiles, as a block of a larger matrix: 16 rows above and one depth
@@ -114,32 +115,45 @@ fn kernels_match_reference() {
                 big[(16 + i) * big_k + KBLOCK..][..lda].copy_from_slice(&a[i * lda..][..lda]);
             }
             let tiles = Tiles::from_rows(&big, big_m, big_k);
-            let mut kernels: Vec<(String, Vec<f32>)> = Vec::new();
+            let mut kernels: Vec<(String, Vec<f32>, bool)> = Vec::new();
             for name in ["portable", "amx"] {
                 if name == "amx" && !amx::available() {
                     continue;
                 }
                 for lhs in [Lhs::Rows(&a, lda), Lhs::Tiles(&tiles, 1, 1)] {
-                    let mut dst = dst0.clone();
-                    let args = ((m, n, k), (dst.as_mut_ptr(), n), lhs, &packed[..], beta);
-                    // SAFETY: dst is m×n at stride n; shapes as `gemm` checks them.
-                    unsafe {
-                        if name == "amx" {
-                            amx::gemm(args.0, args.1, args.2, BTiles::packed(args.3, k), args.4)
+                    for accumulate in [true, false] {
+                        // Not accumulating, dst starts as NaN: none of it may be read.
+                        let mut dst = if accumulate {
+                            dst0.clone()
                         } else {
-                            portable::gemm(args.0, args.1, args.2, args.3, args.4)
+                            vec![f32::NAN; m * n]
+                        };
+                        let dsts = (dst.as_mut_ptr(), n);
+                        // SAFETY: dst is m×n at stride n; shapes as `gemm` checks them.
+                        unsafe {
+                            if name == "amx" {
+                                let b = BTiles::packed(&packed, k);
+                                amx::gemm((m, n, k), dsts, accumulate, lhs, b, beta)
+                            } else {
+                                portable::gemm((m, n, k), dsts, accumulate, lhs, &packed, beta)
+                            }
                         }
+                        let what = if matches!(lhs, Lhs::Tiles(..)) {
+                            "tiles"
+                        } else {
+                            "rows"
+                        };
+                        kernels.push((
+                            format!("{name} {what} accumulate={accumulate}"),
+                            dst,
+                            accumulate,
+                        ));
                     }
-                    let what = if matches!(lhs, Lhs::Tiles(..)) {
-                        "tiles"
-                    } else {
-                        "rows"
-                    };
-                    kernels.push((format!("{name} {what}"), dst));
                 }
             }
-            for (name, got) in &kernels {
-                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            for (name, got, accumulate) in &kernels {
+                let want = if *accumulate { &want } else { &want0 };
+                for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
                     // f32 sums of k exact products: a few ulps of the magnitudes summed.
                     let tol = 4e-7 * k as f64 * 4.0 + 1e-6 * w.abs();
                     assert!(
@@ -160,7 +174,16 @@ fn short_a_is_refused() {
     let b = vec![0u32; packed_len(8, 4)];
     let mut dst = vec![0.0f32; 8];
     // SAFETY: dst is 2×4.
-    unsafe { gemm((2, 4, 8), (dst.as_mut_ptr(), 4), Lhs::Rows(&a, 8), &b, 1.0) };
+    unsafe {
+        gemm(
+            (2, 4, 8),
+            (dst.as_mut_ptr(), 4),
+            true,
+            Lhs::Rows(&a, 8),
+            &b,
+            1.0,
+        )
+    };
 }
 
 #[test]
