@@ -179,7 +179,7 @@ impl CpuBackend<'_> {
         };
         let segs = slices(x);
         let input = Input { segs: &segs, dims };
-        let winograd = w.as_tiles().is_none() && winograd::applies(g, dims, input.channels(), cout);
+        let winograd = takes_winograd(w, g, dims, input.channels(), cout);
         assert!(
             winograd || norm.is_none(),
             "a GroupNorm read in place needs Winograd"
@@ -202,6 +202,12 @@ impl CpuBackend<'_> {
             self.arena.give(j);
         }
     }
+}
+
+/// Whether `conv2d_normed` runs this convolution by Winograd (f32 weights only: the bf16
+/// path's tiles go to its own products).
+fn takes_winograd(w: &Weight, g: Geometry, dims: Dims, cin: usize, cout: usize) -> bool {
+    w.as_tiles().is_none() && winograd::applies(g, dims, cin, cout)
 }
 
 fn slices<'a>(x: Segs<'a, Buf>) -> Vec<(&'a [f32], usize)> {
@@ -247,7 +253,7 @@ impl Backend for CpuBackend<'_> {
         out: &mut Buf,
     ) -> Result<()> {
         let c = x.iter().map(|s| s.1).sum();
-        if w.as_tiles().is_some() || !winograd::applies(g, dims, c, cout) {
+        if !takes_winograd(w, g, dims, c, cout) {
             return norm_then_conv2d(self, x, dims, n, w, cout, g, e, out);
         }
         let mut coef = self.arena.take(2 * c * dims.b);

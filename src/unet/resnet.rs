@@ -1,6 +1,7 @@
 //! `ResnetBlock2D`: GroupNorm+SiLU, conv (time embedding added in its epilogue, or applied
 //! as scale/shift inside the second norm), GroupNorm+SiLU, conv onto the (projected)
-//! residual, divided by the output scale factor — five passes over memory in all.
+//! residual, divided by the output scale factor — five passes over memory in all, three
+//! where the backend reads each GroupNorm inside its convolution (`Backend::norm_conv2d`).
 
 use super::arch::Arch;
 use super::backend::{Act, Backend, Epilogue, GroupNorm, Segs};

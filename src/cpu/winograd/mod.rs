@@ -720,7 +720,7 @@ mod bench {
             tf.sort_by(f64::total_cmp);
             let (mu, mf) = (tu[tu.len() / 2], tf[tf.len() / 2]);
             println!(
-                "{d:?} {cin}->{cout} f4={f4}: unfused {:.1} us, fused {:.1} us, ratio {:.3}",
+                "{d:?} {cin}->{cout} f4={f4}: written out {:.1} us, read in place {:.1} us, ratio {:.3}",
                 mu * 1e6,
                 mf * 1e6,
                 mf / mu
