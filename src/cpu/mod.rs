@@ -111,7 +111,7 @@ mod tests {
                         conv::Lhs::Tiles(&wb)
                     } else if wino {
                         let w = Weight::F32(w.clone());
-                        return winograd::conv2d(input, None, &w, cout, g, init, &mut out, arena);
+                        return winograd::conv2d(input, &w, cout, g, init, &mut out, arena);
                     } else {
                         conv::Lhs::F32(&w)
                     };

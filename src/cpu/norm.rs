@@ -100,43 +100,6 @@ fn plane<'a>(x: &Input<'a>, mut c: usize, b: usize) -> &'a [f32] {
     panic!("channel out of range");
 }
 
-/// The affine coefficients `(a, o)` of group `g` of sample `b`, one pair per channel `ch` of
-/// the group, handed to `f(ch, a, o)`: GroupNorm, the affine transform and the optional
-/// per-sample scale/shift folded into `x · a + o`, in f64 then rounded once.
-fn group_coefficients(
-    x: &Input<'_>,
-    p: GroupNormParams<'_>,
-    scale_shift: Option<&[f32]>,
-    b: usize,
-    g: usize,
-    mut f: impl FnMut(usize, f32, f32),
-) {
-    let c = x.channels();
-    let cg = c / p.groups;
-    let (s, q) = sums(x, g * cg, (g + 1) * cg, b);
-    let cnt = (cg * x.dims.hw()) as f64;
-    let mean = s / cnt;
-    let var = (q / cnt - mean * mean).max(0.0);
-    let rstd = 1.0 / (var + p.eps as f64).sqrt();
-    for ch in g * cg..(g + 1) * cg {
-        let mut a = rstd * p.gamma[ch] as f64;
-        let mut o = p.beta[ch] as f64 - mean * a;
-        if let Some(ss) = scale_shift {
-            let sc = 1.0 + ss[b * 2 * c + ch] as f64;
-            a *= sc;
-            o = o * sc + ss[b * 2 * c + c + ch] as f64;
-        }
-        f(ch, a as f32, o as f32);
-    }
-}
-
-fn check(x: &Input<'_>, p: GroupNormParams<'_>) {
-    assert!(
-        p.groups > 0 && x.channels().is_multiple_of(p.groups),
-        "channels not divisible by groups"
-    );
-}
-
 /// `out = act(GroupNorm(x) · (1 + scale[b]) + shift[b])`; `scale_shift` is `[b][2c]`
 /// (scale first), `out` is `[c][b][h][w]`.
 pub fn group_norm(
@@ -150,62 +113,33 @@ pub fn group_norm(
     let d = x.dims;
     let (n, hw) = (d.n(), d.hw());
     assert_eq!(out.len(), c * n, "group norm output size");
-    check(&x, p);
+    assert!(
+        p.groups > 0 && c.is_multiple_of(p.groups),
+        "channels not divisible by groups"
+    );
+    let cg = c / p.groups;
     let outp = SendPtr(out.as_mut_ptr());
     (0..d.b * p.groups).into_par_iter().for_each(|task| {
         let (b, g) = (task / p.groups, task % p.groups);
-        group_coefficients(&x, p, scale_shift, b, g, |ch, a, o| {
+        let (s, q) = sums(&x, g * cg, (g + 1) * cg, b);
+        let cnt = (cg * hw) as f64;
+        let mean = s / cnt;
+        let var = (q / cnt - mean * mean).max(0.0);
+        let rstd = 1.0 / (var + p.eps as f64).sqrt();
+        for ch in g * cg..(g + 1) * cg {
+            let mut a = rstd * p.gamma[ch] as f64;
+            let mut o = p.beta[ch] as f64 - mean * a;
+            if let Some(ss) = scale_shift {
+                let sc = 1.0 + ss[b * 2 * c + ch] as f64;
+                a *= sc;
+                o = o * sc + ss[b * 2 * c + c + ch] as f64;
+            }
             // SAFETY: plane (ch, b) of `out` belongs to this task alone.
             let dst =
                 unsafe { std::slice::from_raw_parts_mut(outp.get().add(ch * n + b * hw), hw) };
-            affine(plane(&x, ch, b), dst, a, o, silu);
-        });
+            affine(plane(&x, ch, b), dst, a as f32, o as f32, silu);
+        }
     });
-}
-
-/// GroupNorm (with its optional scale/shift and SiLU) left for the consumer to apply as it
-/// reads its input (`norm_conv`): per channel and sample, the `x · a + o` that
-/// [`group_norm`] would apply, so a consumer that calls [`NormConv::apply`] on its input's
-/// rows reads [`group_norm`]'s output bit for bit, without it being written and read back.
-pub struct NormConv<'a> {
-    /// `[c][b][2]`: `a`, then `o`.
-    coef: &'a [f32],
-    b: usize,
-    silu: bool,
-}
-
-impl<'a> NormConv<'a> {
-    /// The coefficients of `x`'s GroupNorm (as [`group_norm`]) into `coef` (`2·c·b` values).
-    pub fn new(
-        x: Input<'_>,
-        p: GroupNormParams<'_>,
-        scale_shift: Option<&[f32]>,
-        silu: bool,
-        coef: &'a mut [f32],
-    ) -> Self {
-        let (c, b) = (x.channels(), x.dims.b);
-        assert_eq!(coef.len(), 2 * c * b, "norm coefficients size");
-        check(&x, p);
-        let cp = SendPtr(coef.as_mut_ptr());
-        (0..b * p.groups).into_par_iter().for_each(|task| {
-            let (bi, g) = (task / p.groups, task % p.groups);
-            group_coefficients(&x, p, scale_shift, bi, g, |ch, a, o| {
-                // SAFETY: pair (ch, bi) belongs to this task alone, inside `coef` (checked).
-                unsafe {
-                    let at = cp.get().add(2 * (ch * b + bi));
-                    *at = a;
-                    *at.add(1) = o;
-                }
-            });
-        });
-        NormConv { coef, b, silu }
-    }
-
-    /// `dst = act(src · a + o)` with channel `ch`'s coefficients for sample `b`.
-    pub fn apply(&self, ch: usize, b: usize, src: &[f32], dst: &mut [f32]) {
-        let at = 2 * (ch * self.b + b);
-        affine(src, dst, self.coef[at], self.coef[at + 1], self.silu);
-    }
 }
 
 #[cfg(test)]

@@ -7,14 +7,14 @@ use super::attention::{self, Tokens as CpuTokens};
 use super::conv::{self, Input, Lhs};
 use super::implicit_conv;
 use super::layer_norm::{self, LayerNormParams};
-use super::norm::{self, GroupNormParams, NormConv};
+use super::norm::{self, GroupNormParams};
 use super::resample;
 use super::vecmath::silu_f32;
 use super::winograd;
 use crate::dtype::Elem;
 use crate::error::Result;
 use crate::tensor::Tensor;
-use crate::unet::backend::{norm_then_conv2d, Act, Backend, Epilogue, GroupNorm, Segs, Tokens};
+use crate::unet::backend::{Act, Backend, Epilogue, Segs, Tokens};
 use crate::unet::control::Controls;
 use crate::unet::embeddings::{Conditioning, TimeEmbedding, Timesteps};
 use crate::unet::layout::{Dims, Geometry};
@@ -136,21 +136,31 @@ fn with_f32<R>(arena: &mut Arena, w: &Weight, f: impl FnOnce(&[f32], &mut Arena)
     r
 }
 
-impl CpuBackend<'_> {
-    /// `conv2d`, its input read through `norm` (only the Winograd route takes one: the
-    /// caller checks it applies).
-    #[allow(clippy::too_many_arguments)]
-    fn conv2d_normed(
+fn slices<'a>(x: Segs<'a, Buf>) -> Vec<(&'a [f32], usize)> {
+    x.iter().map(|&(b, c)| (&b[..], c)).collect()
+}
+
+impl Backend for CpuBackend<'_> {
+    type Buf = Buf;
+
+    fn take(&mut self, len: usize) -> Result<Buf> {
+        Ok(self.arena.take(len))
+    }
+
+    fn give(&mut self, b: Buf) {
+        self.arena.give(b)
+    }
+
+    fn conv2d(
         &mut self,
         x: Segs<'_, Buf>,
         dims: Dims,
-        norm: Option<&NormConv<'_>>,
         w: &Weight,
         cout: usize,
         g: Geometry,
         e: Epilogue<'_, Buf>,
         out: &mut Buf,
-    ) {
+    ) -> Result<()> {
         // A residual made of several segments is joined first (one contiguous source).
         let joined = match e.residual {
             Some(r) if r.len() > 1 => {
@@ -179,11 +189,6 @@ impl CpuBackend<'_> {
         };
         let segs = slices(x);
         let input = Input { segs: &segs, dims };
-        let winograd = takes_winograd(w, g, dims, input.channels(), cout);
-        assert!(
-            winograd || norm.is_none(),
-            "a GroupNorm read in place needs Winograd"
-        );
         match w.as_tiles() {
             // Tiles: the bf16 compute path (`compute_dtype`), the only one that makes them.
             // Winograd's transformed operands would lose too much to bf16 rounding; the bf16
@@ -193,76 +198,16 @@ impl CpuBackend<'_> {
                 implicit_conv::conv2d(input, w, cout, g, init, out, self.arena)
             }
             Some(w) => conv::conv2d(input, Lhs::Tiles(w), cout, g, init, out, self.arena),
-            None if winograd => winograd::conv2d(input, norm, w, cout, g, init, out, self.arena),
-            None => with_f32(self.arena, w, |w, arena| {
+            _ if winograd::applies(g, dims, input.channels(), cout) => {
+                winograd::conv2d(input, w, cout, g, init, out, self.arena)
+            }
+            _ => with_f32(self.arena, w, |w, arena| {
                 conv::conv2d(input, Lhs::F32(w), cout, g, init, out, arena)
             }),
         }
         if let Some(j) = joined {
             self.arena.give(j);
         }
-    }
-}
-
-/// Whether `conv2d_normed` runs this convolution by Winograd (f32 weights only: the bf16
-/// path's tiles go to its own products).
-fn takes_winograd(w: &Weight, g: Geometry, dims: Dims, cin: usize, cout: usize) -> bool {
-    w.as_tiles().is_none() && winograd::applies(g, dims, cin, cout)
-}
-
-fn slices<'a>(x: Segs<'a, Buf>) -> Vec<(&'a [f32], usize)> {
-    x.iter().map(|&(b, c)| (&b[..], c)).collect()
-}
-
-impl Backend for CpuBackend<'_> {
-    type Buf = Buf;
-
-    fn take(&mut self, len: usize) -> Result<Buf> {
-        Ok(self.arena.take(len))
-    }
-
-    fn give(&mut self, b: Buf) {
-        self.arena.give(b)
-    }
-
-    fn conv2d(
-        &mut self,
-        x: Segs<'_, Buf>,
-        dims: Dims,
-        w: &Weight,
-        cout: usize,
-        g: Geometry,
-        e: Epilogue<'_, Buf>,
-        out: &mut Buf,
-    ) -> Result<()> {
-        self.conv2d_normed(x, dims, None, w, cout, g, e, out);
-        Ok(())
-    }
-
-    /// On the CPU, a GroupNorm before a Winograd convolution is applied as the patches are
-    /// gathered, never written out: no pass over its output, no buffer for it, the same bits.
-    fn norm_conv2d(
-        &mut self,
-        x: Segs<'_, Buf>,
-        dims: Dims,
-        n: GroupNorm<'_, Buf>,
-        w: &Weight,
-        cout: usize,
-        g: Geometry,
-        e: Epilogue<'_, Buf>,
-        out: &mut Buf,
-    ) -> Result<()> {
-        let c = x.iter().map(|s| s.1).sum();
-        if !takes_winograd(w, g, dims, c, cout) {
-            return norm_then_conv2d(self, x, dims, n, w, cout, g, e, out);
-        }
-        let mut coef = self.arena.take(2 * c * dims.b);
-        let segs = slices(x);
-        let input = Input { segs: &segs, dims };
-        let ss = n.scale_shift.map(|s| &s[..]);
-        let nc = NormConv::new(input, n.params, ss, n.silu, &mut coef);
-        self.conv2d_normed(x, dims, Some(&nc), w, cout, g, e, out);
-        self.arena.give(coef);
         Ok(())
     }
 

@@ -66,14 +66,6 @@ impl<B> Act<B> {
     }
 }
 
-/// A GroupNorm for [`Backend::norm_conv2d`]: `act(GroupNorm(x) · (1 + scale[b]) + shift[b])`
-/// with `scale_shift` `[b][2c]` and `act` SiLU or nothing.
-pub struct GroupNorm<'a, B> {
-    pub params: GroupNormParams<'a>,
-    pub scale_shift: Option<&'a B>,
-    pub silu: bool,
-}
-
 /// What every block reads besides its input.
 pub struct Cond<'a, B> {
     /// SiLU(emb), `[b][time_embed_dim]`.
@@ -119,26 +111,6 @@ pub trait Backend {
         e: Epilogue<'_, Self::Buf>,
         out: &mut Self::Buf,
     ) -> Result<()>;
-
-    /// `out = epilogue(conv(act(GroupNorm(x) · (1 + scale[b]) + shift[b]), w))`: a GroupNorm
-    /// whose output only this convolution reads. By default written out ([`group_norm`]) and
-    /// convolved; a backend may apply it as the convolution reads its input instead.
-    ///
-    /// [`group_norm`]: Backend::group_norm
-    #[allow(clippy::too_many_arguments)]
-    fn norm_conv2d(
-        &mut self,
-        x: Segs<'_, Self::Buf>,
-        dims: Dims,
-        n: GroupNorm<'_, Self::Buf>,
-        w: &Weight,
-        cout: usize,
-        g: Geometry,
-        e: Epilogue<'_, Self::Buf>,
-        out: &mut Self::Buf,
-    ) -> Result<()> {
-        norm_then_conv2d(self, x, dims, n, w, cout, g, e, out)
-    }
 
     /// `out = act(GroupNorm(x) · (1 + scale[b]) + shift[b])`, `scale_shift` `[b][2c]`.
     fn group_norm(
@@ -203,26 +175,4 @@ pub trait Backend {
         ts: Timesteps<'_>,
         cond: &Conditioning<'_>,
     ) -> Result<Self::Buf>;
-}
-
-/// [`Backend::norm_conv2d`] as two ops: the GroupNorm written into a buffer of its own, then
-/// the convolution on it.
-#[allow(clippy::too_many_arguments)]
-pub fn norm_then_conv2d<B: Backend + ?Sized>(
-    be: &mut B,
-    x: Segs<'_, B::Buf>,
-    dims: Dims,
-    n: GroupNorm<'_, B::Buf>,
-    w: &Weight,
-    cout: usize,
-    g: Geometry,
-    e: Epilogue<'_, B::Buf>,
-    out: &mut B::Buf,
-) -> Result<()> {
-    let c = x.iter().map(|s| s.1).sum();
-    let mut h = be.act(c, dims)?;
-    be.group_norm(x, dims, n.params, n.scale_shift, n.silu, &mut h.buf)?;
-    be.conv2d(&[h.seg()], dims, w, cout, g, e, out)?;
-    be.give(h.buf);
-    Ok(())
 }

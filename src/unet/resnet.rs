@@ -1,10 +1,9 @@
 //! `ResnetBlock2D`: GroupNorm+SiLU, conv (time embedding added in its epilogue, or applied
 //! as scale/shift inside the second norm), GroupNorm+SiLU, conv onto the (projected)
-//! residual, divided by the output scale factor — five passes over memory in all, three
-//! where the backend reads each GroupNorm inside its convolution (`Backend::norm_conv2d`).
+//! residual, divided by the output scale factor — five passes over memory in all.
 
 use super::arch::Arch;
-use super::backend::{Act, Backend, Epilogue, GroupNorm, Segs};
+use super::backend::{Act, Backend, Epilogue, Segs};
 use super::weights::{Loader, Weight};
 use crate::cpu::norm::GroupNormParams;
 use crate::error::Result;
@@ -38,15 +37,6 @@ impl Norm {
             eps: self.eps,
             gamma: &self.gamma,
             beta: &self.beta,
-        }
-    }
-
-    /// This GroupNorm followed by SiLU, for a convolution to read (`norm_conv2d`).
-    pub fn silu<'a, B>(&'a self, scale_shift: Option<&'a B>) -> GroupNorm<'a, B> {
-        GroupNorm {
-            params: self.params(),
-            scale_shift,
-            silu: true,
         }
     }
 }
@@ -137,10 +127,10 @@ impl Resnet {
         dims: Dims,
         temb_act: &B::Buf,
     ) -> Result<Act<B::Buf>> {
-        // norm1 is written out only where it is pooled; otherwise conv1 reads it in place
-        // (`norm_conv2d`), through the nearest-up that is fused into conv1 on the way up.
+        let mut h = be.act(self.cin, dims)?;
+        be.group_norm(segs, dims, self.norm1.params(), None, true, &mut h.buf)?;
+        // Resolution change on both paths (nearest-up is fused into conv1 below).
         let mut resid: Option<Act<B::Buf>> = None;
-        let mut pooled: Option<Act<B::Buf>> = None;
         let mut geom = Geometry::SAME3;
         let mut d1 = dims;
         match self.sampling {
@@ -162,17 +152,15 @@ impl Resnet {
                     w: dims.w / 2,
                     ..dims
                 };
-                let mut h = be.act(self.cin, dims)?;
-                be.group_norm(segs, dims, self.norm1.params(), None, true, &mut h.buf)?;
                 let mut hd = be.act(self.cin, d1)?;
                 be.avg_pool2x(&h.buf, self.cin, dims, &mut hd.buf)?;
-                be.give(h.buf);
-                pooled = Some(hd);
+                be.give(std::mem::replace(&mut h, hd).buf);
                 let mut r = be.act(self.cin, d1)?;
                 be.avg_pool2x(segs[0].0, self.cin, dims, &mut r.buf)?;
                 resid = Some(r);
             }
         }
+        let hin_dims = h.dims;
         let b = dims.b;
         let tdim = self.temb_b.len();
         let mut t = be.take(b * tdim)?;
@@ -183,21 +171,20 @@ impl Resnet {
         if !self.scale_shift {
             e1.temb = Some(&t);
         }
-        let (w1, cout) = (&self.conv1.w, self.cout);
-        match pooled {
-            Some(hd) => {
-                be.conv2d(&[hd.seg()], d1, w1, cout, geom, e1, &mut h1.buf)?;
-                be.give(hd.buf);
-            }
-            None => {
-                let n1 = self.norm1.silu(None);
-                be.norm_conv2d(segs, dims, n1, w1, cout, geom, e1, &mut h1.buf)?;
-            }
-        }
-        // norm2 (with the time embedding's scale/shift) is read in place by conv2.
+        be.conv2d(
+            &[h.seg()],
+            hin_dims,
+            &self.conv1.w,
+            self.cout,
+            geom,
+            e1,
+            &mut h1.buf,
+        )?;
+        be.give(h.buf);
+        let mut h2 = be.act(self.cout, d1)?;
         let ss = if self.scale_shift { Some(&t) } else { None };
-        let n2 = || self.norm2.silu(ss);
-        let h1s = [h1.seg()];
+        be.group_norm(&[h1.seg()], d1, self.norm2.params(), ss, true, &mut h2.buf)?;
+        be.give(h1.buf);
 
         let mut out = be.act(self.cout, d1)?;
         let rsegs: Vec<(&B::Buf, usize)> = match &resid {
@@ -220,10 +207,9 @@ impl Resnet {
                     e,
                     &mut out.buf,
                 )?;
-                be.norm_conv2d(
-                    &h1s,
+                be.conv2d(
+                    &[h2.seg()],
                     d1,
-                    n2(),
                     &self.conv2.w,
                     self.cout,
                     Geometry::SAME3,
@@ -237,10 +223,9 @@ impl Resnet {
                     scale: self.inv_scale,
                     ..Epilogue::bias(&self.conv2.b)
                 };
-                be.norm_conv2d(
-                    &h1s,
+                be.conv2d(
+                    &[h2.seg()],
                     d1,
-                    n2(),
                     &self.conv2.w,
                     self.cout,
                     Geometry::SAME3,
@@ -250,7 +235,7 @@ impl Resnet {
             }
         }
         drop(rsegs);
-        be.give(h1.buf);
+        be.give(h2.buf);
         be.give(t);
         if let Some(r) = resid {
             be.give(r.buf);

@@ -26,7 +26,6 @@ use rayon::prelude::*;
 
 use super::arena::{with_scratch, Arena};
 use super::conv::{gemm_rows, prefill, Init, Input};
-use super::norm::NormConv;
 use super::SendPtr;
 use crate::unet::layout::{Dims, Geometry};
 use crate::unet::weights::Weight;
@@ -230,15 +229,11 @@ fn use_f4(od: Dims, cout: usize) -> bool {
     }
 }
 
-/// The convolution `out = scale · (init + conv(norm(x), w))` of a 3×3, stride-1, padding-1
-/// geometry (`applies`); `w` is `[cout][cin][3][3]`, `out` `[cout][b][h][w]` at the (possibly
-/// upsampled) input's size. `norm`, when given, is a GroupNorm applied to each input channel
-/// as its patches are gathered (the padding stays zero). The transformed patches and the
-/// products live in `arena` buffers.
-#[allow(clippy::too_many_arguments)]
+/// The convolution `out = scale · (init + conv(x, w))` of a 3×3, stride-1, padding-1 geometry
+/// (`applies`); `w` is `[cout][cin][3][3]`, `out` `[cout][b][h][w]` at the (possibly
+/// upsampled) input's size. The transformed patches and the products live in `arena` buffers.
 pub fn conv2d(
     x: Input<'_>,
-    norm: Option<&NormConv<'_>>,
     w: &Weight,
     cout: usize,
     g: Geometry,
@@ -247,35 +242,13 @@ pub fn conv2d(
     arena: &mut Arena,
 ) {
     let f4 = use_f4(g.out_dims(x.dims), cout);
-    conv2d_by(x, norm, w, cout, g, init, out, arena, f4);
-}
-
-/// Rows `y0..y1` of sample `b` of the input (before any upsampling) that tile rows `p0..p1`
-/// of `m`-pixel tiles read, halo included, as `(b, y0, y1)`.
-fn rows_read(
-    d: Dims,
-    upsample: bool,
-    (m, th): (usize, usize),
-    p0: usize,
-    p1: usize,
-) -> impl Iterator<Item = (usize, usize, usize)> {
-    let hv = if upsample { 2 * d.h } else { d.h };
-    (p0 / th..p1.div_ceil(th)).map(move |b| {
-        let (ty0, ty1) = (p0.max(b * th) - b * th, p1.min((b + 1) * th) - b * th);
-        let (y0, y1) = ((m * ty0).saturating_sub(1), (m * ty1 + 1).min(hv));
-        if upsample {
-            (b, y0 / 2, y1.div_ceil(2))
-        } else {
-            (b, y0, y1)
-        }
-    })
+    conv2d_by(x, w, cout, g, init, out, arena, f4);
 }
 
 /// [`conv2d`] by F(4×4, 3×3) when `f4`, else by F(2×2, 3×3).
 #[allow(clippy::too_many_arguments)]
 fn conv2d_by(
     x: Input<'_>,
-    norm: Option<&NormConv<'_>>,
     w: &Weight,
     cout: usize,
     g: Geometry,
@@ -356,40 +329,17 @@ fn conv2d_by(
                 f2::patches_scratch(th, tw)
             };
             let vp = SendPtr(v.as_mut_ptr());
-            let patches = if f4 { f4::patches } else { f2::patches };
-            // With a GroupNorm to apply, each channel's rows that the pass reads are
-            // normalised into scratch first (once each, though neighbouring patches share
-            // rows), and its patches gathered from there.
-            let normed = if norm.is_some() { x.dims.n() } else { 0 };
             (0..kl.div_ceil(piece)).into_par_iter().for_each(|pc| {
                 let (a, b) = (k0 + pc * piece, (k0 + (pc + 1) * piece).min(k1));
-                with_scratch(scratch + normed, |s| {
-                    let (s, plane) = s.split_at_mut(scratch);
-                    let Some(nc) = norm else {
-                        // SAFETY: `v` holds xi_n · vplane values, and piece pc alone touches
-                        // rows a - k0 .. b - k0 of each V[ξ] until the pieces are joined.
-                        let mut v = unsafe {
-                            PatchRows::new(vp.get(), xi_n, vplane, kl, pt, a - k0, b - a)
-                        };
-                        patches(&x, g, (th, tw), p0, p1, a, b, s, &mut v);
-                        return;
-                    };
-                    let (hw, wd) = (x.dims.hw(), x.dims.w);
-                    for ci in a..b {
-                        let src = x.channel(ci);
-                        for (bi, y0, y1) in rows_read(x.dims, g.upsample, (mt, th), p0, p1) {
-                            let r = bi * hw + y0 * wd..bi * hw + y1 * wd;
-                            nc.apply(ci, bi, &src[r.clone()], &mut plane[r]);
-                        }
-                        let seg = [(&plane[..], 1)];
-                        let one = Input {
-                            segs: &seg,
-                            dims: x.dims,
-                        };
-                        // SAFETY: as above, row ci - k0 being one of piece pc's.
-                        let mut v =
-                            unsafe { PatchRows::new(vp.get(), xi_n, vplane, kl, pt, ci - k0, 1) };
-                        patches(&one, g, (th, tw), p0, p1, 0, 1, s, &mut v);
+                // SAFETY: `v` holds xi_n · vplane values, and piece pc alone touches rows
+                // a - k0 .. b - k0 of each V[ξ] until the pieces are joined.
+                let mut v =
+                    unsafe { PatchRows::new(vp.get(), xi_n, vplane, kl, pt, a - k0, b - a) };
+                with_scratch(scratch, |s| {
+                    if f4 {
+                        f4::patches(&x, g, (th, tw), p0, p1, a, b, s, &mut v);
+                    } else {
+                        f2::patches(&x, g, (th, tw), p0, p1, a, b, s, &mut v);
                     }
                 });
             });
@@ -538,7 +488,6 @@ mod tests {
                 let mut got = vec![f32::NAN; cout * od.n()];
                 conv2d_by(
                     input,
-                    None,
                     &w,
                     cout,
                     g,
@@ -554,177 +503,6 @@ mod tests {
                     );
                 }
             }
-        }
-    }
-
-    /// A GroupNorm (with scale/shift and SiLU) applied as the patches are gathered gives the
-    /// bits of the GroupNorm written out and convolved: both variants, segments, the fused
-    /// upsampling, and passes that split a sample's tile rows.
-    #[test]
-    fn group_norm_read_in_place_matches_it_written_out() {
-        use crate::cpu::norm::{group_norm, GroupNormParams, NormConv};
-        for (d, c1, c2, upsample, f4) in [
-            (Dims { b: 2, h: 6, w: 8 }, 16, 8, false, false),
-            (Dims { b: 2, h: 6, w: 8 }, 16, 8, false, true),
-            (Dims { b: 3, h: 40, w: 40 }, 8, 0, false, false),
-            (Dims { b: 2, h: 72, w: 72 }, 8, 0, false, true),
-            (Dims { b: 2, h: 36, w: 35 }, 4, 4, true, true),
-            (Dims { b: 3, h: 19, w: 21 }, 8, 0, true, false),
-        ] {
-            let (cin, cout) = (c1 + c2, 16);
-            let g = Geometry {
-                upsample,
-                ..Geometry::SAME3
-            };
-            let od = g.out_dims(d);
-            assert!(
-                od.b * od.h.div_ceil(if f4 { 4 } else { 2 })
-                    * od.w.div_ceil(if f4 { 4 } else { 2 })
-                    > PASS_TILES
-                    || d.h < 10,
-                "{d:?}: meant to take several passes"
-            );
-            let x: Vec<f32> = (0..cin * d.n())
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 20.0 + (i / d.n()) as f32 * 0.3)
-                .collect();
-            let w = Weight::F32(
-                (0..cout * cin * 9)
-                    .map(|i| ((i * 13 % 29) as f32 - 14.0) / 30.0)
-                    .collect(),
-            );
-            let gamma: Vec<f32> = (0..cin).map(|i| 1.0 + i as f32 * 0.05).collect();
-            let beta: Vec<f32> = (0..cin).map(|i| i as f32 * -0.1).collect();
-            let ss: Vec<f32> = (0..d.b * 2 * cin).map(|i| (i % 5) as f32 * 0.1).collect();
-            let p = GroupNormParams {
-                groups: 4,
-                eps: 1e-5,
-                gamma: &gamma,
-                beta: &beta,
-            };
-            let (a, b) = x.split_at(c1 * d.n());
-            let segs: Vec<(&[f32], usize)> =
-                [(a, c1), (b, c2)].into_iter().filter(|s| s.1 > 0).collect();
-            let input = Input {
-                segs: &segs,
-                dims: d,
-            };
-            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1).collect();
-            let init = Init::bias(&bias);
-            for silu in [false, true] {
-                let mut h = vec![f32::NAN; x.len()];
-                group_norm(input, p, Some(&ss), silu, &mut h);
-                let hseg = [(&h[..], cin)];
-                let mut want = vec![f32::NAN; cout * od.n()];
-                let written = Input {
-                    segs: &hseg,
-                    dims: d,
-                };
-                let arena = &mut Arena::default();
-                conv2d_by(written, None, &w, cout, g, init, &mut want, arena, f4);
-                let mut coef = vec![f32::NAN; 2 * cin * d.b];
-                let nc = NormConv::new(input, p, Some(&ss), silu, &mut coef);
-                let mut got = vec![f32::NAN; cout * od.n()];
-                conv2d_by(input, Some(&nc), &w, cout, g, init, &mut got, arena, f4);
-                assert!(
-                    got.iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "{d:?} f4={f4} upsample={upsample} silu={silu}"
-                );
-            }
-        }
-    }
-}
-
-/// A GroupNorm written out then convolved, against the same read in place (`NormConv`),
-/// alternating, at the DDPM-CIFAR-10 UNet's and SD 1.5's shapes: `cargo test --release --lib
-/// winograd::bench -- --ignored --nocapture`.
-#[cfg(test)]
-mod bench {
-    use super::*;
-    use crate::cpu::norm::{group_norm, GroupNormParams, NormConv};
-
-    #[test]
-    #[ignore]
-    fn norm_conv_against_norm_then_conv() {
-        for (d, cin, cout, reps) in [
-            (Dims { b: 1, h: 32, w: 32 }, 128, 128, 400),
-            (Dims { b: 8, h: 32, w: 32 }, 128, 128, 40),
-            (Dims { b: 1, h: 16, w: 16 }, 256, 256, 400),
-            (Dims { b: 2, h: 64, w: 64 }, 320, 320, 10),
-            (Dims { b: 2, h: 32, w: 32 }, 640, 640, 10),
-        ] {
-            let x: Vec<f32> = (0..cin * d.n())
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 20.0)
-                .collect();
-            let w = Weight::F32(
-                (0..cout * cin * 9)
-                    .map(|i| ((i * 13 % 29) as f32 - 14.0) / 300.0)
-                    .collect(),
-            );
-            let gamma = vec![1.0f32; cin];
-            let beta = vec![0.1f32; cin];
-            let p = GroupNormParams {
-                groups: 32,
-                eps: 1e-5,
-                gamma: &gamma,
-                beta: &beta,
-            };
-            let segs = [(&x[..], cin)];
-            let input = Input {
-                segs: &segs,
-                dims: d,
-            };
-            let bias = vec![0.0f32; cout];
-            let init = Init::bias(&bias);
-            let mut arena = Arena::default();
-            let mut out = vec![0.0f32; cout * d.n()];
-            let mut h = vec![0.0f32; x.len()];
-            let mut coef = vec![0.0f32; 2 * cin * d.b];
-            let f4 = use_f4(d, cout);
-            let (mut tu, mut tf) = (vec![], vec![]);
-            for i in 0..2 * reps + 4 {
-                let s = std::time::Instant::now();
-                if i % 2 == 0 {
-                    group_norm(input, p, None, true, &mut h);
-                    let hs = [(&h[..], cin)];
-                    conv2d_by(
-                        Input { segs: &hs, dims: d },
-                        None,
-                        &w,
-                        cout,
-                        Geometry::SAME3,
-                        init,
-                        &mut out,
-                        &mut arena,
-                        f4,
-                    );
-                    tu.push(s.elapsed().as_secs_f64());
-                } else {
-                    let nc = NormConv::new(input, p, None, true, &mut coef);
-                    conv2d_by(
-                        input,
-                        Some(&nc),
-                        &w,
-                        cout,
-                        Geometry::SAME3,
-                        init,
-                        &mut out,
-                        &mut arena,
-                        f4,
-                    );
-                    tf.push(s.elapsed().as_secs_f64());
-                }
-            }
-            tu.sort_by(f64::total_cmp);
-            tf.sort_by(f64::total_cmp);
-            let (mu, mf) = (tu[tu.len() / 2], tf[tf.len() / 2]);
-            println!(
-                "{d:?} {cin}->{cout} f4={f4}: written out {:.1} us, read in place {:.1} us, ratio {:.3}",
-                mu * 1e6,
-                mf * 1e6,
-                mf / mu
-            );
         }
     }
 }
