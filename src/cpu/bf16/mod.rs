@@ -108,9 +108,10 @@ pub fn with_packed<R>(len: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
 
 /// `dst[i][j] = (accumulate ? dst[i][j] : 0) + beta · Σ_q A[i][q] · B[q][j]` for `i < m`,
 /// `j < n`, `q < k`, `B` packed by [`pack`] for depth `k` and at least `n` columns (without
-/// `accumulate`, dst is only written: nothing needs zeroing first). Rows A: `a` starts at row 0 and holds at
-/// least `(m - 1)·lda + k` values. Tiles A: rows `16·t0..16·t0 + m`, depth `32·kb0..+ k`
-/// of the matrix, inside it (a kernel may read on into the tiles' zero padding).
+/// `accumulate`, dst is only written: nothing needs zeroing first). Rows A: `a` starts at
+/// row 0 and holds at least `(m - 1)·lda + k` values. Tiles A: rows `16·t0..16·t0 + m`,
+/// depth `32·kb0..+ k` of the matrix, inside it (a kernel may read on into the tiles' zero
+/// padding).
 ///
 /// # Safety
 /// `dst` addresses an m×n row-major f32 matrix at row stride `dst_rs` that no one else writes
