@@ -41,7 +41,7 @@ const BLOCK_SCORES: usize = 1 << 20;
 /// blocks this large.
 const MIN_QUERIES: usize = 64;
 /// In bf16, at most this many (1 MiB): the scores then stay in L2 through the passes the
-/// bf16 products add (zeroing, the kernel's sum into them, the packing of P).
+/// bf16 products add (the kernel's sums stored into them, the packing of P).
 const BF16_BLOCK_SCORES: usize = 1 << 18;
 /// The bf16 products from this many keys: below it, rounding and packing the operands cost
 /// more than the products save (SD 1.5's 256-token attention: 2.8–2.9 ms against f32's 2.6).

@@ -1,10 +1,10 @@
-//! `dst += beta · W × X` (onto the convolution's prefilled output) for products 16 or 32 columns wide: a
-//! batch-1 or -2 UNet's 4×4 layers (the DDPM-CIFAR-10 UNet's deepest), where the product is a
-//! pass over the weights with 16 or 32 multiply-adds per weight. `gemm` packs each call's
-//! weight rows before multiplying them, another pass over the largest operand for little work;
-//! here every weight is read once, straight from the weight matrix, and broadcast against the
-//! one or two vectors of its depth row of `X` (at most a few hundred KB, in L2 while the row
-//! blocks pass over it).
+//! `dst += beta · W × X` (onto the convolution's prefilled output) for products 16 or 32
+//! columns wide: a batch-1 or -2 UNet's 4×4 layers (the DDPM-CIFAR-10 UNet's deepest), where
+//! the product is a pass over the weights with 16 or 32 multiply-adds per weight. `gemm` packs
+//! each call's weight rows before multiplying them, another pass over the largest operand for
+//! little work; here every weight is read once, straight from the weight matrix, and broadcast
+//! against the one or two vectors of its depth row of `X` (at most a few hundred KB, in L2
+//! while the row blocks pass over it).
 //!
 //! Timed inside the CIFAR UNet's call (2-core AVX-512 Xeon, old and new alternating per call):
 //! at batch 1 its 4×4 layers took about two-thirds of `gemm`'s time, the whole call 0.98×; at
