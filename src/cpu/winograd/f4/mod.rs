@@ -11,6 +11,9 @@ use crate::simd_dispatch;
 use crate::unet::layout::Geometry;
 use crate::unet::weights::Weight;
 
+#[cfg(target_arch = "x86_64")]
+mod gather;
+
 /// Output tile side and transformed tile side.
 pub const M: usize = 4;
 pub const A: usize = 6;
@@ -155,7 +158,8 @@ fn bt6(x: [Lanes; A], o: &mut [Lanes; A]) {
 }
 
 /// Scratch `patches` needs for `t` tiles: the 36 positions of a channel's patches, each padded
-/// to whole vectors, the transform's intermediates, and a row's four column residues.
+/// to whole vectors, the transform's intermediates, and a row's four column residues (more
+/// than `gather` needs).
 pub fn patches_scratch(t: usize, tw: usize) -> usize {
     A * A * t.next_multiple_of(L) + (A * A + A) * L + 4 * (tw + 2)
 }
@@ -224,23 +228,45 @@ fn patches_kernel(
             }
         }
         for c0 in (0..t).step_by(L) {
-            let n = L.min(t - c0);
-            // Bᵀ on each column of the patches (d[k][u] over k), then B on each row of that:
-            // V[6i + c] = (Bᵀ d B)[i][c]. `tmp[6u + i]` is (Bᵀ d)[i][u].
             let (dv, q) = (lanes(dd), c0 / L);
-            for u in 0..A {
-                let d = |k: usize| dv[(A * k + u) * (tl / L) + q];
-                bt6([d(0), d(1), d(2), d(3), d(4), d(5)], vectors(tmp, A * u));
-            }
-            for i in 0..A {
-                let (bd, out) = tmp.split_at_mut(A * A);
-                let out = vectors(out, 0);
-                let r = |u: usize| bd[A * u + i];
-                bt6([r(0), r(1), r(2), r(3), r(4), r(5)], out);
-                for (c, o) in out.iter().enumerate() {
-                    store(&mut v.row(A * i + c, j)[c0..], o, n);
-                }
-            }
+            transform(
+                |k, u| dv[(A * k + u) * (tl / L) + q],
+                tmp,
+                v,
+                j,
+                c0,
+                L.min(t - c0),
+            );
+        }
+    }
+}
+
+/// Row `j` of `V[ξ] = (Bᵀ d B)[ξ]`, columns c0..c0 + n, from the 6×6 patches `d(k, u)` of `L`
+/// tiles (position row k, column u): `Bᵀ` on each column of the patches (over k), then `B`
+/// on each row of that, each output written once. `tmp` holds `A · A + A` vectors;
+/// `tmp[6u + i]` is (Bᵀ d)[i][u].
+#[inline(always)]
+fn transform(
+    d: impl Fn(usize, usize) -> Lanes,
+    tmp: &mut [Lanes],
+    v: &mut PatchRows<'_>,
+    j: usize,
+    c0: usize,
+    n: usize,
+) {
+    for u in 0..A {
+        bt6(
+            [d(0, u), d(1, u), d(2, u), d(3, u), d(4, u), d(5, u)],
+            vectors(tmp, A * u),
+        );
+    }
+    for i in 0..A {
+        let (bd, out) = tmp.split_at_mut(A * A);
+        let out = vectors(out, 0);
+        let r = |u: usize| bd[A * u + i];
+        bt6([r(0), r(1), r(2), r(3), r(4), r(5)], out);
+        for (c, o) in out.iter().enumerate() {
+            store(&mut v.row(A * i + c, j)[c0..], o, n);
         }
     }
 }
@@ -286,8 +312,30 @@ fn split_residues(src: &[f32], upsample: bool, e1: usize, res: &mut [f32]) {
 
 simd_dispatch!(
     #[allow(clippy::too_many_arguments)]
-    pub fn patches(x: &Input<'_>, g: Geometry, tiles: (usize, usize), r0: usize, r1: usize, k0: usize, k1: usize, scratch: &mut [f32], v: &mut PatchRows<'_>) => patches_kernel
+    fn patches_copied(x: &Input<'_>, g: Geometry, tiles: (usize, usize), r0: usize, r1: usize, k0: usize, k1: usize, scratch: &mut [f32], v: &mut PatchRows<'_>) => patches_kernel
 );
+
+/// [`patches_kernel`]'s result: by [`gather`] where it applies, else by the portable gather.
+#[allow(clippy::too_many_arguments)]
+pub fn patches(
+    x: &Input<'_>,
+    g: Geometry,
+    tiles: (usize, usize),
+    r0: usize,
+    r1: usize,
+    k0: usize,
+    k1: usize,
+    scratch: &mut [f32],
+    v: &mut PatchRows<'_>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(s) = gather::segment(g, x.dims, tiles.1) {
+        // SAFETY: `segment` found AVX-512 here, and `s` is its result.
+        unsafe { gather::patches(x, g, tiles, s, r0, r1, k0, k1, scratch, v) };
+        return;
+    }
+    patches_copied(x, g, tiles, r0, r1, k0, k1, scratch, v);
+}
 
 /// Scratch `add_tiles` needs for `t` tiles: a channel's 16 output phases and the transform's
 /// intermediates.
