@@ -32,6 +32,7 @@ extern thread_local rdiff_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 // The runtime (host.cpp).
 void __syncthreads();
+void __syncwarp(unsigned int mask = 0xffffffffu);
 void* rdiff_shared_alloc(std::size_t bytes, std::size_t align);
 std::uint64_t rdiff_shfl_exchange(std::uint64_t value, int src_lane, bool valid);
 unsigned int rdiff_lane();

@@ -59,7 +59,6 @@ __device__ void rd_threshold(const D* __restrict__ mo, rd_i64 mo_stride, const S
 #pragma unroll
             for (int sel = 0; sel < 2; ++sel) {
                 const unsigned int* h = hist + sel * RD_THR_BINS + tid * 8;
-                // Read before the shuffles, which every lane passes before any lane writes.
                 const unsigned int want = state[2 + sel];
                 unsigned int local = 0;
 #pragma unroll
@@ -71,6 +70,9 @@ __device__ void rd_threshold(const D* __restrict__ mo, rd_i64 mo_stride, const S
                     if ((int)tid >= d) incl += o;
                 }
                 const unsigned int excl = incl - local;
+                // Every lane has read `want` before one lane rewrites it: shuffles order no
+                // memory, and lanes need not run in step (independent thread scheduling).
+                __syncwarp();
                 if (want >= excl && want < incl) {
                     unsigned int before = excl;
                     int k = 0;

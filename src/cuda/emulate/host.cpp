@@ -86,6 +86,9 @@ void rdiff_register(const char* name, rdiff_host_fn fn) { registry().emplace_bac
 
 void __syncthreads() { tl_block->barrier.wait(); }
 
+// A barrier of the calling thread's warp (the mask is always the full warp in rdiff's kernels).
+void __syncwarp(unsigned int) { tl_block->warps[tl_tid >> 5]->barrier.wait(); }
+
 unsigned int rdiff_lane() { return tl_tid & 31u; }
 
 void* rdiff_shared_alloc(std::size_t bytes, std::size_t align) {
