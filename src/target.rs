@@ -127,7 +127,8 @@ impl Target {
     }
 }
 
-/// Calls `f` with CUDA device `ordinal` as a UNet device on `stream` (the real launcher).
+/// Calls `f` with CUDA device `ordinal` as a UNet device on `stream` (the real launcher); the
+/// thread's current CUDA context is put back afterwards.
 #[cfg(feature = "cuda")]
 pub fn with_cuda_device<R>(
     ordinal: i32,
@@ -135,6 +136,7 @@ pub fn with_cuda_device<R>(
     f: impl FnOnce(&dyn UnetDevice) -> Result<R>,
 ) -> Result<R> {
     crate::cuda::available_cached().map_err(RdiffError::CudaUnavailable)?;
+    let _restore = crate::cuda::context::RestoreContext::save()?;
     let launcher = crate::cuda::context::StreamLauncher {
         device: crate::cuda::context::device(ordinal)?,
         stream,

@@ -100,6 +100,29 @@ pub fn device(ordinal: i32) -> Result<Arc<Device>> {
     Ok(d)
 }
 
+/// The calling thread's current context, made current again when this is dropped. rdiff makes
+/// its device's primary context current for its work; the CUDA runtime takes the current
+/// context for the current device (PyTorch's `torch.cuda.current_device()`), so a call on
+/// `cuda:1` from a thread on device 0 must not leave device 1 current.
+pub struct RestoreContext(Option<sys::CUcontext>);
+
+impl RestoreContext {
+    pub fn save() -> Result<Self> {
+        cu::ctx::get_current()
+            .map(RestoreContext)
+            .map_err(driver_err("cuCtxGetCurrent"))
+    }
+}
+
+impl Drop for RestoreContext {
+    fn drop(&mut self) {
+        let ctx = self.0.unwrap_or(std::ptr::null_mut());
+        // SAFETY: the context that was current on this thread before (contexts rdiff sees are
+        // primary contexts, retained while the process lives), or none.
+        let _ = unsafe { cu::ctx::set_current(ctx) };
+    }
+}
+
 impl Device {
     pub(crate) fn make_current(&self) -> Result<()> {
         // SAFETY: the retained primary context stays alive for the process.
