@@ -2,7 +2,7 @@
 //! wheel's copy or PyTorch's, found by `python/rdiff/_cuda_libs.py` and loaded on first need
 //! by `libraries.rs`, or the system's).
 //!
-//! One handle per device, on the caller's stream. A float32 model's GEMMs are plain f32
+//! One handle per device, on the caller's stream, with its own workspace. A float32 model's GEMMs are plain f32
 //! (`cublasSgemmStridedBatched`, no TF32), so results agree with the f32 kernel to rounding; a
 //! `compute_dtype="bfloat16"` model's are `cublasGemmStridedBatchedEx` on the same f32 buffers
 //! with `CUBLAS_COMPUTE_32F_FAST_16BF`: cuBLAS rounds the operands to bf16 and runs them on the
@@ -49,8 +49,53 @@ pub fn status() -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// A handle per device ordinal (as usize), or None where it could not be created.
-type Handles = Mutex<HashMap<i32, Option<usize>>>;
+/// A handle per device ordinal, or None where it could not be created.
+type Handles = Mutex<HashMap<i32, Option<Handle>>>;
+
+/// A cuBLAS handle and the workspace it is given (device pointer), both kept for the process.
+#[derive(Clone, Copy)]
+struct Handle {
+    handle: usize,
+    workspace: u64,
+}
+
+/// Bytes of each handle's own workspace: NVIDIA's suggestion for Hopper (4 MiB suffices
+/// before it). Without one, cuBLAS allocates its default workspace itself, inside a CUDA
+/// graph too when a forward is captured (a memory node outside rdiff's arena and PyTorch's
+/// pool); `cublasSetStream` resets it to that default, so it is set again after every one.
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// A handle for the current context's device with its workspace, or None where cuBLAS
+/// cannot give one.
+fn create() -> Option<Handle> {
+    let mut h: sys::cublasHandle_t = std::ptr::null_mut();
+    // SAFETY: `h` is valid for writes; the device's primary context is current.
+    let ok = unsafe { sys::cublasCreate_v2(&mut h) };
+    if ok != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        return None;
+    }
+    // SAFETY: the primary context is current; the allocation is never freed (as the handle).
+    match unsafe { cudarc::driver::result::malloc_sync(WORKSPACE_BYTES) } {
+        Ok(workspace) => Some(Handle {
+            handle: h as usize,
+            workspace,
+        }),
+        Err(_) => {
+            // SAFETY: the handle just created, used by nothing else.
+            unsafe { sys::cublasDestroy_v2(h) };
+            None
+        }
+    }
+}
+
+/// Whether `stream` is being captured into a CUDA graph (or cannot be asked: the legacy
+/// stream while another stream captures).
+fn capturing(stream: usize) -> bool {
+    use cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+    // SAFETY: the caller's live stream on the current device.
+    let status = unsafe { cudarc::driver::result::stream::is_capturing(stream as _) };
+    status.ok() != Some(CU_STREAM_CAPTURE_STATUS_NONE)
+}
 
 fn handles() -> &'static Handles {
     static HANDLES: OnceLock<Handles> = OnceLock::new();
@@ -75,16 +120,17 @@ pub fn gemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool>
     // threads at once, and set-stream + call must stay together.
     let mut map = handles().lock().unwrap_or_else(|e| e.into_inner());
     device.make_current()?;
-    let handle = *map.entry(device.ordinal).or_insert_with(|| {
-        let mut h: sys::cublasHandle_t = std::ptr::null_mut();
-        // SAFETY: `h` is valid for writes; the device's primary context is current.
-        let ok = unsafe { sys::cublasCreate_v2(&mut h) };
-        (ok == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).then_some(h as usize)
-    });
-    let Some(h) = handle else {
+    let handle = match map.get(&device.ordinal) {
+        Some(&h) => h,
+        // Creating a handle allocates, which a capture forbids: rdiff's own kernel this time
+        // (a warm-up call before capturing creates it).
+        None if capturing(stream) => return Ok(false),
+        None => *map.entry(device.ordinal).or_insert_with(create),
+    };
+    let Some(Handle { handle, workspace }) = handle else {
         return Ok(false);
     };
-    let h = h as sys::cublasHandle_t;
+    let h = handle as sys::cublasHandle_t;
     let op = |t: bool| {
         if t {
             sys::cublasOperation_t::CUBLAS_OP_T
@@ -95,6 +141,13 @@ pub fn gemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool>
     // SAFETY: a live handle; the stream is the caller's live stream on this device.
     let set = unsafe { sys::cublasSetStream_v2(h, stream as sys::cudaStream_t) };
     check(set, "cublasSetStream")?;
+    // SAFETY: the handle's own WORKSPACE_BYTES allocation (256-byte aligned, as cuMemAlloc's
+    // are). One handle per device serves every stream: calls from two streams at once would
+    // share it, as they share the model's arena (one model, one stream at a time).
+    let set = unsafe {
+        sys::cublasSetWorkspace_v2(h, workspace as *mut std::ffi::c_void, WORKSPACE_BYTES)
+    };
+    check(set, "cublasSetWorkspace")?;
     if g.bf16 {
         let f32_type = sys::cudaDataType::CUDA_R_32F;
         // SAFETY: as for the f32 call below; alpha and beta are f32, as the compute type
