@@ -7,7 +7,7 @@ Without CUDA it says so and exits 0, checking nothing.
 
 1. Scheduler steps on CUDA tensors (the kernels NVRTC compiles, launched for real) equal the
    same steps on the CPU: DPM-Solver++ 2M, UniPC, Euler ancestral (given noise), in float32
-   and bfloat16.
+   and bfloat16. With two GPUs, a step on ``cuda:1`` leaves torch's current device as it was.
 2. Every ``rdiff.diffusers`` scheduler's 20-step loop on CUDA tensors equals the CPU loop
    (stochastic ones: finite, since the two devices' generators differ).
 3. A compiled 20-step loop (``torch.compile(fullgraph=True)``: scale_model_input, a small
@@ -18,7 +18,8 @@ Without CUDA it says so and exits 0, checking nothing.
    (SD 1.x also with a ControlNet's float16 residuals).
 5. A native UNet forward (timesteps as a GPU tensor) captured in a CUDA graph by
    ``torch.cuda.graph`` replays to eager's results, with no device allocation or host copy
-   during the capture; eager and replay times.
+   by rdiff during the capture (and the device memory taken outside torch's pool, where
+   cuBLAS would allocate a workspace of its own); eager and replay times.
 6. ``rdiff sample --device cuda`` gives the CPU's samples.
 7. Speed: the DDPM-CIFAR-10 UNet2DModel (batch 1 and 8) and the SD-1.5-shaped
    UNet2DConditionModel (batch 2, 64×64, 77 tokens) on CUDA, rdiff against torch (f32, torch's
@@ -91,6 +92,22 @@ def steps_match_cpu(steps: int) -> None:
                 tol = 1e-5 if dtype == torch.float32 else 1e-2
                 ok, detail = err <= tol * max(1.0, float(outs[0].abs().max())), f"max |Δ| {err:.2e}"
             report(f"{name} {str(dtype)[6:]} cuda = cpu", ok, detail)
+
+
+def current_device_kept() -> None:
+    """With two GPUs or more: a step on ``cuda:1`` tensors, called while device 0 is current,
+    leaves torch's current device at 0 (rdiff puts the thread's CUDA context back)."""
+    if torch.cuda.device_count() < 2:
+        print("SKIP current_device_kept: one GPU")
+        return
+    torch.cuda.set_device(0)
+    s = rdd.DPMSolverMultistepScheduler()
+    s.set_timesteps(4)
+    x = torch.randn(2, 4, 8, 8, device="cuda:1")
+    x = s.step(torch.tanh(x), s.timesteps[0], x).prev_sample
+    torch.cuda.synchronize(1)
+    now = torch.cuda.current_device()
+    report("a step on cuda:1 keeps torch's current device", now == 0, f"current device {now}")
 
 
 STOCHASTIC = ("Ancestral", "DDPM", "LCM", "TCD")
@@ -378,10 +395,17 @@ def _graph_matches_eager(name: str, model, inputs: dict) -> None:
             call()
     torch.cuda.current_stream().wait_stream(side)
     traffic = model._core.device_traffic
+    torch.cuda.synchronize()
+    free, pool = torch.cuda.mem_get_info()[0], torch.cuda.memory_reserved()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = call()
+    graph.replay()
+    torch.cuda.synchronize()
     quiet = model._core.device_traffic == traffic
+    # device memory the capture took outside torch's pool: the graph itself, and cuBLAS's
+    # workspace had it allocated its own inside the capture (rdiff gives it one)
+    outside = (free - torch.cuda.mem_get_info()[0]) - (torch.cuda.memory_reserved() - pool)
     g = torch.Generator(device="cuda")
     worst = 0.0
     for seed in (5, 6):
@@ -398,7 +422,8 @@ def _graph_matches_eager(name: str, model, inputs: dict) -> None:
     report(
         f"{name} in a CUDA graph = eager",
         quiet and worst <= 1e-6,
-        f"rel {worst:.1e}, device traffic in the capture: {'none' if quiet else 'SOME'}; "
+        f"rel {worst:.1e}, device traffic in the capture: {'none' if quiet else 'SOME'}, "
+        f"{outside / 2**20:.1f} MiB outside torch's pool; "
         f"eager {1e3 * eager:.2f} ms, replay {1e3 * replay:.2f} ms",
     )
 
@@ -556,6 +581,7 @@ def main() -> int:
     print(rdiff_backends())
     steps = 8 if args.quick else 20
     guarded(steps_match_cpu, steps)
+    guarded(current_device_kept)
     guarded(every_scheduler_matches_cpu, steps)
     try:
         import diffusers  # noqa: F401

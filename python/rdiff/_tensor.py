@@ -109,7 +109,12 @@ def capturing(x: Any) -> bool:
     (where reading a device value on the host is impossible)."""
     if not (is_torch(x) and x.is_cuda):
         return False
-    return bool(torch_module().cuda.is_current_stream_capturing())
+    cuda = torch_module().cuda
+    if x.device.index not in (None, cuda.current_device()):
+        # (torch asks the current device's stream: ask x's)
+        with cuda.device(x.device):
+            return bool(cuda.is_current_stream_capturing())
+    return bool(cuda.is_current_stream_capturing())
 
 
 def empty_like(x: Any, dtype: Any = None) -> Any:

@@ -271,7 +271,10 @@ class UNet2DModel(_NativeUNet):
 
     Thread safety: one model may be shared by many threads. The weights are read-only;
     concurrent calls take turns on the model's activation arena (each call runs on all cores
-    with the GIL released) and give the serial results bit for bit.
+    with the GIL released) and give the serial results bit for bit. On CUDA, calls take turns
+    enqueueing their work on the caller's stream, and the device runs it later: one model's
+    calls must stay on one stream at a time (or the streams be synchronised between them),
+    since they reuse the same device activations.
     """
 
     _class_name = "UNet2DModel"

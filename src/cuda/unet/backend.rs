@@ -529,7 +529,8 @@ impl Backend for DeviceBackend<'_> {
         } else {
             !(self.dev.library_gemm() && tq * tk >= LIBRARY_ATTENTION_MIN)
         };
-        if dh <= FLASH_MAX_DH && fused {
+        // (grid.y is b · heads, at most 65,535; the two GEMMs below loop over both instead)
+        if dh <= FLASH_MAX_DH && fused && b * heads <= 65535 {
             // One fused kernel: no score matrix in memory.
             let threads = self.dev.block_threads();
             let per_block = (threads as usize / FLASH_LANES).max(1);
