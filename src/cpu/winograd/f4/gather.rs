@@ -189,6 +189,27 @@ mod tests {
     use super::super::{patches_copied, patches_scratch};
     use super::*;
 
+    /// The patches by the gather (`gather`) or the portable one.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn either(
+        gather: bool,
+        input: &Input<'_>,
+        g: Geometry,
+        tiles: (usize, usize),
+        s: usize,
+        (r0, r1): (usize, usize),
+        (k0, k1): (usize, usize),
+        scratch: &mut [f32],
+        v: &mut PatchRows<'_>,
+    ) {
+        if gather {
+            // SAFETY: the callers checked AVX-512 (`segment`), and `s` is its result.
+            unsafe { patches(input, g, tiles, s, r0, r1, k0, k1, scratch, v) };
+        } else {
+            patches_copied(input, g, tiles, r0, r1, k0, k1, scratch, v);
+        }
+    }
+
     /// The gather against the portable one, bit for bit: 4-, 8-, 16- and 32-tile rows, with
     /// and without the upsampling, several images, partial vectors (an odd count of tile rows)
     /// and a pass that starts inside the tile rows, over two input segments.
@@ -236,25 +257,17 @@ mod tests {
                     PatchRows::new(out.as_mut_ptr(), A * A, plane, k1 - k0, t, 0, k1 - k0)
                 };
                 let mut scratch = vec![f32::NAN; patches_scratch(t, tw).max(SCRATCH)];
-                if gather {
-                    // SAFETY: AVX-512 is here (checked above); `s` is segment's.
-                    unsafe {
-                        patches(
-                            &input,
-                            g,
-                            (th, tw),
-                            s,
-                            r0,
-                            r1,
-                            k0,
-                            k1,
-                            &mut scratch,
-                            &mut rows,
-                        )
-                    };
-                } else {
-                    patches_copied(&input, g, (th, tw), r0, r1, k0, k1, &mut scratch, &mut rows);
-                }
+                either(
+                    gather,
+                    &input,
+                    g,
+                    (th, tw),
+                    s,
+                    (r0, r1),
+                    (k0, k1),
+                    &mut scratch,
+                    &mut rows,
+                );
                 out
             };
             let (want, got) = (run(false), run(true));
@@ -267,7 +280,8 @@ mod tests {
 
 #[cfg(test)]
 mod bench {
-    use super::super::{patches_copied, patches_scratch};
+    use super::super::patches_scratch;
+    use super::tests::either;
     use super::*;
 
     /// Not a test: the gather against the portable one, per tile and channel, on the
@@ -316,35 +330,17 @@ mod bench {
                         let mut v =
                             unsafe { PatchRows::new(out.as_mut_ptr(), A * A, plane, kc, t, 0, kc) };
                         let r1 = r0 + rows;
-                        if gather {
-                            // SAFETY: AVX-512 is here (segment); `s` is its result.
-                            unsafe {
-                                patches(
-                                    &input,
-                                    g,
-                                    (th, tw),
-                                    s,
-                                    r0,
-                                    r1,
-                                    k0,
-                                    k0 + kc,
-                                    &mut scratch,
-                                    &mut v,
-                                )
-                            };
-                        } else {
-                            patches_copied(
-                                &input,
-                                g,
-                                (th, tw),
-                                r0,
-                                r1,
-                                k0,
-                                k0 + kc,
-                                &mut scratch,
-                                &mut v,
-                            );
-                        }
+                        either(
+                            gather,
+                            &input,
+                            g,
+                            (th, tw),
+                            s,
+                            (r0, r1),
+                            (k0, k0 + kc),
+                            &mut scratch,
+                            &mut v,
+                        );
                     }
                 }
                 let ns = start.elapsed().as_secs_f64() * 1e9 / (c * b * th * tw) as f64;
