@@ -2,7 +2,8 @@
 //! wheel's copy or PyTorch's, found by `python/rdiff/_cuda_libs.py` and loaded on first need
 //! by `libraries.rs`, or the system's).
 //!
-//! One handle per device, on the caller's stream, with its own workspace. A float32 model's GEMMs are plain f32
+//! One handle per device, on the caller's stream (with a workspace of rdiff's own while the
+//! stream captures a CUDA graph). A float32 model's GEMMs are plain f32
 //! (`cublasSgemmStridedBatched`, no TF32), so results agree with the f32 kernel to rounding; a
 //! `compute_dtype="bfloat16"` model's are `cublasGemmStridedBatchedEx` on the same f32 buffers
 //! with `CUBLAS_COMPUTE_32F_FAST_16BF`: cuBLAS rounds the operands to bf16 and runs them on the
@@ -52,17 +53,20 @@ pub fn status() -> std::result::Result<(), String> {
 /// A handle per device ordinal, or None where it could not be created.
 type Handles = Mutex<HashMap<i32, Option<Handle>>>;
 
-/// A cuBLAS handle and the workspace it is given (device pointer), both kept for the process.
+/// A cuBLAS handle and the workspace it is given while capturing (device pointer), both kept
+/// for the process.
 #[derive(Clone, Copy)]
 struct Handle {
     handle: usize,
     workspace: u64,
 }
 
-/// Bytes of each handle's own workspace: NVIDIA's suggestion for Hopper (4 MiB suffices
-/// before it). Without one, cuBLAS allocates its default workspace itself, inside a CUDA
-/// graph too when a forward is captured (a memory node outside rdiff's arena and PyTorch's
-/// pool); `cublasSetStream` resets it to that default, so it is set again after every one.
+/// Bytes of the workspace a handle is given while its stream captures: NVIDIA's suggestion for
+/// Hopper (4 MiB suffices before it). Outside a capture cuBLAS uses its default workspace
+/// (`cublasSetStream` puts the handle back on it, so uncaptured calls run as they did); inside
+/// one it would allocate a workspace for the graph (a memory node outside rdiff's arena and
+/// PyTorch's pool; pytorch#83461). Two graphs captured with this one and replayed at once on
+/// two streams would share it.
 const WORKSPACE_BYTES: usize = 32 << 20;
 
 /// A handle for the current context's device with its workspace, or None where cuBLAS
@@ -141,13 +145,14 @@ pub fn gemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool>
     // SAFETY: a live handle; the stream is the caller's live stream on this device.
     let set = unsafe { sys::cublasSetStream_v2(h, stream as sys::cudaStream_t) };
     check(set, "cublasSetStream")?;
-    // SAFETY: the handle's own WORKSPACE_BYTES allocation (256-byte aligned, as cuMemAlloc's
-    // are). One handle per device serves every stream: calls from two streams at once would
-    // share it, as they share the model's arena (one model, one stream at a time).
-    let set = unsafe {
-        sys::cublasSetWorkspace_v2(h, workspace as *mut std::ffi::c_void, WORKSPACE_BYTES)
-    };
-    check(set, "cublasSetWorkspace")?;
+    if capturing(stream) {
+        // SAFETY: the handle's own WORKSPACE_BYTES allocation (256-byte aligned, as
+        // cuMemAlloc's are).
+        let set = unsafe {
+            sys::cublasSetWorkspace_v2(h, workspace as *mut std::ffi::c_void, WORKSPACE_BYTES)
+        };
+        check(set, "cublasSetWorkspace")?;
+    }
     if g.bf16 {
         let f32_type = sys::cudaDataType::CUDA_R_32F;
         // SAFETY: as for the f32 call below; alpha and beta are f32, as the compute type
