@@ -10,7 +10,7 @@
 //! every second source value) of up to 32 loaded values, and the positions that reach into the
 //! next tile (the patch's first and last columns) are the middle ones shifted by a lane. The
 //! patches are the portable gather's, zeros included, and the transform is the same code, so
-//! the bits are the same. Per tile and channel on one core (`bench` below) it takes 0.39–0.69×
+//! the bits are the same. Per tile and channel on one core (`bench` below) it takes 0.38–0.70×
 //! the portable gather's time; what remains is mostly writing the transformed patches (144
 //! bytes per tile and channel, past L2). The CIFAR UNet's batch-8 call took 0.88× the time,
 //! its batch-1 call 0.96× (only its 32×32 layers run F(4×4) there).
