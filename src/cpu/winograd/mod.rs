@@ -431,7 +431,7 @@ mod tests {
     use half::bf16;
 
     /// Winograd against the im2col convolution, odd and even sizes, segments, an epilogue with
-    /// a residual, with and without the fused upsampling.
+    /// a residual, with and without the fused upsampling, F(4×4) gathered or copied.
     #[test]
     fn matches_the_im2col_convolution() {
         for (d, c1, c2, cout, upsample) in [
@@ -441,6 +441,10 @@ mod tests {
             (Dims { b: 2, h: 3, w: 5 }, 12, 0, 16, true),
             (Dims { b: 2, h: 33, w: 30 }, 24, 0, 64, false),
             (Dims { b: 1, h: 4, w: 5 }, 280, 250, 170, false),
+            // F(4×4)'s gathered patches (on AVX-512): 8-tile rows, and 4-tile rows through
+            // the upsampling with a last tile row past the image
+            (Dims { b: 2, h: 12, w: 32 }, 20, 12, 24, false),
+            (Dims { b: 3, h: 5, w: 8 }, 10, 6, 16, true),
         ] {
             let cin = c1 + c2;
             let g = Geometry {
