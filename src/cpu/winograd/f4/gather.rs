@@ -189,6 +189,23 @@ mod tests {
     use super::super::{patches_copied, patches_scratch};
     use super::*;
 
+    /// An input of `b` images of `h × w`, the 3×3 geometry (upsampling or not) and its tile
+    /// rows and columns.
+    pub(super) fn layer(
+        b: usize,
+        h: usize,
+        w: usize,
+        upsample: bool,
+    ) -> (Dims, Geometry, (usize, usize)) {
+        let d = Dims { b, h, w };
+        let g = Geometry {
+            upsample,
+            ..Geometry::SAME3
+        };
+        let od = g.out_dims(d);
+        (d, g, (od.h / M, od.w / M))
+    }
+
     /// The patches by the gather (`gather`) or the portable one.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn either(
@@ -229,13 +246,7 @@ mod tests {
             (1, 32, 32, true, 1, 16),
             (2, 12, 64, true, 0, 12),
         ] {
-            let d = Dims { b, h, w };
-            let g = Geometry {
-                upsample: up,
-                ..Geometry::SAME3
-            };
-            let od = g.out_dims(d);
-            let (th, tw) = (od.h / M, od.w / M);
+            let (d, g, (th, tw)) = layer(b, h, w, up);
             let s = segment(g, d, tw).expect("a geometry the gather takes");
             let (c1, c2) = (3, 2);
             let x: Vec<f32> = (0..(c1 + c2) * d.n())
@@ -281,7 +292,7 @@ mod tests {
 #[cfg(test)]
 mod bench {
     use super::super::patches_scratch;
-    use super::tests::either;
+    use super::tests::{either, layer};
     use super::*;
 
     /// Not a test: the gather against the portable one, per tile and channel, on the
@@ -297,13 +308,7 @@ mod bench {
             (8, 16, 16, true, 256),
             (2, 64, 64, false, 320),
         ] {
-            let d = Dims { b, h, w };
-            let g = Geometry {
-                upsample: up,
-                ..Geometry::SAME3
-            };
-            let od = g.out_dims(d);
-            let (th, tw) = (od.h / M, od.w / M);
+            let (d, g, (th, tw)) = layer(b, h, w, up);
             let Some(s) = segment(g, d, tw) else {
                 eprintln!("no AVX-512 here");
                 return;
