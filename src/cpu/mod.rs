@@ -69,6 +69,11 @@ mod tests {
             pad: [0, 0, 1, 1],
             ..Geometry::SAME3
         };
+        let up = Geometry {
+            upsample: true,
+            ..Geometry::SAME3
+        };
+        let avx512 = super::vecmath::has_avx512();
         let cases = [
             (Dims { b: 2, h: 20, w: 20 }, 60, 150, Geometry::SAME3, false),
             (Dims { b: 1, h: 8, w: 8 }, 300, 256, Geometry::SAME3, false),
@@ -76,6 +81,19 @@ mod tests {
             (Dims { b: 1, h: 16, w: 16 }, 600, 96, Geometry::POINT, false),
             (Dims { b: 1, h: 8, w: 16 }, 300, 130, Geometry::SAME3, true),
             (Dims { b: 2, h: 32, w: 32 }, 64, 72, Geometry::SAME3, true),
+            // F(4×4) from 32 channels, and on an 8-pixel-wide upsampled output (AVX-512).
+            (
+                Dims {
+                    b: 16,
+                    h: 16,
+                    w: 16,
+                },
+                32,
+                40,
+                Geometry::SAME3,
+                avx512,
+            ),
+            (Dims { b: 64, h: 4, w: 4 }, 48, 32, up, avx512),
         ];
         for (d, cin, cout, g, wino) in cases {
             assert_eq!(

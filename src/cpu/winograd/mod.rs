@@ -198,16 +198,39 @@ fn fill_short(dst: &mut [f32], v: f32) {
 /// bundled digits model's 64-channel 4×4 and 8×8 layers at batch 64, 0.66–0.89× on the
 /// DDPM-CIFAR-10 UNet's 256- and 512-channel ones at batch 8, 0.79× on SD 1.5's 1,280-channel
 /// 8×8 ones (2-core Xeon, per layer in the model's call).
+///
+/// With AVX-512 and at least `WIDE_TILES` F(4×4) tiles (so batches of small images), F(4×4)
+/// wins from 32 channels and on 8-pixel-wide outputs of the fused upsampling too (whose im2col
+/// gathers each value from half-resolution rows): per layer at batch 64 on the bundled digits
+/// model (2 threads, `RDIFF_WINOGRAD=4` against im2col), 16×16 32→32 1.42 against 1.60 ms,
+/// 64→32 2.17 against 3.01, 96→32 2.73 against 3.80, 4×4 upsampled to 8×8 64→64 1.34 against
+/// 2.40; at batch 16 (256 tiles at 16×16) 0.62 against 0.78 and 0.87 against 1.11 ms (64→32,
+/// 96→32). On 8×8 outputs without upsampling it stays close or loses (64→64 1.41 against 1.34
+/// ms at batch 64: its 2-tile rows have no register gather), and below 256 tiles it loses.
 pub fn applies(g: Geometry, d: Dims, cin: usize, cout: usize) -> bool {
     let od = g.out_dims(d);
+    let avx512 = super::vecmath::has_avx512();
+    let wide = avx512
+        && f4_tiles(od) >= WIDE_TILES
+        && cin >= 32
+        && cout >= 32
+        && (od.w >= 16 || g.upsample);
+    let deep = cin >= 64
+        && cout >= 64
+        && od.b * od.h.div_ceil(2) * od.w.div_ceil(2) >= 32
+        && (od.w >= 16 || !avx512);
     g.k == 3
         && g.stride == 1
         && g.pad == [1; 4]
-        && cin >= 64
-        && cout >= 64
-        && od.b * od.h.div_ceil(2) * od.w.div_ceil(2) >= 32
-        && (od.w >= 16 || !super::vecmath::has_avx512())
+        && (wide || deep)
         && std::env::var_os("RDIFF_NO_WINOGRAD").is_none_or(|v| v.is_empty())
+}
+
+/// F(4×4, 3×3) tiles from which `applies` takes 32-channel and upsampled 8-pixel-wide layers.
+const WIDE_TILES: usize = 256;
+
+fn f4_tiles(od: Dims) -> usize {
+    od.b * od.h.div_ceil(f4::M) * od.w.div_ceil(f4::M)
 }
 
 /// Whether a convolution to `od` with `cout` output channels runs by F(4×4, 3×3) rather than
@@ -221,7 +244,7 @@ pub fn applies(g: Geometry, d: Dims, cin: usize, cout: usize) -> bool {
 /// 32×32 layers) and 0.93× at batch 4 (its 16×16 ones); the digits model did not change.
 /// `RDIFF_WINOGRAD=2` or `4` forces one, to time or compare them.
 fn use_f4(od: Dims, cout: usize) -> bool {
-    let tiles = od.b * od.h.div_ceil(f4::M) * od.w.div_ceil(f4::M);
+    let tiles = f4_tiles(od);
     match std::env::var("RDIFF_WINOGRAD").as_deref() {
         Ok("2") => false,
         Ok("4") => true,
