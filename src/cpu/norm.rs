@@ -60,7 +60,79 @@ fn fold(lanes: &[f32; LANES]) -> f64 {
     acc.iter().sum()
 }
 
-simd_dispatch!(fn sums(x: &Input<'_>, c0: usize, c1: usize, b: usize) -> (f64, f64) => sums_kernel);
+simd_dispatch!(fn sums_portable(x: &Input<'_>, c0: usize, c1: usize, b: usize) -> (f64, f64) => sums_kernel);
+
+/// [`sums_kernel`]'s statistics, the AVX-512 kernel where the CPU has it.
+fn sums(x: &Input<'_>, c0: usize, c1: usize, b: usize) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if super::vecmath::has_avx512() {
+        // SAFETY: the CPU has the features `sums_avx512` is compiled for.
+        return unsafe { sums_avx512(x, c0, c1, b) };
+    }
+    sums_portable(x, c0, c1, b)
+}
+
+/// [`sums_kernel`] with its 64 lanes in eight AVX-512 registers, the same sums in the same
+/// order (the same bits). Compiled from the portable kernel, the lanes lived on the stack:
+/// every add a load, an add and a store, the next chunk's add waiting on that store (the
+/// statistics took 6% of the bundled digits model's batch-64 call, the normalisation 5%).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+unsafe fn sums_avx512(x: &Input<'_>, c0: usize, c1: usize, b: usize) -> (f64, f64) {
+    use std::arch::x86_64::*;
+    const V: usize = LANES / 16;
+    let spill = |r: &[__m512; V]| {
+        let mut lanes = [0.0f32; LANES];
+        for (v, r) in r.iter().enumerate() {
+            // SAFETY: 16 values at 16·v of a 64-value array.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(16 * v), *r) };
+        }
+        fold(&lanes)
+    };
+    let (mut s, mut q) = (0.0f64, 0.0f64);
+    let zero = _mm512_setzero_ps();
+    let (mut a, mut sq) = ([zero; V], [zero; V]);
+    let mut pending = 0;
+    for ch in c0..c1 {
+        for block in plane(x, ch, b).chunks(FOLD) {
+            if pending + block.len() > FOLD {
+                (s, q) = (s + spill(&a), q + spill(&sq));
+                (a, sq, pending) = ([zero; V], [zero; V], 0);
+            }
+            let (n, p) = (block.len(), block.as_ptr());
+            let mut i = 0;
+            // Separate products and sums, as the portable kernel's (no contraction into FMAs).
+            while i + LANES <= n {
+                for v in 0..V {
+                    // SAFETY: i + 16·v + 16 ≤ n.
+                    let x = unsafe { _mm512_loadu_ps(p.add(i + 16 * v)) };
+                    a[v] = _mm512_add_ps(a[v], x);
+                    sq[v] = _mm512_add_ps(sq[v], _mm512_mul_ps(x, x));
+                }
+                i += LANES;
+            }
+            // The remainder into the first lanes, as the portable kernel's: masked loads read
+            // zeros past the block, and adding zeros leaves a lane's sum as it was.
+            for v in 0..V {
+                let at = i + 16 * v;
+                if at >= n {
+                    break;
+                }
+                let m: __mmask16 = if n - at >= 16 {
+                    !0
+                } else {
+                    (1 << (n - at)) - 1
+                };
+                // SAFETY: the mask covers only values inside the block.
+                let x = unsafe { _mm512_maskz_loadu_ps(m, p.add(at)) };
+                a[v] = _mm512_add_ps(a[v], x);
+                sq[v] = _mm512_add_ps(sq[v], _mm512_mul_ps(x, x));
+            }
+            pending += n;
+        }
+    }
+    (s + spill(&a), q + spill(&sq))
+}
 
 #[inline(always)]
 fn affine_kernel(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) {
@@ -146,6 +218,39 @@ pub fn group_norm(
 mod tests {
     use super::*;
     use crate::unet::layout::Dims;
+
+    /// The AVX-512 statistics are the portable kernel's, bit for bit: planes shorter than a
+    /// vector, between vectors, past one fold, groups straddling two segments.
+    #[test]
+    fn avx512_sums_are_the_portable_sums() {
+        if !crate::cpu::vecmath::has_avx512() {
+            return;
+        }
+        for (h, w) in [(1, 5), (4, 4), (3, 7), (8, 8), (9, 11), (16, 16), (24, 40)] {
+            let d = Dims { b: 3, h, w };
+            let x: Vec<f32> = (0..7 * d.n())
+                .map(|i| ((i * 7919 % 997) as f32 - 498.0) * 0.013)
+                .collect();
+            let (lo, hi) = x.split_at(3 * d.n());
+            let segs = [(lo, 3), (hi, 4)];
+            let input = Input {
+                segs: &segs,
+                dims: d,
+            };
+            for (c0, c1) in [(0, 1), (0, 7), (2, 5), (6, 7)] {
+                for b in 0..d.b {
+                    let want = sums_portable(&input, c0, c1, b);
+                    // SAFETY: the CPU has AVX-512 (checked above).
+                    let got = unsafe { sums_avx512(&input, c0, c1, b) };
+                    assert_eq!(
+                        (want.0.to_bits(), want.1.to_bits()),
+                        (got.0.to_bits(), got.1.to_bits()),
+                        "{h}×{w} channels {c0}..{c1} sample {b}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn normalises_groups_across_segments() {
