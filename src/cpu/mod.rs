@@ -5,6 +5,7 @@ pub mod arena;
 pub mod attention;
 pub mod bf16;
 pub mod conv;
+pub mod direct_conv;
 pub mod error_norm;
 pub mod gamma;
 pub mod geglu;

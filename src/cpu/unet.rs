@@ -5,6 +5,7 @@
 use super::arena::{Arena, Buf};
 use super::attention::{self, Tokens as CpuTokens};
 use super::conv::{self, Input, Lhs};
+use super::direct_conv;
 use super::implicit_conv;
 use super::layer_norm::{self, LayerNormParams};
 use super::norm::{self, GroupNormParams};
@@ -200,6 +201,11 @@ impl Backend for CpuBackend<'_> {
             Some(w) => conv::conv2d(input, Lhs::Tiles(w), cout, g, init, out, self.arena),
             _ if winograd::applies(g, dims, input.channels(), cout) => {
                 winograd::conv2d(input, w, cout, g, init, out, self.arena)
+            }
+            _ if direct_conv::applies(g, input.channels(), cout) => {
+                with_f32(self.arena, w, |w, _| {
+                    direct_conv::conv2d(input, w, cout, init, out)
+                })
             }
             _ => with_f32(self.arena, w, |w, arena| {
                 conv::conv2d(input, Lhs::F32(w), cout, g, init, out, arena)

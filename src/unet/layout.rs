@@ -22,7 +22,7 @@ impl Dims {
 /// The geometry of a convolution: square kernel `k` (1 or 3), `stride` (1 or 2), zero padding
 /// (top, left, bottom, right), and an optional nearest 2× upsampling of the input first
 /// (fused: the im2col reads the low-resolution input).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
     pub k: usize,
     pub stride: usize,

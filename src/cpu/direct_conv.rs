@@ -1,0 +1,291 @@
+//! 3×3, stride-1, padding-1 f32 convolutions summed straight from the input planes (AVX-512):
+//! no im2col columns, no packing.
+//!
+//! A vector holds 16 consecutive pixels of an output channel's `[b][h][w]` plane (whole rows of
+//! narrow images, or part of a wide row). Tap (ky, kx) of input channel ci contributes the 16
+//! input pixels `(ky − 1)·w + kx − 1` further along ci's plane, times one broadcast weight; a
+//! lane mask per vector and tap zeroes the pixels that fall outside their image (the padding,
+//! and rows or columns that belong to the next image). So a block of `R` output channels × `V`
+//! vectors is `R·V` FMA chains, each over the whole depth (ci, then tap), fed by `V` masked
+//! loads and `R` broadcasts per depth step, all from L1 or L2.
+//!
+//! im2col wrote each input value nine times into columns that `gemm` then packed again: for
+//! the small-channel layers of the bundled digits model (32–128 channels on 4×4–16×16 images
+//! at batch 64) that traffic weighed as much as the products. Per layer there (2 threads,
+//! AVX-512 Xeon, medians of 30 calls, several runs): 8×8 64→64 1.13–1.25 ms against im2col's
+//! 1.25–1.42, 4×4 64→64 0.30–0.40 against 0.45–0.46, 4×4 128→64 0.63–0.69 against 0.83–0.95;
+//! the output convolutions (a few output channels, im2col's product one or a few rows deep):
+//! 16×16 32→1 0.38–0.41 against 0.45–0.82 ms, the DDPM-CIFAR-10 UNet's 128→3 0.11 against 0.17
+//! ms at batch 1, Stable Diffusion's 320→4 at 64×64 2.2 against 4.6 ms at batch 2. The whole
+//! digits call at batch 64 took 0.93× the time (alternating processes).
+//!
+//! Each output element is one chain over the whole depth in a fixed order, whatever the
+//! partition: the bits do not depend on the pool.
+
+use rayon::prelude::*;
+
+use super::conv::{prefill, Init, Input};
+use super::vecmath::has_avx512;
+use super::SendPtr;
+use crate::unet::layout::{Dims, Geometry};
+
+/// Output channels per block (broadcasts per depth step).
+const R: usize = 8;
+/// 16-pixel vectors per block (loads per depth step).
+const V: usize = 3;
+const LANES: usize = 16;
+
+/// Whether `conv2d` takes this convolution on this CPU: AVX-512, and weights small enough to
+/// stay in L2 while every block of pixels passes over them (at most [`MAX_WEIGHTS`]), from 16
+/// input channels (below, im2col's columns are short and its product is cheap).
+pub fn applies(g: Geometry, cin: usize, cout: usize) -> bool {
+    g == Geometry::SAME3 && cin >= 16 && cout * cin * 9 <= MAX_WEIGHTS && has_avx512()
+}
+
+/// Weights (f32 values) up to which [`applies`]: 512 KiB, a 128→64 layer's 295 KiB. With a
+/// 256→256 layer's 2.4 MB every block of 48 pixels read the weights from L3 again, and im2col
+/// was as fast (4×4 and 8×8 outputs, batch 1–8).
+const MAX_WEIGHTS: usize = 1 << 17;
+
+/// The convolution `out = scale · (init + conv(x, w))`, `w` `[cout][cin][3][3]`, `out`
+/// `[cout][b][h][w]` (see the module).
+pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, init: Init<'_>, out: &mut [f32]) {
+    let d = x.dims;
+    let (cin, n) = (x.channels(), d.n());
+    assert_eq!(w.len(), cout * cin * 9, "conv weight size");
+    assert_eq!(out.len(), cout * n, "conv output size");
+    assert!(has_avx512(), "direct convolution without AVX-512");
+    let vectors = n.div_ceil(LANES);
+    // Tasks: runs of whole blocks of vectors, times chunks of whole row blocks, two per thread.
+    let want = 2 * super::partition_threads();
+    let blocks = vectors.div_ceil(V);
+    let pieces = want.min(blocks);
+    let per_piece = blocks.div_ceil(pieces);
+    let pieces = blocks.div_ceil(per_piece);
+    let row_blocks = cout.div_ceil(R);
+    let chunks = want.div_ceil(pieces).min(row_blocks);
+    let per_chunk = row_blocks.div_ceil(chunks);
+    let chunks = row_blocks.div_ceil(per_chunk);
+    let outp = SendPtr(out.as_mut_ptr());
+    (0..pieces * chunks).into_par_iter().for_each(|task| {
+        let (piece, chunk) = (task / chunks, task % chunks);
+        let v0 = piece * per_piece * V;
+        let v1 = (v0 + per_piece * V).min(vectors);
+        let m0 = chunk * per_chunk * R;
+        let m1 = (m0 + per_chunk * R).min(cout);
+        let (c0, c1) = (v0 * LANES, (v1 * LANES).min(n));
+        // SAFETY: rows m0..m1, columns c0..c1 of `out` are this task's alone.
+        unsafe {
+            let dst = outp.get().add(m0 * n + c0);
+            prefill(dst, n, m0, m1 - m0, c0, c1 - c0, d, &init);
+            blocks_avx512(&x, w, (m0, m1), (v0, v1), init.scale, outp.get(), n);
+        }
+    });
+}
+
+/// The lane masks of vector `v` for the nine taps: the pixels whose tap source lies inside
+/// their image (and inside the plane).
+fn masks(d: Dims, v: usize) -> [u16; 9] {
+    let mut m = [0u16; 9];
+    for l in 0..LANES {
+        let p = v * LANES + l;
+        if p >= d.n() {
+            break;
+        }
+        let (y, x) = ((p / d.w) % d.h, p % d.w);
+        for (tap, mask) in m.iter_mut().enumerate() {
+            let (sy, sx) = ((y + tap / 3) as isize - 1, (x + tap % 3) as isize - 1);
+            if sy >= 0 && sy < d.h as isize && sx >= 0 && sx < d.w as isize {
+                *mask |= 1 << l;
+            }
+        }
+    }
+    m
+}
+
+/// Output channels m0..m1 of vectors v0..v1 added onto `out` (row stride `n`).
+///
+/// # Safety
+/// The CPU has AVX-512 F; rows m0..m1 and the vectors' columns of `out` are the caller's.
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+unsafe fn blocks_avx512(
+    x: &Input<'_>,
+    w: &[f32],
+    (m0, m1): (usize, usize),
+    (v0, v1): (usize, usize),
+    scale: f32,
+    out: *mut f32,
+    n: usize,
+) {
+    use std::arch::x86_64::*;
+    let d = x.dims;
+    let cin = x.channels();
+    let kk = cin * 9;
+    let planes: Vec<*const f32> = (0..cin).map(|ci| x.channel(ci).as_ptr()).collect();
+    let offs: [isize; 9] = std::array::from_fn(|t| {
+        (t / 3) as isize * d.w as isize + (t % 3) as isize - d.w as isize - 1
+    });
+    let scale = _mm512_set1_ps(scale);
+    let mut vb = v0;
+    while vb < v1 {
+        // Vectors past v1 get empty masks: they load nothing and store nothing.
+        let mk: [[u16; 9]; V] = std::array::from_fn(|j| {
+            if vb + j < v1 {
+                masks(d, vb + j)
+            } else {
+                [0; 9]
+            }
+        });
+        let base: [isize; V] = std::array::from_fn(|j| ((vb + j) * LANES) as isize);
+        let mut mb = m0;
+        while mb < m1 {
+            // Rows past m1 repeat the last row and are not stored.
+            let rows: [usize; R] = std::array::from_fn(|r| (mb + r).min(m1 - 1));
+            let wr: [&[f32]; R] = std::array::from_fn(|r| &w[rows[r] * kk..][..kk]);
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
+            // Channel by channel, its nine taps inside: the taps read a few lines of one plane
+            // (tap-major, channels inside, the planes a multiple of 4 KiB apart fought over
+            // the same L1 sets: 1.1–1.5× the time).
+            for (ci, &plane) in planes.iter().enumerate() {
+                for tap in 0..9 {
+                    // SAFETY: a lane's mask bit is set only when its source pixel lies inside
+                    // its image, so inside the plane; masked lanes are not read.
+                    let xs: [__m512; V] = std::array::from_fn(|j| unsafe {
+                        _mm512_maskz_loadu_ps(
+                            mk[j][tap],
+                            plane.wrapping_offset(base[j] + offs[tap]),
+                        )
+                    });
+                    for r in 0..R {
+                        // SAFETY: ci·9 + tap < kk, each row's length.
+                        let wv = _mm512_set1_ps(unsafe { *wr[r].get_unchecked(ci * 9 + tap) });
+                        for j in 0..V {
+                            acc[r][j] = _mm512_fmadd_ps(wv, xs[j], acc[r][j]);
+                        }
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate().take(m1 - mb) {
+                for (j, sum) in row.iter().enumerate().take(v1 - vb) {
+                    let c = (vb + j) * LANES;
+                    let keep: __mmask16 = if c + LANES <= n {
+                        !0
+                    } else {
+                        (1 << (n - c)) - 1
+                    };
+                    // SAFETY: row mb + r < m1 and the vector's lanes inside the plane (`keep`)
+                    // are the caller's.
+                    unsafe {
+                        let p = out.add((mb + r) * n + c);
+                        let cur = _mm512_maskz_loadu_ps(keep, p);
+                        _mm512_mask_storeu_ps(p, keep, _mm512_fmadd_ps(scale, *sum, cur));
+                    }
+                }
+            }
+            mb += R;
+        }
+        vb += V;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 3×3 same convolution in f64 with every input of `Init`, as a reference.
+    fn reference(x: &[f32], d: Dims, w: &[f32], cout: usize, init: &Init<'_>) -> Vec<f64> {
+        let (cin, n) = (x.len() / d.n(), d.n());
+        let mut out = vec![0.0f64; cout * n];
+        for o in 0..cout {
+            for b in 0..d.b {
+                for y in 0..d.h {
+                    for xx in 0..d.w {
+                        let p = (b * d.h + y) * d.w + xx;
+                        let mut s = init.bias.map_or(0.0, |v| v[o] as f64)
+                            + init.temb.map_or(0.0, |t| t[b * cout + o] as f64)
+                            + init.residual.map_or(0.0, |r| r[o * n + p] as f64);
+                        for ci in 0..cin {
+                            for tap in 0..9 {
+                                let (sy, sx) = (y + tap / 3, xx + tap % 3);
+                                if sy < 1 || sy > d.h || sx < 1 || sx > d.w {
+                                    continue;
+                                }
+                                let q = (b * d.h + sy - 1) * d.w + sx - 1;
+                                s += w[(o * cin + ci) * 9 + tap] as f64 * x[ci * n + q] as f64;
+                            }
+                        }
+                        out[o * n + p] = s * init.scale as f64;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_reference_and_not_the_pool() {
+        if !has_avx512() {
+            return;
+        }
+        let cases = [
+            (Dims { b: 3, h: 4, w: 4 }, 5, 3),
+            (Dims { b: 2, h: 8, w: 8 }, 17, 19),
+            (Dims { b: 1, h: 5, w: 7 }, 9, 8),
+            (Dims { b: 2, h: 16, w: 16 }, 3, 1),
+            (Dims { b: 1, h: 3, w: 33 }, 1, 26),
+            (Dims { b: 5, h: 2, w: 3 }, 12, 9),
+        ];
+        for (d, cin, cout) in cases {
+            let n = d.n();
+            let x: Vec<f32> = (0..cin * n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 37.0)
+                .collect();
+            let w: Vec<f32> = (0..cout * cin * 9)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 91.0)
+                .collect();
+            let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.1 - 0.3).collect();
+            let temb: Vec<f32> = (0..d.b * cout).map(|i| (i % 7) as f32 * 0.05).collect();
+            let residual: Vec<f32> = (0..cout * n).map(|i| (i % 11) as f32 * 0.01).collect();
+            let init = Init {
+                bias: Some(&bias),
+                bias2: None,
+                temb: Some(&temb),
+                residual: Some(&residual),
+                keep: false,
+                scale: 0.7,
+            };
+            let want = reference(&x, d, &w, cout, &init);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut out = vec![f32::NAN; cout * n];
+                let (a, b) = x.split_at(cin / 2 * n);
+                let segs = [(a, cin / 2), (b, cin - cin / 2)];
+                let input = Input {
+                    segs: &segs,
+                    dims: d,
+                };
+                pool.install(|| conv2d(input, &w, cout, init, &mut out));
+                out
+            };
+            let one = run(1);
+            for (i, (&g, &r)) in one.iter().zip(&want).enumerate() {
+                assert!(
+                    (g as f64 - r).abs() < 1e-4 * (1.0 + r.abs()),
+                    "{d:?} {cin}→{cout} at {i}: {g} against {r}"
+                );
+            }
+            for threads in [2, 3, 8] {
+                let other = run(threads);
+                assert!(
+                    one.iter()
+                        .zip(&other)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{d:?} {cin}→{cout}: 1 vs {threads} threads"
+                );
+            }
+        }
+    }
+}
