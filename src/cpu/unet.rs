@@ -204,7 +204,7 @@ impl Backend for CpuBackend<'_> {
             }
             _ if direct_conv::applies(g, input.channels(), cout) => {
                 with_f32(self.arena, w, |w, _| {
-                    direct_conv::conv2d(input, w, cout, init, out)
+                    direct_conv::conv2d(input, w, cout, g, init, out)
                 })
             }
             _ => with_f32(self.arena, w, |w, arena| {
