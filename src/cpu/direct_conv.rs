@@ -6,23 +6,20 @@
 //! input pixels `(ky − 1)·w + kx − 1` further along ci's plane, times one broadcast weight; a
 //! lane mask per vector and tap zeroes the pixels that fall outside their image (the padding,
 //! and rows or columns that belong to the next image). So a block of `R` output channels × `V`
-//! vectors is `R·V` FMA chains, each over the whole depth (ci, then tap), fed by `V` masked
-//! loads and `R` broadcasts per depth step, all from L1 or L2.
+//! vectors is `R·V` FMA chains, each over the whole depth (ci, then tap), fed by `V` loads and
+//! `R` broadcasts per depth step. The masked loads mostly straddle two cache lines, so with
+//! several row blocks a block of pixels gathers its tap vectors once into aligned scratch
+//! (9·cin vectors per pixel vector, in L2) for all of them. Strided, a lane's source is not next
+//! to its neighbour's: the taps are gathered (`vgatherdps`) by their positions.
 //!
 //! im2col wrote each input value nine times into columns that `gemm` then packed again: for
 //! the small-channel layers of the bundled digits model (32–128 channels on 4×4–16×16 images
 //! at batch 64) that traffic weighed as much as the products. Per layer there (2 threads,
-//! AVX-512 Xeon, medians of 30 calls, several runs): 8×8 64→64 1.13–1.25 ms against im2col's
-//! 1.25–1.42, 4×4 64→64 0.30–0.40 against 0.45–0.46, 4×4 128→64 0.63–0.69 against 0.83–0.95;
-//! the output convolutions (a few output channels, im2col's product one or a few rows deep):
-//! 16×16 32→1 0.38–0.41 against 0.45–0.82 ms, the DDPM-CIFAR-10 UNet's 128→3 0.11 against 0.17
-//! ms at batch 1, Stable Diffusion's 320→4 at 64×64 2.2 against 4.6 ms at batch 2. The whole
-//! digits call at batch 64 took 0.93× the time (alternating processes).
-//!
-//! Strided, a lane's source is not next to its neighbour's: the taps are gathered
-//! (`vgatherdps`) by their positions, once per block of pixels for all its row blocks. The
-//! digits model's downsamplers: 16×16 32→32 0.42 against im2col's 1.06 ms, 8×8 64→64 0.41
-//! against 0.88 (batch 64).
+//! AVX-512 Xeon, batch 64): 8×8 64→64 1.07 ms against im2col's 1.42, 4×4 64→64 0.32 against
+//! 0.48, the downsamplers 16×16 32→32 0.42 against 1.06 and 8×8 64→64 0.41 against 0.88; the
+//! output convolutions (a few output channels: im2col's product one or a few rows deep): 16×16
+//! 32→1 0.35 against 0.49 ms, the DDPM-CIFAR-10 UNet's 128→3 0.11 against 0.17 ms at batch 1,
+//! Stable Diffusion's 320→4 at 64×64 2.2 against 4.6 ms at batch 2 (`benches/README.md`).
 //!
 //! Each output element is one chain over the whole depth in a fixed order, whatever the
 //! partition: the bits do not depend on the pool.
@@ -161,8 +158,7 @@ unsafe fn blocks_avx512(
         let mk: [[u16; 9]; V] = std::array::from_fn(|j| src[j].0);
         let base: [isize; V] = std::array::from_fn(|j| ((vb + j) * LANES) as isize);
         // Tap `tap` of input channel `plane` for the block's vectors: loaded where they lie,
-        // with masks (most of them across two cache lines).
-        // Strided, each lane's source is gathered by its position (`sources`).
+        // with masks, or (strided) gathered by each lane's position (`sources`).
         macro_rules! taps {
             ($plane:expr, $tap:expr) => {{
                 let (plane, tap): (*const f32, usize) = ($plane, $tap);
