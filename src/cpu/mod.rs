@@ -95,6 +95,8 @@ mod tests {
                 avx512,
             ),
             (Dims { b: 64, h: 4, w: 4 }, 48, 32, up, avx512),
+            // F(4×4) on 8-pixel-wide outputs from 128 channels and 32 tiles (AVX-512).
+            (Dims { b: 8, h: 8, w: 8 }, 130, 128, Geometry::SAME3, avx512),
         ];
         for (d, cin, cout, g, wino) in cases {
             assert_eq!(

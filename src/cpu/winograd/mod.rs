@@ -212,6 +212,12 @@ fn fill_short(dst: &mut [f32], v: f32) {
 /// 2.40; at batch 16 (256 tiles at 16×16) 0.62 against 0.78 and 0.87 against 1.11 ms (64→32,
 /// 96→32). On 8×8 outputs without upsampling it stays close or loses (64→64 1.41 against 1.34
 /// ms at batch 64: its 2-tile rows have no register gather), and below 256 tiles it loses.
+///
+/// Since F(4×4)'s patches are gathered by permutes, it also takes 8-pixel-wide outputs of 128
+/// channels and more from 32 tiles (`eight`, AVX-512; with fewer channels the direct
+/// convolution is faster): the CIFAR UNet's 8×8 layers at batch 8, 256→256 1.59 against
+/// im2col's 2.10 ms, 512→256 3.17 against 4.10, 768→256 4.54 against 6.27, upsampled from 4×4
+/// 1.62 against 2.60; at batch 16 0.62–0.58×; at batch 4 (16 tiles) even.
 pub fn applies(g: Geometry, d: Dims, cin: usize, cout: usize) -> bool {
     let od = g.out_dims(d);
     let avx512 = super::vecmath::has_avx512();
@@ -220,6 +226,7 @@ pub fn applies(g: Geometry, d: Dims, cin: usize, cout: usize) -> bool {
         && cin >= 32
         && cout >= 32
         && (od.w >= 16 || g.upsample);
+    let eight = avx512 && eight_wide(od, cin, cout);
     let deep = cin >= 64
         && cout >= 64
         && od.b * od.h.div_ceil(2) * od.w.div_ceil(2) >= 32
@@ -227,7 +234,7 @@ pub fn applies(g: Geometry, d: Dims, cin: usize, cout: usize) -> bool {
     g.k == 3
         && g.stride == 1
         && g.pad == [1; 4]
-        && (wide || deep)
+        && (wide || eight || deep)
         && std::env::var_os("RDIFF_NO_WINOGRAD").is_none_or(|v| v.is_empty())
 }
 
@@ -236,6 +243,11 @@ const WIDE_TILES: usize = 256;
 
 fn f4_tiles(od: Dims) -> usize {
     od.b * od.h.div_ceil(f4::M) * od.w.div_ceil(f4::M)
+}
+
+/// An 8-pixel-wide output that `applies` gives F(4×4) under AVX-512 (see there).
+fn eight_wide(od: Dims, cin: usize, cout: usize) -> bool {
+    od.w == 8 && cin >= 128 && cout >= 128 && f4_tiles(od) >= 32
 }
 
 /// Whether a convolution to `od` with `cout` output channels runs by F(4×4, 3×3) rather than
@@ -253,7 +265,12 @@ fn use_f4(od: Dims, cout: usize) -> bool {
     match std::env::var("RDIFF_WINOGRAD").as_deref() {
         Ok("2") => false,
         Ok("4") => true,
-        _ => tiles >= 64 || (tiles >= 32 && cout >= 512),
+        _ => {
+            tiles >= 64
+                || (tiles >= 32 && cout >= 512)
+                // the 8-pixel-wide outputs `applies` takes under AVX-512 (`eight_wide`)
+                || (od.w == 8 && tiles >= 32 && super::vecmath::has_avx512())
+        }
     }
 }
 
