@@ -89,7 +89,11 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
                 let skip = s.as_ptr().align_offset(64).min(LANES);
                 let cols = &mut s[skip..][..cin * 9 * V * LANES];
                 let (rows, vecs) = ((m0, m1), (v0, v1));
+                #[cfg(target_arch = "x86_64")]
                 blocks_avx512(&x, w, g, rows, vecs, init.scale, (outp.get(), n), cols);
+                // (elsewhere `applies` is false and the assertion above stops the call)
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (rows, vecs, cols);
             });
         }
     });
@@ -97,6 +101,7 @@ pub fn conv2d(x: Input<'_>, w: &[f32], cout: usize, g: Geometry, init: Init<'_>,
 
 /// The nine taps' sources for output vector `v` (of `g.out_dims(d)`): a lane mask each, the
 /// pixels whose source lies inside their image, and the sources' positions in the input plane.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[allow(clippy::needless_range_loop)] // lane l of every tap's mask and positions
 fn sources(g: Geometry, d: Dims, v: usize) -> ([u16; 9], [[i32; LANES]; 9]) {
     let od = g.out_dims(d);
@@ -123,6 +128,7 @@ fn sources(g: Geometry, d: Dims, v: usize) -> ([u16; 9], [[i32; LANES]; 9]) {
 ///
 /// # Safety
 /// The CPU has AVX-512 F; rows m0..m1 and the vectors' columns of `out` are the caller's.
+#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
 unsafe fn blocks_avx512(

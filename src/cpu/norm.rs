@@ -221,6 +221,7 @@ mod tests {
 
     /// The AVX-512 statistics are the portable kernel's, bit for bit: planes shorter than a
     /// vector, between vectors, past one fold, groups straddling two segments.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx512_sums_are_the_portable_sums() {
         if !crate::cpu::vecmath::has_avx512() {

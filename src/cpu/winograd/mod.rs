@@ -252,7 +252,7 @@ fn eight_wide(od: Dims, cin: usize, cout: usize) -> bool {
 
 /// Whether a convolution to `od` with `cout` output channels runs by F(4×4, 3×3) rather than
 /// F(2×2, 3×3): from 64 tiles of 4×4 output pixels up, or from 32 with at least 512 output
-/// channels. Per layer on 2 AVX2 cores (patches transformed once, shared), F4 took 0.65–0.9×
+/// channels or on the 8-pixel-wide outputs `applies` takes under AVX-512 (`eight_wide`). Per layer on 2 AVX2 cores (patches transformed once, shared), F4 took 0.65–0.9×
 /// F2's time at ≥ 128 tiles; at 32 tiles 0.77–0.96× with 640–2,560 channels (SD 1.5 at
 /// 16×16) but 0.96–1.02× with 256 (the DDPM-CIFAR-10 UNet at batch 8), and with 8–16 tiles
 /// it lost (1.1–1.6×): its weight transform is 36 values per kernel against 16, spread over
@@ -260,7 +260,7 @@ fn eight_wide(od: Dims, cin: usize, cout: usize) -> bool {
 /// tiles (AVX-512) it won: the CIFAR UNet's whole call took 0.97× the time at batch 1 (its
 /// 32×32 layers) and 0.93× at batch 4 (its 16×16 ones); the digits model did not change.
 /// `RDIFF_WINOGRAD=2` or `4` forces one, to time or compare them.
-fn use_f4(od: Dims, cout: usize) -> bool {
+fn use_f4(od: Dims, cin: usize, cout: usize) -> bool {
     let tiles = f4_tiles(od);
     match std::env::var("RDIFF_WINOGRAD").as_deref() {
         Ok("2") => false,
@@ -268,8 +268,7 @@ fn use_f4(od: Dims, cout: usize) -> bool {
         _ => {
             tiles >= 64
                 || (tiles >= 32 && cout >= 512)
-                // the 8-pixel-wide outputs `applies` takes under AVX-512 (`eight_wide`)
-                || (od.w == 8 && tiles >= 32 && super::vecmath::has_avx512())
+                || (eight_wide(od, cin, cout) && super::vecmath::has_avx512())
         }
     }
 }
@@ -286,7 +285,7 @@ pub fn conv2d(
     out: &mut [f32],
     arena: &mut Arena,
 ) {
-    let f4 = use_f4(g.out_dims(x.dims), cout);
+    let f4 = use_f4(g.out_dims(x.dims), x.channels(), cout);
     conv2d_by(x, w, cout, g, init, out, arena, f4);
 }
 
