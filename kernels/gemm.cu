@@ -2,9 +2,10 @@
 // columns × weights), linear layers and attention (QKᵀ, PV):
 //   C[z][i][j] = beta · C[z][i][j] + alpha · Σ_k A[z](i, k) · B[z](k, j)
 // A(i, k) = a[z·a_bs + i·a_rs + k·a_cs], B likewise, C row-major with row stride c_rs.
-// With beta == 0, C is not read (it may hold garbage or NaN). With round_bf16, each operand is
-// rounded to bf16 (to nearest even) as it is loaded: the numerics of bf16 tensor-core math
-// (compute_dtype="bfloat16") where cuBLAS is missing, at f32 SIMT speed.
+// With beta == 0, C is not read (it may hold garbage or NaN). With rounding 1 (bf16) or 2
+// (f16), each operand is rounded to that type (to nearest even) as it is loaded: the numerics
+// of bf16 or f16 tensor-core math (compute_dtype="bfloat16" / "float16") where cuBLAS is
+// missing, at f32 SIMT speed.
 //
 // 64×64 output tile per block of 256 threads, each thread a 4×4 register tile (rows ty+16r,
 // columns tx+16c, so shared-memory reads are broadcasts or consecutive words), K in slices of
@@ -19,11 +20,18 @@
 #define RD_GEMM_BK 16
 #define RD_GEMM_THREADS 256
 
+// An operand as the tensor cores of `rounding`'s math see it (0: f32, unchanged).
+RD_DEV float rd_gemm_round(float v, rd_i64 rounding) {
+    if (rounding == 1) return rd_bf16_to_f32(rd_f32_to_bf16(v));
+    if (rounding == 2) return rd_f16_to_f32(rd_f32_to_f16(v));
+    return v;
+}
+
 extern "C" __global__ void __launch_bounds__(RD_GEMM_THREADS)
     rdiff_gemm_f32(rd_i64 m, rd_i64 n, rd_i64 k, const float* __restrict__ a, rd_i64 a_rs,
                    rd_i64 a_cs, rd_i64 a_bs, const float* __restrict__ b, rd_i64 b_rs,
                    rd_i64 b_cs, rd_i64 b_bs, float* __restrict__ c, rd_i64 c_rs, rd_i64 c_bs,
-                   float alpha, float beta, rd_i64 round_bf16) {
+                   float alpha, float beta, rd_i64 rounding) {
     RDIFF_SHARED(float, sa, RD_GEMM_BK * RD_GEMM_BM);
     RDIFF_SHARED(float, sb, RD_GEMM_BK * RD_GEMM_BN);
     const int tid = (int)threadIdx.x;
@@ -56,7 +64,7 @@ extern "C" __global__ void __launch_bounds__(RD_GEMM_THREADS)
             }
             const rd_i64 gi = i0 + ii, gk = k0 + kk;
             const float av = (gi < m && gk < k) ? a[gi * a_rs + gk * a_cs] : 0.0f;
-            sa[kk * RD_GEMM_BM + ii] = round_bf16 ? rd_bf16_to_f32(rd_f32_to_bf16(av)) : av;
+            sa[kk * RD_GEMM_BM + ii] = rd_gemm_round(av, rounding);
             int jj;
             if (b_j_contig) {
                 jj = e & (RD_GEMM_BN - 1);
@@ -67,7 +75,7 @@ extern "C" __global__ void __launch_bounds__(RD_GEMM_THREADS)
             }
             const rd_i64 gj = j0 + jj, gk2 = k0 + kk;
             const float bv = (gj < n && gk2 < k) ? b[gk2 * b_rs + gj * b_cs] : 0.0f;
-            sb[kk * RD_GEMM_BN + jj] = round_bf16 ? rd_bf16_to_f32(rd_f32_to_bf16(bv)) : bv;
+            sb[kk * RD_GEMM_BN + jj] = rd_gemm_round(bv, rounding);
         }
         __syncthreads();
 #pragma unroll

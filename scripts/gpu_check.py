@@ -14,7 +14,8 @@ Without CUDA it says so and exits 0, checking nothing.
    conv net, step) equals eager mode on CUDA, and again under CUDA graphs
    (``mode="reduce-overhead"``), run twice (the second run replays the captured graph).
 4. The native UNets on CUDA (``device="cuda"``) equal diffusers' torch modules: a small
-   UNet2DModel with attention, and small random SD 1.x / SD 2.x / SDXL UNet2DConditionModels
+   UNet2DModel with attention (also in bf16 and f16 tensor-core math, near them), and small
+   random SD 1.x / SD 2.x / SDXL UNet2DConditionModels
    (SD 1.x also with a ControlNet's float16 residuals).
 5. A native UNet forward (timesteps as a GPU tensor) captured in a CUDA graph by
    ``torch.cuda.graph`` replays to eager's results, with no device allocation or host copy
@@ -23,7 +24,8 @@ Without CUDA it says so and exits 0, checking nothing.
 6. ``rdiff sample --device cuda`` gives the CPU's samples.
 7. Speed: the DDPM-CIFAR-10 UNet2DModel (batch 1 and 8) and the SD-1.5-shaped
    UNet2DConditionModel (batch 2, 64×64, 77 tokens) on CUDA, rdiff against torch (f32, torch's
-   default TF32 settings), with their relative difference: one table.
+   default TF32 settings), with their relative difference: one table; then
+   ``compute_dtype="bfloat16"`` and ``"float16"`` against torch's autocast in each.
 
 Needs diffusers for 4 to 7 (the oracle); without it those checks say so and are skipped.
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import sys
 import time
@@ -283,12 +286,15 @@ def unets_match_torch() -> None:
         want = m(x, t).sample
     # cuBLAS's GEMMs in every dtype, rdiff's own GEMM kernel in f32
     cases = [(d, False) for d in (torch.float32, torch.float16, torch.bfloat16)]
-    for kernel in (False, True):  # bf16 math: cuBLAS's tensor cores, the kernel's rounding
-        ours = rdiff.UNet2DModel.from_diffusers(m, device="cuda", compute_dtype="bfloat16")
+    # bf16 and f16 math: cuBLAS's tensor cores, the kernel's rounding
+    for (label, dtype, lo, hi), kernel in itertools.product(
+        [("bf16", "bfloat16", 1e-4, 3e-2), ("f16", "float16", 1e-5, 4e-3)], (False, True)
+    ):
+        ours = rdiff.UNet2DModel.from_diffusers(m, device="cuda", compute_dtype=dtype)
         with gemm_path(kernel):
             err = _rel(ours(x.cuda(), t.cuda()), want)
-        name = f"UNet2DModel cuda compute bf16{' (own GEMM)' if kernel else ''} ≈ diffusers"
-        report(name, 1e-4 < err <= 3e-2, f"rel {err:.1e}")
+        name = f"UNet2DModel cuda compute {label}{' (own GEMM)' if kernel else ''} ≈ diffusers"
+        report(name, lo < err <= hi, f"rel {err:.1e}")
     for dtype, kernel in [*cases, (torch.float32, True)]:
         ours = rdiff.UNet2DModel.from_diffusers(m, device="cuda")
         with gemm_path(kernel):
@@ -458,9 +464,9 @@ def unet_in_a_cuda_graph() -> None:
 
 def unet_speed(quick: bool) -> None:
     """Per model: torch with its defaults (TF32 convolutions) and in strict f32, rdiff with
-    cuBLAS and with its own GEMM kernel; the differences against strict-f32 torch. Then bf16
-    tensor-core math: rdiff's ``compute_dtype="bfloat16"`` (cuBLAS) against torch's bf16
-    autocast."""
+    cuBLAS and with its own GEMM kernel; the differences against strict-f32 torch. Then
+    tensor-core math: rdiff's ``compute_dtype="bfloat16"`` and ``"float16"`` (cuBLAS) against
+    torch's autocast in the same dtype."""
     import diffusers
 
     import rdiff
@@ -472,34 +478,43 @@ def unet_speed(quick: bool) -> None:
     reps = 3 if quick else 10
     rows = []
 
-    bf16_rows = []
+    half_rows = []
+    halves = (("bf16", torch.bfloat16), ("f16", torch.float16))
 
-    def measure(name, call_ref, call_ours, call_ours16):
+    def measure(name, call_ref, call_ours, calls_half):
+        """``calls_half``: rdiff's call per entry of ``halves``."""
         tf32 = torch.backends.cudnn.allow_tf32
+        autos = []
         with torch.no_grad():
             tt = _cuda_time(call_ref, reps)
             torch.backends.cudnn.allow_tf32 = False
             want = call_ref()
             t32 = _cuda_time(call_ref, reps)
             torch.backends.cudnn.allow_tf32 = tf32
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                auto = call_ref().float()
-                ta = _cuda_time(call_ref, reps)
+            for _, dtype in halves:
+                with torch.autocast("cuda", dtype=dtype):
+                    autos.append((call_ref().float(), _cuda_time(call_ref, reps)))
         cells = []
         for kernel in (False, True):
             with gemm_path(kernel):
                 got = call_ours()
                 cells += [_cuda_time(call_ours, reps), _rel(got, want)]
         rows.append((name, tt, t32, *cells))
-        got16 = call_ours16()
-        bf16_rows.append(
-            (name, ta, _rel(auto, want), _cuda_time(call_ours16, reps), _rel(got16, want))
-        )
+        for (label, _), (auto, ta), call in zip(halves, autos, calls_half, strict=True):
+            got = call()
+            half_rows.append(
+                (name, label, ta, _rel(auto, want), _cuda_time(call, reps), _rel(got, want))
+            )
+
+    def natives(cls, ref):
+        """rdiff's f32 model of ``ref`` on CUDA, and one per entry of ``halves``."""
+        return cls.from_diffusers(ref, device="cuda"), [
+            cls.from_diffusers(ref, device="cuda", compute_dtype=dtype) for _, dtype in halves
+        ]
 
     torch.manual_seed(0)
     ref = diffusers.UNet2DModel(**CIFAR10).eval()
-    ours = rdiff.UNet2DModel.from_diffusers(ref, device="cuda")
-    ours16 = rdiff.UNet2DModel.from_diffusers(ref, device="cuda", compute_dtype="bfloat16")
+    ours, lows = natives(rdiff.UNet2DModel, ref)
     ref = ref.cuda()
     for b in (1, 8):
         x = torch.randn(b, 3, 32, 32, device="cuda")
@@ -508,13 +523,12 @@ def unet_speed(quick: bool) -> None:
             f"DDPM-CIFAR-10 UNet2DModel, batch {b}",
             lambda x=x, t=t: ref(x, t).sample,
             lambda x=x, t=t: ours(x, t),
-            lambda x=x, t=t: ours16(x, t),
+            [lambda x=x, t=t, low=low: low(x, t) for low in lows],
         )
-    del ref, ours, ours16
+    del ref, ours, lows
     torch.manual_seed(0)
     ref = diffusers.UNet2DConditionModel(**SD15).eval()
-    ours = rdiff.UNet2DConditionModel.from_diffusers(ref, device="cuda")
-    ours16 = rdiff.UNet2DConditionModel.from_diffusers(ref, device="cuda", compute_dtype="bfloat16")
+    ours, lows = natives(rdiff.UNet2DConditionModel, ref)
     ref = ref.cuda()
     g = torch.Generator().manual_seed(0)
     kw = dict(
@@ -526,7 +540,7 @@ def unet_speed(quick: bool) -> None:
         "SD-1.5 UNet2DConditionModel, batch 2, 64×64",
         lambda: ref(**kw).sample,
         lambda: ours(**kw),
-        lambda: ours16(**kw),
+        [lambda low=low: low(**kw) for low in lows],
     )
     print(
         "\n| model | torch ms (TF32 convs) | torch ms (f32) | rdiff ms (cuBLAS) | rel. diff "
@@ -539,19 +553,19 @@ def unet_speed(quick: bool) -> None:
             f"{tk * 1e3:.2f} | {rk:.1e} | {tt / tc:.2f}× |"
         )
     print(
-        "\n| model | torch bf16 autocast ms | its rel. diff | rdiff bf16 ms (cuBLAS) "
-        "| its rel. diff | rdiff bf16 vs torch bf16 |"
+        "\n| model | math | torch autocast ms | its rel. diff | rdiff ms (cuBLAS) "
+        "| its rel. diff | rdiff vs torch |"
     )
-    print("|---|---|---|---|---|---|")
-    for name, ta, ra, t16, r16 in bf16_rows:
+    print("|---|---|---|---|---|---|---|")
+    for name, label, ta, ra, t16, r16 in half_rows:
         cells = f"{ta * 1e3:.2f} | {ra:.1e} | {t16 * 1e3:.2f} | {r16:.1e}"
-        print(f"| {name} | {cells} | {ta / t16:.2f}× |")
+        print(f"| {name} | {label} | {cells} | {ta / t16:.2f}× |")
     for name, _, _, _, rc, _, rk in rows:
         report(f"{name} cuda (cuBLAS) = torch f32", rc <= 1e-4, f"rel {rc:.1e}")
         report(f"{name} cuda (own GEMM) = torch f32", rk <= 1e-4, f"rel {rk:.1e}")
-    for name, _, ra, _, r16 in bf16_rows:
-        ok = r16 <= max(3e-2, 3 * ra)
-        report(f"{name} cuda bf16 ≈ torch f32", ok, f"rel {r16:.1e} (torch bf16 {ra:.1e})")
+    for name, label, _, ra, _, r16 in half_rows:
+        ok = r16 <= max(3e-2 if label == "bf16" else 4e-3, 3 * ra)
+        report(f"{name} cuda {label} ≈ torch f32", ok, f"rel {r16:.1e} (torch {label} {ra:.1e})")
 
 
 def guarded(fn, *args) -> None:

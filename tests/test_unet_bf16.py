@@ -1,9 +1,10 @@
-"""``compute_dtype="bfloat16"``: rdiff's UNets with bf16 weight matrices and bf16 products.
+"""``compute_dtype="bfloat16"``: rdiff's UNets with bf16 weight matrices and bf16 products
+(and ``"float16"``, a device's only: f16 tensor-core math, emulated here).
 
 The bf16 model against the float32 one of the same (seeded random) weights and against
 diffusers under torch's bf16 autocast; loading from a folder and from memory; bits across
 calls, thread counts and the two kernels (AMX tiles and the portable one, ``RDIFF_NO_AMX``);
-bf16 GEMMs on a device (emulated); the refusals; half-precision inputs.
+bf16 and f16 GEMMs on a device (emulated); the refusals; half-precision inputs.
 
 A note on the tolerances. Every convolution rounds its input to bf16, so a difference of one
 f32 ulp upstream now and then flips a rounding (a 2⁻⁸ step) downstream, and over a dozen
@@ -252,7 +253,7 @@ def test_portable_kernel(css, tmp_path):
 # -- bad input and inputs ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["float16", torch.float16, "bf16", "float64", None])
+@pytest.mark.parametrize("bad", ["fp16", "bf16", "float64", torch.float64, None])
 def test_unknown_compute_dtype(css, bad):
     model, path, _, _ = css
     with pytest.raises(ValueError, match="compute_dtype"):
@@ -283,6 +284,46 @@ def test_bf16_on_a_device_rounds_every_gemm(css):
     want = rdiff.UNet2DConditionModel.from_diffusers(cond)(**kw)
     ours = rdiff.UNet2DConditionModel._from_diffusers(cond, -1, compute_dtype=BF16)(**kw)
     assert 1e-3 <= rel_l2(ours, want) <= 3e-2, rel_l2(ours, want)
+
+
+def test_f16_on_a_device_rounds_every_gemm(css):
+    """``compute_dtype="float16"`` on a device (the emulated launcher standing in for cuBLAS's
+    ``CUBLAS_COMPUTE_32F_FAST_16F``): every GEMM rounds its operands to f16 and sums in f32.
+    f16 keeps three more mantissa bits than bf16, so its error is about 8× smaller: a GEMM
+    rounding to bf16 instead (or not rounding) would leave the band."""
+    model, path, f32, _ = css
+    x, t, labels = _torch_args(CLASS_SCALE_SHIFT)
+    emu16 = rdiff.UNet2DModel._load(path, -1, compute_dtype="float16")
+    emu_bf16 = rdiff.UNet2DModel._load(path, -1, compute_dtype=BF16)
+    assert emu16.dtype == "float16" and emu16._core.weight_bytes == f32._core.weight_bytes
+    ref = f32(x, t, labels)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        auto = model(x, t, class_labels=labels).sample.float()
+    err, torch_err = rel_l2(emu16(x, t, labels), ref), rel_l2(auto, ref)
+    # measured 8.6e-4 (torch's f16 autocast 1.4e-3; bf16 math 6.7e-3)
+    assert 1e-4 <= err <= 3e-3, err
+    assert err <= 3 * torch_err, (err, torch_err)
+    assert err <= rel_l2(emu_bf16(x, t, labels), ref) / 4
+    cfg = _family_config("sd1", 1)
+    cond = _model(cfg)
+    kw = _inputs(cfg, size=8, tokens=3)
+    want = rdiff.UNet2DConditionModel.from_diffusers(cond)(**kw)
+    ours = rdiff.UNet2DConditionModel._from_diffusers(cond, -1, compute_dtype=torch.float16)(**kw)
+    # measured 1.0e-3
+    assert 1e-4 <= rel_l2(ours, want) <= 4e-3, rel_l2(ours, want)
+
+
+def test_f16_math_is_refused_on_the_cpu(css):
+    """The CPU has no float16 product kernel: a clear error, not float32 or bf16 in disguise."""
+    model, path, _, _ = css
+    cond = _model(_family_config("sd1", 1))
+    for load in (
+        lambda: rdiff.UNet2DModel.from_pretrained(path, compute_dtype="float16"),
+        lambda: rdiff.UNet2DModel.from_diffusers(model, compute_dtype=torch.float16),
+        lambda: rdiff.UNet2DConditionModel.from_diffusers(cond, compute_dtype="float16"),
+    ):
+        with pytest.raises(ValueError, match="compute_dtype='float16' runs on CUDA devices only"):
+            load()
 
 
 def test_half_inputs(css):

@@ -779,7 +779,7 @@ class _UNet2D:
     ) -> _UNet2D:
         """Load ``config.json`` and the safetensors ``weights_name`` from ``path`` for
         ``device``: None the CPU, n CUDA device n, -1 the emulated launcher (tests);
-        ``compute_dtype`` "float32" or "bfloat16" (the CPU only)."""
+        ``compute_dtype`` "float32", "bfloat16" or "float16" (a device only)."""
     @staticmethod
     def from_tensors(
         config_json: str,
@@ -803,7 +803,7 @@ class _UNet2D:
         """The CUDA ordinal, -1 for the emulated launcher, None for the CPU."""
     @property
     def compute_dtype(self) -> str:
-        """What the matrix products compute in: "float32" or "bfloat16"."""
+        """What the matrix products compute in: "float32", "bfloat16" or "float16"."""
     @property
     def arena_bytes(self) -> int:
         """Bytes the activation arena has allocated so far."""

@@ -337,9 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument(
         "--compute-dtype",
         default="float32",
-        choices=("float32", "bfloat16"),
+        choices=("float32", "bfloat16", "float16"),
         help="the UNet's arithmetic: bfloat16 runs its products in bf16 with float32 sums "
-        "(AMX tiles where the CPU has them)",
+        "(AMX tiles where the CPU has them); float16 likewise on CUDA's tensor cores (CUDA only)",
     )
     s.add_argument(
         "--gamma", default=None, help="Γ table for analytic-* (default: MODEL/gamma.npz)"

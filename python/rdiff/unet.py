@@ -63,11 +63,17 @@ def _check_target(device: Any, dtype: Any) -> int | None:
     raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
+_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
 def _compute_name(compute_dtype: Any) -> str:
-    """ "float32" or "bfloat16" from a name or a torch dtype; ValueError for anything else."""
+    """ "float32", "bfloat16" or "float16" from a name or a torch dtype; ValueError for anything
+    else."""
     name = str(compute_dtype).removeprefix("torch.")
-    if name not in ("float32", "bfloat16"):
-        raise ValueError(f"compute_dtype: expected 'float32' or 'bfloat16', got {compute_dtype!r}")
+    if name not in _COMPUTE_DTYPES:
+        raise ValueError(
+            f"compute_dtype: expected 'float32', 'bfloat16' or 'float16', got {compute_dtype!r}"
+        )
     return name
 
 
@@ -111,8 +117,10 @@ class _NativeUNet:
         GEMM (convolutions, linear layers, large attention) runs on cuBLAS's bf16 tensor cores
         with float32 sums (``CUBLAS_COMPUTE_32F_FAST_16BF``; the weights stay float32 on the
         device), or, without cuBLAS, on rdiff's own GEMM kernel with its operands rounded to
-        bfloat16 (the same numerics, float32 speed). Inputs and outputs keep the caller's
-        dtype.
+        bfloat16 (the same numerics, float32 speed). ``compute_dtype="float16"`` is CUDA's
+        only: the same GEMMs on float16 tensor cores (``CUBLAS_COMPUTE_32F_FAST_16F``; three more
+        mantissa bits than bfloat16, but values past 65504 overflow), ValueError on the CPU,
+        which has no float16 product kernel. Inputs and outputs keep the caller's dtype.
         """
         return cls._load(
             path, _check_target(device, dtype), subfolder, variant, compute_dtype=compute_dtype
@@ -220,7 +228,8 @@ class _NativeUNet:
 
     @property
     def dtype(self) -> str:
-        """What the matrix products compute in: "float32" or "bfloat16" (``compute_dtype``)."""
+        """What the matrix products compute in: "float32", "bfloat16" or "float16"
+        (``compute_dtype``)."""
         return self._core.compute_dtype
 
     def eval(self) -> Any:

@@ -2,6 +2,8 @@
 //! by the cuBLAS call (`cublas`) and the emulated launcher's CPU stand-in for it, so the test
 //! suite covers the mapping that the real device relies on.
 
+use crate::unet::weights::ComputeDtype;
+
 /// A strided-batched SGEMM in cuBLAS's column-major terms:
 /// `C[z] = alpha·op(A[z])·op(B[z]) + beta·C[z]`, C `m×n` with leading dimension `ldc`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -23,8 +25,8 @@ pub struct ColumnMajorGemm {
     pub batch: i32,
     pub alpha: f32,
     pub beta: f32,
-    /// bf16 tensor-core math (operands rounded to bf16, sums in f32).
-    pub bf16: bool,
+    /// The math: f32, or bf16 or f16 tensor-core math (operands rounded, sums in f32).
+    pub compute: ComputeDtype,
 }
 
 /// How cuBLAS reads a logical `rows×cols` matrix whose element (r, c) is at `r·rs + c·cs`:

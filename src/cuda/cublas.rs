@@ -5,9 +5,9 @@
 //! One handle per device, on the caller's stream (with a workspace of rdiff's own while the
 //! stream captures a CUDA graph). A float32 model's GEMMs are plain f32
 //! (`cublasSgemmStridedBatched`, no TF32), so results agree with the f32 kernel to rounding; a
-//! `compute_dtype="bfloat16"` model's are `cublasGemmStridedBatchedEx` on the same f32 buffers
-//! with `CUBLAS_COMPUTE_32F_FAST_16BF`: cuBLAS rounds the operands to bf16 and runs them on the
-//! tensor cores with f32 sums. Where the library is missing, its handle cannot be created,
+//! `compute_dtype="bfloat16"` or `"float16"` model's are `cublasGemmStridedBatchedEx` on the
+//! same f32 buffers with `CUBLAS_COMPUTE_32F_FAST_16BF` or `_FAST_16F`: cuBLAS rounds the
+//! operands to bf16 or f16 and runs them on the tensor cores with f32 sums. Where the library is missing, its handle cannot be created,
 //! `RDIFF_NO_CUBLAS` is set, or a GEMM's layout has no cuBLAS form, `gemm` answers `Ok(false)`
 //! and the caller runs rdiff's own GEMM kernel.
 
@@ -19,6 +19,7 @@ use cudarc::cublas::sys;
 use super::column_major::ColumnMajorGemm;
 use super::context::Device;
 use crate::error::{RdiffError, Result};
+use crate::unet::weights::ComputeDtype;
 
 fn switched_off() -> bool {
     std::env::var_os("RDIFF_NO_CUBLAS").is_some_and(|v| !v.is_empty())
@@ -153,10 +154,15 @@ pub fn gemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool>
         };
         check(set, "cublasSetWorkspace")?;
     }
-    if g.bf16 {
+    let fast = match g.compute {
+        ComputeDtype::F32 => None,
+        ComputeDtype::Bf16 => Some(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF),
+        ComputeDtype::F16 => Some(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16F),
+    };
+    if let Some(compute) = fast {
         let f32_type = sys::cudaDataType::CUDA_R_32F;
-        // SAFETY: as for the f32 call below; alpha and beta are f32, as the compute type
-        // CUBLAS_COMPUTE_32F_FAST_16BF asks.
+        // SAFETY: as for the f32 call below; alpha and beta are f32, as both 32F compute
+        // types ask.
         let done = unsafe {
             sys::cublasGemmStridedBatchedEx(
                 h,
@@ -180,7 +186,7 @@ pub fn gemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool>
                 g.ldc,
                 g.stride_c,
                 g.batch,
-                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+                compute,
                 sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT, // CUBLAS_GEMM_DEFAULT
             )
         };

@@ -55,7 +55,7 @@ impl PyUNet2D {
             ComputeDtype::parse(compute_dtype)?,
             target(device, max_blocks),
         );
-        let storage = UNetRunner::weight_storage(compute, at);
+        let storage = UNetRunner::weight_storage(compute, at)?;
         let unet = py.detach(|| UNet2D::from_dir_as(&path, &weights_name, storage))?;
         Ok(Self {
             inner: UNetRunner::new(unet, at, threads, compute)?,
@@ -92,7 +92,7 @@ impl PyUNet2D {
             mem.tensors
                 .insert(name.clone(), (ro.shape().to_vec(), data.into()));
         }
-        let storage = UNetRunner::weight_storage(compute, at);
+        let storage = UNetRunner::weight_storage(compute, at)?;
         let unet = py.detach(|| UNet2D::load_as(config_json, &mem, storage))?;
         Ok(Self {
             inner: UNetRunner::new(unet, at, threads, compute)?,

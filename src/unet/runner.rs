@@ -37,11 +37,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl UNetRunner {
     /// How a model computing in `compute` on `target` keeps its weight matrices: as the CPU
     /// path multiplies them (bf16 tiles for bfloat16), and in f32 for a device, whose GEMMs
-    /// read f32 and round in the tensor cores (`cuda/cublas.rs`).
-    pub fn weight_storage(compute: ComputeDtype, target: Target) -> ComputeDtype {
-        match target {
-            Target::Cpu => compute,
-            _ => ComputeDtype::F32,
+    /// read f32 and round in the tensor cores (`cuda/cublas.rs`). float16 math is a device's
+    /// only: the CPU has no f16 product kernel (its AMX tiles multiply bf16), so it is refused
+    /// there rather than run as something else.
+    pub fn weight_storage(compute: ComputeDtype, target: Target) -> Result<ComputeDtype> {
+        match (target, compute) {
+            (Target::Cpu, ComputeDtype::F16) => Err(RdiffError::Value(
+                "compute_dtype='float16' runs on CUDA devices only (tensor-core math); on the \
+                 CPU use 'bfloat16' or 'float32'"
+                    .into(),
+            )),
+            (Target::Cpu, _) => Ok(compute),
+            _ => Ok(ComputeDtype::F32),
         }
     }
 
@@ -54,7 +61,7 @@ impl UNetRunner {
         threads: u32,
         compute: ComputeDtype,
     ) -> Result<Self> {
-        if unet.compute != Self::weight_storage(compute, target) {
+        if unet.compute != Self::weight_storage(compute, target)? {
             return Err(RdiffError::Value(format!(
                 "a model loaded for compute_dtype={:?} cannot compute in {:?} here",
                 unet.compute.name(),

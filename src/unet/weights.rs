@@ -362,23 +362,28 @@ impl WeightSource for ShardedSafetensors {
     }
 }
 
-/// What a model's matrix products compute in (`compute_dtype`): f32, or bf16 operands
-/// summed in f32 (`cpu::bf16`), its weight matrices then kept as bf16.
+/// What a model's matrix products compute in (`compute_dtype`): f32, or bf16 or f16
+/// operands summed in f32. On the CPU bf16 keeps the weight matrices as bf16 (`cpu::bf16`);
+/// on a device both round the operands in the tensor cores (`cuda/cublas.rs`). f16 has no CPU
+/// kernel (`UNetRunner::weight_storage` refuses it there).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ComputeDtype {
     #[default]
     F32,
     Bf16,
+    F16,
 }
 
 impl ComputeDtype {
-    /// From the Python name ("float32", "bfloat16"; a torch dtype's name without "torch.").
+    /// From the Python name ("float32", "bfloat16", "float16"; a torch dtype's name without
+    /// "torch.").
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "float32" => Ok(Self::F32),
             "bfloat16" => Ok(Self::Bf16),
+            "float16" => Ok(Self::F16),
             other => Err(RdiffError::Value(format!(
-                "compute_dtype: expected 'float32' or 'bfloat16', got {other:?}"
+                "compute_dtype: expected 'float32', 'bfloat16' or 'float16', got {other:?}"
             ))),
         }
     }
@@ -387,6 +392,17 @@ impl ComputeDtype {
         match self {
             Self::F32 => "float32",
             Self::Bf16 => "bfloat16",
+            Self::F16 => "float16",
+        }
+    }
+
+    /// `v` as this math's products see an operand: rounded to bf16 or f16 (to nearest even,
+    /// as the tensor cores' conversion; f16 overflows to ±inf), or unchanged for f32.
+    pub fn round_operand(self, v: f32) -> f32 {
+        match self {
+            Self::F32 => v,
+            Self::Bf16 => half::bf16::from_f32(v).to_f32(),
+            Self::F16 => half::f16::from_f32(v).to_f32(),
         }
     }
 }
@@ -436,8 +452,8 @@ impl<'a> Loader<'a> {
     pub fn weight_any(&self, names: &[&str], shape: &[usize]) -> Result<Weight> {
         let w = self.find(names, shape)?;
         let w = match self.compute {
-            ComputeDtype::F32 => w,
             ComputeDtype::Bf16 => w.into_bf16_tiles(shape),
+            ComputeDtype::F32 | ComputeDtype::F16 => w,
         };
         self.bytes.set(self.bytes.get() + w.bytes());
         Ok(w)
@@ -450,8 +466,9 @@ impl<'a> Loader<'a> {
     pub fn linear_weight(&self, name: &str, shape: &[usize]) -> Result<Weight> {
         let w = self.find(&[name], shape)?;
         let w = match (self.compute, w) {
-            (ComputeDtype::F32, w) | (ComputeDtype::Bf16, w @ Weight::Bf16(_)) => w,
+            (ComputeDtype::Bf16, w @ Weight::Bf16(_)) => w,
             (ComputeDtype::Bf16, w) => Weight::Bf16(w.rounded()),
+            (ComputeDtype::F32 | ComputeDtype::F16, w) => w,
         };
         self.bytes.set(self.bytes.get() + w.bytes());
         Ok(w)

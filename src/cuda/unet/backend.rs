@@ -15,7 +15,7 @@ use crate::unet::arch::TimeEmbeddingType;
 use crate::unet::backend::{Act, Backend, Epilogue, Segs, Tokens};
 use crate::unet::embeddings::{Conditioning, TimeEmbedding, Timesteps};
 use crate::unet::layout::{Dims, Geometry};
-use crate::unet::weights::Weight;
+use crate::unet::weights::{ComputeDtype, Weight};
 
 /// `rdiff_unet_flash_attention_f32`'s threads per query and widest head (RD_ATTN_LANES,
 /// RD_ATTN_LANES · RD_ATTN_PER in kernels/unet_ops.cu).
@@ -171,8 +171,8 @@ pub struct DeviceBackend<'a> {
     pub dev: &'a dyn UnetDevice,
     pub arena: &'a mut DeviceArena,
     pub weights: &'a mut DeviceWeights,
-    /// Every GEMM in bf16 tensor-core math (`compute_dtype="bfloat16"`), else f32.
-    pub bf16: bool,
+    /// Every GEMM's math (`compute_dtype`): f32, or bf16 or f16 on the tensor cores.
+    pub compute: ComputeDtype,
 }
 
 fn i(v: usize) -> KernelArg<'static> {
@@ -362,7 +362,7 @@ impl Backend for DeviceBackend<'_> {
                     batch: 1,
                     alpha: e.scale,
                     beta: if s == 0 { beta0 } else { 1.0 },
-                    bf16: self.bf16,
+                    compute: self.compute,
                 })?;
                 ci0 += sc;
             }
@@ -417,7 +417,7 @@ impl Backend for DeviceBackend<'_> {
                 batch: 1,
                 alpha: e.scale,
                 beta: beta0,
-                bf16: self.bf16,
+                compute: self.compute,
             })?;
             c0 += t;
         }
@@ -498,7 +498,7 @@ impl Backend for DeviceBackend<'_> {
             batch: 1,
             alpha: 1.0,
             beta: 1.0,
-            bf16: self.bf16,
+            compute: self.compute,
         })
     }
 
@@ -581,7 +581,7 @@ impl Backend for DeviceBackend<'_> {
                     batch: hn,
                     alpha: scale,
                     beta: 0.0,
-                    bf16: self.bf16,
+                    compute: self.compute,
                 })?;
                 self.elementwise(
                     "rdiff_unet_softmax_cols_f32",
@@ -607,7 +607,7 @@ impl Backend for DeviceBackend<'_> {
                     batch: hn,
                     alpha: 1.0,
                     beta: 0.0,
-                    bf16: self.bf16,
+                    compute: self.compute,
                 })?;
             }
         }

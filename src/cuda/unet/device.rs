@@ -13,6 +13,7 @@ use crate::cuda::column_major::{operand, ColumnMajorGemm};
 use crate::cuda::emulate::EmulatedLauncher;
 use crate::cuda::launch::{Dim3, KernelArg, Launcher};
 use crate::error::{RdiffError, Result};
+use crate::unet::weights::ComputeDtype;
 
 /// `C[z][i][j] = beta·C[z][i][j] + alpha·Σ_k A[z](i,k)·B[z](k,j)` over `batch` values of z,
 /// with element strides: A(i,k) at `a + z·a_bs + i·a_rs + k·a_cs` (f32 elements), B likewise,
@@ -36,9 +37,9 @@ pub struct Gemm {
     pub batch: usize,
     pub alpha: f32,
     pub beta: f32,
-    /// Operands rounded to bf16, products summed in f32: tensor-core math
-    /// (`compute_dtype="bfloat16"`); else plain f32.
-    pub bf16: bool,
+    /// Operands rounded to bf16 or f16, products summed in f32: tensor-core math
+    /// (`compute_dtype="bfloat16"` or `"float16"`); else plain f32.
+    pub compute: ComputeDtype,
 }
 
 /// A launcher with device memory and a GEMM.
@@ -94,7 +95,7 @@ pub fn column_major(g: &Gemm) -> Option<ColumnMajorGemm> {
         batch: int(g.batch)?,
         alpha: g.alpha,
         beta: g.beta,
-        bf16: g.bf16,
+        compute: g.compute,
     })
 }
 
@@ -133,7 +134,7 @@ pub fn gemm_kernel(l: &dyn Launcher, g: &Gemm) -> Result<()> {
             i(g.c_bs),
             KernelArg::F32(g.alpha),
             KernelArg::F32(g.beta),
-            i(g.bf16 as usize),
+            i(rounding(g.compute)),
         ],
     )
 }
@@ -150,28 +151,42 @@ struct Strided {
     batch: usize,
     alpha: f32,
     beta: f32,
-    bf16: bool,
+    compute: ComputeDtype,
 }
 
-/// `rows × cols` elements at `p` with strides (`rs`, `cs`), each rounded to bf16 (to nearest
-/// even, as the tensor cores' conversion), as a dense row-major copy.
+/// `rows × cols` elements at `p` with strides (`rs`, `cs`), each rounded as `compute`'s
+/// tensor cores round an operand (`ComputeDtype::round_operand`), as a dense row-major copy.
 ///
 /// # Safety
 /// `p` reaches every element the strides name (host memory).
-unsafe fn rounded(p: *const f32, rows: usize, cols: usize, rs: usize, cs: usize) -> Vec<f32> {
+unsafe fn rounded(
+    p: *const f32,
+    (rows, cols): (usize, usize),
+    (rs, cs): (usize, usize),
+    compute: ComputeDtype,
+) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows * cols);
     for i in 0..rows {
         for j in 0..cols {
             // SAFETY: within the operand (the caller's contract).
             let v = unsafe { *p.add(i * rs + j * cs) };
-            out.push(half::bf16::from_f32(v).to_f32());
+            out.push(compute.round_operand(v));
         }
     }
     out
 }
 
-/// `C = beta·C + alpha·A·B` per batch with the `gemm` crate (`beta == 0` does not read C); with
-/// `bf16`, on copies of the operands rounded to bf16.
+/// How `rdiff_gemm_f32` rounds its operands as it loads them (its `rounding` argument).
+fn rounding(compute: ComputeDtype) -> usize {
+    match compute {
+        ComputeDtype::F32 => 0,
+        ComputeDtype::Bf16 => 1,
+        ComputeDtype::F16 => 2,
+    }
+}
+
+/// `C = beta·C + alpha·A·B` per batch with the `gemm` crate (`beta == 0` does not read C); for
+/// bf16 or f16 math, on copies of the operands rounded to that type.
 fn cpu_gemm(g: &Strided) {
     let s = |v: usize| v as isize;
     let (c_rs, c_cs) = (g.c.1, g.c.2);
@@ -183,10 +198,10 @@ fn cpu_gemm(g: &Strided) {
             let mut b = (g.b.0 as *const f32).add(z * g.b.3);
             let (mut a_strides, mut b_strides) = ((g.a.1, g.a.2), (g.b.1, g.b.2));
             let copies;
-            if g.bf16 {
+            if g.compute != ComputeDtype::F32 {
                 copies = (
-                    rounded(a, g.m, g.k, g.a.1, g.a.2),
-                    rounded(b, g.k, g.n, g.b.1, g.b.2),
+                    rounded(a, (g.m, g.k), (g.a.1, g.a.2), g.compute),
+                    rounded(b, (g.k, g.n), (g.b.1, g.b.2), g.compute),
                 );
                 (a, b) = (copies.0.as_ptr(), copies.1.as_ptr());
                 (a_strides, b_strides) = ((g.k, 1), (g.n, 1));
@@ -301,7 +316,7 @@ impl UnetDevice for EmulatedDevice {
                     batch: cm.batch as usize,
                     alpha: cm.alpha,
                     beta: cm.beta,
-                    bf16: cm.bf16,
+                    compute: cm.compute,
                 });
             }
             None => cpu_gemm(&Strided {
@@ -314,7 +329,7 @@ impl UnetDevice for EmulatedDevice {
                 batch: g.batch,
                 alpha: g.alpha,
                 beta: g.beta,
-                bf16: g.bf16,
+                compute: g.compute,
             }),
         }
         Ok(())

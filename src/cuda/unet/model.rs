@@ -14,7 +14,6 @@ use crate::unet::control::Controls;
 use crate::unet::embeddings::{Conditioning, Timesteps};
 use crate::unet::layout::Dims;
 use crate::unet::model::UNet2D;
-use crate::unet::weights::ComputeDtype;
 
 /// Device memory of one model on one device.
 #[derive(Default)]
@@ -89,7 +88,7 @@ pub fn forward(
         dev,
         arena: &mut st.arena,
         weights: &mut st.weights,
-        bf16: u.compute == ComputeDtype::Bf16,
+        compute: u.compute,
     };
     // One timestep per sample, where the caller has them.
     let host_ts = match timesteps {

@@ -14,7 +14,7 @@ use crate::dtype::Elem;
 use crate::unet::backend::{Backend, Epilogue, Tokens};
 use crate::unet::embeddings::{fourier, sinusoidal};
 use crate::unet::layout::{Dims, Geometry};
-use crate::unet::weights::Weight;
+use crate::unet::weights::{ComputeDtype, Weight};
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -78,15 +78,9 @@ fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     }
 }
 
-/// In f64, with each operand first rounded to bf16 when `g.bf16`.
+/// In f64, with each operand first rounded as `g.compute`'s math rounds it.
 fn naive_gemm(g: &Gemm, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<f32> {
-    let operand = |v: f32| {
-        if g.bf16 {
-            half::bf16::from_f32(v).to_f64()
-        } else {
-            v as f64
-        }
-    };
+    let operand = |v: f32| g.compute.round_operand(v) as f64;
     let mut c = c0.to_vec();
     for z in 0..g.batch {
         for i in 0..g.m {
@@ -110,12 +104,17 @@ fn naive_gemm(g: &Gemm, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<f32> {
 }
 
 /// The GEMM kernel (emulated) and the CPU stand-in against a naive product: odd shapes,
-/// both operand layouts, batches, beta = 0 over NaN, misaligned operands; in f32 and in bf16
-/// math (operands rounded to bf16: the naive product rounds them too, and an unrounded
-/// operand would miss it by far more than the tolerance).
+/// both operand layouts, batches, beta = 0 over NaN, misaligned operands; in f32, bf16 and f16
+/// math (operands rounded to bf16 or f16: the naive product rounds them the same way, and an
+/// operand left unrounded, or rounded to the other type, would miss it by far more than the
+/// tolerance).
 #[test]
 fn gemm_kernel_and_cpu_stand_in_match_naive() {
-    for (kernel_gemm, bf16) in [(true, false), (false, false), (true, true), (false, true)] {
+    let maths = [ComputeDtype::F32, ComputeDtype::Bf16, ComputeDtype::F16];
+    for (kernel_gemm, compute) in [true, false]
+        .into_iter()
+        .flat_map(|k| maths.map(|c| (k, c)))
+    {
         let dev = EmulatedDevice::new(4, 0, kernel_gemm);
         for (m, n, k, ta, tb, batch, beta) in [
             (70, 45, 19, false, false, 1, 0.3f32),
@@ -145,7 +144,7 @@ fn gemm_kernel_and_cpu_stand_in_match_naive() {
                 batch,
                 alpha: 0.7,
                 beta,
-                bf16,
+                compute,
             };
             let a = Misaligned::new(&values(batch * m * k, 1));
             let b = Misaligned::new(&values(batch * k * n, 2));
@@ -195,7 +194,7 @@ fn column_major_form_matches_naive() {
         batch: 1,
         alpha: 1.0,
         beta: 0.0,
-        bf16: false,
+        compute: ComputeDtype::F32,
     };
     let cm = column_major(&base).unwrap();
     // Cᵀ = Bᵀ·Aᵀ: B row-major is a column-major Bᵀ (no transpose), likewise A.
@@ -328,7 +327,7 @@ fn conv2d_matches_cpu() {
                 dev: &t.dev,
                 arena: &mut t.arena,
                 weights: &mut t.weights,
-                bf16: false,
+                compute: ComputeDtype::F32,
             };
             let (da, db) = (Misaligned::new(&x1), Misaligned::new(&x2));
             let (dt, dr) = (Misaligned::new(&temb), Misaligned::new(&resid));
@@ -397,7 +396,7 @@ fn group_norm_matches_cpu() {
             dev: &t.dev,
             arena: &mut t.arena,
             weights: &mut t.weights,
-            bf16: false,
+            compute: ComputeDtype::F32,
         };
         let (da, db, ds) = (
             Misaligned::new(&x1),
@@ -461,7 +460,7 @@ fn attention_matches_cpu() {
                 dev: &t.dev,
                 arena: &mut t.arena,
                 weights: &mut t.weights,
-                bf16: false,
+                compute: ComputeDtype::F32,
             };
             let (dq, dkv) = (Misaligned::new(&q), Misaligned::new(&kv));
             let (bq, bkv) = (dq.buf(), dkv.buf());
@@ -508,7 +507,7 @@ fn layer_norm_and_geglu_match_cpu() {
         dev: &t.dev,
         arena: &mut t.arena,
         weights: &mut t.weights,
-        bf16: false,
+        compute: ComputeDtype::F32,
     };
     let dx = Misaligned::new(&x);
     let dln = Misaligned::new(&vec![0.0; c * n]);
@@ -545,7 +544,7 @@ fn resampling_linear_and_copy_match_cpu() {
         dev: &t.dev,
         arena: &mut t.arena,
         weights: &mut t.weights,
-        bf16: false,
+        compute: ComputeDtype::F32,
     };
     let dx = Misaligned::new(&x);
     let dup = Misaligned::new(&vec![0.0; 4 * x.len()]);
