@@ -12,7 +12,8 @@
 //! 374 against 338 ms at 4,096 tokens; `gemm` repacks the queries for every key block and
 //! the output is rescaled and re-read for each.)
 //!
-//! In bf16 (`compute_dtype="bfloat16"`, from 1,024 keys) both products are bf16 products
+//! In bf16 (`compute_dtype="bfloat16"`, from 1,024 keys, or 256 with heads of 256 channels)
+//! both products are bf16 products
 //! summed in f32 (`cpu::bf16::gemm`: AMX tiles where the CPU has them): each sample's and
 //! head's keys and values rounded into rows once (an arena buffer the query blocks share), the
 //! queries rounded and packed once per task, and the probabilities rounded and packed after
@@ -44,8 +45,15 @@ const MIN_QUERIES: usize = 64;
 /// bf16 products add (the kernel's sums stored into them, the packing of P).
 const BF16_BLOCK_SCORES: usize = 1 << 18;
 /// The bf16 products from this many keys: below it, rounding and packing the operands cost
-/// more than the products save (SD 1.5's 256-token attention: 2.8–2.9 ms against f32's 2.6).
+/// more than the products save (SD 1.5's 256-token attention, heads of 160: 2.8–2.9 ms
+/// against f32's 2.6) ...
 const BF16_MIN_KEYS: usize = 1024;
+/// ... unless the heads are at least this wide, whose products weigh more against the
+/// per-score rounding and packing: from this many keys. The DDPM-CIFAR-10 UNet's 256-token,
+/// 256-channel attention took 0.8× f32's time at batch 8 and 0.87× at batch 1 (2-core AMX
+/// Xeon, per op in the model's call).
+const BF16_MIN_KEYS_WIDE: usize = 256;
+const BF16_WIDE_HEAD: usize = 256;
 
 /// One key block of the online softmax over a key-major score block (`s[j·m + i]`, key j,
 /// query i), in place: the running maxima `mx` and sums `l` of the m queries are updated,
@@ -102,7 +110,8 @@ pub fn attention(
     out: &mut [f32],
     bf16: Option<&mut Arena>,
 ) {
-    let bf16 = bf16.filter(|_| k.t >= BF16_MIN_KEYS);
+    let bf16 = bf16
+        .filter(|_| k.t >= BF16_MIN_KEYS || (k.t >= BF16_MIN_KEYS_WIDE && dh >= BF16_WIDE_HEAD));
     attention_in_blocks(q, k, v, b, heads, dh, out, BLOCK_SCORES, bf16);
 }
 
@@ -277,28 +286,49 @@ fn as_bf16(words: &mut [u32]) -> &mut [bf16] {
 /// rows `[key][d]` (the score product's A), then values as rows `[d][key]` (the output's A).
 fn round_kv<'a>(k: Tokens<'a>, v: Tokens<'a>, b: usize, heads: usize, dh: usize, out: &mut [bf16]) {
     let (tk, nk) = (k.t, b * k.t);
-    out.par_chunks_mut(2 * tk * dh)
-        .enumerate()
-        .for_each(|(bh, head)| {
-            let (bi, h) = (bh / heads, bh % heads);
-            let row = |t: Tokens<'a>, d: usize| -> &'a [f32] {
-                &t.data[(t.row + h * dh + d) * nk + bi * tk..][..tk]
+    let per = b * heads;
+    assert!(
+        out.len() >= per * 2 * tk * dh,
+        "rounded keys and values size"
+    );
+    // About 64 tasks of whole 64-key blocks, not one per head: a batch-1 single-head
+    // attention (the DDPM-CIFAR-10 UNet's) rounded on one thread.
+    let kblk = (tk * per / 64).next_multiple_of(64).clamp(64, tk.max(64));
+    let blocks = tk.div_ceil(kblk);
+    let outp = SendPtr(out.as_mut_ptr());
+    (0..per * blocks).into_par_iter().for_each(|task| {
+        let (bh, j0) = (task / blocks, (task % blocks) * kblk);
+        let j1 = (j0 + kblk).min(tk);
+        let (bi, h) = (bh / heads, bh % heads);
+        let row = |t: Tokens<'a>, d: usize| -> &'a [f32] {
+            &t.data[(t.row + h * dh + d) * nk + bi * tk..][..tk]
+        };
+        // Head bh holds its keys `[tk][dh]`, then its values `[dh][tk]`; this task writes
+        // keys j0..j1 of each: its own rows of the keys, its own columns of the values.
+        let head = bh * 2 * tk * dh;
+        let nj = j1 - j0;
+        for d in 0..dh {
+            // SAFETY: values row d, columns j0..j1 of head bh: inside `out` (asserted above)
+            // and written by this task alone.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(outp.get().add(head + tk * dh + d * tk + j0), nj)
             };
-            let (krows, vrows) = head.split_at_mut(tk * dh);
+            round_row(&row(v, d)[j0..j1], dst);
+        }
+        // SAFETY: key rows j0..j1 of head bh, likewise.
+        let krows =
+            unsafe { std::slice::from_raw_parts_mut(outp.get().add(head + j0 * dh), nj * dh) };
+        // The keys transposed in blocks of 64, whose rows stay in L1.
+        for b0 in (0..nj).step_by(64) {
+            let nb = 64.min(nj - b0);
             for d in 0..dh {
-                round_row(row(v, d), &mut vrows[d * tk..][..tk]);
-            }
-            // The keys transposed in blocks of 64, whose rows stay in L1.
-            for j0 in (0..tk).step_by(64) {
-                let nb = 64.min(tk - j0);
-                for d in 0..dh {
-                    let src = &row(k, d)[j0..j0 + nb];
-                    for (j, &x) in src.iter().enumerate() {
-                        krows[(j0 + j) * dh + d] = to_bf16(x);
-                    }
+                let src = &row(k, d)[j0 + b0..j0 + b0 + nb];
+                for (j, &x) in src.iter().enumerate() {
+                    krows[(b0 + j) * dh + d] = to_bf16(x);
                 }
             }
-        });
+        }
+    });
 }
 
 simd_dispatch!(fn round_row(src: &[f32], dst: &mut [bf16]) => round_row_kernel);
@@ -382,7 +412,14 @@ mod tests {
 
     #[test]
     fn matches_naive_attention() {
-        let dims = Dims { b: 2, h: 5, w: 7 };
+        // 35 tokens; and 150 in one sample, whose keys and values are rounded to bf16 in
+        // several 64-key tasks per head.
+        for dims in [Dims { b: 2, h: 5, w: 7 }, Dims { b: 1, h: 10, w: 15 }] {
+            matches_naive_attention_at(dims);
+        }
+    }
+
+    fn matches_naive_attention_at(dims: Dims) {
         let (inner, heads) = (12, 3);
         let (n, t, dh) = (dims.n(), dims.hw(), 4);
         let qkv: Vec<f32> = (0..3 * inner * n)

@@ -38,16 +38,16 @@ pub const ATTENTION_THREADS: usize = 16;
 /// An output buffer's base pointer handed to rayon tasks. Each op's tasks write disjoint
 /// regions of the buffer through it (every use says which, at its unsafe block).
 #[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub(crate) *mut f32);
+pub(crate) struct SendPtr<T = f32>(pub(crate) *mut T);
 // SAFETY: the tasks holding it write disjoint regions (see the type's doc), so sending the
 // pointer to another thread creates no data race.
-unsafe impl Send for SendPtr {}
+unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: shared only to hand the same base pointer to every task; see Send.
-unsafe impl Sync for SendPtr {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
-impl SendPtr {
+impl<T> SendPtr<T> {
     /// Through a method, so closures capture the whole (Sync) wrapper.
-    pub(crate) fn get(&self) -> *mut f32 {
+    pub(crate) fn get(&self) -> *mut T {
         self.0
     }
 }
