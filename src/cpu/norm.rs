@@ -81,13 +81,21 @@ fn sums(x: &Input<'_>, c0: usize, c1: usize, b: usize) -> (f64, f64) {
 unsafe fn sums_avx512(x: &Input<'_>, c0: usize, c1: usize, b: usize) -> (f64, f64) {
     use std::arch::x86_64::*;
     const V: usize = LANES / 16;
+    // `fold` in registers, the same sums in the same order: its eight f64 chains are one
+    // vector, eight lanes at a time widened into it (lanes 0–7 of each register, then 8–15),
+    // then summed in lane order from -0.0, as `Iterator::sum` does. (Through memory, the
+    // 64 lanes were stored and reloaded in halves, per sample and group: most of a 4×4
+    // plane's statistics.)
     let spill = |r: &[__m512; V]| {
-        let mut lanes = [0.0f32; LANES];
-        for (v, r) in r.iter().enumerate() {
-            // SAFETY: 16 values at 16·v of a 64-value array.
-            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(16 * v), *r) };
+        let mut acc = _mm512_setzero_pd();
+        for r in r {
+            acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_castps512_ps256(*r)));
+            acc = _mm512_add_pd(acc, _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(*r)));
         }
-        fold(&lanes)
+        let mut lanes = [0.0f64; 8];
+        // SAFETY: 8 values into an 8-value array.
+        unsafe { _mm512_storeu_pd(lanes.as_mut_ptr(), acc) };
+        lanes.iter().sum::<f64>()
     };
     let (mut s, mut q) = (0.0f64, 0.0f64);
     let zero = _mm512_setzero_ps();
@@ -134,20 +142,25 @@ unsafe fn sums_avx512(x: &Input<'_>, c0: usize, c1: usize, b: usize) -> (f64, f6
     (s + spill(&a), q + spill(&sq))
 }
 
+/// `dst = act(src · a + b)` plane by plane: `src` and `dst` hold `coefs.len()` planes of
+/// `hw` values, plane k with coefficients `coefs[k] = (a, b)`.
 #[inline(always)]
-fn affine_kernel(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) {
-    if silu {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = silu_f32(s * a + b);
-        }
-    } else {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = s * a + b;
+fn affine_kernel(src: &[f32], dst: &mut [f32], hw: usize, coefs: &[(f32, f32)], silu: bool) {
+    let planes = src.chunks_exact(hw).zip(dst.chunks_exact_mut(hw));
+    for ((src, dst), &(a, b)) in planes.zip(coefs) {
+        if silu {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = silu_f32(s * a + b);
+            }
+        } else {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = s * a + b;
+            }
         }
     }
 }
 
-simd_dispatch!(fn affine(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) => affine_kernel);
+simd_dispatch!(fn affine(src: &[f32], dst: &mut [f32], hw: usize, coefs: &[(f32, f32)], silu: bool) => affine_kernel);
 
 /// GroupNorm's parameters.
 #[derive(Clone, Copy)]
@@ -160,12 +173,18 @@ pub struct GroupNormParams<'a> {
 
 /// Plane (channel c, sample b) of a segmented input.
 #[inline(always)]
-fn plane<'a>(x: &Input<'a>, mut c: usize, b: usize) -> &'a [f32] {
+fn plane<'a>(x: &Input<'a>, c: usize, b: usize) -> &'a [f32] {
+    planes(x, c, b, b + 1)
+}
+
+/// Planes (channel c, samples b0..b1) of a segmented input, contiguous (`[c][b][h][w]`).
+#[inline(always)]
+fn planes<'a>(x: &Input<'a>, mut c: usize, b0: usize, b1: usize) -> &'a [f32] {
     let n = x.dims.n();
     let hw = x.dims.hw();
     for &(seg, sc) in x.segs {
         if c < sc {
-            return &seg[c * n + b * hw..][..hw];
+            return &seg[c * n + b0 * hw..][..(b1 - b0) * hw];
         }
         c -= sc;
     }
@@ -190,29 +209,47 @@ pub fn group_norm(
         "channels not divisible by groups"
     );
     let cg = c / p.groups;
+    // Tasks of one group and up to MAX_SAMPLES samples, about 256 in all: a task's planes of
+    // one channel are contiguous, so the affine pass runs over them in one call (on 4×4 planes
+    // one call per plane left each call's chain of exponential and division exposed).
+    let bchunk = (d.b * p.groups).div_ceil(256).clamp(1, MAX_SAMPLES);
+    let bchunks = d.b.div_ceil(bchunk);
     let outp = SendPtr(out.as_mut_ptr());
-    (0..d.b * p.groups).into_par_iter().for_each(|task| {
-        let (b, g) = (task / p.groups, task % p.groups);
-        let (s, q) = sums(&x, g * cg, (g + 1) * cg, b);
-        let cnt = (cg * hw) as f64;
-        let mean = s / cnt;
-        let var = (q / cnt - mean * mean).max(0.0);
-        let rstd = 1.0 / (var + p.eps as f64).sqrt();
+    (0..p.groups * bchunks).into_par_iter().for_each(|task| {
+        let (g, bc) = (task / bchunks, task % bchunks);
+        let (b0, b1) = (bc * bchunk, ((bc + 1) * bchunk).min(d.b));
+        let mut stats = [(0.0f64, 0.0f64); MAX_SAMPLES]; // (mean, 1/σ) per sample
+        for b in b0..b1 {
+            let (s, q) = sums(&x, g * cg, (g + 1) * cg, b);
+            let cnt = (cg * hw) as f64;
+            let mean = s / cnt;
+            let var = (q / cnt - mean * mean).max(0.0);
+            stats[b - b0] = (mean, 1.0 / (var + p.eps as f64).sqrt());
+        }
         for ch in g * cg..(g + 1) * cg {
-            let mut a = rstd * p.gamma[ch] as f64;
-            let mut o = p.beta[ch] as f64 - mean * a;
-            if let Some(ss) = scale_shift {
-                let sc = 1.0 + ss[b * 2 * c + ch] as f64;
-                a *= sc;
-                o = o * sc + ss[b * 2 * c + c + ch] as f64;
+            let mut coefs = [(0.0f32, 0.0f32); MAX_SAMPLES];
+            for (b, &(mean, rstd)) in (b0..b1).zip(&stats) {
+                let mut a = rstd * p.gamma[ch] as f64;
+                let mut o = p.beta[ch] as f64 - mean * a;
+                if let Some(ss) = scale_shift {
+                    let sc = 1.0 + ss[b * 2 * c + ch] as f64;
+                    a *= sc;
+                    o = o * sc + ss[b * 2 * c + c + ch] as f64;
+                }
+                coefs[b - b0] = (a as f32, o as f32);
             }
-            // SAFETY: plane (ch, b) of `out` belongs to this task alone.
+            let len = (b1 - b0) * hw;
+            // SAFETY: planes (ch, b0..b1) of `out`, contiguous, belong to this task alone.
             let dst =
-                unsafe { std::slice::from_raw_parts_mut(outp.get().add(ch * n + b * hw), hw) };
-            affine(plane(&x, ch, b), dst, a as f32, o as f32, silu);
+                unsafe { std::slice::from_raw_parts_mut(outp.get().add(ch * n + b0 * hw), len) };
+            let src = planes(&x, ch, b0, b1);
+            affine(src, dst, hw, &coefs[..b1 - b0], silu);
         }
     });
 }
+
+/// Samples per GroupNorm task at most (the coefficients live on the stack).
+const MAX_SAMPLES: usize = 16;
 
 #[cfg(test)]
 mod tests {
