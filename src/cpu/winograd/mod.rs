@@ -210,7 +210,8 @@ fn fill_short(dst: &mut [f32], v: f32) {
 /// model (2 threads, `RDIFF_WINOGRAD=4` against im2col), 16×16 32→32 1.42 against 1.60 ms,
 /// 64→32 2.17 against 3.01, 96→32 2.73 against 3.80, 4×4 upsampled to 8×8 64→64 1.34 against
 /// 2.40; at batch 16 (256 tiles at 16×16) 0.62 against 0.78 and 0.87 against 1.11 ms (64→32,
-/// 96→32). On 8×8 outputs without upsampling it stays close or loses (64→64 1.41 against 1.34
+/// 96→32). With 32 channels both in and out (not upsampled) the direct convolution is faster
+/// still, and takes them: 16×16 32→32 at batch 64 1.32–1.34 against 1.41–1.58 ms. On 8×8 outputs without upsampling it stays close or loses (64→64 1.41 against 1.34
 /// ms at batch 64: its 2-tile rows have no register gather), and below 256 tiles it loses.
 ///
 /// Since F(4×4)'s patches are gathered by permutes, it also takes 8-pixel-wide outputs of 128
@@ -223,8 +224,8 @@ pub fn applies(g: Geometry, d: Dims, cin: usize, cout: usize) -> bool {
     let avx512 = super::vecmath::has_avx512();
     let wide = avx512
         && f4_tiles(od) >= WIDE_TILES
-        && cin >= 32
-        && cout >= 32
+        && cin.min(cout) >= 32
+        && (cin.max(cout) >= 64 || g.upsample)
         && (od.w >= 16 || g.upsample);
     let eight = avx512 && eight_wide(od, cin, cout);
     let deep = cin >= 64
