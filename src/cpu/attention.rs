@@ -62,6 +62,14 @@ const BF16_WIDE_HEAD: usize = 256;
 /// of `m` queries, so it vectorises across queries.
 #[inline(always)]
 fn softmax_block_kernel(s: &mut [f32], m: usize, mx: &mut [f32], l: &mut [f32], alpha: &mut [f32]) {
+    new_maxima_kernel(s, m, mx, l, alpha);
+    numerators_kernel(s, m, mx, l);
+}
+
+/// The first half of [`softmax_block_kernel`]: the running maxima, the rescale factors
+/// `alpha` and the rescaled sums.
+#[inline(always)]
+fn new_maxima_kernel(s: &[f32], m: usize, mx: &mut [f32], l: &mut [f32], alpha: &mut [f32]) {
     alpha.copy_from_slice(mx);
     for row in s.chunks_exact(m) {
         for (x, &v) in alpha.iter_mut().zip(row) {
@@ -76,6 +84,12 @@ fn softmax_block_kernel(s: &mut [f32], m: usize, mx: &mut [f32], l: &mut [f32], 
         *x = new;
         *z *= *a;
     }
+}
+
+/// The second half: the numerators exp(s − max) of the rows of `s`, in place, added onto the
+/// sums row after row.
+#[inline(always)]
+fn numerators_kernel(s: &mut [f32], m: usize, mx: &[f32], l: &mut [f32]) {
     for row in s.chunks_exact_mut(m) {
         for ((v, &x), z) in row.iter_mut().zip(mx.iter()).zip(l.iter_mut()) {
             *v = exp_nonpositive_f32(*v - x);
@@ -85,6 +99,8 @@ fn softmax_block_kernel(s: &mut [f32], m: usize, mx: &mut [f32], l: &mut [f32], 
 }
 
 simd_dispatch!(fn softmax_block(s: &mut [f32], m: usize, mx: &mut [f32], l: &mut [f32], alpha: &mut [f32]) => softmax_block_kernel);
+simd_dispatch!(fn new_maxima(s: &[f32], m: usize, mx: &mut [f32], l: &mut [f32], alpha: &mut [f32]) => new_maxima_kernel);
+simd_dispatch!(fn numerators(s: &mut [f32], m: usize, mx: &[f32], l: &mut [f32]) => numerators_kernel);
 
 /// One operand of an attention: rows `row..row + heads·dh` of `data`, a `[rows][b][t]` buffer
 /// (`t` tokens per sample, so `b·t` columns).
@@ -385,8 +401,16 @@ unsafe fn blocks_bf16(
             let keys = bf16_gemm::Lhs::Rows(&krows[j0 * dh..][..nb * dh], dh);
             // SAFETY: s is an nb×m matrix at row stride m, this task's scratch.
             unsafe { bf16_gemm::gemm((nb, m, dh), (s.as_mut_ptr(), m), false, keys, qpk, scale) };
-            softmax_block(s, m, st.mx, st.l, st.alpha);
-            bf16_gemm::pack(s, m, nb, m, ppk);
+            // The softmax, its numerators rounded and packed two keys at a time as they are
+            // made, while those two rows are still in L1 (the same values as the whole block's
+            // numerators first, then `bf16_gemm::pack`, one pass over the block fewer).
+            new_maxima(s, m, st.mx, st.l, st.alpha);
+            let kp = bf16_gemm::kpairs(nb);
+            for (q, rows) in s.chunks_mut(2 * m).enumerate() {
+                numerators(rows, m, st.mx, st.l);
+                bf16_gemm::pack_pairs(rows, m, rows.len() / m, m, ppk, kp, q);
+            }
+            bf16_gemm::pad_depth(nb, m, ppk);
             // The first key block's O is stored, the next ones' rescaled and added onto it.
             if j0 > 0 {
                 for d in 0..dh {
