@@ -82,7 +82,19 @@ mod tests {
             (Dims { b: 1, h: 16, w: 16 }, 600, 96, Geometry::POINT, false),
             (Dims { b: 1, h: 8, w: 16 }, 300, 130, Geometry::SAME3, true),
             (Dims { b: 2, h: 32, w: 32 }, 64, 72, Geometry::SAME3, true),
-            // F(4×4) from 32 channels, and on an 8-pixel-wide upsampled output (AVX-512).
+            // F(4×4) from 32 channels with 64 on the other side, and on an 8-pixel-wide
+            // upsampled output (AVX-512); 32 in and out go to the direct convolution.
+            (
+                Dims {
+                    b: 16,
+                    h: 16,
+                    w: 16,
+                },
+                32,
+                64,
+                Geometry::SAME3,
+                avx512,
+            ),
             (
                 Dims {
                     b: 16,
@@ -92,7 +104,7 @@ mod tests {
                 32,
                 40,
                 Geometry::SAME3,
-                avx512,
+                false,
             ),
             (Dims { b: 64, h: 4, w: 4 }, 48, 32, up, avx512),
             // F(4×4) on 8-pixel-wide outputs from 128 channels and 32 tiles (AVX-512).
