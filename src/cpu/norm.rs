@@ -84,8 +84,8 @@ unsafe fn sums_avx512(x: &Input<'_>, c0: usize, c1: usize, b: usize) -> (f64, f6
     // `fold` in registers, the same sums in the same order: its eight f64 chains are one
     // vector, eight lanes at a time widened into it (lanes 0–7 of each register, then 8–15),
     // then summed in lane order from -0.0, as `Iterator::sum` does. (Through memory, the
-    // 64 lanes were stored and reloaded in halves, per sample and group: most of a 4×4
-    // plane's statistics.)
+    // 64 lanes were stored and reloaded in halves, per sample and group: about a third of
+    // the 4×4 planes' statistics.)
     let spill = |r: &[__m512; V]| {
         let mut acc = _mm512_setzero_pd();
         for r in r {
@@ -209,6 +209,9 @@ pub fn group_norm(
         "channels not divisible by groups"
     );
     let cg = c / p.groups;
+    if n == 0 {
+        return; // (no planes: `affine` cuts its input into planes of hw values)
+    }
     // Tasks of one group and up to MAX_SAMPLES samples, about 256 in all: a task's planes of
     // one channel are contiguous, so the affine pass runs over them in one call (on 4×4 planes
     // one call per plane left each call's chain of exponential and division exposed).
@@ -290,9 +293,20 @@ mod tests {
         }
     }
 
+    /// Against an f64 reference: groups straddling two segments, with and without the
+    /// per-sample scale/shift; two samples, and 301 (tasks of three samples, the last of one).
     #[test]
     fn normalises_groups_across_segments() {
-        let d = Dims { b: 2, h: 3, w: 5 };
+        for (d, with_ss) in [
+            (Dims { b: 2, h: 3, w: 5 }, false),
+            (Dims { b: 2, h: 3, w: 5 }, true),
+            (Dims { b: 301, h: 1, w: 3 }, true),
+        ] {
+            normalises_groups_at(d, with_ss);
+        }
+    }
+
+    fn normalises_groups_at(d: Dims, with_ss: bool) {
         let c = 6;
         let x: Vec<f32> = (0..c * d.n())
             .map(|i| ((i * 7919 % 97) as f32) * 0.1 + 3.0)
@@ -300,6 +314,9 @@ mod tests {
         let (a, b) = x.split_at(2 * d.n()); // 2 + 4 channels, groups of 3 straddle the split
         let gamma: Vec<f32> = (0..c).map(|i| 1.0 + i as f32 * 0.1).collect();
         let beta: Vec<f32> = (0..c).map(|i| i as f32 * -0.2).collect();
+        let ss: Vec<f32> = (0..d.b * 2 * c)
+            .map(|i| (i % 13) as f32 * 0.05 - 0.3)
+            .collect();
         let p = GroupNormParams {
             groups: 2,
             eps: 1e-5,
@@ -313,7 +330,7 @@ mod tests {
                 dims: d,
             },
             p,
-            None,
+            with_ss.then_some(&ss[..]),
             false,
             &mut out,
         );
@@ -329,12 +346,18 @@ mod tests {
                 let m = vals.iter().sum::<f64>() / vals.len() as f64;
                 let v = vals.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / vals.len() as f64;
                 for ch in g * 3..g * 3 + 3 {
+                    let (sc, sh) = if with_ss {
+                        (ss[bb * 2 * c + ch] as f64, ss[bb * 2 * c + c + ch] as f64)
+                    } else {
+                        (0.0, 0.0)
+                    };
                     for i in 0..d.hw() {
                         let xi = x[ch * d.n() + bb * d.hw() + i] as f64;
-                        let want =
+                        let norm =
                             (xi - m) / (v + 1e-5).sqrt() * gamma[ch] as f64 + beta[ch] as f64;
+                        let want = norm * (1.0 + sc) + sh;
                         let got = out[ch * d.n() + bb * d.hw() + i] as f64;
-                        assert!((want - got).abs() < 1e-5, "{want} {got}");
+                        assert!((want - got).abs() < 1e-5, "{d:?} {bb} {ch}: {want} {got}");
                     }
                 }
             }
