@@ -20,6 +20,7 @@ use super::arena::{with_scratch, Arena, Words};
 use super::bf16 as bf16_gemm;
 use super::narrow_gemm;
 use super::SendPtr;
+use crate::simd_dispatch;
 use crate::unet::layout::{Dims, Geometry};
 use crate::unet::weights::Weight;
 
@@ -501,58 +502,19 @@ pub(crate) unsafe fn gemm_rows(
     }
 }
 
-/// Writes `scale · init` into the task's output block (rows m0.., columns c0..): in AVX-512
-/// where the CPU has it (compiled for the baseline, its fills and adds ran 16 bytes at a time:
-/// 4–6% of a call of the bundled digits model or of SD 1.5 in bf16).
-///
-/// # Safety
-/// `dst` points at row m0, column c0 of an output with row stride `n`, and the block is the
-/// caller's alone.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn prefill(
-    dst: *mut f32,
-    n: usize,
-    m0: usize,
-    m: usize,
-    c0: usize,
-    tn: usize,
-    od: Dims,
-    init: &Init<'_>,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if super::vecmath::has_avx512() {
-        // SAFETY: the CPU has the features; the caller's contract.
-        return unsafe { prefill_avx512(dst, n, m0, m, c0, tn, od, init) };
-    }
-    // SAFETY: the caller's contract.
-    unsafe { prefill_kernel(dst, n, m0, m, c0, tn, od, init) }
-}
-
-/// [`prefill_kernel`] compiled for AVX-512.
-///
-/// # Safety
-/// As [`prefill`], on a CPU with the features.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn prefill_avx512(
-    dst: *mut f32,
-    n: usize,
-    m0: usize,
-    m: usize,
-    c0: usize,
-    tn: usize,
-    od: Dims,
-    init: &Init<'_>,
-) {
-    // SAFETY: the caller's contract.
-    unsafe { prefill_kernel(dst, n, m0, m, c0, tn, od, init) }
-}
+simd_dispatch!(
+    /// Writes `scale · init` into the task's output block (rows m0.., columns c0..), compiled
+    /// for the CPU's vectors (for the baseline, its fills and adds ran 16 bytes at a time: 4–6%
+    /// of a call of the bundled digits model or of SD 1.5 in bf16).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn prefill(dst: *mut f32, n: usize, m0: usize, m: usize, c0: usize, tn: usize, od: Dims, init: &Init<'_>) => prefill_kernel
+);
 
 /// [`prefill`]'s body.
 ///
 /// # Safety
-/// As [`prefill`].
+/// `dst` points at row m0, column c0 of an output with row stride `n`, and the block is the
+/// caller's alone.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn prefill_kernel(

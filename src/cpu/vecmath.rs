@@ -118,9 +118,41 @@ pub fn has_avx2() -> bool {
 
 /// Defines `pub fn $name(args) -> ret` that runs `$kernel(args)` compiled for AVX-512, for
 /// AVX2+FMA or for the baseline, whichever this CPU supports. `$kernel` must be
-/// `#[inline(always)]` so that its body takes the instantiation's target features.
+/// `#[inline(always)]` so that its body takes the instantiation's target features. An
+/// `unsafe fn` (a kernel on raw pointers) keeps its kernel's safety contract.
 #[macro_export]
 macro_rules! simd_dispatch {
+    ($(#[$m:meta])* $vis:vis unsafe fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? => $kernel:path) => {
+        $(#[$m])*
+        /// # Safety
+        #[doc = concat!("As `", stringify!($kernel), "`.")]
+        $vis unsafe fn $name($($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+                unsafe fn v4($($a: $t),*) $(-> $r)? {
+                    // SAFETY: the caller's contract (the kernel's).
+                    unsafe { $kernel($($a),*) }
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($a: $t),*) $(-> $r)? {
+                    // SAFETY: as above.
+                    unsafe { $kernel($($a),*) }
+                }
+                if $crate::cpu::vecmath::has_avx512() {
+                    // SAFETY: the CPU supports the features v4 was compiled for; the caller's
+                    // contract.
+                    return unsafe { v4($($a),*) };
+                }
+                if $crate::cpu::vecmath::has_avx2() {
+                    // SAFETY: as above, for v3.
+                    return unsafe { v3($($a),*) };
+                }
+            }
+            // SAFETY: the caller's contract.
+            unsafe { $kernel($($a),*) }
+        }
+    };
     ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? => $kernel:path) => {
         $(#[$m])*
         $vis fn $name($($a: $t),*) $(-> $r)? {
