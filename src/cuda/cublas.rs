@@ -7,9 +7,9 @@
 //! (`cublasSgemmStridedBatched`, no TF32), so results agree with the f32 kernel to rounding; a
 //! `compute_dtype="bfloat16"` or `"float16"` model's are `cublasGemmStridedBatchedEx` on the
 //! same f32 buffers with `CUBLAS_COMPUTE_32F_FAST_16BF` or `_FAST_16F`: cuBLAS rounds the
-//! operands to bf16 or f16 and runs them on the tensor cores with f32 sums. Where the library is missing, its handle cannot be created,
-//! `RDIFF_NO_CUBLAS` is set, or a GEMM's layout has no cuBLAS form, `gemm` answers `Ok(false)`
-//! and the caller runs rdiff's own GEMM kernel.
+//! operands to bf16 or f16 and runs them on the tensor cores with f32 sums. Where the library
+//! is missing, its handle cannot be created, `RDIFF_NO_CUBLAS` is set, or a GEMM's layout has
+//! no cuBLAS form, `gemm` answers `Ok(false)` and the caller runs rdiff's own GEMM kernel.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
