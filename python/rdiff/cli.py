@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.random  # (sample_images draws with it; numpy loads it lazily, 8 ms)
 
+from .unet import _COMPUTE_DTYPES  # (rdiff's __init__ has imported .unet already)
+
 SCHEDULERS = (
     "dpmsolver++",
     "dpmsolver",
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument(
         "--compute-dtype",
         default="float32",
-        choices=("float32", "bfloat16", "float16"),
+        choices=_COMPUTE_DTYPES,
         help="the UNet's arithmetic: bfloat16 runs its products in bf16 with float32 sums "
         "(AMX tiles where the CPU has them); float16 likewise on CUDA's tensor cores (CUDA only)",
     )
