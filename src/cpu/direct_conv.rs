@@ -159,20 +159,19 @@ unsafe fn blocks_avx512(
     } else {
         (0..od.hw() / LANES).map(|v| sources(g, d, v).0).collect()
     };
+    // Each block's vectors' tap masks and (strided) source positions, per `sources`.
+    let mut at = [[[0i32; LANES]; 9]; V];
     let mut vb = v0;
     while vb < v1 {
         // Vectors past v1 get empty masks: they load nothing and store nothing.
-        let src: [([u16; 9], [[i32; LANES]; 9]); V] = std::array::from_fn(|j| {
-            if vb + j >= v1 {
-                ([0; 9], [[0; LANES]; 9])
-            } else if image_masks.is_empty() {
-                sources(g, d, vb + j)
+        let mut mk = [[0u16; 9]; V];
+        for j in 0..V.min(v1 - vb) {
+            if image_masks.is_empty() {
+                (mk[j], at[j]) = sources(g, d, vb + j);
             } else {
-                // (positions are read only when strided)
-                (image_masks[(vb + j) % image_masks.len()], [[0; LANES]; 9])
+                mk[j] = image_masks[(vb + j) % image_masks.len()];
             }
-        });
-        let mk: [[u16; 9]; V] = std::array::from_fn(|j| src[j].0);
+        }
         let base: [isize; V] = std::array::from_fn(|j| ((vb + j) * LANES) as isize);
         // Tap `tap` of input channel `plane` for the block's vectors: loaded where they lie,
         // with masks, or (strided) gathered by each lane's position (`sources`).
@@ -183,7 +182,7 @@ unsafe fn blocks_avx512(
                 // image, so inside the plane; masked lanes are not read.
                 let xs: [__m512; V] = std::array::from_fn(|j| unsafe {
                     if strided {
-                        let at = _mm512_loadu_si512(src[j].1[tap].as_ptr().cast());
+                        let at = _mm512_loadu_si512(at[j][tap].as_ptr().cast());
                         _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mk[j][tap], at, plane)
                     } else {
                         _mm512_maskz_loadu_ps(
