@@ -196,23 +196,10 @@ unsafe fn blocks_avx512(
         }
         // With several row blocks, the taps are gathered once into `cols` (depth-major, whole
         // aligned vectors) for all of them: each row block loading its own took 1.05–1.3× the
-        // time per layer. With one (a few output channels), they are loaded as they are used.
+        // time per layer. The first row block gathers them as it uses them (a separate pass
+        // was 15% of a 32→32 layer). With one row block (a few output channels), they are
+        // loaded as they are used.
         let gather = m1 - m0 > R || strided;
-        if gather {
-            for (ci, &plane) in planes.iter().enumerate() {
-                for tap in 0..9 {
-                    for (j, v) in taps!(plane, tap).into_iter().enumerate() {
-                        // SAFETY: a whole aligned vector of `cols`.
-                        unsafe {
-                            _mm512_store_ps(
-                                cols.as_mut_ptr().add(((ci * 9 + tap) * V + j) * LANES),
-                                v,
-                            )
-                        };
-                    }
-                }
-            }
-        }
         let mut mb = m0;
         while mb < m1 {
             // Rows past m1 repeat the last row and are not stored.
@@ -232,7 +219,23 @@ unsafe fn blocks_avx512(
                     }
                 }};
             }
-            if gather {
+            if gather && mb == m0 {
+                for (ci, &plane) in planes.iter().enumerate() {
+                    for tap in 0..9 {
+                        let xs = taps!(plane, tap);
+                        for (j, &v) in xs.iter().enumerate() {
+                            // SAFETY: a whole aligned vector of `cols`.
+                            unsafe {
+                                _mm512_store_ps(
+                                    cols.as_mut_ptr().add(((ci * 9 + tap) * V + j) * LANES),
+                                    v,
+                                )
+                            };
+                        }
+                        fma_step!(ci * 9 + tap, xs);
+                    }
+                }
+            } else if gather {
                 for (i, step) in cols.chunks_exact(V * LANES).enumerate() {
                     // SAFETY: the step holds V whole vectors, 64-byte aligned.
                     let xs = std::array::from_fn(|j| unsafe {
