@@ -8,8 +8,8 @@
 //! and rows or columns that belong to the next image). So a block of `R` output channels × `V`
 //! vectors is `R·V` FMA chains, each over the whole depth (ci, then tap), fed by `V` loads and
 //! `R` broadcasts per depth step. The masked loads mostly straddle two cache lines, so with
-//! several row blocks a block of pixels gathers its tap vectors once into aligned scratch
-//! (9·cin vectors per pixel vector, in L2) for all of them. Strided, a lane's source is not next
+//! several row blocks the first one stores the tap vectors it loads into aligned scratch
+//! (9·cin vectors per pixel vector, in L2), and the others read them there. Strided, a lane's source is not next
 //! to its neighbour's: the taps are gathered (`vgatherdps`) by their positions.
 //!
 //! im2col wrote each input value nine times into columns that `gemm` then packed again: for
@@ -154,7 +154,7 @@ unsafe fn blocks_avx512(
     // Stride 1 on images of whole vectors: a vector's masks depend only on where it lies in its
     // image, so they are made once per call (made per block, they were 7% of a 32→32 layer).
     let od = g.out_dims(d);
-    let image_masks: Vec<[u16; 9]> = if strided || od.hw() % LANES != 0 {
+    let image_masks: Vec<[u16; 9]> = if strided || !od.hw().is_multiple_of(LANES) {
         Vec::new()
     } else {
         (0..od.hw() / LANES).map(|v| sources(g, d, v).0).collect()
