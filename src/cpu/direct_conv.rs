@@ -9,8 +9,9 @@
 //! vectors is `R·V` FMA chains, each over the whole depth (ci, then tap), fed by `V` loads and
 //! `R` broadcasts per depth step. The masked loads mostly straddle two cache lines, so with
 //! several row blocks the first one stores the tap vectors it loads into aligned scratch
-//! (9·cin vectors per pixel vector, in L2), and the others read them there. Strided, a lane's source is not next
-//! to its neighbour's: the taps are gathered (`vgatherdps`) by their positions.
+//! (9·cin vectors per pixel vector, in L2), and the others read them there. Strided, a lane's
+//! source is not next to its neighbour's: the taps are gathered (`vgatherdps`) by their
+//! positions.
 //!
 //! im2col wrote each input value nine times into columns that `gemm` then packed again: for
 //! the small-channel layers of the bundled digits model (32–128 channels on 4×4–16×16 images
@@ -159,7 +160,7 @@ unsafe fn blocks_avx512(
     } else {
         (0..od.hw() / LANES).map(|v| sources(g, d, v).0).collect()
     };
-    // Each block's vectors' tap masks and (strided) source positions, per `sources`.
+    // Strided, the block's vectors' source positions (`sources`); stride 1 reads none.
     let mut at = [[[0i32; LANES]; 9]; V];
     let mut vb = v0;
     while vb < v1 {
@@ -196,9 +197,9 @@ unsafe fn blocks_avx512(
         }
         // With several row blocks, the taps are gathered once into `cols` (depth-major, whole
         // aligned vectors) for all of them: each row block loading its own took 1.05–1.3× the
-        // time per layer. The first row block gathers them as it uses them (a separate pass
-        // was 15% of a 32→32 layer). With one row block (a few output channels), they are
-        // loaded as they are used.
+        // time per layer. The first row block stores them as it uses them (a separate pass
+        // before it was 15% of a 32→32 layer). With one row block (a few output channels),
+        // they are only loaded as they are used.
         let gather = m1 - m0 > R || strided;
         let mut mb = m0;
         while mb < m1 {
@@ -219,23 +220,7 @@ unsafe fn blocks_avx512(
                     }
                 }};
             }
-            if gather && mb == m0 {
-                for (ci, &plane) in planes.iter().enumerate() {
-                    for tap in 0..9 {
-                        let xs = taps!(plane, tap);
-                        for (j, &v) in xs.iter().enumerate() {
-                            // SAFETY: a whole aligned vector of `cols`.
-                            unsafe {
-                                _mm512_store_ps(
-                                    cols.as_mut_ptr().add(((ci * 9 + tap) * V + j) * LANES),
-                                    v,
-                                )
-                            };
-                        }
-                        fma_step!(ci * 9 + tap, xs);
-                    }
-                }
-            } else if gather {
+            if gather && mb > m0 {
                 for (i, step) in cols.chunks_exact(V * LANES).enumerate() {
                     // SAFETY: the step holds V whole vectors, 64-byte aligned.
                     let xs = std::array::from_fn(|j| unsafe {
@@ -246,7 +231,17 @@ unsafe fn blocks_avx512(
             } else {
                 for (ci, &plane) in planes.iter().enumerate() {
                     for tap in 0..9 {
-                        fma_step!(ci * 9 + tap, taps!(plane, tap));
+                        let xs = taps!(plane, tap);
+                        for (j, &v) in xs.iter().enumerate().filter(|_| gather) {
+                            // SAFETY: a whole aligned vector of `cols`.
+                            unsafe {
+                                _mm512_store_ps(
+                                    cols.as_mut_ptr().add(((ci * 9 + tap) * V + j) * LANES),
+                                    v,
+                                )
+                            };
+                        }
+                        fma_step!(ci * 9 + tap, xs);
                     }
                 }
             }
