@@ -23,6 +23,9 @@ pub enum RdiffError {
     /// A stateful object used from two threads at once: `rdiff.ConcurrentUseError`.
     #[error("{0}")]
     ConcurrentUse(String),
+    /// Host memory for an activation could not be had: `MemoryError`.
+    #[error("{0}")]
+    Memory(String),
 }
 
 pub type Result<T> = std::result::Result<T, RdiffError>;

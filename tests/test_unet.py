@@ -310,6 +310,36 @@ def test_bad_inputs(small_dir):
         cond(torch.randn(1, 4, 16, 16), 1, class_labels=torch.tensor([10]))
 
 
+_TOO_LARGE = """
+import resource, numpy as np, rdiff, rdiff.cli
+# A bounded address space: the 32 GiB activation is refused whatever the kernel's overcommit
+# policy (without the limit it could be granted lazily and meet the OOM killer instead).
+resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+unet = rdiff.UNet2DModel.from_pretrained(rdiff.cli.bundled_model_dir("digits"))
+try:
+    unet(np.zeros((64, 1, 2048, 2048), np.float32), 10)
+except MemoryError as e:
+    print("MemoryError:", e)
+small = unet(np.zeros((2, 1, 16, 16), np.float32), 10)
+print("after:", small.shape, bool(np.isfinite(small).all()))
+"""
+
+
+def test_an_activation_too_large_for_memory_is_a_memory_error():
+    # 64 digits at 2,048×2,048 need a 32 GiB activation: a MemoryError naming the remedy, not
+    # an abort of the process, and the model still runs at a sane size afterwards.
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _TOO_LARGE], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "MemoryError: cannot allocate 32.00 GiB" in out.stdout, out.stdout
+    assert "smaller batch" in out.stdout
+    assert "after: (2, 1, 16, 16) True" in out.stdout
+
+
 # -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------
 
 from bad_input_cases import bad_input_test

@@ -13,6 +13,8 @@
 
 use std::cell::RefCell;
 
+use crate::error::{RdiffError, Result};
+
 /// Buffers at least this large are anonymous mappings rather than heap vectors.
 const MAP_MIN_BYTES: usize = 1 << 20;
 
@@ -34,8 +36,10 @@ impl Default for Store {
 }
 
 impl Store {
-    fn zeroed(len: usize) -> Store {
-        let bytes = len * std::mem::size_of::<f32>();
+    /// `len` zeros, or None where the memory cannot be had (the caller reports it; a failed
+    /// vector allocation would abort the process).
+    fn zeroed(len: usize) -> Option<Store> {
+        let bytes = len.checked_mul(std::mem::size_of::<f32>())?;
         if bytes >= MAP_MIN_BYTES {
             if let Ok(map) = memmap2::MmapMut::map_anon(bytes) {
                 #[cfg(target_os = "linux")]
@@ -43,16 +47,19 @@ impl Store {
                     let _ = map.advise(memmap2::Advice::HugePage);
                     let _ = map.advise(memmap2::Advice::PopulateWrite);
                 }
-                return Store::Mapped { map, len };
+                return Some(Store::Mapped { map, len });
             }
         }
-        Store::Heap(vec![0.0; len])
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).ok()?;
+        v.resize(len, 0.0);
+        Some(Store::Heap(v))
     }
 
     /// This storage grown to `len` values (more than it has): its values kept, the new ones
     /// zero. A mapping grows in place (`mremap`) and populates only what it adds, so a first
     /// forward does not zero-fill both a buffer and the larger one that replaces it.
-    fn grow(self, len: usize) -> Store {
+    fn grow(self, len: usize) -> Option<Store> {
         #[cfg(target_os = "linux")]
         if let Store::Mapped { mut map, len: old } = self {
             let bytes = len * std::mem::size_of::<f32>();
@@ -63,7 +70,7 @@ impl Store {
                 let added = old * std::mem::size_of::<f32>();
                 let _ = map.advise(memmap2::Advice::HugePage);
                 let _ = map.advise_range(memmap2::Advice::PopulateWrite, added, bytes - added);
-                return Store::Mapped { map, len };
+                return Some(Store::Mapped { map, len });
             }
             return Store::zeroed(len);
         }
@@ -139,7 +146,17 @@ pub struct Arena {
 
 impl Arena {
     /// A buffer of `len` elements with unspecified (but initialised) contents.
+    ///
+    /// # Panics
+    /// When the memory cannot be had ([`Arena::try_take`] reports it instead): for the ops'
+    /// own buffers, bounded whatever the batch.
     pub fn take(&mut self, len: usize) -> Buf {
+        self.try_take(len).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Arena::take`], or a `Memory` error when the memory cannot be had: an activation's
+    /// size follows the caller's batch and image size.
+    pub fn try_take(&mut self, len: usize) -> Result<Buf> {
         let best = self
             .free
             .iter()
@@ -158,14 +175,23 @@ impl Arena {
                     .max_by_key(|(_, v)| v.len())
                     .map(|(i, _)| i)
                     .map(|i| self.free.swap_remove(i));
-                self.allocated += (len - largest.as_ref().map_or(0, Store::len)) * 4;
-                match largest {
+                let had = largest.as_ref().map_or(0, Store::len);
+                let grown = match largest {
                     Some(store) => store.grow(len),
                     None => Store::zeroed(len),
-                }
+                };
+                let Some(store) = grown else {
+                    let gib = len as f64 * 4.0 / f64::from(1 << 30);
+                    return Err(RdiffError::Memory(format!(
+                        "cannot allocate {gib:.2} GiB for an activation buffer \
+                         ({len} float32 values): use a smaller batch or image size"
+                    )));
+                };
+                self.allocated += (len - had) * 4;
+                store
             }
         };
-        Buf { data, len }
+        Ok(Buf { data, len })
     }
 
     /// A zero-filled buffer.
@@ -236,7 +262,10 @@ pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         if s.len() < len {
-            *s = Store::zeroed(len); // (the old contents are scratch: not kept)
+            // (the old contents are scratch: not kept; an op's scratch is bounded whatever
+            // the batch, so running out here is not the caller's input)
+            *s = Store::zeroed(len)
+                .unwrap_or_else(|| panic!("cannot allocate {len} float32 values of scratch"));
         }
         f(&mut s.as_mut_slice()[..len])
     })
@@ -269,6 +298,18 @@ mod tests {
         }
         assert!(b[big..].iter().all(|&v| v == 0.0));
         assert_eq!(a.allocated_bytes(), 2 * big * 4); // (net of the grown buffers)
+    }
+
+    #[test]
+    fn an_impossible_buffer_is_an_error_and_the_pool_survives_it() {
+        let mut arena = Arena::default();
+        let small = arena.take(100);
+        arena.give(small);
+        // More bytes than the address space: refused before any allocation is tried.
+        let err = arena.try_take(usize::MAX / 2).unwrap_err();
+        assert!(matches!(err, RdiffError::Memory(ref m) if m.contains("smaller batch")));
+        assert_eq!(arena.allocated_bytes(), 400);
+        assert_eq!(arena.take(50).len(), 50);
     }
 
     #[test]

@@ -145,7 +145,7 @@ impl Backend for CpuBackend<'_> {
     type Buf = Buf;
 
     fn take(&mut self, len: usize) -> Result<Buf> {
-        Ok(self.arena.take(len))
+        self.arena.try_take(len)
     }
 
     fn give(&mut self, b: Buf) {
@@ -165,7 +165,7 @@ impl Backend for CpuBackend<'_> {
         // A residual made of several segments is joined first (one contiguous source).
         let joined = match e.residual {
             Some(r) if r.len() > 1 => {
-                let mut j = self.arena.take(out.len());
+                let mut j = self.arena.try_take(out.len())?;
                 let mut o = 0;
                 for (s, _) in r {
                     j[o..o + s.len()].copy_from_slice(s);

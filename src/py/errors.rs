@@ -1,7 +1,7 @@
 //! The Python side of `RdiffError`: each variant maps to one precise exception class.
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::error::RdiffError;
@@ -46,6 +46,7 @@ impl From<RdiffError> for PyErr {
             RdiffError::Cuda(m) => CudaError::new_err(m),
             RdiffError::Io(m) => WeightsError::new_err(m),
             RdiffError::ConcurrentUse(m) => ConcurrentUseError::new_err(m),
+            RdiffError::Memory(m) => PyMemoryError::new_err(m),
         }
     }
 }
