@@ -62,7 +62,7 @@ impl Store {
     fn grow(self, len: usize) -> Option<Store> {
         #[cfg(target_os = "linux")]
         if let Store::Mapped { mut map, len: old } = self {
-            let bytes = len * std::mem::size_of::<f32>();
+            let bytes = len.checked_mul(std::mem::size_of::<f32>())?;
             let options = memmap2::RemapOptions::new().may_move(true);
             // SAFETY: an anonymous mapping (no file to run past), owned here: nothing borrows
             // it across the move.
@@ -302,14 +302,20 @@ mod tests {
 
     #[test]
     fn an_impossible_buffer_is_an_error_and_the_pool_survives_it() {
-        let mut arena = Arena::default();
-        let small = arena.take(100);
-        arena.give(small);
-        // More bytes than the address space: refused before any allocation is tried.
-        let err = arena.try_take(usize::MAX / 2).unwrap_err();
-        assert!(matches!(err, RdiffError::Memory(ref m) if m.contains("smaller batch")));
-        assert_eq!(arena.allocated_bytes(), 400);
-        assert_eq!(arena.take(50).len(), 50);
+        // A heap buffer and a mapping to grow from, in turn.
+        for have in [100, MAP_MIN_BYTES / 4] {
+            let mut arena = Arena::default();
+            let small = arena.take(have);
+            arena.give(small);
+            // More bytes than the address space, a count that wraps to 4 MiB unchecked:
+            // refused before any allocation is tried.
+            let err = arena.try_take(usize::MAX / 4 + (1 << 20)).unwrap_err();
+            assert!(matches!(err, RdiffError::Memory(ref m) if m.contains("smaller batch")));
+            assert_eq!(arena.allocated_bytes(), have * 4);
+            let mut b = arena.take(50);
+            b.fill(1.0);
+            assert_eq!(b.len(), 50);
+        }
     }
 
     #[test]
