@@ -390,3 +390,64 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    /// Not a test: the bundled digits model's direct-convolution layers (and one at batch 16)
+    /// alone, hot, best of 30 calls on the global pool. `cargo test --release --lib
+    /// direct_conv::bench -- --ignored --nocapture` (figures in benches/README.md).
+    #[test]
+    #[ignore]
+    fn digits_layers() {
+        if !has_avx512() {
+            eprintln!("no AVX-512 here");
+            return;
+        }
+        let layers = [
+            (64, 16, 32, 32),
+            (64, 8, 64, 64),
+            (64, 4, 64, 64),
+            (64, 8, 128, 64),
+            (64, 16, 16, 16),
+            (64, 16, 32, 64),
+            (16, 16, 32, 32),
+        ];
+        for (b, h, cin, cout) in layers {
+            let d = Dims { b, h, w: h };
+            let x: Vec<f32> = (0..cin * d.n())
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let w: Vec<f32> = (0..cout * cin * 9)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 30.0)
+                .collect();
+            let bias = vec![0.1f32; cout];
+            let segs = [(&x[..], cin)];
+            let input = Input {
+                segs: &segs,
+                dims: d,
+            };
+            let mut out = vec![0.0f32; cout * d.n()];
+            let mut best = f64::INFINITY;
+            for _ in 0..30 {
+                let start = std::time::Instant::now();
+                conv2d(
+                    input,
+                    &w,
+                    cout,
+                    Geometry::SAME3,
+                    Init::bias(&bias),
+                    &mut out,
+                );
+                best = best.min(start.elapsed().as_secs_f64());
+            }
+            let gflop = 2.0 * (cout * cin * 9 * d.n()) as f64 / 1e9;
+            eprintln!(
+                "batch {b}, {h}×{h}, {cin}→{cout}: {:.3} ms, {:.0} GFLOP/s",
+                best * 1e3,
+                gflop / best
+            );
+        }
+    }
+}
