@@ -2,10 +2,12 @@
 // columns × weights), linear layers and attention (QKᵀ, PV):
 //   C[z][i][j] = beta · C[z][i][j] + alpha · Σ_k A[z](i, k) · B[z](k, j)
 // A(i, k) = a[z·a_bs + i·a_rs + k·a_cs], B likewise, C row-major with row stride c_rs.
-// With beta == 0, C is not read (it may hold garbage or NaN). With rounding 1 (bf16) or 2
-// (f16), each operand is rounded to that type (to nearest even) as it is loaded: the numerics
-// of bf16 or f16 tensor-core math (compute_dtype="bfloat16" / "float16") where cuBLAS is
-// missing, at f32 SIMT speed.
+// With beta == 0, C is not read (it may hold garbage or NaN). rdiff_gemm_f32 reads f32
+// operands; with rounding 1 (bf16) or 2 (f16) it rounds each to that type (to nearest even)
+// as it loads it. rdiff_gemm_bf16 / _f16 read operands stored in that type (a half-precision
+// model's weights and columns on the device; strides in its elements). Either way, the
+// numerics of bf16 or f16 tensor-core math (compute_dtype="bfloat16" / "float16") where
+// cuBLAS is missing, at f32 SIMT speed. C is f32 in all three.
 //
 // 64×64 output tile per block of 256 threads, each thread a 4×4 register tile (rows ty+16r,
 // columns tx+16c, so shared-memory reads are broadcasts or consecutive words), K in slices of
@@ -27,11 +29,11 @@ RD_DEV float rd_gemm_round(float v, rd_i64 rounding) {
     return v;
 }
 
-extern "C" __global__ void __launch_bounds__(RD_GEMM_THREADS)
-    rdiff_gemm_f32(rd_i64 m, rd_i64 n, rd_i64 k, const float* __restrict__ a, rd_i64 a_rs,
-                   rd_i64 a_cs, rd_i64 a_bs, const float* __restrict__ b, rd_i64 b_rs,
-                   rd_i64 b_cs, rd_i64 b_bs, float* __restrict__ c, rd_i64 c_rs, rd_i64 c_bs,
-                   float alpha, float beta, rd_i64 rounding) {
+template <class T>
+__device__ void rd_gemm(rd_i64 m, rd_i64 n, rd_i64 k, const T* __restrict__ a, rd_i64 a_rs,
+                        rd_i64 a_cs, rd_i64 a_bs, const T* __restrict__ b, rd_i64 b_rs,
+                        rd_i64 b_cs, rd_i64 b_bs, float* __restrict__ c, rd_i64 c_rs,
+                        rd_i64 c_bs, float alpha, float beta, rd_i64 rounding) {
     RDIFF_SHARED(float, sa, RD_GEMM_BK * RD_GEMM_BM);
     RDIFF_SHARED(float, sb, RD_GEMM_BK * RD_GEMM_BN);
     const int tid = (int)threadIdx.x;
@@ -63,7 +65,7 @@ extern "C" __global__ void __launch_bounds__(RD_GEMM_THREADS)
                 kk = e >> 6;
             }
             const rd_i64 gi = i0 + ii, gk = k0 + kk;
-            const float av = (gi < m && gk < k) ? a[gi * a_rs + gk * a_cs] : 0.0f;
+            const float av = (gi < m && gk < k) ? rd_to_f32(a[gi * a_rs + gk * a_cs]) : 0.0f;
             sa[kk * RD_GEMM_BM + ii] = rd_gemm_round(av, rounding);
             int jj;
             if (b_j_contig) {
@@ -74,7 +76,7 @@ extern "C" __global__ void __launch_bounds__(RD_GEMM_THREADS)
                 jj = e >> 4;
             }
             const rd_i64 gj = j0 + jj, gk2 = k0 + kk;
-            const float bv = (gj < n && gk2 < k) ? b[gk2 * b_rs + gj * b_cs] : 0.0f;
+            const float bv = (gj < n && gk2 < k) ? rd_to_f32(b[gk2 * b_rs + gj * b_cs]) : 0.0f;
             sb[kk * RD_GEMM_BN + jj] = rd_gemm_round(bv, rounding);
         }
         __syncthreads();
@@ -106,4 +108,18 @@ extern "C" __global__ void __launch_bounds__(RD_GEMM_THREADS)
         }
     }
 }
-RDIFF_HOST_EXPORT(rdiff_gemm_f32)
+
+#define RD_GEMM_ENTRY(TN, T)                                                                    \
+    extern "C" __global__ void __launch_bounds__(RD_GEMM_THREADS) rdiff_gemm_##TN(              \
+        rd_i64 m, rd_i64 n, rd_i64 k, const T* __restrict__ a, rd_i64 a_rs, rd_i64 a_cs,       \
+        rd_i64 a_bs, const T* __restrict__ b, rd_i64 b_rs, rd_i64 b_cs, rd_i64 b_bs,           \
+        float* __restrict__ c, rd_i64 c_rs, rd_i64 c_bs, float alpha, float beta,              \
+        rd_i64 rounding) {                                                                     \
+        rd_gemm<T>(m, n, k, a, a_rs, a_cs, a_bs, b, b_rs, b_cs, b_bs, c, c_rs, c_bs, alpha,     \
+                   beta, rounding);                                                            \
+    }                                                                                          \
+    RDIFF_HOST_EXPORT(rdiff_gemm_##TN)
+
+RD_GEMM_ENTRY(f32, float)
+RD_GEMM_ENTRY(f16, rd_f16)
+RD_GEMM_ENTRY(bf16, rd_bf16)

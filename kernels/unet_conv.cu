@@ -1,5 +1,6 @@
 // The UNet's convolution helpers on the internal f32 layout [c][b][h][w] (batch folded into
-// the columns, as in src/cpu/conv.rs): im2col for a tile of output columns, the epilogue's
+// the columns, as in src/cpu/conv.rs): im2col for a tile of output columns (and the other
+// half-precision GEMM operands, narrowed from the f32 activations), the epilogue's
 // starting value (bias, time embedding, residual; the GEMM then accumulates onto it), and the
 // conversions between the caller's NCHW tensors (f32/f16/bf16) and the internal layout.
 //
@@ -11,12 +12,14 @@
 
 // cols[row0 + ci·k² + ky·k + kx][j] = x[ci] at the input pixel that output column c0 + j reads
 // through tap (ky, kx) (zero outside the image); x is one channel segment [sc][batch][h][w].
-// With `upsample`, the input is read as its nearest 2× upsampling (fused, never stored).
-extern "C" __global__ void __launch_bounds__(RD_UNET_THREADS)
-    rdiff_unet_im2col_f32(const float* __restrict__ x, rd_i64 sc, rd_i64 batch, rd_i64 h,
-                          rd_i64 w, rd_i64 k, rd_i64 stride, rd_i64 pad_t, rd_i64 pad_l,
-                          rd_i64 upsample, rd_i64 ho, rd_i64 wo, rd_i64 c0, rd_i64 tn,
-                          float* __restrict__ cols, rd_i64 row0) {
+// With `upsample`, the input is read as its nearest 2× upsampling (fused, never stored). The
+// columns are stored as T: f32, or a half-precision model's GEMM operand (rounded to nearest
+// even, as the tensor cores would round it).
+template <class T>
+__device__ void rd_unet_im2col(const float* __restrict__ x, rd_i64 sc, rd_i64 batch, rd_i64 h,
+                               rd_i64 w, rd_i64 k, rd_i64 stride, rd_i64 pad_t, rd_i64 pad_l,
+                               rd_i64 upsample, rd_i64 ho, rd_i64 wo, rd_i64 c0, rd_i64 tn,
+                               T* __restrict__ cols, rd_i64 row0) {
     const rd_i64 kk = k * k;
     const rd_i64 total = sc * kk * tn;
     const rd_i64 plane = batch * h * w;
@@ -35,10 +38,49 @@ extern "C" __global__ void __launch_bounds__(RD_UNET_THREADS)
             const rd_i64 sy = upsample ? iy / 2 : iy, sx = upsample ? ix / 2 : ix;
             v = x[ci * plane + (bb * h + sy) * w + sx];
         }
-        cols[(row0 + r) * tn + j] = v;
+        cols[(row0 + r) * tn + j] = rd_narrow<T>::from(v);
     }
 }
-RDIFF_HOST_EXPORT(rdiff_unet_im2col_f32)
+
+// out[ch][j] (T) = channel ch of a one- or two-segment activation, rounded: x0 holds channels
+// [0, c0), x1 the rest, each row n long. A half-precision model's 1×1 convolutions and linear
+// layers read their input through this (cuBLAS takes both operands of one type).
+template <class T>
+__device__ void rd_unet_narrow(const float* __restrict__ x0, rd_i64 c0,
+                               const float* __restrict__ x1, rd_i64 c, rd_i64 n,
+                               T* __restrict__ out) {
+    const rd_i64 total = c * n;
+    const rd_i64 split = c0 * n;
+    for (rd_i64 e = rd_thread_index(); e < total; e += rd_grid_stride()) {
+        const float v = e < split ? x0[e] : x1[e - split];
+        out[e] = rd_narrow<T>::from(v);
+    }
+}
+
+#define RD_UNET_OPERAND(TN, T)                                                                  \
+    extern "C" __global__ void __launch_bounds__(RD_UNET_THREADS) rdiff_unet_im2col_##TN(      \
+        const float* __restrict__ x, rd_i64 sc, rd_i64 batch, rd_i64 h, rd_i64 w, rd_i64 k,     \
+        rd_i64 stride, rd_i64 pad_t, rd_i64 pad_l, rd_i64 upsample, rd_i64 ho, rd_i64 wo,       \
+        rd_i64 c0, rd_i64 tn, T* __restrict__ cols, rd_i64 row0) {                             \
+        rd_unet_im2col<T>(x, sc, batch, h, w, k, stride, pad_t, pad_l, upsample, ho, wo, c0,    \
+                          tn, cols, row0);                                                     \
+    }                                                                                          \
+    RDIFF_HOST_EXPORT(rdiff_unet_im2col_##TN)
+
+RD_UNET_OPERAND(f32, float)
+RD_UNET_OPERAND(f16, rd_f16)
+RD_UNET_OPERAND(bf16, rd_bf16)
+
+#define RD_UNET_NARROW(TN, T)                                                                   \
+    extern "C" __global__ void __launch_bounds__(RD_UNET_THREADS) rdiff_unet_narrow_##TN(      \
+        const float* __restrict__ x0, rd_i64 c0, const float* __restrict__ x1, rd_i64 c,       \
+        rd_i64 n, T* __restrict__ out) {                                                       \
+        rd_unet_narrow<T>(x0, c0, x1, c, n, out);                                              \
+    }                                                                                          \
+    RDIFF_HOST_EXPORT(rdiff_unet_narrow_##TN)
+
+RD_UNET_NARROW(f16, rd_f16)
+RD_UNET_NARROW(bf16, rd_bf16)
 
 // out[c][col] = bias[c] + bias2[c] + temb[b·temb_stride + c] + residual[c][col] (each term
 // optional: null pointer), col in [0, n), b = col / hw. The residual may be a concatenation

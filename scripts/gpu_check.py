@@ -287,6 +287,7 @@ def unets_match_torch() -> None:
     # cuBLAS's GEMMs in every dtype, rdiff's own GEMM kernel in f32
     cases = [(d, False) for d in (torch.float32, torch.float16, torch.bfloat16)]
     # bf16 and f16 math: cuBLAS's tensor cores, the kernel's rounding
+    device_bytes = {}
     for (label, dtype, lo, hi), kernel in itertools.product(
         [("bf16", "bfloat16", 1e-4, 3e-2), ("f16", "float16", 1e-5, 4e-3)], (False, True)
     ):
@@ -295,6 +296,7 @@ def unets_match_torch() -> None:
             err = _rel(ours(x.cuda(), t.cuda()), want)
         name = f"UNet2DModel cuda compute {label}{' (own GEMM)' if kernel else ''} ≈ diffusers"
         report(name, lo < err <= hi, f"rel {err:.1e}")
+        device_bytes[label] = ours._core.device_weight_bytes
     for dtype, kernel in [*cases, (torch.float32, True)]:
         ours = rdiff.UNet2DModel.from_diffusers(m, device="cuda")
         with gemm_path(kernel):
@@ -304,6 +306,13 @@ def unets_match_torch() -> None:
         tol = 1e-4 if dtype == torch.float32 else 2e-2
         name = f"UNet2DModel cuda {str(dtype)[6:]}{' (own GEMM)' if kernel else ''} = diffusers"
         report(name, same and err <= tol, f"rel {err:.1e}")
+        device_bytes["f32"] = ours._core.device_weight_bytes
+    # a bf16 or f16 model's matrices in 16 bits on the device
+    full = device_bytes["f32"]
+    for label in ("bf16", "f16"):
+        share = device_bytes[label] / full
+        name = f"UNet2DModel {label} weights on the device"
+        report(name, 0.45 <= share <= 0.52, f"{share:.3f}× f32's")
     for family in ("sd1", "sd2", "sdxl"):
         cfg = _cond_config(family)
         m = _randomised(diffusers.UNet2DConditionModel(**cfg))

@@ -27,6 +27,7 @@ ENTRY_PREFIXES = {
     "rdiff_error_norm_": "error_norm",
     "rdiff_gemm_": "gemm",
     "rdiff_unet_im2col_": "unet_conv",
+    "rdiff_unet_narrow_": "unet_conv",
     "rdiff_unet_conv_init_": "unet_conv",
     "rdiff_unet_nchw_": "unet_conv",
     "rdiff_unet_": "unet_ops",
@@ -35,7 +36,12 @@ ENTRY_PREFIXES = {
 # 4×4 register tile takes more (2 blocks per SM), the usual trade of occupancy for reuse; so
 # does the fused attention, whose lanes keep their share of the query and of the output
 # accumulators in registers.
-MAX_REGISTERS = {"rdiff_gemm_f32": 128, "rdiff_unet_flash_attention_f32": 128}
+MAX_REGISTERS = {
+    "rdiff_gemm_f32": 128,
+    "rdiff_gemm_f16": 128,
+    "rdiff_gemm_bf16": 128,
+    "rdiff_unet_flash_attention_f32": 128,
+}
 needs_nvrtc = pytest.mark.skipif(
     not any("nvrtc" in str(p) for p in _rdiff._load_cuda_libraries()),
     reason="no NVRTC wheel in this environment",
@@ -59,7 +65,7 @@ def test_cuda_libraries_load_on_first_need_not_at_import():
 def test_kernel_list_matches_the_host_build():
     assert sorted(_rdiff._cuda_kernels()) == sorted(KERNELS)
     entries = _rdiff._emulated_kernels()
-    assert len(entries) == 2 * 9 + 3 + 1 + 11 + 9
+    assert len(entries) == 2 * 9 + 3 + 3 + 15 + 9
     assert {_entry_source(e) for e in entries} == set(KERNELS)
     assert all(e.startswith("rdiff_") for e in entries)
 

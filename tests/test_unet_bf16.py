@@ -287,15 +287,19 @@ def test_bf16_on_a_device_rounds_every_gemm(css):
 
 
 def test_f16_on_a_device_rounds_every_gemm(css):
-    """``compute_dtype="float16"`` on a device (the emulated launcher standing in for cuBLAS's
-    ``CUBLAS_COMPUTE_32F_FAST_16F``): every GEMM rounds its operands to f16 and sums in f32.
-    f16 keeps three more mantissa bits than bf16, so its error is about 8× smaller: a GEMM
-    rounding to bf16 instead (or not rounding) would leave the band."""
+    """``compute_dtype="float16"`` on a device (the emulated launcher standing in for cuBLAS):
+    every GEMM multiplies f16 operands (the weight matrices kept in f16 on the device, the
+    activations rounded to f16) and sums in f32. f16 keeps three more mantissa bits than
+    bf16, so its error is about 8× smaller: a GEMM rounding to bf16 instead (or not rounding)
+    would leave the band."""
     model, path, f32, _ = css
     x, t, labels = _torch_args(CLASS_SCALE_SHIFT)
     emu16 = rdiff.UNet2DModel._load(path, -1, compute_dtype="float16")
     emu_bf16 = rdiff.UNet2DModel._load(path, -1, compute_dtype=BF16)
+    emu32 = rdiff.UNet2DModel._load(path, -1)
+    # the host keeps float32 weights; the device copies are made by the first call
     assert emu16.dtype == "float16" and emu16._core.weight_bytes == f32._core.weight_bytes
+    assert emu16._core.device_weight_bytes == 0 and f32._core.device_weight_bytes is None
     ref = f32(x, t, labels)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
         auto = model(x, t, class_labels=labels).sample.float()
@@ -304,6 +308,12 @@ def test_f16_on_a_device_rounds_every_gemm(css):
     assert 1e-4 <= err <= 3e-3, err
     assert err <= 3 * torch_err, (err, torch_err)
     assert err <= rel_l2(emu_bf16(x, t, labels), ref) / 4
+    assert rel_l2(emu32(x, t, labels), ref) <= 1e-5
+    # on the device, the matrices in 16 bits (the norms' and biases' vectors stay f32)
+    full = emu32._core.device_weight_bytes
+    assert full >= emu32._core.weight_bytes * 0.99
+    for half in (emu16, emu_bf16):
+        assert 0.45 * full <= half._core.device_weight_bytes <= 0.52 * full
     cfg = _family_config("sd1", 1)
     cond = _model(cfg)
     kw = _inputs(cfg, size=8, tokens=3)

@@ -818,6 +818,10 @@ class _UNet2D:
     def device_traffic(self) -> tuple[int, int] | None:
         """``(allocations, host-to-device copies)`` on the model's device since load; None on
         the CPU. A warm call with device timesteps and no host-side conditioning adds none."""
+    @property
+    def device_weight_bytes(self) -> int | None:
+        """Bytes of the weights' copies on the model's device, made by its first call; None on
+        the CPU. A bfloat16 or float16 model keeps its matrices there in that type."""
     def check(self, shape: tuple[int, int, int, int], timesteps: int) -> None:
         """ValueError unless a call with this sample shape and timestep count can run."""
     def forward(

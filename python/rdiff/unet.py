@@ -115,11 +115,12 @@ class _NativeUNet:
         (``rdiff.backends()["cpu"]["bf16_kernel"]`` says which); so do attention's two
         products from 1,024 keys. Norms, softmax and the rest stay float32. On CUDA every
         GEMM (convolutions, linear layers, large attention) runs on cuBLAS's bf16 tensor cores
-        with float32 sums (``CUBLAS_COMPUTE_32F_FAST_16BF``; the weights stay float32 on the
-        device), or, without cuBLAS, on rdiff's own GEMM kernel with its operands rounded to
-        bfloat16 (the same numerics, float32 speed). ``compute_dtype="float16"`` is CUDA's
-        only: the same GEMMs on float16 tensor cores (``CUBLAS_COMPUTE_32F_FAST_16F``; three more
-        mantissa bits than bfloat16, but values past 65504 overflow), ValueError on the CPU,
+        with float32 sums (the weight matrices kept in bfloat16 on the device, half of
+        float32's memory; the activations rounded to bfloat16 for each product), or, without
+        cuBLAS, on rdiff's own GEMM kernel (the same numerics, float32 speed).
+        ``compute_dtype="float16"`` is CUDA's only: the same GEMMs on float16 tensor cores
+        (three more mantissa bits than bfloat16, but values past 65504 overflow; the weights
+        in float16 on the device), ValueError on the CPU,
         which has no float16 product kernel. Inputs and outputs keep the caller's dtype.
         """
         return cls._load(

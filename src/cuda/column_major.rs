@@ -27,6 +27,8 @@ pub struct ColumnMajorGemm {
     pub beta: f32,
     /// The math: f32, or bf16 or f16 tensor-core math (operands rounded, sums in f32).
     pub compute: ComputeDtype,
+    /// A and B stored in `compute`'s 16-bit type (C stays f32).
+    pub half_operands: bool,
 }
 
 /// How cuBLAS reads a logical `rows×cols` matrix whose element (r, c) is at `r·rs + c·cs`:

@@ -5,9 +5,10 @@
 //! One handle per device, on the caller's stream (with a workspace of rdiff's own while the
 //! stream captures a CUDA graph). A float32 model's GEMMs are plain f32
 //! (`cublasSgemmStridedBatched`, no TF32), so results agree with the f32 kernel to rounding; a
-//! `compute_dtype="bfloat16"` or `"float16"` model's are `cublasGemmStridedBatchedEx` on the
-//! same f32 buffers with `CUBLAS_COMPUTE_32F_FAST_16BF` or `_FAST_16F`: cuBLAS rounds the
-//! operands to bf16 or f16 and runs them on the tensor cores with f32 sums. Where the library
+//! `compute_dtype="bfloat16"` or `"float16"` model's are `cublasGemmStridedBatchedEx` with f32
+//! sums on the tensor cores: on operands stored in bf16 or f16 (its weight matrices and the
+//! columns made for them; `CUBLAS_COMPUTE_32F`, C in f32), or on f32 operands (attention's)
+//! with `CUBLAS_COMPUTE_32F_FAST_16BF` or `_FAST_16F`, cuBLAS rounding them. Where the library
 //! is missing, its handle cannot be created, `RDIFF_NO_CUBLAS` is set, or a GEMM's layout has
 //! no cuBLAS form, `gemm` answers `Ok(false)` and the caller runs rdiff's own GEMM kernel.
 
@@ -18,6 +19,7 @@ use cudarc::cublas::sys;
 
 use super::column_major::ColumnMajorGemm;
 use super::context::Device;
+use super::unet::device::f32_math_on_half_operands;
 use crate::error::{RdiffError, Result};
 use crate::unet::weights::ComputeDtype;
 
@@ -154,15 +156,19 @@ pub fn gemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool>
         };
         check(set, "cublasSetWorkspace")?;
     }
-    let fast = match g.compute {
-        ComputeDtype::F32 => None,
-        ComputeDtype::Bf16 => Some(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF),
-        ComputeDtype::F16 => Some(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16F),
+    use sys::cublasComputeType_t as math;
+    use sys::cudaDataType::{CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F};
+    let ex = match (g.compute, g.half_operands) {
+        (ComputeDtype::F32, false) => None,
+        (ComputeDtype::Bf16, false) => Some((CUDA_R_32F, math::CUBLAS_COMPUTE_32F_FAST_16BF)),
+        (ComputeDtype::F16, false) => Some((CUDA_R_32F, math::CUBLAS_COMPUTE_32F_FAST_16F)),
+        (ComputeDtype::Bf16, true) => Some((CUDA_R_16BF, math::CUBLAS_COMPUTE_32F)),
+        (ComputeDtype::F16, true) => Some((CUDA_R_16F, math::CUBLAS_COMPUTE_32F)),
+        (ComputeDtype::F32, true) => return Err(f32_math_on_half_operands()),
     };
-    if let Some(compute) = fast {
-        let f32_type = sys::cudaDataType::CUDA_R_32F;
-        // SAFETY: as for the f32 call below; alpha and beta are f32, as both 32F compute
-        // types ask.
+    if let Some((operand_type, compute)) = ex {
+        // SAFETY: as for the f32 call below (A and B hold `operand_type` elements); alpha and
+        // beta are f32, as the 32F compute types ask.
         let done = unsafe {
             sys::cublasGemmStridedBatchedEx(
                 h,
@@ -173,16 +179,16 @@ pub fn gemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool>
                 g.k,
                 (&g.alpha as *const f32).cast(),
                 g.a as *const std::ffi::c_void,
-                f32_type,
+                operand_type,
                 g.lda,
                 g.stride_a,
                 g.b as *const std::ffi::c_void,
-                f32_type,
+                operand_type,
                 g.ldb,
                 g.stride_b,
                 (&g.beta as *const f32).cast(),
                 g.c as *mut std::ffi::c_void,
-                f32_type,
+                CUDA_R_32F,
                 g.ldc,
                 g.stride_c,
                 g.batch,

@@ -62,13 +62,17 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource {
         name: "gemm",
         source: include_str!("../../kernels/gemm.cu"),
-        entries: &["rdiff_gemm_f32"],
+        entries: entries_by_dtype!("rdiff_gemm", single),
     },
     KernelSource {
         name: "unet_conv",
         source: include_str!("../../kernels/unet_conv.cu"),
         entries: &[
             "rdiff_unet_im2col_f32",
+            "rdiff_unet_im2col_f16",
+            "rdiff_unet_im2col_bf16",
+            "rdiff_unet_narrow_f16",
+            "rdiff_unet_narrow_bf16",
             "rdiff_unet_conv_init_f32",
             "rdiff_unet_nchw_in_f32",
             "rdiff_unet_nchw_out_f32",

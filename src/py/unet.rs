@@ -249,4 +249,12 @@ impl PyUNet2D {
     fn device_traffic(&self) -> Option<(usize, usize)> {
         self.inner.traffic().map(|t| (t.allocations, t.uploads))
     }
+
+    /// Bytes of the weights' copies on the model's device, made by its first call (None on
+    /// the CPU): a ``compute_dtype="bfloat16"`` or ``"float16"`` model keeps its matrices in
+    /// that type there, half a float32 model's.
+    #[getter]
+    fn device_weight_bytes(&self) -> Option<usize> {
+        self.inner.device_weight_bytes()
+    }
 }

@@ -242,6 +242,15 @@ impl UNetRunner {
             State::Emulated(_, st) | State::Cuda(_, st) => Some(lock(st).traffic()),
         }
     }
+
+    /// Bytes of the weights' device copies made so far (None on the CPU): a bf16 or f16
+    /// model keeps its matrices in that type, half a float32 model's.
+    pub fn device_weight_bytes(&self) -> Option<usize> {
+        match &self.state {
+            State::Cpu(_) => None,
+            State::Emulated(_, st) | State::Cuda(_, st) => Some(lock(st).weights.bytes),
+        }
+    }
 }
 
 impl Drop for UNetRunner {

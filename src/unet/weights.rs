@@ -366,7 +366,7 @@ impl WeightSource for ShardedSafetensors {
 /// operands summed in f32. On the CPU bf16 keeps the weight matrices as bf16 (`cpu::bf16`);
 /// on a device both round the operands in the tensor cores (`cuda/cublas.rs`). f16 has no CPU
 /// kernel (`UNetRunner::weight_storage` refuses it there).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ComputeDtype {
     #[default]
     F32,
@@ -403,6 +403,35 @@ impl ComputeDtype {
             Self::F32 => v,
             Self::Bf16 => half::bf16::from_f32(v).to_f32(),
             Self::F16 => half::f16::from_f32(v).to_f32(),
+        }
+    }
+
+    /// `v` rounded as [`Self::round_operand`] rounds it, as the 16 bits of a bf16 or f16
+    /// (how a half-precision model keeps its matrices on a device); 0 for f32, which has none.
+    pub fn half_bits(self, v: f32) -> u16 {
+        match self {
+            Self::F32 => 0,
+            Self::Bf16 => half::bf16::from_f32(v).to_bits(),
+            Self::F16 => half::f16::from_f32(v).to_bits(),
+        }
+    }
+
+    /// The value of the 16 bits `bits` of this type (exact); the inverse of
+    /// [`Self::half_bits`]. NaN for f32.
+    pub fn widen_bits(self, bits: u16) -> f32 {
+        match self {
+            Self::F32 => f32::NAN,
+            Self::Bf16 => half::bf16::from_bits(bits).to_f32(),
+            Self::F16 => half::f16::from_bits(bits).to_f32(),
+        }
+    }
+
+    /// The suffix of the kernels that read operands stored in this type.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::device::{Gemm, UnetDevice};
+use super::device::{bytes, Gemm, UnetDevice};
 use crate::cpu::layer_norm::LayerNormParams;
 use crate::cpu::norm::GroupNormParams;
 use crate::cuda::kernels::dtype_suffix;
@@ -107,62 +107,95 @@ impl DeviceArena {
     }
 }
 
-/// Device copies of the model's weights, keyed by the host slice (the model's weights never
-/// move or change once loaded).
+/// Device copies of the model's weights, keyed by the host slice and the type stored (the
+/// model's weights never move or change once loaded).
 #[derive(Default)]
 pub struct DeviceWeights {
-    map: HashMap<(usize, usize), u64>,
-    /// f16/bf16 matrices widened for a host-visible device (the emulator), by the same key.
-    widened: HashMap<(usize, usize), Vec<f32>>,
+    map: HashMap<(usize, usize, ComputeDtype), u64>,
+    /// On a host-visible device (the emulator), the copies that stand in for device ones: a
+    /// checkpoint's f16/bf16 matrix widened to f32, or a matrix in a bf16 or f16 model's type.
+    host: HashMap<(usize, usize, ComputeDtype), HostCopy>,
     /// Weights uploaded (each an allocation and a copy).
     pub(super) uploads: usize,
+    /// Bytes of the device copies (on a host-visible device, those its copies stand for).
+    pub bytes: usize,
+}
+
+enum HostCopy {
+    F32(Vec<f32>),
+    Half(Vec<u16>),
+}
+
+impl HostCopy {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::F32(v) => bytes(v),
+            Self::Half(v) => bytes(v),
+        }
+    }
 }
 
 impl DeviceWeights {
     fn get(&mut self, dev: &dyn UnetDevice, host: &[f32]) -> Result<u64> {
-        if dev.host_visible() {
-            return Ok(host.as_ptr() as u64);
-        }
-        let key = (host.as_ptr() as usize, host.len());
+        let key = (host.as_ptr() as usize, host.len(), ComputeDtype::F32);
         if let Some(&p) = self.map.get(&key) {
             return Ok(p);
         }
-        let p = dev.alloc(host.len())?;
-        dev.upload(p, host)?;
+        let p = if dev.host_visible() {
+            host.as_ptr() as u64
+        } else {
+            self.upload(dev, bytes(host))?
+        };
+        self.bytes += 4 * host.len();
         self.map.insert(key, p);
+        Ok(p)
+    }
+
+    fn upload(&mut self, dev: &dyn UnetDevice, data: &[u8]) -> Result<u64> {
+        let p = dev.alloc(data.len().div_ceil(4))?;
+        dev.upload(p, data)?;
         self.uploads += 1;
         Ok(p)
     }
 
-    /// A weight matrix's device copy, in f32 (the kernels' GEMM reads f32; a checkpoint's
-    /// f16/bf16 matrix is widened once, on the host, before its upload).
-    fn matrix(&mut self, dev: &dyn UnetDevice, w: &Weight) -> Result<u64> {
-        if let Some(host) = w.as_f32() {
+    /// A weight matrix's device copy, stored as `stored`: f32 (a checkpoint's f16/bf16
+    /// matrix widened once, on the host, before its upload) or, for a bf16 or f16 model,
+    /// that type (rounded to nearest even once, as its GEMMs would round it: half the memory
+    /// and half the GEMMs' weight traffic).
+    fn matrix(&mut self, dev: &dyn UnetDevice, w: &Weight, stored: ComputeDtype) -> Result<u64> {
+        if let (Some(host), ComputeDtype::F32) = (w.as_f32(), stored) {
             return self.get(dev, host);
         }
-        let key = (w.addr(), w.len());
-        if dev.host_visible() {
-            let wide = self
-                .widened
-                .entry(key)
-                .or_insert_with(|| w.to_f32().into_owned());
-            return Ok(wide.as_ptr() as u64);
-        }
+        let key = (w.addr(), w.len(), stored);
         if let Some(&p) = self.map.get(&key) {
             return Ok(p);
         }
-        let p = dev.alloc(w.len())?;
-        dev.upload(p, &w.to_f32())?;
+        let copy = match stored {
+            ComputeDtype::F32 => HostCopy::F32(w.to_f32().into_owned()),
+            half => HostCopy::Half(w.to_f32().iter().map(|&v| half.half_bits(v)).collect()),
+        };
+        let data = copy.bytes();
+        self.bytes += data.len();
+        let p = if dev.host_visible() {
+            let p = data.as_ptr() as u64;
+            self.host.insert(key, copy);
+            p
+        } else {
+            self.upload(dev, data)?
+        };
         self.map.insert(key, p);
-        self.uploads += 1;
         Ok(p)
     }
 
     pub fn release(&mut self, dev: &dyn UnetDevice) {
-        self.widened.clear();
-        for (_, p) in self.map.drain() {
-            dev.free(p);
+        if !dev.host_visible() {
+            for (_, p) in self.map.drain() {
+                dev.free(p);
+            }
         }
+        self.map.clear();
+        self.host.clear();
+        self.bytes = 0;
     }
 }
 
@@ -213,8 +246,36 @@ impl DeviceBackend<'_> {
         Ok(KernelArg::Ptr(self.weights.get(self.dev, host)?))
     }
 
+    /// A weight matrix as its GEMMs read it: f32, or a bf16 or f16 model's 16-bit type.
     fn wptr(&mut self, w: &Weight) -> Result<u64> {
-        self.weights.matrix(self.dev, w)
+        self.weights.matrix(self.dev, w, self.compute)
+    }
+
+    /// Whether the GEMMs' operands are 16-bit (a bf16 or f16 model's).
+    fn half(&self) -> bool {
+        self.compute != ComputeDtype::F32
+    }
+
+    /// A fresh arena buffer (the caller gives it back) holding the `c` rows of `n` values of
+    /// the one- or two-segment activation `x`, rounded to the model's 16-bit type: the GEMM
+    /// operand of a bf16 or f16 model's 1×1 convolution or linear layer.
+    fn narrow(&mut self, x: Segs<'_, DevBuf>, c: usize, n: usize) -> Result<DevBuf> {
+        let (x0, c0, x1) = two_segs(x, "narrow")?;
+        let out = self.arena.take(self.dev, (c * n).div_ceil(2))?;
+        let kernel = format!("rdiff_unet_narrow_{}", self.compute.suffix());
+        self.elementwise(
+            &kernel,
+            c * n,
+            &[
+                KernelArg::Ptr(x0.ptr),
+                i(c0),
+                ptr(x1),
+                i(c),
+                i(n),
+                KernelArg::Ptr(out.ptr),
+            ],
+        )?;
+        Ok(out)
     }
 
     /// `out[r][j] = act(x[r][j] + bias[j] + add[r mod add_rows][j])`; `add` is (address,
@@ -252,7 +313,7 @@ impl DeviceBackend<'_> {
 
     fn upload_new(&mut self, host: &[f32]) -> Result<DevBuf> {
         let b = self.arena.take(self.dev, host.len())?;
-        self.dev.upload(b.ptr, host)?;
+        self.dev.upload(b.ptr, bytes(host))?;
         self.arena.uploads += 1;
         Ok(b)
     }
@@ -340,7 +401,36 @@ impl Backend for DeviceBackend<'_> {
         }
         let beta0 = if e.keep { 1.0 } else { e.scale };
         let wp = self.wptr(w)?;
+        let (half, compute) = (self.half(), self.compute);
         let direct = g.k == 1 && g.stride == 1 && !g.upsample && g.pad == [0; 4];
+        if direct && half {
+            // cuBLAS takes both operands of one type: the input rounded first, all segments
+            // in one operand.
+            let xh = self.narrow(x, cin, n)?;
+            let done = self.dev.gemm(&Gemm {
+                m: cout,
+                n,
+                k: cin,
+                a: wp,
+                a_rs: kk,
+                a_cs: 1,
+                a_bs: 0,
+                b: xh.ptr,
+                b_rs: n,
+                b_cs: 1,
+                b_bs: 0,
+                c: out.ptr,
+                c_rs: n,
+                c_bs: 0,
+                batch: 1,
+                alpha: e.scale,
+                beta: beta0,
+                compute,
+                half_operands: true,
+            });
+            self.arena.give(xh);
+            return done;
+        }
         if direct {
             let mut ci0 = 0;
             for (s, &(seg, sc)) in x.iter().enumerate() {
@@ -362,21 +452,29 @@ impl Backend for DeviceBackend<'_> {
                     batch: 1,
                     alpha: e.scale,
                     beta: if s == 0 { beta0 } else { 1.0 },
-                    compute: self.compute,
+                    compute,
+                    half_operands: false,
                 })?;
                 ci0 += sc;
             }
             return Ok(());
         }
         let tn = n.min((COLS_CAP / kk).max(1));
-        let cols = self.arena.take(self.dev, kk * tn)?;
+        // a bf16 or f16 model's columns in its 16-bit type, two to an f32 word
+        let cols = self
+            .arena
+            .take(self.dev, if half { (kk * tn).div_ceil(2) } else { kk * tn })?;
+        let im2col = format!(
+            "rdiff_unet_im2col_{}",
+            if half { compute.suffix() } else { "f32" }
+        );
         let mut c0 = 0;
         while c0 < n {
             let t = tn.min(n - c0);
             let mut ci0 = 0;
             for &(seg, sc) in x {
                 self.elementwise(
-                    "rdiff_unet_im2col_f32",
+                    &im2col,
                     sc * g.k * g.k * t,
                     &[
                         KernelArg::Ptr(seg.ptr),
@@ -417,7 +515,8 @@ impl Backend for DeviceBackend<'_> {
                 batch: 1,
                 alpha: e.scale,
                 beta: beta0,
-                compute: self.compute,
+                compute,
+                half_operands: half,
             })?;
             c0 += t;
         }
@@ -480,11 +579,16 @@ impl Backend for DeviceBackend<'_> {
         }
         self.rows(None, rows, fout, Some(bias), None, false, out.ptr)?;
         let wp = self.wptr(w)?;
-        self.dev.gemm(&Gemm {
+        let xh = if self.half() {
+            Some(self.narrow(&[(x, rows)], rows, fin)?)
+        } else {
+            None
+        };
+        let done = self.dev.gemm(&Gemm {
             m: rows,
             n: fout,
             k: fin,
-            a: x.ptr,
+            a: xh.as_ref().map_or(x.ptr, |b| b.ptr),
             a_rs: fin,
             a_cs: 1,
             a_bs: 0,
@@ -499,7 +603,12 @@ impl Backend for DeviceBackend<'_> {
             alpha: 1.0,
             beta: 1.0,
             compute: self.compute,
-        })
+            half_operands: xh.is_some(),
+        });
+        if let Some(b) = xh {
+            self.arena.give(b);
+        }
+        done
     }
 
     fn attention(
@@ -582,6 +691,7 @@ impl Backend for DeviceBackend<'_> {
                     alpha: scale,
                     beta: 0.0,
                     compute: self.compute,
+                    half_operands: false,
                 })?;
                 self.elementwise(
                     "rdiff_unet_softmax_cols_f32",
@@ -608,6 +718,7 @@ impl Backend for DeviceBackend<'_> {
                     alpha: 1.0,
                     beta: 0.0,
                     compute: self.compute,
+                    half_operands: false,
                 })?;
             }
         }

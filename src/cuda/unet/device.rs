@@ -16,8 +16,9 @@ use crate::error::{RdiffError, Result};
 use crate::unet::weights::ComputeDtype;
 
 /// `C[z][i][j] = beta·C[z][i][j] + alpha·Σ_k A[z](i,k)·B[z](k,j)` over `batch` values of z,
-/// with element strides: A(i,k) at `a + z·a_bs + i·a_rs + k·a_cs` (f32 elements), B likewise,
-/// C row-major with row stride `c_rs`. `beta == 0` does not read C.
+/// with element strides: A(i,k) at `a + z·a_bs + i·a_rs + k·a_cs` (in A's elements: f32, or
+/// 16-bit with `half_operands`), B likewise, C (f32) row-major with row stride `c_rs`.
+/// `beta == 0` does not read C.
 #[derive(Clone, Copy, Debug)]
 pub struct Gemm {
     pub m: usize,
@@ -40,6 +41,9 @@ pub struct Gemm {
     /// Operands rounded to bf16 or f16, products summed in f32: tensor-core math
     /// (`compute_dtype="bfloat16"` or `"float16"`); else plain f32.
     pub compute: ComputeDtype,
+    /// A and B hold `compute`'s 16-bit type (a bf16 or f16 model's weight matrices and the
+    /// operands made for them), not f32 that the math rounds as it reads it.
+    pub half_operands: bool,
 }
 
 /// A launcher with device memory and a GEMM.
@@ -48,8 +52,8 @@ pub trait UnetDevice: Launcher {
     /// `len` f32 of device memory.
     fn alloc(&self, len: usize) -> Result<u64>;
     fn free(&self, ptr: u64);
-    /// Copies `src` to `dst` (stream-ordered on a real device).
-    fn upload(&self, dst: u64, src: &[f32]) -> Result<()>;
+    /// Copies `src` (bytes: see [`bytes`]) to `dst` (stream-ordered on a real device).
+    fn upload(&self, dst: u64, src: &[u8]) -> Result<()>;
     /// Whether host addresses are device addresses (emulation: weights are used in place).
     fn host_visible(&self) -> bool;
     /// Whether `gemm` runs on a vendor library (cuBLAS): large attention problems then take
@@ -65,6 +69,18 @@ pub trait UnetDevice: Launcher {
 }
 
 const TILE: usize = 64;
+
+/// Plain values without padding, whose bytes may be uploaded as they lie.
+pub trait Plain: Copy {}
+impl Plain for f32 {}
+impl Plain for u16 {}
+
+/// The bytes of `v`, for [`UnetDevice::upload`].
+pub fn bytes<T: Plain>(v: &[T]) -> &[u8] {
+    // SAFETY: f32 and u16 have no padding and every byte of them is initialised; u8 has
+    // alignment 1 and the length covers exactly the slice's memory.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
 
 /// `g` in cuBLAS's column-major terms: the row-major C (m×n) is a column-major Cᵀ (n×m) =
 /// Bᵀ·Aᵀ. None where an operand has no unit stride or a size exceeds cuBLAS's 32-bit ints.
@@ -96,10 +112,12 @@ pub fn column_major(g: &Gemm) -> Option<ColumnMajorGemm> {
         alpha: g.alpha,
         beta: g.beta,
         compute: g.compute,
+        half_operands: g.half_operands,
     })
 }
 
-/// The GEMM as `rdiff_gemm_f32` launches (64×64 tiles, 256 threads).
+/// The GEMM as `rdiff_gemm_f32` (or, for half operands, `rdiff_gemm_bf16` / `_f16`)
+/// launches (64×64 tiles, 256 threads).
 pub fn gemm_kernel(l: &dyn Launcher, g: &Gemm) -> Result<()> {
     if g.m == 0 || g.n == 0 || g.batch == 0 {
         return Ok(());
@@ -112,8 +130,14 @@ pub fn gemm_kernel(l: &dyn Launcher, g: &Gemm) -> Result<()> {
         )));
     }
     let i = |v: usize| KernelArg::I64(v as i64);
+    let (kernel, rounding) = match (g.half_operands, g.compute) {
+        (false, c) => ("rdiff_gemm_f32", rounding(c)),
+        (true, ComputeDtype::Bf16) => ("rdiff_gemm_bf16", 0),
+        (true, ComputeDtype::F16) => ("rdiff_gemm_f16", 0),
+        (true, ComputeDtype::F32) => return Err(f32_math_on_half_operands()),
+    };
     l.launch(
-        "rdiff_gemm_f32",
+        kernel,
         Dim3::new(g.n.div_ceil(TILE) as u32, gy as u32, gz as u32),
         Dim3::x(256),
         0,
@@ -134,13 +158,18 @@ pub fn gemm_kernel(l: &dyn Launcher, g: &Gemm) -> Result<()> {
             i(g.c_bs),
             KernelArg::F32(g.alpha),
             KernelArg::F32(g.beta),
-            i(rounding(g.compute)),
+            i(rounding),
         ],
     )
 }
 
+/// 16-bit operands name their type by the math (bf16 or f16); f32 math has none.
+pub fn f32_math_on_half_operands() -> RdiffError {
+    RdiffError::Cuda("gemm: 16-bit operands need bf16 or f16 math".into())
+}
+
 /// A GEMM on host memory: each operand as (address, row stride, column stride, batch stride)
-/// in f32 elements.
+/// in its elements (A and B 16-bit with `half_operands`).
 struct Strided {
     m: usize,
     n: usize,
@@ -152,25 +181,34 @@ struct Strided {
     alpha: f32,
     beta: f32,
     compute: ComputeDtype,
+    half_operands: bool,
 }
 
-/// `rows × cols` elements at `p` with strides (`rs`, `cs`), each rounded as `compute`'s
-/// tensor cores round an operand (`ComputeDtype::round_operand`), as a dense row-major copy.
+/// `rows × cols` elements at `p` with strides (`rs`, `cs`) as `compute`'s tensor cores see
+/// them, as a dense row-major f32 copy: f32 values rounded (`ComputeDtype::round_operand`), or
+/// with `half`, 16-bit values of `compute`'s type widened.
 ///
 /// # Safety
 /// `p` reaches every element the strides name (host memory).
-unsafe fn rounded(
-    p: *const f32,
+unsafe fn operand_copy(
+    p: u64,
     (rows, cols): (usize, usize),
     (rs, cs): (usize, usize),
     compute: ComputeDtype,
+    half: bool,
 ) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows * cols);
     for i in 0..rows {
         for j in 0..cols {
+            let at = i * rs + j * cs;
             // SAFETY: within the operand (the caller's contract).
-            let v = unsafe { *p.add(i * rs + j * cs) };
-            out.push(compute.round_operand(v));
+            out.push(unsafe {
+                if half {
+                    compute.widen_bits(*(p as *const u16).add(at))
+                } else {
+                    compute.round_operand(*(p as *const f32).add(at))
+                }
+            });
         }
     }
     out
@@ -186,22 +224,27 @@ fn rounding(compute: ComputeDtype) -> usize {
 }
 
 /// `C = beta·C + alpha·A·B` per batch with the `gemm` crate (`beta == 0` does not read C); for
-/// bf16 or f16 math, on copies of the operands rounded to that type.
+/// bf16 or f16 math, on f32 copies of the operands as that math sees them.
 fn cpu_gemm(g: &Strided) {
     let s = |v: usize| v as isize;
     let (c_rs, c_cs) = (g.c.1, g.c.2);
+    let size = if g.half_operands { 2 } else { 4 };
     for z in 0..g.batch {
-        // SAFETY: the addresses are host addresses (emulation) of f32 buffers that the caller
+        // SAFETY: the addresses are host addresses (emulation) of buffers that the caller
         // sized for these shapes and strides; C does not overlap A or B.
         unsafe {
-            let mut a = (g.a.0 as *const f32).add(z * g.a.3);
-            let mut b = (g.b.0 as *const f32).add(z * g.b.3);
+            let (a_at, b_at) = (
+                g.a.0 + (size * z * g.a.3) as u64,
+                g.b.0 + (size * z * g.b.3) as u64,
+            );
+            let mut a = a_at as *const f32;
+            let mut b = b_at as *const f32;
             let (mut a_strides, mut b_strides) = ((g.a.1, g.a.2), (g.b.1, g.b.2));
             let copies;
-            if g.compute != ComputeDtype::F32 {
+            if g.compute != ComputeDtype::F32 || g.half_operands {
                 copies = (
-                    rounded(a, (g.m, g.k), (g.a.1, g.a.2), g.compute),
-                    rounded(b, (g.k, g.n), (g.b.1, g.b.2), g.compute),
+                    operand_copy(a_at, (g.m, g.k), a_strides, g.compute, g.half_operands),
+                    operand_copy(b_at, (g.k, g.n), b_strides, g.compute, g.half_operands),
                 );
                 (a, b) = (copies.0.as_ptr(), copies.1.as_ptr());
                 (a_strides, b_strides) = ((g.k, 1), (g.n, 1));
@@ -291,6 +334,9 @@ impl UnetDevice for EmulatedDevice {
         if self.kernel_gemm {
             return gemm_kernel(self, g);
         }
+        if g.half_operands && g.compute == ComputeDtype::F32 {
+            return Err(f32_math_on_half_operands());
+        }
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
@@ -317,6 +363,7 @@ impl UnetDevice for EmulatedDevice {
                     alpha: cm.alpha,
                     beta: cm.beta,
                     compute: cm.compute,
+                    half_operands: cm.half_operands,
                 });
             }
             None => cpu_gemm(&Strided {
@@ -330,6 +377,7 @@ impl UnetDevice for EmulatedDevice {
                 alpha: g.alpha,
                 beta: g.beta,
                 compute: g.compute,
+                half_operands: g.half_operands,
             }),
         }
         Ok(())
@@ -352,10 +400,10 @@ impl UnetDevice for EmulatedDevice {
             .remove(&ptr);
     }
 
-    fn upload(&self, dst: u64, src: &[f32]) -> Result<()> {
-        // SAFETY: `dst` is an allocation of ours at least `src.len()` long (the caller's
+    fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
+        // SAFETY: `dst` is an allocation of ours at least `src.len()` bytes long (the caller's
         // contract, as for a device copy); host memory in emulation.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut f32, src.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
         Ok(())
     }
 
@@ -411,9 +459,9 @@ mod real {
             }
         }
 
-        fn upload(&self, dst: u64, src: &[f32]) -> Result<()> {
+        fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
             self.device.make_current()?;
-            // SAFETY: `dst` holds at least `src.len()` f32 (allocated by `alloc` for it);
+            // SAFETY: `dst` holds at least `src.len()` bytes (allocated by `alloc` for it);
             // a copy from pageable memory is staged before the call returns, so `src` may
             // be dropped afterwards.
             unsafe { cu::memcpy_htod_async(dst, src, self.stream as _) }

@@ -103,15 +103,38 @@ fn naive_gemm(g: &Gemm, a: &[f32], b: &[f32], c0: &[f32]) -> Vec<f32> {
     c
 }
 
+/// `v` as 16-bit values of `compute`'s type, one element off a 4-byte boundary: a GEMM's
+/// half-precision operand, misaligned. (The store, and the pointer into it.)
+fn half_operand(v: &[f32], compute: ComputeDtype) -> (Vec<u16>, u64) {
+    let mut store = vec![0u16; v.len() + 2];
+    let off = if (store.as_ptr() as usize).is_multiple_of(4) {
+        1
+    } else {
+        0
+    };
+    for (d, &x) in store[off..].iter_mut().zip(v) {
+        *d = compute.half_bits(x);
+    }
+    let p = store[off..].as_ptr() as u64;
+    (store, p)
+}
+
 /// The GEMM kernel (emulated) and the CPU stand-in against a naive product: odd shapes,
 /// both operand layouts, batches, beta = 0 over NaN, misaligned operands; in f32, bf16 and f16
 /// math (operands rounded to bf16 or f16: the naive product rounds them the same way, and an
 /// operand left unrounded, or rounded to the other type, would miss it by far more than the
-/// tolerance).
+/// tolerance), on f32 operands and, for bf16 and f16, on operands stored in that type
+/// (`rdiff_gemm_bf16` / `_f16`; a half-precision model's weights and columns).
 #[test]
 fn gemm_kernel_and_cpu_stand_in_match_naive() {
-    let maths = [ComputeDtype::F32, ComputeDtype::Bf16, ComputeDtype::F16];
-    for (kernel_gemm, compute) in [true, false]
+    let maths = [
+        (ComputeDtype::F32, false),
+        (ComputeDtype::Bf16, false),
+        (ComputeDtype::F16, false),
+        (ComputeDtype::Bf16, true),
+        (ComputeDtype::F16, true),
+    ];
+    for (kernel_gemm, (compute, half_operands)) in [true, false]
         .into_iter()
         .flat_map(|k| maths.map(|c| (k, c)))
     {
@@ -145,16 +168,31 @@ fn gemm_kernel_and_cpu_stand_in_match_naive() {
                 alpha: 0.7,
                 beta,
                 compute,
+                half_operands,
             };
             let a = Misaligned::new(&values(batch * m * k, 1));
             let b = Misaligned::new(&values(batch * k * n, 2));
+            let (_a16, a16) = half_operand(a.get(), compute);
+            let (_b16, b16) = half_operand(b.get(), compute);
             let mut c0 = values(batch * m * (n + 3), 3);
             if beta == 0.0 {
                 c0.iter_mut().for_each(|v| *v = f32::NAN);
             }
             let c = Misaligned::new(&c0);
-            (g.a, g.b, g.c) = (a.ptr(), b.ptr(), c.ptr());
+            (g.a, g.b, g.c) = if half_operands {
+                (a16, b16, c.ptr())
+            } else {
+                (a.ptr(), b.ptr(), c.ptr())
+            };
             dev.gemm(&g).unwrap();
+            if half_operands {
+                let f32_math = Gemm {
+                    compute: ComputeDtype::F32,
+                    ..g
+                };
+                let e = dev.gemm(&f32_math).unwrap_err().to_string();
+                assert!(e.contains("16-bit operands need bf16 or f16"), "{e}");
+            }
             let want = naive_gemm(&g, a.get(), b.get(), &c0);
             // Padding columns of C stay as they were (NaN included).
             for (i, (x, y)) in c.get().iter().zip(&want).enumerate() {
@@ -195,6 +233,7 @@ fn column_major_form_matches_naive() {
         alpha: 1.0,
         beta: 0.0,
         compute: ComputeDtype::F32,
+        half_operands: false,
     };
     let cm = column_major(&base).unwrap();
     // Cᵀ = Bᵀ·Aᵀ: B row-major is a column-major Bᵀ (no transpose), likewise A.
@@ -300,14 +339,22 @@ fn conv2d_matches_cpu() {
         };
         let resid = values(cout * od.n(), 20);
         let start = values(cout * od.n(), 21);
-        for keep in [false, true] {
+        let maths = [ComputeDtype::F32, ComputeDtype::Bf16, ComputeDtype::F16];
+        for (keep, compute) in [false, true]
+            .into_iter()
+            .flat_map(|k| maths.map(|c| (k, c)))
+        {
             let mut t = Both::new(gi % 2 == 0);
-            // CPU
+            // CPU: in f32 on the operands a bf16 or f16 model's GEMM sees (rounded once)
+            let round =
+                |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| compute.round_operand(x)).collect() };
+            let (x1r, x2r) = (round(&x1), round(&x2));
+            let wr = Weight::F32(round(&w.to_f32()));
             let mut cpu = CpuBackend {
                 arena: &mut t.cpu,
                 bf16: false,
             };
-            let (a, b) = (cpu_buf(cpu.arena, &x1), cpu_buf(cpu.arena, &x2));
+            let (a, b) = (cpu_buf(cpu.arena, &x1r), cpu_buf(cpu.arena, &x2r));
             let (tb, r0) = (cpu_buf(cpu.arena, &temb), cpu_buf(cpu.arena, &resid));
             let mut out = cpu_buf(cpu.arena, &start);
             let same = od == dims;
@@ -320,14 +367,14 @@ fn conv2d_matches_cpu() {
                 keep,
                 scale: 0.7,
             };
-            cpu.conv2d(&[(&a, c1), (&b, c2)], dims, &w, cout, g, e, &mut out)
+            cpu.conv2d(&[(&a, c1), (&b, c2)], dims, &wr, cout, g, e, &mut out)
                 .unwrap();
             // Device, misaligned buffers
             let mut dev = DeviceBackend {
                 dev: &t.dev,
                 arena: &mut t.arena,
                 weights: &mut t.weights,
-                compute: ComputeDtype::F32,
+                compute,
             };
             let (da, db) = (Misaligned::new(&x1), Misaligned::new(&x2));
             let (dt, dr) = (Misaligned::new(&temb), Misaligned::new(&resid));
@@ -352,7 +399,13 @@ fn conv2d_matches_cpu() {
                 &mut dout.buf(),
             )
             .unwrap();
-            close(dout.get(), &out, 1e-5, &format!("conv {g:?} keep={keep}"));
+            let what = format!("conv {g:?} keep={keep} {compute:?}");
+            close(dout.get(), &out, 1e-5, &what);
+            // the matrix stored in the math's type: 2 bytes an element, else 4 (the two
+            // biases 4, read unless `keep`)
+            let size = if compute == ComputeDtype::F32 { 4 } else { 2 };
+            let biases = if keep { 0 } else { 4 * 2 * cout };
+            assert_eq!(t.weights.bytes, size * w.len() + biases, "{what}");
         }
     }
 }
@@ -562,6 +615,28 @@ fn resampling_linear_and_copy_match_cpu() {
     let dcopy = Misaligned::new(&vec![0.0; x.len()]);
     dev.copy(&dx.buf(), &mut dcopy.buf()).unwrap();
     assert_eq!(dcopy.get(), &x[..]);
+    // A bf16 or f16 model's linear layer: the f32 product of both operands rounded once.
+    for compute in [ComputeDtype::Bf16, ComputeDtype::F16] {
+        let round =
+            |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| compute.round_operand(x)).collect() };
+        let mut cpu = CpuBackend {
+            arena: &mut t.cpu,
+            bf16: false,
+        };
+        let xl = cpu_buf(cpu.arena, &round(&xw));
+        let mut lin = cpu.arena.take(dims.b * 5);
+        let wr = Weight::F32(round(&w.to_f32()));
+        cpu.linear(&xl, dims.b, &wr, &bias, &mut lin).unwrap();
+        let mut dev = DeviceBackend {
+            dev: &t.dev,
+            arena: &mut t.arena,
+            weights: &mut t.weights,
+            compute,
+        };
+        dev.linear(&dxl.buf(), dims.b, &w, &bias, &mut dlin.buf())
+            .unwrap();
+        close(dlin.get(), &lin, 1e-6, &format!("linear {compute:?}"));
+    }
 }
 
 fn launch_time_proj(
