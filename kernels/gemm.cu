@@ -3,11 +3,11 @@
 //   C[z][i][j] = beta · C[z][i][j] + alpha · Σ_k A[z](i, k) · B[z](k, j)
 // A(i, k) = a[z·a_bs + i·a_rs + k·a_cs], B likewise, C row-major with row stride c_rs.
 // With beta == 0, C is not read (it may hold garbage or NaN). rdiff_gemm_f32 reads f32
-// operands; with rounding 1 (bf16) or 2 (f16) it rounds each to that type (to nearest even)
-// as it loads it. rdiff_gemm_bf16 / _f16 read operands stored in that type (a half-precision
+// operands; with rounding 1 (bf16), 2 (f16) or 3 (tf32) it rounds each to that type as it
+// loads it. rdiff_gemm_bf16 / _f16 read operands stored in that type (a half-precision
 // model's weights and columns on the device; strides in its elements). Either way, the
-// numerics of bf16 or f16 tensor-core math (compute_dtype="bfloat16" / "float16") where
-// cuBLAS is missing, at f32 SIMT speed. C is f32 in all three.
+// numerics of bf16, f16 or tf32 tensor-core math (compute_dtype="bfloat16" / "float16" /
+// "tfloat32") where cuBLAS is missing, at f32 SIMT speed. C is f32 in all three.
 //
 // 64×64 output tile per block of 256 threads, each thread a 4×4 register tile (rows ty+16r,
 // columns tx+16c, so shared-memory reads are broadcasts or consecutive words), K in slices of
@@ -22,10 +22,16 @@
 #define RD_GEMM_BK 16
 #define RD_GEMM_THREADS 256
 
-// An operand as the tensor cores of `rounding`'s math see it (0: f32, unchanged).
+// An operand as the tensor cores of `rounding`'s math see it (0: f32, unchanged; 3: tf32, 10
+// mantissa bits, to nearest with ties away from zero as cvt.rna.tf32.f32 rounds; inf and NaN
+// kept).
 RD_DEV float rd_gemm_round(float v, rd_i64 rounding) {
     if (rounding == 1) return rd_bf16_to_f32(rd_f32_to_bf16(v));
     if (rounding == 2) return rd_f16_to_f32(rd_f32_to_f16(v));
+    if (rounding == 3) {
+        const unsigned int u = rd_f2u(v);
+        return (u & 0x7f800000u) == 0x7f800000u ? v : rd_u2f((u + 0x1000u) & 0xffffe000u);
+    }
     return v;
 }
 

@@ -25,7 +25,8 @@ Without CUDA it says so and exits 0, checking nothing.
 7. Speed: the DDPM-CIFAR-10 UNet2DModel (batch 1 and 8) and the SD-1.5-shaped
    UNet2DConditionModel (batch 2, 64×64, 77 tokens) on CUDA, rdiff against torch (f32, torch's
    default TF32 settings), with their relative difference: one table; then
-   ``compute_dtype="bfloat16"`` and ``"float16"`` against torch's autocast in each.
+   ``compute_dtype="bfloat16"`` and ``"float16"`` against torch's autocast in each, and
+   ``"tfloat32"`` against torch's default (TF32 convolutions).
 
 Needs diffusers for 4 to 7 (the oracle); without it those checks say so and are skipped.
 """
@@ -289,7 +290,12 @@ def unets_match_torch() -> None:
     # bf16 and f16 math: cuBLAS's tensor cores, the kernel's rounding
     device_bytes = {}
     for (label, dtype, lo, hi), kernel in itertools.product(
-        [("bf16", "bfloat16", 1e-4, 3e-2), ("f16", "float16", 1e-5, 4e-3)], (False, True)
+        [
+            ("bf16", "bfloat16", 1e-4, 3e-2),
+            ("f16", "float16", 1e-5, 4e-3),
+            ("tf32", "tfloat32", 1e-5, 4e-3),
+        ],
+        (False, True),
     ):
         ours = rdiff.UNet2DModel.from_diffusers(m, device="cuda", compute_dtype=dtype)
         with gemm_path(kernel):
@@ -488,7 +494,8 @@ def unet_speed(quick: bool) -> None:
     rows = []
 
     half_rows = []
-    halves = (("bf16", torch.bfloat16), ("f16", torch.float16))
+    # tf32: rdiff's against torch's default (TF32 convolutions), not an autocast
+    halves = (("bf16", torch.bfloat16), ("f16", torch.float16), ("tf32", "tfloat32"))
 
     def measure(name, call_ref, call_ours, calls_half):
         """``calls_half``: rdiff's call per entry of ``halves``."""
@@ -500,7 +507,10 @@ def unet_speed(quick: bool) -> None:
             want = call_ref()
             t32 = _cuda_time(call_ref, reps)
             torch.backends.cudnn.allow_tf32 = tf32
-            for _, dtype in halves:
+            for label, dtype in halves:
+                if label == "tf32":
+                    autos.append((call_ref().float(), tt))
+                    continue
                 with torch.autocast("cuda", dtype=dtype):
                     autos.append((call_ref().float(), _cuda_time(call_ref, reps)))
         cells = []
@@ -562,7 +572,7 @@ def unet_speed(quick: bool) -> None:
             f"{tk * 1e3:.2f} | {rk:.1e} | {tt / tc:.2f}× |"
         )
     print(
-        "\n| model | math | torch autocast ms | its rel. diff | rdiff ms (cuBLAS) "
+        "\n| model | math | torch autocast (tf32: default) ms | its rel. diff | rdiff ms (cuBLAS) "
         "| its rel. diff | rdiff vs torch |"
     )
     print("|---|---|---|---|---|---|---|")

@@ -323,17 +323,49 @@ def test_f16_on_a_device_rounds_every_gemm(css):
     assert 1e-4 <= rel_l2(ours, want) <= 4e-3, rel_l2(ours, want)
 
 
-def test_f16_math_is_refused_on_the_cpu(css):
-    """The CPU has no float16 product kernel: a clear error, not float32 or bf16 in disguise."""
+def test_tf32_on_a_device_rounds_every_gemm(css):
+    """``compute_dtype="tfloat32"`` on a device (the emulated launcher standing in for cuBLAS's
+    ``CUBLAS_COMPUTE_32F_FAST_TF32``): float32 weights, every GEMM's operands rounded to TF32
+    (f16's 10 mantissa bits) and summed in f32. Its error is f16 math's order, far above
+    float32's and far below bf16's; unrounded operands would fall out of the band."""
+    _, path, f32, _ = css
+    x, t, labels = _torch_args(CLASS_SCALE_SHIFT)
+    tf32 = rdiff.UNet2DModel._load(path, -1, compute_dtype="tfloat32")
+    assert tf32.dtype == "tfloat32"
+    ref = f32(x, t, labels)
+    err = rel_l2(tf32(x, t, labels), ref)
+    emu16 = rdiff.UNet2DModel._load(path, -1, compute_dtype="float16")
+    # measured 6.9e-4 (f16 math 8.4e-4, bf16 math 6.7e-3, float32 1.1e-6)
+    assert 1e-4 <= err <= 3e-3, err
+    assert err <= 2 * rel_l2(emu16(x, t, labels), ref)
+    # float32 weights on the device: tf32 is a rounding of the operands, not a storage type
+    emu32 = rdiff.UNet2DModel._load(path, -1)
+    emu32(x, t, labels)
+    assert tf32._core.device_weight_bytes == emu32._core.device_weight_bytes
+
+
+def test_f16_and_tf32_math_are_refused_on_the_cpu(css):
+    """The CPU has no float16 or tf32 product kernel: a clear error, not float32 or bf16 in
+    disguise."""
     model, path, _, _ = css
     cond = _model(_family_config("sd1", 1))
-    for load in (
-        lambda: rdiff.UNet2DModel.from_pretrained(path, compute_dtype="float16"),
-        lambda: rdiff.UNet2DModel.from_diffusers(model, compute_dtype=torch.float16),
-        lambda: rdiff.UNet2DConditionModel.from_diffusers(cond, compute_dtype="float16"),
+    for name, load in (
+        ("float16", lambda: rdiff.UNet2DModel.from_pretrained(path, compute_dtype="float16")),
+        ("float16", lambda: rdiff.UNet2DModel.from_diffusers(model, compute_dtype=torch.float16)),
+        (
+            "float16",
+            lambda: rdiff.UNet2DConditionModel.from_diffusers(cond, compute_dtype="float16"),
+        ),
+        ("tfloat32", lambda: rdiff.UNet2DModel.from_pretrained(path, compute_dtype="tfloat32")),
+        (
+            "tfloat32",
+            lambda: rdiff.UNet2DConditionModel.from_diffusers(cond, compute_dtype="tfloat32"),
+        ),
     ):
-        with pytest.raises(ValueError, match="compute_dtype='float16' runs on CUDA devices only"):
+        with pytest.raises(ValueError, match=f"compute_dtype='{name}' runs on CUDA devices only"):
             load()
+    with pytest.raises(ValueError, match="'float32', 'bfloat16', 'float16' or 'tfloat32'"):
+        rdiff.UNet2DModel.from_pretrained(path, compute_dtype="float64")
 
 
 def test_half_inputs(css):

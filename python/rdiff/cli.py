@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         default="float32",
         choices=_COMPUTE_DTYPES,
         help="the UNet's arithmetic: bfloat16 runs its products in bf16 with float32 sums "
-        "(AMX tiles where the CPU has them); float16 likewise on CUDA's tensor cores (CUDA only)",
+        "(AMX tiles where the CPU has them); float16 and tfloat32 likewise on CUDA's tensor "
+        "cores (CUDA only)",
     )
     s.add_argument(
         "--gamma", default=None, help="Γ table for analytic-* (default: MODEL/gamma.npz)"

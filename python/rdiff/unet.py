@@ -63,16 +63,17 @@ def _check_target(device: Any, dtype: Any) -> int | None:
     raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
-_COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+_COMPUTE_DTYPES = ("float32", "bfloat16", "float16", "tfloat32")
 
 
 def _compute_name(compute_dtype: Any) -> str:
-    """ "float32", "bfloat16" or "float16" from a name or a torch dtype; ValueError for anything
-    else."""
+    """ "float32", "bfloat16", "float16" or "tfloat32" from a name or a torch dtype; ValueError
+    for anything else."""
     name = str(compute_dtype).removeprefix("torch.")
     if name not in _COMPUTE_DTYPES:
         raise ValueError(
-            f"compute_dtype: expected 'float32', 'bfloat16' or 'float16', got {compute_dtype!r}"
+            "compute_dtype: expected 'float32', 'bfloat16', 'float16' or 'tfloat32', got "
+            f"{compute_dtype!r}"
         )
     return name
 
@@ -121,7 +122,11 @@ class _NativeUNet:
         ``compute_dtype="float16"`` is CUDA's only: the same GEMMs on float16 tensor cores
         (three more mantissa bits than bfloat16, but values past 65504 overflow; the weights
         in float16 on the device), ValueError on the CPU,
-        which has no float16 product kernel. Inputs and outputs keep the caller's dtype.
+        which has no float16 product kernel. ``compute_dtype="tfloat32"`` is CUDA's only too:
+        float32 weights and activations, every GEMM on the TF32 tensor cores (float16's
+        mantissa, float32's range; what ``torch.backends.cuda.matmul.allow_tf32`` and
+        ``torch.backends.cudnn.allow_tf32``, the latter on by default, give torch).
+        Inputs and outputs keep the caller's dtype.
         """
         return cls._load(
             path, _check_target(device, dtype), subfolder, variant, compute_dtype=compute_dtype

@@ -8,7 +8,8 @@
 //! `compute_dtype="bfloat16"` or `"float16"` model's are `cublasGemmStridedBatchedEx` with f32
 //! sums on the tensor cores: on operands stored in bf16 or f16 (its weight matrices and the
 //! columns made for them; `CUBLAS_COMPUTE_32F`, C in f32), or on f32 operands (attention's)
-//! with `CUBLAS_COMPUTE_32F_FAST_16BF` or `_FAST_16F`, cuBLAS rounding them. Where the library
+//! with `CUBLAS_COMPUTE_32F_FAST_16BF` or `_FAST_16F`, cuBLAS rounding them; a
+//! `"tfloat32"` model's likewise with `CUBLAS_COMPUTE_32F_FAST_TF32`. Where the library
 //! is missing, its handle cannot be created, `RDIFF_NO_CUBLAS` is set, or a GEMM's layout has
 //! no cuBLAS form, `gemm` answers `Ok(false)` and the caller runs rdiff's own GEMM kernel.
 
@@ -164,7 +165,8 @@ pub fn gemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool>
         (ComputeDtype::F16, false) => Some((CUDA_R_32F, math::CUBLAS_COMPUTE_32F_FAST_16F)),
         (ComputeDtype::Bf16, true) => Some((CUDA_R_16BF, math::CUBLAS_COMPUTE_32F)),
         (ComputeDtype::F16, true) => Some((CUDA_R_16F, math::CUBLAS_COMPUTE_32F)),
-        (ComputeDtype::F32, true) => return Err(f32_math_on_half_operands()),
+        (ComputeDtype::Tf32, false) => Some((CUDA_R_32F, math::CUBLAS_COMPUTE_32F_FAST_TF32)),
+        (ComputeDtype::F32 | ComputeDtype::Tf32, true) => return Err(f32_math_on_half_operands()),
     };
     if let Some((operand_type, compute)) = ex {
         // SAFETY: as for the f32 call below (A and B hold `operand_type` elements); alpha and

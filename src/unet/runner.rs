@@ -35,18 +35,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl UNetRunner {
-    /// How a model computing in `compute` on `target` keeps its weight matrices: as the CPU
-    /// path multiplies them (bf16 tiles for bfloat16), and in f32 for a device, whose GEMMs
-    /// read f32 and round in the tensor cores (`cuda/cublas.rs`). float16 math is a device's
-    /// only: the CPU has no f16 product kernel (its AMX tiles multiply bf16), so it is refused
+    /// How a model computing in `compute` on `target` keeps its weight matrices on the host:
+    /// as the CPU path multiplies them (bf16 tiles for bfloat16), and in f32 (or the
+    /// checkpoint's f16/bf16) for a device, which makes its own copies in the type its GEMMs
+    /// read (`cuda/unet/backend.rs`). float16 and tfloat32 math are a device's only: the CPU
+    /// has no f16 or tf32 product kernel (its AMX tiles multiply bf16), so they are refused
     /// there rather than run as something else.
     pub fn weight_storage(compute: ComputeDtype, target: Target) -> Result<ComputeDtype> {
         match (target, compute) {
-            (Target::Cpu, ComputeDtype::F16) => Err(RdiffError::Value(
-                "compute_dtype='float16' runs on CUDA devices only (tensor-core math); on the \
-                 CPU use 'bfloat16' or 'float32'"
-                    .into(),
-            )),
+            (Target::Cpu, ComputeDtype::F16 | ComputeDtype::Tf32) => {
+                Err(RdiffError::Value(format!(
+                    "compute_dtype='{}' runs on CUDA devices only (tensor-core math); on the \
+                     CPU use 'bfloat16' or 'float32'",
+                    compute.name()
+                )))
+            }
             (Target::Cpu, _) => Ok(compute),
             _ => Ok(ComputeDtype::F32),
         }

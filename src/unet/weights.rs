@@ -362,28 +362,33 @@ impl WeightSource for ShardedSafetensors {
     }
 }
 
-/// What a model's matrix products compute in (`compute_dtype`): f32, or bf16 or f16
+/// What a model's matrix products compute in (`compute_dtype`): f32, or bf16, f16 or tf32
 /// operands summed in f32. On the CPU bf16 keeps the weight matrices as bf16 (`cpu::bf16`);
-/// on a device both round the operands in the tensor cores (`cuda/cublas.rs`). f16 has no CPU
-/// kernel (`UNetRunner::weight_storage` refuses it there).
+/// on a device bf16 and f16 keep them in that type and tf32 rounds f32 operands, all on the
+/// tensor cores (`cuda/cublas.rs`). f16 and tf32 have no CPU kernel
+/// (`UNetRunner::weight_storage` refuses them there).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ComputeDtype {
     #[default]
     F32,
     Bf16,
     F16,
+    /// TF32: f32's range, 10 mantissa bits (as f16), f32 storage.
+    Tf32,
 }
 
 impl ComputeDtype {
-    /// From the Python name ("float32", "bfloat16", "float16"; a torch dtype's name without
-    /// "torch.").
+    /// From the Python name ("float32", "bfloat16", "float16", "tfloat32"; a torch dtype's
+    /// name without "torch.").
     pub fn parse(name: &str) -> Result<Self> {
         match name {
             "float32" => Ok(Self::F32),
             "bfloat16" => Ok(Self::Bf16),
             "float16" => Ok(Self::F16),
+            "tfloat32" => Ok(Self::Tf32),
             other => Err(RdiffError::Value(format!(
-                "compute_dtype: expected 'float32', 'bfloat16' or 'float16', got {other:?}"
+                "compute_dtype: expected 'float32', 'bfloat16', 'float16' or 'tfloat32', got \
+                 {other:?}"
             ))),
         }
     }
@@ -393,43 +398,59 @@ impl ComputeDtype {
             Self::F32 => "float32",
             Self::Bf16 => "bfloat16",
             Self::F16 => "float16",
+            Self::Tf32 => "tfloat32",
         }
     }
 
+    /// Whether a device keeps the matrices in this type's 16 bits (bf16, f16).
+    pub fn is_half(self) -> bool {
+        matches!(self, Self::Bf16 | Self::F16)
+    }
+
     /// `v` as this math's products see an operand: rounded to bf16 or f16 (to nearest even,
-    /// as the tensor cores' conversion; f16 overflows to ±inf), or unchanged for f32.
+    /// as the tensor cores' conversion; f16 overflows to ±inf), to tf32 (10 mantissa bits, to
+    /// nearest with ties away from zero, as `cvt.rna.tf32.f32`), or unchanged for f32.
     pub fn round_operand(self, v: f32) -> f32 {
         match self {
             Self::F32 => v,
             Self::Bf16 => half::bf16::from_f32(v).to_f32(),
             Self::F16 => half::f16::from_f32(v).to_f32(),
+            Self::Tf32 => {
+                let u = v.to_bits();
+                if u & 0x7f80_0000 == 0x7f80_0000 {
+                    v // inf, NaN
+                } else {
+                    f32::from_bits((u + 0x1000) & 0xffff_e000)
+                }
+            }
         }
     }
 
     /// `v` rounded as [`Self::round_operand`] rounds it, as the 16 bits of a bf16 or f16
-    /// (how a half-precision model keeps its matrices on a device); 0 for f32, which has none.
+    /// (how a half-precision model keeps its matrices on a device); 0 for f32 and tf32, which
+    /// have none.
     pub fn half_bits(self, v: f32) -> u16 {
         match self {
-            Self::F32 => 0,
+            Self::F32 | Self::Tf32 => 0,
             Self::Bf16 => half::bf16::from_f32(v).to_bits(),
             Self::F16 => half::f16::from_f32(v).to_bits(),
         }
     }
 
     /// The value of the 16 bits `bits` of this type (exact); the inverse of
-    /// [`Self::half_bits`]. NaN for f32.
+    /// [`Self::half_bits`]. NaN for f32 and tf32.
     pub fn widen_bits(self, bits: u16) -> f32 {
         match self {
-            Self::F32 => f32::NAN,
+            Self::F32 | Self::Tf32 => f32::NAN,
             Self::Bf16 => half::bf16::from_bits(bits).to_f32(),
             Self::F16 => half::f16::from_bits(bits).to_f32(),
         }
     }
 
-    /// The suffix of the kernels that read operands stored in this type.
+    /// The suffix of the kernels that read operands stored in this type (tf32's are f32).
     pub fn suffix(self) -> &'static str {
         match self {
-            Self::F32 => "f32",
+            Self::F32 | Self::Tf32 => "f32",
             Self::Bf16 => "bf16",
             Self::F16 => "f16",
         }
@@ -482,7 +503,7 @@ impl<'a> Loader<'a> {
         let w = self.find(names, shape)?;
         let w = match self.compute {
             ComputeDtype::Bf16 => w.into_bf16_tiles(shape),
-            ComputeDtype::F32 | ComputeDtype::F16 => w,
+            ComputeDtype::F32 | ComputeDtype::F16 | ComputeDtype::Tf32 => w,
         };
         self.bytes.set(self.bytes.get() + w.bytes());
         Ok(w)
@@ -497,7 +518,7 @@ impl<'a> Loader<'a> {
         let w = match (self.compute, w) {
             (ComputeDtype::Bf16, w @ Weight::Bf16(_)) => w,
             (ComputeDtype::Bf16, w) => Weight::Bf16(w.rounded()),
-            (ComputeDtype::F32 | ComputeDtype::F16, w) => w,
+            (ComputeDtype::F32 | ComputeDtype::F16 | ComputeDtype::Tf32, w) => w,
         };
         self.bytes.set(self.bytes.get() + w.bytes());
         Ok(w)

@@ -248,12 +248,17 @@ impl DeviceBackend<'_> {
 
     /// A weight matrix as its GEMMs read it: f32, or a bf16 or f16 model's 16-bit type.
     fn wptr(&mut self, w: &Weight) -> Result<u64> {
-        self.weights.matrix(self.dev, w, self.compute)
+        let stored = if self.half() {
+            self.compute
+        } else {
+            ComputeDtype::F32
+        };
+        self.weights.matrix(self.dev, w, stored)
     }
 
     /// Whether the GEMMs' operands are 16-bit (a bf16 or f16 model's).
     fn half(&self) -> bool {
-        self.compute != ComputeDtype::F32
+        self.compute.is_half()
     }
 
     /// A fresh arena buffer (the caller gives it back) holding the `c` rows of `n` values of

@@ -134,7 +134,7 @@ pub fn gemm_kernel(l: &dyn Launcher, g: &Gemm) -> Result<()> {
         (false, c) => ("rdiff_gemm_f32", rounding(c)),
         (true, ComputeDtype::Bf16) => ("rdiff_gemm_bf16", 0),
         (true, ComputeDtype::F16) => ("rdiff_gemm_f16", 0),
-        (true, ComputeDtype::F32) => return Err(f32_math_on_half_operands()),
+        (true, ComputeDtype::F32 | ComputeDtype::Tf32) => return Err(f32_math_on_half_operands()),
     };
     l.launch(
         kernel,
@@ -163,7 +163,7 @@ pub fn gemm_kernel(l: &dyn Launcher, g: &Gemm) -> Result<()> {
     )
 }
 
-/// 16-bit operands name their type by the math (bf16 or f16); f32 math has none.
+/// 16-bit operands name their type by the math (bf16 or f16); f32 and tf32 math have none.
 pub fn f32_math_on_half_operands() -> RdiffError {
     RdiffError::Cuda("gemm: 16-bit operands need bf16 or f16 math".into())
 }
@@ -220,6 +220,7 @@ fn rounding(compute: ComputeDtype) -> usize {
         ComputeDtype::F32 => 0,
         ComputeDtype::Bf16 => 1,
         ComputeDtype::F16 => 2,
+        ComputeDtype::Tf32 => 3,
     }
 }
 
@@ -334,7 +335,7 @@ impl UnetDevice for EmulatedDevice {
         if self.kernel_gemm {
             return gemm_kernel(self, g);
         }
-        if g.half_operands && g.compute == ComputeDtype::F32 {
+        if g.half_operands && !g.compute.is_half() {
             return Err(f32_math_on_half_operands());
         }
         if g.m == 0 || g.n == 0 {

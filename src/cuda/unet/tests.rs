@@ -120,8 +120,8 @@ fn half_operand(v: &[f32], compute: ComputeDtype) -> (Vec<u16>, u64) {
 }
 
 /// The GEMM kernel (emulated) and the CPU stand-in against a naive product: odd shapes,
-/// both operand layouts, batches, beta = 0 over NaN, misaligned operands; in f32, bf16 and f16
-/// math (operands rounded to bf16 or f16: the naive product rounds them the same way, and an
+/// both operand layouts, batches, beta = 0 over NaN, misaligned operands; in f32, bf16, f16 and
+/// tf32 math (operands rounded to that type: the naive product rounds them the same way, and an
 /// operand left unrounded, or rounded to the other type, would miss it by far more than the
 /// tolerance), on f32 operands and, for bf16 and f16, on operands stored in that type
 /// (`rdiff_gemm_bf16` / `_f16`; a half-precision model's weights and columns).
@@ -131,6 +131,7 @@ fn gemm_kernel_and_cpu_stand_in_match_naive() {
         (ComputeDtype::F32, false),
         (ComputeDtype::Bf16, false),
         (ComputeDtype::F16, false),
+        (ComputeDtype::Tf32, false),
         (ComputeDtype::Bf16, true),
         (ComputeDtype::F16, true),
     ];
