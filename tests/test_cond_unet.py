@@ -493,6 +493,10 @@ def test_bad_calls_are_clear_errors(sdxl_like):
         ("mid_block_type", "UNetMidBlock2DSimpleCrossAttn"),
         ("class_embeddings_concat", True),
         ("resnet_skip_time_act", True),
+        # read past the skip connections (a panic before), NaN everywhere
+        ("downsample_padding", 3),
+        ("norm_eps", 0.0),
+        ("mid_block_scale_factor", -1.0),
     ],
 )
 def test_unsupported_configuration_keys_are_named(tmp_path, key, value):

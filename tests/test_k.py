@@ -4,6 +4,7 @@ output and noise draws, and each sampler on the CUDA kernels (emulated) equal to
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 import sys
 import types
@@ -248,6 +249,53 @@ def test_k_dpm_fast_and_adaptive_refuse_bad_ranges():
         rdiff.k.sample_dpm_adaptive(denoiser, x, 0.1, 10.0, order=1, disable=True)
     with pytest.raises(ValueError, match="eta must be 0"):
         rdiff.k.sample_dpm_fast(denoiser, x, 10.0, 0.1, 5, eta=0.5, disable=True)
+
+
+SIGMA_LIST_SAMPLERS = [
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
+    "sample_dpm_2",
+    "sample_dpm_2_ancestral",
+    "sample_lms",
+    "sample_dpmpp_2s_ancestral",
+    "sample_dpmpp_sde",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_3m_sde",
+]
+
+
+@pytest.mark.parametrize("name", SIGMA_LIST_SAMPLERS)
+def test_k_samplers_refuse_sigmas_eta_and_churn_that_give_nan(name):
+    """Found by fuzzing: k-diffusion returns NaN for sigmas that do not decrease (a step from
+    σ = 0, a zero-length step) and for negative eta or s_churn; rdiff raises before any model
+    call."""
+    x = _x(0)
+    calls = []
+
+    def model(x, s, **kw):
+        calls.append(s)
+        return denoiser(x, s)
+
+    sampler = getattr(rdiff.k, name)
+    params = inspect.signature(sampler).parameters
+    for sigmas, match in [
+        ([0.0, 1.0, 10.0], r"decrease strictly.*σ\[0\] = 0.0 then σ\[1\] = 1.0"),
+        ([10.0, 0.0, 1.0, 0.0], r"σ\[1\] = 0.0 then σ\[2\] = 1.0"),
+        ([5.0, 5.0, 1.0, 0.0], "decrease strictly"),
+        ([0.0, 0.0], "decrease strictly"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            sampler(model, x, torch.tensor(sigmas), disable=True)
+    good = rdiff.k.get_sigmas_karras(4, 0.1, 10.0)
+    for arg in ("eta", "s_churn"):
+        if arg in params:
+            for v in (-1.0, float("nan")):
+                with pytest.raises(ValueError, match=f"{arg}: must be a non-negative finite"):
+                    sampler(model, x, good, disable=True, **{arg: v})
+    assert calls == []
+    assert torch.isfinite(sampler(model, x, good, disable=True)).all()
 
 
 def test_k_brownian_tree_matches(kd):

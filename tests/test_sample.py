@@ -404,6 +404,18 @@ def test_bad_input():
         rdiff.sample(m, [[0.0, 0.0, 0.0]], sch)
     with pytest.raises(TypeError):
         rdiff.sample(lambda x, t: torch.zeros(1, 3), x, sch, steps=2)
+    # Tolerances no float32 sample can meet: the step size collapses. An error, not a loop
+    # that crawls on for ever (found by fuzzing).
+    x32 = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    calls = []
+
+    def model(x, t):
+        calls.append(t)
+        return 0.1 * x
+
+    with pytest.raises(ValueError, match=r"step size fell to .* loosen them"):
+        rdiff.sample(model, x32, sch, steps=5, method="adaptive", atol=1e-30, rtol=1e-30)
+    assert len(calls) < 1000
 
 
 # ---------------------------------------------------------------- the CUDA kernels (emulated)

@@ -269,6 +269,18 @@ def test_unknown_block_and_bad_config(small_dir, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="resnet_time_scale_shift"):
         rdiff.UNet2DModel.from_pretrained(d)
+    cfg["resnet_time_scale_shift"] = "default"
+    # scalars that would read past a skip connection (found by fuzzing: a panic) or give
+    # NaN everywhere
+    for key, value, match in [
+        ("downsample_padding", 2, "downsample_padding: 2"),
+        ("norm_eps", -1.0, "norm_eps: must be a positive finite number"),
+        ("mid_block_scale_factor", 0.0, "mid_block_scale_factor: must be a positive"),
+    ]:
+        bad = {**cfg, key: value}
+        (d / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=match):
+            rdiff.UNet2DModel.from_pretrained(d)
     (d / "config.json").write_text("{")
     with pytest.raises(ValueError, match="JSON"):
         rdiff.UNet2DModel.from_pretrained(d)

@@ -186,7 +186,13 @@ def _default_sde_noise_sampler(x: Any, sigmas: Any) -> Callable:
 class _Loop:
     """Buffers and fused passes of one sampler run."""
 
-    def __init__(self, x: Any, sigmas: Any):
+    def __init__(
+        self, x: Any, sigmas: Any, *, eta: Any = 0.0, s_churn: Any = 0.0, ordered: bool = True
+    ):
+        """Checks the arguments every sampler shares: ``sigmas`` finite, non-negative and (for
+        the samplers that take a list, ``ordered``) strictly decreasing, so every step starts
+        from a positive σ; ``eta`` and ``s_churn`` non-negative. (k-diffusion would return
+        NaN for the rest.)"""
         _tensor.check_float(x, "x")
         self.like = x
         self.stream = _tensor.cuda_stream(x)
@@ -197,6 +203,15 @@ class _Loop:
             raise ValueError("sigmas: expected at least one value")
         if not all(math.isfinite(s) and s >= 0.0 for s in self.sig):
             raise ValueError(f"sigmas: must be finite and non-negative, got {self.sig}")
+        for i in range(len(self.sig) - 1) if ordered else ():
+            if not self.sig[i + 1] < self.sig[i]:
+                raise ValueError(
+                    f"sigmas: must decrease strictly (each step from a positive σ to a smaller "
+                    f"one), got σ[{i}] = {self.sig[i]} then σ[{i + 1}] = {self.sig[i + 1]}"
+                )
+        for name, v in (("eta", eta), ("s_churn", s_churn)):
+            if not (math.isfinite(float(v)) and float(v) >= 0.0):
+                raise ValueError(f"{name}: must be a non-negative finite number, got {v}")
         self.ones = x.new_ones([self.batch]) if self.torch else np.ones(self.batch)
 
     def denoise(self, model: Callable, x: Any, sigma: Any, extra_args: dict) -> Any:
@@ -255,7 +270,7 @@ def _run(
 ):
     """The shared loop of the single-evaluation samplers (one model call per step)."""
     extra_args = {} if extra_args is None else extra_args
-    loop = _Loop(x, sigmas)
+    loop = _Loop(x, sigmas, eta=eta)
     x = loop.buf(x, "x")
     olds: list = [None, None]
     for i in _trange(len(loop.sig) - 1, disable):
@@ -373,7 +388,7 @@ def _euler_like(
     model, x, sigmas, extra_args, callback, disable, s_churn, s_tmin, s_tmax, s_noise, heun: bool
 ):
     extra_args = {} if extra_args is None else extra_args
-    loop = _Loop(x, sigmas)
+    loop = _Loop(x, sigmas, s_churn=s_churn)
     x = loop.buf(x, "x")
     for i in _trange(len(loop.sig) - 1, disable):
         x, sigma_hat, sigma_hat_t = _churn(loop, x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
@@ -485,7 +500,7 @@ def sample_dpm_2(
     """A sampler inspired by DPM-Solver-2 and Algorithm 2 of Karras et al. (2022): an Euler
     step to the log-midpoint σ, the model there, the whole step with its slope (Euler to 0)."""
     extra_args = {} if extra_args is None else extra_args
-    loop = _Loop(x, sigmas)
+    loop = _Loop(x, sigmas, s_churn=s_churn)
     x = loop.buf(x, "x")
     for i in _trange(len(loop.sig) - 1, disable):
         x, sigma_hat, sigma_hat_t = _churn(loop, x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
@@ -516,7 +531,7 @@ def sample_dpm_2_ancestral(
 ):
     """Ancestral sampling with DPM-Solver second-order steps (to σ_down, then σ_up·n)."""
     extra_args = {} if extra_args is None else extra_args
-    loop = _Loop(x, sigmas)
+    loop = _Loop(x, sigmas, eta=eta)
     noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     x = loop.buf(x, "x")
     for i in _trange(len(loop.sig) - 1, disable):
@@ -584,7 +599,7 @@ def sample_dpmpp_2s_ancestral(
 ):
     """Ancestral sampling with DPM-Solver++(2S) second-order steps."""
     extra_args = {} if extra_args is None else extra_args
-    loop = _Loop(x, sigmas)
+    loop = _Loop(x, sigmas, eta=eta)
     noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     x = loop.buf(x, "x")
     for i in _trange(len(loop.sig) - 1, disable):
@@ -625,7 +640,7 @@ def sample_dpmpp_sde(
     """DPM-Solver++ (stochastic): two ancestral stages per step, the second from the mix
     (1 − 1/2r)·D + 1/2r·D₂ (default noise: a Brownian tree, see the module docs)."""
     extra_args = {} if extra_args is None else extra_args
-    loop = _Loop(x, sigmas)
+    loop = _Loop(x, sigmas, eta=eta)
     if noise_sampler is None:
         noise_sampler = _default_sde_noise_sampler(x, sigmas)
     x = loop.buf(x, "x")
@@ -765,7 +780,7 @@ def sample_dpm_fast(
     if n < 1:
         raise ValueError("n: DPM-Solver-Fast needs at least one model evaluation")
     extra_args = {} if extra_args is None else extra_args
-    loop = _Loop(x, [float(sigma_max), float(sigma_min)])
+    loop = _Loop(x, [float(sigma_max), float(sigma_min)], eta=eta, ordered=False)
     noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     times = _Times(loop.torch)
     t_start, t_end = -_log(times.scalar(sigma_max)), -_log(times.scalar(sigma_min))
@@ -870,7 +885,7 @@ def sample_dpm_adaptive(
     if order not in {2, 3}:
         raise ValueError("order should be 2 or 3")
     extra_args = {} if extra_args is None else extra_args
-    loop = _Loop(x, [float(sigma_max), float(sigma_min)])
+    loop = _Loop(x, [float(sigma_max), float(sigma_min)], eta=eta, ordered=False)
     noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     times = _Times(loop.torch)
     t_start, t_end = -_log(times.scalar(sigma_max)), -_log(times.scalar(sigma_min))

@@ -455,7 +455,16 @@ def _adaptive(run: _Run, x: Any, order: int, t_T: float, t_0: float, atol, rtol,
     bar = _progress(None, progress)
     info.timesteps.append(s)
     r1 = 0.5 if order == 2 else 1.0 / 3.0
+    # A step below this (10^8 of them to the end) means the tolerances ask for more than the
+    # sample's precision can give: the loop would crawl on forever.
+    h_floor = 1e-8 * abs(lam_0 - lam_s)
     while abs(s - t_0) > _T_ERR:
+        if h < h_floor:
+            raise ValueError(
+                f"adaptive solver: the step size fell to {h:.1e} in log-SNR at t={s} (over 10^8 "
+                f"steps to go): atol={atol}, rtol={rtol} ask for more than the sample's "
+                "precision can give; loosen them"
+            )
         t = float(sch.inverse_lambda(lam_s + h))
         times, stages = core.singlestep(s, t, order, r1, None if order == 2 else 2.0 / 3.0)
         m_s = run.model_value(x, s)

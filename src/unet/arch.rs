@@ -2,6 +2,9 @@
 //! `UNet2DModel`, `cond_config` for `UNet2DConditionModel`) and checked: everything the
 //! loaders (`model`, `blocks`, `resnet`, `attention`, `transformer`, `embeddings`) read.
 
+use crate::error::Result;
+use crate::value_err;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeEmbeddingType {
     Positional,
@@ -113,4 +116,29 @@ pub struct Arch {
     pub mid: Option<Option<AttnSpec>>,
     /// A cross-attention model: the width of `encoder_hidden_states` it takes.
     pub cross_dim: Option<usize>,
+}
+
+impl Arch {
+    /// The scalars both config classes share, which no later shape check would catch: a
+    /// downsampling padding past 1 (diffusers' own model then fails joining its skip
+    /// connections; rdiff's would read past them), and a GroupNorm epsilon or mid-block scale
+    /// that is not a positive finite number (every output NaN).
+    pub fn check_scalars(&self) -> Result<()> {
+        if self.downsample_padding > 1 {
+            return value_err!(
+                "downsample_padding: {}; a UNet's downsampling convolutions pad by 0 or 1 \
+                 (more changes the sizes its skip connections join)",
+                self.downsample_padding
+            );
+        }
+        for (name, v) in [
+            ("norm_eps", self.norm_eps),
+            ("mid_block_scale_factor", self.mid_block_scale_factor),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return value_err!("{name}: must be a positive finite number, got {v}");
+            }
+        }
+        Ok(())
+    }
 }

@@ -62,7 +62,7 @@ impl UNet2D {
         let class = serde_json::from_str::<serde_json::Value>(config_json)
             .ok()
             .and_then(|v| v.get("_class_name")?.as_str().map(String::from));
-        Ok(match class.as_deref() {
+        let arch = match class.as_deref() {
             None | Some("UNet2DModel") => UNet2DConfig::from_json(config_json)?.resolve()?,
             Some("UNet2DConditionModel") => {
                 UNet2DConditionConfig::from_json(config_json)?.resolve()?
@@ -73,7 +73,9 @@ impl UNet2D {
                      UNet2DConditionModel"
                 )
             }
-        })
+        };
+        arch.check_scalars()?;
+        Ok(arch)
     }
 
     fn build(arch: Arch, src: &dyn WeightSource, compute: ComputeDtype) -> Result<Self> {
