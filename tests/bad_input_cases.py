@@ -654,6 +654,48 @@ def _scheduler_cases() -> list[Case]:
                     r"timesteps",
                 ),
             ]
+            if kind in ("unipc", "v3"):
+                # a bf16 model on float32 latents: each step returns the model output's dtype,
+                # the corrector then reads the last float32 sample (found by fuzzing: a
+                # TypeError naming the internal last_sample)
+                c.append(
+                    Case(
+                        f"{p}.loop.bf16_model_on_float32_latents",
+                        f"x = TX.clone()\ns = make({kind!r}, {wrapped})\n"
+                        "for t in s.timesteps:\n"
+                        "    x = s.step((0.1 * x).to(torch.bfloat16), t, x).prev_sample\n"
+                        f"ref = run_loop(make({kind!r}, {wrapped}), TX.clone())\n"
+                        "assert x.dtype == torch.bfloat16\n"
+                        "assert (x.float() - ref).abs().max() <= 0.02 * ref.abs().max()",
+                        None,
+                    )
+                )
+            if kind == "v3":
+                # statistics whose coefficients fit float64 but not float32 (found by fuzzing:
+                # NaN samples, one RuntimeWarning)
+                c.append(
+                    Case(
+                        f"{p}.step.coefficients_past_float32",
+                        "ems = rdiff.EMSTable.from_statistics(_L, np.full_like(_L, 20.0), "
+                        "0.05 * _L, SCHED)\n"
+                        f"s = make('v3', {wrapped}, n=5, ems=ems)\n"
+                        "one_step(s, TM, TX)",
+                        "ValueError",
+                        r"ems: the step coefficients overflow float32",
+                    )
+                )
+            if kind in ("ddim", "ddpm", "analytic", "v3"):
+                # training timesteps out of range, below as above (found by fuzzing: v3's -1
+                # gave NaN, DDIM's and DDPM's wrapped to the end of the table)
+                c += [
+                    Case(
+                        f"{p}.add_noise.timesteps_{name}",
+                        f"{mk}.add_noise(X, M, np.array([{t}, 5]))",
+                        "ValueError",
+                        r"timesteps: must lie in \[0, (999\]|1000\))",
+                    )
+                    for name, t in (("negative", -1), ("past_the_end", 1000))
+                ]
             if kind in PEER_KINDS and wrapped:
                 c += [
                     Case(
@@ -749,6 +791,15 @@ def _scheduler_cases() -> list[Case]:
                 ]
             if kind in ("multistep", "deis", "singlestep"):
                 c += [
+                    # more steps than training timesteps: the first timestep appears twice,
+                    # the loop starts at its second occurrence (diffusers' rule) and overruns;
+                    # the error says so (found by fuzzing: it only said "all steps are done")
+                    Case(
+                        f"{p}.loop.more_steps_than_timesteps",
+                        f"run_loop(make({kind!r}, {wrapped}, n=2000), X[:, :1, :1, :2])",
+                        "ValueError",
+                        r"all 2000 steps are done.*appears 2 times.*at most num_train_timesteps",
+                    ),
                     Case(
                         f"{p}.init.solver_order_4",
                         f"make({kind!r}, {wrapped}, solver_order=4)",

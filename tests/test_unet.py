@@ -311,6 +311,12 @@ def test_bad_inputs(small_dir):
         unet(torch.randn(1, 3, 15, 16), torch.tensor(1.0))
     with pytest.raises(ValueError, match="timestep"):
         unet(torch.randn(2, 3, 16, 16), torch.tensor([1.0, 2.0, 3.0]))
+    # finite in float64 or as a Python int, infinite in the float32 the model reads (found by
+    # fuzzing: NaN outputs)
+    for t in (np.array([1.7e308]), torch.tensor([1e300], dtype=torch.float64), 10**40):
+        with pytest.raises(ValueError, match="timestep: must be finite in float32"):
+            unet(torch.randn(1, 3, 16, 16), t)
+    assert torch.isfinite(unet(torch.randn(1, 3, 16, 16), 10**30)).all()
     with pytest.raises(ValueError, match="class"):
         unet(torch.randn(1, 3, 16, 16), torch.tensor(1.0), class_labels=torch.tensor([1]))
     with pytest.raises(TypeError):

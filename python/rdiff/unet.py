@@ -24,6 +24,7 @@ and diffusers' call ``unet(sample, timestep, encoder_hidden_states, added_cond_k
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -544,6 +545,16 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _finite_f32(a: np.ndarray) -> np.ndarray:
+    """``a`` as float32 (what the model reads), ValueError unless every value is finite there
+    (a float64 past 3.4e38 would become inf)."""
+    with np.errstate(over="ignore"):
+        f = a.astype(np.float32)
+    if not np.isfinite(f).all():
+        raise ValueError(f"timestep: must be finite in float32, got {a.tolist()}")
+    return f
+
+
 def _timesteps(t: Any) -> list[float]:
     """diffusers' timestep handling: scalars become integers, arrays keep their values."""
     if _tensor.is_torch(t) or isinstance(t, np.ndarray):
@@ -552,17 +563,15 @@ def _timesteps(t: Any) -> list[float]:
             raise ValueError("timestep: empty")
         if a.dtype.kind == "b" or a.dtype.kind not in "iuf":
             raise TypeError(f"timestep: unsupported dtype {a.dtype}")
-        if not np.isfinite(a).all():
-            raise ValueError(f"timestep: must be finite, got {a.tolist()}")
-        return a.astype(np.float32).tolist()
+        return _finite_f32(a).tolist()
     if isinstance(t, (list, tuple)):
         return _timesteps(np.asarray(t))
     if isinstance(t, bool):
         raise TypeError("timestep: expected a number, got bool")
     if isinstance(t, (int, float, np.integer, np.floating)):
-        if not np.isfinite(t):
+        if not math.isfinite(float(t)):
             raise ValueError(f"timestep: must be finite, got {t}")
-        return [float(int(t))]
+        return _finite_f32(np.array([float(int(t))])).tolist()
     raise TypeError(f"timestep: expected a number, array or tensor, got {type(t).__name__}")
 
 

@@ -410,11 +410,22 @@ class SchedulerBase(ConfigMixin):
         if self._step_index is None:
             self._init_step_index(timestep)
         if self._step_index >= len(self.timesteps):
-            raise ValueError(
-                f"step: all {len(self.timesteps)} steps are done; call set_timesteps to start "
-                "a new loop"
-            )
+            raise ValueError(self._loop_done_message())
         return inputs
+
+    def _loop_done_message(self) -> str:
+        """Why a step cannot run past the end; naming the cause when the loop was a step short
+        from its start (found by fuzzing: 2,000 steps of a 1,000-timestep model)."""
+        ts = self._timesteps_numpy()
+        msg = f"step: all {len(ts)} steps are done; call set_timesteps to start a new loop"
+        twice = int(np.sum(ts == ts[0])) if len(ts) else 0
+        if twice > 1:
+            msg += (
+                f" (the first timestep, {ts[0]}, appears {twice} times in timesteps, so the loop "
+                "began at its second occurrence, as diffusers' index_for_timestep does, a step "
+                "short: ask for at most num_train_timesteps steps, or distinct timesteps)"
+            )
+        return msg
 
     @compilable
     def scale_model_input(self, sample: Any, *args: Any, **kwargs: Any) -> Any:

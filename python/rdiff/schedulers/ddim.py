@@ -62,7 +62,7 @@ class _DiscreteAlphasMixin:
     def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ts = np.asarray(timesteps).astype(np.int64).reshape(-1)
         n = len(self._ac)
-        if ts.size and (ts.min() < -n or ts.max() >= n):
+        if ts.size and (ts.min() < 0 or ts.max() >= n):
             raise ValueError(f"timesteps: must lie in [0, {n}), got {ts.tolist()}")
         ac = self._ac[ts]
         return np.sqrt(ac), np.sqrt(1.0 - ac)

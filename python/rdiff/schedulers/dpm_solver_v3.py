@@ -128,6 +128,7 @@ class DPMSolverV3Scheduler(SchedulerBase):
         self.last_sample: Any = None
         self._coef: np.ndarray | None = None
         self._coef_on: dict[tuple, Any] = {}
+        self._coef_fit_f32 = False
 
     @exclusive
     @loop_setup
@@ -157,12 +158,28 @@ class DPMSolverV3Scheduler(SchedulerBase):
             self._orders = self._core.orders
             self._coef = self._core.coefficients()
             self._coef_on = {}
+            self._coef_fit_f32 = False
+            if not np.isfinite(self._coef).all():
+                raise ValueError(
+                    "ems: the step coefficients overflow (statistics out of range for this "
+                    "schedule and step count)"
+                )
 
     def _coefficients_like(self, tensors: tuple, i: int) -> Any:
         """Step ``i``'s coefficient rows in the pass's arithmetic dtype (float64 only when the
         sample and the model output are) on their device; the run's table is converted once
         per device and dtype."""
         wide = all(_tensor.dtype_name(v) == "float64" for v in tensors)
+        if not wide and not self._coef_fit_f32:
+            # finite in float64 (set_timesteps checked), perhaps not in float32: inf
+            # coefficients and NaN samples otherwise
+            with np.errstate(over="ignore"):
+                if not np.isfinite(self._coef.astype(np.float32)).all():
+                    raise ValueError(
+                        "ems: the step coefficients overflow float32 (statistics out of range "
+                        "for this schedule); a float64 sample and model output would keep them"
+                    )
+            self._coef_fit_f32 = True
         x = tensors[0]
         if _tensor.is_torch(x):
             key = ("torch", str(x.device), wide)
@@ -209,7 +226,8 @@ class DPMSolverV3Scheduler(SchedulerBase):
             i,
             model_output=mo,
             sample=x,
-            last_sample=None if x_all else self.last_sample,
+            # (in this sample's dtype, as UniPC's)
+            last_sample=None if x_all else _tensor.as_dtype_of(self.last_sample, x),
             history=self.model_outputs[:need],
             coef=self._coefficients_like((x, mo), i),
             hist=hist,
@@ -233,7 +251,11 @@ class DPMSolverV3Scheduler(SchedulerBase):
     def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """α, σ at (fractional) training timesteps, as the reference's t = (τ + 1)/N."""
         n = self.config.num_train_timesteps
-        t = (np.asarray(timesteps, dtype=np.float64) + 1.0) / n
+        tau = np.asarray(timesteps, dtype=np.float64)
+        # (the schedule's own range, t in [1/N, 1]; below it σ → 0 and the log-SNR diverges)
+        if np.any(tau < -1e-6) or np.any(tau > n - 1 + 1e-6):
+            raise ValueError(f"timesteps: must lie in [0, {n - 1}], got {tau.tolist()}")
+        t = (tau + 1.0) / n
         return (
             np.asarray(self.schedule.alpha_t(t), dtype=np.float64),
             np.asarray(self.schedule.sigma_t(t), dtype=np.float64),

@@ -215,9 +215,7 @@ class LCMScheduler(_PreviousTimestepMixin, _DiscreteAlphasMixin, SchedulerBase):
             self._init_step_index(timestep)
         ts = self._timesteps_numpy()
         if self._step_index >= len(ts):
-            raise ValueError(
-                f"step: all {len(ts)} steps are done; call set_timesteps to start a new loop"
-            )
+            raise ValueError(self._loop_done_message())
         return shape, t, self._step_index, ts
 
     def get_scalings_for_boundary_condition_discrete(self, timestep: Any) -> tuple[float, float]:

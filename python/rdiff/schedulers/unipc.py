@@ -239,7 +239,9 @@ class UniPCMultistepScheduler(DPMSolverBase):
             self.this_order if corrector else None,
             model_output=mo,
             sample=x,
-            last_sample=self.last_sample if corrector else None,
+            # (in this sample's dtype: the last step's output took its model output's, which
+            # may differ, e.g. a bf16 model on float32 latents)
+            last_sample=_tensor.as_dtype_of(self.last_sample, x) if corrector else None,
             history=self.model_outputs[::-1],
             predict=predict,
             **out,
