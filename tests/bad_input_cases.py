@@ -670,6 +670,47 @@ def _scheduler_cases() -> list[Case]:
                         None,
                     )
                 )
+            if kind in ("ddpm", "euler_a", "lcm", "tcd", "analytic"):
+                # generators the noise cannot be drawn with (found by fuzzing: an
+                # AttributeError, or a length error about 'noise')
+                c += [
+                    Case(
+                        f"{p}.step.generator_str",
+                        f"one_step({mk}, TM, TX, generator='abc')",
+                        "TypeError",
+                        r"generator: expected .*got str",
+                    ),
+                    Case(
+                        f"{p}.step.generator_list_short",
+                        f"g = [torch.Generator().manual_seed(i) for i in range(2)]\n"
+                        f"one_step({mk}, torch.cat([TM, TM]), torch.cat([TX, TX]), generator=g)",
+                        "ValueError",
+                        r"generator: a list of 2 for a batch of 4",
+                    ),
+                    Case(
+                        f"{p}.step.torch_generator_numpy_sample",
+                        f"one_step({mk}, M, X, generator=torch.Generator())",
+                        "TypeError",
+                        r"generator: numpy samples draw .* numpy Generator",
+                    ),
+                ]
+            if kind in ("lcm", "tcd"):
+                # found by fuzzing: NaN samples from finite input (diffusers' too)
+                c += [
+                    Case(
+                        f"{p}.step.epsilon_at_zero_snr",
+                        f"s = make({kind!r}, {wrapped}, n=4, rescale_betas_zero_snr=True)\n"
+                        "one_step(s, TM, TX, generator=gen_for(TX))",
+                        "ValueError",
+                        r"timestep 999: ᾱ = 0 .*v_prediction",
+                    ),
+                    Case(
+                        f"{p}.init.timestep_scaling_nan",
+                        f"make({kind!r}, {wrapped}, timestep_scaling=float('nan'))",
+                        "ValueError",
+                        r"timestep_scaling: must be finite",
+                    ),
+                ]
             if kind == "v3":
                 # statistics whose coefficients fit float64 but not float32 (found by fuzzing:
                 # NaN samples, one RuntimeWarning)

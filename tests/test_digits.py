@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -71,6 +73,12 @@ def test_sample_save_npz(tmp_path):
     sched = cli.make_scheduler("dpmsolver++", FOLDER, None)
     x, nfe = cli.sample_images(unet, sched, 5, 3, 1, 256, progress=False)
     assert nfe == 3 and np.array_equal(x, z["samples"])
+    # without the extension numpy adds it; the message names the file written
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main([*argv, "--save-npz", str(tmp_path / "bare")]) == 0
+    assert f"wrote {tmp_path / 'bare.npz'}" in out.getvalue()
+    assert np.array_equal(np.load(tmp_path / "bare.npz")["samples"], x)
 
 
 @pytest.mark.parametrize("name", ["DDPMScheduler", "EulerAncestralDiscreteScheduler"])

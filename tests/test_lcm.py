@@ -44,15 +44,16 @@ def run_pair(cfg, n, st=None, dtype=torch.float32, seed=0, shape=(2, 3, 8, 8)):
             # (0) is the exact x₀ there, and v = −x₀
             mo = torch.zeros_like(x)
         od = d.step(mo, t, x, generator=torch.Generator().manual_seed(i))
-        orr = r.step(mo, t, x, generator=torch.Generator().manual_seed(i))
-        assert orr.prev_sample.dtype == od.prev_sample.dtype
         ac = float(d.alphas_cumprod[int(t)])
         if not torch.isfinite(od.denoised).all():
             # zero terminal SNR with ε prediction, unclipped: x₀ = (x − ε)/0 is not finite in
-            # diffusers, nor in rdiff (clipped, both give ±clip_sample_range)
+            # diffusers; rdiff says why instead (clipped, both give ±clip_sample_range)
             assert ac == 0.0 and cfg.get("prediction_type", "epsilon") == "epsilon"
-            assert not torch.isfinite(orr.denoised).all()
+            with pytest.raises(ValueError, match=r"ᾱ = 0 .*v_prediction"):
+                r.step(mo, t, x, generator=torch.Generator().manual_seed(i))
             break
+        orr = r.step(mo, t, x, generator=torch.Generator().manual_seed(i))
+        assert orr.prev_sample.dtype == od.prev_sample.dtype
         for out in (orr.prev_sample, orr.denoised):  # (a NaN would compare as no error)
             assert torch.isfinite(out).all()
         scale = max(1.0, float(x.abs().max()), float(mo.abs().max())) / max(ac, 1e-4) ** 0.5

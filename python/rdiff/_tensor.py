@@ -198,6 +198,7 @@ def randn(
     numpy, on the host, and the noise moves to like's device (``rdiff sample`` gives the same
     images on the CPU and on CUDA).
     """
+    _check_generator(generator, like, shape)
     if is_torch(like) and isinstance(generator, np.random.Generator):
         torch = torch_module()
         host = generator.standard_normal(shape, dtype=np.float32)
@@ -224,6 +225,27 @@ def randn(
     return rng.standard_normal(shape, dtype=np.float64 if dt == np.float64 else np.float32).astype(
         dt, copy=False
     )
+
+
+def _check_generator(generator: Any, like: Any, shape: tuple) -> None:
+    """TypeError / ValueError naming ``generator`` unless ``randn`` can draw with it: None, a
+    numpy Generator, or (for torch samples) a torch Generator or a list of one per sample."""
+    if generator is None or isinstance(generator, np.random.Generator):
+        return
+    torch = torch_module() if is_torch(like) else sys.modules.get("torch")
+    gen_type = getattr(torch, "Generator", None) if torch is not None else None
+    gens = generator if isinstance(generator, list) else [generator]
+    if gen_type is None or not gens or not all(isinstance(g, gen_type) for g in gens):
+        kinds = "a numpy Generator" if not is_torch(like) else "a torch or numpy Generator"
+        raise TypeError(
+            f"generator: expected {kinds}, a list of torch Generators or None, got "
+            f"{type(generator).__name__}"
+        )
+    if not is_torch(like):
+        raise TypeError("generator: numpy samples draw their noise with a numpy Generator")
+    batch = shape[0] if shape else 1
+    if isinstance(generator, list) and 1 < len(generator) < batch:
+        raise ValueError(f"generator: a list of {len(generator)} for a batch of {batch}")
 
 
 def torch_randn(shape: tuple, generator: Any, device: Any, dtype: Any, widen: bool) -> Any:

@@ -266,8 +266,10 @@ def _sample(args: argparse.Namespace) -> int:
         size = save_grid(images, args.out, scale=args.scale)
         print(f"wrote {args.out} ({size[0]}x{size[1]})")
     if args.save_npz:
+        # (numpy adds the extension when it is missing: say which file was written)
+        npz = args.save_npz if str(args.save_npz).endswith(".npz") else f"{args.save_npz}.npz"
         np.savez(
-            args.save_npz,
+            npz,
             samples=images,
             uint8=to_uint8(images),
             nfe=np.int64(nfe),
@@ -275,7 +277,7 @@ def _sample(args: argparse.Namespace) -> int:
             scheduler=np.str_(args.scheduler),
             steps=np.int64(steps),
         )
-        print(f"wrote {args.save_npz}")
+        print(f"wrote {npz}")
     return 0
 
 

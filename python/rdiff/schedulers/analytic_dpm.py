@@ -20,8 +20,7 @@ def _randn_as_diffusers(shape: tuple, like: Any, dtype: Any, generator: Any) -> 
     """float32 noise drawn as diffusers' ``randn_tensor(shape, generator, device, dtype)``
     draws it (in ``dtype``, on the generator's device), for the fused loop."""
     if not _tensor.is_torch(like):
-        rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng()
-        return rng.standard_normal(shape, dtype=np.float32)
+        return _tensor.randn(shape, like, generator, np.float32)
     noise = _tensor.randn(shape, like, generator, dtype, widen=True)
     return noise.to(dtype=_tensor.torch_module().float32).contiguous()
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -74,6 +75,8 @@ class LCMScheduler(_PreviousTimestepMixin, _DiscreteAlphasMixin, SchedulerBase):
     ):
         self._register(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         check_choice("prediction_type", prediction_type, _PREDICTIONS)
+        if not math.isfinite(float(timestep_scaling)):
+            raise ValueError(f"timestep_scaling: must be finite, got {timestep_scaling}")
         self._init_schedule(
             num_train_timesteps,
             beta_start,
@@ -216,6 +219,21 @@ class LCMScheduler(_PreviousTimestepMixin, _DiscreteAlphasMixin, SchedulerBase):
         ts = self._timesteps_numpy()
         if self._step_index >= len(ts):
             raise ValueError(self._loop_done_message())
+        # (clip_sample bounds an infinite x₀; thresholding's quantile of it is NaN, and TCD
+        # never clips)
+        if (
+            self.config.prediction_type == "epsilon"
+            and not self._bounds()[0]
+            and 0 <= t < len(self._ac)
+            and self._ac[t] == 0
+        ):
+            # a zero-terminal-SNR schedule's last timestep: x₀ = (x − √(1−ᾱ)·ε)/√ᾱ divides by
+            # 0 (diffusers returns NaN there)
+            raise ValueError(
+                f"timestep {t}: ᾱ = 0 (rescale_betas_zero_snr), where an epsilon prediction "
+                "gives no x₀; use prediction_type='v_prediction' (as zero-SNR models are "
+                "trained) or a schedule without the zero-SNR rescale"
+            )
         return shape, t, self._step_index, ts
 
     def get_scalings_for_boundary_condition_discrete(self, timestep: Any) -> tuple[float, float]:
