@@ -670,6 +670,15 @@ def _scheduler_cases() -> list[Case]:
                         None,
                     )
                 )
+            if kind in ("ddim", "ddpm", "lcm", "tcd"):
+                c.append(
+                    Case(
+                        f"{p}.step.timestep_past_int64",
+                        f"{mk}.step(M, 10**30, X)",
+                        "ValueError",
+                        r"timestep: 1000000000000000000000000000000 is not a training timestep",
+                    )
+                )
             if kind in ("ddpm", "euler_a", "lcm", "tcd", "analytic"):
                 # generators the noise cannot be drawn with (found by fuzzing: an
                 # AttributeError, or a length error about 'noise')

@@ -294,6 +294,11 @@ def test_k_samplers_refuse_sigmas_eta_and_churn_that_give_nan(name):
             for v in (-1.0, float("nan")):
                 with pytest.raises(ValueError, match=f"{arg}: must be a non-negative finite"):
                     sampler(model, x, good, disable=True, **{arg: v})
+    with pytest.raises(ValueError, match="x: expected a batch"):
+        sampler(model, torch.tensor(1.0), good, disable=True)
+    if name == "sample_lms":
+        with pytest.raises(ValueError, match="order: must be at least 1, got -1"):
+            sampler(model, x, good, disable=True, order=-1)
     assert calls == []
     assert torch.isfinite(sampler(model, x, good, disable=True)).all()
 

@@ -194,6 +194,8 @@ class _Loop:
         from a positive σ; ``eta`` and ``s_churn`` non-negative. (k-diffusion would return
         NaN for the rest.)"""
         _tensor.check_float(x, "x")
+        if x.ndim == 0:
+            raise ValueError("x: expected a batch (shape (B, ...)), got a 0-d value")
         self.like = x
         self.stream = _tensor.cuda_stream(x)
         self.torch = _tensor.is_torch(x)
@@ -558,6 +560,8 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
     loop = _Loop(x, sigmas)
     x = loop.buf(x, "x")
     order = int(order)
+    if order < 1:
+        raise ValueError(f"order: must be at least 1, got {order}")
     # LMSDiscreteScheduler's core: a denoiser is a "sample" predictor (x₀ = D)
     core = _Lms(loop.sig, "sample")
     ds: list = []  # the slopes (x − D)/σ, oldest first, as k-diffusion keeps them

@@ -47,11 +47,14 @@ def _int_timestep(timestep: Any) -> int:
             raise ValueError(f"timestep: expected an integer timestep, got {timestep}")
         return int(timestep)
     try:
-        return int(timestep)
+        t = int(timestep)
     except (TypeError, ValueError):
         raise TypeError(
             f"timestep: expected an int or a 0-d tensor, got {type(timestep).__name__}"
         ) from None
+    if abs(t) >= 1 << 62:  # (past what the core's integers hold: no training timestep)
+        raise ValueError(f"timestep: {t} is not a training timestep")
+    return t
 
 
 class _DiscreteAlphasMixin:
