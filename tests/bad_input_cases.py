@@ -670,6 +670,30 @@ def _scheduler_cases() -> list[Case]:
                         None,
                     )
                 )
+            if kind in ("multistep", "unipc", "flow"):
+                # dynamic shifting's mu whose shift overflows or is NaN (found by fuzzing: an
+                # OverflowError, or errors about sigmas or flow_shift)
+                flow = "" if kind == "flow" else ", use_flow_sigmas=True, "
+                flow += "" if kind == "flow" else "prediction_type='flow_prediction'"
+                c += [
+                    Case(
+                        f"{p}.set_timesteps.mu_{name}",
+                        f"s = make({kind!r}, {wrapped}, n=0, use_dynamic_shifting=True{flow})\n"
+                        f"s.set_timesteps(4, mu={value})",
+                        "ValueError",
+                        r"mu: e\^mu must be a finite positive shift",
+                    )
+                    for name, value in (("overflowing", "1e10"), ("nan", "float('nan')"))
+                ]
+            if kind == "ddim":
+                c.append(
+                    Case(
+                        f"{p}.init.beta_start_str",
+                        f"make({kind!r}, {wrapped}, beta_start='a')",
+                        "TypeError",
+                        r"beta_start: expected a number, got str",
+                    )
+                )
             if kind in ("ddim", "ddpm", "lcm", "tcd"):
                 c.append(
                     Case(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,6 +117,20 @@ def check_choice(name: str, value: Any, choices: tuple) -> None:
         raise ValueError(
             f"{name}: unknown {value!r}; expected one of {', '.join(map(str, choices))}"
         )
+
+
+def shift_from_mu(mu: Any, exponential: bool = True) -> float:
+    """Dynamic shifting's flow shift from ``mu``: e^μ (or μ itself); ValueError naming ``mu``
+    unless it is a finite number whose shift is finite and positive."""
+    try:
+        m = float(mu)
+    except (TypeError, ValueError):
+        raise TypeError(f"mu: expected a number, got {type(mu).__name__}") from None
+    shift = (math.exp(m) if m < 709.0 else math.inf) if exponential else m
+    if not (math.isfinite(m) and math.isfinite(shift) and shift > 0.0):
+        what = "e^mu" if exponential else "mu"
+        raise ValueError(f"mu: {what} must be a finite positive shift, got mu = {mu}")
+    return shift
 
 
 def check_int(value: Any, name: str, low: int = 1, high: int | None = None) -> int:
@@ -261,6 +276,9 @@ class SchedulerBase(ConfigMixin):
         rescale_betas_zero_snr: bool,
     ) -> None:
         num_train_timesteps = check_int(num_train_timesteps, "num_train_timesteps")
+        for name, v in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if isinstance(v, (str, bytes)) or not isinstance(v, (int, float, np.number)):
+                raise TypeError(f"{name}: expected a number, got {type(v).__name__} {v!r}")
         if trained_betas is not None:
             if _tensor.is_torch(trained_betas):
                 trained_betas = trained_betas.detach().cpu().double().numpy()

@@ -8,7 +8,14 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _diffusers_schedule, _DpmMultistep
-from ._base import SchedulerOutput, check_choice, check_int, exclusive, loop_setup
+from ._base import (
+    SchedulerOutput,
+    check_choice,
+    check_int,
+    exclusive,
+    loop_setup,
+    shift_from_mu,
+)
 from ._dpm_solver import DPMSolverBase
 
 _ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
@@ -177,7 +184,7 @@ class DPMSolverMultistepScheduler(DPMSolverBase):
                 raise ValueError(
                     "mu: needs use_dynamic_shifting=True and time_shift_type 'exponential'"
                 )
-            self.register_to_config(flow_shift=float(np.exp(mu)))
+            self.register_to_config(flow_shift=shift_from_mu(mu))
 
     def _start_loop(self, ts: np.ndarray, sigmas: np.ndarray, device: Any) -> None:
         """The loop's timesteps (int64) and σ̃ (float32, one more), a fresh history and core."""

@@ -9,7 +9,14 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _diffusers_schedule, _DpmSinglestep, _singlestep_order_list
-from ._base import SchedulerOutput, check_choice, check_int, exclusive, loop_setup
+from ._base import (
+    SchedulerOutput,
+    check_choice,
+    check_int,
+    exclusive,
+    loop_setup,
+    shift_from_mu,
+)
 from ._dpm_solver import DPMSolverBase
 
 logger = logging.getLogger(__name__)
@@ -158,7 +165,7 @@ class DPMSolverSinglestepScheduler(DPMSolverBase):
                 raise ValueError(
                     "mu: needs use_dynamic_shifting=True and time_shift_type 'exponential'"
                 )
-            flow_shift = float(np.exp(mu))
+            flow_shift = shift_from_mu(mu)
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("set_timesteps: pass exactly one of num_inference_steps or timesteps")
         if num_inference_steps is not None:

@@ -10,7 +10,14 @@ import numpy as np
 
 from .. import _tensor
 from .._rdiff import _Euler, _flow_match_schedule, _flow_match_training_sigmas
-from ._base import SchedulerOutput, check_choice, check_int, exclusive, loop_setup
+from ._base import (
+    SchedulerOutput,
+    check_choice,
+    check_int,
+    exclusive,
+    loop_setup,
+    shift_from_mu,
+)
 from .euler import SigmaSchedulerBase, _float_array
 
 
@@ -126,6 +133,8 @@ class FlowMatchEulerDiscreteScheduler(_FlowSchedule, SigmaSchedulerBase):
         cfg = self.config
         if cfg.use_dynamic_shifting and mu is None:
             raise ValueError("mu: must be passed when use_dynamic_shifting is True")
+        if cfg.use_dynamic_shifting:
+            shift_from_mu(mu, cfg.time_shift_type == "exponential")  # (the check alone)
         s = None if sigmas is None else _float_array(sigmas, "sigmas")
         t = None if timesteps is None else _float_array(timesteps, "timesteps")
         if s is not None and t is not None and len(s) != len(t):

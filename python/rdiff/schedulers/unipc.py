@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import _tensor
 from .._rdiff import _diffusers_schedule, _UniPc
-from ._base import SchedulerOutput, check_choice, check_int, exclusive, loop_setup
+from ._base import (
+    SchedulerOutput,
+    check_choice,
+    check_int,
+    exclusive,
+    loop_setup,
+    shift_from_mu,
+)
 from ._dpm_solver import DPMSolverBase
 
 _PREDICTIONS = ("epsilon", "sample", "v_prediction", "flow_prediction")
@@ -157,7 +163,7 @@ class UniPCMultistepScheduler(DPMSolverBase):
         shift = float(cfg.flow_shift)
         if cfg.use_dynamic_shifting:
             # diffusers' time_shift(mu, 1, σ) is the flow shift with shift = e^μ (or μ).
-            shift = math.exp(mu) if cfg.time_shift_type == "exponential" else float(mu)
+            shift = shift_from_mu(mu, cfg.time_shift_type == "exponential")
         kind = self._sigma_kind()
         karras_flow = kind == "karras" and bool(cfg.use_flow_sigmas)
         ts, sig = _diffusers_schedule(
