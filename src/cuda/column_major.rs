@@ -2,6 +2,7 @@
 //! by the cuBLAS call (`cublas`) and the emulated launcher's CPU stand-in for it, so the test
 //! suite covers the mapping that the real device relies on.
 
+use crate::error::RdiffError;
 use crate::unet::weights::ComputeDtype;
 
 /// A strided-batched SGEMM in cuBLAS's column-major terms:
@@ -29,6 +30,11 @@ pub struct ColumnMajorGemm {
     pub compute: ComputeDtype,
     /// A and B stored in `compute`'s 16-bit type (C stays f32).
     pub half_operands: bool,
+}
+
+/// 16-bit operands name their type by the math (bf16 or f16); f32 and tf32 math have none.
+pub fn f32_math_on_half_operands() -> RdiffError {
+    RdiffError::Cuda("gemm: 16-bit operands need bf16 or f16 math".into())
 }
 
 /// How cuBLAS reads a logical `rows×cols` matrix whose element (r, c) is at `r·rs + c·cs`:

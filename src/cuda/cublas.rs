@@ -18,9 +18,8 @@ use std::sync::{Mutex, OnceLock};
 
 use cudarc::cublas::sys;
 
-use super::column_major::ColumnMajorGemm;
+use super::column_major::{f32_math_on_half_operands, ColumnMajorGemm};
 use super::context::Device;
-use super::unet::device::f32_math_on_half_operands;
 use crate::error::{RdiffError, Result};
 use crate::unet::weights::ComputeDtype;
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::cuda::column_major::{operand, ColumnMajorGemm};
+use crate::cuda::column_major::{f32_math_on_half_operands, operand, ColumnMajorGemm};
 use crate::cuda::emulate::EmulatedLauncher;
 use crate::cuda::launch::{Dim3, KernelArg, Launcher};
 use crate::error::{RdiffError, Result};
@@ -161,11 +161,6 @@ pub fn gemm_kernel(l: &dyn Launcher, g: &Gemm) -> Result<()> {
             i(rounding),
         ],
     )
-}
-
-/// 16-bit operands name their type by the math (bf16 or f16); f32 and tf32 math have none.
-pub fn f32_math_on_half_operands() -> RdiffError {
-    RdiffError::Cuda("gemm: 16-bit operands need bf16 or f16 math".into())
 }
 
 /// A GEMM on host memory: each operand as (address, row stride, column stride, batch stride)
