@@ -232,14 +232,12 @@ unsafe fn blocks_avx512(
                 for (ci, &plane) in planes.iter().enumerate() {
                     for tap in 0..9 {
                         let xs = taps!(plane, tap);
-                        for (j, &v) in xs.iter().enumerate().filter(|_| gather) {
-                            // SAFETY: a whole aligned vector of `cols`.
-                            unsafe {
-                                _mm512_store_ps(
-                                    cols.as_mut_ptr().add(((ci * 9 + tap) * V + j) * LANES),
-                                    v,
-                                )
-                            };
+                        if gather {
+                            for (j, &v) in xs.iter().enumerate() {
+                                let at = ((ci * 9 + tap) * V + j) * LANES;
+                                // SAFETY: a whole aligned vector of `cols`.
+                                unsafe { _mm512_store_ps(cols.as_mut_ptr().add(at), v) };
+                            }
                         }
                         fma_step!(ci * 9 + tap, xs);
                     }

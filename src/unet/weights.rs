@@ -123,6 +123,20 @@ impl Weight {
         })
     }
 
+    /// This matrix stored as a device keeps it for `dtype`'s GEMMs: f32, or a bf16 / f16
+    /// model's 16 bits (rounded to nearest even once, unless the checkpoint has that type).
+    pub fn stored_as(&self, dtype: ComputeDtype) -> Weight {
+        match (dtype, self) {
+            (ComputeDtype::Bf16, Self::Bf16(v)) => Self::Bf16(v.clone()),
+            (ComputeDtype::Bf16, _) => Self::Bf16(self.rounded()),
+            (ComputeDtype::F16, Self::F16(v)) => Self::F16(v.clone()),
+            (ComputeDtype::F16, _) => {
+                Self::F16(self.to_f32().iter().map(|&v| f16::from_f32(v)).collect())
+            }
+            (ComputeDtype::F32 | ComputeDtype::Tf32, _) => Self::F32(self.to_f32().into_owned()),
+        }
+    }
+
     /// The values rounded to bf16 (nearest even), in their order.
     fn rounded(&self) -> Vec<bf16> {
         self.to_f32().iter().map(|&v| bf16::from_f32(v)).collect()
@@ -426,19 +440,8 @@ impl ComputeDtype {
         }
     }
 
-    /// `v` rounded as [`Self::round_operand`] rounds it, as the 16 bits of a bf16 or f16
-    /// (how a half-precision model keeps its matrices on a device); 0 for f32 and tf32, which
-    /// have none.
-    pub fn half_bits(self, v: f32) -> u16 {
-        match self {
-            Self::F32 | Self::Tf32 => 0,
-            Self::Bf16 => half::bf16::from_f32(v).to_bits(),
-            Self::F16 => half::f16::from_f32(v).to_bits(),
-        }
-    }
-
-    /// The value of the 16 bits `bits` of this type (exact); the inverse of
-    /// [`Self::half_bits`]. NaN for f32 and tf32.
+    /// The value of the 16 bits `bits` of this type, bf16 or f16 (exact); NaN for f32 and
+    /// tf32, which have none.
     pub fn widen_bits(self, bits: u16) -> f32 {
         match self {
             Self::F32 | Self::Tf32 => f32::NAN,

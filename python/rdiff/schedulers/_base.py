@@ -126,7 +126,10 @@ def shift_from_mu(mu: Any, exponential: bool = True) -> float:
         m = float(mu)
     except (TypeError, ValueError):
         raise TypeError(f"mu: expected a number, got {type(mu).__name__}") from None
-    shift = (math.exp(m) if m < 709.0 else math.inf) if exponential else m
+    try:
+        shift = math.exp(m) if exponential else m
+    except OverflowError:
+        shift = math.inf
     if not (math.isfinite(m) and math.isfinite(shift) and shift > 0.0):
         what = "e^mu" if exponential else "mu"
         raise ValueError(f"mu: {what} must be a finite positive shift, got mu = {mu}")
@@ -277,7 +280,7 @@ class SchedulerBase(ConfigMixin):
     ) -> None:
         num_train_timesteps = check_int(num_train_timesteps, "num_train_timesteps")
         for name, v in (("beta_start", beta_start), ("beta_end", beta_end)):
-            if isinstance(v, (str, bytes)) or not isinstance(v, (int, float, np.number)):
+            if not isinstance(v, (int, float, np.number)):
                 raise TypeError(f"{name}: expected a number, got {type(v).__name__} {v!r}")
         if trained_betas is not None:
             if _tensor.is_torch(trained_betas):

@@ -128,7 +128,7 @@ class DPMSolverV3Scheduler(SchedulerBase):
         self.last_sample: Any = None
         self._coef: np.ndarray | None = None
         self._coef_on: dict[tuple, Any] = {}
-        self._coef_fit_f32 = False
+        self._coef_fits_f32 = True
 
     @exclusive
     @loop_setup
@@ -146,7 +146,7 @@ class DPMSolverV3Scheduler(SchedulerBase):
         self._step_index = None
         self._begin_index = None
         self._reset_loop()
-        self._coef = core.coefficients()
+        self._take_coefficients()
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the loop at step ``begin_index`` (img2img pipelines): the multistep warm-up
@@ -156,30 +156,32 @@ class DPMSolverV3Scheduler(SchedulerBase):
         if self.num_inference_steps is not None:
             self._core.set_timesteps(self.num_inference_steps, self.config.skip_type, b)
             self._orders = self._core.orders
-            self._coef = self._core.coefficients()
-            self._coef_on = {}
-            self._coef_fit_f32 = False
-            if not np.isfinite(self._coef).all():
-                raise ValueError(
-                    "ems: the step coefficients overflow (statistics out of range for this "
-                    "schedule and step count)"
-                )
+            self._take_coefficients()
+
+    def _take_coefficients(self) -> None:
+        """The run's coefficient table from the core: ValueError where it overflows float64;
+        whether it fits float32 is kept for the passes (float64 samples keep what float32
+        ones would read as inf, giving NaN samples)."""
+        self._coef = self._core.coefficients()
+        self._coef_on = {}
+        if not np.isfinite(self._coef).all():
+            raise ValueError(
+                "ems: the step coefficients overflow (statistics out of range for this "
+                "schedule and step count)"
+            )
+        with np.errstate(over="ignore"):
+            self._coef_fits_f32 = bool(np.isfinite(self._coef.astype(np.float32)).all())
 
     def _coefficients_like(self, tensors: tuple, i: int) -> Any:
         """Step ``i``'s coefficient rows in the pass's arithmetic dtype (float64 only when the
         sample and the model output are) on their device; the run's table is converted once
         per device and dtype."""
         wide = all(_tensor.dtype_name(v) == "float64" for v in tensors)
-        if not wide and not self._coef_fit_f32:
-            # finite in float64 (set_timesteps checked), perhaps not in float32: inf
-            # coefficients and NaN samples otherwise
-            with np.errstate(over="ignore"):
-                if not np.isfinite(self._coef.astype(np.float32)).all():
-                    raise ValueError(
-                        "ems: the step coefficients overflow float32 (statistics out of range "
-                        "for this schedule); a float64 sample and model output would keep them"
-                    )
-            self._coef_fit_f32 = True
+        if not wide and not self._coef_fits_f32:
+            raise ValueError(
+                "ems: the step coefficients overflow float32 (statistics out of range for this "
+                "schedule); a float64 sample and model output would keep them"
+            )
         x = tensors[0]
         if _tensor.is_torch(x):
             key = ("torch", str(x.device), wide)

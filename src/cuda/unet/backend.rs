@@ -114,24 +114,20 @@ pub struct DeviceWeights {
     map: HashMap<(usize, usize, ComputeDtype), u64>,
     /// On a host-visible device (the emulator), the copies that stand in for device ones: a
     /// checkpoint's f16/bf16 matrix widened to f32, or a matrix in a bf16 or f16 model's type.
-    host: HashMap<(usize, usize, ComputeDtype), HostCopy>,
+    host: HashMap<(usize, usize, ComputeDtype), Weight>,
     /// Weights uploaded (each an allocation and a copy).
     pub(super) uploads: usize,
     /// Bytes of the device copies (on a host-visible device, those its copies stand for).
     pub bytes: usize,
 }
 
-enum HostCopy {
-    F32(Vec<f32>),
-    Half(Vec<u16>),
-}
-
-impl HostCopy {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Self::F32(v) => bytes(v),
-            Self::Half(v) => bytes(v),
-        }
+/// The bytes of a matrix as `Weight::stored_as` makes it (never tiles: those are the CPU's).
+fn stored_bytes(w: &Weight) -> &[u8] {
+    match w {
+        Weight::F32(v) => bytes(v),
+        Weight::F16(v) => bytes(v),
+        Weight::Bf16(v) => bytes(v),
+        Weight::Bf16Tiles(_) => unreachable!("a device copy is never in the CPU's tile layout"),
     }
 }
 
@@ -170,11 +166,8 @@ impl DeviceWeights {
         if let Some(&p) = self.map.get(&key) {
             return Ok(p);
         }
-        let copy = match stored {
-            ComputeDtype::F32 => HostCopy::F32(w.to_f32().into_owned()),
-            half => HostCopy::Half(w.to_f32().iter().map(|&v| half.half_bits(v)).collect()),
-        };
-        let data = copy.bytes();
+        let copy = w.stored_as(stored);
+        let data = stored_bytes(&copy);
         self.bytes += data.len();
         let p = if dev.host_visible() {
             let p = data.as_ptr() as u64;
@@ -408,42 +401,30 @@ impl Backend for DeviceBackend<'_> {
         let wp = self.wptr(w)?;
         let (half, compute) = (self.half(), self.compute);
         let direct = g.k == 1 && g.stride == 1 && !g.upsample && g.pad == [0; 4];
-        if direct && half {
-            // cuBLAS takes both operands of one type: the input rounded first, all segments
-            // in one operand.
-            let xh = self.narrow(x, cin, n)?;
-            let done = self.dev.gemm(&Gemm {
-                m: cout,
-                n,
-                k: cin,
-                a: wp,
-                a_rs: kk,
-                a_cs: 1,
-                a_bs: 0,
-                b: xh.ptr,
-                b_rs: n,
-                b_cs: 1,
-                b_bs: 0,
-                c: out.ptr,
-                c_rs: n,
-                c_bs: 0,
-                batch: 1,
-                alpha: e.scale,
-                beta: beta0,
-                compute,
-                half_operands: true,
-            });
-            self.arena.give(xh);
-            return done;
-        }
         if direct {
-            let mut ci0 = 0;
-            for (s, &(seg, sc)) in x.iter().enumerate() {
-                self.dev.gemm(&Gemm {
+            // A bf16 or f16 model's input is rounded first, all its segments into one operand
+            // (cuBLAS multiplies two operands of one type); an f32 model's segments are read
+            // where they lie, each against its columns of the weights.
+            let xh = if half {
+                Some(self.narrow(x, cin, n)?)
+            } else {
+                None
+            };
+            let one;
+            let operands = match &xh {
+                Some(b) => {
+                    one = [(b, cin)];
+                    &one[..]
+                }
+                None => x,
+            };
+            let (mut ci0, mut done) = (0, Ok(()));
+            for (s, &(seg, sc)) in operands.iter().enumerate() {
+                done = self.dev.gemm(&Gemm {
                     m: cout,
                     n,
                     k: sc,
-                    a: wp + 4 * ci0 as u64,
+                    a: wp + 4 * ci0 as u64, // (f32 segments only: a 16-bit operand is one)
                     a_rs: kk,
                     a_cs: 1,
                     a_bs: 0,
@@ -458,11 +439,17 @@ impl Backend for DeviceBackend<'_> {
                     alpha: e.scale,
                     beta: if s == 0 { beta0 } else { 1.0 },
                     compute,
-                    half_operands: false,
-                })?;
+                    half_operands: half,
+                });
+                if done.is_err() {
+                    break;
+                }
                 ci0 += sc;
             }
-            return Ok(());
+            if let Some(b) = xh {
+                self.arena.give(b);
+            }
+            return done;
         }
         let tn = n.min((COLS_CAP / kk).max(1));
         // a bf16 or f16 model's columns in its 16-bit type, two to an f32 word

@@ -73,11 +73,12 @@ const TILE: usize = 64;
 /// Plain values without padding, whose bytes may be uploaded as they lie.
 pub trait Plain: Copy {}
 impl Plain for f32 {}
-impl Plain for u16 {}
+impl Plain for half::f16 {}
+impl Plain for half::bf16 {}
 
 /// The bytes of `v`, for [`UnetDevice::upload`].
 pub fn bytes<T: Plain>(v: &[T]) -> &[u8] {
-    // SAFETY: f32 and u16 have no padding and every byte of them is initialised; u8 has
+    // SAFETY: f32, f16 and bf16 have no padding and every byte is initialised; u8 has
     // alignment 1 and the length covers exactly the slice's memory.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }

@@ -113,7 +113,10 @@ fn half_operand(v: &[f32], compute: ComputeDtype) -> (Vec<u16>, u64) {
         0
     };
     for (d, &x) in store[off..].iter_mut().zip(v) {
-        *d = compute.half_bits(x);
+        *d = match compute {
+            ComputeDtype::F16 => f16::from_f32(x).to_bits(),
+            _ => bf16::from_f32(x).to_bits(),
+        };
     }
     let p = store[off..].as_ptr() as u64;
     (store, p)
