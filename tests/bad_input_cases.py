@@ -1391,6 +1391,21 @@ def _sample_cases() -> list[Case]:
             r"guidance_type.*cfg",
         ),
         Case(
+            "model_wrapper.scalar_condition",
+            f"rdiff.model_wrapper({f}, SCHED, guidance_type='classifier-free', condition=1, "
+            "unconditional_condition=np.zeros(2), guidance_scale=2.0)",
+            "ValueError",
+            r"condition: classifier-free guidance.*int",
+        ),
+        Case(
+            "model_wrapper.condition_shapes",
+            f"rdiff.model_wrapper({f}, SCHED, guidance_type='classifier-free', "
+            "condition=torch.zeros(2, 3), unconditional_condition=torch.zeros(2, 4), "
+            "guidance_scale=2.0)",
+            "ValueError",
+            r"same shape after the batch axis.*\(2, 3\).*\(2, 4\)",
+        ),
+        Case(
             "model_wrapper.classifier_missing",
             f"rdiff.model_wrapper({f}, SCHED, guidance_type='classifier')",
             "ValueError",

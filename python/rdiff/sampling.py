@@ -535,6 +535,26 @@ def _cat(parts: list, like: Any) -> Any:
     return np.concatenate([np.asarray(p) for p in parts])
 
 
+def _check_conditions(condition: Any, unconditional_condition: Any) -> None:
+    """Classifier-free guidance batches both conditions along their first axis: each needs
+    one, and the same shape after it."""
+    shapes = {}
+    for name, c in (("condition", condition), ("unconditional_condition", unconditional_condition)):
+        shape = getattr(c, "shape", None)
+        if shape is None or len(shape) == 0:
+            raise ValueError(
+                f"{name}: classifier-free guidance concatenates the conditions along a batch "
+                f"axis, so it must be an array or tensor with one; got "
+                f"{type(c).__name__}{'' if shape is None else ' of shape ()'}"
+            )
+        shapes[name] = tuple(shape)
+    if shapes["condition"][1:] != shapes["unconditional_condition"][1:]:
+        raise ValueError(
+            "condition and unconditional_condition must have the same shape after the batch "
+            f"axis, got {shapes['condition']} and {shapes['unconditional_condition']}"
+        )
+
+
 def model_wrapper(
     model: Callable,
     schedule: NoiseSchedule,
@@ -579,6 +599,8 @@ def model_wrapper(
         raise ValueError(f"guidance_type: expected one of {_GUIDANCE_TYPES}, got {guidance_type!r}")
     if guidance_type == "classifier" and classifier_fn is None:
         raise ValueError('classifier_fn: required by guidance_type="classifier"')
+    if guidance_type == "classifier-free" and unconditional_condition is not None:
+        _check_conditions(condition, unconditional_condition)
     model_kwargs = {} if model_kwargs is None else dict(model_kwargs)
     classifier_kwargs = {} if classifier_kwargs is None else dict(classifier_kwargs)
     discrete = schedule.kind == "discrete"
