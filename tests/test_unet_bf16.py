@@ -269,7 +269,7 @@ def test_bf16_on_a_device_rounds_every_gemm(css):
     model, path, f32, _ = css
     x, t, labels = _torch_args(CLASS_SCALE_SHIFT)
     emu16 = rdiff.UNet2DModel._load(path, -1, compute_dtype=BF16)
-    assert emu16.dtype == BF16 and emu16._core.weight_bytes == f32._core.weight_bytes
+    assert emu16.dtype == BF16
     ref = f32(x, t, labels)
     got = emu16(x, t, labels)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -297,9 +297,11 @@ def test_f16_on_a_device_rounds_every_gemm(css):
     emu16 = rdiff.UNet2DModel._load(path, -1, compute_dtype="float16")
     emu_bf16 = rdiff.UNet2DModel._load(path, -1, compute_dtype=BF16)
     emu32 = rdiff.UNet2DModel._load(path, -1)
-    # the host keeps float32 weights; the device copies are made by the first call
-    assert emu16.dtype == "float16" and emu16._core.weight_bytes == f32._core.weight_bytes
-    assert emu16._core.device_weight_bytes == 0 and f32._core.device_weight_bytes is None
+    # the matrices go to the device at load, in 16 bits, and leave the host (which keeps
+    # the biases' and norms' vectors: 0.6% of the weights here)
+    assert emu16.dtype == "float16" and f32._core.device_weight_bytes is None
+    assert emu16._core.weight_bytes <= 0.01 * f32._core.weight_bytes
+    assert 0.45 * f32._core.weight_bytes <= emu16._core.device_weight_bytes
     ref = f32(x, t, labels)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
         auto = model(x, t, class_labels=labels).sample.float()
@@ -311,7 +313,7 @@ def test_f16_on_a_device_rounds_every_gemm(css):
     assert rel_l2(emu32(x, t, labels), ref) <= 1e-5
     # on the device, the matrices in 16 bits (the norms' and biases' vectors stay f32)
     full = emu32._core.device_weight_bytes
-    assert full >= emu32._core.weight_bytes * 0.99
+    assert full >= f32._core.weight_bytes * 0.99
     for half in (emu16, emu_bf16):
         assert 0.45 * full <= half._core.device_weight_bytes <= 0.52 * full
     cfg = _family_config("sd1", 1)

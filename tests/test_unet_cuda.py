@@ -88,10 +88,16 @@ def test_emulated_matches_cpu_and_arena_stops_growing(tmp_path):
     model.save_pretrained(tmp_path)
     emu = rdiff.UNet2DModel._emulated(tmp_path, max_blocks=3)
     cpu = rdiff.UNet2DModel.from_pretrained(tmp_path)
+    # The emulated device has memory of its own, as a GPU: the matrices go up at load and
+    # leave the host, which keeps the biases' and norms' vectors; the calls read the copies.
+    host, on_device = emu._core.weight_bytes, emu._core.device_weight_bytes
+    assert host <= 0.01 * cpu._core.weight_bytes
+    assert 0.98 * cpu._core.weight_bytes <= on_device < cpu._core.weight_bytes
     x = np.random.default_rng(0).standard_normal((2, 4, 8, 4), dtype=np.float32)
     labels = np.array([1, 2])
     a = emu(x, 10, class_labels=labels)
     assert isinstance(a, np.ndarray)
+    assert on_device < emu._core.device_weight_bytes <= cpu._core.weight_bytes
     grown = emu._core.arena_bytes
     assert grown > 0
     b = emu(x, 10, class_labels=labels)
@@ -122,12 +128,14 @@ def test_device_timesteps_and_a_warm_call_without_traffic(cfg, tmp_path):
     unet = rdiff.UNet2DModel._emulated(tmp_path, max_blocks=2)
     assert unet._core.timesteps_on_device
     x, t, _ = inputs(cfg, 3)
-    assert unet._core.device_traffic == (0, 0)
+    # the weight matrices, uploaded at load: one allocation and one copy each
+    loaded = unet._core.device_traffic
+    assert loaded[0] == loaded[1] > 0
     on_host = unet(x, t.tolist())  # a list: read on the host, uploaded per call
     first = unet(x, t)
     warm = unet._core.device_traffic
-    # the arena's buffers; the host call's timestep copy (emulation reads weights in place)
-    assert warm[0] > 0 and warm[1] > 0
+    # the arena's buffers, the biases and norms, the host call's timestep copy
+    assert warm[0] > loaded[0] and warm[1] > loaded[1]
     second = unet(x, t)
     one_for_all = unet(x, t[1:2].double())  # one value for the batch, any real dtype
     assert unet._core.device_traffic == warm

@@ -809,7 +809,8 @@ class _UNet2D:
         """Bytes the activation arena has allocated so far."""
     @property
     def weight_bytes(self) -> int:
-        """Bytes of weights the model holds on the host (half-precision matrices as stored)."""
+        """Bytes of weights the model holds on the host (half-precision matrices as stored). A
+        device model's matrices leave the host once uploaded, at load."""
     @property
     def timesteps_on_device(self) -> bool:
         """Whether ``forward`` may take the timesteps as a float32 tensor on the model's
@@ -820,8 +821,9 @@ class _UNet2D:
         the CPU. A warm call with device timesteps and no host-side conditioning adds none."""
     @property
     def device_weight_bytes(self) -> int | None:
-        """Bytes of the weights' copies on the model's device, made by its first call; None on
-        the CPU. A bfloat16 or float16 model keeps its matrices there in that type."""
+        """Bytes of the weights' copies on the model's device (the matrices uploaded at load,
+        the vectors by the first call); None on the CPU. A bfloat16 or float16 model keeps
+        its matrices there in that type."""
     def check(self, shape: tuple[int, int, int, int], timesteps: int) -> None:
         """ValueError unless a call with this sample shape and timestep count can run."""
     def forward(

@@ -134,7 +134,8 @@ impl PyUNet2D {
     }
 
     /// Bytes of weights the model holds on the host (a half-precision checkpoint's matrices in
-    /// its dtype).
+    /// its dtype). A device model's matrices leave the host once uploaded, at load: it keeps
+    /// the biases' and norms' vectors and the host-side embeddings' matrices.
     #[getter]
     fn weight_bytes(&self) -> usize {
         self.inner.unet.weight_bytes
@@ -250,9 +251,9 @@ impl PyUNet2D {
         self.inner.traffic().map(|t| (t.allocations, t.uploads))
     }
 
-    /// Bytes of the weights' copies on the model's device, made by its first call (None on
-    /// the CPU): a ``compute_dtype="bfloat16"`` or ``"float16"`` model keeps its matrices in
-    /// that type there, half a float32 model's.
+    /// Bytes of the weights' copies on the model's device (None on the CPU): the matrices,
+    /// uploaded at load, and the vectors, by the first call. A ``compute_dtype="bfloat16"``
+    /// or ``"float16"`` model keeps its matrices there in that type, half a float32 model's.
     #[getter]
     fn device_weight_bytes(&self) -> Option<usize> {
         self.inner.device_weight_bytes()

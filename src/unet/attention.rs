@@ -23,6 +23,12 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
+    pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
+        f(&mut self.wqkv);
+        f(&mut self.wo);
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn load(
         ld: &Loader<'_>,

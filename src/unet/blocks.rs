@@ -13,7 +13,7 @@ use super::attention::Attention;
 use super::backend::{Act, Backend, Cond, Epilogue};
 use super::resnet::{Conv, Resnet, Sampling};
 use super::transformer::Transformer2D;
-use super::weights::Loader;
+use super::weights::{Loader, Weight};
 use crate::error::Result;
 use crate::tensor::Tensor;
 use crate::unet::layout::{Dims, Geometry};
@@ -25,6 +25,15 @@ enum Sampler {
 }
 
 impl Sampler {
+    /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
+    pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
+        match self {
+            Self::None => {}
+            Self::Conv(c, _) => c.for_each_matrix(f),
+            Self::Resnet(r) => r.for_each_matrix(f),
+        }
+    }
+
     fn forward<B: Backend>(
         &self,
         be: &mut B,
@@ -58,6 +67,14 @@ enum BlockAttn {
 }
 
 impl BlockAttn {
+    /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
+    pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
+        match self {
+            Self::Spatial(a) => a.for_each_matrix(f),
+            Self::Transformer(t) => t.for_each_matrix(f),
+        }
+    }
+
     /// The attention of spec `s` at `prefix` on `c` channels, after resnet `j`.
     fn load(
         ld: &Loader<'_>,
@@ -106,6 +123,17 @@ pub struct DownBlock {
 }
 
 impl DownBlock {
+    /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
+    pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
+        for r in &mut self.resnets {
+            r.for_each_matrix(f);
+        }
+        for a in &mut self.attns {
+            a.for_each_matrix(f);
+        }
+        self.sampler.for_each_matrix(f);
+    }
+
     pub fn load(
         ld: &Loader<'_>,
         a: &Arch,
@@ -238,6 +266,16 @@ pub struct MidBlock {
 }
 
 impl MidBlock {
+    /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
+    pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
+        for r in &mut self.resnets {
+            r.for_each_matrix(f);
+        }
+        if let Some(a) = &mut self.attn {
+            a.for_each_matrix(f);
+        }
+    }
+
     pub fn load(ld: &Loader<'_>, a: &Arch, attention: Option<&AttnSpec>) -> Result<Self> {
         let c = *a.block_out_channels.last().unwrap();
         let s = a.mid_block_scale_factor;
@@ -292,6 +330,17 @@ pub struct UpBlock {
 }
 
 impl UpBlock {
+    /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
+    pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
+        for r in &mut self.resnets {
+            r.for_each_matrix(f);
+        }
+        for a in &mut self.attns {
+            a.for_each_matrix(f);
+        }
+        self.sampler.for_each_matrix(f);
+    }
+
     /// Up block `i` of `levels`; `chans` is block_out_channels.
     pub fn load(ld: &Loader<'_>, a: &Arch, i: usize, spec: &BlockSpec) -> Result<Self> {
         let ch = &a.block_out_channels;

@@ -65,6 +65,12 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
+    pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
+        f(&mut self.w1);
+        f(&mut self.w2);
+    }
+
     pub fn load(ld: &Loader<'_>, prefix: &str, fin: usize, dim: usize) -> Result<Self> {
         Ok(Self {
             fin,

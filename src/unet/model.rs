@@ -18,7 +18,9 @@ use super::config::UNet2DConfig;
 use super::control::{Controls, Places};
 use super::embeddings::{ClassLabels, Conditioning, TimeEmbedding, Timesteps};
 use super::resnet::{Conv, Norm};
-use super::weights::{ComputeDtype, Loader, SafetensorsFile, ShardedSafetensors, WeightSource};
+use super::weights::{
+    ComputeDtype, Loader, SafetensorsFile, ShardedSafetensors, Weight, WeightSource,
+};
 use crate::error::{RdiffError, Result};
 use crate::unet::layout::{Dims, Geometry};
 use crate::value_err;
@@ -42,6 +44,25 @@ pub struct UNet2D {
 }
 
 impl UNet2D {
+    /// Calls `f` on every matrix a backend multiplies: the convolutions', the linear layers'
+    /// (attention projections, feed-forwards, time-embedding projections) and the time
+    /// embedding MLP's. Not the host-side embeddings' (a class MLP, `cond_proj`, SDXL's
+    /// `add_embedding`): `TimeEmbedding` multiplies those on the host whatever the backend.
+    pub fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
+        self.conv_in.for_each_matrix(f);
+        self.temb.mlp.for_each_matrix(f);
+        for d in &mut self.down {
+            d.for_each_matrix(f);
+        }
+        if let Some(m) = &mut self.mid {
+            m.for_each_matrix(f);
+        }
+        for u in &mut self.up {
+            u.for_each_matrix(f);
+        }
+        self.conv_out.for_each_matrix(f);
+    }
+
     /// From a config.json text (a `UNet2DModel`'s, or a `UNet2DConditionModel`'s by its
     /// `_class_name`) and weights by diffusers' names.
     pub fn load(config_json: &str, src: &dyn WeightSource) -> Result<Self> {

@@ -49,6 +49,11 @@ pub struct Conv {
 }
 
 impl Conv {
+    /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
+    pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
+        f(&mut self.w);
+    }
+
     pub fn load(ld: &Loader<'_>, prefix: &str, cin: usize, cout: usize, k: usize) -> Result<Self> {
         Ok(Self {
             w: ld.weight(&format!("{prefix}.weight"), &[cout, cin, k, k])?,
@@ -81,6 +86,17 @@ pub struct Resnet {
 }
 
 impl Resnet {
+    /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
+    pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
+        for c in [&mut self.conv1, &mut self.conv2]
+            .into_iter()
+            .chain(self.shortcut.as_mut())
+        {
+            c.for_each_matrix(f);
+        }
+        f(&mut self.temb_w);
+    }
+
     /// Output channels.
     pub fn cout(&self) -> usize {
         self.cout

@@ -74,13 +74,20 @@ impl UNetRunner {
         unet.compute = compute;
         let state = match target {
             Target::Cpu => State::Cpu(Mutex::default()),
-            Target::Emulated { max_blocks } => State::Emulated(
-                EmulatedDevice::new(max_blocks, threads, false),
-                Mutex::default(),
-            ),
+            Target::Emulated { max_blocks } => {
+                // memory of its own, as a GPU has: the weights are uploaded and dropped here
+                let mut dev = EmulatedDevice::new(max_blocks, threads, false);
+                dev.separate_memory = true;
+                let mut st = DeviceState::default();
+                device_model::upload_matrices(&mut unet, &mut st, &dev)?;
+                State::Emulated(dev, Mutex::new(st))
+            }
             Target::Cuda { ordinal, .. } => {
-                with_cuda_device(ordinal, 0, |_| Ok(()))?;
-                State::Cuda(ordinal, Mutex::default())
+                let mut st = DeviceState::default();
+                with_cuda_device(ordinal, 0, |dev| {
+                    device_model::upload_matrices(&mut unet, &mut st, dev)
+                })?;
+                State::Cuda(ordinal, Mutex::new(st))
             }
         };
         Ok(Self { unet, state })

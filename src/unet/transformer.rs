@@ -95,6 +95,15 @@ struct AttnLayer {
 }
 
 impl AttnLayer {
+    /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
+    pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
+        f(&mut self.wq);
+        if let Some(w) = &mut self.wkv {
+            f(w);
+        }
+        f(&mut self.wo);
+    }
+
     fn load(
         ld: &Loader<'_>,
         prefix: &str,
@@ -195,6 +204,14 @@ struct Block {
 }
 
 impl Block {
+    /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
+    pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
+        self.attn1.for_each_matrix(f);
+        self.attn2.for_each_matrix(f);
+        f(&mut self.w_ff1);
+        f(&mut self.w_ff2);
+    }
+
     fn load(ld: &Loader<'_>, prefix: &str, s: &TransformerSpec) -> Result<Self> {
         let inner = s.heads * s.dh;
         let ff = 4 * inner;
@@ -261,6 +278,15 @@ pub struct Transformer2D {
 }
 
 impl Transformer2D {
+    /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
+    pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
+        f(&mut self.w_in);
+        for b in &mut self.blocks {
+            b.for_each_matrix(f);
+        }
+        f(&mut self.w_out);
+    }
+
     /// The transformer at `prefix` on `c` channels with `layers` blocks.
     pub fn load(
         ld: &Loader<'_>,

@@ -23,13 +23,20 @@ use crate::dtype::Elem;
 use crate::error::{RdiffError, Result};
 
 /// A weight matrix as the model keeps it: f32, or a checkpoint's f16 / bf16 values as stored,
-/// or (the bf16 compute path) bf16 in the CPU's AMX tile layout.
+/// or (the bf16 compute path) bf16 in the CPU's AMX tile layout, or (a device model, once
+/// its matrices are uploaded) no values at all.
 #[derive(Clone, Debug)]
 pub enum Weight {
     F32(Vec<f32>),
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
     Bf16Tiles(Tiles),
+    /// The values live in a device copy only; `addr` (where they were) and `len` still key
+    /// it (`cuda::unet::model::upload_matrices`).
+    Uploaded {
+        addr: usize,
+        len: usize,
+    },
 }
 
 impl Weight {
@@ -39,6 +46,7 @@ impl Weight {
             Self::F16(v) => v.len(),
             Self::Bf16(v) => v.len(),
             Self::Bf16Tiles(t) => t.rows() * t.depth(),
+            Self::Uploaded { len, .. } => *len,
         }
     }
 
@@ -61,16 +69,33 @@ impl Weight {
             Self::F16(v) => v.as_ptr() as usize,
             Self::Bf16(v) => v.as_ptr() as usize,
             Self::Bf16Tiles(t) => t.addr(),
+            Self::Uploaded { addr, .. } => *addr,
         }
     }
 
-    /// Bytes held.
+    /// Bytes held on the host.
     pub fn bytes(&self) -> usize {
         match self {
             Self::F32(v) => 4 * v.len(),
             Self::Bf16Tiles(t) => t.bytes(),
+            Self::Uploaded { .. } => 0,
             _ => 2 * self.len(),
         }
+    }
+
+    /// This matrix's host values dropped, its key kept: the bytes freed.
+    pub fn release_host(&mut self) -> usize {
+        let freed = self.bytes();
+        *self = Self::Uploaded {
+            addr: self.addr(),
+            len: self.len(),
+        };
+        freed
+    }
+
+    /// Whether the values live in a device copy only.
+    pub fn is_uploaded(&self) -> bool {
+        matches!(self, Self::Uploaded { .. })
     }
 
     /// Values `start..start + dst.len()` widened into `dst`.
@@ -81,6 +106,8 @@ impl Weight {
             Self::F16(v) => f16::load(&v[start..start + n], dst),
             Self::Bf16(v) => bf16::load(&v[start..start + n], dst),
             Self::Bf16Tiles(t) => t.widen(start, dst),
+            // Only a device model uploads its matrices, and it reads them on the device.
+            Self::Uploaded { .. } => unreachable!("an uploaded matrix has no host values"),
         }
     }
 

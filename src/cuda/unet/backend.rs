@@ -127,11 +127,23 @@ fn stored_bytes(w: &Weight) -> &[u8] {
         Weight::F32(v) => bytes(v),
         Weight::F16(v) => bytes(v),
         Weight::Bf16(v) => bytes(v),
-        Weight::Bf16Tiles(_) => unreachable!("a device copy is never in the CPU's tile layout"),
+        Weight::Bf16Tiles(_) | Weight::Uploaded { .. } => {
+            unreachable!("a device copy is made from host values, never in the CPU's tile layout")
+        }
     }
 }
 
 impl DeviceWeights {
+    /// How a `compute` model keeps its matrices on the device: in its 16-bit type for a bf16
+    /// or f16 model, else f32.
+    pub fn stored_for(compute: ComputeDtype) -> ComputeDtype {
+        if compute.is_half() {
+            compute
+        } else {
+            ComputeDtype::F32
+        }
+    }
+
     fn get(&mut self, dev: &dyn UnetDevice, host: &[f32]) -> Result<u64> {
         let key = (host.as_ptr() as usize, host.len(), ComputeDtype::F32);
         if let Some(&p) = self.map.get(&key) {
@@ -158,13 +170,23 @@ impl DeviceWeights {
     /// matrix widened once, on the host, before its upload) or, for a bf16 or f16 model,
     /// that type (rounded to nearest even once, as its GEMMs would round it: half the memory
     /// and half the GEMMs' weight traffic).
-    fn matrix(&mut self, dev: &dyn UnetDevice, w: &Weight, stored: ComputeDtype) -> Result<u64> {
+    pub(super) fn matrix(
+        &mut self,
+        dev: &dyn UnetDevice,
+        w: &Weight,
+        stored: ComputeDtype,
+    ) -> Result<u64> {
         if let (Some(host), ComputeDtype::F32) = (w.as_f32(), stored) {
             return self.get(dev, host);
         }
         let key = (w.addr(), w.len(), stored);
         if let Some(&p) = self.map.get(&key) {
             return Ok(p);
+        }
+        if w.is_uploaded() {
+            return Err(RdiffError::Cuda(
+                "a weight matrix was dropped from the host before its upload".into(),
+            ));
         }
         let copy = w.stored_as(stored);
         let data = stored_bytes(&copy);
@@ -241,12 +263,8 @@ impl DeviceBackend<'_> {
 
     /// A weight matrix as its GEMMs read it: f32, or a bf16 or f16 model's 16-bit type.
     fn wptr(&mut self, w: &Weight) -> Result<u64> {
-        let stored = if self.half() {
-            self.compute
-        } else {
-            ComputeDtype::F32
-        };
-        self.weights.matrix(self.dev, w, stored)
+        self.weights
+            .matrix(self.dev, w, DeviceWeights::stored_for(self.compute))
     }
 
     /// Whether the GEMMs' operands are 16-bit (a bf16 or f16 model's).
@@ -625,7 +643,7 @@ impl Backend for DeviceBackend<'_> {
         // The emulated launcher runs a block's threads as host threads, so the fused kernel's
         // per-tile barriers make it slow there: emulation uses it on small problems only
         // (which still checks it against the CPU), a device always.
-        let fused = if self.dev.host_visible() {
+        let fused = if self.dev.emulated() {
             tq * tk <= FLASH_EMULATED_MAX
         } else {
             !(self.dev.library_gemm() && tq * tk >= LIBRARY_ATTENTION_MIN)

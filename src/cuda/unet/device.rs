@@ -54,8 +54,16 @@ pub trait UnetDevice: Launcher {
     fn free(&self, ptr: u64);
     /// Copies `src` (bytes: see [`bytes`]) to `dst` (stream-ordered on a real device).
     fn upload(&self, dst: u64, src: &[u8]) -> Result<()>;
-    /// Whether host addresses are device addresses (emulation: weights are used in place).
+    /// Waits until the work queued on the stream (copies included) is done.
+    fn synchronize(&self) -> Result<()>;
+    /// Whether host addresses are device addresses (the emulator's default: weights are
+    /// used in place, never uploaded).
     fn host_visible(&self) -> bool;
+    /// Whether this is the emulator (kernels run on the CPU, a block's threads as host
+    /// threads): large attention problems then avoid the fused kernel's barriers.
+    fn emulated(&self) -> bool {
+        false
+    }
     /// Whether `gemm` runs on a vendor library (cuBLAS): large attention problems then take
     /// the two-GEMM path rather than the fused kernel.
     fn library_gemm(&self) -> bool {
@@ -290,6 +298,9 @@ pub struct EmulatedDevice {
     /// Threads per block for the non-GEMM kernels (0: 256, as on a GPU). Whole-model tests
     /// use 32: every emulated barrier and warp shuffle then wakes 32 host threads, not 256.
     pub threads: u32,
+    /// Weights are copied into allocations of their own, as on a GPU, instead of read where
+    /// the host keeps them (`host_visible` false): a model may then drop its host copies.
+    pub separate_memory: bool,
     allocs: Mutex<HashMap<u64, Vec<f32>>>,
 }
 
@@ -303,6 +314,7 @@ impl EmulatedDevice {
             },
             kernel_gemm,
             threads,
+            separate_memory: false,
             allocs: Mutex::default(),
         }
     }
@@ -404,7 +416,15 @@ impl UnetDevice for EmulatedDevice {
         Ok(())
     }
 
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
     fn host_visible(&self) -> bool {
+        !self.separate_memory
+    }
+
+    fn emulated(&self) -> bool {
         true
     }
 
@@ -463,6 +483,13 @@ mod real {
             // be dropped afterwards.
             unsafe { cu::memcpy_htod_async(dst, src, self.stream as _) }
                 .map_err(|e| err("cuMemcpyHtoDAsync", e))
+        }
+
+        fn synchronize(&self) -> Result<()> {
+            self.device.make_current()?;
+            // SAFETY: the stream is the caller's, on this device's primary context.
+            unsafe { cu::stream::synchronize(self.stream as _) }
+                .map_err(|e| err("cuStreamSynchronize", e))
         }
 
         fn host_visible(&self) -> bool {

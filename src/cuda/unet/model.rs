@@ -47,6 +47,36 @@ impl DeviceState {
     }
 }
 
+/// Uploads every matrix of `unet` (`UNet2D::for_each_matrix`) in the type its GEMMs read
+/// and, on a device with memory of its own, then drops their host values: a device model
+/// keeps its matrices once, on the device (the small vectors, biases and norms, stay on the
+/// host and go up with the first call). Runs at load, on `dev`'s stream, and waits for the
+/// copies before dropping anything. On an error the device memory is freed.
+pub fn upload_matrices(
+    unet: &mut UNet2D,
+    state: &mut DeviceState,
+    dev: &dyn UnetDevice,
+) -> Result<()> {
+    let stored = DeviceWeights::stored_for(unet.compute);
+    let mut done = Ok(());
+    unet.for_each_matrix(&mut |w| {
+        if done.is_ok() {
+            done = state.weights.matrix(dev, w, stored).map(|_| ());
+        }
+    });
+    let done = done.and_then(|()| dev.synchronize());
+    if done.is_err() {
+        state.release(dev);
+        return done;
+    }
+    if !dev.host_visible() {
+        let mut freed = 0;
+        unet.for_each_matrix(&mut |w| freed += w.release_host());
+        unet.weight_bytes -= freed;
+    }
+    Ok(())
+}
+
 /// The forward pass of `unet` on `dev` with `state`'s memory: `x` NCHW `[b][in_channels][h][w]`,
 /// `out` NCHW `[b][out_channels][h][w]`, both device buffers of the same dtype (f32, f16 or
 /// bf16); `context` a device buffer `[b][tokens][cross_dim]` (f32, f16 or bf16), shape
