@@ -293,7 +293,8 @@ def unets_match_torch() -> None:
         [
             ("bf16", "bfloat16", 1e-4, 3e-2),
             ("f16", "float16", 1e-5, 4e-3),
-            ("tf32", "tfloat32", 1e-5, 4e-3),
+            # no lower bound: FAST_TF32 allows TF32, and cuBLAS may keep small GEMMs in f32
+            ("tf32", "tfloat32", 0.0, 4e-3),
         ],
         (False, True),
     ):
@@ -301,7 +302,7 @@ def unets_match_torch() -> None:
         with gemm_path(kernel):
             err = _rel(ours(x.cuda(), t.cuda()), want)
         name = f"UNet2DModel cuda compute {label}{' (own GEMM)' if kernel else ''} ≈ diffusers"
-        report(name, lo < err <= hi, f"rel {err:.1e}")
+        report(name, lo <= err <= hi, f"rel {err:.1e}")
         device_bytes[label] = ours._core.device_weight_bytes
     for dtype, kernel in [*cases, (torch.float32, True)]:
         ours = rdiff.UNet2DModel.from_diffusers(m, device="cuda")
@@ -319,6 +320,10 @@ def unets_match_torch() -> None:
         share = device_bytes[label] / full
         name = f"UNet2DModel {label} weights on the device"
         report(name, 0.45 <= share <= 0.52, f"{share:.3f}× f32's")
+    # and the host keeps none of them, only the biases' and norms' vectors
+    host = rdiff.UNet2DModel.from_diffusers(m)._core.weight_bytes
+    left = ours._core.weight_bytes
+    report("UNet2DModel matrices leave the host", left <= 0.01 * host, f"{left / host:.4f}×")
     for family in ("sd1", "sd2", "sdxl"):
         cfg = _cond_config(family)
         m = _randomised(diffusers.UNet2DConditionModel(**cfg))
@@ -442,7 +447,9 @@ def _graph_matches_eager(name: str, model, inputs: dict) -> None:
     eager, replay = _cuda_time(call, 10), _cuda_time(graph.replay, 10)
     report(
         f"{name} in a CUDA graph = eager",
-        quiet and worst <= 1e-6,
+        # 1e-5, not bit equality: captured, cuBLAS works in rdiff's workspace, eagerly in its
+        # own pool, and may choose another algorithm (split-K) for another workspace size
+        quiet and worst <= 1e-5,
         f"rel {worst:.1e}, device traffic in the capture: {'none' if quiet else 'SOME'}, "
         f"{outside / 2**20:.1f} MiB outside torch's pool; "
         f"eager {1e3 * eager:.2f} ms, replay {1e3 * replay:.2f} ms",

@@ -42,7 +42,7 @@ pub fn usable() -> bool {
     !switched_off() && present()
 }
 
-/// `usable()`, or why not (for `rdiff.backends()`).
+/// `usable()` and no device's handle failed, or why not (for `rdiff.backends()`).
 pub fn status() -> std::result::Result<(), String> {
     if switched_off() {
         return Err("switched off by RDIFF_NO_CUBLAS".into());
@@ -50,11 +50,21 @@ pub fn status() -> std::result::Result<(), String> {
     if !present() {
         return Err("no cuBLAS library found (pip install nvidia-cublas, or torch)".into());
     }
-    Ok(())
+    let map = handles().lock().unwrap_or_else(|e| e.into_inner());
+    let mut failed: Vec<_> = map
+        .iter()
+        .filter_map(|(d, h)| Some((d, h.as_ref().err()?)))
+        .collect();
+    failed.sort();
+    match failed.first() {
+        Some((d, why)) => Err(format!("on device {d}, {why}")),
+        None => Ok(()),
+    }
 }
 
-/// A handle per device ordinal, or None where it could not be created.
-type Handles = Mutex<HashMap<i32, Option<Handle>>>;
+/// A handle per device ordinal, or why it could not be created (kept: the device's GEMMs
+/// then run rdiff's own kernel for the process, and `status` says so).
+type Handles = Mutex<HashMap<i32, std::result::Result<Handle, String>>>;
 
 /// A cuBLAS handle and the workspace it is given while capturing (device pointer), both kept
 /// for the process.
@@ -72,25 +82,27 @@ struct Handle {
 /// two streams would share it.
 const WORKSPACE_BYTES: usize = 32 << 20;
 
-/// A handle for the current context's device with its workspace, or None where cuBLAS
-/// cannot give one.
-fn create() -> Option<Handle> {
+/// A handle for the current context's device with its workspace, or why cuBLAS cannot give
+/// one.
+fn create() -> std::result::Result<Handle, String> {
     let mut h: sys::cublasHandle_t = std::ptr::null_mut();
     // SAFETY: `h` is valid for writes; the device's primary context is current.
     let ok = unsafe { sys::cublasCreate_v2(&mut h) };
     if ok != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-        return None;
+        return Err(format!("cublasCreate failed ({ok:?})"));
     }
     // SAFETY: the primary context is current; the allocation is never freed (as the handle).
     match unsafe { cudarc::driver::result::malloc_sync(WORKSPACE_BYTES) } {
-        Ok(workspace) => Some(Handle {
+        Ok(workspace) => Ok(Handle {
             handle: h as usize,
             workspace,
         }),
-        Err(_) => {
+        Err(e) => {
             // SAFETY: the handle just created, used by nothing else.
             unsafe { sys::cublasDestroy_v2(h) };
-            None
+            Err(format!(
+                "its 32 MiB capture workspace could not be allocated ({e:?})"
+            ))
         }
     }
 }
@@ -128,13 +140,13 @@ pub fn gemm(device: &Device, stream: usize, g: &ColumnMajorGemm) -> Result<bool>
     let mut map = handles().lock().unwrap_or_else(|e| e.into_inner());
     device.make_current()?;
     let handle = match map.get(&device.ordinal) {
-        Some(&h) => h,
+        Some(h) => h.clone(),
         // Creating a handle allocates, which a capture forbids: rdiff's own kernel this time
         // (a warm-up call before capturing creates it).
         None if capturing(stream) => return Ok(false),
-        None => *map.entry(device.ordinal).or_insert_with(create),
+        None => map.entry(device.ordinal).or_insert_with(create).clone(),
     };
-    let Some(Handle { handle, workspace }) = handle else {
+    let Ok(Handle { handle, workspace }) = handle else {
         return Ok(false);
     };
     let h = handle as sys::cublasHandle_t;
