@@ -290,7 +290,9 @@ class UNet2DModel(_NativeUNet):
     with the GIL released) and give the serial results bit for bit. On CUDA, calls take turns
     enqueueing their work on the caller's stream, and the device runs it later: one model's
     calls must stay on one stream at a time (or the streams be synchronised between them),
-    since they reuse the same device activations.
+    since they reuse the same device activations. A CUDA graph that captured a call reads
+    the model's device memory (weights, activations) when it replays: keep the model alive
+    as long as the graph.
     """
 
     _class_name = "UNet2DModel"
