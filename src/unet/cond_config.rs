@@ -11,8 +11,8 @@ use super::arch::{
     TransformerSpec,
 };
 use super::config::{
-    d3, d_default, d_eps, d_groups, d_one, d_one_f, d_positional, d_silu, d_true, MAX_CHANNELS,
-    MAX_LAYERS, MAX_LEVELS, MAX_TABLE_ROWS,
+    d3, d_default, d_eps, d_groups, d_one, d_one_f, d_positional, d_silu, d_true, parse_config,
+    MAX_CHANNELS, MAX_LAYERS, MAX_LEVELS, MAX_TABLE_ROWS,
 };
 use crate::error::{RdiffError, Result};
 use crate::value_err;
@@ -217,11 +217,7 @@ fn layers_per_resnet(key: &str, v: &Value, resnets: usize) -> Result<Vec<usize>>
 
 impl UNet2DConditionConfig {
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| {
-            RdiffError::Value(format!(
-                "config.json: not a UNet2DConditionModel config: {e}"
-            ))
-        })
+        parse_config(text, "UNet2DConditionModel")
     }
 
     /// Keys whose non-default values select a model rdiff does not build.

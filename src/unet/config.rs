@@ -138,10 +138,59 @@ pub struct UNet2DConfig {
     pub num_train_timesteps: Option<usize>,
 }
 
+/// config.json's text as `class`'s config: a JSON object (serde would also fill a struct
+/// from an array, field by field), its errors naming the key.
+pub(super) fn parse_config<T: serde::de::DeserializeOwned>(text: &str, class: &str) -> Result<T> {
+    if !text.trim_start().starts_with('{') {
+        return Err(RdiffError::Value(format!(
+            "config.json: not a {class} config: expected a JSON object"
+        )));
+    }
+    serde_json::from_str(text).map_err(|e| json_error(text, &e, class))
+}
+
+/// A config.json that does not parse as `class`'s config, the error naming the key whose
+/// value was being read (serde reports only where: the last key before that place).
+fn json_error(text: &str, e: &serde_json::Error, class: &str) -> RdiffError {
+    let key = (e.line() > 0)
+        .then(|| {
+            let line_start: usize = text
+                .split_inclusive('\n')
+                .take(e.line() - 1)
+                .map(str::len)
+                .sum();
+            last_key(&text[..(line_start + e.column()).min(text.len())])
+        })
+        .flatten();
+    match key {
+        Some(k) => RdiffError::Value(format!("config.json: not a {class} config: \"{k}\": {e}")),
+        None => RdiffError::Value(format!("config.json: not a {class} config: {e}")),
+    }
+}
+
+/// The last object key (a string followed by `:`) in a JSON prefix.
+fn last_key(prefix: &str) -> Option<&str> {
+    let (mut key, mut open, mut escaped, mut last) = (None, None, false, None);
+    for (i, c) in prefix.char_indices() {
+        match (open, c) {
+            (Some(_), '\\') if !escaped => escaped = true,
+            (Some(start), '"') if !escaped => {
+                last = Some(&prefix[start..i]);
+                open = None;
+            }
+            (Some(_), _) => escaped = false,
+            (None, '"') => open = Some(i + 1),
+            (None, ':') => key = last.take(),
+            (None, c) if !c.is_whitespace() => last = None,
+            _ => {}
+        }
+    }
+    key
+}
+
 impl UNet2DConfig {
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text)
-            .map_err(|e| RdiffError::Value(format!("config.json: not a UNet2DModel config: {e}")))
+        parse_config(text, "UNet2DModel")
     }
 
     /// Heads and head dimension of an attention block on `channels` channels.
@@ -400,5 +449,27 @@ impl UNet2DConfig {
             cross_dim: None,
             block_out_channels: c.block_out_channels,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let err = |text: &str| UNet2DConfig::from_json(text).unwrap_err().to_string();
+        let e = err(r#"{"sample_size": 8, "layers_per_block": "two"}"#);
+        assert!(
+            e.contains(r#""layers_per_block": invalid type: string "two""#),
+            "{e}"
+        );
+        let e = err("{\n  \"a\\\":b\": 1,\n  \"block_out_channels\": [8,\n \"x\"]}");
+        assert!(e.contains(r#""block_out_channels": invalid type"#), "{e}");
+        assert_eq!(last_key(r#"{"k\"": 1, "v": "w:"#), Some("v"));
+        for text in [r#""a string""#, "[1, 2]"] {
+            let e = err(text);
+            assert!(e.ends_with("config: expected a JSON object"), "{e}");
+        }
     }
 }

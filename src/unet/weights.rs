@@ -254,6 +254,12 @@ impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
         let file = File::open(path).map_err(|e| RdiffError::Io(format!("{shown}: {e}")))?;
+        if path.is_dir() {
+            // (mapping a directory fails with "No such device")
+            return Err(RdiffError::Io(format!(
+                "{shown}: is a directory, not a safetensors file"
+            )));
+        }
         // SAFETY: the file is mapped read-only; like every mmap reader we rely on nobody
         // truncating it while the model loads (the data is copied out during the load).
         let map =
@@ -578,5 +584,17 @@ impl<'a> Loader<'a> {
             "missing weight {:?} (expected shape {shape:?})",
             names[0]
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_is_not_a_weights_file() {
+        let dir = std::env::temp_dir();
+        let e = SafetensorsFile::open(&dir).err().unwrap().to_string();
+        assert!(e.ends_with("is a directory, not a safetensors file"), "{e}");
     }
 }
