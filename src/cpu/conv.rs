@@ -734,6 +734,35 @@ fn gather_rows(
 /// Output features per task of [`linear`].
 const LINEAR_FEATURES: usize = 64;
 
+/// `Σ_i w[i] · x[i]` with the bf16 weights widened exactly, in 32 f32 lanes summed in a
+/// fixed order (the same bits on every CPU and thread count).
+#[inline(always)]
+fn dot_bf16_kernel(w: &[bf16], x: &[f32]) -> f32 {
+    const L: usize = 32;
+    let wide = |v: bf16| f32::from_bits((v.to_bits() as u32) << 16);
+    let mut acc = [0.0f32; L];
+    let (wc, xc) = (w.chunks_exact(L), x.chunks_exact(L));
+    let (wt, xt) = (wc.remainder(), xc.remainder());
+    for (wc, xc) in wc.zip(xc) {
+        for l in 0..L {
+            acc[l] += wide(wc[l]) * xc[l];
+        }
+    }
+    for (l, (&wv, &xv)) in wt.iter().zip(xt).enumerate() {
+        acc[l] += wide(wv) * xv;
+    }
+    let mut n = L;
+    while n > 1 {
+        n /= 2;
+        for l in 0..n {
+            acc[l] += acc[l + n];
+        }
+    }
+    acc[0]
+}
+
+simd_dispatch!(fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 => dot_bf16_kernel);
+
 /// A linear layer on a few rows: `out[r][o] = bias[o] + Σ_i x[r][i] · w[o][i]`, in parallel
 /// over chunks of output features. Weights in another dtype are widened a chunk at a time
 /// into the thread's scratch, in cache: at one row per sample the layer is a pass over its
@@ -756,6 +785,20 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&[f32]>, out: &mu
         .for_each(|c| {
             let o0 = c * LINEAR_FEATURES;
             let nf = LINEAR_FEATURES.min(fout - o0);
+            if let Weight::Bf16(w) = w {
+                // bf16 rows (the bf16 compute path's) widened in registers, one dot product
+                // per output: no scratch pass, half the weight bytes read
+                for o in o0..o0 + nf {
+                    let wo = &w[o * fin..][..fin];
+                    for r in 0..rows {
+                        // SAFETY: as below: column o of every row is this task's alone.
+                        unsafe {
+                            *outp.get().add(r * fout + o) += dot_bf16(wo, &x[r * fin..][..fin])
+                        };
+                    }
+                }
+                return;
+            }
             with_scratch(nf * fin, |wide| {
                 let w = w.f32_range(o0 * fin, nf * fin, wide);
                 // SAFETY: sizes checked above; the task writes columns o0..o0 + nf of every
@@ -790,6 +833,36 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&[f32]>, out: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bf16 linear layer (dot products on the bf16 rows) against the f32 path on the same
+    /// values widened; its bits the same on one thread and on two.
+    #[test]
+    fn linear_on_bf16_rows_matches_f32() {
+        let (fin, fout) = (77, 130); // a lane tail, three feature chunks
+        let w: Vec<bf16> = (0..fin * fout)
+            .map(|i| bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0))
+            .collect();
+        let wide: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        let bias: Vec<f32> = (0..fout).map(|o| o as f32 / 10.0).collect();
+        for rows in [1, 3] {
+            let x: Vec<f32> = (0..rows * fin).map(|i| (i as f32 * 0.37).sin()).collect();
+            let run = |w: &Weight, threads: usize| {
+                let mut out = vec![0.0; rows * fout];
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| linear(&x, rows, w, Some(&bias), &mut out));
+                out
+            };
+            let half = Weight::Bf16(w.clone());
+            let (got, want) = (run(&half, 2), run(&Weight::F32(wide.clone()), 2));
+            for (g, e) in got.iter().zip(&want) {
+                assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "{g} vs {e}");
+            }
+            assert_eq!(got, run(&half, 1));
+        }
+    }
 
     /// A direct 3×3 convolution on NCHW for reference.
     fn reference(x: &[f32], d: Dims, cin: usize, w: &[f32], cout: usize, g: Geometry) -> Vec<f32> {
