@@ -129,9 +129,15 @@ pub(super) unsafe fn gemm(
                     .collect()
             }
             Lhs::Tiles(w, t0, kb0) => {
-                let zero = zero_buf.u16s(blocks * ATILE);
-                zero.fill(0);
-                let zero = zero.as_ptr();
+                // zero tiles only where the task's rows run past the weights' (an odd tile
+                // count), not for every task
+                let zero = if t0 + mtiles > w.tiles() {
+                    let zero = zero_buf.u16s(blocks * ATILE);
+                    zero.fill(0);
+                    zero.as_ptr()
+                } else {
+                    std::ptr::null()
+                };
                 (0..mtiles)
                     .map(|t| {
                         if t0 + t < w.tiles() {
