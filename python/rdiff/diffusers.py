@@ -46,6 +46,7 @@ except ImportError as e:  # pragma: no cover - exercised only without diffusers
 
 from . import schedulers as _schedulers
 from . import unet as _unet
+from ._config import check_config
 
 __all__ = [
     "AnalyticDPMScheduler",
@@ -82,7 +83,9 @@ def _wrap(base: type, output_type: type) -> type:
     __init__.__doc__ = base.__init__.__doc__
 
     def _register(self, **kwargs: Any) -> None:
-        """diffusers' ``register_to_config`` decorator has already recorded the config."""
+        """diffusers' ``register_to_config`` decorator has already recorded the config;
+        its fields' types are checked as rdiff's own classes check them."""
+        check_config(kwargs)
 
     namespace = {
         "__init__": register_to_config(__init__),

@@ -148,6 +148,14 @@ def check_int(value: Any, name: str, low: int = 1, high: int | None = None) -> i
     return v
 
 
+def _check_index(value: Any, name: str, high: int | None) -> int:
+    """``check_int(value, name, 0, high)``, also taking 0-d integer tensors."""
+    if _tensor.is_torch(value) and value.numel() == 1 and not value.is_floating_point():
+        if value.dtype != _tensor.torch_module().bool:
+            value = int(value.item())
+    return check_int(value, name, 0, high)
+
+
 def _check_timestep_type(timestep: Any) -> None:
     """TypeError unless ``timestep`` is a number or a one-element integer/float array."""
     if isinstance(timestep, bool):
@@ -286,10 +294,17 @@ class SchedulerBase(ConfigMixin):
             if _tensor.is_torch(trained_betas):
                 trained_betas = trained_betas.detach().cpu().double().numpy()
             try:
-                arr = np.asarray(trained_betas, dtype=np.float64).reshape(-1)
+                arr = np.asarray(trained_betas, dtype=np.float64)
             except (TypeError, ValueError) as e:
                 raise TypeError(f"trained_betas: expected a sequence of floats ({e})") from None
+            if arr.ndim == 0:
+                raise TypeError(
+                    f"trained_betas: expected a sequence of floats (one β per training "
+                    f"timestep), got {type(trained_betas).__name__} {trained_betas!r}"
+                )
+            arr = arr.reshape(-1)
             trained_betas = [float(b) for b in arr]
+        rescale_betas_zero_snr = bool(rescale_betas_zero_snr)
         args = (num_train_timesteps, beta_schedule, beta_start, beta_end, trained_betas)
         sqrt = None
         torch = _tensor.torch_module()
@@ -345,7 +360,12 @@ class SchedulerBase(ConfigMixin):
         return self._begin_index
 
     def set_begin_index(self, begin_index: int = 0) -> None:
-        self._begin_index = begin_index
+        """Start the loop at step ``begin_index`` (img2img pipelines: ``t_start * order``);
+        an int in [0, len(timesteps)] (equal: an empty loop, as diffusers' slice gives);
+        before set_timesteps only its type and sign can be checked."""
+        known = getattr(self, "num_inference_steps", None) is not None
+        high = len(self.timesteps) if known or self._steps_before_set_timesteps else None
+        self._begin_index = _check_index(begin_index, "begin_index", high)
 
     def _timesteps_array(self, timesteps: np.ndarray, device: Any = None) -> Any:
         if self._torch_timesteps or device is not None:

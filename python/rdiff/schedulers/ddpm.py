@@ -69,10 +69,11 @@ class DDPMScheduler(_PreviousTimestepMixin, _DiscreteAlphasMixin, SchedulerBase)
     instance another thread is using raises ``rdiff.ConcurrentUseError``.
 
     Every constructor argument has diffusers' meaning and default, including every
-    ``variance_type``; learned variances read the model output's second half of channels, as
-    diffusers splits it. ``step`` runs one fused pass in Rust (x₀ prediction, clipping or
-    dynamic thresholding, the posterior mean and the variance times noise); noise is drawn as
-    diffusers draws it, in the model output's dtype, whenever the timestep is above 0.
+    ``variance_type`` but ``fixed_large_log`` (all-NaN samples in diffusers: a ValueError);
+    learned variances read the model output's second half of channels, as diffusers splits it.
+    ``step`` runs one fused pass in Rust (x₀ prediction, clipping or dynamic thresholding, the
+    posterior mean and the variance times noise); noise is drawn as diffusers draws it, in the
+    model output's dtype, whenever the timestep is above 0.
     """
 
     _step_fields = ("prev_sample", "pred_original_sample")
@@ -101,6 +102,12 @@ class DDPMScheduler(_PreviousTimestepMixin, _DiscreteAlphasMixin, SchedulerBase)
         self._register(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         check_choice("prediction_type", prediction_type, _PREDICTIONS)
         check_choice("timestep_spacing", timestep_spacing, _SPACINGS)
+        if variance_type == "fixed_large_log":
+            raise ValueError(
+                "variance_type: 'fixed_large_log' gives all-NaN samples in diffusers (its step "
+                "takes the square root of log β, which is negative); 'fixed_large' is the same "
+                "variance (β) in linear form"
+            )
         if variance_type not in _VARIANCE_TYPES:
             # diffusers accepts any string and steps with β̃ (its `_get_variance` falls through
             # every branch); so does rdiff, saying so.

@@ -21,6 +21,18 @@ from ._base import (
 from .euler import SigmaSchedulerBase, _float_array
 
 
+def _check_shift(shift: Any) -> float:
+    """``shift`` as a float: TypeError unless a number, ValueError unless finite and > 0."""
+    if isinstance(shift, (bool, np.bool_)) or not isinstance(
+        shift, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(f"shift: expected a number, got {type(shift).__name__} {shift!r}")
+    shift = float(shift)
+    if not (math.isfinite(shift) and shift > 0):
+        raise ValueError(f"shift: must be a positive number, got {shift}")
+    return shift
+
+
 class _FlowSchedule:
     """What the flow-matching classes share: the training σ (statically shifted), the σ → t
     map and the forward process x_t = (1 − σ)·x₀ + σ·ε."""
@@ -28,9 +40,7 @@ class _FlowSchedule:
     def _init_flow(self, num_train_timesteps: int, shift: float, static: bool) -> float:
         """The training schedule (shifted by ``shift`` when ``static``); the checked shift."""
         n = check_int(num_train_timesteps, "num_train_timesteps")
-        shift = float(shift)
-        if not (math.isfinite(shift) and shift > 0):
-            raise ValueError(f"shift: must be a positive number, got {shift}")
+        shift = _check_shift(shift)
         sigmas = _flow_match_training_sigmas(n, shift if static else None)
         self.num_inference_steps: int | None = None
         self._set_schedule(sigmas * np.float32(n), np.asarray(sigmas), None)
@@ -40,6 +50,26 @@ class _FlowSchedule:
 
     def _sigma_to_t(self, sigma: Any) -> Any:
         return sigma * self.config.num_train_timesteps
+
+    def _check_spread(self, timesteps: np.ndarray, shift: float) -> None:
+        """ValueError naming ``shift`` where the static shift crowds every σ of a loop of
+        several steps to one value (every timestep equal: the loop would stop at its first)."""
+        ts = np.asarray(timesteps)
+        if shift > 1.0 and len(ts) > 1 and ts.min() == ts.max():
+            raise ValueError(
+                f"shift: {shift:g} crowds every σ of the loop to {float(ts[0]) / len(self):g} "
+                f"(all {len(ts)} timesteps are {float(ts[0]):g}); use a smaller shift"
+            )
+
+    def _loop_done_message(self) -> str:
+        msg = super()._loop_done_message()  # type: ignore[misc]
+        shift = float(self.config.shift)
+        if "appears" in msg and shift > 1.0 and not self.config.get("use_dynamic_shifting"):
+            msg += (
+                f"; here shift = {shift:g} crowds the σs towards 1 so that timesteps repeat: "
+                "use a smaller shift, or call set_begin_index(0) after set_timesteps"
+            )
+        return msg
 
     def _alpha_sigma_for_noise(self, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _, sigma = SigmaSchedulerBase._alpha_sigma_for_noise(self, timesteps)
@@ -102,7 +132,7 @@ class FlowMatchEulerDiscreteScheduler(_FlowSchedule, SigmaSchedulerBase):
         return self._shift
 
     def set_shift(self, shift: float) -> None:
-        self._shift = float(shift)
+        self._shift = _check_shift(shift)
 
     def time_shift(self, mu: float, sigma: float, t: Any) -> Any:
         """diffusers' dynamic shift of t: e^μ/(e^μ + (1/t − 1)^σ) (exponential) or
@@ -163,6 +193,8 @@ class FlowMatchEulerDiscreteScheduler(_FlowSchedule, SigmaSchedulerBase):
             self.sigma_min,
             self.sigma_max,
         )
+        if shift_type == "static" and s is None and t is None:
+            self._check_spread(ts, shift)
         self.num_inference_steps = len(ts)
         self._set_schedule(ts, sig, device)
 

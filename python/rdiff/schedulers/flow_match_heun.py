@@ -60,6 +60,7 @@ class FlowMatchHeunDiscreteScheduler(_FlowSchedule, HeunDiscreteScheduler):
         s = ts / big_n
         sig = (shift * s / (1 + (shift - 1) * s)).astype(np.float32)
         ts = sig * np.float32(big_n)
+        self._check_spread(ts, shift)
         sig = np.concatenate([sig, np.zeros(1, np.float32)])
         self.num_inference_steps = n
         sig2 = np.concatenate([sig[:1], np.repeat(sig[1:-1], 2), sig[-1:]])
