@@ -69,7 +69,12 @@ def _scheduler_config(folder: Path) -> dict[str, Any]:
         folder.parent / "scheduler" / "scheduler_config.json",
     ):
         if cand.is_file():
-            cfg = json.loads(cand.read_text(encoding="utf-8"))
+            try:
+                cfg = json.loads(cand.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise ValueError(f"{cand}: not valid JSON ({e})") from None
+            if not isinstance(cfg, dict):
+                raise ValueError(f"{cand}: expected a JSON object, got {type(cfg).__name__}")
             keep = (
                 "num_train_timesteps",
                 "beta_start",
@@ -99,6 +104,12 @@ def make_scheduler(
     base = _scheduler_config(folder)
     if variance is not None and name != "ddpm":
         raise SystemExit(f"rdiff: --variance applies to the ddpm scheduler, not {name}")
+    if ems is not None and name != "dpmsolver-v3":
+        raise SystemExit(f"rdiff: --ems applies to dpmsolver-v3, not {name}")
+    if gamma is not None and not name.startswith("analytic-"):
+        raise SystemExit(
+            f"rdiff: --gamma applies to the analytic-ddpm and analytic-ddim schedulers, not {name}"
+        )
     if name in ("dpmsolver++", "dpmsolver", "sde-dpmsolver++"):
         # diffusers' default final step goes to σ = 0; its 'dpmsolver' (ε form) allows only
         # σ_min there
@@ -137,6 +148,45 @@ def make_scheduler(
     return rdiff.AnalyticDPMScheduler(gamma=str(gpath), form=form, **base)
 
 
+def image_shape(config: Any, where: str = "the model's config.json") -> tuple[int, int, int]:
+    """(C, H, W) of the model's samples from its config (``in_channels``, ``sample_size``: an
+    int or [H, W]); ValueError naming ``where`` and the key unless they are positive ints."""
+
+    def dim(key: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{where}: {key!r} must be a positive integer, got {v!r}")
+        return v
+
+    for key in ("in_channels", "sample_size"):
+        if config.get(key) is None:
+            raise ValueError(f"{where}: {key!r} is missing (needed to know what to sample)")
+    c = dim("in_channels", config["in_channels"])
+    size = config["sample_size"]
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2:
+            raise ValueError(f"{where}: 'sample_size' must be an int or [H, W], got {size!r}")
+        return c, dim("sample_size", size[0]), dim("sample_size", size[1])
+    return c, dim("sample_size", size), dim("sample_size", size)
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory, or None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_fits(need: int, what: str) -> None:
+    """SystemExit (before any work) when ``need`` bytes exceed the machine's memory."""
+    mem = _memory_bytes()
+    if mem is not None and need > mem:
+        raise SystemExit(
+            f"rdiff sample: {what}: {need / 2**30:.1f} GiB needed, more than this machine's "
+            f"{mem / 2**30:.1f} GiB of memory"
+        )
+
+
 def sample_images(
     unet: Any,
     scheduler: Any,
@@ -147,9 +197,7 @@ def sample_images(
     progress: bool = True,
 ) -> tuple[np.ndarray, int]:
     """Sample ``n`` images; returns (images (n, C, H, W) float32, model calls per image)."""
-    c = int(unet.config["in_channels"])
-    size = unet.config["sample_size"]
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    c, h, w = image_shape(unet.config)
     rng = np.random.default_rng(seed)
     # the stochastic schedulers draw from `generator`; UniPC's step (as diffusers') has none
     noise_kw = (
@@ -203,14 +251,20 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 3, 1)
 
 
+def _grid_layout(n: int, h: int, w: int, scale: int, pad: int) -> tuple[int, int, int, int]:
+    """(rows, cols, grid height, grid width) of ``save_grid``'s grid of n images."""
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    return rows, cols, rows * (h * scale + pad) + pad, cols * (w * scale + pad) + pad
+
+
 def save_grid(images: np.ndarray, path: str | os.PathLike, scale: int = 4, pad: int = 2) -> tuple:
     """Write a PNG grid of [-1, 1] images (n, C, H, W), each upscaled ``scale``× (nearest)."""
     from PIL import Image
 
     u8 = to_uint8(images)
     n, h, w, c = u8.shape
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
+    rows, cols, _, _ = _grid_layout(n, h, w, scale, pad)
     hs, ws = h * scale, w * scale
     grid = np.full((rows * (hs + pad) + pad, cols * (ws + pad) + pad, c), 255, dtype=np.uint8)
     for i in range(n):
@@ -235,6 +289,14 @@ def _sample(args: argparse.Namespace) -> int:
             )
     if args.n < 1 or args.batch_size < 1:
         raise SystemExit("rdiff: --n and --batch-size must be ≥ 1")
+    npz = None
+    if args.save_npz:
+        # (numpy adds the extension when it is missing: say which file was written)
+        npz = args.save_npz if str(args.save_npz).endswith(".npz") else f"{args.save_npz}.npz"
+        if Path(args.save_npz).is_dir() or Path(npz).is_dir():
+            raise SystemExit(f"rdiff sample: --save-npz {args.save_npz}: is a directory")
+    if args.out and Path(args.out).is_dir():
+        raise SystemExit(f"rdiff sample: --out {args.out}: is a directory")
     folder = _resolve_model(args.model)
     steps = args.steps if args.steps is not None else _DEFAULT_STEPS[args.scheduler]
     unet = rdiff.UNet2DModel.from_pretrained(
@@ -243,6 +305,19 @@ def _sample(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         compute_dtype=getattr(args, "compute_dtype", "float32"),
     )
+    c, h, w = image_shape(unet.config, str(folder / "config.json"))
+    # before any work: the initial noise and the samples (float32), a batch's activations
+    # (a few maps of the widest block's channels at full size, a lower bound), then the grid
+    _check_fits(2 * 4 * args.n * c * h * w, f"--n {args.n} samples of {c}×{h}×{w}")
+    widest = max(unet.config.get("block_out_channels") or [c])
+    batch = min(args.n, args.batch_size)
+    _check_fits(
+        4 * 4 * batch * int(widest) * h * w,
+        f"a batch of {batch} samples of {c}×{h}×{w} through the UNet",
+    )
+    if args.out:
+        _, _, gh, gw = _grid_layout(args.n, h, w, args.scale, 2)
+        _check_fits(2 * gh * gw * c, f"a {gw}×{gh} grid (--scale {args.scale}, --n {args.n})")
     sched = make_scheduler(
         args.scheduler,
         folder,
@@ -265,9 +340,7 @@ def _sample(args: argparse.Namespace) -> int:
     if args.out:
         size = save_grid(images, args.out, scale=args.scale)
         print(f"wrote {args.out} ({size[0]}x{size[1]})")
-    if args.save_npz:
-        # (numpy adds the extension when it is missing: say which file was written)
-        npz = args.save_npz if str(args.save_npz).endswith(".npz") else f"{args.save_npz}.npz"
+    if npz:
         np.savez(
             npz,
             samples=images,
@@ -297,6 +370,17 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _seed(text: str) -> int:
+    """argparse type: an integer in [0, 2**64) (what numpy's generator takes)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= v < 1 << 64:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {v}")
     return v
 
 
@@ -335,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     s.add_argument("--n", type=_positive_int, default=64, help="number of samples")
     s.add_argument("--batch-size", type=_positive_int, default=256)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--dtype", default="float32")
     s.add_argument(
@@ -373,6 +457,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, TypeError, OSError, RdiffError) as e:
         raise SystemExit(f"rdiff {args.command}: {e}") from e
+    except MemoryError as e:
+        raise SystemExit(
+            f"rdiff {args.command}: out of memory{f' ({e})' if str(e) else ''}; lower --n, "
+            "--batch-size or --scale"
+        ) from e
 
 
 if __name__ == "__main__":
