@@ -290,6 +290,29 @@ def cli(*argv):
     return code, err.getvalue()
 
 
+def model_dir(scheduler_json=None, **config):
+    """A copy of the bundled digits model folder (its files linked) whose config.json has
+    ``config``'s entries replaced (Ellipsis: removed), and scheduler_config.json replaced by
+    ``scheduler_json`` (text) when given."""
+    src = rdiff.cli.bundled_model_dir("digits")
+    d = tempfile.mkdtemp()
+    for f in os.listdir(src):
+        if f not in ("config.json", "scheduler_config.json"):
+            os.symlink(src / f, os.path.join(d, f))
+    cfg = json.loads((src / "config.json").read_text())
+    for k, v in config.items():
+        if v is Ellipsis:
+            cfg.pop(k)
+        else:
+            cfg[k] = v
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    sched = (src / "scheduler_config.json").read_text()
+    with open(os.path.join(d, "scheduler_config.json"), "w") as f:
+        f.write(sched if scheduler_json is None else scheduler_json)
+    return d
+
+
 def gamma_file(**entries):
     """A saved GammaTable with some entries replaced (None: removed)."""
     d = tempfile.mkdtemp()
@@ -2334,6 +2357,357 @@ def _misc_cases() -> list[Case]:
     ]
 
 
+def _config_and_misc_cases() -> list[Case]:
+    """Scheduler config fields and mutations, set_begin_index, EMS estimation, the CLI,
+    rdiff.noise.randn, metrics and the test mixture (an adversarial pass's findings)."""
+    ems = (
+        "rdiff.ems.estimate_ems({model}, np.ones((4, 3), np.float32), SCHED, steps={steps}, "
+        "progress=False{kw})"
+    )
+    sample = "'sample', '--quiet', '--steps', '1', '--out', ''"
+    v_pred = "prediction_type='v_prediction'"
+    return [
+        # -- EMS estimation: 10⁹ steps was an OOM kill; fd_step=0 blamed the model
+        Case(
+            "ems.estimate.steps_huge",
+            ems.format(model="lambda x, t: 0 * x", steps=10**9, kw=""),
+            "ValueError",
+            r"steps: 1000000000 is more than rdiff supports",
+        ),
+        Case(
+            "ems.estimate.fd_step_0",
+            ems.format(model="lambda x, t: 0 * x", steps=10, kw=", fd_step=0"),
+            "ValueError",
+            r"fd_step",
+        ),
+        Case(
+            "ems.estimate.model_wrong_shape",
+            ems.format(model="lambda x, t: x[:, :2]", steps=10, kw=""),
+            "ValueError",
+            r"model: returned shape \(4, 2\)",
+        ),
+        Case(
+            "ems.from_statistics.continuous_schedule",
+            "rdiff.EMSTable.from_statistics(_L, _L, _L, rdiff.NoiseSchedule.linear_vp())",
+            "ValueError",
+            r"EMSTable\.from_statistics.*discrete",
+        ),
+        # -- a config's every dict mutator raises (|=, clear and popitem changed a config its
+        # scheduler then ignored); diffusers' FrozenDict raises Exception, TypeError is one
+        Case(
+            "rdiff.ddim.config.mutators",
+            "s = make('ddim')\nc = s.config\nbefore = dict(c)\n"
+            "for op in (lambda: c.__ior__({'prediction_type': 'v_prediction'}), c.clear, "
+            "c.popitem, lambda: c.pop('eta', None), lambda: c.setdefault('x', 1), "
+            "lambda: c.__delitem__('clip_sample'), lambda: c.update(a=1)):\n"
+            "    try:\n        op()\n    except TypeError as e:\n"
+            "        assert 'read-only' in str(e), e\n"
+            "    else:\n        raise AssertionError(op)\n"
+            "assert dict(s.config) == before",
+            None,
+        ),
+        Case(
+            "rdiff.ddim.config.ior",
+            "c = make('ddim').config\nc |= {'prediction_type': 'v_prediction'}",
+            "TypeError",
+            r"read-only",
+        ),
+        # -- set_begin_index: an int in [0, len(timesteps)] (-1 was an OverflowError, 50 of 10
+        # failed at the step, 'a' and 1.5 inside the step)
+        Case(
+            "rdiff.multistep.set_begin_index.every_kind",
+            "for kind in PLAIN:\n"
+            "    for wrapped in (False, True):\n"
+            "        s = make(kind, wrapped)\n"
+            "        n = len(s.timesteps)\n"
+            "        s.set_begin_index(n - 1)\n"
+            "        s.set_begin_index(np.int64(0))\n"
+            "        for bad, exc in ((-1, ValueError), (n + 1, ValueError), ('a', TypeError), "
+            "(1.5, TypeError), (True, TypeError)):\n"
+            "            try:\n                s.set_begin_index(bad)\n"
+            "            except exc as e:\n"
+            "                assert 'begin_index' in str(e), (kind, e)\n"
+            "            else:\n                raise AssertionError((kind, wrapped, bad))",
+            None,
+        ),
+        Case(
+            "rdiff.multistep.set_begin_index.past_end",
+            "make('multistep').set_begin_index(50)",
+            "ValueError",
+            r"begin_index: must be in \[0, 10\], got 50",
+        ),
+        Case(
+            "rdiff.euler.set_begin_index.negative",
+            "make('euler').set_begin_index(-1)",
+            "ValueError",
+            r"begin_index",
+        ),
+        Case(
+            "rdiff.flow.set_begin_index.float",
+            "make('flow').set_begin_index(1.5)",
+            "TypeError",
+            r"begin_index: expected an integer",
+        ),
+        Case(
+            "rdd.unipc.set_begin_index.torch_int_runs",
+            "s = make('unipc', True)\ns.set_begin_index(torch.tensor(3))\n"
+            "assert s.begin_index == 3",
+            None,
+        ),
+        # -- DDPM's fixed_large_log: all-NaN samples in diffusers (√ of log β)
+        Case(
+            "rdiff.ddpm.init.fixed_large_log",
+            "make('ddpm', variance_type='fixed_large_log')",
+            "ValueError",
+            r"variance_type.*NaN.*fixed_large",
+        ),
+        Case(
+            "rdd.ddpm.init.fixed_large_log",
+            "make('ddpm', True, variance_type='fixed_large_log')",
+            "ValueError",
+            r"variance_type.*NaN.*fixed_large",
+        ),
+        # -- config fields keep their name in type errors
+        Case(
+            "rdiff.ddim.init.beta_schedule_none",
+            "make('ddim', beta_schedule=None)",
+            "TypeError",
+            r"beta_schedule: expected a str",
+        ),
+        Case(
+            "rdiff.ddim.init.rescale_int_runs",  # 0 and 1 are read as diffusers reads them
+            f"a = run_loop(make('ddim', rescale_betas_zero_snr=1, {v_pred}), X)\n"
+            f"b = run_loop(make('ddim', rescale_betas_zero_snr=True, {v_pred}), X)\n"
+            "assert np.array_equal(a, b)",
+            None,
+        ),
+        Case(
+            "rdiff.ddim.init.clip_sample_str",  # diffusers reads "false" as True
+            "make('ddim', clip_sample='false')",
+            "TypeError",
+            r"clip_sample: expected a bool",
+        ),
+        Case(
+            "rdiff.multistep.init.karras_none",
+            "make('multistep', use_karras_sigmas=None)",
+            "TypeError",
+            r"use_karras_sigmas: expected a bool",
+        ),
+        Case(
+            "rdd.unipc.init.karras_none",
+            "make('unipc', True, use_karras_sigmas=None)",
+            "TypeError",
+            r"use_karras_sigmas: expected a bool",
+        ),
+        Case(
+            "rdiff.deis.init.karras_none",
+            "make('deis', use_karras_sigmas=None)",
+            "TypeError",
+            r"use_karras_sigmas",
+        ),
+        Case(
+            "rdiff.ddim.init.steps_offset_str",
+            "make('ddim', steps_offset='1')",
+            "TypeError",
+            r"steps_offset: expected an integer",
+        ),
+        Case(
+            "rdiff.ddim.init.sample_max_value_none",
+            "make('ddim', sample_max_value=None)",
+            "TypeError",
+            r"sample_max_value: expected a number",
+        ),
+        Case(
+            "rdiff.ddim.init.clip_sample_range_list",
+            "make('ddim', clip_sample_range=[1.0])",
+            "TypeError",
+            r"clip_sample_range",
+        ),
+        Case(
+            "rdiff.multistep.init.flow_shift_str",
+            "make('multistep', flow_shift='3')",
+            "TypeError",
+            r"flow_shift: expected a number",
+        ),
+        Case(
+            "rdiff.lcm.init.timestep_scaling_none",
+            "make('lcm', timestep_scaling=None)",
+            "TypeError",
+            r"timestep_scaling",
+        ),
+        Case("rdiff.flow.init.shift_none", "make('flow', shift=None)", "TypeError", r"shift"),
+        Case(
+            "rdiff.ddim.init.num_train_huge",
+            "make('ddim', num_train_timesteps=10**20)",
+            "ValueError",
+            r"num_train_timesteps: 100000000000000000000 is more than rdiff supports",
+        ),
+        Case(
+            "rdiff.ddim.init.trained_betas_scalar",
+            "make('ddim', trained_betas=0.5)",
+            "TypeError",
+            r"trained_betas: expected a sequence",
+        ),
+        # -- from_config / from_pretrained with a non-dict
+        Case(
+            "rdiff.ddim.from_config.list",
+            "rdiff.DDIMScheduler.from_config([['beta_end', 0.02]])",
+            "TypeError",
+            r"config: expected a dict",
+        ),
+        Case(
+            "rdiff.ddim.from_config.path",
+            "rdiff.DDIMScheduler.from_config(tempfile.mkdtemp())",
+            "TypeError",
+            r"config: .*from_pretrained",
+        ),
+        Case(
+            "rdiff.ddim.from_pretrained.json_list",
+            "d = tempfile.mkdtemp()\n"
+            "with open(os.path.join(d, 'scheduler_config.json'), 'w') as f:\n"
+            "    f.write('[1, 2]')\n"
+            "rdiff.DDIMScheduler.from_pretrained(d)",
+            "TypeError",
+            r"scheduler_config\.json: expected a JSON object",
+        ),
+        # -- a flow shift so large that every timestep is the same
+        Case(
+            "rdiff.flow.init.shift_collapse",
+            "make('flow', shift=1e30)",
+            "ValueError",
+            r"shift: 1e\+30 crowds every σ",
+        ),
+        Case(
+            "rdd.flow_heun.init.shift_collapse",
+            "make('flow_heun', True, shift=1e30)",
+            "ValueError",
+            r"shift: 1e\+30 crowds every σ",
+        ),
+        Case(
+            "rdiff.flow.set_shift.str",
+            "make('flow', n=0).set_shift('3')",
+            "TypeError",
+            r"shift: expected a number",
+        ),
+        # -- the CLI: out-of-memory sizes, bad model configs, arguments for another scheduler
+        Case(
+            "cli.sample.n_huge",
+            f"code, err = cli({sample}, '--n', '1000000000')\n"
+            "assert code == 1 and '--n' in err and 'memory' in err, err",
+            None,
+        ),
+        Case(
+            "cli.sample.scale_huge",
+            "code, err = cli('sample', '--quiet', '--steps', '1', '--n', '2', '--scale', "
+            "'100000', '--out', os.path.join(tempfile.mkdtemp(), 'g.png'))\n"
+            "assert code == 1 and '--scale' in err and 'memory' in err, err",
+            None,
+        ),
+        Case(
+            "cli.sample.sample_size_huge",
+            f"code, err = cli({sample}, '--n', '1', '--model', model_dir(sample_size=100000))\n"
+            "assert code == 1 and 'memory' in err, err",
+            None,
+        ),
+        Case(
+            "cli.sample.sample_size_missing",
+            f"code, err = cli({sample}, '--n', '1', '--model', model_dir(sample_size=...))\n"
+            "assert code == 1 and 'config.json' in err and 'sample_size' in err, err",
+            None,
+        ),
+        Case(
+            "cli.sample.sample_size_null",
+            f"code, err = cli({sample}, '--n', '1', '--model', model_dir(sample_size=None))\n"
+            "assert code == 1 and 'config.json' in err and 'sample_size' in err, err",
+            None,
+        ),
+        Case(
+            "cli.sample.scheduler_config_not_json",
+            f"code, err = cli({sample}, '--n', '1', '--model', model_dir(scheduler_json='{{'))\n"
+            "assert code == 1 and 'scheduler_config.json' in err, err",
+            None,
+        ),
+        Case(
+            "cli.sample.seed_negative",
+            f"code, err = cli({sample}, '--seed', '-1')\nassert code == 2 and '--seed' in err, err",
+            None,
+        ),
+        Case(
+            "cli.sample.gamma_with_ddim",
+            f"code, err = cli({sample}, '--scheduler', 'ddim', '--gamma', 'g.npz')\n"
+            "assert code == 1 and '--gamma' in err, err",
+            None,
+        ),
+        Case(
+            "cli.sample.ems_with_ddim",
+            f"code, err = cli({sample}, '--scheduler', 'ddim', '--ems', 'e.npz')\n"
+            "assert code == 1 and '--ems' in err, err",
+            None,
+        ),
+        Case(
+            "cli.sample.save_npz_directory",
+            f"d = tempfile.mkdtemp()\ncode, err = cli({sample}, '--save-npz', d)\n"
+            "assert code == 1 and '--save-npz' in err and not os.path.exists(d + '.npz'), err",
+            None,
+        ),
+        # -- rdiff.noise.randn's shape: '12' was (1, 2), (2.7, 3) was (2, 3)
+        Case(
+            "noise.randn.shape_str",
+            "rdiff.noise.randn('12', 0)",
+            "TypeError",
+            r"shape: expected an int or a sequence of ints",
+        ),
+        Case("noise.randn.shape_float", "rdiff.noise.randn((2.7, 3), 0)", "TypeError", r"shape"),
+        Case(
+            "noise.randn.shape_integer_kinds_run",
+            "a = rdiff.noise.randn(torch.Size([2, 3]), 0)\n"
+            "b = rdiff.noise.randn((np.int64(2), torch.tensor(3)), 0)\n"
+            "assert a.shape == (2, 3) and np.array_equal(a, b)",
+            None,
+        ),
+        # -- metrics
+        Case(
+            "metrics.upsample.size_0",
+            "rdiff.metrics.upsample_digits(np.zeros((2, 8, 8)), 0)",
+            "ValueError",
+            r"size",
+        ),
+        Case(
+            "metrics.upsample.size_negative",
+            "rdiff.metrics.upsample_digits(np.zeros((2, 8, 8)), -3)",
+            "ValueError",
+            r"size",
+        ),
+        Case(
+            "metrics.upsample.one_dim",
+            "rdiff.metrics.upsample_digits(np.zeros(64), 16)",
+            "ValueError",
+            r"\bx\b.*shape",
+        ),
+        Case(
+            "metrics.frechet.complex_mu",
+            "rdiff.metrics.frechet_distance(np.array([1j, 0]), np.eye(2), np.zeros(2), np.eye(2))",
+            "TypeError",
+            r"mu1.*complex",
+        ),
+        # -- the test mixture at finite x whose squared distances overflow: NaN before
+        Case(
+            "testing.gm.eps_huge_x",
+            "rdiff.testing.GaussianMixture([[0.0], [1.0]], [1.0, 0.5])"
+            ".eps_at(np.array([[1e200]]), 1.0, 0.5)",
+            "ValueError",
+            r"\bx\b.*too large",
+        ),
+        Case(
+            "testing.gm.log_prob_huge_x",
+            "rdiff.testing.GaussianMixture([[0.0], [1.0]], [1.0, 0.5])"
+            ".log_prob(np.array([[1e200]]))",
+            "ValueError",
+            r"\bx\b.*too large",
+        ),
+    ]
+
+
 def all_cases() -> list[Case]:
     cases = (
         _scheduler_cases()
@@ -2346,6 +2720,7 @@ def all_cases() -> list[Case]:
         + _k_cases()
         + _core_cases()
         + _misc_cases()
+        + _config_and_misc_cases()
     )
     ids = [c.id for c in cases]
     assert len(ids) == len(set(ids)), "duplicate case ids"
@@ -2410,6 +2785,8 @@ OWNERS: dict[str, tuple[str, ...]] = {
     "test_lincomb": ("core.lincomb.",),
     "test_testing": ("testing.",),
     "test_digits": ("cli.", "metrics."),
+    "test_ems": ("ems.",),
+    "test_noise": ("noise.",),
     "test_cuda": ("backends.",),
 }
 

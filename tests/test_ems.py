@@ -260,3 +260,10 @@ def test_two_rank_all_reduce_equals_single_process(tmp_path):
     gm, sch, data, kw = _dist_setup()
     one = rdiff.estimate_ems(gm.model(sch), data, sch, **kw)
     assert rdiff.EMSTable.load(out, schedule=sch) == one
+
+
+# -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------
+
+from bad_input_cases import bad_input_test
+
+test_bad_input_case = bad_input_test(__name__)

@@ -93,3 +93,10 @@ def test_int_generator_out_of_range():
     x = np.zeros((1, 4), dtype=np.float32)
     with pytest.raises(ValueError, match="seed"):
         s.step(x, s.timesteps[0], x, generator=-1)
+
+
+# -- bad input (tests/bad_input_cases.py; run again in subprocesses by test_bad_input.py) ------
+
+from bad_input_cases import bad_input_test
+
+test_bad_input_case = bad_input_test(__name__)

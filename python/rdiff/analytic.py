@@ -36,14 +36,13 @@ _VERSION = 1
 _MASK64 = (1 << 64) - 1
 
 
-def _alphas_cumprod(schedule: Any) -> np.ndarray:
-    """ᾱ (float64, shape (N,)) of a NoiseSchedule, an rdiff or diffusers scheduler or an array."""
+def _alphas_cumprod(schedule: Any, who: str = "Analytic-DPM") -> np.ndarray:
+    """ᾱ (float64, shape (N,)) of a NoiseSchedule, an rdiff or diffusers scheduler or an array;
+    ``who`` (the caller) is named where a continuous schedule has no ᾱ table."""
     if isinstance(schedule, NoiseSchedule):
         ac = schedule.alphas_cumprod
         if ac is None:
-            raise ValueError(
-                "schedule: Analytic-DPM needs a discrete schedule (NoiseSchedule.discrete)"
-            )
+            raise ValueError(f"schedule: {who} needs a discrete schedule (NoiseSchedule.discrete)")
         return np.asarray(ac, dtype=np.float64)
     ac = getattr(schedule, "alphas_cumprod", schedule)
     if _tensor.is_torch(ac):

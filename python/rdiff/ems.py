@@ -125,7 +125,7 @@ class EMSTable:
         l_used: Any = None,
         statistics: tuple[Any, Any, Any] | None = None,
     ) -> None:
-        self._ac = _alphas_cumprod(alphas_cumprod).copy()
+        self._ac = _alphas_cumprod(alphas_cumprod, "EMSTable").copy()
         self._t_start, self._t_end = float(t_start), float(t_end)
         self._lambdas = np.array(lambdas, dtype=np.float64).reshape(-1)
         self._shape = tuple(int(d) for d in shape)
@@ -188,7 +188,7 @@ class EMSTable:
         ``l``, ``s``, ``b``: arrays of shape (M + 1, *sample_shape) on the grid uniform in λ
         from ``t_start`` (default 1) to ``t_end`` (default 1/N).
         """
-        ac = _alphas_cumprod(schedule)
+        ac = _alphas_cumprod(schedule, "EMSTable.from_statistics (EMS)")
         arrs = [_as_f64(v, n) for v, n in ((l, "l"), (s, "s"), (b, "b"))]
         if not (arrs[0].shape == arrs[1].shape == arrs[2].shape) or arrs[0].ndim < 2:
             raise ValueError(
@@ -528,6 +528,10 @@ def _l_derivative(l: np.ndarray, lambdas: np.ndarray, window: int = 5) -> np.nda
 # -- estimation --------------------------------------------------------------------------------
 
 
+_MAX_STEPS = 1 << 20  # (the step limit of every other entry point)
+_MAX_TABLE_VALUES = 1 << 31  # per sum array: 16 GiB of int64
+
+
 def _quantise(v: np.ndarray) -> np.ndarray:
     q = np.rint(v * _SCALE)
     if not np.all(np.isfinite(q)) or np.max(np.abs(q), initial=0.0) >= _LIMIT:
@@ -558,7 +562,13 @@ class _Model:
         return np.full((b,), t_in, dtype=np.float64 if wide else np.float32)
 
     def _raw(self, x: Any, t: Any) -> Any:
-        return _model_output(self.model(x, t))
+        out = _model_output(self.model(x, t))
+        if tuple(getattr(out, "shape", ())) != tuple(x.shape):
+            raise ValueError(
+                f"model: returned shape {tuple(getattr(out, 'shape', ()))} for an input of shape "
+                f"{tuple(x.shape)}; expected the input's shape"
+            )
+        return out
 
     def _to_eps(self, out: Any, x: Any, a: float, s: float) -> Any:
         if self.pt == "epsilon":
@@ -685,7 +695,7 @@ def estimate_ems(
     Returns an :class:`EMSTable`. Cost per grid point and sample: l: one JVP (or two model
     calls); f: one model call and one JVP (or three calls).
     """
-    ac = _alphas_cumprod(schedule)
+    ac = _alphas_cumprod(schedule, "estimate_ems (EMS)")
     n_train = ac.shape[0]
     vp = _Vp(ac)
     if stage not in ("both", "l", "f"):
@@ -694,6 +704,8 @@ def estimate_ems(
         raise ValueError(f"prediction_type: unknown {prediction_type!r}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 2:
         raise ValueError(f"steps: expected an integer >= 2, got {steps!r}")
+    if steps > _MAX_STEPS:
+        raise ValueError(f"steps: {steps} is more than rdiff supports ({_MAX_STEPS})")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
         raise TypeError(f"batch_size: expected an integer, got {type(batch_size).__name__}")
     if batch_size < 1 or offset < 0:
@@ -723,8 +735,18 @@ def estimate_ems(
     if fd_step is None:
         wide = _tensor.dtype_name(data) == "float64"
         fd_step = 1e-4 if wide else 1e-2
+    if isinstance(fd_step, bool) or not isinstance(fd_step, (int, float, np.integer, np.floating)):
+        raise TypeError(f"fd_step: expected a number, got {type(fd_step).__name__} {fd_step!r}")
+    if not (math.isfinite(fd_step) and fd_step > 0):
+        raise ValueError(f"fd_step: must be a finite step > 0, got {fd_step}")
     shape = tuple(int(d) for d in data.shape[1:])
     ps = math.prod(shape)
+    # the table's sums: five int64 arrays of (steps + 1) rows, one value per sample element
+    if (steps + 1) * ps > _MAX_TABLE_VALUES:
+        raise ValueError(
+            f"steps: {steps} intervals for samples of {ps} values make a table of "
+            f"{5 * 8 * (steps + 1) * ps / 2**30:.0f} GiB; use fewer steps"
+        )
     lam = _grid(vp, t_start, t_end, steps)
     rows = steps + 1
     # The grid's points and, for the finite difference along the ODE, λ ± h.

@@ -48,9 +48,19 @@ def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     return w
 
 
+_MAX_SIZE = 1 << 14
+
+
 def upsample_digits(x: np.ndarray, size: int = 16) -> np.ndarray:
-    """Bilinear upsampling of (..., h, w) images, as torch's ``align_corners=False``."""
+    """Bilinear upsampling of (..., h, w) images to (..., size, size), as torch's
+    ``align_corners=False``."""
+    if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)):
+        raise TypeError(f"size: expected an integer, got {type(size).__name__} {size!r}")
+    if not 1 <= size <= _MAX_SIZE:
+        raise ValueError(f"size: must be in [1, {_MAX_SIZE}], got {size}")
     x = np.asarray(x, dtype=np.float32)
+    if x.ndim < 2 or 0 in x.shape[-2:]:
+        raise ValueError(f"x: expected images of shape (..., h, w), got shape {x.shape}")
     wy = _bilinear_matrix(x.shape[-2], size).astype(np.float32)
     wx = _bilinear_matrix(x.shape[-1], size).astype(np.float32)
     return np.einsum("oh,...hw,pw->...op", wy, x, wx).astype(np.float32)
@@ -111,10 +121,25 @@ def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
     return (u * np.sqrt(np.clip(v, 0.0, None))) @ u.T
 
 
+def _real(v, name: str) -> np.ndarray:
+    """``v`` as a float64 array: TypeError naming it unless real (complex values would lose
+    their imaginary part), ValueError unless finite."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    a = np.asarray(v)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return a
+
+
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     """‖μ1 − μ2‖² + tr(Σ1 + Σ2 − 2 (Σ1^½ Σ2 Σ1^½)^½), with symmetric eigendecompositions."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
+    mu1, cov1, mu2, cov2 = (
+        _real(v, n) for v, n in ((mu1, "mu1"), (cov1, "cov1"), (mu2, "mu2"), (cov2, "cov2"))
+    )
     d = mu1.shape[0] if mu1.ndim == 1 else -1
     if d < 0 or mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
         raise ValueError(

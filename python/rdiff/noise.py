@@ -4,6 +4,7 @@ kernels draw identically (defined in ``src/random/philox.rs``)."""
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,29 @@ def _u64(value: Any, what: str) -> int:
     return v
 
 
+def _shape(shape: Any) -> tuple[int, ...]:
+    """``shape`` (an int or a sequence of ints: numpy/torch integer scalars, torch.Size) as a
+    tuple; TypeError naming it otherwise (a str, floats, bools)."""
+
+    def dim(d: Any) -> int:
+        kind = str(getattr(d, "dtype", ""))
+        if isinstance(d, (bool, np.bool_)) or kind in ("bool", "torch.bool"):
+            raise TypeError
+        return operator.index(d)
+
+    bad = TypeError(f"shape: expected an int or a sequence of ints, got {shape!r}")
+    if isinstance(shape, (str, bytes)):
+        raise bad
+    try:
+        return (dim(shape),)
+    except TypeError:
+        pass
+    try:
+        return tuple(dim(d) for d in shape)
+    except TypeError:
+        raise bad from None
+
+
 def randn(shape: Any, seed: int, offset: int = 0) -> np.ndarray:
     """Standard normal float32 noise from rdiff's Philox stream.
 
@@ -42,12 +66,7 @@ def randn(shape: Any, seed: int, offset: int = 0) -> np.ndarray:
         A numpy float32 array of ``shape``; values lie within ±5.8 (Box–Muller on 23-bit
         uniforms: the tails beyond that have probability below 1e-8).
     """
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
-        shape = (int(shape),)
-    try:
-        shape = tuple(int(d) for d in shape)
-    except TypeError:
-        raise TypeError(f"shape: expected an int or a tuple of ints, got {shape!r}") from None
+    shape = _shape(shape)
     if any(d < 0 for d in shape):
         raise ValueError(f"shape: dimensions must be ≥ 0, got {shape}")
     seed = _u64(seed, "seed")

@@ -64,6 +64,17 @@ def _as_float64(x: Any, name: str) -> np.ndarray:
     return np.asarray(arr, dtype=np.float64, order="C")
 
 
+def _not_nan(out: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``out``, or ValueError naming ``x`` where finite x gave NaN: the squared distances to the
+    components overflow float64 (|x| beyond about 1e154 / the components' scale)."""
+    if np.isnan(out).any():
+        raise ValueError(
+            f"x: too large for exact float64 densities (max |x| = {np.abs(rows).max():.3g}): "
+            "the squared distances to the components overflow"
+        )
+    return out
+
+
 def _per_sample(v: Any, n: int, name: str) -> np.ndarray:
     """A scalar or an (n,) array as a float64 array of shape (1,) or (n,)."""
     arr = _as_float64(v, name)
@@ -224,7 +235,7 @@ class GaussianMixture:
         rows, _ = self._rows(x)
         n = rows.shape[0]
         a, s = _per_sample(alpha, n, "alpha"), _per_sample(sigma, n, "sigma")
-        return self._core.log_prob(rows, a, s)
+        return _not_nan(self._core.log_prob(rows, a, s), rows)
 
     def log_prob(self, x: Any) -> np.ndarray:
         """log p_0(x), the data log-density: x (n, d) or (n, *shape) → float64 (n,)."""
@@ -236,7 +247,7 @@ class GaussianMixture:
         rows, shape = self._rows(x)
         n = rows.shape[0]
         a, s = _per_sample(alpha, n, "alpha"), _per_sample(sigma, n, "sigma")
-        return self._core.predict(rows, a, s, prediction_type).reshape(shape)
+        return _not_nan(self._core.predict(rows, a, s, prediction_type), rows).reshape(shape)
 
     def eps_at(self, x: Any, alpha: Any, sigma: Any) -> np.ndarray:
         """ε*(x) = −σ ∇ log p_t(x) = E[ε | x_t = x], float64 of x's shape.
@@ -262,7 +273,7 @@ class GaussianMixture:
         rows, _ = self._rows(x)
         n = rows.shape[0]
         a, s = _per_sample(alpha, n, "alpha"), _per_sample(sigma, n, "sigma")
-        return self._core.x0_cov_trace(rows, a, s)
+        return _not_nan(self._core.x0_cov_trace(rows, a, s), rows)
 
     def expected_eps_sq(
         self, alpha: float, sigma: float, n: int = 20000, seed: int | None = 0
