@@ -326,6 +326,9 @@ def test_bad_inputs(small_dir):
         cond(torch.randn(1, 4, 16, 16), 1)
     with pytest.raises(ValueError, match="out of range"):
         cond(torch.randn(1, 4, 16, 16), 1, class_labels=torch.tensor([10]))
+    # a uint64 label past int64 is out of range too, not wrapped to -1
+    with pytest.raises(ValueError, match="label 18446744073709551615 is out of range"):
+        cond(torch.randn(2, 4, 16, 16), 1, class_labels=np.array([0, 2**64 - 1], np.uint64))
 
 
 _TOO_LARGE = """

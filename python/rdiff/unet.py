@@ -584,7 +584,12 @@ def _class_labels(labels: Any) -> tuple[list[int] | None, list[float] | None]:
         return [int(labels)], None
     a = _to_numpy(labels) if not isinstance(labels, (list, tuple)) else np.asarray(labels)
     if a.dtype.kind in "iu":
-        return a.reshape(-1).astype(np.int64).tolist(), None
+        idx = [int(v) for v in a.reshape(-1).tolist()]
+        # (a uint64 label past int64 would wrap to a negative one)
+        big = [v for v in idx if v >= 1 << 63]
+        if big:
+            raise ValueError(f"class_labels: label {big[0]} is out of range")
+        return idx, None
     if a.dtype.kind == "f":
         return None, a.reshape(-1).astype(np.float32).tolist()
     raise TypeError(f"class_labels: unsupported dtype {a.dtype}")
