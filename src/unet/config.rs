@@ -159,7 +159,12 @@ fn json_error(text: &str, e: &serde_json::Error, class: &str) -> RdiffError {
                 .take(e.line() - 1)
                 .map(str::len)
                 .sum();
-            last_key(&text[..(line_start + e.column()).min(text.len())])
+            // (serde's column may fall inside a multi-byte character)
+            let mut end = (line_start + e.column()).min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            last_key(&text[..end])
         })
         .flatten();
     match key {
@@ -467,6 +472,9 @@ mod tests {
         let e = err("{\n  \"a\\\":b\": 1,\n  \"block_out_channels\": [8,\n \"x\"]}");
         assert!(e.contains(r#""block_out_channels": invalid type"#), "{e}");
         assert_eq!(last_key(r#"{"k\"": 1, "v": "w:"#), Some("v"));
+        // (found by tests/fuzz_unet_loader.rs: a column inside a two-byte character)
+        let e = err(r#"{"block_out_channels": [4,Ѯ8]}"#);
+        assert!(e.contains(r#""block_out_channels": "#), "{e}");
         for text in [r#""a string""#, "[1, 2]"] {
             let e = err(text);
             assert!(e.ends_with("config: expected a JSON object"), "{e}");
