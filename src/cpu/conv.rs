@@ -734,22 +734,41 @@ fn gather_rows(
 /// Output features per task of [`linear`].
 const LINEAR_FEATURES: usize = 64;
 
-/// `Σ_i w[i] · x[i]` with the bf16 weights widened exactly, in 32 f32 lanes summed in a
-/// fixed order (the same bits on every CPU and thread count).
+/// Widening a weight to f32, exactly.
+trait Wide: Copy {
+    fn wide(self) -> f32;
+}
+
+impl Wide for f32 {
+    #[inline(always)]
+    fn wide(self) -> f32 {
+        self
+    }
+}
+
+impl Wide for bf16 {
+    #[inline(always)]
+    fn wide(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+}
+
+/// `Σ_i w[i] · x[i]` in 128 f32 lanes (eight independent vector sums: with one, the adds'
+/// latency bounds it) summed in a fixed order: the same bits on every CPU and thread count,
+/// and for f32 and bf16 weights of the same values (widening is exact).
 #[inline(always)]
-fn dot_bf16_kernel(w: &[bf16], x: &[f32]) -> f32 {
-    const L: usize = 32;
-    let wide = |v: bf16| f32::from_bits((v.to_bits() as u32) << 16);
+fn dot_kernel<W: Wide>(w: &[W], x: &[f32]) -> f32 {
+    const L: usize = 128;
     let mut acc = [0.0f32; L];
     let (wc, xc) = (w.chunks_exact(L), x.chunks_exact(L));
     let (wt, xt) = (wc.remainder(), xc.remainder());
     for (wc, xc) in wc.zip(xc) {
         for l in 0..L {
-            acc[l] += wide(wc[l]) * xc[l];
+            acc[l] += wc[l].wide() * xc[l];
         }
     }
     for (l, (&wv, &xv)) in wt.iter().zip(xt).enumerate() {
-        acc[l] += wide(wv) * xv;
+        acc[l] += wv.wide() * xv;
     }
     let mut n = L;
     while n > 1 {
@@ -761,13 +780,24 @@ fn dot_bf16_kernel(w: &[bf16], x: &[f32]) -> f32 {
     acc[0]
 }
 
+#[inline(always)] // (into simd_dispatch's per-ISA copies)
+fn dot_f32_kernel(w: &[f32], x: &[f32]) -> f32 {
+    dot_kernel(w, x)
+}
+
+#[inline(always)] // (into simd_dispatch's per-ISA copies)
+fn dot_bf16_kernel(w: &[bf16], x: &[f32]) -> f32 {
+    dot_kernel(w, x)
+}
+
+simd_dispatch!(fn dot_f32(w: &[f32], x: &[f32]) -> f32 => dot_f32_kernel);
 simd_dispatch!(fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 => dot_bf16_kernel);
 
-/// A linear layer on a few rows: `out[r][o] = bias[o] + Σ_i x[r][i] · w[o][i]`, in parallel
-/// over chunks of output features. Weights in another dtype are widened a chunk at a time
-/// into the thread's scratch, in cache: at one row per sample the layer is a pass over its
-/// weights, and widening the whole matrix first would be two more. The chunks are the same
-/// for every dtype and pool, so are the bits.
+/// A linear layer on a few rows: `out[r][o] = bias[o] + Σ_i x[r][i] · w[o][i]`, one dot
+/// product per output, in parallel over chunks of output features. f32 and bf16 weights are
+/// read in place (bf16 widened in registers: half the bytes); f16 ones are widened a chunk at
+/// a time into the thread's scratch, in cache. At one row per sample the layer is a pass over
+/// its weights. Every dtype, pool and CPU gives the same bits for the same values.
 pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&[f32]>, out: &mut [f32]) {
     let fin = x.len() / rows;
     let fout = out.len() / rows;
@@ -780,53 +810,29 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&[f32]>, out: &mu
         }
     }
     let outp = SendPtr(out.as_mut_ptr());
+    // Output o of every row from `dot(o, x_row)`: column o is this task's alone.
+    let columns = |o0: usize, nf: usize, dot: &dyn Fn(usize, &[f32]) -> f32| {
+        for o in o0..o0 + nf {
+            for r in 0..rows {
+                // SAFETY: `out` holds rows × fout values (checked above); no other task
+                // writes column o.
+                unsafe { *outp.get().add(r * fout + o) += dot(o, &x[r * fin..][..fin]) };
+            }
+        }
+    };
     (0..fout.div_ceil(LINEAR_FEATURES))
         .into_par_iter()
         .for_each(|c| {
             let o0 = c * LINEAR_FEATURES;
             let nf = LINEAR_FEATURES.min(fout - o0);
-            if let Weight::Bf16(w) = w {
-                // bf16 rows (the bf16 compute path's) widened in registers, one dot product
-                // per output: no scratch pass, half the weight bytes read
-                for o in o0..o0 + nf {
-                    let wo = &w[o * fin..][..fin];
-                    for r in 0..rows {
-                        // SAFETY: as below: column o of every row is this task's alone.
-                        unsafe {
-                            *outp.get().add(r * fout + o) += dot_bf16(wo, &x[r * fin..][..fin])
-                        };
-                    }
-                }
-                return;
+            match w {
+                Weight::F32(w) => columns(o0, nf, &|o, x| dot_f32(&w[o * fin..][..fin], x)),
+                Weight::Bf16(w) => columns(o0, nf, &|o, x| dot_bf16(&w[o * fin..][..fin], x)),
+                _ => with_scratch(nf * fin, |wide| {
+                    let w = w.f32_range(o0 * fin, nf * fin, wide);
+                    columns(o0, nf, &|o, x| dot_f32(&w[(o - o0) * fin..][..fin], x));
+                }),
             }
-            with_scratch(nf * fin, |wide| {
-                let w = w.f32_range(o0 * fin, nf * fin, wide);
-                // SAFETY: sizes checked above; the task writes columns o0..o0 + nf of every
-                // row of `out`, no other task's; w is those features' nf×fin rows.
-                unsafe {
-                    gemm(
-                        rows,
-                        nf,
-                        fin,
-                        outp.get().add(o0),
-                        1,
-                        fout as isize,
-                        true,
-                        x.as_ptr(),
-                        1,
-                        fin as isize,
-                        w.as_ptr(),
-                        fin as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-            })
         });
 }
 
@@ -834,15 +840,15 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&[f32]>, out: &mu
 mod tests {
     use super::*;
 
-    /// A bf16 linear layer (dot products on the bf16 rows) against the f32 path on the same
-    /// values widened; its bits the same on one thread and on two.
+    /// A linear layer on f32, bf16 and f16 weights of the same values: the same bits (as a
+    /// checkpoint widened at load gives), on one thread and on two, near an f64 reference.
     #[test]
-    fn linear_on_bf16_rows_matches_f32() {
+    fn linear_gives_the_same_bits_for_every_weight_dtype() {
         let (fin, fout) = (77, 130); // a lane tail, three feature chunks
-        let w: Vec<bf16> = (0..fin * fout)
-            .map(|i| bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 64.0))
+                                     // multiples of 1/64 in (-1, 1): exact in bf16 and f16
+        let wide: Vec<f32> = (0..fin * fout)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
             .collect();
-        let wide: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
         let bias: Vec<f32> = (0..fout).map(|o| o as f32 / 10.0).collect();
         for rows in [1, 3] {
             let x: Vec<f32> = (0..rows * fin).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -855,12 +861,23 @@ mod tests {
                 pool.install(|| linear(&x, rows, w, Some(&bias), &mut out));
                 out
             };
-            let half = Weight::Bf16(w.clone());
-            let (got, want) = (run(&half, 2), run(&Weight::F32(wide.clone()), 2));
-            for (g, e) in got.iter().zip(&want) {
-                assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "{g} vs {e}");
+            let want = run(&Weight::F32(wide.clone()), 2);
+            for w in [
+                Weight::Bf16(wide.iter().map(|&v| bf16::from_f32(v)).collect()),
+                Weight::F16(wide.iter().map(|&v| half::f16::from_f32(v)).collect()),
+                Weight::F32(wide.clone()),
+            ] {
+                assert_eq!(run(&w, 2), want);
+                assert_eq!(run(&w, 1), want);
             }
-            assert_eq!(got, run(&half, 1));
+            for (i, &g) in want.iter().enumerate() {
+                let (r, o) = (i / fout, i % fout);
+                let e: f64 = bias[o] as f64
+                    + (0..fin)
+                        .map(|k| wide[o * fin + k] as f64 * x[r * fin + k] as f64)
+                        .sum::<f64>();
+                assert!((g as f64 - e).abs() <= 1e-5 * (1.0 + e.abs()), "{g} vs {e}");
+            }
         }
     }
 
