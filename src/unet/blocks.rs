@@ -116,6 +116,22 @@ impl BlockAttn {
     }
 }
 
+/// A down or up block's matrices: its resnets', its attentions', its resampler's.
+fn block_matrices(
+    resnets: &mut [Resnet],
+    attns: &mut [BlockAttn],
+    sampler: &mut Sampler,
+    f: &mut dyn FnMut(&mut Weight),
+) {
+    for r in resnets {
+        r.for_each_matrix(f);
+    }
+    for a in attns {
+        a.for_each_matrix(f);
+    }
+    sampler.for_each_matrix(f);
+}
+
 pub struct DownBlock {
     resnets: Vec<Resnet>,
     attns: Vec<BlockAttn>,
@@ -125,13 +141,7 @@ pub struct DownBlock {
 impl DownBlock {
     /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
     pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
-        for r in &mut self.resnets {
-            r.for_each_matrix(f);
-        }
-        for a in &mut self.attns {
-            a.for_each_matrix(f);
-        }
-        self.sampler.for_each_matrix(f);
+        block_matrices(&mut self.resnets, &mut self.attns, &mut self.sampler, f);
     }
 
     pub fn load(
@@ -332,13 +342,7 @@ pub struct UpBlock {
 impl UpBlock {
     /// Every matrix a backend multiplies (see `UNet2D::for_each_matrix`).
     pub(crate) fn for_each_matrix(&mut self, f: &mut dyn FnMut(&mut Weight)) {
-        for r in &mut self.resnets {
-            r.for_each_matrix(f);
-        }
-        for a in &mut self.attns {
-            a.for_each_matrix(f);
-        }
-        self.sampler.for_each_matrix(f);
+        block_matrices(&mut self.resnets, &mut self.attns, &mut self.sampler, f);
     }
 
     /// Up block `i` of `levels`; `chans` is block_out_channels.

@@ -148,7 +148,7 @@ def check_int(value: Any, name: str, low: int = 1, high: int | None = None) -> i
     return v
 
 
-def _check_index(value: Any, name: str, high: int | None) -> int:
+def check_index(value: Any, name: str, high: int | None) -> int:
     """``check_int(value, name, 0, high)``, also taking 0-d integer tensors."""
     if _tensor.is_torch(value) and value.numel() == 1 and not value.is_floating_point():
         if value.dtype != _tensor.torch_module().bool:
@@ -365,7 +365,7 @@ class SchedulerBase(ConfigMixin):
         before set_timesteps only its type and sign can be checked."""
         known = getattr(self, "num_inference_steps", None) is not None
         high = len(self.timesteps) if known or self._steps_before_set_timesteps else None
-        self._begin_index = _check_index(begin_index, "begin_index", high)
+        self._begin_index = check_index(begin_index, "begin_index", high)
 
     def _timesteps_array(self, timesteps: np.ndarray, device: Any = None) -> Any:
         if self._torch_timesteps or device is not None:

@@ -10,7 +10,7 @@ import numpy as np
 from .. import _tensor
 from .._rdiff import _DpmSolverV3
 from ..ems import EMSTable
-from ._base import SchedulerBase, _check_index, check_choice, check_int, exclusive, loop_setup
+from ._base import SchedulerBase, check_choice, check_index, check_int, exclusive, loop_setup
 
 _SKIP_TYPES = ("time_uniform", "logSNR", "time_quadratic", "edm")
 
@@ -153,7 +153,7 @@ class DPMSolverV3Scheduler(SchedulerBase):
         (orders, corrector) restarts there, as the authors' sampler would from that time."""
         # (one of the steps: the plan restarts there)
         known = self.num_inference_steps is not None
-        b = _check_index(begin_index, "begin_index", len(self.timesteps) - 1 if known else None)
+        b = check_index(begin_index, "begin_index", len(self.timesteps) - 1 if known else None)
         super().set_begin_index(b)
         if self.num_inference_steps is not None:
             self._core.set_timesteps(self.num_inference_steps, self.config.skip_type, b)
