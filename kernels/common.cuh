@@ -6,7 +6,8 @@
 //   * shared arrays only through RDIFF_SHARED(type, name, count);
 //   * __syncthreads and warp shuffles reached by every thread of the block / warp (no early
 //     return before a barrier), full-warp masks, block sizes a multiple of 32;
-//   * no inline PTX outside the conversion helpers below, which have a host branch;
+//   * no inline PTX outside the conversion and tensor-core helpers below, which have a host
+//     branch;
 //   * every extern "C" kernel is followed by RDIFF_HOST_EXPORT(name).
 #ifndef RDIFF_COMMON_CUH
 #define RDIFF_COMMON_CUH
@@ -261,6 +262,67 @@ RD_DEV float rd_warp_sum(float v) {
 #pragma unroll
     for (int d = 16; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
     return v;
+}
+
+// --- tensor cores -----------------------------------------------------------------------
+// C += A·B for one warp's 16×16 by 16×8 tile (mma.sync m16n8k16, sm_80+): A and B in the
+// 16-bit type of the tag (rd_bf16 or rd_f16), the products summed into f32. The operands are
+// in PTX's fragment layout, with g = lane / 4 and t = lane % 4, two 16-bit values a word (the
+// lower index in the low half):
+//   a[0] = A[g][2t, 2t+1]   a[1] = A[g+8][2t, 2t+1]   a[2] = A[g][2t+8, 2t+9]
+//   a[3] = A[g+8][2t+8, 2t+9]   b[0] = B[2t, 2t+1][g]   b[1] = B[2t+8, 2t+9][g]
+//   c[0], c[1] = C[g][2t, 2t+1]   c[2], c[3] = C[g+8][2t, 2t+1]
+// Every lane of a full warp calls it. The host branch gathers the warp's operands and sums
+// each element's 16 products in order (a tensor core's order and internal precision are its
+// own; the tests' tolerance allows for them).
+RD_DEV float rd_widen16(rd_bf16, unsigned short h) { return rd_bf16_to_f32(h); }
+RD_DEV float rd_widen16(rd_f16, unsigned short h) { return rd_f16_to_f32(h); }
+
+#ifdef RDIFF_HOST
+template <class T>
+inline void rd_mma_16816(T tag, float* c, const unsigned int* a, const unsigned int* b) {
+    const unsigned int mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    unsigned int all[32 * 6];
+    rdiff_warp_share(mine, 6, all);
+    const int lane = (int)rdiff_lane(), g = lane >> 2, t = lane & 3;
+    for (int e = 0; e < 4; ++e) {
+        const int r = g + (e >> 1) * 8, n = 2 * t + (e & 1);
+        float s = 0.0f;
+        for (int k = 0; k < 16; ++k) {
+            // A[r][k] is in lane 4·(r mod 8) + (k mod 8)/2, word a[(k / 8)·2 + r / 8];
+            // B[k][n] in lane 4·n + (k mod 8)/2, word b[k / 8]; the half is k mod 2.
+            const int from = (k & 7) >> 1, shift = (k & 1) * 16;
+            const unsigned int aw = all[(4 * (r & 7) + from) * 6 + (k >> 3) * 2 + (r >> 3)];
+            const unsigned int bw = all[(4 * n + from) * 6 + 4 + (k >> 3)];
+            s += rd_widen16(tag, (unsigned short)(aw >> shift)) *
+                 rd_widen16(tag, (unsigned short)(bw >> shift));
+        }
+        c[e] += s;
+    }
+}
+#else
+RD_DEV void rd_mma_16816(rd_bf16, float* c, const unsigned int* a, const unsigned int* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+RD_DEV void rd_mma_16816(rd_f16, float* c, const unsigned int* a, const unsigned int* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// Two f32 rounded to the tag's 16-bit type, packed as a fragment word (x in the low half).
+RD_DEV unsigned int rd_pack16(rd_bf16, float x, float y) {
+    return (unsigned int)rd_f32_to_bf16(x) | ((unsigned int)rd_f32_to_bf16(y) << 16);
+}
+RD_DEV unsigned int rd_pack16(rd_f16, float x, float y) {
+    return (unsigned int)rd_f32_to_f16(x) | ((unsigned int)rd_f32_to_f16(y) << 16);
 }
 
 // Grid-stride index helpers (64-bit: a step may cover more than 2^31 elements).

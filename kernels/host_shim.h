@@ -36,6 +36,9 @@ void __syncwarp(unsigned int mask = 0xffffffffu);
 void* rdiff_shared_alloc(std::size_t bytes, std::size_t align);
 std::uint64_t rdiff_shfl_exchange(std::uint64_t value, int src_lane, bool valid);
 unsigned int rdiff_lane();
+// Every lane's `n` (at most 8) words, lane-major into all[32·n]: the operands of a warp-wide
+// matrix operation (rd_mma_16816 in common.cuh). Called by every lane of a full warp.
+void rdiff_warp_share(const std::uint32_t* mine, unsigned int n, std::uint32_t* all);
 
 #define RDIFF_SHARED(type, name, count) \
     type* name = static_cast<type*>(rdiff_shared_alloc(sizeof(type) * (count), alignof(type)))

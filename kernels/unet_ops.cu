@@ -1,8 +1,8 @@
 // The UNet's non-GEMM ops on the internal f32 layout [c][b][h][w]: GroupNorm fused with its
-// affine, the scale/shift time conditioning and SiLU; the attention's softmax; nearest 2×
-// upsampling and 2×2 average pooling; the sinusoidal / Fourier timestep projection; a row-wise
-// bias + add + SiLU for the embedding MLPs; the transformers' LayerNorm over channels and
-// GEGLU. CPU counterparts: src/cpu/{norm,attention,resample,layer_norm,geglu}.rs,
+// affine, the scale/shift time conditioning and SiLU; nearest 2× upsampling and 2×2 average
+// pooling; the sinusoidal / Fourier timestep projection; a row-wise bias + add + SiLU for the
+// embedding MLPs; the transformers' LayerNorm over channels and GEGLU (the attention is in
+// unet_attention.cu). CPU counterparts: src/cpu/{norm,resample,layer_norm,geglu}.rs,
 // src/unet/embeddings.rs.
 #include "common.cuh"
 
@@ -88,30 +88,6 @@ extern "C" __global__ void __launch_bounds__(RD_UNET_OPS_THREADS)
 #undef RD_GN_AT
 }
 RDIFF_HOST_EXPORT(rdiff_unet_group_norm_f32)
-
-// Softmax over the keys of attention scores stored key-major: s is [mats][keys][queries]
-// (S transposed, as the QKᵀ GEMM writes it), and each query's scores form a column. One
-// thread per (matrix, query), three passes down its column: at every step the threads of a
-// warp read consecutive queries, so each access is coalesced, and no barrier is needed.
-extern "C" __global__ void __launch_bounds__(RD_UNET_OPS_THREADS)
-    rdiff_unet_softmax_cols_f32(float* __restrict__ s, rd_i64 mats, rd_i64 keys,
-                                rd_i64 queries) {
-    const rd_i64 total = mats * queries;
-    for (rd_i64 e = rd_thread_index(); e < total; e += rd_grid_stride()) {
-        float* col = s + (e / queries) * keys * queries + e % queries;
-        float m = -3.402823466e38f;
-        for (rd_i64 j = 0; j < keys; ++j) m = fmaxf(m, col[j * queries]);
-        float z = 0.0f;
-        for (rd_i64 j = 0; j < keys; ++j) {
-            const float v = expf(col[j * queries] - m);
-            col[j * queries] = v;
-            z += v;
-        }
-        const float inv = 1.0f / z;
-        for (rd_i64 j = 0; j < keys; ++j) col[j * queries] *= inv;
-    }
-}
-RDIFF_HOST_EXPORT(rdiff_unet_softmax_cols_f32)
 
 // Nearest 2× upsampling of `planes` planes of h×w.
 extern "C" __global__ void __launch_bounds__(RD_UNET_OPS_THREADS)
@@ -229,108 +205,3 @@ extern "C" __global__ void __launch_bounds__(RD_UNET_OPS_THREADS)
     }
 }
 RDIFF_HOST_EXPORT(rdiff_unet_geglu_f32)
-
-// Fused multi-head attention, flash style: softmax(QᵀK·scale)·V without the score matrix in
-// memory. q, k, v point at the first row of their operands, each [heads·dh][b·t] (t tokens per
-// sample: tq for q, tk for k and v); out is [heads·dh][b·tq]. blockIdx.y = sample·heads + head;
-// each block (at most RD_UNET_OPS_THREADS threads) takes blockDim.x / RD_ATTN_LANES queries,
-// RD_ATTN_LANES threads per query, each thread owning the dims d ≡ its lane (mod
-// RD_ATTN_LANES), so dh ≤ RD_ATTN_LANES · RD_ATTN_PER (256). Keys and values come through
-// shared memory in tiles of RD_ATTN_TILE (= RD_ATTN_LANES) keys. Per tile each lane forms its
-// partial dot products with every key of the tile; lane L then sums the partials of key L
-// (through shared memory: block barriers, no warp shuffles), and the running max, sum and
-// accumulators are rescaled once per tile (online softmax), all in f32.
-#define RD_ATTN_LANES 16
-#define RD_ATTN_PER 16
-#define RD_ATTN_TILE RD_ATTN_LANES
-#define RD_ATTN_DMAX (RD_ATTN_LANES * RD_ATTN_PER)
-#define RD_ATTN_QMAX (RD_UNET_OPS_THREADS / RD_ATTN_LANES)
-// (min blocks 1: NVRTC 13.0's ptxas otherwise capped sm_80 at 80 registers and spilled)
-extern "C" __global__ void __launch_bounds__(RD_UNET_OPS_THREADS, 1)
-    rdiff_unet_flash_attention_f32(const float* __restrict__ q, const float* __restrict__ k,
-                                   const float* __restrict__ v, rd_i64 heads, rd_i64 dh,
-                                   rd_i64 b, rd_i64 tq, rd_i64 tk, float scale,
-                                   float* __restrict__ out) {
-    RDIFF_SHARED(float, ks, RD_ATTN_TILE * RD_ATTN_DMAX);
-    RDIFF_SHARED(float, vs, RD_ATTN_TILE * RD_ATTN_DMAX);
-    // Partial scores: [query in block][key][lane]; after the reduction [.][key][0] holds the
-    // key's score.
-    RDIFF_SHARED(float, sp, RD_ATTN_QMAX * RD_ATTN_TILE * RD_ATTN_LANES);
-    const rd_i64 sample = blockIdx.y / heads, head = blockIdx.y % heads;
-    const rd_i64 nq = b * tq, nk = b * tk;
-    const int lane = (int)(threadIdx.x % RD_ATTN_LANES), dhi = (int)dh;
-    const int ql = (int)(threadIdx.x / RD_ATTN_LANES);
-    const rd_i64 per_block = blockDim.x / RD_ATTN_LANES;
-    const rd_i64 i = (rd_i64)blockIdx.x * per_block + ql;
-    const bool valid = i < tq;
-    float* spq = sp + ql * RD_ATTN_TILE * RD_ATTN_LANES;
-    const float* qh = q + head * dh * nq + sample * tq;
-    const float* kh = k + head * dh * nk + sample * tk;
-    const float* vh = v + head * dh * nk + sample * tk;
-    float qr[RD_ATTN_PER], acc[RD_ATTN_PER];
-#pragma unroll
-    for (int u = 0; u < RD_ATTN_PER; ++u) {
-        const int d = lane + u * RD_ATTN_LANES;
-        qr[u] = (valid && d < dhi) ? qh[(rd_i64)d * nq + i] * scale : 0.0f;
-        acc[u] = 0.0f;
-    }
-    float m = -3.402823466e38f, l = 0.0f;
-    for (rd_i64 j0 = 0; j0 < tk; j0 += RD_ATTN_TILE) {
-        const int nt = (int)(tk - j0 < RD_ATTN_TILE ? tk - j0 : RD_ATTN_TILE);
-        __syncthreads();  // the previous tile is consumed
-        for (int e = (int)threadIdx.x; e < RD_ATTN_TILE * dhi; e += (int)blockDim.x) {
-            const int d = e / RD_ATTN_TILE, jj = e % RD_ATTN_TILE;
-            const bool in = jj < nt;
-            ks[jj * RD_ATTN_DMAX + d] = in ? kh[(rd_i64)d * nk + j0 + jj] : 0.0f;
-            vs[jj * RD_ATTN_DMAX + d] = in ? vh[(rd_i64)d * nk + j0 + jj] : 0.0f;
-        }
-        __syncthreads();
-#pragma unroll 1
-        for (int jj = 0; jj < RD_ATTN_TILE; ++jj) {
-            float p = 0.0f;
-#pragma unroll
-            for (int u = 0; u < RD_ATTN_PER; ++u) {
-                const int d = lane + u * RD_ATTN_LANES;
-                if (d < dhi) p += qr[u] * ks[jj * RD_ATTN_DMAX + d];
-            }
-            spq[jj * RD_ATTN_LANES + lane] = p;
-        }
-        __syncthreads();
-        {
-            // Lane L sums key L's partials in place (it alone reads and writes that row).
-            float sum = 0.0f;
-#pragma unroll
-            for (int w = 0; w < RD_ATTN_LANES; ++w) sum += spq[lane * RD_ATTN_LANES + w];
-            spq[lane * RD_ATTN_LANES] = lane < nt ? sum : -3.402823466e38f;
-        }
-        __syncthreads();
-        float tmax = -3.402823466e38f;
-#pragma unroll 1
-        for (int jj = 0; jj < nt; ++jj) tmax = fmaxf(tmax, spq[jj * RD_ATTN_LANES]);
-        const float mnew = fmaxf(m, tmax);
-        const float corr = expf(m - mnew);
-        l *= corr;
-#pragma unroll
-        for (int u = 0; u < RD_ATTN_PER; ++u) acc[u] *= corr;
-#pragma unroll 1
-        for (int jj = 0; jj < nt; ++jj) {
-            const float e = expf(spq[jj * RD_ATTN_LANES] - mnew);
-            l += e;
-#pragma unroll
-            for (int u = 0; u < RD_ATTN_PER; ++u) {
-                const int d = lane + u * RD_ATTN_LANES;
-                if (d < dhi) acc[u] += e * vs[jj * RD_ATTN_DMAX + d];
-            }
-        }
-        m = mnew;
-    }
-    if (!valid) return;
-    const float inv = 1.0f / l;
-    float* oh = out + head * dh * nq + sample * tq;
-#pragma unroll
-    for (int u = 0; u < RD_ATTN_PER; ++u) {
-        const int d = lane + u * RD_ATTN_LANES;
-        if (d < dhi) oh[(rd_i64)d * nq + i] = acc[u] * inv;
-    }
-}
-RDIFF_HOST_EXPORT(rdiff_unet_flash_attention_f32)

@@ -14,9 +14,10 @@ Without CUDA it says so and exits 0, checking nothing.
    conv net, step) equals eager mode on CUDA, and again under CUDA graphs
    (``mode="reduce-overhead"``), run twice (the second run replays the captured graph).
 4. The native UNets on CUDA (``device="cuda"``) equal diffusers' torch modules: a small
-   UNet2DModel with attention (also in bf16 and f16 tensor-core math, near them), and small
-   random SD 1.x / SD 2.x / SDXL UNet2DConditionModels
-   (SD 1.x also with a ControlNet's float16 residuals).
+   UNet2DModel with attention and small random SD 1.x / SD 2.x / SDXL
+   UNet2DConditionModels, each also in bf16 and f16 tensor-core math (near them; the
+   conditional ones' attention on rdiff's fused tensor-core kernel), SD 1.x also with a
+   ControlNet's float16 residuals.
 5. A native UNet forward (timesteps as a GPU tensor) captured in a CUDA graph by
    ``torch.cuda.graph`` replays to eager's results, with no device allocation or host copy
    by rdiff during the capture (and the device memory taken outside torch's pool, where
@@ -336,6 +337,16 @@ def unets_match_torch() -> None:
                 got = ours(**_cond_inputs(cfg, 2, 16, 7, "cuda"))
             name = f"UNet2DConditionModel {family} cuda{' (own GEMM)' if kernel else ''}"
             report(f"{name} = diffusers", _rel(got, want) <= 1e-4, f"rel {_rel(got, want):.1e}")
+        # bf16 and f16 math: cuBLAS's tensor cores and the fused tensor-core attention
+        # (rdiff_unet_attention_mma_*, whose fragment layout only a GPU can confirm)
+        for label, dtype, lo, hi in (
+            ("bf16", "bfloat16", 1e-4, 3e-2),
+            ("f16", "float16", 1e-5, 4e-3),
+        ):
+            ours = rdiff.UNet2DConditionModel.from_diffusers(m, device="cuda", compute_dtype=dtype)
+            err = _rel(ours(**_cond_inputs(cfg, 2, 16, 7, "cuda")), want)
+            name = f"UNet2DConditionModel {family} cuda compute {label} ≈ diffusers"
+            report(name, lo <= err <= hi, f"rel {err:.1e}")
     # ControlNet's residuals, in float16 on the device as a float16 pipeline passes them.
     cfg = _cond_config("sd1")
     m = _randomised(diffusers.UNet2DConditionModel(**cfg))

@@ -103,4 +103,12 @@ def test_one_fused_engine():
     """Scheduler steps and samplers launch one kernel family (lincomb, with threshold as its
     first pass) and the error norm; no other elementwise step kernel exists."""
     kernels = sorted(p.stem for p in (SRC.parent / "kernels").glob("*.cu"))
-    assert kernels == ["error_norm", "gemm", "lincomb", "threshold", "unet_conv", "unet_ops"]
+    assert kernels == [
+        "error_norm",
+        "gemm",
+        "lincomb",
+        "threshold",
+        "unet_attention",
+        "unet_conv",
+        "unet_ops",
+    ]

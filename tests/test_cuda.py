@@ -20,7 +20,7 @@ from rdiff._cuda_testing import emulated_backend, launches
 
 ARCHS = ["sm_80", "sm_86", "sm_89", "sm_90"]
 # Every kernel source and how its entry points are named (prefix → source).
-KERNELS = ["lincomb", "threshold", "error_norm", "gemm", "unet_conv", "unet_ops"]
+KERNELS = ["lincomb", "threshold", "error_norm", "gemm", "unet_conv", "unet_ops", "unet_attention"]
 ENTRY_PREFIXES = {
     "rdiff_lincomb_": "lincomb",
     "rdiff_threshold_": "threshold",
@@ -30,17 +30,25 @@ ENTRY_PREFIXES = {
     "rdiff_unet_narrow_": "unet_conv",
     "rdiff_unet_conv_init_": "unet_conv",
     "rdiff_unet_nchw_": "unet_conv",
+    "rdiff_unet_softmax_": "unet_attention",
+    "rdiff_unet_flash_attention_": "unet_attention",
+    "rdiff_unet_attention_": "unet_attention",
     "rdiff_unet_": "unet_ops",
 }
 # 256-thread blocks: at most 64 registers keeps 4 blocks (full occupancy) per SM. The GEMM's
 # 4×4 register tile takes more (2 blocks per SM), the usual trade of occupancy for reuse; so
 # does the fused attention, whose lanes keep their share of the query and of the output
-# accumulators in registers.
+# accumulators in registers; the tensor-core attention's 128-thread blocks keep a warp's query
+# fragments, 16×64 or 16×128 outputs and 16×64 scores there.
 MAX_REGISTERS = {
     "rdiff_gemm_f32": 128,
     "rdiff_gemm_f16": 128,
     "rdiff_gemm_bf16": 128,
     "rdiff_unet_flash_attention_f32": 128,
+    "rdiff_unet_attention_mma_bf16_d64": 255,
+    "rdiff_unet_attention_mma_bf16_d128": 255,
+    "rdiff_unet_attention_mma_f16_d64": 255,
+    "rdiff_unet_attention_mma_f16_d128": 255,
 }
 needs_nvrtc = pytest.mark.skipif(
     not any("nvrtc" in str(p) for p in _rdiff._load_cuda_libraries()),
@@ -65,7 +73,7 @@ def test_cuda_libraries_load_on_first_need_not_at_import():
 def test_kernel_list_matches_the_host_build():
     assert sorted(_rdiff._cuda_kernels()) == sorted(KERNELS)
     entries = _rdiff._emulated_kernels()
-    assert len(entries) == 2 * 9 + 3 + 3 + 15 + 9
+    assert len(entries) == 2 * 9 + 3 + 3 + 15 + 7 + 6
     assert {_entry_source(e) for e in entries} == set(KERNELS)
     assert all(e.startswith("rdiff_") for e in entries)
 

@@ -1,6 +1,7 @@
-"""The CUDA UNet (kernels/gemm.cu, unet_conv.cu, unet_ops.cu and src/cuda/unet) against
-diffusers' UNet2DModel, run through the emulated launcher on CPU buffers (a CPU GEMM standing
-in for the GEMM kernel); per-kernel checks against the CPU ops are in src/cuda/unet/tests.rs."""
+"""The CUDA UNet (kernels/gemm.cu, unet_conv.cu, unet_ops.cu, unet_attention.cu and
+src/cuda/unet) against diffusers' UNet2DModel, run through the emulated launcher on CPU
+buffers (a CPU GEMM standing in for the GEMM kernel); per-kernel checks against the CPU ops
+are in src/cuda/unet/tests.rs."""
 
 from __future__ import annotations
 

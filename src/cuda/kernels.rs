@@ -90,14 +90,24 @@ pub const SOURCES: &[KernelSource] = &[
         source: include_str!("../../kernels/unet_ops.cu"),
         entries: &[
             "rdiff_unet_group_norm_f32",
-            "rdiff_unet_softmax_cols_f32",
             "rdiff_unet_upsample2x_f32",
             "rdiff_unet_avgpool2x_f32",
             "rdiff_unet_time_proj_f32",
             "rdiff_unet_rows_f32",
             "rdiff_unet_layer_norm_f32",
             "rdiff_unet_geglu_f32",
+        ],
+    },
+    KernelSource {
+        name: "unet_attention",
+        source: include_str!("../../kernels/unet_attention.cu"),
+        entries: &[
+            "rdiff_unet_softmax_cols_f32",
             "rdiff_unet_flash_attention_f32",
+            "rdiff_unet_attention_mma_bf16_d64",
+            "rdiff_unet_attention_mma_bf16_d128",
+            "rdiff_unet_attention_mma_f16_d64",
+            "rdiff_unet_attention_mma_f16_d128",
         ],
     },
 ];

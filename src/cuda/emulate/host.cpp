@@ -46,6 +46,7 @@ struct Warp {
     explicit Warp(unsigned int n) : barrier(n) {}
     Barrier barrier;
     std::uint64_t slots[32] = {};
+    std::uint32_t words[32 * 8] = {};
 };
 
 // Static shared memory a block may declare (48 KiB, the CUDA limit without opt-in).
@@ -120,6 +121,16 @@ std::uint64_t rdiff_shfl_exchange(std::uint64_t value, int src_lane, bool valid)
     return out;
 }
 
+void rdiff_warp_share(const std::uint32_t* mine, unsigned int n, std::uint32_t* all) {
+    Warp* w = tl_block->warps[tl_tid >> 5];
+    const unsigned int lane = tl_tid & 31u;
+    if (n > 8) std::abort();  // a kernel bug: the buffer holds 8 words a lane
+    std::memcpy(w->words + lane * n, mine, n * sizeof(std::uint32_t));
+    w->barrier.wait();
+    std::memcpy(all, w->words, 32 * n * sizeof(std::uint32_t));
+    w->barrier.wait();  // every lane has read before any lane writes again
+}
+
 extern "C" {
 
 rdiff_host_fn rdiff_emu_lookup(const char* name) {
@@ -168,3 +179,4 @@ void rdiff_emu_enter(void* block, const unsigned int* grid, const unsigned int* 
 #include "gemm.cu"
 #include "unet_conv.cu"
 #include "unet_ops.cu"
+#include "unet_attention.cu"

@@ -18,7 +18,7 @@ use crate::unet::layout::{Dims, Geometry};
 use crate::unet::weights::{ComputeDtype, Weight};
 
 /// `rdiff_unet_flash_attention_f32`'s threads per query and widest head (RD_ATTN_LANES,
-/// RD_ATTN_LANES · RD_ATTN_PER in kernels/unet_ops.cu).
+/// RD_ATTN_LANES · RD_ATTN_PER in kernels/unet_attention.cu).
 const FLASH_LANES: usize = 16;
 const FLASH_MAX_DH: usize = 256;
 /// The largest queries × keys the emulated launcher runs through the fused kernel.
@@ -27,6 +27,15 @@ const FLASH_EMULATED_MAX: usize = 1024;
 /// (the fused kernel is f32 SIMT with a barrier per 16 keys: on the H200 it left SD 1.5's
 /// 4,096-token attention the bulk of a 272 ms call that cuBLAS's GEMMs had made 30 ms).
 const LIBRARY_ATTENTION_MIN: usize = 64 * 64;
+/// `rdiff_unet_attention_mma_*`'s queries and threads per block (RD_MMA_Q, RD_MMA_WARPS · 32)
+/// and the widest heads of its `_d64` and `_d128` entry points.
+const MMA_QUERIES: usize = 64;
+const MMA_THREADS: u32 = 128;
+const MMA_NARROW_DH: usize = 64;
+const MMA_MAX_DH: usize = 128;
+/// The largest queries × keys the emulated launcher runs through the tensor-core kernel
+/// (each of its products is two warp barriers between host threads there).
+const MMA_EMULATED_MAX: usize = 150 * 150;
 /// The most f32 the two-GEMM path's scores hold at once (512 MiB; a few KiB in unit tests,
 /// so that they cover the chunking): heads go in chunks beyond it.
 const SCORES_MAX: usize = if cfg!(test) { 2048 } else { 1 << 27 };
@@ -640,6 +649,36 @@ impl Backend for DeviceBackend<'_> {
             ));
         }
         let scale = 1.0 / (dh as f32).sqrt();
+        let args = [
+            KernelArg::Ptr(q.buf.at(q.row * nq)),
+            KernelArg::Ptr(k.buf.at(k.row * nk)),
+            KernelArg::Ptr(v.buf.at(v.row * nk)),
+            i(heads),
+            i(dh),
+            i(b),
+            i(tq),
+            i(tk),
+            KernelArg::F32(scale),
+            KernelArg::Ptr(out.ptr),
+        ];
+        // bf16 and f16 math: one fused kernel on tensor cores, at every size (grid.y is
+        // b · heads, at most 65,535).
+        let mma = match (self.compute, dh <= MMA_NARROW_DH) {
+            (ComputeDtype::Bf16, true) => Some("rdiff_unet_attention_mma_bf16_d64"),
+            (ComputeDtype::Bf16, false) => Some("rdiff_unet_attention_mma_bf16_d128"),
+            (ComputeDtype::F16, true) => Some("rdiff_unet_attention_mma_f16_d64"),
+            (ComputeDtype::F16, false) => Some("rdiff_unet_attention_mma_f16_d128"),
+            (ComputeDtype::F32 | ComputeDtype::Tf32, _) => None,
+        };
+        if let Some(kernel) = mma {
+            let size = !self.dev.emulated() || tq * tk <= MMA_EMULATED_MAX;
+            if dh <= MMA_MAX_DH && b * heads <= 65535 && size {
+                let grid = Dim3::new(tq.div_ceil(MMA_QUERIES) as u32, (b * heads) as u32, 1);
+                return self
+                    .dev
+                    .launch(kernel, grid, Dim3::x(MMA_THREADS), 0, &args);
+            }
+        }
         // The emulated launcher runs a block's threads as host threads, so the fused kernel's
         // per-tile barriers make it slow there: emulation uses it on small problems only
         // (which still checks it against the CPU), a device always.
@@ -659,18 +698,7 @@ impl Backend for DeviceBackend<'_> {
                 grid,
                 Dim3::x(threads),
                 0,
-                &[
-                    KernelArg::Ptr(q.buf.at(q.row * nq)),
-                    KernelArg::Ptr(k.buf.at(k.row * nk)),
-                    KernelArg::Ptr(v.buf.at(v.row * nk)),
-                    i(heads),
-                    i(dh),
-                    i(b),
-                    i(tq),
-                    i(tk),
-                    KernelArg::F32(scale),
-                    KernelArg::Ptr(out.ptr),
-                ],
+                &args,
             );
         }
         // Two GEMMs around a column softmax, the scores of `hc` heads at a time in memory.

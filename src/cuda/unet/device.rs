@@ -302,6 +302,8 @@ pub struct EmulatedDevice {
     /// the host keeps them (`host_visible` false): a model may then drop its host copies.
     pub separate_memory: bool,
     allocs: Mutex<HashMap<u64, Vec<f32>>>,
+    /// Launches by kernel name, so tests can tell which path an op took.
+    launched: Mutex<HashMap<String, usize>>,
 }
 
 impl EmulatedDevice {
@@ -316,7 +318,14 @@ impl EmulatedDevice {
             threads,
             separate_memory: false,
             allocs: Mutex::default(),
+            launched: Mutex::default(),
         }
+    }
+
+    /// How many times `kernel` has been launched on this device.
+    pub fn launches_of(&self, kernel: &str) -> usize {
+        let launched = self.launched.lock().unwrap_or_else(|e| e.into_inner());
+        launched.get(kernel).copied().unwrap_or(0)
     }
 }
 
@@ -329,6 +338,12 @@ impl Launcher for EmulatedDevice {
         shared_bytes: u32,
         args: &[KernelArg],
     ) -> Result<()> {
+        *self
+            .launched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(kernel.to_string())
+            .or_default() += 1;
         self.launcher
             .launch(kernel, grid, block, shared_bytes, args)
     }

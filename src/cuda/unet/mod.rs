@@ -1,5 +1,5 @@
 //! The UNet on CUDA: the graph of `crate::unet` run through [`backend::DeviceBackend`], whose
-//! ops are the kernels of `kernels/{gemm,unet_conv,unet_ops}.cu` launched on a
+//! ops are the kernels of `kernels/{gemm,unet_conv,unet_ops,unet_attention}.cu` launched on a
 //! [`device::UnetDevice`] (the real launcher on the caller's stream, or the emulated one with
 //! a CPU GEMM standing in for the GEMM kernel).
 //!

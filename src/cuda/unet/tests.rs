@@ -476,66 +476,141 @@ fn group_norm_matches_cpu() {
     }
 }
 
-/// Attention (two GEMMs around the column softmax) against the CPU's blocked attention:
-/// self-attention from one stacked buffer, and cross-attention with fewer key tokens.
+/// The device's attention (`compute` math) and the CPU's f32 attention on the same operands,
+/// stacked as the transformers pass them: q from one buffer, k and v from another at rows 0
+/// and `heads · dh`. Returns both outputs and the device's launches of `kernel`.
+fn attention_pair(
+    shape: (usize, usize, usize, usize, usize),
+    compute: ComputeDtype,
+    kernel_gemm: bool,
+    kernel: &str,
+) -> (Vec<f32>, Vec<f32>, usize) {
+    let (b, heads, dh, tq, tk) = shape;
+    let inner = heads * dh;
+    let q = values(inner * b * tq, 40);
+    let kv = values(2 * inner * b * tk, 41);
+    let mut t = Both::new(kernel_gemm);
+    let mut cpu = CpuBackend {
+        arena: &mut t.cpu,
+        bf16: false,
+    };
+    let (cq, ckv) = (cpu_buf(cpu.arena, &q), cpu_buf(cpu.arena, &kv));
+    let mut out = cpu.arena.take(inner * b * tq);
+    let tok = |buf, row, t| Tokens { buf, row, t };
+    cpu.attention(
+        tok(&cq, 0, tq),
+        tok(&ckv, 0, tk),
+        tok(&ckv, inner, tk),
+        b,
+        heads,
+        dh,
+        &mut out,
+    )
+    .unwrap();
+    let mut dev = DeviceBackend {
+        dev: &t.dev,
+        arena: &mut t.arena,
+        weights: &mut t.weights,
+        compute,
+    };
+    let (dq, dkv) = (Misaligned::new(&q), Misaligned::new(&kv));
+    let (bq, bkv) = (dq.buf(), dkv.buf());
+    let dout = Misaligned::new(&vec![0.0; inner * b * tq]);
+    let tok = |buf, row, t| Tokens { buf, row, t };
+    dev.attention(
+        tok(&bq, 0, tq),
+        tok(&bkv, 0, tk),
+        tok(&bkv, inner, tk),
+        b,
+        heads,
+        dh,
+        &mut dout.buf(),
+    )
+    .unwrap();
+    (dout.get().to_vec(), out.to_vec(), t.dev.launches_of(kernel))
+}
+
+/// Attention (the fused f32 kernel, or two GEMMs around the column softmax) against the CPU's
+/// blocked attention: self-attention from one stacked buffer, and cross-attention with fewer
+/// key tokens.
 #[test]
 fn attention_matches_cpu() {
-    for (b, heads, dh, tq, tk) in [
-        (2, 3, 4, 15, 15),
-        (2, 3, 4, 15, 7),
+    for (shape, fused) in [
+        ((2, 3, 4, 15, 15), true),
+        ((2, 3, 4, 15, 7), true),
         // Several key tiles, a ragged last one, a head wider than one pass of lanes.
-        (1, 2, 40, 21, 37),
+        ((1, 2, 40, 21, 37), true),
         // Past the fused kernel's widest head: the GEMM path.
-        (1, 1, 264, 9, 5),
+        ((1, 1, 264, 9, 5), false),
         // Past the emulated fused kernel's size: the GEMM path, one head at a time (the
         // scores' cap is a few KiB in unit tests).
-        (2, 3, 8, 40, 33),
+        ((2, 3, 8, 40, 33), false),
     ] {
-        let inner = heads * dh;
-        let q = values(inner * b * tq, 40);
-        let kv = values(2 * inner * b * tk, 41);
         for kernel_gemm in [true, false] {
-            let mut t = Both::new(kernel_gemm);
-            let mut cpu = CpuBackend {
-                arena: &mut t.cpu,
-                bf16: false,
-            };
-            let (cq, ckv) = (cpu_buf(cpu.arena, &q), cpu_buf(cpu.arena, &kv));
-            let mut out = cpu.arena.take(inner * b * tq);
-            let tok = |buf, row, t| Tokens { buf, row, t };
-            cpu.attention(
-                tok(&cq, 0, tq),
-                tok(&ckv, 0, tk),
-                tok(&ckv, inner, tk),
-                b,
-                heads,
-                dh,
-                &mut out,
-            )
-            .unwrap();
-            let mut dev = DeviceBackend {
-                dev: &t.dev,
-                arena: &mut t.arena,
-                weights: &mut t.weights,
-                compute: ComputeDtype::F32,
-            };
-            let (dq, dkv) = (Misaligned::new(&q), Misaligned::new(&kv));
-            let (bq, bkv) = (dq.buf(), dkv.buf());
-            let dout = Misaligned::new(&vec![0.0; inner * b * tq]);
-            let tok = |buf, row, t| Tokens { buf, row, t };
-            dev.attention(
-                tok(&bq, 0, tq),
-                tok(&bkv, 0, tk),
-                tok(&bkv, inner, tk),
-                b,
-                heads,
-                dh,
-                &mut dout.buf(),
-            )
-            .unwrap();
-            close(dout.get(), &out, 1e-5, "attention");
+            let kernel = "rdiff_unet_flash_attention_f32";
+            let (got, want, n) = attention_pair(shape, ComputeDtype::F32, kernel_gemm, kernel);
+            close(&got, &want, 1e-5, "attention");
+            assert_eq!(n, usize::from(fused), "{shape:?}");
         }
     }
+}
+
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| ((g - w) as f64).powi(2))
+        .sum();
+    let den: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+/// bf16 and f16 math: the tensor-core kernel (its fragments exchanged by the emulated warp,
+/// `rd_mma_16816`'s host branch) against the CPU's f32 attention. Heads padded to 16 dims,
+/// the widest head, ragged query blocks and key tiles, cross-attention with 3 keys. The error
+/// is the 16-bit type's: bf16's about 8× f16's, both far above f32's; a misplaced fragment
+/// element would be O(1).
+#[test]
+fn attention_on_tensor_cores_matches_cpu() {
+    let shapes = [
+        (2, 3, 8, 15, 7),
+        (1, 2, 40, 70, 70),
+        (2, 1, 64, 64, 64),
+        (1, 1, 128, 17, 65),
+        (1, 2, 72, 5, 3),
+    ];
+    for (compute, name, lo, hi) in [
+        (
+            ComputeDtype::Bf16,
+            "rdiff_unet_attention_mma_bf16",
+            1e-3,
+            6e-3,
+        ),
+        (
+            ComputeDtype::F16,
+            "rdiff_unet_attention_mma_f16",
+            1e-4,
+            8e-4,
+        ),
+    ] {
+        for shape in shapes {
+            let kernel = format!("{name}_d{}", if shape.2 <= 64 { 64 } else { 128 });
+            let (got, want, n) = attention_pair(shape, compute, false, &kernel);
+            assert_eq!(n, 1, "{kernel} {shape:?}");
+            let err = rel_l2(&got, &want);
+            assert!(lo <= err && err <= hi, "{kernel} {shape:?}: rel {err:.2e}");
+            close(&got, &want, 40.0 * hi as f32, &kernel);
+        }
+    }
+    // Past the widest head, bf16 math takes the two GEMMs (cuBLAS's bf16 products).
+    let (got, want, n) = attention_pair(
+        (1, 1, 136, 9, 5),
+        ComputeDtype::Bf16,
+        false,
+        "rdiff_unet_attention_mma_bf16_d128",
+    );
+    assert_eq!(n, 0);
+    assert!(rel_l2(&got, &want) <= 6e-3);
 }
 
 /// The transformers' LayerNorm over channels and GEGLU against the CPU's.

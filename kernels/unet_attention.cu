@@ -1,0 +1,312 @@
+// The UNet's attention, softmax(QᵀK·scale)·V per head, on the internal layout: q, k and v
+// point at the first row of their operands, each [heads·dh][b·t] (t tokens per sample: tq for
+// q, tk for k and v), and out is [heads·dh][b·tq]. Three ways, chosen by
+// src/cuda/unet/backend.rs: the column softmax between two GEMMs (the scores in memory), a
+// fused f32 kernel, and a fused tensor-core kernel for bf16 and f16 math. CPU counterpart:
+// src/cpu/attention.rs.
+#include "common.cuh"
+
+#define RD_ATTN_THREADS 256
+
+// Softmax over the keys of attention scores stored key-major: s is [mats][keys][queries]
+// (S transposed, as the QKᵀ GEMM writes it), and each query's scores form a column. One
+// thread per (matrix, query), three passes down its column: at every step the threads of a
+// warp read consecutive queries, so each access is coalesced, and no barrier is needed.
+extern "C" __global__ void __launch_bounds__(RD_ATTN_THREADS)
+    rdiff_unet_softmax_cols_f32(float* __restrict__ s, rd_i64 mats, rd_i64 keys,
+                                rd_i64 queries) {
+    const rd_i64 total = mats * queries;
+    for (rd_i64 e = rd_thread_index(); e < total; e += rd_grid_stride()) {
+        float* col = s + (e / queries) * keys * queries + e % queries;
+        float m = -3.402823466e38f;
+        for (rd_i64 j = 0; j < keys; ++j) m = fmaxf(m, col[j * queries]);
+        float z = 0.0f;
+        for (rd_i64 j = 0; j < keys; ++j) {
+            const float v = expf(col[j * queries] - m);
+            col[j * queries] = v;
+            z += v;
+        }
+        const float inv = 1.0f / z;
+        for (rd_i64 j = 0; j < keys; ++j) col[j * queries] *= inv;
+    }
+}
+RDIFF_HOST_EXPORT(rdiff_unet_softmax_cols_f32)
+
+// Fused multi-head attention, flash style: softmax(QᵀK·scale)·V without the score matrix in
+// memory. q, k, v point at the first row of their operands, each [heads·dh][b·t] (t tokens per
+// sample: tq for q, tk for k and v); out is [heads·dh][b·tq]. blockIdx.y = sample·heads + head;
+// each block (at most RD_ATTN_THREADS threads) takes blockDim.x / RD_ATTN_LANES queries,
+// RD_ATTN_LANES threads per query, each thread owning the dims d ≡ its lane (mod
+// RD_ATTN_LANES), so dh ≤ RD_ATTN_LANES · RD_ATTN_PER (256). Keys and values come through
+// shared memory in tiles of RD_ATTN_TILE (= RD_ATTN_LANES) keys. Per tile each lane forms its
+// partial dot products with every key of the tile; lane L then sums the partials of key L
+// (through shared memory: block barriers, no warp shuffles), and the running max, sum and
+// accumulators are rescaled once per tile (online softmax), all in f32.
+#define RD_ATTN_LANES 16
+#define RD_ATTN_PER 16
+#define RD_ATTN_TILE RD_ATTN_LANES
+#define RD_ATTN_DMAX (RD_ATTN_LANES * RD_ATTN_PER)
+#define RD_ATTN_QMAX (RD_ATTN_THREADS / RD_ATTN_LANES)
+// (min blocks 1: NVRTC 13.0's ptxas otherwise capped sm_80 at 80 registers and spilled)
+extern "C" __global__ void __launch_bounds__(RD_ATTN_THREADS, 1)
+    rdiff_unet_flash_attention_f32(const float* __restrict__ q, const float* __restrict__ k,
+                                   const float* __restrict__ v, rd_i64 heads, rd_i64 dh,
+                                   rd_i64 b, rd_i64 tq, rd_i64 tk, float scale,
+                                   float* __restrict__ out) {
+    RDIFF_SHARED(float, ks, RD_ATTN_TILE * RD_ATTN_DMAX);
+    RDIFF_SHARED(float, vs, RD_ATTN_TILE * RD_ATTN_DMAX);
+    // Partial scores: [query in block][key][lane]; after the reduction [.][key][0] holds the
+    // key's score.
+    RDIFF_SHARED(float, sp, RD_ATTN_QMAX * RD_ATTN_TILE * RD_ATTN_LANES);
+    const rd_i64 sample = blockIdx.y / heads, head = blockIdx.y % heads;
+    const rd_i64 nq = b * tq, nk = b * tk;
+    const int lane = (int)(threadIdx.x % RD_ATTN_LANES), dhi = (int)dh;
+    const int ql = (int)(threadIdx.x / RD_ATTN_LANES);
+    const rd_i64 per_block = blockDim.x / RD_ATTN_LANES;
+    const rd_i64 i = (rd_i64)blockIdx.x * per_block + ql;
+    const bool valid = i < tq;
+    float* spq = sp + ql * RD_ATTN_TILE * RD_ATTN_LANES;
+    const float* qh = q + head * dh * nq + sample * tq;
+    const float* kh = k + head * dh * nk + sample * tk;
+    const float* vh = v + head * dh * nk + sample * tk;
+    float qr[RD_ATTN_PER], acc[RD_ATTN_PER];
+#pragma unroll
+    for (int u = 0; u < RD_ATTN_PER; ++u) {
+        const int d = lane + u * RD_ATTN_LANES;
+        qr[u] = (valid && d < dhi) ? qh[(rd_i64)d * nq + i] * scale : 0.0f;
+        acc[u] = 0.0f;
+    }
+    float m = -3.402823466e38f, l = 0.0f;
+    for (rd_i64 j0 = 0; j0 < tk; j0 += RD_ATTN_TILE) {
+        const int nt = (int)(tk - j0 < RD_ATTN_TILE ? tk - j0 : RD_ATTN_TILE);
+        __syncthreads();  // the previous tile is consumed
+        for (int e = (int)threadIdx.x; e < RD_ATTN_TILE * dhi; e += (int)blockDim.x) {
+            const int d = e / RD_ATTN_TILE, jj = e % RD_ATTN_TILE;
+            const bool in = jj < nt;
+            ks[jj * RD_ATTN_DMAX + d] = in ? kh[(rd_i64)d * nk + j0 + jj] : 0.0f;
+            vs[jj * RD_ATTN_DMAX + d] = in ? vh[(rd_i64)d * nk + j0 + jj] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 1
+        for (int jj = 0; jj < RD_ATTN_TILE; ++jj) {
+            float p = 0.0f;
+#pragma unroll
+            for (int u = 0; u < RD_ATTN_PER; ++u) {
+                const int d = lane + u * RD_ATTN_LANES;
+                if (d < dhi) p += qr[u] * ks[jj * RD_ATTN_DMAX + d];
+            }
+            spq[jj * RD_ATTN_LANES + lane] = p;
+        }
+        __syncthreads();
+        {
+            // Lane L sums key L's partials in place (it alone reads and writes that row).
+            float sum = 0.0f;
+#pragma unroll
+            for (int w = 0; w < RD_ATTN_LANES; ++w) sum += spq[lane * RD_ATTN_LANES + w];
+            spq[lane * RD_ATTN_LANES] = lane < nt ? sum : -3.402823466e38f;
+        }
+        __syncthreads();
+        float tmax = -3.402823466e38f;
+#pragma unroll 1
+        for (int jj = 0; jj < nt; ++jj) tmax = fmaxf(tmax, spq[jj * RD_ATTN_LANES]);
+        const float mnew = fmaxf(m, tmax);
+        const float corr = expf(m - mnew);
+        l *= corr;
+#pragma unroll
+        for (int u = 0; u < RD_ATTN_PER; ++u) acc[u] *= corr;
+#pragma unroll 1
+        for (int jj = 0; jj < nt; ++jj) {
+            const float e = expf(spq[jj * RD_ATTN_LANES] - mnew);
+            l += e;
+#pragma unroll
+            for (int u = 0; u < RD_ATTN_PER; ++u) {
+                const int d = lane + u * RD_ATTN_LANES;
+                if (d < dhi) acc[u] += e * vs[jj * RD_ATTN_DMAX + d];
+            }
+        }
+        m = mnew;
+    }
+    if (!valid) return;
+    const float inv = 1.0f / l;
+    float* oh = out + head * dh * nq + sample * tq;
+#pragma unroll
+    for (int u = 0; u < RD_ATTN_PER; ++u) {
+        const int d = lane + u * RD_ATTN_LANES;
+        if (d < dhi) oh[(rd_i64)d * nq + i] = acc[u] * inv;
+    }
+}
+RDIFF_HOST_EXPORT(rdiff_unet_flash_attention_f32)
+
+// Fused attention on tensor cores for bf16 and f16 math (flash attention 2's scheme): Q, K, V
+// and the probabilities rounded to T (rd_bf16 or rd_f16), the scores, the online softmax and
+// every sum in f32. Block: RD_MMA_WARPS warps of 16 queries each, blockIdx.x the block of
+// RD_MMA_Q queries, blockIdx.y = sample·heads + head. dh ≤ D (64 or 128: one entry point
+// each, so that SD's 40- and 64-wide heads keep half the registers), padded with zeros to dp,
+// a multiple of 16. Each warp keeps its queries' fragments and its 16×dp output in registers;
+// per tile of RD_MMA_KT keys, the block stages K as [key][d] and V as [d][key] in shared
+// memory (rows padded by 8 halves, so a fragment's 32 words fall in 32 banks); each warp forms
+// its 16×64 scores (S = QKᵀ, dp/16 · 8 products), rescales its running max, sum and output
+// once, and adds P·V (4 · dp/8 products), P taken straight from the scores' registers: an
+// accumulator tile pair is the next product's A fragment.
+#define RD_MMA_WARPS 4
+#define RD_MMA_Q (16 * RD_MMA_WARPS)
+#define RD_MMA_KT 64
+// Row stride of the staged V tile, in 32-bit words (two halves each).
+#define RD_MMA_VW ((RD_MMA_KT + 8) / 2)
+
+template <class T, int D>
+RD_DEV void rd_attention_mma(const float* __restrict__ q, const float* __restrict__ k,
+                             const float* __restrict__ v, rd_i64 heads, rd_i64 dh, rd_i64 b,
+                             rd_i64 tq, rd_i64 tk, float scale, float* __restrict__ out) {
+    constexpr int KW = (D + 8) / 2;  // K's row stride in words
+    RDIFF_SHARED(unsigned int, ks, RD_MMA_KT * KW);   // [key][d pair]
+    RDIFF_SHARED(unsigned int, vs, D * RD_MMA_VW);    // [d][key pair]
+    const T tag = {};
+    const int dhi = (int)dh, dp = (dhi + 15) & ~15;
+    const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31u);
+    const int g = lane >> 2, t = lane & 3;
+    const rd_i64 sample = blockIdx.y / heads, head = blockIdx.y % heads;
+    const rd_i64 nq = b * tq, nk = b * tk;
+    const float* qh = q + head * dh * nq + sample * tq;
+    const float* kh = k + head * dh * nk + sample * tk;
+    const float* vh = v + head * dh * nk + sample * tk;
+    const rd_i64 row0 = (rd_i64)blockIdx.x * RD_MMA_Q + warp * 16 + g;  // and row0 + 8
+    // The warp's queries as A fragments, a chunk of 16 dims each.
+    unsigned int qa[D / 16][4];
+#pragma unroll
+    for (int c = 0; c < D / 16; ++c) {
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            const rd_i64 row = row0 + (w & 1) * 8;
+            const int d = c * 16 + (w >> 1) * 8 + 2 * t;
+            const bool in = c * 16 < dp && row < tq;
+            const float x = in && d < dhi ? qh[(rd_i64)d * nq + row] : 0.0f;
+            const float y = in && d + 1 < dhi ? qh[(rd_i64)(d + 1) * nq + row] : 0.0f;
+            qa[c][w] = rd_pack16(tag, x, y);
+        }
+    }
+    // Scores in the log2 domain: exp2(s·scale·log2 e − m) = exp(s·scale − m·ln 2).
+    const float sl2 = scale * 1.4426950408889634f;
+    float m[2] = {-3.402823466e38f, -3.402823466e38f}, l[2] = {0.0f, 0.0f};
+    float o[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (rd_i64 j0 = 0; j0 < tk; j0 += RD_MMA_KT) {
+        const int nt = (int)(tk - j0 < RD_MMA_KT ? tk - j0 : RD_MMA_KT);
+        __syncthreads();  // the previous tile is consumed
+        // K: consecutive threads read consecutive keys of one pair of dims.
+        for (int e = (int)threadIdx.x; e < RD_MMA_KT * (dp / 2); e += (int)blockDim.x) {
+            const int jj = e % RD_MMA_KT, d = 2 * (e / RD_MMA_KT);
+            const bool in = jj < nt;
+            const float* at = kh + (rd_i64)d * nk + j0 + jj;
+            const float x = in && d < dhi ? at[0] : 0.0f;
+            const float y = in && d + 1 < dhi ? at[nk] : 0.0f;
+            ks[jj * KW + d / 2] = rd_pack16(tag, x, y);
+        }
+        // V: consecutive threads read consecutive pairs of keys of one dim.
+        for (int e = (int)threadIdx.x; e < dp * (RD_MMA_KT / 2); e += (int)blockDim.x) {
+            const int jp = e % (RD_MMA_KT / 2), d = e / (RD_MMA_KT / 2);
+            const bool in = d < dhi;
+            const float* at = vh + (rd_i64)d * nk + j0 + 2 * jp;
+            const float x = in && 2 * jp < nt ? at[0] : 0.0f;
+            const float y = in && 2 * jp + 1 < nt ? at[1] : 0.0f;
+            vs[d * RD_MMA_VW + jp] = rd_pack16(tag, x, y);
+        }
+        __syncthreads();
+        // S = Q·Kᵀ: 8 tiles of 8 keys.
+        float s[RD_MMA_KT / 8][4];
+#pragma unroll
+        for (int n = 0; n < RD_MMA_KT / 8; ++n) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            const unsigned int* kr = ks + (n * 8 + g) * KW + t;
+#pragma unroll
+            for (int c = 0; c < D / 16; ++c) {
+                if (c * 16 < dp) {
+                    const unsigned int kb[2] = {kr[c * 8], kr[c * 8 + 4]};
+                    rd_mma_16816(tag, s[n], qa[c], kb);
+                }
+            }
+        }
+        // The rows' new maxima (each row's 64 scores lie in the 4 lanes of its group).
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int n = 0; n < RD_MMA_KT / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const bool in = n * 8 + 2 * t + (e & 1) < nt;
+                s[n][e] = in ? s[n][e] * sl2 : -3.402823466e38f;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            const float corr = exp2f(m[r] - mx[r]);
+            m[r] = mx[r];
+            l[r] *= corr;
+#pragma unroll
+            for (int n = 0; n < D / 8; ++n) {
+                o[n][2 * r] *= corr;
+                o[n][2 * r + 1] *= corr;
+            }
+        }
+        // P = exp2(S − m) in T, as A fragments of 16 keys; l sums the rounded values, so the
+        // weights the output divides by are the ones it multiplied.
+        unsigned int pa[RD_MMA_KT / 16][4];
+#pragma unroll
+        for (int n = 0; n < RD_MMA_KT / 8; ++n) {
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const float p0 = exp2f(s[n][2 * r] - m[r]), p1 = exp2f(s[n][2 * r + 1] - m[r]);
+                const unsigned int w = rd_pack16(tag, p0, p1);
+                l[r] += rd_widen16(tag, (unsigned short)(w & 0xffffu)) +
+                        rd_widen16(tag, (unsigned short)(w >> 16));
+                pa[n >> 1][(n & 1) * 2 + r] = w;
+            }
+        }
+        // O += P·V, 8 dims at a time.
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            if (n * 8 < dp) {
+                const unsigned int* vr = vs + (n * 8 + g) * RD_MMA_VW + t;
+#pragma unroll
+                for (int c = 0; c < RD_MMA_KT / 16; ++c) {
+                    const unsigned int vb[2] = {vr[c * 8], vr[c * 8 + 4]};
+                    rd_mma_16816(tag, o[n], pa[c], vb);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        l[r] = 1.0f / l[r];
+    }
+    float* oh = out + head * dh * nq + sample * tq;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const rd_i64 row = row0 + (e >> 1) * 8;
+            const int d = n * 8 + 2 * t + (e & 1);
+            if (d < dhi && row < tq) oh[(rd_i64)d * nq + row] = o[n][e] * l[e >> 1];
+        }
+    }
+}
+
+#define RD_ATTENTION_MMA(suffix, T, D)                                                      \
+    extern "C" __global__ void __launch_bounds__(RD_MMA_WARPS * 32, 1)                       \
+        rdiff_unet_attention_mma_##suffix(const float* __restrict__ q,                       \
+                                          const float* __restrict__ k,                       \
+                                          const float* __restrict__ v, rd_i64 heads,         \
+                                          rd_i64 dh, rd_i64 b, rd_i64 tq, rd_i64 tk,         \
+                                          float scale, float* __restrict__ out) {            \
+        rd_attention_mma<T, D>(q, k, v, heads, dh, b, tq, tk, scale, out);                   \
+    }                                                                                        \
+    RDIFF_HOST_EXPORT(rdiff_unet_attention_mma_##suffix)
+RD_ATTENTION_MMA(bf16_d64, rd_bf16, 64)
+RD_ATTENTION_MMA(bf16_d128, rd_bf16, 128)
+RD_ATTENTION_MMA(f16_d64, rd_f16, 64)
+RD_ATTENTION_MMA(f16_d128, rd_f16, 128)
