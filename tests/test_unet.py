@@ -303,6 +303,33 @@ def test_wrong_shape_and_missing_weight(small_dir, tmp_path):
         rdiff.UNet2DModel.from_pretrained(d)
 
 
+def test_weights_the_config_does_not_describe_are_named(small_dir, tmp_path):
+    """A checkpoint holding more than its config describes (another model's weights, a
+    config with fewer layers) loads with a warning that names what was ignored, as
+    diffusers warns of unexpected keys; a matching one loads without a word."""
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rdiff.UNet2DModel.from_pretrained(small_dir)
+    d = copy_dir(small_dir, tmp_path / "extra")
+    f = d / "diffusion_pytorch_model.safetensors"
+    sd = load_file(f)
+    sd["down_blocks.0.resnets.7.conv1.weight"] = torch.zeros(3)
+    sd["encoder_hid_proj.weight"] = torch.zeros(2, 2)
+    save_file(sd, f)
+    with pytest.warns(UserWarning, match=r"2 tensor\(s\) in .*ignored") as caught:
+        rdiff.UNet2DModel.from_pretrained(d)
+    assert "down_blocks.0.resnets.7.conv1.weight, encoder_hid_proj.weight" in str(caught[0].message)
+    assert caught[0].filename == __file__  # attributed to the caller's line
+    model = make(FOURIER)
+    model.register_buffer("stray", torch.zeros(4))
+    with pytest.warns(UserWarning, match=r"1 tensor\(s\) in the UNet2DModel's state dict"):
+        rdiff.UNet2DModel.from_diffusers(model)
+
+
 def test_bad_inputs(small_dir):
     unet = rdiff.UNet2DModel.from_pretrained(small_dir)
     with pytest.raises(ValueError, match="input channels"):

@@ -812,6 +812,9 @@ class _UNet2D:
         """Bytes of weights the model holds on the host (half-precision matrices as stored). A
         device model's matrices leave the host once uploaded, at load."""
     @property
+    def unused_weights(self) -> list[str]:
+        """The names of the weights' tensors the model does not read (sorted)."""
+    @property
     def timesteps_on_device(self) -> bool:
         """Whether ``forward`` may take the timesteps as a float32 tensor on the model's
         device (a device model whose time projection needs only the timesteps)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,21 @@ class UNet2DOutput:
     """What ``unet(..., return_dict=True)`` returns, like diffusers' ``UNet2DOutput``."""
 
     sample: Any
+
+
+def _warn_unused(core: Any, source: str) -> None:
+    """Warns (UserWarning) when ``source`` holds tensors the model never read: a checkpoint of
+    a larger or different model than its config describes would otherwise load silently, as
+    diffusers warns of a checkpoint's unexpected keys."""
+    unused = core.unused_weights
+    if unused:
+        shown = ", ".join(unused[:5]) + (", ..." if len(unused) > 5 else "")
+        warnings.warn(
+            f"weights not used by the model: {len(unused)} tensor(s) in {source} that its "
+            f"config does not describe were ignored ({shown})",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _check_target(device: Any, dtype: Any) -> int | None:
@@ -128,6 +144,10 @@ class _NativeUNet:
         mantissa, float32's range; what ``torch.backends.cuda.matmul.allow_tf32`` and
         ``torch.backends.cudnn.allow_tf32``, the latter on by default, give torch).
         Inputs and outputs keep the caller's dtype.
+
+        A checkpoint holding tensors its config does not describe (another model's weights, a
+        config with fewer layers) loads with a ``UserWarning`` naming them, as diffusers
+        warns of unexpected keys; a missing or misshapen tensor is a ``WeightsError``.
         """
         return cls._load(
             path, _check_target(device, dtype), subfolder, variant, compute_dtype=compute_dtype
@@ -166,7 +186,9 @@ class _NativeUNet:
         cls_name = config.get("_class_name", "UNet2DModel")
         if cls_name != cls._class_name:
             raise ValueError(f"{cfg_path}: a {cls_name} config, not a {cls._class_name}")
-        return cls(_UNet2D.from_dir(folder, name, ordinal, max_blocks, threads, compute), config)
+        core = _UNet2D.from_dir(folder, name, ordinal, max_blocks, threads, compute)
+        _warn_unused(core, os.path.join(folder, name))
+        return cls(core, config)
 
     @classmethod
     def _emulated(cls, path: str | os.PathLike, max_blocks: int = 8, threads: int = 32) -> Any:
@@ -212,6 +234,7 @@ class _NativeUNet:
         core = _UNet2D.from_tensors(
             json.dumps(config), tensors, ordinal, max_blocks, threads, compute
         )
+        _warn_unused(core, f"the {cls._class_name}'s state dict")
         return cls(core, config, lora_unfused)
 
     # ------------------------------------------------------------------ properties

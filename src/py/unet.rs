@@ -141,6 +141,12 @@ impl PyUNet2D {
         self.inner.unet.weight_bytes
     }
 
+    /// The names of the weights' tensors the model does not read (sorted).
+    #[getter]
+    fn unused_weights(&self) -> Vec<String> {
+        self.inner.unet.unused_weights.clone()
+    }
+
     /// Checks shapes (raises ValueError) without running.
     fn check(&self, shape: (usize, usize, usize, usize), timesteps: usize) -> PyResult<()> {
         let (b, c, h, w) = shape;

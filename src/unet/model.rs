@@ -39,6 +39,8 @@ pub struct UNet2D {
     multiple: usize,
     /// Bytes of weights held (a half-precision checkpoint's matrices kept in its dtype).
     pub weight_bytes: usize,
+    /// The source's tensors the model does not read (sorted; reported to Python).
+    pub unused_weights: Vec<String>,
     /// What the matrix products compute in (the weight matrices are bf16 for bf16).
     pub compute: ComputeDtype,
 }
@@ -133,6 +135,7 @@ impl UNet2D {
             conv_out,
             multiple,
             weight_bytes: ld.bytes(),
+            unused_weights: ld.unused(),
             compute,
         })
     }

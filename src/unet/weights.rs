@@ -9,8 +9,8 @@
 //! tables) is converted to f32 here, once.
 
 use std::borrow::Cow;
-use std::cell::Cell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 
@@ -224,6 +224,9 @@ pub trait WeightSource {
     /// The tensor's shape and its values (f16 and bf16 as stored, anything else as f32), or
     /// None when there is no such name.
     fn fetch(&self, name: &str) -> Result<Option<(Vec<usize>, Weight)>>;
+
+    /// Every tensor name it holds.
+    fn names(&self) -> Vec<String>;
 }
 
 /// Tensors already in memory: a diffusers module's state dict, borrowed from its arrays, so
@@ -239,6 +242,10 @@ impl WeightSource for MemoryWeights<'_> {
             .tensors
             .get(name)
             .map(|(s, v)| (s.clone(), Weight::F32(v.to_vec()))))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
     }
 }
 
@@ -319,6 +326,10 @@ impl WeightSource for SafetensorsFile {
         };
         self.release(data);
         Ok(Some((t.shape().to_vec(), out)))
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.view.names().into_iter().map(str::to_string).collect()
     }
 }
 
@@ -406,6 +417,10 @@ impl WeightSource for ShardedSafetensors {
             },
             None => Ok(None),
         }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
     }
 }
 
@@ -498,6 +513,8 @@ pub struct Loader<'a> {
     src: &'a dyn WeightSource,
     bytes: Cell<usize>,
     compute: ComputeDtype,
+    /// The names handed out, so that the tensors the model never read can be named.
+    used: RefCell<HashSet<String>>,
 }
 
 impl<'a> Loader<'a> {
@@ -507,7 +524,20 @@ impl<'a> Loader<'a> {
             src,
             bytes: Cell::new(0),
             compute,
+            used: RefCell::default(),
         }
+    }
+
+    /// The source's tensors that nothing has read (sorted): a checkpoint holding more than its
+    /// config describes (another model's weights, layers the config leaves out, an adapter's
+    /// extra projections) would otherwise load without a word.
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.borrow();
+        let mut left: Vec<String> = (self.src.names().into_iter())
+            .filter(|n| !used.contains(n))
+            .collect();
+        left.sort();
+        left
     }
 
     /// Bytes of everything handed out so far.
@@ -577,6 +607,7 @@ impl<'a> Loader<'a> {
                         "weight {name:?} has shape {got:?}, expected {shape:?}"
                     )));
                 }
+                self.used.borrow_mut().insert(name.to_string());
                 return Ok(data);
             }
         }
