@@ -28,6 +28,10 @@ Without CUDA it says so and exits 0, checking nothing.
    default TF32 settings), with their relative difference: one table; then
    ``compute_dtype="bfloat16"`` and ``"float16"`` against torch's autocast in each, and
    ``"tfloat32"`` against torch's default (TF32 convolutions).
+8. Each attention path alone (run before the UNets): the fused tensor-core kernels in bf16
+   and f16 and the f32 ones against torch's ``scaled_dot_product_attention``, at small ragged
+   shapes and at Stable Diffusion's, and the tensor-core kernels' time against torch's flash
+   attention on 16-bit inputs.
 
 Needs diffusers for 4 to 7 (the oracle); without it those checks say so and are skipped.
 """
@@ -495,6 +499,61 @@ def unet_in_a_cuda_graph() -> None:
             _graph_matches_eager(name, ours, inputs)
 
 
+def attention_matches_torch(quick: bool) -> None:
+    """rdiff's attention on the GPU, by the path a model's call takes (``_unet_attention``),
+    against torch's ``scaled_dot_product_attention`` in f64: bf16 and f16 on the fused
+    tensor-core kernels, f32 and TF32 on the f32 ones, at the unit tests' shapes (ragged
+    tiles, heads of 8 to 128) and at Stable Diffusion's; then, in bf16 and f16, their time
+    against torch's SDPA on 16-bit inputs (flash attention), one table."""
+    from rdiff import _rdiff
+
+    bands = {
+        "float32": (0.0, 1e-5),
+        "tfloat32": (0.0, 2e-3),
+        "bfloat16": (1e-3, 8e-3),
+        "float16": (1e-4, 1e-3),
+    }
+    # (b, heads, dh, tq, tk)
+    small = [(2, 3, 8, 15, 7), (1, 2, 40, 70, 77), (2, 1, 64, 64, 64), (1, 1, 128, 17, 65)]
+    sd = [(2, 8, 40, 4096, 4096), (2, 8, 40, 4096, 77), (2, 10, 64, 4096, 4096)]
+    stream = torch.cuda.current_stream().cuda_stream
+    rows = []
+    for shape in small + sd:
+        b, heads, dh, tq, tk = shape
+        g = torch.Generator(device="cuda").manual_seed(tq + dh)
+        q, k, v = (torch.randn(b, heads, t, dh, device="cuda", generator=g) for t in (tq, tk, tk))
+        want = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+        ours = [x.permute(1, 3, 0, 2).reshape(heads * dh, -1).contiguous() for x in (q, k, v)]
+        out = torch.empty(heads * dh, b * tq, device="cuda")
+
+        def call(compute, ours=ours, out=out, b=b, heads=heads):
+            _rdiff._unet_attention(*ours, out, b, heads, compute, stream)
+
+        for compute, (lo, hi) in bands.items():
+            out.fill_(float("nan"))
+            call(compute)
+            got = out.reshape(heads, dh, b, tq).permute(2, 0, 3, 1).double()
+            err = float((got - want).norm() / want.norm())
+            report(f"attention {shape} {compute} ≈ torch", lo <= err <= hi, f"rel {err:.1e}")
+            if shape in sd and compute in ("bfloat16", "float16"):
+                half = getattr(torch, compute)
+                q16, k16, v16 = (x.to(half) for x in (q, k, v))
+                reps = 3 if quick else 10
+                ta = _cuda_time(lambda: call(compute), reps)  # noqa: B023
+                tt = _cuda_time(
+                    lambda: torch.nn.functional.scaled_dot_product_attention(q16, k16, v16),  # noqa: B023
+                    reps,
+                )
+                rows.append((shape, compute, ta, tt, 4 * b * heads * tq * tk * dh / ta / 1e12))
+    print(
+        "\n| (b, heads, dh, tq, tk) | math | rdiff ms | torch SDPA ms | torch / rdiff | TFLOP/s |"
+    )
+    print("|---|---|---|---|---|---|")
+    for shape, compute, ta, tt, tflops in rows:
+        times = f"{ta * 1e3:.3f} | {tt * 1e3:.3f} | {tt / ta:.2f}×"
+        print(f"| {shape} | {compute} | {times} | {tflops:.0f} |")
+
+
 def unet_speed(quick: bool) -> None:
     """Per model: torch with its defaults (TF32 convolutions) and in strict f32, rdiff with
     cuBLAS and with its own GEMM kernel; the differences against strict-f32 torch. Then
@@ -634,6 +693,7 @@ def main() -> int:
     guarded(steps_match_cpu, steps)
     guarded(current_device_kept)
     guarded(every_scheduler_matches_cpu, steps)
+    guarded(attention_matches_torch, args.quick)
     try:
         import diffusers  # noqa: F401
     except ImportError as e:

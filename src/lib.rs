@@ -56,5 +56,6 @@ fn _rdiff(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::testing::register(m)?;
     py::cuda::register(m)?;
     m.add_class::<py::unet::PyUNet2D>()?;
+    m.add_function(wrap_pyfunction!(py::unet::unet_attention, m)?)?;
     Ok(())
 }

@@ -193,3 +193,66 @@ def test_cuda_device_without_a_gpu(tmp_path):
         rdiff.UNet2DModel.from_pretrained(tmp_path, device="tpu")
     with pytest.raises(ValueError, match="dtype"):
         rdiff.UNet2DModel.from_pretrained(tmp_path, device="cuda", dtype="float16")
+
+
+# (b, heads, dh, tq, tk): heads padded to 16 dims (8, 40, 72), the tensor-core kernels' widest
+# (64, 128), ragged query blocks and key tiles, cross-attention (77, 3, 7 keys), and one head
+# past them (160).
+ATTENTION_SHAPES = [
+    (2, 3, 8, 15, 7),
+    (1, 2, 40, 70, 77),
+    (2, 1, 64, 64, 64),
+    (1, 1, 128, 17, 65),
+    (1, 2, 72, 5, 3),
+    (1, 1, 160, 9, 5),
+]
+# relative L2 bands against f64 attention: bf16 about 8× f16, both far above f32
+ATTENTION_BANDS = {
+    "float32": (0.0, 1e-5),
+    "tfloat32": (0.0, 2e-3),
+    "bfloat16": (1e-3, 8e-3),
+    "float16": (1e-4, 1e-3),
+}
+
+
+def attention_error(shape, compute: str, device: str = "cpu") -> float:
+    """rdiff's device attention (``_unet_attention``: the path a model's call takes, here
+    on the emulated launcher) against torch's ``scaled_dot_product_attention`` in f64."""
+    b, heads, dh, tq, tk = shape
+    g = torch.Generator().manual_seed(tq * tk + dh)
+    q, k, v = (torch.randn(b, heads, t, dh, generator=g) for t in (tq, tk, tk))
+    want = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+
+    def ours(x):  # [b][heads][t][dh] -> [heads·dh][b·t]
+        return x.permute(1, 3, 0, 2).reshape(heads * dh, -1).contiguous().to(device)
+
+    out = torch.full((heads * dh, b * tq), float("nan"), device=device)
+    rdiff._rdiff._unet_attention(ours(q), ours(k), ours(v), out, b, heads, compute)
+    got = out.reshape(heads, dh, b, tq).permute(2, 0, 3, 1).double().cpu()
+    return float((got - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("compute", list(ATTENTION_BANDS))
+def test_attention_paths_match_torch(compute):
+    """Each math's attention path against torch's: bf16 and f16 on the fused tensor-core
+    kernel (whose products the emulated warp forms from the fragments as PTX lays them out),
+    f32 and TF32 on the fused f32 kernel. A misplaced fragment element would be an O(1)
+    error; the lower bounds show the 16-bit rounding happened."""
+    lo, hi = ATTENTION_BANDS[compute]
+    for shape in ATTENTION_SHAPES:
+        err = attention_error(shape, compute)
+        # heads past 128 keep the f32 kernel at these sizes, in any math
+        low = lo if shape[2] <= 128 else 0.0
+        assert low <= err <= hi, (shape, err)
+
+
+def test_attention_bad_input():
+    x = torch.zeros(8, 6)
+    with pytest.raises(ValueError, match="do not make b=4 samples"):
+        rdiff._rdiff._unet_attention(x, x, x, x, 4, 2, "float32")
+    with pytest.raises(ValueError, match="do not make"):
+        rdiff._rdiff._unet_attention(x, torch.zeros(4, 6), x, x, 2, 2, "float32")
+    with pytest.raises(TypeError, match="float32"):
+        rdiff._rdiff._unet_attention(x.double(), x, x, x, 2, 2, "float32")
+    with pytest.raises(ValueError, match="compute_dtype"):
+        rdiff._rdiff._unet_attention(x, x, x, x, 2, 2, "fp8")

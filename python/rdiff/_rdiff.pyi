@@ -608,6 +608,20 @@ def _set_emulated_backend(max_blocks: int | None = None) -> int | None:
     """Run every fused pass over CPU tensors on the CUDA kernels through the emulated launcher
     (at most ``max_blocks`` blocks), or on the CPU loops with None; returns the previous value."""
 
+def _unet_attention(
+    q: _Tensor,
+    k: _Tensor,
+    v: _Tensor,
+    out: _Tensor,
+    b: int,
+    heads: int,
+    compute_dtype: str,
+    stream: int = 0,
+) -> None:
+    """One multi-head attention by the path a device model's call takes: ``q`` and ``out``
+    ``[heads·dh][b·tq]``, ``k`` and ``v`` ``[heads·dh][b·tk]``, float32, contiguous; CPU
+    tensors on the emulated launcher, CUDA tensors on their device (private: tests)."""
+
 def _philox_normal_fill(out: _Tensor, seed: int, offset: int) -> None:
     """Fill a contiguous float32 CPU buffer with elements 0..numel of the Philox stream."""
 

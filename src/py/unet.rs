@@ -265,3 +265,41 @@ impl PyUNet2D {
         self.inner.device_weight_bytes()
     }
 }
+
+/// One multi-head attention by the path a device model's call takes (private: the tests and
+/// `scripts/gpu_check.py` hold the fused kernels to torch's): `q` and `out`
+/// `[heads·dh][b·tq]`, `k` and `v` `[heads·dh][b·tk]`, float32, contiguous; CPU tensors run
+/// on the emulated launcher, CUDA tensors on their device (`stream`: the caller's).
+#[pyfunction(name = "_unet_attention")]
+#[pyo3(signature = (q, k, v, out, b, heads, compute_dtype, stream=0))]
+#[allow(clippy::too_many_arguments)]
+pub fn unet_attention(
+    py: Python<'_>,
+    q: &Bound<'_, PyAny>,
+    k: &Bound<'_, PyAny>,
+    v: &Bound<'_, PyAny>,
+    out: &Bound<'_, PyAny>,
+    b: usize,
+    heads: usize,
+    compute_dtype: &str,
+    stream: usize,
+) -> PyResult<()> {
+    use crate::cuda::unet::device::EmulatedDevice;
+    use crate::cuda::unet::model::attention;
+    use crate::tensor::Device;
+    let compute = ComputeDtype::parse(compute_dtype)?;
+    let (q, k, v) = (tensor(q, "q")?, tensor(k, "k")?, tensor(v, "v")?);
+    let out = tensor(out, "out")?;
+    if [&k, &v, &out].iter().any(|t| t.device != q.device) {
+        return Err(
+            RdiffError::Value("attention: q, k, v and out must share a device".into()).into(),
+        );
+    }
+    let run = |dev: &dyn crate::cuda::unet::device::UnetDevice| {
+        attention(dev, &q, &k, &v, &out, b, heads, compute)
+    };
+    Ok(py.detach(|| match q.device {
+        Device::Cpu => run(&EmulatedDevice::new(8, 0, false)),
+        Device::Cuda(ordinal) => crate::target::with_cuda_device(ordinal, stream, run),
+    })?)
+}

@@ -52,8 +52,7 @@ pub struct DevBuf {
 }
 
 impl DevBuf {
-    /// A view of memory owned elsewhere (tests: misaligned host buffers).
-    #[cfg(test)]
+    /// A view of memory owned elsewhere (a caller's tensor; tests' misaligned host buffers).
     pub fn raw(ptr: u64, len: usize) -> Self {
         Self { ptr, len, cap: len }
     }

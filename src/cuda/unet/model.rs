@@ -2,18 +2,19 @@
 //! arena) and [`forward`] on caller-owned device buffers, NCHW in and out, f32 / f16 / bf16.
 //! It mirrors `cpu::unet::forward`.
 
-use super::backend::{DeviceArena, DeviceBackend, DeviceWeights};
+use super::backend::{DevBuf, DeviceArena, DeviceBackend, DeviceWeights};
 use super::device::UnetDevice;
 use crate::cuda::kernels::dtype_suffix;
 use crate::cuda::launch::{Dim3, KernelArg};
 use crate::dtype::DType;
 use crate::error::{RdiffError, Result};
 use crate::tensor::Tensor;
-use crate::unet::backend::Backend;
+use crate::unet::backend::{Backend, Tokens};
 use crate::unet::control::Controls;
 use crate::unet::embeddings::{Conditioning, Timesteps};
 use crate::unet::layout::Dims;
 use crate::unet::model::UNet2D;
+use crate::unet::weights::ComputeDtype;
 
 /// Device memory of one model on one device.
 #[derive(Default)]
@@ -235,4 +236,71 @@ pub fn forward(
         be.give(buf);
     }
     Ok(())
+}
+
+/// One multi-head attention, softmax(QᵀK/√dh)·V per head, by the path a model's call takes
+/// for these sizes in `compute` math (the fused tensor-core kernel for bf16 and f16), for
+/// checks against a reference: `q` and `out` `[heads·dh][b·tq]`, `k` and `v`
+/// `[heads·dh][b·tk]` (rdiff's token layout), float32, contiguous, in `dev`'s memory. Waits
+/// for the device before it returns.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    dev: &dyn UnetDevice,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    b: usize,
+    heads: usize,
+    compute: ComputeDtype,
+) -> Result<()> {
+    let two_d = |t: &Tensor| t.dtype == DType::F32 && t.shape.len() == 2;
+    if ![q, k, v, out].into_iter().all(two_d) {
+        return Err(RdiffError::Type(
+            "attention: q, k, v and out must be 2-D float32 tensors".into(),
+        ));
+    }
+    let (inner, nq, nk) = (q.shape[0], q.shape[1], k.shape[1]);
+    let fits = b > 0
+        && heads > 0
+        && inner % heads == 0
+        && nq % b == 0
+        && nk % b == 0
+        && nq > 0
+        && nk > 0
+        && out.shape == q.shape
+        && v.shape == k.shape
+        && k.shape[0] == inner;
+    if !fits {
+        return Err(RdiffError::Value(format!(
+            "attention: q {:?}, k {:?}, v {:?} and out {:?} do not make b={b} samples of \
+             {heads} heads ([heads·dh][b·tokens], q and out alike, k and v alike)",
+            q.shape, k.shape, v.shape, out.shape
+        )));
+    }
+    let mut st = DeviceState::default();
+    let mut be = DeviceBackend {
+        dev,
+        arena: &mut st.arena,
+        weights: &mut st.weights,
+        compute,
+    };
+    let (qb, kb, vb) = (
+        DevBuf::raw(q.ptr, q.numel),
+        DevBuf::raw(k.ptr, k.numel),
+        DevBuf::raw(v.ptr, v.numel),
+    );
+    let tok = |buf, t| Tokens { buf, row: 0, t };
+    let done = be.attention(
+        tok(&qb, nq / b),
+        tok(&kb, nk / b),
+        tok(&vb, nk / b),
+        b,
+        heads,
+        inner / heads,
+        &mut DevBuf::raw(out.ptr, out.numel),
+    );
+    let synced = dev.synchronize();
+    st.release(dev);
+    done.and(synced)
 }
