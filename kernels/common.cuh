@@ -317,12 +317,25 @@ RD_DEV void rd_mma_16816(rd_f16, float* c, const unsigned int* a, const unsigned
 }
 #endif
 
-// Two f32 rounded to the tag's 16-bit type, packed as a fragment word (x in the low half).
+// Two f32 rounded to the tag's 16-bit type (to nearest even), packed as a fragment word (x in
+// the low half). Device: one cvt for both (its first source goes to the upper half).
 RD_DEV unsigned int rd_pack16(rd_bf16, float x, float y) {
+#ifdef RD_SOFT
     return (unsigned int)rd_f32_to_bf16(x) | ((unsigned int)rd_f32_to_bf16(y) << 16);
+#else
+    unsigned int w;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(y), "f"(x));
+    return w;
+#endif
 }
 RD_DEV unsigned int rd_pack16(rd_f16, float x, float y) {
+#ifdef RD_SOFT
     return (unsigned int)rd_f32_to_f16(x) | ((unsigned int)rd_f32_to_f16(y) << 16);
+#else
+    unsigned int w;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(y), "f"(x));
+    return w;
+#endif
 }
 
 // Grid-stride index helpers (64-bit: a step may cover more than 2^31 elements).

@@ -194,9 +194,12 @@ RD_DEV void rd_attention_mma(const float* __restrict__ q, const float* __restric
     for (rd_i64 j0 = 0; j0 < tk; j0 += RD_MMA_KT) {
         const int nt = (int)(tk - j0 < RD_MMA_KT ? tk - j0 : RD_MMA_KT);
         __syncthreads();  // the previous tile is consumed
-        // K: consecutive threads read consecutive keys of one pair of dims.
+        // K: a warp takes 8 keys × 4 pairs of dims (its stores then fall in 32 banks; each
+        // dim's 8 keys are one 32-byte sector), the dp/2 pairs in blocks of 4.
         for (int e = (int)threadIdx.x; e < RD_MMA_KT * (dp / 2); e += (int)blockDim.x) {
-            const int jj = e % RD_MMA_KT, d = 2 * (e / RD_MMA_KT);
+            const int blk = e >> 5, l = e & 31;
+            const int jj = (blk % (RD_MMA_KT / 8)) * 8 + (l >> 2);
+            const int d = 2 * ((blk / (RD_MMA_KT / 8)) * 4 + (l & 3));
             const bool in = jj < nt;
             const float* at = kh + (rd_i64)d * nk + j0 + jj;
             const float x = in && d < dhi ? at[0] : 0.0f;
@@ -213,7 +216,7 @@ RD_DEV void rd_attention_mma(const float* __restrict__ q, const float* __restric
             vs[d * RD_MMA_VW + jp] = rd_pack16(tag, x, y);
         }
         __syncthreads();
-        // S = Q·Kᵀ: 8 tiles of 8 keys.
+        // S = Q·Kᵀ: 8 tiles of 8 keys (a last tile's empty ones skipped: masked below).
         float s[RD_MMA_KT / 8][4];
 #pragma unroll
         for (int n = 0; n < RD_MMA_KT / 8; ++n) {
@@ -221,7 +224,7 @@ RD_DEV void rd_attention_mma(const float* __restrict__ q, const float* __restric
             const unsigned int* kr = ks + (n * 8 + g) * KW + t;
 #pragma unroll
             for (int c = 0; c < D / 16; ++c) {
-                if (c * 16 < dp) {
+                if (c * 16 < dp && n * 8 < nt) {
                     const unsigned int kb[2] = {kr[c * 8], kr[c * 8 + 4]};
                     rd_mma_16816(tag, s[n], qa[c], kb);
                 }
@@ -272,8 +275,10 @@ RD_DEV void rd_attention_mma(const float* __restrict__ q, const float* __restric
                 const unsigned int* vr = vs + (n * 8 + g) * RD_MMA_VW + t;
 #pragma unroll
                 for (int c = 0; c < RD_MMA_KT / 16; ++c) {
-                    const unsigned int vb[2] = {vr[c * 8], vr[c * 8 + 4]};
-                    rd_mma_16816(tag, o[n], pa[c], vb);
+                    if (c * 16 < nt) {  // (a last tile's keys past nt have p = 0)
+                        const unsigned int vb[2] = {vr[c * 8], vr[c * 8 + 4]};
+                        rd_mma_16816(tag, o[n], pa[c], vb);
+                    }
                 }
             }
         }
