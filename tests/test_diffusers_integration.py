@@ -42,12 +42,15 @@ def test_pipeline_gives_the_same_images_with_rdiffs_scheduler(tmp_path):
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     assert isinstance(pipe.scheduler, diffusers.SchedulerMixin)
     got = run(pipe)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # float32 rounding of the step's sums (rdiff's order, not torch's), carried through the
+    # random UNet: up to 1.03e-5 with OMP_NUM_THREADS=1 (torch's convolutions then sum in
+    # another order), below 1e-5 otherwise
+    np.testing.assert_allclose(got, expected, atol=2e-5)
 
     pipe.save_pretrained(tmp_path)
     reloaded = diffusers.DDPMPipeline.from_pretrained(tmp_path)
     assert type(reloaded.scheduler).__module__.startswith("rdiff")
-    np.testing.assert_allclose(run(reloaded), expected, atol=1e-5)
+    np.testing.assert_allclose(run(reloaded), expected, atol=2e-5)
 
 
 def test_sde_variant_draws_noise_like_diffusers():
