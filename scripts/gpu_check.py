@@ -509,7 +509,8 @@ def attention_matches_torch(quick: bool) -> None:
 
     bands = {
         "float32": (0.0, 1e-5),
-        "tfloat32": (0.0, 2e-3),
+        # cuBLAS's FAST_TF32 may truncate operands (1.5e-3 simulated) rather than round
+        "tfloat32": (0.0, 4e-3),
         "bfloat16": (1e-3, 8e-3),
         "float16": (1e-4, 1e-3),
     }
@@ -535,7 +536,9 @@ def attention_matches_torch(quick: bool) -> None:
             got = out.reshape(heads, dh, b, tq).permute(2, 0, 3, 1).double()
             err = float((got - want).norm() / want.norm())
             report(f"attention {shape} {compute} ≈ torch", lo <= err <= hi, f"rel {err:.1e}")
-            if shape in sd and compute in ("bfloat16", "float16"):
+            # timed where the kernel's work dwarfs a call's own cost (a synchronize, the
+            # context switch): the 4,096² self-attentions
+            if shape in sd and tk == tq and compute in ("bfloat16", "float16"):
                 half = getattr(torch, compute)
                 q16, k16, v16 = (x.to(half) for x in (q, k, v))
                 reps = 3 if quick else 10

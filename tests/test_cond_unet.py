@@ -113,6 +113,24 @@ def test_random_configurations_match_diffusers(family, seed):
     _check(_family_config(family, seed))
 
 
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_fused_qkv_projections_load_without_a_warning(family):
+    """``fuse_qkv_projections()`` (a documented diffusers speed-up) adds to_qkv / to_kv
+    copies of to_q, to_k and to_v: the same model, nothing left unused."""
+    import warnings
+
+    cfg = _family_config(family, 1)
+    m = _model(cfg)
+    m.fuse_qkv_projections()
+    kw = _inputs(cfg)
+    with torch.no_grad():
+        want = m(**kw).sample
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = rdiff.UNet2DConditionModel.from_diffusers(m)
+    assert _rel(ours(**kw), want) <= 1e-4
+
+
 def test_only_cross_attention_and_nested_transformer_depths():
     cfg = _family_config("sdxl", 7)
     cfg["only_cross_attention"] = [False, True, True][: len(cfg["block_out_channels"])]

@@ -256,3 +256,6 @@ def test_attention_bad_input():
         rdiff._rdiff._unet_attention(x.double(), x, x, x, 2, 2, "float32")
     with pytest.raises(ValueError, match="compute_dtype"):
         rdiff._rdiff._unet_attention(x, x, x, x, 2, 2, "fp8")
+    empty = torch.zeros(0, 6)  # heads of no width (any head count divides 0 rows)
+    with pytest.raises(ValueError, match="do not make"):
+        rdiff._rdiff._unet_attention(empty, empty, empty, empty, 2, 2**62, "float32")

@@ -480,6 +480,11 @@ def _state_tensors(module: Any) -> tuple[dict[str, np.ndarray], bool]:
     tensors = {
         name: _array(t) for name, t in module.state_dict().items() if not name.startswith(inside)
     }
+    # fuse_qkv_projections() adds to_qkv (self-attention) and to_kv (cross-attention) beside
+    # to_q, to_k and to_v, as copies of them; rdiff reads the separate ones
+    for name in [n for n in tensors if n.rsplit(".", 2)[-2] in ("to_qkv", "to_kv")]:
+        if f"{name.rsplit('.', 2)[0]}.to_k.weight" in tensors:
+            del tensors[name]
     for name, m in lora.items():
         base = m.get_base_layer()
         w = base.weight.detach().to("cpu").float().clone()

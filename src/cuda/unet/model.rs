@@ -263,6 +263,7 @@ pub fn attention(
     let (inner, nq, nk) = (q.shape[0], q.shape[1], k.shape[1]);
     let fits = b > 0
         && heads > 0
+        && inner >= heads
         && inner % heads == 0
         && nq % b == 0
         && nk % b == 0
