@@ -117,8 +117,6 @@ def test_random_configurations_match_diffusers(family, seed):
 def test_fused_qkv_projections_load_without_a_warning(family):
     """``fuse_qkv_projections()`` (a documented diffusers speed-up) adds to_qkv / to_kv
     copies of to_q, to_k and to_v: the same model, nothing left unused."""
-    import warnings
-
     cfg = _family_config(family, 1)
     m = _model(cfg)
     m.fuse_qkv_projections()
@@ -129,6 +127,30 @@ def test_fused_qkv_projections_load_without_a_warning(family):
         warnings.simplefilter("error")
         ours = rdiff.UNet2DConditionModel.from_diffusers(m)
     assert _rel(ours(**kw), want) <= 1e-4
+
+
+def test_from_diffusers_keeps_a_half_module_s_math_on_a_device():
+    """A float16 (or bfloat16) pipeline's UNet taken onto a device without a compute_dtype
+    computes in its own dtype, as diffusers does (float16 tensor cores, not float32 math);
+    float32 modules, and any module on the CPU, compute in float32."""
+    from rdiff.unet import _module_compute
+
+    cfg = _family_config("sd1", 1)
+    m = _model(cfg)
+    half = _model(cfg).to(torch.float16)
+    assert _module_compute(m, 0) == "float32"
+    assert _module_compute(half, 0) == "float16"
+    assert _module_compute(_model(cfg).to(torch.bfloat16), -1) == "bfloat16"
+    assert _module_compute(half, None) == "float32"
+    assert rdiff.UNet2DConditionModel.from_diffusers(half).dtype == "float32"
+    emu = rdiff.UNet2DConditionModel._from_diffusers(
+        half, -1, compute_dtype=_module_compute(half, -1)
+    )
+    kw = _inputs(cfg, size=8, tokens=3)
+    with torch.no_grad():
+        want = m(**kw).sample
+    err = _rel(emu(**kw), want)
+    assert emu.dtype == "float16" and 1e-5 <= err <= 4e-3, err
 
 
 def test_only_cross_attention_and_nested_transformer_depths():

@@ -258,6 +258,9 @@ def test_unknown_compute_dtype(css, bad):
     model, path, _, _ = css
     with pytest.raises(ValueError, match="compute_dtype"):
         rdiff.UNet2DModel.from_pretrained(path, compute_dtype=bad)
+    if bad is None:  # from_diffusers' default: the module's math on a device, else float32
+        assert rdiff.UNet2DModel.from_diffusers(model, compute_dtype=bad).dtype == "float32"
+        return
     with pytest.raises(ValueError, match="compute_dtype"):
         rdiff.UNet2DModel.from_diffusers(model, compute_dtype=bad)
 

@@ -61,6 +61,14 @@ def _warn_unused(core: Any, source: str) -> None:
         )
 
 
+def _module_compute(module: Any, ordinal: int | None) -> str:
+    """``from_diffusers``' default math: a float16 or bfloat16 module's own dtype on a device
+    (``ordinal`` not None; -1 is the emulated launcher), float32 otherwise (and on the CPU,
+    where float32 math on half-precision weights gives their exact products)."""
+    name = str(getattr(module, "dtype", "float32")).removeprefix("torch.")
+    return name if ordinal is not None and name in ("float16", "bfloat16") else "float32"
+
+
 def _check_target(device: Any, dtype: Any) -> int | None:
     """None for the CPU, the CUDA device ordinal for "cuda" / "cuda:N" / torch devices."""
     name = str(dtype).removeprefix("torch.")
@@ -205,15 +213,19 @@ class _NativeUNet:
         module: Any,
         device: Any = "cpu",
         dtype: Any = "float32",
-        compute_dtype: Any = "float32",
+        compute_dtype: Any = None,
     ) -> Any:
         """Take the weights and config of an in-memory diffusers model of this class
-        (``compute_dtype`` as in ``from_pretrained``). PEFT LoRA layers (a pipeline's
-        ``load_lora_weights``) are merged as ``fuse_lora`` merges them, at the adapter weights
-        set when this is called; the diffusers model is left as it was."""
-        return cls._from_diffusers(
-            module, _check_target(device, dtype), compute_dtype=compute_dtype
-        )
+        (``compute_dtype`` as in ``from_pretrained``; by default float32, except on CUDA
+        for a float16 or bfloat16 module, which computes in its own dtype there, as
+        diffusers would: a float16 pipeline's UNet keeps float16 tensor-core math). PEFT
+        LoRA layers (a pipeline's ``load_lora_weights``) are merged as ``fuse_lora`` merges
+        them, at the adapter weights set when this is called; the diffusers model is left as
+        it was."""
+        ordinal = _check_target(device, dtype)
+        if compute_dtype is None:
+            compute_dtype = _module_compute(module, ordinal)
+        return cls._from_diffusers(module, ordinal, compute_dtype=compute_dtype)
 
     @classmethod
     def _from_diffusers(
