@@ -313,5 +313,7 @@ RD_DEV void rd_attention_mma(const float* __restrict__ q, const float* __restric
     RDIFF_HOST_EXPORT(rdiff_unet_attention_mma_##suffix)
 RD_ATTENTION_MMA(bf16_d64, rd_bf16, 64)
 RD_ATTENTION_MMA(bf16_d128, rd_bf16, 128)
+RD_ATTENTION_MMA(bf16_d160, rd_bf16, 160)
 RD_ATTENTION_MMA(f16_d64, rd_f16, 64)
 RD_ATTENTION_MMA(f16_d128, rd_f16, 128)
+RD_ATTENTION_MMA(f16_d160, rd_f16, 160)

@@ -15,9 +15,9 @@ Without CUDA it says so and exits 0, checking nothing.
    (``mode="reduce-overhead"``), run twice (the second run replays the captured graph).
 4. The native UNets on CUDA (``device="cuda"``) equal diffusers' torch modules: a small
    UNet2DModel with attention and small random SD 1.x / SD 2.x / SDXL
-   UNet2DConditionModels, each also in bf16 and f16 tensor-core math (near them; the
-   conditional ones' attention on rdiff's fused tensor-core kernel), SD 1.x also with a
-   ControlNet's float16 residuals.
+   UNet2DConditionModels, each also in bf16 and f16 tensor-core math (near them; their
+   attention on rdiff's fused tensor-core kernel), SD 1.x also with a ControlNet's float16
+   residuals.
 5. A native UNet forward (timesteps as a GPU tensor) captured in a CUDA graph by
    ``torch.cuda.graph`` replays to eager's results, with no device allocation or host copy
    by rdiff during the capture (and the device memory taken outside torch's pool, where
@@ -502,9 +502,10 @@ def unet_in_a_cuda_graph() -> None:
 def attention_matches_torch(quick: bool) -> None:
     """rdiff's attention on the GPU, by the path a model's call takes (``_unet_attention``),
     against torch's ``scaled_dot_product_attention`` in f64: bf16 and f16 on the fused
-    tensor-core kernels, f32 and TF32 on the f32 ones, at the unit tests' shapes (ragged
-    tiles, heads of 8 to 128) and at Stable Diffusion's; then, in bf16 and f16, their time
-    against torch's SDPA on 16-bit inputs (flash attention), one table."""
+    tensor-core kernels, f32 and TF32 by their paths (the fused f32 kernel below 4,096 query ×
+    key pairs, cuBLAS's two GEMMs from there), at the unit tests' shapes (ragged tiles, heads
+    of 8 to 160) and at Stable Diffusion's; then, in bf16 and f16, the 4,096² self-attentions'
+    time against torch's SDPA on 16-bit inputs (flash attention), one table."""
     from rdiff import _rdiff
 
     bands = {
@@ -516,7 +517,10 @@ def attention_matches_torch(quick: bool) -> None:
     }
     # (b, heads, dh, tq, tk)
     small = [(2, 3, 8, 15, 7), (1, 2, 40, 70, 77), (2, 1, 64, 64, 64), (1, 1, 128, 17, 65)]
-    sd = [(2, 8, 40, 4096, 4096), (2, 8, 40, 4096, 77), (2, 10, 64, 4096, 4096)]
+    small.append((1, 2, 160, 20, 7))
+    # SD 1.5's heads of 40, 80 and 160 at 64×64 latents; SD 2.x's and SDXL's of 64
+    sd = [(2, 8, 40, 4096, 4096), (2, 8, 40, 4096, 77), (2, 8, 80, 1024, 1024)]
+    sd += [(2, 8, 160, 256, 77), (2, 10, 64, 4096, 4096)]
     stream = torch.cuda.current_stream().cuda_stream
     rows = []
     for shape in small + sd:

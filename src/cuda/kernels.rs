@@ -106,8 +106,10 @@ pub const SOURCES: &[KernelSource] = &[
             "rdiff_unet_flash_attention_f32",
             "rdiff_unet_attention_mma_bf16_d64",
             "rdiff_unet_attention_mma_bf16_d128",
+            "rdiff_unet_attention_mma_bf16_d160",
             "rdiff_unet_attention_mma_f16_d64",
             "rdiff_unet_attention_mma_f16_d128",
+            "rdiff_unet_attention_mma_f16_d160",
         ],
     },
 ];

@@ -28,11 +28,11 @@ const FLASH_EMULATED_MAX: usize = 1024;
 /// 4,096-token attention the bulk of a 272 ms call that cuBLAS's GEMMs had made 30 ms).
 const LIBRARY_ATTENTION_MIN: usize = 64 * 64;
 /// `rdiff_unet_attention_mma_*`'s queries and threads per block (RD_MMA_Q, RD_MMA_WARPS · 32)
-/// and the widest heads of its `_d64` and `_d128` entry points.
+/// and the widest heads of its `_d64`, `_d128` and `_d160` entry points (SD 1.5's heads are
+/// 40, 80 and 160 wide, SD 2.x's and SDXL's 64).
 const MMA_QUERIES: usize = 64;
 const MMA_THREADS: u32 = 128;
-const MMA_NARROW_DH: usize = 64;
-const MMA_MAX_DH: usize = 128;
+const MMA_WIDTHS: [usize; 3] = [64, 128, 160];
 /// The largest queries × keys the emulated launcher runs through the tensor-core kernel
 /// (each of its products is two warp barriers between host threads there).
 const MMA_EMULATED_MAX: usize = 150 * 150;
@@ -660,22 +660,23 @@ impl Backend for DeviceBackend<'_> {
             KernelArg::F32(scale),
             KernelArg::Ptr(out.ptr),
         ];
-        // bf16 and f16 math: one fused kernel on tensor cores, at every size (grid.y is
-        // b · heads, at most 65,535).
-        let mma = match (self.compute, dh <= MMA_NARROW_DH) {
-            (ComputeDtype::Bf16, true) => Some("rdiff_unet_attention_mma_bf16_d64"),
-            (ComputeDtype::Bf16, false) => Some("rdiff_unet_attention_mma_bf16_d128"),
-            (ComputeDtype::F16, true) => Some("rdiff_unet_attention_mma_f16_d64"),
-            (ComputeDtype::F16, false) => Some("rdiff_unet_attention_mma_f16_d128"),
-            (ComputeDtype::F32 | ComputeDtype::Tf32, _) => None,
+        // bf16 and f16 math: one fused kernel on tensor cores for heads up to 160 wide, at
+        // every size on a device (emulated: up to MMA_EMULATED_MAX; grid.y is b · heads, at
+        // most 65,535); otherwise the f32 rules below, their GEMMs in that math.
+        let half = match self.compute {
+            ComputeDtype::Bf16 => Some("bf16"),
+            ComputeDtype::F16 => Some("f16"),
+            ComputeDtype::F32 | ComputeDtype::Tf32 => None,
         };
-        if let Some(kernel) = mma {
+        let width = MMA_WIDTHS.into_iter().find(|&w| dh <= w);
+        if let (Some(half), Some(width)) = (half, width) {
             let size = !self.dev.emulated() || tq * tk <= MMA_EMULATED_MAX;
-            if dh <= MMA_MAX_DH && b * heads <= 65535 && size {
+            if b * heads <= 65535 && size {
+                let kernel = format!("rdiff_unet_attention_mma_{half}_d{width}");
                 let grid = Dim3::new(tq.div_ceil(MMA_QUERIES) as u32, (b * heads) as u32, 1);
                 return self
                     .dev
-                    .launch(kernel, grid, Dim3::x(MMA_THREADS), 0, &args);
+                    .launch(&kernel, grid, Dim3::x(MMA_THREADS), 0, &args);
             }
         }
         // The emulated launcher runs a block's threads as host threads, so the fused kernel's

@@ -578,6 +578,7 @@ fn attention_on_tensor_cores_matches_cpu() {
         (2, 1, 64, 64, 64),
         (1, 1, 128, 17, 65),
         (1, 2, 72, 5, 3),
+        (1, 2, 160, 20, 7),
     ];
     for (compute, name, lo, hi) in [
         (
@@ -594,7 +595,8 @@ fn attention_on_tensor_cores_matches_cpu() {
         ),
     ] {
         for shape in shapes {
-            let kernel = format!("{name}_d{}", if shape.2 <= 64 { 64 } else { 128 });
+            let width = [64, 128, 160].into_iter().find(|&w| shape.2 <= w).unwrap();
+            let kernel = format!("{name}_d{width}");
             let (got, want, n) = attention_pair(shape, compute, false, &kernel);
             assert_eq!(n, 1, "{kernel} {shape:?}");
             let err = rel_l2(&got, &want);
@@ -602,15 +604,12 @@ fn attention_on_tensor_cores_matches_cpu() {
             close(&got, &want, 40.0 * hi as f32, &kernel);
         }
     }
-    // Past the widest head, bf16 math takes the two GEMMs (cuBLAS's bf16 products).
-    let (got, want, n) = attention_pair(
-        (1, 1, 136, 9, 5),
-        ComputeDtype::Bf16,
-        false,
-        "rdiff_unet_attention_mma_bf16_d128",
-    );
-    assert_eq!(n, 0);
-    assert!(rel_l2(&got, &want) <= 6e-3);
+    // Past the widest head, bf16 math takes the f32 paths (here the fused f32 kernel).
+    let shape = (1, 1, 168, 9, 5);
+    let flash = "rdiff_unet_flash_attention_f32";
+    let (got, want, n) = attention_pair(shape, ComputeDtype::Bf16, false, flash);
+    assert_eq!(n, 1);
+    assert!(rel_l2(&got, &want) <= 1e-6);
 }
 
 /// The transformers' LayerNorm over channels and GEGLU against the CPU's.
