@@ -140,14 +140,14 @@ RDIFF_HOST_EXPORT(rdiff_unet_flash_attention_f32)
 // Fused attention on tensor cores for bf16 and f16 math (flash attention 2's scheme): Q, K, V
 // and the probabilities rounded to T (rd_bf16 or rd_f16), the scores, the online softmax and
 // every sum in f32. Block: RD_MMA_WARPS warps of 16 queries each, blockIdx.x the block of
-// RD_MMA_Q queries, blockIdx.y = sample·heads + head. dh ≤ D (64 or 128: one entry point
-// each, so that SD's 40- and 64-wide heads keep half the registers), padded with zeros to dp,
-// a multiple of 16. Each warp keeps its queries' fragments and its 16×dp output in registers;
-// per tile of RD_MMA_KT keys, the block stages K as [key][d] and V as [d][key] in shared
-// memory (rows padded by 8 halves, so a fragment's 32 words fall in 32 banks); each warp forms
-// its 16×64 scores (S = QKᵀ, dp/16 · 8 products), rescales its running max, sum and output
-// once, and adds P·V (4 · dp/8 products), P taken straight from the scores' registers: an
-// accumulator tile pair is the next product's A fragment.
+// RD_MMA_Q queries, blockIdx.y = sample·heads + head. dh ≤ D (64, 128 or 160: one entry point
+// each, so that SD's 40- and 64-wide heads keep half the registers; SD 1.5's widest are 160),
+// padded with zeros to dp, a multiple of 16. Each warp keeps its queries' fragments and its
+// 16×dp output in registers; per tile of RD_MMA_KT keys, the block stages K as [key][d] and V
+// as [d][key] in shared memory (rows padded by 8 halves, so a fragment's 32 words fall in 32
+// banks); each warp forms its 16×64 scores (S = QKᵀ, dp/16 · 8 products), rescales its
+// running max, sum and output once, and adds P·V (4 · dp/8 products), P taken straight from
+// the scores' registers: an accumulator tile pair is the next product's A fragment.
 #define RD_MMA_WARPS 4
 #define RD_MMA_Q (16 * RD_MMA_WARPS)
 #define RD_MMA_KT 64

@@ -793,7 +793,8 @@ class _UNet2D:
     ) -> _UNet2D:
         """Load ``config.json`` and the safetensors ``weights_name`` from ``path`` for
         ``device``: None the CPU, n CUDA device n, -1 the emulated launcher (tests);
-        ``compute_dtype`` "float32", "bfloat16" or "float16" (a device only)."""
+        ``compute_dtype`` "float32", "bfloat16", or "float16" and "tfloat32" (a device
+        only)."""
     @staticmethod
     def from_tensors(
         config_json: str,

@@ -1,18 +1,21 @@
 """``rdiff.UNet2DModel`` and ``rdiff.UNet2DConditionModel``: diffusers' UNets, natively in Rust.
 
 Load a diffusers-format folder (``config.json`` + ``diffusion_pytorch_model.safetensors``,
-float32/float16/bfloat16 weights, memory-mapped and converted to float32 once) or an in-memory
-diffusers model, then call it like diffusers' model::
+float32/float16/bfloat16 weights, memory-mapped; half-precision matrices stay in their dtype and
+are widened where they are used) or an in-memory diffusers model, then call it like diffusers'
+model::
 
     unet = rdiff.UNet2DModel.from_pretrained("google/ddpm-cifar10-32 folder")
     eps = unet(sample, timestep)            # same type, dtype and device as `sample`
     eps = unet(sample, timestep, return_dict=True).sample   # diffusers-style
 
 ``sample`` is a float32 (or float16 / bfloat16 / float64) numpy array or torch CPU tensor of
-shape ``(batch, in_channels, height, width)``; arithmetic runs in float32 and the result has
-the input's dtype. With ``device="cuda"`` the same graph runs through rdiff's CUDA kernels
-(``kernels/gemm.cu``, ``unet_conv.cu``, ``unet_ops.cu``) on torch CUDA tensors (float32,
-float16 or bfloat16) on the caller's current stream, activations and weights in float32.
+shape ``(batch, in_channels, height, width)``; arithmetic runs in float32 (or the
+``compute_dtype`` math) and the result has the input's dtype. With ``device="cuda"`` the same
+graph runs through rdiff's CUDA kernels (``kernels/gemm.cu``, ``unet_conv.cu``,
+``unet_ops.cu``, ``unet_attention.cu``) on torch CUDA tensors (float32, float16 or bfloat16)
+on the caller's current stream, activations in float32 (a bfloat16 or float16 model's weight
+matrices in that type).
 ``timestep`` follows diffusers: a Python/numpy scalar is converted to an
 integer as ``torch.tensor([t], dtype=torch.long)`` does (so 2.7 becomes 2); a tensor or array
 (0-d or one value per sample) keeps its values, converted to float32.
@@ -74,9 +77,8 @@ def _check_target(device: Any, dtype: Any) -> int | None:
     name = str(dtype).removeprefix("torch.")
     if name not in ("float32", "<class 'numpy.float32'>"):
         raise ValueError(
-            f"dtype: the UNet computes in float32 on the CPU and on CUDA (weights are "
-            f"converted on load; float16/bfloat16 samples are accepted at call time); "
-            f"got {dtype!r}"
+            f"dtype: the UNet's parameters are float32 (its math is compute_dtype's; "
+            f"float16/bfloat16 samples are accepted at call time); got {dtype!r}"
         )
     dev = str(device)
     if dev == "cpu":
@@ -140,10 +142,11 @@ class _NativeUNet:
         where the CPU has AMX-BF16 (Sapphire Rapids and later), else in float32 arithmetic
         (``rdiff.backends()["cpu"]["bf16_kernel"]`` says which); so do attention's two
         products from 1,024 keys. Norms, softmax and the rest stay float32. On CUDA every
-        GEMM (convolutions, linear layers, large attention) runs on cuBLAS's bf16 tensor cores
-        with float32 sums (the weight matrices kept in bfloat16 on the device, half of
-        float32's memory; the activations rounded to bfloat16 for each product), or, without
-        cuBLAS, on rdiff's own GEMM kernel (the same numerics, float32 speed).
+        GEMM (convolutions, linear layers) runs on cuBLAS's bf16 tensor cores with float32
+        sums (the weight matrices kept in bfloat16 on the device, half of float32's memory;
+        the activations rounded to bfloat16 for each product), or, without cuBLAS, on rdiff's
+        own GEMM kernel (the same numerics, float32 speed); attention (heads up to 160 wide)
+        runs in rdiff's fused tensor-core kernel, with no score matrix in memory.
         ``compute_dtype="float16"`` is CUDA's only: the same GEMMs on float16 tensor cores
         (three more mantissa bits than bfloat16, but values past 65504 overflow; the weights
         in float16 on the device), ValueError on the CPU,

@@ -21,10 +21,11 @@ use crate::unet::weights::{ComputeDtype, Weight};
 /// RD_ATTN_LANES · RD_ATTN_PER in kernels/unet_attention.cu).
 const FLASH_LANES: usize = 16;
 const FLASH_MAX_DH: usize = 256;
-/// The largest queries × keys the emulated launcher runs through the fused kernel.
+/// The largest queries × keys the emulated launcher runs through the fused f32 kernel.
 const FLASH_EMULATED_MAX: usize = 1024;
-/// From this many queries × keys, a device whose GEMMs run on cuBLAS takes the two-GEMM path
-/// (the fused kernel is f32 SIMT with a barrier per 16 keys: on the H200 it left SD 1.5's
+/// From this many queries × keys, a device whose GEMMs run on cuBLAS takes the two-GEMM path in
+/// f32 and TF32 math, and for heads the tensor-core kernel does not take (the fused f32 kernel
+/// is SIMT with a barrier per 16 keys: on the H200 it left SD 1.5's
 /// 4,096-token attention the bulk of a 272 ms call that cuBLAS's GEMMs had made 30 ms).
 const LIBRARY_ATTENTION_MIN: usize = 64 * 64;
 /// `rdiff_unet_attention_mma_*`'s queries and threads per block (RD_MMA_Q, RD_MMA_WARPS · 32)
@@ -679,9 +680,10 @@ impl Backend for DeviceBackend<'_> {
                     .launch(&kernel, grid, Dim3::x(MMA_THREADS), 0, &args);
             }
         }
-        // The emulated launcher runs a block's threads as host threads, so the fused kernel's
-        // per-tile barriers make it slow there: emulation uses it on small problems only
-        // (which still checks it against the CPU), a device always.
+        // The fused f32 kernel. The emulated launcher runs a block's threads as host threads,
+        // so its per-tile barriers make it slow there: emulation uses it on small problems
+        // only (which still checks it against the CPU); a device unless its GEMMs are
+        // cuBLAS's and the problem is large.
         let fused = if self.dev.emulated() {
             tq * tk <= FLASH_EMULATED_MAX
         } else {

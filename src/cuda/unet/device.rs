@@ -64,8 +64,8 @@ pub trait UnetDevice: Launcher {
     fn emulated(&self) -> bool {
         false
     }
-    /// Whether `gemm` runs on a vendor library (cuBLAS): large attention problems then take
-    /// the two-GEMM path rather than the fused kernel.
+    /// Whether `gemm` runs on a vendor library (cuBLAS): large attention problems in f32 and
+    /// TF32 math then take the two-GEMM path rather than the fused f32 kernel.
     fn library_gemm(&self) -> bool {
         false
     }
