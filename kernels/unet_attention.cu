@@ -197,9 +197,9 @@ RD_DEV void rd_attention_mma(const float* __restrict__ q, const float* __restric
         // K: a warp takes 8 keys × 4 pairs of dims (its stores then fall in 32 banks; each
         // dim's 8 keys are one 32-byte sector), the dp/2 pairs in blocks of 4.
         for (int e = (int)threadIdx.x; e < RD_MMA_KT * (dp / 2); e += (int)blockDim.x) {
-            const int blk = e >> 5, l = e & 31;
-            const int jj = (blk % (RD_MMA_KT / 8)) * 8 + (l >> 2);
-            const int d = 2 * ((blk / (RD_MMA_KT / 8)) * 4 + (l & 3));
+            const int blk = e >> 5, el = e & 31;  // (el: the lane; l is the row sums)
+            const int jj = (blk % (RD_MMA_KT / 8)) * 8 + (el >> 2);
+            const int d = 2 * ((blk / (RD_MMA_KT / 8)) * 4 + (el & 3));
             const bool in = jj < nt;
             const float* at = kh + (rd_i64)d * nk + j0 + jj;
             const float x = in && d < dhi ? at[0] : 0.0f;
