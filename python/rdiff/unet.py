@@ -497,7 +497,8 @@ def _state_tensors(module: Any) -> tuple[dict[str, np.ndarray], bool]:
     }
     # fuse_qkv_projections() adds to_qkv (self-attention) and to_kv (cross-attention) beside
     # to_q, to_k and to_v, as copies of them; rdiff reads the separate ones
-    for name in [n for n in tensors if n.rsplit(".", 2)[-2] in ("to_qkv", "to_kv")]:
+    fused = tuple(f".{p}.{w}" for p in ("to_qkv", "to_kv") for w in ("weight", "bias"))
+    for name in [n for n in tensors if n.endswith(fused)]:
         if f"{name.rsplit('.', 2)[0]}.to_k.weight" in tensors:
             del tensors[name]
     for name, m in lora.items():
