@@ -275,12 +275,9 @@ RD_DEV float rd_warp_sum(float v) {
 // Every lane of a full warp calls it. The host branch gathers the warp's operands and sums
 // each element's 16 products in order (a tensor core's order and internal precision are its
 // own; the tests' tolerance allows for them).
-RD_DEV float rd_widen16(rd_bf16, unsigned short h) { return rd_bf16_to_f32(h); }
-RD_DEV float rd_widen16(rd_f16, unsigned short h) { return rd_f16_to_f32(h); }
-
 #ifdef RDIFF_HOST
 template <class T>
-inline void rd_mma_16816(T tag, float* c, const unsigned int* a, const unsigned int* b) {
+inline void rd_mma_16816(T, float* c, const unsigned int* a, const unsigned int* b) {
     const unsigned int mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
     unsigned int all[32 * 6];
     rdiff_warp_share(mine, 6, all);
@@ -294,8 +291,8 @@ inline void rd_mma_16816(T tag, float* c, const unsigned int* a, const unsigned 
             const int from = (k & 7) >> 1, shift = (k & 1) * 16;
             const unsigned int aw = all[(4 * (r & 7) + from) * 6 + (k >> 3) * 2 + (r >> 3)];
             const unsigned int bw = all[(4 * n + from) * 6 + 4 + (k >> 3)];
-            s += rd_widen16(tag, (unsigned short)(aw >> shift)) *
-                 rd_widen16(tag, (unsigned short)(bw >> shift));
+            s += rd_to_f32(T{(unsigned short)(aw >> shift)}) *
+                 rd_to_f32(T{(unsigned short)(bw >> shift)});
         }
         c[e] += s;
     }

@@ -263,8 +263,8 @@ RD_DEV void rd_attention_mma(const float* __restrict__ q, const float* __restric
             for (int r = 0; r < 2; ++r) {
                 const float p0 = exp2f(s[n][2 * r] - m[r]), p1 = exp2f(s[n][2 * r + 1] - m[r]);
                 const unsigned int w = rd_pack16(tag, p0, p1);
-                l[r] += rd_widen16(tag, (unsigned short)(w & 0xffffu)) +
-                        rd_widen16(tag, (unsigned short)(w >> 16));
+                l[r] += rd_to_f32(T{(unsigned short)(w & 0xffffu)}) +
+                        rd_to_f32(T{(unsigned short)(w >> 16)});
                 pa[n >> 1][(n & 1) * 2 + r] = w;
             }
         }

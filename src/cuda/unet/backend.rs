@@ -34,6 +34,19 @@ const LIBRARY_ATTENTION_MIN: usize = 64 * 64;
 const MMA_QUERIES: usize = 64;
 const MMA_THREADS: u32 = 128;
 const MMA_WIDTHS: [usize; 3] = [64, 128, 160];
+/// Its entry points, by math (bf16, f16) and width (as MMA_WIDTHS).
+const MMA_KERNELS: [[&str; 3]; 2] = [
+    [
+        "rdiff_unet_attention_mma_bf16_d64",
+        "rdiff_unet_attention_mma_bf16_d128",
+        "rdiff_unet_attention_mma_bf16_d160",
+    ],
+    [
+        "rdiff_unet_attention_mma_f16_d64",
+        "rdiff_unet_attention_mma_f16_d128",
+        "rdiff_unet_attention_mma_f16_d160",
+    ],
+];
 /// The largest queries × keys the emulated launcher runs through the tensor-core kernel
 /// (each of its products is two warp barriers between host threads there).
 const MMA_EMULATED_MAX: usize = 150 * 150;
@@ -665,19 +678,19 @@ impl Backend for DeviceBackend<'_> {
         // every size on a device (emulated: up to MMA_EMULATED_MAX; grid.y is b · heads, at
         // most 65,535); otherwise the f32 rules below, their GEMMs in that math.
         let half = match self.compute {
-            ComputeDtype::Bf16 => Some("bf16"),
-            ComputeDtype::F16 => Some("f16"),
+            ComputeDtype::Bf16 => Some(0),
+            ComputeDtype::F16 => Some(1),
             ComputeDtype::F32 | ComputeDtype::Tf32 => None,
         };
-        let width = MMA_WIDTHS.into_iter().find(|&w| dh <= w);
+        let width = MMA_WIDTHS.iter().position(|&w| dh <= w);
         if let (Some(half), Some(width)) = (half, width) {
             let size = !self.dev.emulated() || tq * tk <= MMA_EMULATED_MAX;
             if b * heads <= 65535 && size {
-                let kernel = format!("rdiff_unet_attention_mma_{half}_d{width}");
+                let kernel = MMA_KERNELS[half][width];
                 let grid = Dim3::new(tq.div_ceil(MMA_QUERIES) as u32, (b * heads) as u32, 1);
                 return self
                     .dev
-                    .launch(&kernel, grid, Dim3::x(MMA_THREADS), 0, &args);
+                    .launch(kernel, grid, Dim3::x(MMA_THREADS), 0, &args);
             }
         }
         // The fused f32 kernel. The emulated launcher runs a block's threads as host threads,

@@ -338,12 +338,14 @@ impl Launcher for EmulatedDevice {
         shared_bytes: u32,
         args: &[KernelArg],
     ) -> Result<()> {
-        *self
-            .launched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(kernel.to_string())
-            .or_default() += 1;
+        let mut launched = self.launched.lock().unwrap_or_else(|e| e.into_inner());
+        match launched.get_mut(kernel) {
+            Some(n) => *n += 1,
+            None => {
+                launched.insert(kernel.to_string(), 1);
+            }
+        }
+        drop(launched);
         self.launcher
             .launch(kernel, grid, block, shared_bytes, args)
     }

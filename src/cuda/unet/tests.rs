@@ -476,6 +476,21 @@ fn group_norm_matches_cpu() {
     }
 }
 
+/// `be`'s attention of `q` against keys and values stacked in `kv` (k at row 0, v at row
+/// `heads · dh`), as the transformers pass them.
+fn attend<B: Backend>(
+    be: &mut B,
+    q: &B::Buf,
+    kv: &B::Buf,
+    (b, heads, dh, tq, tk): (usize, usize, usize, usize, usize),
+    out: &mut B::Buf,
+) {
+    let tok = |buf, row, t| Tokens { buf, row, t };
+    let (k, v) = (tok(kv, 0, tk), tok(kv, heads * dh, tk));
+    be.attention(tok(q, 0, tq), k, v, b, heads, dh, out)
+        .unwrap();
+}
+
 /// The device's attention (`compute` math) and the CPU's f32 attention on the same operands,
 /// stacked as the transformers pass them: q from one buffer, k and v from another at rows 0
 /// and `heads · dh`. Returns both outputs and the device's launches of `kernel`.
@@ -496,17 +511,7 @@ fn attention_pair(
     };
     let (cq, ckv) = (cpu_buf(cpu.arena, &q), cpu_buf(cpu.arena, &kv));
     let mut out = cpu.arena.take(inner * b * tq);
-    let tok = |buf, row, t| Tokens { buf, row, t };
-    cpu.attention(
-        tok(&cq, 0, tq),
-        tok(&ckv, 0, tk),
-        tok(&ckv, inner, tk),
-        b,
-        heads,
-        dh,
-        &mut out,
-    )
-    .unwrap();
+    attend(&mut cpu, &cq, &ckv, shape, &mut out);
     let mut dev = DeviceBackend {
         dev: &t.dev,
         arena: &mut t.arena,
@@ -514,19 +519,8 @@ fn attention_pair(
         compute,
     };
     let (dq, dkv) = (Misaligned::new(&q), Misaligned::new(&kv));
-    let (bq, bkv) = (dq.buf(), dkv.buf());
     let dout = Misaligned::new(&vec![0.0; inner * b * tq]);
-    let tok = |buf, row, t| Tokens { buf, row, t };
-    dev.attention(
-        tok(&bq, 0, tq),
-        tok(&bkv, 0, tk),
-        tok(&bkv, inner, tk),
-        b,
-        heads,
-        dh,
-        &mut dout.buf(),
-    )
-    .unwrap();
+    attend(&mut dev, &dq.buf(), &dkv.buf(), shape, &mut dout.buf());
     (dout.get().to_vec(), out.to_vec(), t.dev.launches_of(kernel))
 }
 
