@@ -15,6 +15,22 @@
 
 #include "host_shim.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+// Under AddressSanitizer (scripts/sanitize_kernels.sh) every shared array sits between
+// poisoned gaps and the unused rest of the buffer stays poisoned, so an index past an array's
+// end is reported where a GPU would read the next array silently (or fault).
+constexpr std::size_t kSharedRedzone = 64;
+constexpr std::size_t kSharedArraysMax = 32;
+#define RDIFF_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define RDIFF_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+constexpr std::size_t kSharedRedzone = 0;
+constexpr std::size_t kSharedArraysMax = 0;
+#define RDIFF_POISON(p, n) ((void)(p), (void)(n))
+#define RDIFF_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 thread_local rdiff_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace {
@@ -56,13 +72,15 @@ struct Block {
     Block(unsigned int threads, std::size_t dynamic_shared)
         : threads(threads),
           barrier(threads),
-          shared(kStaticShared + dynamic_shared) {
+          shared(kStaticShared + dynamic_shared + kSharedRedzone * (kSharedArraysMax + 1)) {
+        RDIFF_POISON(shared.data(), shared.size());
         for (unsigned int w = 0; w * 32 < threads; ++w) {
             const unsigned int n = threads - w * 32 < 32 ? threads - w * 32 : 32;
             warps.emplace_back(new Warp(n));
         }
     }
     ~Block() {
+        RDIFF_UNPOISON(shared.data(), shared.size());
         for (Warp* w : warps) delete w;
     }
     unsigned int threads;
@@ -75,6 +93,7 @@ struct Block {
 thread_local Block* tl_block = nullptr;
 thread_local unsigned int tl_tid = 0;
 thread_local std::size_t tl_shared_cursor = 0;
+thread_local std::size_t tl_shared_arrays = 0;
 
 std::vector<std::pair<std::string, rdiff_host_fn>>& registry() {
     static std::vector<std::pair<std::string, rdiff_host_fn>> r;
@@ -101,7 +120,12 @@ void* rdiff_shared_alloc(std::size_t bytes, std::size_t align) {
         at = 0;
     }
     tl_shared_cursor = at + bytes;
-    return tl_block->shared.data() + at;
+    // Under ASan, each array one redzone further on (the limit above stays CUDA's).
+    const std::size_t gaps = ++tl_shared_arrays;
+    if (kSharedRedzone != 0 && gaps > kSharedArraysMax) std::abort();
+    unsigned char* p = tl_block->shared.data() + at + kSharedRedzone * gaps;
+    RDIFF_UNPOISON(p, bytes);
+    return p;
 }
 
 std::uint64_t rdiff_shfl_exchange(std::uint64_t value, int src_lane, bool valid) {
@@ -154,7 +178,9 @@ void rdiff_emu_block_free(void* block) { delete static_cast<Block*>(block); }
 // kernel that reads shared memory it did not write sees garbage, as on a GPU.
 void rdiff_emu_block_poison(void* block) {
     Block* b = static_cast<Block*>(block);
+    RDIFF_UNPOISON(b->shared.data(), b->shared.size());
     std::memset(b->shared.data(), 0xff, b->shared.size());
+    RDIFF_POISON(b->shared.data(), b->shared.size());
 }
 
 int rdiff_emu_block_overflowed(void* block) { return static_cast<Block*>(block)->overflow; }
@@ -164,10 +190,23 @@ void rdiff_emu_enter(void* block, const unsigned int* grid, const unsigned int* 
     tl_block = static_cast<Block*>(block);
     tl_tid = tid;
     tl_shared_cursor = 0;
+    tl_shared_arrays = 0;
     gridDim = {grid[0], grid[1], grid[2]};
     blockDim = {dims[0], dims[1], dims[2]};
     blockIdx = {block_idx[0], block_idx[1], block_idx[2]};
     threadIdx = {tid % dims[0], (tid / dims[0]) % dims[1], tid / (dims[0] * dims[1])};
+#if defined(__SANITIZE_THREAD__)
+    // ThreadSanitizer does not see the launcher's Rust barriers between blocks (futexes, not
+    // pthreads): this one orders the previous block and the poisoning before the kernel.
+    tl_block->barrier.wait();
+#endif
+}
+
+// After a thread's kernel body: the same, ordering the block before the next one's poisoning.
+void rdiff_emu_leave() {
+#if defined(__SANITIZE_THREAD__)
+    tl_block->barrier.wait();
+#endif
 }
 
 }  // extern "C"

@@ -7,6 +7,12 @@
 //! shared memory is poisoned, then each enters the next block (`rdiff_emu_enter` sets its
 //! threadIdx/blockIdx/...) and runs the kernel; `__syncthreads` and warp shuffles are
 //! barriers inside the C++ runtime (`host.cpp`).
+//!
+//! `scripts/sanitize_kernels.sh` runs this module's and `cuda::unet`'s tests with the kernels
+//! built under gcc's AddressSanitizer + UBSan and ThreadSanitizer (`RDIFF_SANITIZE`, build.rs).
+//! For ThreadSanitizer, which does not see this launcher's Rust barriers, the runtime also
+//! meets at a pthread barrier on entering and leaving each block (`rdiff_emu_enter`,
+//! `rdiff_emu_leave`), and the threads are joined one by one.
 
 #[cfg(not(rdiff_no_emulation))]
 use std::ffi::c_char;
@@ -35,6 +41,7 @@ extern "C" {
         block_idx: *const u32,
         tid: u32,
     );
+    fn rdiff_emu_leave();
 }
 
 /// Stand-ins when the host build of the kernels could not be compiled (no C++ compiler): the
@@ -70,6 +77,7 @@ mod absent {
         _tid: u32,
     ) {
     }
+    pub unsafe fn rdiff_emu_leave() {}
 }
 #[cfg(rdiff_no_emulation)]
 use absent::*;
@@ -167,9 +175,10 @@ impl Launcher for EmulatedLauncher {
         let gdim = [grid.x, grid.y, grid.z];
         let bdim = [block.x, block.y, block.z];
         std::thread::scope(|s| -> Result<()> {
+            let mut handles = Vec::with_capacity(threads as usize);
             for tid in 0..threads {
                 let (shared, between) = (&shared, &between);
-                std::thread::Builder::new()
+                let handle = std::thread::Builder::new()
                     .stack_size(256 * 1024)
                     .spawn_scoped(s, move || {
                         for bz in 0..gdim[2] {
@@ -193,12 +202,21 @@ impl Launcher for EmulatedLauncher {
                                             tid,
                                         );
                                         f(shared.params.as_ptr() as *mut *mut c_void);
+                                        rdiff_emu_leave();
                                     }
                                 }
                             }
                         }
                     })
                     .map_err(|e| RdiffError::Cuda(format!("could not start a thread: {e}")))?;
+                handles.push(handle);
+            }
+            // Joined one by one (pthread_join), not by the scope's own wait, so that a
+            // ThreadSanitizer build sees the kernel's writes ordered before what follows.
+            for handle in handles {
+                handle.join().map_err(|_| {
+                    RdiffError::Cuda(format!("{kernel}: an emulated thread panicked"))
+                })?;
             }
             Ok(())
         })?;
