@@ -24,7 +24,7 @@ filters=("$@")
 
 # The lib test executable built with RDIFF_SANITIZE=$1, from cargo's JSON messages.
 build() {
-    RDIFF_SANITIZE=$1 cargo test --release --lib --no-run --message-format=json 2>/dev/null |
+    RDIFF_SANITIZE=$1 cargo test --release --lib --no-run --message-format=json |
         python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -18,7 +18,7 @@
 use std::ffi::c_char;
 use std::ffi::{c_void, CStr, CString};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Barrier;
+use std::sync::{Barrier, Condvar, Mutex, PoisonError};
 
 use super::launch::{Dim3, KernelArg, Launcher};
 use crate::error::{RdiffError, Result};
@@ -129,6 +129,31 @@ unsafe impl Send for Shared {}
 // SAFETY: as for Send: shared reads of the params, the block synchronises itself.
 unsafe impl Sync for Shared {}
 
+/// Opened once a launch's threads have all started (true), or when one could not (false): the
+/// started ones then return instead of waiting at the block barrier for it forever.
+#[derive(Default)]
+struct Gate {
+    go: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn open(&self, go: bool) {
+        *self.go.lock().unwrap_or_else(PoisonError::into_inner) = Some(go);
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) -> bool {
+        let mut go = self.go.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(go) = *go {
+                return go;
+            }
+            go = self.opened.wait(go).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
 struct BlockGuard(*mut c_void);
 impl Drop for BlockGuard {
     fn drop(&mut self) {
@@ -172,15 +197,19 @@ impl Launcher for EmulatedLauncher {
             params: args.iter().map(KernelArg::as_param).collect(),
         };
         let between = Barrier::new(threads as usize);
+        let gate = Gate::default();
         let gdim = [grid.x, grid.y, grid.z];
         let bdim = [block.x, block.y, block.z];
         std::thread::scope(|s| -> Result<()> {
             let mut handles = Vec::with_capacity(threads as usize);
             for tid in 0..threads {
-                let (shared, between) = (&shared, &between);
-                let handle = std::thread::Builder::new()
+                let (shared, between, gate) = (&shared, &between, &gate);
+                let spawned = std::thread::Builder::new()
                     .stack_size(256 * 1024)
                     .spawn_scoped(s, move || {
+                        if !gate.wait() {
+                            return;
+                        }
                         for bz in 0..gdim[2] {
                             for by in 0..gdim[1] {
                                 for bx in 0..gdim[0] {
@@ -207,10 +236,16 @@ impl Launcher for EmulatedLauncher {
                                 }
                             }
                         }
-                    })
-                    .map_err(|e| RdiffError::Cuda(format!("could not start a thread: {e}")))?;
-                handles.push(handle);
+                    });
+                match spawned {
+                    Ok(handle) => handles.push(handle),
+                    Err(e) => {
+                        gate.open(false);
+                        return Err(RdiffError::Cuda(format!("could not start a thread: {e}")));
+                    }
+                }
             }
+            gate.open(true);
             // Joined one by one (pthread_join), not by the scope's own wait, so that a
             // ThreadSanitizer build sees the kernel's writes ordered before what follows.
             for handle in handles {
