@@ -41,7 +41,10 @@ fn sanitize(build: &mut cc::Build) -> bool {
     let (flags, libs): (&[&str], &[&str]) = match std::env::var("RDIFF_SANITIZE").as_deref() {
         Err(_) | Ok("") => return false,
         Ok("address") => (
-            &["-fsanitize=address,undefined", "-fno-sanitize-recover=all"],
+            &[
+                "-fsanitize=address,undefined,float-cast-overflow",
+                "-fno-sanitize-recover=all",
+            ],
             &["asan", "ubsan"],
         ),
         Ok("thread") => (&["-fsanitize=thread"], &["tsan"]),

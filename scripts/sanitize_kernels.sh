@@ -5,7 +5,8 @@
 #
 #   * AddressSanitizer + UndefinedBehaviorSanitizer: reads and writes past a buffer (each
 #     shared-memory array sits between poisoned gaps, src/cuda/emulate/host.cpp), misaligned
-#     vector loads, signed index overflow; the first error aborts the run;
+#     vector loads, signed index overflow, float-to-int conversions out of range (which a
+#     GPU saturates and the host does not); the first error aborts the run;
 #   * ThreadSanitizer: data races between a block's threads, i.e. a missing __syncthreads or
 #     __syncwarp (lanes are separate threads, as under Volta's independent scheduling).
 #     Only races inside the kernels count: the Rust side is not instrumented (stable Rust has
