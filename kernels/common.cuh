@@ -276,14 +276,20 @@ RD_DEV float rd_warp_sum(float v) {
 // each element's 16 products in order (a tensor core's order and internal precision are its
 // own; the tests' tolerance allows for them).
 #ifdef RDIFF_HOST
-template <class T>
-inline void rd_mma_16816(T, float* c, const unsigned int* a, const unsigned int* b) {
+// The host branches' warp product: gathers every lane's a and b words (a[0..3], b[0..1]) and
+// adds to each of the lane's C elements (row r, column n, as rd_mma_16816 lays them out) its
+// dot product dot(all, r, n), where all[6·lane + word] holds the warp's operands.
+template <class Dot>
+inline void rd_mma_host(float* c, const unsigned int* a, const unsigned int* b, Dot dot) {
     const unsigned int mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
     unsigned int all[32 * 6];
     rdiff_warp_share(mine, 6, all);
     const int lane = (int)rdiff_lane(), g = lane >> 2, t = lane & 3;
-    for (int e = 0; e < 4; ++e) {
-        const int r = g + (e >> 1) * 8, n = 2 * t + (e & 1);
+    for (int e = 0; e < 4; ++e) c[e] += dot(all, g + (e >> 1) * 8, 2 * t + (e & 1));
+}
+template <class T>
+inline void rd_mma_16816(T, float* c, const unsigned int* a, const unsigned int* b) {
+    rd_mma_host(c, a, b, [](const unsigned int* all, int r, int n) {
         float s = 0.0f;
         for (int k = 0; k < 16; ++k) {
             // A[r][k] is in lane 4·(r mod 8) + (k mod 8)/2, word a[(k / 8)·2 + r / 8];
@@ -294,8 +300,8 @@ inline void rd_mma_16816(T, float* c, const unsigned int* a, const unsigned int*
             s += rd_to_f32(T{(unsigned short)(aw >> shift)}) *
                  rd_to_f32(T{(unsigned short)(bw >> shift)});
         }
-        c[e] += s;
-    }
+        return s;
+    });
 }
 #else
 RD_DEV void rd_mma_16816(rd_bf16, float* c, const unsigned int* a, const unsigned int* b) {
@@ -334,6 +340,44 @@ RD_DEV unsigned int rd_pack16(rd_f16, float x, float y) {
     return w;
 #endif
 }
+
+// An f32 rounded to tf32 (10 mantissa bits) to nearest, ties away from zero, as
+// cvt.rna.tf32.f32 rounds (inf and NaN kept), in f32's layout with the low 13 bits zero: the
+// TF32 tensor cores read only the upper 19 bits, and drop the rest unrounded.
+RD_DEV float rd_round_tf32(float v) {
+    const unsigned int u = rd_f2u(v);
+    return (u & 0x7f800000u) == 0x7f800000u ? v : rd_u2f((u + 0x1000u) & 0xffffe000u);
+}
+
+// C += A·B for one warp's 16×8 by 8×8 tile on the TF32 tensor cores (mma.sync m16n8k8,
+// sm_80+): A and B as f32 bits (their low 13 bits ignored), the products summed into f32.
+// Fragments, with g = lane / 4 and t = lane % 4, one value a word:
+//   a[0] = A[g][t]   a[1] = A[g+8][t]   a[2] = A[g][t+4]   a[3] = A[g+8][t+4]
+//   b[0] = B[t][g]   b[1] = B[t+4][g]   c as rd_mma_16816's
+// Every lane of a full warp calls it; the host branch sums each element's 8 products in order.
+#ifdef RDIFF_HOST
+inline void rd_mma_1688_tf32(float* c, const unsigned int* a, const unsigned int* b) {
+    rd_mma_host(c, a, b, [](const unsigned int* all, int r, int n) {
+        float s = 0.0f;
+        for (int k = 0; k < 8; ++k) {
+            // A[r][k] is in lane 4·(r mod 8) + k mod 4, word (k / 4)·2 + r / 8; B[k][n] in
+            // lane 4·n + k mod 4, word k / 4.
+            const unsigned int aw = all[(4 * (r & 7) + (k & 3)) * 6 + (k >> 2) * 2 + (r >> 3)];
+            const unsigned int bw = all[(4 * n + (k & 3)) * 6 + 4 + (k >> 2)];
+            s += rd_u2f(aw & 0xffffe000u) * rd_u2f(bw & 0xffffe000u);
+        }
+        return s;
+    });
+}
+#else
+RD_DEV void rd_mma_1688_tf32(float* c, const unsigned int* a, const unsigned int* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
 
 // Grid-stride index helpers (64-bit: a step may cover more than 2^31 elements).
 RD_DEV rd_i64 rd_thread_index() { return (rd_i64)blockIdx.x * blockDim.x + threadIdx.x; }

@@ -22,16 +22,12 @@
 #define RD_GEMM_BK 16
 #define RD_GEMM_THREADS 256
 
-// An operand as the tensor cores of `rounding`'s math see it (0: f32, unchanged; 3: tf32, 10
-// mantissa bits, to nearest with ties away from zero as cvt.rna.tf32.f32 rounds; inf and NaN
-// kept).
+// An operand as the tensor cores of `rounding`'s math see it (0: f32, unchanged; 3: tf32, as
+// cvt.rna.tf32.f32 rounds).
 RD_DEV float rd_gemm_round(float v, rd_i64 rounding) {
     if (rounding == 1) return rd_bf16_to_f32(rd_f32_to_bf16(v));
     if (rounding == 2) return rd_f16_to_f32(rd_f32_to_f16(v));
-    if (rounding == 3) {
-        const unsigned int u = rd_f2u(v);
-        return (u & 0x7f800000u) == 0x7f800000u ? v : rd_u2f((u + 0x1000u) & 0xffffe000u);
-    }
+    if (rounding == 3) return rd_round_tf32(v);
     return v;
 }
 

@@ -15,8 +15,8 @@ Without CUDA it says so and exits 0, checking nothing.
    (``mode="reduce-overhead"``), run twice (the second run replays the captured graph).
 4. The native UNets on CUDA (``device="cuda"``) equal diffusers' torch modules: a small
    UNet2DModel with attention and small random SD 1.x / SD 2.x / SDXL
-   UNet2DConditionModels, each also in bf16 and f16 tensor-core math (near them; their
-   attention on rdiff's fused tensor-core kernel), SD 1.x also with a ControlNet's float16
+   UNet2DConditionModels, each also in bf16, f16 and TF32 tensor-core math (near them; their
+   attention on rdiff's fused tensor-core kernels), SD 1.x also with a ControlNet's float16
    residuals.
 5. A native UNet forward (timesteps as a GPU tensor) captured in a CUDA graph by
    ``torch.cuda.graph`` replays to eager's results, with no device allocation or host copy
@@ -28,10 +28,11 @@ Without CUDA it says so and exits 0, checking nothing.
    default TF32 settings), with their relative difference: one table; then
    ``compute_dtype="bfloat16"`` and ``"float16"`` against torch's autocast in each, and
    ``"tfloat32"`` against torch's default (TF32 convolutions).
-8. Each attention path alone (run before the UNets): the fused tensor-core kernels in bf16
-   and f16 and the f32 ones against torch's ``scaled_dot_product_attention``, at small ragged
-   shapes and at Stable Diffusion's, and the tensor-core kernels' time against torch's flash
-   attention on 16-bit inputs.
+8. Each attention path alone (run before the UNets): the fused tensor-core kernels in bf16,
+   f16, TF32 and f32 (3xTF32) and the f32 ones against torch's
+   ``scaled_dot_product_attention``, at small ragged shapes and at Stable Diffusion's, and the
+   tensor-core kernels' time against torch's SDPA (flash attention on 16-bit inputs; f32
+   inputs for TF32 and f32).
 
 Needs diffusers for 4 to 7 (the oracle); without it those checks say so and are skipped.
 """
@@ -341,11 +342,12 @@ def unets_match_torch() -> None:
                 got = ours(**_cond_inputs(cfg, 2, 16, 7, "cuda"))
             name = f"UNet2DConditionModel {family} cuda{' (own GEMM)' if kernel else ''}"
             report(f"{name} = diffusers", _rel(got, want) <= 1e-4, f"rel {_rel(got, want):.1e}")
-        # bf16 and f16 math: cuBLAS's tensor cores and the fused tensor-core attention
-        # (rdiff_unet_attention_mma_*, whose fragment layout only a GPU can confirm)
+        # bf16, f16 and TF32 math: cuBLAS's tensor cores and the fused tensor-core attention
+        # (rdiff_unet_attention_mma_*, whose fragment layouts only a GPU can confirm)
         for label, dtype, lo, hi in (
             ("bf16", "bfloat16", 1e-4, 3e-2),
             ("f16", "float16", 1e-5, 4e-3),
+            ("tf32", "tfloat32", 0.0, 4e-3),
         ):
             ours = rdiff.UNet2DConditionModel.from_diffusers(m, device="cuda", compute_dtype=dtype)
             err = _rel(ours(**_cond_inputs(cfg, 2, 16, 7, "cuda")), want)
@@ -501,16 +503,18 @@ def unet_in_a_cuda_graph() -> None:
 
 def attention_matches_torch(quick: bool) -> None:
     """rdiff's attention on the GPU, by the path a model's call takes (``_unet_attention``),
-    against torch's ``scaled_dot_product_attention`` in f64: bf16 and f16 on the fused
-    tensor-core kernels, f32 and TF32 by their paths (the fused f32 kernel below 4,096 query ×
-    key pairs, cuBLAS's two GEMMs from there), at the unit tests' shapes (ragged tiles, heads
-    of 8 to 160) and at Stable Diffusion's; then, in bf16 and f16, the 4,096² self-attentions'
-    time against torch's SDPA on 16-bit inputs (flash attention), one table."""
+    against torch's ``scaled_dot_product_attention`` in f64: bf16, f16 and TF32 on the fused
+    tensor-core kernels (TF32 up to 128-wide heads), f32 below 4,096 query × key pairs on the
+    fused f32 kernel and from there on the tensor cores with each operand split in two
+    (3xTF32, heads up to 64), wider heads by cuBLAS's two GEMMs, at the unit tests' shapes
+    (ragged tiles, heads of 8 to 160) and at Stable Diffusion's; then the 4,096²
+    self-attentions' time against torch's SDPA, bf16 and f16 on 16-bit inputs (flash
+    attention), TF32 and f32 on f32 ones, one table."""
     from rdiff import _rdiff
 
     bands = {
         "float32": (0.0, 1e-5),
-        # cuBLAS's FAST_TF32 may truncate operands (1.5e-3 simulated) rather than round
+        # (160-wide heads: cuBLAS's FAST_TF32, which may truncate operands, 1.5e-3 simulated)
         "tfloat32": (0.0, 4e-3),
         "bfloat16": (1e-3, 8e-3),
         "float16": (1e-4, 1e-3),
@@ -542,13 +546,13 @@ def attention_matches_torch(quick: bool) -> None:
             report(f"attention {shape} {compute} ≈ torch", lo <= err <= hi, f"rel {err:.1e}")
             # timed where the kernel's work dwarfs a call's own cost (a synchronize, the
             # context switch): the 4,096² self-attentions
-            if shape in sd and tk == tq and compute in ("bfloat16", "float16"):
-                half = getattr(torch, compute)
-                q16, k16, v16 = (x.to(half) for x in (q, k, v))
+            if shape in sd and tk == tq:
+                dtype = getattr(torch, compute, torch.float32)  # (tfloat32: float32)
+                qt, kt, vt = (x.to(dtype) for x in (q, k, v))
                 reps = 3 if quick else 10
                 ta = _cuda_time(lambda: call(compute), reps)  # noqa: B023
                 tt = _cuda_time(
-                    lambda: torch.nn.functional.scaled_dot_product_attention(q16, k16, v16),  # noqa: B023
+                    lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt),  # noqa: B023
                     reps,
                 )
                 rows.append((shape, compute, ta, tt, 4 * b * heads * tq * tk * dh / ta / 1e12))

@@ -39,7 +39,7 @@ ENTRY_PREFIXES = {
 # 4×4 register tile takes more (2 blocks per SM), the usual trade of occupancy for reuse; so
 # does the fused attention, whose lanes keep their share of the query and of the output
 # accumulators in registers; the tensor-core attention's 128-thread blocks keep a warp's query
-# fragments, 16×64 to 16×160 outputs and 16×64 scores there.
+# fragments, 16×64 to 16×160 outputs and 16×64 (TF32: 16×32) scores there.
 MAX_REGISTERS = {
     "rdiff_gemm_f32": 128,
     "rdiff_gemm_f16": 128,
@@ -51,6 +51,9 @@ MAX_REGISTERS = {
     "rdiff_unet_attention_mma_f16_d64": 255,
     "rdiff_unet_attention_mma_f16_d128": 255,
     "rdiff_unet_attention_mma_f16_d160": 255,
+    "rdiff_unet_attention_mma_tf32_d64": 255,
+    "rdiff_unet_attention_mma_tf32_d128": 255,
+    "rdiff_unet_attention_mma_3xtf32_d64": 255,
 }
 needs_nvrtc = pytest.mark.skipif(
     not any("nvrtc" in str(p) for p in _rdiff._load_cuda_libraries()),
@@ -75,7 +78,7 @@ def test_cuda_libraries_load_on_first_need_not_at_import():
 def test_kernel_list_matches_the_host_build():
     assert sorted(_rdiff._cuda_kernels()) == sorted(KERNELS)
     entries = _rdiff._emulated_kernels()
-    assert len(entries) == 2 * 9 + 3 + 3 + 15 + 7 + 8
+    assert len(entries) == 2 * 9 + 3 + 3 + 15 + 7 + 11
     assert {_entry_source(e) for e in entries} == set(KERNELS)
     assert all(e.startswith("rdiff_") for e in entries)
 

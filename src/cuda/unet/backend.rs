@@ -23,8 +23,9 @@ const FLASH_LANES: usize = 16;
 const FLASH_MAX_DH: usize = 256;
 /// The largest queries × keys the emulated launcher runs through the fused f32 kernel.
 const FLASH_EMULATED_MAX: usize = 1024;
-/// From this many queries × keys, a device whose GEMMs run on cuBLAS takes the two-GEMM path in
-/// f32 and TF32 math, and for heads the tensor-core kernel does not take (the fused f32 kernel
+/// From this many queries × keys, a device takes float32 math's 3xTF32 kernel (heads up to 64
+/// wide) and, if its GEMMs run on cuBLAS, the two-GEMM path for heads that no tensor-core kernel
+/// takes (the fused f32 kernel
 /// is SIMT with a barrier per 16 keys: on the H200 it left SD 1.5's
 /// 4,096-token attention the bulk of a 272 ms call that cuBLAS's GEMMs had made 30 ms).
 const LIBRARY_ATTENTION_MIN: usize = 64 * 64;
@@ -34,18 +35,27 @@ const LIBRARY_ATTENTION_MIN: usize = 64 * 64;
 const MMA_QUERIES: usize = 64;
 const MMA_THREADS: u32 = 128;
 const MMA_WIDTHS: [usize; 3] = [64, 128, 160];
-/// Its entry points, by math (bf16, f16) and width (as MMA_WIDTHS).
-const MMA_KERNELS: [[&str; 3]; 2] = [
+/// Its entry points, by math (bf16, f16, TF32, f32) and width (as MMA_WIDTHS; TF32's K and V
+/// tiles, f32 in shared memory, fit 48 KiB up to 128-wide heads). Float32 math's is 3xTF32
+/// (each operand split into two TF32 parts: f32's accuracy), its queries' two parts in
+/// registers up to 64-wide heads, and only where the fused f32 kernel is not taken.
+const MMA_KERNELS: [[Option<&str>; 3]; 4] = [
     [
-        "rdiff_unet_attention_mma_bf16_d64",
-        "rdiff_unet_attention_mma_bf16_d128",
-        "rdiff_unet_attention_mma_bf16_d160",
+        Some("rdiff_unet_attention_mma_bf16_d64"),
+        Some("rdiff_unet_attention_mma_bf16_d128"),
+        Some("rdiff_unet_attention_mma_bf16_d160"),
     ],
     [
-        "rdiff_unet_attention_mma_f16_d64",
-        "rdiff_unet_attention_mma_f16_d128",
-        "rdiff_unet_attention_mma_f16_d160",
+        Some("rdiff_unet_attention_mma_f16_d64"),
+        Some("rdiff_unet_attention_mma_f16_d128"),
+        Some("rdiff_unet_attention_mma_f16_d160"),
     ],
+    [
+        Some("rdiff_unet_attention_mma_tf32_d64"),
+        Some("rdiff_unet_attention_mma_tf32_d128"),
+        None,
+    ],
+    [Some("rdiff_unet_attention_mma_3xtf32_d64"), None, None],
 ];
 /// The largest queries × keys the emulated launcher runs through the tensor-core kernel
 /// (each of its products is two warp barriers between host threads there).
@@ -674,19 +684,26 @@ impl Backend for DeviceBackend<'_> {
             KernelArg::F32(scale),
             KernelArg::Ptr(out.ptr),
         ];
-        // bf16 and f16 math: one fused kernel on tensor cores for heads up to 160 wide, at
-        // every size on a device (emulated: up to MMA_EMULATED_MAX; grid.y is b · heads, at
-        // most 65,535); otherwise the f32 rules below, their GEMMs in that math.
-        let half = match self.compute {
+        // A fused kernel on tensor cores: bf16, f16 and TF32 math for heads up to 160 wide
+        // (TF32: 128), float32 math for heads up to 64 from LIBRARY_ATTENTION_MIN query × key
+        // pairs (emulated: past FLASH_EMULATED_MAX), whatever the GEMMs; at every size on a
+        // device (emulated: up to MMA_EMULATED_MAX; grid.y is b · heads, at most 65,535).
+        // Otherwise the f32 rules below, their GEMMs in that math.
+        let emulated = self.dev.emulated();
+        let flash_max = if emulated {
+            FLASH_EMULATED_MAX
+        } else {
+            LIBRARY_ATTENTION_MIN - 1
+        };
+        let math = match self.compute {
             ComputeDtype::Bf16 => Some(0),
             ComputeDtype::F16 => Some(1),
-            ComputeDtype::F32 | ComputeDtype::Tf32 => None,
+            ComputeDtype::Tf32 => Some(2),
+            ComputeDtype::F32 => (tq * tk > flash_max).then_some(3),
         };
         let width = MMA_WIDTHS.iter().position(|&w| dh <= w);
-        if let (Some(half), Some(width)) = (half, width) {
-            let size = !self.dev.emulated() || tq * tk <= MMA_EMULATED_MAX;
-            if b * heads <= 65535 && size {
-                let kernel = MMA_KERNELS[half][width];
+        if let Some(kernel) = math.zip(width).and_then(|(m, w)| MMA_KERNELS[m][w]) {
+            if b * heads <= 65535 && (!emulated || tq * tk <= MMA_EMULATED_MAX) {
                 let grid = Dim3::new(tq.div_ceil(MMA_QUERIES) as u32, (b * heads) as u32, 1);
                 return self
                     .dev

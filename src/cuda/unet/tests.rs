@@ -536,9 +536,11 @@ fn attention_matches_cpu() {
         ((1, 2, 40, 21, 37), true),
         // Past the fused kernel's widest head: the GEMM path.
         ((1, 1, 264, 9, 5), false),
-        // Past the emulated fused kernel's size: the GEMM path, one head at a time (the
-        // scores' cap is a few KiB in unit tests).
-        ((2, 3, 8, 40, 33), false),
+        // Past the emulated fused kernel's size, heads wider than the 3xTF32 kernel's: the
+        // GEMM path, one head at a time (the scores' cap is a few KiB in unit tests).
+        ((2, 3, 72, 40, 33), false),
+        // Past the emulated tensor-core kernels' size: the GEMM path.
+        ((1, 2, 8, 160, 150), false),
     ] {
         for kernel_gemm in [true, false] {
             let kernel = "rdiff_unet_flash_attention_f32";
@@ -546,6 +548,27 @@ fn attention_matches_cpu() {
             close(&got, &want, 1e-5, "attention");
             assert_eq!(n, usize::from(fused), "{shape:?}");
         }
+    }
+}
+
+/// Float32 math past the fused f32 kernel's (emulated) size, heads up to 64 wide: the
+/// tensor-core kernel with every operand split into two TF32 parts (3xTF32), whose error is
+/// f32's order (TF32 alone: 3e-4 on these shapes), against the CPU's f32 attention. Heads
+/// padded to 8 dims, ragged query blocks and key tiles, cross-attention.
+#[test]
+fn attention_in_f32_on_tensor_cores_matches_cpu() {
+    for shape in [
+        (2, 3, 8, 40, 33),
+        (1, 2, 40, 70, 77),
+        (2, 1, 64, 64, 64),
+        (1, 1, 61, 33, 97),
+    ] {
+        let kernel = "rdiff_unet_attention_mma_3xtf32_d64";
+        let (got, want, n) = attention_pair(shape, ComputeDtype::F32, false, kernel);
+        assert_eq!(n, 1, "{shape:?}");
+        let err = rel_l2(&got, &want);
+        assert!(err <= 2e-6, "{shape:?}: rel {err:.2e}");
+        close(&got, &want, 1e-5, kernel);
     }
 }
 
@@ -559,11 +582,12 @@ fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
-/// bf16 and f16 math: the tensor-core kernel (its fragments exchanged by the emulated warp,
-/// `rd_mma_16816`'s host branch) against the CPU's f32 attention. Heads padded to 16 dims,
-/// the widest head, ragged query blocks and key tiles, cross-attention with 3 keys. The error
-/// is the 16-bit type's: bf16's about 8× f16's, both far above f32's; a misplaced fragment
-/// element would be O(1).
+/// bf16, f16 and TF32 math: the tensor-core kernels (their fragments exchanged by the emulated
+/// warp, `rd_mma_16816`'s and `rd_mma_1688_tf32`'s host branches) against the CPU's f32
+/// attention. Heads padded to 16 (8) dims, the widest head, ragged query blocks and key
+/// tiles, cross-attention with 3 keys. The error is the operands' rounding: bf16's about 8×
+/// f16's and TF32's (both 10 mantissa bits), all far above f32's; a misplaced fragment element
+/// would be O(1).
 #[test]
 fn attention_on_tensor_cores_matches_cpu() {
     let shapes = [
@@ -574,22 +598,39 @@ fn attention_on_tensor_cores_matches_cpu() {
         (1, 2, 72, 5, 3),
         (1, 2, 160, 20, 7),
     ];
-    for (compute, name, lo, hi) in [
+    let flash = "rdiff_unet_flash_attention_f32";
+    for (compute, name, widest, lo, hi) in [
         (
             ComputeDtype::Bf16,
             "rdiff_unet_attention_mma_bf16",
+            160,
             1e-3,
             6e-3,
         ),
         (
             ComputeDtype::F16,
             "rdiff_unet_attention_mma_f16",
+            160,
+            1e-4,
+            8e-4,
+        ),
+        (
+            ComputeDtype::Tf32,
+            "rdiff_unet_attention_mma_tf32",
+            128,
             1e-4,
             8e-4,
         ),
     ] {
         for shape in shapes {
             let width = [64, 128, 160].into_iter().find(|&w| shape.2 <= w).unwrap();
+            if width > widest {
+                // Past the widest head, the f32 paths (here the fused f32 kernel) in that math.
+                let (got, want, n) = attention_pair(shape, compute, false, flash);
+                assert_eq!(n, 1, "{name} {shape:?}");
+                assert!(rel_l2(&got, &want) <= 1e-6);
+                continue;
+            }
             let kernel = format!("{name}_d{width}");
             let (got, want, n) = attention_pair(shape, compute, false, &kernel);
             assert_eq!(n, 1, "{kernel} {shape:?}");
@@ -600,7 +641,6 @@ fn attention_on_tensor_cores_matches_cpu() {
     }
     // Past the widest head, bf16 math takes the f32 paths (here the fused f32 kernel).
     let shape = (1, 1, 168, 9, 5);
-    let flash = "rdiff_unet_flash_attention_f32";
     let (got, want, n) = attention_pair(shape, ComputeDtype::Bf16, false, flash);
     assert_eq!(n, 1);
     assert!(rel_l2(&got, &want) <= 1e-6);
