@@ -367,18 +367,15 @@ RD_ATTENTION_MMA(f16_d160, rd_attention_mma<rd_f16, 160>)
 // the products; heads up to 64 wide, so that both halves of the queries fit in registers).
 // The scheme above with mma.sync m16n8k8 on f32 words, Q, K, V and the probabilities rounded
 // to tf32 (to nearest, as cvt.rna does; the cores would truncate), everything else f32. Same
-// blocks and warps; dh ≤ D (64 or 128), padded with zeros to dp, a multiple of 8; tiles of
-// RD_TF32_KT keys (K and V at f32 take twice the 16-bit kernel's shared memory per key: 40 KiB
-// at D = 128, or at D = 64 split). K and V are staged as [d][key], straight copies of their
-// [dh][tokens] rows, V as pairs of keys. A P fragment's columns are keys 2t and 2t + 1 (its
+// blocks and warps; dh ≤ D (64, 128 or 160), padded with zeros to dp, a multiple of 8; tiles
+// of KT keys, 32 or (D = 160) 16: K and V at f32 take twice the 16-bit kernel's shared memory
+// per key, 40 KiB at D = 128 (or D = 64 split) and 30 KiB at D = 160. K and V are staged as
+// [d][key], straight copies of their [dh][tokens] rows, V as pairs of keys; rows KT + 8 words
+// apart (40 or 24: 8 or 24 mod 32), so a fragment's 32 words (K) or a half-warp's 16 pairs
+// (V) fall in distinct banks. A P fragment's columns are keys 2t and 2t + 1 (its
 // accumulator's), not t and t + 4 as the product expects: the sum over keys does not care
 // which of its 8 keys a column k stands for, so V's fragment reads keys in the same order
 // (k = t: key 2t, k = t + 4: key 2t + 1), one pair a lane.
-#define RD_TF32_KT 32
-// Row strides of the staged K (words) and V (key pairs): 40 words, 8 mod 32, so a fragment's
-// 32 words (K) or a half-warp's 16 pairs (V) fall in distinct banks.
-#define RD_TF32_KW (RD_TF32_KT + 8)
-#define RD_TF32_VW (RD_TF32_KT / 2 + 4)
 
 // x's tf32 rounding (hi) and, when split, the rounding of what it leaves (lo), as words.
 template <bool SPLIT>
@@ -399,14 +396,15 @@ RD_DEV void rd_mma_tf32_parts(float* c, const unsigned int* a, const unsigned in
     rd_mma_1688_tf32(c, a, b);
 }
 
-template <int D, bool SPLIT>
+template <int D, bool SPLIT, int KT>
 RD_DEV void rd_attention_tf32(const float* __restrict__ q, const float* __restrict__ k,
                               const float* __restrict__ v, rd_i64 heads, rd_i64 dh, rd_i64 b,
                               rd_i64 tq, rd_i64 tk, float scale, float* __restrict__ out) {
-    constexpr int P = SPLIT ? 2 : 1;  // parts of each staged value: hi, then lo
-    RDIFF_SHARED(unsigned int, ks, P * D * RD_TF32_KW);  // [part][d][key]
-    RDIFF_SHARED(rd_u2, vs, P * D * RD_TF32_VW);         // [part][d][key pair]
-    constexpr int KL = D * RD_TF32_KW, VL = D * RD_TF32_VW;  // (lo's offsets)
+    constexpr int P = SPLIT ? 2 : 1;              // parts of each staged value: hi, then lo
+    constexpr int KW = KT + 8, VW = KT / 2 + 4;  // row strides: words (K), key pairs (V)
+    RDIFF_SHARED(unsigned int, ks, P * D * KW);  // [part][d][key]
+    RDIFF_SHARED(rd_u2, vs, P * D * VW);         // [part][d][key pair]
+    constexpr int KL = D * KW, VL = D * VW;      // (lo's offsets)
     const int dhi = (int)dh, dp = (dhi + 7) & ~7;
     const rd_mma_at at = rd_mma_locate(q, k, v, out, heads, dh, b, tq, tk);
     const int g = at.g, t = at.t;
@@ -429,18 +427,18 @@ RD_DEV void rd_attention_tf32(const float* __restrict__ q, const float* __restri
     float o[D / 8][4];
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    for (rd_i64 j0 = 0; j0 < tk; j0 += RD_TF32_KT) {
-        const int nt = (int)(tk - j0 < RD_TF32_KT ? tk - j0 : RD_TF32_KT);
+    for (rd_i64 j0 = 0; j0 < tk; j0 += KT) {
+        const int nt = (int)(tk - j0 < KT ? tk - j0 : KT);
         __syncthreads();  // the previous tile is consumed
         // Consecutive threads copy consecutive keys (pairs of keys for V) of one dim.
-        for (int e = (int)threadIdx.x; e < dp * RD_TF32_KT; e += (int)blockDim.x) {
-            const int jj = e % RD_TF32_KT, d = e / RD_TF32_KT;
+        for (int e = (int)threadIdx.x; e < dp * KT; e += (int)blockDim.x) {
+            const int jj = e % KT, d = e / KT;
             const float x = jj < nt && d < dhi ? kh[(rd_i64)d * nk + j0 + jj] : 0.0f;
-            unsigned int* at = ks + d * RD_TF32_KW + jj;
+            unsigned int* at = ks + d * KW + jj;
             rd_tf32_parts<SPLIT>(x, at, at + (SPLIT ? KL : 0));
         }
-        for (int e = (int)threadIdx.x; e < dp * (RD_TF32_KT / 2); e += (int)blockDim.x) {
-            const int jp = e % (RD_TF32_KT / 2), d = e / (RD_TF32_KT / 2);
+        for (int e = (int)threadIdx.x; e < dp * (KT / 2); e += (int)blockDim.x) {
+            const int jp = e % (KT / 2), d = e / (KT / 2);
             const bool in = d < dhi;
             const float* at = vh + (rd_i64)d * nk + j0 + 2 * jp;
             const float x = in && 2 * jp < nt ? at[0] : 0.0f;
@@ -448,38 +446,38 @@ RD_DEV void rd_attention_tf32(const float* __restrict__ q, const float* __restri
             rd_u2 h, lo;
             rd_tf32_parts<SPLIT>(x, &h.x, &lo.x);
             rd_tf32_parts<SPLIT>(y, &h.y, &lo.y);
-            vs[d * RD_TF32_VW + jp] = h;
-            if (SPLIT) vs[VL + d * RD_TF32_VW + jp] = lo;
+            vs[d * VW + jp] = h;
+            if (SPLIT) vs[VL + d * VW + jp] = lo;
         }
         __syncthreads();
-        // S = Q·Kᵀ: 4 tiles of 8 keys (a last tile's empty ones skipped: masked below).
-        float s[RD_TF32_KT / 8][4];
+        // S = Q·Kᵀ: KT / 8 tiles of 8 keys (a last tile's empty ones skipped: masked below).
+        float s[KT / 8][4];
 #pragma unroll
-        for (int n = 0; n < RD_TF32_KT / 8; ++n) {
+        for (int n = 0; n < KT / 8; ++n) {
             s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
             // B[k][n'] = K[key 8n + n'][dim 8c + k]: lane (g, t) reads key 8n + g, dims t, t + 4
-            const unsigned int* kr = ks + t * RD_TF32_KW + n * 8 + g;
+            const unsigned int* kr = ks + t * KW + n * 8 + g;
 #pragma unroll
             for (int c = 0; c < D / 8; ++c) {
                 if (c * 8 < dp && n * 8 < nt) {
-                    const unsigned int* at = kr + c * 8 * RD_TF32_KW;
-                    const unsigned int kb[2] = {at[0], at[4 * RD_TF32_KW]};
+                    const unsigned int* at = kr + c * 8 * KW;
+                    const unsigned int kb[2] = {at[0], at[4 * KW]};
                     unsigned int kl[2] = {0u, 0u};
                     if (SPLIT) {
                         kl[0] = at[KL];
-                        kl[1] = at[KL + 4 * RD_TF32_KW];
+                        kl[1] = at[KL + 4 * KW];
                     }
                     rd_mma_tf32_parts<SPLIT>(s[n], qa[c], ql[SPLIT ? c : 0], kb, kl);
                 }
             }
         }
-        rd_mma_rescale<RD_TF32_KT / 8, D / 8>(s, m, l, o, nt, t, sl2);
+        rd_mma_rescale<KT / 8, D / 8>(s, m, l, o, nt, t, sl2);
         // P = exp2(S − m) in tf32 (split: hi and lo), as A fragments of 8 keys (column t: key
         // 2t, t + 4: 2t + 1); l sums the values the products use (split: the unrounded ones,
         // which hi + lo carry to about 2^-22).
-        unsigned int pa[RD_TF32_KT / 8][4], pl[SPLIT ? RD_TF32_KT / 8 : 1][4];
+        unsigned int pa[KT / 8][4], pl[SPLIT ? KT / 8 : 1][4];
 #pragma unroll
-        for (int n = 0; n < RD_TF32_KT / 8; ++n) {
+        for (int n = 0; n < KT / 8; ++n) {
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
                 const float p0 = exp2f(s[n][2 * r] - m[r]), p1 = exp2f(s[n][2 * r + 1] - m[r]);
@@ -493,9 +491,9 @@ RD_DEV void rd_attention_tf32(const float* __restrict__ q, const float* __restri
 #pragma unroll
         for (int i = 0; i < D / 8; ++i) {
             if (i * 8 < dp) {
-                const rd_u2* vr = vs + (i * 8 + g) * RD_TF32_VW + t;
+                const rd_u2* vr = vs + (i * 8 + g) * VW + t;
 #pragma unroll
-                for (int n = 0; n < RD_TF32_KT / 8; ++n) {
+                for (int n = 0; n < KT / 8; ++n) {
                     if (n * 8 < nt) {  // (a last tile's keys past nt have p = 0)
                         const rd_u2 w = vr[n * 4];
                         const unsigned int vb[2] = {w.x, w.y};
@@ -514,6 +512,7 @@ RD_DEV void rd_attention_tf32(const float* __restrict__ q, const float* __restri
     rd_mma_store<D / 8>(o, l, at.out, row0, t, dhi, tq, nq);
 }
 
-RD_ATTENTION_MMA(tf32_d64, rd_attention_tf32<64, false>)
-RD_ATTENTION_MMA(tf32_d128, rd_attention_tf32<128, false>)
-RD_ATTENTION_MMA(3xtf32_d64, rd_attention_tf32<64, true>)
+RD_ATTENTION_MMA(tf32_d64, rd_attention_tf32<64, false, 32>)
+RD_ATTENTION_MMA(tf32_d128, rd_attention_tf32<128, false, 32>)
+RD_ATTENTION_MMA(tf32_d160, rd_attention_tf32<160, false, 16>)
+RD_ATTENTION_MMA(3xtf32_d64, rd_attention_tf32<64, true, 32>)

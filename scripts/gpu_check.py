@@ -504,7 +504,7 @@ def unet_in_a_cuda_graph() -> None:
 def attention_matches_torch(quick: bool) -> None:
     """rdiff's attention on the GPU, by the path a model's call takes (``_unet_attention``),
     against torch's ``scaled_dot_product_attention`` in f64: bf16, f16 and TF32 on the fused
-    tensor-core kernels (TF32 up to 128-wide heads), f32 below 4,096 query × key pairs on the
+    tensor-core kernels (heads up to 160 wide), f32 below 4,096 query × key pairs on the
     fused f32 kernel and from there on the tensor cores with each operand split in two
     (3xTF32, heads up to 64), wider heads by cuBLAS's two GEMMs, at the unit tests' shapes
     (ragged tiles, heads of 8 to 160) and at Stable Diffusion's; then the 4,096²

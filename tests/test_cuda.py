@@ -53,6 +53,7 @@ MAX_REGISTERS = {
     "rdiff_unet_attention_mma_f16_d160": 255,
     "rdiff_unet_attention_mma_tf32_d64": 255,
     "rdiff_unet_attention_mma_tf32_d128": 255,
+    "rdiff_unet_attention_mma_tf32_d160": 255,
     "rdiff_unet_attention_mma_3xtf32_d64": 255,
 }
 needs_nvrtc = pytest.mark.skipif(
@@ -78,7 +79,7 @@ def test_cuda_libraries_load_on_first_need_not_at_import():
 def test_kernel_list_matches_the_host_build():
     assert sorted(_rdiff._cuda_kernels()) == sorted(KERNELS)
     entries = _rdiff._emulated_kernels()
-    assert len(entries) == 2 * 9 + 3 + 3 + 15 + 7 + 11
+    assert len(entries) == 2 * 9 + 3 + 3 + 15 + 7 + 12
     assert {_entry_source(e) for e in entries} == set(KERNELS)
     assert all(e.startswith("rdiff_") for e in entries)
 

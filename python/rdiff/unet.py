@@ -154,7 +154,7 @@ class _NativeUNet:
         float32 weights and activations, every GEMM on the TF32 tensor cores (float16's
         mantissa, float32's range; what ``torch.backends.cuda.matmul.allow_tf32`` and
         ``torch.backends.cudnn.allow_tf32``, the latter on by default, give torch), and
-        attention (heads up to 128 wide) in rdiff's fused kernel on them.
+        attention (heads up to 160 wide) in rdiff's fused kernel on them.
         Inputs and outputs keep the caller's dtype.
 
         A checkpoint holding tensors its config does not describe (another model's weights, a

@@ -112,6 +112,7 @@ pub const SOURCES: &[KernelSource] = &[
             "rdiff_unet_attention_mma_f16_d160",
             "rdiff_unet_attention_mma_tf32_d64",
             "rdiff_unet_attention_mma_tf32_d128",
+            "rdiff_unet_attention_mma_tf32_d160",
             "rdiff_unet_attention_mma_3xtf32_d64",
         ],
     },

@@ -24,10 +24,9 @@ const FLASH_MAX_DH: usize = 256;
 /// The largest queries × keys the emulated launcher runs through the fused f32 kernel.
 const FLASH_EMULATED_MAX: usize = 1024;
 /// From this many queries × keys, a device takes float32 math's 3xTF32 kernel (heads up to 64
-/// wide) and, if its GEMMs run on cuBLAS, the two-GEMM path for heads that no tensor-core kernel
-/// takes (the fused f32 kernel
-/// is SIMT with a barrier per 16 keys: on the H200 it left SD 1.5's
-/// 4,096-token attention the bulk of a 272 ms call that cuBLAS's GEMMs had made 30 ms).
+/// wide) and, if its GEMMs run on cuBLAS, the two-GEMM path for heads that no tensor-core
+/// kernel takes (the fused f32 kernel is SIMT with a barrier per 16 keys: on the H200 it left
+/// SD 1.5's 4,096-token attention the bulk of a 272 ms call that cuBLAS's GEMMs had made 30 ms).
 const LIBRARY_ATTENTION_MIN: usize = 64 * 64;
 /// `rdiff_unet_attention_mma_*`'s queries and threads per block (RD_MMA_Q, RD_MMA_WARPS · 32)
 /// and the widest heads of its `_d64`, `_d128` and `_d160` entry points (SD 1.5's heads are
@@ -35,10 +34,9 @@ const LIBRARY_ATTENTION_MIN: usize = 64 * 64;
 const MMA_QUERIES: usize = 64;
 const MMA_THREADS: u32 = 128;
 const MMA_WIDTHS: [usize; 3] = [64, 128, 160];
-/// Its entry points, by math (bf16, f16, TF32, f32) and width (as MMA_WIDTHS; TF32's K and V
-/// tiles, f32 in shared memory, fit 48 KiB up to 128-wide heads). Float32 math's is 3xTF32
-/// (each operand split into two TF32 parts: f32's accuracy), its queries' two parts in
-/// registers up to 64-wide heads, and only where the fused f32 kernel is not taken.
+/// Its entry points, by math (bf16, f16, TF32, f32) and width (as MMA_WIDTHS). Float32 math's
+/// is 3xTF32 (each operand split into two TF32 parts: f32's accuracy), its queries' two parts
+/// in registers up to 64-wide heads, and only where the fused f32 kernel is not taken.
 const MMA_KERNELS: [[Option<&str>; 3]; 4] = [
     [
         Some("rdiff_unet_attention_mma_bf16_d64"),
@@ -53,7 +51,7 @@ const MMA_KERNELS: [[Option<&str>; 3]; 4] = [
     [
         Some("rdiff_unet_attention_mma_tf32_d64"),
         Some("rdiff_unet_attention_mma_tf32_d128"),
-        None,
+        Some("rdiff_unet_attention_mma_tf32_d160"),
     ],
     [Some("rdiff_unet_attention_mma_3xtf32_d64"), None, None],
 ];
@@ -684,8 +682,8 @@ impl Backend for DeviceBackend<'_> {
             KernelArg::F32(scale),
             KernelArg::Ptr(out.ptr),
         ];
-        // A fused kernel on tensor cores: bf16, f16 and TF32 math for heads up to 160 wide
-        // (TF32: 128), float32 math for heads up to 64 from LIBRARY_ATTENTION_MIN query × key
+        // A fused kernel on tensor cores: bf16, f16 and TF32 math for heads up to 160 wide,
+        // float32 math for heads up to 64 from LIBRARY_ATTENTION_MIN query × key
         // pairs (emulated: past FLASH_EMULATED_MAX), whatever the GEMMs; at every size on a
         // device (emulated: up to MMA_EMULATED_MAX; grid.y is b · heads, at most 65,535).
         // Otherwise the f32 rules below, their GEMMs in that math.
