@@ -167,17 +167,17 @@ RD_DEV rd_mma_at rd_mma_locate(const float* q, const float* k, const float* v, f
                                rd_i64 heads, rd_i64 dh, rd_i64 b, rd_i64 tq, rd_i64 tk) {
     const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31u);
     const rd_i64 sample = blockIdx.y / heads, head = blockIdx.y % heads;
-    rd_mma_at at;
-    at.g = lane >> 2;
-    at.t = lane & 3;
-    at.nq = b * tq;
-    at.nk = b * tk;
-    at.row0 = (rd_i64)blockIdx.x * RD_MMA_Q + warp * 16 + at.g;
-    at.q = q + head * dh * at.nq + sample * tq;
-    at.k = k + head * dh * at.nk + sample * tk;
-    at.v = v + head * dh * at.nk + sample * tk;
-    at.out = out + head * dh * at.nq + sample * tq;
-    return at;
+    rd_mma_at p;
+    p.g = lane >> 2;
+    p.t = lane & 3;
+    p.nq = b * tq;
+    p.nk = b * tk;
+    p.row0 = (rd_i64)blockIdx.x * RD_MMA_Q + warp * 16 + p.g;
+    p.q = q + head * dh * p.nq + sample * tq;
+    p.k = k + head * dh * p.nk + sample * tk;
+    p.v = v + head * dh * p.nk + sample * tk;
+    p.out = out + head * dh * p.nq + sample * tq;
+    return p;
 }
 
 // The tensor-core kernels' online softmax, per warp: 16 query rows (g and g + 8 in each lane's
@@ -246,10 +246,10 @@ RD_DEV void rd_attention_mma(const float* __restrict__ q, const float* __restric
     RDIFF_SHARED(unsigned int, vs, D * RD_MMA_VW);    // [d][key pair]
     const T tag = {};
     const int dhi = (int)dh, dp = (dhi + 15) & ~15;
-    const rd_mma_at at = rd_mma_locate(q, k, v, out, heads, dh, b, tq, tk);
-    const int g = at.g, t = at.t;
-    const rd_i64 nq = at.nq, nk = at.nk, row0 = at.row0;
-    const float *qh = at.q, *kh = at.k, *vh = at.v;
+    const rd_mma_at place = rd_mma_locate(q, k, v, out, heads, dh, b, tq, tk);
+    const int g = place.g, t = place.t;
+    const rd_i64 nq = place.nq, nk = place.nk, row0 = place.row0;
+    const float *qh = place.q, *kh = place.k, *vh = place.v;
     // The warp's queries as A fragments, a chunk of 16 dims each.
     unsigned int qa[D / 16][4];
 #pragma unroll
@@ -339,7 +339,7 @@ RD_DEV void rd_attention_mma(const float* __restrict__ q, const float* __restric
             }
         }
     }
-    rd_mma_store<D / 8>(o, l, at.out, row0, t, dhi, tq, nq);
+    rd_mma_store<D / 8>(o, l, place.out, row0, t, dhi, tq, nq);
 }
 
 // One entry point of the tensor-core kernels: rdiff_unet_attention_mma_<suffix> calls the
@@ -406,10 +406,10 @@ RD_DEV void rd_attention_tf32(const float* __restrict__ q, const float* __restri
     RDIFF_SHARED(rd_u2, vs, P * D * VW);         // [part][d][key pair]
     constexpr int KL = D * KW, VL = D * VW;      // (lo's offsets)
     const int dhi = (int)dh, dp = (dhi + 7) & ~7;
-    const rd_mma_at at = rd_mma_locate(q, k, v, out, heads, dh, b, tq, tk);
-    const int g = at.g, t = at.t;
-    const rd_i64 nq = at.nq, nk = at.nk, row0 = at.row0;
-    const float *qh = at.q, *kh = at.k, *vh = at.v;
+    const rd_mma_at place = rd_mma_locate(q, k, v, out, heads, dh, b, tq, tk);
+    const int g = place.g, t = place.t;
+    const rd_i64 nq = place.nq, nk = place.nk, row0 = place.row0;
+    const float *qh = place.q, *kh = place.k, *vh = place.v;
     // The warp's queries as A fragments, a chunk of 8 dims each (and their lo parts).
     unsigned int qa[D / 8][4], ql[SPLIT ? D / 8 : 1][4];
 #pragma unroll
@@ -509,7 +509,7 @@ RD_DEV void rd_attention_tf32(const float* __restrict__ q, const float* __restri
             }
         }
     }
-    rd_mma_store<D / 8>(o, l, at.out, row0, t, dhi, tq, nq);
+    rd_mma_store<D / 8>(o, l, place.out, row0, t, dhi, tq, nq);
 }
 
 RD_ATTENTION_MMA(tf32_d64, rd_attention_tf32<64, false, 32>)
