@@ -688,16 +688,18 @@ impl Backend for DeviceBackend<'_> {
         // device (emulated: up to MMA_EMULATED_MAX; grid.y is b · heads, at most 65,535).
         // Otherwise the f32 rules below, their GEMMs in that math.
         let emulated = self.dev.emulated();
+        // Small enough for the fused f32 kernel below, wherever the GEMMs run.
         let flash_max = if emulated {
             FLASH_EMULATED_MAX
         } else {
             LIBRARY_ATTENTION_MIN - 1
         };
+        let small = tq * tk <= flash_max;
         let math = match self.compute {
             ComputeDtype::Bf16 => Some(0),
             ComputeDtype::F16 => Some(1),
             ComputeDtype::Tf32 => Some(2),
-            ComputeDtype::F32 => (tq * tk > flash_max).then_some(3),
+            ComputeDtype::F32 => (!small).then_some(3),
         };
         let width = MMA_WIDTHS.iter().position(|&w| dh <= w);
         if let Some(kernel) = math.zip(width).and_then(|(m, w)| MMA_KERNELS[m][w]) {
@@ -712,11 +714,7 @@ impl Backend for DeviceBackend<'_> {
         // so its per-tile barriers make it slow there: emulation uses it on small problems
         // only (which still checks it against the CPU); a device unless its GEMMs are
         // cuBLAS's and the problem is large.
-        let fused = if self.dev.emulated() {
-            tq * tk <= FLASH_EMULATED_MAX
-        } else {
-            !(self.dev.library_gemm() && tq * tk >= LIBRARY_ATTENTION_MIN)
-        };
+        let fused = small || !(emulated || self.dev.library_gemm());
         // (grid.y is b · heads, at most 65,535; the two GEMMs below loop over both instead)
         if dh <= FLASH_MAX_DH && fused && b * heads <= 65535 {
             // One fused kernel: no score matrix in memory.
