@@ -4,7 +4,9 @@
 //! (`tmm0`–`tmm3`), fed per depth block by two tiles of A (`tmm4`, `tmm5`: 16 rows × 32
 //! depth) and two panels of B (`tmm6`, `tmm7`: 16 depth pairs × 16 columns, packed or read
 //! in place, see `BTiles`);
-//! `TDPBF16PS` multiplies bf16 pairs and adds in f32. A is first copied, zero-padded, into
+//! `TDPBF16PS` multiplies bf16 pairs and adds in f32. Blocks go column pair by column pair
+//! over a chunk of rows (about 64 KiB of A), then over the next chunk, so A is read from
+//! memory once per product rather than once per 32 columns. A is first copied, zero-padded, into
 //! 64-byte-aligned thread scratch as whole tiles, each a contiguous 1 KiB (`[tile][block][16]
 //! [32]`): a tile row that straddles two cache lines costs about a quarter of the speed.
 //! Tile registers are not renamed, so the loads for the next depth block are issued right
@@ -74,6 +76,13 @@ const CONFIG: TileConfig = TileConfig {
     colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
     rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
 };
+
+/// Bytes of A (weights) that every column pair of B passes over before the next rows': a
+/// pair of A tiles over the whole depth is 2 KiB a depth block, so from 1,024 deep one pair.
+/// A product's weights (26 MB for SDXL's 1,280 → 10,240 feed-forward) were read once per 32
+/// columns, from L3, before; now once per task (benches/README.md: SDXL 1.2×, SD 1.5 1.1×
+/// faster in bf16; 256 KiB no faster, 1 MiB slower, splitting the depth as well slower).
+const A_CHUNK: usize = 64 << 10;
 
 /// One 32×32 block of sums, as the tiles store it.
 #[repr(C, align(64))]
@@ -161,83 +170,91 @@ pub(super) unsafe fn gemm(
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly));
             let sb = b.stride;
-            for np in 0..panels(n) / 2 {
-                let b0 = b.base.add(b.panels.at(2 * np));
-                let b1 = b.base.add(b.panels.at(2 * np + 1));
-                let bt = |p: *const u32, kb: usize| p.add(b.blocks.at(kb));
-                for mp in 0..mtiles / 2 {
-                    let (a0, a1) = (tiles[2 * mp], tiles[2 * mp + 1]);
-                    let atile = |p: *const u16, kb: usize| p.add(kb * ATILE);
-                    asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        "tilezero tmm2",
-                        "tilezero tmm3",
-                        "tileloadd tmm4, [{a0} + {sa}*1]",
-                        "tileloadd tmm5, [{a1} + {sa}*1]",
-                        "tileloadd tmm6, [{b0} + {sb}*1]",
-                        "tileloadd tmm7, [{b1} + {sb}*1]",
-                        a0 = in(reg) a0,
-                        a1 = in(reg) a1,
-                        b0 = in(reg) b0,
-                        b1 = in(reg) b1,
-                        sa = in(reg) sa,
-                        sb = in(reg) sb,
-                        options(nostack, readonly)
-                    );
-                    for kb in 1..blocks {
-                        // Block kb - 1's products, block kb's loads behind them.
+            // Rows in chunks of about A_CHUNK bytes of A; every column pair passes over one
+            // chunk before the next, which it then finds in cache (the same sums, in another
+            // order of blocks).
+            let chunk = (A_CHUNK / (2 * blocks * ATILE * 2)).max(1);
+            for mc in (0..mtiles / 2).step_by(chunk) {
+                for np in 0..panels(n) / 2 {
+                    let b0 = b.base.add(b.panels.at(2 * np));
+                    let b1 = b.base.add(b.panels.at(2 * np + 1));
+                    let bt = |p: *const u32, kb: usize| p.add(b.blocks.at(kb));
+                    for mp in mc..(mc + chunk).min(mtiles / 2) {
+                        let (a0, a1) = (tiles[2 * mp], tiles[2 * mp + 1]);
+                        let atile = |p: *const u16, kb: usize| p.add(kb * ATILE);
                         asm!(
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tilezero tmm0",
+                            "tilezero tmm1",
+                            "tilezero tmm2",
+                            "tilezero tmm3",
                             "tileloadd tmm4, [{a0} + {sa}*1]",
-                            "tdpbf16ps tmm2, tmm5, tmm6",
-                            "tileloadd tmm6, [{b0} + {sb}*1]",
-                            "tdpbf16ps tmm3, tmm5, tmm7",
                             "tileloadd tmm5, [{a1} + {sa}*1]",
+                            "tileloadd tmm6, [{b0} + {sb}*1]",
                             "tileloadd tmm7, [{b1} + {sb}*1]",
-                            a0 = in(reg) atile(a0, kb),
-                            a1 = in(reg) atile(a1, kb),
-                            b0 = in(reg) bt(b0, kb),
-                            b1 = in(reg) bt(b1, kb),
+                            a0 = in(reg) a0,
+                            a1 = in(reg) a1,
+                            b0 = in(reg) b0,
+                            b1 = in(reg) b1,
                             sa = in(reg) sa,
                             sb = in(reg) sb,
                             options(nostack, readonly)
                         );
-                    }
-                    asm!(
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        "tilestored [{c0} + {sc}*1], tmm0",
-                        "tilestored [{c1} + {sc}*1], tmm1",
-                        "tilestored [{c2} + {sc}*1], tmm2",
-                        "tilestored [{c3} + {sc}*1], tmm3",
-                        c0 = in(reg) cp,
-                        c1 = in(reg) cp.add(PANEL),
-                        c2 = in(reg) cp.add(TROWS * 2 * PANEL),
-                        c3 = in(reg) cp.add(TROWS * 2 * PANEL + PANEL),
-                        sc = in(reg) sc,
-                        options(nostack)
-                    );
-                    // The block's rows and columns that exist, added onto dst (or stored).
-                    let (r0, c0) = (mp * 2 * TROWS, np * 2 * PANEL);
-                    if r0 >= m {
-                        continue;
-                    }
-                    let (rows, cols) = ((m - r0).min(2 * TROWS), (n - c0).min(2 * PANEL));
-                    for i in 0..rows {
-                        let crow = std::slice::from_raw_parts(cp.add(i * 2 * PANEL), cols);
-                        let d =
-                            std::slice::from_raw_parts_mut(dst.add((r0 + i) * dst_rs + c0), cols);
-                        if accumulate {
-                            for (o, &v) in d.iter_mut().zip(crow) {
-                                *o += beta * v;
-                            }
-                        } else {
-                            for (o, &v) in d.iter_mut().zip(crow) {
-                                *o = beta * v;
+                        for kb in 1..blocks {
+                            // Block kb - 1's products, block kb's loads behind them.
+                            asm!(
+                                "tdpbf16ps tmm0, tmm4, tmm6",
+                                "tdpbf16ps tmm1, tmm4, tmm7",
+                                "tileloadd tmm4, [{a0} + {sa}*1]",
+                                "tdpbf16ps tmm2, tmm5, tmm6",
+                                "tileloadd tmm6, [{b0} + {sb}*1]",
+                                "tdpbf16ps tmm3, tmm5, tmm7",
+                                "tileloadd tmm5, [{a1} + {sa}*1]",
+                                "tileloadd tmm7, [{b1} + {sb}*1]",
+                                a0 = in(reg) atile(a0, kb),
+                                a1 = in(reg) atile(a1, kb),
+                                b0 = in(reg) bt(b0, kb),
+                                b1 = in(reg) bt(b1, kb),
+                                sa = in(reg) sa,
+                                sb = in(reg) sb,
+                                options(nostack, readonly)
+                            );
+                        }
+                        asm!(
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            "tilestored [{c0} + {sc}*1], tmm0",
+                            "tilestored [{c1} + {sc}*1], tmm1",
+                            "tilestored [{c2} + {sc}*1], tmm2",
+                            "tilestored [{c3} + {sc}*1], tmm3",
+                            c0 = in(reg) cp,
+                            c1 = in(reg) cp.add(PANEL),
+                            c2 = in(reg) cp.add(TROWS * 2 * PANEL),
+                            c3 = in(reg) cp.add(TROWS * 2 * PANEL + PANEL),
+                            sc = in(reg) sc,
+                            options(nostack)
+                        );
+                        // The block's rows and columns that exist, added onto dst (or stored).
+                        let (r0, c0) = (mp * 2 * TROWS, np * 2 * PANEL);
+                        if r0 >= m {
+                            continue;
+                        }
+                        let (rows, cols) = ((m - r0).min(2 * TROWS), (n - c0).min(2 * PANEL));
+                        for i in 0..rows {
+                            let crow = std::slice::from_raw_parts(cp.add(i * 2 * PANEL), cols);
+                            let d = std::slice::from_raw_parts_mut(
+                                dst.add((r0 + i) * dst_rs + c0),
+                                cols,
+                            );
+                            if accumulate {
+                                for (o, &v) in d.iter_mut().zip(crow) {
+                                    *o += beta * v;
+                                }
+                            } else {
+                                for (o, &v) in d.iter_mut().zip(crow) {
+                                    *o = beta * v;
+                                }
                             }
                         }
                     }

@@ -84,7 +84,8 @@ fn reference(
 
 /// Both kernels (AMX where this machine has it) against the f64 sums of the same bf16
 /// operands, over shapes with partial tiles, odd depths, a row stride wider than the depth,
-/// and a destination added onto or only written.
+/// rows in several chunks of the AMX kernel's walk (the last one short), and a destination
+/// added onto or only written.
 #[test]
 fn kernels_match_reference() {
     let shapes = [
@@ -94,6 +95,7 @@ fn kernels_match_reference() {
         (70, 100, 70),
         (31, 17, 600),
         (64, 256, 1152),
+        (200, 70, 320),
     ];
     for (m, n, k) in shapes {
         for lda in [k, k + 5] {
