@@ -6,9 +6,10 @@
 //! in place, see `BTiles`);
 //! `TDPBF16PS` multiplies bf16 pairs and adds in f32. Blocks go column pair by column pair
 //! over a chunk of rows (about 64 KiB of A), then over the next chunk, so A is read from
-//! memory once per product rather than once per 32 columns. A is first copied, zero-padded, into
-//! 64-byte-aligned thread scratch as whole tiles, each a contiguous 1 KiB (`[tile][block][16]
-//! [32]`): a tile row that straddles two cache lines costs about a quarter of the speed.
+//! memory once per product rather than once per 32 columns. A is first copied, zero-padded,
+//! into 64-byte-aligned thread scratch as whole tiles, each a contiguous 1 KiB (`[tile]
+//! [block][16][32]`): a tile row that straddles two cache lines costs about a quarter of the
+//! speed.
 //! Tile registers are not renamed, so the loads for the next depth block are issued right
 //! after the last product that reads each register (software pipelining: about 15% over
 //! loading all four first).
