@@ -81,7 +81,7 @@ const CONFIG: TileConfig = TileConfig {
 /// Bytes of A (weights) that every column pair of B passes over before the next rows': a
 /// pair of A tiles over the whole depth is 2 KiB a depth block, so from 1,024 deep one pair.
 /// A product's weights (26 MB for SDXL's 1,280 → 10,240 feed-forward) were read once per 32
-/// columns, from L3, before; now once per task (benches/README.md: SDXL 1.2×, SD 1.5 1.1×
+/// columns, from L3, before; now once per product (benches/README.md: SDXL 1.2×, SD 1.5 1.1×
 /// faster in bf16; 256 KiB no faster, 1 MiB slower, splitting the depth as well slower).
 const A_CHUNK: usize = 64 << 10;
 
@@ -174,7 +174,8 @@ pub(super) unsafe fn gemm(
             // Rows in chunks of about A_CHUNK bytes of A; every column pair passes over one
             // chunk before the next, which it then finds in cache (the same sums, in another
             // order of blocks).
-            let chunk = (A_CHUNK / (2 * blocks * ATILE * 2)).max(1);
+            let pair_bytes = 2 * blocks * ATILE * std::mem::size_of::<u16>();
+            let chunk = (A_CHUNK / pair_bytes).max(1);
             for mc in (0..mtiles / 2).step_by(chunk) {
                 for np in 0..panels(n) / 2 {
                     let b0 = b.base.add(b.panels.at(2 * np));
